@@ -1,0 +1,280 @@
+// GEMM: C (M x N) = alpha * op(A) (M x K) * op(B) (K x N) + beta * C, row-major.
+//
+// Blocked in the BLIS manner: B is packed in KC x NC blocks (kept in L3), A in
+// MC x KC blocks (L2), and an MR x NR register-tiled micro-kernel multiplies
+// one A micro-panel by one B micro-panel (L1). bf16 operands are widened to
+// f32 while packing, so a bf16 weight is never materialised whole in f32.
+#include "gemm.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "args.h"
+#include "parallel.h"
+#include "registry.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace tb {
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int MR = 12, NR = 32;
+#else
+constexpr int MR = 6, NR = 16;
+#endif
+constexpr int64_t KC = 256, MC = 384, NC = 4096;
+
+inline float load_elem(const void* p, DType dt, int64_t idx) {
+  return dt == DType::F32 ? static_cast<const float*>(p)[idx]
+                          : bf16_to_f32(static_cast<const uint16_t*>(p)[idx]);
+}
+
+// op(A)(i, k) for i in [i0, i0+mr), k in [k0, k0+kc) -> ap[k*MR + i], rows >= mr zero.
+template <typename T>
+void pack_a_panel(const T* a, int64_t lda, bool trans, int64_t i0, int64_t mr, int64_t k0, int64_t kc, float* ap) {
+  auto cvt = [](T v) -> float {
+    if constexpr (std::is_same<T, float>::value) return v; else return bf16_to_f32(v);
+  };
+  if (mr < MR) std::memset(ap, 0, sizeof(float) * MR * kc);
+  if (trans) {  // stored K x M: row k holds op(A)(., k)
+    for (int64_t k = 0; k < kc; k++) {
+      const T* src = a + (k0 + k) * lda + i0;
+      float* dst = ap + k * MR;
+      for (int64_t i = 0; i < mr; i++) dst[i] = cvt(src[i]);
+    }
+  } else {
+    for (int64_t i = 0; i < mr; i++) {
+      const T* src = a + (i0 + i) * lda + k0;
+      for (int64_t k = 0; k < kc; k++) ap[k * MR + i] = cvt(src[k]);
+    }
+  }
+}
+
+// op(B)(k, j) for k in [k0, k0+kc), j in [j0, j0+nr) -> bp[k*NR + j], cols >= nr zero.
+template <typename T>
+void pack_b_panel(const T* b, int64_t ldb, bool trans, int64_t k0, int64_t kc, int64_t j0, int64_t nr, float* bp) {
+  auto cvt = [](T v) -> float {
+    if constexpr (std::is_same<T, float>::value) return v; else return bf16_to_f32(v);
+  };
+  if (nr < NR) std::memset(bp, 0, sizeof(float) * NR * kc);
+  if (trans) {  // stored N x K: row j holds op(B)(., j)
+    for (int64_t j = 0; j < nr; j++) {
+      const T* src = b + (j0 + j) * ldb + k0;
+      for (int64_t k = 0; k < kc; k++) bp[k * NR + j] = cvt(src[k]);
+    }
+  } else {
+    for (int64_t k = 0; k < kc; k++) {
+      const T* src = b + (k0 + k) * ldb + j0;
+      float* dst = bp + k * NR;
+      for (int64_t j = 0; j < nr; j++) dst[j] = cvt(src[j]);
+    }
+  }
+}
+
+void pack_a(const MatRef& A, int64_t i0, int64_t mr, int64_t k0, int64_t kc, float* ap) {
+  if (A.dtype == DType::F32) pack_a_panel(static_cast<const float*>(A.p), A.ld, A.trans, i0, mr, k0, kc, ap);
+  else pack_a_panel(static_cast<const uint16_t*>(A.p), A.ld, A.trans, i0, mr, k0, kc, ap);
+}
+void pack_b(const MatRef& B, int64_t k0, int64_t kc, int64_t j0, int64_t nr, float* bp) {
+  if (B.dtype == DType::F32) pack_b_panel(static_cast<const float*>(B.p), B.ld, B.trans, k0, kc, j0, nr, bp);
+  else pack_b_panel(static_cast<const uint16_t*>(B.p), B.ld, B.trans, k0, kc, j0, nr, bp);
+}
+
+// C tile (mr x nr valid) = alpha * ap*bp + beta * C   (beta == 0: C not read)
+#if defined(__AVX512F__)
+void micro_kernel(int64_t kc, const float* __restrict ap, const float* __restrict bp, float* c, int64_t ldc,
+                  int mr, int nr, float alpha, float beta) {
+  __m512 acc[MR][2];
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; i++) { acc[i][0] = _mm512_setzero_ps(); acc[i][1] = _mm512_setzero_ps(); }
+  for (int64_t k = 0; k < kc; k++) {
+    __m512 b0 = _mm512_load_ps(bp), b1 = _mm512_load_ps(bp + 16);
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; i++) {
+      __m512 a = _mm512_set1_ps(ap[i]);
+      acc[i][0] = _mm512_fmadd_ps(a, b0, acc[i][0]);
+      acc[i][1] = _mm512_fmadd_ps(a, b1, acc[i][1]);
+    }
+    ap += MR;
+    bp += NR;
+  }
+  __mmask16 m0 = nr >= 16 ? 0xffff : static_cast<__mmask16>((1u << nr) - 1);
+  __mmask16 m1 = nr >= 32 ? 0xffff : (nr <= 16 ? 0 : static_cast<__mmask16>((1u << (nr - 16)) - 1));
+  __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+  for (int i = 0; i < mr; i++) {
+    float* row = c + i * ldc;
+    __m512 r0 = _mm512_mul_ps(va, acc[i][0]), r1 = _mm512_mul_ps(va, acc[i][1]);
+    if (beta != 0.0f) {
+      r0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, row), r0);
+      r1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, row + 16), r1);
+    }
+    _mm512_mask_storeu_ps(row, m0, r0);
+    _mm512_mask_storeu_ps(row + 16, m1, r1);
+  }
+}
+const char* kKernelName = "avx512-12x32";
+#else
+void micro_kernel(int64_t kc, const float* __restrict ap, const float* __restrict bp, float* c, int64_t ldc,
+                  int mr, int nr, float alpha, float beta) {
+  float acc[MR][NR] = {};
+  for (int64_t k = 0; k < kc; k++) {
+    for (int i = 0; i < MR; i++) {
+      float a = ap[i];
+      for (int j = 0; j < NR; j++) acc[i][j] += a * bp[j];
+    }
+    ap += MR;
+    bp += NR;
+  }
+  for (int i = 0; i < mr; i++) {
+    float* row = c + i * ldc;
+    if (beta == 0.0f) for (int j = 0; j < nr; j++) row[j] = alpha * acc[i][j];
+    else for (int j = 0; j < nr; j++) row[j] = alpha * acc[i][j] + beta * row[j];
+  }
+}
+const char* kKernelName = "portable-6x16";
+#endif
+
+// Multiply packed A block (mc x kc) by packed B block (kc x nc) into C.
+void macro_kernel(int64_t mc, int64_t nc, int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc,
+                  float alpha, float beta, int64_t jr_begin, int64_t jr_end) {
+  for (int64_t jr = jr_begin; jr < jr_end; jr++) {
+    int64_t j = jr * NR;
+    int nr = static_cast<int>(std::min<int64_t>(NR, nc - j));
+    for (int64_t i = 0; i < mc; i += MR) {
+      int mr = static_cast<int>(std::min<int64_t>(MR, mc - i));
+      micro_kernel(kc, ap + i * kc, bp + j * kc, c + i * ldc + j, ldc, mr, nr, alpha, beta);
+    }
+  }
+}
+
+void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
+  for (int64_t i = 0; i < M; i++) {
+    float* row = C + i * ldc;
+    if (beta == 0.0f) std::memset(row, 0, sizeof(float) * N);
+    else for (int64_t j = 0; j < N; j++) row[j] *= beta;
+  }
+}
+
+}  // namespace
+
+const char* gemm_kernel_name() { return kKernelName; }
+
+void gemm(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, MatRef B, float beta, float* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0 || alpha == 0.0f) { scale_c(M, N, beta, C, ldc); return; }
+  int nt = omp_in_parallel() ? 1 : num_threads();
+  // Small problems are not worth waking threads for.
+  if (static_cast<double>(M) * N * K < 64.0 * 64 * 64) nt = 1;
+
+  const int64_t nc_max = std::min(NC, ((N + NR - 1) / NR) * NR);
+  const int64_t kc_max = std::min(KC, K);
+  const int64_t mc_max = std::min(MC, ((M + MR - 1) / MR) * MR);
+  Workspace<float> bbuf(static_cast<size_t>(nc_max * kc_max));
+  Workspace<float> abuf(static_cast<size_t>(mc_max * kc_max * nt));
+
+  const int64_t m_blocks = (M + MC - 1) / MC;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const int tid = omp_get_thread_num(), T = omp_get_num_threads();
+    float* ap_own = abuf.data() + static_cast<int64_t>(tid) * mc_max * kc_max;
+    for (int64_t jc = 0; jc < N; jc += NC) {
+      const int64_t nc = std::min(NC, N - jc);
+      const int64_t n_panels = (nc + NR - 1) / NR;
+      for (int64_t pc = 0; pc < K; pc += KC) {
+        const int64_t kc = std::min(KC, K - pc);
+        const float beta_k = pc == 0 ? beta : 1.0f;
+#pragma omp for schedule(static)
+        for (int64_t jr = 0; jr < n_panels; jr++) {
+          int64_t j = jr * NR;
+          pack_b(B, pc, kc, jc + j, std::min<int64_t>(NR, nc - j), bbuf.data() + j * kc);
+        }
+        // implicit barrier: B block packed
+        if (m_blocks >= T) {
+          // enough row blocks: each thread packs its own A blocks
+#pragma omp for schedule(dynamic, 1)
+          for (int64_t ib = 0; ib < m_blocks; ib++) {
+            const int64_t ic = ib * MC, mc = std::min(MC, M - ic);
+            for (int64_t i = 0; i < mc; i += MR)
+              pack_a(A, ic + i, std::min<int64_t>(MR, mc - i), pc, kc, ap_own + i * kc);
+            macro_kernel(mc, nc, kc, ap_own, bbuf.data(), C + ic * ldc + jc, ldc, alpha, beta_k, 0, n_panels);
+          }
+        } else {
+          // few rows: share each packed A block, split its column panels
+          float* ap_shared = abuf.data();
+          for (int64_t ic = 0; ic < M; ic += MC) {
+            const int64_t mc = std::min(MC, M - ic);
+            const int64_t m_panels = (mc + MR - 1) / MR;
+#pragma omp for schedule(static)
+            for (int64_t ir = 0; ir < m_panels; ir++) {
+              int64_t i = ir * MR;
+              pack_a(A, ic + i, std::min<int64_t>(MR, mc - i), pc, kc, ap_shared + i * kc);
+            }
+            int64_t jb = n_panels * tid / T, je = n_panels * (tid + 1) / T;
+            macro_kernel(mc, nc, kc, ap_shared, bbuf.data(), C + ic * ldc + jc, ldc, alpha, beta_k, jb, je);
+#pragma omp barrier
+          }
+        }
+#pragma omp barrier
+      }
+    }
+  }
+}
+
+void gemm_reference(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, MatRef B, float beta, float* C, int64_t ldc) {
+  for (int64_t i = 0; i < M; i++) {
+    for (int64_t j = 0; j < N; j++) {
+      double s = 0;
+      for (int64_t k = 0; k < K; k++) {
+        float a = load_elem(A.p, A.dtype, A.trans ? k * A.ld + i : i * A.ld + k);
+        float b = load_elem(B.p, B.dtype, B.trans ? j * B.ld + k : k * B.ld + j);
+        s += static_cast<double>(a) * b;
+      }
+      float& c = C[i * ldc + j];
+      c = beta == 0.0f ? alpha * static_cast<float>(s) : alpha * static_cast<float>(s) + beta * c;
+    }
+  }
+}
+
+// ---- bindings ----
+// gemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, reference?)
+static Napi::Value GemmBinding(const Napi::CallbackInfo& info) {
+  const char* fn = "gemm";
+  bool ta = bool_arg(info, 0, fn, "transA"), tbb = bool_arg(info, 1, fn, "transB");
+  int64_t M = int_arg(info, 2, fn, "M"), N = int_arg(info, 3, fn, "N"), K = int_arg(info, 4, fn, "K");
+  float alpha = static_cast<float>(num_arg(info, 5, fn, "alpha"));
+  int64_t lda = int_arg(info, 7, fn, "lda", 1), ldb = int_arg(info, 9, fn, "ldb", 1);
+  float beta = static_cast<float>(num_arg(info, 10, fn, "beta"));
+  int64_t ldc = int_arg(info, 12, fn, "ldc", 1);
+  bool reference = info.Length() > 13 && info[13].IsBoolean() && info[13].As<Napi::Boolean>().Value();
+  // stored extents: A is (ta ? K x M : M x K) with row stride lda
+  int64_t a_rows = ta ? K : M, a_cols = ta ? M : K, b_rows = tbb ? N : K, b_cols = tbb ? K : N;
+  if (lda < a_cols || ldb < b_cols || ldc < N) throw arg_error(info, fn, "leading dimension smaller than the row length");
+  auto need = [](int64_t rows, int64_t cols, int64_t ld) -> size_t {
+    return rows == 0 || cols == 0 ? 0 : static_cast<size_t>((rows - 1) * ld + cols);
+  };
+  TensorArg a = tensor_arg(info, 6, fn, "A", need(a_rows, a_cols, lda), DType::F32, true);
+  TensorArg b = tensor_arg(info, 8, fn, "B", need(b_rows, b_cols, ldb), DType::F32, true);
+  TensorArg c = tensor_arg(info, 11, fn, "C", need(M, N, ldc), DType::F32);
+  if (a.dtype != DType::F32 && a.dtype != DType::BF16) throw arg_error(info, fn, "A must be f32 or bf16");
+  if (b.dtype != DType::F32 && b.dtype != DType::BF16) throw arg_error(info, fn, "B must be f32 or bf16");
+  return guarded(info, [&]() -> Napi::Value {
+    MatRef A{a.data, a.dtype, lda, ta}, B{b.data, b.dtype, ldb, tbb};
+    if (reference) gemm_reference(M, N, K, alpha, A, B, beta, c.f32(), ldc);
+    else gemm(M, N, K, alpha, A, B, beta, c.f32(), ldc);
+    return info.Env().Undefined();
+  });
+}
+
+static void register_gemm(Napi::Env env, Napi::Object exports) {
+  exports.Set("gemm", Napi::Function::New(env, GemmBinding));
+  exports.Set("gemmKernel", Napi::String::New(env, gemm_kernel_name()));
+}
+TB_REGISTER_OPS(gemm, register_gemm);
+
+}  // namespace tb

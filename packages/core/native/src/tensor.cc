@@ -1,0 +1,247 @@
+#include "tensor.h"
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <string>
+
+namespace tb {
+
+size_t dtype_size(DType d) {
+  switch (d) {
+    case DType::F32: return 4;
+    case DType::BF16: return 2;
+    case DType::F16: return 2;
+    case DType::U8: return 1;
+    case DType::I32: return 4;
+    case DType::I8: return 1;
+    case DType::I64: return 8;
+  }
+  return 0;
+}
+const char* dtype_name(DType d) {
+  static const char* names[] = {"f32", "bf16", "f16", "u8", "i32", "i8", "i64"};
+  int i = static_cast<int>(d);
+  return (i >= 0 && i < kNumDTypes) ? names[i] : "?";
+}
+const char* category_name(Category c) {
+  static const char* names[] = {"frozen", "trainable", "grad", "optimizer", "optimizer_host", "activation", "workspace"};
+  int i = static_cast<int>(c);
+  return (i >= 0 && i < kNumCategories) ? names[i] : "?";
+}
+const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
+
+namespace {
+std::mutex g_mu;
+MemoryCounters g_mem{};
+// Test hook: refuse allocations above this many bytes (0 = no limit), so the
+// out-of-memory path can be exercised without exhausting the machine.
+size_t g_alloc_limit = 0;
+}  // namespace
+
+void set_alloc_limit(size_t bytes) { g_alloc_limit = bytes; }
+
+static void count(size_t bytes, Category cat, Device dev, int sign) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  int d = static_cast<int>(dev), c = static_cast<int>(cat);
+  int64_t b = static_cast<int64_t>(bytes) * sign;
+  g_mem.live[d][c] += b;
+  g_mem.live_total[d] += b;
+  if (sign > 0) {
+    g_mem.allocations[d] += 1;
+    if (g_mem.live[d][c] > g_mem.peak[d][c]) g_mem.peak[d][c] = g_mem.live[d][c];
+    if (g_mem.live_total[d] > g_mem.peak_total[d]) g_mem.peak_total[d] = g_mem.live_total[d];
+  }
+}
+
+void* tracked_alloc(size_t bytes, Category cat, Device dev) {
+  if (dev != Device::CPU) throw OutOfMemory(bytes, cat, dev);  // no CUDA allocator in a CPU build
+  if (bytes == 0) return nullptr;
+  if (g_alloc_limit && bytes > g_alloc_limit) throw OutOfMemory(bytes, cat, dev);
+  size_t rounded = (bytes + 63) & ~size_t(63);
+  void* p = std::aligned_alloc(64, rounded);
+  if (!p) throw OutOfMemory(bytes, cat, dev);
+  count(bytes, cat, dev, +1);
+  return p;
+}
+
+void tracked_free(void* p, size_t bytes, Category cat, Device dev) {
+  if (!p) return;
+  std::free(p);
+  count(bytes, cat, dev, -1);
+}
+
+MemoryCounters memory_counters() {
+  std::lock_guard<std::mutex> lock(g_mu);
+  return g_mem;
+}
+
+void memory_reset_peak() {
+  std::lock_guard<std::mutex> lock(g_mu);
+  for (int d = 0; d < kNumDevices; d++) {
+    for (int c = 0; c < kNumCategories; c++) g_mem.peak[d][c] = g_mem.live[d][c];
+    g_mem.peak_total[d] = g_mem.live_total[d];
+  }
+}
+
+void Storage::free_bytes() {
+  if (freed) return;
+  tracked_free(data, bytes, cat, dev);
+  data = nullptr;
+  freed = true;
+}
+
+void Storage::release() {
+  if (--refs == 0) {
+    free_bytes();
+    delete this;
+  }
+}
+
+// ---- f16 conversion (IEEE half, round to nearest even) ----
+float f16_to_f32(uint16_t h) {
+  uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, u;
+  if (exp == 0) {
+    if (mant == 0) {
+      u = sign;
+    } else {  // subnormal
+      int e = -1;
+      do { e++; mant <<= 1; } while ((mant & 0x400) == 0);
+      u = sign | ((127 - 15 - e) << 23) | ((mant & 0x3ff) << 13);
+    }
+  } else if (exp == 31) {
+    u = sign | 0x7f800000u | (mant << 13);
+  } else {
+    u = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+uint16_t f32_to_f16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  uint32_t sign = (u >> 16) & 0x8000u;
+  uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
+  if (a >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow -> inf
+  if (a < 0x38800000u) {  // subnormal or zero in half
+    if (a < 0x33000000u) return static_cast<uint16_t>(sign);
+    uint32_t e = a >> 23, m = (a & 0x7fffffu) | 0x800000u;
+    uint32_t shift = 126 - e;  // 14 + (113 - e) ... shift so that result is in units of 2^-24
+    uint32_t r = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (r & 1))) r++;
+    return static_cast<uint16_t>(sign | r);
+  }
+  uint32_t r = ((a - 0x38000000u) >> 13);
+  uint32_t rem = a & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (r & 1))) r++;
+  return static_cast<uint16_t>(sign | r);
+}
+
+// ---- NativeTensor: new NativeTensor(numel, dtype, category, device) ----
+Napi::FunctionReference* NativeTensor::constructor_ = nullptr;
+
+Napi::Object NativeTensor::Init(Napi::Env env, Napi::Object exports) {
+  Napi::Function fn = DefineClass(env, "NativeTensor", {
+    InstanceMethod<&NativeTensor::Dispose>("dispose"),
+    InstanceMethod<&NativeTensor::View>("view"),
+    InstanceAccessor<&NativeTensor::GetDisposed>("disposed"),
+    InstanceAccessor<&NativeTensor::GetBytes>("bytes"),
+  });
+  constructor_ = new Napi::FunctionReference(Napi::Persistent(fn));
+  exports.Set("NativeTensor", fn);
+  return exports;
+}
+
+bool NativeTensor::IsTensor(Napi::Value v) {
+  return v.IsObject() && constructor_ && v.As<Napi::Object>().InstanceOf(constructor_->Value());
+}
+
+NativeTensor* NativeTensor::From(Napi::Value v) {
+  if (!IsTensor(v)) return nullptr;
+  return Napi::ObjectWrap<NativeTensor>::Unwrap(v.As<Napi::Object>());
+}
+
+NativeTensor::NativeTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeTensor>(info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 4 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber() || !info[3].IsNumber())
+    throw Napi::TypeError::New(env, "NativeTensor(numel, dtype, category, device): expected four numbers");
+  double numel = info[0].As<Napi::Number>().DoubleValue();
+  int dt = info[1].As<Napi::Number>().Int32Value();
+  int cat = info[2].As<Napi::Number>().Int32Value();
+  int dev = info[3].As<Napi::Number>().Int32Value();
+  if (!(numel >= 0) || numel != static_cast<double>(static_cast<uint64_t>(numel)) || numel > 9.0e15)
+    throw Napi::RangeError::New(env, "NativeTensor: numel must be a non-negative integer");
+  if (dt < 0 || dt >= kNumDTypes) throw Napi::RangeError::New(env, "NativeTensor: unknown dtype code " + std::to_string(dt));
+  if (cat < 0 || cat >= kNumCategories) throw Napi::RangeError::New(env, "NativeTensor: unknown category code " + std::to_string(cat));
+  if (dev < 0 || dev >= kNumDevices) throw Napi::RangeError::New(env, "NativeTensor: unknown device code " + std::to_string(dev));
+  auto* s = new Storage();
+  s->numel = static_cast<size_t>(numel);
+  s->dtype = static_cast<DType>(dt);
+  s->cat = static_cast<Category>(cat);
+  s->dev = static_cast<Device>(dev);
+  s->bytes = s->numel * dtype_size(s->dtype);
+  try {
+    s->data = tracked_alloc(s->bytes, s->cat, s->dev);
+  } catch (const OutOfMemory& e) {
+    delete s;
+    Napi::Error err = Napi::Error::New(env,
+        std::string("out of memory: could not allocate ") + std::to_string(e.bytes) + " bytes of " +
+        category_name(e.cat) + " on " + device_name(e.dev));
+    err.Set("code", Napi::String::New(env, "TB_OOM"));
+    err.Set("bytes", Napi::Number::New(env, static_cast<double>(e.bytes)));
+    err.Set("category", Napi::String::New(env, category_name(e.cat)));
+    err.Set("device", Napi::String::New(env, device_name(e.dev)));
+    throw err;
+  }
+  // Fresh memory is zeroed: a kernel bug then shows as zeros, not as old data.
+  if (s->bytes && s->dev == Device::CPU) std::memset(s->data, 0, s->bytes);
+  storage_ = s;
+}
+
+NativeTensor::~NativeTensor() {
+  if (storage_) storage_->release();
+}
+
+Napi::Value NativeTensor::Dispose(const Napi::CallbackInfo& info) {
+  // Detach every live view first so no typed array can reach freed memory.
+  for (auto& ref : views_) {
+    if (ref.IsEmpty()) continue;
+    Napi::ArrayBuffer ab = ref.Value();
+    if (!ab.IsEmpty() && !ab.IsDetached()) ab.Detach();
+  }
+  views_.clear();
+  if (storage_) storage_->free_bytes();
+  return info.Env().Undefined();
+}
+
+Napi::Value NativeTensor::View(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (storage_->freed) throw Napi::Error::New(env, "tensor was disposed");
+  if (storage_->dev != Device::CPU) throw Napi::Error::New(env, "view(): only CPU tensors can be viewed as typed arrays");
+  if (storage_->bytes == 0) return Napi::ArrayBuffer::New(env, 0);
+  storage_->refs++;
+  Storage* s = storage_;
+  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, s->data, s->bytes,
+      [](Napi::Env, void*, Storage* hint) { hint->release(); }, s);
+  // prune collected views, keep a weak reference to this one
+  std::vector<Napi::Reference<Napi::ArrayBuffer>> kept;
+  for (auto& ref : views_) {
+    if (!ref.IsEmpty() && !ref.Value().IsEmpty()) kept.push_back(std::move(ref));
+  }
+  views_ = std::move(kept);
+  views_.push_back(Napi::Weak(ab));
+  return ab;
+}
+
+Napi::Value NativeTensor::GetDisposed(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), storage_->freed);
+}
+
+Napi::Value NativeTensor::GetBytes(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(storage_->bytes));
+}
+
+}  // namespace tb

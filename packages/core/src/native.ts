@@ -1,0 +1,64 @@
+// Loads the native addon and gives it a hand-written type.
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export interface NativeTensorHandle {
+  readonly disposed: boolean;
+  readonly bytes: number;
+  dispose(): void;
+  view(): ArrayBuffer;
+}
+
+export interface DeviceMemory {
+  live: Record<string, number>;
+  peak: Record<string, number>;
+  liveTotal: number;
+  peakTotal: number;
+  allocations: number;
+}
+
+/** The binding. Functions take native tensor handles and plain numbers; the
+ * typed wrappers in ops/ validate shapes and dtypes before calling them. */
+export interface NativeBinding {
+  NativeTensor: new (numel: number, dtype: number, category: number, device: number) => NativeTensorHandle;
+  memorySnapshot(): Record<'cpu' | 'cuda', DeviceMemory>;
+  memoryResetPeak(): void;
+  setAllocLimit(bytes: number): void;
+  getThreads(): number;
+  setThreads(n: number): void;
+  cudaCompiled: boolean;
+  opFamilies: string[];
+  gemmKernel: string;
+  gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, alpha: number,
+       A: NativeTensorHandle, lda: number, B: NativeTensorHandle, ldb: number, beta: number,
+       C: NativeTensorHandle, ldc: number, reference?: boolean): void;
+  [name: string]: unknown;
+}
+
+function addonPath(): string {
+  const override = process.env.TUNEBENCH_ADDON;
+  if (override) return resolve(override);
+  // src/ and dist/ sit at the same depth under the package root.
+  const here = dirname(fileURLToPath(import.meta.url));
+  return join(here, '..', 'build', 'Release', 'tunebench.node');
+}
+
+function load(): NativeBinding {
+  const path = addonPath();
+  if (!existsSync(path)) {
+    throw new Error(`tunebench native addon not found at ${path}. Build it first: pnpm build (needs CMake and a C++ compiler).`);
+  }
+  const require = createRequire(import.meta.url);
+  return require(path) as NativeBinding;
+}
+
+export const native: NativeBinding = load();
+
+/** A binding function by name, typed by the caller. */
+export function nativeFn<F extends (...args: never[]) => unknown>(name: string): F {
+  const f = native[name];
+  if (typeof f !== 'function') throw new Error(`native op '${name}' is missing from the addon (rebuild with pnpm build)`);
+  return f as F;
+}

@@ -1,0 +1,45 @@
+// matmul: C [M, N] = alpha * op(A) [M, K] * op(B) [K, N] + beta * C
+//   A: [M, K] (or [K, M] with transA), f32 or bf16
+//   B: [K, N] (or [N, K] with transB), f32 or bf16 (a frozen bf16 weight is
+//      widened block by block inside the kernel, never whole)
+//   C: f32. beta = 0 overwrites C; beta = 1 accumulates (gradients).
+import type { Category } from '../dtype.js';
+import { native } from '../native.js';
+import type { Tensor } from '../tensor.js';
+import { checkFinite, checkTensor, fmtShape, outTensor } from './check.js';
+
+export interface MatmulOptions {
+  transA?: boolean;
+  transB?: boolean;
+  alpha?: number;
+  beta?: number;
+  out?: Tensor;
+  category?: Category;
+  /** run the unblocked reference kernel instead (tests) */
+  reference?: boolean;
+}
+
+export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
+  const op = 'matmul';
+  checkTensor(op, 'a', a, ['f32', 'bf16'], 2);
+  checkTensor(op, 'b', b, ['f32', 'bf16'], 2);
+  const transA = opts.transA ?? false, transB = opts.transB ?? false;
+  const alpha = opts.alpha ?? 1, beta = opts.beta ?? 0;
+  checkFinite(op, 'alpha', alpha);
+  checkFinite(op, 'beta', beta);
+  const [ar, ac] = a.shape, [br, bc] = b.shape;
+  const M = transA ? ac : ar, K = transA ? ar : ac;
+  const Kb = transB ? bc : br, N = transB ? br : bc;
+  if (K !== Kb) {
+    throw new RangeError(`${op}: inner dimensions differ: op(a) is ${fmtShape([M, K])} (a ${fmtShape(a.shape)}${transA ? ', transposed' : ''}), op(b) is ${fmtShape([Kb, N])} (b ${fmtShape(b.shape)}${transB ? ', transposed' : ''})`);
+  }
+  if (beta !== 0 && opts.out === undefined) throw new Error(`${op}: beta = ${beta} needs an 'out' tensor to accumulate into`);
+  const c = outTensor(op, 'out', opts.out, [M, N], { category: opts.category });
+  native.gemm(transA, transB, M, N, K, alpha, a.handle, ac, b.handle, bc, beta, c.handle, N, opts.reference ?? false);
+  return c;
+}
+
+/** Name of the micro-kernel this build uses. */
+export function gemmKernel(): string {
+  return native.gemmKernel;
+}

@@ -1,0 +1,54 @@
+// Shared test helpers: the tfjs reference (cpu backend), seeded random data,
+// and a relative-error comparison.
+import * as tf from '@tensorflow/tfjs';
+import assert from 'node:assert/strict';
+import { Tensor } from '../src/index.js';
+
+let ready: Promise<void> | null = null;
+/** tfjs on its pure-JS cpu backend, the independent reference for gradients. */
+export async function tfjs(): Promise<typeof tf> {
+  if (!ready) ready = tf.setBackend('cpu').then((ok) => { if (!ok) throw new Error('tfjs cpu backend unavailable'); });
+  await ready;
+  return tf;
+}
+
+/** Fresh random inputs each run (seed printed so a failure can be replayed). */
+export function rng(seed = (Math.random() * 2 ** 31) >>> 0): { next: () => number; normal: () => number; seed: number } {
+  let s = seed >>> 0 || 1;
+  const next = () => {
+    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
+    return s / 4294967296;
+  };
+  const normal = () => {
+    const u = Math.max(next(), 1e-12), v = next();
+    return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
+  };
+  return { next, normal, seed };
+}
+
+export function randn(n: number, r: ReturnType<typeof rng>, scale = 1): Float32Array {
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = r.normal() * scale;
+  return a;
+}
+
+export function tensorOf(values: Float32Array, shape: number[], opts: Parameters<typeof Tensor.from>[2] = {}): Tensor {
+  return Tensor.from(values, shape, opts);
+}
+
+/** max |a - b| / (max |b| + tiny): one relative error for a whole tensor. */
+export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  assert.equal(a.length, b.length, 'length mismatch');
+  let num = 0, den = 0;
+  for (let i = 0; i < a.length; i++) {
+    if (!Number.isFinite(a[i])) return Infinity;
+    num = Math.max(num, Math.abs(a[i] - b[i]));
+    den = Math.max(den, Math.abs(b[i]));
+  }
+  return num / (den + 1e-30);
+}
+
+export function assertClose(name: string, got: ArrayLike<number>, want: ArrayLike<number>, tol: number, seed?: number): void {
+  const e = relErr(got, want);
+  assert.ok(e <= tol, `${name}: relative error ${e.toExponential(3)} > ${tol}${seed !== undefined ? ` (seed ${seed})` : ''}`);
+}
