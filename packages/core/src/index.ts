@@ -3,3 +3,4 @@ export { Tensor, type TensorOptions, shapeNumel } from './tensor.js';
 export { memory, type MemorySnapshot, type DeviceMemorySnapshot } from './memory.js';
 export { native } from './native.js';
 export { matmul, gemmKernel, type MatmulOptions } from './ops/gemm.js';
+export * from './ops/optim.js';
