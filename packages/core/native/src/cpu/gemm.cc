@@ -93,6 +93,7 @@ void micro_kernel(int64_t kc, const float* __restrict ap, const float* __restric
   __m512 acc[MR][2];
 #pragma GCC unroll 12
   for (int i = 0; i < MR; i++) { acc[i][0] = _mm512_setzero_ps(); acc[i][1] = _mm512_setzero_ps(); }
+#pragma GCC unroll 4
   for (int64_t k = 0; k < kc; k++) {
     __m512 b0 = _mm512_load_ps(bp), b1 = _mm512_load_ps(bp + 16);
 #pragma GCC unroll 12
@@ -178,11 +179,16 @@ void gemm(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, MatRef B, floa
   Workspace<float> bbuf(static_cast<size_t>(nc_max * kc_max));
   Workspace<float> abuf(static_cast<size_t>(mc_max * kc_max * nt));
 
-  const int64_t m_blocks = (M + MC - 1) / MC;
+  // Rows split evenly across threads (MR-aligned), so no thread is left
+  // with an extra partial block while the other idles.
+  const int64_t m_panels_total = (M + MR - 1) / MR;
+  const bool split_rows = m_panels_total >= 4 * nt;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     const int tid = omp_get_thread_num(), T = omp_get_num_threads();
     float* ap_own = abuf.data() + static_cast<int64_t>(tid) * mc_max * kc_max;
+    const int64_t row_begin = std::min(M, (m_panels_total * tid / T) * MR);
+    const int64_t row_end = std::min(M, (m_panels_total * (tid + 1) / T) * MR);
     for (int64_t jc = 0; jc < N; jc += NC) {
       const int64_t nc = std::min(NC, N - jc);
       const int64_t n_panels = (nc + NR - 1) / NR;
@@ -195,11 +201,10 @@ void gemm(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, MatRef B, floa
           pack_b(B, pc, kc, jc + j, std::min<int64_t>(NR, nc - j), bbuf.data() + j * kc);
         }
         // implicit barrier: B block packed
-        if (m_blocks >= T) {
-          // enough row blocks: each thread packs its own A blocks
-#pragma omp for schedule(dynamic, 1)
-          for (int64_t ib = 0; ib < m_blocks; ib++) {
-            const int64_t ic = ib * MC, mc = std::min(MC, M - ic);
+        if (split_rows) {
+          // each thread packs and multiplies its own rows
+          for (int64_t ic = row_begin; ic < row_end; ic += MC) {
+            const int64_t mc = std::min(MC, row_end - ic);
             for (int64_t i = 0; i < mc; i += MR)
               pack_a(A, ic + i, std::min<int64_t>(MR, mc - i), pc, kc, ap_own + i * kc);
             macro_kernel(mc, nc, kc, ap_own, bbuf.data(), C + ic * ldc + jc, ldc, alpha, beta_k, 0, n_panels);
