@@ -4,3 +4,9 @@ export { memory, type MemorySnapshot, type DeviceMemorySnapshot } from './memory
 export { native } from './native.js';
 export { matmul, gemmKernel, type MatmulOptions } from './ops/gemm.js';
 export * from './ops/optim.js';
+export {
+  crossEntropyForward, crossEntropyBackward, crossEntropyDefaultChunk, type CrossEntropyOptions,
+  type CrossEntropyForwardOptions, type CrossEntropyForwardResult, type CrossEntropyBackwardOptions,
+  type CrossEntropyBackwardResult,
+} from './ops/cross_entropy.js';
+export { embeddingForward, embeddingBackward, type EmbeddingOptions } from './ops/embedding.js';
