@@ -10,3 +10,6 @@ export {
   type CrossEntropyBackwardResult,
 } from './ops/cross_entropy.js';
 export { embeddingForward, embeddingBackward, type EmbeddingOptions } from './ops/embedding.js';
+export { rmsnorm, rmsnormBackward, type RmsNormOptions, type RmsNormResult, type RmsNormBackwardOptions, type RmsNormBackwardResult } from './ops/rmsnorm.js';
+export { rope, ropeBackward, type RopeOptions } from './ops/rope.js';
+export { swiglu, swigluBackward, type SwigluOptions, type SwigluBackwardOptions } from './ops/swiglu.js';

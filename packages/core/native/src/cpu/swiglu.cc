@@ -1,0 +1,120 @@
+// SwiGLU (the Llama MLP gate), fp32 compute, elementwise.
+//
+//   forward:  out = silu(gate) * up,   silu(g) = g * sigmoid(g)
+//   backward: s = sigmoid(g)
+//             dgate = dout * up * s * (1 + g * (1 - s))   (written)
+//             dup   = dout * g * s                         (written)
+//
+// sigmoid is evaluated from e = exp(-|g|) <= 1, so it never overflows:
+//   g >= 0: s = 1 / (1 + e), 1 - s = e / (1 + e);  g < 0: the two swap.
+// exp is a branch-free Cephes-style polynomial (about 2 ulp on [-87, 0]) so
+// the loops vectorise; glibc's expf does not without -ffast-math.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "args.h"
+#include "parallel.h"
+#include "registry.h"
+
+namespace tb {
+namespace {
+
+constexpr int64_t kMinPerThread = 32768;
+
+// exp(x) for x <= 0; 0 below -87 (the f32 normal range ends at -87.3).
+inline float exp_nonpos(float x) {
+  const float xc = x < -87.0f ? -87.0f : x;
+  // n = round(xc / ln2) by the 1.5*2^23 trick (std::floor/rint do not
+  // vectorise without -fno-trapping-math); exact for |n| < 2^22
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  // r = xc - n*ln2 in two parts (Cody-Waite) keeps r exact enough
+  float r = xc - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return x < -87.0f ? 0.0f : p * scale;
+}
+
+// s = sigmoid(g) and sc = 1 - s, both without cancellation.
+inline void sigmoid2(float g, float& s, float& sc) {
+  const float e = exp_nonpos(-std::fabs(g));
+  const float a = 1.0f / (1.0f + e), b = e * a;
+  const bool pos = g >= 0.0f;
+  s = pos ? a : b;
+  sc = pos ? b : a;
+}
+
+// gate, up [n] f32 -> out [n] f32
+void swiglu_forward(int64_t n, const float* gate, const float* up, float* out) {
+  parallel_chunks(n, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++) {
+      float s, sc;
+      sigmoid2(gate[i], s, sc);
+      out[i] = gate[i] * s * up[i];
+    }
+  }, kMinPerThread);
+}
+
+// dout, gate, up [n] f32 -> dgate, dup [n] f32 (both written)
+void swiglu_backward(int64_t n, const float* dout, const float* gate, const float* up, float* dgate, float* dup) {
+  parallel_chunks(n, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++) {
+      const float g = gate[i], u = up[i], d = dout[i];
+      float s, sc;
+      sigmoid2(g, s, sc);
+      dgate[i] = d * u * (s * (1.0f + g * sc));
+      dup[i] = d * (g * s);
+    }
+  }, kMinPerThread);
+}
+
+}  // namespace
+
+// ---- bindings ----
+// swiglu_forward(gate, up, out, n)
+//   gate, up [N, F] f32 (n = N*F elements) -> out [N, F] f32 (written)
+static Napi::Value SwigluForwardBinding(const Napi::CallbackInfo& info) {
+  const char* fn = "swiglu_forward";
+  const int64_t n = int_arg(info, 3, fn, "n");
+  TensorArg gate = tensor_arg(info, 0, fn, "gate", static_cast<size_t>(n), DType::F32);
+  TensorArg up = tensor_arg(info, 1, fn, "up", static_cast<size_t>(n), DType::F32);
+  TensorArg out = tensor_arg(info, 2, fn, "out", static_cast<size_t>(n), DType::F32);
+  return guarded(info, [&]() -> Napi::Value {
+    swiglu_forward(n, gate.f32(), up.f32(), out.f32());
+    return info.Env().Undefined();
+  });
+}
+
+// swiglu_backward(dout, gate, up, dgate, dup, n)
+//   dout, gate, up [N, F] f32 -> dgate, dup [N, F] f32 (both WRITTEN: activation gradients)
+static Napi::Value SwigluBackwardBinding(const Napi::CallbackInfo& info) {
+  const char* fn = "swiglu_backward";
+  const int64_t n = int_arg(info, 5, fn, "n");
+  TensorArg dout = tensor_arg(info, 0, fn, "dout", static_cast<size_t>(n), DType::F32);
+  TensorArg gate = tensor_arg(info, 1, fn, "gate", static_cast<size_t>(n), DType::F32);
+  TensorArg up = tensor_arg(info, 2, fn, "up", static_cast<size_t>(n), DType::F32);
+  TensorArg dgate = tensor_arg(info, 3, fn, "dgate", static_cast<size_t>(n), DType::F32);
+  TensorArg dup = tensor_arg(info, 4, fn, "dup", static_cast<size_t>(n), DType::F32);
+  if (dgate.data == dup.data && n > 0) throw arg_error(info, fn, "'dgate' and 'dup' must be different tensors");
+  return guarded(info, [&]() -> Napi::Value {
+    swiglu_backward(n, dout.f32(), gate.f32(), up.f32(), dgate.f32(), dup.f32());
+    return info.Env().Undefined();
+  });
+}
+
+static void register_swiglu(Napi::Env env, Napi::Object exports) {
+  exports.Set("swiglu_forward", Napi::Function::New(env, SwigluForwardBinding));
+  exports.Set("swiglu_backward", Napi::Function::New(env, SwigluBackwardBinding));
+}
+TB_REGISTER_OPS(swiglu, register_swiglu);
+
+}  // namespace tb
