@@ -13,3 +13,4 @@ export { embeddingForward, embeddingBackward, type EmbeddingOptions } from './op
 export { rmsnorm, rmsnormBackward, type RmsNormOptions, type RmsNormResult, type RmsNormBackwardOptions, type RmsNormBackwardResult } from './ops/rmsnorm.js';
 export { rope, ropeBackward, type RopeOptions } from './ops/rope.js';
 export { swiglu, swigluBackward, type SwigluOptions, type SwigluBackwardOptions } from './ops/swiglu.js';
+export * from './ops/attention.js';

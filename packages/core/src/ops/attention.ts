@@ -1,0 +1,136 @@
+// Causal multi-head attention with grouped-query heads (CPU, FlashAttention-2
+// style tiles: memory linear in T, no T x T buffer).
+//   q: [B, T, Hq, D], k and v: [B, T, Hkv, D], f32, Hq a multiple of Hkv.
+//   Query head h reads kv head floor(h / (Hq / Hkv)) (HF repeat_kv order);
+//   query t attends keys 0..t; scale defaults to 1/sqrt(D).
+import type { Category } from '../dtype.js';
+import { nativeFn, type NativeTensorHandle } from '../native.js';
+import type { Tensor } from '../tensor.js';
+import { checkFinite, checkShape, checkTensor, fmtShape, outTensor } from './check.js';
+
+type H = NativeTensorHandle;
+type ForwardFn = (q: H, k: H, v: H, out: H, lse: H,
+                  B: number, T: number, Hq: number, Hkv: number, D: number, scale: number) => void;
+type BackwardFn = (dout: H, q: H, k: H, v: H, out: H, lse: H, dq: H, dk: H, dv: H,
+                   B: number, T: number, Hq: number, Hkv: number, D: number, scale: number) => void;
+
+// Looked up on first use, so importing the package works with an addon built
+// without this op family.
+let forwardFn: ForwardFn | null = null;
+let backwardFn: BackwardFn | null = null;
+
+export interface AttentionOptions {
+  /** score scale; default 1 / sqrt(D) */
+  scale?: number;
+  /** preallocated [B, T, Hq, D] output (overwritten) */
+  out?: Tensor;
+  /** preallocated [B, Hq, T] log-sum-exp output (overwritten) */
+  lse?: Tensor;
+  /** category of newly allocated outputs; default 'activation' */
+  category?: Category;
+}
+
+export interface AttentionBackwardOptions {
+  /** must equal the scale used in the forward pass; default 1 / sqrt(D) */
+  scale?: number;
+  /** preallocated gradients (overwritten, not accumulated) */
+  dq?: Tensor;
+  dk?: Tensor;
+  dv?: Tensor;
+  /** category of newly allocated gradients; default 'activation' */
+  category?: Category;
+}
+
+interface Dims { B: number; T: number; Hq: number; Hkv: number; D: number }
+
+function checkQKV(op: string, q: unknown, k: unknown, v: unknown): Dims {
+  const qt = checkTensor(op, 'q', q, ['f32'], 4);
+  const kt = checkTensor(op, 'k', k, ['f32'], 4);
+  const vt = checkTensor(op, 'v', v, ['f32'], 4);
+  const [B, T, Hq, D] = qt.shape;
+  const Hkv = kt.shape[2];
+  if (D === 0) throw new RangeError(`${op}: 'q' has shape ${fmtShape(qt.shape)}: head dim D must be positive`);
+  if (Hq === 0) throw new RangeError(`${op}: 'q' has shape ${fmtShape(qt.shape)}: query heads Hq must be positive`);
+  if (kt.shape[0] !== B || kt.shape[1] !== T || kt.shape[3] !== D) {
+    throw new RangeError(`${op}: 'k' has shape ${fmtShape(kt.shape)}, expected [${B}, ${T}, Hkv, ${D}] (B, T and D of 'q' ${fmtShape(qt.shape)}; q is [B, T, Hq, D], k and v are [B, T, Hkv, D])`);
+  }
+  if (Hkv === 0) throw new RangeError(`${op}: 'k' has shape ${fmtShape(kt.shape)}: kv heads Hkv must be positive`);
+  if (Hq % Hkv !== 0) {
+    throw new RangeError(`${op}: query heads Hq = ${Hq} ('q' ${fmtShape(qt.shape)}) must be a multiple of kv heads Hkv = ${Hkv} ('k' ${fmtShape(kt.shape)})`);
+  }
+  checkShape(op, 'v', vt, kt.shape);
+  return { B, T, Hq, Hkv, D };
+}
+
+function scaleOf(op: string, scale: number | undefined, D: number): number {
+  if (scale === undefined) return 1 / Math.sqrt(D);
+  checkFinite(op, 'scale', scale);
+  return scale;
+}
+
+/** Outputs must not share memory with inputs or with each other: threads read
+ * inputs while others write outputs. */
+function checkDistinct(op: string, outputs: [string, Tensor][], inputs: [string, Tensor][]): void {
+  const all = [...inputs, ...outputs];
+  for (const [oname, o] of outputs) {
+    for (const [iname, t] of all) {
+      if (oname !== iname && o.handle === t.handle) throw new Error(`${op}: '${oname}' is the same tensor as '${iname}'; outputs must not alias other arguments`);
+    }
+  }
+}
+
+/** out = softmax(scale * q k^T + causal mask) v per head; lse = the softmax
+ * log-normaliser per query row, kept for attentionBackward. */
+export function attentionForward(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions = {}): { out: Tensor; lse: Tensor } {
+  // q: [B, T, Hq, D]  k, v: [B, T, Hkv, D]  ->  out: [B, T, Hq, D]  lse: [B, Hq, T]
+  const op = 'attentionForward';
+  const { B, T, Hq, Hkv, D } = checkQKV(op, q, k, v);
+  const scale = scaleOf(op, opts.scale, D);
+  const category = opts.category ?? 'activation';
+  const out = outTensor(op, 'out', opts.out, [B, T, Hq, D], { category });
+  let lse: Tensor;
+  try {
+    lse = outTensor(op, 'lse', opts.lse, [B, Hq, T], { category });
+    checkDistinct(op, [['out', out], ['lse', lse]], [['q', q], ['k', k], ['v', v]]);
+  } catch (e) {
+    if (opts.out === undefined) out.dispose();
+    throw e;
+  }
+  forwardFn ??= nativeFn<ForwardFn>('attention_forward');
+  forwardFn(q.handle, k.handle, v.handle, out.handle, lse.handle, B, T, Hq, Hkv, D, scale);
+  return { out, lse };
+}
+
+/** Gradients of attentionForward. dq, dk and dv are activation gradients:
+ * written, not accumulated. With grouped heads, dk and dv of a kv head sum
+ * the contributions of every query head in its group. */
+export function attentionBackward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                                  opts: AttentionBackwardOptions = {}): { dq: Tensor; dk: Tensor; dv: Tensor } {
+  // dout, out: [B, T, Hq, D]  q: [B, T, Hq, D]  k, v: [B, T, Hkv, D]  lse: [B, Hq, T]
+  //   ->  dq: [B, T, Hq, D]  dk, dv: [B, T, Hkv, D]
+  const op = 'attentionBackward';
+  const { B, T, Hq, Hkv, D } = checkQKV(op, q, k, v);
+  checkShape(op, 'dout', checkTensor(op, 'dout', dout, ['f32'], 4), [B, T, Hq, D]);
+  checkShape(op, 'out', checkTensor(op, 'out', out, ['f32'], 4), [B, T, Hq, D]);
+  checkShape(op, 'lse', checkTensor(op, 'lse', lse, ['f32'], 3), [B, Hq, T]);
+  const scale = scaleOf(op, opts.scale, D);
+  const category = opts.category ?? 'activation';
+  const made: Tensor[] = [];
+  try {
+    const dq = outTensor(op, 'dq', opts.dq, [B, T, Hq, D], { category });
+    if (opts.dq === undefined) made.push(dq);
+    const dk = outTensor(op, 'dk', opts.dk, [B, T, Hkv, D], { category });
+    if (opts.dk === undefined) made.push(dk);
+    const dv = outTensor(op, 'dv', opts.dv, [B, T, Hkv, D], { category });
+    if (opts.dv === undefined) made.push(dv);
+    checkDistinct(op, [['dq', dq], ['dk', dk], ['dv', dv]],
+                  [['dout', dout], ['q', q], ['k', k], ['v', v], ['out', out], ['lse', lse]]);
+    backwardFn ??= nativeFn<BackwardFn>('attention_backward');
+    backwardFn(dout.handle, q.handle, k.handle, v.handle, out.handle, lse.handle, dq.handle, dk.handle, dv.handle,
+               B, T, Hq, Hkv, D, scale);
+    return { dq, dk, dv };
+  } catch (e) {
+    for (const t of made) t.dispose();
+    throw e;
+  }
+}
