@@ -23,6 +23,7 @@
 #include <string>
 
 #include "args.h"
+#include "fast_exp.h"
 #include "parallel.h"
 #include "registry.h"
 
@@ -56,24 +57,14 @@ inline vf lane_index() {  // {0, 1, ..., VW - 1}
 }
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// exp(x) lane-wise (Cephes polynomial, ~1 ulp); exactly 0 below -87.3
-// (so a masked -inf score gives P = 0), NaN stays NaN.
+// exp(x) lane-wise (fast_exp.h); exactly 0 below kExpLo (so a masked -inf
+// score gives P = 0), NaN stays NaN.
 inline vf vexp(vf x) {
-  const vf lo = vsplat(-87.3365447505531f), hi = vsplat(88.3762626647949f);
-  const vi under = x < lo;
-  x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
-  const float magic = 12582912.0f;  // 1.5 * 2^23: adding and subtracting rounds to nearest
-  vf n = (x * 1.44269504088896341f + magic) - magic;
-  vf r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  vf p = vsplat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  const vi under = x < kExpLo;
+  x = x < kExpLo ? vsplat(kExpLo) : x;
+  x = x > kExpHi ? vsplat(kExpHi) : x;
+  vf n;
+  const vf p = exp_reduced(x, n);
   vi bits = (vi)p + (__builtin_convertvector(n, vi) << 23);  // p * 2^n
   vf res = (vf)bits;
   return under ? vf{} : res;

@@ -28,36 +28,13 @@
 #include <string>
 
 #include "args.h"
+#include "fast_exp.h"
 #include "gemm.h"
 #include "parallel.h"
 #include "registry.h"
 
 namespace tb {
 namespace {
-
-// exp(x) for the softmax, where x = logit - max <= 0 (also correct for small
-// positive x). Cephes-style range reduction and degree-6 polynomial, about
-// 1 ulp; written so that `omp simd` loops vectorise it (libm's expf does not
-// vectorise without -ffast-math). Below -87 the result is flushed to 0, above
-// 88 it is +inf; NaN stays NaN.
-inline float exp_softmax(float x) {
-  const float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  // round to nearest by the 1.5 * 2^23 trick (std::floor stops GCC 12 vectorising)
-  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, 4);
-  return x < -87.0f ? 0.0f : (x > 88.0f ? INFINITY : p * scale);
-}
 
 // log-sum-exp of one logits row.
 inline float row_lse(const float* row, int64_t V) {
@@ -66,7 +43,7 @@ inline float row_lse(const float* row, int64_t V) {
   for (int64_t j = 0; j < V; j++) m = row[j] > m ? row[j] : m;  // (std::max does not vectorise here)
   float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-  for (int64_t j = 0; j < V; j++) s += exp_softmax(row[j] - m);
+  for (int64_t j = 0; j < V; j++) s += fast_expf(row[j] - m);
   return m + std::log(s);
 }
 
@@ -163,7 +140,7 @@ void cross_entropy_backward(const float* h, const void* w, DType wdt, const int3
         const int64_t i = ix[r];
         const float l = lse[i];
 #pragma omp simd
-        for (int64_t j = 0; j < V; j++) row[j] = exp_softmax(row[j] - l) * scale;
+        for (int64_t j = 0; j < V; j++) row[j] = fast_expf(row[j] - l) * scale;
         row[tgt[i]] -= scale;
       }
     }, rows_per_thread(V));

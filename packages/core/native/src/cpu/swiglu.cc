@@ -7,13 +7,14 @@
 //
 // sigmoid is evaluated from e = exp(-|g|) <= 1, so it never overflows:
 //   g >= 0: s = 1 / (1 + e), 1 - s = e / (1 + e);  g < 0: the two swap.
-// exp is a branch-free Cephes-style polynomial (about 2 ulp on [-87, 0]) so
+// exp is fast_exp.h (Cephes polynomial) so
 // the loops vectorise; glibc's expf does not without -ffast-math.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
 #include "args.h"
+#include "fast_exp.h"
 #include "parallel.h"
 #include "registry.h"
 
@@ -22,31 +23,9 @@ namespace {
 
 constexpr int64_t kMinPerThread = 32768;
 
-// exp(x) for x <= 0; 0 below -87 (the f32 normal range ends at -87.3).
-inline float exp_nonpos(float x) {
-  const float xc = x < -87.0f ? -87.0f : x;
-  // n = round(xc / ln2) by the 1.5*2^23 trick (std::floor/rint do not
-  // vectorise without -fno-trapping-math); exact for |n| < 2^22
-  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  // r = xc - n*ln2 in two parts (Cody-Waite) keeps r exact enough
-  float r = xc - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, 4);
-  return x < -87.0f ? 0.0f : p * scale;
-}
-
 // s = sigmoid(g) and sc = 1 - s, both without cancellation.
 inline void sigmoid2(float g, float& s, float& sc) {
-  const float e = exp_nonpos(-std::fabs(g));
+  const float e = fast_expf(-std::fabs(g));
   const float a = 1.0f / (1.0f + e), b = e * a;
   const bool pos = g >= 0.0f;
   s = pos ? a : b;
