@@ -38,21 +38,28 @@ does for any program, and the core it used is printed.
 
 Example: pnpm bench -- --only gemm --time 1000`;
 
-const { values: opt } = parseArgs({
-  options: {
-    only: { type: 'string' },
-    quick: { type: 'boolean', default: false },
-    time: { type: 'string' },
-    iterations: { type: 'string', default: '3' },
-    tokens: { type: 'string', default: '4096' },
-    threads: { type: 'string' },
-    'no-openblas': { type: 'boolean', default: false },
-    'openblas-core': { type: 'string' },
-    out: { type: 'string' },
-    help: { type: 'boolean', short: 'h', default: false },
-  },
-  allowPositionals: false,
-});
+// `pnpm bench -- --x` hands the script a literal '--' first.
+const argv = process.argv.slice(2);
+if (argv[0] === '--') argv.shift();
+const optionSpec = {
+  only: { type: 'string' },
+  quick: { type: 'boolean', default: false },
+  time: { type: 'string' },
+  iterations: { type: 'string', default: '3' },
+  tokens: { type: 'string', default: '4096' },
+  threads: { type: 'string' },
+  'no-openblas': { type: 'boolean', default: false },
+  'openblas-core': { type: 'string' },
+  out: { type: 'string' },
+  help: { type: 'boolean', short: 'h', default: false },
+} as const;
+let opt: ReturnType<typeof parseArgs<{ args: string[]; options: typeof optionSpec }>>['values'];
+try {
+  opt = parseArgs({ args: argv, options: optionSpec, allowPositionals: false }).values;
+} catch (e) {
+  console.error(`${(e as Error).message}\nRun with --help for the options.`);
+  process.exit(2);
+}
 if (opt.help) { console.log(HELP); process.exit(0); }
 
 function intOpt(name: string, v: string | undefined, dflt: number): number {
