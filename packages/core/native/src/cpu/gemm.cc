@@ -149,14 +149,21 @@ void micro_kernel(int64_t kc, const float* __restrict ap, const float* __restric
 }
 const char* kKernelName = "avx512-12x32";
 #else
+// Portable tile with GCC vector extensions (one 16-float vector per tile
+// row). target_clones compiles it for AVX-512, AVX2+FMA and the baseline and
+// picks one at load time, so a portable build (no -march=native) still uses
+// the vector units it finds.
+typedef float v16f __attribute__((vector_size(64)));
+__attribute__((target_clones("avx512f", "avx2,fma", "default")))
 void micro_kernel(int64_t kc, const float* __restrict ap, const float* __restrict bp, float* c, int64_t ldc,
                   int mr, int nr, float alpha, float beta) {
-  float acc[MR][NR] = {};
+  static_assert(NR == 16, "one vector per row");
+  v16f acc[MR];
+  for (int i = 0; i < MR; i++) acc[i] = v16f{};
   for (int64_t k = 0; k < kc; k++) {
-    for (int i = 0; i < MR; i++) {
-      float a = ap[i];
-      for (int j = 0; j < NR; j++) acc[i][j] += a * bp[j];
-    }
+    v16f b;
+    std::memcpy(&b, bp, sizeof b);
+    for (int i = 0; i < MR; i++) acc[i] += ap[i] * b;
     ap += MR;
     bp += NR;
   }
