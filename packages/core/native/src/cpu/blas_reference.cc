@@ -6,6 +6,7 @@
 #include <string>
 
 #include "args.h"
+#include "gemm.h"
 #include "registry.h"
 
 namespace tb {
@@ -70,20 +71,10 @@ static Napi::Value OpenblasSgemm(const Napi::CallbackInfo& info) {
   const char* fn = "openblas_sgemm";
   Blas& b = blas();
   if (!b.sgemm) throw Napi::Error::New(info.Env(), std::string(fn) + ": " + b.error);
-  bool ta = bool_arg(info, 0, fn, "transA"), tbb = bool_arg(info, 1, fn, "transB");
-  int64_t M = int_arg(info, 2, fn, "M"), N = int_arg(info, 3, fn, "N"), K = int_arg(info, 4, fn, "K");
-  float alpha = static_cast<float>(num_arg(info, 5, fn, "alpha"));
-  int64_t lda = int_arg(info, 7, fn, "lda", 1), ldb = int_arg(info, 9, fn, "ldb", 1);
-  float beta = static_cast<float>(num_arg(info, 10, fn, "beta"));
-  int64_t ldc = int_arg(info, 12, fn, "ldc", 1);
-  int64_t a_rows = ta ? K : M, a_cols = ta ? M : K, b_rows = tbb ? N : K, b_cols = tbb ? K : N;
-  if (lda < a_cols || ldb < b_cols || ldc < N) throw arg_error(info, fn, "leading dimension smaller than the row length");
-  TensorArg a = tensor_arg(info, 6, fn, "A", static_cast<size_t>(a_rows * lda), DType::F32);
-  TensorArg bb = tensor_arg(info, 8, fn, "B", static_cast<size_t>(b_rows * ldb), DType::F32);
-  TensorArg c = tensor_arg(info, 11, fn, "C", static_cast<size_t>(M * ldc), DType::F32);
-  b.sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tbb ? CblasTrans : CblasNoTrans, static_cast<int>(M),
-          static_cast<int>(N), static_cast<int>(K), alpha, a.f32(), static_cast<int>(lda), bb.f32(),
-          static_cast<int>(ldb), beta, c.f32(), static_cast<int>(ldc));
+  GemmArgs g = gemm_args(info, fn, false);
+  b.sgemm(CblasRowMajor, g.ta ? CblasTrans : CblasNoTrans, g.tb ? CblasTrans : CblasNoTrans, static_cast<int>(g.M),
+          static_cast<int>(g.N), static_cast<int>(g.K), g.alpha, g.a.f32(), static_cast<int>(g.lda), g.b.f32(),
+          static_cast<int>(g.ldb), g.beta, g.c.f32(), static_cast<int>(g.ldc));
   return info.Env().Undefined();
 }
 

@@ -282,31 +282,41 @@ void gemm_reference(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, MatR
 }
 
 // ---- bindings ----
-// gemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, reference?)
-static Napi::Value GemmBinding(const Napi::CallbackInfo& info) {
-  const char* fn = "gemm";
-  bool ta = bool_arg(info, 0, fn, "transA"), tbb = bool_arg(info, 1, fn, "transB");
-  int64_t M = int_arg(info, 2, fn, "M"), N = int_arg(info, 3, fn, "N"), K = int_arg(info, 4, fn, "K");
-  float alpha = static_cast<float>(num_arg(info, 5, fn, "alpha"));
-  int64_t lda = int_arg(info, 7, fn, "lda", 1), ldb = int_arg(info, 9, fn, "ldb", 1);
-  float beta = static_cast<float>(num_arg(info, 10, fn, "beta"));
-  int64_t ldc = int_arg(info, 12, fn, "ldc", 1);
-  bool reference = info.Length() > 13 && info[13].IsBoolean() && info[13].As<Napi::Boolean>().Value();
+GemmArgs gemm_args(const Napi::CallbackInfo& info, const char* fn, bool allow_bf16) {
+  GemmArgs g;
+  g.ta = bool_arg(info, 0, fn, "transA");
+  g.tb = bool_arg(info, 1, fn, "transB");
+  g.M = int_arg(info, 2, fn, "M");
+  g.N = int_arg(info, 3, fn, "N");
+  g.K = int_arg(info, 4, fn, "K");
+  g.alpha = static_cast<float>(num_arg(info, 5, fn, "alpha"));
+  g.lda = int_arg(info, 7, fn, "lda", 1);
+  g.ldb = int_arg(info, 9, fn, "ldb", 1);
+  g.beta = static_cast<float>(num_arg(info, 10, fn, "beta"));
+  g.ldc = int_arg(info, 12, fn, "ldc", 1);
   // stored extents: A is (ta ? K x M : M x K) with row stride lda
-  int64_t a_rows = ta ? K : M, a_cols = ta ? M : K, b_rows = tbb ? N : K, b_cols = tbb ? K : N;
-  if (lda < a_cols || ldb < b_cols || ldc < N) throw arg_error(info, fn, "leading dimension smaller than the row length");
+  const int64_t a_rows = g.ta ? g.K : g.M, a_cols = g.ta ? g.M : g.K;
+  const int64_t b_rows = g.tb ? g.N : g.K, b_cols = g.tb ? g.K : g.N;
+  if (g.lda < a_cols || g.ldb < b_cols || g.ldc < g.N) throw arg_error(info, fn, "leading dimension smaller than the row length");
   auto need = [](int64_t rows, int64_t cols, int64_t ld) -> size_t {
     return rows == 0 || cols == 0 ? 0 : static_cast<size_t>((rows - 1) * ld + cols);
   };
-  TensorArg a = tensor_arg(info, 6, fn, "A", need(a_rows, a_cols, lda), DType::F32, true);
-  TensorArg b = tensor_arg(info, 8, fn, "B", need(b_rows, b_cols, ldb), DType::F32, true);
-  TensorArg c = tensor_arg(info, 11, fn, "C", need(M, N, ldc), DType::F32);
-  if (a.dtype != DType::F32 && a.dtype != DType::BF16) throw arg_error(info, fn, "A must be f32 or bf16");
-  if (b.dtype != DType::F32 && b.dtype != DType::BF16) throw arg_error(info, fn, "B must be f32 or bf16");
+  g.a = tensor_arg(info, 6, fn, "A", need(a_rows, a_cols, g.lda), DType::F32, allow_bf16);
+  g.b = tensor_arg(info, 8, fn, "B", need(b_rows, b_cols, g.ldb), DType::F32, allow_bf16);
+  g.c = tensor_arg(info, 11, fn, "C", need(g.M, g.N, g.ldc), DType::F32);
+  if (g.a.dtype != DType::F32 && g.a.dtype != DType::BF16) throw arg_error(info, fn, "A must be f32 or bf16");
+  if (g.b.dtype != DType::F32 && g.b.dtype != DType::BF16) throw arg_error(info, fn, "B must be f32 or bf16");
+  return g;
+}
+
+// gemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, reference?)
+static Napi::Value GemmBinding(const Napi::CallbackInfo& info) {
+  GemmArgs g = gemm_args(info, "gemm", true);
+  bool reference = info.Length() > 13 && info[13].IsBoolean() && info[13].As<Napi::Boolean>().Value();
   return guarded(info, [&]() -> Napi::Value {
-    MatRef A{a.data, a.dtype, lda, ta}, B{b.data, b.dtype, ldb, tbb};
-    if (reference) gemm_reference(M, N, K, alpha, A, B, beta, c.f32(), ldc);
-    else gemm(M, N, K, alpha, A, B, beta, c.f32(), ldc);
+    MatRef A{g.a.data, g.a.dtype, g.lda, g.ta}, B{g.b.data, g.b.dtype, g.ldb, g.tb};
+    if (reference) gemm_reference(g.M, g.N, g.K, g.alpha, A, B, g.beta, g.c.f32(), g.ldc);
+    else gemm(g.M, g.N, g.K, g.alpha, A, B, g.beta, g.c.f32(), g.ldc);
     return info.Env().Undefined();
   });
 }
