@@ -14,3 +14,9 @@ export { rmsnorm, rmsnormBackward, type RmsNormOptions, type RmsNormResult, type
 export { rope, ropeBackward, type RopeOptions } from './ops/rope.js';
 export { swiglu, swigluBackward, type SwigluOptions, type SwigluBackwardOptions } from './ops/swiglu.js';
 export * from './ops/attention.js';
+export * from './ops/elementwise.js';
+export * from './nn/config.js';
+export * from './nn/module.js';
+export { DenseLinear } from './nn/linear.js';
+export { LlamaModel, LINEAR_NAMES, modelTensorShapes, type LinearName, type Batch, type ForwardResult, type WeightOptions } from './nn/llama.js';
+export { Rng, type RngState } from './util/rng.js';

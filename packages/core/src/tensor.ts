@@ -73,6 +73,17 @@ export class Tensor {
     return t;
   }
 
+  /** A view of the same memory with another shape (same element count).
+   * The view shares the storage: disposing either disposes both. */
+  reshape(shape: readonly number[]): Tensor {
+    const n = shapeNumel(shape);
+    if (n !== this.numel) {
+      throw new RangeError(`reshape: cannot view ${this.numel} elements [${this.shape.join(', ')}] as [${shape.join(', ')}] (${n} elements)`);
+    }
+    if (this.handle.disposed) throw new Error('reshape: tensor was disposed');
+    return new Tensor(shape, this.dtype, this.category, this.device, this.handle);
+  }
+
   get bytes(): number { return this.numel * DTYPE_BYTES[this.dtype]; }
   get disposed(): boolean { return this.handle.disposed; }
 

@@ -1,0 +1,88 @@
+// LLaMA-architecture model configuration and presets.
+
+export interface LlamaConfig {
+  vocabSize: number;
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  rmsNormEps: number;
+  ropeTheta: number;
+  maxPositionEmbeddings: number;
+  tieWordEmbeddings: boolean;
+}
+
+/** Vocabulary of the built-in byte-level tokenizer: 256 bytes + BOS, EOS, PAD. */
+export const BYTE_VOCAB_SIZE = 259;
+
+/**
+ * Presets. `tiny` and `small` are ours (CI seconds; CPU suite minutes), sized
+ * for the byte-level vocabulary. The others carry the shapes of published
+ * models, from each model's config.json on the Hugging Face hub:
+ * HuggingFaceTB/SmolLM-135M, TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T,
+ * meta-llama/Llama-2-7b-hf.
+ */
+export const PRESETS: Readonly<Record<string, Readonly<LlamaConfig>>> = Object.freeze({
+  tiny: {
+    vocabSize: BYTE_VOCAB_SIZE, hiddenSize: 64, intermediateSize: 176, numLayers: 2, numHeads: 4, numKvHeads: 2,
+    rmsNormEps: 1e-5, ropeTheta: 10000, maxPositionEmbeddings: 256, tieWordEmbeddings: true,
+  },
+  small: {
+    vocabSize: BYTE_VOCAB_SIZE, hiddenSize: 256, intermediateSize: 704, numLayers: 4, numHeads: 8, numKvHeads: 4,
+    rmsNormEps: 1e-5, ropeTheta: 10000, maxPositionEmbeddings: 512, tieWordEmbeddings: true,
+  },
+  'smollm-135m': {
+    vocabSize: 49152, hiddenSize: 576, intermediateSize: 1536, numLayers: 30, numHeads: 9, numKvHeads: 3,
+    rmsNormEps: 1e-5, ropeTheta: 10000, maxPositionEmbeddings: 2048, tieWordEmbeddings: true,
+  },
+  'tinyllama-1.1b': {
+    vocabSize: 32000, hiddenSize: 2048, intermediateSize: 5632, numLayers: 22, numHeads: 32, numKvHeads: 4,
+    rmsNormEps: 1e-5, ropeTheta: 10000, maxPositionEmbeddings: 2048, tieWordEmbeddings: false,
+  },
+  'llama-2-7b': {
+    vocabSize: 32000, hiddenSize: 4096, intermediateSize: 11008, numLayers: 32, numHeads: 32, numKvHeads: 32,
+    rmsNormEps: 1e-5, ropeTheta: 10000, maxPositionEmbeddings: 4096, tieWordEmbeddings: false,
+  },
+});
+
+export function preset(name: string): LlamaConfig {
+  const p = PRESETS[name];
+  if (!p) throw new Error(`unknown model preset '${name}' (known: ${Object.keys(PRESETS).join(', ')})`);
+  return { ...p };
+}
+
+export function headDim(c: LlamaConfig): number {
+  return c.hiddenSize / c.numHeads;
+}
+
+/** Throws an Error listing every problem with a config. */
+export function validateConfig(c: LlamaConfig, where = 'model config'): void {
+  const problems: string[] = [];
+  const posInt = (k: keyof LlamaConfig) => {
+    const v = c[k];
+    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) problems.push(`${k} must be a positive integer, got ${JSON.stringify(v)}`);
+  };
+  for (const k of ['vocabSize', 'hiddenSize', 'intermediateSize', 'numLayers', 'numHeads', 'numKvHeads', 'maxPositionEmbeddings'] as const) posInt(k);
+  if (!(typeof c.rmsNormEps === 'number' && c.rmsNormEps > 0 && Number.isFinite(c.rmsNormEps))) problems.push(`rmsNormEps must be a positive number, got ${JSON.stringify(c.rmsNormEps)}`);
+  if (!(typeof c.ropeTheta === 'number' && c.ropeTheta > 0 && Number.isFinite(c.ropeTheta))) problems.push(`ropeTheta must be a positive number, got ${JSON.stringify(c.ropeTheta)}`);
+  if (typeof c.tieWordEmbeddings !== 'boolean') problems.push(`tieWordEmbeddings must be a boolean, got ${JSON.stringify(c.tieWordEmbeddings)}`);
+  if (Number.isInteger(c.hiddenSize) && Number.isInteger(c.numHeads) && c.numHeads > 0) {
+    if (c.hiddenSize % c.numHeads !== 0) problems.push(`numHeads (${c.numHeads}) does not divide hiddenSize (${c.hiddenSize})`);
+    else if ((c.hiddenSize / c.numHeads) % 2 !== 0) problems.push(`head dimension hiddenSize/numHeads = ${c.hiddenSize / c.numHeads} must be even for RoPE`);
+  }
+  if (Number.isInteger(c.numHeads) && Number.isInteger(c.numKvHeads) && c.numKvHeads > 0 && c.numHeads % c.numKvHeads !== 0) {
+    problems.push(`numKvHeads (${c.numKvHeads}) does not divide numHeads (${c.numHeads})`);
+  }
+  if (problems.length) throw new Error(`${where}: ${problems.join('; ')}`);
+}
+
+/** Parameter count of the model (embedding counted once when tied). */
+export function parameterCount(c: LlamaConfig): number {
+  const D = headDim(c), kv = c.numKvHeads * D;
+  const attn = c.hiddenSize * c.hiddenSize * 2 + c.hiddenSize * kv * 2;
+  const mlp = 3 * c.hiddenSize * c.intermediateSize;
+  const norms = 2 * c.hiddenSize;
+  const emb = c.vocabSize * c.hiddenSize;
+  return c.numLayers * (attn + mlp + norms) + c.hiddenSize + emb * (c.tieWordEmbeddings ? 1 : 2);
+}

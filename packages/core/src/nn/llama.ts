@@ -1,0 +1,366 @@
+// LLaMA-architecture decoder, forward and backward written by hand.
+//
+//   ids [B, T] -> x0 = embed(ids)                                   [N, C], N = B*T
+//   per block:  h1 = rms(x) ; q,k,v = Lq,Lk,Lv(h1) ; rope(q), rope(k)
+//               a = attention(q, k, v) (causal, GQA) ; x2 = x + Lo(a)
+//               h2 = rms(x2) ; m = swiglu(Lgate(h2), Lup(h2)) ; x' = x2 + Ldown(m)
+//   hf = rms(x_L) ; loss = cross_entropy(hf · W_head^T, targets)    (fused, chunked)
+//
+// Forward keeps, by name, what backward needs. Gradient rule: parameter
+// gradients accumulate (micro-batches add up); activation gradients are
+// written, except the residual stream's, which accumulates.
+// Every projection is a LinearLayer (module.ts) so methods can replace it.
+import { attentionBackward, attentionForward } from '../ops/attention.js';
+import { crossEntropyBackward, crossEntropyForward } from '../ops/cross_entropy.js';
+import { addInPlace, fill } from '../ops/elementwise.js';
+import { embeddingBackward, embeddingForward } from '../ops/embedding.js';
+import { rmsnorm, rmsnormBackward } from '../ops/rmsnorm.js';
+import { rope, ropeBackward } from '../ops/rope.js';
+import { swiglu, swigluBackward } from '../ops/swiglu.js';
+import { Tensor } from '../tensor.js';
+import { Rng } from '../util/rng.js';
+import { type LlamaConfig, headDim, validateConfig } from './config.js';
+import { DenseLinear } from './linear.js';
+import type { LinearLayer, Parameter } from './module.js';
+
+export const LINEAR_NAMES = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const;
+export type LinearName = (typeof LINEAR_NAMES)[number];
+
+export interface WeightOptions {
+  /** storage of the weights: f32 (default) or bf16 (frozen only) */
+  dtype?: 'f32' | 'bf16';
+  /** allocate gradients and count the weights as trainable (full fine-tuning); default true */
+  trainable?: boolean;
+}
+
+export interface Batch {
+  /** [B, T] i32 token ids */
+  ids: Tensor;
+  /** [B, T] i32 next-token targets; ignoreIndex (-100) masks a position */
+  targets: Tensor;
+}
+
+export interface ForwardResult {
+  /** summed loss over the non-ignored targets of this batch */
+  lossSum: number;
+  /** number of non-ignored targets */
+  count: number;
+}
+
+function linearPrefix(layer: number, n: LinearName): string {
+  const group = n === 'gate_proj' || n === 'up_proj' || n === 'down_proj' ? 'mlp' : 'self_attn';
+  return `model.layers.${layer}.${group}.${n}`;
+}
+
+function param(name: string, value: Tensor, trainable: boolean): Parameter {
+  return { name, value, grad: trainable ? Tensor.zeros(value.shape, { category: 'grad' }) : null };
+}
+
+class LlamaBlock {
+  readonly index: number;
+  readonly ln1: Parameter;
+  readonly ln2: Parameter;
+  readonly linears: Record<LinearName, LinearLayer>;
+  private saved: Record<string, Tensor> | null = null;
+
+  constructor(index: number, ln1: Parameter, ln2: Parameter, linears: Record<LinearName, LinearLayer>) {
+    this.index = index;
+    this.ln1 = ln1;
+    this.ln2 = ln2;
+    this.linears = linears;
+  }
+
+  // x [N, C] -> x' [N, C] (new). Keeps what backward needs when training.
+  forward(x: Tensor, positions: Tensor, cfg: LlamaConfig, B: number, T: number, training: boolean): Tensor {
+    const D = headDim(cfg), N = B * T;
+    const L = this.linears;
+    const { y: h1, rstd: rstd1 } = rmsnorm(x, this.ln1.value, { eps: cfg.rmsNormEps });
+    const q = L.q_proj.forward(h1), k = L.k_proj.forward(h1), v = L.v_proj.forward(h1);
+    const q4 = q.reshape([B, T, cfg.numHeads, D]), k4 = k.reshape([B, T, cfg.numKvHeads, D]);
+    const v4 = v.reshape([B, T, cfg.numKvHeads, D]);
+    rope(q4, positions, { theta: cfg.ropeTheta, out: q4 });
+    rope(k4, positions, { theta: cfg.ropeTheta, out: k4 });
+    const { out: att, lse } = attentionForward(q4, k4, v4);
+    const att2 = att.reshape([N, cfg.numHeads * D]);
+    const o = L.o_proj.forward(att2);
+    const x2 = o;  // x2 = x + o, in o's memory
+    addInPlace(x2, x);
+    const { y: h2, rstd: rstd2 } = rmsnorm(x2, this.ln2.value, { eps: cfg.rmsNormEps });
+    const g = L.gate_proj.forward(h2), u = L.up_proj.forward(h2);
+    const m = swiglu(g, u);
+    const out = L.down_proj.forward(m);
+    addInPlace(out, x2);
+    if (training) {
+      this.saved = { x, h1, rstd1, q4, k4, v4, att, lse, att2, x2, h2, rstd2, g, u, m };
+    } else {
+      for (const t of [h1, rstd1, q, k, v, att, lse, x2, h2, rstd2, g, u, m]) t.dispose();
+      for (const n of LINEAR_NAMES) L[n].clearSaved();
+    }
+    return out;
+  }
+
+  // dres [N, C]: gradient of the block output; on return it holds the
+  // gradient of the block input (the residual stream accumulates in place).
+  backward(dres: Tensor, positions: Tensor, cfg: LlamaConfig): void {
+    const s = this.saved;
+    if (!s) throw new Error(`model.layers.${this.index}: backward called without a training forward`);
+    const L = this.linears;
+    const N = dres.shape[0];
+    // MLP branch
+    const dm = L.down_proj.backward(dres);
+    const { dgate, dup } = swigluBackward(dm, s.g, s.u);
+    dm.dispose();
+    const dh2 = L.gate_proj.backward(dgate);
+    L.up_proj.backward(dup, dh2);
+    dgate.dispose(); dup.dispose();
+    const { dx: dx2 } = rmsnormBackward(dh2, s.x2, this.ln2.value, s.rstd2, { dweight: this.ln2.grad ?? undefined, dx: dh2 });
+    addInPlace(dres, dx2);
+    dh2.dispose();
+    // attention branch
+    const datt2 = L.o_proj.backward(dres);
+    const datt = datt2.reshape(s.att.shape);
+    const { dq, dk, dv } = attentionBackward(datt, s.q4, s.k4, s.v4, s.att, s.lse);
+    datt2.dispose();
+    ropeBackward(dq, positions, { theta: cfg.ropeTheta, out: dq });
+    ropeBackward(dk, positions, { theta: cfg.ropeTheta, out: dk });
+    const dh1 = L.q_proj.backward(dq.reshape([N, dq.numel / N]));
+    L.k_proj.backward(dk.reshape([N, dk.numel / N]), dh1);
+    L.v_proj.backward(dv.reshape([N, dv.numel / N]), dh1);
+    dq.dispose(); dk.dispose(); dv.dispose();
+    const { dx: dx1 } = rmsnormBackward(dh1, s.x, this.ln1.value, s.rstd1, { dweight: this.ln1.grad ?? undefined, dx: dh1 });
+    addInPlace(dres, dx1);
+    dh1.dispose();
+    this.releaseSaved();
+  }
+
+  releaseSaved(): void {
+    if (!this.saved) return;
+    const { x: _input, ...owned } = this.saved;  // x belongs to the model's residual list
+    for (const t of Object.values(owned)) t.dispose();
+    this.saved = null;
+    for (const n of LINEAR_NAMES) this.linears[n].clearSaved();
+  }
+
+  parameters(): Parameter[] {
+    const p: Parameter[] = [this.ln1];
+    for (const n of LINEAR_NAMES) p.push(...this.linears[n].parameters());
+    p.push(this.ln2);
+    return p;
+  }
+
+  dispose(): void {
+    this.releaseSaved();
+    for (const n of LINEAR_NAMES) this.linears[n].dispose();
+    for (const p of [this.ln1, this.ln2]) { p.value.dispose(); p.grad?.dispose(); }
+  }
+}
+
+export class LlamaModel {
+  readonly config: LlamaConfig;
+  readonly embed: Parameter;
+  readonly blocks: LlamaBlock[];
+  readonly norm: Parameter;
+  /** the LM head; null when tied to the embedding */
+  readonly lmHead: Parameter | null;
+  private state: {
+    ids: Tensor; targets: Tensor; positions: Tensor; residuals: Tensor[];
+    hf: Tensor; rstdF: Tensor; lse: Tensor; losses: Tensor; B: number; T: number;
+  } | null = null;
+
+  private constructor(config: LlamaConfig, embed: Parameter, blocks: LlamaBlock[], norm: Parameter, lmHead: Parameter | null) {
+    this.config = config;
+    this.embed = embed;
+    this.blocks = blocks;
+    this.norm = norm;
+    this.lmHead = lmHead;
+  }
+
+  /** A model built from tensors named as in Hugging Face checkpoints (the
+   * names of hfTensorShapes). Takes ownership of the tensors. Weights that
+   * train must be f32. */
+  static fromTensors(config: LlamaConfig, tensors: Map<string, Tensor>, opts: { trainable?: boolean } = {}): LlamaModel {
+    validateConfig(config);
+    const trainable = opts.trainable ?? true;
+    const take = (name: string, shape: number[]): Tensor => {
+      const t = tensors.get(name);
+      if (!t) throw new Error(`model tensors: '${name}' is missing`);
+      if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+        throw new Error(`model tensors: '${name}' has shape [${t.shape.join(', ')}], the config implies [${shape.join(', ')}]`);
+      }
+      if (trainable && t.dtype !== 'f32') throw new Error(`model tensors: '${name}' is ${t.dtype}; trained weights must be f32`);
+      return t;
+    };
+    const C = config.hiddenSize, D = headDim(config), I = config.intermediateSize;
+    const shapes: Record<LinearName, [number, number]> = {
+      q_proj: [config.numHeads * D, C], k_proj: [config.numKvHeads * D, C], v_proj: [config.numKvHeads * D, C],
+      o_proj: [C, config.numHeads * D], gate_proj: [I, C], up_proj: [I, C], down_proj: [C, I],
+    };
+    const embed = param('model.embed_tokens.weight', take('model.embed_tokens.weight', [config.vocabSize, C]), trainable);
+    const blocks: LlamaBlock[] = [];
+    for (let i = 0; i < config.numLayers; i++) {
+      const ln1 = param(`model.layers.${i}.input_layernorm.weight`, take(`model.layers.${i}.input_layernorm.weight`, [C]), trainable);
+      const ln2 = param(`model.layers.${i}.post_attention_layernorm.weight`, take(`model.layers.${i}.post_attention_layernorm.weight`, [C]), trainable);
+      const linears = {} as Record<LinearName, LinearLayer>;
+      for (const n of LINEAR_NAMES) {
+        const prefix = linearPrefix(i, n);
+        const w = take(`${prefix}.weight`, shapes[n]);
+        linears[n] = new DenseLinear(prefix, w, trainable ? Tensor.zeros(w.shape, { category: 'grad' }) : null);
+      }
+      blocks.push(new LlamaBlock(i, ln1, ln2, linears));
+    }
+    const norm = param('model.norm.weight', take('model.norm.weight', [C]), trainable);
+    const lmHead = config.tieWordEmbeddings ? null : param('lm_head.weight', take('lm_head.weight', [config.vocabSize, C]), trainable);
+    return new LlamaModel(config, embed, blocks, norm, lmHead);
+  }
+
+  /** Random initialisation as transformers does for LLaMA: matrices ~ N(0, std^2)
+   * (std = initializer_range, 0.02), norm weights 1. Deterministic for a seed. */
+  static init(config: LlamaConfig, opts: WeightOptions & { seed?: number; std?: number } = {}): LlamaModel {
+    validateConfig(config);
+    const dtype = opts.dtype ?? 'f32', trainable = opts.trainable ?? true;
+    if (trainable && dtype !== 'f32') throw new Error('LlamaModel.init: trained weights must be f32');
+    const rng = new Rng(opts.seed ?? 0), std = opts.std ?? 0.02;
+    const category = trainable ? 'trainable' : 'frozen';
+    const tensors = new Map<string, Tensor>();
+    for (const [name, shape] of modelTensorShapes(config)) {
+      const vals = new Float32Array(shape.reduce((a, b) => a * b, 1));
+      if (shape.length === 1) vals.fill(1);
+      else for (let i = 0; i < vals.length; i++) vals[i] = rng.normal() * std;
+      tensors.set(name, Tensor.from(vals, shape, { dtype, category }));
+    }
+    return LlamaModel.fromTensors(config, tensors, { trainable });
+  }
+
+  /** All parameters, in checkpoint order. */
+  parameters(): Parameter[] {
+    const p: Parameter[] = [this.embed];
+    for (const b of this.blocks) p.push(...b.parameters());
+    p.push(this.norm);
+    if (this.lmHead) p.push(this.lmHead);
+    return p;
+  }
+
+  /** Every Linear of the model by module name (model.layers.{i}.self_attn.q_proj ...). */
+  linears(): Map<string, LinearLayer> {
+    const m = new Map<string, LinearLayer>();
+    for (const b of this.blocks) for (const n of LINEAR_NAMES) m.set(b.linears[n].name, b.linears[n]);
+    return m;
+  }
+
+  /** Replace one Linear (methods plug in here). Returns the layer it replaced,
+   * which the caller now owns. */
+  replaceLinear(name: string, layer: LinearLayer): LinearLayer {
+    for (const b of this.blocks) {
+      for (const n of LINEAR_NAMES) {
+        const old = b.linears[n];
+        if (old.name !== name) continue;
+        if (layer.inFeatures !== old.inFeatures || layer.outFeatures !== old.outFeatures) {
+          throw new Error(`replaceLinear(${name}): the new layer is ${layer.inFeatures} -> ${layer.outFeatures}, the model needs ${old.inFeatures} -> ${old.outFeatures}`);
+        }
+        b.linears[n] = layer;
+        return old;
+      }
+    }
+    throw new Error(`replaceLinear: no linear layer named '${name}' (e.g. ${[...this.linears().keys()].slice(0, 3).join(', ')}, ...)`);
+  }
+
+  /** Loss of one batch. With training, keeps what backward needs. */
+  forward(batch: Batch, opts: { training?: boolean } = {}): ForwardResult {
+    const training = opts.training ?? true;
+    const cfg = this.config;
+    const { ids, targets } = batch;
+    if (ids.dtype !== 'i32' || ids.shape.length !== 2) throw new Error(`forward: ids must be i32 [B, T], got ${ids.dtype} [${ids.shape.join(', ')}]`);
+    if (targets.dtype !== 'i32' || targets.shape.length !== 2 || targets.shape[0] !== ids.shape[0] || targets.shape[1] !== ids.shape[1]) {
+      throw new Error(`forward: targets must be i32 [${ids.shape.join(', ')}] like ids, got ${targets.dtype} [${targets.shape.join(', ')}]`);
+    }
+    const [B, T] = ids.shape;
+    if (T > cfg.maxPositionEmbeddings) throw new Error(`forward: sequence length ${T} exceeds max_position_embeddings ${cfg.maxPositionEmbeddings}`);
+    if (this.state) this.releaseState();
+    const N = B * T;
+    const positions = Tensor.zeros([N], { dtype: 'i32', category: 'activation' });
+    const pv = positions.data() as Int32Array;
+    for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) pv[b * T + t] = t;
+    const ids1 = ids.reshape([N]), targets1 = targets.reshape([N]);
+    let x = embeddingForward(ids1, this.embed.value);
+    const residuals: Tensor[] = [x];
+    for (const block of this.blocks) {
+      const next = block.forward(x, positions, cfg, B, T, training);
+      if (training) residuals.push(next);
+      else x.dispose();
+      x = next;
+    }
+    const { y: hf, rstd: rstdF } = rmsnorm(x, this.norm.value, { eps: cfg.rmsNormEps });
+    const head = this.lmHead ? this.lmHead.value : this.embed.value;
+    const ce = crossEntropyForward(hf, head, targets1);
+    if (training) {
+      this.state = { ids: ids1, targets: targets1, positions, residuals, hf, rstdF, lse: ce.lse, losses: ce.losses, B, T };
+    } else {
+      for (const t of [positions, x, hf, rstdF, ce.lse, ce.losses]) t.dispose();
+    }
+    return { lossSum: ce.sum, count: ce.count };
+  }
+
+  /** Gradients of scale * lossSum, ACCUMULATED into the parameters' grads.
+   * For a mean over the targets of all micro-batches, scale = 1 / total count. */
+  backward(scale: number): void {
+    const s = this.state;
+    if (!s) throw new Error('backward: call forward with training first');
+    if (!Number.isFinite(scale)) throw new Error(`backward: scale must be finite, got ${scale}`);
+    const cfg = this.config;
+    const head = this.lmHead ?? this.embed;
+    const { dh } = crossEntropyBackward(s.hf, head.value, s.targets, s.lse, scale, { dw: head.grad ?? undefined });
+    const xL = s.residuals[s.residuals.length - 1];
+    rmsnormBackward(dh, xL, this.norm.value, s.rstdF, { dweight: this.norm.grad ?? undefined, dx: dh });
+    const dres = dh;  // gradient of the residual stream, accumulated in place
+    for (let i = this.blocks.length - 1; i >= 0; i--) this.blocks[i].backward(dres, s.positions, cfg);
+    if (this.embed.grad) embeddingBackward(dres, s.ids, this.embed.grad);
+    dres.dispose();
+    this.releaseState();
+  }
+
+  zeroGrad(): void {
+    for (const p of this.parameters()) if (p.grad) fill(p.grad, 0);
+  }
+
+  /** Parameters by name (for saving). The tensors stay owned by the model. */
+  namedTensors(): Map<string, Tensor> {
+    const m = new Map<string, Tensor>();
+    for (const p of this.parameters()) m.set(p.name, p.value);
+    return m;
+  }
+
+  private releaseState(): void {
+    const s = this.state;
+    if (!s) return;
+    for (const b of this.blocks) b.releaseSaved();
+    for (const t of [s.positions, ...s.residuals, s.hf, s.rstdF, s.lse, s.losses]) t.dispose();
+    this.state = null;
+  }
+
+  dispose(): void {
+    this.releaseState();
+    for (const b of this.blocks) b.dispose();
+    for (const p of [this.embed, this.norm, ...(this.lmHead ? [this.lmHead] : [])]) { p.value.dispose(); p.grad?.dispose(); }
+  }
+}
+
+/** Every parameter's Hugging Face name and shape, in checkpoint order. */
+export function modelTensorShapes(config: LlamaConfig): Map<string, number[]> {
+  const C = config.hiddenSize, D = headDim(config), I = config.intermediateSize;
+  const m = new Map<string, number[]>();
+  m.set('model.embed_tokens.weight', [config.vocabSize, C]);
+  for (let i = 0; i < config.numLayers; i++) {
+    m.set(`model.layers.${i}.input_layernorm.weight`, [C]);
+    m.set(`${linearPrefix(i, 'q_proj')}.weight`, [config.numHeads * D, C]);
+    m.set(`${linearPrefix(i, 'k_proj')}.weight`, [config.numKvHeads * D, C]);
+    m.set(`${linearPrefix(i, 'v_proj')}.weight`, [config.numKvHeads * D, C]);
+    m.set(`${linearPrefix(i, 'o_proj')}.weight`, [C, config.numHeads * D]);
+    m.set(`${linearPrefix(i, 'gate_proj')}.weight`, [I, C]);
+    m.set(`${linearPrefix(i, 'up_proj')}.weight`, [I, C]);
+    m.set(`${linearPrefix(i, 'down_proj')}.weight`, [C, I]);
+    m.set(`model.layers.${i}.post_attention_layernorm.weight`, [C]);
+  }
+  m.set('model.norm.weight', [C]);
+  if (!config.tieWordEmbeddings) m.set('lm_head.weight', [config.vocabSize, C]);
+  return m;
+}
