@@ -16,7 +16,7 @@ function referenceLoss(tf: typeof TF, cfg: LlamaConfig, P: Map<string, TF.Tensor
   // rotary tables, HF LlamaRotaryEmbedding: inv_freq = 1 / theta^(2i/D), emb = cat(freqs, freqs)
   const inv = tf.div(1, tf.pow(cfg.ropeTheta, tf.range(0, D, 2, 'float32').div(D)));
   const pos = tf.range(0, T, 1, 'float32');
-  const freqs = tf.outerProduct(pos, inv);
+  const freqs = tf.outerProduct(pos, inv as TF.Tensor1D);
   const emb = tf.concat([freqs, freqs], 1);              // [T, D]
   const cos = emb.cos().reshape([1, T, 1, D]), sin = emb.sin().reshape([1, T, 1, D]);
   const rotateHalf = (x: TF.Tensor4D) => {
