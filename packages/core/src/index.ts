@@ -20,3 +20,17 @@ export * from './nn/module.js';
 export { DenseLinear } from './nn/linear.js';
 export { LlamaModel, LINEAR_NAMES, modelTensorShapes, type LinearName, type Batch, type ForwardResult, type WeightOptions } from './nn/llama.js';
 export { Rng, type RngState } from './util/rng.js';
+export * from './train/schedule.js';
+export { AdamW, type AdamWConfig } from './train/adamw.js';
+export { ArrayDataSource, type DataSource } from './train/data_source.js';
+export { Trainer, DivergedError, IGNORE_INDEX, type TrainerConfig, type StepStats } from './train/trainer.js';
+export { writeFileAtomic, writeJsonAtomic, type AtomicChunk, type AtomicData } from './io/atomic.js';
+export {
+  readSafetensors, readSafetensorsHeader, writeSafetensors, SAFETENSORS_MAX_HEADER_BYTES, SAFETENSORS_TO_DTYPE,
+  DTYPE_TO_SAFETENSORS, type SafetensorsEntry, type SafetensorsHeader, type ReadSafetensorsOptions,
+  type WriteSafetensorsOptions, type FloatTarget,
+} from './io/safetensors.js';
+export {
+  configFromHf, configToHf, hfTensorShapes, hfShardName, loadHfModelDir, saveHfModelDir, HF_CONFIG_FILE, HF_WEIGHTS_FILE,
+  HF_WEIGHTS_INDEX_FILE, type ConfigToHfOptions, type LoadHfOptions, type LoadedHfModel, type SaveHfOptions,
+} from './io/hf.js';
