@@ -34,3 +34,4 @@ export {
   configFromHf, configToHf, hfTensorShapes, hfShardName, loadHfModelDir, saveHfModelDir, HF_CONFIG_FILE, HF_WEIGHTS_FILE,
   HF_WEIGHTS_INDEX_FILE, type ConfigToHfOptions, type LoadHfOptions, type LoadedHfModel, type SaveHfOptions,
 } from './io/hf.js';
+export { saveCheckpoint, loadCheckpoint } from './train/checkpoint.js';

@@ -1,7 +1,10 @@
 import { test } from 'node:test';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import assert from 'node:assert/strict';
 import {
-  ArrayDataSource, DivergedError, LlamaModel, Trainer, learningRate, memory, preset,
+  ArrayDataSource, DivergedError, LlamaModel, Trainer, learningRate, loadCheckpoint, memory, preset, saveCheckpoint,
 } from '../src/index.js';
 import { relErr } from './helpers.js';
 
@@ -108,4 +111,51 @@ test('memory: weights, grads and optimizer state are counted in their categories
   trainer.dispose(); model.dispose();
   const after = memory.snapshot().cpu.live;
   for (const c of ['trainable', 'grad', 'optimizer', 'activation'] as const) assert.equal(after[c], before[c], c);
+});
+
+test('resume from a checkpoint gives the same losses as an uninterrupted run', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tb-ckpt-'));
+  const path = join(dir, 'ckpt.safetensors');
+  const make = () => {
+    const model = LlamaModel.init(preset('tiny'), { seed: 11 });
+    const data = new ArrayDataSource(countingRows(6, 12, 259), 2, 11);
+    const trainer = new Trainer(model, data, { schedule: { kind: 'cosine', lr: 3e-3, warmupSteps: 2, totalSteps: 8 }, gradAccumulation: 2, seed: 11 });
+    return { model, trainer };
+  };
+  const full = make();
+  const uninterrupted = Array.from({ length: 8 }, () => full.trainer.trainStep().loss);
+  full.trainer.dispose(); full.model.dispose();
+
+  const first = make();
+  const before = Array.from({ length: 3 }, () => first.trainer.trainStep().loss);
+  saveCheckpoint(first.trainer, path);
+  first.trainer.dispose(); first.model.dispose();
+
+  const second = make();  // fresh weights, fresh data order: everything must come from the file
+  loadCheckpoint(second.trainer, path);
+  assert.equal(second.trainer.step, 3);
+  const after = Array.from({ length: 5 }, () => second.trainer.trainStep().loss);
+  second.trainer.dispose(); second.model.dispose();
+  assert.deepEqual([...before, ...after], uninterrupted);
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test('a checkpoint for another model, or a corrupt one, is refused with a clear error', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tb-ckpt-'));
+  const path = join(dir, 'ckpt.safetensors');
+  const model = LlamaModel.init(preset('tiny'), { seed: 1 });
+  const trainer = new Trainer(model, new ArrayDataSource(countingRows(2, 8, 259), 2), { schedule: { kind: 'constant', lr: 1e-3, warmupSteps: 0, totalSteps: 2 } });
+  trainer.trainStep();
+  saveCheckpoint(trainer, path);
+  const other = LlamaModel.init({ ...preset('tiny'), numLayers: 1 }, { seed: 1 });
+  const otherTrainer = new Trainer(other, new ArrayDataSource(countingRows(2, 8, 259), 2), { schedule: { kind: 'constant', lr: 1e-3, warmupSteps: 0, totalSteps: 2 } });
+  const live = memory.snapshot().cpu.liveTotal;
+  assert.throws(() => loadCheckpoint(otherTrainer, path), /written for model config/);
+  assert.equal(memory.snapshot().cpu.liveTotal, live, 'nothing leaked by a refused checkpoint');
+  const bytes = readFileSync(path);
+  writeFileSync(path, bytes.subarray(0, bytes.length - 100));
+  assert.throws(() => loadCheckpoint(trainer, path), /ckpt\.safetensors/);
+  for (const x of [trainer, otherTrainer]) x.dispose();
+  model.dispose(); other.dispose();
+  rmSync(dir, { recursive: true, force: true });
 });

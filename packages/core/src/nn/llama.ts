@@ -142,9 +142,9 @@ class LlamaBlock {
   }
 
   parameters(): Parameter[] {
-    const p: Parameter[] = [this.ln1];
+    const p: Parameter[] = [];
     for (const n of LINEAR_NAMES) p.push(...this.linears[n].parameters());
-    p.push(this.ln2);
+    p.push(this.ln1, this.ln2);
     return p;
   }
 
@@ -344,13 +344,13 @@ export class LlamaModel {
   }
 }
 
-/** Every parameter's Hugging Face name and shape, in checkpoint order. */
+/** Every parameter's Hugging Face name and shape, in transformers'
+ * state_dict order (within a layer: q, k, v, o, gate, up, down, then the two norms). */
 export function modelTensorShapes(config: LlamaConfig): Map<string, number[]> {
   const C = config.hiddenSize, D = headDim(config), I = config.intermediateSize;
   const m = new Map<string, number[]>();
   m.set('model.embed_tokens.weight', [config.vocabSize, C]);
   for (let i = 0; i < config.numLayers; i++) {
-    m.set(`model.layers.${i}.input_layernorm.weight`, [C]);
     m.set(`${linearPrefix(i, 'q_proj')}.weight`, [config.numHeads * D, C]);
     m.set(`${linearPrefix(i, 'k_proj')}.weight`, [config.numKvHeads * D, C]);
     m.set(`${linearPrefix(i, 'v_proj')}.weight`, [config.numKvHeads * D, C]);
@@ -358,6 +358,7 @@ export function modelTensorShapes(config: LlamaConfig): Map<string, number[]> {
     m.set(`${linearPrefix(i, 'gate_proj')}.weight`, [I, C]);
     m.set(`${linearPrefix(i, 'up_proj')}.weight`, [I, C]);
     m.set(`${linearPrefix(i, 'down_proj')}.weight`, [C, I]);
+    m.set(`model.layers.${i}.input_layernorm.weight`, [C]);
     m.set(`model.layers.${i}.post_attention_layernorm.weight`, [C]);
   }
   m.set('model.norm.weight', [C]);

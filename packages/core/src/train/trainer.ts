@@ -4,7 +4,7 @@
 // fine-tuning and the adapter methods use the same loop.
 import { clipGradNorm } from '../ops/optim.js';
 import type { LlamaModel } from '../nn/llama.js';
-import { Rng } from '../util/rng.js';
+import { Rng, type RngState } from '../util/rng.js';
 import { AdamW, type AdamWConfig } from './adamw.js';
 import type { DataSource } from './data_source.js';
 import { type ScheduleConfig, learningRate, validateSchedule } from './schedule.js';
@@ -108,6 +108,13 @@ export class Trainer {
     ms.optimizer = performance.now() - o0;
     ms.total = performance.now() - t0;
     return { step: this.step, loss, targetTokens, tokens, lr, gradNorm, ms };
+  }
+
+  /** Used by loadCheckpoint: continue counting from a saved step. */
+  restoreProgress(step: number, rngState: RngState): void {
+    if (!Number.isInteger(step) || step < 0) throw new Error(`trainer: saved step ${step} is not an integer >= 0`);
+    this.step = step;
+    this.rng = new Rng(rngState);
   }
 
   dispose(): void {
