@@ -33,5 +33,6 @@ export {
 export {
   configFromHf, configToHf, hfTensorShapes, hfShardName, loadHfModelDir, saveHfModelDir, HF_CONFIG_FILE, HF_WEIGHTS_FILE,
   HF_WEIGHTS_INDEX_FILE, type ConfigToHfOptions, type LoadHfOptions, type LoadedHfModel, type SaveHfOptions,
+  loadHfModel, saveHfModel, type LoadHfModelOptions,
 } from './io/hf.js';
 export { saveCheckpoint, loadCheckpoint } from './train/checkpoint.js';

@@ -8,8 +8,8 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, unlinkSync,
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  Tensor, bf16ToF32, configFromHf, configToHf, f32ToBf16, hfShardName, hfTensorShapes, loadHfModelDir, memory,
-  readSafetensors, readSafetensorsHeader, saveHfModelDir, writeSafetensors,
+  LlamaModel, Tensor, bf16ToF32, configFromHf, configToHf, f32ToBf16, hfShardName, hfTensorShapes, loadHfModel,
+  loadHfModelDir, memory, readSafetensors, readSafetensorsHeader, saveHfModel, saveHfModelDir, writeSafetensors,
 } from '../src/index.js';
 import { type LlamaConfig, parameterCount, preset } from '../src/nn/config.js';
 import { randn, rng } from './helpers.js';
@@ -368,4 +368,26 @@ test('a model written by hand in the transformers layout loads (bf16 file, f16 t
   assert.deepEqual(loaded.source.dtypes, ['BF16', 'F16']);
   assert.deepEqual(Array.from(loaded.tensors.get('model.norm.weight')!.toFloat32()), new Array(64).fill(1));
   disposeAll(loaded.tensors); disposeAll(tensors); disposeAll(model);
+});
+
+test('a trained model saved in Hugging Face format loads back with the same loss', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tb-hfmodel-'));
+  const model = LlamaModel.init({ ...preset('tiny'), tieWordEmbeddings: false }, { seed: 21 });
+  const ids = Tensor.from(Int32Array.from({ length: 24 }, (_, i) => (i * 13) % 259), [2, 12], { dtype: 'i32' });
+  const targets = Tensor.from(Int32Array.from({ length: 24 }, (_, i) => (i * 17 + 1) % 259), [2, 12], { dtype: 'i32' });
+  const want = model.forward({ ids, targets }, { training: false });
+  saveHfModel(model, dir, { dtype: 'f32' });
+  const loaded = loadHfModel(dir);
+  const got = loaded.forward({ ids, targets }, { training: false });
+  assert.equal(got.lossSum, want.lossSum, 'f32 round trip is bit-exact');
+  // bf16 (the default): frozen bf16 weights give the loss of the rounded weights
+  saveHfModel(model, dir);
+  const frozen = loadHfModel(dir, { trainable: false });
+  assert.equal(frozen.embed.value.dtype, 'bf16');
+  assert.equal(frozen.embed.grad, null);
+  const approx = frozen.forward({ ids, targets }, { training: false });
+  assert.ok(Math.abs(approx.lossSum - want.lossSum) / want.lossSum < 1e-2, `bf16 loss ${approx.lossSum} vs ${want.lossSum}`);
+  for (const m of [model, loaded, frozen]) m.dispose();
+  ids.dispose(); targets.dispose();
+  rmSync(dir, { recursive: true, force: true });
 });

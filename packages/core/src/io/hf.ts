@@ -27,7 +27,7 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, unlinkSync 
 import { join, resolve } from 'node:path';
 import { type Category, DTYPE_BYTES } from '../dtype.js';
 import { type LlamaConfig, headDim, validateConfig } from '../nn/config.js';
-import { modelTensorShapes } from '../nn/llama.js';
+import { LlamaModel, modelTensorShapes } from '../nn/llama.js';
 import { Tensor } from '../tensor.js';
 import { writeJsonAtomic } from './atomic.js';
 import { type FloatTarget, readSafetensors, readSafetensorsHeader, writeSafetensors } from './safetensors.js';
@@ -390,4 +390,33 @@ export function saveHfModelDir(
     if (written.has(f)) continue;
     if (f === HF_WEIGHTS_FILE || f === HF_WEIGHTS_INDEX_FILE || SHARD_NAME.test(f)) unlinkSync(join(root, f));
   }
+}
+
+// ---------------------------------------------------------------------------
+// Whole models
+
+export interface LoadHfModelOptions {
+  /** train every weight (full fine-tuning: f32 weights with gradients); default true */
+  trainable?: boolean;
+  /** storage of frozen weights (default bf16); trained weights are always f32 */
+  frozenDtype?: FloatTarget;
+}
+
+/** A LlamaForCausalLM directory as a LlamaModel. */
+export function loadHfModel(dir: string, opts: LoadHfModelOptions = {}): LlamaModel {
+  const trainable = opts.trainable ?? true;
+  const { config, tensors } = loadHfModelDir(dir, {
+    dtype: trainable ? 'f32' : (opts.frozenDtype ?? 'bf16'), category: trainable ? 'trainable' : 'frozen',
+  });
+  try {
+    return LlamaModel.fromTensors(config, tensors, { trainable });
+  } catch (e) {
+    for (const t of tensors.values()) t.dispose();
+    throw e;
+  }
+}
+
+/** Saves a LlamaModel as a LlamaForCausalLM directory (weights bf16 unless asked). */
+export function saveHfModel(model: LlamaModel, dir: string, opts: SaveHfOptions = {}): void {
+  saveHfModelDir(dir, model.config, model.namedTensors(), opts);
 }
