@@ -36,3 +36,4 @@ export {
   loadHfModel, saveHfModel, type LoadHfModelOptions,
 } from './io/hf.js';
 export { saveCheckpoint, loadCheckpoint } from './train/checkpoint.js';
+export * from './ops/lora.js';

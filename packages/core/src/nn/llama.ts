@@ -276,6 +276,7 @@ export class LlamaModel {
     const [B, T] = ids.shape;
     if (T > cfg.maxPositionEmbeddings) throw new Error(`forward: sequence length ${T} exceeds max_position_embeddings ${cfg.maxPositionEmbeddings}`);
     if (this.state) this.releaseState();
+    for (const b of this.blocks) for (const n of LINEAR_NAMES) if ('training' in b.linears[n]) b.linears[n].training = training;
     const N = B * T;
     const positions = Tensor.zeros([N], { dtype: 'i32', category: 'activation' });
     const pv = positions.data() as Int32Array;

@@ -27,6 +27,8 @@ export interface LinearLayer {
   readonly outFeatures: number;
   forward(x: Tensor): Tensor;
   backward(dy: Tensor, dxInto?: Tensor): Tensor;
+  /** set by the model before each forward: false turns dropout off */
+  training?: boolean;
   /** every parameter, trainable or frozen */
   parameters(): Parameter[];
   /** drop the reference kept for backward */

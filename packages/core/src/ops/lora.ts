@@ -1,0 +1,74 @@
+// Fused LoRA linear (frozen base + low-rank adapter), forward and backward.
+//   x, xa [N, in] f32 (xa: the adapter's input, x or dropout(x)); W [out, in]
+//   f32|bf16 frozen; A [r, in] f32; B [out, r] f32; scale = alpha/r (or /sqrt(r))
+//   forward:  u = xa A^T [N, r] (keep for backward); y = x W^T + scale u B^T [N, out]
+//   backward: dB += scale dy^T u; dA += (scale dy B)^T xa (accumulated)
+//             dx = dy W + (scale dy B) A   (written, or accumulated into dxInto);
+//             with `dxa` the adapter part is written there instead (dropout)
+import type { Category } from '../dtype.js';
+import { nativeFn, type NativeTensorHandle } from '../native.js';
+import type { Tensor } from '../tensor.js';
+import { checkFinite, checkShape, checkTensor, outTensor } from './check.js';
+
+type H = NativeTensorHandle;
+type ForwardFn = (x: H, xa: H, W: H, A: H, B: H, scale: number, y: H, u: H, N: number, inF: number, outF: number, r: number) => void;
+type BackwardFn = (dy: H, xa: H, W: H, A: H, B: H, u: H, scale: number, dx: H, accumulate: boolean,
+                   dA: H | null, dB: H | null, dxa: H | null, N: number, inF: number, outF: number, r: number) => void;
+let fwd: ForwardFn | undefined, bwd: BackwardFn | undefined;
+
+function checkAdapter(op: string, x: Tensor, W: Tensor, A: Tensor, B: Tensor): { N: number; inF: number; outF: number; r: number } {
+  checkTensor(op, 'W', W, ['f32', 'bf16'], 2);
+  checkTensor(op, 'A', A, ['f32'], 2);
+  checkTensor(op, 'B', B, ['f32'], 2);
+  const [outF, inF] = W.shape, r = A.shape[0];
+  checkShape(op, 'A', A, [r, inF]);
+  checkShape(op, 'B', B, [outF, r]);
+  if (x.shape.length !== 2 || x.shape[1] !== inF) throw new RangeError(`${op}: input must be [N, ${inF}], got [${x.shape.join(', ')}]`);
+  return { N: x.shape[0], inF, outF, r };
+}
+
+export function loraForward(x: Tensor, xa: Tensor, W: Tensor, A: Tensor, B: Tensor, scale: number,
+                            opts: { y?: Tensor; u?: Tensor; category?: Category } = {}): { y: Tensor; u: Tensor } {
+  const op = 'loraForward';
+  checkTensor(op, 'x', x, ['f32'], 2);
+  checkTensor(op, 'xa', xa, ['f32'], 2);
+  checkShape(op, 'xa', xa, x.shape);
+  checkFinite(op, 'scale', scale);
+  const { N, inF, outF, r } = checkAdapter(op, x, W, A, B);
+  const y = outTensor(op, 'y', opts.y, [N, outF], { category: opts.category });
+  const u = outTensor(op, 'u', opts.u, [N, r], { category: opts.category });
+  fwd ??= nativeFn<ForwardFn>('lora_forward');
+  fwd(x.handle, xa.handle, W.handle, A.handle, B.handle, scale, y.handle, u.handle, N, inF, outF, r);
+  return { y, u };
+}
+
+export interface LoraBackwardOptions {
+  /** accumulate dx into this tensor instead of writing a new one */
+  dxInto?: Tensor;
+  /** [r, in] and [out, r] f32 gradients, accumulated; omit for a frozen adapter */
+  dA?: Tensor;
+  dB?: Tensor;
+  /** write the adapter's input gradient here instead of adding it to dx */
+  dxa?: Tensor;
+  category?: Category;
+}
+
+export function loraBackward(dy: Tensor, xa: Tensor, W: Tensor, A: Tensor, B: Tensor, u: Tensor, scale: number,
+                             opts: LoraBackwardOptions = {}): Tensor {
+  const op = 'loraBackward';
+  checkTensor(op, 'dy', dy, ['f32'], 2);
+  checkTensor(op, 'xa', xa, ['f32'], 2);
+  checkTensor(op, 'u', u, ['f32'], 2);
+  checkFinite(op, 'scale', scale);
+  const { N, inF, outF, r } = checkAdapter(op, xa, W, A, B);
+  checkShape(op, 'dy', dy, [N, outF]);
+  checkShape(op, 'u', u, [N, r]);
+  if (opts.dA) { checkTensor(op, 'dA', opts.dA, ['f32']); checkShape(op, 'dA', opts.dA, A.shape); }
+  if (opts.dB) { checkTensor(op, 'dB', opts.dB, ['f32']); checkShape(op, 'dB', opts.dB, B.shape); }
+  if (opts.dxa) { checkTensor(op, 'dxa', opts.dxa, ['f32']); checkShape(op, 'dxa', opts.dxa, [N, inF]); }
+  const dx = outTensor(op, 'dxInto', opts.dxInto, [N, inF], { category: opts.category });
+  bwd ??= nativeFn<BackwardFn>('lora_backward');
+  bwd(dy.handle, xa.handle, W.handle, A.handle, B.handle, u.handle, scale, dx.handle, opts.dxInto !== undefined,
+      opts.dA?.handle ?? null, opts.dB?.handle ?? null, opts.dxa?.handle ?? null, N, inF, outF, r);
+  return dx;
+}

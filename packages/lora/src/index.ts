@@ -1,0 +1,5 @@
+export { type LoraConfig, type LoraTargets, LORA_DEFAULTS, loraConfig, loraScale } from './config.js';
+export { LoraLinear, type Adapter, type AdapterOptions } from './layer.js';
+export {
+  prepareLora, resolveTargets, countParameters, loraLayers, setActiveAdapter, mergeAndUnload, type PrepareResult,
+} from './method.js';

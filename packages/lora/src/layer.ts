@@ -1,0 +1,266 @@
+// LoraLinear: a frozen base projection plus one or more low-rank adapters.
+//
+//   y = x W^T + s * (dropout(x) A^T) B^T      W [out, in] frozen (f32 or bf16)
+//                                             A [r, in], B [out, r] f32, s = alpha/r
+//
+// Several adapters can sit over one base: `active` picks the one used by
+// forward/backward, and `setRowAdapters` assigns an adapter to each batch row
+// so one pass over the base weights serves many adapters (inference).
+// merge()/unmerge() fold s*B*A into W and back out through one
+// deltaWeight(), so the two cannot disagree.
+import {
+  DenseLinear, type LinearLayer, type Parameter, Rng, Tensor, addInPlace, bf16ToF32, f32ToBf16, loraBackward,
+  loraForward, matmul,
+} from '@tunebench/core';
+import { type LoraConfig, loraScale } from './config.js';
+
+export interface Adapter {
+  readonly name: string;
+  readonly r: number;
+  readonly alpha: number;
+  readonly rslora: boolean;
+  readonly scale: number;
+  readonly dropout: number;
+  /** [r, in] */
+  readonly A: Parameter;
+  /** [out, r] */
+  readonly B: Parameter;
+}
+
+export type AdapterOptions = Pick<LoraConfig, 'r' | 'alpha' | 'rslora' | 'dropout' | 'init' | 'seed'> & { trainable?: boolean };
+
+interface Saved {
+  adapter: Adapter;
+  xa: Tensor;
+  /** dropout keep-mask already scaled by 1/(1-p); null without dropout */
+  mask: Tensor | null;
+  u: Tensor;
+}
+
+export class LoraLinear implements LinearLayer {
+  readonly name: string;
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  readonly base: DenseLinear;
+  readonly adapters = new Map<string, Adapter>();
+  /** adapter used by forward/backward; null = base only */
+  active: string | null = null;
+  /** adapter currently folded into the base weight */
+  private mergedName: string | null = null;
+  private rows: { adapters: (string | null)[]; tokensPerRow: number } | null = null;
+  private saved: Saved | null = null;
+  private baseSaved = false;
+  private unloaded = false;
+  private dropoutRng: Rng;
+  training = true;
+
+  /** base: the frozen layer being adapted (its weight must have no gradient) */
+  constructor(base: DenseLinear, seed = 0) {
+    if (base.weight.grad) throw new Error(`${base.name}: LoRA needs a frozen base weight, this one is trainable`);
+    this.base = base;
+    this.name = base.name;
+    this.inFeatures = base.inFeatures;
+    this.outFeatures = base.outFeatures;
+    this.dropoutRng = new Rng(seed ^ 0x5eed);
+  }
+
+  addAdapter(name: string, o: AdapterOptions): Adapter {
+    if (this.adapters.has(name)) throw new Error(`${this.name}: adapter '${name}' already exists`);
+    const trainable = o.trainable ?? true;
+    // A: kaiming-uniform with a = sqrt(5) is U(-1/sqrt(in), 1/sqrt(in)); gaussian: N(0, 1/r). B: zeros.
+    const rng = new Rng(hashSeed(o.seed, this.name, name));
+    const av = new Float32Array(o.r * this.inFeatures);
+    if (o.init === 'gaussian') for (let i = 0; i < av.length; i++) av[i] = rng.normal() / Math.sqrt(o.r);
+    else { const bound = 1 / Math.sqrt(this.inFeatures); for (let i = 0; i < av.length; i++) av[i] = (2 * rng.next() - 1) * bound; }
+    const category = trainable ? 'trainable' : 'frozen';
+    const A = Tensor.from(av, [o.r, this.inFeatures], { category });
+    const B = Tensor.zeros([this.outFeatures, o.r], { category });
+    const grad = (t: Tensor) => (trainable ? Tensor.zeros(t.shape, { category: 'grad' }) : null);
+    const adapter: Adapter = {
+      name, r: o.r, alpha: o.alpha, rslora: o.rslora, scale: loraScale(o), dropout: o.dropout,
+      A: { name: `${this.name}.lora_A.${name}.weight`, value: A, grad: grad(A) },
+      B: { name: `${this.name}.lora_B.${name}.weight`, value: B, grad: grad(B) },
+    };
+    this.adapters.set(name, adapter);
+    if (this.active === null) this.active = name;
+    return adapter;
+  }
+
+  deleteAdapter(name: string): void {
+    const a = this.adapter(name);
+    if (this.mergedName === name) throw new Error(`${this.name}: unmerge adapter '${name}' before deleting it`);
+    for (const p of [a.A, a.B]) { p.value.dispose(); p.grad?.dispose(); }
+    this.adapters.delete(name);
+    if (this.active === name) this.active = null;
+  }
+
+  adapter(name: string): Adapter {
+    const a = this.adapters.get(name);
+    if (!a) throw new Error(`${this.name}: no adapter named '${name}' (have: ${[...this.adapters.keys()].join(', ') || 'none'})`);
+    return a;
+  }
+
+  /** One adapter per batch row (null = base only), for a mixed batch of
+   * [rows * tokensPerRow] tokens. Pass null to go back to `active`. Inference only. */
+  setRowAdapters(adapters: (string | null)[] | null, tokensPerRow = 0): void {
+    if (adapters === null) { this.rows = null; return; }
+    for (const a of adapters) if (a !== null) this.adapter(a);
+    if (!Number.isInteger(tokensPerRow) || tokensPerRow < 1) throw new Error(`${this.name}: tokensPerRow must be a positive integer`);
+    this.rows = { adapters: [...adapters], tokensPerRow };
+  }
+
+  // x [N, in] -> y [N, out]
+  forward(x: Tensor): Tensor {
+    this.clearSaved();
+    if (this.rows) return this.forwardRows(x);
+    const a = this.active === null || this.mergedName !== null ? null : this.adapter(this.active);
+    if (!a) {
+      this.baseSaved = true;
+      return this.base.forward(x);
+    }
+    let xa = x, mask: Tensor | null = null;
+    if (this.training && a.dropout > 0) {
+      mask = Tensor.zeros(x.shape, { category: 'activation' });
+      xa = Tensor.zeros(x.shape, { category: 'activation' });
+      const mv = mask.data() as Float32Array, xv = x.data() as Float32Array, av = xa.data() as Float32Array;
+      const keep = 1 / (1 - a.dropout);
+      for (let i = 0; i < mv.length; i++) { mv[i] = this.dropoutRng.next() < a.dropout ? 0 : keep; av[i] = xv[i] * mv[i]; }
+    }
+    const { y, u } = loraForward(x, xa, this.base.weight.value, a.A.value, a.B.value, a.scale);
+    this.saved = { adapter: a, xa, mask, u };
+    return y;
+  }
+
+  // dy [N, out] -> dx [N, in] (written, or accumulated into dxInto); dA, dB accumulate
+  backward(dy: Tensor, dxInto?: Tensor): Tensor {
+    if (this.baseSaved) {
+      this.baseSaved = false;
+      return this.base.backward(dy, dxInto);
+    }
+    const s = this.saved;
+    if (!s) throw new Error(`${this.name}: backward called without a training forward`);
+    const a = s.adapter;
+    let dxa: Tensor | undefined;
+    if (s.mask) dxa = Tensor.zeros(s.xa.shape, { category: 'workspace' });
+    const dx = loraBackward(dy, s.xa, this.base.weight.value, a.A.value, a.B.value, s.u, a.scale, {
+      dxInto, dA: a.A.grad ?? undefined, dB: a.B.grad ?? undefined, dxa,
+    });
+    if (dxa && s.mask) {
+      const dv = dxa.data() as Float32Array, mv = s.mask.data() as Float32Array;
+      for (let i = 0; i < dv.length; i++) dv[i] *= mv[i];
+      addInPlace(dx, dxa);
+      dxa.dispose();
+    }
+    this.clearSaved();
+    return dx;
+  }
+
+  // Mixed batch: one base pass, then each adapter's delta on its rows.
+  private forwardRows(x: Tensor): Tensor {
+    const { adapters, tokensPerRow } = this.rows!;
+    const N = x.shape[0];
+    if (N !== adapters.length * tokensPerRow) {
+      throw new Error(`${this.name}: mixed batch of ${adapters.length} rows x ${tokensPerRow} tokens does not match ${N} input rows`);
+    }
+    if (this.mergedName !== null) throw new Error(`${this.name}: unmerge before serving a mixed batch`);
+    const y = this.base.forward(x);
+    this.base.clearSaved();
+    const xv = x.data() as Float32Array, yv = y.data() as Float32Array;
+    const inF = this.inFeatures, outF = this.outFeatures;
+    for (const name of new Set(adapters)) {
+      if (name === null) continue;
+      const a = this.adapter(name);
+      const rows = adapters.flatMap((n, i) => (n === name ? [i] : []));
+      const xg = Tensor.zeros([rows.length * tokensPerRow, inF], { category: 'workspace' });
+      const gv = xg.data() as Float32Array;
+      rows.forEach((row, j) => gv.set(xv.subarray(row * tokensPerRow * inF, (row + 1) * tokensPerRow * inF), j * tokensPerRow * inF));
+      const u = matmul(xg, a.A.value, { transB: true, category: 'workspace' });
+      const d = matmul(u, a.B.value, { transB: true, alpha: a.scale, category: 'workspace' });
+      const dv = d.data() as Float32Array;
+      rows.forEach((row, j) => {
+        const yo = row * tokensPerRow * outF, doff = j * tokensPerRow * outF;
+        for (let k = 0; k < tokensPerRow * outF; k++) yv[yo + k] += dv[doff + k];
+      });
+      for (const t of [xg, u, d]) t.dispose();
+    }
+    return y;
+  }
+
+  /** s * B * A as a new [out, in] f32 tensor: the one computation merge and unmerge share. */
+  deltaWeight(name: string): Tensor {
+    const a = this.adapter(name);
+    return matmul(a.B.value, a.A.value, { alpha: a.scale, category: 'workspace' });
+  }
+
+  /** Fold an adapter into the base weight (lossy when the base is bf16, as in PEFT). */
+  merge(name = this.active ?? ''): void {
+    if (this.mergedName !== null) throw new Error(`${this.name}: adapter '${this.mergedName}' is already merged`);
+    this.applyDelta(name, +1);
+    this.mergedName = name;
+  }
+
+  unmerge(): void {
+    if (this.mergedName === null) throw new Error(`${this.name}: nothing is merged`);
+    this.applyDelta(this.mergedName, -1);
+    this.mergedName = null;
+  }
+
+  get merged(): string | null {
+    return this.mergedName;
+  }
+
+  private applyDelta(name: string, sign: 1 | -1): void {
+    const delta = this.deltaWeight(name);
+    const W = this.base.weight.value;
+    if (W.dtype === 'f32') {
+      addInPlace(W, delta, sign);
+    } else {
+      const wv = W.data() as Uint16Array, dv = delta.data() as Float32Array;
+      for (let i = 0; i < wv.length; i++) wv[i] = f32ToBf16(bf16ToF32(wv[i]) + sign * dv[i]);
+    }
+    delta.dispose();
+  }
+
+  /** Merge the active adapter (unless one is merged already), free the
+   * adapters and hand back the base layer, which the caller now owns. */
+  mergeAndUnload(): DenseLinear {
+    if (this.mergedName === null && this.active !== null) this.merge(this.active);
+    this.clearSaved();
+    for (const a of this.adapters.values()) for (const p of [a.A, a.B]) { p.value.dispose(); p.grad?.dispose(); }
+    this.adapters.clear();
+    this.mergedName = null;
+    this.active = null;
+    this.unloaded = true;
+    return this.base;
+  }
+
+  parameters(): Parameter[] {
+    const p: Parameter[] = [...this.base.parameters()];
+    for (const a of this.adapters.values()) p.push(a.A, a.B);
+    return p;
+  }
+
+  clearSaved(): void {
+    if (this.saved) {
+      const { xa, mask, u } = this.saved;
+      if (mask) { mask.dispose(); xa.dispose(); }
+      u.dispose();
+      this.saved = null;
+    }
+    this.baseSaved = false;
+    this.base.clearSaved();
+  }
+
+  dispose(): void {
+    this.clearSaved();
+    for (const a of this.adapters.values()) for (const p of [a.A, a.B]) { p.value.dispose(); p.grad?.dispose(); }
+    this.adapters.clear();
+    if (!this.unloaded) this.base.dispose();
+  }
+}
+
+function hashSeed(seed: number, ...parts: string[]): number {
+  let h = (Math.floor(seed) ^ 0x811c9dc5) >>> 0;
+  for (const s of parts) for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0;
+  return h;
+}

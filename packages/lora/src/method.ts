@@ -1,0 +1,80 @@
+// The LoRA method: put adapters on a model's targeted Linear layers.
+import { DenseLinear, LINEAR_NAMES, type LlamaModel, type Parameter } from '@tunebench/core';
+import { type LoraConfig, loraConfig } from './config.js';
+import { LoraLinear } from './layer.js';
+
+export interface PrepareResult {
+  /** module names that received an adapter */
+  targets: string[];
+  trainableParameters: number;
+  totalParameters: number;
+}
+
+/** Module names selected by `targets` (full names like model.layers.0.self_attn.q_proj). */
+export function resolveTargets(model: LlamaModel, targets: LoraConfig['targets']): string[] {
+  const names = [...model.linears().keys()];
+  if (targets === 'all-linear') return names;
+  if (targets instanceof RegExp) {
+    const hit = names.filter((n) => targets.test(n));
+    if (hit.length === 0) throw new Error(`LoRA targets: the pattern ${targets} matches no linear module; the model's linear modules are ${LINEAR_NAMES.join(', ')} in each of model.layers.0..${model.blocks.length - 1}`);
+    return hit;
+  }
+  const unknown = targets.filter((t) => !LINEAR_NAMES.includes(t as never) && !names.includes(t));
+  if (unknown.length) {
+    throw new Error(`LoRA targets: unknown module(s) ${unknown.map((u) => `'${u}'`).join(', ')}; the model's linear modules are ${LINEAR_NAMES.join(', ')} (lm_head is never a target)`);
+  }
+  return names.filter((n) => targets.some((t) => n === t || n.endsWith(`.${t}`)));
+}
+
+/** Replaces the targeted layers of a frozen model with LoRA layers holding
+ * one adapter named `adapterName`. */
+export function prepareLora(model: LlamaModel, opts: Partial<LoraConfig> = {}, adapterName = 'default'): PrepareResult {
+  const config = loraConfig(opts);
+  const adapterParams = new Set(loraLayers(model).flatMap((l) => [...l.adapters.values()].flatMap((a) => [a.A, a.B])));
+  const trainableBefore = model.parameters().filter((p) => p.grad !== null && !adapterParams.has(p));
+  if (trainableBefore.length > 0) {
+    throw new Error(`LoRA: the base model must be frozen (build it with trainable: false); ${trainableBefore.length} parameters are trainable, e.g. ${trainableBefore[0].name}`);
+  }
+  const targets = resolveTargets(model, config.targets);
+  const layers = model.linears();
+  for (const name of targets) {
+    const layer = layers.get(name)!;
+    const lora = layer instanceof LoraLinear ? layer : wrap(layer, config.seed);
+    lora.addAdapter(adapterName, config);
+    if (lora !== layer) model.replaceLinear(name, lora);
+  }
+  return { targets, ...countParameters(model.parameters()) };
+}
+
+function wrap(layer: unknown, seed: number): LoraLinear {
+  if (!(layer instanceof DenseLinear)) throw new Error(`LoRA: cannot adapt ${(layer as { name?: string }).name ?? 'this layer'}: its base is not a dense linear layer`);
+  return new LoraLinear(layer, seed);
+}
+
+export function countParameters(params: readonly Parameter[]): { trainableParameters: number; totalParameters: number } {
+  let trainable = 0, total = 0;
+  for (const p of params) {
+    total += p.value.numel;
+    if (p.grad) trainable += p.value.numel;
+  }
+  return { trainableParameters: trainable, totalParameters: total };
+}
+
+/** Every LoRA layer of the model. */
+export function loraLayers(model: LlamaModel): LoraLinear[] {
+  return [...model.linears().values()].filter((l): l is LoraLinear => l instanceof LoraLinear);
+}
+
+/** Make `name` the active adapter everywhere. */
+export function setActiveAdapter(model: LlamaModel, name: string | null): void {
+  for (const l of loraLayers(model)) {
+    if (name !== null) l.adapter(name);
+    l.active = name;
+  }
+}
+
+/** Merge the active adapter into the base weights and put the plain dense
+ * layers back: the model has no adapter layers afterwards. */
+export function mergeAndUnload(model: LlamaModel): void {
+  for (const l of loraLayers(model)) model.replaceLinear(l.name, l.mergeAndUnload());
+}

@@ -1,0 +1,162 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { DenseLinear, LlamaModel, Tensor, memory, preset, ArrayDataSource, Trainer } from '@tunebench/core';
+import { LoraLinear, loraLayers, mergeAndUnload, prepareLora, setActiveAdapter } from '../src/index.js';
+import { randomValues, relErr, tfjs } from './helpers.js';
+
+const seed = (Math.random() * 2 ** 31) >>> 0;
+
+function frozenLayer(outF: number, inF: number, dtype: 'f32' | 'bf16' = 'f32'): DenseLinear {
+  const w = Tensor.from(randomValues(outF * inF, seed + 1, 0.2), [outF, inF], { dtype, category: 'frozen' });
+  return new DenseLinear('model.layers.0.self_attn.q_proj', w, null);
+}
+
+function randomizeB(layer: LoraLinear, name = 'default', s = seed + 2): void {
+  const b = layer.adapter(name).B.value;
+  (b.data() as Float32Array).set(randomValues(b.numel, s, 0.1));
+}
+
+test('LoRA layer: y, dx, dA and dB match tfjs', async () => {
+  const tf = await tfjs();
+  const [N, inF, outF, r, alpha] = [13, 40, 24, 4, 8];
+  const layer = new LoraLinear(frozenLayer(outF, inF), seed);
+  layer.addAdapter('default', { r, alpha, rslora: false, dropout: 0, init: 'kaiming', seed });
+  randomizeB(layer);
+  const xv = randomValues(N * inF, seed + 3), dyv = randomValues(N * outF, seed + 4);
+  const x = Tensor.from(xv, [N, inF]), dy = Tensor.from(dyv, [N, outF]);
+  const y = layer.forward(x);
+  const dx = layer.backward(dy);
+  const a = layer.adapter('default');
+  type TF2 = ReturnType<typeof tf.tensor2d>;
+  const W = tf.tensor2d(layer.base.weight.value.toFloat32(), [outF, inF]);
+  const reference = (xt: TF2, At: TF2, Bt: TF2) =>
+    tf.matMul(xt, W, false, true).add(tf.matMul(tf.matMul(xt, At, false, true), Bt, false, true).mul(alpha / r));
+  const dyT = tf.tensor2d(dyv, [N, outF]);
+  const f = (...args: ReturnType<typeof tf.tensor>[]) => reference(args[0] as TF2, args[1] as TF2, args[2] as TF2).mul(dyT).sum();
+  const xt = tf.tensor2d(xv, [N, inF]), At = tf.tensor2d(a.A.value.toFloat32(), [r, inF]), Bt = tf.tensor2d(a.B.value.toFloat32(), [outF, r]);
+  const yRef = reference(xt, At, Bt);
+  const [gx, gA, gB] = tf.grads(f)([xt, At, Bt]);
+  assert.ok(relErr(y.toFloat32(), yRef.dataSync()) < 1e-5, `y (seed ${seed})`);
+  assert.ok(relErr(dx.toFloat32(), gx.dataSync()) < 1e-5, `dx (seed ${seed})`);
+  assert.ok(relErr(a.A.grad!.toFloat32(), gA.dataSync()) < 1e-5, `dA (seed ${seed})`);
+  assert.ok(relErr(a.B.grad!.toFloat32(), gB.dataSync()) < 1e-5, `dB (seed ${seed})`);
+  assert.equal(layer.base.weight.grad, null, 'no gradient for the frozen base');
+  for (const t of [x, dy, y, dx]) t.dispose();
+  layer.dispose();
+});
+
+test('adapter output equals merged output; unmerge restores the base; B = 0 at init', () => {
+  const [N, inF, outF] = [9, 32, 16];
+  const layer = new LoraLinear(frozenLayer(outF, inF), seed);
+  const x = Tensor.from(randomValues(N * inF, seed + 5), [N, inF]);
+  const base = layer.forward(x).toFloat32();
+  layer.addAdapter('default', { r: 4, alpha: 16, rslora: true, dropout: 0, init: 'gaussian', seed });
+  assert.deepEqual(layer.forward(x).toFloat32(), base, 'B starts at zero: the adapter changes nothing');
+  randomizeB(layer);
+  const adapted = layer.forward(x).toFloat32();
+  assert.ok(relErr(adapted, base) > 1e-3, 'the adapter changes the output');
+  layer.merge();
+  const merged = layer.forward(x).toFloat32();
+  assert.ok(relErr(merged, adapted) < 1e-4, `merged vs adapter: ${relErr(merged, adapted)}`);
+  layer.unmerge();
+  assert.ok(relErr(layer.forward(x).toFloat32(), adapted) < 1e-5);
+  layer.active = null;
+  assert.ok(relErr(layer.forward(x).toFloat32(), base) < 1e-5, 'unmerge restores the base outputs');
+  layer.clearSaved();
+  x.dispose(); layer.dispose();
+});
+
+test('prepareLora: all-linear targets, trainable count r*(in+out), memory categories, merge-and-unload', () => {
+  const cfg = preset('tiny');
+  const before = memory.snapshot().cpu.live;
+  const model = LlamaModel.init(cfg, { seed: 1, dtype: 'bf16', trainable: false });
+  const frozenBytes = memory.snapshot().cpu.live.frozen - before.frozen;
+  const r = 8;
+  const res = prepareLora(model, { r, alpha: 16 });
+  let expected = 0;
+  for (const l of model.linears().values()) expected += r * (l.inFeatures + l.outFeatures);
+  assert.equal(res.trainableParameters, expected);
+  assert.equal(res.targets.length, cfg.numLayers * 7);
+  const live = memory.snapshot().cpu.live;
+  assert.equal(live.frozen - before.frozen, frozenBytes, 'base weights stay frozen');
+  assert.equal(live.trainable - before.trainable, 4 * expected, 'A and B are trainable f32');
+  assert.equal(live.grad - before.grad, 4 * expected);
+  mergeAndUnload(model);
+  assert.equal(loraLayers(model).length, 0, 'no adapter layer left');
+  assert.ok([...model.linears().values()].every((l) => l instanceof DenseLinear));
+  assert.equal(memory.snapshot().cpu.live.trainable, before.trainable);
+  model.dispose();
+});
+
+test('targets: a list, a pattern, and an unknown name that lists the modules', () => {
+  const model = LlamaModel.init(preset('tiny'), { seed: 1, trainable: false });
+  const res = prepareLora(model, { targets: ['q_proj', 'v_proj'] });
+  assert.deepEqual(res.targets, ['model.layers.0.self_attn.q_proj', 'model.layers.0.self_attn.v_proj', 'model.layers.1.self_attn.q_proj', 'model.layers.1.self_attn.v_proj']);
+  assert.throws(() => prepareLora(model, { targets: ['qkv'] }, 'b'), /unknown module\(s\) 'qkv'; the model's linear modules are q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj/);
+  const res2 = prepareLora(model, { targets: /layers\.1\.mlp/ }, 'mlp1');
+  assert.equal(res2.targets.length, 3);
+  const trained = LlamaModel.init(preset('tiny'));
+  assert.throws(() => prepareLora(trained, {}), /base model must be frozen/);
+  trained.dispose();
+  assert.throws(() => prepareLora(model, { r: 0 }), /r must be a positive integer/);
+  model.dispose();
+});
+
+test('LoRA fine-tuning of a frozen bf16 model lowers the loss; only A and B change', () => {
+  const model = LlamaModel.init(preset('tiny'), { seed: 2, dtype: 'bf16', trainable: false });
+  prepareLora(model, { r: 8, alpha: 16 });
+  const rows = Array.from({ length: 4 }, (_, r) => {
+    const ids = new Int32Array(16), targets = new Int32Array(16);
+    for (let t = 0; t < 16; t++) { ids[t] = (r * 31 + t) % 259; targets[t] = (r * 31 + t + 1) % 259; }
+    return { ids, targets };
+  });
+  const frozenBefore = model.embed.value.data().slice(0);
+  const trainer = new Trainer(model, new ArrayDataSource(rows, 4, 0, false), { schedule: { kind: 'constant', lr: 1e-2, warmupSteps: 0, totalSteps: 30 } });
+  const first = trainer.trainStep().loss;
+  let last = first;
+  for (let i = 0; i < 29; i++) last = trainer.trainStep().loss;
+  assert.ok(last < first * 0.8, `loss ${first} -> ${last}`);
+  assert.deepEqual(model.embed.value.data(), frozenBefore, 'the frozen embedding did not move');
+  trainer.dispose(); model.dispose();
+});
+
+test('a mixed-adapter batch equals running each row with its own adapter', () => {
+  const model = LlamaModel.init(preset('tiny'), { seed: 3, trainable: false });
+  prepareLora(model, { r: 4, seed: 1 }, 'alice');
+  prepareLora(model, { r: 8, seed: 2, targets: ['q_proj', 'down_proj'] }, 'bob');
+  for (const l of loraLayers(model)) for (const name of l.adapters.keys()) randomizeB(l, name, name.length * 17 + l.name.length);
+  const T = 10, rowsAdapters = ['alice', 'bob', null, 'bob'];
+  const B = rowsAdapters.length;
+  const idv = Int32Array.from({ length: B * T }, (_, i) => (i * 7 + 3) % 259);
+  const tgv = Int32Array.from({ length: B * T }, (_, i) => (i * 5 + 1) % 259);
+  const ids = Tensor.from(idv, [B, T], { dtype: 'i32' }), targets = Tensor.from(tgv, [B, T], { dtype: 'i32' });
+  // mixed: per-row adapters, one pass; per-row loss via the losses of single rows
+  for (const l of loraLayers(model)) l.setRowAdapters(rowsAdapters.map((a) => (a !== null && l.adapters.has(a) ? a : null)), T);
+  const mixed = model.forward({ ids, targets }, { training: false }).lossSum;
+  for (const l of loraLayers(model)) l.setRowAdapters(null);
+  let separate = 0;
+  rowsAdapters.forEach((a, row) => {
+    setActiveAdapter(model, null);
+    if (a !== null) for (const l of loraLayers(model)) l.active = l.adapters.has(a) ? a : null;
+    const i1 = Tensor.from(idv.subarray(row * T, (row + 1) * T), [1, T], { dtype: 'i32' });
+    const t1 = Tensor.from(tgv.subarray(row * T, (row + 1) * T), [1, T], { dtype: 'i32' });
+    separate += model.forward({ ids: i1, targets: t1 }, { training: false }).lossSum;
+    i1.dispose(); t1.dispose();
+  });
+  assert.ok(Math.abs(mixed - separate) / Math.abs(separate) < 1e-5, `mixed ${mixed} vs separate ${separate}`);
+  ids.dispose(); targets.dispose(); model.dispose();
+});
+
+test('dropout applies to the adapter input in training only', () => {
+  const layer = new LoraLinear(frozenLayer(8, 16), seed);
+  layer.addAdapter('default', { r: 4, alpha: 4, rslora: false, dropout: 0.5, init: 'kaiming', seed });
+  randomizeB(layer);
+  const x = Tensor.from(randomValues(4 * 16, seed + 9), [4, 16]);
+  layer.training = false;
+  const e1 = layer.forward(x).toFloat32(), e2 = layer.forward(x).toFloat32();
+  assert.deepEqual(e1, e2, 'eval is deterministic');
+  layer.training = true;
+  const t1 = layer.forward(x).toFloat32();
+  assert.ok(relErr(t1, e1) > 1e-4, 'training output differs (dropout)');
+  layer.clearSaved(); x.dispose(); layer.dispose();
+});
