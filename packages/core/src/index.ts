@@ -37,3 +37,6 @@ export {
 } from './io/hf.js';
 export { saveCheckpoint, loadCheckpoint } from './train/checkpoint.js';
 export * from './ops/lora.js';
+export { KVCache } from './nn/llama.js';
+export { generate, pick, type GenerateOptions, type GenerateResult } from './eval/generate.js';
+export { evaluateLoss, rowLogLikelihoods, classify, type LossResult, type ClassificationResult } from './eval/evaluate.js';

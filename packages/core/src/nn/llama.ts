@@ -10,10 +10,11 @@
 // gradients accumulate (micro-batches add up); activation gradients are
 // written, except the residual stream's, which accumulates.
 // Every projection is a LinearLayer (module.ts) so methods can replace it.
-import { attentionBackward, attentionForward } from '../ops/attention.js';
+import { attentionBackward, attentionDecode, attentionForward } from '../ops/attention.js';
 import { crossEntropyBackward, crossEntropyForward } from '../ops/cross_entropy.js';
 import { addInPlace, fill } from '../ops/elementwise.js';
 import { embeddingBackward, embeddingForward } from '../ops/embedding.js';
+import { matmul } from '../ops/gemm.js';
 import { rmsnorm, rmsnormBackward } from '../ops/rmsnorm.js';
 import { rope, ropeBackward } from '../ops/rope.js';
 import { swiglu, swigluBackward } from '../ops/swiglu.js';
@@ -45,6 +46,8 @@ export interface ForwardResult {
   lossSum: number;
   /** number of non-ignored targets */
   count: number;
+  /** per batch row (with rowLosses): summed loss and target count */
+  rows?: { lossSum: Float64Array; count: Int32Array };
 }
 
 function linearPrefix(layer: number, n: LinearName): string {
@@ -71,7 +74,11 @@ class LlamaBlock {
   }
 
   // x [N, C] -> x' [N, C] (new). Keeps what backward needs when training.
-  forward(x: Tensor, positions: Tensor, cfg: LlamaConfig, B: number, T: number, training: boolean): Tensor {
+  // With a KV cache (inference): the new keys/values are appended at
+  // cache.length; a first call attends among its own T tokens, later calls
+  // (T = 1) attend over the cache.
+  forward(x: Tensor, positions: Tensor, cfg: LlamaConfig, B: number, T: number, training: boolean,
+          cache?: { k: Tensor; v: Tensor; length: number }): Tensor {
     const D = headDim(cfg), N = B * T;
     const L = this.linears;
     const { y: h1, rstd: rstd1 } = rmsnorm(x, this.ln1.value, { eps: cfg.rmsNormEps });
@@ -80,7 +87,19 @@ class LlamaBlock {
     const v4 = v.reshape([B, T, cfg.numKvHeads, D]);
     rope(q4, positions, { theta: cfg.ropeTheta, out: q4 });
     rope(k4, positions, { theta: cfg.ropeTheta, out: k4 });
-    const { out: att, lse } = attentionForward(q4, k4, v4);
+    let att: Tensor, lse: Tensor;
+    if (cache) {
+      writeCache(cache.k, k4, cache.length);
+      writeCache(cache.v, v4, cache.length);
+      if (cache.length === 0) ({ out: att, lse } = attentionForward(q4, k4, v4));
+      else {
+        if (T !== 1) throw new Error('forward with a filled KV cache takes one new token per sequence');
+        att = attentionDecode(q4, cache.k, cache.v, cache.length + 1);
+        lse = Tensor.zeros([0]);
+      }
+    } else {
+      ({ out: att, lse } = attentionForward(q4, k4, v4));
+    }
     const att2 = att.reshape([N, cfg.numHeads * D]);
     const o = L.o_proj.forward(att2);
     const x2 = o;  // x2 = x + o, in o's memory
@@ -265,7 +284,7 @@ export class LlamaModel {
   }
 
   /** Loss of one batch. With training, keeps what backward needs. */
-  forward(batch: Batch, opts: { training?: boolean } = {}): ForwardResult {
+  forward(batch: Batch, opts: { training?: boolean; rowLosses?: boolean } = {}): ForwardResult {
     const training = opts.training ?? true;
     const cfg = this.config;
     const { ids, targets } = batch;
@@ -293,12 +312,57 @@ export class LlamaModel {
     const { y: hf, rstd: rstdF } = rmsnorm(x, this.norm.value, { eps: cfg.rmsNormEps });
     const head = this.lmHead ? this.lmHead.value : this.embed.value;
     const ce = crossEntropyForward(hf, head, targets1);
+    let rows: ForwardResult['rows'];
+    if (opts.rowLosses) {
+      rows = { lossSum: new Float64Array(B), count: new Int32Array(B) };
+      const lv = ce.losses.data() as Float32Array, tv = targets1.data() as Int32Array;
+      for (let i = 0; i < N; i++) {
+        if (tv[i] === -100) continue;
+        rows.lossSum[Math.floor(i / T)] += lv[i];
+        rows.count[Math.floor(i / T)]++;
+      }
+    }
     if (training) {
       this.state = { ids: ids1, targets: targets1, positions, residuals, hf, rstdF, lse: ce.lse, losses: ce.losses, B, T };
     } else {
       for (const t of [positions, x, hf, rstdF, ce.lse, ce.losses]) t.dispose();
     }
-    return { lossSum: ce.sum, count: ce.count };
+    return { lossSum: ce.sum, count: ce.count, rows };
+  }
+
+  /** Final-normed hidden states [B*T, C] of ids [B, T] (inference). With a
+   * cache, the tokens continue the cached sequences: positions start at
+   * cache.length, and after the first call T must be 1. */
+  hidden(ids: Tensor, cache?: KVCache): Tensor {
+    const cfg = this.config;
+    if (ids.dtype !== 'i32' || ids.shape.length !== 2) throw new Error(`hidden: ids must be i32 [B, T], got ${ids.dtype} [${ids.shape.join(', ')}]`);
+    const [B, T] = ids.shape;
+    const start = cache ? cache.length : 0;
+    if (cache && cache.batch !== B) throw new Error(`hidden: the cache holds ${cache.batch} sequences, ids has ${B}`);
+    if (start + T > (cache ? cache.maxLength : cfg.maxPositionEmbeddings)) {
+      throw new Error(`hidden: ${start + T} positions exceed the ${cache ? 'cache length' : 'max_position_embeddings'} ${cache ? cache.maxLength : cfg.maxPositionEmbeddings}`);
+    }
+    if (this.state) this.releaseState();
+    for (const b of this.blocks) for (const n of LINEAR_NAMES) if ('training' in b.linears[n]) b.linears[n].training = false;
+    const N = B * T;
+    const positions = Tensor.zeros([N], { dtype: 'i32', category: 'activation' });
+    const pv = positions.data() as Int32Array;
+    for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) pv[b * T + t] = start + t;
+    let x = embeddingForward(ids.reshape([N]), this.embed.value);
+    this.blocks.forEach((block, i) => {
+      const next = block.forward(x, positions, cfg, B, T, false, cache ? { k: cache.k[i], v: cache.v[i], length: start } : undefined);
+      x.dispose();
+      x = next;
+    });
+    if (cache) cache.length += T;
+    const { y, rstd } = rmsnorm(x, this.norm.value, { eps: cfg.rmsNormEps });
+    for (const t of [x, rstd, positions]) t.dispose();
+    return y;
+  }
+
+  /** Logits [rows, V] of hidden states [rows, C]. */
+  logits(hidden: Tensor): Tensor {
+    return matmul(hidden, (this.lmHead ?? this.embed).value, { transB: true });
   }
 
   /** Gradients of scale * lossSum, ACCUMULATED into the parameters' grads.
@@ -365,4 +429,34 @@ export function modelTensorShapes(config: LlamaConfig): Map<string, number[]> {
   m.set('model.norm.weight', [C]);
   if (!config.tieWordEmbeddings) m.set('lm_head.weight', [config.vocabSize, C]);
   return m;
+}
+
+/** Keys and values of every layer for `batch` sequences of up to `maxLength` tokens. */
+export class KVCache {
+  readonly k: Tensor[];
+  readonly v: Tensor[];
+  /** tokens cached per sequence */
+  length = 0;
+
+  constructor(config: LlamaConfig, readonly batch: number, readonly maxLength: number) {
+    if (!Number.isInteger(batch) || batch < 1) throw new Error(`KVCache: batch must be a positive integer, got ${batch}`);
+    if (!Number.isInteger(maxLength) || maxLength < 1 || maxLength > config.maxPositionEmbeddings) {
+      throw new Error(`KVCache: maxLength must be in [1, ${config.maxPositionEmbeddings}], got ${maxLength}`);
+    }
+    const shape = [batch, maxLength, config.numKvHeads, headDim(config)];
+    this.k = Array.from({ length: config.numLayers }, () => Tensor.zeros(shape, { category: 'activation' }));
+    this.v = Array.from({ length: config.numLayers }, () => Tensor.zeros(shape, { category: 'activation' }));
+  }
+
+  dispose(): void {
+    for (const t of [...this.k, ...this.v]) t.dispose();
+  }
+}
+
+// cache [B, Tmax, H, D] rows [at, at + T) <- x [B, T, H, D]
+function writeCache(cache: Tensor, x: Tensor, at: number): void {
+  const [B, T, H, D] = x.shape, Tmax = cache.shape[1];
+  const cv = cache.data() as Float32Array, xv = x.data() as Float32Array;
+  const row = H * D;
+  for (let b = 0; b < B; b++) cv.set(xv.subarray(b * T * row, (b + 1) * T * row), (b * Tmax + at) * row);
 }

@@ -5,7 +5,7 @@
 //   query t attends keys 0..t; scale defaults to 1/sqrt(D).
 import type { Category } from '../dtype.js';
 import { nativeFn, type NativeTensorHandle } from '../native.js';
-import type { Tensor } from '../tensor.js';
+import { Tensor } from '../tensor.js';
 import { checkFinite, checkShape, checkTensor, fmtShape, outTensor } from './check.js';
 
 type H = NativeTensorHandle;
@@ -133,4 +133,32 @@ export function attentionBackward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor,
     for (const t of made) t.dispose();
     throw e;
   }
+}
+
+type DecodeFn = (q: NativeTensorHandle, kc: NativeTensorHandle, vc: NativeTensorHandle, out: NativeTensorHandle,
+                 B: number, Hq: number, Hkv: number, D: number, Tmax: number, L: number, scale: number) => void;
+let decodeFn: DecodeFn | undefined;
+
+/**
+ * One new query per sequence attending over a KV cache (generation).
+ *   q [B, 1, Hq, D]; kCache, vCache [B, Tmax, Hkv, D] with positions 0..length-1
+ *   filled (the new token's own key/value included) -> out [B, 1, Hq, D]
+ */
+export function attentionDecode(q: Tensor, kCache: Tensor, vCache: Tensor, length: number,
+                                opts: { scale?: number; out?: Tensor } = {}): Tensor {
+  const op = 'attentionDecode';
+  checkTensor(op, 'q', q, ['f32'], 4);
+  checkTensor(op, 'kCache', kCache, ['f32'], 4);
+  checkTensor(op, 'vCache', vCache, ['f32'], 4);
+  const [B, one, Hq, D] = q.shape, [Bk, Tmax, Hkv, Dk] = kCache.shape;
+  if (one !== 1) throw new RangeError(`${op}: q must hold one position per sequence, got [${q.shape.join(', ')}]`);
+  if (Bk !== B || Dk !== D) throw new RangeError(`${op}: kCache [${kCache.shape.join(', ')}] does not fit q [${q.shape.join(', ')}]`);
+  checkShape(op, 'vCache', vCache, kCache.shape);
+  if (Hq % Hkv !== 0) throw new RangeError(`${op}: ${Hq} query heads are not a multiple of ${Hkv} kv heads`);
+  if (!Number.isInteger(length) || length < 1 || length > Tmax) throw new RangeError(`${op}: length ${length} must be in [1, ${Tmax}]`);
+  const scale = opts.scale ?? 1 / Math.sqrt(D);
+  const out = opts.out ?? Tensor.zeros(q.shape, { category: 'activation' });
+  decodeFn ??= nativeFn<DecodeFn>('attention_decode');
+  decodeFn(q.handle, kCache.handle, vCache.handle, out.handle, B, Hq, Hkv, D, Tmax, length, scale);
+  return out;
 }
