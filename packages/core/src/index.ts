@@ -40,3 +40,12 @@ export * from './ops/lora.js';
 export { KVCache } from './nn/llama.js';
 export { generate, pick, type GenerateOptions, type GenerateResult } from './eval/generate.js';
 export { evaluateLoss, rowLogLikelihoods, classify, type LossResult, type ClassificationResult } from './eval/evaluate.js';
+export {
+  ByteTokenizer, HfTokenizer, BYTE_BOS, BYTE_EOS, BYTE_PAD, HF_TOKENIZER_FILE, HF_TOKENIZER_CONFIG_FILE,
+  type Tokenizer, type HfTokenizerOptions,
+} from './data/tokenizer.js';
+export { readJsonl, datasetFromRows, textDataset, sftDataset, type Dataset, type DatasetKind, type TextRow, type SftRow } from './data/jsonl.js';
+export {
+  TokenRows, TokenDataSource, packTexts, padExamples, prepareDataset, epochBatches, countTargets, countTokens, padIdOf,
+  type PrepareStats, type EvalBatch, type TokenDataSourceOptions, type TokenDataSourceState,
+} from './data/batching.js';

@@ -1,0 +1,40 @@
+// @tunebench/bench: tasks, suites, runner and reports.
+
+export {
+  BROWN_DEFAULT_HELD_OUT,
+  BROWN_GENRES,
+  BROWN_GENRE_LETTERS,
+  BROWN_SHORT_NAMES,
+  brownDir,
+  brownSplit,
+  countByGenre,
+  detokenizeBrown,
+  isBrownGenre,
+  loadBrown,
+  splitTagged,
+  type BrownDoc,
+  type BrownGenre,
+  type BrownSplit,
+  type BrownSplitOptions,
+} from './tasks/brown.js';
+export {
+  SPAM_FOLDERS,
+  countBy,
+  decodeHeader,
+  decodeQuotedPrintable,
+  decodeTransfer,
+  dedupeSpam,
+  htmlToText,
+  loadSpam,
+  parseEmail,
+  spamDir,
+  spamExample,
+  spamSplit,
+  truncate,
+  type LoadSpamOptions,
+  type ParsedEmail,
+  type SpamExample,
+  type SpamLabel,
+  type SpamSplitOptions,
+} from './tasks/spam.js';
+export { hash53, seededOrder, stratifiedSplit, type Fractions, type ThreeWaySplit } from './tasks/split.js';

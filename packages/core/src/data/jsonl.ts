@@ -1,0 +1,152 @@
+// Datasets: JSONL files (one JSON object per line) or rows in memory.
+//
+//   {"text": string}                          language modelling
+//   {"prompt": string, "completion": string}  supervised: loss on the completion only
+//
+// One file holds one kind. Other keys on a row are ignored (ids, metadata).
+// Blank lines are skipped. Every problem is an Error naming `file:line`.
+import { closeSync, openSync, readSync } from 'node:fs';
+
+export interface TextRow { text: string }
+export interface SftRow { prompt: string; completion: string }
+
+export type Dataset =
+  | { kind: 'text'; source: string; rows: TextRow[] }
+  | { kind: 'sft'; source: string; rows: SftRow[] };
+
+export type DatasetKind = Dataset['kind'];
+
+const KIND_WORDS: Record<DatasetKind, string> = { text: 'a {"text"} row', sft: 'a {"prompt", "completion"} row' };
+
+/** Checks one parsed row; `where` names it in errors (file:line or source[i]). */
+function parseRow(v: unknown, where: string): { kind: 'text'; row: TextRow } | { kind: 'sft'; row: SftRow } {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+    throw new Error(`${where}: expected a JSON object, got ${v === null ? 'null' : Array.isArray(v) ? 'an array' : typeof v}`);
+  }
+  const o = v as Record<string, unknown>;
+  const hasText = 'text' in o, hasSft = 'prompt' in o || 'completion' in o;
+  if (hasText && hasSft) throw new Error(`${where}: a row has either "text" or "prompt"/"completion", not both`);
+  if (hasText) {
+    if (typeof o.text !== 'string') throw new Error(`${where}: "text" must be a string, got ${typeName(o.text)}`);
+    return { kind: 'text', row: { text: o.text } };
+  }
+  if (hasSft) {
+    for (const k of ['prompt', 'completion'] as const) {
+      if (!(k in o)) throw new Error(`${where}: missing "${k}" (a supervised row has "prompt" and "completion")`);
+      if (typeof o[k] !== 'string') throw new Error(`${where}: "${k}" must be a string, got ${typeName(o[k])}`);
+    }
+    return { kind: 'sft', row: { prompt: o.prompt as string, completion: o.completion as string } };
+  }
+  const keys = Object.keys(o);
+  throw new Error(`${where}: expected {"text": string} or {"prompt": string, "completion": string}, got ${keys.length ? `keys ${keys.map((k) => JSON.stringify(k)).join(', ')}` : 'an empty object'}`);
+}
+
+function typeName(v: unknown): string {
+  return v === null ? 'null' : Array.isArray(v) ? 'an array' : typeof v;
+}
+
+/** Collects rows of one kind; the first row decides the kind. */
+class RowCollector {
+  kind: DatasetKind | null = null;
+  firstWhere = '';
+  text: TextRow[] = [];
+  sft: SftRow[] = [];
+
+  add(v: unknown, where: string): void {
+    const r = parseRow(v, where);
+    if (this.kind === null) { this.kind = r.kind; this.firstWhere = where; }
+    else if (r.kind !== this.kind) {
+      throw new Error(`${where}: ${KIND_WORDS[r.kind]}, but the dataset started with ${KIND_WORDS[this.kind]} (${this.firstWhere}); one dataset holds one kind`);
+    }
+    if (r.kind === 'text') this.text.push(r.row); else this.sft.push(r.row);
+  }
+
+  finish(source: string): Dataset {
+    if (this.kind === null) throw new Error(`${source}: the dataset is empty (no rows)`);
+    return this.kind === 'text' ? { kind: 'text', source, rows: this.text } : { kind: 'sft', source, rows: this.sft };
+  }
+}
+
+/** Reads a JSONL dataset. The file is read in 1 MiB chunks and split on
+ * '\n' bytes, so only one line's text is alive at a time beside the parsed
+ * rows. CRLF line ends and a UTF-8 byte-order mark are accepted; invalid
+ * UTF-8 is an error naming the line. */
+export function readJsonl(file: string): Dataset {
+  const rows = new RowCollector();
+  const decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+  let lineNo = 0;
+  const handleLine = (bytes: Uint8Array): void => {
+    lineNo++;
+    const where = `${file}:${lineNo}`;
+    let line: string;
+    try {
+      line = decoder.decode(bytes);
+    } catch {
+      throw new Error(`${where}: invalid UTF-8`);
+    }
+    if (lineNo === 1 && line.charCodeAt(0) === 0xfeff) line = line.slice(1); // the file's byte-order mark
+    if (line.trim() === '') return;
+    let v: unknown;
+    try {
+      v = JSON.parse(line);
+    } catch (e) {
+      throw new Error(`${where}: invalid JSON: ${(e as Error).message}`);
+    }
+    rows.add(v, where);
+  };
+
+  let fd: number;
+  try {
+    fd = openSync(file, 'r');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new Error(code === 'ENOENT' ? `${file}: file not found` : `${file}: cannot open: ${(e as Error).message}`);
+  }
+  try {
+    const chunk = Buffer.allocUnsafe(1 << 20);
+    // pieces of the unfinished line, copied out because `chunk` is reused
+    // (a list, so a line longer than a chunk is joined once, not re-copied per chunk)
+    let pending: Buffer[] = [];
+    for (;;) {
+      let n: number;
+      try {
+        n = readSync(fd, chunk, 0, chunk.length, null);
+      } catch (e) {
+        throw new Error(`${file}: cannot read: ${(e as Error).message}`);
+      }
+      if (n === 0) break;
+      const buf = chunk.subarray(0, n);
+      let start = 0;
+      for (let nl = buf.indexOf(0x0a, start); nl !== -1; nl = buf.indexOf(0x0a, start)) {
+        const head = buf.subarray(start, nl);
+        handleLine(pending.length ? Buffer.concat([...pending, head]) : head);
+        pending = [];
+        start = nl + 1;
+      }
+      if (start < n) pending.push(Buffer.from(buf.subarray(start)));
+    }
+    if (pending.length) handleLine(Buffer.concat(pending));
+  } finally {
+    closeSync(fd);
+  }
+  return rows.finish(file);
+}
+
+/** A dataset from rows in memory ({text} or {prompt, completion} objects),
+ * checked like a file; `source` names it in errors (`source[i]`). */
+export function datasetFromRows(rows: readonly unknown[], source = 'rows'): Dataset {
+  if (!Array.isArray(rows)) throw new Error(`${source}: expected an array of rows`);
+  const c = new RowCollector();
+  rows.forEach((r, i) => c.add(r, `${source}[${i}]`));
+  return c.finish(source);
+}
+
+/** A language-modelling dataset from texts. */
+export function textDataset(texts: readonly string[], source = 'texts'): Dataset {
+  return datasetFromRows(texts.map((text) => ({ text })), source);
+}
+
+/** A supervised dataset from prompt/completion pairs. */
+export function sftDataset(pairs: readonly SftRow[], source = 'pairs'): Dataset {
+  return datasetFromRows(pairs, source);
+}
