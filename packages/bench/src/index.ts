@@ -38,3 +38,10 @@ export {
   type SpamSplitOptions,
 } from './tasks/spam.js';
 export { hash53, seededOrder, stratifiedSplit, type Fractions, type ThreeWaySplit } from './tasks/split.js';
+export { finetune, progressPrinter, type FinetuneOptions, type FinetuneResult } from './tasks/finetune.js';
+export {
+  pretrainBase, loadBase, brownData, defaultCacheDir, PRETRAIN_DEFAULTS, type PretrainOptions, type PretrainResult, type BrownData,
+} from './tasks/pretrain.js';
+export { adaptData, evaluateAdapt, type AdaptData, type AdaptMetrics } from './tasks/adapt.js';
+export { spamData, evaluateSpam, SPAM_LABELS, type SpamData, type SpamDataOptions, type SpamMetrics } from './tasks/spam_task.js';
+export { jsonlData, evaluateJsonl, MAX_LABELS, type JsonlData, type JsonlOptions, type JsonlMetrics } from './tasks/jsonl_task.js';

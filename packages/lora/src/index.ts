@@ -3,3 +3,7 @@ export { LoraLinear, type Adapter, type AdapterOptions } from './layer.js';
 export {
   prepareLora, resolveTargets, countParameters, loraLayers, setActiveAdapter, mergeAndUnload, type PrepareResult,
 } from './method.js';
+export {
+  saveAdapter, loadAdapter, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, type SaveAdapterOptions, type SaveAdapterResult,
+  type LoadAdapterOptions, type LoadAdapterResult,
+} from './peft.js';

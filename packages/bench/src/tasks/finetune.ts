@@ -1,0 +1,66 @@
+// Train a model on prepared token rows with the shared Trainer, and report
+// speed. Used by every task and method so runs differ only where they must.
+import { type LlamaModel, type StepStats, type TokenRows, TokenDataSource, Trainer } from '@tunebench/core';
+
+export interface FinetuneOptions {
+  steps: number;
+  batchSize: number;
+  lr: number;
+  schedule?: 'constant' | 'cosine';
+  warmupSteps?: number;
+  gradAccumulation?: number;
+  maxGradNorm?: number | null;
+  weightDecay?: number;
+  seed?: number;
+  /** called after every optimizer step */
+  onStep?: (s: StepStats) => void;
+}
+
+export interface FinetuneResult {
+  steps: StepStats[];
+  ms: number;
+  /** input tokens per second over the whole run */
+  tokensPerSecond: number;
+  finalLoss: number;
+}
+
+export function finetune(model: LlamaModel, rows: TokenRows, o: FinetuneOptions): FinetuneResult {
+  const data = new TokenDataSource(rows, { batchSize: o.batchSize, seed: o.seed ?? 0 });
+  const trainer = new Trainer(model, data, {
+    schedule: { kind: o.schedule ?? 'cosine', lr: o.lr, warmupSteps: o.warmupSteps ?? Math.min(10, Math.floor(o.steps / 10)), totalSteps: o.steps },
+    gradAccumulation: o.gradAccumulation ?? 1,
+    maxGradNorm: o.maxGradNorm === undefined ? 1.0 : o.maxGradNorm,
+    optimizer: { weightDecay: o.weightDecay ?? 0.0 },
+    seed: o.seed ?? 0,
+  });
+  const steps: StepStats[] = [];
+  const t0 = performance.now();
+  try {
+    for (let i = 0; i < o.steps; i++) {
+      const s = trainer.trainStep();
+      steps.push(s);
+      o.onStep?.(s);
+    }
+  } finally {
+    trainer.dispose();
+  }
+  const ms = performance.now() - t0;
+  const tokens = steps.reduce((a, s) => a + s.tokens, 0);
+  return { steps, ms, tokensPerSecond: (tokens * 1000) / ms, finalLoss: steps.length ? steps[steps.length - 1].loss : NaN };
+}
+
+/** A one-line progress printer: a rewritten line on a terminal, a plain line every `every` steps otherwise. */
+export function progressPrinter(label: string, total: number, every = 10): (s: StepStats) => void {
+  const tty = process.stderr.isTTY;
+  const t0 = performance.now();
+  let tokens = 0;
+  return (s) => {
+    tokens += s.tokens;
+    const elapsed = (performance.now() - t0) / 1000;
+    const tps = tokens / Math.max(elapsed, 1e-9);
+    const eta = ((total - s.step) * elapsed) / s.step;
+    const line = `${label} step ${s.step}/${total} loss ${s.loss.toFixed(4)} ${Math.round(tps)} tok/s ETA ${eta.toFixed(0)}s`;
+    if (tty) process.stderr.write(`\r${line}\x1b[K${s.step === total ? '\n' : ''}`);
+    else if (s.step % every === 0 || s.step === total || s.step === 1) process.stderr.write(`${line}\n`);
+  };
+}

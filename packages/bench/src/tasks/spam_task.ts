@@ -1,0 +1,62 @@
+// `spam`: SpamAssassin mail as prompt -> ' spam' / ' ham'. Training is
+// supervised (loss on the completion only); the metric compares the two
+// labels' log-likelihoods for every test message: accuracy and macro F1.
+import {
+  type LlamaModel, type TokenRows, type Tokenizer, classify, epochBatches, padExamples, rowLogLikelihoods,
+} from '@tunebench/core';
+import { type SpamExample, dedupeSpam, loadSpam, spamSplit } from './spam.js';
+
+export const SPAM_LABELS = [' ham', ' spam'] as const;
+
+export interface SpamData {
+  train: TokenRows;
+  /** two rows per test example: prompt + ' ham', prompt + ' spam' */
+  testCandidates: TokenRows;
+  testLabels: number[];
+  counts: { train: number; validation: number; test: number };
+  /** accuracy of always answering the training split's majority label */
+  majorityBaseline: number;
+}
+
+export interface SpamDataOptions {
+  seqLen: number;
+  /** prompt budget in characters (default: 2 * seqLen, about what fits in bytes) */
+  maxChars?: number;
+  seed?: number;
+  /** use at most this many training examples (stratified order kept); default all */
+  maxTrain?: number;
+  /** use at most this many test examples; default all */
+  maxTest?: number;
+}
+
+export function spamData(tok: Tokenizer, o: SpamDataOptions): SpamData {
+  const examples = dedupeSpam(loadSpam({ maxChars: o.maxChars ?? 2 * o.seqLen }));
+  const split = spamSplit(examples, { seed: o.seed ?? 0 });
+  const train = o.maxTrain ? split.train.slice(0, o.maxTrain) : split.train;
+  const test = o.maxTest ? split.test.slice(0, o.maxTest) : split.test;
+  const label = (e: SpamExample) => (e.label === 'spam' ? 1 : 0);
+  const candidates = test.flatMap((e) => SPAM_LABELS.map((completion) => ({ prompt: e.prompt, completion })));
+  const trainSpam = train.filter((e) => e.label === 'spam').length;
+  const majority = trainSpam * 2 > train.length ? 1 : 0;
+  return {
+    train: padExamples(tok, train.map((e) => ({ prompt: e.prompt, completion: e.completion })), o.seqLen, 'spam:train'),
+    testCandidates: padExamples(tok, candidates, o.seqLen, 'spam:test candidates'),
+    testLabels: test.map(label),
+    counts: { train: train.length, validation: split.validation.length, test: test.length },
+    majorityBaseline: test.filter((e) => label(e) === majority).length / test.length,
+  };
+}
+
+export interface SpamMetrics {
+  accuracy: number;
+  macroF1: number;
+  confusion: number[][];
+  examples: number;
+}
+
+export function evaluateSpam(model: LlamaModel, data: SpamData, batchSize: number): SpamMetrics {
+  const ll = rowLogLikelihoods(model, epochBatches(data.testCandidates, batchSize)).slice(0, data.testCandidates.numRows);
+  const scores = data.testLabels.map((_, i) => [ll[2 * i], ll[2 * i + 1]]);
+  const r = classify(scores, data.testLabels, SPAM_LABELS.length);
+  return { accuracy: r.accuracy, macroF1: r.macroF1, confusion: r.confusion, examples: data.testLabels.length };
+}

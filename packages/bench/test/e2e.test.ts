@@ -1,0 +1,52 @@
+// Small end to end: pretrain the tiny base for a few steps, fine-tune it on
+// spam for a few steps, and score the whole test split.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ByteTokenizer, memory } from '@tunebench/core';
+import { adaptData, brownData, evaluateAdapt, evaluateSpam, finetune, loadBase, pretrainBase, spamData } from '../src/index.js';
+
+test('pretrain tiny (cached), fine-tune on spam, accuracy over the whole test split', () => {
+  const cacheDir = mkdtempSync(join(tmpdir(), 'tb-base-'));
+  const opts = { preset: 'tiny', steps: 6, batchSize: 4, seqLen: 64, cacheDir, progress: false };
+  const first = pretrainBase(opts);
+  assert.equal(first.cached, false);
+  assert.ok(Number.isFinite(first.validationLoss) && first.validationLoss < Math.log(259) + 0.5, `validation loss ${first.validationLoss}`);
+  const again = pretrainBase(opts);
+  assert.equal(again.cached, true, 'the second call reuses the cached base');
+  assert.equal(again.dir, first.dir);
+  assert.notEqual(pretrainBase({ ...opts, steps: 7 }).key, first.key, 'another step count is another base');
+
+  const before = memory.snapshot().cpu.liveTotal;
+  const model = loadBase(first.dir, { trainable: true });
+  const data = spamData(new ByteTokenizer(), { seqLen: 96, maxTrain: 32 });
+  const run = finetune(model, data.train, { steps: 3, batchSize: 4, lr: 1e-3 });
+  assert.equal(run.steps.length, 3);
+  const m = evaluateSpam(model, data, 32);
+  assert.equal(m.examples, data.counts.test);
+  assert.ok(m.examples > 500, `the whole test split is scored (${m.examples})`);
+  assert.equal(m.confusion.flat().reduce((a, b) => a + b, 0), m.examples);
+  assert.ok(m.accuracy >= 0 && m.accuracy <= 1 && m.macroF1 >= 0 && m.macroF1 <= 1);
+  assert.ok(data.majorityBaseline > 0.5 && data.majorityBaseline < 0.8, `majority baseline ${data.majorityBaseline}`);
+  model.dispose();
+  assert.equal(memory.snapshot().cpu.liveTotal, before, 'everything freed');
+  rmSync(cacheDir, { recursive: true, force: true });
+});
+
+test('adapt: the held-out genre never appears in the base data; metrics are finite', () => {
+  const brown = brownData(64);
+  const data = adaptData(brown, 64);
+  assert.deepEqual(data.genres, ['r']);
+  assert.ok(brown.split.train.every((d) => d.genre !== 'r'));
+  assert.ok(data.train.numRows > 0 && data.test.numRows > 0);
+  const cacheDir = mkdtempSync(join(tmpdir(), 'tb-base-'));
+  const base = pretrainBase({ preset: 'tiny', steps: 2, batchSize: 2, seqLen: 64, cacheDir, progress: false });
+  const model = loadBase(base.dir, { trainable: false });
+  const m = evaluateAdapt(model, { ...data, test: data.test, baseValidation: data.baseValidation }, 16);
+  assert.ok(Number.isFinite(m.adaptLoss) && Number.isFinite(m.baseLoss));
+  assert.ok(Math.abs(m.adaptPerplexity - Math.exp(m.adaptLoss)) < 1e-6 * m.adaptPerplexity);
+  model.dispose();
+  rmSync(cacheDir, { recursive: true, force: true });
+});
