@@ -10,6 +10,8 @@ export interface DeviceMemorySnapshot {
   /** highest simultaneous total since the last resetPeak (not the sum of per-category peaks) */
   peakTotal: number;
   allocations: number;
+  /** freed blocks the allocator keeps for reuse (CPU): held from the system, not live */
+  cachedBytes: number;
 }
 export type MemorySnapshot = Record<Device, DeviceMemorySnapshot>;
 
@@ -19,12 +21,14 @@ export const memory = {
     const conv = (d: (typeof raw)['cpu']): DeviceMemorySnapshot => {
       const live = {} as Record<Category, number>, peak = {} as Record<Category, number>;
       for (const c of CATEGORIES) { live[c] = d.live[c]; peak[c] = d.peak[c]; }
-      return { live, peak, liveTotal: d.liveTotal, peakTotal: d.peakTotal, allocations: d.allocations };
+      return { live, peak, liveTotal: d.liveTotal, peakTotal: d.peakTotal, allocations: d.allocations, cachedBytes: d.cachedBytes };
     };
     return { cpu: conv(raw.cpu), cuda: conv(raw.cuda) };
   },
   /** Sets every peak to the current live figure. */
   resetPeak(): void { native.memoryResetPeak(); },
+  /** Give the allocator's cached free blocks back to the system. */
+  emptyCache(): void { native.memoryEmptyCache(); },
   /** Testing aid: refuse any single allocation larger than `bytes` (0 lifts it). */
   setAllocationLimit(bytes: number): void { native.setAllocLimit(bytes); },
 };

@@ -17,6 +17,7 @@ export interface DeviceMemory {
   liveTotal: number;
   peakTotal: number;
   allocations: number;
+  cachedBytes: number;
 }
 
 /** The binding. Functions take native tensor handles and plain numbers; the
@@ -25,6 +26,7 @@ export interface NativeBinding {
   NativeTensor: new (numel: number, dtype: number, category: number, device: number) => NativeTensorHandle;
   memorySnapshot(): Record<'cpu' | 'cuda', DeviceMemory>;
   memoryResetPeak(): void;
+  memoryEmptyCache(): void;
   setAllocLimit(bytes: number): void;
   getThreads(): number;
   setThreads(n: number): void;

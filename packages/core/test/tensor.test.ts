@@ -100,3 +100,21 @@ test('a tensor collected without dispose is freed by its finalizer', async (t) =
   }
   assert.equal(memory.snapshot().cpu.live.workspace, before);
 });
+
+test('large blocks are cached for reuse, handed back zeroed, and released by emptyCache', () => {
+  memory.emptyCache();
+  assert.equal(memory.snapshot().cpu.cachedBytes, 0);
+  const a = Tensor.zeros([1 << 18]);  // 1 MiB
+  (a.data() as Float32Array).fill(7);
+  const live = memory.snapshot().cpu.liveTotal;
+  a.dispose();
+  const s1 = memory.snapshot().cpu;
+  assert.equal(s1.liveTotal, live - (1 << 20), 'live bytes drop at once');
+  assert.equal(s1.cachedBytes, 1 << 20, 'the block is kept');
+  const b = Tensor.zeros([1 << 18]);
+  assert.equal(memory.snapshot().cpu.cachedBytes, 0, 'the same block is reused');
+  assert.ok((b.data() as Float32Array).every((x) => x === 0), 'a reused block is zeroed');
+  b.dispose();
+  memory.emptyCache();
+  assert.equal(memory.snapshot().cpu.cachedBytes, 0);
+});

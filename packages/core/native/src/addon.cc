@@ -45,6 +45,8 @@ static Napi::Value MemorySnapshot(const Napi::CallbackInfo& info) {
     dev.Set("liveTotal", Napi::Number::New(env, static_cast<double>(m.live_total[d])));
     dev.Set("peakTotal", Napi::Number::New(env, static_cast<double>(m.peak_total[d])));
     dev.Set("allocations", Napi::Number::New(env, static_cast<double>(m.allocations[d])));
+    if (d == static_cast<int>(Device::CPU)) dev.Set("cachedBytes", Napi::Number::New(env, static_cast<double>(memory_cached_bytes())));
+    else dev.Set("cachedBytes", Napi::Number::New(env, 0));
     out.Set(device_name(static_cast<Device>(d)), dev);
   }
   return out;
@@ -52,6 +54,11 @@ static Napi::Value MemorySnapshot(const Napi::CallbackInfo& info) {
 
 static Napi::Value MemoryResetPeak(const Napi::CallbackInfo& info) {
   memory_reset_peak();
+  return info.Env().Undefined();
+}
+
+static Napi::Value MemoryEmptyCache(const Napi::CallbackInfo& info) {
+  memory_empty_cache();
   return info.Env().Undefined();
 }
 
@@ -76,6 +83,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("memorySnapshot", Napi::Function::New(env, MemorySnapshot));
   exports.Set("memoryResetPeak", Napi::Function::New(env, MemoryResetPeak));
   exports.Set("setAllocLimit", Napi::Function::New(env, SetAllocLimit));
+  exports.Set("memoryEmptyCache", Napi::Function::New(env, MemoryEmptyCache));
   exports.Set("getThreads", Napi::Function::New(env, GetThreads));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
 #ifdef TUNEBENCH_CUDA

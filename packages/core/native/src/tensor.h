@@ -45,6 +45,10 @@ struct MemoryCounters {
 };
 MemoryCounters memory_counters();
 void memory_reset_peak();
+// CPU blocks freed and kept for reuse (not live, still held from the system)
+size_t memory_cached_bytes();
+void memory_empty_cache();
+void zero_bytes(void* p, size_t bytes);
 
 // Scratch memory for one op, counted as `workspace`, freed on scope exit.
 template <typename T>
