@@ -10,7 +10,7 @@
 // deltaWeight(), so the two cannot disagree.
 import {
   DenseLinear, type LinearLayer, type Parameter, Rng, Tensor, addInPlace, bf16ToF32, f32ToBf16, loraBackward,
-  loraForward, matmul,
+  loraDeltaRows, loraForward, matmul,
 } from '@tunebench/core';
 import { type LoraConfig, loraScale } from './config.js';
 
@@ -165,23 +165,16 @@ export class LoraLinear implements LinearLayer {
     if (this.mergedName !== null) throw new Error(`${this.name}: unmerge before serving a mixed batch`);
     const y = this.base.forward(x);
     this.base.clearSaved();
-    const xv = x.data() as Float32Array, yv = y.data() as Float32Array;
-    const inF = this.inFeatures, outF = this.outFeatures;
-    for (const name of new Set(adapters)) {
-      if (name === null) continue;
-      const a = this.adapter(name);
-      const rows = adapters.flatMap((n, i) => (n === name ? [i] : []));
-      const xg = Tensor.zeros([rows.length * tokensPerRow, inF], { category: 'workspace' });
-      const gv = xg.data() as Float32Array;
-      rows.forEach((row, j) => gv.set(xv.subarray(row * tokensPerRow * inF, (row + 1) * tokensPerRow * inF), j * tokensPerRow * inF));
-      const u = matmul(xg, a.A.value, { transB: true, category: 'workspace' });
-      const d = matmul(u, a.B.value, { transB: true, alpha: a.scale, category: 'workspace' });
-      const dv = d.data() as Float32Array;
-      rows.forEach((row, j) => {
-        const yo = row * tokensPerRow * outF, doff = j * tokensPerRow * outF;
-        for (let k = 0; k < tokensPerRow * outF; k++) yv[yo + k] += dv[doff + k];
-      });
-      for (const t of [xg, u, d]) t.dispose();
+    // one native call per run of consecutive rows sharing an adapter
+    for (let row = 0; row < adapters.length;) {
+      const name = adapters[row];
+      let end = row + 1;
+      while (end < adapters.length && adapters[end] === name) end++;
+      if (name !== null) {
+        const a = this.adapter(name);
+        loraDeltaRows(x, a.A.value, a.B.value, a.scale, y, row * tokensPerRow, (end - row) * tokensPerRow);
+      }
+      row = end;
     }
     return y;
   }

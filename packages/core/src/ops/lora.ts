@@ -72,3 +72,26 @@ export function loraBackward(dy: Tensor, xa: Tensor, W: Tensor, A: Tensor, B: Te
       opts.dA?.handle ?? null, opts.dB?.handle ?? null, opts.dxa?.handle ?? null, N, inF, outF, r);
   return dx;
 }
+
+type DeltaRowsFn = (x: H, A: H, B: H, scale: number, y: H, rowBegin: number, rows: number, inF: number, outF: number, r: number) => void;
+let deltaRows: DeltaRowsFn | undefined;
+
+/** y[rowBegin, rowBegin + rows) += scale * (x[rows] A^T) B^T, in place.
+ *  x [N, in], y [N, out] f32; A [r, in], B [out, r] f32. */
+export function loraDeltaRows(x: Tensor, A: Tensor, B: Tensor, scale: number, y: Tensor, rowBegin: number, rows: number): void {
+  const op = 'loraDeltaRows';
+  checkTensor(op, 'x', x, ['f32'], 2);
+  checkTensor(op, 'y', y, ['f32'], 2);
+  checkTensor(op, 'A', A, ['f32'], 2);
+  checkTensor(op, 'B', B, ['f32'], 2);
+  checkFinite(op, 'scale', scale);
+  const [N, inF] = x.shape, r = A.shape[0], outF = B.shape[0];
+  checkShape(op, 'A', A, [r, inF]);
+  checkShape(op, 'B', B, [outF, r]);
+  checkShape(op, 'y', y, [N, outF]);
+  if (!Number.isInteger(rowBegin) || !Number.isInteger(rows) || rowBegin < 0 || rows < 0 || rowBegin + rows > N) {
+    throw new RangeError(`${op}: rows [${rowBegin}, ${rowBegin + rows}) are not inside [0, ${N})`);
+  }
+  deltaRows ??= nativeFn<DeltaRowsFn>('lora_delta_rows');
+  deltaRows(x.handle, A.handle, B.handle, scale, y.handle, rowBegin, rows, inF, outF, r);
+}

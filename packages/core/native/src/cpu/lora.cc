@@ -74,7 +74,30 @@ static Napi::Value LoraBackwardBinding(const Napi::CallbackInfo& info) {
   });
 }
 
+// lora_delta_rows(x, A, B, scale, y, row_begin, rows, in, out, r):
+//   y[row_begin : row_begin + rows] += scale * (x[rows] A^T) B^T
+// One adapter applied to a block of rows in place: a mixed batch calls it once
+// per run of rows sharing an adapter, after one pass over the base weights.
+static Napi::Value LoraDeltaRowsBinding(const Napi::CallbackInfo& info) {
+  const char* fn = "lora_delta_rows";
+  int64_t rb = int_arg(info, 5, fn, "row_begin"), n = int_arg(info, 6, fn, "rows");
+  int64_t in = int_arg(info, 7, fn, "in", 1), out = int_arg(info, 8, fn, "out", 1), r = int_arg(info, 9, fn, "r", 1);
+  TensorArg x = tensor_arg(info, 0, fn, "x", (rb + n) * in, DType::F32);
+  TensorArg A = tensor_arg(info, 1, fn, "A", r * in, DType::F32);
+  TensorArg B = tensor_arg(info, 2, fn, "B", out * r, DType::F32);
+  float s = static_cast<float>(num_arg(info, 3, fn, "scale"));
+  TensorArg y = tensor_arg(info, 4, fn, "y", (rb + n) * out, DType::F32);
+  if (n == 0) return info.Env().Undefined();
+  return guarded(info, [&]() -> Napi::Value {
+    Workspace<float> u(static_cast<size_t>(n * r));
+    gemm(n, r, in, 1.0f, MatRef{x.f32() + rb * in, DType::F32, in, false}, mat(A, in, true), 0.0f, u.data(), r);
+    gemm(n, out, r, s, MatRef{u.data(), DType::F32, r, false}, mat(B, r, true), 1.0f, y.f32() + rb * out, out);
+    return info.Env().Undefined();
+  });
+}
+
 static void register_lora(Napi::Env env, Napi::Object exports) {
+  exports.Set("lora_delta_rows", Napi::Function::New(env, LoraDeltaRowsBinding));
   exports.Set("lora_forward", Napi::Function::New(env, LoraForwardBinding));
   exports.Set("lora_backward", Napi::Function::New(env, LoraBackwardBinding));
 }
