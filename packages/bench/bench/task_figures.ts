@@ -7,28 +7,26 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
-import { type LlamaModel, memory, epochBatches, evaluateLoss } from '@tunebench/core';
+import { type LlamaModel, epochBatches, evaluateLoss, intOption, memory, parseCli } from '@tunebench/core';
 import { countParameters, prepareLora } from '@tunebench/lora';
 import { adaptData, brownData, evaluateAdapt, evaluateSpam, finetune, loadBase, pretrainBase, progressPrinter, spamData } from '../src/index.js';
 
-const argv = process.argv.slice(2);
-if (argv[0] === '--') argv.shift();
-const { values: opt } = parseArgs({
-  args: argv,
-  options: {
-    'spam-steps': { type: 'string', default: '200' },
-    'adapt-steps': { type: 'string', default: '100' },
-    methods: { type: 'string', default: 'full,lora8,lora64' },
-    help: { type: 'boolean', default: false },
-  },
-});
-if (opt.help) {
-  console.log('usage: node --import tsx bench/task_figures.ts [--spam-steps 200] [--adapt-steps 100] [--methods full,lora8,lora64]');
-  process.exit(0);
-}
-const spamSteps = Number(opt['spam-steps']), adaptSteps = Number(opt['adapt-steps']);
-const methods = opt.methods!.split(',');
+const HELP = `Task figures: bases, then spam and adapt with full fine-tuning and LoRA.
+
+Usage: node --import tsx bench/task_figures.ts [options]
+  --spam-steps N   optimizer steps on spam (default 200)
+  --adapt-steps N  optimizer steps on adapt (default 100)
+  --methods LIST   comma-separated: full, lora8, lora64 (default all three)
+  -h, --help       this text`;
+const opt = parseCli({
+  'spam-steps': { type: 'string', default: '200' },
+  'adapt-steps': { type: 'string', default: '100' },
+  methods: { type: 'string', default: 'full,lora8,lora64' },
+  help: { type: 'boolean', short: 'h', default: false },
+}, HELP);
+const spamSteps = intOption('spam-steps', opt['spam-steps'], 200), adaptSteps = intOption('adapt-steps', opt['adapt-steps'], 100);
+const methods = opt.methods.split(',').map((m) => m.trim());
+for (const m of methods) if (!/^(full|lora\d+)$/.test(m)) { console.error(`--methods: unknown method '${m}' (full, lora8, lora64, lora<r>)`); process.exit(2); }
 const SEQ = 256, BATCH = 8;
 
 type Row = Record<string, string | number>;

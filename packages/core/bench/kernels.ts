@@ -9,10 +9,9 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { Bench } from 'tinybench';
 import {
-  Tensor, attentionBackward, attentionForward, crossEntropyBackward, crossEntropyForward, gemmKernel, matmul, native,
+  Tensor, attentionBackward, attentionForward, crossEntropyBackward, crossEntropyForward, gemmKernel, matmul, native, intOption, parseCli,
 } from '../src/index.js';
 
 const HELP = `Kernel benchmark for the tunebench native core (CPU).
@@ -38,9 +37,6 @@ does for any program, and the core it used is printed.
 
 Example: pnpm bench -- --only gemm --time 1000`;
 
-// `pnpm bench -- --x` hands the script a literal '--' first.
-const argv = process.argv.slice(2);
-if (argv[0] === '--') argv.shift();
 const optionSpec = {
   only: { type: 'string' },
   quick: { type: 'boolean', default: false },
@@ -53,29 +49,16 @@ const optionSpec = {
   out: { type: 'string' },
   help: { type: 'boolean', short: 'h', default: false },
 } as const;
-let opt: ReturnType<typeof parseArgs<{ args: string[]; options: typeof optionSpec }>>['values'];
-try {
-  opt = parseArgs({ args: argv, options: optionSpec, allowPositionals: false }).values;
-} catch (e) {
-  console.error(`${(e as Error).message}\nRun with --help for the options.`);
-  process.exit(2);
-}
-if (opt.help) { console.log(HELP); process.exit(0); }
+const opt = parseCli(optionSpec, HELP);
 
-function intOpt(name: string, v: string | undefined, dflt: number): number {
-  if (v === undefined) return dflt;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n <= 0) { console.error(`--${name} must be a positive integer, got '${v}'`); process.exit(2); }
-  return n;
-}
 const sections = new Set((opt.only ?? 'gemm,attention,xent').split(',').map((s) => s.trim()).filter(Boolean));
 for (const s of sections) {
   if (!['gemm', 'attention', 'xent'].includes(s)) { console.error(`--only: unknown section '${s}' (gemm, attention, xent)`); process.exit(2); }
 }
-const timeMs = intOpt('time', opt.time, opt.quick ? 150 : 500);
-const iterations = intOpt('iterations', opt.iterations, 3);
-const tokens = intOpt('tokens', opt.tokens, 4096);
-if (opt.threads) native.setThreads(intOpt('threads', opt.threads, 1));
+const timeMs = intOption('time', opt.time, opt.quick ? 150 : 500);
+const iterations = intOption('iterations', opt.iterations, 3);
+const tokens = intOption('tokens', opt.tokens, 4096);
+if (opt.threads) native.setThreads(intOption('threads', opt.threads, 1));
 
 interface Row { section: string; name: string; shape: string; provider: string; ms: number; gflops?: number; tokensPerS?: number; ratio?: number; maxRelDiff?: number }
 const rows: Row[] = [];

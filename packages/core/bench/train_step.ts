@@ -13,10 +13,9 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import {
   CATEGORIES, type LlamaConfig, LlamaModel, Rng, Tensor, adamwStep, gemmKernel, memory, modelTensorShapes, native, parameterCount, preset,
-  trainable,
+  trainable, intOption, parseCli,
 } from '../src/index.js';
 
 const HELP = `Training-step throughput: tunebench vs PyTorch, both on the CPU.
@@ -55,8 +54,6 @@ the fastest torch run.
 
 Example: node --import tsx bench/train_step.ts -- --batch 4 --seq 128 --steps 5`;
 
-const argv = process.argv.slice(2);
-if (argv[0] === '--') argv.shift();
 const optionSpec = {
   preset: { type: 'string', default: 'small' },
   batch: { type: 'string', default: '8' },
@@ -70,25 +67,12 @@ const optionSpec = {
   out: { type: 'string' },
   help: { type: 'boolean', short: 'h', default: false },
 } as const;
-let opt: ReturnType<typeof parseArgs<{ args: string[]; options: typeof optionSpec }>>['values'];
-try {
-  opt = parseArgs({ args: argv, options: optionSpec, allowPositionals: false }).values;
-} catch (e) {
-  console.error(`${(e as Error).message}\nRun with --help for the options.`);
-  process.exit(2);
-}
-if (opt.help) { console.log(HELP); process.exit(0); }
+const opt = parseCli(optionSpec, HELP);
 
-function intOpt(name: string, v: string | undefined, dflt: number, min = 1): number {
-  if (v === undefined) return dflt;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min) { console.error(`--${name} must be an integer >= ${min}, got '${v}'`); process.exit(2); }
-  return n;
-}
-const B = intOpt('batch', opt.batch, 8), T = intOpt('seq', opt.seq, 256);
-const steps = intOpt('steps', opt.steps, 10), warmup = intOpt('warmup', opt.warmup, 2, 0);
-const torchThreads = opt['torch-threads'].split(',').map((x) => intOpt('torch-threads', x.trim(), 2));
-if (opt.threads) native.setThreads(intOpt('threads', opt.threads, 1));
+const B = intOption('batch', opt.batch, 8), T = intOption('seq', opt.seq, 256);
+const steps = intOption('steps', opt.steps, 10), warmup = intOption('warmup', opt.warmup, 2, 0);
+const torchThreads = opt['torch-threads'].split(',').map((x) => intOption('torch-threads', x.trim(), 2));
+if (opt.threads) native.setThreads(intOption('threads', opt.threads, 1));
 let cfg: LlamaConfig;
 try {
   cfg = preset(opt.preset);

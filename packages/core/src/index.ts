@@ -49,3 +49,4 @@ export {
   TokenRows, TokenDataSource, packTexts, padExamples, prepareDataset, epochBatches, countTargets, countTokens, padIdOf,
   type PrepareStats, type EvalBatch, type TokenDataSourceOptions, type TokenDataSourceState,
 } from './data/batching.js';
+export { parseCli, intOption, type CliValues } from './util/cli.js';

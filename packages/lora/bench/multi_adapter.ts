@@ -12,9 +12,8 @@ import { readFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import {
-  LlamaModel, Rng, Tensor, gemmKernel, memory, native, parameterCount, preset,
+  LlamaModel, Rng, Tensor, gemmKernel, memory, native, parameterCount, preset, intOption, parseCli,
 } from '@tunebench/core';
 import { loraLayers, prepareLora, setActiveAdapter } from '../src/index.js';
 
@@ -51,25 +50,10 @@ const optionSpec = {
   out: { type: 'string' },
   help: { type: 'boolean', short: 'h', default: false },
 } as const;
-const argv = process.argv.slice(2);
-if (argv[0] === '--') argv.shift();
-let opt: ReturnType<typeof parseArgs<{ args: string[]; options: typeof optionSpec }>>['values'];
-try {
-  opt = parseArgs({ args: argv, options: optionSpec, allowPositionals: false }).values;
-} catch (e) {
-  console.error(`${(e as Error).message}\nRun with --help for the options.`);
-  process.exit(2);
-}
-if (opt.help) { console.log(HELP); process.exit(0); }
+const opt = parseCli(optionSpec, HELP);
 
-function intOpt(name: string, v: string | undefined, dflt: number, min = 1): number {
-  if (v === undefined) return dflt;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min) { console.error(`--${name} must be an integer >= ${min}, got '${v}'`); process.exit(2); }
-  return n;
-}
-const rows = intOpt('rows', opt.rows, 32), T = intOpt('seq', opt.seq, 128);
-const nAdapters = intOpt('adapters', opt.adapters, 8), iterations = intOpt('iterations', opt.iterations, 10);
+const rows = intOption('rows', opt.rows, 32), T = intOption('seq', opt.seq, 128);
+const nAdapters = intOption('adapters', opt.adapters, 8), iterations = intOption('iterations', opt.iterations, 10);
 const r = 8, alpha = 16, seed = 1234;
 const cfg = preset('small');
 if (T > cfg.maxPositionEmbeddings) { console.error(`--seq ${T} exceeds the preset's maxPositionEmbeddings ${cfg.maxPositionEmbeddings}`); process.exit(2); }
