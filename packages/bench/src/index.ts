@@ -45,3 +45,8 @@ export {
 export { adaptData, evaluateAdapt, type AdaptData, type AdaptMetrics } from './tasks/adapt.js';
 export { spamData, evaluateSpam, SPAM_LABELS, type SpamData, type SpamDataOptions, type SpamMetrics } from './tasks/spam_task.js';
 export { jsonlData, evaluateJsonl, MAX_LABELS, type JsonlData, type JsonlOptions, type JsonlMetrics } from './tasks/jsonl_task.js';
+export * from './record.js';
+export * from './suite.js';
+export { runSuite, readResults, runId, referenceKernelMs, provenance, type RunnerOptions } from './runner.js';
+export * from './check.js';
+export * from './report/index.js';

@@ -5,6 +5,7 @@ import {
   type LlamaModel, type TokenRows, type Tokenizer, classify, epochBatches, padExamples, rowLogLikelihoods,
 } from '@tunebench/core';
 import { type SpamExample, dedupeSpam, loadSpam, spamSplit } from './spam.js';
+import { seededOrder } from './split.js';
 
 export const SPAM_LABELS = [' ham', ' spam'] as const;
 
@@ -32,8 +33,11 @@ export interface SpamDataOptions {
 export function spamData(tok: Tokenizer, o: SpamDataOptions): SpamData {
   const examples = dedupeSpam(loadSpam({ maxChars: o.maxChars ?? 2 * o.seqLen }));
   const split = spamSplit(examples, { seed: o.seed ?? 0 });
-  const train = o.maxTrain ? split.train.slice(0, o.maxTrain) : split.train;
-  const test = o.maxTest ? split.test.slice(0, o.maxTest) : split.test;
+  // the splits come grouped by folder: subsets are taken from a seeded order so
+  // they keep both labels in about their proportions
+  const subset = (xs: SpamExample[], n: number | undefined) => (n ? seededOrder(xs, (e) => e.id, o.seed ?? 0).slice(0, n) : xs);
+  const train = subset(split.train, o.maxTrain);
+  const test = subset(split.test, o.maxTest);
   const label = (e: SpamExample) => (e.label === 'spam' ? 1 : 0);
   const candidates = test.flatMap((e) => SPAM_LABELS.map((completion) => ({ prompt: e.prompt, completion })));
   const trainSpam = train.filter((e) => e.label === 'spam').length;

@@ -1,0 +1,114 @@
+#!/usr/bin/env node
+// tunebench: run a suite of fine-tuning runs side by side and write the report.
+import { existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { native, parseCli } from '@tunebench/core';
+import { checkAgainst, readBaseline, writeBaseline } from './check.js';
+import { BUILTIN_SUITES, type Suite, TASKS, type TaskName, loadSuiteFile, parseMethods, validateSuite } from './suite.js';
+import { runSuite } from './runner.js';
+import { writeReports } from './report/index.js';
+
+const HELP = `tunebench — full fine-tuning and LoRA side by side: memory, speed, accuracy.
+
+Usage: pnpm bench [-- options]        (or: node packages/bench/dist/cli.js [options])
+
+Options:
+  --suite ci|cpu|gpu|FILE  runs to do (default: gpu with a usable CUDA backend, else cpu).
+                           ci: tiny base, seconds per run; cpu: small base, minutes;
+                           FILE: a suite JSON file (format in README.md)
+  --methods LIST           override the suite's methods, e.g. full,lora8,lora64
+  --tasks LIST             override the suite's tasks: spam, adapt, jsonl
+  --model HF_DIR           a Hugging Face LlamaForCausalLM directory as the base
+                           instead of the built-in pretrained one
+  --dataset FILE.jsonl     your data as the 'jsonl' task ({"text"} or {"prompt","completion"} rows)
+  --device cpu|cuda        backend (default: cuda when built and usable, else cpu)
+  --out DIR                where results go (default reports/<suite name>)
+  --resume                 keep runs already in DIR/results.jsonl and do the rest
+  --check BASELINE         compare with a baseline; exit 1 naming each regression
+  --update-baseline        write the baseline given by --check from this run
+  -h, --help               this text
+
+Outputs in DIR: results.jsonl (appended as each run finishes), results.csv,
+summary.md, report.html.
+
+Examples:
+  pnpm bench                                   the default suite
+  pnpm bench -- --suite ci --check reports/baselines/ci.json
+  pnpm bench -- --suite cpu --methods full,lora8 --tasks spam
+  pnpm bench -- --dataset my.jsonl --tasks jsonl --methods lora8`;
+
+const opt = parseCli({
+  suite: { type: 'string' }, methods: { type: 'string' }, tasks: { type: 'string' }, model: { type: 'string' },
+  dataset: { type: 'string' }, device: { type: 'string' }, out: { type: 'string' }, resume: { type: 'boolean', default: false },
+  check: { type: 'string' }, 'update-baseline': { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false },
+}, HELP);
+
+function fail(msg: string): never {
+  console.error(`tunebench: ${msg}\nRun with --help for the options.`);
+  process.exit(2);
+}
+
+// --- every option is checked before anything runs ---
+const cudaUsable = native.cudaCompiled === true;
+const device = opt.device ?? (cudaUsable ? 'cuda' : 'cpu');
+if (device !== 'cpu' && device !== 'cuda') fail(`--device must be cpu or cuda, got '${device}'`);
+if (device === 'cuda' && !cudaUsable) fail('--device cuda: this build has no CUDA backend (build on a machine with nvcc; the CUDA kernels come in their own issue)');
+if (device === 'cuda') fail('--device cuda: the runner does not drive the CUDA backend yet');
+let suite: Suite;
+// the default is the gpu suite once the CUDA backend is usable; on the CPU it is cpu
+const suiteName = opt.suite ?? 'cpu';
+try {
+  if (BUILTIN_SUITES[suiteName]) suite = structuredClone(BUILTIN_SUITES[suiteName]);
+  else if (existsSync(suiteName)) suite = loadSuiteFile(suiteName);
+  else fail(`--suite: '${suiteName}' is neither a built-in suite (${Object.keys(BUILTIN_SUITES).join(', ')}) nor a file`);
+  if (suite.name === 'gpu') fail('--suite gpu needs the CUDA backend; use --suite cpu on this machine');
+  if (opt.methods) suite.methods = parseMethods(opt.methods);
+  if (opt.tasks) {
+    const tasks = opt.tasks.split(',').map((t) => t.trim());
+    for (const t of tasks) if (!TASKS.includes(t as TaskName)) fail(`--tasks: unknown task '${t}' (known: ${TASKS.join(', ')})`);
+    suite.tasks = tasks as TaskName[];
+  }
+  if (opt.dataset) {
+    if (!existsSync(opt.dataset)) fail(`--dataset: ${opt.dataset} does not exist`);
+    suite.dataset = resolve(opt.dataset);
+    if (!opt.tasks) suite.tasks = ['jsonl'];
+  }
+  if (opt.model) {
+    if (!existsSync(join(opt.model, 'config.json'))) fail(`--model: ${opt.model} has no config.json (a Hugging Face LlamaForCausalLM directory is expected)`);
+    suite.base = { hfDir: resolve(opt.model) };
+  }
+  suite = validateSuite(suite, `suite ${suite.name}`);
+} catch (e) {
+  fail((e as Error).message);
+}
+if (opt['update-baseline'] && !opt.check) fail('--update-baseline needs --check BASELINE (the file to write)');
+
+const here = dirname(fileURLToPath(import.meta.url));
+const outDir = resolve(opt.out ?? join(here, '..', '..', '..', 'reports', suite.name));
+
+const t0 = performance.now();
+const records = await runSuite(suite, { outDir, resume: opt.resume });
+try {
+  await writeReports(outDir, records, { title: `tunebench — suite ${suite.name}` });
+} catch (e) {
+  console.error(`tunebench: writing the reports failed: ${(e as Error).message}`);
+  process.exitCode = 1;
+}
+console.error(`suite ${suite.name}: ${records.length} run(s) in ${((performance.now() - t0) / 1000).toFixed(1)} s; results in ${outDir}`);
+
+if (opt.check) {
+  if (opt['update-baseline']) {
+    writeBaseline(opt.check, records);
+    console.error(`baseline written: ${opt.check}`);
+  } else {
+    const problems = checkAgainst(records, readBaseline(opt.check));
+    if (problems.length) {
+      console.error(`regression check against ${opt.check}: ${problems.length} regression(s)`);
+      for (const p of problems) console.error(`  ${p}`);
+      process.exitCode = 1;
+    } else {
+      console.error(`regression check against ${opt.check}: no regression`);
+    }
+  }
+}

@@ -1,0 +1,72 @@
+// The per-run record: one JSON object per finished run, appended to
+// reports/<name>/results.jsonl as soon as the run ends. Every output (CSV,
+// summary.md, report.html, the regression check) is computed from these.
+// Methods added later (QLoRA, QA-LoRA) fill the same fields, plus
+// `deployable` rows for the models they produce.
+import type { Category } from '@tunebench/core';
+
+export type RunStatus = 'ok' | 'oom' | 'diverged' | 'error';
+
+export interface DeployableRow {
+  /** e.g. 'merged bf16', 'merged + requantized NF4', 'QA-LoRA merged INT4' */
+  kind: string;
+  bits: number;
+  bytes: number;
+  metrics: Record<string, number>;
+  decodeTokensPerSecond?: number;
+}
+
+export interface RunRecord {
+  /** unique within a suite: task/method/settings */
+  id: string;
+  suite: string;
+  task: string;
+  method: string;
+  /** everything that shaped the run (steps, batch, seq, lr, r, alpha, ...) */
+  settings: Record<string, string | number | boolean>;
+  status: RunStatus;
+  /** why the run did not finish (status != ok) */
+  error?: string;
+  /** bytes the failed allocation asked for (status oom) */
+  oomBytes?: number;
+  /** optimizer step at which the loss stopped being finite (status diverged) */
+  divergedAtStep?: number;
+  /** task metrics: accuracy, macroF1, evalLoss, perplexity, adaptPerplexity, forgetting, ... */
+  metrics: Record<string, number>;
+  memory: {
+    /** highest simultaneous tracked bytes during training */
+    peakTotal: number;
+    peak: Record<Category, number>;
+    /** the device's own figure: process resident set on the CPU, cudaMemGetInfo on a GPU */
+    deviceBytes: number;
+    /** predicted by `tunebench plan`, when available */
+    predicted?: Record<Category, number> & { total: number };
+  };
+  speed: {
+    /** input tokens per second over the training steps */
+    tokensPerSecond: number;
+    /** mean milliseconds per optimizer step, and its split */
+    msPerStep: { forward: number; backward: number; optimizer: number; total: number };
+  };
+  trainableParameters: number;
+  totalParameters: number;
+  /** bytes of what the method saves (adapter files, or the whole model) */
+  fileBytes: number;
+  /** training loss per optimizer step */
+  lossCurve: number[];
+  deployable?: DeployableRow[];
+  /** reference kernel time measured in the same run (ms), to normalise speed across machines */
+  referenceMs: number;
+  provenance: {
+    commit: string;
+    packages: Record<string, string>;
+    backend: 'cpu' | 'cuda';
+    device: string;
+    cpu: string;
+    gemm: string;
+    seed: number;
+    node: string;
+  };
+  startedAt: string;
+  durationMs: number;
+}

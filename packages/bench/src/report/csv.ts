@@ -1,0 +1,90 @@
+// results.csv: one row per run, flat columns. The columns are the union over
+// the records, in a stable order:
+//   id suite task method status error oomBytes divergedAtStep
+//   settings.<k>...   (sorted)
+//   metric.<k>...     (sorted)
+//   memory.peakTotal memory.peak.<category>... (core order) memory.deviceBytes memory.predicted.total
+//   speed.tokensPerSecond speed.msPerStep.{forward,backward,optimizer,total}
+//   trainableParameters totalParameters fileBytes referenceMs
+//   provenance.{commit,backend,device,cpu,gemm,seed,node} provenance.packages.<name>... (sorted)
+//   lossFinal steps startedAt durationMs
+// Memory is in bytes. A value a run does not have is an empty cell.
+import { stringify } from 'csv-stringify/sync';
+import { writeFileAtomic } from '@tunebench/core';
+import type { RunRecord } from '../record.js';
+import { distinct, isFiniteNumber, memoryCategories } from './common.js';
+
+type Cell = string | number | boolean | null | undefined;
+
+interface Column {
+  name: string;
+  get(r: RunRecord): Cell;
+}
+
+function lastFinite(xs: readonly (number | null)[] | undefined): number | undefined {
+  if (!xs) return undefined;
+  for (let i = xs.length - 1; i >= 0; i--) if (isFiniteNumber(xs[i])) return xs[i] as number;
+  return undefined;
+}
+
+/** The CSV columns for these records (the union over them, stable order). */
+export function csvColumns(records: readonly RunRecord[]): Column[] {
+  const settings = distinct(records.flatMap((r) => Object.keys(r.settings ?? {}))).sort();
+  const metrics = distinct(records.flatMap((r) => Object.keys(r.metrics ?? {}))).sort();
+  const categories = memoryCategories(records);
+  const packages = distinct(records.flatMap((r) => Object.keys(r.provenance?.packages ?? {}))).sort();
+  return [
+    { name: 'id', get: (r) => r.id },
+    { name: 'suite', get: (r) => r.suite },
+    { name: 'task', get: (r) => r.task },
+    { name: 'method', get: (r) => r.method },
+    { name: 'status', get: (r) => r.status },
+    { name: 'error', get: (r) => r.error },
+    { name: 'oomBytes', get: (r) => r.oomBytes },
+    { name: 'divergedAtStep', get: (r) => r.divergedAtStep },
+    ...settings.map((k): Column => ({ name: `settings.${k}`, get: (r) => r.settings?.[k] })),
+    ...metrics.map((k): Column => ({ name: `metric.${k}`, get: (r) => r.metrics?.[k] })),
+    { name: 'memory.peakTotal', get: (r) => r.memory?.peakTotal },
+    ...categories.map((c): Column => ({ name: `memory.peak.${c}`, get: (r) => (r.memory?.peak as Record<string, number> | undefined)?.[c] })),
+    { name: 'memory.deviceBytes', get: (r) => r.memory?.deviceBytes },
+    { name: 'memory.predicted.total', get: (r) => r.memory?.predicted?.total },
+    { name: 'speed.tokensPerSecond', get: (r) => r.speed?.tokensPerSecond },
+    { name: 'speed.msPerStep.forward', get: (r) => r.speed?.msPerStep?.forward },
+    { name: 'speed.msPerStep.backward', get: (r) => r.speed?.msPerStep?.backward },
+    { name: 'speed.msPerStep.optimizer', get: (r) => r.speed?.msPerStep?.optimizer },
+    { name: 'speed.msPerStep.total', get: (r) => r.speed?.msPerStep?.total },
+    { name: 'trainableParameters', get: (r) => r.trainableParameters },
+    { name: 'totalParameters', get: (r) => r.totalParameters },
+    { name: 'fileBytes', get: (r) => r.fileBytes },
+    { name: 'referenceMs', get: (r) => r.referenceMs },
+    { name: 'provenance.commit', get: (r) => r.provenance?.commit },
+    { name: 'provenance.backend', get: (r) => r.provenance?.backend },
+    { name: 'provenance.device', get: (r) => r.provenance?.device },
+    { name: 'provenance.cpu', get: (r) => r.provenance?.cpu },
+    { name: 'provenance.gemm', get: (r) => r.provenance?.gemm },
+    { name: 'provenance.seed', get: (r) => r.provenance?.seed },
+    { name: 'provenance.node', get: (r) => r.provenance?.node },
+    ...packages.map((p): Column => ({ name: `provenance.packages.${p}`, get: (r) => r.provenance?.packages?.[p] })),
+    { name: 'lossFinal', get: (r) => lastFinite(r.lossCurve) },
+    { name: 'steps', get: (r) => r.lossCurve?.length },
+    { name: 'startedAt', get: (r) => r.startedAt },
+    { name: 'durationMs', get: (r) => r.durationMs },
+  ];
+}
+
+function cellText(v: Cell): string {
+  if (v === undefined || v === null) return '';
+  return String(v);
+}
+
+/** The CSV text (header + one row per run, `\n` line ends, quoted where needed). */
+export function resultsCsv(records: readonly RunRecord[]): string {
+  const cols = csvColumns(records);
+  const rows = records.map((r) => cols.map((c) => cellText(c.get(r))));
+  return stringify([cols.map((c) => c.name), ...rows], { record_delimiter: 'unix', quoted_match: /^[\s]|[\s]$/ });
+}
+
+/** Writes results.csv (atomically). */
+export function writeResultsCsv(records: readonly RunRecord[], path: string): void {
+  writeFileAtomic(path, resultsCsv(records));
+}

@@ -1,0 +1,13 @@
+// The outputs of `pnpm bench`, computed from RunRecords: results.csv,
+// summary.md and the self-contained report.html.
+export { writeReports, type ReportPaths } from './write.js';
+export { resultsCsv, writeResultsCsv, csvColumns } from './csv.js';
+export { renderSummary } from './summary.js';
+export {
+  renderReport, paretoByTask, vegaLiteToSvg, escapeHtml, REPORT_CHARTS, NO_DEPLOYABLE_TEXT,
+  type ReportOptions, type ReportChart, type KernelSpeeds, type KernelSpeedRow, type TaskPareto,
+} from './html.js';
+export {
+  metricDirection, mainMetrics, paretoFront, runLabels, statusText, provenanceLine, MAIN_METRIC_ORDER,
+  type MetricDirection, type ParetoPoint,
+} from './common.js';

@@ -1,0 +1,191 @@
+// The runner: executes a suite's runs one after another, appending each
+// finished run's record to results.jsonl at once (a crash or Ctrl-C loses no
+// finished run), and going on when a run does not fit, diverges or fails.
+import { execSync } from 'node:child_process';
+import { appendFileSync, closeSync, existsSync, fsyncSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import {
+  ByteTokenizer, CATEGORIES, type Category, DivergedError, type LlamaModel, Tensor, type TokenRows, epochBatches, evaluateLoss,
+  gemmKernel, matmul, memory, saveHfModel,
+} from '@tunebench/core';
+import { countParameters, prepareLora, saveAdapter } from '@tunebench/lora';
+import type { RunRecord } from './record.js';
+import type { MethodSpec, Suite, TaskName } from './suite.js';
+import { adaptData, evaluateAdapt } from './tasks/adapt.js';
+import { finetune, progressPrinter } from './tasks/finetune.js';
+import { evaluateJsonl, jsonlData } from './tasks/jsonl_task.js';
+import { brownData, loadBase, pretrainBase } from './tasks/pretrain.js';
+import { evaluateSpam, spamData } from './tasks/spam_task.js';
+
+export interface RunnerOptions {
+  /** reports/<name> */
+  outDir: string;
+  /** skip runs already in results.jsonl */
+  resume?: boolean;
+  log?: (line: string) => void;
+}
+
+export function runId(task: TaskName, m: MethodSpec, suite: Suite): string {
+  const s = suite.shared;
+  return `${task}/${m.label}/steps${s.steps}-b${s.batchSize}-t${s.seqLen}-seed${s.seed}`;
+}
+
+export function readResults(path: string): RunRecord[] {
+  if (!existsSync(path)) return [];
+  const out: RunRecord[] = [];
+  readFileSync(path, 'utf8').split('\n').forEach((line, i) => {
+    if (!line.trim()) return;
+    try { out.push(JSON.parse(line) as RunRecord); } catch { throw new Error(`${path}:${i + 1}: not a JSON record (a run interrupted while writing? remove the line)`); }
+  });
+  return out;
+}
+
+function appendRecord(path: string, r: RunRecord): void {
+  appendFileSync(path, JSON.stringify(r) + '\n');
+  const fd = openSync(path, 'r');
+  try { fsyncSync(fd); } finally { closeSync(fd); }
+}
+
+let referenceCache: number | null = null;
+
+/** Milliseconds of a fixed 512^3 GEMM (best of 5, measured once per process):
+ * speed figures are multiplied by it to compare machines. */
+export function referenceKernelMs(): number {
+  if (referenceCache !== null) return referenceCache;
+  const a = Tensor.zeros([512, 512]), b = Tensor.zeros([512, 512]), c = Tensor.zeros([512, 512]);
+  (a.data() as Float32Array).fill(0.5); (b.data() as Float32Array).fill(0.25);
+  let best = Infinity;
+  for (let i = 0; i < 6; i++) {
+    const t0 = performance.now();
+    matmul(a, b, { out: c });
+    if (i > 0) best = Math.min(best, performance.now() - t0);
+  }
+  for (const t of [a, b, c]) t.dispose();
+  referenceCache = best;
+  return best;
+}
+
+export function provenance(seed: number): RunRecord['provenance'] {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const root = resolve(here, '..', '..', '..');
+  let commit = 'unknown';
+  try { commit = execSync('git rev-parse --short HEAD', { cwd: root, stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim(); } catch { /* not a checkout */ }
+  const packages: Record<string, string> = {};
+  for (const p of ['core', 'lora', 'bench']) {
+    try { packages[`@tunebench/${p}`] = JSON.parse(readFileSync(join(root, 'packages', p, 'package.json'), 'utf8')).version; } catch { /* absent */ }
+  }
+  return { commit, packages, backend: 'cpu', device: 'cpu', cpu: `${cpus()[0]?.model ?? 'unknown'} x ${cpus().length}`, gemm: gemmKernel(), seed, node: process.version };
+}
+
+function dirBytes(dir: string): number {
+  return readdirSync(dir).reduce((s, f) => s + statSync(join(dir, f)).size, 0);
+}
+
+interface TaskData {
+  spam?: ReturnType<typeof spamData>;
+  adapt?: ReturnType<typeof adaptData>;
+  jsonl?: ReturnType<typeof jsonlData>;
+}
+
+export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecord[]> {
+  const log = o.log ?? ((l: string) => process.stderr.write(`${l}\n`));
+  mkdirSync(o.outDir, { recursive: true });
+  const resultsPath = join(o.outDir, 'results.jsonl');
+  const done = new Set(o.resume ? readResults(resultsPath).map((r) => r.id) : []);
+  if (!o.resume && existsSync(resultsPath)) rmSync(resultsPath);
+  const sh = suite.shared;
+
+  // the base model
+  let baseDir: string;
+  if (suite.base.hfDir) baseDir = suite.base.hfDir;
+  else {
+    const p = pretrainBase({ preset: suite.base.preset, steps: suite.base.pretrainSteps, seed: sh.seed });
+    log(`base ${suite.base.preset}: ${p.cached ? 'cached' : `pretrained in ${(p.ms / 1000).toFixed(1)} s`}, validation loss ${p.validationLoss.toFixed(4)} (${p.dir})`);
+    baseDir = p.dir;
+  }
+  const tok = new ByteTokenizer();
+  const data: TaskData = {};
+  if (suite.tasks.includes('spam')) data.spam = spamData(tok, { seqLen: sh.seqLen, seed: sh.seed, maxTrain: sh.maxTrain, maxTest: sh.maxTest });
+  if (suite.tasks.includes('adapt')) data.adapt = adaptData(brownData(sh.seqLen, sh.seed), sh.seqLen);
+  if (suite.tasks.includes('jsonl')) data.jsonl = jsonlData(suite.dataset!, tok, { seqLen: sh.seqLen, seed: sh.seed });
+  const referenceMs = referenceKernelMs();
+  const prov = provenance(sh.seed);
+  const differing = suite.methods.map((m) => `${m.label}: lr ${m.lr}${m.r ? `, r ${m.r}, alpha ${m.alpha}` : ''}`).join('; ');
+  log(`suite ${suite.name}: ${suite.tasks.length} task(s) x ${suite.methods.length} method(s); shared: ${sh.steps} steps, batch ${sh.batchSize}, seq ${sh.seqLen}, seed ${sh.seed}, ${sh.schedule} schedule; per method: ${differing}`);
+
+  const records: RunRecord[] = [];
+  for (const task of suite.tasks) {
+    for (const m of suite.methods) {
+      const id = runId(task, m, suite);
+      if (done.has(id)) { log(`${id}: already in ${resultsPath}, skipped (--resume)`); continue; }
+      const r = runOne(task, m, suite, baseDir, data, referenceMs, prov, id, log);
+      appendRecord(resultsPath, r);
+      records.push(r);
+      log(`${id}: ${r.status}${r.status === 'ok' ? ` ${Object.entries(r.metrics).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(', ')}` : ` (${r.error})`}`);
+    }
+  }
+  return readResults(resultsPath);
+}
+
+function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, data: TaskData, referenceMs: number,
+                prov: RunRecord['provenance'], id: string, log: (l: string) => void): RunRecord {
+  const sh = suite.shared;
+  const startedAt = new Date().toISOString();
+  const t0 = performance.now();
+  const settings: RunRecord['settings'] = { steps: sh.steps, batchSize: sh.batchSize, seqLen: sh.seqLen, seed: sh.seed, schedule: sh.schedule, warmupSteps: sh.warmupSteps, lr: m.lr, ...(m.r ? { r: m.r, alpha: m.alpha ?? 2 * m.r } : {}) };
+  const zeroPeak = Object.fromEntries(CATEGORIES.map((c) => [c, 0])) as Record<Category, number>;
+  const record: RunRecord = {
+    id, suite: suite.name, task, method: m.label, settings, status: 'ok', metrics: {},
+    memory: { peakTotal: 0, peak: zeroPeak, deviceBytes: 0 },
+    speed: { tokensPerSecond: 0, msPerStep: { forward: 0, backward: 0, optimizer: 0, total: 0 } },
+    trainableParameters: 0, totalParameters: 0, fileBytes: 0, lossCurve: [], referenceMs, provenance: prov, startedAt, durationMs: 0,
+  };
+  let model: LlamaModel | null = null;
+  const tmp = mkdtempSync(join(tmpdir(), 'tunebench-run-'));
+  try {
+    memory.emptyCache();
+    const before = memory.snapshot().cpu;
+    memory.resetPeak();
+    model = loadBase(baseDir, { trainable: m.name === 'full' });
+    if (m.name === 'lora') prepareLora(model, { r: m.r, alpha: m.alpha ?? 2 * (m.r ?? 8), seed: sh.seed });
+    const counts = countParameters(model.parameters());
+    record.trainableParameters = counts.trainableParameters;
+    record.totalParameters = counts.totalParameters;
+    const train: TokenRows = task === 'spam' ? data.spam!.train : task === 'adapt' ? data.adapt!.train : data.jsonl!.train;
+    const baseLossBefore = task === 'adapt' ? evaluateLoss(model, epochBatches(data.adapt!.baseValidation, sh.batchSize)).loss : NaN;
+    const run = finetune(model, train, {
+      steps: sh.steps, batchSize: sh.batchSize, lr: m.lr, schedule: sh.schedule, warmupSteps: sh.warmupSteps, seed: sh.seed,
+      onStep: progressPrinter(id, sh.steps, Math.max(1, Math.floor(sh.steps / 5))),
+    });
+    const peak = memory.snapshot().cpu;
+    record.memory = { peakTotal: peak.peakTotal - before.liveTotal, peak: Object.fromEntries(CATEGORIES.map((c) => [c, peak.peak[c]])) as Record<Category, number>, deviceBytes: process.memoryUsage().rss };
+    const n = run.steps.length;
+    const sum = (f: (s: (typeof run.steps)[number]) => number) => run.steps.reduce((a, s) => a + f(s), 0) / Math.max(n, 1);
+    record.speed = { tokensPerSecond: run.tokensPerSecond, msPerStep: { forward: sum((s) => s.ms.forward), backward: sum((s) => s.ms.backward), optimizer: sum((s) => s.ms.optimizer), total: sum((s) => s.ms.total) } };
+    record.lossCurve = run.steps.map((s) => s.loss);
+    if (task === 'spam') {
+      const e = evaluateSpam(model, data.spam!, 32);
+      record.metrics = { accuracy: e.accuracy, macroF1: e.macroF1, majorityBaseline: data.spam!.majorityBaseline };
+    } else if (task === 'adapt') {
+      const e = evaluateAdapt(model, data.adapt!, sh.batchSize);
+      record.metrics = { adaptLoss: e.adaptLoss, adaptPerplexity: e.adaptPerplexity, forgetting: e.baseLoss - baseLossBefore };
+    } else {
+      const e = evaluateJsonl(model, data.jsonl!, sh.batchSize);
+      record.metrics = Object.fromEntries(Object.entries(e).filter(([, v]) => typeof v === 'number')) as Record<string, number>;
+    }
+    if (m.name === 'lora') saveAdapter(model, tmp); else saveHfModel(model, tmp, { dtype: 'bf16' });
+    record.fileBytes = dirBytes(tmp);
+  } catch (e) {
+    const err = e as Error & { code?: string; bytes?: number };
+    if (err.code === 'TB_OOM') { record.status = 'oom'; record.oomBytes = err.bytes; record.error = `does not fit: ${err.message}`; }
+    else if (e instanceof DivergedError) { record.status = 'diverged'; record.divergedAtStep = e.step; record.error = e.message; }
+    else { record.status = 'error'; record.error = err.message; log(`${id}: ${err.stack ?? err.message}`); }
+  } finally {
+    model?.dispose();
+    rmSync(tmp, { recursive: true, force: true });
+  }
+  record.durationMs = performance.now() - t0;
+  return record;
+}

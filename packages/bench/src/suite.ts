@@ -1,0 +1,104 @@
+// Suites: lists of runs (task x method x settings) sharing data order, seed,
+// steps, batch, sequence length and schedule shape. Built-in suites, or a
+// JSON file (format in README.md).
+import { existsSync, readFileSync } from 'node:fs';
+
+export type TaskName = 'spam' | 'adapt' | 'jsonl';
+export const TASKS: readonly TaskName[] = ['spam', 'adapt', 'jsonl'];
+
+export interface MethodSpec {
+  /** 'full' or 'lora' (more come with their packages) */
+  name: 'full' | 'lora';
+  /** LoRA rank and alpha */
+  r?: number;
+  alpha?: number;
+  /** learning rate for this method (methods differ here; recorded and printed) */
+  lr: number;
+  /** label in tables, e.g. 'lora-r8' */
+  label: string;
+}
+
+export interface Suite {
+  name: string;
+  /** base model: a preset pretrained on Brown (cached), or a Hugging Face directory */
+  base: { preset?: string; pretrainSteps?: number; hfDir?: string };
+  tasks: TaskName[];
+  methods: MethodSpec[];
+  /** identical for every method */
+  shared: { steps: number; batchSize: number; seqLen: number; seed: number; schedule: 'cosine' | 'constant'; warmupSteps: number; maxTrain?: number; maxTest?: number };
+  /** user JSONL file for the jsonl task */
+  dataset?: string;
+}
+
+export const DEFAULT_METHODS: MethodSpec[] = [
+  { name: 'full', lr: 3e-4, label: 'full' },
+  { name: 'lora', r: 8, alpha: 16, lr: 2e-3, label: 'lora-r8' },
+  { name: 'lora', r: 64, alpha: 128, lr: 2e-3, label: 'lora-r64' },
+];
+
+export const BUILTIN_SUITES: Record<string, Suite> = {
+  // CI: seconds per run on 2 cores; the regression baseline is kept for it
+  ci: {
+    name: 'ci', base: { preset: 'tiny', pretrainSteps: 300 }, tasks: ['spam', 'adapt'], methods: DEFAULT_METHODS.map((m) => ({ ...m, lr: m.name === 'full' ? 1e-3 : 3e-3 })),
+    shared: { steps: 30, batchSize: 8, seqLen: 128, seed: 0, schedule: 'cosine', warmupSteps: 3, maxTrain: 400, maxTest: 200 },
+  },
+  // CPU: the small base, minutes per run
+  cpu: {
+    name: 'cpu', base: { preset: 'small' }, tasks: ['spam', 'adapt'], methods: DEFAULT_METHODS,
+    shared: { steps: 200, batchSize: 8, seqLen: 256, seed: 0, schedule: 'cosine', warmupSteps: 10 },
+  },
+  // GPU: a published model shape; needs the CUDA backend
+  gpu: {
+    name: 'gpu', base: { preset: 'smollm-135m' }, tasks: ['spam', 'adapt'], methods: DEFAULT_METHODS,
+    shared: { steps: 300, batchSize: 16, seqLen: 512, seed: 0, schedule: 'cosine', warmupSteps: 20 },
+  },
+};
+
+/** A suite from a JSON file; every problem is reported before anything runs. */
+export function loadSuiteFile(path: string): Suite {
+  if (!existsSync(path)) throw new Error(`suite file ${path} does not exist`);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (e) {
+    throw new Error(`suite file ${path} is not valid JSON: ${(e as Error).message}`);
+  }
+  return validateSuite(raw, path);
+}
+
+export function validateSuite(raw: unknown, where: string): Suite {
+  const p: string[] = [];
+  const s = raw as Partial<Suite>;
+  if (!s || typeof s !== 'object') throw new Error(`${where}: a suite is a JSON object`);
+  if (typeof s.name !== 'string' || !/^[\w.-]+$/.test(s.name)) p.push('name must be a word (letters, digits, - _ .)');
+  if (!s.base || typeof s.base !== 'object' || (!s.base.preset && !s.base.hfDir)) p.push('base must give a preset or an hfDir');
+  if (!Array.isArray(s.tasks) || s.tasks.length === 0 || s.tasks.some((t) => !TASKS.includes(t))) p.push(`tasks must be a non-empty list of ${TASKS.join(', ')}`);
+  if (!Array.isArray(s.methods) || s.methods.length === 0) p.push('methods must be a non-empty list');
+  else s.methods.forEach((m, i) => {
+    if (m.name !== 'full' && m.name !== 'lora') p.push(`methods[${i}].name must be 'full' or 'lora'`);
+    if (!(typeof m.lr === 'number' && m.lr > 0)) p.push(`methods[${i}].lr must be a positive number`);
+    if (m.name === 'lora' && !(Number.isInteger(m.r) && (m.r as number) > 0)) p.push(`methods[${i}].r must be a positive integer`);
+    if (typeof m.label !== 'string' || !m.label) p.push(`methods[${i}].label must be a non-empty string`);
+  });
+  const sh = s.shared as Suite['shared'] | undefined;
+  if (!sh || typeof sh !== 'object') p.push('shared must give steps, batchSize, seqLen, seed, schedule, warmupSteps');
+  else {
+    for (const k of ['steps', 'batchSize', 'seqLen'] as const) if (!(Number.isInteger(sh[k]) && sh[k] > 0)) p.push(`shared.${k} must be a positive integer`);
+    if (!Number.isInteger(sh.seed)) p.push('shared.seed must be an integer');
+    if (sh.schedule !== 'cosine' && sh.schedule !== 'constant') p.push("shared.schedule must be 'cosine' or 'constant'");
+    if (!(Number.isInteger(sh.warmupSteps) && sh.warmupSteps >= 0)) p.push('shared.warmupSteps must be an integer >= 0');
+  }
+  if (s.tasks?.includes('jsonl') && !s.dataset) p.push("the jsonl task needs 'dataset' (a JSONL file)");
+  if (p.length) throw new Error(`${where}: ${p.join('; ')}`);
+  return s as Suite;
+}
+
+/** Parses --methods like "full,lora8,lora64" into specs (lr from the defaults). */
+export function parseMethods(list: string): MethodSpec[] {
+  return list.split(',').map((m) => m.trim()).filter(Boolean).map((m) => {
+    if (m === 'full') return { ...DEFAULT_METHODS[0] };
+    const lora = /^lora-?r?(\d+)$/.exec(m);
+    if (lora) { const r = Number(lora[1]); return { name: 'lora', r, alpha: 2 * r, lr: 2e-3, label: `lora-r${r}` }; }
+    throw new Error(`--methods: unknown method '${m}' (known: full, lora8, lora64, lora<r>)`);
+  });
+}

@@ -1,0 +1,92 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { memory } from '@tunebench/core';
+import {
+  type RunRecord, type Suite, baselineFrom, checkAgainst, parseMethods, runSuite, validateSuite,
+} from '../src/index.js';
+
+const cache = mkdtempSync(join(tmpdir(), 'tb-cache-'));
+process.env.TUNEBENCH_CACHE = cache;
+
+function tinySuite(methods: Suite['methods']): Suite {
+  return {
+    name: 'test', base: { preset: 'tiny', pretrainSteps: 4 }, tasks: ['spam', 'adapt'], methods,
+    shared: { steps: 3, batchSize: 4, seqLen: 64, seed: 0, schedule: 'cosine', warmupSteps: 1, maxTrain: 24, maxTest: 12 },
+  };
+}
+
+test('a suite runs every task x method, appends records, and --resume skips finished runs', async () => {
+  const out = mkdtempSync(join(tmpdir(), 'tb-report-'));
+  const suite = tinySuite([...parseMethods('full,lora4')]);
+  const logs: string[] = [];
+  const records = await runSuite(suite, { outDir: out, log: (l) => logs.push(l) });
+  assert.equal(records.length, 4);
+  assert.deepEqual(records.map((r) => `${r.task}/${r.method}/${r.status}`), ['spam/full/ok', 'spam/lora-r4/ok', 'adapt/full/ok', 'adapt/lora-r4/ok']);
+  const spamFull = records[0];
+  assert.ok(spamFull.metrics.accuracy >= 0 && spamFull.metrics.accuracy <= 1);
+  assert.equal(spamFull.lossCurve.length, 3);
+  assert.ok(spamFull.memory.peak.trainable > 0 && spamFull.memory.peak.optimizer > 0);
+  assert.ok(records[1].memory.peak.frozen > 0, 'LoRA base counted as frozen');
+  assert.ok(records[1].trainableParameters < spamFull.trainableParameters);
+  assert.ok(records[1].fileBytes < spamFull.fileBytes, 'an adapter file is smaller than the model');
+  assert.ok(logs.some((l) => /per method: full: lr/.test(l)), 'what differs between methods is printed');
+  assert.equal(readFileSync(join(out, 'results.jsonl'), 'utf8').trim().split('\n').length, 4);
+  const again = await runSuite(suite, { outDir: out, resume: true, log: (l) => logs.push(l) });
+  assert.equal(again.length, 4);
+  assert.ok(logs.filter((l) => /skipped \(--resume\)/.test(l)).length === 4);
+  rmSync(out, { recursive: true, force: true });
+});
+
+test('a run that does not fit or diverges is recorded, and the suite goes on', async () => {
+  const out = mkdtempSync(join(tmpdir(), 'tb-report-'));
+  const suite: Suite = { ...tinySuite([{ name: 'full', lr: 1e5, label: 'full-huge-lr' }, { name: 'lora', r: 4, alpha: 8, lr: 1e-3, label: 'lora-r4' }]), tasks: ['spam'] };
+  suite.shared.steps = 12;
+  await runSuite({ ...suite, methods: [suite.methods[1]] }, { outDir: out, log: () => {} });  // warms the base cache
+  memory.setAllocationLimit(0);
+  const recs = await runSuite(suite, { outDir: out, log: () => {} });
+  assert.equal(recs[0].status, 'diverged', `huge lr: ${recs[0].status} ${recs[0].error}`);
+  assert.ok(recs[0].divergedAtStep! >= 1);
+  assert.equal(recs[1].status, 'ok', 'the next run still ran');
+  memory.setAllocationLimit(16 << 10);  // nothing of 16 KiB fits: the model itself does not load
+  const oom = await runSuite({ ...suite, methods: [suite.methods[1]] }, { outDir: out, log: () => {} });
+  memory.setAllocationLimit(0);
+  assert.equal(oom[0].status, 'oom');
+  assert.ok(oom[0].oomBytes! > 16 << 10);
+  assert.match(oom[0].error!, /does not fit/);
+  rmSync(out, { recursive: true, force: true });
+});
+
+test('bad suites are refused before anything runs, naming each problem', () => {
+  assert.throws(() => validateSuite({ name: 'x y', base: {}, tasks: ['nope'], methods: [], shared: { steps: 0 } }, 'suite.json'),
+    /suite\.json: name must be a word.*base must give a preset or an hfDir.*tasks must be.*methods must be a non-empty list.*shared\.steps must be a positive integer/);
+  assert.throws(() => parseMethods('full,qlora'), /unknown method 'qlora'/);
+  assert.deepEqual(parseMethods('lora64').map((m) => [m.label, m.r, m.alpha]), [['lora-r64', 64, 128]]);
+});
+
+test('the regression check names each metric beyond tolerance; speed is normalised by the reference kernel', () => {
+  const rec = (over: Partial<RunRecord> & { acc?: number; ppl?: number; peak?: number; tps?: number; ref?: number }): RunRecord => ({
+    id: 'spam/full', suite: 'ci', task: 'spam', method: 'full', settings: {}, status: over.status ?? 'ok', error: over.error,
+    metrics: { accuracy: over.acc ?? 0.8, adaptPerplexity: over.ppl ?? 6 },
+    memory: { peakTotal: over.peak ?? 1000, peak: {} as RunRecord['memory']['peak'], deviceBytes: 0 },
+    speed: { tokensPerSecond: over.tps ?? 100, msPerStep: { forward: 0, backward: 0, optimizer: 0, total: 0 } },
+    trainableParameters: 1, totalParameters: 1, fileBytes: 1, lossCurve: [], referenceMs: over.ref ?? 1,
+    provenance: { commit: 'x', packages: {}, backend: 'cpu', device: 'cpu', cpu: 'c', gemm: 'g', seed: 0, node: 'v' },
+    startedAt: '', durationMs: 0,
+  });
+  const base = baselineFrom([rec({})]);
+  assert.deepEqual(checkAgainst([rec({})], base), []);
+  assert.deepEqual(checkAgainst([rec({ tps: 50, ref: 2 })], base), [], 'half the tokens/s on a machine twice as slow is no regression');
+  const p = checkAgainst([rec({ acc: 0.7, ppl: 7, peak: 1200, tps: 50 })], base);
+  assert.equal(p.length, 4);
+  assert.match(p.join('\n'), /accuracy 0\.7000 < baseline 0\.8000/);
+  assert.match(p.join('\n'), /adaptPerplexity 7\.0000 > baseline 6\.0000/);
+  assert.match(p.join('\n'), /peak memory 1200 B > baseline 1000 B/);
+  assert.match(p.join('\n'), /normalised speed 50 < baseline 100/);
+  assert.match(checkAgainst([rec({ status: 'oom', error: 'does not fit' })], base)[0], /status oom \(baseline ok\)/);
+  assert.match(checkAgainst([], base)[0], /run missing/);
+});
+
+test.after(() => rmSync(cache, { recursive: true, force: true }));
