@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 // tunebench: run a suite of fine-tuning runs side by side and write the report.
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { native, parseCli } from '@tunebench/core';
+import { CATEGORIES, type LlamaConfig, PRESETS, configFromHf, intOption, native, parseCli, preset } from '@tunebench/core';
+import { type PlanMethod, planMemory } from './plan.js';
 import { checkAgainst, readBaseline, writeBaseline } from './check.js';
 import { BUILTIN_SUITES, type Suite, TASKS, type TaskName, loadSuiteFile, parseMethods, validateSuite } from './suite.js';
 import { runSuite } from './runner.js';
@@ -12,6 +13,7 @@ import { writeReports } from './report/index.js';
 const HELP = `tunebench — full fine-tuning and LoRA side by side: memory, speed, accuracy.
 
 Usage: pnpm bench [-- options]        (or: node packages/bench/dist/cli.js [options])
+       pnpm bench -- plan --model PRESET_OR_HF_DIR --method M --batch B --seq T   (see plan --help)
 
 Options:
   --suite ci|cpu|gpu|FILE  runs to do (default: gpu with a usable CUDA backend, else cpu).
@@ -38,11 +40,57 @@ Examples:
   pnpm bench -- --suite cpu --methods full,lora8 --tasks spam
   pnpm bench -- --dataset my.jsonl --tasks jsonl --methods lora8`;
 
+const PLAN_HELP = `tunebench plan — predict peak memory by category for a training step, without running it.
+
+Usage: pnpm bench -- plan --model PRESET_OR_HF_DIR [--method full|lora<r>] [--batch B] [--seq T] [--accum K]
+
+  --model   a preset (${Object.keys(PRESETS).join(', ')}) or a Hugging Face LlamaForCausalLM directory
+  --method  full (default) or lora<r>, e.g. lora8 (all-linear targets)
+  --batch   rows per micro-batch (default 8)
+  --seq     tokens per row (default 256)
+  --accum   micro-batches per optimizer step (default 1)
+
+Example: pnpm bench -- plan --model tinyllama-1.1b --method lora16 --batch 4 --seq 1024`;
+
+const rawArgs = process.argv.slice(2);
+const args = rawArgs[0] === '--' ? rawArgs.slice(1) : rawArgs;
+if (args[0] === 'plan') {
+  const p = parseCli({
+    model: { type: 'string' }, method: { type: 'string', default: 'full' }, batch: { type: 'string' }, seq: { type: 'string' },
+    accum: { type: 'string' }, help: { type: 'boolean', short: 'h', default: false },
+  }, PLAN_HELP, args.slice(1));
+  if (!p.model) { console.error('tunebench plan: --model is required\nRun with --help for the options.'); process.exit(2); }
+  let config: LlamaConfig;
+  try {
+    if (PRESETS[p.model]) config = preset(p.model);
+    else if (existsSync(join(p.model, 'config.json'))) config = configFromHf(JSON.parse(readFileSync(join(p.model, 'config.json'), 'utf8')), join(p.model, 'config.json'));
+    else throw new Error(`--model: '${p.model}' is neither a preset (${Object.keys(PRESETS).join(', ')}) nor a directory with config.json`);
+  } catch (e) {
+    console.error(`tunebench plan: ${(e as Error).message}`);
+    process.exit(2);
+  }
+  let method: PlanMethod;
+  try {
+    const m = parseMethods(p.method)[0];
+    method = { name: m.name, r: m.r };
+  } catch (e) {
+    console.error(`tunebench plan: ${(e as Error).message}`);
+    process.exit(2);
+  }
+  const B = intOption('batch', p.batch, 8), T = intOption('seq', p.seq, 256), K = intOption('accum', p.accum, 1);
+  const plan = planMemory(config, method, B, T, K);
+  const mib = (x: number) => (x / 2 ** 20).toFixed(1).padStart(12);
+  console.log(`predicted peak memory of one training step: ${p.model}, ${p.method}, batch ${B} x seq ${T}${K > 1 ? `, ${K} micro-batches` : ''} (MiB)`);
+  for (const k of CATEGORIES) console.log(`${k.padEnd(16)}${mib(plan[k])}`);
+  console.log(`${'total'.padEnd(16)}${mib(plan.total)}`);
+  process.exit(0);
+}
+
 const opt = parseCli({
   suite: { type: 'string' }, methods: { type: 'string' }, tasks: { type: 'string' }, model: { type: 'string' },
   dataset: { type: 'string' }, device: { type: 'string' }, out: { type: 'string' }, resume: { type: 'boolean', default: false },
   check: { type: 'string' }, 'update-baseline': { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false },
-}, HELP);
+}, HELP, args);
 
 function fail(msg: string): never {
   console.error(`tunebench: ${msg}\nRun with --help for the options.`);

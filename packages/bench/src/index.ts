@@ -50,3 +50,4 @@ export * from './suite.js';
 export { runSuite, readResults, runId, referenceKernelMs, provenance, type RunnerOptions } from './runner.js';
 export * from './check.js';
 export * from './report/index.js';
+export { planMemory, type Plan, type PlanMethod } from './plan.js';

@@ -11,6 +11,7 @@ import {
   gemmKernel, matmul, memory, saveHfModel,
 } from '@tunebench/core';
 import { countParameters, prepareLora, saveAdapter } from '@tunebench/lora';
+import { planMemory } from './plan.js';
 import type { RunRecord } from './record.js';
 import type { MethodSpec, Suite, TaskName } from './suite.js';
 import { adaptData, evaluateAdapt } from './tasks/adapt.js';
@@ -150,6 +151,7 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
     memory.resetPeak();
     model = loadBase(baseDir, { trainable: m.name === 'full' });
     if (m.name === 'lora') prepareLora(model, { r: m.r, alpha: m.alpha ?? 2 * (m.r ?? 8), seed: sh.seed });
+    const predicted = planMemory(model.config, { name: m.name, r: m.r }, sh.batchSize, sh.seqLen);
     const counts = countParameters(model.parameters());
     record.trainableParameters = counts.trainableParameters;
     record.totalParameters = counts.totalParameters;
@@ -160,7 +162,7 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
       onStep: progressPrinter(id, sh.steps, Math.max(1, Math.floor(sh.steps / 5))),
     });
     const peak = memory.snapshot().cpu;
-    record.memory = { peakTotal: peak.peakTotal - before.liveTotal, peak: Object.fromEntries(CATEGORIES.map((c) => [c, peak.peak[c]])) as Record<Category, number>, deviceBytes: process.memoryUsage().rss };
+    record.memory = { peakTotal: peak.peakTotal - before.liveTotal, peak: Object.fromEntries(CATEGORIES.map((c) => [c, peak.peak[c]])) as Record<Category, number>, deviceBytes: process.memoryUsage().rss, predicted };
     const n = run.steps.length;
     const sum = (f: (s: (typeof run.steps)[number]) => number) => run.steps.reduce((a, s) => a + f(s), 0) / Math.max(n, 1);
     record.speed = { tokensPerSecond: run.tokensPerSecond, msPerStep: { forward: sum((s) => s.ms.forward), backward: sum((s) => s.ms.backward), optimizer: sum((s) => s.ms.optimizer), total: sum((s) => s.ms.total) } };
