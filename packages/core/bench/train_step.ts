@@ -17,6 +17,7 @@ import {
   CATEGORIES, type LlamaConfig, LlamaModel, Rng, Tensor, adamwStep, gemmKernel, memory, modelTensorShapes, native, parameterCount, preset,
   trainable, intOption, parseCli,
 } from '../src/index.js';
+import { tfjsLlamaLoss } from './tfjs_llama.js';
 
 const HELP = `Training-step throughput: tunebench vs PyTorch, both on the CPU.
 
@@ -32,7 +33,9 @@ Options:
   --torch-threads L  comma-separated torch.set_num_threads values, one set of
                      torch runs each (default 2,1)
   --python PATH      Python with torch (default /usr/bin/python3)
-  --no-torch         only the tunebench figure
+  --no-torch         skip PyTorch
+  --no-tfjs          skip TensorFlow.js (the pure-JS cpu backend: slow, a few steps only)
+  --tfjs-steps N     timed TensorFlow.js steps after one warm-up (default 1; ~70 s each for small)
   --out FILE         JSON results (default reports/kernels/train_step.json)
   -h, --help         this text
 
@@ -64,6 +67,8 @@ const optionSpec = {
   'torch-threads': { type: 'string', default: '2,1' },
   python: { type: 'string', default: '/usr/bin/python3' },
   'no-torch': { type: 'boolean', default: false },
+  'no-tfjs': { type: 'boolean', default: false },
+  'tfjs-steps': { type: 'string' },
   out: { type: 'string' },
   help: { type: 'boolean', short: 'h', default: false },
 } as const;
@@ -99,6 +104,9 @@ const expected = modelTensorShapes(cfg);
 if (params.length !== expected.size || params.some((p) => !expected.has(p.name))) {
   throw new Error(`full fine-tuning needs every parameter trainable: got ${params.length}, the config has ${expected.size}`);
 }
+
+// initial weights, kept for the TensorFlow.js peer (tunebench's training changes them)
+const initWeights = opt['no-tfjs'] ? null : new Map(params.map((p) => [p.name, p.value.toFloat32()]));
 
 const rng = new Rng(seed + 1);
 const idsAll = new Int32Array(totalSteps * 2 * B * T);  // [step, {ids, targets}, B, T]
@@ -260,6 +268,32 @@ if (torchRuns.length) {
     + `(${t.openblasConfig ?? t.openblasError ?? '?'}; ${t.openblasThreads ?? '?'} OpenBLAS threads), attention: ${t.attention}, `
     + `AdamW foreach=${t.adamwForeach}`);
 }
+// ---------------------------------------------------------- TensorFlow.js
+interface TfjsResult { msPerStep: number; tokensPerS: number; losses: number[]; backend: string; steps: number }
+let tfjsResult: TfjsResult | null = null;
+if (initWeights) {
+  const tfSteps = intOption('tfjs-steps', opt['tfjs-steps'], 1);
+  const tf = await import('@tensorflow/tfjs');
+  await tf.setBackend('cpu');
+  const vars = new Map([...initWeights].map(([name, v]) => [name, tf.variable(tf.tensor(v, [...expected.get(name)!]), true, name)]));
+  const optimizer = tf.train.adam(lr);
+  const losses: number[] = [];
+  let timed = 0;
+  for (let s = 0; s <= tfSteps; s++) {
+    const ids = idsAll.subarray((2 * s) * B * T, (2 * s + 1) * B * T), targets = idsAll.subarray((2 * s + 1) * B * T, (2 * s + 2) * B * T);
+    const t0 = performance.now();
+    const loss = optimizer.minimize(() => tfjsLlamaLoss(tf, cfg, vars, ids, targets, B, T).div(B * T) as import('@tensorflow/tfjs').Scalar, true, [...vars.values()]);
+    const v = (await loss!.data())[0];
+    loss!.dispose();
+    if (s > 0) timed += performance.now() - t0;
+    losses.push(v);
+    process.stderr.write(`  tfjs: step ${s + 1}/${tfSteps + 1}\n`);
+  }
+  for (const v of vars.values()) v.dispose();
+  const ms = timed / tfSteps;
+  tfjsResult = { msPerStep: ms, tokensPerS: (tokensPerStep * 1000) / ms, losses, backend: tf.getBackend(), steps: tfSteps };
+}
+
 const rows: string[][] = [];
 const phaseCols = (p: { forward: number; backward: number; optimizer: number }) => [fmt(p.forward), fmt(p.backward), fmt(p.optimizer)];
 rows.push(['tunebench', `${threads} threads, ${ours.gemmKernel}`, fmt(ours.msPerStep), fmt(ours.msPerStepMin), ...phaseCols(ours.phasesMs),
@@ -269,12 +303,21 @@ for (const r of torchRuns) {
     fmt(r.msPerStep), fmt(r.msPerStepMin), ...phaseCols(r.phasesMs), fmt(r.tokensPerS, 0),
     `${(ours.tokensPerS / r.tokensPerS).toFixed(2)}x`]);
 }
+if (tfjsResult) {
+  rows.push([`tfjs (${tfjsResult.backend} backend)`, `${tfjsResult.steps} timed steps, Adam`, fmt(tfjsResult.msPerStep), '', '', '', '', fmt(tfjsResult.tokensPerS, 0),
+    `${(ours.tokensPerS / tfjsResult.tokensPerS).toFixed(2)}x`]);
+}
 printTable(`Training step, preset '${opt.preset}', batch ${B} x seq ${T} (${tokensPerStep} tokens), mean of ${steps} steps (ms)`,
   ['implementation', 'setup', 'ms/step', 'min', 'forward', 'backward', 'optimizer', 'tokens/s', 'tunebench/this'], rows, 2);
 if (torchNote) console.log(`\nnote: ${torchNote}`);
 if (best) {
   console.log(`\ntunebench ${fmt(ours.tokensPerS, 0)} tokens/s; torch best ${fmt(best.tokensPerS, 0)} tokens/s (${best.label}); `
     + `ratio tunebench/torch = ${(ours.tokensPerS / best.tokensPerS).toFixed(2)}x`);
+}
+
+if (tfjsResult) {
+  console.log(`\ntunebench ${fmt(ours.tokensPerS, 0)} tokens/s; TensorFlow.js ${fmt(tfjsResult.tokensPerS, 0)} tokens/s: ratio ${(ours.tokensPerS / tfjsResult.tokensPerS).toFixed(1)}x`);
+  console.log(`per-step loss, tfjs (Adam, no weight decay): ${tfjsResult.losses.map((x) => x.toFixed(5)).join(' ')} (tunebench: ${ours.losses.slice(0, tfjsResult.losses.length).map((x) => x.toFixed(5)).join(' ')})`);
 }
 
 // losses: same weights, same batches, same numerics -> the same curve
