@@ -11,7 +11,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Bench } from 'tinybench';
 import {
-  Tensor, attentionBackward, attentionForward, crossEntropyBackward, crossEntropyForward, gemmKernel, matmul, native, intOption, parseCli,
+  Tensor, relativeError, attentionBackward, attentionForward, crossEntropyBackward, crossEntropyForward, gemmKernel, matmul, native, intOption, parseCli,
 } from '../src/index.js';
 
 const HELP = `Kernel benchmark for the tunebench native core (CPU).
@@ -78,11 +78,6 @@ function fill(t: Tensor, seed: number, scale = 1): void {
   for (let i = 0; i < v.length; i++) { s = (Math.imul(s, 1664525) + 1013904223) >>> 0; v[i] = ((s / 4294967296) * 2 - 1) * scale; }
 }
 
-function maxRelDiff(a: Float32Array, b: Float32Array): number {
-  let num = 0, den = 0;
-  for (let i = 0; i < a.length; i++) { num = Math.max(num, Math.abs(a[i] - b[i])); den = Math.max(den, Math.abs(b[i])); }
-  return num / (den || 1);
-}
 
 const fmt = (x: number | undefined, d = 1) => (x === undefined ? '' : x.toFixed(d));
 function printTable(title: string, rs: Row[], cols: [string, (r: Row) => string][]): void {
@@ -138,7 +133,7 @@ async function gemmSection(): Promise<void> {
         const lda = a.shape[1], ldb = b.shape[1];
         const call = () => nat.openblas_sgemm(c.tA, c.tB, c.M, c.N, c.K, 1, a.handle, lda, b.handle, ldb, 0, ref.handle, c.N);
         const bms = await time(`openblas ${c.name} ${shape}`, call);
-        const diff = maxRelDiff(out.data() as Float32Array, ref.data() as Float32Array);
+        const diff = relativeError(out.data() as Float32Array, ref.data() as Float32Array);
         gemmRows.push({ section: 'gemm', name: `H=${H} ${c.name}`, shape, provider: `openblas(${blas.core})`, ms: bms, gflops: flop / bms / 1e6, maxRelDiff: diff });
         ours.ratio = bms / ms;
         ours.maxRelDiff = diff;

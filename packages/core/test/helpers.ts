@@ -2,7 +2,7 @@
 // and a relative-error comparison.
 import * as tf from '@tensorflow/tfjs';
 import assert from 'node:assert/strict';
-import { Tensor } from '../src/index.js';
+import { Tensor, relativeError } from '../src/index.js';
 
 let ready: Promise<void> | null = null;
 /** tfjs on its pure-JS cpu backend, the independent reference for gradients. */
@@ -36,17 +36,8 @@ export function tensorOf(values: Float32Array, shape: number[], opts: Parameters
   return Tensor.from(values, shape, opts);
 }
 
-/** max |a - b| / (max |b| + tiny): one relative error for a whole tensor. */
-export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length, 'length mismatch');
-  let num = 0, den = 0;
-  for (let i = 0; i < a.length; i++) {
-    if (!Number.isFinite(a[i])) return Infinity;
-    num = Math.max(num, Math.abs(a[i] - b[i]));
-    den = Math.max(den, Math.abs(b[i]));
-  }
-  return num / (den + 1e-30);
-}
+/** max |a - b| / max |b|: one relative error for a whole tensor. */
+export const relErr = relativeError;
 
 export function assertClose(name: string, got: ArrayLike<number>, want: ArrayLike<number>, tol: number, seed?: number): void {
   const e = relErr(got, want);

@@ -8,17 +8,8 @@ export async function tfjs(): Promise<typeof tf> {
   return tf;
 }
 
-/** max |a - b| / max |b| */
-export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) throw new Error(`length mismatch ${a.length} vs ${b.length}`);
-  let num = 0, den = 0;
-  for (let i = 0; i < a.length; i++) {
-    if (!Number.isFinite(a[i])) return Infinity;
-    num = Math.max(num, Math.abs(a[i] - b[i]));
-    den = Math.max(den, Math.abs(b[i]));
-  }
-  return num / (den + 1e-30);
-}
+/** max |a - b| / max |b| (core's measure) */
+export { relativeError as relErr } from '@tunebench/core';
 
 export function randomValues(n: number, seed: number, scale = 1): Float32Array {
   let s = (seed >>> 0) || 1;
