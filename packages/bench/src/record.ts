@@ -47,6 +47,11 @@ export interface RunRecord {
     tokensPerSecond: number;
     /** mean milliseconds per optimizer step, and its split */
     msPerStep: { forward: number; backward: number; optimizer: number; total: number };
+    /** median milliseconds of the steps after the warm-up ones: robust to a
+     * busy moment of the machine; the regression check compares this */
+    medianStepMs?: number;
+    /** input tokens per step / medianStepMs */
+    steadyTokensPerSecond?: number;
   };
   trainableParameters: number;
   totalParameters: number;
@@ -55,7 +60,7 @@ export interface RunRecord {
   /** training loss per optimizer step */
   lossCurve: number[];
   deployable?: DeployableRow[];
-  /** reference kernel time measured in the same run (ms), to normalise speed across machines */
+  /** reference kernel time (ms, median) measured just before this run, to normalise speed across machines */
   referenceMs: number;
   provenance: {
     commit: string;

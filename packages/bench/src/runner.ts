@@ -8,7 +8,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   ByteTokenizer, CATEGORIES, type Category, DivergedError, type LlamaModel, Tensor, type TokenRows, epochBatches, evaluateLoss,
-  gemmKernel, matmul, memory, saveHfModel,
+  gemmKernel, matmul, median, memory, saveHfModel,
 } from '@tunebench/core';
 import { countParameters, prepareLora, saveAdapter } from '@tunebench/lora';
 import { planMemory } from './plan.js';
@@ -25,6 +25,10 @@ export interface RunnerOptions {
   outDir: string;
   /** skip runs already in results.jsonl */
   resume?: boolean;
+  /** do only the runs with these ids (timing a run again) */
+  only?: Set<string>;
+  /** progress lines per run (default true) */
+  progress?: boolean;
   log?: (line: string) => void;
 }
 
@@ -49,23 +53,28 @@ function appendRecord(path: string, r: RunRecord): void {
   try { fsyncSync(fd); } finally { closeSync(fd); }
 }
 
-let referenceCache: number | null = null;
-
-/** Milliseconds of a fixed 512^3 GEMM (best of 5, measured once per process):
- * speed figures are multiplied by it to compare machines. */
+/** Milliseconds of a fixed 512^3 GEMM (median of 9 after 2 warm-ups),
+ * measured just before each run: speed figures are multiplied by it so that
+ * a slower or busier machine does not read as a regression. */
 export function referenceKernelMs(): number {
-  if (referenceCache !== null) return referenceCache;
   const a = Tensor.zeros([512, 512]), b = Tensor.zeros([512, 512]), c = Tensor.zeros([512, 512]);
   (a.data() as Float32Array).fill(0.5); (b.data() as Float32Array).fill(0.25);
-  let best = Infinity;
-  for (let i = 0; i < 6; i++) {
-    const t0 = performance.now();
-    matmul(a, b, { out: c });
-    if (i > 0) best = Math.min(best, performance.now() - t0);
+  const times: number[] = [];
+  try {
+    for (let i = 0; i < 11; i++) {
+      const t0 = performance.now();
+      matmul(a, b, { out: c });
+      if (i >= 2) times.push(performance.now() - t0);
+    }
+  } finally {
+    for (const t of [a, b, c]) t.dispose();
   }
-  for (const t of [a, b, c]) t.dispose();
-  referenceCache = best;
-  return best;
+  return median(times);
+}
+
+/** Steps before this many are warm-up (allocator, caches) and left out of the median. */
+export function warmupStepsOf(n: number): number {
+  return Math.min(3, Math.floor(n / 4));
 }
 
 export function provenance(seed: number): RunRecord['provenance'] {
@@ -111,7 +120,6 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
   if (suite.tasks.includes('spam')) data.spam = spamData(tok, { seqLen: sh.seqLen, seed: sh.seed, maxTrain: sh.maxTrain, maxTest: sh.maxTest });
   if (suite.tasks.includes('adapt')) data.adapt = adaptData(brownData(sh.seqLen, sh.seed), sh.seqLen);
   if (suite.tasks.includes('jsonl')) data.jsonl = jsonlData(suite.dataset!, tok, { seqLen: sh.seqLen, seed: sh.seed });
-  const referenceMs = referenceKernelMs();
   const prov = provenance(sh.seed);
   const differing = suite.methods.map((m) => `${m.label}: lr ${m.lr}${m.r ? `, r ${m.r}, alpha ${m.alpha}` : ''}`).join('; ');
   log(`suite ${suite.name}: ${suite.tasks.length} task(s) x ${suite.methods.length} method(s); shared: ${sh.steps} steps, batch ${sh.batchSize}, seq ${sh.seqLen}, seed ${sh.seed}, ${sh.schedule} schedule; per method: ${differing}`);
@@ -120,8 +128,9 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
   for (const task of suite.tasks) {
     for (const m of suite.methods) {
       const id = runId(task, m, suite);
+      if (o.only && !o.only.has(id)) continue;
       if (done.has(id)) { log(`${id}: already in ${resultsPath}, skipped (--resume)`); continue; }
-      const r = runOne(task, m, suite, baseDir, data, referenceMs, prov, id, log);
+      const r = runOne(task, m, suite, baseDir, data, prov, id, log, o.progress ?? true);
       appendRecord(resultsPath, r);
       records.push(r);
       log(`${id}: ${r.status}${r.status === 'ok' ? ` ${Object.entries(r.metrics).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(', ')}` : ` (${r.error})`}`);
@@ -130,8 +139,8 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
   return readResults(resultsPath);
 }
 
-function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, data: TaskData, referenceMs: number,
-                prov: RunRecord['provenance'], id: string, log: (l: string) => void): RunRecord {
+function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, data: TaskData,
+                prov: RunRecord['provenance'], id: string, log: (l: string) => void, progress: boolean): RunRecord {
   const sh = suite.shared;
   const startedAt = new Date().toISOString();
   const t0 = performance.now();
@@ -141,11 +150,12 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
     id, suite: suite.name, task, method: m.label, settings, status: 'ok', metrics: {},
     memory: { peakTotal: 0, peak: zeroPeak, deviceBytes: 0 },
     speed: { tokensPerSecond: 0, msPerStep: { forward: 0, backward: 0, optimizer: 0, total: 0 } },
-    trainableParameters: 0, totalParameters: 0, fileBytes: 0, lossCurve: [], referenceMs, provenance: prov, startedAt, durationMs: 0,
+    trainableParameters: 0, totalParameters: 0, fileBytes: 0, lossCurve: [], referenceMs: NaN, provenance: prov, startedAt, durationMs: 0,
   };
   let model: LlamaModel | null = null;
   const tmp = mkdtempSync(join(tmpdir(), 'tunebench-run-'));
   try {
+    record.referenceMs = referenceKernelMs();
     memory.emptyCache();
     const before = memory.snapshot().cpu;
     memory.resetPeak();
@@ -159,13 +169,20 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
     const baseLossBefore = task === 'adapt' ? evaluateLoss(model, epochBatches(data.adapt!.baseValidation, sh.batchSize)).loss : NaN;
     const run = finetune(model, train, {
       steps: sh.steps, batchSize: sh.batchSize, lr: m.lr, schedule: sh.schedule, warmupSteps: sh.warmupSteps, seed: sh.seed,
-      onStep: progressPrinter(id, sh.steps, Math.max(1, Math.floor(sh.steps / 5))),
+      onStep: progress ? progressPrinter(id, sh.steps, Math.max(1, Math.floor(sh.steps / 5))) : undefined,
     });
     const peak = memory.snapshot().cpu;
     record.memory = { peakTotal: peak.peakTotal - before.liveTotal, peak: Object.fromEntries(CATEGORIES.map((c) => [c, peak.peak[c]])) as Record<Category, number>, deviceBytes: process.memoryUsage().rss, predicted };
     const n = run.steps.length;
     const sum = (f: (s: (typeof run.steps)[number]) => number) => run.steps.reduce((a, s) => a + f(s), 0) / Math.max(n, 1);
-    record.speed = { tokensPerSecond: run.tokensPerSecond, msPerStep: { forward: sum((s) => s.ms.forward), backward: sum((s) => s.ms.backward), optimizer: sum((s) => s.ms.optimizer), total: sum((s) => s.ms.total) } };
+    const steady = run.steps.slice(warmupStepsOf(n));
+    const medianStepMs = median(steady.map((s) => s.ms.total));
+    const steadyTokensPerSecond = (steady.reduce((a, s) => a + s.tokens, 0) / Math.max(steady.length, 1)) * 1000 / medianStepMs;
+    record.speed = {
+      tokensPerSecond: run.tokensPerSecond,
+      msPerStep: { forward: sum((s) => s.ms.forward), backward: sum((s) => s.ms.backward), optimizer: sum((s) => s.ms.optimizer), total: sum((s) => s.ms.total) },
+      medianStepMs, steadyTokensPerSecond,
+    };
     record.lossCurve = run.steps.map((s) => s.loss);
     if (task === 'spam') {
       const e = evaluateSpam(model, data.spam!, 32);

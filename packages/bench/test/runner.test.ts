@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { memory } from '@tunebench/core';
 import {
-  type RunRecord, type Suite, baselineFrom, checkAgainst, parseMethods, runSuite, validateSuite,
+  type RunRecord, type Suite, baselineFrom, checkAgainst, fastestAttempt, speedOnly, parseMethods, runSuite, validateSuite,
 } from '../src/index.js';
 
 const cache = mkdtempSync(join(tmpdir(), 'tb-cache-'));
@@ -87,6 +87,29 @@ test('the regression check names each metric beyond tolerance; speed is normalis
   assert.match(p.join('\n'), /normalised speed 50 < baseline 100/);
   assert.match(checkAgainst([rec({ status: 'oom', error: 'does not fit' })], base)[0], /status oom \(baseline ok\)/);
   assert.match(checkAgainst([], base)[0], /run missing/);
+  // the steady (median-step) figure is preferred when a record has it
+  const steady = rec({ tps: 50 });
+  steady.speed.steadyTokensPerSecond = 100;
+  assert.deepEqual(checkAgainst([steady], base), [], 'a slow first step does not count when the median step is as fast');
+});
+
+test('a run that is only slower is timed again and its fastest attempt counts; other problems are not', () => {
+  const mk = (id: string, tps: number, acc = 0.8): RunRecord => ({
+    id, suite: 'ci', task: 'spam', method: 'full', settings: {}, status: 'ok', metrics: { accuracy: acc },
+    memory: { peakTotal: 1000, peak: {} as RunRecord['memory']['peak'], deviceBytes: 0 },
+    speed: { tokensPerSecond: tps, msPerStep: { forward: 0, backward: 0, optimizer: 0, total: 0 } },
+    trainableParameters: 1, totalParameters: 1, fileBytes: 1, lossCurve: [], referenceMs: 1,
+    provenance: { commit: 'x', packages: {}, backend: 'cpu', device: 'cpu', cpu: 'c', gemm: 'g', seed: 0, node: 'v' },
+    startedAt: '', durationMs: 0,
+  });
+  const base = baselineFrom([mk('a', 100), mk('b', 100), mk('c', 100)]);
+  const first = [mk('a', 40), mk('b', 40, 0.5), mk('c', 100)];
+  const problems = checkAgainst(first, base);
+  assert.deepEqual([...speedOnly(problems)], ['a'], 'b also lost accuracy: timing it again would not help');
+  const merged = fastestAttempt(first, [mk('a', 30)], [mk('a', 90, 0.1)]);
+  assert.equal(merged[0].speed.tokensPerSecond, 90, 'the fastest attempt');
+  assert.equal(merged[0].metrics.accuracy, 0.8, 'metrics stay those of the first run');
+  assert.deepEqual(checkAgainst(merged, base).map((p) => p.split(':')[0]), ['b', 'b']);
 });
 
 test.after(() => rmSync(cache, { recursive: true, force: true }));

@@ -50,4 +50,4 @@ export {
   type PrepareStats, type EvalBatch, type TokenDataSourceOptions, type TokenDataSourceState,
 } from './data/batching.js';
 export { parseCli, intOption, type CliValues } from './util/cli.js';
-export { relativeError } from './util/compare.js';
+export { median, relativeError } from './util/compare.js';

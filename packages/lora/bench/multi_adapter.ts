@@ -13,7 +13,7 @@ import { cpus } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
-  LlamaModel, Rng, Tensor, gemmKernel, memory, native, parameterCount, preset, intOption, parseCli,
+  LlamaModel, Rng, Tensor, gemmKernel, median, memory, native, parameterCount, preset, intOption, parseCli,
 } from '@tunebench/core';
 import { loraLayers, prepareLora, setActiveAdapter } from '../src/index.js';
 
@@ -146,7 +146,6 @@ for (let it = 0; it <= iterations; it++) {  // it = 0: untimed
     m.transient = Math.max(m.transient, snap.peakTotal - liveBefore);
   }
 }
-const median = (v: number[]) => { const s = [...v].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
 const results = modes.map((m) => ({
   mode: m.mode, basePasses: m.basePasses, lossSum: m.lossSum, count: m.count,
   tokensPerS: (rows * T) / (median(m.ms) / 1e3), msMedian: median(m.ms), msMin: Math.min(...m.ms), msAll: m.ms,

@@ -11,3 +11,10 @@ export function relativeError(a: ArrayLike<number>, b: ArrayLike<number>): numbe
   }
   return num / (den + 1e-30);
 }
+
+/** The median (NaN for an empty list): the timing statistic of benchmarks and the bench's speed check. */
+export function median(xs: readonly number[]): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b), h = s.length >> 1;
+  return s.length % 2 ? s[h] : (s[h - 1] + s[h]) / 2;
+}
