@@ -1,7 +1,7 @@
 // Training-throughput benchmark: tokens/s of one full fine-tuning step
 // (forward, backward, AdamW over every parameter) of a model preset on the
 // CPU, side by side with PyTorch on the CPU for the same model, batch,
-// sequence length, initial weights and token batches (bench/torch_train_step.py).
+// sequence length, initial weights and token batches (packages/bench/peers/torch_train.py, the bench's PyTorch peer).
 // Prints the phase split, peak memory by category, a comparison table and the
 // per-step losses of both (they must agree: same model, same numerics);
 // writes reports/kernels/train_step.json.
@@ -17,7 +17,7 @@ import {
   CATEGORIES, type LlamaConfig, LlamaModel, Rng, Tensor, adamwStep, gemmKernel, memory, modelTensorShapes, native, parameterCount, preset,
   trainable, intOption, parseCli,
 } from '../src/index.js';
-import { tfjsLlamaLoss } from './tfjs_llama.js';
+import { tfjsLlamaLoss } from '../src/reference/tfjs_llama.js';
 
 const HELP = `Training-step throughput: tunebench vs PyTorch, both on the CPU.
 
@@ -225,7 +225,7 @@ if (opt['no-torch']) {
         }
       }
     }
-    const script = join(here, 'torch_train_step.py');
+    const script = join(here, '..', '..', 'bench', 'peers', 'torch_train.py');
     for (const v of variants) {
       process.stdout.write(`  torch (${v.label}) ...`);
       const env: NodeJS.ProcessEnv = { ...process.env, ...v.env };

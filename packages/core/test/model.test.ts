@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type * as TF from '@tensorflow/tfjs';
 import { LlamaModel, type LlamaConfig, Tensor, memory, preset } from '../src/index.js';
-import { tfjsLlamaLoss as referenceLoss } from '../bench/tfjs_llama.js';
+import { tfjsLlamaLoss as referenceLoss } from '../src/reference/tfjs_llama.js';
 import { relErr, rng, tfjs } from './helpers.js';
 
 async function compareWithTfjs(cfg: LlamaConfig, B: number, T: number): Promise<void> {

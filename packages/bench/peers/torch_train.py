@@ -1,19 +1,22 @@
 #!/usr/bin/python3
-"""PyTorch reference for bench/train_step.ts: one full fine-tuning step
-(forward, backward, AdamW over every parameter) of a LLaMA with exactly
-tunebench's architecture and numerics (fp32), timed on the CPU.
+"""The PyTorch peer of tunebench: training steps (forward, backward, AdamW)
+of a LLaMA with exactly tunebench's architecture and numerics (fp32), full
+fine-tuning or LoRA, timed on the CPU.
 
-Normally launched by train_step.ts, which passes the model config from
-src/nn/config.ts (so the shapes live in one place) and, with --init, the
-same initial weights and token batches it trained on, so the per-step losses
-of the two implementations can be compared.
+Launched by the bench runner (packages/bench/src/peers/pytorch.ts) and by the
+core's training-step benchmark (packages/core/bench/train_step.ts). They pass
+the model config (so the shapes live in one place) and, with --init, the
+initial weights and the token batches tunebench trained on, the learning rate
+of every step and the clipping, so that the per-step losses of the two
+implementations can be compared: same math, so they must agree closely.
 
-  /usr/bin/python3 bench/torch_train_step.py --config '{"vocabSize": 259, ...}'
-  /usr/bin/python3 bench/torch_train_step.py --help
+  /usr/bin/python3 peers/torch_train.py --config '{"vocabSize": 259, ...}'
+  /usr/bin/python3 peers/torch_train.py --help
 
 Prints progress on stderr and exactly one JSON object on the last line of
-stdout: tokens/s, ms/step, the phase split, per-step losses, and provenance
-(torch version, threads, the BLAS and OpenBLAS core it used).
+stdout: tokens/s, ms/step, the phase split, per-step losses, peak memory
+(resident-set high-water mark above the level before the parameters were
+made), and provenance (torch version, threads, the BLAS and OpenBLAS core).
 
 Architecture (src/nn/llama.ts):
   x = embed(ids)
@@ -23,8 +26,12 @@ Architecture (src/nn/llama.ts):
              x = x + a Wo^T; h = rms(x); x = x + (silu(h Wg^T) * h Wu^T) Wd^T
   loss = cross_entropy(rms(x) W_head^T, targets), mean over targets != -100
   W_head = embed when tieWordEmbeddings.
-Optimizer: torch.optim.AdamW(lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
-weight_decay=0.01), foreach left at its default.
+  LoRA (--lora): each named projection gains y += scale * (x A^T) B^T, with
+  A (r x in) and B (out x r) read from --init as <linear>.lora_A.weight and
+  <linear>.lora_B.weight; only A and B train.
+Optimizer: torch.optim.AdamW(lr, betas=(0.9, 0.999), eps=1e-8,
+weight_decay=--weight-decay), foreach left at its default; the learning rate
+of each step from --lrs; optional torch.nn.utils.clip_grad_norm_ (--clip).
 """
 import argparse
 import ctypes
@@ -49,7 +56,13 @@ def parse_args():
     p.add_argument('--warmup', type=int, default=2, help='untimed steps first (default 2)')
     p.add_argument('--threads', type=int, default=2, help='torch.set_num_threads (default 2)')
     p.add_argument('--seed', type=int, default=0, help='torch.manual_seed for weights and batches (default 0)')
-    p.add_argument('--lr', type=float, default=1e-3)
+    p.add_argument('--lr', type=float, default=1e-3, help='learning rate of every step (default 1e-3) unless --lrs')
+    p.add_argument('--lrs', metavar='@FILE|LIST',
+                   help='the learning rate of each step (warmup + steps values), comma-separated or a JSON list in FILE')
+    p.add_argument('--weight-decay', type=float, default=0.01, help='AdamW weight decay (default 0.01)')
+    p.add_argument('--clip', type=float, default=None, help='clip the global gradient norm to this (default: no clipping)')
+    p.add_argument('--lora', metavar='JSON|@FILE',
+                   help='LoRA: {"scale": alpha/r, "targets": ["model.layers.0.self_attn.q_proj", ...]}; needs --init')
     p.add_argument('--init', metavar='DIR',
                    help='read weights.bin (f32 values back to back), weights.json ([{name, shape, offset}], offsets in '
                         'floats) and batches.bin (i32 [warmup+steps, 2, B, T]: ids, targets) from DIR')
@@ -59,7 +72,35 @@ def parse_args():
             p.error(f'--{k} must be >= 1')
     if a.warmup < 0:
         p.error('--warmup must be >= 0')
+    if a.lora and not a.init:
+        p.error('--lora needs --init (the adapter weights come from there)')
     return a
+
+
+def json_arg(text):
+    if text.startswith('@'):
+        with open(text[1:]) as f:
+            return json.load(f)
+    return json.loads(text)
+
+
+def rss_high_water():
+    """Resident-set high-water mark in bytes (Linux)."""
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_high_water():
+    """Sets the high-water mark to the current resident set; False where the kernel does not allow it."""
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        return True
+    except OSError:
+        return False
 
 
 def main():
@@ -67,11 +108,9 @@ def main():
     import torch
     import torch.nn.functional as F
 
-    cfg_text = args.config
-    if cfg_text.startswith('@'):
-        with open(cfg_text[1:]) as f:
-            cfg_text = f.read()
-    cfg = json.loads(cfg_text)
+    cfg = json_arg(args.config)
+    lora = json_arg(args.lora) if args.lora else None
+    lora_targets = set(lora['targets']) if lora else set()
     V, C, I = cfg['vocabSize'], cfg['hiddenSize'], cfg['intermediateSize']
     L, Hq, Hkv = cfg['numLayers'], cfg['numHeads'], cfg['numKvHeads']
     eps, theta, tied = cfg['rmsNormEps'], cfg['ropeTheta'], cfg['tieWordEmbeddings']
@@ -104,7 +143,21 @@ def main():
     if not tied:
         shapes.append(('lm_head.weight', (V, C)))
     total_steps = args.warmup + args.steps
+    if args.lrs:
+        lrs = json_arg(args.lrs) if args.lrs.startswith('@') else [float(x) for x in args.lrs.split(',')]
+        if len(lrs) != total_steps:
+            sys.exit(f'--lrs gives {len(lrs)} learning rates for {total_steps} steps')
+    else:
+        lrs = [args.lr] * total_steps
+    if lora:
+        linears = {n[:-len('.weight')] for n, s in shapes if len(s) == 2 and '_proj.' in n}
+        unknown = sorted(lora_targets - linears)
+        if unknown:
+            sys.exit(f'--lora names projections this model does not have: {unknown}')
 
+    # the level before any parameter exists: memory is counted above it
+    hwm_reset = reset_high_water()
+    rss_base = rss_high_water()
     P = {}
     if args.init:
         import numpy as np
@@ -120,7 +173,18 @@ def main():
             n, off = math.prod(s), e['offset']
             if off + n > flat.size:
                 sys.exit(f'{args.init}/weights.bin is too short for {name}')
-            P[name] = torch.nn.Parameter(torch.from_numpy(flat[off:off + n].copy()).reshape(s))
+            P[name] = torch.nn.Parameter(torch.from_numpy(flat[off:off + n].copy()).reshape(s), requires_grad=not lora)
+        for t in sorted(lora_targets):
+            for part in ('lora_A', 'lora_B'):
+                name = f'{t}.{part}.weight'
+                e = manifest.get(name)
+                if e is None:
+                    sys.exit(f'{args.init}/weights.json has no {name} (named by --lora)')
+                n, off = math.prod(e['shape']), e['offset']
+                if off + n > flat.size:
+                    sys.exit(f'{args.init}/weights.bin is too short for {name}')
+                P[name] = torch.nn.Parameter(torch.from_numpy(flat[off:off + n].copy()).reshape(e['shape']))
+                shapes.append((name, tuple(e['shape'])))
         extra = set(manifest) - {n for n, _ in shapes}
         if extra:
             sys.exit(f'{args.init}/weights.json names tensors this model does not have: {sorted(extra)}')
@@ -137,7 +201,14 @@ def main():
         for _ in range(total_steps):
             seq = torch.randint(0, V, (B, T + 1))
             batches.append((seq[:, :T].contiguous(), seq[:, 1:].contiguous()))
-    params = [P[n] for n, _ in shapes]
+    params = [P[n] for n, _ in shapes if P[n].requires_grad]
+    scale = lora['scale'] if lora else 0.0
+
+    def proj(x, name):
+        y = F.linear(x, P[f'{name}.weight'])
+        if name in lora_targets:
+            y = y + scale * F.linear(F.linear(x, P[f'{name}.lora_A.weight']), P[f'{name}.lora_B.weight'])
+        return y
 
     # -------------------------------------------------------------- the model
     inv_freq = 1.0 / (theta ** (torch.arange(0, D, 2, dtype=torch.int64).float() / D))  # float32, as HF
@@ -163,9 +234,9 @@ def main():
         for i in range(L):
             pre = f'model.layers.{i}'
             h = rms(x, P[f'{pre}.input_layernorm.weight'])
-            q = F.linear(h, P[f'{pre}.self_attn.q_proj.weight']).view(B, T, Hq, D).transpose(1, 2)
-            k = F.linear(h, P[f'{pre}.self_attn.k_proj.weight']).view(B, T, Hkv, D).transpose(1, 2)
-            v = F.linear(h, P[f'{pre}.self_attn.v_proj.weight']).view(B, T, Hkv, D).transpose(1, 2)
+            q = proj(h, f'{pre}.self_attn.q_proj').view(B, T, Hq, D).transpose(1, 2)
+            k = proj(h, f'{pre}.self_attn.k_proj').view(B, T, Hkv, D).transpose(1, 2)
+            v = proj(h, f'{pre}.self_attn.v_proj').view(B, T, Hkv, D).transpose(1, 2)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
             if n_rep > 1:  # HF repeat_kv: query head j reads kv head j // n_rep
@@ -177,16 +248,16 @@ def main():
                 s = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(D) + mask
                 a = torch.matmul(torch.softmax(s, dim=-1, dtype=torch.float32), v)
             a = a.transpose(1, 2).reshape(B, T, Hq * D)
-            x = x + F.linear(a, P[f'{pre}.self_attn.o_proj.weight'])
+            x = x + proj(a, f'{pre}.self_attn.o_proj')
             h = rms(x, P[f'{pre}.post_attention_layernorm.weight'])
-            m = F.silu(F.linear(h, P[f'{pre}.mlp.gate_proj.weight'])) * F.linear(h, P[f'{pre}.mlp.up_proj.weight'])
-            x = x + F.linear(m, P[f'{pre}.mlp.down_proj.weight'])
+            m = F.silu(proj(h, f'{pre}.mlp.gate_proj')) * proj(h, f'{pre}.mlp.up_proj')
+            x = x + proj(m, f'{pre}.mlp.down_proj')
         hf = rms(x, P['model.norm.weight'])
         head = P['model.embed_tokens.weight'] if tied else P['lm_head.weight']
         logits = F.linear(hf, head)
         return F.cross_entropy(logits.view(-1, V), targets.reshape(-1), ignore_index=-100)
 
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=lrs[0], betas=(0.9, 0.999), eps=1e-8, weight_decay=args.weight_decay)
     foreach = opt.param_groups[0].get('foreach')
 
     # ---------------------------------------------------------------- timing
@@ -194,17 +265,26 @@ def main():
     phases = {'forward': 0.0, 'backward': 0.0, 'optimizer': 0.0}
     losses = []
     step_ms = []
+    all_step_ms = []
     for s in range(total_steps):
         ids, targets = batches[s]
+        for g in opt.param_groups:
+            g['lr'] = lrs[s]
         t0 = now()
         loss = forward(ids, targets)
         t1 = now()
         loss.backward()
         t2 = now()
+        if args.clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, args.clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         t3 = now()
         losses.append(loss.item())
+        all_step_ms.append((t3 - t0) * 1e3)
+        if not math.isfinite(losses[-1]):
+            log(f'torch step {s + 1}: the loss is {losses[-1]}; stopping')
+            break
         if s >= args.warmup:
             phases['forward'] += t1 - t0
             phases['backward'] += t2 - t1
@@ -215,9 +295,11 @@ def main():
 
     import resource
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    total = sum(step_ms) / 1e3
+    peak_rss = rss_high_water()
+    timed = max(len(step_ms), 1)
+    total = max(sum(step_ms) / 1e3, 1e-9)
     tokens = B * T
-    ms_step = total / args.steps * 1e3
+    ms_step = total / timed * 1e3
 
     # ------------------------------------------------------------ provenance
     blas = {}
@@ -245,14 +327,18 @@ def main():
         'attention': attention_impl,
         'adamwForeach': foreach,
         'batch': B, 'seq': T, 'tokensPerStep': tokens, 'steps': args.steps, 'warmup': args.warmup,
-        'parameters': sum(p.numel() for p in params),
-        'tokensPerS': tokens * args.steps / total,
+        'parameters': sum(p.numel() for p in P.values()),
+        'trainableParameters': sum(p.numel() for p in params),
+        'lora': bool(lora),
+        'tokensPerS': tokens * len(step_ms) / total,
         'msPerStep': ms_step,
-        'msPerStepMin': min(step_ms),
+        'msPerStepMin': min(step_ms) if step_ms else None,
         'stepMs': step_ms,
-        'phasesMs': {k: v / args.steps * 1e3 for k, v in phases.items()},
+        'allStepMs': all_step_ms,
+        'phasesMs': {k: v / timed * 1e3 for k, v in phases.items()},
         'losses': losses,
         'maxRssBytes': max_rss,
+        'peakRssAboveBaseBytes': peak_rss - rss_base if hwm_reset else None,
         'init': 'file' if args.init else f'torch.manual_seed({args.seed})',
     }))
 

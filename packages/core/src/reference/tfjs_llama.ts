@@ -1,17 +1,35 @@
 // The same LLaMA written with @tensorflow/tfjs ops: the independent
 // reference of the whole-model gradient test, and the TensorFlow.js peer of
-// the training-step benchmark. Returns the summed loss over non-ignored
-// targets; P maps Hugging Face parameter names to tensors (variables when
-// training).
+// the benchmarks (what a TypeScript user would write instead). Returns the
+// summed loss over non-ignored targets; P maps Hugging Face parameter names
+// to tensors (variables when training). With `lora`, every projection named
+// in it gains the adapter: y = x W^T + scale * (x A^T) B^T, A and B read
+// from P as `<linear>.lora_A.weight` and `<linear>.lora_B.weight`.
+//
+// Only types are imported from tfjs: the caller passes the module, so the
+// core does not depend on tfjs at run time (it is reached through the
+// subpath export '@tunebench/core/reference/tfjs-llama').
 import type * as TF from '@tensorflow/tfjs';
-import { type LlamaConfig, headDim } from '../src/index.js';
+import { type LlamaConfig, headDim } from '../nn/config.js';
+
+export interface TfjsLora {
+  /** alpha / r (or alpha / sqrt(r) with rsLoRA) */
+  scale: number;
+  /** linear module names with an adapter, e.g. 'model.layers.0.self_attn.q_proj' */
+  targets: ReadonlySet<string>;
+}
 
 export function tfjsLlamaLoss(tf: typeof TF, cfg: LlamaConfig, P: Map<string, TF.Tensor>, ids: Int32Array,
-                       targets: Int32Array, B: number, T: number): TF.Scalar {
+                       targets: Int32Array, B: number, T: number, lora?: TfjsLora): TF.Scalar {
   const C = cfg.hiddenSize, D = headDim(cfg), Hq = cfg.numHeads, Hkv = cfg.numKvHeads, N = B * T;
   const p = (n: string) => P.get(n)!;
   const rms = (x: TF.Tensor2D, w: TF.Tensor) => x.mul(tf.rsqrt(x.square().mean(1, true).add(cfg.rmsNormEps))).mul(w) as TF.Tensor2D;
-  const lin = (x: TF.Tensor2D, w: TF.Tensor) => tf.matMul(x, w as TF.Tensor2D, false, true);
+  const dense = (x: TF.Tensor2D, w: TF.Tensor) => tf.matMul(x, w as TF.Tensor2D, false, true);
+  const proj = (x: TF.Tensor2D, name: string) => {
+    const y = dense(x, p(`${name}.weight`));
+    if (!lora?.targets.has(name)) return y;
+    return y.add(dense(dense(x, p(`${name}.lora_A.weight`)) as TF.Tensor2D, p(`${name}.lora_B.weight`)).mul(lora.scale)) as TF.Tensor2D;
+  };
   // rotary tables, HF LlamaRotaryEmbedding: inv_freq = 1 / theta^(2i/D), emb = cat(freqs, freqs)
   const inv = tf.div(1, tf.pow(cfg.ropeTheta, tf.range(0, D, 2, 'float32').div(D)));
   const pos = tf.range(0, T, 1, 'float32');
@@ -32,23 +50,23 @@ export function tfjsLlamaLoss(tf: typeof TF, cfg: LlamaConfig, P: Map<string, TF
   for (let i = 0; i < cfg.numLayers; i++) {
     const pre = `model.layers.${i}`;
     const h1 = rms(x, p(`${pre}.input_layernorm.weight`));
-    const q = applyRope(lin(h1, p(`${pre}.self_attn.q_proj.weight`)).reshape([B, T, Hq, D]));
-    const k = applyRope(lin(h1, p(`${pre}.self_attn.k_proj.weight`)).reshape([B, T, Hkv, D]));
-    const v = lin(h1, p(`${pre}.self_attn.v_proj.weight`)).reshape([B, T, Hkv, D]);
+    const q = applyRope(proj(h1, `${pre}.self_attn.q_proj`).reshape([B, T, Hq, D]));
+    const k = applyRope(proj(h1, `${pre}.self_attn.k_proj`).reshape([B, T, Hkv, D]));
+    const v = proj(h1, `${pre}.self_attn.v_proj`).reshape([B, T, Hkv, D]);
     const qh = q.transpose([0, 2, 1, 3]);                                     // [B, Hq, T, D]
     const kh = tf.gather(k.transpose([0, 2, 1, 3]), kvIndex, 1);             // repeat_kv
     const vh = tf.gather(v.transpose([0, 2, 1, 3]), kvIndex, 1);
     const scores = tf.matMul(qh, kh, false, true).mul(1 / Math.sqrt(D)).add(negMask);
     const att = tf.matMul(tf.softmax(scores), vh).transpose([0, 2, 1, 3]).reshape([N, C]) as TF.Tensor2D;
-    const x2 = x.add(lin(att, p(`${pre}.self_attn.o_proj.weight`))) as TF.Tensor2D;
+    const x2 = x.add(proj(att, `${pre}.self_attn.o_proj`)) as TF.Tensor2D;
     const h2 = rms(x2, p(`${pre}.post_attention_layernorm.weight`));
-    const g = lin(h2, p(`${pre}.mlp.gate_proj.weight`)), u = lin(h2, p(`${pre}.mlp.up_proj.weight`));
+    const g = proj(h2, `${pre}.mlp.gate_proj`), u = proj(h2, `${pre}.mlp.up_proj`);
     const m = g.mul(tf.sigmoid(g)).mul(u) as TF.Tensor2D;
-    x = x2.add(lin(m, p(`${pre}.mlp.down_proj.weight`))) as TF.Tensor2D;
+    x = x2.add(proj(m, `${pre}.mlp.down_proj`)) as TF.Tensor2D;
   }
   const hf = rms(x, p('model.norm.weight'));
   const head = cfg.tieWordEmbeddings ? p('model.embed_tokens.weight') : p('lm_head.weight');
-  const logp = tf.logSoftmax(lin(hf, head));                                 // [N, V]
+  const logp = tf.logSoftmax(dense(hf, head));                                 // [N, V]
   const valid = Array.from(targets, (t) => (t === -100 ? 0 : 1));
   const safeTargets = tf.tensor1d(Array.from(targets, (t) => (t === -100 ? 0 : t)), 'int32');
   const picked = tf.sum(tf.mul(logp, tf.oneHot(safeTargets, cfg.vocabSize)), 1);
