@@ -5,7 +5,7 @@
 import { mkdirSync, readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { median, writeJsonAtomic } from '@tunebench/core';
-import type { RunRecord } from './record.js';
+import { type RunRecord, isPeer } from './record.js';
 
 export interface Tolerances {
   /** absolute, for accuracy / macroF1 (higher is better) */
@@ -51,7 +51,8 @@ export interface Baseline {
 export function baselineFrom(records: RunRecord[], tolerances = DEFAULT_TOLERANCES, attempts: RunRecord[][] = []): Baseline {
   if (records.length === 0) throw new Error('no runs to make a baseline from');
   const runs: Record<string, BaselineRun> = {};
-  for (const r of records) {
+  // peers are not ours to regress (and PyTorch may be absent on the machine that checks)
+  for (const r of records.filter((x) => !isPeer(x))) {
     const speeds = [r, ...attempts.flat().filter((a) => a.id === r.id && a.status === 'ok')].map(normalizedSpeed);
     runs[r.id] = { status: r.status, metrics: r.metrics, peakTotal: r.memory.peakTotal, normalizedSpeed: median(speeds) };
   }

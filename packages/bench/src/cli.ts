@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { CATEGORIES, type LlamaConfig, PRESETS, configFromHf, intOption, native, parseCli, preset } from '@tunebench/core';
 import { type PlanMethod, planMemory } from './plan.js';
 import { checkAgainst, fastestAttempt, readBaseline, speedOnly, writeBaseline } from './check.js';
-import { BUILTIN_SUITES, type Suite, TASKS, type TaskName, loadSuiteFile, parseMethods, validateSuite } from './suite.js';
+import { BUILTIN_SUITES, PEERS, type PeerName, type Suite, TASKS, type TaskName, loadSuiteFile, parseMethods, validateSuite } from './suite.js';
 import { runSuite } from './runner.js';
 import { writeReports } from './report/index.js';
 
@@ -25,6 +25,10 @@ Options:
   --model HF_DIR           a Hugging Face LlamaForCausalLM directory as the base
                            instead of the built-in pretrained one
   --dataset FILE.jsonl     your data as the 'jsonl' task ({"text"} or {"prompt","completion"} rows)
+  --peers LIST|none        peers that redo some runs from the same weights and batches:
+                           tfjs (TensorFlow.js, slow: a few steps), pytorch (needs a
+                           python3 with torch; TUNEBENCH_PYTHON picks one). Default:
+                           the suite's (ci and cpu: both, on the first task)
   --device cpu|cuda        backend (default: cuda when built and usable, else cpu)
   --out DIR                where results go (default reports/<suite name>)
   --resume                 keep runs already in DIR/results.jsonl and do the rest
@@ -39,7 +43,8 @@ Examples:
   pnpm bench                                   the default suite
   pnpm bench -- --suite ci --check reports/baselines/ci.json
   pnpm bench -- --suite cpu --methods full,lora8 --tasks spam
-  pnpm bench -- --dataset my.jsonl --tasks jsonl --methods lora8`;
+  pnpm bench -- --dataset my.jsonl --tasks jsonl --methods lora8
+  pnpm bench -- --suite cpu --peers none       without the TensorFlow.js and PyTorch peers`;
 
 const PLAN_HELP = `tunebench plan — predict peak memory by category for a training step, without running it.
 
@@ -89,7 +94,7 @@ if (args[0] === 'plan') {
 
 const opt = parseCli({
   suite: { type: 'string' }, methods: { type: 'string' }, tasks: { type: 'string' }, model: { type: 'string' },
-  dataset: { type: 'string' }, device: { type: 'string' }, out: { type: 'string' }, resume: { type: 'boolean', default: false },
+  dataset: { type: 'string' }, peers: { type: 'string' }, device: { type: 'string' }, out: { type: 'string' }, resume: { type: 'boolean', default: false },
   check: { type: 'string' }, 'update-baseline': { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false },
 }, HELP, args);
 
@@ -126,6 +131,22 @@ try {
   if (opt.model) {
     if (!existsSync(join(opt.model, 'config.json'))) fail(`--model: ${opt.model} has no config.json (a Hugging Face LlamaForCausalLM directory is expected)`);
     suite.base = { hfDir: resolve(opt.model) };
+  }
+  if (opt.peers !== undefined) {
+    const names = opt.peers === 'none' ? [] : opt.peers.split(',').map((x) => x.trim()).filter(Boolean);
+    for (const n of names) if (!PEERS.includes(n as PeerName)) fail(`--peers: unknown peer '${n}' (known: ${PEERS.join(', ')}, or none)`);
+    const kept: NonNullable<Suite['peers']> = {};
+    for (const n of names as PeerName[]) kept[n] = suite.peers?.[n] ?? (n === 'tfjs' ? { steps: 3 } : {});
+    suite.peers = kept;
+  }
+  // --methods / --tasks may have removed what a peer was to redo
+  for (const [n, sel] of Object.entries(suite.peers ?? {}) as [PeerName, NonNullable<Suite['peers']>[PeerName]][]) {
+    if (!sel) continue;
+    if (sel.methods) sel.methods = sel.methods.filter((l) => suite.methods.some((m) => m.label === l));
+    if (sel.tasks) sel.tasks = sel.tasks.filter((t) => suite.tasks.includes(t));
+    if (sel.tasks?.length === 0) delete sel.tasks;
+    if (sel.methods?.length === 0) delete suite.peers![n];
+    else if (sel.steps !== undefined) sel.steps = Math.min(sel.steps, suite.shared.steps);
   }
   suite = validateSuite(suite, `suite ${suite.name}`);
 } catch (e) {

@@ -38,7 +38,7 @@ export {
   type SpamSplitOptions,
 } from './tasks/spam.js';
 export { hash53, seededOrder, stratifiedSplit, type Fractions, type ThreeWaySplit } from './tasks/split.js';
-export { finetune, progressPrinter, type FinetuneOptions, type FinetuneResult } from './tasks/finetune.js';
+export { finetune, progressPrinter, resolveFinetuneOptions, type FinetuneOptions, type FinetuneResult } from './tasks/finetune.js';
 export {
   pretrainBase, loadBase, brownData, defaultCacheDir, PRETRAIN_DEFAULTS, type PretrainOptions, type PretrainResult, type BrownData,
 } from './tasks/pretrain.js';
@@ -47,7 +47,10 @@ export { spamData, evaluateSpam, SPAM_LABELS, type SpamData, type SpamDataOption
 export { jsonlData, evaluateJsonl, MAX_LABELS, type JsonlData, type JsonlOptions, type JsonlMetrics } from './tasks/jsonl_task.js';
 export * from './record.js';
 export * from './suite.js';
-export { runSuite, readResults, runId, referenceKernelMs, provenance, type RunnerOptions } from './runner.js';
+export { runSuite, readResults, runId, peerRunId, peersFor, referenceKernelMs, provenance, type RunnerOptions } from './runner.js';
 export * from './check.js';
 export * from './report/index.js';
 export { planMemory, type Plan, type PlanMethod } from './plan.js';
+export { capturePeerInput, type PeerInput, type PeerOutcome, type PeerImpl, type PeerWeight } from './peers/input.js';
+export { runTfjsPeer } from './peers/tfjs.js';
+export { runTorchPeer, torchUnavailable, TORCH_SCRIPT } from './peers/pytorch.js';

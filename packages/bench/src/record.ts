@@ -17,11 +17,15 @@ export interface DeployableRow {
 }
 
 export interface RunRecord {
-  /** unique within a suite: task/method/settings */
+  /** unique within a suite: task/method/settings (a peer's: task/method@impl/settings) */
   id: string;
   suite: string;
   task: string;
   method: string;
+  /** who trained: tunebench (absent means tunebench), or a peer redoing a run of ours */
+  impl?: 'tunebench' | 'tensorflow.js' | 'pytorch';
+  /** a peer's record: the id of our run it redid (same weights, batches, learning rates) */
+  peerOf?: string;
   /** everything that shaped the run (steps, batch, seq, lr, r, alpha, ...) */
   settings: Record<string, string | number | boolean>;
   status: RunStatus;
@@ -39,14 +43,17 @@ export interface RunRecord {
     peak: Record<Category, number>;
     /** the device's own figure: process resident set on the CPU, cudaMemGetInfo on a GPU */
     deviceBytes: number;
+    /** what peakTotal measures when it is not tunebench's tracked bytes (peers) */
+    source?: string;
     /** predicted by `tunebench plan`, when available */
     predicted?: Record<Category, number> & { total: number };
   };
   speed: {
     /** input tokens per second over the training steps */
     tokensPerSecond: number;
-    /** mean milliseconds per optimizer step, and its split */
-    msPerStep: { forward: number; backward: number; optimizer: number; total: number };
+    /** mean milliseconds per optimizer step, and its split (null where an
+     * implementation cannot split them: TensorFlow.js's variableGrads) */
+    msPerStep: { forward: number | null; backward: number | null; optimizer: number | null; total: number };
     /** median milliseconds of the steps after the warm-up ones: robust to a
      * busy moment of the machine; the regression check compares this */
     medianStepMs?: number;
@@ -74,4 +81,9 @@ export interface RunRecord {
   };
   startedAt: string;
   durationMs: number;
+}
+
+/** A peer's record (TensorFlow.js, PyTorch), not one of ours. */
+export function isPeer(r: Pick<RunRecord, 'impl'>): boolean {
+  return r.impl !== undefined && r.impl !== 'tunebench';
 }

@@ -12,10 +12,13 @@ import {
 } from '@tunebench/core';
 import { countParameters, prepareLora, saveAdapter } from '@tunebench/lora';
 import { planMemory } from './plan.js';
+import { type PeerImpl, type PeerInput, type PeerOutcome, capturePeerInput } from './peers/input.js';
+import { runTorchPeer, torchUnavailable } from './peers/pytorch.js';
+import { runTfjsPeer } from './peers/tfjs.js';
 import type { RunRecord } from './record.js';
-import type { MethodSpec, Suite, TaskName } from './suite.js';
+import type { MethodSpec, PeerName, Suite, TaskName } from './suite.js';
 import { adaptData, evaluateAdapt } from './tasks/adapt.js';
-import { finetune, progressPrinter } from './tasks/finetune.js';
+import { type FinetuneOptions, finetune, progressPrinter, resolveFinetuneOptions } from './tasks/finetune.js';
 import { evaluateJsonl, jsonlData } from './tasks/jsonl_task.js';
 import { brownData, loadBase, pretrainBase } from './tasks/pretrain.js';
 import { evaluateSpam, spamData } from './tasks/spam_task.js';
@@ -35,6 +38,25 @@ export interface RunnerOptions {
 export function runId(task: TaskName, m: MethodSpec, suite: Suite): string {
   const s = suite.shared;
   return `${task}/${m.label}/steps${s.steps}-b${s.batchSize}-t${s.seqLen}-seed${s.seed}`;
+}
+
+const PEER_IMPL: Record<PeerName, PeerImpl> = { tfjs: 'tensorflow.js', pytorch: 'pytorch' };
+
+/** The peers that redo run (task, m), with their step counts. */
+export function peersFor(task: TaskName, m: MethodSpec, suite: Suite): { peer: PeerName; steps: number; threads?: number }[] {
+  const out: { peer: PeerName; steps: number; threads?: number }[] = [];
+  for (const [peer, sel] of Object.entries(suite.peers ?? {}) as [PeerName, NonNullable<Suite['peers']>[PeerName]][]) {
+    if (!sel) continue;
+    if (!(sel.tasks ?? [suite.tasks[0]]).includes(task)) continue;
+    if (sel.methods && !sel.methods.includes(m.label)) continue;
+    out.push({ peer, steps: Math.min(sel.steps ?? suite.shared.steps, suite.shared.steps), threads: (sel as { threads?: number }).threads });
+  }
+  return out;
+}
+
+export function peerRunId(task: TaskName, m: MethodSpec, suite: Suite, peer: PeerName, steps: number): string {
+  const s = suite.shared;
+  return `${task}/${m.label}@${peer}/steps${steps}-b${s.batchSize}-t${s.seqLen}-seed${s.seed}`;
 }
 
 export function readResults(path: string): RunRecord[] {
@@ -103,7 +125,7 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
   const log = o.log ?? ((l: string) => process.stderr.write(`${l}\n`));
   mkdirSync(o.outDir, { recursive: true });
   const resultsPath = join(o.outDir, 'results.jsonl');
-  const done = new Set(o.resume ? readResults(resultsPath).map((r) => r.id) : []);
+  const done = new Map(o.resume ? readResults(resultsPath).map((r) => [r.id, r]) : []);
   if (!o.resume && existsSync(resultsPath)) rmSync(resultsPath);
   const sh = suite.shared;
 
@@ -128,20 +150,130 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
   for (const task of suite.tasks) {
     for (const m of suite.methods) {
       const id = runId(task, m, suite);
+      const peers = o.only ? [] : peersFor(task, m, suite).filter((p) => !done.has(peerRunId(task, m, suite, p.peer, p.steps)));
       if (o.only && !o.only.has(id)) continue;
-      if (done.has(id)) { log(`${id}: already in ${resultsPath}, skipped (--resume)`); continue; }
-      const r = runOne(task, m, suite, baseDir, data, prov, id, log, o.progress ?? true);
-      appendRecord(resultsPath, r);
-      records.push(r);
-      log(`${id}: ${r.status}${r.status === 'ok' ? ` ${Object.entries(r.metrics).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(', ')}` : ` (${r.error})`}`);
+      if (done.has(id) && peers.length === 0) { log(`${id}: already in ${resultsPath}, skipped (--resume)`); continue; }
+      const peerSteps = peers.length ? Math.max(...peers.map((p) => p.steps)) : 0;
+      let r: RunRecord, peerInput: PeerInput | null;
+      if (done.has(id)) {
+        // our run is in the results already; only its peers are missing
+        r = done.get(id)!;
+        if (r.status !== 'ok') continue;
+        peerInput = peerInputOnly(task, m, suite, baseDir, data, peerSteps);
+      } else {
+        ({ record: r, peerInput } = runOne(task, m, suite, baseDir, data, prov, id, log, o.progress ?? true, peerSteps));
+        appendRecord(resultsPath, r);
+        records.push(r);
+        log(`${id}: ${r.status}${r.status === 'ok' ? ` ${Object.entries(r.metrics).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(', ')}` : ` (${r.error})`}`);
+      }
+      if (!peerInput) continue;
+      for (const p of peers) {
+        const pid = peerRunId(task, m, suite, p.peer, p.steps);
+        if (p.peer === 'pytorch') {
+          const why = torchUnavailable();
+          if (why) { log(`${pid}: skipped: no PyTorch (${why}); set TUNEBENCH_PYTHON to a python with torch`); continue; }
+        }
+        const input: PeerInput = { ...peerInput, batches: peerInput.batches.slice(0, p.steps), lrs: peerInput.lrs.slice(0, p.steps) };
+        log(`${pid}: ${p.peer} redoes the first ${p.steps} step(s) of ${id}${p.peer === 'tfjs' ? ' (the pure-JS backend is slow)' : ''}`);
+        const t0 = performance.now();
+        let outcome: PeerOutcome | Error;
+        try {
+          outcome = p.peer === 'tfjs'
+            ? await runTfjsPeer(input, { onStep: o.progress ?? true ? (st, loss, ms) => log(`${pid} step ${st}/${p.steps} loss ${loss.toFixed(4)} ${(ms / 1000).toFixed(1)} s`) : undefined })
+            : await runTorchPeer(input, { threads: p.threads });
+        } catch (e) {
+          outcome = e as Error;
+        }
+        const pr = peerRecord(r, outcome, pid, PEER_IMPL[p.peer], p.steps, input, performance.now() - t0);
+        appendRecord(resultsPath, pr);
+        records.push(pr);
+        log(`${pid}: ${pr.status}${pr.status === 'ok' ? `, ${Math.round(pr.speed.tokensPerSecond)} tokens/s, loss max abs diff vs ours ${pr.metrics.lossMaxAbsDiff?.toExponential(2)}` : ` (${pr.error})`}`);
+      }
     }
   }
   return readResults(resultsPath);
 }
 
-function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, data: TaskData,
-                prov: RunRecord['provenance'], id: string, log: (l: string) => void, progress: boolean): RunRecord {
+/** Speed figures from per-step times: whole-run tokens/s over the timed steps, and the median step. */
+function speedOf(stepMs: number[], tokensPerStep: number, timedFrom: number): Pick<RunRecord['speed'], 'tokensPerSecond' | 'medianStepMs' | 'steadyTokensPerSecond'> {
+  const timed = stepMs.slice(timedFrom);
+  const total = timed.reduce((a, b) => a + b, 0);
+  const med = median(timed);
+  return { tokensPerSecond: (tokensPerStep * timed.length * 1000) / total, medianStepMs: med, steadyTokensPerSecond: (tokensPerStep * 1000) / med };
+}
+
+/** The record of a peer that redid our run `ours`. */
+function peerRecord(ours: RunRecord, outcome: PeerOutcome | Error, id: string, impl: PeerImpl, steps: number, input: PeerInput, durationMs: number): RunRecord {
+  const zero = Object.fromEntries(CATEGORIES.map((c) => [c, 0])) as Record<Category, number>;
+  const r: RunRecord = {
+    ...ours, id, impl, peerOf: ours.id, method: `${ours.method} · ${impl}`, settings: { ...ours.settings, steps },
+    status: 'ok', error: undefined, metrics: {}, memory: { peakTotal: 0, peak: zero, deviceBytes: 0 },
+    speed: { tokensPerSecond: 0, msPerStep: { forward: null, backward: null, optimizer: null, total: 0 } },
+    fileBytes: 0, lossCurve: [], deployable: undefined, startedAt: new Date(Date.now() - durationMs).toISOString(), durationMs,
+  };
+  delete r.oomBytes; delete r.divergedAtStep;
+  if (outcome instanceof Error) { r.status = 'error'; r.error = outcome.message; return r; }
+  const tokensPerStep = input.batchSize * input.seqLen;
+  const timed = outcome.stepMs.slice(outcome.timedFrom);
+  r.speed = {
+    ...speedOf(outcome.stepMs, tokensPerStep, outcome.timedFrom),
+    msPerStep: { forward: outcome.phases?.forward ?? null, backward: outcome.phases?.backward ?? null, optimizer: outcome.phases?.optimizer ?? null, total: timed.reduce((a, b) => a + b, 0) / Math.max(timed.length, 1) },
+  };
+  r.memory = { peakTotal: outcome.peakBytes ?? 0, peak: zero, deviceBytes: outcome.peakBytes ?? 0, source: outcome.memorySource };
+  r.lossCurve = outcome.losses;
+  r.provenance = { ...ours.provenance, gemm: outcome.detail };
+  const bad = outcome.losses.findIndex((l) => !Number.isFinite(l));
+  if (bad >= 0) { r.status = 'diverged'; r.divergedAtStep = bad + 1; r.error = `${impl}: the loss is ${outcome.losses[bad]} at step ${bad + 1}`; return r; }
+  if (outcome.losses.length < steps) { r.status = 'error'; r.error = `${impl} stopped after ${outcome.losses.length} of ${steps} steps`; return r; }
+  // agreement with our loss curve over the same steps (same math: they must be close)
+  const n = Math.min(steps, ours.lossCurve.length);
+  let diff = 0;
+  for (let i = 0; i < n; i++) diff = Math.max(diff, Math.abs(outcome.losses[i] - ours.lossCurve[i]));
+  r.metrics = { lossMaxAbsDiff: n > 0 ? diff : NaN, finalLoss: outcome.losses[steps - 1] };
+  return r;
+}
+
+/** The base model ready for method m (LoRA adapters added, seeded). */
+function prepareModel(m: MethodSpec, suite: Suite, baseDir: string): LlamaModel {
+  const model = loadBase(baseDir, { trainable: m.name === 'full' });
+  try {
+    if (m.name === 'lora') prepareLora(model, { r: m.r, alpha: m.alpha ?? 2 * (m.r ?? 8), seed: suite.shared.seed });
+  } catch (e) {
+    model.dispose();
+    throw e;
+  }
+  return model;
+}
+
+function trainRows(task: TaskName, data: TaskData): TokenRows {
+  return task === 'spam' ? data.spam!.train : task === 'adapt' ? data.adapt!.train : data.jsonl!.train;
+}
+
+function finetuneOptionsFor(m: MethodSpec, suite: Suite): FinetuneOptions {
   const sh = suite.shared;
+  return { steps: sh.steps, batchSize: sh.batchSize, lr: m.lr, schedule: sh.schedule, warmupSteps: sh.warmupSteps, seed: sh.seed };
+}
+
+function peerInputOf(model: LlamaModel, rows: TokenRows, m: MethodSpec, suite: Suite, steps: number): PeerInput {
+  const f = resolveFinetuneOptions(finetuneOptionsFor(m, suite));
+  return capturePeerInput(model, rows, { steps, batchSize: suite.shared.batchSize, seed: f.seed, schedule: f.schedule, maxGradNorm: f.maxGradNorm, weightDecay: f.weightDecay });
+}
+
+/** A peer input for a run already done (--resume): the model prepared as for the run, not trained. */
+function peerInputOnly(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, data: TaskData, steps: number): PeerInput {
+  const model = prepareModel(m, suite, baseDir);
+  try {
+    return peerInputOf(model, trainRows(task, data), m, suite, steps);
+  } finally {
+    model.dispose();
+  }
+}
+
+function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, data: TaskData,
+                prov: RunRecord['provenance'], id: string, log: (l: string) => void, progress: boolean,
+                peerSteps: number): { record: RunRecord; peerInput: PeerInput | null } {
+  const sh = suite.shared;
+  let peerInput: PeerInput | null = null;
   const startedAt = new Date().toISOString();
   const t0 = performance.now();
   const settings: RunRecord['settings'] = { steps: sh.steps, batchSize: sh.batchSize, seqLen: sh.seqLen, seed: sh.seed, schedule: sh.schedule, warmupSteps: sh.warmupSteps, lr: m.lr, ...(m.r ? { r: m.r, alpha: m.alpha ?? 2 * m.r } : {}) };
@@ -159,16 +291,17 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
     memory.emptyCache();
     const before = memory.snapshot().cpu;
     memory.resetPeak();
-    model = loadBase(baseDir, { trainable: m.name === 'full' });
-    if (m.name === 'lora') prepareLora(model, { r: m.r, alpha: m.alpha ?? 2 * (m.r ?? 8), seed: sh.seed });
+    model = prepareModel(m, suite, baseDir);
     const predicted = planMemory(model.config, { name: m.name, r: m.r }, sh.batchSize, sh.seqLen);
     const counts = countParameters(model.parameters());
     record.trainableParameters = counts.trainableParameters;
     record.totalParameters = counts.totalParameters;
-    const train: TokenRows = task === 'spam' ? data.spam!.train : task === 'adapt' ? data.adapt!.train : data.jsonl!.train;
+    const train = trainRows(task, data);
+    // captured before training, so the peers start from the same weights (JS memory, not tracked)
+    if (peerSteps > 0) peerInput = peerInputOf(model, train, m, suite, peerSteps);
     const baseLossBefore = task === 'adapt' ? evaluateLoss(model, epochBatches(data.adapt!.baseValidation, sh.batchSize)).loss : NaN;
     const run = finetune(model, train, {
-      steps: sh.steps, batchSize: sh.batchSize, lr: m.lr, schedule: sh.schedule, warmupSteps: sh.warmupSteps, seed: sh.seed,
+      ...finetuneOptionsFor(m, suite),
       onStep: progress ? progressPrinter(id, sh.steps, Math.max(1, Math.floor(sh.steps / 5))) : undefined,
     });
     const peak = memory.snapshot().cpu;
@@ -206,5 +339,5 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
     rmSync(tmp, { recursive: true, force: true });
   }
   record.durationMs = performance.now() - t0;
-  return record;
+  return { record, peerInput: record.status === 'ok' ? peerInput : null };
 }

@@ -28,7 +28,28 @@ export interface Suite {
   shared: { steps: number; batchSize: number; seqLen: number; seed: number; schedule: 'cosine' | 'constant'; warmupSteps: number; maxTrain?: number; maxTest?: number };
   /** user JSONL file for the jsonl task */
   dataset?: string;
+  /** peers redoing some of the runs (same weights, batches, learning rates) */
+  peers?: PeerSpec;
 }
+
+export interface PeerSelection {
+  /** method labels to redo (default: every method) */
+  methods?: string[];
+  /** tasks to redo (default: the first task of the suite) */
+  tasks?: TaskName[];
+  /** steps to redo (default: the suite's steps); the first ones of our run */
+  steps?: number;
+}
+
+export interface PeerSpec {
+  /** TensorFlow.js (cpu backend): slow, so a few steps */
+  tfjs?: PeerSelection;
+  /** PyTorch on the CPU, when a python3 with torch is present */
+  pytorch?: PeerSelection & { threads?: number };
+}
+
+export const PEERS = ['tfjs', 'pytorch'] as const;
+export type PeerName = (typeof PEERS)[number];
 
 export const DEFAULT_METHODS: MethodSpec[] = [
   { name: 'full', lr: 3e-4, label: 'full' },
@@ -41,11 +62,13 @@ export const BUILTIN_SUITES: Record<string, Suite> = {
   ci: {
     name: 'ci', base: { preset: 'tiny', pretrainSteps: 300 }, tasks: ['spam', 'adapt'], methods: DEFAULT_METHODS.map((m) => ({ ...m, lr: m.name === 'full' ? 1e-3 : 3e-3 })),
     shared: { steps: 30, batchSize: 8, seqLen: 128, seed: 0, schedule: 'cosine', warmupSteps: 3, maxTrain: 400, maxTest: 200 },
+    peers: { tfjs: { methods: ['full', 'lora-r8'], tasks: ['spam'], steps: 4 }, pytorch: { tasks: ['spam'] } },
   },
   // CPU: the small base, minutes per run
   cpu: {
     name: 'cpu', base: { preset: 'small' }, tasks: ['spam', 'adapt'], methods: DEFAULT_METHODS,
     shared: { steps: 200, batchSize: 8, seqLen: 256, seed: 0, schedule: 'cosine', warmupSteps: 10 },
+    peers: { tfjs: { methods: ['full', 'lora-r8'], tasks: ['spam'], steps: 3 }, pytorch: { tasks: ['spam'] } },
   },
   // GPU: a published model shape; needs the CUDA backend
   gpu: {
@@ -89,6 +112,20 @@ export function validateSuite(raw: unknown, where: string): Suite {
     if (!(Number.isInteger(sh.warmupSteps) && sh.warmupSteps >= 0)) p.push('shared.warmupSteps must be an integer >= 0');
   }
   if (s.tasks?.includes('jsonl') && !s.dataset) p.push("the jsonl task needs 'dataset' (a JSONL file)");
+  if (s.peers !== undefined) {
+    if (!s.peers || typeof s.peers !== 'object') p.push(`peers must be an object with ${PEERS.join(' and/or ')}`);
+    else for (const [k, v] of Object.entries(s.peers)) {
+      if (!PEERS.includes(k as PeerName)) { p.push(`peers.${k}: unknown peer (known: ${PEERS.join(', ')})`); continue; }
+      const sel = v as PeerSelection & { threads?: number };
+      if (!sel || typeof sel !== 'object') { p.push(`peers.${k} must be an object`); continue; }
+      const labels = Array.isArray(s.methods) ? s.methods.map((m) => m.label) : [];
+      if (sel.methods !== undefined && (!Array.isArray(sel.methods) || sel.methods.some((m) => !labels.includes(m)))) p.push(`peers.${k}.methods must list method labels of this suite (${labels.join(', ')})`);
+      if (sel.tasks !== undefined && (!Array.isArray(sel.tasks) || sel.tasks.some((t) => !s.tasks?.includes(t)))) p.push(`peers.${k}.tasks must list tasks of this suite`);
+      const minSteps = k === 'tfjs' ? 3 : 2;
+      if (sel.steps !== undefined && !(Number.isInteger(sel.steps) && sel.steps >= minSteps && (!sh || sel.steps <= sh.steps))) p.push(`peers.${k}.steps must be an integer from ${minSteps} to shared.steps`);
+      if (sel.threads !== undefined && !(Number.isInteger(sel.threads) && sel.threads > 0)) p.push(`peers.${k}.threads must be a positive integer`);
+    }
+  }
   if (p.length) throw new Error(`${where}: ${p.join('; ')}`);
   return s as Suite;
 }

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import {
-  NO_DEPLOYABLE_TEXT, REPORT_CHARTS, metricDirection, paretoByTask, paretoFront, renderReport, renderSummary, resultsCsv,
+  NO_DEPLOYABLE_TEXT, NO_PEERS_TEXT, REPORT_CHARTS, metricDirection, paretoByTask, paretoFront, renderReport, renderSummary, resultsCsv,
   writeReports, writeResultsCsv, type KernelSpeeds, type RunRecord,
 } from '../src/index.js';
 
@@ -103,7 +103,20 @@ function fixtures(): RunRecord[] {
     adaptDiverged,
     record({ task: ADAPT, method: QA, status: 'error', settings: { bits: 3 },
       extra: { error: 'unsupported bits 3 | use 2, 4 or 8 <see docs>\nstack trace line', } }),
+    // peers that redid spam/full's first steps: their own chart, and the loss chart; nothing else
+    peer('tensorflow.js', 4, 40, 110, 3e-6),
+    peer('pytorch', 20, 2500, 70, 8e-7),
   ];
+}
+
+function peer(impl: 'tensorflow.js' | 'pytorch', steps: number, tps: number, mib: number, diff: number): RunRecord {
+  const r = record({ task: 'spam', method: `full \u00b7 ${impl}`, metrics: { lossMaxAbsDiff: diff, finalLoss: 2.5 }, mib, tps });
+  return {
+    ...r, id: `spam/full@${impl}/`, impl, peerOf: 'spam/full/', settings: { ...r.settings, steps },
+    memory: { ...r.memory, peak: { frozen: 0, trainable: 0, grad: 0, optimizer: 0, optimizer_host: 0, activation: 0, workspace: 0 }, source: `${impl} <own> measure`, predicted: undefined },
+    speed: { tokensPerSecond: tps, steadyTokensPerSecond: tps, msPerStep: { forward: null, backward: null, optimizer: null, total: 100 } },
+    lossCurve: lossCurve(steps, 5.5, 2.0), provenance: { ...r.provenance, gemm: `${impl} build` },
+  };
 }
 
 const EXPECTED_FRONT: Record<string, string[]> = {
@@ -153,11 +166,12 @@ describe('results.csv', () => {
     const records = fixtures();
     const rows = parseCsv(resultsCsv(records));
     const [head, ...body] = rows;
-    assert.deepEqual(head.slice(0, 8), ['id', 'suite', 'task', 'method', 'status', 'error', 'oomBytes', 'divergedAtStep']);
+    assert.deepEqual(head.slice(0, 10), ['id', 'suite', 'task', 'method', 'impl', 'peerOf', 'status', 'error', 'oomBytes', 'divergedAtStep']);
     const settings = head.filter((h) => h.startsWith('settings.'));
     assert.deepEqual(settings, ['settings.alpha', 'settings.batch', 'settings.bits', 'settings.lr', 'settings.r', 'settings.seq', 'settings.steps', 'settings.target']);
     const metrics = head.filter((h) => h.startsWith('metric.'));
-    assert.deepEqual(metrics, ['metric.accuracy', 'metric.adaptLoss', 'metric.adaptPerplexity', 'metric.baseLoss', 'metric.examples', 'metric.macroF1']);
+    assert.deepEqual(metrics, ['metric.accuracy', 'metric.adaptLoss', 'metric.adaptPerplexity', 'metric.baseLoss', 'metric.examples', 'metric.finalLoss',
+      'metric.lossMaxAbsDiff', 'metric.macroF1']);
     assert.ok(head.indexOf('settings.target') < head.indexOf('metric.accuracy'));
     for (const col of ['memory.peakTotal', 'memory.peak.frozen', 'memory.peak.workspace', 'memory.deviceBytes', 'memory.predicted.total',
       'speed.tokensPerSecond', 'speed.msPerStep.forward', 'speed.msPerStep.backward', 'speed.msPerStep.optimizer', 'speed.msPerStep.total',
@@ -190,7 +204,10 @@ describe('results.csv', () => {
       assert.equal(row[col('memory.peakTotal')], String(r.memory.peakTotal));
       assert.equal(row[col('settings.r')], r.settings.r === undefined ? '' : String(r.settings.r));
       assert.equal(row[col('metric.accuracy')], r.metrics.accuracy === undefined ? '' : String(r.metrics.accuracy));
-      assert.equal(row[col('speed.msPerStep.backward')], '21.25');
+      assert.equal(row[col('impl')], r.impl ?? 'tunebench');
+      assert.equal(row[col('peerOf')], r.peerOf ?? '');
+      assert.equal(row[col('memory.source')], r.memory.source ?? '');
+      assert.equal(row[col('speed.msPerStep.backward')], r.impl ? '' : '21.25', 'a split a peer cannot make is empty');
       assert.equal(row[col('provenance.cpu')], 'AMD EPYC <test> & co');
       assert.equal(row[col('startedAt')], r.startedAt);
     });
@@ -209,7 +226,7 @@ describe('results.csv', () => {
       assert.equal(readFileSync(path, 'utf8'), resultsCsv(fixtures()));
       const empty = parseCsv(resultsCsv([]));
       assert.equal(empty.length, 1, 'no runs: the header alone');
-      assert.deepEqual(empty[0].slice(0, 5), ['id', 'suite', 'task', 'method', 'status']);
+      assert.deepEqual(empty[0].slice(0, 5), ['id', 'suite', 'task', 'method', 'impl']);
       assert.deepEqual(readdirSync(dir), ['results.csv'], 'no temporary file left');
     } finally {
       rmSync(dir, { recursive: true, force: true });
@@ -248,7 +265,13 @@ describe('summary.md', () => {
     const records = fixtures();
     const md = renderSummary(records);
     assert.match(md, /^# tunebench: ci <&> test\n/);
-    assert.match(md, /9 runs: 6 ok, 1 do not fit, 1 diverged, 1 failed/);
+    assert.match(md, /9 runs: 6 ok, 1 do not fit, 1 diverged, 1 failed; 2 peer runs/);
+    // peers: a table of their own, our run's speed beside theirs; not rows of the task table, not in the provenance line
+    assert.match(md, /peers \(the same first steps/);
+    assert.match(md, /^\| full seq=128 \| tensorflow\.js \| ok \| 4 \| 40 \| 5,000 \| 125x \| 110\.0 \| 3\.0e-6 \|$/m);
+    assert.match(md, /^\| full seq=128 \| pytorch \| ok \| 20 \| 2,500 \| 5,000 \| 2\.00x \| 70\.0 \| 8\.0e-7 \|$/m);
+    assert.doesNotMatch(md, /\| full · tensorflow\.js \| ok \|/);
+    assert.doesNotMatch(md, /provenance:[^\n]*build/);
     assert.match(md, /provenance: commit abc1234 · cpu AMD EPYC \\<test> & co · gemm avx512 12x32 · node v20\.20\.2/);
     assert.match(md, /^## spam$/m);
     assert.match(md, /^## adapt \\<humor & r>$/m);
@@ -339,7 +362,22 @@ describe('report.html', () => {
     // An empty run list still makes a valid page.
     const empty = await renderReport([]);
     assert.doesNotMatch(empty, /<script/i);
-    assert.equal(figures(empty).size, 5);
+    assert.equal(figures(empty).size, 6);
+    assert.ok(figures(empty).get('peers')!.includes(NO_PEERS_TEXT), 'no peers: a placeholder');
+  });
+
+  test('peers: their own chart (ours beside theirs, log scale) and the loss chart; not memory, speed, Pareto or the runs tables', async () => {
+    const html = await renderReport(fixtures());
+    const figs = figures(html);
+    const peers = figs.get('peers')!;
+    const rows = [...peers.matchAll(/<tr><td>spam<\/td><td>full seq=128<\/td><td>(tensorflow\.js|pytorch)<\/td>.*?<\/tr>/g)].map((m) => m[0]);
+    assert.equal(rows.length, 2);
+    assert.match(rows[0], /<td class="num">40<\/td><td class="num">5,000<\/td><td class="num">125x<\/td><td class="num">110\.0<\/td><td class="num">800\.0<\/td><td class="num">3\.0e-6<\/td>/);
+    // three bars: ours once, each peer once
+    assert.equal([...peers.matchAll(/aria-roledescription="bar"/g)].length, 3);
+    for (const name of ['memory', 'throughput', 'pareto']) assert.doesNotMatch(figs.get(name)!, /tensorflow\.js|pytorch/, `no peer in ${name}`);
+    assert.match(figs.get('loss')!, /full · pytorch/, 'the peers\u2019 loss curves beside ours');
+    assert.doesNotMatch(html.slice(0, html.indexOf('<h2>Charts</h2>')), /tensorflow\.js|pytorch/, 'the runs tables are ours');
   });
 
   test('opens in headless Chromium: no console or page errors, every chart is drawn', async (t) => {

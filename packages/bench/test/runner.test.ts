@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { memory } from '@tunebench/core';
@@ -59,10 +59,42 @@ test('a run that does not fit or diverges is recorded, and the suite goes on', a
   rmSync(out, { recursive: true, force: true });
 });
 
+test('peers redo the first steps of chosen runs: recorded beside ours, resumed, and kept out of baselines', async () => {
+  const out = mkdtempSync(join(tmpdir(), 'tb-peers-'));
+  const suite: Suite = { ...tinySuite([...parseMethods('full,lora4')]), tasks: ['spam'], peers: { tfjs: { methods: ['lora-r4'], steps: 3 } } };
+  const logs: string[] = [];
+  const recs = await runSuite(suite, { outDir: out, log: (l) => logs.push(l) });
+  assert.deepEqual(recs.map((r) => r.id), ['spam/full/steps3-b4-t64-seed0', 'spam/lora-r4/steps3-b4-t64-seed0', 'spam/lora-r4@tfjs/steps3-b4-t64-seed0']);
+  const [, lora, peer] = recs;
+  assert.equal(peer.impl, 'tensorflow.js');
+  assert.equal(peer.peerOf, lora.id);
+  assert.equal(peer.status, 'ok', peer.error);
+  assert.equal(peer.lossCurve.length, 3);
+  assert.ok(peer.metrics.lossMaxAbsDiff < 1e-4, `same math, same losses: max diff ${peer.metrics.lossMaxAbsDiff}`);
+  assert.ok(peer.speed.tokensPerSecond > 0 && peer.memory.peakTotal > 0 && /tfjs/.test(peer.memory.source!));
+  assert.equal(peer.speed.msPerStep.forward, null, 'tfjs cannot split forward from backward');
+  // a crash after our run and before the peer's: --resume redoes only the peer
+  const lines = readFileSync(join(out, 'results.jsonl'), 'utf8').trim().split('\n');
+  writeFileSync(join(out, 'results.jsonl'), lines.slice(0, 2).join('\n') + '\n');
+  logs.length = 0;
+  const again = await runSuite(suite, { outDir: out, resume: true, log: (l) => logs.push(l) });
+  assert.deepEqual(again.map((r) => r.id), recs.map((r) => r.id));
+  assert.equal(again[1].startedAt, lora.startedAt, 'our run was not redone');
+  assert.ok(logs.some((l) => /full\/steps3-b4-t64-seed0: already in/.test(l)));
+  assert.ok(again[2].metrics.lossMaxAbsDiff < 1e-4, 'the resumed peer starts from the same weights as our run did');
+  const b = baselineFrom(again);
+  assert.deepEqual(Object.keys(b.runs), [recs[0].id, recs[1].id], 'peers are not ours to regress');
+  assert.deepEqual(checkAgainst(again, b), []);
+  rmSync(out, { recursive: true, force: true });
+});
+
 test('bad suites are refused before anything runs, naming each problem', () => {
   assert.throws(() => validateSuite({ name: 'x y', base: {}, tasks: ['nope'], methods: [], shared: { steps: 0 } }, 'suite.json'),
     /suite\.json: name must be a word.*base must give a preset or an hfDir.*tasks must be.*methods must be a non-empty list.*shared\.steps must be a positive integer/);
   assert.throws(() => parseMethods('full,qlora'), /unknown method 'qlora'/);
+  const ok = tinySuite([...parseMethods('full,lora4')]);
+  assert.throws(() => validateSuite({ ...ok, peers: { tfjs: { steps: 2, methods: ['lora-r8'] }, jax: {} } }, 'p.json'),
+    /p\.json: peers\.tfjs\.methods must list method labels of this suite \(full, lora-r4\); peers\.tfjs\.steps must be an integer from 3 to shared\.steps; peers\.jax: unknown peer/);
   assert.deepEqual(parseMethods('lora64').map((m) => [m.label, m.r, m.alpha]), [['lora-r64', 64, 128]]);
 });
 

@@ -3,7 +3,7 @@
 // front, failure wording and number formats. All of it is deterministic: the
 // same records in the same order give the same text.
 import { CATEGORIES } from '@tunebench/core';
-import type { RunRecord } from '../record.js';
+import { type RunRecord, isPeer } from '../record.js';
 
 /** A finite number (NaN written to JSON comes back as null). */
 export function isFiniteNumber(v: unknown): v is number {
@@ -212,4 +212,41 @@ export function provenanceLine(records: readonly RunRecord[]): string {
     `node ${provenanceValues(records, 'node')}`,
     `backend ${provenanceValues(records, 'backend')} (${provenanceValues(records, 'device')})`,
   ].join(' · ');
+}
+
+/** Tokens/s of the median step when recorded (robust to a busy moment), else over the whole run. */
+export function steadyTokensPerSecond(r: RunRecord): number {
+  return r.speed?.steadyTokensPerSecond ?? r.speed?.tokensPerSecond;
+}
+
+/** A peer run beside ours: the same first steps from the same weights and batches. */
+export interface PeerComparison {
+  task: string;
+  peer: RunRecord;
+  ours: RunRecord | undefined;
+  /** our run's label within its task */
+  label: string;
+  impl: string;
+  steps: number;
+  peerTokensPerSecond: number;
+  oursTokensPerSecond: number;
+  /** ours / peer (tokens/s, median steps) */
+  ratio: number;
+  lossMaxAbsDiff: number;
+}
+
+/** The peer rows of these records, each paired with the run of ours it redid. */
+export function peerComparisons(records: readonly RunRecord[]): PeerComparison[] {
+  const byId = new Map(records.map((r) => [r.id, r]));
+  const labels = new Map<RunRecord, string>();
+  for (const [, runs] of byTask(records.filter((r) => !isPeer(r)))) for (const [r, l] of runLabels(runs)) labels.set(r, l);
+  return records.filter(isPeer).map((p) => {
+    const ours = p.peerOf ? byId.get(p.peerOf) : undefined;
+    const pt = steadyTokensPerSecond(p), ot = ours ? steadyTokensPerSecond(ours) : NaN;
+    return {
+      task: p.task, peer: p, ours, label: ours ? labels.get(ours) ?? ours.method : p.method, impl: p.impl ?? '-',
+      steps: p.lossCurve?.length ?? 0, peerTokensPerSecond: pt, oursTokensPerSecond: ot,
+      ratio: isFiniteNumber(pt) && pt > 0 && isFiniteNumber(ot) ? ot / pt : NaN, lossMaxAbsDiff: p.metrics?.lossMaxAbsDiff,
+    };
+  });
 }

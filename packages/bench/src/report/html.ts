@@ -7,14 +7,16 @@
 // placeholder line) and the data table it was drawn from:
 //   memory      peak memory per run, stacked by category, one panel per task
 //   throughput  training tokens/s per run, one panel per task
+//   peers       tokens/s of ours beside TensorFlow.js and PyTorch redoing the
+//               same steps (log scale), with memory and loss agreement
 //   pareto      task metric vs peak memory, with the Pareto front
 //   loss        training loss per step, one line per run
 //   deployable  deployable-model metric vs bits (record.deployable)
 //   kernels     kernel GFLOP/s as a fraction of the measured peak (opts.kernels)
 import type { TopLevelSpec } from 'vega-lite';
-import type { RunRecord } from '../record.js';
+import { type RunRecord, isPeer } from '../record.js';
 import {
-  byTask, distinct, formatBytes, formatMetric, formatMiB, formatParams, groupThousands, isFiniteNumber, MIB,
+  byTask, distinct, peerComparisons, formatBytes, formatMetric, formatMiB, formatParams, groupThousands, isFiniteNumber, MIB,
   mainMetrics, memoryCategories, metricDirection, paretoFront, provenanceLine, runLabels, statusText,
 } from './common.js';
 
@@ -42,10 +44,11 @@ export interface ReportOptions {
 }
 
 /** The data-chart names, in page order (`kernels` only with opts.kernels). */
-export const REPORT_CHARTS = ['memory', 'throughput', 'pareto', 'loss', 'deployable', 'kernels'] as const;
+export const REPORT_CHARTS = ['memory', 'throughput', 'peers', 'pareto', 'loss', 'deployable', 'kernels'] as const;
 export type ReportChart = (typeof REPORT_CHARTS)[number];
 
 export const NO_DEPLOYABLE_TEXT = 'no deployable-model rows in this run';
+export const NO_PEERS_TEXT = 'no peer rows in this run (the suite\u2019s peers, or --peers tfjs,pytorch)';
 
 /** Escapes text for HTML element content and attribute values. */
 export function escapeHtml(s: unknown): string {
@@ -239,7 +242,7 @@ export interface TaskPareto {
 
 export function paretoByTask(records: readonly RunRecord[]): TaskPareto[] {
   const out: TaskPareto[] = [];
-  for (const g of groups(records)) {
+  for (const g of groups(records.filter((r) => !isPeer(r)))) {
     const ok = g.runs.filter((r) => r.status === 'ok');
     const metric = mainMetrics(ok, 1)[0];
     if (metric === undefined) continue;
@@ -289,6 +292,52 @@ async function paretoChart(records: readonly RunRecord[]): Promise<Chart> {
   const tbl = table(head, rows, { numeric: [false, false, false, true, true, false], rowAttrs: attrs });
   if (panels.length === 0) return { name: 'pareto', caption, placeholder: 'no finished run with a task metric', table: tbl };
   return { name: 'pareto', caption, svg: await vegaLiteToSvg(concat(panels, 'shared'), 'pareto'), table: tbl };
+}
+
+// (b2) peers
+async function peersChart(records: readonly RunRecord[]): Promise<Chart> {
+  const cs = peerComparisons(records);
+  const rows = cs.map((c) => {
+    const ok = c.peer.status === 'ok';
+    return [c.task, c.label, c.impl, statusText(c.peer), c.steps,
+      ok && isFiniteNumber(c.peerTokensPerSecond) ? groupThousands(c.peerTokensPerSecond) : '-',
+      isFiniteNumber(c.oursTokensPerSecond) ? groupThousands(c.oursTokensPerSecond) : '-',
+      ok && isFiniteNumber(c.ratio) ? `${c.ratio >= 10 ? c.ratio.toFixed(0) : c.ratio.toFixed(2)}x` : '-',
+      ok && isFiniteNumber(c.peer.memory?.peakTotal) && c.peer.memory.peakTotal > 0 ? formatMiB(c.peer.memory.peakTotal) : '-',
+      c.ours && isFiniteNumber(c.ours.memory?.peakTotal) ? formatMiB(c.ours.memory.peakTotal) : '-',
+      ok && isFiniteNumber(c.lossMaxAbsDiff) ? c.lossMaxAbsDiff.toExponential(1) : '-',
+      c.peer.provenance?.gemm ?? '-'];
+  });
+  const caption = 'The same first training steps from the same weights, batches and learning rates, by tunebench and by its peers: tokens per second of the median step (log scale), the ratio, each one\u2019s peak memory (peers by their own measure: TensorFlow.js counts its tensor bytes, PyTorch the growth of the process\u2019s resident set) and the largest difference between the loss curves (same math, so it must be small).';
+  const head = ['task', 'method', 'peer', 'status', 'steps', 'peer tokens/s', 'tunebench tokens/s', 'tunebench \u00f7 peer', 'peer memory MiB', 'tunebench memory MiB', 'loss max abs diff', 'peer build'];
+  const tbl = rows.length ? table(head, rows, { numeric: head.map((_, i) => i >= 4 && i <= 10) }) : '';
+  const panels: Spec[] = [];
+  const impls = ['tunebench', ...distinct(cs.map((c) => c.impl))];
+  const okCs = cs.filter((c) => c.peer.status === 'ok');
+  for (const task of distinct(okCs.map((c) => c.task))) {
+    const values: { run: string; impl: string; tps: number }[] = [];
+    const seen = new Set<string>();
+    for (const c of okCs.filter((x) => x.task === task)) {
+      if (c.ours && !seen.has(c.ours.id) && isFiniteNumber(c.oursTokensPerSecond)) { seen.add(c.ours.id); values.push({ run: c.label, impl: 'tunebench', tps: c.oursTokensPerSecond }); }
+      if (isFiniteNumber(c.peerTokensPerSecond) && c.peerTokensPerSecond > 0) values.push({ run: c.label, impl: c.impl, tps: c.peerTokensPerSecond });
+    }
+    if (values.length === 0) continue;
+    // bars on a log scale need a floor to stand on (zero is not on it): the power of ten below the slowest
+    const floor = 10 ** Math.floor(Math.log10(Math.min(...values.map((v) => v.tps))));
+    const ceil = 10 ** Math.ceil(Math.log10(Math.max(...values.map((v) => v.tps))));
+    panels.push({
+      title: task, width: { step: 60 }, height: PANEL_HEIGHT, data: { values }, mark: { type: 'bar' },
+      encoding: {
+        x: xRun(distinct(values.map((v) => v.run))),
+        xOffset: { field: 'impl', type: 'nominal', sort: impls },
+        y: { field: 'tps', type: 'quantitative', title: 'tokens/s (median step)', scale: { type: 'log', domain: [floor, ceil] }, stack: null },
+        y2: { datum: floor },
+        color: { field: 'impl', type: 'nominal', scale: { domain: impls }, title: 'implementation' },
+      },
+    });
+  }
+  if (panels.length === 0) return { name: 'peers', caption, placeholder: NO_PEERS_TEXT, table: tbl };
+  return { name: 'peers', caption, svg: await vegaLiteToSvg(concat(panels, 'shared'), 'peers'), table: tbl };
 }
 
 /** At most `max` points of a curve: every k-th step and the last one. */
@@ -448,6 +497,7 @@ function figure(c: Chart, title: string): string {
 const TITLES: Record<ReportChart, string> = {
   memory: 'Peak memory by category',
   throughput: 'Training tokens per second',
+  peers: 'tunebench beside TensorFlow.js and PyTorch',
   pareto: 'Task metric vs peak memory (Pareto front)',
   loss: 'Training loss curves',
   deployable: 'Deployable models: metric vs bits',
@@ -457,12 +507,15 @@ const TITLES: Record<ReportChart, string> = {
 /** The whole report as one HTML document. */
 export async function renderReport(records: readonly RunRecord[], opts: ReportOptions = {}): Promise<string> {
   const title = opts.title ?? 'tunebench report';
-  const gs = groups(records);
+  // peers have their own chart and join the loss curves; the rest is ours
+  const ours = records.filter((r) => !isPeer(r));
+  const gs = groups(ours);
   const charts: Chart[] = [
     await memoryChart(gs),
     await throughputChart(gs),
-    await paretoChart(records),
-    await lossChart(gs),
+    await peersChart(records),
+    await paretoChart(ours),
+    await lossChart(groups(records)),
     await deployableChart(gs),
   ];
   if (opts.kernels) charts.push(await kernelChart(opts.kernels));
@@ -483,7 +536,7 @@ export async function renderReport(records: readonly RunRecord[], opts: ReportOp
     '<body>',
     `<h1>${escapeHtml(title)}</h1>`,
     `<p class="meta">suite ${escapeHtml(suites.join(', ') || '-')} \u00b7 ${records.length} run${records.length === 1 ? '' : 's'}${counts.length ? `: ${escapeHtml(counts.join(', '))}` : ''}</p>`,
-    records.length ? `<p class="meta">${escapeHtml(provenanceLine(records))}</p>` : '',
+    ours.length ? `<p class="meta">${escapeHtml(provenanceLine(ours))}</p>` : '',
     '<h2>Runs</h2>',
     gs.length ? gs.map(runsTable).join('\n') : '<p class="placeholder">no runs recorded</p>',
     '<h2>Charts</h2>',

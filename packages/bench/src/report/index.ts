@@ -4,10 +4,10 @@ export { writeReports, type ReportPaths } from './write.js';
 export { resultsCsv, writeResultsCsv, csvColumns } from './csv.js';
 export { renderSummary } from './summary.js';
 export {
-  renderReport, paretoByTask, vegaLiteToSvg, escapeHtml, REPORT_CHARTS, NO_DEPLOYABLE_TEXT,
+  renderReport, paretoByTask, vegaLiteToSvg, escapeHtml, REPORT_CHARTS, NO_DEPLOYABLE_TEXT, NO_PEERS_TEXT,
   type ReportOptions, type ReportChart, type KernelSpeeds, type KernelSpeedRow, type TaskPareto,
 } from './html.js';
 export {
-  metricDirection, mainMetrics, paretoFront, runLabels, statusText, provenanceLine, MAIN_METRIC_ORDER,
-  type MetricDirection, type ParetoPoint,
+  metricDirection, mainMetrics, paretoFront, runLabels, statusText, provenanceLine, peerComparisons, MAIN_METRIC_ORDER,
+  type MetricDirection, type ParetoPoint, type PeerComparison,
 } from './common.js';

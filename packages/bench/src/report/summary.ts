@@ -2,11 +2,12 @@
 // one table (method | status | main metrics | peak memory MiB | tokens/s |
 // trainable params | file size); a run that did not finish says why in the
 // status column ("does not fit (N bytes asked)", "diverged at step S",
-// "error: ..."). Deterministic: no clock, no locale.
-import type { RunRecord } from '../record.js';
+// "error: ..."). Then the deployable models and the peers (TensorFlow.js,
+// PyTorch) that redid some runs. Deterministic: no clock, no locale.
+import { type RunRecord, isPeer } from '../record.js';
 import {
   byTask, commonSettings, distinct, formatBytes, formatMetric, formatMiB, formatParams, groupThousands, isFiniteNumber,
-  mainMetrics, metricDirection, provenanceLine, runLabels, statusText,
+  mainMetrics, metricDirection, peerComparisons, provenanceLine, runLabels, statusText,
 } from './common.js';
 
 /** Escapes a table cell: pipes, line breaks, and a `<` that would open an HTML tag on GitHub. */
@@ -77,6 +78,27 @@ function deployableTable(runs: readonly RunRecord[]): string[] {
   return lines;
 }
 
+function peersTable(runs: readonly RunRecord[]): string[] {
+  const cs = peerComparisons(runs);
+  if (cs.length === 0) return [];
+  const lines = ['', 'peers (the same first steps from the same weights, batches and learning rates):', ''];
+  lines.push(row(['method', 'peer', 'status', 'steps', 'peer tokens/s', 'tunebench tokens/s', 'tunebench ÷ peer', 'peer memory MiB', 'loss max abs diff']));
+  lines.push(row(['---', '---', '---', '---:', '---:', '---:', '---:', '---:', '---:']));
+  for (const c of cs) {
+    const ok = c.peer.status === 'ok';
+    lines.push(row([
+      cell(c.label), cell(c.impl), cell(statusText(c.peer)), String(c.steps),
+      ok && isFiniteNumber(c.peerTokensPerSecond) ? groupThousands(c.peerTokensPerSecond) : '-',
+      isFiniteNumber(c.oursTokensPerSecond) ? groupThousands(c.oursTokensPerSecond) : '-',
+      ok && isFiniteNumber(c.ratio) ? `${c.ratio >= 10 ? c.ratio.toFixed(0) : c.ratio.toFixed(2)}x` : '-',
+      ok && isFiniteNumber(c.peer.memory?.peakTotal) && c.peer.memory.peakTotal > 0 ? formatMiB(c.peer.memory.peakTotal) : '-',
+      ok && isFiniteNumber(c.lossMaxAbsDiff) ? c.lossMaxAbsDiff.toExponential(1) : '-',
+    ]));
+  }
+  lines.push('', 'tokens/s of the median step; peer memory is the peer\'s own figure (TensorFlow.js: tensor bytes; PyTorch: resident-set growth), not tracked bytes.');
+  return lines;
+}
+
 /** The markdown summary of a set of runs. */
 export function renderSummary(records: readonly RunRecord[]): string {
   const suites = distinct(records.map((r) => r.suite));
@@ -86,14 +108,17 @@ export function renderSummary(records: readonly RunRecord[]): string {
     lines.push('no runs recorded.');
     return lines.join('\n') + '\n';
   }
-  lines.push(countStatuses(records), '');
-  lines.push(`provenance: ${text(provenanceLine(records))}`, '');
+  const peers = records.filter(isPeer).length;
+  lines.push(`${countStatuses(records.filter((r) => !isPeer(r)))}${peers ? `; ${peers} peer run${peers === 1 ? '' : 's'}` : ''}`, '');
+  lines.push(`provenance: ${text(provenanceLine(records.filter((r) => !isPeer(r))))}`, '');
   for (const [task, runs] of byTask(records)) {
     lines.push(`## ${text(task)}`, '');
-    const common = commonSettings(runs);
+    const ours = runs.filter((r) => !isPeer(r));
+    const common = commonSettings(ours);
     if (common.length) lines.push(`settings: ${text(common.map(([k, v]) => `${k}=${v}`).join(' · '))}`, '');
-    lines.push(...taskTable(runs));
-    lines.push(...deployableTable(runs));
+    lines.push(...taskTable(ours));
+    lines.push(...deployableTable(ours));
+    lines.push(...peersTable(runs));
     lines.push('');
   }
   lines.push('↑ higher is better, ↓ lower is better; memory is the peak of tracked bytes during training.');

@@ -1,6 +1,6 @@
 // Train a model on prepared token rows with the shared Trainer, and report
 // speed. Used by every task and method so runs differ only where they must.
-import { type LlamaModel, type StepStats, type TokenRows, TokenDataSource, Trainer } from '@tunebench/core';
+import { type LlamaModel, type ScheduleConfig, type StepStats, type TokenRows, TokenDataSource, Trainer } from '@tunebench/core';
 
 export interface FinetuneOptions {
   steps: number;
@@ -24,14 +24,22 @@ export interface FinetuneResult {
   finalLoss: number;
 }
 
-export function finetune(model: LlamaModel, rows: TokenRows, o: FinetuneOptions): FinetuneResult {
-  const data = new TokenDataSource(rows, { batchSize: o.batchSize, seed: o.seed ?? 0 });
-  const trainer = new Trainer(model, data, {
+/** The trainer settings finetune() uses, defaults filled in (peers redo a run with exactly these). */
+export function resolveFinetuneOptions(o: FinetuneOptions): { schedule: ScheduleConfig; gradAccumulation: number; maxGradNorm: number | null; weightDecay: number; seed: number } {
+  return {
     schedule: { kind: o.schedule ?? 'cosine', lr: o.lr, warmupSteps: o.warmupSteps ?? Math.min(10, Math.floor(o.steps / 10)), totalSteps: o.steps },
     gradAccumulation: o.gradAccumulation ?? 1,
     maxGradNorm: o.maxGradNorm === undefined ? 1.0 : o.maxGradNorm,
-    optimizer: { weightDecay: o.weightDecay ?? 0.0 },
+    weightDecay: o.weightDecay ?? 0.0,
     seed: o.seed ?? 0,
+  };
+}
+
+export function finetune(model: LlamaModel, rows: TokenRows, o: FinetuneOptions): FinetuneResult {
+  const f = resolveFinetuneOptions(o);
+  const data = new TokenDataSource(rows, { batchSize: o.batchSize, seed: f.seed });
+  const trainer = new Trainer(model, data, {
+    schedule: f.schedule, gradAccumulation: f.gradAccumulation, maxGradNorm: f.maxGradNorm, optimizer: { weightDecay: f.weightDecay }, seed: f.seed,
   });
   const steps: StepStats[] = [];
   const t0 = performance.now();

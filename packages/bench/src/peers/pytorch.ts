@@ -1,0 +1,101 @@
+// The PyTorch peer: packages/bench/peers/torch_train.py trains the identical
+// model from our initial weights on our batches with our learning rates, on
+// the CPU, when a python3 with torch is present. Files handed over (in a
+// scratch directory): weights.bin (f32 values back to back) + weights.json
+// ([{name, shape, offset}], offsets in floats), batches.bin (i32
+// [steps, 2, B, T]: ids then targets), lrs.json, lora.json.
+import { spawn, spawnSync } from 'node:child_process';
+import { createWriteStream, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { once } from 'node:events';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { PeerInput, PeerOutcome } from './input.js';
+
+/** The script, next to the package's dist/ and src/. */
+export const TORCH_SCRIPT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', 'peers', 'torch_train.py');
+
+/** The python to use: TUNEBENCH_PYTHON, else python3 (on the PATH, falling back to /usr/bin/python3 when that one has no torch). */
+export function defaultPython(): string {
+  return process.env.TUNEBENCH_PYTHON || 'python3';
+}
+
+const availability = new Map<string, string | null>();
+/** the interpreter that answered for a name ('python3' may fall back to /usr/bin/python3) */
+const resolved = new Map<string, string>();
+
+/** null when `python` can import torch; otherwise why not, in words. Asked once per python. */
+export function torchUnavailable(python = defaultPython()): string | null {
+  if (availability.has(python)) return availability.get(python)!;
+  let why: string | null = null;
+  const candidates = python === 'python3' && existsSync('/usr/bin/python3') ? ['python3', '/usr/bin/python3'] : [python];
+  for (const p of candidates) {
+    const r = spawnSync(p, ['-c', 'import torch; print(torch.__version__)'], { encoding: 'utf8', timeout: 60_000 });
+    if (r.status === 0) { availability.set(python, null); resolved.set(python, p); return null; }
+    why = r.error ? `${p}: ${r.error.message}` : `${p} has no torch (${(r.stderr || '').trim().split('\n').pop()})`;
+  }
+  availability.set(python, why);
+  return why;
+}
+
+async function writeInput(dir: string, input: PeerInput): Promise<void> {
+  const manifest: { name: string; shape: number[]; offset: number }[] = [];
+  const out = createWriteStream(join(dir, 'weights.bin'));
+  let offset = 0;
+  for (const w of input.weights) {
+    manifest.push({ name: w.name, shape: w.shape, offset });
+    offset += w.data.length;
+    if (!out.write(Buffer.from(w.data.buffer, w.data.byteOffset, w.data.byteLength))) await once(out, 'drain');
+  }
+  out.end();
+  await once(out, 'finish');
+  writeFileSync(join(dir, 'weights.json'), JSON.stringify(manifest));
+  const n = input.batchSize * input.seqLen;
+  const batches = new Int32Array(input.batches.length * 2 * n);
+  input.batches.forEach((b, s) => { batches.set(b.ids, 2 * s * n); batches.set(b.targets, (2 * s + 1) * n); });
+  writeFileSync(join(dir, 'batches.bin'), Buffer.from(batches.buffer));
+  writeFileSync(join(dir, 'lrs.json'), JSON.stringify(input.lrs));
+  if (input.lora) writeFileSync(join(dir, 'lora.json'), JSON.stringify(input.lora));
+}
+
+interface TorchJson {
+  torchVersion: string; threads: number; losses: number[]; allStepMs: number[]; phasesMs: { forward: number; backward: number; optimizer: number };
+  peakRssAboveBaseBytes: number | null; blasInfo?: string; openblasCore?: string;
+}
+
+/** threads: torch.set_num_threads, default 1: Debian's torch runs its GEMMs on
+ * OpenBLAS's own pool (a thread per core) whatever this says, and on few cores
+ * a second busy OpenMP pool only fights it (docs/benchmarks: 1 thread was the
+ * fastest setting on 2 cores). */
+export async function runTorchPeer(input: PeerInput, o: { python?: string; threads?: number; warmup?: number } = {}): Promise<PeerOutcome> {
+  const python = o.python ?? defaultPython();
+  const why = torchUnavailable(python);
+  if (why) throw new Error(`PyTorch peer: ${why}`);
+  const dir = mkdtempSync(join(tmpdir(), 'tunebench-torch-'));
+  const warmup = Math.min(o.warmup ?? 1, input.batches.length - 1);
+  try {
+    await writeInput(dir, input);
+    const args = [TORCH_SCRIPT, '--config', JSON.stringify(input.cfg), '--batch', String(input.batchSize), '--seq', String(input.seqLen),
+      '--warmup', String(warmup), '--steps', String(input.batches.length - warmup), '--threads', String(o.threads ?? 1),
+      '--lrs', `@${join(dir, 'lrs.json')}`, '--weight-decay', String(input.weightDecay), '--init', dir];
+    if (input.maxGradNorm !== null) args.push('--clip', String(input.maxGradNorm));
+    if (input.lora) args.push('--lora', `@${join(dir, 'lora.json')}`);
+    const child = spawn(resolved.get(python) ?? python, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '', stderr = '';
+    child.stdout.on('data', (d) => { stdout += d; });
+    child.stderr.on('data', (d) => { stderr += d; });
+    const [code] = await once(child, 'close') as [number | null];
+    const last = stdout.trim().split('\n').pop() ?? '';
+    let r: TorchJson;
+    try { r = JSON.parse(last) as TorchJson; } catch { r = null as unknown as TorchJson; }
+    if (code !== 0 || !r) throw new Error(`PyTorch peer failed (exit ${code}): ${stderr.trim().split('\n').slice(-3).join(' | ')}`);
+    return {
+      impl: 'pytorch', losses: r.losses, stepMs: r.allStepMs, timedFrom: warmup, phases: r.phasesMs,
+      peakBytes: r.peakRssAboveBaseBytes,
+      memorySource: 'process resident-set high-water mark above its level before the parameters were made',
+      detail: `torch ${r.torchVersion}, ${r.threads} thread(s)${r.blasInfo ? `, BLAS ${r.blasInfo}${r.openblasCore ? ` (${r.openblasCore})` : ''}` : ''}`,
+    };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
