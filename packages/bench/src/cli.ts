@@ -8,7 +8,7 @@ import { CATEGORIES, type LlamaConfig, PRESETS, configFromHf, intOption, native,
 import { type PlanMethod, planMemory } from './plan.js';
 import { checkAgainst, fastestAttempt, readBaseline, speedOnly, writeBaseline } from './check.js';
 import { BUILTIN_SUITES, PEERS, type PeerName, type Suite, TASKS, type TaskName, loadSuiteFile, parseMethods, validateSuite } from './suite.js';
-import { runSuite } from './runner.js';
+import { readKernels, runSuite } from './runner.js';
 import { writeReports } from './report/index.js';
 
 const HELP = `tunebench — full fine-tuning and LoRA side by side: memory, speed, accuracy.
@@ -160,7 +160,7 @@ const outDir = resolve(opt.out ?? join(here, '..', '..', '..', 'reports', suite.
 const t0 = performance.now();
 const records = await runSuite(suite, { outDir, resume: opt.resume });
 try {
-  await writeReports(outDir, records, { title: `tunebench — suite ${suite.name}` });
+  await writeReports(outDir, records, { title: `tunebench — suite ${suite.name}`, kernels: readKernels(outDir) });
 } catch (e) {
   console.error(`tunebench: writing the reports failed: ${(e as Error).message}`);
   process.exitCode = 1;

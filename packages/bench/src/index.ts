@@ -47,7 +47,8 @@ export { spamData, evaluateSpam, SPAM_LABELS, type SpamData, type SpamDataOption
 export { jsonlData, evaluateJsonl, MAX_LABELS, type JsonlData, type JsonlOptions, type JsonlMetrics } from './tasks/jsonl_task.js';
 export * from './record.js';
 export * from './suite.js';
-export { runSuite, readResults, runId, peerRunId, peersFor, referenceKernelMs, provenance, type RunnerOptions } from './runner.js';
+export { runSuite, readResults, readKernels, KERNELS_FILE, runId, peerRunId, peersFor, referenceKernelMs, provenance, type RunnerOptions } from './runner.js';
+export { measureKernels, type KernelBenchOptions, type KernelReport } from './kernels.js';
 export * from './check.js';
 export * from './report/index.js';
 export { planMemory, type Plan, type PlanMethod } from './plan.js';

@@ -8,9 +8,10 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   ByteTokenizer, CATEGORIES, type Category, DivergedError, type LlamaModel, Tensor, type TokenRows, epochBatches, evaluateLoss,
-  gemmKernel, matmul, median, memory, saveHfModel,
+  gemmKernel, matmul, median, memory, saveHfModel, writeJsonAtomic, configFromHf, type LlamaConfig,
 } from '@tunebench/core';
 import { countParameters, prepareLora, saveAdapter } from '@tunebench/lora';
+import { type KernelReport, measureKernels } from './kernels.js';
 import { planMemory } from './plan.js';
 import { type PeerImpl, type PeerInput, type PeerOutcome, capturePeerInput } from './peers/input.js';
 import { runTorchPeer, torchUnavailable } from './peers/pytorch.js';
@@ -191,7 +192,32 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
       }
     }
   }
+  if (suite.kernels !== false && !o.only) {
+    const kernelsPath = join(o.outDir, KERNELS_FILE);
+    if (o.resume && existsSync(kernelsPath)) log(`kernels: already in ${kernelsPath}, skipped (--resume)`);
+    else {
+      const lora = suite.methods.find((m) => m.name === 'lora');
+      const cfg = loadBaseConfig(baseDir);
+      log(`kernels: microbenchmarks at the suite's shapes (hidden ${cfg.hiddenSize}, intermediate ${cfg.intermediateSize}, ${sh.batchSize} x ${sh.seqLen} tokens)`);
+      const k = await measureKernels({ cfg, batchSize: sh.batchSize, seqLen: sh.seqLen, loraRank: lora?.r ?? 8, log: o.progress ?? true ? log : undefined });
+      writeJsonAtomic(kernelsPath, k);
+    }
+  }
   return readResults(resultsPath);
+}
+
+/** The kernel microbenchmarks of a report directory, if measured. */
+export const KERNELS_FILE = 'kernels.json';
+export function readKernels(outDir: string): KernelReport | undefined {
+  const path = join(outDir, KERNELS_FILE);
+  if (!existsSync(path)) return undefined;
+  try {
+    const k = JSON.parse(readFileSync(path, 'utf8')) as KernelReport;
+    if (!Array.isArray(k.rows)) throw new Error('no rows');
+    return k;
+  } catch (e) {
+    throw new Error(`${path}: not a kernel benchmark file (${(e as Error).message}); delete it to measure again`);
+  }
 }
 
 /** Speed figures from per-step times: whole-run tokens/s over the timed steps, and the median step. */
@@ -231,6 +257,11 @@ function peerRecord(ours: RunRecord, outcome: PeerOutcome | Error, id: string, i
   for (let i = 0; i < n; i++) diff = Math.max(diff, Math.abs(outcome.losses[i] - ours.lossCurve[i]));
   r.metrics = { lossMaxAbsDiff: n > 0 ? diff : NaN, finalLoss: outcome.losses[steps - 1] };
   return r;
+}
+
+function loadBaseConfig(baseDir: string): LlamaConfig {
+  const path = join(baseDir, 'config.json');
+  return configFromHf(JSON.parse(readFileSync(path, 'utf8')), path);
 }
 
 /** The base model ready for method m (LoRA adapters added, seeded). */

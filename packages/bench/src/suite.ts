@@ -30,6 +30,8 @@ export interface Suite {
   dataset?: string;
   /** peers redoing some of the runs (same weights, batches, learning rates) */
   peers?: PeerSpec;
+  /** kernel microbenchmarks at the suite's shapes after the runs (default true) */
+  kernels?: boolean;
 }
 
 export interface PeerSelection {
@@ -112,6 +114,7 @@ export function validateSuite(raw: unknown, where: string): Suite {
     if (!(Number.isInteger(sh.warmupSteps) && sh.warmupSteps >= 0)) p.push('shared.warmupSteps must be an integer >= 0');
   }
   if (s.tasks?.includes('jsonl') && !s.dataset) p.push("the jsonl task needs 'dataset' (a JSONL file)");
+  if (s.kernels !== undefined && typeof s.kernels !== 'boolean') p.push('kernels must be true or false');
   if (s.peers !== undefined) {
     if (!s.peers || typeof s.peers !== 'object') p.push(`peers must be an object with ${PEERS.join(' and/or ')}`);
     else for (const [k, v] of Object.entries(s.peers)) {

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { memory } from '@tunebench/core';
 import {
-  type RunRecord, type Suite, baselineFrom, checkAgainst, fastestAttempt, speedOnly, parseMethods, runSuite, validateSuite,
+  type RunRecord, type Suite, baselineFrom, checkAgainst, fastestAttempt, readKernels, speedOnly, parseMethods, runSuite, validateSuite,
 } from '../src/index.js';
 
 const cache = mkdtempSync(join(tmpdir(), 'tb-cache-'));
@@ -15,14 +15,17 @@ function tinySuite(methods: Suite['methods']): Suite {
   return {
     name: 'test', base: { preset: 'tiny', pretrainSteps: 4 }, tasks: ['spam', 'adapt'], methods,
     shared: { steps: 3, batchSize: 4, seqLen: 64, seed: 0, schedule: 'cosine', warmupSteps: 1, maxTrain: 24, maxTest: 12 },
+    kernels: false,
   };
 }
 
 test('a suite runs every task x method, appends records, and --resume skips finished runs', async () => {
   const out = mkdtempSync(join(tmpdir(), 'tb-report-'));
-  const suite = tinySuite([...parseMethods('full,lora4')]);
+  const suite = { ...tinySuite([...parseMethods('full,lora4')]), kernels: true };
   const logs: string[] = [];
   const records = await runSuite(suite, { outDir: out, log: (l) => logs.push(l) });
+  const kernels = readKernels(out)!;
+  assert.ok(kernels.rows.length >= 8 && kernels.rows.every((r) => r.gflops > 0), 'kernel microbenchmarks written beside the results');
   assert.equal(records.length, 4);
   assert.deepEqual(records.map((r) => `${r.task}/${r.method}/${r.status}`), ['spam/full/ok', 'spam/lora-r4/ok', 'adapt/full/ok', 'adapt/lora-r4/ok']);
   const spamFull = records[0];
@@ -36,7 +39,7 @@ test('a suite runs every task x method, appends records, and --resume skips fini
   assert.equal(readFileSync(join(out, 'results.jsonl'), 'utf8').trim().split('\n').length, 4);
   const again = await runSuite(suite, { outDir: out, resume: true, log: (l) => logs.push(l) });
   assert.equal(again.length, 4);
-  assert.ok(logs.filter((l) => /skipped \(--resume\)/.test(l)).length === 4);
+  assert.ok(logs.filter((l) => /skipped \(--resume\)/.test(l)).length === 5, 'four runs and the kernels');
   rmSync(out, { recursive: true, force: true });
 });
 

@@ -24,11 +24,25 @@ import {
 export interface KernelSpeedRow {
   /** what was timed, e.g. 'gemm f32 1024x1024x1024' or 'attention_forward T=512' */
   name: string;
+  /** mean milliseconds per call */
+  ms?: number;
   /** measured throughput, GFLOP/s */
   gflops: number;
   /** the peak it is compared with, GFLOP/s: a figure measured on the same
    * machine (e.g. the best GEMM shape, or OpenBLAS's), not a datasheet number */
   peakGflops: number;
+  /** compulsory memory traffic per second, GB/s, and the measured bandwidth peak */
+  gbps?: number;
+  peakGbps?: number;
+  /** which roof limits it (FLOP per byte below the machine balance: memory);
+   * the fraction shown is of that peak. Default compute. */
+  bound?: 'compute' | 'memory';
+}
+
+/** A kernel row's fraction of the peak that bounds it (null without a usable peak). */
+export function kernelFraction(r: KernelSpeedRow): number | null {
+  const [v, p] = r.bound === 'memory' ? [r.gbps, r.peakGbps] : [r.gflops, r.peakGflops];
+  return isFiniteNumber(v) && isFiniteNumber(p) && p > 0 ? v / p : null;
 }
 
 /** Kernel benchmark figures to show beside the runs (`renderReport(..., { kernels })`). */
@@ -425,25 +439,25 @@ async function deployableChart(gs: TaskGroup[]): Promise<Chart> {
 
 // (f) kernel speeds
 async function kernelChart(k: KernelSpeeds): Promise<Chart> {
-  const rows = (k.rows ?? []).map((r) => ({
-    name: String(r.name), gflops: r.gflops, peak: r.peakGflops,
-    fraction: isFiniteNumber(r.gflops) && isFiniteNumber(r.peakGflops) && r.peakGflops > 0 ? r.gflops / r.peakGflops : null,
-  }));
-  const caption = 'Kernel speeds as a fraction of the peak measured on the same machine (the line marks 100%).';
-  const tbl = table(['kernel', 'GFLOP/s', 'peak GFLOP/s', 'of peak'],
-    rows.map((r) => [r.name, isFiniteNumber(r.gflops) ? r.gflops.toFixed(1) : '-', isFiniteNumber(r.peak) ? r.peak.toFixed(1) : '-',
+  const rows = (k.rows ?? []).map((r) => ({ ...r, name: String(r.name), fraction: kernelFraction(r) }));
+  const caption = 'Kernel speeds as a fraction of a peak measured in the same run (the line marks 100%): compute-bound kernels against the best GEMM GFLOP/s, memory-bound ones (fewer FLOP per byte than the machine balance) against the streaming bandwidth.';
+  const num = (v: unknown, d = 1) => (isFiniteNumber(v) ? v.toFixed(d) : '-');
+  const tbl = table(['kernel', 'ms', 'GFLOP/s', 'GB/s', 'bound', 'peak', 'of peak'],
+    rows.map((r) => [r.name, num(r.ms, 3), num(r.gflops), num(r.gbps), r.bound ?? 'compute',
+      r.bound === 'memory' ? `${num(r.peakGbps)} GB/s` : `${num(r.peakGflops)} GFLOP/s`,
       r.fraction === null ? '-' : `${(100 * r.fraction).toFixed(1)}%`]),
-    { numeric: [false, true, true, true] });
-  const values = rows.filter((r) => r.fraction !== null);
+    { numeric: [false, true, true, true, false, true, true] });
+  const values = rows.filter((r) => r.fraction !== null).map((r) => ({ name: r.name, fraction: r.fraction!, bound: r.bound ?? 'compute' }));
   if (values.length === 0) return { name: 'kernels', caption, placeholder: 'no kernel rows with a peak', table: tbl };
-  const top = Math.max(1, ...values.map((r) => r.fraction!));
+  const top = Math.max(1, ...values.map((r) => r.fraction));
   const spec: Spec = {
     width: PANEL_WIDTH + 80, height: { step: 22 },
     layer: [
-      { data: { values }, mark: { type: 'bar', color: '#4c78a8' },
+      { data: { values }, mark: { type: 'bar' },
         encoding: {
-          y: { field: 'name', type: 'nominal', sort: values.map((v) => v.name), title: null },
+          y: { field: 'name', type: 'nominal', sort: values.map((v) => v.name), title: null, axis: { labelLimit: 400 } },
           x: { field: 'fraction', type: 'quantitative', title: 'fraction of measured peak', axis: { format: '%' }, scale: { domain: [0, top] } },
+          color: { field: 'bound', type: 'nominal', scale: { domain: ['compute', 'memory'], range: ['#4c78a8', '#f58518'] }, title: 'bound by' },
         } },
       { data: { values: [{ one: 1 }] }, mark: { type: 'rule', color: '#c33', strokeDash: [4, 3] }, encoding: { x: { field: 'one', type: 'quantitative' } } },
     ],

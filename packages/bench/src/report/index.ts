@@ -4,7 +4,7 @@ export { writeReports, type ReportPaths } from './write.js';
 export { resultsCsv, writeResultsCsv, csvColumns } from './csv.js';
 export { renderSummary } from './summary.js';
 export {
-  renderReport, paretoByTask, vegaLiteToSvg, escapeHtml, REPORT_CHARTS, NO_DEPLOYABLE_TEXT, NO_PEERS_TEXT,
+  renderReport, paretoByTask, kernelFraction, vegaLiteToSvg, escapeHtml, REPORT_CHARTS, NO_DEPLOYABLE_TEXT, NO_PEERS_TEXT,
   type ReportOptions, type ReportChart, type KernelSpeeds, type KernelSpeedRow, type TaskPareto,
 } from './html.js';
 export {
