@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CATEGORIES, type LlamaConfig, PRESETS, configFromHf, intOption, native, parseCli, preset } from '@tunebench/core';
-import { type PlanMethod, planMemory } from './plan.js';
+import { type MethodSpec, methodPlugin } from './methods.js';
 import { checkAgainst, fastestAttempt, readBaseline, speedOnly, writeBaseline } from './check.js';
 import { BUILTIN_SUITES, PEERS, type PeerName, type Suite, TASKS, type TaskName, loadSuiteFile, parseMethods, validateSuite } from './suite.js';
 import { readKernels, runSuite } from './runner.js';
@@ -75,16 +75,15 @@ if (args[0] === 'plan') {
     console.error(`tunebench plan: ${(e as Error).message}`);
     process.exit(2);
   }
-  let method: PlanMethod;
+  let method: MethodSpec;
   try {
-    const m = parseMethods(p.method)[0];
-    method = { name: m.name, r: m.r };
+    method = parseMethods(p.method)[0];
   } catch (e) {
     console.error(`tunebench plan: ${(e as Error).message}`);
     process.exit(2);
   }
   const B = intOption('batch', p.batch, 8), T = intOption('seq', p.seq, 256), K = intOption('accum', p.accum, 1);
-  const plan = planMemory(config, method, B, T, K);
+  const plan = methodPlugin(method.name).plan(config, method, B, T, K);
   const mib = (x: number) => (x / 2 ** 20).toFixed(1).padStart(12);
   console.log(`predicted peak memory of one training step: ${p.model}, ${p.method}, batch ${B} x seq ${T}${K > 1 ? `, ${K} micro-batches` : ''} (MiB)`);
   for (const k of CATEGORIES) console.log(`${k.padEnd(16)}${mib(plan[k])}`);

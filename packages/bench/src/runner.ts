@@ -8,20 +8,20 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   ByteTokenizer, CATEGORIES, type Category, DivergedError, type LlamaModel, Tensor, type TokenRows, epochBatches, evaluateLoss,
-  gemmKernel, matmul, median, memory, saveHfModel, writeJsonAtomic, configFromHf, type LlamaConfig,
+  gemmKernel, matmul, median, memory, writeJsonAtomic, configFromHf, type LlamaConfig,
 } from '@tunebench/core';
-import { countParameters, prepareLora, saveAdapter } from '@tunebench/lora';
+import { countParameters } from '@tunebench/lora';
+import { type MethodSpec, methodPlugin } from './methods.js';
 import { type KernelReport, measureKernels } from './kernels.js';
-import { planMemory } from './plan.js';
 import { type PeerImpl, type PeerInput, type PeerOutcome, capturePeerInput } from './peers/input.js';
 import { runTorchPeer, torchUnavailable } from './peers/pytorch.js';
 import { runTfjsPeer } from './peers/tfjs.js';
 import type { RunRecord } from './record.js';
-import type { MethodSpec, PeerName, Suite, TaskName } from './suite.js';
+import type { PeerName, Suite, TaskName } from './suite.js';
 import { adaptData, evaluateAdapt } from './tasks/adapt.js';
 import { type FinetuneOptions, finetune, progressPrinter, resolveFinetuneOptions } from './tasks/finetune.js';
 import { evaluateJsonl, jsonlData } from './tasks/jsonl_task.js';
-import { brownData, loadBase, pretrainBase } from './tasks/pretrain.js';
+import { brownData, pretrainBase } from './tasks/pretrain.js';
 import { evaluateSpam, spamData } from './tasks/spam_task.js';
 
 export interface RunnerOptions {
@@ -264,16 +264,9 @@ function loadBaseConfig(baseDir: string): LlamaConfig {
   return configFromHf(JSON.parse(readFileSync(path, 'utf8')), path);
 }
 
-/** The base model ready for method m (LoRA adapters added, seeded). */
+/** The base model ready for method m (its plugin adds adapters, quantizes, ...). */
 function prepareModel(m: MethodSpec, suite: Suite, baseDir: string): LlamaModel {
-  const model = loadBase(baseDir, { trainable: m.name === 'full' });
-  try {
-    if (m.name === 'lora') prepareLora(model, { r: m.r, alpha: m.alpha ?? 2 * (m.r ?? 8), seed: suite.shared.seed });
-  } catch (e) {
-    model.dispose();
-    throw e;
-  }
-  return model;
+  return methodPlugin(m.name).prepare(baseDir, m, suite.shared.seed);
 }
 
 function trainRows(task: TaskName, data: TaskData): TokenRows {
@@ -307,7 +300,8 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
   let peerInput: PeerInput | null = null;
   const startedAt = new Date().toISOString();
   const t0 = performance.now();
-  const settings: RunRecord['settings'] = { steps: sh.steps, batchSize: sh.batchSize, seqLen: sh.seqLen, seed: sh.seed, schedule: sh.schedule, warmupSteps: sh.warmupSteps, lr: m.lr, ...(m.r ? { r: m.r, alpha: m.alpha ?? 2 * m.r } : {}) };
+  const plugin = methodPlugin(m.name);
+  const settings: RunRecord['settings'] = { steps: sh.steps, batchSize: sh.batchSize, seqLen: sh.seqLen, seed: sh.seed, schedule: sh.schedule, warmupSteps: sh.warmupSteps, lr: m.lr, ...plugin.settings(m) };
   const zeroPeak = Object.fromEntries(CATEGORIES.map((c) => [c, 0])) as Record<Category, number>;
   const record: RunRecord = {
     id, suite: suite.name, task, method: m.label, settings, status: 'ok', metrics: {},
@@ -323,7 +317,7 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
     const before = memory.snapshot().cpu;
     memory.resetPeak();
     model = prepareModel(m, suite, baseDir);
-    const predicted = planMemory(model.config, { name: m.name, r: m.r }, sh.batchSize, sh.seqLen);
+    const predicted = plugin.plan(model.config, m, sh.batchSize, sh.seqLen);
     const counts = countParameters(model.parameters());
     record.trainableParameters = counts.trainableParameters;
     record.totalParameters = counts.totalParameters;
@@ -348,18 +342,28 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
       medianStepMs, steadyTokensPerSecond,
     };
     record.lossCurve = run.steps.map((s) => s.loss);
-    if (task === 'spam') {
-      const e = evaluateSpam(model, data.spam!, 32);
-      record.metrics = { accuracy: e.accuracy, macroF1: e.macroF1, majorityBaseline: data.spam!.majorityBaseline };
-    } else if (task === 'adapt') {
-      const e = evaluateAdapt(model, data.adapt!, sh.batchSize);
-      record.metrics = { adaptLoss: e.adaptLoss, adaptPerplexity: e.adaptPerplexity, forgetting: e.baseLoss - baseLossBefore };
-    } else {
-      const e = evaluateJsonl(model, data.jsonl!, sh.batchSize);
-      record.metrics = Object.fromEntries(Object.entries(e).filter(([, v]) => typeof v === 'number')) as Record<string, number>;
+    const evaluate = (mod: LlamaModel): Record<string, number> => {
+      if (task === 'spam') {
+        const e = evaluateSpam(mod, data.spam!, 32);
+        return { accuracy: e.accuracy, macroF1: e.macroF1, majorityBaseline: data.spam!.majorityBaseline };
+      }
+      if (task === 'adapt') {
+        const e = evaluateAdapt(mod, data.adapt!, sh.batchSize);
+        return { adaptLoss: e.adaptLoss, adaptPerplexity: e.adaptPerplexity, forgetting: e.baseLoss - baseLossBefore };
+      }
+      const e = evaluateJsonl(mod, data.jsonl!, sh.batchSize);
+      return Object.fromEntries(Object.entries(e).filter(([, v]) => typeof v === 'number')) as Record<string, number>;
+    };
+    record.metrics = evaluate(model);
+    const saved = join(tmp, 'saved');
+    mkdirSync(saved);
+    plugin.save(model, m, saved);
+    record.fileBytes = dirBytes(saved);
+    if (plugin.deployables) {
+      const dir = join(tmp, 'deployable');
+      mkdirSync(dir);
+      record.deployable = plugin.deployables(model, m, { evaluate, dir });
     }
-    if (m.name === 'lora') saveAdapter(model, tmp); else saveHfModel(model, tmp, { dtype: 'bf16' });
-    record.fileBytes = dirBytes(tmp);
   } catch (e) {
     const err = e as Error & { code?: string; bytes?: number };
     if (err.code === 'TB_OOM') { record.status = 'oom'; record.oomBytes = err.bytes; record.error = `does not fit: ${err.message}`; }

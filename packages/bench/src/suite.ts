@@ -2,21 +2,12 @@
 // steps, batch, sequence length and schedule shape. Built-in suites, or a
 // JSON file (format in README.md).
 import { existsSync, readFileSync } from 'node:fs';
+import { type MethodSpec, methodNames, methodPlugin, parseMethods } from './methods.js';
+
+export { type MethodSpec, parseMethods };
 
 export type TaskName = 'spam' | 'adapt' | 'jsonl';
 export const TASKS: readonly TaskName[] = ['spam', 'adapt', 'jsonl'];
-
-export interface MethodSpec {
-  /** 'full' or 'lora' (more come with their packages) */
-  name: 'full' | 'lora';
-  /** LoRA rank and alpha */
-  r?: number;
-  alpha?: number;
-  /** learning rate for this method (methods differ here; recorded and printed) */
-  lr: number;
-  /** label in tables, e.g. 'lora-r8' */
-  label: string;
-}
 
 export interface Suite {
   name: string;
@@ -100,10 +91,11 @@ export function validateSuite(raw: unknown, where: string): Suite {
   if (!Array.isArray(s.tasks) || s.tasks.length === 0 || s.tasks.some((t) => !TASKS.includes(t))) p.push(`tasks must be a non-empty list of ${TASKS.join(', ')}`);
   if (!Array.isArray(s.methods) || s.methods.length === 0) p.push('methods must be a non-empty list');
   else s.methods.forEach((m, i) => {
-    if (m.name !== 'full' && m.name !== 'lora') p.push(`methods[${i}].name must be 'full' or 'lora'`);
+    if (!methodNames().includes(m.name)) p.push(`methods[${i}].name must be one of ${methodNames().join(', ')}`);
+    else p.push(...methodPlugin(m.name).validate(m).map((e) => `methods[${i}].${e}`));
     if (!(typeof m.lr === 'number' && m.lr > 0)) p.push(`methods[${i}].lr must be a positive number`);
-    if (m.name === 'lora' && !(Number.isInteger(m.r) && (m.r as number) > 0)) p.push(`methods[${i}].r must be a positive integer`);
     if (typeof m.label !== 'string' || !m.label) p.push(`methods[${i}].label must be a non-empty string`);
+    else if (s.methods!.findIndex((o) => o.label === m.label) !== i) p.push(`methods[${i}].label '${m.label}' is used twice`);
   });
   const sh = s.shared as Suite['shared'] | undefined;
   if (!sh || typeof sh !== 'object') p.push('shared must give steps, batchSize, seqLen, seed, schedule, warmupSteps');
@@ -133,12 +125,3 @@ export function validateSuite(raw: unknown, where: string): Suite {
   return s as Suite;
 }
 
-/** Parses --methods like "full,lora8,lora64" into specs (lr from the defaults). */
-export function parseMethods(list: string): MethodSpec[] {
-  return list.split(',').map((m) => m.trim()).filter(Boolean).map((m) => {
-    if (m === 'full') return { ...DEFAULT_METHODS[0] };
-    const lora = /^lora-?r?(\d+)$/.exec(m);
-    if (lora) { const r = Number(lora[1]); return { name: 'lora', r, alpha: 2 * r, lr: 2e-3, label: `lora-r${r}` }; }
-    throw new Error(`--methods: unknown method '${m}' (known: full, lora8, lora64, lora<r>)`);
-  });
-}

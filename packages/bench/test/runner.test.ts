@@ -1,11 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { memory } from '@tunebench/core';
+import { memory, saveHfModel } from '@tunebench/core';
+import { mergeAndUnload } from '@tunebench/lora';
 import {
-  type RunRecord, type Suite, baselineFrom, checkAgainst, fastestAttempt, readKernels, speedOnly, parseMethods, runSuite, validateSuite,
+  type RunRecord, type Suite, baselineFrom, checkAgainst, fastestAttempt, methodPlugin, readKernels, registerMethod, speedOnly, parseMethods, runSuite, validateSuite,
 } from '../src/index.js';
 
 const cache = mkdtempSync(join(tmpdir(), 'tb-cache-'));
@@ -88,6 +89,35 @@ test('peers redo the first steps of chosen runs: recorded beside ours, resumed, 
   const b = baselineFrom(again);
   assert.deepEqual(Object.keys(b.runs), [recs[0].id, recs[1].id], 'peers are not ours to regress');
   assert.deepEqual(checkAgainst(again, b), []);
+  rmSync(out, { recursive: true, force: true });
+});
+
+test('a method registered from outside plugs into suites, the runner and the records, deployable rows included', async () => {
+  // a LoRA variant whose deployable model is the merged one, evaluated like the run
+  const lora = methodPlugin('lora');
+  registerMethod({
+    ...lora, name: 'lora-merged', describe: 'test', tokens: ['merged<r>'],
+    parse: (t) => (/^merged(\d+)$/.test(t) ? { name: 'lora-merged', r: Number(t.slice(6)), alpha: 4, lr: 1e-3, label: t } : null),
+    deployables: (model, spec, ctx) => {
+      mergeAndUnload(model);
+      saveHfModel(model, ctx.dir, { dtype: 'bf16' });
+      return [{ kind: 'merged bf16', bits: 16, bytes: statSync(join(ctx.dir, 'model.safetensors')).size, metrics: ctx.evaluate(model) }];
+    },
+  });
+  const out = mkdtempSync(join(tmpdir(), 'tb-plugin-'));
+  const suite: Suite = { ...tinySuite(parseMethods('merged2')), tasks: ['spam'] };
+  validateSuite(suite, 'plugin suite');
+  const [r] = await runSuite(suite, { outDir: out, log: () => {} });
+  assert.equal(r.status, 'ok', r.error);
+  assert.equal(r.method, 'merged2');
+  assert.deepEqual([r.settings.r, r.settings.alpha], [2, 4], 'the plugin\'s settings are recorded');
+  assert.equal(r.deployable?.length, 1);
+  const d = r.deployable![0];
+  assert.ok(d.bytes > 0 && d.kind === 'merged bf16');
+  // merging is exact up to bf16 rounding of the merged weights: the same answers on this small test split
+  assert.ok(Math.abs(d.metrics.accuracy - r.metrics.accuracy) <= 0.1, `merged ${d.metrics.accuracy} vs adapter ${r.metrics.accuracy}`);
+  assert.throws(() => registerMethod({ ...lora }), /registered already/);
+  assert.throws(() => validateSuite({ ...suite, methods: [{ name: 'nope', lr: 1, label: 'x' }] }, 's'), /methods\[0\]\.name must be one of full, lora, lora-merged/);
   rmSync(out, { recursive: true, force: true });
 });
 
