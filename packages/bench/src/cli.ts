@@ -130,6 +130,12 @@ try {
   if (opt.model) {
     if (!existsSync(join(opt.model, 'config.json'))) fail(`--model: ${opt.model} has no config.json (a Hugging Face LlamaForCausalLM directory is expected)`);
     suite.base = { hfDir: resolve(opt.model) };
+    // the built-in suites' peers are sized for their small bases; with a real
+    // model TensorFlow.js's pure-JS steps would take hours: ask for them by name
+    if (opt.peers === undefined && BUILTIN_SUITES[suiteName] && suite.peers) {
+      console.error('tunebench: --model: the suite\'s peers are left out (TensorFlow.js would be very slow on a real model); --peers tfjs,pytorch runs them');
+      suite.peers = {};
+    }
   }
   if (opt.peers !== undefined) {
     const names = opt.peers === 'none' ? [] : opt.peers.split(',').map((x) => x.trim()).filter(Boolean);

@@ -47,6 +47,7 @@ export { spamData, evaluateSpam, SPAM_LABELS, type SpamData, type SpamDataOption
 export { jsonlData, evaluateJsonl, MAX_LABELS, type JsonlData, type JsonlOptions, type JsonlMetrics } from './tasks/jsonl_task.js';
 export * from './record.js';
 export * from './suite.js';
+export { lossAgreement, LOSS_AGREEMENT } from './peers/agreement.js';
 export { runSuite, readResults, readKernels, KERNELS_FILE, runId, peerRunId, peersFor, referenceKernelMs, provenance, type RunnerOptions } from './runner.js';
 export { measureKernels, type KernelBenchOptions, type KernelReport } from './kernels.js';
 export * from './check.js';

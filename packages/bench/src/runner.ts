@@ -16,6 +16,7 @@ import { type KernelReport, measureKernels } from './kernels.js';
 import { type PeerImpl, type PeerInput, type PeerOutcome, capturePeerInput } from './peers/input.js';
 import { runTorchPeer, torchUnavailable } from './peers/pytorch.js';
 import { runTfjsPeer } from './peers/tfjs.js';
+import { LOSS_AGREEMENT, lossAgreement } from './peers/agreement.js';
 import type { RunRecord } from './record.js';
 import type { PeerName, Suite, TaskName } from './suite.js';
 import { adaptData, evaluateAdapt } from './tasks/adapt.js';
@@ -188,7 +189,7 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
         const pr = peerRecord(r, outcome, pid, PEER_IMPL[p.peer], p.steps, input, performance.now() - t0);
         appendRecord(resultsPath, pr);
         records.push(pr);
-        log(`${pid}: ${pr.status}${pr.status === 'ok' ? `, ${Math.round(pr.speed.tokensPerSecond)} tokens/s, loss max abs diff vs ours ${pr.metrics.lossMaxAbsDiff?.toExponential(2)}` : ` (${pr.error})`}`);
+        log(`${pid}: ${pr.status}${pr.status === 'ok' ? `, ${Math.round(pr.speed.tokensPerSecond)} tokens/s; loss vs ours: max abs diff ${pr.metrics.lossMaxAbsDiff10?.toExponential(1)} over the first 10 steps, within ${LOSS_AGREEMENT} for ${pr.metrics.stepsAgreeing} of ${pr.lossCurve.length} steps` : ` (${pr.error})`}`);
       }
     }
   }
@@ -251,11 +252,7 @@ function peerRecord(ours: RunRecord, outcome: PeerOutcome | Error, id: string, i
   const bad = outcome.losses.findIndex((l) => !Number.isFinite(l));
   if (bad >= 0) { r.status = 'diverged'; r.divergedAtStep = bad + 1; r.error = `${impl}: the loss is ${outcome.losses[bad]} at step ${bad + 1}`; return r; }
   if (outcome.losses.length < steps) { r.status = 'error'; r.error = `${impl} stopped after ${outcome.losses.length} of ${steps} steps`; return r; }
-  // agreement with our loss curve over the same steps (same math: they must be close)
-  const n = Math.min(steps, ours.lossCurve.length);
-  let diff = 0;
-  for (let i = 0; i < n; i++) diff = Math.max(diff, Math.abs(outcome.losses[i] - ours.lossCurve[i]));
-  r.metrics = { lossMaxAbsDiff: n > 0 ? diff : NaN, finalLoss: outcome.losses[steps - 1] };
+  r.metrics = { ...lossAgreement(outcome.losses, ours.lossCurve), finalLoss: outcome.losses[steps - 1] };
   return r;
 }
 

@@ -110,12 +110,12 @@ function fixtures(): RunRecord[] {
 }
 
 function peer(impl: 'tensorflow.js' | 'pytorch', steps: number, tps: number, mib: number, diff: number): RunRecord {
-  const r = record({ task: 'spam', method: `full \u00b7 ${impl}`, metrics: { lossMaxAbsDiff: diff, finalLoss: 2.5 }, mib, tps });
+  const r = record({ task: 'spam', method: `full \u00b7 ${impl}`, metrics: { lossMaxAbsDiff10: diff, lossMaxAbsDiff: 10 * diff, stepsAgreeing: steps, finalLoss: 2.5 }, mib, tps });
   return {
     ...r, id: `spam/full@${impl}/`, impl, peerOf: 'spam/full/', settings: { ...r.settings, steps },
     memory: { ...r.memory, peak: { frozen: 0, trainable: 0, grad: 0, optimizer: 0, optimizer_host: 0, activation: 0, workspace: 0 }, source: `${impl} <own> measure`, predicted: undefined },
     speed: { tokensPerSecond: tps, steadyTokensPerSecond: tps, msPerStep: { forward: null, backward: null, optimizer: null, total: 100 } },
-    lossCurve: lossCurve(steps, 5.5, 2.0), provenance: { ...r.provenance, gemm: `${impl} build` },
+    lossCurve: lossCurve(steps, 5.5, 2.0).map((l) => l + diff), provenance: { ...r.provenance, gemm: `${impl} build` },
   };
 }
 
@@ -171,7 +171,7 @@ describe('results.csv', () => {
     assert.deepEqual(settings, ['settings.alpha', 'settings.batch', 'settings.bits', 'settings.lr', 'settings.r', 'settings.seq', 'settings.steps', 'settings.target']);
     const metrics = head.filter((h) => h.startsWith('metric.'));
     assert.deepEqual(metrics, ['metric.accuracy', 'metric.adaptLoss', 'metric.adaptPerplexity', 'metric.baseLoss', 'metric.examples', 'metric.finalLoss',
-      'metric.lossMaxAbsDiff', 'metric.macroF1']);
+      'metric.lossMaxAbsDiff', 'metric.lossMaxAbsDiff10', 'metric.macroF1', 'metric.stepsAgreeing']);
     assert.ok(head.indexOf('settings.target') < head.indexOf('metric.accuracy'));
     for (const col of ['memory.peakTotal', 'memory.peak.frozen', 'memory.peak.workspace', 'memory.deviceBytes', 'memory.predicted.total',
       'speed.tokensPerSecond', 'speed.msPerStep.forward', 'speed.msPerStep.backward', 'speed.msPerStep.optimizer', 'speed.msPerStep.total',
@@ -268,8 +268,8 @@ describe('summary.md', () => {
     assert.match(md, /9 runs: 6 ok, 1 do not fit, 1 diverged, 1 failed; 2 peer runs/);
     // peers: a table of their own, our run's speed beside theirs; not rows of the task table, not in the provenance line
     assert.match(md, /peers \(the same first steps/);
-    assert.match(md, /^\| full seq=128 \| tensorflow\.js \| ok \| 4 \| 40 \| 5,000 \| 125x \| 110\.0 \| 3\.0e-6 \|$/m);
-    assert.match(md, /^\| full seq=128 \| pytorch \| ok \| 20 \| 2,500 \| 5,000 \| 2\.00x \| 70\.0 \| 8\.0e-7 \|$/m);
+    assert.match(md, /^\| full seq=128 \| tensorflow\.js \| ok \| 4 \| 40 \| 5,000 \| 125x \| 110\.0 \| 3\.0e-6 \| 4 of 4 \|$/m);
+    assert.match(md, /^\| full seq=128 \| pytorch \| ok \| 20 \| 2,500 \| 5,000 \| 2\.00x \| 70\.0 \| 8\.0e-7 \| 20 of 20 \|$/m);
     assert.doesNotMatch(md, /\| full · tensorflow\.js \| ok \|/);
     assert.doesNotMatch(md, /provenance:[^\n]*build/);
     assert.match(md, /provenance: commit abc1234 · cpu AMD EPYC \\<test> & co · gemm avx512 12x32 · node v20\.20\.2/);
@@ -372,7 +372,7 @@ describe('report.html', () => {
     const peers = figs.get('peers')!;
     const rows = [...peers.matchAll(/<tr><td>spam<\/td><td>full seq=128<\/td><td>(tensorflow\.js|pytorch)<\/td>.*?<\/tr>/g)].map((m) => m[0]);
     assert.equal(rows.length, 2);
-    assert.match(rows[0], /<td class="num">40<\/td><td class="num">5,000<\/td><td class="num">125x<\/td><td class="num">110\.0<\/td><td class="num">800\.0<\/td><td class="num">3\.0e-6<\/td>/);
+    assert.match(rows[0], /<td class="num">40<\/td><td class="num">5,000<\/td><td class="num">125x<\/td><td class="num">110\.0<\/td><td class="num">800\.0<\/td><td class="num">3\.0e-6<\/td><td class="num">4 of 4<\/td>/);
     // three bars: ours once, each peer once
     assert.equal([...peers.matchAll(/aria-roledescription="bar"/g)].length, 3);
     for (const name of ['memory', 'throughput', 'pareto']) assert.doesNotMatch(figs.get(name)!, /tensorflow\.js|pytorch/, `no peer in ${name}`);

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { memory, saveHfModel } from '@tunebench/core';
 import { mergeAndUnload } from '@tunebench/lora';
 import {
-  type RunRecord, type Suite, baselineFrom, checkAgainst, fastestAttempt, methodPlugin, readKernels, registerMethod, speedOnly, parseMethods, runSuite, validateSuite,
+  type RunRecord, type Suite, baselineFrom, checkAgainst, fastestAttempt, lossAgreement, methodPlugin, readKernels, registerMethod, speedOnly, parseMethods, runSuite, validateSuite,
 } from '../src/index.js';
 
 const cache = mkdtempSync(join(tmpdir(), 'tb-cache-'));
@@ -75,6 +75,8 @@ test('peers redo the first steps of chosen runs: recorded beside ours, resumed, 
   assert.equal(peer.status, 'ok', peer.error);
   assert.equal(peer.lossCurve.length, 3);
   assert.ok(peer.metrics.lossMaxAbsDiff < 1e-4, `same math, same losses: max diff ${peer.metrics.lossMaxAbsDiff}`);
+  assert.equal(peer.metrics.stepsAgreeing, 3);
+  assert.equal(peer.metrics.lossMaxAbsDiff10, peer.metrics.lossMaxAbsDiff, 'fewer than 10 steps: the same maximum');
   assert.ok(peer.speed.tokensPerSecond > 0 && peer.memory.peakTotal > 0 && /tfjs/.test(peer.memory.source!));
   assert.equal(peer.speed.msPerStep.forward, null, 'tfjs cannot split forward from backward');
   // a crash after our run and before the peer's: --resume redoes only the peer
@@ -119,6 +121,16 @@ test('a method registered from outside plugs into suites, the runner and the rec
   assert.throws(() => registerMethod({ ...lora }), /registered already/);
   assert.throws(() => validateSuite({ ...suite, methods: [{ name: 'nope', lr: 1, label: 'x' }] }, 's'), /methods\[0\]\.name must be one of full, lora, lora-merged/);
   rmSync(out, { recursive: true, force: true });
+});
+
+test('loss agreement: the first 10 steps, the leading steps within 1e-4, the whole curve', () => {
+  const ours = Array.from({ length: 30 }, (_, i) => 3 - i * 0.05);
+  const peer = ours.map((l, i) => l + (i < 12 ? 1e-6 * (i % 3) : 1e-3 * (i - 11)));
+  const a = lossAgreement(peer, ours);
+  assert.equal(a.stepsAgreeing, 12, 'steps 1..12 within 1e-4; step 13 is 1e-3 apart');
+  assert.ok(Math.abs(a.lossMaxAbsDiff10 - 2e-6) < 1e-9, `first 10: ${a.lossMaxAbsDiff10}`);
+  assert.ok(Math.abs(a.lossMaxAbsDiff - 0.018) < 1e-9, `whole curve: ${a.lossMaxAbsDiff}`);
+  assert.equal(lossAgreement([1, NaN], [1, 1]).stepsAgreeing, 1, 'a NaN step does not agree');
 });
 
 test('bad suites are refused before anything runs, naming each problem', () => {

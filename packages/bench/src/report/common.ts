@@ -3,6 +3,7 @@
 // front, failure wording and number formats. All of it is deterministic: the
 // same records in the same order give the same text.
 import { CATEGORIES } from '@tunebench/core';
+import { lossAgreement } from '../peers/agreement.js';
 import { type RunRecord, isPeer } from '../record.js';
 
 /** A finite number (NaN written to JSON comes back as null). */
@@ -232,7 +233,10 @@ export interface PeerComparison {
   oursTokensPerSecond: number;
   /** ours / peer (tokens/s, median steps) */
   ratio: number;
-  lossMaxAbsDiff: number;
+  /** max |peer - ours| over the first 10 steps */
+  lossMaxAbsDiff10: number;
+  /** leading steps whose losses agree within 1e-4 */
+  stepsAgreeing: number;
 }
 
 /** The peer rows of these records, each paired with the run of ours it redid. */
@@ -246,7 +250,7 @@ export function peerComparisons(records: readonly RunRecord[]): PeerComparison[]
     return {
       task: p.task, peer: p, ours, label: ours ? labels.get(ours) ?? ours.method : p.method, impl: p.impl ?? '-',
       steps: p.lossCurve?.length ?? 0, peerTokensPerSecond: pt, oursTokensPerSecond: ot,
-      ratio: isFiniteNumber(pt) && pt > 0 && isFiniteNumber(ot) ? ot / pt : NaN, lossMaxAbsDiff: p.metrics?.lossMaxAbsDiff,
+      ratio: isFiniteNumber(pt) && pt > 0 && isFiniteNumber(ot) ? ot / pt : NaN, ...(ours && p.status === 'ok' ? lossAgreement(p.lossCurve ?? [], ours.lossCurve ?? []) : { lossMaxAbsDiff10: NaN, stepsAgreeing: NaN }),
     };
   });
 }

@@ -319,12 +319,13 @@ async function peersChart(records: readonly RunRecord[]): Promise<Chart> {
       ok && isFiniteNumber(c.ratio) ? `${c.ratio >= 10 ? c.ratio.toFixed(0) : c.ratio.toFixed(2)}x` : '-',
       ok && isFiniteNumber(c.peer.memory?.peakTotal) && c.peer.memory.peakTotal > 0 ? formatMiB(c.peer.memory.peakTotal) : '-',
       c.ours && isFiniteNumber(c.ours.memory?.peakTotal) ? formatMiB(c.ours.memory.peakTotal) : '-',
-      ok && isFiniteNumber(c.lossMaxAbsDiff) ? c.lossMaxAbsDiff.toExponential(1) : '-',
+      ok && isFiniteNumber(c.lossMaxAbsDiff10) ? c.lossMaxAbsDiff10.toExponential(1) : '-',
+      ok && isFiniteNumber(c.stepsAgreeing) ? `${c.stepsAgreeing} of ${c.steps}` : '-',
       c.peer.provenance?.gemm ?? '-'];
   });
-  const caption = 'The same first training steps from the same weights, batches and learning rates, by tunebench and by its peers: tokens per second of the median step (log scale), the ratio, each one\u2019s peak memory (peers by their own measure: TensorFlow.js counts its tensor bytes, PyTorch the growth of the process\u2019s resident set) and the largest difference between the loss curves (same math, so it must be small).';
-  const head = ['task', 'method', 'peer', 'status', 'steps', 'peer tokens/s', 'tunebench tokens/s', 'tunebench \u00f7 peer', 'peer memory MiB', 'tunebench memory MiB', 'loss max abs diff', 'peer build'];
-  const tbl = rows.length ? table(head, rows, { numeric: head.map((_, i) => i >= 4 && i <= 10) }) : '';
+  const caption = 'The same first training steps from the same weights, batches and learning rates, by tunebench and by its peers: tokens per second of the median step (log scale), the ratio, each one\u2019s peak memory (peers by their own measure: TensorFlow.js counts its tensor bytes, PyTorch the growth of the process\u2019s resident set) and how closely the loss curves agree: the largest difference over the first 10 steps (same math, so it must be small) and for how many leading steps they stay within 1e-4 (a jumpy run at a high learning rate amplifies rounding differences later on).';
+  const head = ['task', 'method', 'peer', 'status', 'steps', 'peer tokens/s', 'tunebench tokens/s', 'tunebench \u00f7 peer', 'peer memory MiB', 'tunebench memory MiB', 'loss diff, first 10 steps', 'steps within 1e-4', 'peer build'];
+  const tbl = rows.length ? table(head, rows, { numeric: head.map((_, i) => i >= 4 && i <= 11) }) : '';
   const panels: Spec[] = [];
   const impls = ['tunebench', ...distinct(cs.map((c) => c.impl))];
   const okCs = cs.filter((c) => c.peer.status === 'ok');

@@ -82,8 +82,8 @@ function peersTable(runs: readonly RunRecord[]): string[] {
   const cs = peerComparisons(runs);
   if (cs.length === 0) return [];
   const lines = ['', 'peers (the same first steps from the same weights, batches and learning rates):', ''];
-  lines.push(row(['method', 'peer', 'status', 'steps', 'peer tokens/s', 'tunebench tokens/s', 'tunebench ÷ peer', 'peer memory MiB', 'loss max abs diff']));
-  lines.push(row(['---', '---', '---', '---:', '---:', '---:', '---:', '---:', '---:']));
+  lines.push(row(['method', 'peer', 'status', 'steps', 'peer tokens/s', 'tunebench tokens/s', 'tunebench ÷ peer', 'peer memory MiB', 'loss diff, first 10 steps', 'steps within 1e-4']));
+  lines.push(row(['---', '---', '---', '---:', '---:', '---:', '---:', '---:', '---:', '---:']));
   for (const c of cs) {
     const ok = c.peer.status === 'ok';
     lines.push(row([
@@ -92,10 +92,11 @@ function peersTable(runs: readonly RunRecord[]): string[] {
       isFiniteNumber(c.oursTokensPerSecond) ? groupThousands(c.oursTokensPerSecond) : '-',
       ok && isFiniteNumber(c.ratio) ? `${c.ratio >= 10 ? c.ratio.toFixed(0) : c.ratio.toFixed(2)}x` : '-',
       ok && isFiniteNumber(c.peer.memory?.peakTotal) && c.peer.memory.peakTotal > 0 ? formatMiB(c.peer.memory.peakTotal) : '-',
-      ok && isFiniteNumber(c.lossMaxAbsDiff) ? c.lossMaxAbsDiff.toExponential(1) : '-',
+      ok && isFiniteNumber(c.lossMaxAbsDiff10) ? c.lossMaxAbsDiff10.toExponential(1) : '-',
+      ok && isFiniteNumber(c.stepsAgreeing) ? `${c.stepsAgreeing} of ${c.steps}` : '-',
     ]));
   }
-  lines.push('', 'tokens/s of the median step; peer memory is the peer\'s own figure (TensorFlow.js: tensor bytes; PyTorch: resident-set growth), not tracked bytes.');
+  lines.push('', 'tokens/s of the median step; peer memory is the peer\'s own figure (TensorFlow.js: tensor bytes; PyTorch: resident-set growth), not tracked bytes; a jumpy run amplifies rounding differences, so later steps may part.');
   return lines;
 }
 

@@ -1,0 +1,68 @@
+// The tunebench command: --help, the plan subcommand, and every bad option
+// refused with a clear message (exit 2) before anything runs.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const pkg = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+function cli(...args: string[]): { code: number | null; out: string; err: string } {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', join(pkg, 'src', 'cli.ts'), ...args], { cwd: pkg, encoding: 'utf8', timeout: 60_000 });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+test('--help explains every option with examples', () => {
+  const r = cli('--help');
+  assert.equal(r.code, 0, r.err);
+  for (const o of ['--suite', '--methods', '--tasks', '--model', '--dataset', '--peers', '--device', '--out', '--resume', '--check', '--update-baseline']) {
+    assert.match(r.out, new RegExp(`\\n  ${o}\\b`), `--help lists ${o}`);
+  }
+  assert.match(r.out, /Examples:/);
+});
+
+test('plan predicts memory by category without running', () => {
+  const r = cli('plan', '--model', 'tinyllama-1.1b', '--method', 'lora16', '--batch', '4', '--seq', '1024');
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /predicted peak memory of one training step: tinyllama-1\.1b, lora16, batch 4 x seq 1024/);
+  for (const c of ['frozen', 'trainable', 'grad', 'optimizer', 'activation', 'workspace', 'total']) assert.match(r.out, new RegExp(`^${c}\\s+\\d+\\.\\d$`, 'm'));
+  const bad = cli('plan', '--model', 'nope');
+  assert.equal(bad.code, 2);
+  assert.match(bad.err, /'nope' is neither a preset .* nor a directory with config\.json/);
+});
+
+test('bad options and suite files are refused before anything runs, saying what to fix', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tb-cli-'));
+  try {
+    const cases: [string[], RegExp][] = [
+      [['--suite', 'nope'], /--suite: 'nope' is neither a built-in suite \(ci, cpu, gpu\) nor a file/],
+      [['--suite', 'ci', '--methods', 'full,qlora'], /unknown method 'qlora' \(known: full, lora8, lora64, lora<r>\)/],
+      [['--suite', 'ci', '--tasks', 'spam,translate'], /--tasks: unknown task 'translate'/],
+      [['--suite', 'ci', '--peers', 'jax'], /--peers: unknown peer 'jax' \(known: tfjs, pytorch, or none\)/],
+      [['--suite', 'ci', '--device', 'tpu'], /--device must be cpu or cuda/],
+      [['--suite', 'ci', '--device', 'cuda'], /--device cuda: /],
+      [['--suite', 'ci', '--update-baseline'], /--update-baseline needs --check BASELINE/],
+      [['--suite', 'ci', '--model', dir], /has no config\.json/],
+      [['--suite', 'ci', '--dataset', join(dir, 'missing.jsonl')], /--dataset: .*missing\.jsonl does not exist/],
+    ];
+    const suiteFile = join(dir, 'bad.json');
+    writeFileSync(suiteFile, JSON.stringify({ name: 'x', base: { preset: 'tiny' }, tasks: ['spam'], methods: [{ name: 'lora', lr: 1, label: 'a' }], shared: { steps: 0 } }));
+    cases.push([['--suite', suiteFile], /methods\[0\]\.r must be a positive integer.*shared\.steps must be a positive integer/]);
+    const notJson = join(dir, 'broken.json');
+    writeFileSync(notJson, '{ "name": ');
+    cases.push([['--suite', notJson], /is not valid JSON/]);
+    for (const [args, want] of cases) {
+      const out = join(dir, 'out');
+      const r = cli(...args, '--out', out);
+      assert.equal(r.code, 2, `${args.join(' ')}: exit ${r.code}\n${r.err}`);
+      assert.match(r.err, want, args.join(' '));
+      assert.match(r.err, /Run with --help/);
+      assert.doesNotMatch(r.err, /suite \w+: \d+ task/, `${args.join(' ')}: nothing ran`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
