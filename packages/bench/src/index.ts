@@ -38,7 +38,7 @@ export {
   type SpamSplitOptions,
 } from './tasks/spam.js';
 export { hash53, seededOrder, stratifiedSplit, type Fractions, type ThreeWaySplit } from './tasks/split.js';
-export { finetune, progressPrinter, resolveFinetuneOptions, type FinetuneOptions, type FinetuneResult } from './tasks/finetune.js';
+export { finetune, progressBar, progressPrinter, resolveFinetuneOptions, type FinetuneOptions, type FinetuneResult } from './tasks/finetune.js';
 export {
   pretrainBase, loadBase, brownData, defaultCacheDir, PRETRAIN_DEFAULTS, type PretrainOptions, type PretrainResult, type BrownData,
 } from './tasks/pretrain.js';

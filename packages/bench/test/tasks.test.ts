@@ -273,3 +273,12 @@ describe('SpamAssassin', () => {
     assert.ok(d.some((e) => e.id === 'easy-ham-1/00317') && !d.some((e) => e.id === 'easy-ham-1/00318'));
   });
 });
+
+test('progress bar: proportional, clamped, fixed width', async () => {
+  const { progressBar } = await import('../src/index.js');
+  assert.equal(progressBar(0), '[....................]');
+  assert.equal(progressBar(0.5), '[##########..........]');
+  assert.equal(progressBar(1), '[####################]');
+  assert.equal(progressBar(7, 4), '[####]', 'clamped above');
+  assert.equal(progressBar(NaN, 4), '[....]', 'a NaN fraction shows no progress');
+});

@@ -57,7 +57,14 @@ export function finetune(model: LlamaModel, rows: TokenRows, o: FinetuneOptions)
   return { steps, ms, tokensPerSecond: (tokens * 1000) / ms, finalLoss: steps.length ? steps[steps.length - 1].loss : NaN };
 }
 
-/** A one-line progress printer: a rewritten line on a terminal, a plain line every `every` steps otherwise. */
+/** A text bar of `width` cells for a fraction in [0, 1]. */
+export function progressBar(fraction: number, width = 20): string {
+  const f = Math.min(1, Math.max(0, Number.isFinite(fraction) ? fraction : 0));
+  const full = Math.round(f * width);
+  return `[${'#'.repeat(full)}${'.'.repeat(width - full)}]`;
+}
+
+/** A one-line progress printer: a rewritten line with a bar on a terminal, a plain line every `every` steps otherwise. */
 export function progressPrinter(label: string, total: number, every = 10): (s: StepStats) => void {
   const tty = process.stderr.isTTY;
   const t0 = performance.now();
@@ -68,7 +75,7 @@ export function progressPrinter(label: string, total: number, every = 10): (s: S
     const tps = tokens / Math.max(elapsed, 1e-9);
     const eta = ((total - s.step) * elapsed) / s.step;
     const line = `${label} step ${s.step}/${total} loss ${s.loss.toFixed(4)} ${Math.round(tps)} tok/s ETA ${eta.toFixed(0)}s`;
-    if (tty) process.stderr.write(`\r${line}\x1b[K${s.step === total ? '\n' : ''}`);
+    if (tty) process.stderr.write(`\r${progressBar(s.step / total)} ${line}\x1b[K${s.step === total ? '\n' : ''}`);
     else if (s.step % every === 0 || s.step === total || s.step === 1) process.stderr.write(`${line}\n`);
   };
 }
