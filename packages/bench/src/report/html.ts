@@ -308,6 +308,8 @@ async function paretoChart(records: readonly RunRecord[]): Promise<Chart> {
   return { name: 'pareto', caption, svg: await vegaLiteToSvg(concat(panels, 'shared'), 'pareto'), table: tbl };
 }
 
+const IMPLS = ['tunebench', 'tensorflow.js', 'pytorch'];
+
 // (b2) peers
 async function peersChart(records: readonly RunRecord[]): Promise<Chart> {
   const cs = peerComparisons(records);
@@ -370,7 +372,7 @@ async function lossChart(gs: TaskGroup[]): Promise<Chart> {
   const panels: Spec[] = [];
   const rows: (string | number)[][] = [];
   for (const g of gs) {
-    const values: { run: string; step: number; loss: number }[] = [];
+    const values: { run: string; impl: string; step: number; loss: number }[] = [];
     for (const r of g.runs) {
       const curve = r.lossCurve ?? [];
       const finite = curve.filter(isFiniteNumber);
@@ -378,7 +380,7 @@ async function lossChart(gs: TaskGroup[]): Promise<Chart> {
         rows.push([g.task, g.labels.get(r)!, statusText(r), curve.length,
           formatMetric(finite[0]), formatMetric(finite[finite.length - 1]), formatMetric(finite.length ? Math.min(...finite) : NaN)]);
       }
-      for (const p of thin(curve)) values.push({ run: g.labels.get(r)!, ...p });
+      for (const p of thin(curve)) values.push({ run: g.labels.get(r)!, impl: r.impl ?? 'tunebench', ...p });
     }
     if (values.length === 0) continue;
     // A diverging loss would flatten every other curve: the axis stops a
@@ -393,14 +395,17 @@ async function lossChart(gs: TaskGroup[]): Promise<Chart> {
         x: { field: 'step', type: 'quantitative', title: 'optimizer step' },
         y: { field: 'loss', type: 'quantitative', title: 'training loss', scale: cut === undefined ? { zero: false } : { zero: false, domainMax: cut } },
         color: { field: 'run', type: 'nominal', title: 'run', sort: distinct(values.map((v) => v.run)) },
+        ...(values.some((v) => v.impl !== 'tunebench') ? {
+          strokeDash: { field: 'impl', type: 'nominal', title: 'implementation', scale: { domain: IMPLS, range: [[1, 0], [6, 3], [2, 2]] } },
+        } : {}),
       },
     });
   }
-  const caption = 'Training loss per optimizer step, one line per run. A diverged run stops where its loss stopped being finite, and its line is cut a little above the highest loss of the other runs.';
+  const caption = 'Training loss per optimizer step, one line per run (peers dashed: they redo our first steps and should lie on our line). A diverged run stops where its loss stopped being finite, and its line is cut a little above the highest loss of the other runs.';
   const head = ['task', 'method', 'status', 'steps', 'first loss', 'last loss', 'lowest loss'];
   const tbl = table(head, rows, { numeric: head.map((_, i) => i >= 3) });
   if (panels.length === 0) return { name: 'loss', caption, placeholder: 'no run recorded a loss curve', table: tbl };
-  return { name: 'loss', caption, svg: await vegaLiteToSvg(concat(panels, 'independent'), 'loss'), table: tbl };
+  return { name: 'loss', caption, svg: await vegaLiteToSvg({ ...concat(panels, 'independent'), resolve: { scale: { color: 'independent', strokeDash: 'independent' } } }, 'loss'), table: tbl };
 }
 
 // (e) deployable models
