@@ -20,7 +20,8 @@ Options:
   --suite ci|cpu|gpu|FILE  runs to do (default: gpu with a usable CUDA backend, else cpu).
                            ci: tiny base, seconds per run; cpu: small base, minutes;
                            FILE: a suite JSON file (format in README.md)
-  --methods LIST           override the suite's methods, e.g. full,lora8,lora64
+  --methods LIST           the methods to run, e.g. full,lora8,lora64 (one the suite has
+                           keeps its settings; others take their defaults)
   --tasks LIST             override the suite's tasks: spam, adapt, jsonl
   --model HF_DIR           a Hugging Face LlamaForCausalLM directory as the base
                            instead of the built-in pretrained one
@@ -116,7 +117,8 @@ try {
   else if (existsSync(suiteName)) suite = loadSuiteFile(suiteName);
   else fail(`--suite: '${suiteName}' is neither a built-in suite (${Object.keys(BUILTIN_SUITES).join(', ')}) nor a file`);
   if (suite.name === 'gpu') fail('--suite gpu needs the CUDA backend; use --suite cpu on this machine');
-  if (opt.methods) suite.methods = parseMethods(opt.methods);
+  // a method the suite has keeps the suite's settings (its learning rate); others take their defaults
+  if (opt.methods) { const own = suite.methods; suite.methods = parseMethods(opt.methods).map((m) => own.find((o) => o.label === m.label) ?? m); }
   if (opt.tasks) {
     const tasks = opt.tasks.split(',').map((t) => t.trim());
     for (const t of tasks) if (!TASKS.includes(t as TaskName)) fail(`--tasks: unknown task '${t}' (known: ${TASKS.join(', ')})`);
@@ -165,7 +167,9 @@ const outDir = resolve(opt.out ?? join(here, '..', '..', '..', 'reports', suite.
 const t0 = performance.now();
 const records = await runSuite(suite, { outDir, resume: opt.resume });
 try {
-  await writeReports(outDir, records, { title: `tunebench — suite ${suite.name}`, kernels: readKernels(outDir) });
+  const paths = await writeReports(outDir, records, { title: `tunebench — suite ${suite.name}`, kernels: readKernels(outDir) });
+  // the summary's tables on stdout (progress went to stderr), then where the rest is
+  process.stdout.write(`\n${readFileSync(paths.summary, 'utf8')}\nreport: ${paths.html}\n`);
 } catch (e) {
   console.error(`tunebench: writing the reports failed: ${(e as Error).message}`);
   process.exitCode = 1;
