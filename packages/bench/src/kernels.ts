@@ -11,7 +11,7 @@
 // others with the compute peak. NF4 and INT-N GEMMs join with their packages.
 import { Bench } from 'tinybench';
 import {
-  type LlamaConfig, Tensor, addInPlace, attentionBackward, attentionForward, gemmKernel, headDim, loraBackward, loraForward, matmul, native,
+  type LlamaConfig, Rng, Tensor, addInPlace, attentionBackward, attentionForward, gemmKernel, headDim, loraBackward, loraForward, matmul, native,
 } from '@tunebench/core';
 import type { KernelSpeedRow } from './report/html.js';
 
@@ -35,18 +35,11 @@ export interface KernelReport {
   settings: { timeMs: number; iterations: number; threads: number; gemm: string; tokens: number; streamMiB: number };
 }
 
+/** t filled with uniform values in [-scale, scale), seeded. */
 function seeded(t: Tensor, seed: number, scale = 1): Tensor {
-  const v = t.data() as Float32Array;
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < v.length; i++) { s = (Math.imul(s, 1664525) + 1013904223) >>> 0; v[i] = ((s / 4294967296) * 2 - 1) * scale; }
+  const v = t.data() as Float32Array, rng = new Rng(seed);
+  for (let i = 0; i < v.length; i++) v[i] = (rng.next() * 2 - 1) * scale;
   return t;
-}
-
-function bf16Copy(t: Tensor): Tensor {
-  const out = Tensor.zeros(t.shape, { dtype: 'bf16', category: 'frozen' });
-  const src = new Uint32Array((t.data() as Float32Array).slice().buffer), dst = out.data() as Uint16Array;
-  for (let i = 0; i < dst.length; i++) dst[i] = src[i] >>> 16;
-  return out;
 }
 
 /** Measures the suite's kernels; every tensor made here is disposed before it returns. */
@@ -82,7 +75,7 @@ export async function measureKernels(o: KernelBenchOptions): Promise<KernelRepor
 
     // the suite's linear layers: x [N, H] . W^T, W [I, H]
     const x = keep(seeded(Tensor.zeros([N, H]), 5)), W = keep(seeded(Tensor.zeros([I, H]), 6, 0.05)), y = keep(Tensor.zeros([N, I]));
-    const Wb = keep(bf16Copy(W));
+    const Wb = keep(Tensor.from(W.data() as Float32Array, W.shape, { dtype: 'bf16', category: 'frozen' }));
     const gemmFlop = 2 * N * I * H;
     await time(`gemm x.W^T ${N}x${I}x${H} f32 W`, gemmFlop, 4 * (N * H + I * H + N * I), () => { matmul(x, W, { transB: true, out: y }); });
     await time(`gemm x.W^T ${N}x${I}x${H} bf16 W`, gemmFlop, 4 * (N * H + N * I) + 2 * I * H, () => { matmul(x, Wb, { transB: true, out: y }); });

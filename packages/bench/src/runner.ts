@@ -330,9 +330,7 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
     record.memory = { peakTotal: peak.peakTotal - before.liveTotal, peak: Object.fromEntries(CATEGORIES.map((c) => [c, peak.peak[c]])) as Record<Category, number>, deviceBytes: process.memoryUsage().rss, predicted };
     const n = run.steps.length;
     const sum = (f: (s: (typeof run.steps)[number]) => number) => run.steps.reduce((a, s) => a + f(s), 0) / Math.max(n, 1);
-    const steady = run.steps.slice(warmupStepsOf(n));
-    const medianStepMs = median(steady.map((s) => s.ms.total));
-    const steadyTokensPerSecond = (steady.reduce((a, s) => a + s.tokens, 0) / Math.max(steady.length, 1)) * 1000 / medianStepMs;
+    const { medianStepMs, steadyTokensPerSecond } = speedOf(run.steps.map((s) => s.ms.total), sh.batchSize * sh.seqLen, warmupStepsOf(n));
     record.speed = {
       tokensPerSecond: run.tokensPerSecond,
       msPerStep: { forward: sum((s) => s.ms.forward), backward: sum((s) => s.ms.backward), optimizer: sum((s) => s.ms.optimizer), total: sum((s) => s.ms.total) },
