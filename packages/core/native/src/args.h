@@ -67,16 +67,20 @@ inline bool bool_arg(const Napi::CallbackInfo& info, size_t i, const char* fn, c
 }
 
 // Converts a tb::OutOfMemory thrown by a kernel's workspace into a JS error.
+inline Napi::Error oom_error(const Napi::CallbackInfo& info, const OutOfMemory& e) {
+  Napi::Error err = Napi::Error::New(info.Env(), std::string("out of memory: could not allocate ") +
+                                     std::to_string(e.bytes) + " bytes of " + category_name(e.cat) + " on " + device_name(e.dev));
+  err.Set("code", Napi::String::New(info.Env(), "TB_OOM"));
+  err.Set("bytes", Napi::Number::New(info.Env(), static_cast<double>(e.bytes)));
+  return err;
+}
+
 template <typename F>
 Napi::Value guarded(const Napi::CallbackInfo& info, F&& body) {
   try {
     return body();
   } catch (const OutOfMemory& e) {
-    Napi::Error err = Napi::Error::New(info.Env(), std::string("out of memory: could not allocate ") +
-                                       std::to_string(e.bytes) + " bytes of " + category_name(e.cat) + " on " + device_name(e.dev));
-    err.Set("code", Napi::String::New(info.Env(), "TB_OOM"));
-    err.Set("bytes", Napi::Number::New(info.Env(), static_cast<double>(e.bytes)));
-    throw err;
+    throw oom_error(info, e);
   }
 }
 

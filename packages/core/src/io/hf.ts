@@ -27,7 +27,8 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, unlinkSync 
 import { join, resolve } from 'node:path';
 import { type Category, DTYPE_BYTES } from '../dtype.js';
 import { type LlamaConfig, headDim, validateConfig } from '../nn/config.js';
-import { LlamaModel, modelTensorShapes } from '../nn/llama.js';
+import { LlamaModel, type LinearFactory, modelTensorShapes } from '../nn/llama.js';
+import type { LinearLayer } from '../nn/module.js';
 import { Tensor } from '../tensor.js';
 import { writeJsonAtomic } from './atomic.js';
 import { type FloatTarget, readSafetensors, readSafetensorsHeader, writeSafetensors } from './safetensors.js';
@@ -197,6 +198,9 @@ export interface LoadHfOptions {
   dtype?: FloatTarget;
   /** memory category of the loaded tensors (default 'frozen') */
   category?: Category;
+  /** each expected tensor as soon as it is read (see ReadSafetensorsOptions.onTensor):
+   * return it to keep it in `tensors`, or null when the callback took it over */
+  onTensor?: (name: string, t: Tensor) => Tensor | null;
 }
 
 export interface LoadedHfModel {
@@ -281,17 +285,27 @@ export function loadHfModelDir(dir: string, opts: LoadHfOptions = {}): LoadedHfM
   if (problems.length) throw new Error(`${root}: ${listProblems(problems)}`);
 
   const loaded = new Map<string, Tensor>();
+  const takenOver = new Set<string>();
   try {
     for (const f of files) {
+      const taken = new Set<string>();
       const { tensors } = readSafetensors(f, {
         filter: (n) => expected.has(n) && found.get(n)?.file === f,
         category: opts.category ?? 'frozen',
         convert: { to: dtype },
+        onTensor: opts.onTensor && ((n, t) => {
+          if (!sameShape(t.shape, expected.get(n)!)) { t.dispose(); throw new Error(`${root}: ${n} changed while loading`); }
+          const kept = opts.onTensor!(n, t);
+          if (!kept) taken.add(n);
+          return kept;
+        }),
       });
       for (const [n, t] of tensors) loaded.set(n, t);
+      for (const n of taken) takenOver.add(n);
     }
     const ordered = new Map<string, Tensor>();
     for (const name of expected.keys()) {
+      if (takenOver.has(name)) continue;
       const t = loaded.get(name);
       if (!t || !sameShape(t.shape, expected.get(name)!)) throw new Error(`${root}: ${name} changed while loading`);
       ordered.set(name, t);
@@ -400,21 +414,50 @@ export interface LoadHfModelOptions {
   trainable?: boolean;
   /** storage of frozen weights (default bf16); trained weights are always f32 */
   frozenDtype?: FloatTarget;
+  /** builds each projection's layer from its weight as soon as the weight is
+   * read (e.g. quantizes it and frees the dense tensor), so a quantized
+   * model never holds the dense base whole. Frozen models only. */
+  linear?: LinearFactory;
 }
 
 /** A LlamaForCausalLM directory as a LlamaModel. */
 export function loadHfModel(dir: string, opts: LoadHfModelOptions = {}): LlamaModel {
   const trainable = opts.trainable ?? true;
-  const { config, tensors } = loadHfModelDir(dir, {
-    dtype: trainable ? 'f32' : (opts.frozenDtype ?? 'bf16'), category: trainable ? 'trainable' : 'frozen',
-  });
+  if (opts.linear && trainable) throw new Error('loadHfModel: a linear factory needs a frozen model (trainable: false)');
+  const built = new Map<string, LinearLayer>();
+  const factory = opts.linear;
+  let loaded: LoadedHfModel;
   try {
-    return LlamaModel.fromTensors(config, tensors, { trainable });
+    loaded = loadHfModelDir(dir, {
+      dtype: trainable ? 'f32' : (opts.frozenDtype ?? 'bf16'), category: trainable ? 'trainable' : 'frozen',
+      onTensor: factory && ((name, t) => {
+        const m = LINEAR_WEIGHT.exec(name);
+        if (!m) return t;
+        try {
+          built.set(m[1], factory(m[1], t));
+        } catch (e) {
+          t.dispose();
+          throw e;
+        }
+        return null;
+      }),
+    });
+  } catch (e) {
+    for (const l of built.values()) l.dispose();
+    throw e;
+  }
+  const { config, tensors } = loaded;
+  try {
+    return LlamaModel.fromTensors(config, tensors, { trainable, linears: built });
   } catch (e) {
     for (const t of tensors.values()) t.dispose();
+    for (const l of built.values()) l.dispose();
     throw e;
   }
 }
+
+/** model.layers.{i}.{self_attn|mlp}.{proj}.weight -> the module name */
+const LINEAR_WEIGHT = /^(model\.layers\.\d+\.(?:self_attn|mlp)\.(?:q|k|v|o|gate|up|down)_proj)\.weight$/;
 
 /** Saves a LlamaModel as a LlamaForCausalLM directory (weights bf16 unless asked). */
 export function saveHfModel(model: LlamaModel, dir: string, opts: SaveHfOptions = {}): void {

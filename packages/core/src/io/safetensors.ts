@@ -74,6 +74,10 @@ export interface ReadSafetensorsOptions {
   convert?: { to: FloatTarget };
   /** bytes per read, and per scratch chunk when converting (default 64 MiB) */
   chunkBytes?: number;
+  /** called with each tensor as soon as it is read, before the next one is
+   * allocated: return the tensor to keep it, or null when the callback took
+   * it over (it then owns it, e.g. quantized and freed it) */
+  onTensor?: (name: string, t: Tensor) => Tensor | null;
 }
 
 export interface WriteSafetensorsOptions {
@@ -283,17 +287,26 @@ export function readSafetensors(path: string, opts: ReadSafetensorsOptions = {})
         throw err;
       }
       tensors.set(e.name, t);
-      if (t.numel === 0) continue;
-      const out = bytesOf(t);
-      const pos = header.dataStart + e.begin;
-      if (src === dst) { readFully(fd, out, pos, file, chunk); continue; }
-      const srcSize = DTYPE_BYTES[src], dstSize = DTYPE_BYTES[dst];
-      const perChunk = Math.floor(scratch.byteLength / srcSize);
-      for (let i = 0; i < t.numel; i += perChunk) {
-        const k = Math.min(perChunk, t.numel - i);
-        const part = scratch.subarray(0, k * srcSize);
-        readFully(fd, part, pos + i * srcSize, file, chunk);
-        convertBits(src, part, dst as FloatTarget, out.subarray(i * dstSize, (i + k) * dstSize), k);
+      if (t.numel > 0) {
+        const out = bytesOf(t);
+        const pos = header.dataStart + e.begin;
+        if (src === dst) {
+          readFully(fd, out, pos, file, chunk);
+        } else {
+          const srcSize = DTYPE_BYTES[src], dstSize = DTYPE_BYTES[dst];
+          const perChunk = Math.floor(scratch.byteLength / srcSize);
+          for (let i = 0; i < t.numel; i += perChunk) {
+            const k = Math.min(perChunk, t.numel - i);
+            const part = scratch.subarray(0, k * srcSize);
+            readFully(fd, part, pos + i * srcSize, file, chunk);
+            convertBits(src, part, dst as FloatTarget, out.subarray(i * dstSize, (i + k) * dstSize), k);
+          }
+        }
+      }
+      if (opts.onTensor) {
+        tensors.delete(e.name);  // from here the callback owns it
+        const kept = opts.onTensor(e.name, t);
+        if (kept) tensors.set(e.name, kept);
       }
     }
     return { tensors, metadata: header.metadata };

@@ -1,10 +1,11 @@
 // Dense linear layer: y = x · W^T, W [out, in] (no bias, as in LLaMA).
 // W is f32 when trained (full fine-tuning) or frozen in f32 or bf16.
 import { matmul } from '../ops/gemm.js';
-import type { Tensor } from '../tensor.js';
-import type { LinearLayer, Parameter } from './module.js';
+import { type Quantized4bit, checkQuantized, disposeQuantized, dequantize4bit } from '../quant/quant4.js';
+import { Tensor } from '../tensor.js';
+import type { FrozenBase, LinearLayer, Parameter } from './module.js';
 
-export class DenseLinear implements LinearLayer {
+export class DenseLinear implements LinearLayer, FrozenBase {
   readonly name: string;
   readonly inFeatures: number;
   readonly outFeatures: number;
@@ -47,6 +48,20 @@ export class DenseLinear implements LinearLayer {
     return [this.weight];
   }
 
+  /** FrozenBase: the weight tensor itself (f32 or bf16). A frozen base only
+   * when the weight has no gradient; LoRA checks that. */
+  get weightOperand(): Tensor {
+    return this.weight.value;
+  }
+
+  get weightBytes(): number {
+    return this.weight.value.bytes;
+  }
+
+  toDense(): Tensor {
+    return Tensor.from(this.weight.value.toFloat32(), this.weight.value.shape, { category: 'workspace' });
+  }
+
   clearSaved(): void {
     this.savedInput = null;
   }
@@ -55,5 +70,68 @@ export class DenseLinear implements LinearLayer {
     this.savedInput = null;
     this.weight.value.dispose();
     this.weight.grad?.dispose();
+  }
+}
+
+/** A frozen linear layer over a 4-bit quantized weight (NF4 / FP4, optional
+ * double quantization): y = x · deq(W)^T; backward gives dx = dy · deq(W)
+ * and nothing for W. The GEMM dequantizes while packing its panels, in both
+ * directions, so the dense weight never exists. */
+export class Quant4Linear implements FrozenBase {
+  readonly name: string;
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  readonly weight: Parameter;
+  readonly quantized: Quantized4bit;
+  private savedInput: Tensor | null = null;
+
+  /** q: the weight [out, in], owned by the layer from now on */
+  constructor(name: string, q: Quantized4bit) {
+    checkQuantized(name, 'weight', q);
+    this.name = name;
+    this.quantized = q;
+    [this.outFeatures, this.inFeatures] = q.shape;
+    this.weight = { name: `${name}.weight`, value: q.packed, grad: null, quantized: q };
+  }
+
+  get weightOperand(): Quantized4bit {
+    return this.quantized;
+  }
+
+  get weightBytes(): number {
+    return this.quantized.bytes;
+  }
+
+  // x [N, in] -> y [N, out]
+  forward(x: Tensor): Tensor {
+    if (x.shape.length !== 2 || x.shape[1] !== this.inFeatures) {
+      throw new RangeError(`${this.name}: input must be [N, ${this.inFeatures}], got [${x.shape.join(', ')}]`);
+    }
+    this.savedInput = x;
+    return matmul(x, this.quantized, { transB: true });
+  }
+
+  // dy [N, out] -> dx [N, in] (written, or accumulated into dxInto)
+  backward(dy: Tensor, dxInto?: Tensor): Tensor {
+    if (!this.savedInput) throw new Error(`${this.name}: backward called without a forward`);
+    this.savedInput = null;
+    return dxInto ? matmul(dy, this.quantized, { out: dxInto, beta: 1 }) : matmul(dy, this.quantized);
+  }
+
+  toDense(): Tensor {
+    return dequantize4bit(this.quantized);
+  }
+
+  parameters(): Parameter[] {
+    return [this.weight];
+  }
+
+  clearSaved(): void {
+    this.savedInput = null;
+  }
+
+  dispose(): void {
+    this.savedInput = null;
+    disposeQuantized(this.quantized);
   }
 }

@@ -34,6 +34,20 @@ export interface WeightOptions {
   trainable?: boolean;
 }
 
+/** Builds a projection's layer from its weight [out, in] (module name, e.g.
+ * model.layers.0.mlp.up_proj). Owns the weight from then on: it may keep it,
+ * or quantize it and free it. */
+export type LinearFactory = (name: string, weight: Tensor) => LinearLayer;
+
+export interface FromTensorsOptions {
+  /** train every weight (default true) */
+  trainable?: boolean;
+  /** builds each projection as its weight is taken (frozen models only) */
+  linear?: LinearFactory;
+  /** projections built already, by module name (their weights are then absent from the tensors) */
+  linears?: ReadonlyMap<string, LinearLayer>;
+}
+
 export interface Batch {
   /** [B, T] i32 token ids */
   ids: Tensor;
@@ -197,9 +211,11 @@ export class LlamaModel {
   /** A model built from tensors named as in Hugging Face checkpoints (the
    * names of hfTensorShapes). Takes ownership of the tensors. Weights that
    * train must be f32. */
-  static fromTensors(config: LlamaConfig, tensors: Map<string, Tensor>, opts: { trainable?: boolean } = {}): LlamaModel {
+  static fromTensors(config: LlamaConfig, tensors: Map<string, Tensor>, opts: FromTensorsOptions = {}): LlamaModel {
     validateConfig(config);
     const trainable = opts.trainable ?? true;
+    if ((opts.linear || opts.linears?.size) && trainable) throw new Error('model tensors: prebuilt or factory-built projections need a frozen model (trainable: false)');
+    const built: LinearLayer[] = [];
     const take = (name: string, shape: number[]): Tensor => {
       const t = tensors.get(name);
       if (!t) throw new Error(`model tensors: '${name}' is missing`);
@@ -222,8 +238,30 @@ export class LlamaModel {
       const linears = {} as Record<LinearName, LinearLayer>;
       for (const n of LINEAR_NAMES) {
         const prefix = linearPrefix(i, n);
+        const pre = opts.linears?.get(prefix);
+        if (pre) {
+          if (pre.outFeatures !== shapes[n][0] || pre.inFeatures !== shapes[n][1]) {
+            throw new Error(`model tensors: prebuilt ${prefix} is ${pre.inFeatures} -> ${pre.outFeatures}, the config implies ${shapes[n][1]} -> ${shapes[n][0]}`);
+          }
+          linears[n] = pre;
+          continue;
+        }
         const w = take(`${prefix}.weight`, shapes[n]);
-        linears[n] = new DenseLinear(prefix, w, trainable ? Tensor.zeros(w.shape, { category: 'grad' }) : null);
+        if (opts.linear) {
+          tensors.delete(`${prefix}.weight`);  // the factory owns it now
+          let layer: LinearLayer;
+          try {
+            layer = opts.linear(prefix, w);
+          } catch (e) {
+            w.dispose();
+            for (const l of built) l.dispose();
+            throw e;
+          }
+          built.push(layer);
+          linears[n] = layer;
+        } else {
+          linears[n] = new DenseLinear(prefix, w, trainable ? Tensor.zeros(w.shape, { category: 'grad' }) : null);
+        }
       }
       blocks.push(new LlamaBlock(i, ln1, ln2, linears));
     }
@@ -390,7 +428,10 @@ export class LlamaModel {
   /** Parameters by name (for saving). The tensors stay owned by the model. */
   namedTensors(): Map<string, Tensor> {
     const m = new Map<string, Tensor>();
-    for (const p of this.parameters()) m.set(p.name, p.value);
+    for (const p of this.parameters()) {
+      if (p.quantized) throw new Error(`${p.name} is a quantized weight; save such a model with its method's writer (e.g. @tunebench/qlora saveQuantizedModel), or dequantize it first`);
+      m.set(p.name, p.value);
+    }
     return m;
   }
 

@@ -1,12 +1,27 @@
 // The pieces every layer shares: named parameters with their gradients.
+import type { QuantizedWeight, WeightOperand } from '../quant/quant4.js';
 import type { Tensor } from '../tensor.js';
 
 /** A named parameter. Trainable iff `grad` is set; gradients accumulate (+=). */
 export interface Parameter {
   /** Hugging Face name, e.g. model.layers.0.self_attn.q_proj.weight */
   readonly name: string;
+  /** the values; for a quantized weight, its packed codes (see `quantized`) */
   value: Tensor;
   grad: Tensor | null;
+  /** set when the parameter is a frozen quantized weight: `value` is then its
+   * packed codes, and this holds the whole weight (shape, constants, bytes) */
+  quantized?: QuantizedWeight;
+}
+
+/** Logical element count of a parameter (a quantized weight counts its values, not its bytes). */
+export function parameterNumel(p: Parameter): number {
+  return p.quantized ? p.quantized.numel : p.value.numel;
+}
+
+/** Bytes a parameter's stored value holds (exact for quantized weights). */
+export function parameterBytes(p: Parameter): number {
+  return p.quantized ? p.quantized.bytes : p.value.bytes;
 }
 
 /**
@@ -35,6 +50,25 @@ export interface LinearLayer {
   clearSaved(): void;
   /** free the memory this layer owns */
   dispose(): void;
+}
+
+/**
+ * The frozen-base contract: a Linear layer whose weight does not train and
+ * which other layers (LoRA and its quantized variants) wrap. It hands the
+ * kernels its weight operand, a dense tensor or a quantized weight, which
+ * they read in place (a quantized one is dequantized inside the GEMM).
+ */
+export interface FrozenBase extends LinearLayer {
+  /** the weight operand [out, in] the kernels take */
+  readonly weightOperand: WeightOperand;
+  /** exact bytes of the stored weight and its constants */
+  readonly weightBytes: number;
+  /** the weight as a new f32 [out, in] tensor (merging, export, tests) */
+  toDense(): Tensor;
+}
+
+export function isFrozenBase(layer: unknown): layer is FrozenBase {
+  return typeof layer === 'object' && layer !== null && 'weightOperand' in layer && typeof (layer as FrozenBase).toDense === 'function';
 }
 
 export function trainable(params: readonly Parameter[]): Parameter[] {

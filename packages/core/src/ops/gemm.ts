@@ -1,10 +1,12 @@
 // matmul: C [M, N] = alpha * op(A) [M, K] * op(B) [K, N] + beta * C
 //   A: [M, K] (or [K, M] with transA), f32 or bf16
-//   B: [K, N] (or [N, K] with transB), f32 or bf16 (a frozen bf16 weight is
-//      widened block by block inside the kernel, never whole)
+//   B: [K, N] (or [N, K] with transB), f32, bf16 or a quantized weight (a
+//      frozen bf16 or 4-bit weight is widened or dequantized panel by panel
+//      inside the kernel, never whole)
 //   C: f32. beta = 0 overwrites C; beta = 1 accumulates (gradients).
 import type { Category } from '../dtype.js';
 import { native } from '../native.js';
+import { type WeightOperand, checkQuantized, isQuantized, nativeOperand } from '../quant/quant4.js';
 import type { Tensor } from '../tensor.js';
 import { checkFinite, checkTensor, fmtShape, outTensor } from './check.js';
 
@@ -19,10 +21,11 @@ export interface MatmulOptions {
   reference?: boolean;
 }
 
-export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
+export function matmul(a: Tensor, b: WeightOperand, opts: MatmulOptions = {}): Tensor {
   const op = 'matmul';
   checkTensor(op, 'a', a, ['f32', 'bf16'], 2);
-  checkTensor(op, 'b', b, ['f32', 'bf16'], 2);
+  if (isQuantized(b)) checkQuantized(op, 'b', b);
+  else checkTensor(op, 'b', b, ['f32', 'bf16'], 2);
   const transA = opts.transA ?? false, transB = opts.transB ?? false;
   const alpha = opts.alpha ?? 1, beta = opts.beta ?? 0;
   checkFinite(op, 'alpha', alpha);
@@ -35,7 +38,7 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   }
   if (beta !== 0 && opts.out === undefined) throw new Error(`${op}: beta = ${beta} needs an 'out' tensor to accumulate into`);
   const c = outTensor(op, 'out', opts.out, [M, N], { category: opts.category });
-  native.gemm(transA, transB, M, N, K, alpha, a.handle, ac, b.handle, bc, beta, c.handle, N, opts.reference ?? false);
+  native.gemm(transA, transB, M, N, K, alpha, a.handle, ac, nativeOperand(b) as never, bc, beta, c.handle, N, opts.reference ?? false);
   return c;
 }
 

@@ -1,23 +1,25 @@
 // Fused LoRA linear (frozen base + low-rank adapter), forward and backward.
 //   x, xa [N, in] f32 (xa: the adapter's input, x or dropout(x)); W [out, in]
-//   f32|bf16 frozen; A [r, in] f32; B [out, r] f32; scale = alpha/r (or /sqrt(r))
+//   frozen: f32, bf16 or a quantized weight (dequantized inside the GEMM); A [r, in] f32; B [out, r] f32; scale = alpha/r (or /sqrt(r))
 //   forward:  u = xa A^T [N, r] (keep for backward); y = x W^T + scale u B^T [N, out]
 //   backward: dB += scale dy^T u; dA += (scale dy B)^T xa (accumulated)
 //             dx = dy W + (scale dy B) A   (written, or accumulated into dxInto);
 //             with `dxa` the adapter part is written there instead (dropout)
 import type { Category } from '../dtype.js';
 import { nativeFn, type NativeTensorHandle } from '../native.js';
+import { type WeightOperand, checkQuantized, isQuantized, nativeOperand } from '../quant/quant4.js';
 import type { Tensor } from '../tensor.js';
 import { checkFinite, checkShape, checkTensor, outTensor } from './check.js';
 
 type H = NativeTensorHandle;
-type ForwardFn = (x: H, xa: H, W: H, A: H, B: H, scale: number, y: H, u: H, N: number, inF: number, outF: number, r: number) => void;
-type BackwardFn = (dy: H, xa: H, W: H, A: H, B: H, u: H, scale: number, dx: H, accumulate: boolean,
+type ForwardFn = (x: H, xa: H, W: H | object, A: H, B: H, scale: number, y: H, u: H, N: number, inF: number, outF: number, r: number) => void;
+type BackwardFn = (dy: H, xa: H, W: H | object, A: H, B: H, u: H, scale: number, dx: H, accumulate: boolean,
                    dA: H | null, dB: H | null, dxa: H | null, N: number, inF: number, outF: number, r: number) => void;
 let fwd: ForwardFn | undefined, bwd: BackwardFn | undefined;
 
-function checkAdapter(op: string, x: Tensor, W: Tensor, A: Tensor, B: Tensor): { N: number; inF: number; outF: number; r: number } {
-  checkTensor(op, 'W', W, ['f32', 'bf16'], 2);
+function checkAdapter(op: string, x: Tensor, W: WeightOperand, A: Tensor, B: Tensor): { N: number; inF: number; outF: number; r: number } {
+  if (isQuantized(W)) checkQuantized(op, 'W', W);
+  else checkTensor(op, 'W', W, ['f32', 'bf16'], 2);
   checkTensor(op, 'A', A, ['f32'], 2);
   checkTensor(op, 'B', B, ['f32'], 2);
   const [outF, inF] = W.shape, r = A.shape[0];
@@ -27,7 +29,7 @@ function checkAdapter(op: string, x: Tensor, W: Tensor, A: Tensor, B: Tensor): {
   return { N: x.shape[0], inF, outF, r };
 }
 
-export function loraForward(x: Tensor, xa: Tensor, W: Tensor, A: Tensor, B: Tensor, scale: number,
+export function loraForward(x: Tensor, xa: Tensor, W: WeightOperand, A: Tensor, B: Tensor, scale: number,
                             opts: { y?: Tensor; u?: Tensor; category?: Category } = {}): { y: Tensor; u: Tensor } {
   const op = 'loraForward';
   checkTensor(op, 'x', x, ['f32'], 2);
@@ -38,7 +40,7 @@ export function loraForward(x: Tensor, xa: Tensor, W: Tensor, A: Tensor, B: Tens
   const y = outTensor(op, 'y', opts.y, [N, outF], { category: opts.category });
   const u = outTensor(op, 'u', opts.u, [N, r], { category: opts.category });
   fwd ??= nativeFn<ForwardFn>('lora_forward');
-  fwd(x.handle, xa.handle, W.handle, A.handle, B.handle, scale, y.handle, u.handle, N, inF, outF, r);
+  fwd(x.handle, xa.handle, nativeOperand(W), A.handle, B.handle, scale, y.handle, u.handle, N, inF, outF, r);
   return { y, u };
 }
 
@@ -53,7 +55,7 @@ export interface LoraBackwardOptions {
   category?: Category;
 }
 
-export function loraBackward(dy: Tensor, xa: Tensor, W: Tensor, A: Tensor, B: Tensor, u: Tensor, scale: number,
+export function loraBackward(dy: Tensor, xa: Tensor, W: WeightOperand, A: Tensor, B: Tensor, u: Tensor, scale: number,
                              opts: LoraBackwardOptions = {}): Tensor {
   const op = 'loraBackward';
   checkTensor(op, 'dy', dy, ['f32'], 2);
@@ -68,7 +70,7 @@ export function loraBackward(dy: Tensor, xa: Tensor, W: Tensor, A: Tensor, B: Te
   if (opts.dxa) { checkTensor(op, 'dxa', opts.dxa, ['f32']); checkShape(op, 'dxa', opts.dxa, [N, inF]); }
   const dx = outTensor(op, 'dxInto', opts.dxInto, [N, inF], { category: opts.category });
   bwd ??= nativeFn<BackwardFn>('lora_backward');
-  bwd(dy.handle, xa.handle, W.handle, A.handle, B.handle, u.handle, scale, dx.handle, opts.dxInto !== undefined,
+  bwd(dy.handle, xa.handle, nativeOperand(W), A.handle, B.handle, u.handle, scale, dx.handle, opts.dxInto !== undefined,
       opts.dA?.handle ?? null, opts.dB?.handle ?? null, opts.dxa?.handle ?? null, N, inF, outF, r);
   return dx;
 }

@@ -7,6 +7,7 @@
 
 #include "args.h"
 #include "gemm.h"
+#include "operand.h"
 #include "registry.h"
 
 namespace tb {
@@ -73,7 +74,7 @@ static Napi::Value OpenblasSgemm(const Napi::CallbackInfo& info) {
   if (!b.sgemm) throw Napi::Error::New(info.Env(), std::string(fn) + ": " + b.error);
   GemmArgs g = gemm_args(info, fn, false);
   b.sgemm(CblasRowMajor, g.ta ? CblasTrans : CblasNoTrans, g.tb ? CblasTrans : CblasNoTrans, static_cast<int>(g.M),
-          static_cast<int>(g.N), static_cast<int>(g.K), g.alpha, g.a.f32(), static_cast<int>(g.lda), g.b.f32(),
+          static_cast<int>(g.N), static_cast<int>(g.K), g.alpha, g.a.f32(), static_cast<int>(g.lda), g.b.dense.f32(),
           static_cast<int>(g.ldb), g.beta, g.c.f32(), static_cast<int>(g.ldc));
   return info.Env().Undefined();
 }

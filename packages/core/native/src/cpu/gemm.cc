@@ -9,10 +9,13 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
 #include "args.h"
+#include "operand.h"
 #include "parallel.h"
 #include "registry.h"
 
@@ -35,9 +38,25 @@ constexpr int MR = 6, NR = 16;
 // of B (4 MiB) in L3.
 constexpr int64_t KC = 256, MC = 384, NC = 4096;
 
-inline float load_elem(const void* p, DType dt, int64_t idx) {
-  return dt == DType::F32 ? static_cast<const float*>(p)[idx]
-                          : bf16_to_f32(static_cast<const uint16_t*>(p)[idx]);
+// Operand kinds are switched on explicitly everywhere: a kind a function does
+// not handle stops the process rather than being read as another (the
+// bindings refuse such operands first, so this is unreachable).
+[[noreturn]] void bad_operand(const char* where) {
+  std::fprintf(stderr, "tunebench: %s: unsupported GEMM operand kind (a binding let it through)\n", where);
+  std::abort();
+}
+
+inline float load_elem(const MatRef& m, int64_t idx) {
+  switch (m.dtype) {
+    case DType::F32: return static_cast<const float*>(m.p)[idx];
+    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(m.p)[idx]);
+    case DType::U8: {
+      float v;
+      quant4_dequant_segment(*m.q4, idx, 1, &v);
+      return v;
+    }
+    default: bad_operand("load_elem");
+  }
 }
 
 // op(A)(i, k) for i in [i0, i0+mr), k in [k0, k0+kc) -> ap[k*MR + i], rows >= mr zero.
@@ -82,13 +101,35 @@ void pack_b_panel(const T* b, int64_t ldb, bool trans, int64_t k0, int64_t kc, i
   }
 }
 
+// A quantized B panel, dequantized while packing: the dense weight never
+// exists whole, only this KC x NR panel does.
+void pack_b_panel_q4(const Quant4View& q, int64_t ldb, bool trans, int64_t k0, int64_t kc, int64_t j0, int64_t nr, float* bp) {
+  if (nr < NR) std::memset(bp, 0, sizeof(float) * NR * kc);
+  if (trans) {  // stored N x K (a weight [out, in] in x W^T): row j is contiguous along k
+    float row[KC];
+    for (int64_t j = 0; j < nr; j++) {
+      quant4_dequant_segment(q, (j0 + j) * ldb + k0, kc, row);
+      for (int64_t k = 0; k < kc; k++) bp[k * NR + j] = row[k];
+    }
+  } else {  // stored K x N (the weight in dy W): each packed row is a stored segment
+    for (int64_t k = 0; k < kc; k++) quant4_dequant_segment(q, (k0 + k) * ldb + j0, nr, bp + k * NR);
+  }
+}
+
 void pack_a(const MatRef& A, int64_t i0, int64_t mr, int64_t k0, int64_t kc, float* ap) {
-  if (A.dtype == DType::F32) pack_a_panel(static_cast<const float*>(A.p), A.ld, A.trans, i0, mr, k0, kc, ap);
-  else pack_a_panel(static_cast<const uint16_t*>(A.p), A.ld, A.trans, i0, mr, k0, kc, ap);
+  switch (A.dtype) {
+    case DType::F32: pack_a_panel(static_cast<const float*>(A.p), A.ld, A.trans, i0, mr, k0, kc, ap); return;
+    case DType::BF16: pack_a_panel(static_cast<const uint16_t*>(A.p), A.ld, A.trans, i0, mr, k0, kc, ap); return;
+    default: bad_operand("pack_a");
+  }
 }
 void pack_b(const MatRef& B, int64_t k0, int64_t kc, int64_t j0, int64_t nr, float* bp) {
-  if (B.dtype == DType::F32) pack_b_panel(static_cast<const float*>(B.p), B.ld, B.trans, k0, kc, j0, nr, bp);
-  else pack_b_panel(static_cast<const uint16_t*>(B.p), B.ld, B.trans, k0, kc, j0, nr, bp);
+  switch (B.dtype) {
+    case DType::F32: pack_b_panel(static_cast<const float*>(B.p), B.ld, B.trans, k0, kc, j0, nr, bp); return;
+    case DType::BF16: pack_b_panel(static_cast<const uint16_t*>(B.p), B.ld, B.trans, k0, kc, j0, nr, bp); return;
+    case DType::U8: pack_b_panel_q4(*B.q4, B.ld, B.trans, k0, kc, j0, nr, bp); return;
+    default: bad_operand("pack_b");
+  }
 }
 
 // C tile (mr x nr valid) = alpha * ap*bp + beta * C   (beta == 0: C not read)
@@ -271,8 +312,8 @@ void gemm_reference(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, MatR
     for (int64_t j = 0; j < N; j++) {
       double s = 0;
       for (int64_t k = 0; k < K; k++) {
-        float a = load_elem(A.p, A.dtype, A.trans ? k * A.ld + i : i * A.ld + k);
-        float b = load_elem(B.p, B.dtype, B.trans ? j * B.ld + k : k * B.ld + j);
+        float a = load_elem(A, A.trans ? k * A.ld + i : i * A.ld + k);
+        float b = load_elem(B, B.trans ? j * B.ld + k : k * B.ld + j);
         s += static_cast<double>(a) * b;
       }
       float& c = C[i * ldc + j];
@@ -282,7 +323,7 @@ void gemm_reference(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, MatR
 }
 
 // ---- bindings ----
-GemmArgs gemm_args(const Napi::CallbackInfo& info, const char* fn, bool allow_bf16) {
+GemmArgs gemm_args(const Napi::CallbackInfo& info, const char* fn, bool allow_bf16, bool allow_quant) {
   GemmArgs g;
   g.ta = bool_arg(info, 0, fn, "transA");
   g.tb = bool_arg(info, 1, fn, "transB");
@@ -302,19 +343,35 @@ GemmArgs gemm_args(const Napi::CallbackInfo& info, const char* fn, bool allow_bf
     return rows == 0 || cols == 0 ? 0 : static_cast<size_t>((rows - 1) * ld + cols);
   };
   g.a = tensor_arg(info, 6, fn, "A", need(a_rows, a_cols, g.lda), DType::F32, allow_bf16);
-  g.b = tensor_arg(info, 8, fn, "B", need(b_rows, b_cols, g.ldb), DType::F32, allow_bf16);
+  if (allow_quant) {
+    g.b = weight_arg(info, 8, fn, "B", b_rows, b_cols, static_cast<int64_t>(need(b_rows, b_cols, g.ldb)));
+    if (g.b.quantized && g.ldb != b_cols) throw arg_error(info, fn, "a quantized B must be unstrided (ldb equal to its columns)");
+  } else {
+    g.b.dense = tensor_arg(info, 8, fn, "B", need(b_rows, b_cols, g.ldb), DType::F32, allow_bf16);
+  }
   g.c = tensor_arg(info, 11, fn, "C", need(g.M, g.N, g.ldc), DType::F32);
-  if (g.a.dtype != DType::F32 && g.a.dtype != DType::BF16) throw arg_error(info, fn, "A must be f32 or bf16");
-  if (g.b.dtype != DType::F32 && g.b.dtype != DType::BF16) throw arg_error(info, fn, "B must be f32 or bf16");
+  switch (g.a.dtype) {
+    case DType::F32: break;
+    case DType::BF16: if (allow_bf16) break; [[fallthrough]];
+    default: throw arg_error(info, fn, allow_bf16 ? "A must be f32 or bf16" : "A must be f32");
+  }
+  if (!g.b.quantized) {
+    switch (g.b.dense.dtype) {
+      case DType::F32: break;
+      case DType::BF16: if (allow_bf16) break; [[fallthrough]];
+      default: throw arg_error(info, fn, allow_bf16 ? "B must be f32, bf16 or a quantized weight" : "B must be f32");
+    }
+  }
   return g;
 }
 
 // gemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, reference?)
+//   B may be a quantized weight (operand.h), dequantized while packing
 static Napi::Value GemmBinding(const Napi::CallbackInfo& info) {
-  GemmArgs g = gemm_args(info, "gemm", true);
+  GemmArgs g = gemm_args(info, "gemm", true, true);
   bool reference = info.Length() > 13 && info[13].IsBoolean() && info[13].As<Napi::Boolean>().Value();
   return guarded(info, [&]() -> Napi::Value {
-    MatRef A{g.a.data, g.a.dtype, g.lda, g.ta}, B{g.b.data, g.b.dtype, g.ldb, g.tb};
+    MatRef A{g.a.data, g.a.dtype, g.lda, g.ta}, B = g.b.mat(g.ldb, g.tb);
     if (reference) gemm_reference(g.M, g.N, g.K, g.alpha, A, B, g.beta, g.c.f32(), g.ldc);
     else gemm(g.M, g.N, g.K, g.alpha, A, B, g.beta, g.c.f32(), g.ldc);
     return info.Env().Undefined();

@@ -3,7 +3,7 @@
 // same names and signatures.
 //
 //   x  [N, in]  layer input          xa [N, in]  adapter input (x, or dropout(x))
-//   W  [out, in] frozen, f32|bf16    A  [r, in] f32    B [out, r] f32    s = scale
+//   W  [out, in] frozen: f32, bf16 or a quantized weight (operand.h)    A  [r, in] f32    B [out, r] f32    s = scale
 //   forward:  u = xa A^T [N, r]  (kept for backward)
 //             y = x W^T + s * u B^T [N, out]
 //   backward: dB += s * dy^T u              (parameter gradient, accumulated)
@@ -14,6 +14,7 @@
 //             dxa when given (the caller then applies its dropout mask)
 #include "args.h"
 #include "gemm.h"
+#include "operand.h"
 #include "registry.h"
 
 namespace tb {
@@ -28,15 +29,14 @@ static Napi::Value LoraForwardBinding(const Napi::CallbackInfo& info) {
   int64_t N = int_arg(info, 8, fn, "N"), in = int_arg(info, 9, fn, "in", 1), out = int_arg(info, 10, fn, "out", 1), r = int_arg(info, 11, fn, "r", 1);
   TensorArg x = tensor_arg(info, 0, fn, "x", N * in, DType::F32);
   TensorArg xa = tensor_arg(info, 1, fn, "xa", N * in, DType::F32);
-  TensorArg W = tensor_arg(info, 2, fn, "W", out * in, DType::F32, true);
-  if (W.dtype != DType::F32 && W.dtype != DType::BF16) throw arg_error(info, fn, "W must be f32 or bf16");
+  WeightOperand W = weight_arg(info, 2, fn, "W", out, in);
   TensorArg A = tensor_arg(info, 3, fn, "A", r * in, DType::F32);
   TensorArg B = tensor_arg(info, 4, fn, "B", out * r, DType::F32);
   float s = static_cast<float>(num_arg(info, 5, fn, "scale"));
   TensorArg y = tensor_arg(info, 6, fn, "y", N * out, DType::F32);
   TensorArg u = tensor_arg(info, 7, fn, "u", N * r, DType::F32);
   return guarded(info, [&]() -> Napi::Value {
-    gemm(N, out, in, 1.0f, mat(x, in, false), mat(W, in, true), 0.0f, y.f32(), out);      // y = x W^T
+    gemm(N, out, in, 1.0f, mat(x, in, false), W.mat(in, true), 0.0f, y.f32(), out);      // y = x W^T
     gemm(N, r, in, 1.0f, mat(xa, in, false), mat(A, in, true), 0.0f, u.f32(), r);         // u = xa A^T
     gemm(N, out, r, s, MatRef{u.data, DType::F32, r, false}, mat(B, r, true), 1.0f, y.f32(), out);  // y += s u B^T
     return info.Env().Undefined();
@@ -49,8 +49,7 @@ static Napi::Value LoraBackwardBinding(const Napi::CallbackInfo& info) {
   int64_t N = int_arg(info, 12, fn, "N"), in = int_arg(info, 13, fn, "in", 1), out = int_arg(info, 14, fn, "out", 1), r = int_arg(info, 15, fn, "r", 1);
   TensorArg dy = tensor_arg(info, 0, fn, "dy", N * out, DType::F32);
   TensorArg xa = tensor_arg(info, 1, fn, "xa", N * in, DType::F32);
-  TensorArg W = tensor_arg(info, 2, fn, "W", out * in, DType::F32, true);
-  if (W.dtype != DType::F32 && W.dtype != DType::BF16) throw arg_error(info, fn, "W must be f32 or bf16");
+  WeightOperand W = weight_arg(info, 2, fn, "W", out, in);
   TensorArg A = tensor_arg(info, 3, fn, "A", r * in, DType::F32);
   TensorArg B = tensor_arg(info, 4, fn, "B", out * r, DType::F32);
   TensorArg u = tensor_arg(info, 5, fn, "u", N * r, DType::F32);
@@ -67,7 +66,7 @@ static Napi::Value LoraBackwardBinding(const Napi::CallbackInfo& info) {
     gemm(N, r, out, s, dyM, mat(B, r, false), 0.0f, du.data(), r);                         // du = s dy B
     MatRef duM{du.data(), DType::F32, r, false};
     if (dA.data) gemm(r, in, N, 1.0f, MatRef{du.data(), DType::F32, r, true}, mat(xa, in, false), 1.0f, dA.f32(), in);
-    gemm(N, in, out, 1.0f, dyM, mat(W, in, false), acc ? 1.0f : 0.0f, dx.f32(), in);      // dx (+)= dy W
+    gemm(N, in, out, 1.0f, dyM, W.mat(in, false), acc ? 1.0f : 0.0f, dx.f32(), in);      // dx (+)= dy W
     if (dxa.data) gemm(N, in, r, 1.0f, duM, mat(A, in, false), 0.0f, dxa.f32(), in);      // dxa = du A
     else gemm(N, in, r, 1.0f, duM, mat(A, in, false), 1.0f, dx.f32(), in);                // dx += du A
     return info.Env().Undefined();

@@ -1,0 +1,131 @@
+// A weight operand of a binding: a dense tensor (f32 or bf16) or a quantized
+// weight passed as a plain object (see src/quant/quantized.ts, nativeOperand):
+//   { kind: 'q4', format: 0 nf4 | 1 fp4, rows, cols, blockSize,
+//     packed: u8 tensor, absmax: f32 tensor | null,
+//     dqCodes: u8 tensor | null, dqScales: f32 tensor | null, dqOffset, dqBlock }
+// A double-quantized absmax is expanded to fp32 into a workspace here, once
+// per call (numel / blockSize floats), as bitsandbytes does before its kernels.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "args.h"
+#include "gemm.h"
+#include "quant4.h"
+
+namespace tb {
+
+struct WeightOperand {
+  TensorArg dense;                                  // when !quantized
+  bool quantized = false;
+  Quant4View q4{};
+  std::unique_ptr<Workspace<float>> absmax_ws;      // expanded double-quantized absmax
+  // op(W) as a GEMM operand; `ld` is the stored row length
+  MatRef mat(int64_t ld, bool trans) const {
+    if (quantized) return MatRef{q4.packed, DType::U8, ld, trans, &q4};
+    return MatRef{dense.data, dense.dtype, ld, trans};
+  }
+};
+
+inline int block_shift_of(int64_t block) {
+  int s = 0;
+  while ((int64_t(1) << s) < block) s++;
+  return (int64_t(1) << s) == block ? s : -1;
+}
+
+// The weight operand at argument i: W must be [rows, cols] (a dense tensor of
+// at least rows*cols elements, or a quantized weight of exactly that shape).
+inline WeightOperand weight_arg(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name,
+                                int64_t rows, int64_t cols, int64_t dense_min_numel = -1) {
+  WeightOperand w;
+  if (i < info.Length() && info[i].IsObject() && !NativeTensor::IsTensor(info[i])) {
+    Napi::Object o = info[i].As<Napi::Object>();
+    auto field = [&](const char* k) { return o.Get(k); };
+    auto num = [&](const char* k) -> double {
+      Napi::Value v = field(k);
+      if (!v.IsNumber()) throw arg_error(info, fn, std::string("quantized '") + name + "': field '" + k + "' must be a number");
+      return v.As<Napi::Number>().DoubleValue();
+    };
+    Napi::Value kind = field("kind");
+    if (!kind.IsString() || kind.As<Napi::String>().Utf8Value() != "q4")
+      throw arg_error(info, fn, std::string("'") + name + "' must be a tensor or a quantized weight");
+    const int64_t qr = static_cast<int64_t>(num("rows")), qc = static_cast<int64_t>(num("cols"));
+    if (qr != rows || qc != cols)
+      throw arg_error(info, fn, std::string("quantized '") + name + "' is [" + std::to_string(qr) + ", " + std::to_string(qc) +
+                      "], the op needs [" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
+    const int64_t block = static_cast<int64_t>(num("blockSize"));
+    const int shift = block_shift_of(block);
+    if (shift < 5 || shift > 12) throw arg_error(info, fn, std::string("quantized '") + name + "': blockSize must be a power of two in 32..4096");
+    const int format = static_cast<int>(num("format"));
+    if (format != 0 && format != 1) throw arg_error(info, fn, std::string("quantized '") + name + "': unknown 4-bit format");
+    const int64_t numel = rows * cols, nblocks = (numel + block - 1) / block;
+    // tensor_arg reads info[j]; wrap the object's fields in a tiny argument list
+    auto field_tensor = [&](const char* k, size_t min_numel, DType dt, bool nullable) -> TensorArg {
+      Napi::Value v = field(k);
+      TensorArg t;
+      if (v.IsNull() || v.IsUndefined()) {
+        if (nullable) return t;
+        throw arg_error(info, fn, std::string("quantized '") + name + "': field '" + k + "' is missing");
+      }
+      NativeTensor* nt = NativeTensor::From(v);
+      if (!nt) throw arg_error(info, fn, std::string("quantized '") + name + "': field '" + k + "' is not a native tensor");
+      Storage* s = nt->storage();
+      if (s->freed) throw arg_error(info, fn, std::string("quantized '") + name + "': '" + k + "' was disposed");
+      if (s->dev != Device::CPU) throw arg_error(info, fn, std::string("quantized '") + name + "': '" + k + "' is not on the CPU");
+      if (s->dtype != dt) throw arg_error(info, fn, std::string("quantized '") + name + "': '" + k + "' has dtype " + dtype_name(s->dtype) + ", expected " + dtype_name(dt));
+      if (s->numel < min_numel)
+        throw arg_error(info, fn, std::string("quantized '") + name + "': '" + k + "' has " + std::to_string(s->numel) + " elements, needs " + std::to_string(min_numel));
+      t.data = s->data; t.numel = s->numel; t.dtype = s->dtype; t.cat = s->cat;
+      return t;
+    };
+    TensorArg packed = field_tensor("packed", static_cast<size_t>((numel + 1) / 2), DType::U8, false);
+    TensorArg absmax = field_tensor("absmax", static_cast<size_t>(nblocks), DType::F32, true);
+    w.quantized = true;
+    w.q4.packed = packed.as<uint8_t>();
+    w.q4.table = quant4_table(static_cast<Quant4Format>(format));
+    w.q4.rows = rows;
+    w.q4.cols = cols;
+    w.q4.block_shift = shift;
+    if (absmax.data) {
+      w.q4.absmax = absmax.f32();
+    } else {
+      const int64_t dq_block = static_cast<int64_t>(num("dqBlock"));
+      if (dq_block < 1) throw arg_error(info, fn, std::string("quantized '") + name + "': dqBlock must be >= 1");
+      TensorArg codes = field_tensor("dqCodes", static_cast<size_t>(nblocks), DType::U8, false);
+      TensorArg scales = field_tensor("dqScales", static_cast<size_t>((nblocks + dq_block - 1) / dq_block), DType::F32, false);
+      const float offset = static_cast<float>(num("dqOffset"));
+      try {
+        w.absmax_ws = std::make_unique<Workspace<float>>(static_cast<size_t>(nblocks));
+      } catch (const OutOfMemory& e) {
+        throw oom_error(info, e);
+      }
+      const float* map = dynamic_map(true);
+      const uint8_t* c = codes.as<uint8_t>();
+      const float* sc = scales.f32();
+      float* a = w.absmax_ws->data();
+      for (int64_t b = 0; b < nblocks; b++) a[b] = map[c[b]] * sc[b / dq_block] + offset;
+      w.q4.absmax = a;
+    }
+    return w;
+  }
+  TensorArg t = tensor_arg(info, i, fn, name, static_cast<size_t>(dense_min_numel >= 0 ? dense_min_numel : rows * cols), DType::F32, true);
+  if (t.dtype != DType::F32 && t.dtype != DType::BF16)
+    throw arg_error(info, fn, std::string("'") + name + "' must be f32, bf16 or a quantized weight");
+  w.dense = t;
+  return w;
+}
+
+// The 13 arguments of a GEMM binding, checked: (transA, transB, M, N, K,
+// alpha, A, lda, B, ldb, beta, C, ldc). A is f32 or, when allow_bf16, bf16;
+// B also, or (allow_quant) a quantized weight; each buffer must hold its
+// strided extent.
+struct GemmArgs {
+  bool ta, tb;
+  int64_t M, N, K, lda, ldb, ldc;
+  float alpha, beta;
+  TensorArg a, c;
+  WeightOperand b;
+};
+GemmArgs gemm_args(const Napi::CallbackInfo& info, const char* fn, bool allow_bf16, bool allow_quant = false);
+
+}  // namespace tb
