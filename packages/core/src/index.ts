@@ -23,6 +23,8 @@ export { LlamaModel, LINEAR_NAMES, modelTensorShapes, type LinearName, type Line
 export { Rng, type RngState } from './util/rng.js';
 export * from './train/schedule.js';
 export { AdamW, type AdamWConfig } from './train/adamw.js';
+export { AdamW8bit, ADAMW8BIT_MIN_SIZE } from './train/adamw8bit.js';
+export { makeOptimizer, OPTIMIZER_NAMES, type Optimizer, type OptimizerFactory, type OptimizerName } from './train/optimizer.js';
 export { ArrayDataSource, type DataSource } from './train/data_source.js';
 export { Trainer, DivergedError, IGNORE_INDEX, type TrainerConfig, type StepStats } from './train/trainer.js';
 export { writeFileAtomic, writeJsonAtomic, type AtomicChunk, type AtomicData } from './io/atomic.js';

@@ -1,6 +1,8 @@
 // LoraLinear: a frozen base projection plus one or more low-rank adapters.
 //
-//   y = x W^T + s * (dropout(x) A^T) B^T      W [out, in] frozen (f32 or bf16)
+//   y = x W^T + s * (dropout(x) A^T) B^T      W [out, in] frozen: any FrozenBase
+//                                             (dense f32/bf16, or quantized: the
+//                                             kernels dequantize it while packing)
 //                                             A [r, in], B [out, r] f32, s = alpha/r
 //
 // Several adapters can sit over one base: `active` picks the one used by
@@ -9,7 +11,7 @@
 // merge()/unmerge() fold s*B*A into W and back out through one
 // deltaWeight(), so the two cannot disagree.
 import {
-  DenseLinear, type LinearLayer, type Parameter, Rng, Tensor, addInPlace, bf16ToF32, f32ToBf16, loraBackward,
+  DenseLinear, type FrozenBase, type LinearLayer, type Parameter, Rng, Tensor, addInPlace, bf16ToF32, f32ToBf16, loraBackward,
   loraDeltaRows, loraForward, matmul,
 } from '@tunebench/core';
 import { type LoraConfig, loraScale } from './config.js';
@@ -41,7 +43,7 @@ export class LoraLinear implements LinearLayer {
   readonly name: string;
   readonly inFeatures: number;
   readonly outFeatures: number;
-  readonly base: DenseLinear;
+  readonly base: FrozenBase;
   readonly adapters = new Map<string, Adapter>();
   /** adapter used by forward/backward; null = base only */
   active: string | null = null;
@@ -55,8 +57,8 @@ export class LoraLinear implements LinearLayer {
   training = true;
 
   /** base: the frozen layer being adapted (its weight must have no gradient) */
-  constructor(base: DenseLinear, seed = 0) {
-    if (base.weight.grad) throw new Error(`${base.name}: LoRA needs a frozen base weight, this one is trainable`);
+  constructor(base: FrozenBase, seed = 0) {
+    if (base.parameters().some((p) => p.grad !== null)) throw new Error(`${base.name}: LoRA needs a frozen base weight, this one is trainable`);
     this.base = base;
     this.name = base.name;
     this.inFeatures = base.inFeatures;
@@ -126,7 +128,7 @@ export class LoraLinear implements LinearLayer {
       const keep = 1 / (1 - a.dropout);
       for (let i = 0; i < mv.length; i++) { mv[i] = this.dropoutRng.next() < a.dropout ? 0 : keep; av[i] = xv[i] * mv[i]; }
     }
-    const { y, u } = loraForward(x, xa, this.base.weight.value, a.A.value, a.B.value, a.scale);
+    const { y, u } = loraForward(x, xa, this.base.weightOperand, a.A.value, a.B.value, a.scale);
     this.saved = { adapter: a, xa, mask, u };
     return y;
   }
@@ -142,7 +144,7 @@ export class LoraLinear implements LinearLayer {
     const a = s.adapter;
     let dxa: Tensor | undefined;
     if (s.mask) dxa = Tensor.zeros(s.xa.shape, { category: 'workspace' });
-    const dx = loraBackward(dy, s.xa, this.base.weight.value, a.A.value, a.B.value, s.u, a.scale, {
+    const dx = loraBackward(dy, s.xa, this.base.weightOperand, a.A.value, a.B.value, s.u, a.scale, {
       dxInto, dA: a.A.grad ?? undefined, dB: a.B.grad ?? undefined, dxa,
     });
     if (dxa && s.mask) {
@@ -185,8 +187,13 @@ export class LoraLinear implements LinearLayer {
     return matmul(a.B.value, a.A.value, { alpha: a.scale, category: 'workspace' });
   }
 
-  /** Fold an adapter into the base weight (lossy when the base is bf16, as in PEFT). */
+  /** Fold an adapter into the base weight (lossy when the base is bf16, as in
+   * PEFT). Dense bases only: merging into a quantized base is its method's
+   * business (e.g. @tunebench/qlora merges into bf16 or requantizes). */
   merge(name = this.active ?? ''): void {
+    if (!(this.base instanceof DenseLinear)) {
+      throw new Error(`${this.name}: cannot merge in place into a ${this.base.constructor.name} base; use the method's merge (e.g. @tunebench/qlora mergeQlora)`);
+    }
     if (this.mergedName !== null) throw new Error(`${this.name}: adapter '${this.mergedName}' is already merged`);
     this.applyDelta(name, +1);
     this.mergedName = name;
@@ -203,6 +210,7 @@ export class LoraLinear implements LinearLayer {
   }
 
   private applyDelta(name: string, sign: 1 | -1): void {
+    if (!(this.base instanceof DenseLinear)) throw new Error(`${this.name}: in-place merge needs a dense base`);
     const delta = this.deltaWeight(name);
     const W = this.base.weight.value;
     if (W.dtype === 'f32') {
@@ -216,7 +224,7 @@ export class LoraLinear implements LinearLayer {
 
   /** Merge the active adapter (unless one is merged already), free the
    * adapters and hand back the base layer, which the caller now owns. */
-  mergeAndUnload(): DenseLinear {
+  mergeAndUnload(): FrozenBase {
     if (this.mergedName === null && this.active !== null) this.merge(this.active);
     this.clearSaved();
     for (const a of this.adapters.values()) for (const p of [a.A, a.B]) { p.value.dispose(); p.grad?.dispose(); }

@@ -1,5 +1,5 @@
 // The LoRA method: put adapters on a model's targeted Linear layers.
-import { DenseLinear, LINEAR_NAMES, type LlamaModel, type Parameter } from '@tunebench/core';
+import { isFrozenBase, LINEAR_NAMES, parameterNumel, type LlamaModel, type Parameter } from '@tunebench/core';
 import { type LoraConfig, loraConfig } from './config.js';
 import { LoraLinear } from './layer.js';
 
@@ -46,16 +46,18 @@ export function prepareLora(model: LlamaModel, opts: Partial<LoraConfig> = {}, a
   return { targets, ...countParameters(model.parameters()) };
 }
 
-function wrap(layer: unknown, seed: number): LoraLinear {
-  if (!(layer instanceof DenseLinear)) throw new Error(`LoRA: cannot adapt ${(layer as { name?: string }).name ?? 'this layer'}: its base is not a dense linear layer`);
+/** A LoRA layer over a frozen base layer: dense (f32/bf16) or quantized. */
+export function wrap(layer: unknown, seed: number): LoraLinear {
+  if (!isFrozenBase(layer)) throw new Error(`LoRA: cannot adapt ${(layer as { name?: string }).name ?? 'this layer'}: it is not a frozen base layer (dense or quantized)`);
   return new LoraLinear(layer, seed);
 }
 
 export function countParameters(params: readonly Parameter[]): { trainableParameters: number; totalParameters: number } {
   let trainable = 0, total = 0;
   for (const p of params) {
-    total += p.value.numel;
-    if (p.grad) trainable += p.value.numel;
+    const n = parameterNumel(p);
+    total += n;
+    if (p.grad) trainable += n;
   }
   return { trainableParameters: trainable, totalParameters: total };
 }

@@ -17,7 +17,7 @@
 import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import {
-  DenseLinear, type LlamaModel, type SafetensorsEntry, type Tensor, readSafetensors, readSafetensorsHeader,
+  type FrozenBase, isFrozenBase, type LlamaModel, type SafetensorsEntry, type Tensor, readSafetensors, readSafetensorsHeader,
   writeJsonAtomic, writeSafetensors,
 } from '@tunebench/core';
 import { LoraLinear } from './layer.js';
@@ -419,8 +419,8 @@ export function loadAdapter(model: LlamaModel, dir: string, opts: LoadAdapterOpt
     }
     if (layer instanceof LoraLinear) {
       if (layer.adapters.has(name)) problems.push(`${module} already has an adapter named '${name}' (pick another name)`);
-    } else if (!(layer instanceof DenseLinear)) {
-      problems.push(`${module}: cannot adapt it, its base is not a dense linear layer`);
+    } else if (!isFrozenBase(layer)) {
+      problems.push(`${module}: cannot adapt it, it is not a frozen base layer (dense or quantized)`);
     }
     plan.push({ module, A, B, r, alpha });
   }
@@ -436,7 +436,7 @@ export function loadAdapter(model: LlamaModel, dir: string, opts: LoadAdapterOpt
     for (const p of plan) {
       const layer = linears.get(p.module)!;
       const wrapped = !(layer instanceof LoraLinear);
-      const lora = wrapped ? new LoraLinear(layer as DenseLinear) : layer;
+      const lora = wrapped ? new LoraLinear(layer as FrozenBase) : layer;
       const a = lora.addAdapter(name, { r: p.r, alpha: p.alpha, rslora: config.rslora, dropout: config.dropout, init: 'kaiming', seed: 0, trainable });
       added.push({ lora, wrapped });
       for (const [param, entry] of [[a.A, p.A], [a.B, p.B]] as const) {

@@ -59,6 +59,8 @@ export interface LinearLayer {
  * they read in place (a quantized one is dequantized inside the GEMM).
  */
 export interface FrozenBase extends LinearLayer {
+  /** the weight parameter, frozen (grad null); quantized weights set `quantized` */
+  readonly weight: Parameter;
   /** the weight operand [out, in] the kernels take */
   readonly weightOperand: WeightOperand;
   /** exact bytes of the stored weight and its constants */

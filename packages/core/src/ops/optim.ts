@@ -1,4 +1,5 @@
-// Optimizer kernels: AdamW and global gradient-norm clipping.
+// Optimizer kernels: AdamW (fp32 and blockwise 8-bit state) and global
+// gradient-norm clipping.
 import { nativeFn, type NativeTensorHandle } from '../native.js';
 import type { Tensor } from '../tensor.js';
 import { checkFinite, checkShape, checkTensor } from './check.js';
@@ -16,6 +17,20 @@ export interface AdamWOptions {
 type AdamwFn = (p: NativeTensorHandle, g: NativeTensorHandle, m: NativeTensorHandle, v: NativeTensorHandle,
                 lr: number, b1: number, b2: number, eps: number, wd: number, step: number) => void;
 
+interface AdamHyper { lr: number; b1: number; b2: number; eps: number; wd: number; step: number }
+
+/** Defaults filled in and every hyperparameter checked, for both AdamW kernels. */
+function adamHyper(op: string, opts: AdamWOptions): AdamHyper {
+  const b1 = opts.beta1 ?? 0.9, b2 = opts.beta2 ?? 0.999, eps = opts.eps ?? 1e-8, wd = opts.weightDecay ?? 0.01;
+  checkFinite(op, 'lr', opts.lr);
+  checkFinite(op, 'weightDecay', wd);
+  checkFinite(op, 'eps', eps);
+  if (!(b1 >= 0 && b1 < 1)) throw new RangeError(`${op}: beta1 must be in [0, 1), got ${b1}`);
+  if (!(b2 >= 0 && b2 < 1)) throw new RangeError(`${op}: beta2 must be in [0, 1), got ${b2}`);
+  if (!Number.isInteger(opts.step) || opts.step < 1) throw new RangeError(`${op}: step must be an integer >= 1, got ${opts.step}`);
+  return { lr: opts.lr, b1, b2, eps, wd, step: opts.step };
+}
+
 /** One AdamW step in place, as torch.optim.AdamW (decoupled weight decay).
  * param, grad, m, v: same shape, f32. Defaults: betas (0.9, 0.999), eps 1e-8, weightDecay 0.01. */
 export function adamwStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, opts: AdamWOptions): void {
@@ -25,14 +40,55 @@ export function adamwStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, opt
     checkTensor(op, name, t, ['f32']);
     checkShape(op, name, t, param.shape);
   }
-  const b1 = opts.beta1 ?? 0.9, b2 = opts.beta2 ?? 0.999, eps = opts.eps ?? 1e-8, wd = opts.weightDecay ?? 0.01;
-  checkFinite(op, 'lr', opts.lr);
-  checkFinite(op, 'weightDecay', wd);
-  checkFinite(op, 'eps', eps);
-  if (!(b1 >= 0 && b1 < 1)) throw new RangeError(`${op}: beta1 must be in [0, 1), got ${b1}`);
-  if (!(b2 >= 0 && b2 < 1)) throw new RangeError(`${op}: beta2 must be in [0, 1), got ${b2}`);
-  if (!Number.isInteger(opts.step) || opts.step < 1) throw new RangeError(`${op}: step must be an integer >= 1, got ${opts.step}`);
-  nativeFn<AdamwFn>('adamw_step')(param.handle, grad.handle, m.handle, v.handle, opts.lr, b1, b2, eps, wd, opts.step);
+  const h = adamHyper(op, opts);
+  nativeFn<AdamwFn>('adamw_step')(param.handle, grad.handle, m.handle, v.handle, h.lr, h.b1, h.b2, h.eps, h.wd, h.step);
+}
+
+/** Elements per absmax block of the 8-bit optimizer state (bitsandbytes' blockwise optimizers use 256). */
+export const ADAMW8BIT_BLOCK_SIZE = 256;
+
+/** Absmax blocks of a parameter with `numel` elements. */
+export function adamw8bitBlocks(numel: number): number {
+  return Math.ceil(numel / ADAMW8BIT_BLOCK_SIZE);
+}
+
+type Adamw8bitFn = (p: NativeTensorHandle, g: NativeTensorHandle, mCodes: NativeTensorHandle, mAbsmax: NativeTensorHandle,
+                    vCodes: NativeTensorHandle, vAbsmax: NativeTensorHandle, lr: number, b1: number, b2: number, eps: number,
+                    wd: number, step: number, blockSize: number) => void;
+
+/** One AdamW step in place with blockwise 8-bit state (bitsandbytes' AdamW8bit
+ * scheme). Per block of 256 consecutive elements of the flattened parameter:
+ * m = dynamicMap(true)[mCodes] * mAbsmax[block], v = dynamicMap(false)[vCodes] * vAbsmax[block];
+ * the fp32 AdamW update (as adamwStep) runs on those, then m and v are
+ * requantized to the nearest code against the block's new max |value|.
+ *   param, grad: f32, same shape; mCodes, vCodes: u8, param's shape;
+ *   mAbsmax, vAbsmax: f32 [ceil(numel / 256)]. */
+export function adamw8bitStep(param: Tensor, grad: Tensor, mCodes: Tensor, mAbsmax: Tensor, vCodes: Tensor, vAbsmax: Tensor,
+                              opts: AdamWOptions): void {
+  const op = 'adamw8bitStep';
+  checkTensor(op, 'param', param, ['f32']);
+  checkTensor(op, 'grad', grad, ['f32']);
+  checkShape(op, 'grad', grad, param.shape);
+  const blocks = [adamw8bitBlocks(param.numel)];
+  for (const [name, codes, absmax] of [['mCodes', mCodes, mAbsmax], ['vCodes', vCodes, vAbsmax]] as const) {
+    checkTensor(op, name, codes, ['u8']);
+    checkShape(op, name, codes, param.shape);
+    const absName = name === 'mCodes' ? 'mAbsmax' : 'vAbsmax';
+    checkTensor(op, absName, absmax, ['f32']);
+    checkShape(op, absName, absmax, blocks);
+  }
+  const h = adamHyper(op, opts);
+  nativeFn<Adamw8bitFn>('adamw8bit_step')(param.handle, grad.handle, mCodes.handle, mAbsmax.handle, vCodes.handle, vAbsmax.handle,
+    h.lr, h.b1, h.b2, h.eps, h.wd, h.step, ADAMW8BIT_BLOCK_SIZE);
+}
+
+/** The 256-value dynamic quantization map of the 8-bit optimizer state
+ * (bitsandbytes create_dynamic_map), sorted ascending; code i means value
+ * map[i] * block absmax. signed: the first moment's map; unsigned: the second
+ * moment's. A fresh copy of the native table on each call. */
+export function dynamicMap(signed: boolean): Float32Array {
+  if (typeof signed !== 'boolean') throw new TypeError(`dynamicMap: 'signed' must be a boolean, got ${typeof signed}`);
+  return nativeFn<(signed: boolean) => Float32Array>('dynamic_map')(signed);
 }
 
 export interface ClipOptions {

@@ -3,6 +3,7 @@
 import { adamwStep } from '../ops/optim.js';
 import { Tensor } from '../tensor.js';
 import type { Parameter } from '../nn/module.js';
+import type { Optimizer } from './optimizer.js';
 
 export interface AdamWConfig {
   betas?: [number, number];
@@ -12,7 +13,36 @@ export interface AdamWConfig {
   decayNorms?: boolean;
 }
 
-export class AdamW {
+/** The config with every default filled in (shared by AdamW and AdamW8bit). */
+export function adamwDefaults(config: AdamWConfig = {}): Required<AdamWConfig> {
+  return { betas: config.betas ?? [0.9, 0.999], eps: config.eps ?? 1e-8, weightDecay: config.weightDecay ?? 0.01, decayNorms: config.decayNorms ?? false };
+}
+
+/** Weight decay for one parameter: 1-D ones (norm weights) only with decayNorms. */
+export function weightDecayFor(p: Parameter, config: Required<AdamWConfig>): number {
+  return p.value.shape.length > 1 || config.decayNorms ? config.weightDecay : 0;
+}
+
+/** Checks `given` against the optimizer's own state tensors (`own`, by name)
+ * and copies it in only when every tensor is present with the same dtype and
+ * shape and nothing unknown is there: a refused state leaves `own` untouched. */
+export function copyOptimizerState(own: Map<string, Tensor>, given: Map<string, Tensor>, stepCount: number): void {
+  const problems: string[] = [];
+  for (const [name, dst] of own) {
+    const src = given.get(name);
+    if (!src) { problems.push(`${name} is missing`); continue; }
+    const sameShape = src.shape.length === dst.shape.length && src.shape.every((d, i) => d === dst.shape[i]);
+    if (src.dtype !== dst.dtype || !sameShape) problems.push(`${name} is ${src.dtype} [${src.shape.join(', ')}], expected ${dst.dtype} [${dst.shape.join(', ')}]`);
+  }
+  for (const name of given.keys()) if (!own.has(name)) problems.push(`${name} is not state of this optimizer`);
+  if (!Number.isInteger(stepCount) || stepCount < 0) problems.push(`step count ${stepCount} is not an integer >= 0`);
+  if (problems.length) throw new Error(`optimizer state: ${problems.join('; ')}`);
+  // same dtype on both sides, so the typed views are of one kind (the cast only quiets tsc)
+  for (const [name, dst] of own) (dst.data() as Uint8Array).set(given.get(name)!.data() as Uint8Array);
+}
+
+export class AdamW implements Optimizer {
+  readonly name = 'adamw' as const;
   readonly params: Parameter[];
   readonly config: Required<AdamWConfig>;
   private m: Tensor[];
@@ -23,7 +53,7 @@ export class AdamW {
   constructor(params: readonly Parameter[], config: AdamWConfig = {}) {
     this.params = params.filter((p) => p.grad !== null);
     if (this.params.length === 0) throw new Error('AdamW: no trainable parameters (every parameter is frozen)');
-    this.config = { betas: config.betas ?? [0.9, 0.999], eps: config.eps ?? 1e-8, weightDecay: config.weightDecay ?? 0.01, decayNorms: config.decayNorms ?? false };
+    this.config = adamwDefaults(config);
     this.m = this.params.map((p) => Tensor.zeros(p.value.shape, { category: 'optimizer' }));
     this.v = this.params.map((p) => Tensor.zeros(p.value.shape, { category: 'optimizer' }));
   }
@@ -33,8 +63,7 @@ export class AdamW {
     this.stepCount++;
     const [beta1, beta2] = this.config.betas;
     this.params.forEach((p, i) => {
-      const decay = p.value.shape.length > 1 || this.config.decayNorms ? this.config.weightDecay : 0;
-      adamwStep(p.value, p.grad!, this.m[i], this.v[i], { lr, beta1, beta2, eps: this.config.eps, weightDecay: decay, step: this.stepCount });
+      adamwStep(p.value, p.grad!, this.m[i], this.v[i], { lr, beta1, beta2, eps: this.config.eps, weightDecay: weightDecayFor(p, this.config), step: this.stepCount });
     });
   }
 
@@ -48,20 +77,18 @@ export class AdamW {
     return out;
   }
 
-  /** Copy state saved by stateTensors() back in (shapes must match). */
+  /** Copy state saved by stateTensors() back in; every tensor is checked
+   * (dtype and shape) before anything is copied. */
   loadState(tensors: Map<string, Tensor>, stepCount: number): void {
-    const problems: string[] = [];
-    this.params.forEach((p, i) => {
-      for (const [prefix, dst] of [['exp_avg', this.m[i]], ['exp_avg_sq', this.v[i]]] as const) {
-        const src = tensors.get(`${prefix}.${p.name}`);
-        if (!src) { problems.push(`${prefix}.${p.name} is missing`); continue; }
-        if (src.dtype !== 'f32' || src.numel !== dst.numel) { problems.push(`${prefix}.${p.name} is ${src.dtype} [${src.shape.join(', ')}], expected f32 [${dst.shape.join(', ')}]`); continue; }
-        (dst.data() as Float32Array).set(src.data() as Float32Array);
-      }
-    });
-    if (problems.length) throw new Error(`optimizer state: ${problems.join('; ')}`);
-    if (!Number.isInteger(stepCount) || stepCount < 0) throw new Error(`optimizer state: step count ${stepCount} is not an integer >= 0`);
+    copyOptimizerState(this.stateTensors(), tensors, stepCount);
     this.stepCount = stepCount;
+  }
+
+  /** Bytes of optimizer state held: two f32 tensors per trainable parameter. */
+  stateBytes(): number {
+    let n = 0;
+    for (const t of [...this.m, ...this.v]) n += t.bytes;
+    return n;
   }
 
   dispose(): void {

@@ -3,11 +3,15 @@
 // never leaves a half-written checkpoint in place of a good one.
 //
 //   tensors   model.<param>                   trained parameters (f32)
-//             optim.exp_avg.<param>           AdamW first moment
-//             optim.exp_avg_sq.<param>        AdamW second moment
+//             optim.<name>                    the optimizer's stateTensors():
+//               adamw: exp_avg.<param>, exp_avg_sq.<param> (f32)
+//               adamw8bit: the same names (u8 codes, or f32 for small
+//               params) plus exp_avg.absmax.<param>, exp_avg_sq.absmax.<param>
 //   metadata  format = "tunebench-checkpoint", version = "1",
-//             state = JSON { step, optimizerStep, schedule, gradAccumulation,
-//                            maxGradNorm, modelConfig, rng, data }
+//             state = JSON { step, optimizer, optimizerStep, schedule,
+//                            gradAccumulation, maxGradNorm, modelConfig, rng, data }
+// `optimizer` is the optimizer's name; checkpoints from before it was
+// recorded have none and are read as 'adamw' (the only optimizer then).
 // Frozen parameters are not saved: they come from the base model.
 import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
 import type { Tensor } from '../tensor.js';
@@ -22,6 +26,7 @@ export function saveCheckpoint(trainer: Trainer, path: string): void {
   for (const [name, t] of trainer.optimizer.stateTensors()) tensors.set(`optim.${name}`, t);
   const state = {
     step: trainer.step,
+    optimizer: trainer.optimizer.name,
     optimizerStep: trainer.optimizer.stepCount,
     schedule: trainer.config.schedule,
     gradAccumulation: trainer.config.gradAccumulation,
@@ -41,7 +46,7 @@ export function loadCheckpoint(trainer: Trainer, path: string): void {
     if (metadata.format !== FORMAT) throw new Error(`${path}: not a tunebench checkpoint (metadata format is ${JSON.stringify(metadata.format)})`);
     if (metadata.version !== VERSION) throw new Error(`${path}: checkpoint version ${metadata.version} is not supported (this build reads ${VERSION})`);
     let state: {
-      step: number; optimizerStep: number; modelConfig: unknown; rng: [number, number, number, number]; data: unknown;
+      step: number; optimizer?: string; optimizerStep: number; modelConfig: unknown; rng: [number, number, number, number]; data: unknown;
       gradAccumulation: number;
     };
     try {
@@ -51,6 +56,10 @@ export function loadCheckpoint(trainer: Trainer, path: string): void {
     }
     if (JSON.stringify(state.modelConfig) !== JSON.stringify(trainer.model.config)) {
       throw new Error(`${path}: the checkpoint was written for model config ${JSON.stringify(state.modelConfig)}, this model is ${JSON.stringify(trainer.model.config)}`);
+    }
+    const saved = state.optimizer ?? 'adamw';
+    if (saved !== trainer.optimizer.name) {
+      throw new Error(`${path}: the checkpoint holds state of optimizer '${saved}', this trainer uses '${trainer.optimizer.name}'`);
     }
     if (state.gradAccumulation !== trainer.config.gradAccumulation) {
       throw new Error(`${path}: the checkpoint used gradAccumulation ${state.gradAccumulation}, this run ${trainer.config.gradAccumulation}`);

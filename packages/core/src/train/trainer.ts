@@ -1,11 +1,13 @@
 // The training loop shared by every method: micro-batches with gradient
-// accumulation, global gradient clipping, AdamW, a learning-rate schedule.
+// accumulation, global gradient clipping, an optimizer (AdamW by default, fp32
+// or 8-bit state), a learning-rate schedule.
 // It trains whatever parameters of the model have gradients, so full
 // fine-tuning and the adapter methods use the same loop.
 import { clipGradNorm } from '../ops/optim.js';
 import type { LlamaModel } from '../nn/llama.js';
 import { Rng, type RngState } from '../util/rng.js';
 import { AdamW, type AdamWConfig } from './adamw.js';
+import type { Optimizer, OptimizerFactory } from './optimizer.js';
 import type { DataSource } from './data_source.js';
 import { type ScheduleConfig, learningRate, validateSchedule } from './schedule.js';
 
@@ -17,7 +19,11 @@ export interface TrainerConfig {
   gradAccumulation?: number;
   /** clip the global gradient norm to this (default 1.0; null turns clipping off) */
   maxGradNorm?: number | null;
+  /** config of the default optimizer, the fp32 AdamW (not with optimizerFactory) */
   optimizer?: AdamWConfig;
+  /** builds the optimizer from the model's parameters, e.g. makeOptimizer('adamw8bit', config);
+   * default: the fp32 AdamW with `optimizer` */
+  optimizerFactory?: OptimizerFactory;
   /** seeds the trainer's own random stream (saved in checkpoints) */
   seed?: number;
 }
@@ -48,8 +54,8 @@ export class DivergedError extends Error {
 export class Trainer {
   readonly model: LlamaModel;
   readonly data: DataSource;
-  readonly config: Required<Omit<TrainerConfig, 'optimizer'>> & { optimizer: AdamWConfig };
-  readonly optimizer: AdamW;
+  readonly config: Required<Omit<TrainerConfig, 'optimizer' | 'optimizerFactory'>> & { optimizer: AdamWConfig };
+  readonly optimizer: Optimizer;
   rng: Rng;
   /** optimizer steps done */
   step = 0;
@@ -58,12 +64,16 @@ export class Trainer {
     validateSchedule(config.schedule);
     const accum = config.gradAccumulation ?? 1;
     if (!Number.isInteger(accum) || accum < 1) throw new Error(`trainer: gradAccumulation must be a positive integer, got ${accum}`);
+    // the factory carries its own config: refusing both keeps one of them from being silently ignored
+    if (config.optimizerFactory && config.optimizer) {
+      throw new Error("trainer: pass either optimizer (AdamW config) or optimizerFactory, not both; give the config to the factory (makeOptimizer(kind, config))");
+    }
     const clip = config.maxGradNorm === undefined ? 1.0 : config.maxGradNorm;
     if (clip !== null && !(clip > 0)) throw new Error(`trainer: maxGradNorm must be > 0 or null, got ${clip}`);
     this.config = { schedule: { ...config.schedule }, gradAccumulation: accum, maxGradNorm: clip, optimizer: config.optimizer ?? {}, seed: config.seed ?? 0 };
     this.model = model;
     this.data = data;
-    this.optimizer = new AdamW(model.parameters(), this.config.optimizer);
+    this.optimizer = config.optimizerFactory ? config.optimizerFactory(model.parameters()) : new AdamW(model.parameters(), this.config.optimizer);
     this.rng = new Rng(this.config.seed);
   }
 
