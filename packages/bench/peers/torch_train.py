@@ -29,6 +29,10 @@ Architecture (src/nn/llama.ts):
   LoRA (--lora): each named projection gains y += scale * (x A^T) B^T, with
   A (r x in) and B (out x r) read from --init as <linear>.lora_A.weight and
   <linear>.lora_B.weight; only A and B train.
+  QLoRA: a weights.json entry with "quant4" is a frozen 4-bit weight (packed
+  codes in quant4.bin, fp32 absmax per block in weights.bin, the 16-value
+  table in the entry); it is dequantized before every matmul, the way
+  bitsandbytes runs a 4-bit layer on the CPU.
 Optimizer: torch.optim.AdamW(lr, betas=(0.9, 0.999), eps=1e-8,
 weight_decay=--weight-decay), foreach left at its default; the learning rate
 of each step from --lrs; optional torch.nn.utils.clip_grad_norm_ (--clip).
@@ -159,6 +163,8 @@ def main():
     hwm_reset = reset_high_water()
     rss_base = rss_high_water()
     P = {}
+    Q = {}  # frozen 4-bit weights: (packed codes, absmax, table, block size, shape)
+    packed_all = None
     if args.init:
         import numpy as np
         flat = np.fromfile(os.path.join(args.init, 'weights.bin'), dtype=np.float32)
@@ -171,6 +177,18 @@ def main():
             if tuple(e['shape']) != s:
                 sys.exit(f'{args.init}/weights.json: {name} is {e["shape"]}, the config implies {list(s)}')
             n, off = math.prod(s), e['offset']
+            q4 = e.get('quant4')
+            if q4:
+                bs = q4['blockSize']
+                blocks = (n + bs - 1) // bs
+                if packed_all is None:
+                    packed_all = np.fromfile(os.path.join(args.init, 'quant4.bin'), dtype=np.uint8)
+                po, pb = q4['packedOffset'], q4['packedBytes']
+                if off + blocks > flat.size or po + pb > packed_all.size or pb != (n + 1) // 2:
+                    sys.exit(f'{args.init}: the 4-bit weight {name} is truncated')
+                Q[name] = (torch.from_numpy(packed_all[po:po + pb].copy()), torch.from_numpy(flat[off:off + blocks].copy()),
+                           torch.tensor(q4['table'], dtype=torch.float32), bs, s)
+                continue
             if off + n > flat.size:
                 sys.exit(f'{args.init}/weights.bin is too short for {name}')
             P[name] = torch.nn.Parameter(torch.from_numpy(flat[off:off + n].copy()).reshape(s), requires_grad=not lora)
@@ -201,11 +219,18 @@ def main():
         for _ in range(total_steps):
             seq = torch.randint(0, V, (B, T + 1))
             batches.append((seq[:, :T].contiguous(), seq[:, 1:].contiguous()))
-    params = [P[n] for n, _ in shapes if P[n].requires_grad]
+    params = [P[n] for n, _ in shapes if n in P and P[n].requires_grad]
     scale = lora['scale'] if lora else 0.0
 
+    def dequant4(q):
+        packed, absmax, table, bs, s = q
+        n = math.prod(s)
+        codes = torch.stack((packed >> 4, packed & 15), dim=1).reshape(-1)[:n].long()
+        return (table[codes] * absmax.repeat_interleave(bs)[:n]).reshape(s)
+
     def proj(x, name):
-        y = F.linear(x, P[f'{name}.weight'])
+        w = f'{name}.weight'
+        y = F.linear(x, dequant4(Q[w]) if w in Q else P[w])
         if name in lora_targets:
             y = y + scale * F.linear(F.linear(x, P[f'{name}.lora_A.weight']), P[f'{name}.lora_B.weight'])
         return y

@@ -5,7 +5,7 @@
 import { mkdirSync, readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { median, writeJsonAtomic } from '@tunebench/core';
-import { type RunRecord, isPeer } from './record.js';
+import { type RunRecord, isPeer, withDeployables } from './record.js';
 
 export interface Tolerances {
   /** absolute, for accuracy / macroF1 (higher is better) */
@@ -29,6 +29,10 @@ export function normalizedSpeed(r: RunRecord): number {
 export const DEFAULT_TOLERANCES: Tolerances = { metricAbs: 0.03, lossAbs: 0.05, perplexityRel: 0.05, memoryRel: 0.10, speedRel: 0.40 };
 
 export interface BaselineRun {
+  /** a deployable model's row (its metrics and model bytes are checked; decode speed on a CI-sized model is too short to time) */
+  deployable?: boolean;
+  /** deployable rows: bytes of the model's projections */
+  modelBytes?: number;
   status: RunRecord['status'];
   metrics: Record<string, number>;
   peakTotal: number;
@@ -52,7 +56,11 @@ export function baselineFrom(records: RunRecord[], tolerances = DEFAULT_TOLERANC
   if (records.length === 0) throw new Error('no runs to make a baseline from');
   const runs: Record<string, BaselineRun> = {};
   // peers are not ours to regress (and PyTorch may be absent on the machine that checks)
-  for (const r of records.filter((x) => !isPeer(x))) {
+  for (const r of withDeployables(records.filter((x) => !isPeer(x)))) {
+    if (r.deployableOf) {
+      runs[r.id] = { deployable: true, modelBytes: r.fileBytes, status: r.status, metrics: r.metrics, peakTotal: 0, normalizedSpeed: 0 };
+      continue;
+    }
     const speeds = [r, ...attempts.flat().filter((a) => a.id === r.id && a.status === 'ok')].map(normalizedSpeed);
     runs[r.id] = { status: r.status, metrics: r.metrics, peakTotal: r.memory.peakTotal, normalizedSpeed: median(speeds) };
   }
@@ -107,7 +115,7 @@ const PERPLEXITY = /perplexity/i;
 /** Every regression beyond tolerance, as readable lines (empty = pass). */
 export function checkAgainst(records: RunRecord[], b: Baseline): string[] {
   const tol = b.tolerances;
-  const byId = new Map(records.map((r) => [r.id, r]));
+  const byId = new Map(withDeployables(records).map((r) => [r.id, r]));
   const out: string[] = [];
   for (const [id, base] of Object.entries(b.runs)) {
     const r = byId.get(id);
@@ -120,6 +128,10 @@ export function checkAgainst(records: RunRecord[], b: Baseline): string[] {
       if (HIGHER_BETTER.test(k)) { if (now < was - tol.metricAbs) out.push(`${id}: ${k} ${now.toFixed(4)} < baseline ${was.toFixed(4)} - ${tol.metricAbs}`); }
       else if (PERPLEXITY.test(k)) { if (now > was * (1 + tol.perplexityRel)) out.push(`${id}: ${k} ${now.toFixed(4)} > baseline ${was.toFixed(4)} x (1 + ${tol.perplexityRel})`); }
       else if (now > was + tol.lossAbs) out.push(`${id}: ${k} ${now.toFixed(4)} > baseline ${was.toFixed(4)} + ${tol.lossAbs}`);
+    }
+    if (base.deployable) {
+      if (base.modelBytes !== undefined && r.fileBytes > base.modelBytes * (1 + tol.memoryRel)) out.push(`${id}: model bytes ${r.fileBytes} > baseline ${base.modelBytes} x (1 + ${tol.memoryRel})`);
+      continue;
     }
     if (r.memory.peakTotal > base.peakTotal * (1 + tol.memoryRel)) out.push(`${id}: peak memory ${r.memory.peakTotal} B > baseline ${base.peakTotal} B x (1 + ${tol.memoryRel})`);
     const speed = normalizedSpeed(r);

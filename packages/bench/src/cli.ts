@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CATEGORIES, type LlamaConfig, PRESETS, configFromHf, intOption, native, parseCli, preset } from '@tunebench/core';
-import { type MethodSpec, methodPlugin } from './methods.js';
+import { type MethodSpec, methodPlugin, planFor } from './methods.js';
 import { checkAgainst, fastestAttempt, readBaseline, speedOnly, writeBaseline } from './check.js';
 import { BUILTIN_SUITES, PEERS, type PeerName, type Suite, TASKS, type TaskName, loadSuiteFile, parseMethods, validateSuite } from './suite.js';
 import { readKernels, runSuite } from './runner.js';
@@ -84,7 +84,7 @@ if (args[0] === 'plan') {
     process.exit(2);
   }
   const B = intOption('batch', p.batch, 8), T = intOption('seq', p.seq, 256), K = intOption('accum', p.accum, 1);
-  const plan = methodPlugin(method.name).plan(config, method, B, T, K);
+  const plan = planFor(config, method, B, T, K);
   const mib = (x: number) => (x / 2 ** 20).toFixed(1).padStart(12);
   console.log(`predicted peak memory of one training step: ${p.model}, ${p.method}, batch ${B} x seq ${T}${K > 1 ? `, ${K} micro-batches` : ''} (MiB)`);
   for (const k of CATEGORIES) console.log(`${k.padEnd(16)}${mib(plan[k])}`);

@@ -13,6 +13,7 @@ import { Bench } from 'tinybench';
 import {
   type LlamaConfig, Rng, Tensor, addInPlace, attentionBackward, attentionForward, gemmKernel, headDim, loraBackward, loraForward, matmul, native,
 } from '@tunebench/core';
+import type { KernelCase } from './methods.js';
 import type { KernelSpeedRow } from './report/html.js';
 
 export interface KernelBenchOptions {
@@ -26,6 +27,8 @@ export interface KernelBenchOptions {
   timeMs?: number;
   /** tinybench minimum iterations per kernel (default 5) */
   iterations?: number;
+  /** the methods' own kernel rows (e.g. the NF4 GEMM), timed after the dense ones */
+  extra?: KernelCase[];
   log?: (line: string) => void;
 }
 
@@ -101,8 +104,10 @@ export async function measureKernels(o: KernelBenchOptions): Promise<KernelRepor
     await time(`attention backward B${Bt} T${T} Hq${Hq} Hkv${Hkv} D${D}`, 10 * pairs, 4 * qBytes + 4 * kvBytes + lseBytes, () => {
       attentionBackward(dout, q, k, v, out, lse, { dq, dk, dv });
     });
+    for (const c of o.extra ?? []) await time(c.name, c.flop, c.bytes, c.run);
   } finally {
     for (const t of owned) t.dispose();
+    for (const c of o.extra ?? []) c.dispose();
   }
 
   const gflops = (m: (typeof measured)[number]) => m.flop / m.ms / 1e6;

@@ -4,9 +4,13 @@
 // memory, save what it produces and (for quantized methods) build the
 // deployable models. A method package adds itself with registerMethod();
 // full fine-tuning and LoRA are registered here.
-import { type LlamaConfig, type LlamaModel, saveHfModel } from '@tunebench/core';
+import {
+  ADAMW8BIT_BLOCK_SIZE, ADAMW8BIT_MIN_SIZE, BYTE_BOS, type LlamaConfig, type LlamaModel, type OptimizerFactory, type OptimizerName, ByteTokenizer,
+  Rng, Tensor, disposeQuantized, generate, makeOptimizer, matmul, quant4Bytes, quantize4bit, saveHfModel,
+} from '@tunebench/core';
 import { prepareLora, saveAdapter } from '@tunebench/lora';
-import { type Plan, planMemory } from './plan.js';
+import { type QloraConfig, loadQloraModel, qloraConfig, withMerged } from '@tunebench/qlora';
+import { type Plan, type PlanMethod, planMemory } from './plan.js';
 import type { DeployableRow } from './record.js';
 import { loadBase } from './tasks/pretrain.js';
 
@@ -23,6 +27,18 @@ export interface MethodSpec {
   alpha?: number;
   /** method-specific settings (e.g. bits, group size), validated by the plugin */
   options?: Record<string, string | number | boolean>;
+}
+
+/** A kernel microbenchmark a method adds at a suite's shapes (kernels.ts runs it). */
+export interface KernelCase {
+  name: string;
+  /** floating-point operations and compulsory bytes of one call */
+  flop: number;
+  bytes: number;
+  /** one call (tensors made in setup) */
+  run: () => void;
+  /** frees what setup made */
+  dispose: () => void;
 }
 
 /** What a method may use to build its deployable models after training. */
@@ -47,8 +63,16 @@ export interface MethodPlugin {
   settings(spec: MethodSpec): Record<string, string | number | boolean>;
   /** the base model from a Hugging Face directory, ready to train with this method */
   prepare(baseDir: string, spec: MethodSpec, seed: number): LlamaModel;
-  /** predicted peak memory of a training step */
-  plan(cfg: LlamaConfig, spec: MethodSpec, batch: number, seq: number, gradAccumulation?: number): Plan;
+  /** what the planner needs: frozen bytes per projection, adapter rank, optimizer bytes per tensor */
+  planMethod(spec: MethodSpec): PlanMethod;
+  /** the optimizer of a run (default: fp32 AdamW) */
+  optimizer?(spec: MethodSpec, weightDecay: number): OptimizerFactory;
+  /** LoRA rank of the adapters, for the fused-LoRA kernel rows (none: no adapters) */
+  adapterRank?(spec: MethodSpec): number | undefined;
+  /** kernel rows of this method at a suite's shapes (x [N, in] times weight [out, in]) */
+  kernelCases?(spec: MethodSpec, shape: { N: number; inF: number; outF: number; seed: number }): KernelCase[];
+  /** why a peer cannot redo this method's runs (null or absent: it can) */
+  peerUnsupported?(peer: 'tfjs' | 'pytorch', spec: MethodSpec): string | null;
   /** writes what the method produces (adapter files or the whole model) into an empty directory */
   save(model: LlamaModel, spec: MethodSpec, dir: string): void;
   /** deployable models built from the trained one (QLoRA, QA-LoRA): rows for the record */
@@ -87,15 +111,54 @@ function positiveInteger(v: unknown): boolean {
   return Number.isInteger(v) && (v as number) > 0;
 }
 
+/** Predicted peak memory of a training step with method `spec`. */
+export function planFor(cfg: LlamaConfig, spec: MethodSpec, batch: number, seq: number, gradAccumulation = 1): Plan {
+  return planMemory(cfg, methodPlugin(spec.name).planMethod(spec), batch, seq, gradAccumulation);
+}
+
+/** Optimizer state bytes of a tensor of n elements. */
+export function optimizerStateBytes(kind: OptimizerName): (n: number) => number {
+  if (kind === 'adamw') return (n) => 8 * n;
+  // 8-bit blockwise: two u8 codes per element and two fp32 absmax per block;
+  // tensors under the minimum size keep fp32 state (core train/adamw8bit.ts)
+  return (n) => (n < ADAMW8BIT_MIN_SIZE ? 8 * n : 2 * n + 8 * Math.ceil(n / ADAMW8BIT_BLOCK_SIZE));
+}
+
+function optionOf(spec: MethodSpec, key: string): string | number | boolean | undefined {
+  return spec.options?.[key];
+}
+
+function optimizerOption(spec: MethodSpec): OptimizerName {
+  const o = optionOf(spec, 'optimizer') ?? 'adamw';
+  return o as OptimizerName;
+}
+
+function validateOptimizer(spec: MethodSpec): string[] {
+  const o = optionOf(spec, 'optimizer');
+  return o === undefined || o === 'adamw' || o === 'adamw8bit' ? [] : [`options.optimizer must be 'adamw' or 'adamw8bit', got ${JSON.stringify(o)}`];
+}
+
+/** Decode speed of a model: greedy tokens after a short prompt, one sequence, KV cache (best of 2). */
+export function decodeTokensPerSecond(model: LlamaModel, newTokens = 32): number {
+  const tok = new ByteTokenizer();
+  const prompt = [BYTE_BOS, ...tok.encode('Subject: meeting tomorrow')];
+  const n = Math.min(newTokens, model.config.maxPositionEmbeddings - prompt.length);
+  let best = 0;
+  for (let i = 0; i < 2; i++) best = Math.max(best, generate(model, prompt, { maxNewTokens: n }).decodeTokensPerSecond);
+  return best;
+}
+
 registerMethod({
   name: 'full',
-  describe: 'full fine-tuning: every weight trains (AdamW on fp32 masters)',
-  tokens: ['full'],
-  parse: (t) => (t === 'full' ? { name: 'full', lr: 3e-4, label: 'full' } : null),
-  validate: () => [],
-  settings: () => ({}),
+  describe: 'full fine-tuning: every weight trains (AdamW on fp32 masters; options.optimizer adamw8bit for 8-bit state)',
+  tokens: ['full', 'full-8bit'],
+  parse: (t) => (t === 'full' ? { name: 'full', lr: 3e-4, label: 'full' }
+    : t === 'full-8bit' ? { name: 'full', lr: 3e-4, label: 'full-8bit', options: { optimizer: 'adamw8bit' } } : null),
+  validate: (s) => validateOptimizer(s),
+  settings: (s): Record<string, string> => (optimizerOption(s) === 'adamw' ? {} : { optimizer: optimizerOption(s) }),
   prepare: (dir) => loadBase(dir, { trainable: true }),
-  plan: (cfg, _spec, b, t, k) => planMemory(cfg, { name: 'full' }, b, t, k),
+  planMethod: (s) => ({ trainsBase: true, optimizerBytes: optimizerStateBytes(optimizerOption(s)) }),
+  optimizer: (s, weightDecay) => makeOptimizer(optimizerOption(s), { weightDecay }),
   save: (model, _spec, dir) => saveHfModel(model, dir, { dtype: 'bf16' }),
 });
 
@@ -112,8 +175,9 @@ registerMethod({
   validate: (s) => [
     ...(positiveInteger(s.r) ? [] : ['r must be a positive integer']),
     ...(s.alpha === undefined || (typeof s.alpha === 'number' && s.alpha > 0) ? [] : ['alpha must be a positive number']),
+    ...validateOptimizer(s),
   ],
-  settings: (s) => ({ r: s.r!, alpha: s.alpha ?? 2 * s.r! }),
+  settings: (s) => ({ r: s.r!, alpha: s.alpha ?? 2 * s.r!, ...(optimizerOption(s) === 'adamw' ? {} : { optimizer: optimizerOption(s) }) }),
   prepare: (dir, s, seed) => {
     const model = loadBase(dir, { trainable: false });
     try {
@@ -124,6 +188,105 @@ registerMethod({
     }
     return model;
   },
-  plan: (cfg, s, b, t, k) => planMemory(cfg, { name: 'lora', r: s.r }, b, t, k),
+  planMethod: (s) => ({ adapterRank: s.r, optimizerBytes: optimizerStateBytes(optimizerOption(s)) }),
+  optimizer: (s, weightDecay) => makeOptimizer(optimizerOption(s), { weightDecay }),
+  adapterRank: (s) => s.r,
   save: (model, _spec, dir) => saveAdapter(model, dir),
+});
+
+/** The QLoRA settings of a spec: r/alpha from the spec, the rest from its options over the QLoRA defaults. */
+function qloraSettings(s: MethodSpec, seed = 0): QloraConfig {
+  const o = s.options ?? {};
+  return qloraConfig({
+    r: s.r, alpha: s.alpha ?? 2 * (s.r ?? 8), seed,
+    ...(o.format !== undefined ? { format: o.format as QloraConfig['format'] } : {}),
+    ...(o.blockSize !== undefined ? { blockSize: o.blockSize as number } : {}),
+    ...(o.doubleQuant !== undefined ? { doubleQuant: o.doubleQuant as boolean } : {}),
+    ...(o.init !== undefined ? { init: o.init as QloraConfig['init'] } : {}),
+    ...(o.optimizer !== undefined ? { optimizer: o.optimizer as QloraConfig['optimizer'] } : {}),
+  });
+}
+
+const QLORA_OPTIONS = ['format', 'blockSize', 'doubleQuant', 'init', 'optimizer'];
+
+registerMethod({
+  name: 'qlora',
+  describe: 'QLoRA: frozen NF4 base (blocks of 64, double-quantized absmax) + LoRA; options format nf4|fp4, blockSize, doubleQuant, init kaiming|loftq, optimizer adamw|adamw8bit',
+  tokens: ['qlora8', 'qlora64', 'qlora<r>', 'qlora<r>-loftq', 'qlora<r>-8bit'],
+  parse: (t) => {
+    const m = /^qlora-?r?(\d+)(-loftq)?(-8bit)?$/.exec(t);
+    if (!m) return null;
+    const r = Number(m[1]);
+    const options: Record<string, string> = {};
+    if (m[2]) options.init = 'loftq';
+    if (m[3]) options.optimizer = 'adamw8bit';
+    return { name: 'qlora', r, alpha: 2 * r, lr: 2e-3, label: `qlora-r${r}${m[2] ?? ''}${m[3] ?? ''}`, ...(Object.keys(options).length ? { options } : {}) };
+  },
+  validate: (s) => {
+    const unknown = Object.keys(s.options ?? {}).filter((k) => !QLORA_OPTIONS.includes(k));
+    if (unknown.length) return [`options: unknown key(s) ${unknown.join(', ')} (known: ${QLORA_OPTIONS.join(', ')})`];
+    if (!positiveInteger(s.r)) return ['r must be a positive integer'];
+    try { qloraSettings(s); return []; } catch (e) { return [(e as Error).message]; }
+  },
+  settings: (s) => {
+    const c = qloraSettings(s);
+    return { r: c.r, alpha: c.alpha, format: c.format, blockSize: c.blockSize, doubleQuant: c.doubleQuant, init: c.init, optimizer: c.optimizer };
+  },
+  prepare: (dir, s, seed) => loadQloraModel(dir, qloraSettings(s, seed)).model,
+  planMethod: (s) => {
+    const c = qloraSettings(s);
+    return {
+      adapterRank: c.r,
+      frozenLinearBytes: (o, i) => quant4Bytes(o * i, c.blockSize, c.doubleQuant),
+      optimizerBytes: optimizerStateBytes(c.optimizer),
+      // a double-quantized absmax is expanded to fp32 for each GEMM call
+      linearExtraWorkspace: (o, i) => (c.doubleQuant ? 4 * Math.ceil((o * i) / c.blockSize) : 0),
+    };
+  },
+  optimizer: (s, weightDecay) => makeOptimizer(qloraSettings(s).optimizer, { weightDecay }),
+  adapterRank: (s) => s.r,
+  kernelCases: (s, { N, inF, outF, seed }) => {
+    // the 4-bit GEMM in both training directions, beside the dense bf16 one
+    // for the input gradient (the forward's dense row is timed already)
+    const c = qloraSettings(s);
+    const rng = new Rng(seed + 17);
+    const fill = (n: number, scale: number) => Float32Array.from({ length: n }, () => (2 * rng.next() - 1) * scale);
+    const x = Tensor.from(fill(N * inF, 1), [N, inF]), dy = Tensor.from(fill(N * outF, 1), [N, outF]);
+    const wv = fill(outF * inF, 0.05);
+    const Wb = Tensor.from(wv, [outF, inF], { dtype: 'bf16', category: 'frozen' });
+    const Wf = Tensor.from(wv, [outF, inF]);
+    const q = quantize4bit(Wf, { format: c.format, blockSize: c.blockSize, doubleQuant: c.doubleQuant });
+    Wf.dispose();
+    const y = Tensor.zeros([N, outF]), dx = Tensor.zeros([N, inF]);
+    const flop = 2 * N * inF * outF, act = 4 * (N * inF + N * outF);
+    const tag = `${c.format}${c.doubleQuant ? '+dq' : ''} b${c.blockSize}`;
+    let left = 3;
+    const dispose = () => { if (--left === 0) { for (const t of [x, dy, Wb, y, dx]) t.dispose(); disposeQuantized(q); } };
+    return [
+      { name: `${c.format} gemm x.W^T ${N}x${outF}x${inF} (${tag})`, flop, bytes: act + q.bytes, run: () => { matmul(x, q, { transB: true, out: y }); }, dispose },
+      { name: `${c.format} gemm dy.W ${N}x${inF}x${outF} (${tag})`, flop, bytes: act + q.bytes, run: () => { matmul(dy, q, { out: dx }); }, dispose },
+      { name: `dense gemm dy.W ${N}x${inF}x${outF} bf16 W`, flop, bytes: act + 2 * outF * inF, run: () => { matmul(dy, Wb, { out: dx }); }, dispose },
+    ];
+  },
+  peerUnsupported: (peer, s) => {
+    if (peer === 'tfjs') return 'the TensorFlow.js peer has no 4-bit base';
+    return qloraSettings(s).optimizer === 'adamw' ? null : 'the PyTorch peer has no 8-bit AdamW';
+  },
+  save: (model, _spec, dir) => saveAdapter(model, dir),
+  deployables: (model, s, ctx) => {
+    const c = qloraSettings(s);
+    const rows: DeployableRow[] = [];
+    const base = { format: c.format.toUpperCase() };
+    withMerged(model, 'bf16', (m) => {
+      rows.push({ kind: 'merged bf16', bits: 16, bytes: m.bytes, metrics: ctx.evaluate(model), decodeTokensPerSecond: decodeTokensPerSecond(model) });
+    });
+    withMerged(model, 'requantize', (m) => {
+      const numel = [...model.linears().values()].reduce((a, l) => a + l.inFeatures * l.outFeatures, 0);
+      rows.push({
+        kind: `merged + requantized ${base.format}`, bits: (8 * m.bytes) / numel, bytes: m.bytes, metrics: ctx.evaluate(model),
+        decodeTokensPerSecond: decodeTokensPerSecond(model),
+      });
+    });
+    return rows;
+  },
 });

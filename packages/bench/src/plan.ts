@@ -3,12 +3,21 @@
 // running anything. The formulas follow what the code allocates (see
 // nn/llama.ts, the kernels' workspaces and the trainer); a test compares
 // them with measured peaks.
-import { CATEGORIES, type Category, type LlamaConfig, headDim, parameterCount } from '@tunebench/core';
+import { CATEGORIES, type Category, type LlamaConfig, headDim, modelTensorShapes } from '@tunebench/core';
 
+/** What the planner needs to know of a method; each method plugin gives it
+ * (methods.ts), so the planner names no method. */
 export interface PlanMethod {
-  name: 'full' | 'lora';
-  /** LoRA rank (all-linear targets) */
-  r?: number;
+  /** every weight trains in f32 (full fine-tuning); else the base is frozen */
+  trainsBase?: boolean;
+  /** bytes of one frozen projection weight [out, in] (default bf16: 2 * out * in) */
+  frozenLinearBytes?: (out: number, inF: number) => number;
+  /** LoRA rank of the adapters on every projection (none: no adapters) */
+  adapterRank?: number;
+  /** optimizer state bytes of a trainable tensor of n elements (default fp32 AdamW: 8 n) */
+  optimizerBytes?: (n: number) => number;
+  /** scratch bytes a projection's GEMM adds beyond the packing buffers (e.g. an expanded double-quantized absmax) */
+  linearExtraWorkspace?: (out: number, inF: number) => number;
 }
 
 export type Plan = Record<Category, number> & { total: number };
@@ -20,26 +29,35 @@ const F32 = 4, BF16 = 2, I32 = 4;
 export function planMemory(c: LlamaConfig, method: PlanMethod, batch: number, seq: number, gradAccumulation = 1): Plan {
   const N = batch * seq, C = c.hiddenSize, F = c.intermediateSize, D = headDim(c);
   const q = c.numHeads * D, kv = c.numKvHeads * D, L = c.numLayers, V = c.vocabSize;
-  const P = parameterCount(c);
   const plan = Object.fromEntries(CATEGORIES.map((k) => [k, 0])) as Record<Category, number>;
+  const optBytes = method.optimizerBytes ?? ((n: number) => 2 * n * F32);
+  // the projections [out, in] of one block
+  const linears: [number, number][] = [[q, C], [kv, C], [kv, C], [C, q], [F, C], [F, C], [C, F]];
+  const r = method.adapterRank ?? 0;
 
   // weights, gradients, optimizer state
-  let adapterParams = 0;
-  if (method.name === 'full') {
-    plan.trainable = P * F32;
+  if (method.trainsBase) {
+    let opt = 0, n = 0;
+    for (const [, shape] of modelTensorShapes(c)) { const k = shape.reduce((a, b) => a * b, 1); n += k; opt += optBytes(k); }
+    plan.trainable = n * F32;
+    plan.optimizer = opt;
   } else {
-    const r = method.r ?? 8;
-    adapterParams = L * r * ((C + q) + (C + kv) * 2 + (q + C) + (C + F) * 2 + (F + C));
-    plan.frozen = P * BF16;
+    const frozenLinear = method.frozenLinearBytes ?? ((o: number, i: number) => BF16 * o * i);
+    const linearNames = /_proj\.weight$/;
+    let other = 0;
+    for (const [name, shape] of modelTensorShapes(c)) if (!linearNames.test(name)) other += shape.reduce((a, b) => a * b, 1);
+    plan.frozen = other * BF16 + L * linears.reduce((s, [o, i]) => s + frozenLinear(o, i), 0);
+    let adapterParams = 0, opt = 0;
+    if (r > 0) for (const [o, i] of linears) { adapterParams += L * r * (i + o); opt += L * (optBytes(r * i) + optBytes(o * r)); }
     plan.trainable = adapterParams * F32;
+    plan.optimizer = opt;
   }
   plan.grad = plan.trainable;
-  plan.optimizer = 2 * plan.trainable;
 
   // activations kept by forward, per block: h1, q, k, v, att, x2, h2, g, u, m, out
   // (+ rstd1, rstd2 [N], lse [N * Hq]; + LoRA's u = x A^T [N, r] per adapted projection)
   const perBlock = N * (3 * C + q + 2 * kv + q + C + 3 * F) * F32 + N * (2 + c.numHeads) * F32
-    + (method.name === 'lora' ? 7 * N * (method.r ?? 8) * F32 : 0);
+    + 7 * N * r * F32;
   // model level: ids + targets of every micro-batch, positions, embedding output,
   // final norm output and rstd, cross-entropy losses and lse
   const model = gradAccumulation * 2 * N * I32 + N * I32 + N * C * F32 + N * C * F32 + 3 * N * F32;
@@ -50,7 +68,9 @@ export function planMemory(c: LlamaConfig, method: PlanMethod, batch: number, se
   // (workspace). Category peaks are the maxima over the stages; the total
   // is the largest stage sum, since the stages do not overlap.
   const chunk = Math.min(256, N);
-  const lin = (i: number, o: number) => Math.max(gemmWorkspace(N, i, o), gemmWorkspace(o, i, N));  // dX, dW of a projection
+  const extra = method.linearExtraWorkspace ?? (() => 0);
+  // dX, dW of a projection (a frozen one has no dW, but dX's panels are the larger anyway)
+  const lin = (i: number, o: number) => Math.max(gemmWorkspace(N, i, o), gemmWorkspace(o, i, N)) + extra(o, i);
   const ceWs = chunk * V * F32 + Math.max(gemmWorkspace(chunk, V, C), gemmWorkspace(chunk, C, V), gemmWorkspace(V, C, chunk));
   const attnWs = c.numHeads * N * F32 + 2 * 11 * 64 * 64 * F32;  // row sums + per-thread tiles
   const dh = N * C * F32;
@@ -65,7 +85,7 @@ export function planMemory(c: LlamaConfig, method: PlanMethod, batch: number, se
   ];
   // forward GEMMs (inputs kept) are smaller than these stages and are left out
   plan.activation = saved + Math.max(...stages.map(([a]) => a));
-  plan.workspace = Math.max(...stages.map(([, w]) => w), gemmWorkspace(N, F, C), gemmWorkspace(N, q, C));
+  plan.workspace = Math.max(...stages.map(([, w]) => w), gemmWorkspace(N, F, C) + extra(F, C), gemmWorkspace(N, q, C) + extra(q, C));
   const weights = plan.frozen + plan.trainable + plan.grad + plan.optimizer + plan.optimizer_host;
   const total = weights + saved + Math.max(...stages.map(([a, w]) => a + w));
   return { ...plan, total };

@@ -26,6 +26,10 @@ export interface RunRecord {
   impl?: 'tunebench' | 'tensorflow.js' | 'pytorch';
   /** a peer's record: the id of our run it redid (same weights, batches, learning rates) */
   peerOf?: string;
+  /** a deployable model's row (deployableRecords): the id of the trained run it was built from */
+  deployableOf?: string;
+  /** a deployable row: its kind ('merged bf16', ...), bits per projection weight, decode speed */
+  deployable_?: { kind: string; bits: number; decodeTokensPerSecond?: number };
   /** everything that shaped the run (steps, batch, seq, lr, r, alpha, ...) */
   settings: Record<string, string | number | boolean>;
   status: RunStatus;
@@ -86,4 +90,28 @@ export interface RunRecord {
 /** A peer's record (TensorFlow.js, PyTorch), not one of ours. */
 export function isPeer(r: Pick<RunRecord, 'impl'>): boolean {
   return r.impl !== undefined && r.impl !== 'tunebench';
+}
+
+/** The deployable models of a run as rows of their own (id '<run id>#<kind>'),
+ * so that results.csv and the regression check treat them like trained runs:
+ * metrics as evaluated on the deployed form, fileBytes = the model's
+ * projection bytes, no training figures. */
+export function deployableRecords(r: RunRecord): RunRecord[] {
+  return (r.deployable ?? []).map((d) => ({
+    ...r,
+    id: `${r.id}#${d.kind.replace(/\s+/g, '-')}`,
+    method: `${r.method} → ${d.kind}`,
+    deployableOf: r.id,
+    deployable_: { kind: d.kind, bits: d.bits, decodeTokensPerSecond: d.decodeTokensPerSecond },
+    metrics: d.metrics,
+    fileBytes: d.bytes,
+    speed: { tokensPerSecond: 0, msPerStep: { forward: null, backward: null, optimizer: null, total: 0 } },
+    lossCurve: [],
+    deployable: undefined,
+  }));
+}
+
+/** Records with each run's deployable rows right after it. */
+export function withDeployables(records: readonly RunRecord[]): RunRecord[] {
+  return records.flatMap((r) => [r, ...deployableRecords(r)]);
 }

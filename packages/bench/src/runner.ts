@@ -11,7 +11,7 @@ import {
   gemmKernel, matmul, median, memory, writeJsonAtomic, configFromHf, type LlamaConfig,
 } from '@tunebench/core';
 import { countParameters } from '@tunebench/lora';
-import { type MethodSpec, methodPlugin } from './methods.js';
+import { type MethodSpec, methodPlugin, planFor } from './methods.js';
 import { type KernelReport, measureKernels } from './kernels.js';
 import { type PeerImpl, type PeerInput, type PeerOutcome, capturePeerInput } from './peers/input.js';
 import { runTorchPeer, torchUnavailable } from './peers/pytorch.js';
@@ -171,6 +171,8 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
       if (!peerInput) continue;
       for (const p of peers) {
         const pid = peerRunId(task, m, suite, p.peer, p.steps);
+        const unsupported = methodPlugin(m.name).peerUnsupported?.(p.peer, m) ?? null;
+        if (unsupported) { log(`${pid}: skipped: ${unsupported}`); continue; }
         if (p.peer === 'pytorch') {
           const why = torchUnavailable();
           if (why) { log(`${pid}: skipped: no PyTorch (${why}); set TUNEBENCH_PYTHON to a python with torch`); continue; }
@@ -197,10 +199,14 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
     const kernelsPath = join(o.outDir, KERNELS_FILE);
     if (o.resume && existsSync(kernelsPath)) log(`kernels: already in ${kernelsPath}, skipped (--resume)`);
     else {
-      const lora = suite.methods.find((m) => m.name === 'lora');
+      const ranks = suite.methods.map((m) => methodPlugin(m.name).adapterRank?.(m)).filter((r): r is number => r !== undefined);
       const cfg = loadBaseConfig(baseDir);
       log(`kernels: microbenchmarks at the suite's shapes (hidden ${cfg.hiddenSize}, intermediate ${cfg.intermediateSize}, ${sh.batchSize} x ${sh.seqLen} tokens)`);
-      const k = await measureKernels({ cfg, batchSize: sh.batchSize, seqLen: sh.seqLen, loraRank: lora?.r ?? 8, log: o.progress ?? true ? log : undefined });
+      // each method's own kernel rows, once per method name (its first spec)
+      const firstOfEach = [...new Map(suite.methods.map((m) => [m.name, m])).values()];
+      const N = sh.batchSize * sh.seqLen;
+      const extra = firstOfEach.flatMap((m) => methodPlugin(m.name).kernelCases?.(m, { N, inF: cfg.hiddenSize, outF: cfg.intermediateSize, seed: sh.seed }) ?? []);
+      const k = await measureKernels({ cfg, batchSize: sh.batchSize, seqLen: sh.seqLen, loraRank: ranks[0] ?? 8, extra, log: o.progress ?? true ? log : undefined });
       writeJsonAtomic(kernelsPath, k);
     }
   }
@@ -272,7 +278,11 @@ function trainRows(task: TaskName, data: TaskData): TokenRows {
 
 function finetuneOptionsFor(m: MethodSpec, suite: Suite): FinetuneOptions {
   const sh = suite.shared;
-  return { steps: sh.steps, batchSize: sh.batchSize, lr: m.lr, schedule: sh.schedule, warmupSteps: sh.warmupSteps, seed: sh.seed };
+  const plugin = methodPlugin(m.name);
+  return {
+    steps: sh.steps, batchSize: sh.batchSize, lr: m.lr, schedule: sh.schedule, warmupSteps: sh.warmupSteps, seed: sh.seed,
+    optimizer: plugin.optimizer ? (wd) => plugin.optimizer!(m, wd) : undefined,
+  };
 }
 
 function peerInputOf(model: LlamaModel, rows: TokenRows, m: MethodSpec, suite: Suite, steps: number): PeerInput {
@@ -314,7 +324,7 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
     const before = memory.snapshot().cpu;
     memory.resetPeak();
     model = prepareModel(m, suite, baseDir);
-    const predicted = plugin.plan(model.config, m, sh.batchSize, sh.seqLen);
+    const predicted = planFor(model.config, m, sh.batchSize, sh.seqLen);
     const counts = countParameters(model.parameters());
     record.trainableParameters = counts.trainableParameters;
     record.totalParameters = counts.totalParameters;

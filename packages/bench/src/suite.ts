@@ -48,12 +48,14 @@ export const DEFAULT_METHODS: MethodSpec[] = [
   { name: 'full', lr: 3e-4, label: 'full' },
   { name: 'lora', r: 8, alpha: 16, lr: 2e-3, label: 'lora-r8' },
   { name: 'lora', r: 64, alpha: 128, lr: 2e-3, label: 'lora-r64' },
+  { name: 'qlora', r: 8, alpha: 16, lr: 2e-3, label: 'qlora-r8' },
+  { name: 'qlora', r: 64, alpha: 128, lr: 2e-3, label: 'qlora-r64' },
 ];
 
 export const BUILTIN_SUITES: Record<string, Suite> = {
   // CI: seconds per run on 2 cores; the regression baseline is kept for it
   ci: {
-    name: 'ci', base: { preset: 'tiny', pretrainSteps: 300 }, tasks: ['spam', 'adapt'], methods: DEFAULT_METHODS.map((m) => ({ ...m, lr: m.name === 'full' ? 1e-3 : 3e-3 })),
+    name: 'ci', base: { preset: 'tiny', pretrainSteps: 300 }, tasks: ['spam', 'adapt'], methods: DEFAULT_METHODS.filter((m) => m.label !== 'qlora-r64').map((m) => ({ ...m, lr: m.name === 'full' ? 1e-3 : 3e-3 })),
     shared: { steps: 30, batchSize: 8, seqLen: 128, seed: 0, schedule: 'cosine', warmupSteps: 3, maxTrain: 400, maxTest: 200 },
     peers: { tfjs: { methods: ['full', 'lora-r8'], tasks: ['spam'], steps: 4 }, pytorch: { tasks: ['spam'] } },
   },

@@ -1,33 +1,58 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ArrayDataSource, LlamaModel, Trainer, memory, preset } from '@tunebench/core';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ArrayDataSource, LlamaModel, Trainer, makeOptimizer, memory, preset, saveHfModel } from '@tunebench/core';
 import { prepareLora } from '@tunebench/lora';
-import { planMemory } from '../src/index.js';
+import { loadQloraModel } from '@tunebench/qlora';
+import { type MethodSpec, parseMethods, planFor } from '../src/index.js';
 
-// Measure the peak of a few training steps and compare with the plan.
-function measure(name: string, method: 'full' | 'lora', B: number, T: number): { peak: Record<string, number>; total: number } {
+// Measure the peak of a few training steps and compare with the plan. A
+// QLoRA model is measured from loading on (quantized as it is read), so the
+// recorded peak would show a dense copy of the base if one were ever made.
+function measure(name: string, spec: MethodSpec, B: number, T: number): { peak: Record<string, number>; total: number } {
   const cfg = preset(name);
+  const method = spec.name;
+  let dir: string | null = null;
+  if (method === 'qlora') {
+    dir = mkdtempSync(join(tmpdir(), 'tb-plan-'));
+    const dense = LlamaModel.init(cfg, { seed: 1, dtype: 'bf16', trainable: false });
+    saveHfModel(dense, dir);
+    dense.dispose();
+  }
   memory.emptyCache();
   const before = memory.snapshot().cpu;
   memory.resetPeak();
-  const model = LlamaModel.init(cfg, { seed: 1, dtype: method === 'full' ? 'f32' : 'bf16', trainable: method === 'full' });
-  if (method === 'lora') prepareLora(model, { r: 8, alpha: 16 });
+  let model: LlamaModel;
+  if (dir) {
+    model = loadQloraModel(dir, { r: spec.r, alpha: spec.alpha, ...(spec.options as object) }).model;
+  } else {
+    model = LlamaModel.init(cfg, { seed: 1, dtype: method === 'full' ? 'f32' : 'bf16', trainable: method === 'full' });
+    if (method === 'lora') prepareLora(model, { r: 8, alpha: 16 });
+  }
   const rows = Array.from({ length: B }, (_, r) => ({
     ids: Int32Array.from({ length: T }, (_, t) => (r * 7 + t) % cfg.vocabSize),
     targets: Int32Array.from({ length: T }, (_, t) => (r * 7 + t + 1) % cfg.vocabSize),
   }));
-  const trainer = new Trainer(model, new ArrayDataSource(rows, B), { schedule: { kind: 'constant', lr: 1e-4, warmupSteps: 0, totalSteps: 2 } });
+  const optimizer = (spec.options?.optimizer ?? 'adamw') as 'adamw' | 'adamw8bit';
+  const trainer = new Trainer(model, new ArrayDataSource(rows, B), { schedule: { kind: 'constant', lr: 1e-4, warmupSteps: 0, totalSteps: 2 }, optimizerFactory: makeOptimizer(optimizer) });
   trainer.trainStep();
   trainer.trainStep();
   const s = memory.snapshot().cpu;
   trainer.dispose(); model.dispose();
+  if (dir) rmSync(dir, { recursive: true, force: true });
   return { peak: s.peak, total: s.peakTotal - before.liveTotal };
 }
 
-for (const [name, method, B, T] of [['tiny', 'full', 4, 64], ['tiny', 'lora', 4, 64], ['small', 'full', 2, 128], ['small', 'lora', 2, 128]] as const) {
-  test(`plan predicts the measured peak within 10%: ${name} ${method} batch ${B} x ${T}`, () => {
-    const plan = planMemory(preset(name), { name: method, r: 8 }, B, T);
-    const got = measure(name, method, B, T);
+const CASES = [['tiny', 'full', 4, 64], ['tiny', 'lora8', 4, 64], ['tiny', 'qlora8', 4, 64], ['tiny', 'full-8bit', 4, 64],
+  ['small', 'full', 2, 128], ['small', 'lora8', 2, 128], ['small', 'qlora8', 2, 128], ['small', 'qlora64-8bit', 2, 128]] as const;
+for (const [name, token, B, T] of CASES) {
+  test(`plan predicts the measured peak within 10%: ${name} ${token} batch ${B} x ${T}`, () => {
+    const spec = parseMethods(token)[0];
+    if (spec.name === 'lora') Object.assign(spec, { r: 8, alpha: 16 });
+    const plan = planFor(preset(name), spec, B, T);
+    const got = measure(name, spec, B, T);
     for (const c of ['frozen', 'trainable', 'grad', 'optimizer'] as const) assert.equal(plan[c], got.peak[c], `${c}: predicted ${plan[c]}, measured ${got.peak[c]}`);
     const act = Math.abs(plan.activation - got.peak.activation) / got.peak.activation;
     assert.ok(act < 0.1, `activation: predicted ${plan.activation}, measured ${got.peak.activation} (${(act * 100).toFixed(1)}%)`);
@@ -35,3 +60,12 @@ for (const [name, method, B, T] of [['tiny', 'full', 4, 64], ['tiny', 'lora', 4,
     assert.ok(tot < 0.1, `total: predicted ${plan.total}, measured ${got.total} (${(tot * 100).toFixed(1)}%)`);
   });
 }
+
+test('a QLoRA run never holds the dense base: the peak frozen bytes are the 4-bit base, far below bf16', () => {
+  const cfg = preset('small');
+  const spec = parseMethods('qlora8')[0];
+  const got = measure('small', spec, 2, 64);
+  const plan = planFor(cfg, spec, 2, 64), dense = planFor(cfg, parseMethods('lora8')[0], 2, 64);
+  assert.equal(got.peak.frozen, plan.frozen, 'frozen peak = quantized projections + bf16 embedding and norms');
+  assert.ok(got.peak.frozen < 0.4 * dense.frozen, `frozen peak ${got.peak.frozen} B vs the bf16 base ${dense.frozen} B`);
+});

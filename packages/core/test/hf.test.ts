@@ -347,7 +347,7 @@ test('saveHfModelDir validates names and shapes before writing anything', () => 
   const bad = new Map(model);
   const up = Tensor.zeros([config.hiddenSize, config.intermediateSize]);
   bad.set('model.layers.1.mlp.up_proj.weight', up);
-  assert.throws(() => saveHfModelDir(dir, config, bad), /model\.layers\.1\.mlp\.up_proj\.weight has shape \[64, 176\], config implies \[176, 64\]/);
+  assert.throws(() => saveHfModelDir(dir, config, bad), /model\.layers\.1\.mlp\.up_proj\.weight has shape \[64, 192\], config implies \[192, 64\]/);
   assert.equal(existsSync(dir), false, 'nothing written');
   lm.dispose(); up.dispose(); disposeAll(model);
 });

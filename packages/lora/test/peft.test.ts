@@ -210,12 +210,12 @@ test('a regex target_modules string, rsLoRA and bf16 tensors', () => {
   const dir = tempDir();
   try {
     const r = 4, alpha = 8;
-    const A = randomValues(r * 64, seed + 5, 0.3), B = randomValues(176 * r, seed + 6, 0.3);
+    const A = randomValues(r * 64, seed + 5, 0.3), B = randomValues(192 * r, seed + 6, 0.3);
     writeAdapterDir(dir, {
       ...HAND_CONFIG, r, lora_alpha: alpha, use_rslora: true, target_modules: 'model\\.layers\\.\\d+\\.mlp\\.(gate|up)_proj',
     }, {
       'base_model.model.model.layers.1.mlp.up_proj.lora_A.weight': { values: A, shape: [r, 64] },
-      'base_model.model.model.layers.1.mlp.up_proj.lora_B.weight': { values: B, shape: [176, r] },
+      'base_model.model.model.layers.1.mlp.up_proj.lora_B.weight': { values: B, shape: [192, r] },
     }, 'bf16');
     const model = LlamaModel.init(preset('tiny'), { seed: 8, trainable: false });
     loadAdapter(model, dir);
@@ -226,7 +226,7 @@ test('a regex target_modules string, rsLoRA and bf16 tensors', () => {
     // the same tensors under a pattern that does not select up_proj
     writeAdapterDir(dir, { ...HAND_CONFIG, r, lora_alpha: alpha, target_modules: '.*gate_proj' }, {
       'base_model.model.model.layers.1.mlp.up_proj.lora_A.weight': { values: A, shape: [r, 64] },
-      'base_model.model.model.layers.1.mlp.up_proj.lora_B.weight': { values: B, shape: [176, r] },
+      'base_model.model.model.layers.1.mlp.up_proj.lora_B.weight': { values: B, shape: [192, r] },
     });
     const other = LlamaModel.init(preset('tiny'), { seed: 8, trainable: false });
     assert.throws(() => loadAdapter(other, dir), /model\.layers\.1\.mlp\.up_proj has tensors but target_modules ".\*gate_proj" does not select it/);

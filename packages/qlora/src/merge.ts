@@ -52,3 +52,28 @@ function mergeLayer(l: LoraLinear, to: MergeTarget): DenseLinear | Quant4Linear 
     dense.dispose();
   }
 }
+
+/** Runs `fn` on the model with every adapter layer swapped for its merged
+ * form (bf16 or requantized), then puts the adapter layers back and frees the
+ * merged ones: the trained model is left as it was, so several deployable
+ * forms can be built from one run. */
+export function withMerged<T>(model: LlamaModel, to: MergeTarget, fn: (merged: MergeResult) => T): T {
+  const layers = loraLayers(model);
+  if (layers.length === 0) throw new Error('withMerged: the model has no adapters');
+  const swapped: { lora: LoraLinear; merged: DenseLinear | Quant4Linear }[] = [];
+  try {
+    let bytes = 0;
+    for (const l of layers) {
+      const merged = mergeLayer(l, to);
+      swapped.push({ lora: l, merged });
+      model.replaceLinear(l.name, merged);
+      bytes += merged instanceof Quant4Linear ? merged.weightBytes : merged.weight.value.bytes;
+    }
+    return fn({ layers: layers.length, bytes });
+  } finally {
+    for (const { lora, merged } of swapped) {
+      model.replaceLinear(lora.name, lora);
+      merged.dispose();
+    }
+  }
+}

@@ -101,6 +101,9 @@ export function prepareQlora(model: LlamaModel, config: Partial<QloraConfig> = {
   const trainableBase = model.parameters().filter((p) => p.grad !== null && !loraLayers(model).some((l) => l.parameters().includes(p)));
   if (trainableBase.length) throw new Error(`QLoRA: the base model must be frozen (build it with trainable: false); ${trainableBase[0].name} is trainable`);
   const loftqInit = c.init === 'loftq' ? new Map<string, LoftqInit>() : null;
+  if (loftqInit && ![...model.linears().values()].some((l) => l instanceof DenseLinear)) {
+    throw new Error("QLoRA: init 'loftq' needs the dense weights, and this model's projections are quantized already; load the base with loadQloraModel (or quantizingFactory) and init 'loftq' instead");
+  }
   const factory = quantizingFactory(c, loftqInit ?? undefined);
   for (const [name, layer] of model.linears()) {
     if (!(layer instanceof DenseLinear)) continue;

@@ -4,15 +4,23 @@
 // token batches our trainer drew, in order, and the learning rate of every
 // step. Captured from the model just before our training starts, so both
 // sides start from the same numbers and see the same data.
-import { type LlamaConfig, type LlamaModel, type ScheduleConfig, type TokenRows, TokenDataSource, learningRate } from '@tunebench/core';
+import {
+  type LlamaConfig, type LlamaModel, type ScheduleConfig, type TokenRows, TokenDataSource, learningRate, quant4Absmax, quant4Table,
+} from '@tunebench/core';
 import { loraLayers } from '@tunebench/lora';
 
 export type PeerImpl = 'tensorflow.js' | 'pytorch';
 
 export interface PeerWeight {
   name: string;
+  /** the logical shape */
   shape: number[];
+  /** the values; for a 4-bit weight, its fp32 absmax per block (see quant4) */
   data: Float32Array;
+  /** a frozen 4-bit weight (QLoRA): packed codes, two per byte, the even
+   * element in the high nibble; value = table[code] * data[element / blockSize].
+   * A peer dequantizes it before each matmul, as PyTorch users do. */
+  quant4?: { format: string; blockSize: number; packed: Uint8Array; table: Float32Array };
 }
 
 export interface PeerInput {
@@ -56,11 +64,15 @@ const ADAPTER_NAME = /\.lora_([AB])\.[^.]+\.weight$/;
 export function capturePeerInput(model: LlamaModel, rows: TokenRows, o: {
   steps: number; batchSize: number; seed: number; schedule: ScheduleConfig; maxGradNorm: number | null; weightDecay: number;
 }): PeerInput {
-  const weights: PeerWeight[] = model.parameters().map((p) => ({
-    name: p.name.replace(ADAPTER_NAME, '.lora_$1.weight'),
-    shape: [...p.value.shape],
-    data: p.value.toFloat32(),
-  }));
+  const weights: PeerWeight[] = model.parameters().map((p) => {
+    const name = p.name.replace(ADAPTER_NAME, '.lora_$1.weight');
+    const q = p.quantized;
+    if (!q) return { name, shape: [...p.value.shape], data: p.value.toFloat32() };
+    return {
+      name, shape: [...q.shape], data: quant4Absmax(q),
+      quant4: { format: q.format, blockSize: q.blockSize, packed: (q.packed.data() as Uint8Array).slice(), table: quant4Table(q.format) },
+    };
+  });
   const layers = loraLayers(model);
   let lora: PeerInput['lora'];
   if (layers.length) {

@@ -3,7 +3,9 @@
 // the CPU, when a python3 with torch is present. Files handed over (in a
 // scratch directory): weights.bin (f32 values back to back) + weights.json
 // ([{name, shape, offset}], offsets in floats), batches.bin (i32
-// [steps, 2, B, T]: ids then targets), lrs.json, lora.json.
+// [steps, 2, B, T]: ids then targets), lrs.json, lora.json; a 4-bit
+// weight (QLoRA) has its absmax in weights.bin and its packed codes in
+// quant4.bin, and the script dequantizes it before every matmul.
 import { spawn, spawnSync } from 'node:child_process';
 import { createWriteStream, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
@@ -39,16 +41,23 @@ export function torchUnavailable(python = defaultPython()): string | null {
 }
 
 async function writeInput(dir: string, input: PeerInput): Promise<void> {
-  const manifest: { name: string; shape: number[]; offset: number }[] = [];
+  const manifest: { name: string; shape: number[]; offset: number; quant4?: { format: string; blockSize: number; table: number[]; packedOffset: number; packedBytes: number } }[] = [];
   const out = createWriteStream(join(dir, 'weights.bin'));
-  let offset = 0;
+  const packedParts: Uint8Array[] = [];
+  let offset = 0, packedOffset = 0;
   for (const w of input.weights) {
-    manifest.push({ name: w.name, shape: w.shape, offset });
+    const q = w.quant4;
+    manifest.push({
+      name: w.name, shape: w.shape, offset,
+      ...(q ? { quant4: { format: q.format, blockSize: q.blockSize, table: [...q.table], packedOffset, packedBytes: q.packed.length } } : {}),
+    });
+    if (q) { packedParts.push(q.packed); packedOffset += q.packed.length; }
     offset += w.data.length;
     if (!out.write(Buffer.from(w.data.buffer, w.data.byteOffset, w.data.byteLength))) await once(out, 'drain');
   }
   out.end();
   await once(out, 'finish');
+  if (packedParts.length) writeFileSync(join(dir, 'quant4.bin'), Buffer.concat(packedParts));
   writeFileSync(join(dir, 'weights.json'), JSON.stringify(manifest));
   const n = input.batchSize * input.seqLen;
   const batches = new Int32Array(input.batches.length * 2 * n);

@@ -163,6 +163,11 @@ export function formatMiB(bytes: number): string {
   return (bytes / MIB).toFixed(1);
 }
 
+/** bits per weight: whole numbers as they are, others to 3 decimals (4.127) */
+export function formatBits(bits: number): string {
+  return Number.isInteger(bits) ? String(bits) : bits.toFixed(3);
+}
+
 export function formatBytes(bytes: number): string {
   if (!isFiniteNumber(bytes)) return '-';
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];

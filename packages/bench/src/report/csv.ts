@@ -1,4 +1,5 @@
-// results.csv: one row per run, flat columns. The columns are the union over
+// results.csv: one row per run (and one per deployable model of a run, with
+// deployableOf naming the run), flat columns. The columns are the union over
 // the records, in a stable order:
 //   id suite task method status error oomBytes divergedAtStep
 //   settings.<k>...   (sorted)
@@ -11,7 +12,7 @@
 // Memory is in bytes. A value a run does not have is an empty cell.
 import { stringify } from 'csv-stringify/sync';
 import { writeFileAtomic } from '@tunebench/core';
-import type { RunRecord } from '../record.js';
+import { type RunRecord, withDeployables } from '../record.js';
 import { distinct, isFiniteNumber, memoryCategories } from './common.js';
 
 type Cell = string | number | boolean | null | undefined;
@@ -40,6 +41,10 @@ export function csvColumns(records: readonly RunRecord[]): Column[] {
     { name: 'method', get: (r) => r.method },
     { name: 'impl', get: (r) => r.impl ?? 'tunebench' },
     { name: 'peerOf', get: (r) => r.peerOf },
+    { name: 'deployableOf', get: (r) => r.deployableOf },
+    { name: 'deployable.kind', get: (r) => r.deployable_?.kind },
+    { name: 'deployable.bits', get: (r) => r.deployable_?.bits },
+    { name: 'deployable.decodeTokensPerSecond', get: (r) => r.deployable_?.decodeTokensPerSecond },
     { name: 'status', get: (r) => r.status },
     { name: 'error', get: (r) => r.error },
     { name: 'oomBytes', get: (r) => r.oomBytes },
@@ -83,7 +88,9 @@ function cellText(v: Cell): string {
 }
 
 /** The CSV text (header + one row per run, `\n` line ends, quoted where needed). */
-export function resultsCsv(records: readonly RunRecord[]): string {
+export function resultsCsv(trained: readonly RunRecord[]): string {
+  // deployable models (merged, requantized) are rows of their own after their run
+  const records = withDeployables(trained);
   const cols = csvColumns(records);
   const rows = records.map((r) => cols.map((c) => cellText(c.get(r))));
   return stringify([cols.map((c) => c.name), ...rows], { record_delimiter: 'unix', quoted_match: /^[\s]|[\s]$/ });

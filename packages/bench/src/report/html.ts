@@ -16,7 +16,7 @@
 import type { TopLevelSpec } from 'vega-lite';
 import { type RunRecord, isPeer } from '../record.js';
 import {
-  byTask, distinct, peerComparisons, formatBytes, formatMetric, formatMiB, formatParams, groupThousands, isFiniteNumber, MIB,
+  byTask, distinct, peerComparisons, formatBits, formatBytes, formatMetric, formatMiB, formatParams, groupThousands, isFiniteNumber, MIB,
   mainMetrics, memoryCategories, metricDirection, paretoFront, provenanceLine, runLabels, statusText,
 } from './common.js';
 
@@ -417,7 +417,7 @@ async function deployableChart(gs: TaskGroup[]): Promise<Chart> {
     if (items.length === 0) continue;
     const metric = mainMetrics(items.map(({ d }) => d), 1)[0];
     for (const { r, d } of items) {
-      rows.push([g.task, g.labels.get(r)!, d.kind, d.bits, formatBytes(d.bytes),
+      rows.push([g.task, g.labels.get(r)!, d.kind, formatBits(d.bits), formatBytes(d.bytes),
         Object.keys(d.metrics ?? {}).sort().map((k) => `${k}=${formatMetric(d.metrics[k])}`).join(', '),
         isFiniteNumber(d.decodeTokensPerSecond) ? groupThousands(d.decodeTokensPerSecond) : '-']);
     }

@@ -6,7 +6,7 @@
 // PyTorch) that redid some runs. Deterministic: no clock, no locale.
 import { type RunRecord, isPeer } from '../record.js';
 import {
-  byTask, commonSettings, distinct, formatBytes, formatMetric, formatMiB, formatParams, groupThousands, isFiniteNumber,
+  byTask, commonSettings, distinct, formatBits, formatBytes, formatMetric, formatMiB, formatParams, groupThousands, isFiniteNumber,
   mainMetrics, metricDirection, peerComparisons, provenanceLine, runLabels, statusText,
 } from './common.js';
 
@@ -70,7 +70,7 @@ function deployableTable(runs: readonly RunRecord[]): string[] {
   lines.push(row(['---', '---', '---:', '---:', ...cols.map(() => '---:'), '---:']));
   for (const { r, d } of rows) {
     lines.push(row([
-      cell(labels.get(r) ?? r.method), cell(d.kind), String(d.bits), formatBytes(d.bytes),
+      cell(labels.get(r) ?? r.method), cell(d.kind), formatBits(d.bits), formatBytes(d.bytes),
       ...cols.map((m) => formatMetric(d.metrics?.[m])),
       isFiniteNumber(d.decodeTokensPerSecond) ? groupThousands(d.decodeTokensPerSecond) : '-',
     ]));

@@ -1,6 +1,6 @@
 // Train a model on prepared token rows with the shared Trainer, and report
 // speed. Used by every task and method so runs differ only where they must.
-import { type LlamaModel, type ScheduleConfig, type StepStats, type TokenRows, TokenDataSource, Trainer } from '@tunebench/core';
+import { type LlamaModel, type OptimizerFactory, type ScheduleConfig, type StepStats, type TokenRows, TokenDataSource, Trainer } from '@tunebench/core';
 
 export interface FinetuneOptions {
   steps: number;
@@ -12,6 +12,8 @@ export interface FinetuneOptions {
   maxGradNorm?: number | null;
   weightDecay?: number;
   seed?: number;
+  /** the method's optimizer, given the weight decay (default: fp32 AdamW) */
+  optimizer?: (weightDecay: number) => OptimizerFactory;
   /** called after every optimizer step */
   onStep?: (s: StepStats) => void;
 }
@@ -39,7 +41,8 @@ export function finetune(model: LlamaModel, rows: TokenRows, o: FinetuneOptions)
   const f = resolveFinetuneOptions(o);
   const data = new TokenDataSource(rows, { batchSize: o.batchSize, seed: f.seed });
   const trainer = new Trainer(model, data, {
-    schedule: f.schedule, gradAccumulation: f.gradAccumulation, maxGradNorm: f.maxGradNorm, optimizer: { weightDecay: f.weightDecay }, seed: f.seed,
+    schedule: f.schedule, gradAccumulation: f.gradAccumulation, maxGradNorm: f.maxGradNorm, seed: f.seed,
+    ...(o.optimizer ? { optimizerFactory: o.optimizer(f.weightDecay) } : { optimizer: { weightDecay: f.weightDecay } }),
   });
   const steps: StepStats[] = [];
   const t0 = performance.now();

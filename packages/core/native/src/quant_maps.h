@@ -17,9 +17,11 @@ constexpr float kNf4Table[16] = {
     0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
     0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
 
-// FP4 (E2M1 as bitsandbytes has it, csrc/kernels.cu dDequantizeFP4Tree):
-// bit 3 is the sign, bits 0..2 index these magnitudes.
-constexpr float kFp4Magnitudes[8] = {0.0f, 0.0052083333f, 0.6666667f, 1.0f, 0.3333333f, 0.5f, 0.1666667f, 0.25f};
+// FP4 (E2M1 as bitsandbytes has it, csrc/kernels.cu fp4_dequantization_lut /
+// dDequantizeFP4Tree; functional.py get_4bit_type('fp4') gives the same
+// float32 values as [0, 0.0625, 8, 12, 4, 6, 2, 3] / 12): bit 3 is the sign,
+// bits 0..2 index these magnitudes.
+constexpr float kFp4Magnitudes[8] = {0.0f, 0.005208333333f, 0.66666667f, 1.0f, 0.33333333f, 0.5f, 0.16666667f, 0.25f};
 
 // The 16 FP4 values by code (codes 8..15 negative).
 inline const float* fp4_table() {

@@ -196,8 +196,8 @@ const sameShape = (a: readonly number[], b: readonly number[]): boolean => a.len
 export interface LoadHfOptions {
   /** dtype of the loaded tensors (default 'f32'); floating weights are converted */
   dtype?: FloatTarget;
-  /** memory category of the loaded tensors (default 'frozen') */
-  category?: Category;
+  /** memory category of the loaded tensors (default 'frozen'), or one per tensor name */
+  category?: Category | ((name: string) => Category);
   /** each expected tensor as soon as it is read (see ReadSafetensorsOptions.onTensor):
    * return it to keep it in `tensors`, or null when the callback took it over */
   onTensor?: (name: string, t: Tensor) => Tensor | null;
@@ -429,7 +429,9 @@ export function loadHfModel(dir: string, opts: LoadHfModelOptions = {}): LlamaMo
   let loaded: LoadedHfModel;
   try {
     loaded = loadHfModelDir(dir, {
-      dtype: trainable ? 'f32' : (opts.frozenDtype ?? 'bf16'), category: trainable ? 'trainable' : 'frozen',
+      dtype: trainable ? 'f32' : (opts.frozenDtype ?? 'bf16'),
+      // a projection handed to the factory is a temporary (it is quantized and freed at once)
+      category: trainable ? 'trainable' : factory ? (n) => (LINEAR_WEIGHT.test(n) ? 'workspace' : 'frozen') : 'frozen',
       onTensor: factory && ((name, t) => {
         const m = LINEAR_WEIGHT.exec(name);
         if (!m) return t;

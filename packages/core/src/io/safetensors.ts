@@ -68,8 +68,8 @@ export interface SafetensorsHeader {
 export interface ReadSafetensorsOptions {
   /** load only the tensors for which this returns true */
   filter?: (name: string) => boolean;
-  /** memory category of the created tensors (default 'frozen') */
-  category?: Category;
+  /** memory category of the created tensors (default 'frozen'), or one per tensor name */
+  category?: Category | ((name: string) => Category);
   /** convert floating tensors (F32, BF16, F16) to this dtype; integers stay as they are */
   convert?: { to: FloatTarget };
   /** bytes per read, and per scratch chunk when converting (default 64 MiB) */
@@ -256,7 +256,7 @@ const bytesOf = (t: Tensor): Uint8Array => {
 export function readSafetensors(path: string, opts: ReadSafetensorsOptions = {}): { tensors: Map<string, Tensor>; metadata: Record<string, string> } {
   checkHost();
   const file = resolve(path);
-  const category = opts.category ?? 'frozen';
+  const categoryOf = typeof opts.category === 'function' ? opts.category : (() => (opts.category as Category | undefined) ?? 'frozen');
   const to = opts.convert?.to;
   const chunk = chunkSize(opts.chunkBytes);
   if (to !== undefined && to !== 'f32' && to !== 'bf16') throw new TypeError(`${file}: convert.to must be 'f32' or 'bf16', got ${show(to)}`);
@@ -281,7 +281,7 @@ export function readSafetensors(path: string, opts: ReadSafetensorsOptions = {})
     for (const { e, src, dst } of plan) {
       let t: Tensor;
       try {
-        t = Tensor.zeros(e.shape, { dtype: dst, category });
+        t = Tensor.zeros(e.shape, { dtype: dst, category: categoryOf(e.name) });
       } catch (err) {
         if (err instanceof Error) err.message = `${file}: tensor ${q(e.name)}: ${err.message}`;
         throw err;

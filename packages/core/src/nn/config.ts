@@ -25,7 +25,7 @@ export const BYTE_VOCAB_SIZE = 259;
  */
 export const PRESETS: Readonly<Record<string, Readonly<LlamaConfig>>> = Object.freeze({
   tiny: {
-    vocabSize: BYTE_VOCAB_SIZE, hiddenSize: 64, intermediateSize: 176, numLayers: 2, numHeads: 4, numKvHeads: 2,
+    vocabSize: BYTE_VOCAB_SIZE, hiddenSize: 64, intermediateSize: 192, numLayers: 2, numHeads: 4, numKvHeads: 2,
     rmsNormEps: 1e-5, ropeTheta: 10000, maxPositionEmbeddings: 256, tieWordEmbeddings: true,
   },
   small: {

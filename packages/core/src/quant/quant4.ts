@@ -153,6 +153,13 @@ export function checkQuantized(op: string, name: string, w: QuantizedWeight): vo
   const parts = [w.packed, w.absmax, w.dq?.codes, w.dq?.scales].filter((t): t is Tensor => t !== undefined);
   if (parts.some((t) => t.disposed)) throw new Error(`${op}: quantized '${name}' was disposed`);
   if (!w.absmax && !w.dq) throw new Error(`${op}: quantized '${name}' has neither absmax nor double-quantized absmax`);
+  // sizes against the logical shape, before any op allocates its output
+  const [rows, cols] = w.shape, numel = rows * cols, blocks = Math.ceil(numel / w.blockSize);
+  const sizes: [string, number, number][] = [['values', w.numel, numel], ['packed codes', w.packed.numel, Math.ceil(numel / 2)]];
+  if (w.absmax) sizes.push(['absmax', w.absmax.numel, blocks]);
+  else sizes.push(['double-quantized absmax', w.dq!.codes.numel, blocks], ['double-quantization scales', w.dq!.scales.numel, Math.ceil(blocks / w.dq!.blockSize)]);
+  const bad = sizes.find(([, got, want]) => got !== want);
+  if (bad) throw new RangeError(`${op}: quantized '${name}' is [${rows}, ${cols}] (blockSize ${w.blockSize}) but holds ${bad[1]} ${bad[0]}, needs ${bad[2]}`);
 }
 
 /** The weight as a new f32 tensor [rows, cols] (for merging, export and tests; the kernels never need it). */
