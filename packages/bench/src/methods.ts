@@ -237,7 +237,9 @@ registerMethod({
     const c = qloraSettings(s);
     return {
       adapterRank: c.r,
-      frozenLinearBytes: (o, i) => quant4Bytes(o * i, c.blockSize, c.doubleQuant),
+      // the allocator's bytes: the exact 4-bit bytes less the double quantization's
+      // 4-byte offset, which lives in the weight's JS object, not in native memory
+      frozenLinearBytes: (o, i) => quant4Bytes(o * i, c.blockSize, c.doubleQuant) - (c.doubleQuant ? 4 : 0),
       optimizerBytes: optimizerStateBytes(c.optimizer),
       // a double-quantized absmax is expanded to fp32 for each GEMM call
       linearExtraWorkspace: (o, i) => (c.doubleQuant ? 4 * Math.ceil((o * i) / c.blockSize) : 0),
