@@ -11,7 +11,7 @@ import { BUILTIN_SUITES, PEERS, type PeerName, type Suite, TASKS, type TaskName,
 import { readKernels, runSuite } from './runner.js';
 import { writeReports } from './report/index.js';
 
-const HELP = `tunebench — full fine-tuning and LoRA side by side: memory, speed, accuracy.
+const HELP = `tunebench — full fine-tuning, LoRA and QLoRA side by side: memory, speed, accuracy.
 
 Usage: pnpm bench [-- options]        (or: node packages/bench/dist/cli.js [options])
        pnpm bench -- plan --model PRESET_OR_HF_DIR --method M --batch B --seq T   (see plan --help)
@@ -20,8 +20,12 @@ Options:
   --suite ci|cpu|gpu|FILE  runs to do (default: gpu with a usable CUDA backend, else cpu).
                            ci: tiny base, seconds per run; cpu: small base, minutes;
                            FILE: a suite JSON file (format in README.md)
-  --methods LIST           the methods to run, e.g. full,lora8,lora64 (one the suite has
-                           keeps its settings; others take their defaults)
+  --methods LIST           the methods to run, e.g. full,lora8,qlora64 (one the suite has
+                           keeps its settings; others take their defaults). Tokens:
+                           full, full-8bit (8-bit AdamW), lora<r>, qlora<r> (NF4 base,
+                           double-quantized, blocks of 64), qlora<r>-loftq (LoftQ init),
+                           qlora<r>-8bit (8-bit AdamW); other QLoRA options (format,
+                           blockSize, doubleQuant) in a suite file
   --tasks LIST             override the suite's tasks: spam, adapt, jsonl
   --model HF_DIR           a Hugging Face LlamaForCausalLM directory as the base
                            instead of the built-in pretrained one
@@ -49,10 +53,10 @@ Examples:
 
 const PLAN_HELP = `tunebench plan — predict peak memory by category for a training step, without running it.
 
-Usage: pnpm bench -- plan --model PRESET_OR_HF_DIR [--method full|lora<r>] [--batch B] [--seq T] [--accum K]
+Usage: pnpm bench -- plan --model PRESET_OR_HF_DIR [--method full|lora<r>|qlora<r>] [--batch B] [--seq T] [--accum K]
 
   --model   a preset (${Object.keys(PRESETS).join(', ')}) or a Hugging Face LlamaForCausalLM directory
-  --method  full (default) or lora<r>, e.g. lora8 (all-linear targets)
+  --method  full (default), full-8bit, lora<r> or qlora<r>[-8bit], e.g. qlora8 (all-linear targets)
   --batch   rows per micro-batch (default 8)
   --seq     tokens per row (default 256)
   --accum   micro-batches per optimizer step (default 1)

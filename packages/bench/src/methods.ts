@@ -111,6 +111,19 @@ function positiveInteger(v: unknown): boolean {
   return Number.isInteger(v) && (v as number) > 0;
 }
 
+/** The methods of the built-in cpu and gpu suites, each with its learning rate. */
+export const DEFAULT_METHODS: MethodSpec[] = [
+  { name: 'full', lr: 3e-4, label: 'full' },
+  { name: 'lora', r: 8, alpha: 16, lr: 2e-3, label: 'lora-r8' },
+  { name: 'lora', r: 64, alpha: 128, lr: 2e-3, label: 'lora-r64' },
+  { name: 'qlora', r: 8, alpha: 16, lr: 2e-3, label: 'qlora-r8' },
+  { name: 'qlora', r: 64, alpha: 128, lr: 2e-3, label: 'qlora-r64' },
+];
+
+/** The ci suite's: one QLoRA rank is enough to guard it, and 30-step runs want larger rates. */
+export const CI_METHODS: MethodSpec[] = DEFAULT_METHODS.filter((m) => m.label !== 'qlora-r64')
+  .map((m) => ({ ...m, lr: m.name === 'full' ? 1e-3 : 3e-3 }));
+
 /** Predicted peak memory of a training step with method `spec`. */
 export function planFor(cfg: LlamaConfig, spec: MethodSpec, batch: number, seq: number, gradAccumulation = 1): Plan {
   return planMemory(cfg, methodPlugin(spec.name).planMethod(spec), batch, seq, gradAccumulation);
@@ -230,7 +243,8 @@ registerMethod({
   },
   settings: (s) => {
     const c = qloraSettings(s);
-    return { r: c.r, alpha: c.alpha, format: c.format, blockSize: c.blockSize, doubleQuant: c.doubleQuant, init: c.init, optimizer: c.optimizer };
+    // paged optimizer state is CUDA managed memory; the CPU backend has nothing to page
+    return { r: c.r, alpha: c.alpha, format: c.format, blockSize: c.blockSize, doubleQuant: c.doubleQuant, init: c.init, optimizer: c.optimizer, pagedOptimizer: 'n/a (cpu)' };
   },
   prepare: (dir, s, seed) => loadQloraModel(dir, qloraSettings(s, seed)).model,
   planMethod: (s) => {

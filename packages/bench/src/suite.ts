@@ -2,9 +2,9 @@
 // steps, batch, sequence length and schedule shape. Built-in suites, or a
 // JSON file (format in README.md).
 import { existsSync, readFileSync } from 'node:fs';
-import { type MethodSpec, methodNames, methodPlugin, parseMethods } from './methods.js';
+import { CI_METHODS, DEFAULT_METHODS, type MethodSpec, methodNames, methodPlugin, parseMethods } from './methods.js';
 
-export { type MethodSpec, parseMethods };
+export { type MethodSpec, parseMethods, DEFAULT_METHODS, CI_METHODS };
 
 export type TaskName = 'spam' | 'adapt' | 'jsonl';
 export const TASKS: readonly TaskName[] = ['spam', 'adapt', 'jsonl'];
@@ -44,18 +44,10 @@ export interface PeerSpec {
 export const PEERS = ['tfjs', 'pytorch'] as const;
 export type PeerName = (typeof PEERS)[number];
 
-export const DEFAULT_METHODS: MethodSpec[] = [
-  { name: 'full', lr: 3e-4, label: 'full' },
-  { name: 'lora', r: 8, alpha: 16, lr: 2e-3, label: 'lora-r8' },
-  { name: 'lora', r: 64, alpha: 128, lr: 2e-3, label: 'lora-r64' },
-  { name: 'qlora', r: 8, alpha: 16, lr: 2e-3, label: 'qlora-r8' },
-  { name: 'qlora', r: 64, alpha: 128, lr: 2e-3, label: 'qlora-r64' },
-];
-
 export const BUILTIN_SUITES: Record<string, Suite> = {
   // CI: seconds per run on 2 cores; the regression baseline is kept for it
   ci: {
-    name: 'ci', base: { preset: 'tiny', pretrainSteps: 300 }, tasks: ['spam', 'adapt'], methods: DEFAULT_METHODS.filter((m) => m.label !== 'qlora-r64').map((m) => ({ ...m, lr: m.name === 'full' ? 1e-3 : 3e-3 })),
+    name: 'ci', base: { preset: 'tiny', pretrainSteps: 300 }, tasks: ['spam', 'adapt'], methods: CI_METHODS,
     shared: { steps: 30, batchSize: 8, seqLen: 128, seed: 0, schedule: 'cosine', warmupSteps: 3, maxTrain: 400, maxTest: 200 },
     peers: { tfjs: { methods: ['full', 'lora-r8'], tasks: ['spam'], steps: 4 }, pytorch: { tasks: ['spam'] } },
   },

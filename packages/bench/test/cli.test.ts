@@ -39,7 +39,7 @@ test('bad options and suite files are refused before anything runs, saying what 
   try {
     const cases: [string[], RegExp][] = [
       [['--suite', 'nope'], /--suite: 'nope' is neither a built-in suite \(ci, cpu, gpu\) nor a file/],
-      [['--suite', 'ci', '--methods', 'full,qlora'], /unknown method 'qlora' \(known: full, lora8, lora64, lora<r>\)/],
+      [['--suite', 'ci', '--methods', 'full,qlora'], /unknown method 'qlora' \(known: full, full-8bit, lora8, lora64, lora<r>, qlora8, qlora64, qlora<r>, qlora<r>-loftq, qlora<r>-8bit\)/],
       [['--suite', 'ci', '--tasks', 'spam,translate'], /--tasks: unknown task 'translate'/],
       [['--suite', 'ci', '--peers', 'jax'], /--peers: unknown peer 'jax' \(known: tfjs, pytorch, or none\)/],
       [['--suite', 'ci', '--device', 'tpu'], /--device must be cpu or cuda/],

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import {
   NO_DEPLOYABLE_TEXT, NO_PEERS_TEXT, REPORT_CHARTS, metricDirection, paretoByTask, paretoFront, renderReport, renderSummary, resultsCsv,
-  writeReports, writeResultsCsv, type KernelSpeeds, type RunRecord,
+  withDeployables, writeReports, writeResultsCsv, type KernelSpeeds, type RunRecord,
 } from '../src/index.js';
 
 const MiB = 1024 * 1024;
@@ -183,15 +183,18 @@ describe('results.csv', () => {
       ['memory.peak.frozen', 'memory.peak.trainable', 'memory.peak.grad', 'memory.peak.optimizer', 'memory.peak.optimizer_host',
         'memory.peak.activation', 'memory.peak.workspace'], 'categories in the core\u2019s order');
     assert.equal(head.at(-1), 'durationMs');
-    assert.equal(body.length, records.length);
+    assert.deepEqual(head.slice(10, 14), ['deployableOf', 'deployable.kind', 'deployable.bits', 'deployable.decodeTokensPerSecond']);
+    // each deployable model is a row of its own after its run
+    assert.equal(body.length, withDeployables(records).length);
+    assert.ok(body.length > records.length, 'the fixtures have deployable rows');
     for (const row of body) assert.equal(row.length, head.length);
     // The same records in another order give the same columns.
     assert.deepEqual(parseCsv(resultsCsv([...records].reverse()))[0], head);
   });
 
   test('rows: values round-trip, missing values are empty, text with , " < & and line breaks survives', () => {
-    const records = fixtures();
-    const [head, ...body] = parseCsv(resultsCsv(records));
+    const records = withDeployables(fixtures());
+    const [head, ...body] = parseCsv(resultsCsv(fixtures()));
     const col = (name: string) => head.indexOf(name);
     records.forEach((r, i) => {
       const row = body[i];
@@ -207,7 +210,9 @@ describe('results.csv', () => {
       assert.equal(row[col('impl')], r.impl ?? 'tunebench');
       assert.equal(row[col('peerOf')], r.peerOf ?? '');
       assert.equal(row[col('memory.source')], r.memory.source ?? '');
-      assert.equal(row[col('speed.msPerStep.backward')], r.impl ? '' : '21.25', 'a split a peer cannot make is empty');
+      assert.equal(row[col('speed.msPerStep.backward')], r.impl || r.deployableOf ? '' : '21.25', 'a split a peer cannot make is empty');
+      assert.equal(row[col('deployableOf')], r.deployableOf ?? '');
+      assert.equal(row[col('deployable.bits')], r.deployable_ ? String(r.deployable_.bits) : '');
       assert.equal(row[col('provenance.cpu')], 'AMD EPYC <test> & co');
       assert.equal(row[col('startedAt')], r.startedAt);
     });

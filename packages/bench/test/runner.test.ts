@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { memory, saveHfModel } from '@tunebench/core';
 import { mergeAndUnload } from '@tunebench/lora';
 import {
-  type RunRecord, type Suite, baselineFrom, checkAgainst, fastestAttempt, lossAgreement, methodPlugin, readKernels, registerMethod, speedOnly, parseMethods, runSuite, validateSuite,
+  type RunRecord, type Suite, baselineFrom, resultsCsv, checkAgainst, fastestAttempt, lossAgreement, methodPlugin, readKernels, registerMethod, speedOnly, parseMethods, runSuite, validateSuite,
 } from '../src/index.js';
 
 const cache = mkdtempSync(join(tmpdir(), 'tb-cache-'));
@@ -119,7 +119,46 @@ test('a method registered from outside plugs into suites, the runner and the rec
   // merging is exact up to bf16 rounding of the merged weights: the same answers on this small test split
   assert.ok(Math.abs(d.metrics.accuracy - r.metrics.accuracy) <= 0.1, `merged ${d.metrics.accuracy} vs adapter ${r.metrics.accuracy}`);
   assert.throws(() => registerMethod({ ...lora }), /registered already/);
-  assert.throws(() => validateSuite({ ...suite, methods: [{ name: 'nope', lr: 1, label: 'x' }] }, 's'), /methods\[0\]\.name must be one of full, lora, lora-merged/);
+  assert.throws(() => validateSuite({ ...suite, methods: [{ name: 'nope', lr: 1, label: 'x' }] }, 's'), /methods\[0\]\.name must be one of full, lora, qlora, lora-merged/);
+  rmSync(out, { recursive: true, force: true });
+});
+
+test('QLoRA through the runner: 4-bit settings recorded, deployable rows in the record, results.csv and the baseline', async () => {
+  const out = mkdtempSync(join(tmpdir(), 'tb-qlora-'));
+  const suite: Suite = { ...tinySuite(parseMethods('qlora4,qlora4-8bit')), tasks: ['spam'] };
+  validateSuite(suite, 'qlora suite');
+  const records = await runSuite(suite, { outDir: out, log: () => {} });
+  assert.equal(records.length, 2);
+  for (const r of records) {
+    assert.equal(r.status, 'ok', r.error);
+    assert.equal(r.settings.format, 'nf4');
+    assert.equal(r.settings.doubleQuant, true);
+    assert.equal(r.settings.blockSize, 64);
+    // frozen memory is the 4-bit base (as the plan says), not bf16
+    assert.equal(r.memory.peak.frozen, r.memory.predicted!.frozen);
+    assert.deepEqual(r.deployable!.map((d) => d.kind), ['merged bf16', 'merged + requantized NF4']);
+    const [bf16, nf4] = r.deployable!;
+    assert.equal(bf16.bits, 16);
+    assert.ok(nf4.bits > 4 && nf4.bits < 4.2, `requantized bits ${nf4.bits}`);
+    assert.ok(nf4.bytes < bf16.bytes / 3);
+    for (const d of r.deployable!) {
+      assert.ok(Number.isFinite(d.metrics.accuracy) && d.decodeTokensPerSecond! > 0);
+    }
+  }
+  assert.equal(records[1].settings.optimizer, 'adamw8bit');
+  const csv = resultsCsv(records).trim().split('\n');
+  assert.equal(csv.length, 1 + 2 * 3, 'a row per run and per deployable model');
+  const header = csv[0].split(',');
+  const ofCol = header.indexOf('deployableOf');
+  assert.ok(ofCol >= 0);
+  assert.equal(csv.filter((l) => l.split(',')[ofCol] === records[0].id).length, 2);
+  const base = baselineFrom(records);
+  const deployIds = Object.keys(base.runs).filter((id) => base.runs[id].deployable);
+  assert.equal(deployIds.length, 4);
+  assert.deepEqual(checkAgainst(records, base), []);
+  // a deployable model that got worse is a regression like a trained run's
+  const worse = records.map((r) => ({ ...r, deployable: r.deployable!.map((d) => ({ ...d, metrics: { ...d.metrics, accuracy: d.metrics.accuracy - 0.5 } })) }));
+  assert.ok(checkAgainst(worse, base).some((p) => /#merged-bf16: accuracy/.test(p)), checkAgainst(worse, base).join('; '));
   rmSync(out, { recursive: true, force: true });
 });
 

@@ -1,7 +1,8 @@
 // results.csv: one row per run (and one per deployable model of a run, with
 // deployableOf naming the run), flat columns. The columns are the union over
 // the records, in a stable order:
-//   id suite task method status error oomBytes divergedAtStep
+//   id suite task method impl peerOf status error oomBytes divergedAtStep
+//   deployableOf deployable.{kind,bits,decodeTokensPerSecond}   (deployable rows)
 //   settings.<k>...   (sorted)
 //   metric.<k>...     (sorted)
 //   memory.peakTotal memory.peak.<category>... (core order) memory.deviceBytes memory.predicted.total
@@ -41,14 +42,14 @@ export function csvColumns(records: readonly RunRecord[]): Column[] {
     { name: 'method', get: (r) => r.method },
     { name: 'impl', get: (r) => r.impl ?? 'tunebench' },
     { name: 'peerOf', get: (r) => r.peerOf },
-    { name: 'deployableOf', get: (r) => r.deployableOf },
-    { name: 'deployable.kind', get: (r) => r.deployable_?.kind },
-    { name: 'deployable.bits', get: (r) => r.deployable_?.bits },
-    { name: 'deployable.decodeTokensPerSecond', get: (r) => r.deployable_?.decodeTokensPerSecond },
     { name: 'status', get: (r) => r.status },
     { name: 'error', get: (r) => r.error },
     { name: 'oomBytes', get: (r) => r.oomBytes },
     { name: 'divergedAtStep', get: (r) => r.divergedAtStep },
+    { name: 'deployableOf', get: (r) => r.deployableOf },
+    { name: 'deployable.kind', get: (r) => r.deployable_?.kind },
+    { name: 'deployable.bits', get: (r) => r.deployable_?.bits },
+    { name: 'deployable.decodeTokensPerSecond', get: (r) => r.deployable_?.decodeTokensPerSecond },
     ...settings.map((k): Column => ({ name: `settings.${k}`, get: (r) => r.settings?.[k] })),
     ...metrics.map((k): Column => ({ name: `metric.${k}`, get: (r) => r.metrics?.[k] })),
     { name: 'memory.peakTotal', get: (r) => r.memory?.peakTotal },
