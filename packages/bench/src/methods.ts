@@ -5,7 +5,7 @@
 // deployable models. A method package adds itself with registerMethod();
 // full fine-tuning and LoRA are registered here.
 import {
-  ADAMW8BIT_BLOCK_SIZE, ADAMW8BIT_MIN_SIZE, BYTE_BOS, type LlamaConfig, type LlamaModel, type OptimizerFactory, type OptimizerName, ByteTokenizer,
+  ADAMW8BIT_BLOCK_SIZE, ADAMW8BIT_MIN_SIZE, BYTE_BOS, type CheckpointingMode, parseCheckpointing, type LlamaConfig, type LlamaModel, type OptimizerFactory, type OptimizerName, ByteTokenizer,
   Rng, Tensor, disposeQuantized, generate, makeOptimizer, matmul, quant4Bytes, quantize4bit, saveHfModel,
 } from '@tunebench/core';
 import { prepareLora, saveAdapter } from '@tunebench/lora';
@@ -27,6 +27,8 @@ export interface MethodSpec {
   alpha?: number;
   /** method-specific settings (e.g. bits, group size), validated by the plugin */
   options?: Record<string, string | number | boolean>;
+  /** activation checkpointing for this row (default: the suite's shared setting) */
+  checkpointing?: CheckpointingMode;
 }
 
 /** A kernel microbenchmark a method adds at a suite's shapes (kernels.ts runs it). */
@@ -98,12 +100,19 @@ export function methodNames(): string[] {
 
 /** Parses --methods like "full,lora8,lora64" into specs (learning rates from each method's default). */
 export function parseMethods(list: string): MethodSpec[] {
-  return list.split(',').map((m) => m.trim()).filter(Boolean).map((token) => {
+  return list.split(',').map((m) => m.trim()).filter(Boolean).map((whole) => {
+    // a row that differs only in activation checkpointing: 'lora8@block', 'full@every:2'
+    const at = whole.indexOf('@');
+    const token = at < 0 ? whole : whole.slice(0, at);
+    let checkpointing: CheckpointingMode | undefined;
+    if (at >= 0) {
+      try { checkpointing = parseCheckpointing(whole.slice(at + 1)); } catch (e) { throw new Error(`--methods: '${whole}': ${(e as Error).message}`); }
+    }
     for (const p of registry.values()) {
       const spec = p.parse(token);
-      if (spec) return spec;
+      if (spec) return checkpointing ? { ...spec, checkpointing, label: `${spec.label}@${checkpointing}` } : spec;
     }
-    throw new Error(`--methods: unknown method '${token}' (known: ${[...registry.values()].flatMap((p) => p.tokens).join(', ')})`);
+    throw new Error(`--methods: unknown method '${token}' (known: ${[...registry.values()].flatMap((p) => p.tokens).join(', ')}; add @block or @every:<k> for activation checkpointing)`);
   });
 }
 
@@ -125,8 +134,9 @@ export const CI_METHODS: MethodSpec[] = DEFAULT_METHODS.filter((m) => m.label !=
   .map((m) => ({ ...m, lr: m.name === 'full' ? 1e-3 : 3e-3 }));
 
 /** Predicted peak memory of a training step with method `spec`. */
-export function planFor(cfg: LlamaConfig, spec: MethodSpec, batch: number, seq: number, gradAccumulation = 1): Plan {
-  return planMemory(cfg, methodPlugin(spec.name).planMethod(spec), batch, seq, gradAccumulation);
+export function planFor(cfg: LlamaConfig, spec: MethodSpec, batch: number, seq: number, gradAccumulation = 1,
+                        checkpointing: CheckpointingMode = 'off'): Plan {
+  return planMemory(cfg, methodPlugin(spec.name).planMethod(spec), batch, seq, gradAccumulation, checkpointing);
 }
 
 /** Optimizer state bytes of a tensor of n elements. */

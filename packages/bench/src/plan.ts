@@ -3,7 +3,7 @@
 // running anything. The formulas follow what the code allocates (see
 // nn/llama.ts, the kernels' workspaces and the trainer); a test compares
 // them with measured peaks.
-import { CATEGORIES, type Category, type LlamaConfig, headDim, modelTensorShapes } from '@tunebench/core';
+import { CATEGORIES, type Category, type CheckpointingMode, type LlamaConfig, headDim, isCheckpointed, modelTensorShapes } from '@tunebench/core';
 
 /** What the planner needs to know of a method; each method plugin gives it
  * (methods.ts), so the planner names no method. */
@@ -26,7 +26,8 @@ const F32 = 4, BF16 = 2, I32 = 4;
 
 /** Bytes per category at the peak of one training step (all micro-batches of
  * gradAccumulation are held at once, as the trainer does). */
-export function planMemory(c: LlamaConfig, method: PlanMethod, batch: number, seq: number, gradAccumulation = 1): Plan {
+export function planMemory(c: LlamaConfig, method: PlanMethod, batch: number, seq: number, gradAccumulation = 1,
+                           checkpointing: CheckpointingMode = 'off'): Plan {
   const N = batch * seq, C = c.hiddenSize, F = c.intermediateSize, D = headDim(c);
   const q = c.numHeads * D, kv = c.numKvHeads * D, L = c.numLayers, V = c.vocabSize;
   const plan = Object.fromEntries(CATEGORIES.map((k) => [k, 0])) as Record<Category, number>;
@@ -61,7 +62,14 @@ export function planMemory(c: LlamaConfig, method: PlanMethod, batch: number, se
   // model level: ids + targets of every micro-batch, positions, embedding output,
   // final norm output and rstd, cross-entropy losses and lse
   const model = gradAccumulation * 2 * N * I32 + N * I32 + N * C * F32 + N * C * F32 + 3 * N * F32;
-  const saved = L * perBlock + model;
+  // activation checkpointing: a recomputed block keeps only its output (the
+  // next block's input, part of the residual stream); during the backward of
+  // the last block, if it is recomputed, its activations are back in full
+  const blockOut = N * C * F32;
+  let recomputed = 0;
+  for (let i = 0; i < L; i++) if (isCheckpointed(checkpointing, i)) recomputed++;
+  const saved = (L - recomputed) * perBlock + recomputed * blockOut + model
+    + (isCheckpointed(checkpointing, L - 1) ? perBlock - blockOut : 0);
   // The backward of the last block is where memory peaks: on top of
   // everything kept, the residual gradient dh [N, C] and, stage by stage,
   // the temporaries alive at once (activation) and the op's scratch

@@ -8,7 +8,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   ByteTokenizer, CATEGORIES, type Category, DivergedError, type LlamaModel, Tensor, type TokenRows, epochBatches, evaluateLoss,
-  gemmKernel, matmul, median, memory, writeJsonAtomic, configFromHf, type LlamaConfig,
+  gemmKernel, matmul, median, memory, writeJsonAtomic, configFromHf, type LlamaConfig, type CheckpointingMode,
 } from '@tunebench/core';
 import { countParameters } from '@tunebench/lora';
 import { type MethodSpec, methodPlugin, planFor } from './methods.js';
@@ -267,6 +267,11 @@ function loadBaseConfig(baseDir: string): LlamaConfig {
   return configFromHf(JSON.parse(readFileSync(path, 'utf8')), path);
 }
 
+/** Activation checkpointing of a run: the method row's, else the suite's, else off. */
+export function checkpointingOf(m: MethodSpec, suite: Suite): CheckpointingMode {
+  return m.checkpointing ?? suite.shared.checkpointing ?? 'off';
+}
+
 /** The base model ready for method m (its plugin adds adapters, quantizes, ...). */
 function prepareModel(m: MethodSpec, suite: Suite, baseDir: string): LlamaModel {
   return methodPlugin(m.name).prepare(baseDir, m, suite.shared.seed);
@@ -308,7 +313,11 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
   const startedAt = new Date().toISOString();
   const t0 = performance.now();
   const plugin = methodPlugin(m.name);
-  const settings: RunRecord['settings'] = { steps: sh.steps, batchSize: sh.batchSize, seqLen: sh.seqLen, seed: sh.seed, schedule: sh.schedule, warmupSteps: sh.warmupSteps, lr: m.lr, ...plugin.settings(m) };
+  const checkpointing = checkpointingOf(m, suite);
+  const settings: RunRecord['settings'] = {
+    steps: sh.steps, batchSize: sh.batchSize, seqLen: sh.seqLen, seed: sh.seed, schedule: sh.schedule, warmupSteps: sh.warmupSteps, lr: m.lr,
+    checkpointing, ...(sh.offload ? { offload: 'identity on the cpu backend (kept block inputs are host memory already)' } : {}), ...plugin.settings(m),
+  };
   const zeroPeak = Object.fromEntries(CATEGORIES.map((c) => [c, 0])) as Record<Category, number>;
   const record: RunRecord = {
     id, suite: suite.name, task, method: m.label, settings, status: 'ok', metrics: {},
@@ -324,7 +333,8 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
     const before = memory.snapshot().cpu;
     memory.resetPeak();
     model = prepareModel(m, suite, baseDir);
-    const predicted = planFor(model.config, m, sh.batchSize, sh.seqLen);
+    model.checkpointing = checkpointing;
+    const predicted = planFor(model.config, m, sh.batchSize, sh.seqLen, 1, checkpointing);
     const counts = countParameters(model.parameters());
     record.trainableParameters = counts.trainableParameters;
     record.totalParameters = counts.totalParameters;

@@ -2,6 +2,7 @@
 // steps, batch, sequence length and schedule shape. Built-in suites, or a
 // JSON file (format in README.md).
 import { existsSync, readFileSync } from 'node:fs';
+import { type CheckpointingMode, parseCheckpointing } from '@tunebench/core';
 import { CI_METHODS, DEFAULT_METHODS, type MethodSpec, methodNames, methodPlugin, parseMethods } from './methods.js';
 
 export { type MethodSpec, parseMethods, DEFAULT_METHODS, CI_METHODS };
@@ -16,7 +17,13 @@ export interface Suite {
   tasks: TaskName[];
   methods: MethodSpec[];
   /** identical for every method */
-  shared: { steps: number; batchSize: number; seqLen: number; seed: number; schedule: 'cosine' | 'constant'; warmupSteps: number; maxTrain?: number; maxTest?: number };
+  shared: {
+    steps: number; batchSize: number; seqLen: number; seed: number; schedule: 'cosine' | 'constant'; warmupSteps: number; maxTrain?: number; maxTest?: number;
+    /** activation checkpointing of every run: 'off' (default), 'block' or 'every:<k>'; a method row may set its own */
+    checkpointing?: CheckpointingMode;
+    /** move the kept block inputs to host memory (a device notion: on the CPU backend they are host memory already, so it is the identity and recorded as such) */
+    offload?: boolean;
+  };
   /** user JSONL file for the jsonl task */
   dataset?: string;
   /** peers redoing some of the runs (same weights, batches, learning rates) */
@@ -88,6 +95,7 @@ export function validateSuite(raw: unknown, where: string): Suite {
     if (!methodNames().includes(m.name)) p.push(`methods[${i}].name must be one of ${methodNames().join(', ')}`);
     else p.push(...methodPlugin(m.name).validate(m).map((e) => `methods[${i}].${e}`));
     if (!(typeof m.lr === 'number' && m.lr > 0)) p.push(`methods[${i}].lr must be a positive number`);
+    if (m.checkpointing !== undefined) { try { parseCheckpointing(m.checkpointing); } catch (e) { p.push(`methods[${i}].${(e as Error).message}`); } }
     if (typeof m.label !== 'string' || !m.label) p.push(`methods[${i}].label must be a non-empty string`);
     else if (s.methods!.findIndex((o) => o.label === m.label) !== i) p.push(`methods[${i}].label '${m.label}' is used twice`);
   });
@@ -98,6 +106,8 @@ export function validateSuite(raw: unknown, where: string): Suite {
     if (!Number.isInteger(sh.seed)) p.push('shared.seed must be an integer');
     if (sh.schedule !== 'cosine' && sh.schedule !== 'constant') p.push("shared.schedule must be 'cosine' or 'constant'");
     if (!(Number.isInteger(sh.warmupSteps) && sh.warmupSteps >= 0)) p.push('shared.warmupSteps must be an integer >= 0');
+    if (sh.offload !== undefined && typeof sh.offload !== 'boolean') p.push('shared.offload must be true or false');
+    if (sh.checkpointing !== undefined) { try { parseCheckpointing(sh.checkpointing); } catch (e) { p.push(`shared.${(e as Error).message}`); } }
   }
   if (s.tasks?.includes('jsonl') && !s.dataset) p.push("the jsonl task needs 'dataset' (a JSONL file)");
   if (s.kernels !== undefined && typeof s.kernels !== 'boolean') p.push('kernels must be true or false');

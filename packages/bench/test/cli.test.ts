@@ -34,12 +34,42 @@ test('plan predicts memory by category without running', () => {
   assert.match(bad.err, /'nope' is neither a preset .* nor a directory with config\.json/);
 });
 
+test('plan side by side: methods x checkpointing modes, and the largest batch that fits in each memory size', () => {
+  const r = cli('plan', '--model', 'small', '--methods', 'full,lora8,qlora8', '--checkpointing', 'all', '--batch', '2', '--seq', '128');
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /^category\s+full off\s+full block\s+full every:2\s+lora-r8 off .* qlora-r8 every:2$/m);
+  const act = r.out.split('\n').find((l) => l.startsWith('activation'))!.trim().split(/\s+/).slice(1).map(Number);
+  assert.equal(act.length, 9);
+  assert.ok(act[1] < act[2] && act[2] < act[0], `block < every:2 < off for full: ${act.join(', ')}`);
+  const fit = cli('plan', '--model', 'llama-2-7b', '--methods', 'full,lora16,qlora16', '--seq', '2048', '--checkpointing', 'all', '--fit', '24,80');
+  assert.equal(fit.code, 0, fit.err);
+  assert.match(fit.out, /largest batch of 2048 tokens per row whose training step fits/);
+  const row24 = fit.out.split('\n').find((l) => l.startsWith('24 GiB'))!;
+  assert.match(row24, /does not fit/, 'full fine-tuning of a 7B model needs more than 24 GiB');
+  const row80 = fit.out.split('\n').find((l) => l.startsWith('80 GiB'))!;
+  const cells = row80.split(/\s{2,}/).slice(1);
+  assert.equal(cells.length, 9);
+  const rows = cells.map((c) => (c === 'does not fit' ? 0 : Number(c.split(' x ')[0])));
+  assert.ok(rows[7] >= rows[6] && rows[6] > 0, `QLoRA with checkpointing fits at least as many rows as without: ${cells.join(' | ')}`);
+  for (const [args, want] of [
+    [['plan', '--model', 'tiny', '--checkpointing', 'sometimes'], /checkpointing must be 'off', 'block' or 'every:<k>'/],
+    [['plan', '--model', 'tiny', '--fit', '0'], /--fit must list memory sizes in GiB/],
+    [['plan', '--model', 'tiny', '--method', 'full', '--methods', 'lora8'], /--method or --methods, not both/],
+  ] as [string[], RegExp][]) {
+    const b = cli(...args);
+    assert.equal(b.code, 2, args.join(' '));
+    assert.match(b.err, want);
+  }
+});
+
 test('bad options and suite files are refused before anything runs, saying what to fix', () => {
   const dir = mkdtempSync(join(tmpdir(), 'tb-cli-'));
   try {
     const cases: [string[], RegExp][] = [
       [['--suite', 'nope'], /--suite: 'nope' is neither a built-in suite \(ci, cpu, gpu\) nor a file/],
-      [['--suite', 'ci', '--methods', 'full,qlora'], /unknown method 'qlora' \(known: full, full-8bit, lora8, lora64, lora<r>, qlora8, qlora64, qlora<r>, qlora<r>-loftq, qlora<r>-8bit\)/],
+      [['--suite', 'ci', '--checkpointing', 'every:0'], /checkpointing must be 'off', 'block' or 'every:<k>'/],
+      [['--suite', 'ci', '--methods', 'lora8@sometimes'], /'lora8@sometimes': checkpointing must be/],
+      [['--suite', 'ci', '--methods', 'full,qlora'], /unknown method 'qlora' \(known: full, full-8bit, lora8, lora64, lora<r>, qlora8, qlora64, qlora<r>, qlora<r>-loftq, qlora<r>-8bit; add @block or @every:<k> for activation checkpointing\)/],
       [['--suite', 'ci', '--tasks', 'spam,translate'], /--tasks: unknown task 'translate'/],
       [['--suite', 'ci', '--peers', 'jax'], /--peers: unknown peer 'jax' \(known: tfjs, pytorch, or none\)/],
       [['--suite', 'ci', '--device', 'tpu'], /--device must be cpu or cuda/],

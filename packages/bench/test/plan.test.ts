@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ArrayDataSource, LlamaModel, Trainer, makeOptimizer, memory, preset, saveHfModel } from '@tunebench/core';
+import { ArrayDataSource, type CheckpointingMode, LlamaModel, Trainer, makeOptimizer, memory, preset, saveHfModel } from '@tunebench/core';
 import { prepareLora } from '@tunebench/lora';
 import { loadQloraModel } from '@tunebench/qlora';
 import { type MethodSpec, parseMethods, planFor } from '../src/index.js';
@@ -11,7 +11,7 @@ import { type MethodSpec, parseMethods, planFor } from '../src/index.js';
 // Measure the peak of a few training steps and compare with the plan. A
 // QLoRA model is measured from loading on (quantized as it is read), so the
 // recorded peak would show a dense copy of the base if one were ever made.
-function measure(name: string, spec: MethodSpec, B: number, T: number): { peak: Record<string, number>; total: number } {
+function measure(name: string, spec: MethodSpec, B: number, T: number, mode: CheckpointingMode = 'off'): { peak: Record<string, number>; total: number } {
   const cfg = preset(name);
   const method = spec.name;
   let dir: string | null = null;
@@ -35,6 +35,7 @@ function measure(name: string, spec: MethodSpec, B: number, T: number): { peak: 
     ids: Int32Array.from({ length: T }, (_, t) => (r * 7 + t) % cfg.vocabSize),
     targets: Int32Array.from({ length: T }, (_, t) => (r * 7 + t + 1) % cfg.vocabSize),
   }));
+  model.checkpointing = mode;
   const optimizer = (spec.options?.optimizer ?? 'adamw') as 'adamw' | 'adamw8bit';
   const trainer = new Trainer(model, new ArrayDataSource(rows, B), { schedule: { kind: 'constant', lr: 1e-4, warmupSteps: 0, totalSteps: 2 }, optimizerFactory: makeOptimizer(optimizer) });
   trainer.trainStep();
@@ -59,6 +60,22 @@ for (const [name, token, B, T] of CASES) {
     const tot = Math.abs(plan.total - got.total) / got.total;
     assert.ok(tot < 0.1, `total: predicted ${plan.total}, measured ${got.total} (${(tot * 100).toFixed(1)}%)`);
   });
+}
+
+// activation checkpointing: each mode predicted as closely as 'off'
+for (const [name, token, B, T] of [['tiny', 'full', 4, 64], ['small', 'lora8', 2, 128], ['small', 'qlora8', 2, 128], ['small', 'full', 2, 128]] as const) {
+  for (const mode of ['block', 'every:2'] as const) {
+    test(`plan with checkpointing ${mode} predicts the measured peak within 10%: ${name} ${token} batch ${B} x ${T}`, () => {
+      const spec = parseMethods(token)[0];
+      const plan = planFor(preset(name), spec, B, T, 1, mode), off = planFor(preset(name), spec, B, T, 1, 'off');
+      const got = measure(name, spec, B, T, mode);
+      const act = Math.abs(plan.activation - got.peak.activation) / got.peak.activation;
+      assert.ok(act < 0.1, `activation: predicted ${plan.activation}, measured ${got.peak.activation} (${(act * 100).toFixed(1)}%)`);
+      const tot = Math.abs(plan.total - got.total) / got.total;
+      assert.ok(tot < 0.1, `total: predicted ${plan.total}, measured ${got.total} (${(tot * 100).toFixed(1)}%)`);
+      assert.ok(plan.activation < off.activation, 'checkpointing predicts fewer activation bytes');
+    });
+  }
 }
 
 test('a QLoRA run never holds the dense base: the peak frozen bytes are the 4-bit base, far below bf16', () => {

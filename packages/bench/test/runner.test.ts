@@ -162,6 +162,23 @@ test('QLoRA through the runner: 4-bit settings recorded, deployable rows in the 
   rmSync(out, { recursive: true, force: true });
 });
 
+test('rows that differ only in activation checkpointing: the same losses and metrics, less activation memory, the mode recorded', async () => {
+  const out = mkdtempSync(join(tmpdir(), 'tb-actckpt-'));
+  const suite: Suite = { ...tinySuite(parseMethods('lora2,lora2@block,full@every:2')), tasks: ['spam'] };
+  suite.shared = { ...suite.shared, checkpointing: 'off' };
+  validateSuite(suite, 'checkpointing suite');
+  const [plain, ck, full] = await runSuite(suite, { outDir: out, log: () => {} });
+  for (const r of [plain, ck, full]) assert.equal(r.status, 'ok', r.error);
+  assert.deepEqual([plain.settings.checkpointing, ck.settings.checkpointing, full.settings.checkpointing], ['off', 'block', 'every:2']);
+  assert.equal(ck.method, 'lora-r2@block');
+  assert.deepEqual(ck.lossCurve, plain.lossCurve, 'bit-identical losses');
+  assert.deepEqual(ck.metrics, plain.metrics);
+  assert.ok(ck.memory.peak.activation < plain.memory.peak.activation, `${ck.memory.peak.activation} < ${plain.memory.peak.activation}`);
+  assert.equal(ck.memory.predicted!.activation < plain.memory.predicted!.activation, true, 'the plan follows the mode');
+  assert.throws(() => validateSuite({ ...suite, shared: { ...suite.shared, checkpointing: 'every:0' as never } }, 's'), /shared\.checkpointing must be/);
+  rmSync(out, { recursive: true, force: true });
+});
+
 test('loss agreement: the first 10 steps, the leading steps within 1e-4, the whole curve', () => {
   const ours = Array.from({ length: 30 }, (_, i) => 3 - i * 0.05);
   const peer = ours.map((l, i) => l + (i < 12 ? 1e-6 * (i % 3) : 1e-3 * (i - 11)));

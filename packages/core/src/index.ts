@@ -19,7 +19,7 @@ export * from './nn/config.js';
 export * from './nn/module.js';
 export { DenseLinear, Quant4Linear } from './nn/linear.js';
 export * from './quant/quant4.js';
-export { LlamaModel, LINEAR_NAMES, modelTensorShapes, type LinearName, type LinearFactory, type FromTensorsOptions, type Batch, type ForwardResult, type WeightOptions } from './nn/llama.js';
+export { LlamaModel, LINEAR_NAMES, modelTensorShapes, parseCheckpointing, isCheckpointed, type CheckpointingMode, type LinearName, type LinearFactory, type FromTensorsOptions, type Batch, type ForwardResult, type WeightOptions } from './nn/llama.js';
 export { Rng, type RngState } from './util/rng.js';
 export * from './train/schedule.js';
 export { AdamW, type AdamWConfig } from './train/adamw.js';

@@ -11,7 +11,7 @@
 // merge()/unmerge() fold s*B*A into W and back out through one
 // deltaWeight(), so the two cannot disagree.
 import {
-  DenseLinear, type FrozenBase, type LinearLayer, type Parameter, Rng, Tensor, addInPlace, bf16ToF32, f32ToBf16, loraBackward,
+  DenseLinear, type FrozenBase, type LinearLayer, type Parameter, Rng, type RngState, Tensor, addInPlace, bf16ToF32, f32ToBf16, loraBackward,
   loraDeltaRows, loraForward, matmul,
 } from '@tunebench/core';
 import { type LoraConfig, loraScale } from './config.js';
@@ -109,6 +109,14 @@ export class LoraLinear implements LinearLayer {
     for (const a of adapters) if (a !== null) this.adapter(a);
     if (!Number.isInteger(tokensPerRow) || tokensPerRow < 1) throw new Error(`${this.name}: tokensPerRow must be a positive integer`);
     this.rows = { adapters: [...adapters], tokensPerRow };
+  }
+
+  randomState(): RngState {
+    return this.dropoutRng.state();
+  }
+
+  setRandomState(state: unknown): void {
+    this.dropoutRng = new Rng(state as RngState);
   }
 
   // x [N, in] -> y [N, out]

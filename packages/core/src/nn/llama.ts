@@ -48,6 +48,35 @@ export interface FromTensorsOptions {
   linears?: ReadonlyMap<string, LinearLayer>;
 }
 
+/**
+ * Activation checkpointing: which blocks keep only their input during a
+ * training forward and recompute the rest in backward.
+ *   'off'      every block keeps what its backward needs (default)
+ *   'block'    every block is recomputed
+ *   'every:k'  blocks 0, k, 2k, ... are recomputed
+ * The recomputation runs the same kernels in the same order on the same
+ * input (dropout replays its random stream), so losses and gradients are
+ * bit-identical to 'off' on the CPU.
+ */
+export type CheckpointingMode = 'off' | 'block' | `every:${number}`;
+
+/** Parses 'off' | 'block' | 'every:<k>' (k a positive integer); throws naming what is accepted. */
+export function parseCheckpointing(s: unknown): CheckpointingMode {
+  if (s === 'off' || s === 'block') return s;
+  if (typeof s === 'string') {
+    const m = /^every:(\d+)$/.exec(s);
+    if (m && Number(m[1]) >= 1 && Number(m[1]) <= 1e6) return `every:${Number(m[1])}`;
+  }
+  throw new Error(`checkpointing must be 'off', 'block' or 'every:<k>' with k a positive integer, got ${JSON.stringify(s)}`);
+}
+
+/** Whether block i of a model is recomputed under `mode`. */
+export function isCheckpointed(mode: CheckpointingMode, i: number): boolean {
+  if (mode === 'off') return false;
+  if (mode === 'block') return true;
+  return i % Number(mode.slice(6)) === 0;
+}
+
 export interface Batch {
   /** [B, T] i32 token ids */
   ids: Tensor;
@@ -166,6 +195,15 @@ class LlamaBlock {
     this.releaseSaved();
   }
 
+  /** The random states of the block's linears (dropout), in LINEAR_NAMES order. */
+  randomStates(): unknown[] {
+    return LINEAR_NAMES.map((n) => this.linears[n].randomState?.());
+  }
+
+  setRandomStates(states: readonly unknown[]): void {
+    LINEAR_NAMES.forEach((n, k) => { if (states[k] !== undefined) this.linears[n].setRandomState?.(states[k]); });
+  }
+
   releaseSaved(): void {
     if (!this.saved) return;
     const { x: _input, ...owned } = this.saved;  // x belongs to the model's residual list
@@ -198,7 +236,19 @@ export class LlamaModel {
   private state: {
     ids: Tensor; targets: Tensor; positions: Tensor; residuals: Tensor[];
     hf: Tensor; rstdF: Tensor; lse: Tensor; losses: Tensor; B: number; T: number;
+    /** per recomputed block: the random states its linears started from */
+    replay: Map<number, unknown[]>;
   } | null = null;
+  private checkpointMode: CheckpointingMode = 'off';
+
+  /** Activation checkpointing of training forwards (see CheckpointingMode). */
+  get checkpointing(): CheckpointingMode {
+    return this.checkpointMode;
+  }
+
+  set checkpointing(mode: CheckpointingMode) {
+    this.checkpointMode = parseCheckpointing(mode);
+  }
 
   private constructor(config: LlamaConfig, embed: Parameter, blocks: LlamaBlock[], norm: Parameter, lmHead: Parameter | null) {
     this.config = config;
@@ -341,12 +391,17 @@ export class LlamaModel {
     const ids1 = ids.reshape([N]), targets1 = targets.reshape([N]);
     let x = embeddingForward(ids1, this.embed.value);
     const residuals: Tensor[] = [x];
-    for (const block of this.blocks) {
-      const next = block.forward(x, positions, cfg, B, T, training);
+    const replay = new Map<number, unknown[]>();
+    this.blocks.forEach((block, i) => {
+      // a checkpointed block runs as in inference (nothing kept but its
+      // input, which is the residual list's) and is recomputed in backward
+      const recompute = training && isCheckpointed(this.checkpointMode, i);
+      if (recompute) replay.set(i, block.randomStates());
+      const next = block.forward(x, positions, cfg, B, T, training && !recompute);
       if (training) residuals.push(next);
       else x.dispose();
       x = next;
-    }
+    });
     const { y: hf, rstd: rstdF } = rmsnorm(x, this.norm.value, { eps: cfg.rmsNormEps });
     const head = this.lmHead ? this.lmHead.value : this.embed.value;
     const ce = crossEntropyForward(hf, head, targets1);
@@ -361,7 +416,7 @@ export class LlamaModel {
       }
     }
     if (training) {
-      this.state = { ids: ids1, targets: targets1, positions, residuals, hf, rstdF, lse: ce.lse, losses: ce.losses, B, T };
+      this.state = { ids: ids1, targets: targets1, positions, residuals, hf, rstdF, lse: ce.lse, losses: ce.losses, B, T, replay };
     } else {
       for (const t of [positions, x, hf, rstdF, ce.lse, ce.losses]) t.dispose();
     }
@@ -415,7 +470,15 @@ export class LlamaModel {
     const xL = s.residuals[s.residuals.length - 1];
     rmsnormBackward(dh, xL, this.norm.value, s.rstdF, { dweight: this.norm.grad ?? undefined, dx: dh });
     const dres = dh;  // gradient of the residual stream, accumulated in place
-    for (let i = this.blocks.length - 1; i >= 0; i--) this.blocks[i].backward(dres, s.positions, cfg);
+    for (let i = this.blocks.length - 1; i >= 0; i--) {
+      const states = s.replay.get(i);
+      if (states) {
+        // recompute the block's forward from its kept input, keeping what backward needs
+        this.blocks[i].setRandomStates(states);
+        this.blocks[i].forward(s.residuals[i], s.positions, cfg, s.B, s.T, true).dispose();
+      }
+      this.blocks[i].backward(dres, s.positions, cfg);
+    }
     if (this.embed.grad) embeddingBackward(dres, s.ids, this.embed.grad);
     dres.dispose();
     this.releaseState();

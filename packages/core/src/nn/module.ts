@@ -48,6 +48,10 @@ export interface LinearLayer {
   parameters(): Parameter[];
   /** drop the reference kept for backward */
   clearSaved(): void;
+  /** the state of any random stream forward draws from (dropout), so that a
+   * recomputed forward (activation checkpointing) draws the same numbers */
+  randomState?(): unknown;
+  setRandomState?(state: unknown): void;
   /** free the memory this layer owns */
   dispose(): void;
 }

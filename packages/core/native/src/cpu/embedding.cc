@@ -11,6 +11,7 @@
 // in order, so repeated ids add up without atomics, in a fixed order
 // (deterministic), and whatever the id distribution the work is even.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -25,11 +26,14 @@ void embedding_forward(const int32_t* ids, const void* weight, DType wdt, int64_
     for (int64_t i = b; i < e; i++) {
       float* dst = out + i * C;
       const int64_t row = static_cast<int64_t>(ids[i]) * C;
-      if (wdt == DType::F32) {
-        std::memcpy(dst, static_cast<const float*>(weight) + row, sizeof(float) * C);
-      } else {
-        const uint16_t* src = static_cast<const uint16_t*>(weight) + row;
-        for (int64_t c = 0; c < C; c++) dst[c] = bf16_to_f32(src[c]);
+      switch (wdt) {  // the binding accepts f32 and bf16 only
+        case DType::F32: std::memcpy(dst, static_cast<const float*>(weight) + row, sizeof(float) * C); break;
+        case DType::BF16: {
+          const uint16_t* src = static_cast<const uint16_t*>(weight) + row;
+          for (int64_t c = 0; c < C; c++) dst[c] = bf16_to_f32(src[c]);
+          break;
+        }
+        default: std::abort();
       }
     }
   }, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)));

@@ -13,6 +13,7 @@
 // race, and for a given thread count the result does not depend on scheduling.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "args.h"
@@ -103,12 +104,19 @@ void rmsnorm_backward(int64_t N, int64_t C, const float* dy, const float* x, con
 }
 
 // A [C] weight as f32: the tensor itself, or a widened copy in `tmp`.
+// (the bindings accept only these two kinds; the switch keeps any other from
+// being read as bf16)
 const float* weight_f32(const TensorArg& w, int64_t C, Workspace<float>& tmp) {
-  if (w.dtype == DType::F32) return w.f32();
-  const uint16_t* src = w.as<uint16_t>();
-  float* dst = tmp.data();
-  for (int64_t c = 0; c < C; c++) dst[c] = bf16_to_f32(src[c]);
-  return dst;
+  switch (w.dtype) {
+    case DType::F32: return w.f32();
+    case DType::BF16: {
+      const uint16_t* src = w.as<uint16_t>();
+      float* dst = tmp.data();
+      for (int64_t c = 0; c < C; c++) dst[c] = bf16_to_f32(src[c]);
+      return dst;
+    }
+    default: std::abort();
+  }
 }
 
 }  // namespace
