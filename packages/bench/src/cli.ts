@@ -227,6 +227,12 @@ try {
   process.exitCode = 1;
 }
 console.error(`suite ${suite.name}: ${records.length} run(s) in ${((performance.now() - t0) / 1000).toFixed(1)} s; results in ${outDir}`);
+// a run that did not fit or diverged is a result; one that failed is not
+const failed = records.filter((r) => r.status === 'error');
+if (failed.length) {
+  console.error(`tunebench: ${failed.length} run(s) ended in an error (see their 'error' in results.jsonl): ${failed.map((r) => r.id).join(', ')}`);
+  process.exitCode = 1;
+}
 
 /** The runs with these ids done again into a scratch directory, quietly: timing attempts. */
 async function timeAgain(ids: Set<string>): Promise<typeof records> {

@@ -1,8 +1,10 @@
 // Suites: lists of runs (task x method x settings) sharing data order, seed,
 // steps, batch, sequence length and schedule shape. Built-in suites, or a
 // JSON file (format in README.md).
-import { existsSync, readFileSync } from 'node:fs';
-import { type CheckpointingMode, parseCheckpointing } from '@tunebench/core';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { type CheckpointingMode, PRESETS, checkRegularFile, parseCheckpointing, parseJson, readTextFile } from '@tunebench/core';
 import { CI_METHODS, DEFAULT_METHODS, type MethodSpec, methodNames, methodPlugin, parseMethods } from './methods.js';
 
 export { type MethodSpec, parseMethods, DEFAULT_METHODS, CI_METHODS };
@@ -73,59 +75,130 @@ export const BUILTIN_SUITES: Record<string, Suite> = {
 
 /** A suite from a JSON file; every problem is reported before anything runs. */
 export function loadSuiteFile(path: string): Suite {
-  if (!existsSync(path)) throw new Error(`suite file ${path} does not exist`);
   let raw: unknown;
   try {
-    raw = JSON.parse(readFileSync(path, 'utf8'));
+    raw = parseJson(readTextFile(path, 'suite file'), `suite file ${path}`);
   } catch (e) {
-    throw new Error(`suite file ${path} is not valid JSON: ${(e as Error).message}`);
+    const m = (e as Error).message;
+    throw new Error(m.includes(path) ? m : `suite file ${path}: ${m}`);
   }
   return validateSuite(raw, path);
 }
 
-export function validateSuite(raw: unknown, where: string): Suite {
-  const p: string[] = [];
-  const s = raw as Partial<Suite>;
-  if (!s || typeof s !== 'object') throw new Error(`${where}: a suite is a JSON object`);
-  if (typeof s.name !== 'string' || !/^[\w.-]+$/.test(s.name)) p.push('name must be a word (letters, digits, - _ .)');
-  if (!s.base || typeof s.base !== 'object' || (!s.base.preset && !s.base.hfDir)) p.push('base must give a preset or an hfDir');
-  if (!Array.isArray(s.tasks) || s.tasks.length === 0 || s.tasks.some((t) => !TASKS.includes(t))) p.push(`tasks must be a non-empty list of ${TASKS.join(', ')}`);
-  if (!Array.isArray(s.methods) || s.methods.length === 0) p.push('methods must be a non-empty list');
-  else s.methods.forEach((m, i) => {
-    if (!methodNames().includes(m.name)) p.push(`methods[${i}].name must be one of ${methodNames().join(', ')}`);
-    else p.push(...methodPlugin(m.name).validate(m).map((e) => `methods[${i}].${e}`));
-    if (!(typeof m.lr === 'number' && m.lr > 0)) p.push(`methods[${i}].lr must be a positive number`);
-    if (m.checkpointing !== undefined) { try { parseCheckpointing(m.checkpointing); } catch (e) { p.push(`methods[${i}].${(e as Error).message}`); } }
-    if (typeof m.label !== 'string' || !m.label) p.push(`methods[${i}].label must be a non-empty string`);
-    else if (s.methods!.findIndex((o) => o.label === m.label) !== i) p.push(`methods[${i}].label '${m.label}' is used twice`);
-  });
-  const sh = s.shared as Suite['shared'] | undefined;
-  if (!sh || typeof sh !== 'object') p.push('shared must give steps, batchSize, seqLen, seed, schedule, warmupSteps');
-  else {
-    for (const k of ['steps', 'batchSize', 'seqLen'] as const) if (!(Number.isInteger(sh[k]) && sh[k] > 0)) p.push(`shared.${k} must be a positive integer`);
-    if (!Number.isInteger(sh.seed)) p.push('shared.seed must be an integer');
-    if (sh.schedule !== 'cosine' && sh.schedule !== 'constant') p.push("shared.schedule must be 'cosine' or 'constant'");
-    if (!(Number.isInteger(sh.warmupSteps) && sh.warmupSteps >= 0)) p.push('shared.warmupSteps must be an integer >= 0');
-    if (sh.offload !== undefined && typeof sh.offload !== 'boolean') p.push('shared.offload must be true or false');
-    if (sh.checkpointing !== undefined) { try { parseCheckpointing(sh.checkpointing); } catch (e) { p.push(`shared.${(e as Error).message}`); } }
+// The suite schema (zod): types, ranges and the keys each object may have.
+// Limits are far above any sensible run; they keep an absurd file (steps
+// 1e12, r 1e9) from starting work it can never finish.
+const int = (lo: number, hi: number) => z.number().int().min(lo).max(hi);
+const checkpointingSchema = z.string().refine((v) => { try { parseCheckpointing(v); return true; } catch { return false; } },
+  { message: "must be 'off', 'block' or 'every:<k>' with k a positive integer" });
+const peerSelection = { methods: z.array(z.string()).optional(), tasks: z.array(z.enum(TASKS)).optional(), steps: int(2, 1e7).optional() };
+const SUITE_SCHEMA = z.object({
+  name: z.string().regex(/^[\w.-]+$/, 'must be a word (letters, digits, - _ .)').refine((v) => v !== '.' && v !== '..', 'must not be . or .. (the reports go to reports/<name>)'),
+  base: z.object({
+    preset: z.string().refine((v) => PRESETS[v] !== undefined, { message: `must be a preset: ${Object.keys(PRESETS).join(', ')}` }).optional(),
+    pretrainSteps: int(1, 1e6).optional(),
+    hfDir: z.string().min(1).optional(),
+  }).strict().refine((b) => (b.preset === undefined) !== (b.hfDir === undefined), 'must give a preset or an hfDir (one of them)'),
+  tasks: z.array(z.enum(TASKS)).min(1).refine((t) => new Set(t).size === t.length, 'lists a task twice'),
+  methods: z.array(z.object({
+    name: z.string(), lr: z.number().positive().max(10), label: z.string().min(1).max(100),
+    r: int(1, 65536).optional(), alpha: z.number().positive().max(1e6).optional(),
+    options: z.record(z.string(), z.union([z.string(), z.number(), z.boolean()])).optional(),
+    checkpointing: checkpointingSchema.optional(),
+  }).strict()).min(1),
+  shared: z.object({
+    steps: int(1, 1e7), batchSize: int(1, 65536), seqLen: int(1, 1 << 22), seed: z.number().int().min(0).max(2 ** 32 - 1),
+    schedule: z.enum(['cosine', 'constant']), warmupSteps: int(0, 1e7),
+    maxTrain: int(1, 1e9).optional(), maxTest: int(1, 1e9).optional(),
+    checkpointing: checkpointingSchema.optional(), offload: z.boolean().optional(),
+  }).strict(),
+  dataset: z.string().min(1).optional(),
+  peers: z.object({
+    tfjs: z.object(peerSelection).strict().optional(),
+    pytorch: z.object({ ...peerSelection, threads: int(1, 1024).optional() }).strict().optional(),
+  }).strict().optional(),
+  kernels: z.boolean().optional(),
+}).strict();
+
+/** Edit distance, for "did you mean" on unknown keys. */
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array<number>(b.length).fill(0)]);
+  for (let j = 1; j <= b.length; j++) d[0][j] = j;
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
   }
-  if (s.tasks?.includes('jsonl') && !s.dataset) p.push("the jsonl task needs 'dataset' (a JSONL file)");
-  if (s.kernels !== undefined && typeof s.kernels !== 'boolean') p.push('kernels must be true or false');
-  if (s.peers !== undefined) {
-    if (!s.peers || typeof s.peers !== 'object') p.push(`peers must be an object with ${PEERS.join(' and/or ')}`);
-    else for (const [k, v] of Object.entries(s.peers)) {
-      if (!PEERS.includes(k as PeerName)) { p.push(`peers.${k}: unknown peer (known: ${PEERS.join(', ')})`); continue; }
-      const sel = v as PeerSelection & { threads?: number };
-      if (!sel || typeof sel !== 'object') { p.push(`peers.${k} must be an object`); continue; }
-      const labels = Array.isArray(s.methods) ? s.methods.map((m) => m.label) : [];
-      if (sel.methods !== undefined && (!Array.isArray(sel.methods) || sel.methods.some((m) => !labels.includes(m)))) p.push(`peers.${k}.methods must list method labels of this suite (${labels.join(', ')})`);
-      if (sel.tasks !== undefined && (!Array.isArray(sel.tasks) || sel.tasks.some((t) => !s.tasks?.includes(t)))) p.push(`peers.${k}.tasks must list tasks of this suite`);
-      const minSteps = k === 'tfjs' ? 3 : 2;
-      if (sel.steps !== undefined && !(Number.isInteger(sel.steps) && sel.steps >= minSteps && (!sh || sel.steps <= sh.steps))) p.push(`peers.${k}.steps must be an integer from ${minSteps} to shared.steps`);
-      if (sel.threads !== undefined && !(Number.isInteger(sel.threads) && sel.threads > 0)) p.push(`peers.${k}.threads must be a positive integer`);
-    }
-  }
-  if (p.length) throw new Error(`${where}: ${p.join('; ')}`);
-  return s as Suite;
+  return d[a.length][b.length];
 }
 
+/** The keys the schema allows at a path (for suggestions). */
+function keysAt(path: readonly PropertyKey[]): string[] {
+  let schema: z.ZodType = SUITE_SCHEMA;
+  for (const k of path) {
+    // unwrap optional / refine wrappers down to objects and arrays
+    for (let i = 0; i < 5; i++) {
+      const def = (schema as unknown as { def: { type: string; innerType?: z.ZodType; element?: z.ZodType; in?: z.ZodType } }).def;
+      if (def.type === 'optional' || def.type === 'nullable') schema = def.innerType!;
+      else if (def.type === 'pipe') schema = def.in!;
+      else break;
+    }
+    const def = (schema as unknown as { def: { type: string; shape?: Record<string, z.ZodType>; element?: z.ZodType } }).def;
+    if (def.type === 'array' && typeof k === 'number') schema = def.element!;
+    else if (def.type === 'object' && typeof k === 'string' && def.shape?.[k]) schema = def.shape[k];
+    else return [];
+  }
+  for (let i = 0; i < 5; i++) {
+    const def = (schema as unknown as { def: { type: string; innerType?: z.ZodType; in?: z.ZodType } }).def;
+    if (def.type === 'optional' || def.type === 'nullable') schema = def.innerType!;
+    else if (def.type === 'pipe') schema = def.in!;
+    else break;
+  }
+  const def = (schema as unknown as { def: { type: string; shape?: Record<string, unknown> } }).def;
+  return def.type === 'object' ? Object.keys(def.shape ?? {}) : [];
+}
+
+function pathText(path: readonly PropertyKey[]): string {
+  return path.map((k, i) => (typeof k === 'number' ? `[${k}]` : `${i ? '.' : ''}${String(k)}`)).join('');
+}
+
+/** Every problem of a suite object, or the suite. Nothing is created or run here. */
+export function validateSuite(raw: unknown, where: string): Suite {
+  const p: string[] = [];
+  const parsed = SUITE_SCHEMA.safeParse(raw);
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) {
+      const at = pathText(issue.path);
+      if (issue.code === 'unrecognized_keys') {
+        const known = keysAt(issue.path);
+        for (const key of issue.keys) {
+          const near = known.map((k) => [k, editDistance(key.toLowerCase(), k.toLowerCase())] as const).sort((a, b) => a[1] - b[1])[0];
+          const hint = near && near[1] <= Math.max(2, Math.floor(key.length / 3)) ? ` (did you mean '${near[0]}'?)` : ` (known: ${known.join(', ')})`;
+          p.push(`${at ? `${at}: ` : ''}unknown key '${key}'${hint}`);
+        }
+      } else {
+        p.push(`${at || 'suite'}: ${issue.message}`);
+      }
+    }
+    throw new Error(`${where}: ${p.join('; ')}`);
+  }
+  const s = parsed.data as Suite;
+  // what a schema cannot say: registered methods, unique labels, references between fields, files that must exist
+  s.methods.forEach((m, i) => {
+    if (!methodNames().includes(m.name)) p.push(`methods[${i}].name must be one of ${methodNames().join(', ')}`);
+    else p.push(...methodPlugin(m.name).validate(m).map((e) => `methods[${i}].${e}`));
+    if (s.methods.findIndex((o) => o.label === m.label) !== i) p.push(`methods[${i}].label '${m.label}' is used twice`);
+  });
+  if (s.shared.warmupSteps > s.shared.steps) p.push(`shared.warmupSteps ${s.shared.warmupSteps} exceeds shared.steps ${s.shared.steps}`);
+  if (s.base.hfDir !== undefined && !existsSync(join(s.base.hfDir, 'config.json'))) p.push(`base.hfDir ${s.base.hfDir} has no config.json (a Hugging Face LlamaForCausalLM directory is expected)`);
+  if (s.tasks.includes('jsonl') && !s.dataset) p.push("the jsonl task needs 'dataset' (a JSONL file)");
+  if (s.dataset !== undefined) { try { checkRegularFile(s.dataset, 'JSONL dataset'); } catch (e) { p.push(`dataset: ${(e as Error).message}`); } }
+  const labels = s.methods.map((m) => m.label);
+  for (const [k, sel] of Object.entries(s.peers ?? {}) as [PeerName, PeerSelection | undefined][]) {
+    if (!sel) continue;
+    if (sel.methods !== undefined && sel.methods.some((m) => !labels.includes(m))) p.push(`peers.${k}.methods must list method labels of this suite (${labels.join(', ')})`);
+    if (sel.tasks !== undefined && sel.tasks.some((t) => !s.tasks.includes(t))) p.push(`peers.${k}.tasks must list tasks of this suite`);
+    const minSteps = k === 'tfjs' ? 3 : 2;
+    if (sel.steps !== undefined && !(sel.steps >= minSteps && sel.steps <= s.shared.steps)) p.push(`peers.${k}.steps must be an integer from ${minSteps} to shared.steps`);
+  }
+  if (p.length) throw new Error(`${where}: ${p.join('; ')}`);
+  return s;
+}

@@ -54,3 +54,6 @@ export {
 } from './data/batching.js';
 export { parseCli, intOption, type CliValues } from './util/cli.js';
 export { median, relativeError } from './util/compare.js';
+export { checkJsonDepth, parseJson, parseJsonStrict, JSON_MAX_DEPTH } from './util/json.js';
+export { checkRegularFile, openRegularFile, readTextFile } from './util/files.js';
+export { linearRegExp } from './util/regex.js';

@@ -16,7 +16,7 @@
 // model is touched, and a failed load leaves it as it was.
 import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import {
+import { linearRegExp, parseJson, readTextFile,
   type FrozenBase, isFrozenBase, type LlamaModel, type SafetensorsEntry, type Tensor, readSafetensors, readSafetensorsHeader,
   writeJsonAtomic, writeSafetensors,
 } from '@tunebench/core';
@@ -193,9 +193,15 @@ function listProblems(problems: string[], max = 25): string {
 
 /** A Python `re` pattern as a JavaScript RegExp anchored at both ends (re.fullmatch),
  * or at the end only with PEFT's `(.*\.)?` prefix (rank_pattern keys). */
-function pythonRegex(source: string, mode: 'fullmatch' | 'suffix'): RegExp {
+function pythonRegex(source: string, mode: 'fullmatch' | 'suffix', where = 'pattern'): RegExp {
   const js = source.replace(/\(\?P</g, '(?<').replace(/\(\?P=(\w+)\)/g, '\\k<$1>');
-  return new RegExp(mode === 'fullmatch' ? `^(?:${js})$` : `^(?:.*\\.)?(?:${js})$`);
+  // linear-time matching: a pattern from a file cannot hang the loader
+  return linearRegExp(mode === 'fullmatch' ? `^(?:${js})$` : `^(?:.*\\.)?(?:${js})$`, where);
+}
+
+/** PEFT finds a module's layer index with `.*\.{layers_pattern}\.(\d+)\.` */
+function layersPatternRegex(p: string): RegExp {
+  return linearRegExp(`^.*\\.${p}\\.(\\d+)\\.`, `layers_pattern ${show(p)}`);
 }
 
 function parseConfig(json: unknown, where: string): PeftLoraConfig {
@@ -213,7 +219,8 @@ function parseConfig(json: unknown, where: string): PeftLoraConfig {
   };
   const isInt = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v);
   const r = get('r', 8, (v) => isInt(v) && v > 0, 'a positive integer');
-  const alpha = get('lora_alpha', 8, (v) => typeof v === 'number' && Number.isFinite(v), 'a finite number');
+  // alpha 0 silences the adapter and a negative one flips it: neither is a trained adapter
+  const alpha = get('lora_alpha', 8, (v) => typeof v === 'number' && Number.isFinite(v) && v > 0, 'a positive number');
   const dropout = get('lora_dropout', 0, (v) => typeof v === 'number' && v >= 0 && v < 1, 'a number in [0, 1)');
   const rslora = get('use_rslora', false, (v) => typeof v === 'boolean', 'a boolean');
   const bias = get('bias', 'none', (v) => typeof v === 'string', 'a string');
@@ -263,6 +270,9 @@ function parseConfig(json: unknown, where: string): PeftLoraConfig {
     if (typeof lp === 'string') layersPattern = lp ? [lp] : null;
     else if (Array.isArray(lp) && lp.every((p) => typeof p === 'string')) layersPattern = lp.length ? lp : null;
     else problems.push(`layers_pattern must be a string or a list of strings, got ${show(lp)}`);
+    for (const p of layersPattern ?? []) {
+      try { layersPatternRegex(p); } catch (e) { problems.push((e as Error).message); }
+    }
   }
 
   const pattern = (k: string, ok: (v: unknown) => boolean, expect: string): [RegExp, number][] => {
@@ -279,7 +289,7 @@ function parseConfig(json: unknown, where: string): PeftLoraConfig {
     return out;
   };
   const rankPattern = pattern('rank_pattern', (v) => isInt(v) && v > 0, 'a positive integer');
-  const alphaPattern = pattern('alpha_pattern', (v) => typeof v === 'number' && Number.isFinite(v), 'a finite number');
+  const alphaPattern = pattern('alpha_pattern', (v) => typeof v === 'number' && Number.isFinite(v) && v > 0, 'a positive number');
 
   const ignoredKeys: string[] = [];
   for (const k of Object.keys(json).sort()) {
@@ -306,7 +316,7 @@ function notSelected(c: PeftLoraConfig, key: string): string | null {
   if (!matches(c.targets, key)) return `target_modules ${c.targetModulesJson} does not select it`;
   // An exact name in a target list is taken whatever layers_to_transform says, as in PEFT.
   if (c.targets.kind === 'regex' || c.targets.names.includes(key) || c.layersToTransform === null) return null;
-  const patterns = c.layersPattern ? c.layersPattern.map((p) => new RegExp(`^.*\\.${p}\\.(\\d+)\\.`)) : [/^.*\.[^.]*\.(\d+)\./];
+  const patterns = c.layersPattern ? c.layersPattern.map(layersPatternRegex) : [/^.*\.[^.]*\.(\d+)\./];
   let index: number | null = null;
   for (const p of patterns) { const m = p.exec(key); if (m) { index = Number(m[1]); break; } }
   if (index === null) return `layers_pattern ${show(c.layersPattern)} finds no layer index in it`;
@@ -342,12 +352,8 @@ export interface LoadAdapterResult {
 }
 
 function readJson(path: string): unknown {
-  let text: string;
-  try { text = readFileSync(path, 'utf8'); } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new Error(code === 'ENOENT' ? `${path}: not found (a PEFT adapter directory holds ${PEFT_CONFIG_FILE} and ${PEFT_WEIGHTS_FILE})` : `${path}: cannot read: ${(e as Error).message}`);
-  }
-  try { return JSON.parse(text); } catch (e) { throw new Error(`${path}: not valid JSON (${(e as Error).message})`); }
+  if (!existsSync(path)) throw new Error(`${path}: not found (a PEFT adapter directory holds ${PEFT_CONFIG_FILE} and ${PEFT_WEIGHTS_FILE})`);
+  return parseJson(readTextFile(path, 'adapter config'), path);
 }
 
 const TENSOR_NAME = /^base_model\.model\.(.+)\.lora_(A|B)(?:\.([^.]+))?\.weight$/;
@@ -391,7 +397,7 @@ export function loadAdapter(model: LlamaModel, dir: string, opts: LoadAdapterOpt
     if (!m) { unexpected.push(e.name); continue; }
     const [, module, which, segment] = m;
     if (!linears.has(module)) { problems.push(`${e.name}: the model has no linear module ${module}`); continue; }
-    if (segment !== undefined) segments.add(segment);
+    segments.add(segment ?? '(no adapter name)');  // a name-less tensor and a named one are two adapters too
     const slot = byModule.get(module) ?? {};
     const ab = which as 'A' | 'B';
     if (slot[ab]) { problems.push(`${module} has two lora_${ab} tensors (${slot[ab]!.name}, ${e.name})`); continue; }

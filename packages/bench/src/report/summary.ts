@@ -41,14 +41,18 @@ function taskTable(runs: readonly RunRecord[]): string[] {
   const metrics = mainMetrics(runs.filter((r) => r.status === 'ok'));
   const labels = runLabels(runs);
   const lines: string[] = [];
-  lines.push(row(['method', 'status', ...metrics.map((m) => `${m} ${arrow(m)}`), 'peak memory MiB', 'tokens/s', 'trainable params', 'file size']));
-  lines.push(row(['---', '---', ...metrics.map(() => '---:'), '---:', '---:', '---:', '---:']));
+  // rows that differ in activation checkpointing say so in a column of their own
+  const modes = distinct(runs.map((r) => String(r.settings?.checkpointing ?? 'off')));
+  const ck = modes.length > 1;
+  lines.push(row(['method', ...(ck ? ['checkpointing'] : []), 'status', ...metrics.map((m) => `${m} ${arrow(m)}`), 'peak memory MiB', 'tokens/s', 'trainable params', 'file size']));
+  lines.push(row(['---', ...(ck ? ['---'] : []), '---', ...metrics.map(() => '---:'), '---:', '---:', '---:', '---:']));
   for (const r of runs) {
     const ok = r.status === 'ok';
     const peak = r.memory?.peakTotal;
     const tps = r.speed?.tokensPerSecond;
     lines.push(row([
       cell(labels.get(r) ?? r.method),
+      ...(ck ? [cell(String(r.settings?.checkpointing ?? 'off'))] : []),
       cell(statusText(r)),
       ...metrics.map((m) => (ok ? formatMetric(r.metrics?.[m]) : '-')),
       isFiniteNumber(peak) && peak > 0 ? formatMiB(peak) : '-',

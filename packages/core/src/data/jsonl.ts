@@ -5,7 +5,9 @@
 //
 // One file holds one kind. Other keys on a row are ignored (ids, metadata).
 // Blank lines are skipped. Every problem is an Error naming `file:line`.
-import { closeSync, openSync, readSync } from 'node:fs';
+import { openRegularFile } from '../util/files.js';
+import { checkJsonDepth } from '../util/json.js';
+import { closeSync, readSync } from 'node:fs';
 
 export interface TextRow { text: string }
 export interface SftRow { prompt: string; completion: string }
@@ -67,6 +69,9 @@ class RowCollector {
   }
 }
 
+/** The longest line a JSONL dataset may have. */
+export const JSONL_MAX_LINE_BYTES = 64 << 20;
+
 /** Reads a JSONL dataset. The file is read in 1 MiB chunks and split on
  * '\n' bytes, so only one line's text is alive at a time beside the parsed
  * rows. CRLF line ends and a UTF-8 byte-order mark are accepted; invalid
@@ -88,16 +93,17 @@ export function readJsonl(file: string): Dataset {
     if (line.trim() === '') return;
     let v: unknown;
     try {
+      checkJsonDepth(line, where);
       v = JSON.parse(line);
     } catch (e) {
-      throw new Error(`${where}: invalid JSON: ${(e as Error).message}`);
+      throw new Error((e as Error).message.startsWith(where) ? (e as Error).message : `${where}: invalid JSON: ${(e as Error).message}`);
     }
     rows.add(v, where);
   };
 
   let fd: number;
   try {
-    fd = openSync(file, 'r');
+    fd = openRegularFile(file, 'JSONL dataset');
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     throw new Error(code === 'ENOENT' ? `${file}: file not found` : `${file}: cannot open: ${(e as Error).message}`);
@@ -107,6 +113,7 @@ export function readJsonl(file: string): Dataset {
     // pieces of the unfinished line, copied out because `chunk` is reused
     // (a list, so a line longer than a chunk is joined once, not re-copied per chunk)
     let pending: Buffer[] = [];
+    let pendingBytes = 0;
     for (;;) {
       let n: number;
       try {
@@ -119,11 +126,20 @@ export function readJsonl(file: string): Dataset {
       let start = 0;
       for (let nl = buf.indexOf(0x0a, start); nl !== -1; nl = buf.indexOf(0x0a, start)) {
         const head = buf.subarray(start, nl);
+        if (pendingBytes + head.length > JSONL_MAX_LINE_BYTES) throw new Error(`${file}:${lineNo + 1}: line longer than ${JSONL_MAX_LINE_BYTES >> 20} MiB; refusing it`);
         handleLine(pending.length ? Buffer.concat([...pending, head]) : head);
         pending = [];
+        pendingBytes = 0;
         start = nl + 1;
       }
-      if (start < n) pending.push(Buffer.from(buf.subarray(start)));
+      if (start < n) {
+        pending.push(Buffer.from(buf.subarray(start)));
+        pendingBytes += n - start;
+        // a line this long is not a dataset row (and past ~512 MB no string can hold it)
+        if (pendingBytes > JSONL_MAX_LINE_BYTES) throw new Error(`${file}:${lineNo + 1}: line longer than ${JSONL_MAX_LINE_BYTES >> 20} MiB; refusing it`);
+      } else {
+        pendingBytes = 0;
+      }
     }
     if (pending.length) handleLine(Buffer.concat(pending));
   } finally {

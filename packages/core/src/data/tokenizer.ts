@@ -5,6 +5,7 @@
 // encode() never adds special tokens: the batching code (batching.ts) places
 // BOS/EOS/PAD itself, the same way for every tokenizer.
 import { readFileSync, statSync } from 'node:fs';
+import { checkJsonDepth } from '../util/json.js';
 import { join } from 'node:path';
 import { Tokenizer as HfTokenizerImpl } from '@huggingface/tokenizers';
 import { BYTE_VOCAB_SIZE } from '../nn/config.js';
@@ -91,6 +92,9 @@ export interface HfTokenizerOptions {
  * @huggingface/tokenizers. BOS/EOS/PAD come from tokenizer_config.json
  * (bos_token, eos_token, pad_token; strings or {content} objects) when the
  * file exists, or from the options; a missing one is null. */
+/** Token ids a tokenizer file may use (vocabularies are ~256k at most). */
+const MAX_TOKEN_ID = 1 << 22;
+
 export class HfTokenizer implements Tokenizer {
   readonly vocabSize: number;
   readonly bos: number | null;
@@ -137,6 +141,18 @@ export class HfTokenizer implements Tokenizer {
     if (tokenizerJson.added_tokens !== undefined && !Array.isArray(tokenizerJson.added_tokens)) {
       throw new Error(`${file}: "added_tokens" must be an array`);
     }
+    // ids far outside any vocabulary (negative, fractional, 1e12) would index
+    // the embedding out of range later: refuse them here, naming the token
+    const badIds: string[] = [];
+    const checkId = (id: unknown, what: string) => {
+      if (!Number.isInteger(id) || (id as number) < 0 || (id as number) >= MAX_TOKEN_ID) badIds.push(`${what} has id ${JSON.stringify(id)}`);
+    };
+    if (isObject(model.vocab)) for (const [tok, id] of Object.entries(model.vocab)) { checkId(id, `vocab token ${JSON.stringify(tok)}`); if (badIds.length > 5) break; }
+    for (const t of (tokenizerJson.added_tokens as unknown[] | undefined) ?? []) {
+      if (!isObject(t) || typeof t.content !== 'string') { badIds.push(`an added token is not {id, content}: ${JSON.stringify(t)?.slice(0, 80)}`); continue; }
+      checkId(t.id, `added token ${JSON.stringify(t.content)}`);
+    }
+    if (badIds.length) throw new Error(`${file}: token ids must be integers from 0 to ${MAX_TOKEN_ID - 1}: ${badIds.slice(0, 5).join('; ')}`);
     // the library needs these keys present (null = component absent); real
     // files always have them, hand-written ones often do not
     const full: Record<string, unknown> = { normalizer: null, pre_tokenizer: null, post_processor: null, decoder: null, added_tokens: [], ...tokenizerJson };
@@ -152,8 +168,11 @@ export class HfTokenizer implements Tokenizer {
     let impl: HfImpl;
     try {
       impl = new HfTokenizerImpl(full, cfg) as HfImpl;
+      // a component the library accepts but cannot run (a TemplateProcessing
+      // without its fields) fails only when used: try it now, not mid-run
+      impl.encode('a', { add_special_tokens: true });
     } catch (e) {
-      throw new Error(`${file}: @huggingface/tokenizers could not build a tokenizer from it: ${(e as Error).message}`);
+      throw new Error(`${file}: @huggingface/tokenizers could not build a working tokenizer from it: ${(e as Error).message}`);
     }
     const pick = (key: 'bos_token' | 'eos_token' | 'pad_token', override: string | null | undefined): number | null => {
       const token = override !== undefined ? override : tokenContent(tokenizerConfig[key]) ?? null;
@@ -214,7 +233,7 @@ function tokenContent(v: unknown): string | undefined {
 function readJsonObject(file: string, required: boolean): Record<string, unknown> | null {
   let text: string;
   try {
-    if (!statSync(file).isFile()) throw new Error('not a file');
+    if (!statSync(file).isFile()) throw new Error(statSync(file).isDirectory() ? 'is a directory, expected a file' : 'not a regular file (a FIFO, socket or device?)');
     text = readFileSync(file, 'utf8');
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
@@ -223,9 +242,10 @@ function readJsonObject(file: string, required: boolean): Record<string, unknown
   }
   let v: unknown;
   try {
+    checkJsonDepth(text, file);
     v = JSON.parse(text);
   } catch (e) {
-    throw new Error(`${file}: malformed JSON: ${(e as Error).message}`);
+    throw new Error((e as Error).message.startsWith(file) ? (e as Error).message : `${file}: malformed JSON: ${(e as Error).message}`);
   }
   if (!isObject(v)) throw new Error(`${file}: expected a JSON object, got ${Array.isArray(v) ? 'an array' : typeof v}`);
   return v;

@@ -30,6 +30,8 @@ import { type LlamaConfig, headDim, validateConfig } from '../nn/config.js';
 import { LlamaModel, type LinearFactory, modelTensorShapes } from '../nn/llama.js';
 import type { LinearLayer } from '../nn/module.js';
 import { Tensor } from '../tensor.js';
+import { readTextFile } from '../util/files.js';
+import { parseJson } from '../util/json.js';
 import { writeJsonAtomic } from './atomic.js';
 import { type FloatTarget, readSafetensors, readSafetensorsHeader, writeSafetensors } from './safetensors.js';
 
@@ -212,12 +214,9 @@ export interface LoadedHfModel {
 }
 
 function readJson(path: string, what: string): unknown {
-  let text: string;
-  try { text = readFileSync(path, 'utf8'); } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new Error(code === 'ENOENT' ? `${path}: ${what} not found` : `${path}: cannot read ${what}: ${(e as Error).message}`);
-  }
-  try { return JSON.parse(text); } catch (e) { throw new Error(`${path}: ${what} is not valid JSON (${(e as Error).message})`); }
+  if (!existsSync(path)) throw new Error(`${path}: ${what} not found`);
+  const text = readTextFile(path, what);
+  return parseJson(text, `${path}: ${what}`);
 }
 
 /** Shard file names must stay inside the model directory. */

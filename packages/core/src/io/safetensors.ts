@@ -15,10 +15,12 @@
 // an Error naming the file; a failed read frees whatever it had allocated.
 // Lenient where the reference is strict: gaps between tensors and trailing
 // bytes after the last one are accepted (overlaps are not).
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, fstatSync, readSync } from 'node:fs';
 import { endianness } from 'node:os';
 import { resolve } from 'node:path';
 import { type Category, type DType, DTYPE_BYTES } from '../dtype.js';
+import { openRegularFile } from '../util/files.js';
+import { parseJsonStrict } from '../util/json.js';
 import { Tensor } from '../tensor.js';
 import { writeFileAtomic } from './atomic.js';
 
@@ -180,7 +182,7 @@ function parseHeader(fd: number, path: string): SafetensorsHeader {
   let text: string;
   try { text = new TextDecoder('utf-8', { fatal: true }).decode(raw); } catch { throw bad('header is not valid UTF-8'); }
   let json: unknown;
-  try { json = JSON.parse(text); } catch (e) { throw bad(`header is not valid JSON (${(e as Error).message})`); }
+  try { json = parseJsonStrict(text, 'header'); } catch (e) { throw bad((e as Error).message); }
   if (!isPlainObject(json)) throw bad(`header is not a JSON object (got ${Array.isArray(json) ? 'an array' : show(json)})`);
 
   const dataStart = 8 + n, dataSize = fileSize - dataStart;
@@ -225,22 +227,29 @@ function parseHeader(fd: number, path: string): SafetensorsHeader {
     }
     tensors.push({ name, dtype, shape: [...shape] as number[], begin, end });
   }
-  tensors.sort((a, b) => a.begin - b.begin || a.end - b.end);
-  let prev: SafetensorsEntry | null = null;
-  for (const t of tensors) {
-    if (t.end === t.begin) continue; // an empty tensor occupies no bytes
-    if (prev && t.begin < prev.end) {
-      throw bad(`tensor ${q(t.name)} [${t.begin}, ${t.end}) overlaps tensor ${q(prev.name)} [${prev.begin}, ${prev.end})`);
-    }
+  // As the reference implementation validates: sorted by offsets, each tensor
+  // starts where the previous one ended, and the last one ends exactly where
+  // the file does. A gap, an overlap or trailing bytes mean a corrupt file
+  // (e.g. a header length one short reads every tensor shifted by a byte).
+  const ordered = [...tensors].sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let pos = 0, prev: SafetensorsEntry | null = null;
+  for (const t of ordered) {
+    if (t.begin < pos) throw bad(`tensor ${q(t.name)} [${t.begin}, ${t.end}) overlaps tensor ${q(prev!.name)} [${prev!.begin}, ${prev!.end})`);
+    if (t.begin > pos) throw bad(`tensor ${q(t.name)} starts at data byte ${t.begin} but the previous tensor ends at ${pos}: a gap the format does not allow (corrupt header or offsets)`);
+    pos = t.end;
     prev = t;
   }
+  if (pos !== dataSize) {
+    throw bad(`the tensors fill ${pos} bytes of the data area but the file holds ${dataSize} after the header: ${dataSize - pos} unaccounted byte(s) (wrong header length or a corrupt file)`);
+  }
+  tensors.sort((a, b) => a.begin - b.begin || a.end - b.end);
   return { tensors, metadata, dataStart, fileSize };
 }
 
 /** Reads and validates the header of a safetensors file (no tensor data). */
 export function readSafetensorsHeader(path: string): SafetensorsHeader {
   const file = resolve(path);
-  const fd = openSync(file, 'r');
+  const fd = openRegularFile(file, 'safetensors file');
   try { return parseHeader(fd, file); } finally { closeSync(fd); }
 }
 
@@ -260,7 +269,7 @@ export function readSafetensors(path: string, opts: ReadSafetensorsOptions = {})
   const to = opts.convert?.to;
   const chunk = chunkSize(opts.chunkBytes);
   if (to !== undefined && to !== 'f32' && to !== 'bf16') throw new TypeError(`${file}: convert.to must be 'f32' or 'bf16', got ${show(to)}`);
-  const fd = openSync(file, 'r');
+  const fd = openRegularFile(file, 'safetensors file');
   const tensors = new Map<string, Tensor>();
   try {
     const header = parseHeader(fd, file);

@@ -57,6 +57,13 @@ export function headDim(c: LlamaConfig): number {
 }
 
 /** Throws an Error listing every problem with a config. */
+/** Upper bounds on a config's sizes: far above every published LLaMA-family
+ * model (vocabularies ~256k, hidden 16k, 126 layers, 128k positions). */
+export const CONFIG_LIMITS = {
+  vocabSize: 1 << 22, hiddenSize: 1 << 16, intermediateSize: 1 << 18, numLayers: 1024, numHeads: 1024, numKvHeads: 1024,
+  maxPositionEmbeddings: 1 << 22,
+} as const;
+
 export function validateConfig(c: LlamaConfig, where = 'model config'): void {
   const problems: string[] = [];
   const posInt = (k: keyof LlamaConfig) => {
@@ -64,8 +71,15 @@ export function validateConfig(c: LlamaConfig, where = 'model config'): void {
     if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) problems.push(`${k} must be a positive integer, got ${JSON.stringify(v)}`);
   };
   for (const k of ['vocabSize', 'hiddenSize', 'intermediateSize', 'numLayers', 'numHeads', 'numKvHeads', 'maxPositionEmbeddings'] as const) posInt(k);
-  if (!(typeof c.rmsNormEps === 'number' && c.rmsNormEps > 0 && Number.isFinite(c.rmsNormEps))) problems.push(`rmsNormEps must be a positive number, got ${JSON.stringify(c.rmsNormEps)}`);
-  if (!(typeof c.ropeTheta === 'number' && c.ropeTheta > 0 && Number.isFinite(c.ropeTheta))) problems.push(`ropeTheta must be a positive number, got ${JSON.stringify(c.ropeTheta)}`);
+  // Sizes far beyond any published model are refused before anything grows
+  // with them (a config claiming 1e7 layers would otherwise list 7e7 tensor
+  // names before the weights file is even opened).
+  for (const [k, limit] of Object.entries(CONFIG_LIMITS) as [keyof typeof CONFIG_LIMITS, number][]) {
+    const v = c[k];
+    if (typeof v === 'number' && Number.isInteger(v) && v > limit) problems.push(`${k} ${v} exceeds the limit of ${limit}`);
+  }
+  if (!(typeof c.rmsNormEps === 'number' && c.rmsNormEps > 0 && c.rmsNormEps <= 0.1)) problems.push(`rmsNormEps must be a positive number no larger than 0.1, got ${JSON.stringify(c.rmsNormEps)}`);
+  if (!(typeof c.ropeTheta === 'number' && c.ropeTheta > 0 && c.ropeTheta <= 1e12)) problems.push(`ropeTheta must be a positive number no larger than 1e12, got ${JSON.stringify(c.ropeTheta)}`);
   if (typeof c.tieWordEmbeddings !== 'boolean') problems.push(`tieWordEmbeddings must be a boolean, got ${JSON.stringify(c.tieWordEmbeddings)}`);
   if (Number.isInteger(c.hiddenSize) && Number.isInteger(c.numHeads) && c.numHeads > 0) {
     if (c.hiddenSize % c.numHeads !== 0) problems.push(`numHeads (${c.numHeads}) does not divide hiddenSize (${c.hiddenSize})`);

@@ -15,6 +15,7 @@
 // Frozen parameters are not saved: they come from the base model.
 import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
 import type { Tensor } from '../tensor.js';
+import { parseJson } from '../util/json.js';
 import type { Trainer } from './trainer.js';
 
 const FORMAT = 'tunebench-checkpoint';
@@ -39,45 +40,73 @@ export function saveCheckpoint(trainer: Trainer, path: string): void {
 }
 
 /** Restores a checkpoint into a trainer built the same way (same model
- * config, same trained parameters, same data). */
+ * config, same trained parameters, same data). All or nothing: everything
+ * is checked before anything is changed, and a refused checkpoint leaves the
+ * trainer exactly as it was. */
 export function loadCheckpoint(trainer: Trainer, path: string): void {
   const { tensors, metadata } = readSafetensors(path, { category: 'workspace' });
   try {
     if (metadata.format !== FORMAT) throw new Error(`${path}: not a tunebench checkpoint (metadata format is ${JSON.stringify(metadata.format)})`);
     if (metadata.version !== VERSION) throw new Error(`${path}: checkpoint version ${metadata.version} is not supported (this build reads ${VERSION})`);
-    let state: {
-      step: number; optimizer?: string; optimizerStep: number; modelConfig: unknown; rng: [number, number, number, number]; data: unknown;
-      gradAccumulation: number;
-    };
+    let raw: unknown;
     try {
-      state = JSON.parse(metadata.state ?? '');
+      raw = parseJson(metadata.state ?? '', `${path}: state metadata`);
     } catch {
       throw new Error(`${path}: the checkpoint's state metadata is not valid JSON`);
     }
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new Error(`${path}: the checkpoint's state metadata is not a JSON object`);
+    const state = raw as Record<string, unknown>;
+    const problems: string[] = [];
+    const count = (k: string): number => {
+      const v = state[k];
+      if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > MAX_STEPS) { problems.push(`state.${k} must be an integer from 0 to ${MAX_STEPS}, got ${JSON.stringify(v)}`); return 0; }
+      return v;
+    };
+    const step = count('step'), optimizerStep = count('optimizerStep');
+    if (problems.length === 0 && optimizerStep > step) problems.push(`state.optimizerStep ${optimizerStep} is past state.step ${step}`);
+    const rng = state.rng;
+    if (!Array.isArray(rng) || rng.length !== 4 || !rng.every((x) => Number.isInteger(x) && x >= 0 && x < 2 ** 32)) {
+      problems.push(`state.rng must be the trainer's random state (four 32-bit unsigned integers), got ${JSON.stringify(rng) ?? 'nothing'}`);
+    }
+    if (problems.length) throw new Error(`${path}: ${problems.join('; ')}`);
     if (JSON.stringify(state.modelConfig) !== JSON.stringify(trainer.model.config)) {
       throw new Error(`${path}: the checkpoint was written for model config ${JSON.stringify(state.modelConfig)}, this model is ${JSON.stringify(trainer.model.config)}`);
     }
     const saved = state.optimizer ?? 'adamw';
     if (saved !== trainer.optimizer.name) {
-      throw new Error(`${path}: the checkpoint holds state of optimizer '${saved}', this trainer uses '${trainer.optimizer.name}'`);
+      throw new Error(`${path}: the checkpoint holds state of optimizer ${JSON.stringify(saved)}, this trainer uses '${trainer.optimizer.name}'`);
     }
     if (state.gradAccumulation !== trainer.config.gradAccumulation) {
-      throw new Error(`${path}: the checkpoint used gradAccumulation ${state.gradAccumulation}, this run ${trainer.config.gradAccumulation}`);
+      throw new Error(`${path}: the checkpoint used gradAccumulation ${JSON.stringify(state.gradAccumulation)}, this run ${trainer.config.gradAccumulation}`);
     }
-    const problems: string[] = [];
     for (const p of trainer.optimizer.params) {
       const src = tensors.get(`model.${p.name}`);
+      const same = src && src.dtype === 'f32' && src.shape.length === p.value.shape.length && src.shape.every((d, i) => d === p.value.shape[i]);
       if (!src) problems.push(`model.${p.name} is missing`);
-      else if (src.dtype !== 'f32' || src.numel !== p.value.numel) problems.push(`model.${p.name} is ${src.dtype} [${src.shape.join(', ')}], expected f32 [${p.value.shape.join(', ')}]`);
+      else if (!same) problems.push(`model.${p.name} is ${src.dtype} [${src.shape.join(', ')}], expected f32 [${p.value.shape.join(', ')}]`);
     }
     if (problems.length) throw new Error(`${path}: ${problems.join('; ')}`);
     const optim = new Map<string, Tensor>();
     for (const [name, t] of tensors) if (name.startsWith('optim.')) optim.set(name.slice('optim.'.length), t);
-    trainer.optimizer.loadState(optim, state.optimizerStep);
-    for (const p of trainer.optimizer.params) (p.value.data() as Float32Array).set(tensors.get(`model.${p.name}`)!.data() as Float32Array);
+
+    // Apply. The data position goes first (its own checks run before it
+    // changes anything) and is put back if the optimizer state is refused;
+    // the optimizer's loadState checks every tensor before copying any; what
+    // follows cannot fail.
+    const dataBefore = trainer.data.state();
     trainer.data.restore(state.data);
-    trainer.restoreProgress(state.step, state.rng);
+    try {
+      trainer.optimizer.loadState(optim, optimizerStep);
+    } catch (e) {
+      trainer.data.restore(dataBefore);
+      throw new Error(`${path}: ${(e as Error).message}`);
+    }
+    for (const p of trainer.optimizer.params) (p.value.data() as Float32Array).set(tensors.get(`model.${p.name}`)!.data() as Float32Array);
+    trainer.restoreProgress(step, rng as [number, number, number, number]);
   } finally {
     for (const t of tensors.values()) t.dispose();
   }
 }
+
+/** Steps a checkpoint may claim (far beyond any run). */
+const MAX_STEPS = 1e12;

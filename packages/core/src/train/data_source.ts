@@ -60,12 +60,15 @@ export class ArrayDataSource implements DataSource {
 
   restore(state: unknown): void {
     const s = state as ReturnType<ArrayDataSource['state']>;
-    if (!s || !Array.isArray(s.order) || s.order.length !== this.rows.length || !Number.isInteger(s.cursor)) {
+    const n = this.rows.length;
+    if (!s || typeof s !== 'object' || !Array.isArray(s.order) || s.order.length !== n || !Number.isInteger(s.cursor) || s.cursor < 0 || s.cursor > n
+      || !Number.isInteger(s.epoch) || s.epoch < 0 || new Set(s.order).size !== n || !s.order.every((i) => Number.isInteger(i) && i >= 0 && i < n)) {
       throw new Error('ArrayDataSource.restore: the saved position does not fit this data (different number of rows?)');
     }
+    const rng = new Rng(s.rng);  // checks the state before anything changes
     this.epoch = s.epoch;
     this.cursor = s.cursor;
     this.order = [...s.order];
-    this.rng = new Rng(s.rng);
+    this.rng = rng;
   }
 }
