@@ -217,7 +217,15 @@ const here = dirname(fileURLToPath(import.meta.url));
 const outDir = resolve(opt.out ?? join(here, '..', '..', '..', 'reports', suite.name));
 
 const t0 = performance.now();
-const records = await runSuite(suite, { outDir, resume: opt.resume });
+let records: Awaited<ReturnType<typeof runSuite>>;
+try {
+  records = await runSuite(suite, { outDir, resume: opt.resume });
+} catch (e) {
+  // what stops the whole suite (data that cannot be prepared, a base that cannot be
+  // built): one clear line and a non-zero exit, not an unhandled rejection's stack
+  console.error(`tunebench: the suite stopped: ${(e as Error).message}`);
+  process.exit(1);
+}
 try {
   const paths = await writeReports(outDir, records, { title: `tunebench — suite ${suite.name}`, kernels: readKernels(outDir) });
   // the summary's tables on stdout (progress went to stderr), then where the rest is

@@ -125,11 +125,19 @@ interface TaskData {
 
 export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecord[]> {
   const log = o.log ?? ((l: string) => process.stderr.write(`${l}\n`));
-  mkdirSync(o.outDir, { recursive: true });
+  const sh = suite.shared;
+  // the task data first: a dataset that cannot be used fails here, before the
+  // output directory is created or its results.jsonl removed (and before a
+  // base is pretrained)
+  const tok = new ByteTokenizer();
+  const data: TaskData = {};
+  if (suite.tasks.includes('spam')) data.spam = spamData(tok, { seqLen: sh.seqLen, seed: sh.seed, maxTrain: sh.maxTrain, maxTest: sh.maxTest });
+  if (suite.tasks.includes('adapt')) data.adapt = adaptData(brownData(sh.seqLen, sh.seed), sh.seqLen);
+  if (suite.tasks.includes('jsonl')) data.jsonl = jsonlData(suite.dataset!, tok, { seqLen: sh.seqLen, seed: sh.seed });
   const resultsPath = join(o.outDir, 'results.jsonl');
   const done = new Map(o.resume ? readResults(resultsPath).map((r) => [r.id, r]) : []);
+  mkdirSync(o.outDir, { recursive: true });
   if (!o.resume && existsSync(resultsPath)) rmSync(resultsPath);
-  const sh = suite.shared;
 
   // the base model
   let baseDir: string;
@@ -139,11 +147,6 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
     log(`base ${suite.base.preset}: ${p.cached ? 'cached' : `pretrained in ${(p.ms / 1000).toFixed(1)} s`}, validation loss ${p.validationLoss.toFixed(4)} (${p.dir})`);
     baseDir = p.dir;
   }
-  const tok = new ByteTokenizer();
-  const data: TaskData = {};
-  if (suite.tasks.includes('spam')) data.spam = spamData(tok, { seqLen: sh.seqLen, seed: sh.seed, maxTrain: sh.maxTrain, maxTest: sh.maxTest });
-  if (suite.tasks.includes('adapt')) data.adapt = adaptData(brownData(sh.seqLen, sh.seed), sh.seqLen);
-  if (suite.tasks.includes('jsonl')) data.jsonl = jsonlData(suite.dataset!, tok, { seqLen: sh.seqLen, seed: sh.seed });
   const prov = provenance(sh.seed);
   const differing = suite.methods.map((m) => `${m.label}: lr ${m.lr}${m.r ? `, r ${m.r}, alpha ${m.alpha}` : ''}`).join('; ');
   log(`suite ${suite.name}: ${suite.tasks.length} task(s) x ${suite.methods.length} method(s); shared: ${sh.steps} steps, batch ${sh.batchSize}, seq ${sh.seqLen}, seed ${sh.seed}, ${sh.schedule} schedule; per method: ${differing}`);

@@ -4,7 +4,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { type CheckpointingMode, PRESETS, checkRegularFile, parseCheckpointing, parseJson, readTextFile } from '@tunebench/core';
+import { type CheckpointingMode, PRESETS, checkRegularFile, configFromHf, parseCheckpointing, parseJson, readJsonl, readTextFile } from '@tunebench/core';
 import { CI_METHODS, DEFAULT_METHODS, type MethodSpec, methodNames, methodPlugin, parseMethods } from './methods.js';
 
 export { type MethodSpec, parseMethods, DEFAULT_METHODS, CI_METHODS };
@@ -188,9 +188,22 @@ export function validateSuite(raw: unknown, where: string): Suite {
     if (s.methods.findIndex((o) => o.label === m.label) !== i) p.push(`methods[${i}].label '${m.label}' is used twice`);
   });
   if (s.shared.warmupSteps > s.shared.steps) p.push(`shared.warmupSteps ${s.shared.warmupSteps} exceeds shared.steps ${s.shared.steps}`);
-  if (s.base.hfDir !== undefined && !existsSync(join(s.base.hfDir, 'config.json'))) p.push(`base.hfDir ${s.base.hfDir} has no config.json (a Hugging Face LlamaForCausalLM directory is expected)`);
+  if (s.base.hfDir !== undefined) {
+    const config = join(s.base.hfDir, 'config.json');
+    if (!existsSync(config)) p.push(`base.hfDir ${s.base.hfDir} has no config.json (a Hugging Face LlamaForCausalLM directory is expected)`);
+    // the config as the loader reads it: a bad one would fail every run after the reports directory was set up
+    else { try { configFromHf(parseJson(readTextFile(config, 'config.json'), config), config); } catch (e) { p.push(`base.hfDir: ${(e as Error).message}`); } }
+  }
   if (s.tasks.includes('jsonl') && !s.dataset) p.push("the jsonl task needs 'dataset' (a JSONL file)");
-  if (s.dataset !== undefined) { try { checkRegularFile(s.dataset, 'JSONL dataset'); } catch (e) { p.push(`dataset: ${(e as Error).message}`); } }
+  if (s.dataset !== undefined) {
+    try {
+      checkRegularFile(s.dataset, 'JSONL dataset');
+      // read once here so that a bad row is reported with its line before anything runs
+      if (s.tasks.includes('jsonl')) readJsonl(s.dataset);
+    } catch (e) {
+      p.push(`dataset: ${(e as Error).message}`);
+    }
+  }
   const labels = s.methods.map((m) => m.label);
   for (const [k, sel] of Object.entries(s.peers ?? {}) as [PeerName, PeerSelection | undefined][]) {
     if (!sel) continue;

@@ -80,10 +80,10 @@ test('bad options and suite files are refused before anything runs, saying what 
     ];
     const suiteFile = join(dir, 'bad.json');
     writeFileSync(suiteFile, JSON.stringify({ name: 'x', base: { preset: 'tiny' }, tasks: ['spam'], methods: [{ name: 'lora', lr: 1, label: 'a' }], shared: { steps: 0 } }));
-    cases.push([['--suite', suiteFile], /methods\[0\]\.r must be a positive integer.*shared\.steps must be a positive integer/]);
+    cases.push([['--suite', suiteFile], /shared\.steps: Too small: expected number to be >=1; shared\.batchSize: Invalid input: expected number, received undefined/]);
     const notJson = join(dir, 'broken.json');
     writeFileSync(notJson, '{ "name": ');
-    cases.push([['--suite', notJson], /is not valid JSON/]);
+    cases.push([['--suite', notJson], /broken\.json: not valid JSON/]);
     for (const [args, want] of cases) {
       const out = join(dir, 'out');
       const r = cli(...args, '--out', out);

@@ -210,7 +210,7 @@ function corruptions(): Array<[string, Buffer, RegExp]> {
     ['absurd header length', len(2n ** 62n, Buffer.from('{}')), /header length 4611686018427387904 exceeds the limit/],
     ['header longer than file', len(1000n, Buffer.from('{}')), /header length 1000 runs past the end of the file \(10 bytes\)/],
     ['invalid UTF-8', len(2n, Buffer.from([0xff, 0xfe])), /header is not valid UTF-8/],
-    ['not JSON', buildFile(null, d16, { headerText: '{"a": ' }), /header is not valid JSON/],
+    ['not JSON', buildFile(null, d16, { headerText: '{"a": ' }), /header: not valid JSON/],
     ['JSON array', buildFile([1, 2], d16), /header is not a JSON object \(got an array\)/],
     ['JSON null', buildFile(null, d16), /header is not a JSON object/],
     ['entry not an object', buildFile({ a: 5 }, d16), /tensor "a": entry is not an object/],
@@ -253,11 +253,13 @@ test('every corruption gives an Error naming the file and the problem, and leaks
     }, what);
     assert.equal(live(), before, `${what}: memory leaked`);
   }
-  // Legal oddities: zero-element tensors anywhere, gaps, null metadata.
+  // Legal oddities: a zero-element tensor, null metadata. (Gaps between
+  // tensors and trailing bytes are refused, as the reference implementation
+  // refuses them: see the cases above and robustness.test.ts.)
   const path = fresh();
   writeFileSync(path, buildFile({
-    __metadata__: null, e: { dtype: 'I8', shape: [0, 3], data_offsets: [4, 4] }, a: { dtype: 'U8', shape: [2], data_offsets: [6, 8] },
-  }, new Uint8Array([0, 0, 0, 0, 0, 0, 9, 8, 7])));
+    __metadata__: null, e: { dtype: 'I8', shape: [0, 3], data_offsets: [0, 0] }, a: { dtype: 'U8', shape: [2], data_offsets: [0, 2] },
+  }, new Uint8Array([9, 8])));
   const { tensors, metadata } = readSafetensors(path);
   assert.deepEqual(metadata, {});
   assert.deepEqual(Array.from(tensors.get('a')!.data() as Uint8Array), [9, 8]);

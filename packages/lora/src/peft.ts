@@ -294,7 +294,7 @@ function parseConfig(json: unknown, where: string): PeftLoraConfig {
   const ignoredKeys: string[] = [];
   for (const k of Object.keys(json).sort()) {
     if (READ_KEYS.has(k)) continue;
-    const guard = GUARDED_KEYS[k];
+    const guard = Object.hasOwn(GUARDED_KEYS, k) ? GUARDED_KEYS[k] : undefined;  // '__proto__', 'toString' are config keys too
     if (guard && !guard.off(json[k])) { problems.push(`${k} ${show(json[k])} is not supported (${guard.what})`); continue; }
     ignoredKeys.push(k);
   }
@@ -397,7 +397,9 @@ export function loadAdapter(model: LlamaModel, dir: string, opts: LoadAdapterOpt
     if (!m) { unexpected.push(e.name); continue; }
     const [, module, which, segment] = m;
     if (!linears.has(module)) { problems.push(`${e.name}: the model has no linear module ${module}`); continue; }
-    segments.add(segment ?? '(no adapter name)');  // a name-less tensor and a named one are two adapters too
+    // PEFT writes names without the adapter name; older files keep it: both may
+    // mix in one file, but two different adapter names are two adapters
+    if (segment !== undefined) segments.add(segment);
     const slot = byModule.get(module) ?? {};
     const ab = which as 'A' | 'B';
     if (slot[ab]) { problems.push(`${module} has two lora_${ab} tensors (${slot[ab]!.name}, ${e.name})`); continue; }

@@ -7,7 +7,7 @@
 // Blank lines are skipped. Every problem is an Error naming `file:line`.
 import { openRegularFile } from '../util/files.js';
 import { checkJsonDepth } from '../util/json.js';
-import { closeSync, readSync } from 'node:fs';
+import { closeSync, existsSync, readSync } from 'node:fs';
 
 export interface TextRow { text: string }
 export interface SftRow { prompt: string; completion: string }
@@ -72,11 +72,19 @@ class RowCollector {
 /** The longest line a JSONL dataset may have. */
 export const JSONL_MAX_LINE_BYTES = 64 << 20;
 
+export interface ReadJsonlOptions {
+  /** the longest line accepted, in bytes (default JSONL_MAX_LINE_BYTES) */
+  maxLineBytes?: number;
+}
+
 /** Reads a JSONL dataset. The file is read in 1 MiB chunks and split on
  * '\n' bytes, so only one line's text is alive at a time beside the parsed
  * rows. CRLF line ends and a UTF-8 byte-order mark are accepted; invalid
- * UTF-8 is an error naming the line. */
-export function readJsonl(file: string): Dataset {
+ * UTF-8 and a line over the limit are errors naming the line. */
+export function readJsonl(file: string, opts: ReadJsonlOptions = {}): Dataset {
+  const maxLine = opts.maxLineBytes ?? JSONL_MAX_LINE_BYTES;
+  if (!Number.isSafeInteger(maxLine) || maxLine < 1) throw new RangeError(`readJsonl: maxLineBytes must be a positive integer, got ${maxLine}`);
+  const tooLong = (line: number): Error => new Error(`${file}:${line}: line longer than ${maxLine % (1 << 20) === 0 ? `${maxLine >> 20} MiB` : `${maxLine} bytes`}; refusing it`);
   const rows = new RowCollector();
   const decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
   let lineNo = 0;
@@ -102,11 +110,13 @@ export function readJsonl(file: string): Dataset {
   };
 
   let fd: number;
+  if (!existsSync(file)) throw new Error(`${file}: file not found`);
   try {
     fd = openRegularFile(file, 'JSONL dataset');
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new Error(code === 'ENOENT' ? `${file}: file not found` : `${file}: cannot open: ${(e as Error).message}`);
+    // openRegularFile's messages start with the path already (a directory, a FIFO)
+    const msg = (e as Error).message;
+    throw new Error(msg.startsWith(file) ? msg : `${file}: cannot open: ${msg}`);
   }
   try {
     const chunk = Buffer.allocUnsafe(1 << 20);
@@ -126,7 +136,7 @@ export function readJsonl(file: string): Dataset {
       let start = 0;
       for (let nl = buf.indexOf(0x0a, start); nl !== -1; nl = buf.indexOf(0x0a, start)) {
         const head = buf.subarray(start, nl);
-        if (pendingBytes + head.length > JSONL_MAX_LINE_BYTES) throw new Error(`${file}:${lineNo + 1}: line longer than ${JSONL_MAX_LINE_BYTES >> 20} MiB; refusing it`);
+        if (pendingBytes + head.length > maxLine) throw tooLong(lineNo + 1);
         handleLine(pending.length ? Buffer.concat([...pending, head]) : head);
         pending = [];
         pendingBytes = 0;
@@ -136,7 +146,7 @@ export function readJsonl(file: string): Dataset {
         pending.push(Buffer.from(buf.subarray(start)));
         pendingBytes += n - start;
         // a line this long is not a dataset row (and past ~512 MB no string can hold it)
-        if (pendingBytes > JSONL_MAX_LINE_BYTES) throw new Error(`${file}:${lineNo + 1}: line longer than ${JSONL_MAX_LINE_BYTES >> 20} MiB; refusing it`);
+        if (pendingBytes > maxLine) throw tooLong(lineNo + 1);
       } else {
         pendingBytes = 0;
       }

@@ -95,6 +95,23 @@ export interface HfTokenizerOptions {
 /** Token ids a tokenizer file may use (vocabularies are ~256k at most). */
 const MAX_TOKEN_ID = 1 << 22;
 
+/** The library's own error is often an internal one ("x.split is not a
+ * function"): say which component of the file it could not use instead,
+ * found by building again without each optional component in turn. */
+function libraryFailure(e: Error, full: Record<string, unknown>, cfg: Record<string, unknown>): string {
+  const internal = /Cannot read propert|is not a function|is not iterable|of undefined|of null|undefined is not|Invalid regular expression/;
+  if (!internal.test(e.message)) return e.message;
+  for (const part of ['post_processor', 'decoder', 'pre_tokenizer', 'normalizer'] as const) {
+    if (full[part] === null) continue;
+    try {
+      const t = new HfTokenizerImpl({ ...full, [part]: null }, cfg) as HfImpl;
+      t.encode('a', { add_special_tokens: true });
+      return `its "${part}" (${JSON.stringify((full[part] as { type?: unknown } | null)?.type ?? full[part])?.slice(0, 60)}) is malformed or not supported`;
+    } catch { /* not this one */ }
+  }
+  return `its "model" (type ${JSON.stringify((full.model as { type?: unknown }).type)}) is malformed or does not match its vocabulary`;
+}
+
 export class HfTokenizer implements Tokenizer {
   readonly vocabSize: number;
   readonly bos: number | null;
@@ -138,6 +155,10 @@ export class HfTokenizer implements Tokenizer {
     if (!isObject(model)) throw new Error(`${file}: no "model" object (is this a Hugging Face fast-tokenizer file?)`);
     if (!isObject(model.vocab) && !Array.isArray(model.vocab)) throw new Error(`${file}: "model" has no "vocab"`);
     if (model.type === 'BPE' && !Array.isArray(model.merges)) throw new Error(`${file}: BPE "model" has no "merges" array`);
+    if (Array.isArray(model.merges)) {
+      const bad = (model.merges as unknown[]).findIndex((m) => !(typeof m === 'string' || (Array.isArray(m) && m.length === 2 && m.every((x) => typeof x === 'string'))));
+      if (bad >= 0) throw new Error(`${file}: model.merges[${bad}] must be a string "a b" or a pair of strings, got ${JSON.stringify((model.merges as unknown[])[bad])?.slice(0, 80)}`);
+    }
     if (tokenizerJson.added_tokens !== undefined && !Array.isArray(tokenizerJson.added_tokens)) {
       throw new Error(`${file}: "added_tokens" must be an array`);
     }
@@ -172,7 +193,7 @@ export class HfTokenizer implements Tokenizer {
       // without its fields) fails only when used: try it now, not mid-run
       impl.encode('a', { add_special_tokens: true });
     } catch (e) {
-      throw new Error(`${file}: @huggingface/tokenizers could not build a working tokenizer from it: ${(e as Error).message}`);
+      throw new Error(`${file}: @huggingface/tokenizers could not build a working tokenizer from it: ${libraryFailure(e as Error, full, cfg)}`);
     }
     const pick = (key: 'bos_token' | 'eos_token' | 'pad_token', override: string | null | undefined): number | null => {
       const token = override !== undefined ? override : tokenContent(tokenizerConfig[key]) ?? null;

@@ -74,7 +74,7 @@ export function loadCheckpoint(trainer: Trainer, path: string): void {
     }
     const saved = state.optimizer ?? 'adamw';
     if (saved !== trainer.optimizer.name) {
-      throw new Error(`${path}: the checkpoint holds state of optimizer ${JSON.stringify(saved)}, this trainer uses '${trainer.optimizer.name}'`);
+      throw new Error(`${path}: the checkpoint holds state of optimizer '${String(saved)}', this trainer uses '${trainer.optimizer.name}'`);
     }
     if (state.gradAccumulation !== trainer.config.gradAccumulation) {
       throw new Error(`${path}: the checkpoint used gradAccumulation ${JSON.stringify(state.gradAccumulation)}, this run ${trainer.config.gradAccumulation}`);
@@ -94,7 +94,11 @@ export function loadCheckpoint(trainer: Trainer, path: string): void {
     // the optimizer's loadState checks every tensor before copying any; what
     // follows cannot fail.
     const dataBefore = trainer.data.state();
-    trainer.data.restore(state.data);
+    try {
+      trainer.data.restore(state.data);
+    } catch (e) {
+      throw new Error(`${path}: state.data: ${(e as Error).message}`);
+    }
     try {
       trainer.optimizer.loadState(optim, optimizerStep);
     } catch (e) {

@@ -65,6 +65,8 @@ export class ArrayDataSource implements DataSource {
       || !Number.isInteger(s.epoch) || s.epoch < 0 || new Set(s.order).size !== n || !s.order.every((i) => Number.isInteger(i) && i >= 0 && i < n)) {
       throw new Error('ArrayDataSource.restore: the saved position does not fit this data (different number of rows?)');
     }
+    // Rng(undefined) would be a fresh seed-0 stream: a position without its state is refused
+    if (!Array.isArray(s.rng)) throw new Error(`ArrayDataSource.restore: the saved position has no random state (rng), got ${JSON.stringify(s.rng) ?? 'nothing'}`);
     const rng = new Rng(s.rng);  // checks the state before anything changes
     this.epoch = s.epoch;
     this.cursor = s.cursor;

@@ -22,6 +22,9 @@ export function linearRegExp(source: string, where: string, flags = ''): RegExp 
     if (/linear time/.test(msg)) {
       throw new Error(`${where}: the pattern ${JSON.stringify(source)} needs backtracking (backreferences or lookarounds), which patterns read from files may not use`);
     }
-    throw new Error(`${where}: ${JSON.stringify(source)} is not a valid regular expression (${msg})`);
+    // V8's "Invalid regular expression: /<source>/<flags>: <reason>" repeats the
+    // pattern (shown here already) and reads like a crash: keep the reason
+    const reason = msg.replace(/^Invalid regular expression: \/.*\/[a-z]*: /s, '');
+    throw new Error(`${where}: ${JSON.stringify(source)} is not a valid regular expression (${reason})`);
   }
 }
