@@ -116,7 +116,7 @@ interface Case {
   mutation: string;
   optimizer?: string;
 }
-interface Result { i: number; outcome: string; message: string; isError?: boolean; name?: string; ms?: number }
+interface Result { i: number; outcome: string; message: string; isError?: boolean; name?: string; ms?: number; maxRssKiB?: number }
 
 let root = '';
 const base: Record<string, J> = {};
@@ -790,7 +790,8 @@ for (const { reader, make } of READERS) {
       }
     }
     const slowest = [...results.values()].reduce((m, r) => Math.max(m, r.ms ?? 0), 0);
-    console.log(`fuzz ${reader}: ${cases.length} cases, ${count.ok} ok, ${count.clean} clean error, ${count.other} other (seed ${SEED}, ${((Date.now() - t0) / 1000).toFixed(1)} s, slowest case ${slowest} ms)`);
+    const peakRss = [...results.values()].reduce((m, r) => Math.max(m, r.maxRssKiB ?? 0), 0);
+    console.log(`fuzz ${reader}: ${cases.length} cases, ${count.ok} ok, ${count.clean} clean error, ${count.other} other (seed ${SEED}, ${((Date.now() - t0) / 1000).toFixed(1)} s, slowest case ${slowest} ms, child peak RSS ${(peakRss / 1024).toFixed(0)} MiB)`);
     if (failures.length) {
       failedAny = true;
       throw new Error(`${failures.length} ${reader} case(s) failed:\n  ${failures.join('\n  ')}`);

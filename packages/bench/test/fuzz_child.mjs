@@ -137,6 +137,8 @@ if (casesFile === '--make-checkpoint') {
       line = { i: c.i, outcome: 'error', message: message.length > 20000 ? `${message.slice(0, 20000)}...` : message, isError, name: isError ? e.name : typeof e };
     }
     line.ms = Math.round(performance.now() - t0);
+    // the child's resident-set high-water mark so far (KiB on Linux): its growth over a case bounds that case's peak
+    line.maxRssKiB = process.resourceUsage().maxRSS;
     emit(line);
   }
 }

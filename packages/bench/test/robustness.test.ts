@@ -105,7 +105,7 @@ test('suite: base.hfDir whose config.json is refused by the loader (1e7 layers) 
   const model = join(scratch, 'huge-model');
   mkdirSync(model);
   writeFileSync(join(model, 'config.json'), JSON.stringify({ ...configToHf(preset('tiny')), num_hidden_layers: 1e7 }));
-  refused(edit((s) => { s.base = { hfDir: model }; }), /base\.hfDir: .*huge-model\/config\.json: numLayers 10000000 exceeds the limit of 1024/);
+  refused(edit((s) => { s.base = { hfDir: model }; }), /base\.hfDir: .*huge-model\/config\.json: (num_hidden_layers|numLayers) 10000000 exceeds the limit of 1024/);
 });
 
 test('suite: base.hfDir whose config.json is not JSON is refused before anything runs', () => {

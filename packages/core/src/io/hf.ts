@@ -26,7 +26,7 @@
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, unlinkSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { type Category, DTYPE_BYTES } from '../dtype.js';
-import { type LlamaConfig, headDim, validateConfig } from '../nn/config.js';
+import { CONFIG_LIMITS, type LlamaConfig, headDim, validateConfig } from '../nn/config.js';
 import { LlamaModel, type LinearFactory, modelTensorShapes } from '../nn/llama.js';
 import type { LinearLayer } from '../nn/module.js';
 import { Tensor } from '../tensor.js';
@@ -136,6 +136,16 @@ export function configFromHf(json: unknown, where: string): LlamaConfig {
   for (const k of ['attention_bias', 'mlp_bias']) {
     if (has(json, k) && json[k] !== false && json[k] !== null) problems.push(`${k} ${JSON.stringify(json[k])} is not supported (only false)`);
   }
+  // absurd sizes named by the file's own keys (validateConfig would name our fields)
+  const hfKeys: Record<keyof typeof CONFIG_LIMITS, string> = {
+    vocabSize: 'vocab_size', hiddenSize: 'hidden_size', intermediateSize: 'intermediate_size', numLayers: 'num_hidden_layers',
+    numHeads: 'num_attention_heads', numKvHeads: 'num_key_value_heads', maxPositionEmbeddings: 'max_position_embeddings',
+  };
+  for (const [k, limit] of Object.entries(CONFIG_LIMITS) as [keyof typeof CONFIG_LIMITS, number][]) {
+    const v = config[k];
+    if (typeof v === 'number' && v > limit) problems.push(`${hfKeys[k]} ${v} exceeds the limit of ${limit}`);
+  }
+  if (!Number.isNaN(config.rmsNormEps) && !(config.rmsNormEps > 0 && config.rmsNormEps <= 0.1)) problems.push(`rms_norm_eps must be a positive number no larger than 0.1, got ${JSON.stringify(config.rmsNormEps)}`);
   if (problems.length) throw new Error(`${where}: ${listProblems(problems)}`);
   validateConfig(config, where);
   return config;
