@@ -33,6 +33,13 @@ Options:
                            every:<k> (blocks 0, k, 2k, ...); recorded in each run's settings
   --offload                keep the checkpointed block inputs in host memory: a GPU notion;
                            on the CPU backend it is the identity, and the record says so
+  --tune-lr                choose each method's learning rate per task before its run:
+                           short seeded runs at 1/3, 1 and 3 times its rate, scored on
+                           validation data (never the test split) by the task's metric
+                           (macro F1 with labels, else loss); the full run takes the best.
+                           The grid, the scores and the choice are recorded and reported;
+                           a suite file sets tuneLr { factors, steps, maxValidation,
+                           evalPoints } and per-method lrGrid
   --tasks LIST             override the suite's tasks: spam, adapt, jsonl
   --model HF_DIR           a Hugging Face LlamaForCausalLM directory as the base
                            instead of the built-in pretrained one
@@ -145,7 +152,7 @@ const opt = parseCli({
   suite: { type: 'string' }, methods: { type: 'string' }, tasks: { type: 'string' }, model: { type: 'string' },
   dataset: { type: 'string' }, peers: { type: 'string' }, device: { type: 'string' }, out: { type: 'string' }, resume: { type: 'boolean', default: false },
   check: { type: 'string' }, 'update-baseline': { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false },
-  checkpointing: { type: 'string' }, offload: { type: 'boolean', default: false },
+  checkpointing: { type: 'string' }, offload: { type: 'boolean', default: false }, 'tune-lr': { type: 'boolean', default: false },
 }, HELP, args);
 
 function fail(msg: string): never {
@@ -171,6 +178,7 @@ try {
   if (opt.methods) { const own = suite.methods; suite.methods = parseMethods(opt.methods).map((m) => own.find((o) => o.label === m.label) ?? m); }
   if (opt.checkpointing !== undefined) suite.shared.checkpointing = parseCheckpointing(opt.checkpointing);
   if (opt.offload) suite.shared.offload = true;
+  if (opt['tune-lr']) suite.tuneLr = suite.tuneLr ?? {};
   if (opt.tasks) {
     const tasks = opt.tasks.split(',').map((t) => t.trim());
     for (const t of tasks) if (!TASKS.includes(t as TaskName)) fail(`--tasks: unknown task '${t}' (known: ${TASKS.join(', ')})`);
@@ -246,7 +254,9 @@ if (failed.length) {
 async function timeAgain(ids: Set<string>): Promise<typeof records> {
   const tmp = mkdtempSync(join(tmpdir(), 'tunebench-retime-'));
   try {
-    return await runSuite(suite, { outDir: tmp, only: ids, log: () => {}, progress: false });
+    // at the rates the runs had (a learning-rate search is not redone)
+    const lrs = new Map(records.map((r) => [r.id, Number(r.settings.lr)]));
+    return await runSuite(suite, { outDir: tmp, only: ids, log: () => {}, progress: false, lrs });
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }

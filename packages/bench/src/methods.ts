@@ -29,6 +29,8 @@ export interface MethodSpec {
   options?: Record<string, string | number | boolean>;
   /** activation checkpointing for this row (default: the suite's shared setting) */
   checkpointing?: CheckpointingMode;
+  /** the rates the learning-rate search tries for this row (default: the suite's tuneLr factors times lr) */
+  lrGrid?: number[];
 }
 
 /** A kernel microbenchmark a method adds at a suite's shapes (kernels.ts runs it). */

@@ -4,6 +4,7 @@
 // Methods added later (QLoRA, QA-LoRA) fill the same fields, plus
 // `deployable` rows for the models they produce.
 import type { Category } from '@tunebench/core';
+import type { TuningRecord } from './tune.js';
 
 export type RunStatus = 'ok' | 'oom' | 'diverged' | 'error';
 
@@ -70,6 +71,10 @@ export interface RunRecord {
   fileBytes: number;
   /** training loss per optimizer step */
   lossCurve: number[];
+  /** the learning-rate search that chose settings.lr (suites with tuneLr) */
+  tuning?: TuningRecord;
+  /** the validation score before training (step 0) and at evenly spaced steps of the run: is the method still improving when the budget ends? */
+  evalCurve?: { metric: string; higherIsBetter: boolean; points: { step: number; value: number }[] };
   deployable?: DeployableRow[];
   /** reference kernel time (ms, median) measured just before this run, to normalise speed across machines */
   referenceMs: number;

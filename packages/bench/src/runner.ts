@@ -23,7 +23,9 @@ import { adaptData, evaluateAdapt } from './tasks/adapt.js';
 import { type FinetuneOptions, finetune, progressPrinter, resolveFinetuneOptions } from './tasks/finetune.js';
 import { evaluateJsonl, jsonlData } from './tasks/jsonl_task.js';
 import { brownData, pretrainBase } from './tasks/pretrain.js';
-import { evaluateSpam, spamData } from './tasks/spam_task.js';
+import { evaluateSpam, scoreSpam, spamData } from './tasks/spam_task.js';
+import { DEFAULT_EVAL_POINTS, DEFAULT_MAX_VALIDATION, type TuneCandidate, type TuningRecord, type Validation, chooseLr, describeTuning, evalSteps, lrGrid, tuneSteps } from './tune.js';
+import { scoreJsonl } from './tasks/jsonl_task.js';
 
 export interface RunnerOptions {
   /** reports/<name> */
@@ -34,6 +36,8 @@ export interface RunnerOptions {
   only?: Set<string>;
   /** progress lines per run (default true) */
   progress?: boolean;
+  /** learning rates by run id: used as they are, without a search (timing a run again) */
+  lrs?: Map<string, number>;
   log?: (line: string) => void;
 }
 
@@ -131,9 +135,12 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
   // base is pretrained)
   const tok = new ByteTokenizer();
   const data: TaskData = {};
-  if (suite.tasks.includes('spam')) data.spam = spamData(tok, { seqLen: sh.seqLen, seed: sh.seed, maxTrain: sh.maxTrain, maxTest: sh.maxTest });
-  if (suite.tasks.includes('adapt')) data.adapt = adaptData(brownData(sh.seqLen, sh.seed), sh.seqLen);
-  if (suite.tasks.includes('jsonl')) data.jsonl = jsonlData(suite.dataset!, tok, { seqLen: sh.seqLen, seed: sh.seed });
+  // validation parts (never the test split) for the learning-rate search and the held-out curves
+  const maxValidation = suite.tuneLr ? suite.tuneLr.maxValidation ?? DEFAULT_MAX_VALIDATION : undefined;
+  const validationFraction = suite.tuneLr ? 0.1 : undefined;
+  if (suite.tasks.includes('spam')) data.spam = spamData(tok, { seqLen: sh.seqLen, seed: sh.seed, maxTrain: sh.maxTrain, maxTest: sh.maxTest, maxValidation });
+  if (suite.tasks.includes('adapt')) data.adapt = adaptData(brownData(sh.seqLen, sh.seed), sh.seqLen, { validationFraction, maxValidationRows: maxValidation, seed: sh.seed });
+  if (suite.tasks.includes('jsonl')) data.jsonl = jsonlData(suite.dataset!, tok, { seqLen: sh.seqLen, seed: sh.seed, validationFraction, maxValidation });
   const resultsPath = join(o.outDir, 'results.jsonl');
   const done = new Map(o.resume ? readResults(resultsPath).map((r) => [r.id, r]) : []);
   mkdirSync(o.outDir, { recursive: true });
@@ -161,12 +168,21 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
       const peerSteps = peers.length ? Math.max(...peers.map((p) => p.steps)) : 0;
       let r: RunRecord, peerInput: PeerInput | null;
       if (done.has(id)) {
-        // our run is in the results already; only its peers are missing
+        // our run is in the results already; only its peers are missing (at the run's own rate, which a search may have chosen)
         r = done.get(id)!;
         if (r.status !== 'ok') continue;
-        peerInput = peerInputOnly(task, m, suite, baseDir, data, peerSteps);
+        peerInput = peerInputOnly(task, { ...m, lr: Number(r.settings.lr ?? m.lr) }, suite, baseDir, data, peerSteps);
       } else {
-        ({ record: r, peerInput } = runOne(task, m, suite, baseDir, data, prov, id, log, o.progress ?? true, peerSteps));
+        const validation = suite.tuneLr && !o.lrs ? validationFor(task, data, sh.batchSize) : undefined;
+        let tuning: TuningRecord | undefined;
+        let run = m;
+        const fixed = o.lrs?.get(id);
+        if (fixed !== undefined && Number.isFinite(fixed)) run = { ...m, lr: fixed };
+        else if (validation) {
+          tuning = tuneLearningRate(task, m, suite, baseDir, validation, id, log);
+          run = { ...m, lr: tuning.chosen };
+        }
+        ({ record: r, peerInput } = runOne(task, run, suite, baseDir, data, prov, id, log, o.progress ?? true, peerSteps, { tuning, validation }));
         appendRecord(resultsPath, r);
         records.push(r);
         log(`${id}: ${r.status}${r.status === 'ok' ? ` ${Object.entries(r.metrics).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(', ')}` : ` (${r.error})`}`);
@@ -308,9 +324,79 @@ function peerInputOnly(task: TaskName, m: MethodSpec, suite: Suite, baseDir: str
   }
 }
 
+/** The validation part of a task's data (suites with tuneLr). */
+function validationFor(task: TaskName, data: TaskData, batchSize: number): Validation {
+  if (task === 'spam') {
+    const v = data.spam!.validation!;
+    return {
+      train: data.spam!.train, metric: 'macroF1', higherIsBetter: true, examples: v.labels.length,
+      source: `spam validation split (${v.labels.length} messages, majority share ${v.majorityBaseline.toFixed(4)})`,
+      score: (model) => scoreSpam(model, v.candidates, v.labels, 32).macroF1,
+    };
+  }
+  if (task === 'adapt') {
+    const t = data.adapt!.tune!;
+    return {
+      train: t.train, metric: 'loss', higherIsBetter: false, examples: t.validation.numRows,
+      source: `${t.validation.numRows} rows of ${t.documents} held-out-genre training document(s) set aside`,
+      score: (model) => evaluateLoss(model, epochBatches(t.validation, batchSize)).loss,
+    };
+  }
+  const j = data.jsonl!, t = j.tune!;
+  const labelled = j.labels !== null && t.candidates !== null;
+  return {
+    train: t.train, metric: labelled ? 'macroF1' : 'loss', higherIsBetter: labelled, examples: t.examples,
+    source: `${t.examples} training example(s) set aside`,
+    score: (model) => {
+      const e = scoreJsonl(model, { eval: t.eval, candidates: t.candidates, truth: t.truth, labels: j.labels }, batchSize, labelled ? { labelsOnly: true } : { lossOnly: true });
+      return labelled ? e.macroF1! : e.loss;
+    },
+  };
+}
+
+/** Short seeded runs over the method's rate grid, scored on validation data; the best rate (tune.ts). */
+function tuneLearningRate(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, v: Validation, id: string, log: (l: string) => void): TuningRecord {
+  const spec = suite.tuneLr!;
+  const sh = suite.shared;
+  const steps = tuneSteps(spec, sh.steps);
+  const grid = lrGrid(m, spec);
+  const t0 = performance.now();
+  const candidates: TuneCandidate[] = [];
+  log(`${id}: learning-rate search over ${grid.map((x) => x.toExponential(1)).join(', ')}: ${steps} steps each, ${v.metric} on ${v.source}`);
+  for (const lr of grid) {
+    let model: LlamaModel | null = null;
+    const c: TuneCandidate = { lr, score: null, finalLoss: null, status: 'ok' };
+    try {
+      model = prepareModel(m, suite, baseDir);
+      model.checkpointing = checkpointingOf(m, suite);
+      const run = finetune(model, v.train, {
+        ...finetuneOptionsFor({ ...m, lr }, suite), steps,
+        warmupSteps: Math.min(steps, Math.round((sh.warmupSteps * steps) / sh.steps)),
+      });
+      c.finalLoss = run.finalLoss;
+      c.score = v.score(model, sh.batchSize);
+      if (!Number.isFinite(c.score)) { c.status = 'diverged'; c.score = null; }
+    } catch (e) {
+      if (e instanceof DivergedError) { c.status = 'diverged'; c.error = e.message; }
+      else { c.status = 'error'; c.error = (e as Error).message; }
+    } finally {
+      model?.dispose();
+      memory.emptyCache();
+    }
+    candidates.push(c);
+    log(`${id}: lr ${lr.toExponential(1)}: ${c.score === null ? `${c.status}${c.error ? ` (${c.error})` : ''}` : `${v.metric} ${c.score.toFixed(4)}, final training loss ${c.finalLoss?.toFixed(4)}`}`);
+  }
+  const t: TuningRecord = {
+    metric: v.metric, higherIsBetter: v.higherIsBetter, steps, validation: v.source, examples: v.examples,
+    configured: m.lr, grid, candidates, chosen: chooseLr(candidates, v.higherIsBetter, m.lr), ms: performance.now() - t0,
+  };
+  log(`${id}: chosen lr ${t.chosen} (${describeTuning(t)})`);
+  return t;
+}
+
 function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, data: TaskData,
                 prov: RunRecord['provenance'], id: string, log: (l: string) => void, progress: boolean,
-                peerSteps: number): { record: RunRecord; peerInput: PeerInput | null } {
+                peerSteps: number, extra: { tuning?: TuningRecord; validation?: Validation } = {}): { record: RunRecord; peerInput: PeerInput | null } {
   const sh = suite.shared;
   let peerInput: PeerInput | null = null;
   const startedAt = new Date().toISOString();
@@ -327,6 +413,7 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
     memory: { peakTotal: 0, peak: zeroPeak, deviceBytes: 0 },
     speed: { tokensPerSecond: 0, msPerStep: { forward: 0, backward: 0, optimizer: 0, total: 0 } },
     trainableParameters: 0, totalParameters: 0, fileBytes: 0, lossCurve: [], referenceMs: NaN, provenance: prov, startedAt, durationMs: 0,
+    ...(extra.tuning ? { tuning: extra.tuning } : {}),
   };
   let model: LlamaModel | null = null;
   const tmp = mkdtempSync(join(tmpdir(), 'tunebench-run-'));
@@ -345,10 +432,19 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
     // captured before training, so the peers start from the same weights (JS memory, not tracked)
     if (peerSteps > 0) peerInput = peerInputOf(model, train, m, suite, peerSteps);
     const baseLossBefore = task === 'adapt' ? evaluateLoss(model, epochBatches(data.adapt!.baseValidation, sh.batchSize)).loss : NaN;
+    // the held-out curve: the validation score at a few steps of the run
+    // (evaluation time is left out of the run's speed figures by finetune)
+    const v = extra.validation;
+    const at = new Set(v ? evalSteps(sh.steps, suite.tuneLr?.evalPoints ?? DEFAULT_EVAL_POINTS) : []);
+    const curve: { step: number; value: number }[] = [];
+    const heldOut = (step: number) => { if (v && at.has(step)) curve.push({ step, value: v.score(model!, sh.batchSize) }); };
+    heldOut(0);
+    const printer = progress ? progressPrinter(id, sh.steps, Math.max(1, Math.floor(sh.steps / 5))) : undefined;
     const run = finetune(model, train, {
       ...finetuneOptionsFor(m, suite),
-      onStep: progress ? progressPrinter(id, sh.steps, Math.max(1, Math.floor(sh.steps / 5))) : undefined,
+      onStep: printer || v ? (s) => { printer?.(s); heldOut(s.step); } : undefined,
     });
+    if (v && curve.length) record.evalCurve = { metric: v.metric, higherIsBetter: v.higherIsBetter, points: curve };
     const peak = memory.snapshot().cpu;
     record.memory = { peakTotal: peak.peakTotal - before.liveTotal, peak: Object.fromEntries(CATEGORIES.map((c) => [c, peak.peak[c]])) as Record<Category, number>, deviceBytes: process.memoryUsage().rss, predicted };
     const n = run.steps.length;
@@ -370,7 +466,9 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
         return { adaptLoss: e.adaptLoss, adaptPerplexity: e.adaptPerplexity, forgetting: e.baseLoss - baseLossBefore };
       }
       const e = evaluateJsonl(mod, data.jsonl!, sh.batchSize);
-      return Object.fromEntries(Object.entries(e).filter(([, v]) => typeof v === 'number')) as Record<string, number>;
+      const out = Object.fromEntries(Object.entries(e).filter(([, x]) => typeof x === 'number')) as Record<string, number>;
+      if (data.jsonl!.majorityBaseline !== undefined && out.accuracy !== undefined) out.majorityBaseline = data.jsonl!.majorityBaseline;
+      return out;
     };
     record.metrics = evaluate(model);
     const saved = join(tmp, 'saved');

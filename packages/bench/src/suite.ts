@@ -5,6 +5,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { type CheckpointingMode, PRESETS, checkRegularFile, configFromHf, parseCheckpointing, parseJson, readJsonl, readTextFile } from '@tunebench/core';
+import type { TuneLrSpec } from './tune.js';
 import { CI_METHODS, DEFAULT_METHODS, type MethodSpec, methodNames, methodPlugin, parseMethods } from './methods.js';
 
 export { type MethodSpec, parseMethods, DEFAULT_METHODS, CI_METHODS };
@@ -32,6 +33,8 @@ export interface Suite {
   peers?: PeerSpec;
   /** kernel microbenchmarks at the suite's shapes after the runs (default true) */
   kernels?: boolean;
+  /** choose each method's learning rate per task on validation data before its run (tune.ts) */
+  tuneLr?: TuneLrSpec;
 }
 
 export interface PeerSelection {
@@ -105,6 +108,7 @@ const SUITE_SCHEMA = z.object({
     r: int(1, 65536).optional(), alpha: z.number().positive().max(1e6).optional(),
     options: z.record(z.string(), z.union([z.string(), z.number(), z.boolean()])).optional(),
     checkpointing: checkpointingSchema.optional(),
+    lrGrid: z.array(z.number().positive().max(10)).min(1).max(32).optional(),
   }).strict()).min(1),
   shared: z.object({
     steps: int(1, 1e7), batchSize: int(1, 65536), seqLen: int(1, 1 << 22), seed: z.number().int().min(0).max(2 ** 32 - 1),
@@ -118,6 +122,12 @@ const SUITE_SCHEMA = z.object({
     pytorch: z.object({ ...peerSelection, threads: int(1, 1024).optional() }).strict().optional(),
   }).strict().optional(),
   kernels: z.boolean().optional(),
+  tuneLr: z.object({
+    factors: z.array(z.number().positive().max(1e4)).min(1).max(32).optional(),
+    steps: int(1, 1e7).optional(),
+    maxValidation: int(1, 1e7).optional(),
+    evalPoints: int(0, 1000).optional(),
+  }).strict().optional(),
 }).strict();
 
 /** Edit distance, for "did you mean" on unknown keys. */

@@ -59,7 +59,9 @@ export interface ReportOptions {
 
 /** The data-chart names, in page order (`kernels` only with opts.kernels). */
 export const REPORT_CHARTS = ['memory', 'throughput', 'peers', 'pareto', 'loss', 'deployable', 'kernels'] as const;
-export type ReportChart = (typeof REPORT_CHARTS)[number];
+/** Charts drawn only when the records hold their data (a learning-rate search). */
+export const OPTIONAL_CHARTS = ['tuning'] as const;
+export type ReportChart = (typeof REPORT_CHARTS)[number] | (typeof OPTIONAL_CHARTS)[number];
 
 export const NO_DEPLOYABLE_TEXT = 'no deployable-model rows in this run';
 export const NO_PEERS_TEXT = 'no peer rows in this run (the suite\u2019s peers, or --peers tfjs,pytorch)';
@@ -472,6 +474,54 @@ async function kernelChart(k: KernelSpeeds): Promise<Chart> {
 }
 
 // ---- the page
+// (f) learning-rate search and held-out curves
+async function tuningChart(gs: TaskGroup[]): Promise<Chart | null> {
+  const panels: Spec[] = [];
+  const rows: (string | number)[][] = [];
+  for (const g of gs) {
+    const tuned = g.runs.filter((r) => r.tuning);
+    const curved = g.runs.filter((r) => r.evalCurve && r.evalCurve.points.length);
+    if (tuned.length === 0 && curved.length === 0) continue;
+    for (const r of tuned) {
+      const t = r.tuning!;
+      rows.push([g.task, g.labels.get(r)!, t.metric, t.candidates.map((c) => `${c.lr.toExponential(1)}: ${c.score === null ? c.status : formatMetric(c.score)}`).join(', '),
+        t.chosen.toExponential(1), t.steps, t.examples]);
+    }
+    const lrValues = tuned.flatMap((r) => r.tuning!.candidates.filter((c) => c.score !== null)
+      .map((c) => ({ run: g.labels.get(r)!, lr: c.lr, score: c.score!, chosen: c.lr === r.tuning!.chosen ? 'chosen' : 'tried' })));
+    const metric = tuned[0]?.tuning?.metric ?? curved[0]?.evalCurve?.metric ?? 'score';
+    if (lrValues.length) {
+      const x = { field: 'lr', type: 'quantitative', title: 'learning rate', scale: { type: 'log' } };
+      const y = { field: 'score', type: 'quantitative', title: `validation ${metric}`, scale: { zero: false } };
+      panels.push({
+        title: { text: `${g.task}: learning-rate search`, subtitle: `${metric} after ${tuned[0].tuning!.steps} steps; filled: chosen` }, width: PANEL_WIDTH, height: PANEL_HEIGHT, data: { values: lrValues },
+        layer: [
+          { mark: { type: 'line', strokeWidth: 1.2 }, encoding: { x, y, color: { field: 'run', type: 'nominal', title: 'run' } } },
+          { mark: { type: 'point', size: 60 }, encoding: { x, y, color: { field: 'run', type: 'nominal', title: 'run' },
+            fill: { condition: { test: "datum.chosen === 'chosen'", field: 'run', type: 'nominal' }, value: 'white' } } },
+        ],
+      });
+    }
+    const curveValues = curved.flatMap((r) => r.evalCurve!.points.map((p) => ({ run: g.labels.get(r)!, step: p.step, value: p.value })));
+    if (curveValues.length) {
+      panels.push({
+        title: { text: `${g.task}: held-out ${metric} during the run`, subtitle: 'still rising (or falling) at the last step: the budget ended before the method converged' },
+        width: PANEL_WIDTH, height: PANEL_HEIGHT, data: { values: curveValues }, mark: { type: 'line', point: true, strokeWidth: 1.5 },
+        encoding: {
+          x: { field: 'step', type: 'quantitative', title: 'optimizer step' },
+          y: { field: 'value', type: 'quantitative', title: `validation ${metric}`, scale: { zero: false } },
+          color: { field: 'run', type: 'nominal', title: 'run' },
+        },
+      });
+    }
+  }
+  if (panels.length === 0 && rows.length === 0) return null;
+  const caption = 'Each method\u2019s learning rate chosen on validation data (never the test split): the score of each short candidate run, and the validation score of the full run at a few steps.';
+  const head = ['task', 'method', 'metric', 'candidates (lr: score)', 'chosen', 'steps each', 'validation examples'];
+  const tbl = rows.length ? table(head, rows, { numeric: [false, false, false, false, true, true, true] }) : '';
+  if (panels.length === 0) return { name: 'tuning', caption, placeholder: 'no candidate finished', table: tbl };
+  return { name: 'tuning', caption, svg: await vegaLiteToSvg({ ...concat(panels, 'independent') }, 'tuning'), table: tbl };
+}
 
 const CSS = `
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1200px;padding:0 16px;color:#222;line-height:1.4}
@@ -522,6 +572,7 @@ const TITLES: Record<ReportChart, string> = {
   loss: 'Training loss curves',
   deployable: 'Deployable models: metric vs bits',
   kernels: 'Kernel speed vs measured peak',
+  tuning: 'Learning rates chosen on validation data, and held-out curves',
 };
 
 /** The whole report as one HTML document. */
@@ -538,6 +589,8 @@ export async function renderReport(records: readonly RunRecord[], opts: ReportOp
     await lossChart(groups(records)),
     await deployableChart(gs),
   ];
+  const tuning = await tuningChart(gs);
+  if (tuning) charts.push(tuning);
   if (opts.kernels) charts.push(await kernelChart(opts.kernels));
   const suites = distinct(records.map((r) => r.suite));
   const counts = (['ok', 'oom', 'diverged', 'error'] as const).map((s) => [s, records.filter((r) => r.status === s).length] as const)

@@ -53,7 +53,7 @@ function taskTable(runs: readonly RunRecord[]): string[] {
     lines.push(row([
       cell(labels.get(r) ?? r.method),
       ...(ck ? [cell(String(r.settings?.checkpointing ?? 'off'))] : []),
-      cell(statusText(r)),
+      cell(statusText(r) + (atMajority(r) ? ' ⚠ majority class' : '')),
       ...metrics.map((m) => (ok ? formatMetric(r.metrics?.[m]) : '-')),
       isFiniteNumber(peak) && peak > 0 ? formatMiB(peak) : '-',
       isFiniteNumber(tps) && tps > 0 ? groupThousands(tps) : '-',
@@ -61,6 +61,41 @@ function taskTable(runs: readonly RunRecord[]): string[] {
       ok && isFiniteNumber(r.fileBytes) && r.fileBytes > 0 ? formatBytes(r.fileBytes) : '-',
     ]));
   }
+  return lines;
+}
+
+/** A classification run whose accuracy does not beat always answering the majority class. */
+export function atMajority(r: RunRecord): boolean {
+  const a = r.metrics?.accuracy, m = r.metrics?.majorityBaseline;
+  return r.status === 'ok' && isFiniteNumber(a) && isFiniteNumber(m) && a <= m;
+}
+
+function majorityNotes(runs: readonly RunRecord[]): string[] {
+  const labels = runLabels(runs);
+  const flagged = runs.filter(atMajority);
+  if (flagged.length === 0) return [];
+  return ['', ...flagged.map((r) => `⚠ ${cell(labels.get(r) ?? r.method)}: accuracy ${formatMetric(r.metrics.accuracy)} does not beat always answering the majority class (${formatMetric(r.metrics.majorityBaseline)}): it has not learned the task at this rate and budget${r.tuning ? '' : ' (--tune-lr searches a rate)'}.`)];
+}
+
+function tuningTable(runs: readonly RunRecord[]): string[] {
+  const labels = runLabels(runs);
+  const rows = runs.filter((r) => r.tuning || r.evalCurve);
+  if (rows.length === 0) return [];
+  const lines = ['', 'learning rates chosen on validation data (never the test split), and the held-out score during the run:', ''];
+  lines.push(row(['method', 'metric', 'candidates (lr: score after the short run)', 'chosen lr', 'held-out curve (step: score)']));
+  lines.push(row(['---', '---', '---', '---:', '---']));
+  for (const r of rows) {
+    const t = r.tuning;
+    const metric = t?.metric ?? r.evalCurve?.metric ?? '-';
+    lines.push(row([
+      cell(labels.get(r) ?? r.method), `${metric} ${t ? (t.higherIsBetter ? '↑' : '↓') : ''}`.trim(),
+      t ? t.candidates.map((c) => `${c.lr.toExponential(1)}: ${c.score === null ? c.status : formatMetric(c.score)}`).join(' · ') : '-',
+      t ? t.chosen.toExponential(1) : String(r.settings?.lr ?? '-'),
+      r.evalCurve ? r.evalCurve.points.map((p) => `${p.step}: ${formatMetric(p.value)}`).join(' → ') : '-',
+    ]));
+  }
+  const t = rows.find((r) => r.tuning)?.tuning;
+  if (t) lines.push('', `each candidate: ${t.steps} steps from the same weights and data order, scored on ${text(t.validation)}.`);
   return lines;
 }
 
@@ -122,6 +157,8 @@ export function renderSummary(records: readonly RunRecord[]): string {
     const common = commonSettings(ours);
     if (common.length) lines.push(`settings: ${text(common.map(([k, v]) => `${k}=${v}`).join(' · '))}`, '');
     lines.push(...taskTable(ours));
+    lines.push(...majorityNotes(ours));
+    lines.push(...tuningTable(ours));
     lines.push(...deployableTable(ours));
     lines.push(...peersTable(runs));
     lines.push('');

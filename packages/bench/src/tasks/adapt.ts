@@ -1,19 +1,43 @@
 // `adapt`: fine-tune the base on Brown genre(s) it never saw. Metrics: loss
 // and perplexity on the held-out genre's test documents, and forgetting: how
 // much the loss on the base genres' validation text rose.
-import { type LlamaModel, type TokenRows, epochBatches, evaluateLoss, packTexts } from '@tunebench/core';
+import { type LlamaModel, TokenRows, epochBatches, evaluateLoss, packTexts } from '@tunebench/core';
 import type { BrownData } from './pretrain.js';
+import { seededOrder } from './split.js';
 
 export interface AdaptData {
   train: TokenRows;
   test: TokenRows;
   baseValidation: TokenRows;
   genres: string[];
+  /** when asked for: the held-out genre's training documents split in two,
+   * for the learning-rate search (train on `train`, score on `validation`) */
+  tune?: { train: TokenRows; validation: TokenRows; documents: number };  // validation: at most maxValidationRows rows
 }
 
-export function adaptData(brown: BrownData, seqLen: number): AdaptData {
+export function adaptData(brown: BrownData, seqLen: number, o: { validationFraction?: number; maxValidationRows?: number; seed?: number } = {}): AdaptData {
   const { split, tokenizer } = brown;
+  let tune: AdaptData['tune'];
+  if (o.validationFraction) {
+    const f = o.validationFraction;
+    if (!(f > 0 && f < 1)) throw new Error(`adapt: validationFraction must be in (0, 1), got ${f}`);
+    const docs = seededOrder(split.heldOut.train, (d) => d.id, o.seed ?? 0);
+    const nVal = Math.max(1, Math.round(docs.length * f));
+    let validation = packTexts(tokenizer, docs.slice(0, nVal).map((d) => d.text), seqLen, 'brown:held-out validation');
+    const cap = o.maxValidationRows;
+    if (cap !== undefined && validation.numRows > cap) {
+      // the first rows only: scoring every candidate on all of them would cost more than its training
+      const T = validation.seqLen;
+      validation = new TokenRows(T, validation.ids.slice(0, cap * T), validation.targets.slice(0, cap * T), validation.padId,
+        { ...validation.stats, rows: cap, inputTokens: cap * T, targetTokens: cap * T });
+    }
+    tune = {
+      train: packTexts(tokenizer, docs.slice(nVal).map((d) => d.text), seqLen, 'brown:held-out train minus validation'),
+      validation, documents: nVal,
+    };
+  }
   return {
+    ...(tune ? { tune } : {}),
     train: packTexts(tokenizer, split.heldOut.train.map((d) => d.text), seqLen, 'brown:held-out train'),
     test: packTexts(tokenizer, split.heldOut.test.map((d) => d.text), seqLen, 'brown:held-out test'),
     baseValidation: brown.validation.seqLen === seqLen ? brown.validation : packTexts(tokenizer, split.validation.map((d) => d.text), seqLen, 'brown:validation'),

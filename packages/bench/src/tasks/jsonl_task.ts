@@ -20,7 +20,12 @@ export interface JsonlData {
   /** candidate rows (one per label per eval example) and the true label index */
   candidates: TokenRows | null;
   truth: number[];
+  /** with labels: the eval share of the training data's most frequent label (what always answering it scores) */
+  majorityBaseline?: number;
   counts: { train: number; eval: number };
+  /** when asked for: the training rows split in two for the learning-rate
+   * search (train on `train`, score on `eval`/`candidates`), never the eval part */
+  tune?: { train: TokenRows; eval: TokenRows; candidates: TokenRows | null; truth: number[]; examples: number };
 }
 
 export interface JsonlOptions {
@@ -29,6 +34,9 @@ export interface JsonlOptions {
   /** share of rows held out for evaluation when no evalFile is given (default 0.1) */
   evalFraction?: number;
   evalFile?: string;
+  /** also split off this share of the training rows (at most maxValidation) for the learning-rate search */
+  validationFraction?: number;
+  maxValidation?: number;
 }
 
 export function jsonlData(file: string, tok: Tokenizer, o: JsonlOptions): JsonlData {
@@ -48,23 +56,56 @@ export function jsonlData(file: string, tok: Tokenizer, o: JsonlOptions): JsonlD
     trainDs = { ...ds, rows: tr } as Dataset;
     evalDs = { ...ds, source: `${ds.source} (held out)`, rows: ev } as Dataset;
   }
-  let labels: string[] | null = null, candidates: TokenRows | null = null, truth: number[] = [];
+  let labels: string[] | null = null;
   if (ds.kind === 'sft') {
     const distinct = [...new Set((ds.rows as SftRow[]).map((r) => r.completion))].sort();
-    if (distinct.length >= 2 && distinct.length <= MAX_LABELS) {
-      labels = distinct;
-      const evalRows = evalDs.rows as SftRow[];
-      truth = evalRows.map((r) => distinct.indexOf(r.completion));
-      if (truth.some((t) => t < 0)) { labels = null; truth = []; }
-      else candidates = padExamples(tok, evalRows.flatMap((r) => distinct.map((completion) => ({ prompt: r.prompt, completion }))), o.seqLen, `${file}: label candidates`);
-    }
+    if (distinct.length >= 2 && distinct.length <= MAX_LABELS) labels = distinct;
+  }
+  // one candidate row per label per example, and each example's true label
+  const candidatesOf = (rows: readonly SftRow[], what: string): { candidates: TokenRows; truth: number[] } | null => {
+    if (!labels) return null;
+    const truth = rows.map((r) => labels!.indexOf(r.completion));
+    if (truth.some((t) => t < 0)) return null;
+    return { candidates: padExamples(tok, rows.flatMap((r) => labels!.map((completion) => ({ prompt: r.prompt, completion }))), o.seqLen, `${file}: ${what}`), truth };
+  };
+  const ev = ds.kind === 'sft' ? candidatesOf(evalDs.rows as SftRow[], 'label candidates') : null;
+  if (!ev) labels = null;
+  let tune: JsonlData['tune'];
+  if (o.validationFraction) {
+    const f = o.validationFraction;
+    if (!(f > 0 && f < 1)) throw new Error(`validationFraction must be in (0, 1), got ${f}`);
+    const rows = trainDs.rows as readonly unknown[];
+    const max = o.maxValidation ?? Infinity;
+    let nVal = 0;
+    const held = rows.map((_, i) => {
+      const h = nVal < max && hash53(`val:${i}`, o.seed ?? 0) / 2 ** 53 < f;
+      if (h) nVal++;
+      return h;
+    });
+    const tr = rows.filter((_, i) => !held[i]), va = rows.filter((_, i) => held[i]);
+    if (va.length === 0 || tr.length === 0) throw new Error(`${file}: ${rows.length} training rows are too few to split off a validation part for the learning-rate search`);
+    const vds = { ...ds, source: `${ds.source} (validation)`, rows: va } as Dataset;
+    const vc = ds.kind === 'sft' && labels ? candidatesOf(va as SftRow[], 'validation label candidates') : null;
+    tune = {
+      train: prepareDataset({ ...ds, rows: tr } as Dataset, tok, o.seqLen),
+      eval: prepareDataset(vds, tok, o.seqLen),
+      candidates: vc?.candidates ?? null, truth: vc?.truth ?? [], examples: va.length,
+    };
+  }
+  let majorityBaseline: number | undefined;
+  if (labels && ev) {
+    const counts = labels.map((l) => (trainDs.rows as SftRow[]).filter((r) => r.completion === l).length);
+    const majority = counts.indexOf(Math.max(...counts));
+    majorityBaseline = ev.truth.filter((t) => t === majority).length / ev.truth.length;
   }
   return {
     kind: ds.kind,
+    ...(majorityBaseline !== undefined ? { majorityBaseline } : {}),
     train: prepareDataset(trainDs, tok, o.seqLen),
     eval: prepareDataset(evalDs, tok, o.seqLen),
-    labels, candidates, truth,
+    labels, candidates: ev?.candidates ?? null, truth: ev?.truth ?? [],
     counts: { train: trainDs.rows.length, eval: evalDs.rows.length },
+    ...(tune ? { tune } : {}),
   };
 }
 
@@ -76,16 +117,23 @@ export interface JsonlMetrics {
 }
 
 export function evaluateJsonl(model: LlamaModel, data: JsonlData, batchSize: number): JsonlMetrics {
-  const l = evaluateLoss(model, epochBatches(data.eval, batchSize));
-  const out: JsonlMetrics = { loss: l.loss, perplexity: l.perplexity };
-  if (data.labels && data.candidates) {
-    const L = data.labels.length;
-    const ll = rowLogLikelihoods(model, epochBatches(data.candidates, batchSize)).slice(0, data.candidates.numRows);
-    const scores = data.truth.map((_, i) => ll.slice(i * L, (i + 1) * L));
-    const r = classify(scores, data.truth, L);
+  return scoreJsonl(model, { eval: data.eval, candidates: data.candidates, truth: data.truth, labels: data.labels }, batchSize);
+}
+
+/** Loss and perplexity of eval rows, plus accuracy and macro F1 of label candidates when there are labels. */
+export function scoreJsonl(model: LlamaModel, d: { eval: TokenRows; candidates: TokenRows | null; truth: number[]; labels: string[] | null }, batchSize: number, o: { lossOnly?: boolean; labelsOnly?: boolean } = {}): JsonlMetrics {
+  const out: JsonlMetrics = { loss: NaN, perplexity: NaN };
+  if (!o.labelsOnly) {
+    const l = evaluateLoss(model, epochBatches(d.eval, batchSize));
+    out.loss = l.loss; out.perplexity = l.perplexity;
+  }
+  if (d.labels && d.candidates && !o.lossOnly) {
+    const L = d.labels.length;
+    const ll = rowLogLikelihoods(model, epochBatches(d.candidates, batchSize)).slice(0, d.candidates.numRows);
+    const scores = d.truth.map((_, i) => ll.slice(i * L, (i + 1) * L));
+    const r = classify(scores, d.truth, L);
     out.accuracy = r.accuracy;
     out.macroF1 = r.macroF1;
   }
   return out;
 }
-

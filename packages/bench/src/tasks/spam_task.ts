@@ -17,6 +17,9 @@ export interface SpamData {
   counts: { train: number; validation: number; test: number };
   /** accuracy of always answering the training split's majority label */
   majorityBaseline: number;
+  /** label candidates of (a seeded subset of) the validation split, when
+   * asked for: never the test split; the learning-rate search scores on it */
+  validation?: { candidates: TokenRows; labels: number[]; majorityBaseline: number };
 }
 
 export interface SpamDataOptions {
@@ -28,6 +31,8 @@ export interface SpamDataOptions {
   maxTrain?: number;
   /** use at most this many test examples; default all */
   maxTest?: number;
+  /** also prepare this many validation examples (seeded subset of the validation split); default none */
+  maxValidation?: number;
 }
 
 export function spamData(tok: Tokenizer, o: SpamDataOptions): SpamData {
@@ -42,12 +47,22 @@ export function spamData(tok: Tokenizer, o: SpamDataOptions): SpamData {
   const candidates = test.flatMap((e) => SPAM_LABELS.map((completion) => ({ prompt: e.prompt, completion })));
   const trainSpam = train.filter((e) => e.label === 'spam').length;
   const majority = trainSpam * 2 > train.length ? 1 : 0;
+  let validation: SpamData['validation'];
+  if (o.maxValidation) {
+    const val = subset(split.validation, o.maxValidation);
+    validation = {
+      candidates: padExamples(tok, val.flatMap((e) => SPAM_LABELS.map((completion) => ({ prompt: e.prompt, completion }))), o.seqLen, 'spam:validation candidates'),
+      labels: val.map(label),
+      majorityBaseline: val.filter((e) => label(e) === majority).length / val.length,
+    };
+  }
   return {
     train: padExamples(tok, train.map((e) => ({ prompt: e.prompt, completion: e.completion })), o.seqLen, 'spam:train'),
     testCandidates: padExamples(tok, candidates, o.seqLen, 'spam:test candidates'),
     testLabels: test.map(label),
     counts: { train: train.length, validation: split.validation.length, test: test.length },
     majorityBaseline: test.filter((e) => label(e) === majority).length / test.length,
+    ...(validation ? { validation } : {}),
   };
 }
 
@@ -59,8 +74,13 @@ export interface SpamMetrics {
 }
 
 export function evaluateSpam(model: LlamaModel, data: SpamData, batchSize: number): SpamMetrics {
-  const ll = rowLogLikelihoods(model, epochBatches(data.testCandidates, batchSize)).slice(0, data.testCandidates.numRows);
-  const scores = data.testLabels.map((_, i) => [ll[2 * i], ll[2 * i + 1]]);
-  const r = classify(scores, data.testLabels, SPAM_LABELS.length);
-  return { accuracy: r.accuracy, macroF1: r.macroF1, confusion: r.confusion, examples: data.testLabels.length };
+  return scoreSpam(model, data.testCandidates, data.testLabels, batchSize);
+}
+
+/** Accuracy and macro F1 of label candidates (two rows per example: ' ham', ' spam'). */
+export function scoreSpam(model: LlamaModel, candidates: TokenRows, labels: number[], batchSize: number): SpamMetrics {
+  const ll = rowLogLikelihoods(model, epochBatches(candidates, batchSize)).slice(0, candidates.numRows);
+  const scores = labels.map((_, i) => [ll[2 * i], ll[2 * i + 1]]);
+  const r = classify(scores, labels, SPAM_LABELS.length);
+  return { accuracy: r.accuracy, macroF1: r.macroF1, confusion: r.confusion, examples: labels.length };
 }
