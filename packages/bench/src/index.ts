@@ -55,5 +55,5 @@ export * from './report/index.js';
 export { planMemory, type Plan, type PlanMethod } from './plan.js';
 export { registerMethod, methodPlugin, methodNames, planFor, optimizerStateBytes, decodeTokensPerSecond, type MethodPlugin, type DeployContext, type KernelCase } from './methods.js';
 export { capturePeerInput, type PeerInput, type PeerOutcome, type PeerImpl, type PeerWeight } from './peers/input.js';
-export { runTfjsPeer } from './peers/tfjs.js';
+export { loadTfjs, runTfjsPeer, type TfjsBackend, type TfjsBackendName } from './peers/tfjs.js';
 export { runTorchPeer, torchUnavailable, TORCH_SCRIPT } from './peers/pytorch.js';
