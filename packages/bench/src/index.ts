@@ -49,7 +49,7 @@ export * from './record.js';
 export * from './suite.js';
 export { lossAgreement, LOSS_AGREEMENT } from './peers/agreement.js';
 export { runSuite, readResults, readKernels, KERNELS_FILE, runId, peerRunId, peersFor, referenceKernelMs, provenance, type RunnerOptions } from './runner.js';
-export { measureKernels, type KernelBenchOptions, type KernelReport } from './kernels.js';
+export { measureKernels, type KernelBenchOptions, type KernelReport, type KernelRow, KERNEL_REPORT_FORMAT } from '@tunebench/core';
 export * from './check.js';
 export * from './report/index.js';
 export { planMemory, type Plan, type PlanMethod } from './plan.js';
