@@ -3,8 +3,8 @@
 of a LLaMA with exactly tunebench's architecture and numerics (fp32), full
 fine-tuning or LoRA, timed on the CPU.
 
-Launched by the bench runner (packages/bench/src/peers/pytorch.ts) and by the
-core's training-step benchmark (packages/core/bench/train_step.ts). They pass
+Launched through the bench package's PyTorch peer (src/peers/pytorch.ts), by
+the suite runner and by the training-step benchmark (bench/train_step.ts). They pass
 the model config (so the shapes live in one place) and, with --init, the
 initial weights and the token batches tunebench trained on, the learning rate
 of every step and the clipping, so that the per-step losses of the two

@@ -34,16 +34,9 @@ export interface MethodSpec {
 }
 
 /** A kernel microbenchmark a method adds at a suite's shapes (kernels.ts runs it). */
-export interface KernelCase {
-  name: string;
-  /** floating-point operations and compulsory bytes of one call */
-  flop: number;
-  bytes: number;
-  /** one call (tensors made in setup) */
-  run: () => void;
-  /** frees what setup made */
-  dispose: () => void;
-}
+/** A method's own kernel row (e.g. QLoRA's NF4 GEMM): core's harness times it with the rest. */
+import type { KernelCase } from '@tunebench/core';
+export type { KernelCase };
 
 /** What a method may use to build its deployable models after training. */
 export interface DeployContext {

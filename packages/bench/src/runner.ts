@@ -9,10 +9,10 @@ import { fileURLToPath } from 'node:url';
 import {
   ByteTokenizer, CATEGORIES, type Category, DivergedError, type LlamaModel, Tensor, type TokenRows, epochBatches, evaluateLoss,
   gemmKernel, matmul, median, memory, writeJsonAtomic, configFromHf, type LlamaConfig, type CheckpointingMode,
+  type KernelReport, measureKernels,
 } from '@tunebench/core';
 import { countParameters } from '@tunebench/lora';
 import { type MethodSpec, methodPlugin, planFor } from './methods.js';
-import { type KernelReport, measureKernels } from './kernels.js';
 import { type PeerImpl, type PeerInput, type PeerOutcome, capturePeerInput } from './peers/input.js';
 import { runTorchPeer, torchUnavailable } from './peers/pytorch.js';
 import { runTfjsPeer } from './peers/tfjs.js';

@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ByteTokenizer, type LlamaConfig, LlamaModel, packTexts, preset } from '@tunebench/core';
 import { prepareLora } from '@tunebench/lora';
-import { type FinetuneOptions, capturePeerInput, finetune, resolveFinetuneOptions, runTfjsPeer, runTorchPeer, torchUnavailable } from '../src/index.js';
+import { type FinetuneOptions, capturePeerInput, finetune, loadTfjs, resolveFinetuneOptions, runTfjsPeer, runTorchPeer, torchUnavailable } from '../src/index.js';
 
 const cfg: LlamaConfig = { ...preset('tiny'), hiddenSize: 32, intermediateSize: 64, numLayers: 2, numHeads: 4, numKvHeads: 2 };
 const texts = Array.from({ length: 12 }, (_, i) => `Row ${i}: the quick brown fox ${'jumps '.repeat(i % 4)}over the lazy dog number ${i * 7}.`);
@@ -46,9 +46,16 @@ for (const method of ['full', 'lora'] as const) {
     }
     const t = await runTfjsPeer(o.input);
     assert.equal(t.impl, 'tensorflow.js');
+    // the wasm backend from the installed package (SIMD validates on Node 20; one thread, see peers/tfjs.ts)
+    assert.match(t.detail, /^tensorflow\.js 4\.22\.\d+ wasm \((simd|no simd), \d+ threads?\)$/);
     assertClose(t.losses, o.losses, 1e-4, 'tfjs');
     assert.equal(t.stepMs.length, opts.steps - 1, 'the profiled last step is not timed');
     assert.ok(t.peakBytes! > 0, 'tfjs counted its tensor bytes');
+    // the pure-JS cpu backend (the tests' gradient oracle) gives the same losses
+    const c = await runTfjsPeer(o.input, { backend: 'cpu' });
+    assert.match(c.detail, /cpu \(pure JS/);
+    assertClose(c.losses, o.losses, 1e-4, 'tfjs cpu');
+    assertClose(t.losses, c.losses, 1e-4, 'tfjs wasm vs cpu');
   });
 
   test(`${method}: PyTorch redoes the steps with the same losses`, async (tt) => {
@@ -66,4 +73,19 @@ for (const method of ['full', 'lora'] as const) {
 test('a peer given too few steps says so', async () => {
   const o = ours('full');
   await assert.rejects(runTfjsPeer({ ...o.input, batches: o.input.batches.slice(0, 2), lrs: o.input.lrs.slice(0, 2) }), /at least 3 steps/);
+});
+
+test('the wasm backend\'s UnsortedSegmentSum (registered by the peer) matches the cpu backend, out-of-range ids dropped', async () => {
+  const ids = [3, 0, -1, 3, 5, 1, 0];
+  const x = Array.from({ length: ids.length * 3 }, (_, i) => Math.sin(i + 1));
+  const sums: number[][] = [];
+  for (const backend of ['wasm', 'cpu'] as const) {
+    const { tf, name } = await loadTfjs(backend);
+    assert.equal(name, backend);
+    const out = tf.unsortedSegmentSum(tf.tensor2d(x, [ids.length, 3]), tf.tensor1d(ids, 'int32'), 4);
+    assert.deepEqual(out.shape, [4, 3]);
+    sums.push([...out.dataSync()]);
+  }
+  assert.deepEqual(sums[0], sums[1]);
+  assert.ok(Math.abs(sums[1][0] - (x[3] + x[18])) < 1e-6, 'segment 0 = rows 1 and 6');
 });

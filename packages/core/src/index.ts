@@ -57,3 +57,8 @@ export { median, relativeError } from './util/compare.js';
 export { checkJsonDepth, parseJson, parseJsonStrict, JSON_MAX_DEPTH } from './util/json.js';
 export { checkRegularFile, openRegularFile, readTextFile } from './util/files.js';
 export { linearRegExp } from './util/regex.js';
+export {
+  type KernelCase, type KernelRow, type KernelReport, type KernelSection, type KernelBenchOptions, type KernelTiming, type OpenblasInfo, type StepShape,
+  type SweepSection, KERNEL_REPORT_FORMAT, NO_OPENBLAS, formatKernelTable, kernelFraction, loadOpenblas, measureKernels, peakCases, runKernelCases,
+  stepKernelCases, sweepKernelCases,
+} from './bench/kernels.js';

@@ -76,7 +76,9 @@ interface TorchJson {
  * OpenBLAS's own pool (a thread per core) whatever this says, and on few cores
  * a second busy OpenMP pool only fights it (docs/benchmarks: 1 thread was the
  * fastest setting on 2 cores). */
-export async function runTorchPeer(input: PeerInput, o: { python?: string; threads?: number; warmup?: number } = {}): Promise<PeerOutcome> {
+/** env: variables set (a string) or removed (undefined) for the python process, e.g.
+ * OPENBLAS_CORETYPE or OMP_WAIT_POLICY (bench/train_step.ts compares them). */
+export async function runTorchPeer(input: PeerInput, o: { python?: string; threads?: number; warmup?: number; env?: Record<string, string | undefined> } = {}): Promise<PeerOutcome> {
   const python = o.python ?? defaultPython();
   const why = torchUnavailable(python);
   if (why) throw new Error(`PyTorch peer: ${why}`);
@@ -89,7 +91,9 @@ export async function runTorchPeer(input: PeerInput, o: { python?: string; threa
       '--lrs', `@${join(dir, 'lrs.json')}`, '--weight-decay', String(input.weightDecay), '--init', dir];
     if (input.maxGradNorm !== null) args.push('--clip', String(input.maxGradNorm));
     if (input.lora) args.push('--lora', `@${join(dir, 'lora.json')}`);
-    const child = spawn(resolved.get(python) ?? python, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const env = { ...process.env };
+    for (const [k, v] of Object.entries(o.env ?? {})) { if (v === undefined) delete env[k]; else env[k] = v; }
+    const child = spawn(resolved.get(python) ?? python, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
     let stdout = '', stderr = '';
     child.stdout.on('data', (d) => { stdout += d; });
     child.stderr.on('data', (d) => { stderr += d; });

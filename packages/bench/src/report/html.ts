@@ -14,6 +14,7 @@
 //   deployable  deployable-model metric vs bits (record.deployable)
 //   kernels     kernel GFLOP/s as a fraction of the measured peak (opts.kernels)
 import type { TopLevelSpec } from 'vega-lite';
+import { kernelFraction } from '@tunebench/core';
 import { type RunRecord, isPeer } from '../record.js';
 import {
   byTask, distinct, peerComparisons, formatBits, formatBytes, formatMetric, formatMiB, formatParams, groupThousands, isFiniteNumber, MIB,
@@ -39,11 +40,8 @@ export interface KernelSpeedRow {
   bound?: 'compute' | 'memory';
 }
 
-/** A kernel row's fraction of the peak that bounds it (null without a usable peak). */
-export function kernelFraction(r: KernelSpeedRow): number | null {
-  const [v, p] = r.bound === 'memory' ? [r.gbps, r.peakGbps] : [r.gflops, r.peakGflops];
-  return isFiniteNumber(v) && isFiniteNumber(p) && p > 0 ? v / p : null;
-}
+/** A kernel row's fraction of the peak that bounds it (null without a usable peak): the harness's rule. */
+export { kernelFraction };
 
 /** Kernel benchmark figures to show beside the runs (`renderReport(..., { kernels })`). */
 export interface KernelSpeeds {
