@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   ByteTokenizer, LlamaModel, type LlamaConfig, Tensor, TokenDataSource, TokenRows, type Batch, disposeBatch, dynamicLength,
-  epochBatches, evaluateLoss, memory, packExamples, padExamples, prepareDataset, preset, sftDataset, type SftRow,
+  epochBatches, evaluateLoss, memory, packExamples, padExamples, prepareDataset, preset, sftDataset, type SftRow, type Tokenizer,
 } from '../src/index.js';
 import { relErr, rng } from './helpers.js';
 
@@ -61,7 +61,14 @@ test('packExamples: truncation as padExamples; examples without targets left out
   assert.deepEqual([...long.targets], [...pad.targets]);
   assert.equal(long.stats.droppedPromptTokens, pad.stats.droppedPromptTokens);
   assert.equal(long.stats.paddingTokens, 0);
-  const noEos = { ...tok, name: 'no-eos', eos: null, encode: (s: string) => tok.encode(s) };
+  const noEos: Tokenizer = { vocabSize: 259, bos: BOS, eos: null, pad: PAD, name: 'no-eos', encode: (t) => tok.encode(t), decode: () => '' };
+  // no BOS either: nothing precedes the first token, so it is never a target (as in padding)
+  const bare: Tokenizer = { vocabSize: 256, bos: null, eos: null, pad: null, name: 'bare', encode: (t) => tok.encode(t), decode: () => '' };
+  const bareEx = [{ prompt: 'ab', completion: 'c' }, { prompt: '', completion: 'xy' }, { prompt: 'a', completion: '' }];
+  assert.deepEqual(rowsOf(packExamples(bare, bareEx, 8)), [
+    { ids: [97, 98, 120, 0, 0, 0, 0, 0], targets: [I, 99, 121, I, I, I, I, I], segments: [0, 0, 1, 2, 2, 2, 2, 2], positions: [0, 1, 0, 0, 1, 2, 3, 4] },
+  ]);
+  assert.equal(packExamples(bare, bareEx, 8).targetTokens(), padExamples(bare, bareEx, 8).targetTokens());
   const skipped = packExamples(noEos, [{ prompt: 'a', completion: '' }, { prompt: 'b', completion: 'c' }], 8);
   assert.equal(skipped.stats.rowsWithoutTargets, 1, 'the example with no target is counted and left out');
   assert.equal(skipped.stats.inputTokens, 2);
