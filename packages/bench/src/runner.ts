@@ -131,9 +131,9 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
   // base is pretrained)
   const tok = new ByteTokenizer();
   const data: TaskData = {};
-  if (suite.tasks.includes('spam')) data.spam = spamData(tok, { seqLen: sh.seqLen, seed: sh.seed, maxTrain: sh.maxTrain, maxTest: sh.maxTest });
+  if (suite.tasks.includes('spam')) data.spam = spamData(tok, { seqLen: sh.seqLen, seed: sh.seed, maxTrain: sh.maxTrain, maxTest: sh.maxTest, packing: sh.packing });
   if (suite.tasks.includes('adapt')) data.adapt = adaptData(brownData(sh.seqLen, sh.seed), sh.seqLen);
-  if (suite.tasks.includes('jsonl')) data.jsonl = jsonlData(suite.dataset!, tok, { seqLen: sh.seqLen, seed: sh.seed });
+  if (suite.tasks.includes('jsonl')) data.jsonl = jsonlData(suite.dataset!, tok, { seqLen: sh.seqLen, seed: sh.seed, packing: sh.packing });
   const resultsPath = join(o.outDir, 'results.jsonl');
   const done = new Map(o.resume ? readResults(resultsPath).map((r) => [r.id, r]) : []);
   mkdirSync(o.outDir, { recursive: true });
@@ -280,6 +280,11 @@ function prepareModel(m: MethodSpec, suite: Suite, baseDir: string): LlamaModel 
   return methodPlugin(m.name).prepare(baseDir, m, suite.shared.seed);
 }
 
+/** How prompt/completion training rows were built (absent for text streams). */
+function packingSetting(rows: TokenRows): { packing?: 'pack' | 'pad' } {
+  return rows.stats.mode === 'pack-examples' ? { packing: 'pack' } : rows.stats.mode === 'pad' ? { packing: 'pad' } : {};
+}
+
 function trainRows(task: TaskName, data: TaskData): TokenRows {
   return task === 'spam' ? data.spam!.train : task === 'adapt' ? data.adapt!.train : data.jsonl!.train;
 }
@@ -320,6 +325,7 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
   const settings: RunRecord['settings'] = {
     steps: sh.steps, batchSize: sh.batchSize, seqLen: sh.seqLen, seed: sh.seed, schedule: sh.schedule, warmupSteps: sh.warmupSteps, lr: m.lr,
     checkpointing, ...(sh.offload ? { offload: 'identity on the cpu backend (kept block inputs are host memory already)' } : {}), ...plugin.settings(m),
+    ...packingSetting(trainRows(task, data)),
   };
   const zeroPeak = Object.fromEntries(CATEGORIES.map((c) => [c, 0])) as Record<Category, number>;
   const record: RunRecord = {
@@ -355,7 +361,7 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
     const sum = (f: (s: (typeof run.steps)[number]) => number) => run.steps.reduce((a, s) => a + f(s), 0) / Math.max(n, 1);
     const { medianStepMs, steadyTokensPerSecond } = speedOf(run.steps.map((s) => s.ms.total), sh.batchSize * sh.seqLen, warmupStepsOf(n));
     record.speed = {
-      tokensPerSecond: run.tokensPerSecond,
+      tokensPerSecond: run.tokensPerSecond, realTokensPerSecond: run.realTokensPerSecond,
       msPerStep: { forward: sum((s) => s.ms.forward), backward: sum((s) => s.ms.backward), optimizer: sum((s) => s.ms.optimizer), total: sum((s) => s.ms.total) },
       medianStepMs, steadyTokensPerSecond,
     };

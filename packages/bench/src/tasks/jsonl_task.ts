@@ -29,6 +29,8 @@ export interface JsonlOptions {
   /** share of rows held out for evaluation when no evalFile is given (default 0.1) */
   evalFraction?: number;
   evalFile?: string;
+  /** prompt/completion training rows: 'pack' (default, padding-free) or 'pad'; evaluation always pads */
+  packing?: 'pack' | 'pad';
 }
 
 export function jsonlData(file: string, tok: Tokenizer, o: JsonlOptions): JsonlData {
@@ -61,8 +63,9 @@ export function jsonlData(file: string, tok: Tokenizer, o: JsonlOptions): JsonlD
   }
   return {
     kind: ds.kind,
-    train: prepareDataset(trainDs, tok, o.seqLen),
-    eval: prepareDataset(evalDs, tok, o.seqLen),
+    train: prepareDataset(trainDs, tok, o.seqLen, { packing: o.packing ?? 'pack' }),
+    // one example per row, so eval batches can be cut to their longest row (dynamic padding)
+    eval: prepareDataset(evalDs, tok, o.seqLen, { packing: 'pad' }),
     labels, candidates, truth,
     counts: { train: trainDs.rows.length, eval: evalDs.rows.length },
   };

@@ -2,7 +2,7 @@
 // supervised (loss on the completion only); the metric compares the two
 // labels' log-likelihoods for every test message: accuracy and macro F1.
 import {
-  type LlamaModel, type TokenRows, type Tokenizer, classify, epochBatches, padExamples, rowLogLikelihoods,
+  type LlamaModel, type TokenRows, type Tokenizer, classify, epochBatches, packExamples, padExamples, rowLogLikelihoods,
 } from '@tunebench/core';
 import { type SpamExample, dedupeSpam, loadSpam, spamSplit } from './spam.js';
 import { seededOrder } from './split.js';
@@ -28,6 +28,9 @@ export interface SpamDataOptions {
   maxTrain?: number;
   /** use at most this many test examples; default all */
   maxTest?: number;
+  /** training rows: 'pack' (default; several examples per row, padding-free) or 'pad' (one per row).
+   * The test candidates are always padded (one row per candidate, scored per row, dynamic padding). */
+  packing?: 'pack' | 'pad';
 }
 
 export function spamData(tok: Tokenizer, o: SpamDataOptions): SpamData {
@@ -43,7 +46,9 @@ export function spamData(tok: Tokenizer, o: SpamDataOptions): SpamData {
   const trainSpam = train.filter((e) => e.label === 'spam').length;
   const majority = trainSpam * 2 > train.length ? 1 : 0;
   return {
-    train: padExamples(tok, train.map((e) => ({ prompt: e.prompt, completion: e.completion })), o.seqLen, 'spam:train'),
+    train: (o.packing ?? 'pack') === 'pack'
+      ? packExamples(tok, train.map((e) => ({ prompt: e.prompt, completion: e.completion })), o.seqLen, 'spam:train')
+      : padExamples(tok, train.map((e) => ({ prompt: e.prompt, completion: e.completion })), o.seqLen, 'spam:train'),
     testCandidates: padExamples(tok, candidates, o.seqLen, 'spam:test candidates'),
     testLabels: test.map(label),
     counts: { train: train.length, validation: split.validation.length, test: test.length },
