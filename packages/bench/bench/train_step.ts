@@ -118,7 +118,7 @@ function randomRows(n: number): TokenRows {
   }
   return new TokenRows(T, ids, targets, 0, {
     mode: 'pack', examples: n, rows: n, inputTokens: n * T, targetTokens: n * T, streamTokens: n * T, droppedTailTokens: 0,
-    promptTruncated: 0, droppedPromptTokens: 0, completionTruncated: 0, droppedCompletionTokens: 0, rowsWithoutTargets: 0,
+    promptTruncated: 0, droppedPromptTokens: 0, completionTruncated: 0, droppedCompletionTokens: 0, rowsWithoutTargets: 0, paddingTokens: 0,
   });
 }
 const peerSteps = Math.max(totalSteps, tfjsSteps + 2);

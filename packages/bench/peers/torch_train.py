@@ -23,6 +23,9 @@ Architecture (src/nn/llama.ts):
   per layer: h = rms(x); q, k, v = h Wq^T, h Wk^T, h Wv^T (no bias);
              rope(q), rope(k) (HF rotate-half, inv_freq in float32);
              a = causal softmax(q k^T / sqrt(D)) v, kv heads repeated (GQA);
+             packed rows (--packed): query t attends key s only if s <= t
+             and both carry the same segment id, and RoPE takes each
+             token's position from the batch (restarting per example);
              x = x + a Wo^T; h = rms(x); x = x + (silu(h Wg^T) * h Wu^T) Wd^T
   loss = cross_entropy(rms(x) W_head^T, targets), mean over targets != -100
   W_head = embed when tieWordEmbeddings.
@@ -70,6 +73,9 @@ def parse_args():
     p.add_argument('--init', metavar='DIR',
                    help='read weights.bin (f32 values back to back), weights.json ([{name, shape, offset}], offsets in '
                         'floats) and batches.bin (i32 [warmup+steps, 2, B, T]: ids, targets) from DIR')
+    p.add_argument('--packed', action='store_true',
+                   help='with --init: packed rows; read packing.bin (i32 [warmup+steps, 2, B, T]: segment ids, '
+                        'RoPE positions) from DIR: attention stays inside a segment, positions restart per example')
     a = p.parse_args()
     for k in ('batch', 'seq', 'steps', 'threads'):
         if getattr(a, k) < 1:
@@ -210,7 +216,14 @@ def main():
         if raw.size != total_steps * 2 * B * T:
             sys.exit(f'{args.init}/batches.bin holds {raw.size} ints, expected {total_steps}*2*{B}*{T}')
         raw = torch.from_numpy(raw.copy()).reshape(total_steps, 2, B, T).long()
-        batches = [(raw[s, 0], raw[s, 1]) for s in range(total_steps)]
+        if args.packed:
+            pk = np.fromfile(os.path.join(args.init, 'packing.bin'), dtype=np.int32)
+            if pk.size != total_steps * 2 * B * T:
+                sys.exit(f'{args.init}/packing.bin holds {pk.size} ints, expected {total_steps}*2*{B}*{T}')
+            pk = torch.from_numpy(pk.copy()).reshape(total_steps, 2, B, T).long()
+            batches = [(raw[s, 0], raw[s, 1], pk[s, 0], pk[s, 1]) for s in range(total_steps)]
+        else:
+            batches = [(raw[s, 0], raw[s, 1], None, None) for s in range(total_steps)]
     else:
         for name, s in shapes:
             w = torch.ones(s) if len(s) == 1 else torch.randn(s) * 0.02
@@ -218,7 +231,7 @@ def main():
         batches = []
         for _ in range(total_steps):
             seq = torch.randint(0, V, (B, T + 1))
-            batches.append((seq[:, :T].contiguous(), seq[:, 1:].contiguous()))
+            batches.append((seq[:, :T].contiguous(), seq[:, 1:].contiguous(), None, None))
     params = [P[n] for n, _ in shapes if n in P and P[n].requires_grad]
     scale = lora['scale'] if lora else 0.0
 
@@ -249,12 +262,24 @@ def main():
     sdpa = getattr(F, 'scaled_dot_product_attention', None)
     attention_impl = 'F.scaled_dot_product_attention(is_causal=True)' if sdpa else 'explicit masked softmax'
 
-    def forward(ids, targets):
-        pos = torch.arange(T, dtype=torch.float32)
-        freqs = torch.outer(pos, inv_freq)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos()[None, None], emb.sin()[None, None]        # [1, 1, T, D]
-        mask = None if sdpa else torch.full((T, T), float('-inf')).triu(1)
+    def forward(ids, targets, seg=None, positions=None):
+        if positions is None:
+            pos = torch.arange(T, dtype=torch.float32)
+            freqs = torch.outer(pos, inv_freq)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            cos, sin = emb.cos()[None, None], emb.sin()[None, None]    # [1, 1, T, D]
+        else:  # per-token positions (HF position_ids): one table per row
+            freqs = positions.to(torch.float32)[..., None] * inv_freq   # [B, T, D/2]
+            emb = torch.cat((freqs, freqs), dim=-1)
+            cos, sin = emb.cos()[:, None], emb.sin()[:, None]          # [B, 1, T, D]
+        if seg is None:
+            allowed = None  # plain causal
+            mask = None if sdpa else torch.full((T, T), float('-inf')).triu(1)
+        else:
+            # packed rows: key s is visible to query t iff s <= t and same segment
+            causal = torch.ones(T, T, dtype=torch.bool).tril()
+            allowed = (seg[:, None, :, None] == seg[:, None, None, :]) & causal   # [B, 1, T, T]
+            mask = None if sdpa else torch.zeros(allowed.shape).masked_fill(~allowed, float('-inf'))
         x = F.embedding(ids, P['model.embed_tokens.weight'])            # [B, T, C]
         for i in range(L):
             pre = f'model.layers.{i}'
@@ -267,7 +292,9 @@ def main():
             if n_rep > 1:  # HF repeat_kv: query head j reads kv head j // n_rep
                 k = k[:, :, None].expand(B, Hkv, n_rep, T, D).reshape(B, Hq, T, D)
                 v = v[:, :, None].expand(B, Hkv, n_rep, T, D).reshape(B, Hq, T, D)
-            if sdpa:
+            if sdpa and allowed is not None:
+                a = sdpa(q, k, v, attn_mask=allowed)  # boolean mask: True = attend
+            elif sdpa:
                 a = sdpa(q, k, v, is_causal=True)
             else:
                 s = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(D) + mask
@@ -292,11 +319,11 @@ def main():
     step_ms = []
     all_step_ms = []
     for s in range(total_steps):
-        ids, targets = batches[s]
+        ids, targets, seg, positions = batches[s]
         for g in opt.param_groups:
             g['lr'] = lrs[s]
         t0 = now()
-        loss = forward(ids, targets)
+        loss = forward(ids, targets, seg, positions)
         t1 = now()
         loss.backward()
         t2 = now()

@@ -31,6 +31,9 @@ Options:
   --checkpointing MODE     activation checkpointing of every run: off (default), block
                            (each block recomputed in backward, only its input kept) or
                            every:<k> (blocks 0, k, 2k, ...); recorded in each run's settings
+  --packing pack|pad       prompt/completion training rows: pack (default; several examples
+                           per row, attention kept inside each, no padding) or pad (one
+                           example per row); evaluation always pads, cut per batch
   --offload                keep the checkpointed block inputs in host memory: a GPU notion;
                            on the CPU backend it is the identity, and the record says so
   --tune-lr                choose each method's learning rate per task before its run:
@@ -152,7 +155,7 @@ const opt = parseCli({
   suite: { type: 'string' }, methods: { type: 'string' }, tasks: { type: 'string' }, model: { type: 'string' },
   dataset: { type: 'string' }, peers: { type: 'string' }, device: { type: 'string' }, out: { type: 'string' }, resume: { type: 'boolean', default: false },
   check: { type: 'string' }, 'update-baseline': { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false },
-  checkpointing: { type: 'string' }, offload: { type: 'boolean', default: false }, 'tune-lr': { type: 'boolean', default: false },
+  checkpointing: { type: 'string' }, offload: { type: 'boolean', default: false }, 'tune-lr': { type: 'boolean', default: false }, packing: { type: 'string' },
 }, HELP, args);
 
 function fail(msg: string): never {
@@ -179,6 +182,10 @@ try {
   if (opt.checkpointing !== undefined) suite.shared.checkpointing = parseCheckpointing(opt.checkpointing);
   if (opt.offload) suite.shared.offload = true;
   if (opt['tune-lr']) suite.tuneLr = suite.tuneLr ?? {};
+  if (opt.packing !== undefined) {
+    if (opt.packing !== 'pack' && opt.packing !== 'pad') fail(`--packing must be pack or pad, got '${opt.packing}'`);
+    suite.shared.packing = opt.packing;
+  }
   if (opt.tasks) {
     const tasks = opt.tasks.split(',').map((t) => t.trim());
     for (const t of tasks) if (!TASKS.includes(t as TaskName)) fail(`--tasks: unknown task '${t}' (known: ${TASKS.join(', ')})`);

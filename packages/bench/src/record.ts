@@ -54,8 +54,12 @@ export interface RunRecord {
     predicted?: Record<Category, number> & { total: number };
   };
   speed: {
-    /** input tokens per second over the training steps */
+    /** input positions per second over the training steps, padding included
+     * (batch x seqLen per step): the padded figure */
     tokensPerSecond: number;
+    /** real (non-padding) input tokens per second over the training steps;
+     * absent in records from before packing (and for peers) */
+    realTokensPerSecond?: number;
     /** mean milliseconds per optimizer step, and its split (null where an
      * implementation cannot split them: TensorFlow.js's variableGrads) */
     msPerStep: { forward: number | null; backward: number | null; optimizer: number | null; total: number };

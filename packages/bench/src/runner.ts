@@ -138,9 +138,9 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
   // validation parts (never the test split) for the learning-rate search and the held-out curves
   const maxValidation = suite.tuneLr ? suite.tuneLr.maxValidation ?? DEFAULT_MAX_VALIDATION : undefined;
   const validationFraction = suite.tuneLr ? 0.1 : undefined;
-  if (suite.tasks.includes('spam')) data.spam = spamData(tok, { seqLen: sh.seqLen, seed: sh.seed, maxTrain: sh.maxTrain, maxTest: sh.maxTest, maxValidation });
+  if (suite.tasks.includes('spam')) data.spam = spamData(tok, { seqLen: sh.seqLen, seed: sh.seed, maxTrain: sh.maxTrain, maxTest: sh.maxTest, maxValidation, packing: sh.packing });
   if (suite.tasks.includes('adapt')) data.adapt = adaptData(brownData(sh.seqLen, sh.seed), sh.seqLen, { validationFraction, maxValidationRows: maxValidation, seed: sh.seed });
-  if (suite.tasks.includes('jsonl')) data.jsonl = jsonlData(suite.dataset!, tok, { seqLen: sh.seqLen, seed: sh.seed, validationFraction, maxValidation });
+  if (suite.tasks.includes('jsonl')) data.jsonl = jsonlData(suite.dataset!, tok, { seqLen: sh.seqLen, seed: sh.seed, validationFraction, maxValidation, packing: sh.packing });
   const resultsPath = join(o.outDir, 'results.jsonl');
   const done = new Map(o.resume ? readResults(resultsPath).map((r) => [r.id, r]) : []);
   mkdirSync(o.outDir, { recursive: true });
@@ -296,6 +296,11 @@ function prepareModel(m: MethodSpec, suite: Suite, baseDir: string): LlamaModel 
   return methodPlugin(m.name).prepare(baseDir, m, suite.shared.seed);
 }
 
+/** How prompt/completion training rows were built (absent for text streams). */
+function packingSetting(rows: TokenRows): { packing?: 'pack' | 'pad' } {
+  return rows.stats.mode === 'pack-examples' ? { packing: 'pack' } : rows.stats.mode === 'pad' ? { packing: 'pad' } : {};
+}
+
 function trainRows(task: TaskName, data: TaskData): TokenRows {
   return task === 'spam' ? data.spam!.train : task === 'adapt' ? data.adapt!.train : data.jsonl!.train;
 }
@@ -406,6 +411,7 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
   const settings: RunRecord['settings'] = {
     steps: sh.steps, batchSize: sh.batchSize, seqLen: sh.seqLen, seed: sh.seed, schedule: sh.schedule, warmupSteps: sh.warmupSteps, lr: m.lr,
     checkpointing, ...(sh.offload ? { offload: 'identity on the cpu backend (kept block inputs are host memory already)' } : {}), ...plugin.settings(m),
+    ...packingSetting(trainRows(task, data)),
   };
   const zeroPeak = Object.fromEntries(CATEGORIES.map((c) => [c, 0])) as Record<Category, number>;
   const record: RunRecord = {
@@ -451,7 +457,7 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
     const sum = (f: (s: (typeof run.steps)[number]) => number) => run.steps.reduce((a, s) => a + f(s), 0) / Math.max(n, 1);
     const { medianStepMs, steadyTokensPerSecond } = speedOf(run.steps.map((s) => s.ms.total), sh.batchSize * sh.seqLen, warmupStepsOf(n));
     record.speed = {
-      tokensPerSecond: run.tokensPerSecond,
+      tokensPerSecond: run.tokensPerSecond, realTokensPerSecond: run.realTokensPerSecond,
       msPerStep: { forward: sum((s) => s.ms.forward), backward: sum((s) => s.ms.backward), optimizer: sum((s) => s.ms.optimizer), total: sum((s) => s.ms.total) },
       medianStepMs, steadyTokensPerSecond,
     };

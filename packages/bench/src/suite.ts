@@ -26,6 +26,9 @@ export interface Suite {
     checkpointing?: CheckpointingMode;
     /** move the kept block inputs to host memory (a device notion: on the CPU backend they are host memory already, so it is the identity and recorded as such) */
     offload?: boolean;
+    /** prompt/completion training rows: 'pack' (several examples per row, padding-free; the default) or
+     * 'pad' (one example per row); evaluation always pads, cut per batch (dynamic padding) */
+    packing?: 'pack' | 'pad';
   };
   /** user JSONL file for the jsonl task */
   dataset?: string;
@@ -115,6 +118,7 @@ const SUITE_SCHEMA = z.object({
     schedule: z.enum(['cosine', 'constant']), warmupSteps: int(0, 1e7),
     maxTrain: int(1, 1e9).optional(), maxTest: int(1, 1e9).optional(),
     checkpointing: checkpointingSchema.optional(), offload: z.boolean().optional(),
+    packing: z.enum(['pack', 'pad']).optional(),
   }).strict(),
   dataset: z.string().min(1).optional(),
   peers: z.object({

@@ -18,7 +18,7 @@ function cli(...args: string[]): { code: number | null; out: string; err: string
 test('--help explains every option with examples', () => {
   const r = cli('--help');
   assert.equal(r.code, 0, r.err);
-  for (const o of ['--suite', '--methods', '--tasks', '--model', '--dataset', '--peers', '--device', '--out', '--resume', '--check', '--update-baseline']) {
+  for (const o of ['--suite', '--methods', '--tasks', '--model', '--dataset', '--peers', '--device', '--out', '--resume', '--check', '--update-baseline', '--packing']) {
     assert.match(r.out, new RegExp(`\\n  ${o}\\b`), `--help lists ${o}`);
   }
   assert.match(r.out, /Examples:/);
@@ -73,6 +73,7 @@ test('bad options and suite files are refused before anything runs, saying what 
       [['--suite', 'ci', '--tasks', 'spam,translate'], /--tasks: unknown task 'translate'/],
       [['--suite', 'ci', '--peers', 'jax'], /--peers: unknown peer 'jax' \(known: tfjs, pytorch, or none\)/],
       [['--suite', 'ci', '--device', 'tpu'], /--device must be cpu or cuda/],
+      [['--suite', 'ci', '--packing', 'zip'], /--packing must be pack or pad, got 'zip'/],
       [['--suite', 'ci', '--device', 'cuda'], /--device cuda: /],
       [['--suite', 'ci', '--update-baseline'], /--update-baseline needs --check BASELINE/],
       [['--suite', 'ci', '--model', dir], /has no config\.json/],
@@ -81,6 +82,10 @@ test('bad options and suite files are refused before anything runs, saying what 
     const suiteFile = join(dir, 'bad.json');
     writeFileSync(suiteFile, JSON.stringify({ name: 'x', base: { preset: 'tiny' }, tasks: ['spam'], methods: [{ name: 'lora', lr: 1, label: 'a' }], shared: { steps: 0 } }));
     cases.push([['--suite', suiteFile], /shared\.steps: Too small: expected number to be >=1; shared\.batchSize: Invalid input: expected number, received undefined/]);
+    const badPacking = join(dir, 'packing.json');
+    writeFileSync(badPacking, JSON.stringify({ name: 'x', base: { preset: 'tiny' }, tasks: ['spam'], methods: [{ name: 'lora', lr: 1, label: 'a' }],
+      shared: { steps: 2, batchSize: 2, seqLen: 16, seed: 0, schedule: 'constant', warmupSteps: 0, packing: 'zip' } }));
+    cases.push([['--suite', badPacking], /shared\.packing: Invalid option: expected one of "pack"\|"pad"/]);
     const notJson = join(dir, 'broken.json');
     writeFileSync(notJson, '{ "name": ');
     cases.push([['--suite', notJson], /broken\.json: not valid JSON/]);

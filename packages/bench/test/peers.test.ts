@@ -5,17 +5,19 @@
 // weights, batch order or schedule would show as a different loss.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ByteTokenizer, type LlamaConfig, LlamaModel, packTexts, preset } from '@tunebench/core';
+import { ByteTokenizer, type LlamaConfig, LlamaModel, type TokenRows, packExamples, packTexts, preset } from '@tunebench/core';
 import { prepareLora } from '@tunebench/lora';
 import { type FinetuneOptions, capturePeerInput, finetune, loadTfjs, resolveFinetuneOptions, runTfjsPeer, runTorchPeer, torchUnavailable } from '../src/index.js';
 
 const cfg: LlamaConfig = { ...preset('tiny'), hiddenSize: 32, intermediateSize: 64, numLayers: 2, numHeads: 4, numKvHeads: 2 };
 const texts = Array.from({ length: 12 }, (_, i) => `Row ${i}: the quick brown fox ${'jumps '.repeat(i % 4)}over the lazy dog number ${i * 7}.`);
-const rows = packTexts(new ByteTokenizer(), texts, 24);
+const textRows = packTexts(new ByteTokenizer(), texts, 24);
+// prompt/completion examples packed several to a row (segments, positions restarting per example)
+const packedRows = packExamples(new ByteTokenizer(), Array.from({ length: 14 }, (_, i) => ({ prompt: `${i} x ${i % 5} = `, completion: `${i * (i % 5)}` })), 24, 'products');
 // a high learning rate and a short warmup: the schedule and the updates change the later losses visibly
 const opts: FinetuneOptions = { steps: 5, batchSize: 3, lr: 2e-2, schedule: 'cosine', warmupSteps: 1, seed: 5 };
 
-function ours(method: 'full' | 'lora') {
+function ours(method: 'full' | 'lora', rows: TokenRows = textRows) {
   const model = LlamaModel.init(cfg, { seed: 11, trainable: method === 'full' });
   try {
     if (method === 'lora') prepareLora(model, { r: 4, alpha: 8, seed: 11 });
@@ -69,6 +71,26 @@ for (const method of ['full', 'lora'] as const) {
     assert.ok(r.peakBytes === null || r.peakBytes > 0);
   });
 }
+
+test('lora on packed prompt/completion rows: the input carries segments and positions; TensorFlow.js redoes the steps with the same losses', async () => {
+  assert.ok(packedRows.packed && packedRows.numRows < 14, 'several examples per row');
+  const o = ours('lora', packedRows);
+  for (const b of o.input.batches) {
+    assert.equal(b.segments?.length, opts.batchSize * 24);
+    assert.equal(b.positions?.length, opts.batchSize * 24);
+  }
+  assert.ok(o.input.batches.some((b) => b.positions!.some((p, i) => i % 24 > 0 && p === 0)), 'positions restart inside a row');
+  const t = await runTfjsPeer(o.input);
+  assertClose(t.losses, o.losses, 1e-4, 'tfjs packed');
+});
+
+test('lora on packed rows: PyTorch redoes the steps with the same losses (segment mask, position ids)', async (tt) => {
+  const why = torchUnavailable();
+  if (why) { tt.skip(`no PyTorch here: ${why}`); return; }
+  const o = ours('lora', packedRows);
+  const r = await runTorchPeer(o.input);
+  assertClose(r.losses, o.losses, 1e-4, 'torch packed');
+});
 
 test('a peer given too few steps says so', async () => {
   const o = ours('full');

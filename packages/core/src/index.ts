@@ -19,7 +19,7 @@ export * from './nn/config.js';
 export * from './nn/module.js';
 export { DenseLinear, Quant4Linear } from './nn/linear.js';
 export * from './quant/quant4.js';
-export { LlamaModel, LINEAR_NAMES, modelTensorShapes, parseCheckpointing, isCheckpointed, type CheckpointingMode, type LinearName, type LinearFactory, type FromTensorsOptions, type Batch, type ForwardResult, type WeightOptions } from './nn/llama.js';
+export { LlamaModel, LINEAR_NAMES, modelTensorShapes, parseCheckpointing, isCheckpointed, type CheckpointingMode, type LinearName, type LinearFactory, type FromTensorsOptions, type Batch, type ForwardResult, type WeightOptions, disposeBatch } from './nn/llama.js';
 export { Rng, type RngState } from './util/rng.js';
 export * from './train/schedule.js';
 export { AdamW, type AdamWConfig } from './train/adamw.js';
@@ -49,8 +49,9 @@ export {
 } from './data/tokenizer.js';
 export { readJsonl, datasetFromRows, textDataset, sftDataset, type Dataset, type DatasetKind, type TextRow, type SftRow } from './data/jsonl.js';
 export {
-  TokenRows, TokenDataSource, packTexts, padExamples, prepareDataset, epochBatches, countTargets, countTokens, padIdOf,
-  type PrepareStats, type EvalBatch, type TokenDataSourceOptions, type TokenDataSourceState,
+  TokenRows, TokenDataSource, packTexts, padExamples, packExamples, prepareDataset, epochBatches, dynamicLength, countTargets, countTokens, padIdOf,
+  type PrepareStats, type PrepareMode, type EvalBatch, type TokenDataSourceOptions, type TokenDataSourceState, type TokenRowsExtras,
+  type PackExamplesOptions, type PrepareDatasetOptions, type EpochBatchesOptions,
 } from './data/batching.js';
 export { parseCli, intOption, type CliValues } from './util/cli.js';
 export { median, relativeError } from './util/compare.js';

@@ -262,3 +262,139 @@ test('attention rejects bad inputs with clear errors', () => {
   assert.throws(() => fwd(q.handle, v.handle, v.handle, out.handle, lse.handle, 2, 5, 4, 3, 8, 1), /attention_forward: Hq = 4 is not a multiple of Hkv = 3/);
   for (const t of [q, v, out, lse, small]) t.dispose();
 });
+
+// ---------------------------------------------------------------------------
+// Segments (packed rows). The reference is block-diagonal attention built
+// from per-example plain causal attention: each segment of each row is cut
+// out, run alone through the causal kernel (checked against tfjs above), and
+// put back. Tolerances as above: the two differ only in float32 summation
+// order (other tile boundaries), the same error source as against tfjs.
+
+/** segment ids of a row from its segment lengths (contiguous, increasing) */
+function segRow(lengths: number[]): number[] {
+  return lengths.flatMap((n, s) => Array<number>(n).fill(s));
+}
+
+function sliceTokens(x: Float32Array, b: number, T: number, H: number, D: number, s: number, e: number): Float32Array {
+  return x.slice((b * T + s) * H * D, (b * T + e) * H * D);
+}
+
+function segmentedReference(d: Dims, seg: Int32Array, qv: Float32Array, kv: Float32Array, vv: Float32Array, dov: Float32Array) {
+  const { B, T, Hq, Hkv, D } = d;
+  const want = { out: new Float32Array(qv.length), lse: new Float32Array(B * Hq * T), dq: new Float32Array(qv.length),
+                 dk: new Float32Array(kv.length), dv: new Float32Array(kv.length) };
+  for (let b = 0; b < B; b++) {
+    for (let s = 0; s < T;) {
+      let e = s + 1;
+      while (e < T && seg[b * T + e] === seg[b * T + s]) e++;
+      const n = e - s;
+      const q = Tensor.from(sliceTokens(qv, b, T, Hq, D, s, e), [1, n, Hq, D]);
+      const k = Tensor.from(sliceTokens(kv, b, T, Hkv, D, s, e), [1, n, Hkv, D]);
+      const v = Tensor.from(sliceTokens(vv, b, T, Hkv, D, s, e), [1, n, Hkv, D]);
+      const dout = Tensor.from(sliceTokens(dov, b, T, Hq, D, s, e), [1, n, Hq, D]);
+      const { out, lse } = attentionForward(q, k, v);
+      const { dq, dk, dv } = attentionBackward(dout, q, k, v, out, lse);
+      want.out.set(out.data() as Float32Array, (b * T + s) * Hq * D);
+      want.dq.set(dq.data() as Float32Array, (b * T + s) * Hq * D);
+      want.dk.set(dk.data() as Float32Array, (b * T + s) * Hkv * D);
+      want.dv.set(dv.data() as Float32Array, (b * T + s) * Hkv * D);
+      const lv = lse.data() as Float32Array;
+      for (let h = 0; h < Hq; h++) want.lse.set(lv.subarray(h * n, (h + 1) * n), (b * Hq + h) * T + s);
+      for (const t of [q, k, v, dout, out, lse, dq, dk, dv]) t.dispose();
+      s = e;
+    }
+  }
+  return want;
+}
+
+// Ragged layouts: length-1 segments, segments across tile boundaries, one
+// longer than a tile, a trailing padding segment, a row that is one segment.
+const SEGMENT_CASES: { d: Dims; rows: number[][] }[] = [
+  { d: { B: 2, T: 200, Hq: 4, Hkv: 2, D: 16 }, rows: [[1, 5, 70, 1, 1, 100, 22], [150, 1, 49]] },
+  { d: { B: 3, T: 130, Hq: 2, Hkv: 1, D: 24 }, rows: [[64, 64, 2], [1, 1, 1, 127], [130]] },
+  { d: { B: 1, T: 37, Hq: 4, Hkv: 4, D: 16 }, rows: [Array<number>(37).fill(1)] },
+  { d: { B: 2, T: 300, Hq: 2, Hkv: 2, D: 64 }, rows: [[10, 20, 30, 40, 50, 60, 70, 20], [299, 1]] },
+];
+
+test('segments: forward and backward equal per-example causal attention (block-diagonal), ragged lengths', () => {
+  for (const { d, rows } of SEGMENT_CASES) {
+    const { B, T, Hq, Hkv, D } = d;
+    const { r, q: qv, k: kv, v: vv, dout: dov } = run(d);
+    const seg = Int32Array.from(rows.flatMap(segRow));
+    assert.equal(seg.length, B * T);
+    const want = segmentedReference(d, seg, qv, kv, vv, dov);
+    const q = Tensor.from(qv, [B, T, Hq, D]), k = Tensor.from(kv, [B, T, Hkv, D]), v = Tensor.from(vv, [B, T, Hkv, D]);
+    const dout = Tensor.from(dov, [B, T, Hq, D]), segments = Tensor.from(seg, [B, T], { dtype: 'i32' });
+    const { out, lse } = attentionForward(q, k, v, { segments });
+    const { dq, dk, dv } = attentionBackward(dout, q, k, v, out, lse, { segments });
+    const name = `B=${B} T=${T} Hq=${Hq} Hkv=${Hkv} D=${D} segments ${JSON.stringify(rows)}`;
+    assertClose(`${name} out`, out.data() as Float32Array, want.out, TOL_FWD, r.seed);
+    assertClose(`${name} lse`, lse.data() as Float32Array, want.lse, TOL_FWD, r.seed);
+    close(`${name} dq`, dq.data() as Float32Array, want.dq, TOL_GRAD, r.seed);
+    close(`${name} dk`, dk.data() as Float32Array, want.dk, TOL_GRAD, r.seed);
+    close(`${name} dv`, dv.data() as Float32Array, want.dv, TOL_GRAD, r.seed);
+    for (const t of [q, k, v, dout, segments, out, lse, dq, dk, dv]) t.dispose();
+  }
+});
+
+test('segments: one segment per row is bit-identical to plain causal attention', () => {
+  const d = { B: 2, T: 150, Hq: 4, Hkv: 2, D: 24 };
+  const { q: qv, k: kv, v: vv, dout: dov } = run(d);
+  const { B, T, Hq, Hkv, D } = d;
+  const q = Tensor.from(qv, [B, T, Hq, D]), k = Tensor.from(kv, [B, T, Hkv, D]), v = Tensor.from(vv, [B, T, Hkv, D]);
+  const dout = Tensor.from(dov, [B, T, Hq, D]);
+  const segments = Tensor.from(Int32Array.from([...Array<number>(T).fill(3), ...Array<number>(T).fill(7)]), [B, T], { dtype: 'i32' });
+  const plain = attentionForward(q, k, v), seg = attentionForward(q, k, v, { segments });
+  const gp = attentionBackward(dout, q, k, v, plain.out, plain.lse);
+  const gs = attentionBackward(dout, q, k, v, seg.out, seg.lse, { segments });
+  assert.deepEqual(seg.out.data(), plain.out.data());
+  assert.deepEqual(seg.lse.data(), plain.lse.data());
+  for (const n of ['dq', 'dk', 'dv'] as const) assert.deepEqual(gs[n].data(), gp[n].data(), n);
+  for (const t of [q, k, v, dout, segments, plain.out, plain.lse, seg.out, seg.lse, gp.dq, gp.dk, gp.dv, gs.dq, gs.dk, gs.dv]) t.dispose();
+});
+
+test('segments: key tiles wholly outside a query tile\'s segments are never read (NaN there does not leak)', () => {
+  // Row 0: positions 0..127 (two whole 64-tiles) are segment 0 and hold NaN
+  // in q, k, v and dout; 128..199 are segments 1 and 2. Masking alone would
+  // leak (0 * NaN = NaN in P V); skipping the tiles does not.
+  const d = { B: 1, T: 200, Hq: 2, Hkv: 1, D: 16 }, { B, T, Hq, Hkv, D } = d, cut = 128;
+  const { r, q: qv, k: kv, v: vv, dout: dov } = run(d);
+  const seg = Int32Array.from(segRow([cut, 50, T - cut - 50]));
+  const want = segmentedReference(d, seg, qv, kv, vv, dov);
+  for (const [x, H] of [[qv, Hq], [kv, Hkv], [vv, Hkv], [dov, Hq]] as const) x.fill(NaN, 0, cut * H * D);
+  const q = Tensor.from(qv, [B, T, Hq, D]), k = Tensor.from(kv, [B, T, Hkv, D]), v = Tensor.from(vv, [B, T, Hkv, D]);
+  const dout = Tensor.from(dov, [B, T, Hq, D]), segments = Tensor.from(seg, [B, T], { dtype: 'i32' });
+  const { out, lse } = attentionForward(q, k, v, { segments });
+  const { dq, dk, dv } = attentionBackward(dout, q, k, v, out, lse, { segments });
+  const tail = (x: Float32Array, H: number) => x.subarray(cut * H * D);
+  assertClose('out after the NaN segment', tail(out.data() as Float32Array, Hq), tail(want.out, Hq), TOL_FWD, r.seed);
+  for (let h = 0; h < Hq; h++) {
+    assertClose(`lse head ${h}`, (lse.data() as Float32Array).subarray(h * T + cut, (h + 1) * T), want.lse.subarray(h * T + cut, (h + 1) * T), TOL_FWD, r.seed);
+  }
+  assertClose('dq after the NaN segment', tail(dq.data() as Float32Array, Hq), tail(want.dq, Hq), TOL_GRAD, r.seed);
+  assertClose('dk after the NaN segment', tail(dk.data() as Float32Array, Hkv), tail(want.dk, Hkv), TOL_GRAD, r.seed);
+  assertClose('dv after the NaN segment', tail(dv.data() as Float32Array, Hkv), tail(want.dv, Hkv), TOL_GRAD, r.seed);
+  for (const t of [q, k, v, dout, segments, out, lse, dq, dk, dv]) t.dispose();
+});
+
+test('segments: bad segment tensors are refused with clear errors (TS and native)', () => {
+  const q = Tensor.zeros([2, 5, 4, 8]), k = Tensor.zeros([2, 5, 2, 8]), v = Tensor.zeros([2, 5, 2, 8]);
+  const ids = (a: number[], shape: number[]) => Tensor.from(Int32Array.from(a), shape, { dtype: 'i32' });
+  assert.throws(() => attentionForward(q, k, v, { segments: Tensor.zeros([2, 5]) }), /attentionForward: 'segments' has dtype f32, expected i32/);
+  assert.throws(() => attentionForward(q, k, v, { segments: ids(Array(10).fill(0), [10]) }), /'segments' must have rank 2, got shape \[10\]/);
+  assert.throws(() => attentionForward(q, k, v, { segments: ids(Array(12).fill(0), [2, 6]) }),
+    /'segments' has shape \[2, 6\], expected \[B, T\] = \[2, 5\]/);
+  assert.throws(() => attentionForward(q, k, v, { segments: ids([0, 0, 1, 1, 1, 0, 1, 0, 2, 2], [2, 5]) }),
+    /'segments' must be non-decreasing within each row .*row 1 has id 0 at position 2 after 1 at position 1/);
+  const { out, lse } = attentionForward(q, k, v);
+  assert.throws(() => attentionBackward(out, q, k, v, out, lse, { segments: ids([0, 0, 0, 0, 0, 3, 2, 2, 2, 2], [2, 5]) }),
+    /attentionBackward: 'segments' must be non-decreasing/);
+  // the native side re-checks (dtype, size, order) before using them
+  const fwd = native.attention_forward as (...a: unknown[]) => void;
+  const bad = ids([0, 1, 0, 0, 0, 0, 0, 0, 0, 0], [2, 5]);
+  assert.throws(() => fwd(q.handle, k.handle, v.handle, out.handle, lse.handle, 2, 5, 4, 2, 8, 1, bad.handle),
+    /attention_forward: 'segments' must be non-decreasing within each row; row 0 position 2/);
+  assert.throws(() => fwd(q.handle, k.handle, v.handle, out.handle, lse.handle, 2, 5, 4, 2, 8, 1, q.handle),
+    /attention_forward: tensor 'segments' has dtype f32, expected i32/);
+  for (const t of [q, k, v, out, lse, bad]) t.dispose();
+});

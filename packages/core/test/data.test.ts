@@ -163,9 +163,10 @@ test('a tokenizer without BOS/EOS/PAD: no specials added, EOS-less packing, padd
   assert.throws(() => packTexts(broken, ['x'], 1, 'src'), /src\[0\]: tokenizer bare produced id 300, outside its vocabulary \[0, 256\)/);
 });
 
-test('prepareDataset packs text datasets and pads prompt/completion ones', () => {
+test('prepareDataset packs text datasets; pads prompt/completion ones on request (packing them is the default)', () => {
   assert.equal(prepareDataset(textDataset(['hello world']), tok, 4).stats.mode, 'pack');
-  const s = prepareDataset(sftDataset([{ prompt: 'q', completion: 'a' }]), tok, 8);
+  assert.equal(prepareDataset(sftDataset([{ prompt: 'q', completion: 'a' }]), tok, 8).stats.mode, 'pack-examples');
+  const s = prepareDataset(sftDataset([{ prompt: 'q', completion: 'a' }]), tok, 8, { packing: 'pad' });
   assert.equal(s.stats.mode, 'pad');
   assert.equal(s.numRows, 1);
 });
@@ -271,6 +272,7 @@ test('epochBatches: every row exactly once, in order; the last batch is filled w
 test('training through TokenDataSource resumes from a checkpoint with identical losses', () => {
   const ds = sftDataset(Array.from({ length: 6 }, (_, i) => ({ prompt: `${i}+1=`, completion: `${i + 1}` })));
   const rows = prepareDataset(ds, tok, 12);
+  assert.ok(rows.packed && rows.numRows < 6, 'packed rows (the default for prompt/completion data)');
   const make = () => {
     const model = LlamaModel.init(preset('tiny'), { seed: 3 });
     const trainer = new Trainer(model, new TokenDataSource(rows, { batchSize: 4, seed: 3 }), {

@@ -7,7 +7,7 @@ import { LlamaModel, type LlamaConfig, Tensor, memory, preset } from '../src/ind
 import { tfjsLlamaLoss as referenceLoss } from '../src/reference/tfjs_llama.js';
 import { relErr, rng, tfjs } from './helpers.js';
 
-async function compareWithTfjs(cfg: LlamaConfig, B: number, T: number): Promise<void> {
+async function compareWithTfjs(cfg: LlamaConfig, B: number, T: number, packed = false): Promise<void> {
   const tf = await tfjs();
   const r = rng();
   const model = LlamaModel.init(cfg, { seed: r.seed, std: 0.1 });
@@ -24,8 +24,25 @@ async function compareWithTfjs(cfg: LlamaConfig, B: number, T: number): Promise<
     targets[i] = r.next() < 0.2 ? -100 : Math.floor(r.next() * cfg.vocabSize);
   }
   const idsT = Tensor.from(ids, [B, T], { dtype: 'i32' }), tgT = Tensor.from(targets, [B, T], { dtype: 'i32' });
+  // packed: random segment lengths per row (1..4 tokens), positions restarting at each
+  let packing: { segments: Int32Array; positions: Int32Array } | undefined;
+  const extra: { segments?: Tensor; positions?: Tensor } = {};
+  if (packed) {
+    packing = { segments: new Int32Array(B * T), positions: new Int32Array(B * T) };
+    for (let b = 0; b < B; b++) {
+      let seg = 0, pos = 0, left = 1 + Math.floor(r.next() * 4);
+      for (let t = 0; t < T; t++) {
+        if (left === 0) { seg++; pos = 0; left = 1 + Math.floor(r.next() * 4); }
+        packing.segments[b * T + t] = seg;
+        packing.positions[b * T + t] = pos++;
+        left--;
+      }
+    }
+    extra.segments = Tensor.from(packing.segments, [B, T], { dtype: 'i32' });
+    extra.positions = Tensor.from(packing.positions, [B, T], { dtype: 'i32' });
+  }
   model.zeroGrad();
-  const out = model.forward({ ids: idsT, targets: tgT });
+  const out = model.forward({ ids: idsT, targets: tgT, ...extra });
   const scale = 1 / out.count;
   model.backward(scale);
 
@@ -34,7 +51,7 @@ async function compareWithTfjs(cfg: LlamaConfig, B: number, T: number): Promise<
   for (const prm of model.parameters()) vars.set(prm.name, tf.tensor(prm.value.toFloat32(), [...prm.value.shape]));
   const f = (...xs: TF.Tensor[]) => {
     const P = new Map(names.map((n, i) => [n, xs[i]]));
-    return referenceLoss(tf, cfg, P, ids, targets, B, T).mul(scale) as TF.Scalar;
+    return referenceLoss(tf, cfg, P, ids, targets, B, T, undefined, packing).mul(scale) as TF.Scalar;
   };
   const { value, grads } = tf.valueAndGrads(f)(names.map((n) => vars.get(n)!));
   const refLoss = (await value.data())[0] / scale;
@@ -47,7 +64,7 @@ async function compareWithTfjs(cfg: LlamaConfig, B: number, T: number): Promise<
     assert.ok(err < 1e-4, `gradient of ${prm.name}: relative error ${err.toExponential(2)} (seed ${r.seed})`);
   });
   assert.ok(worst.err > 0, 'gradients were compared');
-  idsT.dispose(); tgT.dispose(); model.dispose();
+  idsT.dispose(); tgT.dispose(); extra.segments?.dispose(); extra.positions?.dispose(); model.dispose();
   tf.disposeVariables();
 }
 
@@ -58,6 +75,10 @@ test('tiny model (tied, GQA): loss and every gradient match a tfjs implementatio
 test('untied LM head, 3 layers, MHA: loss and every gradient match tfjs', async () => {
   const cfg: LlamaConfig = { ...preset('tiny'), numLayers: 3, numKvHeads: 4, tieWordEmbeddings: false, vocabSize: 97, ropeTheta: 500000 };
   await compareWithTfjs(cfg, 3, 5);
+});
+
+test('packed batch (segments, positions restarting per segment): loss and every gradient match the tfjs reference', async () => {
+  await compareWithTfjs(preset('tiny'), 2, 11, true);
 });
 
 test('forward without training keeps nothing; a training step frees all activations', () => {

@@ -1,6 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { DenseLinear, LlamaModel, Tensor, memory, preset, ArrayDataSource, Trainer } from '@tunebench/core';
+import {
+  ArrayDataSource, ByteTokenizer, DenseLinear, LlamaModel, Tensor, TokenDataSource, type TokenRows, Trainer, disposeBatch, memory, packExamples,
+  padExamples, preset,
+} from '@tunebench/core';
 import { LoraLinear, loraLayers, mergeAndUnload, prepareLora, setActiveAdapter } from '../src/index.js';
 import { randomValues, relErr, tfjs } from './helpers.js';
 
@@ -181,4 +184,38 @@ test('activation checkpointing with LoRA dropout: the recomputed forward replays
     assert.deepEqual(ck.losses, off.losses, `${mode}: losses`);
     ck.adapters.forEach((a, i) => assert.ok(a.every((v, j) => Object.is(v, off.adapters[i][j])), `${mode}: adapter tensor ${i} after 3 steps`));
   }
+});
+
+test('packed prompt/completion rows: loss and every LoRA A/B gradient equal the same examples padded one per row', () => {
+  // The same examples in both batches, so the loss (mean over the batch's
+  // targets) has the same denominator; only float32 summation order differs
+  // (see core's packing.test.ts): 1e-5 relative is the contract.
+  const tok = new ByteTokenizer();
+  const examples = Array.from({ length: 9 }, (_, i) => ({ prompt: `${'ab'.repeat(i * 3)} ${i}?`, completion: ` ${'yes'.repeat(1 + (i % 3))}` }));
+  const model = LlamaModel.init(preset('tiny'), { seed: 21, trainable: false });
+  prepareLora(model, { r: 4, alpha: 8, seed: 21 });
+  let k = 0;  // B starts at zero, which would make every A gradient zero: give it values
+  for (const l of loraLayers(model)) {
+    const b = l.adapter(l.active!).B.value.data() as Float32Array;
+    for (let i = 0; i < b.length; i++) b[i] = 0.05 * Math.sin(++k);
+  }
+  const grads = (rows: TokenRows) => {
+    const batch = new TokenDataSource(rows, { batchSize: rows.numRows, shuffle: false }).next();
+    model.zeroGrad();
+    const r = model.forward(batch, { training: true });
+    model.backward(1 / r.count);
+    disposeBatch(batch);
+    return { loss: r.lossSum / r.count, g: new Map(model.parameters().filter((p) => p.grad).map((p) => [p.name, p.grad!.toFloat32()])) };
+  };
+  const packed = packExamples(tok, examples, 64), padded = padExamples(tok, examples, 64);
+  assert.ok(packed.numRows < padded.numRows);
+  const p = grads(packed), q = grads(padded);
+  assert.ok(Math.abs(p.loss - q.loss) <= 1e-5 * q.loss, `loss ${p.loss} vs ${q.loss}`);
+  assert.equal(q.g.size, 2 * 7 * model.config.numLayers, 'A and B of every projection train');
+  for (const [name, g] of q.g) {
+    assert.ok(g.some((x) => x !== 0), `${name} has a gradient`);
+    const err = relErr(p.g.get(name)!, g);
+    assert.ok(err <= 1e-5, `${name}: packed vs padded relative error ${err.toExponential(2)}`);
+  }
+  model.dispose();
 });

@@ -5,7 +5,7 @@
 // step. Captured from the model just before our training starts, so both
 // sides start from the same numbers and see the same data.
 import {
-  type LlamaConfig, type LlamaModel, type ScheduleConfig, type TokenRows, TokenDataSource, learningRate, quant4Absmax, quant4Table,
+  type LlamaConfig, type LlamaModel, type ScheduleConfig, type TokenRows, TokenDataSource, disposeBatch, learningRate, quant4Absmax, quant4Table,
 } from '@tunebench/core';
 import { loraLayers } from '@tunebench/lora';
 
@@ -28,7 +28,10 @@ export interface PeerInput {
   weights: PeerWeight[];
   /** LoRA: scale alpha/r and the projections that carry an adapter */
   lora?: { scale: number; targets: string[] };
-  batches: { ids: Int32Array; targets: Int32Array }[];
+  /** [batchSize * seqLen] each, row-major; packed rows add per-token segment
+   * ids and RoPE positions (query t attends key s iff s <= t and both have
+   * the same segment id; see Batch in @tunebench/core) */
+  batches: { ids: Int32Array; targets: Int32Array; segments?: Int32Array; positions?: Int32Array }[];
   batchSize: number;
   seqLen: number;
   /** learning rate of each of the batches' steps */
@@ -86,8 +89,13 @@ export function capturePeerInput(model: LlamaModel, rows: TokenRows, o: {
   const batches: PeerInput['batches'] = [];
   for (let s = 0; s < o.steps; s++) {
     const b = data.next();
-    batches.push({ ids: (b.ids.data() as Int32Array).slice(), targets: (b.targets.data() as Int32Array).slice() });
-    b.ids.dispose(); b.targets.dispose();
+    const captured: PeerInput['batches'][number] = { ids: (b.ids.data() as Int32Array).slice(), targets: (b.targets.data() as Int32Array).slice() };
+    if (b.segments && b.positions) {
+      captured.segments = (b.segments.data() as Int32Array).slice();
+      captured.positions = (b.positions.data() as Int32Array).slice();
+    }
+    batches.push(captured);
+    disposeBatch(b);
   }
   return {
     cfg: model.config, weights, lora, batches, batchSize: o.batchSize, seqLen: rows.seqLen,

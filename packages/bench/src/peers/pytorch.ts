@@ -3,7 +3,9 @@
 // the CPU, when a python3 with torch is present. Files handed over (in a
 // scratch directory): weights.bin (f32 values back to back) + weights.json
 // ([{name, shape, offset}], offsets in floats), batches.bin (i32
-// [steps, 2, B, T]: ids then targets), lrs.json, lora.json; a 4-bit
+// [steps, 2, B, T]: ids then targets), packing.bin for packed rows (i32
+// [steps, 2, B, T]: segment ids then RoPE positions, with --packed), lrs.json,
+// lora.json; a 4-bit
 // weight (QLoRA) has its absmax in weights.bin and its packed codes in
 // quant4.bin, and the script dequantizes it before every matmul.
 import { spawn, spawnSync } from 'node:child_process';
@@ -40,6 +42,13 @@ export function torchUnavailable(python = defaultPython()): string | null {
   return why;
 }
 
+/** Whether the batches are packed rows (all of them, or none: one source drew them). */
+function packedInput(input: PeerInput): boolean {
+  const n = input.batches.filter((b) => b.segments && b.positions).length;
+  if (n !== 0 && n !== input.batches.length) throw new Error(`PyTorch peer: ${n} of ${input.batches.length} batches are packed; expected all or none`);
+  return n > 0;
+}
+
 async function writeInput(dir: string, input: PeerInput): Promise<void> {
   const manifest: { name: string; shape: number[]; offset: number; quant4?: { format: string; blockSize: number; table: number[]; packedOffset: number; packedBytes: number } }[] = [];
   const out = createWriteStream(join(dir, 'weights.bin'));
@@ -63,6 +72,11 @@ async function writeInput(dir: string, input: PeerInput): Promise<void> {
   const batches = new Int32Array(input.batches.length * 2 * n);
   input.batches.forEach((b, s) => { batches.set(b.ids, 2 * s * n); batches.set(b.targets, (2 * s + 1) * n); });
   writeFileSync(join(dir, 'batches.bin'), Buffer.from(batches.buffer));
+  if (packedInput(input)) {
+    const packing = new Int32Array(input.batches.length * 2 * n);
+    input.batches.forEach((b, s) => { packing.set(b.segments!, 2 * s * n); packing.set(b.positions!, (2 * s + 1) * n); });
+    writeFileSync(join(dir, 'packing.bin'), Buffer.from(packing.buffer));
+  }
   writeFileSync(join(dir, 'lrs.json'), JSON.stringify(input.lrs));
   if (input.lora) writeFileSync(join(dir, 'lora.json'), JSON.stringify(input.lora));
 }
@@ -91,6 +105,7 @@ export async function runTorchPeer(input: PeerInput, o: { python?: string; threa
       '--lrs', `@${join(dir, 'lrs.json')}`, '--weight-decay', String(input.weightDecay), '--init', dir];
     if (input.maxGradNorm !== null) args.push('--clip', String(input.maxGradNorm));
     if (input.lora) args.push('--lora', `@${join(dir, 'lora.json')}`);
+    if (packedInput(input)) args.push('--packed');
     const env = { ...process.env };
     for (const [k, v] of Object.entries(o.env ?? {})) { if (v === undefined) delete env[k]; else env[k] = v; }
     const child = spawn(resolved.get(python) ?? python, args, { stdio: ['ignore', 'pipe', 'pipe'], env });

@@ -119,11 +119,11 @@ export async function runTfjsPeer(input: PeerInput, o: { onStep?: (step: number,
   let peakBytes: number | null = null;
   try {
     for (let s = 0; s < steps; s++) {
-      const { ids, targets } = input.batches[s];
+      const { ids, targets, segments, positions } = input.batches[s];
       const count = targets.reduce((a, t) => a + (t === -100 ? 0 : 1), 0);
       const step = () => {
         const loss = tf.tidy(() => {
-          const { value, grads } = tf.variableGrads(() => tfjsLlamaLoss(tf, input.cfg, P, ids, targets, B, T, lora).div(Math.max(count, 1)) as TF.Scalar, vars);
+          const { value, grads } = tf.variableGrads(() => tfjsLlamaLoss(tf, input.cfg, P, ids, targets, B, T, lora, { segments, positions }).div(Math.max(count, 1)) as TF.Scalar, vars);
           let scaled: TF.NamedTensorMap = grads;
           if (input.maxGradNorm !== null) {
             const norm = tf.sqrt(tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))))).dataSync()[0];

@@ -21,8 +21,12 @@ export interface FinetuneOptions {
 export interface FinetuneResult {
   steps: StepStats[];
   ms: number;
-  /** input tokens per second over the whole run */
+  /** input positions per second over the whole run, padding included (B * T
+   * per micro-batch): the padded figure, comparable with earlier records */
   tokensPerSecond: number;
+  /** real (non-padding) input tokens per second over the whole run: what a
+   * packed or padded run actually trains on */
+  realTokensPerSecond: number;
   finalLoss: number;
 }
 
@@ -61,8 +65,8 @@ export function finetune(model: LlamaModel, rows: TokenRows, o: FinetuneOptions)
     trainer.dispose();
   }
   const ms = performance.now() - t0 - callbackMs;
-  const tokens = steps.reduce((a, s) => a + s.tokens, 0);
-  return { steps, ms, tokensPerSecond: (tokens * 1000) / ms, finalLoss: steps.length ? steps[steps.length - 1].loss : NaN };
+  const tokens = steps.reduce((a, s) => a + s.tokens, 0), real = steps.reduce((a, s) => a + s.realTokens, 0);
+  return { steps, ms, tokensPerSecond: (tokens * 1000) / ms, realTokensPerSecond: (real * 1000) / ms, finalLoss: steps.length ? steps[steps.length - 1].loss : NaN };
 }
 
 /** A text bar of `width` cells for a fraction in [0, 1]. */
@@ -78,11 +82,11 @@ export function progressPrinter(label: string, total: number, every = 10): (s: S
   const t0 = performance.now();
   let tokens = 0;
   return (s) => {
-    tokens += s.tokens;
+    tokens += s.realTokens;
     const elapsed = (performance.now() - t0) / 1000;
     const tps = tokens / Math.max(elapsed, 1e-9);
     const eta = ((total - s.step) * elapsed) / s.step;
-    const line = `${label} step ${s.step}/${total} loss ${s.loss.toFixed(4)} ${Math.round(tps)} tok/s ETA ${eta.toFixed(0)}s`;
+    const line = `${label} step ${s.step}/${total} loss ${s.loss.toFixed(4)} ${Math.round(tps)} real tok/s ETA ${eta.toFixed(0)}s`;
     if (tty) process.stderr.write(`\r${progressBar(s.step / total)} ${line}\x1b[K${s.step === total ? '\n' : ''}`);
     else if (s.step % every === 0 || s.step === total || s.step === 1) process.stderr.write(`${line}\n`);
   };

@@ -37,6 +37,8 @@ export interface JsonlOptions {
   /** also split off this share of the training rows (at most maxValidation) for the learning-rate search */
   validationFraction?: number;
   maxValidation?: number;
+  /** prompt/completion training rows: 'pack' (default, padding-free) or 'pad'; evaluation always pads */
+  packing?: 'pack' | 'pad';
 }
 
 export function jsonlData(file: string, tok: Tokenizer, o: JsonlOptions): JsonlData {
@@ -87,8 +89,8 @@ export function jsonlData(file: string, tok: Tokenizer, o: JsonlOptions): JsonlD
     const vds = { ...ds, source: `${ds.source} (validation)`, rows: va } as Dataset;
     const vc = ds.kind === 'sft' && labels ? candidatesOf(va as SftRow[], 'validation label candidates') : null;
     tune = {
-      train: prepareDataset({ ...ds, rows: tr } as Dataset, tok, o.seqLen),
-      eval: prepareDataset(vds, tok, o.seqLen),
+      train: prepareDataset({ ...ds, rows: tr } as Dataset, tok, o.seqLen, { packing: o.packing ?? 'pack' }),
+      eval: prepareDataset(vds, tok, o.seqLen, { packing: 'pad' }),
       candidates: vc?.candidates ?? null, truth: vc?.truth ?? [], examples: va.length,
     };
   }
@@ -101,8 +103,9 @@ export function jsonlData(file: string, tok: Tokenizer, o: JsonlOptions): JsonlD
   return {
     kind: ds.kind,
     ...(majorityBaseline !== undefined ? { majorityBaseline } : {}),
-    train: prepareDataset(trainDs, tok, o.seqLen),
-    eval: prepareDataset(evalDs, tok, o.seqLen),
+    train: prepareDataset(trainDs, tok, o.seqLen, { packing: o.packing ?? 'pack' }),
+    // one example per row, so eval batches can be cut to their longest row (dynamic padding)
+    eval: prepareDataset(evalDs, tok, o.seqLen, { packing: 'pad' }),
     labels, candidates: ev?.candidates ?? null, truth: ev?.truth ?? [],
     counts: { train: trainDs.rows.length, eval: evalDs.rows.length },
     ...(tune ? { tune } : {}),

@@ -2,7 +2,7 @@
 // supervised (loss on the completion only); the metric compares the two
 // labels' log-likelihoods for every test message: accuracy and macro F1.
 import {
-  type LlamaModel, type TokenRows, type Tokenizer, classify, epochBatches, padExamples, rowLogLikelihoods,
+  type LlamaModel, type TokenRows, type Tokenizer, classify, epochBatches, packExamples, padExamples, rowLogLikelihoods,
 } from '@tunebench/core';
 import { type SpamExample, dedupeSpam, loadSpam, spamSplit } from './spam.js';
 import { seededOrder } from './split.js';
@@ -33,6 +33,9 @@ export interface SpamDataOptions {
   maxTest?: number;
   /** also prepare this many validation examples (seeded subset of the validation split); default none */
   maxValidation?: number;
+  /** training rows: 'pack' (default; several examples per row, padding-free) or 'pad' (one per row).
+   * The test candidates are always padded (one row per candidate, scored per row, dynamic padding). */
+  packing?: 'pack' | 'pad';
 }
 
 export function spamData(tok: Tokenizer, o: SpamDataOptions): SpamData {
@@ -57,7 +60,9 @@ export function spamData(tok: Tokenizer, o: SpamDataOptions): SpamData {
     };
   }
   return {
-    train: padExamples(tok, train.map((e) => ({ prompt: e.prompt, completion: e.completion })), o.seqLen, 'spam:train'),
+    train: (o.packing ?? 'pack') === 'pack'
+      ? packExamples(tok, train.map((e) => ({ prompt: e.prompt, completion: e.completion })), o.seqLen, 'spam:train')
+      : padExamples(tok, train.map((e) => ({ prompt: e.prompt, completion: e.completion })), o.seqLen, 'spam:train'),
     testCandidates: padExamples(tok, candidates, o.seqLen, 'spam:test candidates'),
     testLabels: test.map(label),
     counts: { train: train.length, validation: split.validation.length, test: test.length },

@@ -21,6 +21,25 @@
 // position 0) so that the completion survives; if the completion + EOS alone
 // do not fit, the whole prompt goes and the completion is cut at its end
 // (EOS first). Both are counted in the stats.
+//
+// Example packing (prompt/completion datasets, padding-free): each example is
+// truncated exactly as padding does (seq of n <= T+1 tokens), then occupies
+// n-1 consecutive positions of a row: ids = seq[0 .. n-2], targets as padding
+// gives them (the last token, the EOS, is only ever a target: as an input it
+// would predict nothing). Rows carry per-token segment ids (0, 1, ... per
+// example in the row; the unfilled tail is padding with the next id of its
+// own, PAD inputs and -100 targets) and RoPE positions that restart at 0 at
+// each example and at the padding tail. With the model's segment-aware
+// attention, every example's loss and gradients are those it gets alone in a
+// padded row. Placement policy: first fit, in input order (or a seeded
+// shuffle of it): an example goes into the first row that still has room for
+// it, else opens a new row; so rows hold examples in placement order and
+// earlier rows fill first. Examples without any target are left out.
+//
+// Dynamic padding (evaluation): a batch of padded rows can be cut to its
+// longest row's real length rounded up to a multiple of 8 (never above
+// seqLen); the positions cut hold only PAD inputs and -100 targets, so under
+// causal attention the loss is unchanged.
 import { Tensor } from '../tensor.js';
 import type { Batch } from '../nn/llama.js';
 import type { DataSource } from '../train/data_source.js';
@@ -30,14 +49,17 @@ import type { Dataset, SftRow, TextRow } from './jsonl.js';
 import type { Tokenizer } from './tokenizer.js';
 
 export interface PrepareStats {
-  /** 'pack' (text) or 'pad' (prompt/completion) */
-  mode: 'pack' | 'pad';
+  /** 'pack' (text stream), 'pad' (one prompt/completion example per row) or
+   * 'pack-examples' (prompt/completion examples packed, padding-free) */
+  mode: PrepareMode;
   /** dataset rows (texts or examples) read */
   examples: number;
   /** rows of seqLen produced */
   rows: number;
   /** positions holding a real (non-pad) input token */
   inputTokens: number;
+  /** positions holding padding (rows * seqLen - inputTokens) */
+  paddingTokens: number;
   /** positions with a target (not -100) */
   targetTokens: number;
   /** pack: length of the token stream (specials included) */
@@ -52,19 +74,38 @@ export interface PrepareStats {
   completionTruncated: number;
   /** pad: completion and EOS tokens dropped in all */
   droppedCompletionTokens: number;
-  /** pad: rows with no target at all (e.g. empty completion and no EOS) */
+  /** pad: rows with no target at all (e.g. empty completion and no EOS);
+   * pack-examples: examples with no target, left out of the rows */
   rowsWithoutTargets: number;
 }
 
-function emptyStats(mode: 'pack' | 'pad'): PrepareStats {
+export type PrepareMode = 'pack' | 'pad' | 'pack-examples';
+
+function emptyStats(mode: PrepareMode): PrepareStats {
   return {
-    mode, examples: 0, rows: 0, inputTokens: 0, targetTokens: 0, streamTokens: 0, droppedTailTokens: 0,
+    mode, examples: 0, rows: 0, inputTokens: 0, paddingTokens: 0, targetTokens: 0, streamTokens: 0, droppedTailTokens: 0,
     promptTruncated: 0, droppedPromptTokens: 0, completionTruncated: 0, droppedCompletionTokens: 0, rowsWithoutTargets: 0,
   };
 }
 
-/** Prepared rows: row i is ids/targets[i*seqLen .. (i+1)*seqLen). */
+/** Per-token extras of packed example rows (same layout as ids). */
+export interface TokenRowsExtras {
+  /** segment ids: contiguous non-decreasing runs per row, padding its own */
+  segments?: Int32Array;
+  /** RoPE positions, restarting at 0 at each segment */
+  positions?: Int32Array;
+  /** real (non-padding) input tokens of each row; padding sits after them
+   * in padded rows (absent: every position is real) */
+  lengths?: Int32Array;
+}
+
+/** Prepared rows: row i is ids/targets[i*seqLen .. (i+1)*seqLen) (and the
+ * same slice of segments/positions when the rows are packed examples). */
 export class TokenRows {
+  readonly segments: Int32Array | undefined;
+  readonly positions: Int32Array | undefined;
+  readonly lengths: Int32Array | undefined;
+
   constructor(
     readonly seqLen: number,
     readonly ids: Int32Array,
@@ -72,28 +113,52 @@ export class TokenRows {
     /** the id written at padding positions (inputs of padded rows) */
     readonly padId: number,
     readonly stats: PrepareStats,
+    extras: TokenRowsExtras = {},
   ) {
     if (!Number.isInteger(seqLen) || seqLen < 1) throw new Error(`TokenRows: seqLen must be a positive integer, got ${seqLen}`);
     if (ids.length !== targets.length || ids.length % seqLen !== 0) {
       throw new Error(`TokenRows: ${ids.length} ids and ${targets.length} targets are not whole rows of ${seqLen}`);
     }
+    for (const [name, a] of [['segments', extras.segments], ['positions', extras.positions]] as const) {
+      if (a !== undefined && a.length !== ids.length) throw new Error(`TokenRows: ${name} has ${a.length} entries, ids ${ids.length}`);
+    }
+    if ((extras.segments === undefined) !== (extras.positions === undefined)) {
+      throw new Error('TokenRows: packed rows need both segments and positions');
+    }
+    const R = ids.length / seqLen;
+    if (extras.lengths !== undefined) {
+      if (extras.lengths.length !== R) throw new Error(`TokenRows: lengths has ${extras.lengths.length} entries for ${R} rows`);
+      for (const n of extras.lengths) if (n < 0 || n > seqLen) throw new Error(`TokenRows: a row length ${n} is outside [0, ${seqLen}]`);
+    }
+    this.segments = extras.segments;
+    this.positions = extras.positions;
+    this.lengths = extras.lengths;
   }
 
   get numRows(): number { return this.ids.length / this.seqLen; }
 
+  /** whether rows hold several examples (segments and positions per token) */
+  get packed(): boolean { return this.segments !== undefined; }
+
+  /** real (non-padding) input tokens of row i */
+  rowLength(i: number): number { return this.lengths ? this.lengths[i] : this.seqLen; }
+
   /** views of row i (no copy) */
-  row(i: number): { ids: Int32Array; targets: Int32Array } {
+  row(i: number): { ids: Int32Array; targets: Int32Array; segments?: Int32Array; positions?: Int32Array } {
     if (!Number.isInteger(i) || i < 0 || i >= this.numRows) throw new RangeError(`TokenRows.row: ${i} is not in [0, ${this.numRows})`);
-    const T = this.seqLen;
-    return { ids: this.ids.subarray(i * T, (i + 1) * T), targets: this.targets.subarray(i * T, (i + 1) * T) };
+    const T = this.seqLen, a = i * T, b = (i + 1) * T;
+    const r: ReturnType<TokenRows['row']> = { ids: this.ids.subarray(a, b), targets: this.targets.subarray(a, b) };
+    if (this.segments && this.positions) { r.segments = this.segments.subarray(a, b); r.positions = this.positions.subarray(a, b); }
+    return r;
   }
 
   /** positions with a target, over all rows */
   targetTokens(): number { return countTargets(this.targets); }
 
   private fp: string | null = null;
-  /** FNV-1a hash of ids and targets (8 hex digits + shape): recognises the
-   * same prepared data when a checkpoint is restored */
+  /** FNV-1a hash of ids and targets, then segments and positions of packed
+   * rows (8 hex digits + shape): recognises the same prepared data when a
+   * checkpoint is restored */
   fingerprint(): string {
     if (this.fp === null) {
       let h = 0x811c9dc5;
@@ -101,6 +166,8 @@ export class TokenRows {
         for (let i = 0; i < a.length; i++) { h ^= a[i]; h = Math.imul(h, 0x01000193); }
       };
       mix(this.ids); mix(this.targets);
+      if (this.segments) mix(this.segments);
+      if (this.positions) mix(this.positions);
       this.fp = `${this.numRows}x${this.seqLen}:${(h >>> 0).toString(16).padStart(8, '0')}`;
     }
     return this.fp;
@@ -172,6 +239,24 @@ export function packTexts(tok: Tokenizer, texts: Iterable<string | TextRow>, seq
   return new TokenRows(T, ids, targets, padIdOf(tok), stats);
 }
 
+/** One example as a token sequence of at most T+1 tokens ([BOS] + prompt +
+ * completion + [EOS], truncated as the top of this file says; truncation is
+ * counted in stats); seq[first ..] are the targets. */
+function encodeExample(tok: Tokenizer, ex: SftRow, T: number, where: string, stats: PrepareStats): { seq: number[]; first: number } {
+  const lead = tok.bos !== null ? 1 : 0, room = T + 1 - lead;
+  let prompt = encodeChecked(tok, ex.prompt, where);
+  let tail = encodeChecked(tok, ex.completion, where);
+  if (tok.eos !== null) tail.push(tok.eos);
+  if (prompt.length + tail.length > room) {
+    const keepPrompt = Math.max(0, room - tail.length);
+    if (keepPrompt < prompt.length) { stats.promptTruncated++; stats.droppedPromptTokens += prompt.length - keepPrompt; }
+    prompt = prompt.slice(prompt.length - keepPrompt);
+    if (tail.length > room) { stats.completionTruncated++; stats.droppedCompletionTokens += tail.length - room; tail = tail.slice(0, room); }
+  }
+  const seq = lead ? [tok.bos!, ...prompt, ...tail] : [...prompt, ...tail];
+  return { seq, first: lead + prompt.length };
+}
+
 /** Pads prompt/completion examples into rows of seqLen with the prompt
  * masked (see the top of this file). One row per example. */
 export function padExamples(tok: Tokenizer, examples: readonly SftRow[], seqLen: number, source = 'examples'): TokenRows {
@@ -180,36 +265,108 @@ export function padExamples(tok: Tokenizer, examples: readonly SftRow[], seqLen:
   const T = seqLen, pad = padIdOf(tok);
   const stats = emptyStats('pad');
   const ids = new Int32Array(examples.length * T).fill(pad), targets = new Int32Array(examples.length * T).fill(IGNORE_INDEX);
-  const lead = tok.bos !== null ? 1 : 0, room = T + 1 - lead;
+  const lengths = new Int32Array(examples.length);
   examples.forEach((ex, r) => {
-    const where = `${source}[${r}]`;
-    let prompt = encodeChecked(tok, ex.prompt, where);
-    let tail = encodeChecked(tok, ex.completion, where);
-    if (tok.eos !== null) tail.push(tok.eos);
-    if (prompt.length + tail.length > room) {
-      const keepPrompt = Math.max(0, room - tail.length);
-      if (keepPrompt < prompt.length) { stats.promptTruncated++; stats.droppedPromptTokens += prompt.length - keepPrompt; }
-      prompt = prompt.slice(prompt.length - keepPrompt);
-      if (tail.length > room) { stats.completionTruncated++; stats.droppedCompletionTokens += tail.length - room; tail = tail.slice(0, room); }
-    }
-    const seq = lead ? [tok.bos!, ...prompt, ...tail] : [...prompt, ...tail];
-    const n = seq.length, first = lead + prompt.length; // seq[first..] are targets
+    const { seq, first } = encodeExample(tok, ex, T, `${source}[${r}]`, stats);
+    const n = seq.length; // seq[first..] are targets
     const o = r * T;
     const nIn = Math.min(n, T);
     for (let t = 0; t < nIn; t++) ids[o + t] = seq[t];
     let count = 0;
     for (let t = Math.max(0, first - 1); t + 1 < n; t++) { targets[o + t] = seq[t + 1]; count++; }
+    lengths[r] = nIn;
     stats.inputTokens += nIn;
     stats.targetTokens += count;
     if (count === 0) stats.rowsWithoutTargets++;
   });
   stats.examples = stats.rows = examples.length;
-  return new TokenRows(T, ids, targets, pad, stats);
+  stats.paddingTokens = stats.rows * T - stats.inputTokens;
+  return new TokenRows(T, ids, targets, pad, stats, { lengths });
 }
 
-/** Packs a text dataset or pads a prompt/completion one. */
-export function prepareDataset(ds: Dataset, tok: Tokenizer, seqLen: number): TokenRows {
-  return ds.kind === 'text' ? packTexts(tok, ds.rows, seqLen, ds.source) : padExamples(tok, ds.rows, seqLen, ds.source);
+export interface PackExamplesOptions {
+  /** shuffle the examples with this seed before placing them (default: input order) */
+  seed?: number;
+}
+
+/** Packs prompt/completion examples into rows of seqLen, several per row,
+ * with per-token segments and positions (see the top of this file for the
+ * layout and the first-fit placement policy). */
+export function packExamples(tok: Tokenizer, examples: readonly SftRow[], seqLen: number, source = 'examples',
+                             opts: PackExamplesOptions = {}): TokenRows {
+  checkSeqLen(seqLen, `packExamples(${source})`);
+  if (examples.length === 0) throw new Error(`packExamples(${source}): no examples`);
+  if (opts.seed !== undefined && !Number.isInteger(opts.seed)) throw new Error(`packExamples(${source}): seed must be an integer, got ${opts.seed}`);
+  const T = seqLen, pad = padIdOf(tok);
+  const stats = emptyStats('pack-examples');
+  const order = Array.from({ length: examples.length }, (_, i) => i);
+  if (opts.seed !== undefined) new Rng(opts.seed).shuffle(order);
+  // First fit through a max-tree over the rows' free room (leaf r = room left
+  // in row r; rows not opened yet have T): the leftmost leaf with room >= L
+  // is the first open row that fits, else the next new row.
+  let size = 1;
+  while (size < examples.length) size *= 2;
+  const tree = new Int32Array(2 * size).fill(T);
+  const firstFit = (L: number): number => {
+    let i = 1;
+    while (i < size) i = tree[2 * i] >= L ? 2 * i : 2 * i + 1;
+    return i - size;
+  };
+  const take = (r: number, L: number) => {
+    let i = r + size;
+    tree[i] -= L;
+    for (i >>= 1; i >= 1; i >>= 1) tree[i] = Math.max(tree[2 * i], tree[2 * i + 1]);
+  };
+  const placed: { r: number; seq: number[]; first: number }[] = [];
+  let numRows = 0;
+  for (const e of order) {
+    const { seq, first } = encodeExample(tok, examples[e], T, `${source}[${e}]`, stats);
+    const L = seq.length - 1;  // inputs seq[0 .. n-2]; the last token is only a target
+    if (L < 1 || first >= seq.length) { stats.rowsWithoutTargets++; continue; }
+    const r = firstFit(L);
+    take(r, L);
+    numRows = Math.max(numRows, r + 1);
+    placed.push({ r, seq, first });
+  }
+  stats.examples = examples.length;
+  if (numRows === 0) throw new Error(`packExamples(${source}): none of the ${examples.length} example(s) has a target token`);
+  const ids = new Int32Array(numRows * T).fill(pad), targets = new Int32Array(numRows * T).fill(IGNORE_INDEX);
+  const segments = new Int32Array(numRows * T), positions = new Int32Array(numRows * T);
+  const used = new Int32Array(numRows), nextSeg = new Int32Array(numRows);
+  for (const { r, seq, first } of placed) {
+    const o = r * T + used[r], L = seq.length - 1, id = nextSeg[r]++;
+    for (let t = 0; t < L; t++) {
+      ids[o + t] = seq[t];
+      segments[o + t] = id;
+      positions[o + t] = t;
+      if (t + 1 >= first) { targets[o + t] = seq[t + 1]; stats.targetTokens++; }
+    }
+    used[r] += L;
+  }
+  for (let r = 0; r < numRows; r++) {  // the padding tail: a segment of its own, positions from 0
+    for (let t = used[r]; t < T; t++) { segments[r * T + t] = nextSeg[r]; positions[r * T + t] = t - used[r]; }
+    stats.inputTokens += used[r];
+  }
+  stats.rows = numRows;
+  stats.paddingTokens = numRows * T - stats.inputTokens;
+  return new TokenRows(T, ids, targets, pad, stats, { segments, positions, lengths: used });
+}
+
+export interface PrepareDatasetOptions {
+  /** prompt/completion datasets: 'pack' (several examples per row, padding-free;
+   * the default, for training) or 'pad' (one example per row; evaluation and
+   * per-example scoring need this). Text datasets are always a packed stream. */
+  packing?: 'pack' | 'pad';
+  /** packExamples' placement seed */
+  seed?: number;
+}
+
+/** Packs a text dataset; packs (default) or pads a prompt/completion one. */
+export function prepareDataset(ds: Dataset, tok: Tokenizer, seqLen: number, opts: PrepareDatasetOptions = {}): TokenRows {
+  const packing = opts.packing ?? 'pack';
+  if (packing !== 'pack' && packing !== 'pad') throw new Error(`prepareDataset(${ds.source}): packing must be 'pack' or 'pad', got ${String(packing)}`);
+  if (ds.kind === 'text') return packTexts(tok, ds.rows, seqLen, ds.source);
+  return packing === 'pack' ? packExamples(tok, ds.rows, seqLen, ds.source, { seed: opts.seed }) : padExamples(tok, ds.rows, seqLen, ds.source);
 }
 
 // ---------------------------------------------------------------------------
@@ -222,24 +379,67 @@ export interface EvalBatch extends Batch {
   realRows: number;
 }
 
-function batchTensors(B: number, T: number): { ids: Tensor; targets: Tensor; iv: Int32Array; tv: Int32Array } {
-  const ids = Tensor.zeros([B, T], { dtype: 'i32' }), targets = Tensor.zeros([B, T], { dtype: 'i32' });
-  return { ids, targets, iv: ids.data() as Int32Array, tv: targets.data() as Int32Array };
+/** Dynamic padding: the batch length for rows whose longest real length is
+ * `longest`: rounded up to a multiple of 8 (at least 8), at most seqLen. */
+export function dynamicLength(longest: number, seqLen: number): number {
+  return Math.min(seqLen, Math.max(8, Math.ceil(longest / 8) * 8));
+}
+
+/** Copies rows (data indices, -1 = a filler row) into a [B, L] batch, L <=
+ * seqLen (the first L positions of each row), with segments and positions
+ * when the rows are packed, and the count of real input tokens. */
+function gatherBatch(rows: TokenRows, picks: readonly number[], L: number): Batch {
+  const B = picks.length, T = rows.seqLen;
+  const ids = Tensor.zeros([B, L], { dtype: 'i32' }), targets = Tensor.zeros([B, L], { dtype: 'i32' });
+  const iv = ids.data() as Int32Array, tv = targets.data() as Int32Array;
+  const packed = rows.segments !== undefined && rows.positions !== undefined;
+  const segments = packed ? Tensor.zeros([B, L], { dtype: 'i32' }) : undefined;
+  const positions = packed ? Tensor.zeros([B, L], { dtype: 'i32' }) : undefined;
+  const sv = segments?.data() as Int32Array | undefined, pv = positions?.data() as Int32Array | undefined;
+  let realTokens = 0;
+  picks.forEach((r, b) => {
+    if (r < 0) {  // filler: PAD inputs, no targets, one segment at positions 0..L-1
+      iv.fill(rows.padId, b * L, (b + 1) * L);
+      tv.fill(IGNORE_INDEX, b * L, (b + 1) * L);
+      if (pv) for (let t = 0; t < L; t++) pv[b * L + t] = t;
+      return;
+    }
+    iv.set(rows.ids.subarray(r * T, r * T + L), b * L);
+    tv.set(rows.targets.subarray(r * T, r * T + L), b * L);
+    if (sv && pv) {
+      sv.set(rows.segments!.subarray(r * T, r * T + L), b * L);
+      pv.set(rows.positions!.subarray(r * T, r * T + L), b * L);
+    }
+    realTokens += Math.min(L, rows.rowLength(r));
+  });
+  const batch: Batch = { ids, targets, realTokens };
+  if (segments && positions) { batch.segments = segments; batch.positions = positions; }
+  return batch;
+}
+
+export interface EpochBatchesOptions {
+  /** cut each batch to its longest row's real length rounded up to a
+   * multiple of 8 (never above seqLen); default true. Rows without recorded
+   * lengths (text packing) are always full. */
+  dynamicPadding?: boolean;
 }
 
 /** Every row once, in order, batchSize rows at a time; the last batch keeps
- * its shape and fills the missing rows with PAD inputs and -100 targets.
- * The caller owns (and disposes) each batch's tensors. */
-export function* epochBatches(rows: TokenRows, batchSize: number): Generator<EvalBatch> {
+ * its row count and fills the missing rows with PAD inputs and -100 targets.
+ * The caller owns (and disposes, see disposeBatch) each batch's tensors. */
+export function* epochBatches(rows: TokenRows, batchSize: number, opts: EpochBatchesOptions = {}): Generator<EvalBatch> {
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new Error(`epochBatches: batchSize must be a positive integer, got ${batchSize}`);
-  const T = rows.seqLen, N = rows.numRows;
+  const T = rows.seqLen, N = rows.numRows, dynamic = opts.dynamicPadding ?? true;
   for (let first = 0; first < N; first += batchSize) {
     const real = Math.min(batchSize, N - first);
-    const { ids, targets, iv, tv } = batchTensors(batchSize, T);
-    iv.set(rows.ids.subarray(first * T, (first + real) * T));
-    tv.set(rows.targets.subarray(first * T, (first + real) * T));
-    if (real < batchSize) { iv.fill(rows.padId, real * T); tv.fill(IGNORE_INDEX, real * T); }
-    yield { ids, targets, firstRow: first, realRows: real };
+    const picks = Array.from({ length: batchSize }, (_, b) => (b < real ? first + b : -1));
+    let L = T;
+    if (dynamic && rows.lengths) {
+      let longest = 0;
+      for (let b = 0; b < real; b++) longest = Math.max(longest, rows.lengths[first + b]);
+      L = dynamicLength(longest, T);
+    }
+    yield { ...gatherBatch(rows, picks, L), firstRow: first, realRows: real };
   }
 }
 
@@ -249,6 +449,9 @@ export interface TokenDataSourceOptions {
   seed?: number;
   /** reshuffle every epoch (default true); false keeps the data's order */
   shuffle?: boolean;
+  /** cut each batch to its rows' longest real length (see dynamicLength);
+   * default false (every batch [batchSize, seqLen]) */
+  dynamicPadding?: boolean;
 }
 
 /** The saved position of a TokenDataSource (JSON). The epoch's order is not
@@ -273,6 +476,7 @@ export class TokenDataSource implements DataSource {
   readonly batchSize: number;
   readonly seed: number;
   readonly shuffle: boolean;
+  readonly dynamicPadding: boolean;
   /** epochs started before the current one */
   private epochNo = 0;
   private cursor = 0;
@@ -287,6 +491,7 @@ export class TokenDataSource implements DataSource {
     this.batchSize = opts.batchSize;
     this.seed = opts.seed ?? 0;
     this.shuffle = opts.shuffle ?? true;
+    this.dynamicPadding = opts.dynamicPadding ?? false;
     this.rng = new Rng(this.seed);
     this.epochRng = this.rng.state();
     this.startEpoch();
@@ -307,16 +512,17 @@ export class TokenDataSource implements DataSource {
   /** the row indices of the current epoch, in order (a copy) */
   epochOrder(): number[] { return [...this.order]; }
 
+  /** The next batchSize rows; packed rows bring segments and positions, and
+   * every batch says how many of its input tokens are real (realTokens). */
   next(): Batch {
-    const B = this.batchSize, T = this.rows.seqLen;
-    const { ids, targets, iv, tv } = batchTensors(B, T);
-    for (let b = 0; b < B; b++) {
+    const picks: number[] = [];
+    for (let b = 0; b < this.batchSize; b++) {
       if (this.cursor >= this.order.length) { this.epochNo++; this.startEpoch(); }
-      const r = this.order[this.cursor++];
-      iv.set(this.rows.ids.subarray(r * T, (r + 1) * T), b * T);
-      tv.set(this.rows.targets.subarray(r * T, (r + 1) * T), b * T);
+      picks.push(this.order[this.cursor++]);
     }
-    return { ids, targets };
+    let L = this.rows.seqLen;
+    if (this.dynamicPadding && this.rows.lengths) L = dynamicLength(Math.max(...picks.map((r) => this.rows.lengths![r])), L);
+    return gatherBatch(this.rows, picks, L);
   }
 
   state(): TokenDataSourceState {
@@ -346,7 +552,7 @@ export class TokenDataSource implements DataSource {
 
   /** This data once, in order, for evaluation (see epochBatches); does not
    * move the training position. */
-  epochBatches(batchSize = this.batchSize): Generator<EvalBatch> {
-    return epochBatches(this.rows, batchSize);
+  epochBatches(batchSize = this.batchSize, opts: EpochBatchesOptions = {}): Generator<EvalBatch> {
+    return epochBatches(this.rows, batchSize, opts);
   }
 }

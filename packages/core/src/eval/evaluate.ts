@@ -1,6 +1,6 @@
 // Evaluation: token-weighted loss and perplexity over batches, and label
 // accuracy by comparing the log-likelihoods of candidate completions.
-import type { Batch, LlamaModel } from '../nn/llama.js';
+import { type Batch, type LlamaModel, disposeBatch } from '../nn/llama.js';
 
 export interface LossResult {
   /** mean loss per target token */
@@ -18,8 +18,7 @@ export function evaluateLoss(model: LlamaModel, batches: Iterable<Batch>): LossR
       sum += r.lossSum;
       count += r.count;
     } finally {
-      b.ids.dispose();
-      b.targets.dispose();
+      disposeBatch(b);
     }
   }
   if (count === 0) throw new Error('evaluateLoss: no target tokens in the evaluation data');
@@ -36,8 +35,7 @@ export function rowLogLikelihoods(model: LlamaModel, batches: Iterable<Batch>): 
       const r = model.forward(b, { training: false, rowLosses: true });
       for (let i = 0; i < r.rows!.lossSum.length; i++) out.push(r.rows!.count[i] === 0 ? NaN : -r.rows!.lossSum[i]);
     } finally {
-      b.ids.dispose();
-      b.targets.dispose();
+      disposeBatch(b);
     }
   }
   return out;

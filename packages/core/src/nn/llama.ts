@@ -2,7 +2,9 @@
 //
 //   ids [B, T] -> x0 = embed(ids)                                   [N, C], N = B*T
 //   per block:  h1 = rms(x) ; q,k,v = Lq,Lk,Lv(h1) ; rope(q), rope(k)
-//               a = attention(q, k, v) (causal, GQA) ; x2 = x + Lo(a)
+//               a = attention(q, k, v) (causal, GQA; inside its segment when
+//                   the batch is packed) ; x2 = x + Lo(a)
+//   rope positions: the batch's (restarting per packed example), else 0..T-1
 //               h2 = rms(x2) ; m = swiglu(Lgate(h2), Lup(h2)) ; x' = x2 + Ldown(m)
 //   hf = rms(x_L) ; loss = cross_entropy(hf · W_head^T, targets)    (fused, chunked)
 //
@@ -10,7 +12,7 @@
 // gradients accumulate (micro-batches add up); activation gradients are
 // written, except the residual stream's, which accumulates.
 // Every projection is a LinearLayer (module.ts) so methods can replace it.
-import { attentionBackward, attentionDecode, attentionForward } from '../ops/attention.js';
+import { attentionBackward, attentionDecode, attentionForward, checkSegments } from '../ops/attention.js';
 import { crossEntropyBackward, crossEntropyForward } from '../ops/cross_entropy.js';
 import { addInPlace, fill } from '../ops/elementwise.js';
 import { embeddingBackward, embeddingForward } from '../ops/embedding.js';
@@ -82,6 +84,25 @@ export interface Batch {
   ids: Tensor;
   /** [B, T] i32 next-token targets; ignoreIndex (-100) masks a position */
   targets: Tensor;
+  /** [B, T] i32 segment ids of packed rows (several examples per row):
+   * attention stays inside a segment; ids are contiguous, non-decreasing runs
+   * per row, padding has its own (see ops/attention.ts). Absent: one segment
+   * per row. */
+  segments?: Tensor;
+  /** [B, T] i32 RoPE position of each token (restarting at 0 at each packed
+   * example), each in [0, max_position_embeddings). Absent: 0..T-1 per row. */
+  positions?: Tensor;
+  /** non-padding input tokens of the batch (throughput counts these);
+   * absent: all B * T */
+  realTokens?: number;
+}
+
+/** Disposes every tensor of a batch (ids, targets, segments, positions). */
+export function disposeBatch(b: Batch): void {
+  b.ids.dispose();
+  b.targets.dispose();
+  b.segments?.dispose();
+  b.positions?.dispose();
 }
 
 export interface ForwardResult {
@@ -96,6 +117,20 @@ export interface ForwardResult {
 function linearPrefix(layer: number, n: LinearName): string {
   const group = n === 'gate_proj' || n === 'up_proj' || n === 'down_proj' ? 'mlp' : 'self_attn';
   return `model.layers.${layer}.${group}.${n}`;
+}
+
+/** Batch positions: i32 [B, T], each in [0, maxPositions). */
+function checkPositions(positions: Tensor, B: number, T: number, maxPositions: number): void {
+  if (!(positions instanceof Tensor) || positions.dtype !== 'i32' || positions.shape.length !== 2 || positions.shape[0] !== B || positions.shape[1] !== T) {
+    const got = positions instanceof Tensor ? `${positions.dtype} [${positions.shape.join(', ')}]` : typeof positions;
+    throw new Error(`forward: batch positions must be i32 [${B}, ${T}] like ids, got ${got}`);
+  }
+  const v = positions.data() as Int32Array;
+  for (let i = 0; i < v.length; i++) {
+    if (v[i] < 0 || v[i] >= maxPositions) {
+      throw new Error(`forward: batch position ${v[i]} (row ${Math.floor(i / T)}, token ${i % T}) is outside [0, max_position_embeddings = ${maxPositions})`);
+    }
+  }
 }
 
 function param(name: string, value: Tensor, trainable: boolean): Parameter {
@@ -121,7 +156,7 @@ class LlamaBlock {
   // cache.length; a first call attends among its own T tokens, later calls
   // (T = 1) attend over the cache.
   forward(x: Tensor, positions: Tensor, cfg: LlamaConfig, B: number, T: number, training: boolean,
-          cache?: { k: Tensor; v: Tensor; length: number }): Tensor {
+          cache?: { k: Tensor; v: Tensor; length: number }, segments?: Tensor): Tensor {
     const D = headDim(cfg), N = B * T;
     const L = this.linears;
     const { y: h1, rstd: rstd1 } = rmsnorm(x, this.ln1.value, { eps: cfg.rmsNormEps });
@@ -141,7 +176,7 @@ class LlamaBlock {
         lse = Tensor.zeros([0]);
       }
     } else {
-      ({ out: att, lse } = attentionForward(q4, k4, v4));
+      ({ out: att, lse } = attentionForward(q4, k4, v4, { segments }));
     }
     const att2 = att.reshape([N, cfg.numHeads * D]);
     const o = L.o_proj.forward(att2);
@@ -163,7 +198,7 @@ class LlamaBlock {
 
   // dres [N, C]: gradient of the block output; on return it holds the
   // gradient of the block input (the residual stream accumulates in place).
-  backward(dres: Tensor, positions: Tensor, cfg: LlamaConfig): void {
+  backward(dres: Tensor, positions: Tensor, cfg: LlamaConfig, segments?: Tensor): void {
     const s = this.saved;
     if (!s) throw new Error(`model.layers.${this.index}: backward called without a training forward`);
     const L = this.linears;
@@ -181,7 +216,7 @@ class LlamaBlock {
     // attention branch
     const datt2 = L.o_proj.backward(dres);
     const datt = datt2.reshape(s.att.shape);
-    const { dq, dk, dv } = attentionBackward(datt, s.q4, s.k4, s.v4, s.att, s.lse);
+    const { dq, dk, dv } = attentionBackward(datt, s.q4, s.k4, s.v4, s.att, s.lse, { segments });
     datt2.dispose();
     ropeBackward(dq, positions, { theta: cfg.ropeTheta, out: dq });
     ropeBackward(dk, positions, { theta: cfg.ropeTheta, out: dk });
@@ -234,7 +269,7 @@ export class LlamaModel {
   /** the LM head; null when tied to the embedding */
   readonly lmHead: Parameter | null;
   private state: {
-    ids: Tensor; targets: Tensor; positions: Tensor; residuals: Tensor[];
+    ids: Tensor; targets: Tensor; positions: Tensor; segments: Tensor | undefined; residuals: Tensor[];
     hf: Tensor; rstdF: Tensor; lse: Tensor; losses: Tensor; B: number; T: number;
     /** per recomputed block: the random states its linears started from */
     replay: Map<number, unknown[]>;
@@ -382,12 +417,21 @@ export class LlamaModel {
     }
     const [B, T] = ids.shape;
     if (T > cfg.maxPositionEmbeddings) throw new Error(`forward: sequence length ${T} exceeds max_position_embeddings ${cfg.maxPositionEmbeddings}`);
+    if (batch.segments !== undefined) checkSegments('forward', batch.segments, B, T);
+    if (batch.positions !== undefined) checkPositions(batch.positions, B, T, cfg.maxPositionEmbeddings);
     if (this.state) this.releaseState();
     for (const b of this.blocks) for (const n of LINEAR_NAMES) if ('training' in b.linears[n]) b.linears[n].training = training;
     const N = B * T;
     const positions = Tensor.zeros([N], { dtype: 'i32', category: 'activation' });
     const pv = positions.data() as Int32Array;
-    for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) pv[b * T + t] = t;
+    if (batch.positions) pv.set(batch.positions.data() as Int32Array);
+    else for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) pv[b * T + t] = t;
+    // the model's own copy: the batch's tensors may be disposed before backward
+    let segments: Tensor | undefined;
+    if (batch.segments) {
+      segments = Tensor.zeros([B, T], { dtype: 'i32', category: 'activation' });
+      (segments.data() as Int32Array).set(batch.segments.data() as Int32Array);
+    }
     const ids1 = ids.reshape([N]), targets1 = targets.reshape([N]);
     let x = embeddingForward(ids1, this.embed.value);
     const residuals: Tensor[] = [x];
@@ -397,7 +441,7 @@ export class LlamaModel {
       // input, which is the residual list's) and is recomputed in backward
       const recompute = training && isCheckpointed(this.checkpointMode, i);
       if (recompute) replay.set(i, block.randomStates());
-      const next = block.forward(x, positions, cfg, B, T, training && !recompute);
+      const next = block.forward(x, positions, cfg, B, T, training && !recompute, undefined, segments);
       if (training) residuals.push(next);
       else x.dispose();
       x = next;
@@ -416,9 +460,10 @@ export class LlamaModel {
       }
     }
     if (training) {
-      this.state = { ids: ids1, targets: targets1, positions, residuals, hf, rstdF, lse: ce.lse, losses: ce.losses, B, T, replay };
+      this.state = { ids: ids1, targets: targets1, positions, segments, residuals, hf, rstdF, lse: ce.lse, losses: ce.losses, B, T, replay };
     } else {
       for (const t of [positions, x, hf, rstdF, ce.lse, ce.losses]) t.dispose();
+      segments?.dispose();
     }
     return { lossSum: ce.sum, count: ce.count, rows };
   }
@@ -475,9 +520,9 @@ export class LlamaModel {
       if (states) {
         // recompute the block's forward from its kept input, keeping what backward needs
         this.blocks[i].setRandomStates(states);
-        this.blocks[i].forward(s.residuals[i], s.positions, cfg, s.B, s.T, true).dispose();
+        this.blocks[i].forward(s.residuals[i], s.positions, cfg, s.B, s.T, true, undefined, s.segments).dispose();
       }
-      this.blocks[i].backward(dres, s.positions, cfg);
+      this.blocks[i].backward(dres, s.positions, cfg, s.segments);
     }
     if (this.embed.grad) embeddingBackward(dres, s.ids, this.embed.grad);
     dres.dispose();
@@ -503,6 +548,7 @@ export class LlamaModel {
     if (!s) return;
     for (const b of this.blocks) b.releaseSaved();
     for (const t of [s.positions, ...s.residuals, s.hf, s.rstdF, s.lse, s.losses]) t.dispose();
+    s.segments?.dispose();
     this.state = null;
   }
 

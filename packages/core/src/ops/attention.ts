@@ -3,6 +3,12 @@
 //   q: [B, T, Hq, D], k and v: [B, T, Hkv, D], f32, Hq a multiple of Hkv.
 //   Query head h reads kv head floor(h / (Hq / Hkv)) (HF repeat_kv order);
 //   query t attends keys 0..t; scale defaults to 1/sqrt(D).
+//   segments (optional) [B, T] i32: packed rows of several examples. Query t
+//   attends key s iff s <= t and segments[b, s] == segments[b, t]. Segments
+//   are contiguous runs with non-decreasing ids in each row (0 0 0 1 1 2 ...);
+//   padding carries an id of its own. The kernel skips key tiles outside a
+//   query tile's segments (see native/src/cpu/attention.cc for the convention
+//   a device kernel shares).
 import type { Category } from '../dtype.js';
 import { nativeFn, type NativeTensorHandle } from '../native.js';
 import { Tensor } from '../tensor.js';
@@ -10,9 +16,9 @@ import { checkFinite, checkShape, checkTensor, fmtShape, outTensor } from './che
 
 type H = NativeTensorHandle;
 type ForwardFn = (q: H, k: H, v: H, out: H, lse: H,
-                  B: number, T: number, Hq: number, Hkv: number, D: number, scale: number) => void;
+                  B: number, T: number, Hq: number, Hkv: number, D: number, scale: number, segments: H | null) => void;
 type BackwardFn = (dout: H, q: H, k: H, v: H, out: H, lse: H, dq: H, dk: H, dv: H,
-                   B: number, T: number, Hq: number, Hkv: number, D: number, scale: number) => void;
+                   B: number, T: number, Hq: number, Hkv: number, D: number, scale: number, segments: H | null) => void;
 
 // Looked up on first use, so importing the package works with an addon built
 // without this op family.
@@ -22,6 +28,8 @@ let backwardFn: BackwardFn | null = null;
 export interface AttentionOptions {
   /** score scale; default 1 / sqrt(D) */
   scale?: number;
+  /** [B, T] i32 segment ids (packed rows): attention stays inside a segment */
+  segments?: Tensor;
   /** preallocated [B, T, Hq, D] output (overwritten) */
   out?: Tensor;
   /** preallocated [B, Hq, T] log-sum-exp output (overwritten) */
@@ -33,6 +41,8 @@ export interface AttentionOptions {
 export interface AttentionBackwardOptions {
   /** must equal the scale used in the forward pass; default 1 / sqrt(D) */
   scale?: number;
+  /** the segment ids the forward pass used ([B, T] i32), if any */
+  segments?: Tensor;
   /** preallocated gradients (overwritten, not accumulated) */
   dq?: Tensor;
   dk?: Tensor;
@@ -62,6 +72,26 @@ function checkQKV(op: string, q: unknown, k: unknown, v: unknown): Dims {
   return { B, T, Hq, Hkv, D };
 }
 
+/** Segment ids must be i32 [B, T], non-decreasing within each row (each
+ * segment one contiguous run). Exported for callers that build batches. */
+export function checkSegments(op: string, segments: unknown, B: number, T: number): Tensor {
+  const st = checkTensor(op, 'segments', segments, ['i32'], 2);
+  if (st.shape[0] !== B || st.shape[1] !== T) {
+    throw new RangeError(`${op}: 'segments' has shape ${fmtShape(st.shape)}, expected [B, T] = [${B}, ${T}] (one segment id per token)`);
+  }
+  // the forward kernel compares positions as floats: exact below 2^24
+  if (T >= 2 ** 24) throw new RangeError(`${op}: segments need T < 2^24, got T = ${T}`);
+  const v = st.data() as Int32Array;
+  for (let b = 0; b < B; b++) {
+    for (let t = b * T + 1; t < (b + 1) * T; t++) {
+      if (v[t] < v[t - 1]) {
+        throw new RangeError(`${op}: 'segments' must be non-decreasing within each row (segments are contiguous runs); row ${b} has id ${v[t]} at position ${t - b * T} after ${v[t - 1]} at position ${t - b * T - 1}`);
+      }
+    }
+  }
+  return st;
+}
+
 function scaleOf(op: string, scale: number | undefined, D: number): number {
   if (scale === undefined) return 1 / Math.sqrt(D);
   checkFinite(op, 'scale', scale);
@@ -79,13 +109,14 @@ function checkDistinct(op: string, outputs: [string, Tensor][], inputs: [string,
   }
 }
 
-/** out = softmax(scale * q k^T + causal mask) v per head; lse = the softmax
+/** out = softmax(scale * q k^T + causal (and segment) mask) v per head; lse = the softmax
  * log-normaliser per query row, kept for attentionBackward. */
 export function attentionForward(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions = {}): { out: Tensor; lse: Tensor } {
   // q: [B, T, Hq, D]  k, v: [B, T, Hkv, D]  ->  out: [B, T, Hq, D]  lse: [B, Hq, T]
   const op = 'attentionForward';
   const { B, T, Hq, Hkv, D } = checkQKV(op, q, k, v);
   const scale = scaleOf(op, opts.scale, D);
+  const segments = opts.segments === undefined ? null : checkSegments(op, opts.segments, B, T);
   const category = opts.category ?? 'activation';
   const out = outTensor(op, 'out', opts.out, [B, T, Hq, D], { category });
   let lse: Tensor;
@@ -97,7 +128,7 @@ export function attentionForward(q: Tensor, k: Tensor, v: Tensor, opts: Attentio
     throw e;
   }
   forwardFn ??= nativeFn<ForwardFn>('attention_forward');
-  forwardFn(q.handle, k.handle, v.handle, out.handle, lse.handle, B, T, Hq, Hkv, D, scale);
+  forwardFn(q.handle, k.handle, v.handle, out.handle, lse.handle, B, T, Hq, Hkv, D, scale, segments?.handle ?? null);
   return { out, lse };
 }
 
@@ -114,6 +145,7 @@ export function attentionBackward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor,
   checkShape(op, 'out', checkTensor(op, 'out', out, ['f32'], 4), [B, T, Hq, D]);
   checkShape(op, 'lse', checkTensor(op, 'lse', lse, ['f32'], 3), [B, Hq, T]);
   const scale = scaleOf(op, opts.scale, D);
+  const segments = opts.segments === undefined ? null : checkSegments(op, opts.segments, B, T);
   const category = opts.category ?? 'activation';
   const made: Tensor[] = [];
   try {
@@ -127,7 +159,7 @@ export function attentionBackward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor,
                   [['dout', dout], ['q', q], ['k', k], ['v', v], ['out', out], ['lse', lse]]);
     backwardFn ??= nativeFn<BackwardFn>('attention_backward');
     backwardFn(dout.handle, q.handle, k.handle, v.handle, out.handle, lse.handle, dq.handle, dk.handle, dv.handle,
-               B, T, Hq, Hkv, D, scale);
+               B, T, Hq, Hkv, D, scale, segments?.handle ?? null);
     return { dq, dk, dv };
   } catch (e) {
     for (const t of made) t.dispose();

@@ -19,8 +19,16 @@ export interface TfjsLora {
   targets: ReadonlySet<string>;
 }
 
+/** Packed batches: per-token segment ids and RoPE positions, [B*T] each
+ * (the conventions of Batch in nn/llama.ts). Query t attends key s iff
+ * s <= t and segments[s] == segments[t] in the same row. */
+export interface TfjsPacking {
+  segments?: Int32Array;
+  positions?: Int32Array;
+}
+
 export function tfjsLlamaLoss(tf: typeof TF, cfg: LlamaConfig, P: Map<string, TF.Tensor>, ids: Int32Array,
-                       targets: Int32Array, B: number, T: number, lora?: TfjsLora): TF.Scalar {
+                       targets: Int32Array, B: number, T: number, lora?: TfjsLora, packing: TfjsPacking = {}): TF.Scalar {
   const C = cfg.hiddenSize, D = headDim(cfg), Hq = cfg.numHeads, Hkv = cfg.numKvHeads, N = B * T;
   const p = (n: string) => P.get(n)!;
   const rms = (x: TF.Tensor2D, w: TF.Tensor) => x.mul(tf.rsqrt(x.square().mean(1, true).add(cfg.rmsNormEps))).mul(w) as TF.Tensor2D;
@@ -32,17 +40,35 @@ export function tfjsLlamaLoss(tf: typeof TF, cfg: LlamaConfig, P: Map<string, TF
   };
   // rotary tables, HF LlamaRotaryEmbedding: inv_freq = 1 / theta^(2i/D), emb = cat(freqs, freqs)
   const inv = tf.div(1, tf.pow(cfg.ropeTheta, tf.range(0, D, 2, 'float32').div(D)));
-  const pos = tf.range(0, T, 1, 'float32');
-  const freqs = tf.outerProduct(pos, inv as TF.Tensor1D);
-  const emb = tf.concat([freqs, freqs], 1);              // [T, D]
-  const cos = emb.cos().reshape([1, T, 1, D]), sin = emb.sin().reshape([1, T, 1, D]);
+  const { segments, positions } = packing;
+  if (segments && segments.length !== N) throw new Error(`tfjsLlamaLoss: segments has ${segments.length} entries, expected B*T = ${N}`);
+  if (positions && positions.length !== N) throw new Error(`tfjsLlamaLoss: positions has ${positions.length} entries, expected B*T = ${N}`);
+  // per-token positions give per-row tables [B, T, 1, D]; dense ones one [1, T, 1, D]
+  const pos = positions ? tf.tensor1d(Float32Array.from(positions), 'float32') : tf.range(0, T, 1, 'float32');
+  const freqs = tf.outerProduct(pos as TF.Tensor1D, inv as TF.Tensor1D);
+  const emb = tf.concat([freqs, freqs], 1);              // [T or B*T, D]
+  const ropeShape: [number, number, number, number] = positions ? [B, T, 1, D] : [1, T, 1, D];
+  const cos = emb.cos().reshape(ropeShape), sin = emb.sin().reshape(ropeShape);
   const rotateHalf = (x: TF.Tensor4D) => {
     const [x1, x2] = tf.split(x, 2, 3);
     return tf.concat([x2.neg(), x1], 3);
   };
   const applyRope = (x: TF.Tensor4D) => x.mul(cos).add(rotateHalf(x).mul(sin)) as TF.Tensor4D;
-  const mask = tf.linalg.bandPart(tf.ones([T, T]), -1, 0);  // lower triangle incl. diagonal
-  const negMask = tf.sub(1, mask).mul(-1e9).reshape([1, 1, T, T]);
+  let negMask: TF.Tensor;
+  if (segments) {  // causal and same segment, per row: [B, 1, T, T]
+    const bias = new Float32Array(B * T * T);
+    for (let b = 0; b < B; b++) {
+      for (let i = 0; i < T; i++) {
+        for (let j = 0; j < T; j++) {
+          if (j > i || segments[b * T + j] !== segments[b * T + i]) bias[(b * T + i) * T + j] = -1e9;
+        }
+      }
+    }
+    negMask = tf.tensor4d(bias, [B, 1, T, T]);
+  } else {
+    const mask = tf.linalg.bandPart(tf.ones([T, T]), -1, 0);  // lower triangle incl. diagonal
+    negMask = tf.sub(1, mask).mul(-1e9).reshape([1, 1, T, T]);
+  }
   const group = Hq / Hkv;
   const kvIndex = tf.tensor1d(Array.from({ length: Hq }, (_, h) => Math.floor(h / group)), 'int32');
 

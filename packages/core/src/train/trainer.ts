@@ -4,7 +4,7 @@
 // It trains whatever parameters of the model have gradients, so full
 // fine-tuning and the adapter methods use the same loop.
 import { clipGradNorm } from '../ops/optim.js';
-import type { LlamaModel } from '../nn/llama.js';
+import { type LlamaModel, disposeBatch } from '../nn/llama.js';
 import { Rng, type RngState } from '../util/rng.js';
 import { AdamW, type AdamWConfig } from './adamw.js';
 import type { Optimizer, OptimizerFactory } from './optimizer.js';
@@ -35,8 +35,12 @@ export interface StepStats {
   loss: number;
   /** target tokens in this step (all micro-batches) */
   targetTokens: number;
-  /** input tokens processed in this step */
+  /** input positions processed in this step, padding included (B * T per
+   * micro-batch): the padded figure */
   tokens: number;
+  /** non-padding input tokens of this step (each batch's realTokens, else
+   * all its positions): throughput over real tokens counts these */
+  realTokens: number;
   lr: number;
   /** global gradient norm before clipping */
   gradNorm: number;
@@ -83,11 +87,12 @@ export class Trainer {
   trainStep(): StepStats {
     const t0 = performance.now();
     const batches = Array.from({ length: this.config.gradAccumulation }, () => this.data.next());
-    let targetTokens = 0, tokens = 0;
+    let targetTokens = 0, tokens = 0, realTokens = 0;
     for (const b of batches) {
       const tv = b.targets.data() as Int32Array;
       for (let i = 0; i < tv.length; i++) if (tv[i] !== IGNORE_INDEX) targetTokens++;
       tokens += b.ids.numel;
+      realTokens += b.realTokens ?? b.ids.numel;
     }
     const ms = { forward: 0, backward: 0, optimizer: 0, total: 0 };
     let lossSum = 0;
@@ -104,7 +109,7 @@ export class Trainer {
         lossSum += r.lossSum;
       }
     } finally {
-      for (const b of batches) { b.ids.dispose(); b.targets.dispose(); }
+      for (const b of batches) disposeBatch(b);
     }
     const loss = lossSum / targetTokens;
     const o0 = performance.now();
@@ -117,7 +122,7 @@ export class Trainer {
     this.step++;
     ms.optimizer = performance.now() - o0;
     ms.total = performance.now() - t0;
-    return { step: this.step, loss, targetTokens, tokens, lr, gradNorm, ms };
+    return { step: this.step, loss, targetTokens, tokens, realTokens, lr, gradNorm, ms };
   }
 
   /** Used by loadCheckpoint: continue counting from a saved step. */

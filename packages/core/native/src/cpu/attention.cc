@@ -7,6 +7,18 @@
 //   a kv head, as HF repeat_kv does); query t attends keys 0..t.
 //   out: [B, T, Hq, D]  lse: [B, Hq, T] = logsumexp_j(scale * q_t . k_j)
 //
+// Segments (padding-free packed batches; the convention a device kernel
+// shares): an optional seg [B, T] i32 holds a segment id per token. Within a
+// row, segments are contiguous and ids non-decreasing (0 0 0 1 1 2 2 2 ...);
+// padding positions carry a segment id of their own. Query t attends key s
+// iff s <= t and seg[b, s] == seg[b, t]. Because segments are contiguous,
+// that is s in [start(t), t], with start(t) the first position of t's segment;
+// the kernels work from start(t) and end(t) (one past the last position of
+// the segment), so a key tile wholly before every query's segment start (or,
+// in backward, a query tile wholly past every key's segment end) is never
+// visited: a packed row costs the sum of its segments' causal costs at tile
+// granularity, not a full causal row. Without seg every row is one segment.
+//
 // Tile matmuls use one register-tiled kernel written with GCC vector
 // extensions (16-float vectors when the compiler targets AVX-512, as
 // -march=native does here; 8-float ones otherwise). Its left operand is read
@@ -167,6 +179,25 @@ void load_transposed(float* dst, const float* src, int64_t stride, int64_t rows,
     for (int64_t c = 0; c < D; c++) std::memset(dst + c * BT + rows, 0, sizeof(float) * (BT - rows));
 }
 
+// start[b*T + t] = first position of t's segment, end[b*T + t] = one past its
+// last position (seg [B, T]). Returns the flat index bt of the first token
+// whose id is below its predecessor's (seg must be non-decreasing in a row),
+// or -1 when seg is valid.
+int64_t segment_bounds(const int32_t* seg, int64_t B, int64_t T, int32_t* start, int32_t* end) {
+  for (int64_t b = 0; b < B; b++) {
+    const int32_t* s = seg + b * T;
+    int32_t* st = start + b * T;
+    int32_t* en = end + b * T;
+    for (int64_t t = 0; t < T; t++) {
+      if (t > 0 && s[t] < s[t - 1]) return b * T + t;
+      st[t] = (t > 0 && s[t] == s[t - 1]) ? st[t - 1] : static_cast<int32_t>(t);
+    }
+    for (int64_t t = T - 1; t >= 0; t--)
+      en[t] = (t + 1 < T && s[t] == s[t + 1]) ? en[t + 1] : static_cast<int32_t>(t + 1);
+  }
+  return -1;
+}
+
 // Forward. Work items: (b, query head, query tile), heaviest tiles first.
 // Scores are computed transposed, S^T = scale * K Q^T (keys x queries), so
 // the online softmax runs down columns with whole vectors across queries, K
@@ -174,28 +205,46 @@ void load_transposed(float* dst, const float* src, int64_t stride, int64_t rows,
 // products are bitwise those the backward recomputes (same FMA order), and
 // scale is applied after them on both sides, so P = exp(S - lse) there
 // matches this pass.
+// seg_start (segment starts from segment_bounds, [B, T]) is null without
+// segments. A query tile visits key tiles from the one holding its first
+// query's segment start; a query whose segment starts later is masked per key
+// (s < start(t)), and a column wholly masked in a tile keeps l = 0, O = 0.
 void attention_forward(const float* q, const float* k, const float* v, float* out, float* lse, int64_t B, int64_t T,
-                       int64_t Hq, int64_t Hkv, int64_t D, float scale) {
+                       int64_t Hq, int64_t Hkv, int64_t D, float scale, const int32_t* seg_start) {
   if (B == 0 || T == 0) return;
   const int64_t G = Hq / Hkv, Dp = round_up(D, VW), nT = (T + BT - 1) / BT;
   const int64_t qs = Hq * D, ks = Hkv * D;  // token strides
   const int nt = num_threads();
-  const int64_t per = 3 * BT * Dp + BT * BT + 3 * BT;
+  const int64_t per = 3 * BT * Dp + BT * BT + 4 * BT;
   Workspace<float> ws(static_cast<size_t>(per * nt));
   parallel_for_dynamic(B * Hq * nT, [&](int64_t item) {
     const int64_t qt = nT - 1 - item / (B * Hq), bh = item % (B * Hq), b = bh / Hq, h = bh % Hq, g = h / G;
     float* w = ws.data() + per * omp_get_thread_num();
     float *Qt = w, *Vpad = Qt + Dp * BT, *Ob = Vpad + BT * Dp, *ST = Ob + BT * Dp;
-    float *m = ST + BT * BT, *l = m + BT, *alpha = l + BT;
+    float *m = ST + BT * BT, *l = m + BT, *alpha = l + BT, *qstart = alpha + BT;
     const float* qb = q + (b * T * Hq + h) * D;  // token t at + t * qs
     const float* kb = k + (b * T * Hkv + g) * D;
     const float* vb = v + (b * T * Hkv + g) * D;
     const int64_t i0 = qt * BT, mr = std::min(BT, T - i0);
+    // Segment starts of the tile's queries (as floats: exact below 2^24
+    // positions); padding columns (>= mr) start at 0, so they are never
+    // wholly masked. Starts are non-decreasing, so the last query's start
+    // bounds them all: key tiles below that need no segment mask.
+    int64_t kt0 = 0, last_start = 0;
+    if (seg_start) {
+      const int32_t* st = seg_start + b * T + i0;
+      for (int64_t i = 0; i < BT; i++) qstart[i] = i < mr ? static_cast<float>(st[i]) : 0.0f;
+      kt0 = st[0] / BT;
+      last_start = st[mr - 1];
+    }
     load_transposed(Qt, qb + i0 * qs, qs, mr, D);  // padding queries are zero: finite, never written
     std::memset(Ob, 0, sizeof(float) * mr * Dp);
     for (int64_t i = 0; i < BT; i++) { m[i] = kNegInf; l[i] = 0.0f; }
-    for (int64_t kt = 0; kt <= qt; kt++) {  // key tiles past the diagonal are fully masked: skipped
+    // key tiles past the diagonal are fully masked, and with segments so are
+    // those before the first query's segment: both skipped
+    for (int64_t kt = kt0; kt <= qt; kt++) {
       const int64_t j0 = kt * BT, kc = std::min(BT, T - j0);
+      const bool seg_mask = seg_start && j0 < last_start;
       mm(kc, BT, D, kb + j0 * ks, ks, 1, Qt, BT, ST, BT, false);  // K Q^T, rows j < kc
       const vf vscale = vsplat(scale);
       for (int64_t j = 0; j < kc; j++) {  // S^T = scale * K Q^T; diagonal tile: hide key j > query i
@@ -209,18 +258,29 @@ void attention_forward(const float* q, const float* k, const float* v, float* ou
         } else {
           for (int c = 0; c < BT; c += VW) vstore(row + c, vload(row + c) * vscale);
         }
+        if (seg_mask) {  // hide key j0 + j from queries whose segment starts after it
+          const vf key = vsplat(static_cast<float>(j0 + j));
+          for (int c = 0; c < BT; c += VW) {
+            const vf x = vload(row + c);
+            vstore(row + c, key < vload(qstart + c) ? vsplat(kNegInf) : x);
+          }
+        }
       }
       for (int c = 0; c < BT; c += VW) {  // online softmax down the columns, VW queries at a time
-        vf mx = vload(ST + c);             // row 0 (key j0) is never masked: finite
+        vf mx = vload(ST + c);             // without segments row 0 (key j0) is never masked
         for (int64_t j = 1; j < kc; j++) { vf x = vload(ST + j * BT + c); mx = x > mx ? x : mx; }
-        const vf mold = vload(m + c), mnew = mold > mx ? mold : mx;
+        const vf mold = vload(m + c);
+        vf mnew = mold > mx ? mold : mx;
+        // a query that has seen no key of its segment yet keeps m = -inf;
+        // subtracting 0 instead keeps exp(-inf - m) = 0 rather than NaN
+        const vf msafe = mnew == vsplat(kNegInf) ? vf{} : mnew;
         vf sum = vf{};
         for (int64_t j = 0; j < kc; j++) {
-          vf p = vexp(vload(ST + j * BT + c) - mnew);
+          vf p = vexp(vload(ST + j * BT + c) - msafe);
           vstore(ST + j * BT + c, p);
           sum += p;
         }
-        const vf a = vexp(mold - mnew);  // 0 on the first tile (mold = -inf)
+        const vf a = vexp(mold - msafe);  // 0 on the first tile (mold = -inf)
         vstore(alpha + c, a);
         vstore(l + c, vload(l + c) * a + sum);
         vstore(m + c, mnew);
@@ -251,9 +311,12 @@ void attention_forward(const float* q, const float* k, const float* v, float* ou
 // the group's query heads and the query tiles at or below the diagonal; P is
 // recomputed from lse, never stored whole. P^T and dS^T are read through
 // strides, and Q, dO, dq are used in place when D is a whole number of vectors.
+// With segments (seg_start, seg_end from segment_bounds, else both null) a
+// key tile visits query tiles up to the one holding its last key's segment
+// end, and P is zeroed where a key precedes its query's segment start.
 void attention_backward(const float* dout, const float* q, const float* k, const float* v, const float* out,
                         const float* lse, float* dq, float* dk, float* dv, int64_t B, int64_t T, int64_t Hq,
-                        int64_t Hkv, int64_t D, float scale) {
+                        int64_t Hkv, int64_t D, float scale, const int32_t* seg_start, const int32_t* seg_end) {
   if (B == 0 || T == 0) return;
   const int64_t G = Hq / Hkv, Dp = round_up(D, VW), nT = (T + BT - 1) / BT;
   const int64_t qs = Hq * D, ks = Hkv * D;
@@ -288,6 +351,8 @@ void attention_backward(const float* dout, const float* q, const float* k, const
     for (int64_t t = 0; t < T; t++) std::memset(dq + (b * T + t) * qs + h0 * D, 0, sizeof(float) * G * D);
     for (int64_t jt = 0; jt < nT; jt++) {
       const int64_t j0 = jt * BT, kc = std::min(BT, T - j0);
+      // query tiles past the last key's segment end see none of these keys
+      const int64_t qt_end = seg_end ? (seg_end[b * T + j0 + kc - 1] + BT - 1) / BT : nT;
       const RowOperand K = rows_of(kb + j0 * ks, ks, kc, D, Dp, Kpad);
       load_transposed(Kt, kb + j0 * ks, ks, kc, D);
       load_transposed(Vt, vb + j0 * ks, ks, kc, D);
@@ -298,7 +363,7 @@ void attention_backward(const float* dout, const float* q, const float* k, const
         const float* db = dout + (b * T * Hq + h) * D;
         const float* lrow = lse + (b * Hq + h) * T;
         const float* Drow = Dq.data() + (b * Hq + h) * T;
-        for (int64_t qt = jt; qt < nT; qt++) {  // query tiles above the diagonal see none of these keys
+        for (int64_t qt = jt; qt < qt_end; qt++) {  // query tiles above the diagonal see none of these keys
           const int64_t i0 = qt * BT, mr = std::min(BT, T - i0);
           const float* qrows = qb + i0 * qs;
           const float* drows = db + i0 * qs;
@@ -310,6 +375,10 @@ void attention_backward(const float* dout, const float* q, const float* k, const
             for (int c = 0; c < BT; c += VW) vstore(s + c, vexp(vload(s + c) * vscale - lv));
             if (qt == jt)  // diagonal tile: hide key j > query i (also the padding keys >= T)
               for (int64_t j = i + 1; j < BT; j++) s[j] = 0.0f;
+            if (seg_start) {  // hide keys before query i's segment (another example)
+              const int64_t before = std::min<int64_t>(BT, seg_start[b * T + i0 + i] - j0);
+              for (int64_t j = 0; j < before; j++) s[j] = 0.0f;
+            }
           }
           const RowOperand dO = rows_of(drows, qs, mr, D, Dp, dOpad);
           mm(kc, Dp, mr, P, 1, BT, dO.p, dO.ld, dVa, Dp, true);  // dV += P^T dO
@@ -362,7 +431,20 @@ float scale_arg(const Napi::CallbackInfo& info, size_t i, const char* fn) {
   return static_cast<float>(s);
 }
 
-// attention_forward(q, k, v, out, lse, B, T, Hq, Hkv, D, scale)
+// Optional segment ids [B, T] i32 at argument `i` (null/undefined: none).
+// Fills bounds with segment starts then ends (2 * B * T) when present.
+bool segments_arg(const Napi::CallbackInfo& info, size_t i, const char* fn, const Dims& d, Workspace<int32_t>& bounds) {
+  TensorArg seg = tensor_arg(info, i, fn, "segments", static_cast<size_t>(d.B * d.T), DType::I32, false, true);
+  if (seg.data == nullptr) return false;
+  int32_t* start = bounds.data();
+  const int64_t bad = segment_bounds(seg.as<int32_t>(), d.B, d.T, start, start + d.B * d.T);
+  if (bad >= 0)
+    throw arg_error(info, fn, "'segments' must be non-decreasing within each row; row " + std::to_string(bad / d.T) +
+                    " position " + std::to_string(bad % d.T) + " has a smaller id than position " + std::to_string(bad % d.T - 1));
+  return true;
+}
+
+// attention_forward(q, k, v, out, lse, B, T, Hq, Hkv, D, scale, segments?)
 Napi::Value AttentionForwardBinding(const Napi::CallbackInfo& info) {
   const char* fn = "attention_forward";
   const Dims d = dims_args(info, 5, fn);
@@ -375,12 +457,16 @@ Napi::Value AttentionForwardBinding(const Napi::CallbackInfo& info) {
   TensorArg o = tensor_arg(info, 3, fn, "out", nq, DType::F32);
   TensorArg l = tensor_arg(info, 4, fn, "lse", nl, DType::F32);
   return guarded(info, [&]() -> Napi::Value {
-    attention_forward(q.f32(), k.f32(), v.f32(), o.f32(), l.f32(), d.B, d.T, d.Hq, d.Hkv, d.D, scale);
+    const bool has_seg = info.Length() > 11 && !info[11].IsNull() && !info[11].IsUndefined();
+    Workspace<int32_t> bounds(has_seg ? static_cast<size_t>(2 * d.B * d.T) : 0);
+    const bool seg = segments_arg(info, 11, fn, d, bounds);
+    attention_forward(q.f32(), k.f32(), v.f32(), o.f32(), l.f32(), d.B, d.T, d.Hq, d.Hkv, d.D, scale,
+                      seg ? bounds.data() : nullptr);
     return info.Env().Undefined();
   });
 }
 
-// attention_backward(dout, q, k, v, out, lse, dq, dk, dv, B, T, Hq, Hkv, D, scale)
+// attention_backward(dout, q, k, v, out, lse, dq, dk, dv, B, T, Hq, Hkv, D, scale, segments?)
 // dq, dk, dv are written (activation gradients), not accumulated.
 Napi::Value AttentionBackwardBinding(const Napi::CallbackInfo& info) {
   const char* fn = "attention_backward";
@@ -398,8 +484,12 @@ Napi::Value AttentionBackwardBinding(const Napi::CallbackInfo& info) {
   TensorArg dk = tensor_arg(info, 7, fn, "dk", nkv, DType::F32);
   TensorArg dv = tensor_arg(info, 8, fn, "dv", nkv, DType::F32);
   return guarded(info, [&]() -> Napi::Value {
+    const bool has_seg = info.Length() > 15 && !info[15].IsNull() && !info[15].IsUndefined();
+    Workspace<int32_t> bounds(has_seg ? static_cast<size_t>(2 * d.B * d.T) : 0);
+    const bool seg = segments_arg(info, 15, fn, d, bounds);
+    const int32_t* start = seg ? bounds.data() : nullptr;
     attention_backward(dout.f32(), q.f32(), k.f32(), v.f32(), o.f32(), l.f32(), dq.f32(), dk.f32(), dv.f32(), d.B,
-                       d.T, d.Hq, d.Hkv, d.D, scale);
+                       d.T, d.Hq, d.Hkv, d.D, scale, start, seg ? start + d.B * d.T : nullptr);
     return info.Env().Undefined();
   });
 }
