@@ -4,6 +4,7 @@
 // group by group); these kernels build it.
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -25,7 +26,8 @@ inline float to_f32(T v) {
 
 // Quantizes one row w[0, cols) whose groups' parameters are already known
 // or computed here (RTN): writes the row's codes (byte-aligned, zeroed first),
-// scales and offsets. Returns the number of groups whose range overflows f32.
+// scales and offsets. Returns the number of groups of finite values whose
+// range (max - min) overflows f32 (groups holding NaN/inf are counted by the caller).
 int64_t intn_rtn_row(const float* w, int64_t cols, int bits, int64_t L, uint8_t* row_codes, float* scales, float* offsets) {
   std::memset(row_codes, 0, static_cast<size_t>(cols * bits / 8));
   int64_t bad = 0;
@@ -33,7 +35,7 @@ int64_t intn_rtn_row(const float* w, int64_t cols, int bits, int64_t L, uint8_t*
     const float* wg = w + g * L;
     float s, o;
     intn_group_params(wg, L, bits, &s, &o);
-    if (!std::isfinite(s)) bad++;
+    if (!std::isfinite(s) && std::all_of(wg, wg + L, [](float v) { return std::isfinite(v); })) bad++;
     scales[g] = s;
     offsets[g] = o;
     for (int64_t i = 0; i < L; i++) intn_put_code(row_codes, bits, g * L + i, intn_code(wg[i], s, o, bits));
@@ -121,7 +123,11 @@ bool gptq_inverse_factor(const float* H, int64_t n, double lambda, double* A, fl
     maxdiag = std::max(maxdiag, Ar[i]);
   }
   if (!(maxdiag > 0) || !std::isfinite(maxdiag)) return false;
-  if (!cholesky_lower(A, n, 1e-12 * maxdiag)) return false;
+  // H comes from an f32 GEMM, so its entries carry relative noise of about
+  // 2^-24: a pivot below 2^-20 of the largest diagonal is indistinguishable
+  // from zero (a rank-deficient X) and is treated as singular. GPTQ's default
+  // damping keeps every pivot above 0.01 * mean diag H, far above this.
+  if (!cholesky_lower(A, n, 0x1p-20 * maxdiag)) return false;
   std::memset(U, 0, sizeof(float) * static_cast<size_t>(n * n));
   // column j of X = M^-1 by forward substitution: X[j][j] = 1/M[j][j],
   // X[i][j] = -(sum_{k=j}^{i-1} M[i][k] X[k][j]) / M[i][i]; stored reversed:
