@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   BYTE_VOCAB_SIZE, ByteTokenizer, GGUF_ALIGNMENT, type GroupwiseInt4, type LlamaConfig, LlamaModel, exportGguf,
-  f16ToF32, f32ToF16, ggufScalar, gpt2ByteToUnicode, headDim, modelTensorShapes, preset, readGguf, ropeRowPermutation,
+  f16ToF32, f32ToF16, ggufArray, ggufScalar, gpt2ByteToUnicode, headDim, modelTensorShapes, preset, readGguf, ropeRowPermutation,
 } from '../src/index.js';
 import { ggufNameOf, logProbs, modelFromGguf, unpermuteRows } from './gguf_helpers.js';
 import { rng } from './helpers.js';
@@ -76,16 +76,16 @@ test('header, metadata and tensor infos round trip; tied head writes no output.w
   for (const [k, v] of Object.entries(want)) assert.equal(ggufScalar(f, k), v, k);
   assert.equal(f.metadata.get('llama.block_count')!.type, 'u32');
   assert.equal(f.metadata.get('llama.rope.freq_base')!.type, 'f32');
-  const tokens = f.metadata.get('tokenizer.ggml.tokens')!, types = f.metadata.get('tokenizer.ggml.token_type')!;
-  assert.equal(tokens.type, 'array');
-  assert.equal(tokens.value.length, BYTE_VOCAB_SIZE);
-  assert.deepEqual(tokens.value.slice(256), ['<s>', '</s>', '<pad>']);
-  assert.equal(tokens.value[65], 'A');     // printable bytes stand for themselves
-  assert.equal(tokens.value[32], '\u0120'); // space is GPT-2's 'Ġ'
-  assert.equal(tokens.value[10], '\u010a'); // newline is 'Ċ'
+  const tokens = ggufArray(f, 'tokenizer.ggml.tokens'), types = ggufArray(f, 'tokenizer.ggml.token_type');
+  assert.equal(f.metadata.get('tokenizer.ggml.tokens')!.type, 'array');
+  assert.equal(tokens.length, BYTE_VOCAB_SIZE);
+  assert.deepEqual(tokens.slice(256), ['<s>', '</s>', '<pad>']);
+  assert.equal(tokens[65], 'A');     // printable bytes stand for themselves
+  assert.equal(tokens[32], '\u0120'); // space is GPT-2's 'Ġ'
+  assert.equal(tokens[10], '\u010a'); // newline is 'Ċ'
   assert.equal(new Set(gpt2ByteToUnicode()).size, 256);
-  assert.deepEqual(types.value.slice(250), [1, 1, 1, 1, 1, 1, 3, 3, 3]);
-  assert.deepEqual(f.metadata.get('tokenizer.ggml.merges')!.value, []);
+  assert.deepEqual(types.slice(250), [1, 1, 1, 1, 1, 1, 3, 3, 3]);
+  assert.deepEqual(ggufArray(f, 'tokenizer.ggml.merges'), []);
 
   const names = [...modelTensorShapes(cfg).keys()].map(ggufNameOf);
   assert.deepEqual(f.tensors.map((t) => t.name).sort(), names.sort());
@@ -176,7 +176,7 @@ test('Q8_0 and Q4_1 values match a re-computation of the ggml blocks; Q4_1 nibbl
   // nibble order, read from the raw bytes of one Q4_1 block: values 0..31 along a row
   const ramp: LlamaConfig = { ...cfg };
   const mr = model(ramp, 5);
-  const ev = mr.embed.data();
+  const ev = mr.embed.value.data() as Float32Array;
   for (let j = 0; j < 32; j++) ev[j] = j;
   const path = join(dir, 'ramp.gguf');
   exportGguf(mr, path, { type: 'q4_1', tokenizer: tok });

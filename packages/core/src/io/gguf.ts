@@ -719,3 +719,11 @@ export function ggufScalar(file: GgufFile, key: string): GgufScalar {
   if (kv.type === 'array') throw new Error(`${file.path}: metadata '${key}' is an array`);
   return kv.value;
 }
+
+/** A metadata array's values (throws naming the key when absent or not an array). */
+export function ggufArray(file: GgufFile, key: string): (GgufScalar | GgufKv)[] {
+  const kv = file.metadata.get(key);
+  if (!kv) throw new Error(`${file.path}: no metadata '${key}'`);
+  if (kv.type !== 'array') throw new Error(`${file.path}: metadata '${key}' is a ${kv.type}, not an array`);
+  return kv.value;
+}
