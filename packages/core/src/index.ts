@@ -39,6 +39,12 @@ export {
   HF_WEIGHTS_INDEX_FILE, type ConfigToHfOptions, type LoadHfOptions, type LoadedHfModel, type SaveHfOptions,
   loadHfModel, saveHfModel, type LoadHfModelOptions,
 } from './io/hf.js';
+export {
+  exportGguf, readGguf, ggufScalar, ggufArray, quantizeQ8_0, quantizeQ4_1, dequantizeQ8_0, dequantizeQ4_1, groupwiseToQ4_1,
+  ropeRowPermutation, permuteRows, gpt2ByteToUnicode, GGUF_MAGIC, GGUF_VERSION, GGUF_ALIGNMENT, GGML_QK, GGUF_BYTE_SPECIALS,
+  type ExportGgufOptions, type GgufExportSummary, type GgufWeightType, type GroupwiseInt4, type GgufFile, type GgufTensorInfo,
+  type GgufKv, type GgufValueType, type GgufScalar, type GgufScalarType,
+} from './io/gguf.js';
 export { saveCheckpoint, loadCheckpoint } from './train/checkpoint.js';
 export * from './ops/lora.js';
 export { KVCache } from './nn/llama.js';
