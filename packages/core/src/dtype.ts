@@ -67,6 +67,28 @@ export function bf16ToF32(h: number): number {
   u32buf[0] = (h & 0xffff) << 16;
   return f32buf[0];
 }
+/** f32 -> IEEE half bits, rounded to nearest even (as ggml's GGML_FP32_TO_FP16
+ * and numpy's float16 cast): subnormals kept, overflow to inf, NaN stays NaN. */
+export function f32ToF16(x: number): number {
+  f32buf[0] = x;
+  const u = u32buf[0];
+  const sign = (u >>> 16) & 0x8000, exp = (u >>> 23) & 0xff, mant = u & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 | (mant >>> 13) : 0);
+  const e = exp - 127 + 15;
+  if (e >= 31) return sign | 0x7c00;
+  if (e <= 0) {
+    if (e < -10) return sign;  // below half the smallest subnormal: rounds to 0
+    const m = mant | 0x800000, shift = 14 - e;
+    let h = m >>> shift;
+    const rem = m & ((1 << shift) - 1), half = 1 << (shift - 1);
+    if (rem > half || (rem === half && (h & 1))) h++;
+    return sign | h;  // a carry out of the mantissa gives the smallest normal, correctly
+  }
+  let h = (e << 10) | (mant >>> 13);
+  const rem = mant & 0x1fff;
+  if (rem > 0x1000 || (rem === 0x1000 && (h & 1))) h++;  // a carry may reach inf, correctly
+  return sign | h;
+}
 export function f16ToF32(h: number): number {
   const s = h & 0x8000 ? -1 : 1, e = (h >> 10) & 0x1f, m = h & 0x3ff;
   if (e === 0) return s * m * 2 ** -24;

@@ -17,8 +17,9 @@ export * from './ops/attention.js';
 export * from './ops/elementwise.js';
 export * from './nn/config.js';
 export * from './nn/module.js';
-export { DenseLinear, Quant4Linear } from './nn/linear.js';
+export { DenseLinear, IntNLinear, Quant4Linear } from './nn/linear.js';
 export * from './quant/quant4.js';
+export * from './quant/intn.js';
 export { LlamaModel, LINEAR_NAMES, modelTensorShapes, parseCheckpointing, isCheckpointed, type CheckpointingMode, type LinearName, type LinearFactory, type FromTensorsOptions, type Batch, type ForwardResult, type WeightOptions, disposeBatch } from './nn/llama.js';
 export { Rng, type RngState } from './util/rng.js';
 export * from './train/schedule.js';
@@ -38,6 +39,12 @@ export {
   HF_WEIGHTS_INDEX_FILE, type ConfigToHfOptions, type LoadHfOptions, type LoadedHfModel, type SaveHfOptions,
   loadHfModel, saveHfModel, type LoadHfModelOptions,
 } from './io/hf.js';
+export {
+  exportGguf, readGguf, ggufScalar, ggufArray, quantizeQ8_0, quantizeQ4_1, dequantizeQ8_0, dequantizeQ4_1, groupwiseToQ4_1,
+  ropeRowPermutation, permuteRows, gpt2ByteToUnicode, GGUF_MAGIC, GGUF_VERSION, GGUF_ALIGNMENT, GGML_QK, GGUF_BYTE_SPECIALS,
+  type ExportGgufOptions, type GgufExportSummary, type GgufWeightType, type GroupwiseInt4, type GgufFile, type GgufTensorInfo,
+  type GgufKv, type GgufValueType, type GgufScalar, type GgufScalarType,
+} from './io/gguf.js';
 export { saveCheckpoint, loadCheckpoint } from './train/checkpoint.js';
 export * from './ops/lora.js';
 export { KVCache } from './nn/llama.js';

@@ -18,6 +18,10 @@ export interface LoraConfig {
   init: 'kaiming' | 'gaussian';
   /** seeds A's initialisation and the dropout masks */
   seed: number;
+  /** QA-LoRA group size L: the adapter reads the input averaged over groups of
+   * L consecutive features, times in/L (PEFT's use_qalora / qalora_group_size);
+   * A is [r, in/L]. Omitted or null: plain LoRA. */
+  poolSize?: number | null;
 }
 
 export const LORA_DEFAULTS: Readonly<LoraConfig> = Object.freeze({
@@ -36,6 +40,9 @@ export function loraConfig(opts: Partial<LoraConfig> = {}): LoraConfig {
     problems.push(`targets must be 'all-linear', a non-empty list of module names, or a RegExp`);
   }
   if (!Number.isFinite(c.seed)) problems.push(`seed must be a finite number, got ${c.seed}`);
+  if (c.poolSize !== undefined && c.poolSize !== null && !(Number.isInteger(c.poolSize) && c.poolSize >= 1)) {
+    problems.push(`poolSize (QA-LoRA group size) must be a positive integer, got ${c.poolSize}`);
+  }
   if (problems.length) throw new Error(`LoRA config: ${problems.join('; ')}`);
   return c;
 }

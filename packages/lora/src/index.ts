@@ -1,5 +1,5 @@
 export { type LoraConfig, type LoraTargets, LORA_DEFAULTS, loraConfig, loraScale } from './config.js';
-export { LoraLinear, type Adapter, type AdapterOptions } from './layer.js';
+export { LoraLinear, type Adapter, type AdapterOptions, pooledDelta, checkPoolSize } from './layer.js';
 export {
   prepareLora, resolveTargets, wrap, countParameters, loraLayers, setActiveAdapter, mergeAndUnload, type PrepareResult,
 } from './method.js';

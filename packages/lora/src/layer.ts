@@ -10,9 +10,20 @@
 // so one pass over the base weights serves many adapters (inference).
 // merge()/unmerge() fold s*B*A into W and back out through one
 // deltaWeight(), so the two cannot disagree.
+//
+// Pooled adapters (QA-LoRA, Xu et al. 2023; PEFT's use_qalora): with a pool
+// size L the adapter reads the input averaged over each group of L
+// consecutive features, times in/L, so A is [r, in/L]:
+//
+//   y = x W^T + s * (P(dropout(x)) A^T) B^T,   P(x)[n, g] = in/L * mean_{j<L} x[n, g*L + j]
+//
+// P is linear, P(x) = x P^T with P [in/L, in] holding (in/L)/L on a group's
+// columns, so the adapter's weight delta is s*B*A*P: constant over each group
+// of L input columns, which is what lets it fold into a group-wise quantized
+// base's offsets (pooledDelta).
 import {
-  DenseLinear, type FrozenBase, type LinearLayer, type Parameter, Rng, type RngState, Tensor, addInPlace, bf16ToF32, f32ToBf16, loraBackward,
-  loraDeltaRows, loraForward, matmul,
+  DenseLinear, type FrozenBase, type LinearLayer, type Parameter, Rng, type RngState, Tensor, addInPlace, bf16ToF32, f32ToBf16,
+  groupPoolBackward, groupPoolForward, loraBackward, loraDeltaRows, loraForward, matmul,
 } from '@tunebench/core';
 import { type LoraConfig, loraScale } from './config.js';
 
@@ -23,18 +34,28 @@ export interface Adapter {
   readonly rslora: boolean;
   readonly scale: number;
   readonly dropout: number;
-  /** [r, in] */
+  /** QA-LoRA group size L: the adapter reads the input pooled over groups of
+   * L features (times in/L); null = plain LoRA */
+  readonly poolSize: number | null;
+  /** [r, in], or [r, in/L] when pooled */
   readonly A: Parameter;
   /** [out, r] */
   readonly B: Parameter;
 }
 
-export type AdapterOptions = Pick<LoraConfig, 'r' | 'alpha' | 'rslora' | 'dropout' | 'init' | 'seed'> & { trainable?: boolean };
+export type AdapterOptions = Pick<LoraConfig, 'r' | 'alpha' | 'rslora' | 'dropout' | 'init' | 'seed'> & {
+  trainable?: boolean;
+  /** QA-LoRA group size L (must divide in_features); omit (or null) for plain LoRA */
+  poolSize?: number | null;
+};
 
 interface Saved {
   adapter: Adapter;
+  /** what A reads: x or dropout(x) [N, in]; pooled adapters: P(x or dropout(x)) [N, in/L] */
   xa: Tensor;
-  /** dropout keep-mask already scaled by 1/(1-p); null without dropout */
+  /** whether xa is ours to free (not the caller's x) */
+  ownsXa: boolean;
+  /** dropout keep-mask [N, in] already scaled by 1/(1-p); null without dropout */
   mask: Tensor | null;
   u: Tensor;
 }
@@ -68,18 +89,23 @@ export class LoraLinear implements LinearLayer {
 
   addAdapter(name: string, o: AdapterOptions): Adapter {
     if (this.adapters.has(name)) throw new Error(`${this.name}: adapter '${name}' already exists`);
+    if (!Number.isInteger(o.r) || o.r < 1) throw new Error(`${this.name}: adapter '${name}': r must be a positive integer, got ${o.r}`);
+    const poolSize = o.poolSize ?? null;
+    checkPoolSize(`${this.name}: adapter '${name}'`, this.inFeatures, poolSize);
     const trainable = o.trainable ?? true;
-    // A: kaiming-uniform with a = sqrt(5) is U(-1/sqrt(in), 1/sqrt(in)); gaussian: N(0, 1/r). B: zeros.
+    // A's input width: in, or in/L pooled features
+    const aIn = poolSize === null ? this.inFeatures : this.inFeatures / poolSize;
+    // A: kaiming-uniform with a = sqrt(5) is U(-1/sqrt(fan_in), 1/sqrt(fan_in)); gaussian: N(0, 1/r). B: zeros.
     const rng = new Rng(hashSeed(o.seed, this.name, name));
-    const av = new Float32Array(o.r * this.inFeatures);
+    const av = new Float32Array(o.r * aIn);
     if (o.init === 'gaussian') for (let i = 0; i < av.length; i++) av[i] = rng.normal() / Math.sqrt(o.r);
-    else { const bound = 1 / Math.sqrt(this.inFeatures); for (let i = 0; i < av.length; i++) av[i] = (2 * rng.next() - 1) * bound; }
+    else { const bound = 1 / Math.sqrt(aIn); for (let i = 0; i < av.length; i++) av[i] = (2 * rng.next() - 1) * bound; }
     const category = trainable ? 'trainable' : 'frozen';
-    const A = Tensor.from(av, [o.r, this.inFeatures], { category });
+    const A = Tensor.from(av, [o.r, aIn], { category });
     const B = Tensor.zeros([this.outFeatures, o.r], { category });
     const grad = (t: Tensor) => (trainable ? Tensor.zeros(t.shape, { category: 'grad' }) : null);
     const adapter: Adapter = {
-      name, r: o.r, alpha: o.alpha, rslora: o.rslora, scale: loraScale(o), dropout: o.dropout,
+      name, r: o.r, alpha: o.alpha, rslora: o.rslora, scale: loraScale(o), dropout: o.dropout, poolSize,
       A: { name: `${this.name}.lora_A.${name}.weight`, value: A, grad: grad(A) },
       B: { name: `${this.name}.lora_B.${name}.weight`, value: B, grad: grad(B) },
     };
@@ -136,9 +162,49 @@ export class LoraLinear implements LinearLayer {
       const keep = 1 / (1 - a.dropout);
       for (let i = 0; i < mv.length; i++) { mv[i] = this.dropoutRng.next() < a.dropout ? 0 : keep; av[i] = xv[i] * mv[i]; }
     }
+    if (a.poolSize !== null) return this.forwardPooled(x, xa, mask, a);
     const { y, u } = loraForward(x, xa, this.base.weightOperand, a.A.value, a.B.value, a.scale);
-    this.saved = { adapter: a, xa, mask, u };
+    this.saved = { adapter: a, xa, ownsXa: mask !== null, mask, u };
     return y;
+  }
+
+  // Pooled adapter: the base through its own layer (it keeps x), then
+  // xp = P(xa) [N, in/L], u = xp A^T [N, r], y += s u B^T. Dropout (PEFT: on x, before pooling) is already in xa.
+  private forwardPooled(x: Tensor, xa: Tensor, mask: Tensor | null, a: Adapter): Tensor {
+    const L = a.poolSize!;
+    const xp = groupPoolForward(xa, L, { scale: this.inFeatures / L, category: 'activation' });
+    if (xa !== x) xa.dispose();
+    const y = this.base.forward(x);
+    const u = matmul(xp, a.A.value, { transB: true, category: 'activation' });
+    matmul(u, a.B.value, { transB: true, alpha: a.scale, beta: 1, out: y });
+    this.saved = { adapter: a, xa: xp, ownsXa: true, mask, u };
+    return y;
+  }
+
+  // Pooled adapter, backward. Inputs: dy [N, out]; saved xp = P(xa) [N, in/L], u [N, r], mask [N, in] or null.
+  //   dB += s dy^T u;  du = s dy B [N, r];  dA += du^T xp;  dxp = du A [N, in/L]
+  //   dx = dy W (the base's backward) + P^T dxp (times the dropout mask), where
+  //   P^T spreads each pooled gradient over its group times (in/L)/L
+  private backwardPooled(s: Saved, dy: Tensor, dxInto?: Tensor): Tensor {
+    const a = s.adapter, L = a.poolSize!;
+    const dx = this.base.backward(dy, dxInto);
+    if (a.B.grad) matmul(dy, s.u, { transA: true, alpha: a.scale, beta: 1, out: a.B.grad });
+    const du = matmul(dy, a.B.value, { alpha: a.scale, category: 'workspace' });
+    if (a.A.grad) matmul(du, s.xa, { transA: true, beta: 1, out: a.A.grad });
+    const dxp = matmul(du, a.A.value, { category: 'workspace' });
+    du.dispose();
+    const scale = this.inFeatures / L;
+    if (s.mask) {
+      const dxa = groupPoolBackward(dxp, L, { scale, category: 'workspace' });
+      const dv = dxa.data() as Float32Array, mv = s.mask.data() as Float32Array;
+      for (let i = 0; i < dv.length; i++) dv[i] *= mv[i];
+      addInPlace(dx, dxa);
+      dxa.dispose();
+    } else {
+      groupPoolBackward(dxp, L, { scale, dxInto: dx });
+    }
+    dxp.dispose();
+    return dx;
   }
 
   // dy [N, out] -> dx [N, in] (written, or accumulated into dxInto); dA, dB accumulate
@@ -150,6 +216,9 @@ export class LoraLinear implements LinearLayer {
     const s = this.saved;
     if (!s) throw new Error(`${this.name}: backward called without a training forward`);
     const a = s.adapter;
+    if (a.poolSize !== null) {
+      try { return this.backwardPooled(s, dy, dxInto); } finally { this.clearSaved(); }
+    }
     let dxa: Tensor | undefined;
     if (s.mask) dxa = Tensor.zeros(s.xa.shape, { category: 'workspace' });
     const dx = loraBackward(dy, s.xa, this.base.weightOperand, a.A.value, a.B.value, s.u, a.scale, {
@@ -175,24 +244,43 @@ export class LoraLinear implements LinearLayer {
     if (this.mergedName !== null) throw new Error(`${this.name}: unmerge before serving a mixed batch`);
     const y = this.base.forward(x);
     this.base.clearSaved();
-    // one native call per run of consecutive rows sharing an adapter
-    for (let row = 0; row < adapters.length;) {
-      const name = adapters[row];
-      let end = row + 1;
-      while (end < adapters.length && adapters[end] === name) end++;
-      if (name !== null) {
-        const a = this.adapter(name);
-        loraDeltaRows(x, a.A.value, a.B.value, a.scale, y, row * tokensPerRow, (end - row) * tokensPerRow);
+    // pooled adapters read P(x): pooled once per pool size, for all rows
+    const pooled = new Map<number, Tensor>();
+    try {
+      // one native call per run of consecutive rows sharing an adapter
+      for (let row = 0; row < adapters.length;) {
+        const name = adapters[row];
+        let end = row + 1;
+        while (end < adapters.length && adapters[end] === name) end++;
+        if (name !== null) {
+          const a = this.adapter(name);
+          let input = x;
+          if (a.poolSize !== null) {
+            const L = a.poolSize;
+            if (!pooled.has(L)) pooled.set(L, groupPoolForward(x, L, { scale: this.inFeatures / L, category: 'workspace' }));
+            input = pooled.get(L)!;
+          }
+          loraDeltaRows(input, a.A.value, a.B.value, a.scale, y, row * tokensPerRow, (end - row) * tokensPerRow);
+        }
+        row = end;
       }
-      row = end;
+    } finally {
+      for (const t of pooled.values()) t.dispose();
     }
     return y;
   }
 
-  /** s * B * A as a new [out, in] f32 tensor: the one computation merge and unmerge share. */
+  /** The adapter's change of the weight as a new [out, in] f32 tensor: the
+   * one computation merge and unmerge share. Plain: s * B * A. Pooled: s * B * A * P,
+   * i.e. pooledDelta spread over each group of L input columns. */
   deltaWeight(name: string): Tensor {
     const a = this.adapter(name);
-    return matmul(a.B.value, a.A.value, { alpha: a.scale, category: 'workspace' });
+    if (a.poolSize === null) return matmul(a.B.value, a.A.value, { alpha: a.scale, category: 'workspace' });
+    const ba = matmul(a.B.value, a.A.value, { alpha: a.scale, category: 'workspace' });
+    // (s B A) P: each row of s B A [out, in/L] through P^T, which is the pooling's backward
+    const delta = groupPoolBackward(ba, a.poolSize, { scale: this.inFeatures / a.poolSize, category: 'workspace' });
+    ba.dispose();
+    return delta;
   }
 
   /** Fold an adapter into the base weight (lossy when the base is bf16, as in
@@ -251,8 +339,9 @@ export class LoraLinear implements LinearLayer {
 
   clearSaved(): void {
     if (this.saved) {
-      const { xa, mask, u } = this.saved;
-      if (mask) { mask.dispose(); xa.dispose(); }
+      const { xa, ownsXa, mask, u } = this.saved;
+      if (ownsXa) xa.dispose();
+      mask?.dispose();
       u.dispose();
       this.saved = null;
     }
@@ -266,6 +355,39 @@ export class LoraLinear implements LinearLayer {
     this.adapters.clear();
     if (!this.unloaded) this.base.dispose();
   }
+}
+
+/** Checks a QA-LoRA pool size against a layer's input width (null = plain LoRA). */
+export function checkPoolSize(where: string, inFeatures: number, poolSize: number | null): void {
+  if (poolSize === null) return;
+  if (typeof poolSize !== 'number' || !Number.isInteger(poolSize) || poolSize < 1) {
+    throw new Error(`${where}: poolSize (QA-LoRA group size) must be a positive integer, got ${String(poolSize)}`);
+  }
+  if (inFeatures % poolSize !== 0) {
+    throw new Error(`${where}: in_features ${inFeatures} is not divisible by poolSize ${poolSize} (QA-LoRA pools whole groups of input features)`);
+  }
+}
+
+/**
+ * The exact per-group weight delta of a pooled (QA-LoRA) adapter, f32 [out, in/L]:
+ * adding delta[o, g] to W[o, i] for every i in group g (i / L = g) is the same
+ * as running the adapter.
+ *
+ * Derivation: the adapter adds s * B A (in/L * mean_g x) to y, so for output o
+ *   s * sum_g (B A)[o, g] * (in/L) * (1/L) * sum_{i in g} x_i = sum_i [s * (in/L) / L * (B A)[o, g(i)]] x_i,
+ * i.e. W_eff[o, i] = W[o, i] + delta[o, g(i)] with delta = s * (in/L) / L * B A = s * in / L^2 * B A.
+ *
+ * A group-wise quantized base with one additive offset per (row, group) of L
+ * input columns (QA-LoRA's point) takes it as is: offset[o, g] += delta[o, g].
+ */
+export function pooledDelta(layer: LoraLinear, adapterName: string): Float32Array {
+  const a = layer.adapter(adapterName);
+  if (a.poolSize === null) throw new Error(`${layer.name}: adapter '${adapterName}' is not pooled (no poolSize); its delta is deltaWeight(), [out, in]`);
+  const c = a.scale * (layer.inFeatures / a.poolSize) / a.poolSize;
+  const t = matmul(a.B.value, a.A.value, { alpha: c, category: 'workspace' });
+  const out = (t.data() as Float32Array).slice();
+  t.dispose();
+  return out;
 }
 
 function hashSeed(seed: number, ...parts: string[]): number {

@@ -1,7 +1,7 @@
 // The LoRA method: put adapters on a model's targeted Linear layers.
 import { isFrozenBase, LINEAR_NAMES, parameterNumel, type LlamaModel, type Parameter } from '@tunebench/core';
 import { type LoraConfig, loraConfig } from './config.js';
-import { LoraLinear } from './layer.js';
+import { LoraLinear, checkPoolSize } from './layer.js';
 
 export interface PrepareResult {
   /** module names that received an adapter */
@@ -37,6 +37,8 @@ export function prepareLora(model: LlamaModel, opts: Partial<LoraConfig> = {}, a
   }
   const targets = resolveTargets(model, config.targets);
   const layers = model.linears();
+  // every target checked before any is wrapped: all or nothing
+  for (const name of targets) checkPoolSize(`LoRA: ${name}`, layers.get(name)!.inFeatures, config.poolSize ?? null);
   for (const name of targets) {
     const layer = layers.get(name)!;
     const lora = layer instanceof LoraLinear ? layer : wrap(layer, config.seed);

@@ -3,7 +3,9 @@
 //
 //   adapter_config.json         LoraConfig.to_dict(): peft_type "LORA", r, lora_alpha,
 //                               target_modules, use_rslora, rank_pattern, ...
-//   adapter_model.safetensors   base_model.model.<module>.lora_A.weight [r, in]
+//                               QA-LoRA (pooled) adapters add use_qalora: true and
+//                               qalora_group_size: L (PEFT's QALoraLinearVariant)
+//   adapter_model.safetensors   base_model.model.<module>.lora_A.weight [r, in] ([r, in/L] pooled)
 //                               base_model.model.<module>.lora_B.weight [out, r]
 //                               <module> = model.layers.{i}.self_attn.q_proj ...; PEFT
 //                               strips the adapter name (".default") from saved keys.
@@ -67,12 +69,14 @@ export function saveAdapter(model: LlamaModel, dir: string, opts: SaveAdapterOpt
     throw new Error(`saveAdapter: the model has no adapter named '${name}' (have: ${have.join(', ') || 'none'})`);
   }
   const adapters = layers.map((l) => l.adapter(name));
-  for (const key of ['rslora', 'dropout'] as const) {
+  for (const key of ['rslora', 'dropout', 'poolSize'] as const) {
     const values = new Set(adapters.map((a) => a[key]));
     if (values.size > 1) {
-      throw new Error(`saveAdapter: adapter '${name}' uses ${key} ${[...values].join(' and ')} on different modules; a PEFT config holds one value`);
+      const what = key === 'poolSize' ? 'poolSize (QA-LoRA group size, none = plain LoRA)' : key;
+      throw new Error(`saveAdapter: adapter '${name}' uses ${what} ${[...values].map((v) => (v === null ? 'none' : String(v))).join(' and ')} on different modules; a PEFT config holds one value`);
     }
   }
+  const poolSize = adapters[0].poolSize;
   const r = mostCommon(adapters.map((a) => a.r));
   const alpha = mostCommon(adapters.map((a) => a.alpha));
   const rankPattern: Record<string, number> = {}, alphaPattern: Record<string, number> = {};
@@ -104,12 +108,14 @@ export function saveAdapter(model: LlamaModel, dir: string, opts: SaveAdapterOpt
     lora_dropout: adapters[0].dropout,
     modules_to_save: null,
     peft_type: 'LORA',
+    ...(poolSize !== null ? { qalora_group_size: poolSize } : {}),
     r,
     rank_pattern: rankPattern,
     revision: null,
     target_modules: [...shortNames].sort(),
     task_type: 'CAUSAL_LM',
     use_dora: false,
+    ...(poolSize !== null ? { use_qalora: true } : {}),
     use_rslora: adapters[0].rslora,
   };
   const tensors = new Map<string, Tensor>();
@@ -147,15 +153,17 @@ function mostCommon(values: number[]): number {
 const READ_KEYS = new Set([
   'peft_type', 'task_type', 'r', 'lora_alpha', 'lora_dropout', 'use_rslora', 'bias', 'fan_in_fan_out', 'use_dora',
   'target_modules', 'exclude_modules', 'layers_to_transform', 'layers_pattern', 'rank_pattern', 'alpha_pattern',
-  'modules_to_save', 'init_lora_weights', 'base_model_name_or_path', 'revision', 'inference_mode',
+  'modules_to_save', 'init_lora_weights', 'base_model_name_or_path', 'revision', 'inference_mode', 'use_qalora', 'qalora_group_size',
 ]);
+
+/** PEFT's LoraConfig.qalora_group_size default, used when use_qalora is true and the key is absent. */
+const PEFT_QALORA_DEFAULT_GROUP_SIZE = 16;
 
 /** Keys of newer PEFT versions that change the computation when set: a
  * non-default value is an error, the default is ignored like any unknown key. */
 const GUARDED_KEYS: Readonly<Record<string, { off: (v: unknown) => boolean; what: string }>> = {
   lora_bias: { off: (v) => v === false || v === null, what: 'a bias on lora_B' },
   layer_replication: { off: (v) => v === null || (Array.isArray(v) && v.length === 0), what: 'layer replication' },
-  use_qalora: { off: (v) => v === false || v === null, what: 'QA-LoRA pooling' },
   trainable_token_indices: { off: (v) => v === null, what: 'trainable token embeddings' },
   target_parameters: { off: (v) => v === null || (Array.isArray(v) && v.length === 0), what: 'LoRA on raw parameters' },
   alora_invocation_tokens: { off: (v) => v === null, what: 'activated LoRA (aLoRA)' },
@@ -171,6 +179,8 @@ interface PeftLoraConfig {
   alpha: number;
   dropout: number;
   rslora: boolean;
+  /** qalora_group_size when use_qalora is true, else null */
+  poolSize: number | null;
   targets: Selector;
   exclude: Selector | null;
   layersToTransform: number[] | null;
@@ -223,6 +233,8 @@ function parseConfig(json: unknown, where: string): PeftLoraConfig {
   const alpha = get('lora_alpha', 8, (v) => typeof v === 'number' && Number.isFinite(v) && v > 0, 'a positive number');
   const dropout = get('lora_dropout', 0, (v) => typeof v === 'number' && v >= 0 && v < 1, 'a number in [0, 1)');
   const rslora = get('use_rslora', false, (v) => typeof v === 'boolean', 'a boolean');
+  const useQalora = get('use_qalora', false, (v) => typeof v === 'boolean', 'a boolean');
+  const groupSize = get('qalora_group_size', PEFT_QALORA_DEFAULT_GROUP_SIZE, (v) => isInt(v) && v > 0, 'a positive integer');
   const bias = get('bias', 'none', (v) => typeof v === 'string', 'a string');
   if (bias !== 'none') problems.push(`bias ${show(bias)} is not supported (only "none": the adapted layers have no bias)`);
   if (json.fan_in_fan_out === true) problems.push('fan_in_fan_out true is not supported (it is for GPT-2-style Conv1D weights; LLaMA projections are [out, in])');
@@ -300,7 +312,7 @@ function parseConfig(json: unknown, where: string): PeftLoraConfig {
   }
   if (problems.length) throw new Error(`${where}: ${listProblems(problems)}`);
   return {
-    r, alpha, dropout, rslora, targets: targets!, exclude, layersToTransform, layersPattern, rankPattern, alphaPattern,
+    r, alpha, dropout, rslora, poolSize: useQalora ? groupSize : null, targets: targets!, exclude, layersToTransform, layersPattern, rankPattern, alphaPattern,
     baseModelNameOrPath: base, ignoredKeys, targetModulesJson: show(hasTargets ? json.target_modules : null),
   };
 }
@@ -346,6 +358,8 @@ export interface LoadAdapterResult {
   alpha: number;
   rslora: boolean;
   dropout: number;
+  /** QA-LoRA group size (qalora_group_size) when use_qalora is true, else null */
+  poolSize: number | null;
   baseModelNameOrPath: string | null;
   /** config keys this loader does not read (e.g. from newer PEFT versions), sorted; nothing is printed */
   ignoredKeys: string[];
@@ -418,8 +432,14 @@ export function loadAdapter(model: LlamaModel, dir: string, opts: LoadAdapterOpt
     const why = notSelected(config, module);
     if (why) problems.push(`${module} has tensors but ${why} (PEFT would not load them)`);
     const r = patternValue(config.rankPattern, module, config.r), alpha = patternValue(config.alphaPattern, module, config.alpha);
-    const wantA = [r, layer.inFeatures], wantB = [layer.outFeatures, r];
-    for (const [e, want, what] of [[A, wantA, 'r x in_features'], [B, wantB, 'out_features x r']] as const) {
+    const L = config.poolSize;
+    if (L !== null && layer.inFeatures % L !== 0) {
+      problems.push(`${module}: in_features ${layer.inFeatures} is not divisible by qalora_group_size ${L} (use_qalora pools whole groups)`);
+      continue;
+    }
+    const wantA = [r, L === null ? layer.inFeatures : layer.inFeatures / L], wantB = [layer.outFeatures, r];
+    const aWhat = L === null ? 'r x in_features' : `r x in_features/qalora_group_size = ${layer.inFeatures}/${L}`;
+    for (const [e, want, what] of [[A, wantA, aWhat], [B, wantB, 'out_features x r']] as const) {
       if (e.shape.length !== 2 || e.shape[0] !== want[0] || e.shape[1] !== want[1]) {
         problems.push(`${e.name} has shape ${shapeStr(e.shape)}, expected ${shapeStr(want)} (${what}, r = ${r})`);
       }
@@ -445,7 +465,7 @@ export function loadAdapter(model: LlamaModel, dir: string, opts: LoadAdapterOpt
       const layer = linears.get(p.module)!;
       const wrapped = !(layer instanceof LoraLinear);
       const lora = wrapped ? new LoraLinear(layer as FrozenBase) : layer;
-      const a = lora.addAdapter(name, { r: p.r, alpha: p.alpha, rslora: config.rslora, dropout: config.dropout, init: 'kaiming', seed: 0, trainable });
+      const a = lora.addAdapter(name, { r: p.r, alpha: p.alpha, rslora: config.rslora, dropout: config.dropout, init: 'kaiming', seed: 0, trainable, poolSize: config.poolSize });
       added.push({ lora, wrapped });
       for (const [param, entry] of [[a.A, p.A], [a.B, p.B]] as const) {
         const t = tensors.get(entry.name);
@@ -469,7 +489,7 @@ export function loadAdapter(model: LlamaModel, dir: string, opts: LoadAdapterOpt
     else l.active = previousActive.has(l) ? previousActive.get(l)! : null;
   }
   return {
-    name, modules: plan.map((p) => p.module), r: config.r, alpha: config.alpha, rslora: config.rslora, dropout: config.dropout,
+    name, modules: plan.map((p) => p.module), r: config.r, alpha: config.alpha, rslora: config.rslora, dropout: config.dropout, poolSize: config.poolSize,
     baseModelNameOrPath: config.baseModelNameOrPath, ignoredKeys: config.ignoredKeys,
   };
 }

@@ -33,6 +33,7 @@ export function saveQuantizedModel(model: LlamaModel, dir: string, opts: { compu
       if (p.grad) throw new Error(`saveQuantizedModel: ${p.name} is trainable; merge or drop the adapters first`);
       const q = p.quantized;
       if (!q) { tensors.set(p.name, p.value); continue; }
+      if (q.kind !== 'quant4') throw new Error(`saveQuantizedModel: ${p.name} is a ${q.bits}-bit INT-N weight; the bitsandbytes layout holds 4-bit (NF4/FP4) weights only`);
       if (format !== null && (q.format !== format || (q.dq !== undefined) !== doubleQuant || q.blockSize !== blockSize)) {
         throw new Error(`saveQuantizedModel: ${p.name} is quantized differently from the other projections (one quantization_config per model)`);
       }

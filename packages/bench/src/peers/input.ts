@@ -71,6 +71,7 @@ export function capturePeerInput(model: LlamaModel, rows: TokenRows, o: {
     const name = p.name.replace(ADAPTER_NAME, '.lora_$1.weight');
     const q = p.quantized;
     if (!q) return { name, shape: [...p.value.shape], data: p.value.toFloat32() };
+    if (q.kind !== 'quant4') throw new Error(`capturePeerInput: ${p.name} is an INT-N weight; peer inputs carry dense and 4-bit weights only`);
     return {
       name, shape: [...q.shape], data: quant4Absmax(q),
       quant4: { format: q.format, blockSize: q.blockSize, packed: (q.packed.data() as Uint8Array).slice(), table: quant4Table(q.format) },

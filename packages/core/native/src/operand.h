@@ -1,8 +1,11 @@
 // A weight operand of a binding: a dense tensor (f32 or bf16) or a quantized
-// weight passed as a plain object (see src/quant/quantized.ts, nativeOperand):
+// weight passed as a plain object (see src/quant/quant4.ts, nativeOperand):
 //   { kind: 'q4', format: 0 nf4 | 1 fp4, rows, cols, blockSize,
 //     packed: u8 tensor, absmax: f32 tensor | null,
 //     dqCodes: u8 tensor | null, dqScales: f32 tensor | null, dqOffset, dqBlock }
+//   { kind: 'intn', rows, cols, bits: 2|3|4|8, groupSize: 16|32|64|128,
+//     codes: u8 tensor [ceil(rows*cols*bits/8)],
+//     scales: f32 tensor [rows*cols/groupSize], offsets: f32 tensor (same) }
 // A double-quantized absmax is expanded to fp32 into a workspace here, once
 // per call (numel / blockSize floats), as bitsandbytes does before its kernels.
 #pragma once
@@ -11,6 +14,7 @@
 
 #include "args.h"
 #include "gemm.h"
+#include "intn.h"
 #include "quant4.h"
 
 namespace tb {
@@ -18,12 +22,18 @@ namespace tb {
 struct WeightOperand {
   TensorArg dense;                                  // when !quantized
   bool quantized = false;
+  QuantKind kind = QuantKind::None;                 // which of q4 / intn is set
   Quant4View q4{};
+  IntNView intn{};
   std::unique_ptr<Workspace<float>> absmax_ws;      // expanded double-quantized absmax
   // op(W) as a GEMM operand; `ld` is the stored row length
   MatRef mat(int64_t ld, bool trans) const {
-    if (quantized) return MatRef{q4.packed, DType::U8, ld, trans, &q4};
-    return MatRef{dense.data, dense.dtype, ld, trans};
+    switch (kind) {
+      case QuantKind::None: return MatRef{dense.data, dense.dtype, ld, trans};
+      case QuantKind::Q4: return MatRef{q4.packed, DType::U8, ld, trans, &q4, QuantKind::Q4};
+      case QuantKind::IntN: return MatRef{intn.codes, DType::U8, ld, trans, nullptr, QuantKind::IntN, &intn};
+    }
+    return MatRef{dense.data, dense.dtype, ld, trans};  // unreachable
   }
 };
 
@@ -47,18 +57,13 @@ inline WeightOperand weight_arg(const Napi::CallbackInfo& info, size_t i, const 
       return v.As<Napi::Number>().DoubleValue();
     };
     Napi::Value kind = field("kind");
-    if (!kind.IsString() || kind.As<Napi::String>().Utf8Value() != "q4")
-      throw arg_error(info, fn, std::string("'") + name + "' must be a tensor or a quantized weight");
+    const std::string kind_s = kind.IsString() ? kind.As<Napi::String>().Utf8Value() : std::string();
+    if (kind_s != "q4" && kind_s != "intn")
+      throw arg_error(info, fn, std::string("'") + name + "' must be a tensor or a quantized weight (kind 'q4' or 'intn')");
     const int64_t qr = static_cast<int64_t>(num("rows")), qc = static_cast<int64_t>(num("cols"));
     if (qr != rows || qc != cols)
       throw arg_error(info, fn, std::string("quantized '") + name + "' is [" + std::to_string(qr) + ", " + std::to_string(qc) +
                       "], the op needs [" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
-    const int64_t block = static_cast<int64_t>(num("blockSize"));
-    const int shift = block_shift_of(block);
-    if (shift < 5 || shift > 12) throw arg_error(info, fn, std::string("quantized '") + name + "': blockSize must be a power of two in 32..4096");
-    const int format = static_cast<int>(num("format"));
-    if (format != 0 && format != 1) throw arg_error(info, fn, std::string("quantized '") + name + "': unknown 4-bit format");
-    const int64_t numel = rows * cols, nblocks = (numel + block - 1) / block;
     // tensor_arg reads info[j]; wrap the object's fields in a tiny argument list
     auto field_tensor = [&](const char* k, size_t min_numel, DType dt, bool nullable) -> TensorArg {
       Napi::Value v = field(k);
@@ -78,9 +83,30 @@ inline WeightOperand weight_arg(const Napi::CallbackInfo& info, size_t i, const 
       t.data = s->data; t.numel = s->numel; t.dtype = s->dtype; t.cat = s->cat;
       return t;
     };
+    if (kind_s == "intn") {
+      const int64_t bits = static_cast<int64_t>(num("bits")), group = static_cast<int64_t>(num("groupSize"));
+      if (!intn_bits_ok(bits)) throw arg_error(info, fn, std::string("quantized '") + name + "': bits must be 2, 3, 4 or 8");
+      if (!intn_group_ok(group)) throw arg_error(info, fn, std::string("quantized '") + name + "': groupSize must be 16, 32, 64 or 128");
+      if (cols % group != 0) throw arg_error(info, fn, std::string("quantized '") + name + "': its columns are not a multiple of groupSize");
+      const int64_t numel = rows * cols, ngroups = numel / group;
+      TensorArg codes = field_tensor("codes", static_cast<size_t>(intn_code_bytes(numel, static_cast<int>(bits))), DType::U8, false);
+      TensorArg scales = field_tensor("scales", static_cast<size_t>(ngroups), DType::F32, false);
+      TensorArg offsets = field_tensor("offsets", static_cast<size_t>(ngroups), DType::F32, false);
+      w.quantized = true;
+      w.kind = QuantKind::IntN;
+      w.intn = IntNView{codes.as<uint8_t>(), scales.f32(), offsets.f32(), rows, cols, static_cast<int>(bits), block_shift_of(group)};
+      return w;
+    }
+    const int64_t block = static_cast<int64_t>(num("blockSize"));
+    const int shift = block_shift_of(block);
+    if (shift < 5 || shift > 12) throw arg_error(info, fn, std::string("quantized '") + name + "': blockSize must be a power of two in 32..4096");
+    const int format = static_cast<int>(num("format"));
+    if (format != 0 && format != 1) throw arg_error(info, fn, std::string("quantized '") + name + "': unknown 4-bit format");
+    const int64_t numel = rows * cols, nblocks = (numel + block - 1) / block;
     TensorArg packed = field_tensor("packed", static_cast<size_t>((numel + 1) / 2), DType::U8, false);
     TensorArg absmax = field_tensor("absmax", static_cast<size_t>(nblocks), DType::F32, true);
     w.quantized = true;
+    w.kind = QuantKind::Q4;
     w.q4.packed = packed.as<uint8_t>();
     w.q4.table = quant4_table(static_cast<Quant4Format>(format));
     w.q4.rows = rows;

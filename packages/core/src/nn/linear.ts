@@ -1,6 +1,7 @@
 // Dense linear layer: y = x · W^T, W [out, in] (no bias, as in LLaMA).
 // W is f32 when trained (full fine-tuning) or frozen in f32 or bf16.
 import { matmul } from '../ops/gemm.js';
+import { type QuantizedIntN, checkIntN, dequantizeIntN, disposeIntN } from '../quant/intn.js';
 import { type Quantized4bit, checkQuantized, disposeQuantized, dequantize4bit } from '../quant/quant4.js';
 import { Tensor } from '../tensor.js';
 import type { FrozenBase, LinearLayer, Parameter } from './module.js';
@@ -87,6 +88,7 @@ export class Quant4Linear implements FrozenBase {
 
   /** q: the weight [out, in], owned by the layer from now on */
   constructor(name: string, q: Quantized4bit) {
+    if ((q as { kind?: unknown })?.kind !== 'quant4') throw new TypeError(`${name}: Quant4Linear needs a 4-bit weight (an INT-N weight goes in IntNLinear)`);
     checkQuantized(name, 'weight', q);
     this.name = name;
     this.quantized = q;
@@ -133,5 +135,70 @@ export class Quant4Linear implements FrozenBase {
   dispose(): void {
     this.savedInput = null;
     disposeQuantized(this.quantized);
+  }
+}
+
+/** A frozen linear layer over a group-wise INT-N weight (QA-LoRA's base):
+ * y = x · deq(W)^T; backward gives dx = dy · deq(W) and nothing for W. The
+ * GEMM dequantizes while packing its panels (both directions), and for 1..16
+ * rows of x the decode kernel dots one dequantized group at a time: the
+ * dense weight never exists. */
+export class IntNLinear implements FrozenBase {
+  readonly name: string;
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  readonly weight: Parameter;
+  readonly quantized: QuantizedIntN;
+  private savedInput: Tensor | null = null;
+
+  /** q: the weight [out, in], owned by the layer from now on */
+  constructor(name: string, q: QuantizedIntN) {
+    checkIntN(name, 'weight', q);
+    this.name = name;
+    this.quantized = q;
+    [this.outFeatures, this.inFeatures] = q.shape;
+    this.weight = { name: `${name}.weight`, value: q.codes, grad: null, quantized: q };
+  }
+
+  get weightOperand(): QuantizedIntN {
+    return this.quantized;
+  }
+
+  /** codes + scales + offsets, exactly */
+  get weightBytes(): number {
+    return this.quantized.bytes;
+  }
+
+  // x [N, in] -> y [N, out]
+  forward(x: Tensor): Tensor {
+    if (x.shape.length !== 2 || x.shape[1] !== this.inFeatures) {
+      throw new RangeError(`${this.name}: input must be [N, ${this.inFeatures}], got [${x.shape.join(', ')}]`);
+    }
+    this.savedInput = x;
+    return matmul(x, this.quantized, { transB: true });
+  }
+
+  // dy [N, out] -> dx [N, in] (written, or accumulated into dxInto); W is frozen
+  backward(dy: Tensor, dxInto?: Tensor): Tensor {
+    if (!this.savedInput) throw new Error(`${this.name}: backward called without a forward`);
+    this.savedInput = null;
+    return dxInto ? matmul(dy, this.quantized, { out: dxInto, beta: 1 }) : matmul(dy, this.quantized);
+  }
+
+  toDense(): Tensor {
+    return dequantizeIntN(this.quantized);
+  }
+
+  parameters(): Parameter[] {
+    return [this.weight];
+  }
+
+  clearSaved(): void {
+    this.savedInput = null;
+  }
+
+  dispose(): void {
+    this.savedInput = null;
+    disposeIntN(this.quantized);
   }
 }

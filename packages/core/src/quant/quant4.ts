@@ -14,6 +14,7 @@
 import type { Category } from '../dtype.js';
 import { nativeFn, type NativeTensorHandle } from '../native.js';
 import { Tensor } from '../tensor.js';
+import { type QuantizedIntN, checkIntN, disposeIntN, intnNativeOperand } from './intn.js';
 
 export type Quant4Format = 'nf4' | 'fp4';
 
@@ -47,14 +48,16 @@ export interface Quantized4bit {
   bytes: number;
 }
 
-/** Every quantized weight format the kernels accept (INT-N joins with QA-LoRA). */
-export type QuantizedWeight = Quantized4bit;
+/** Every quantized weight format the kernels accept: 4-bit (QLoRA) and group-wise INT-N (QA-LoRA, quant/intn.ts). */
+export type QuantizedWeight = Quantized4bit | QuantizedIntN;
 
 /** A GEMM weight operand: a dense tensor or a quantized weight. */
 export type WeightOperand = Tensor | QuantizedWeight;
 
 export function isQuantized(w: unknown): w is QuantizedWeight {
-  return typeof w === 'object' && w !== null && !(w instanceof Tensor) && (w as { kind?: unknown }).kind === 'quant4';
+  if (typeof w !== 'object' || w === null || w instanceof Tensor) return false;
+  const kind = (w as { kind?: unknown }).kind;
+  return kind === 'quant4' || kind === 'intn';
 }
 
 export interface Quantize4bitOptions {
@@ -140,6 +143,7 @@ export function quantize4bit(w: Tensor, opts: Quantize4bitOptions): Quantized4bi
 export function nativeOperand(w: WeightOperand): NativeTensorHandle | object {
   if (w instanceof Tensor) return w.handle;
   checkQuantized('operand', 'W', w);
+  if (w.kind === 'intn') return intnNativeOperand(w);
   return {
     kind: 'q4', format: formatCode(w.format), rows: w.shape[0], cols: w.shape[1], blockSize: w.blockSize,
     packed: w.packed.handle, absmax: w.absmax?.handle ?? null,
@@ -150,6 +154,7 @@ export function nativeOperand(w: WeightOperand): NativeTensorHandle | object {
 /** Throws a clear error when a quantized weight is disposed or inconsistent. */
 export function checkQuantized(op: string, name: string, w: QuantizedWeight): void {
   if (!isQuantized(w)) throw new TypeError(`${op}: '${name}' is not a quantized weight`);
+  if (w.kind === 'intn') { checkIntN(op, name, w); return; }
   const parts = [w.packed, w.absmax, w.dq?.codes, w.dq?.scales].filter((t): t is Tensor => t !== undefined);
   if (parts.some((t) => t.disposed)) throw new Error(`${op}: quantized '${name}' was disposed`);
   if (!w.absmax && !w.dq) throw new Error(`${op}: quantized '${name}' has neither absmax nor double-quantized absmax`);
@@ -164,6 +169,7 @@ export function checkQuantized(op: string, name: string, w: QuantizedWeight): vo
 
 /** The weight as a new f32 tensor [rows, cols] (for merging, export and tests; the kernels never need it). */
 export function dequantize4bit(q: Quantized4bit, opts: { category?: Category } = {}): Tensor {
+  if ((q as { kind?: unknown })?.kind !== 'quant4') throw new TypeError('dequantize4bit: q is not a 4-bit weight (an INT-N weight dequantizes with dequantizeIntN)');
   checkQuantized('dequantize4bit', 'q', q);
   const out = Tensor.zeros(q.shape, { category: opts.category ?? 'workspace' });
   nativeFn<(w: object, r: number, c: number, out: NativeTensorHandle) => void>('quant4_dequantize')(nativeOperand(q), q.shape[0], q.shape[1], out.handle);
@@ -185,6 +191,7 @@ export function quant4Absmax(q: Quantized4bit): Float32Array {
 }
 
 export function disposeQuantized(q: QuantizedWeight): void {
+  if (q.kind === 'intn') { disposeIntN(q); return; }
   q.packed.dispose();
   q.absmax?.dispose();
   q.dq?.codes.dispose();

@@ -52,8 +52,11 @@ inline float load_elem(const MatRef& m, int64_t idx) {
     case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(m.p)[idx]);
     case DType::U8: {
       float v;
-      quant4_dequant_segment(*m.q4, idx, 1, &v);
-      return v;
+      switch (m.quant) {
+        case QuantKind::Q4: quant4_dequant_segment(*m.q4, idx, 1, &v); return v;
+        case QuantKind::IntN: intn_dequant_segment(*m.intn, idx, 1, &v); return v;
+        default: bad_operand("load_elem");
+      }
     }
     default: bad_operand("load_elem");
   }
@@ -116,6 +119,21 @@ void pack_b_panel_q4(const Quant4View& q, int64_t ldb, bool trans, int64_t k0, i
   }
 }
 
+// The same for an INT-N B: rows of the stored weight are contiguous groups,
+// dequantized a segment at a time into the panel.
+void pack_b_panel_intn(const IntNView& q, int64_t ldb, bool trans, int64_t k0, int64_t kc, int64_t j0, int64_t nr, float* bp) {
+  if (nr < NR) std::memset(bp, 0, sizeof(float) * NR * kc);
+  if (trans) {  // stored N x K (a weight [out, in] in x W^T)
+    float row[KC];
+    for (int64_t j = 0; j < nr; j++) {
+      intn_dequant_segment(q, (j0 + j) * ldb + k0, kc, row);
+      for (int64_t k = 0; k < kc; k++) bp[k * NR + j] = row[k];
+    }
+  } else {  // stored K x N (the weight in dy W)
+    for (int64_t k = 0; k < kc; k++) intn_dequant_segment(q, (k0 + k) * ldb + j0, nr, bp + k * NR);
+  }
+}
+
 void pack_a(const MatRef& A, int64_t i0, int64_t mr, int64_t k0, int64_t kc, float* ap) {
   switch (A.dtype) {
     case DType::F32: pack_a_panel(static_cast<const float*>(A.p), A.ld, A.trans, i0, mr, k0, kc, ap); return;
@@ -127,7 +145,12 @@ void pack_b(const MatRef& B, int64_t k0, int64_t kc, int64_t j0, int64_t nr, flo
   switch (B.dtype) {
     case DType::F32: pack_b_panel(static_cast<const float*>(B.p), B.ld, B.trans, k0, kc, j0, nr, bp); return;
     case DType::BF16: pack_b_panel(static_cast<const uint16_t*>(B.p), B.ld, B.trans, k0, kc, j0, nr, bp); return;
-    case DType::U8: pack_b_panel_q4(*B.q4, B.ld, B.trans, k0, kc, j0, nr, bp); return;
+    case DType::U8:
+      switch (B.quant) {
+        case QuantKind::Q4: pack_b_panel_q4(*B.q4, B.ld, B.trans, k0, kc, j0, nr, bp); return;
+        case QuantKind::IntN: pack_b_panel_intn(*B.intn, B.ld, B.trans, k0, kc, j0, nr, bp); return;
+        default: bad_operand("pack_b");
+      }
     default: bad_operand("pack_b");
   }
 }
@@ -238,13 +261,57 @@ void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
   }
 }
 
+// sum_k a[k] * b[k] over n values in 16 independent lanes (so it vectorises
+// without reassociation flags), lanes summed at the end.
+inline float dot_lanes(const float* __restrict a, const float* __restrict b, int64_t n) {
+  float lane[16] = {};
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16)
+    for (int l = 0; l < 16; l++) lane[l] += a[k + l] * b[k + l];
+  float s = 0.0f;
+  for (int l = 0; l < 16; l++) s += lane[l];
+  for (; k < n; k++) s += a[k] * b[k];
+  return s;
+}
+
 }  // namespace
+
+// x [m, K], W INT-N [N, K] -> y [m, N]; m <= kIntNDecodeMaxRows (see gemm.h).
+void intn_decode(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t ldx, const IntNView& w,
+                 float beta, float* y, int64_t ldy) {
+  const int64_t L = int64_t(1) << w.group_shift;
+  auto rows = [&](int64_t o0, int64_t o1) {
+    float grp[128];  // one group of one output row (L <= 128)
+    float acc[kIntNDecodeMaxRows];
+    for (int64_t o = o0; o < o1; o++) {
+      for (int64_t r = 0; r < m; r++) acc[r] = 0.0f;
+      for (int64_t k0 = 0; k0 < K; k0 += L) {
+        intn_dequant_segment(w, o * K + k0, L, grp);
+        for (int64_t r = 0; r < m; r++) acc[r] += dot_lanes(x + r * ldx + k0, grp, L);
+      }
+      for (int64_t r = 0; r < m; r++) {
+        float& c = y[r * ldy + o];
+        c = beta == 0.0f ? alpha * acc[r] : alpha * acc[r] + beta * c;
+      }
+    }
+  };
+  // small layers are not worth waking threads for; nested calls run on one thread
+  if (omp_in_parallel() || N * K < 64 * 1024) rows(0, N);
+  else parallel_chunks(N, rows, 16);
+}
 
 const char* gemm_kernel_name() { return kKernelName; }
 
 void gemm(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, MatRef B, float beta, float* C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == 0.0f) { scale_c(M, N, beta, C, ldc); return; }
+  // decoding (a few rows times an INT-N weight, x W^T): dot against one
+  // dequantized group at a time instead of packing the whole weight
+  if (B.dtype == DType::U8 && B.quant == QuantKind::IntN && B.trans && A.dtype == DType::F32 && !A.trans &&
+      M <= kIntNDecodeMaxRows) {
+    intn_decode(M, N, K, alpha, static_cast<const float*>(A.p), A.ld, *B.intn, beta, C, ldc);
+    return;
+  }
   int nt = omp_in_parallel() ? 1 : num_threads();
   // Small problems are not worth waking threads for.
   if (static_cast<double>(M) * N * K < 64.0 * 64 * 64) nt = 1;

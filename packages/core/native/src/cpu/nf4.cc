@@ -77,7 +77,7 @@ static Napi::Value Quant4DequantizeBinding(const Napi::CallbackInfo& info) {
   const char* fn = "quant4_dequantize";
   const int64_t rows = int_arg(info, 1, fn, "rows"), cols = int_arg(info, 2, fn, "cols");
   WeightOperand w = weight_arg(info, 0, fn, "W", rows, cols);
-  if (!w.quantized) throw arg_error(info, fn, "W must be a quantized weight");
+  if (w.kind != QuantKind::Q4) throw arg_error(info, fn, "W must be a 4-bit quantized weight");
   TensorArg out = tensor_arg(info, 3, fn, "out", static_cast<size_t>(rows * cols), DType::F32);
   const Quant4View q = w.q4;
   parallel_chunks(rows * cols, [&](int64_t b, int64_t e) {
