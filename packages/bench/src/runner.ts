@@ -412,6 +412,8 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
     steps: sh.steps, batchSize: sh.batchSize, seqLen: sh.seqLen, seed: sh.seed, schedule: sh.schedule, warmupSteps: sh.warmupSteps, lr: m.lr,
     checkpointing, ...(sh.offload ? { offload: 'identity on the cpu backend (kept block inputs are host memory already)' } : {}), ...plugin.settings(m),
     ...packingSetting(trainRows(task, data)),
+    // label classification: how labels of different token lengths are compared (tune.ts, spam_task.ts labelScores)
+    ...(task === 'spam' || (task === 'jsonl' && data.jsonl!.labels) ? { labelScoring: 'sum' } : {}),
   };
   const zeroPeak = Object.fromEntries(CATEGORIES.map((c) => [c, 0])) as Record<Category, number>;
   const record: RunRecord = {
@@ -465,7 +467,7 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
     const evaluate = (mod: LlamaModel): Record<string, number> => {
       if (task === 'spam') {
         const e = evaluateSpam(mod, data.spam!, 32);
-        return { accuracy: e.accuracy, macroF1: e.macroF1, majorityBaseline: data.spam!.majorityBaseline };
+        return { accuracy: e.accuracy, macroF1: e.macroF1, accuracyPerToken: e.accuracyPerToken, majorityBaseline: data.spam!.majorityBaseline };
       }
       if (task === 'adapt') {
         const e = evaluateAdapt(mod, data.adapt!, sh.batchSize);

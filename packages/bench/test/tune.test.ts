@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { type RunRecord, type Suite, parseMethods, renderReport, renderSummary, runSuite, validateSuite } from '../src/index.js';
 import { type TuneCandidate, chooseLr, evalSteps, lrGrid, roundRate, tuneSteps } from '../src/tune.js';
 import { atMajority } from '../src/report/summary.js';
+import { labelScores } from '../src/tasks/spam_task.js';
 
 const cache = mkdtempSync(join(tmpdir(), 'tb-cache-'));
 process.env.TUNEBENCH_CACHE = cache;
@@ -101,4 +102,21 @@ test('a classification run no better than the majority class is flagged in the s
   const s = renderSummary([r(0.69), r(0.75)]);
   assert.match(s, /⚠ m0\.69: accuracy 0\.6900 does not beat always answering the majority class \(0\.6900\)/);
   assert.doesNotMatch(s, /⚠ m0\.75/);
+});
+
+test('labels of different token lengths: summed log-likelihood compares whole labels; per-token scoring is the alternative, and can disagree', () => {
+  // one example, labels ' male' (5 tokens + EOS) and ' female' (7 + EOS): the
+  // first letter decides (log p -2.0 vs -1.0); the later tokens are near-certain
+  const ll = [-2.0 - 5 * 0.01, -1.0 - 7 * 0.01];
+  const counts = [6, 8];
+  assert.deepEqual(labelScores(ll, 1, 2), [ll]);
+  const perToken = labelScores(ll, 1, 2, counts)[0];
+  assert.ok(Math.abs(perToken[0] - ll[0] / 6) < 1e-12 && Math.abs(perToken[1] - ll[1] / 8) < 1e-12);
+  // the sum prefers label 1 (higher probability of the whole string) ...
+  assert.ok(ll[1] > ll[0]);
+  // ... and so does the mean here; with the first letters swapped the mean's length bias shows
+  const swapped = [-1.0 - 5 * 0.01, -1.2 - 7 * 0.01];
+  assert.ok(swapped[0] > swapped[1], 'sum: the short label, whose whole string is likelier');
+  const pt = labelScores(swapped, 1, 2, counts)[0];
+  assert.ok(pt[1] > pt[0], 'mean per token: the long label, its near-certain tail dilutes the first letter');
 });

@@ -156,6 +156,11 @@ export function renderSummary(records: readonly RunRecord[]): string {
     const ours = runs.filter((r) => !isPeer(r));
     const common = commonSettings(ours);
     if (common.length) lines.push(`settings: ${text(common.map(([k, v]) => `${k}=${v}`).join(' · '))}`, '');
+    const majority = ours.map((r) => r.metrics?.majorityBaseline).find(isFiniteNumber);
+    if (majority !== undefined) lines.push(`always answering the training data's majority label scores accuracy ${formatMetric(majority)} here.`, '');
+    if (ours.some((r) => r.settings?.labelScoring === 'sum')) {
+      lines.push('labels are scored by the summed log-likelihood of their tokens and the end-of-sequence token, so labels of different lengths compete as whole strings; accuracyPerToken (results.csv) scores by the mean per token instead.', '');
+    }
     lines.push(...taskTable(ours));
     lines.push(...majorityNotes(ours));
     lines.push(...tuningTable(ours));

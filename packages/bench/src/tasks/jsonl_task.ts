@@ -7,6 +7,7 @@ import {
   padExamples, prepareDataset, readJsonl, rowLogLikelihoods,
 } from '@tunebench/core';
 import { hash53 } from './split.js';
+import { labelScores } from './spam_task.js';
 
 /** Completions count as labels when there are at most this many distinct ones. */
 export const MAX_LABELS = 16;
@@ -117,6 +118,8 @@ export interface JsonlMetrics {
   perplexity: number;
   accuracy?: number;
   macroF1?: number;
+  /** accuracy when each label is scored by its mean log-likelihood per token instead of the sum */
+  accuracyPerToken?: number;
 }
 
 export function evaluateJsonl(model: LlamaModel, data: JsonlData, batchSize: number): JsonlMetrics {
@@ -132,11 +135,12 @@ export function scoreJsonl(model: LlamaModel, d: { eval: TokenRows; candidates: 
   }
   if (d.labels && d.candidates && !o.lossOnly) {
     const L = d.labels.length;
-    const ll = rowLogLikelihoods(model, epochBatches(d.candidates, batchSize)).slice(0, d.candidates.numRows);
-    const scores = d.truth.map((_, i) => ll.slice(i * L, (i + 1) * L));
-    const r = classify(scores, d.truth, L);
+    const counts: number[] = [];
+    const ll = rowLogLikelihoods(model, epochBatches(d.candidates, batchSize), counts).slice(0, d.candidates.numRows);
+    const r = classify(labelScores(ll, d.truth.length, L), d.truth, L);
     out.accuracy = r.accuracy;
     out.macroF1 = r.macroF1;
+    out.accuracyPerToken = classify(labelScores(ll, d.truth.length, L, counts), d.truth, L).accuracy;
   }
   return out;
 }

@@ -74,6 +74,8 @@ export function spamData(tok: Tokenizer, o: SpamDataOptions): SpamData {
 export interface SpamMetrics {
   accuracy: number;
   macroF1: number;
+  /** accuracy when each label is scored by its mean log-likelihood per token */
+  accuracyPerToken: number;
   confusion: number[][];
   examples: number;
 }
@@ -82,10 +84,26 @@ export function evaluateSpam(model: LlamaModel, data: SpamData, batchSize: numbe
   return scoreSpam(model, data.testCandidates, data.testLabels, batchSize);
 }
 
-/** Accuracy and macro F1 of label candidates (two rows per example: ' ham', ' spam'). */
+/** Accuracy and macro F1 of label candidates (two rows per example: ' ham', ' spam'),
+ * each label scored by the summed log-likelihood of its tokens and the EOS;
+ * accuracyPerToken scores by the mean per token instead (see labelScores). */
 export function scoreSpam(model: LlamaModel, candidates: TokenRows, labels: number[], batchSize: number): SpamMetrics {
-  const ll = rowLogLikelihoods(model, epochBatches(candidates, batchSize)).slice(0, candidates.numRows);
-  const scores = labels.map((_, i) => [ll[2 * i], ll[2 * i + 1]]);
-  const r = classify(scores, labels, SPAM_LABELS.length);
-  return { accuracy: r.accuracy, macroF1: r.macroF1, confusion: r.confusion, examples: labels.length };
+  const counts: number[] = [];
+  const ll = rowLogLikelihoods(model, epochBatches(candidates, batchSize), counts).slice(0, candidates.numRows);
+  const r = classify(labelScores(ll, labels.length, SPAM_LABELS.length), labels, SPAM_LABELS.length);
+  const perToken = classify(labelScores(ll, labels.length, SPAM_LABELS.length, counts), labels, SPAM_LABELS.length);
+  return { accuracy: r.accuracy, macroF1: r.macroF1, accuracyPerToken: perToken.accuracy, confusion: r.confusion, examples: labels.length };
+}
+
+/** scores[example][label] from one candidate row per label per example:
+ * the summed log-likelihood (the probability of the whole label, which is
+ * what the comparison asks: labels of different lengths compete on equal
+ * terms), or with `counts` the mean per target token (what some evaluation
+ * harnesses call normalised accuracy: it favours labels whose later tokens
+ * are near-certain, e.g. the longer of ' male' / ' female'). */
+export function labelScores(ll: readonly number[], examples: number, numLabels: number, counts?: readonly number[]): number[][] {
+  return Array.from({ length: examples }, (_, i) => Array.from({ length: numLabels }, (_, j) => {
+    const k = i * numLabels + j;
+    return counts ? ll[k] / Math.max(counts[k], 1) : ll[k];
+  }));
 }

@@ -27,13 +27,18 @@ export function evaluateLoss(model: LlamaModel, batches: Iterable<Batch>): LossR
 }
 
 /** Summed log-likelihood of each row's targets (rows of all batches, in
- * order; the batches are disposed). Rows with no targets get NaN. */
-export function rowLogLikelihoods(model: LlamaModel, batches: Iterable<Batch>): number[] {
+ * order; the batches are disposed). Rows with no targets get NaN. When
+ * `counts` is given, each row's number of targets is appended to it (to
+ * score per token instead). */
+export function rowLogLikelihoods(model: LlamaModel, batches: Iterable<Batch>, counts?: number[]): number[] {
   const out: number[] = [];
   for (const b of batches) {
     try {
       const r = model.forward(b, { training: false, rowLosses: true });
-      for (let i = 0; i < r.rows!.lossSum.length; i++) out.push(r.rows!.count[i] === 0 ? NaN : -r.rows!.lossSum[i]);
+      for (let i = 0; i < r.rows!.lossSum.length; i++) {
+        out.push(r.rows!.count[i] === 0 ? NaN : -r.rows!.lossSum[i]);
+        counts?.push(r.rows!.count[i]);
+      }
     } finally {
       disposeBatch(b);
     }
