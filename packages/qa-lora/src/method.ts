@@ -111,19 +111,20 @@ function checkCalibration(model: LlamaModel, rows: CalibrationRows): void {
 }
 
 /**
- * GPTQ over a model whose projections are dense: captures every projection's
- * input on the calibration rows from the dense model (see the file comment),
- * then replaces each dense projection by its INT-N GPTQ quantization.
+ * Every named projection's inputs X [n, in] (f32, n = calibration tokens) on
+ * the calibration rows, from one inference pass of the model as it is.
  */
-export function quantizeModelGptq(model: LlamaModel, c: QaloraConfig, rows: CalibrationRows): { tokens: number; notes: Record<string, string> } {
+export function captureInputs(model: LlamaModel, rows: CalibrationRows, names: readonly string[] = [...model.linears().keys()]): { inputs: Map<string, Tensor>; tokens: number } {
   checkCalibration(model, rows);
-  const dense = [...model.linears()].filter(([, l]) => l instanceof DenseLinear);
-  if (dense.length === 0) throw new Error('QA-LoRA: GPTQ needs dense projections to quantize; this model has none');
-  for (const [name, l] of dense) {
-    if (l.inFeatures % c.groupSize !== 0) throw new Error(`QA-LoRA: ${name} has ${l.inFeatures} input features, not divisible by groupSize ${c.groupSize}`);
-  }
+  const layers = model.linears();
   const capture = new Map<string, CapturingLinear>();
-  for (const [name, l] of dense) { const cl = new CapturingLinear(l); capture.set(name, cl); model.replaceLinear(name, cl); }
+  for (const name of names) {
+    const l = layers.get(name);
+    if (!l) throw new Error(`captureInputs: no projection named '${name}'`);
+    const cl = new CapturingLinear(l);
+    capture.set(name, cl);
+    model.replaceLinear(name, cl);
+  }
   let tokens = 0;
   try {
     for (const r of rows) {
@@ -131,32 +132,42 @@ export function quantizeModelGptq(model: LlamaModel, c: QaloraConfig, rows: Cali
       try { model.hidden(ids).dispose(); } finally { ids.dispose(); }
       tokens += r.length;
     }
-  } catch (e) {
+  } finally {
     for (const [name, cl] of capture) model.replaceLinear(name, cl.inner);
-    throw e;
   }
+  return { inputs: new Map([...capture].map(([n, cl]) => [n, cl.take()])), tokens };
+}
+
+/**
+ * GPTQ over a model whose projections are dense: captures every projection's
+ * input on the calibration rows from the dense model (see the file comment),
+ * then replaces each dense projection by its INT-N GPTQ quantization.
+ */
+export function quantizeModelGptq(model: LlamaModel, c: QaloraConfig, rows: CalibrationRows): { tokens: number; notes: Record<string, string> } {
+  const dense = [...model.linears()].filter(([, l]) => l instanceof DenseLinear) as [string, DenseLinear][];
+  if (dense.length === 0) throw new Error('QA-LoRA: GPTQ needs dense projections to quantize; this model has none');
+  for (const [name, l] of dense) {
+    if (l.inFeatures % c.groupSize !== 0) throw new Error(`QA-LoRA: ${name} has ${l.inFeatures} input features, not divisible by groupSize ${c.groupSize}`);
+  }
+  const { inputs, tokens } = captureInputs(model, rows, dense.map(([n]) => n));
   // quantize every projection before swapping any, so a failure leaves the dense model as it was
   const notes: Record<string, string> = {};
   const made = new Map<string, IntNLinear>();
   try {
-    for (const [name, cl] of capture) {
-      const X = cl.take();
-      try {
-        const layer = intnLinear(name, (cl.inner as DenseLinear).weight.value, c, X);
-        made.set(name, layer);
-        if (layer.quantized.note) notes[name] = layer.quantized.note;
-      } finally {
-        X.dispose();
-      }
+    for (const [name, l] of dense) {
+      const layer = intnLinear(name, l.weight.value, c, inputs.get(name));
+      made.set(name, layer);
+      if (layer.quantized.note) notes[name] = layer.quantized.note;
     }
   } catch (e) {
     for (const l of made.values()) l.dispose();
-    for (const [name, cl] of capture) model.replaceLinear(name, cl.inner);
     throw e;
+  } finally {
+    for (const X of inputs.values()) X.dispose();
   }
-  for (const [name, cl] of capture) {
+  for (const [name, l] of dense) {
     model.replaceLinear(name, made.get(name)!);
-    cl.inner.dispose();
+    l.dispose();
   }
   return { tokens, notes };
 }
@@ -197,14 +208,16 @@ function checkQuantizerInputs(c: QaloraConfig, opts: QaloraLoadOptions): void {
 }
 
 /** Loads a LlamaForCausalLM directory as a QA-LoRA model: an INT-N base
- * (RTN: quantized as each projection is read; GPTQ: loaded dense in f32,
- * calibrated, then quantized) with pooled adapters on the targets. */
+ * (RTN: quantized as each projection is read; GPTQ: loaded dense, calibrated,
+ * then quantized) with pooled adapters on the targets. As for QLoRA, the
+ * frozen weights are read as bf16 (loadHfModel's frozen default), so the
+ * quantizer sees the bf16 base the LoRA rows train on. */
 export function loadQaloraModel(dir: string, config: Partial<QaloraConfig> = {}, opts: QaloraLoadOptions = {}): { model: LlamaModel; result: QaloraPrepareResult } {
   const c = qaloraConfig(config);
   checkQuantizerInputs(c, opts);
   const model = c.quantizer === 'rtn'
     ? loadHfModel(dir, { trainable: false, linear: (name, w) => quantizeLinearIntN(name, w, c) })
-    : loadHfModel(dir, { trainable: false, frozenDtype: 'f32' });
+    : loadHfModel(dir, { trainable: false });
   try {
     const gptq = c.quantizer === 'gptq' ? quantizeModelGptq(model, c, opts.calibration!) : undefined;
     return { model, result: result(model, c, applyAdapters(model, c, opts.adapterName ?? 'default'), gptq) };
