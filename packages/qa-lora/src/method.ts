@@ -217,7 +217,9 @@ export function loadQaloraModel(dir: string, config: Partial<QaloraConfig> = {},
   checkQuantizerInputs(c, opts);
   const model = c.quantizer === 'rtn'
     ? loadHfModel(dir, { trainable: false, linear: (name, w) => quantizeLinearIntN(name, w, c) })
-    : loadHfModel(dir, { trainable: false });
+    // the dense projections come through the factory as 'workspace' tensors: they
+    // are temporaries of the quantization, so the frozen peak stays the INT-N base
+    : loadHfModel(dir, { trainable: false, linear: (name, w) => new DenseLinear(name, w, null) });
   try {
     const gptq = c.quantizer === 'gptq' ? quantizeModelGptq(model, c, opts.calibration!) : undefined;
     return { model, result: result(model, c, applyAdapters(model, c, opts.adapterName ?? 'default'), gptq) };
