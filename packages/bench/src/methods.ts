@@ -8,7 +8,7 @@ import {
   ADAMW8BIT_BLOCK_SIZE, ADAMW8BIT_MIN_SIZE, BYTE_BOS, type CheckpointingMode, parseCheckpointing, type LlamaConfig, type LlamaModel, type OptimizerFactory, type OptimizerName, ByteTokenizer,
   Rng, Tensor, disposeIntN, disposeQuantized, generate, intnBytes, makeOptimizer, matmul, quant4Bytes, quantize4bit, quantizeIntN, saveHfModel,
 } from '@tunebench/core';
-import { type QaloraConfig, loadQaloraModel, qaloraConfig, withMergedQalora } from '@tunebench/qa-lora';
+import { type QaloraConfig, loadQaloraModel, qaloraConfig, withMergedQalora, withRequantizedIntN } from '@tunebench/qa-lora';
 import { prepareLora, saveAdapter } from '@tunebench/lora';
 import { type QloraConfig, loadQloraModel, qloraConfig, withMerged } from '@tunebench/qlora';
 import { type Plan, type PlanMethod, planMemory } from './plan.js';
@@ -47,6 +47,8 @@ export interface DeployContext {
   dir: string;
   /** the trained run's own metrics (evaluate(model) before anything was merged) */
   metrics?: Record<string, number>;
+  /** every method row of the suite (e.g. QLoRA requantizes to the QA-LoRA rows' bit widths) */
+  suiteMethods?: readonly MethodSpec[];
 }
 
 export interface MethodPlugin {
@@ -314,6 +316,29 @@ registerMethod({
         decodeTokensPerSecond: decodeTokensPerSecond(model),
       });
     });
+    // beside QA-LoRA's exact INT-N merge: the QLoRA model merged to bf16 and
+    // then requantized to each INT-N width (and group size) of the suite's
+    // QA-LoRA rows, with RTN and with GPTQ (the same calibration rows)
+    const intn = new Map<string, { bits: QaloraConfig['bits']; groupSize: QaloraConfig['groupSize'] }>();
+    for (const q of ctx.suiteMethods ?? []) {
+      if (q.name !== 'qa-lora') continue;
+      try { const c = qaloraSettings(q); intn.set(`${c.bits}/${c.groupSize}`, { bits: c.bits, groupSize: c.groupSize }); } catch { /* validated with the suite */ }
+    }
+    if (intn.size) {
+      withMerged(model, 'bf16', () => {
+        const numel = [...model.linears().values()].reduce((a, l) => a + l.inFeatures * l.outFeatures, 0);
+        for (const { bits, groupSize } of intn.values()) {
+          for (const quantizer of ['rtn', 'gptq'] as const) {
+            withRequantizedIntN(model, { bits, groupSize, quantizer, ...(quantizer === 'gptq' ? { calibration: calibrationRows() } : {}) }, (m) => {
+              rows.push({
+                kind: `merged + requantized INT${bits} g${groupSize} ${quantizer.toUpperCase()}`, bits: (8 * m.bytes) / numel, bytes: m.bytes,
+                metrics: ctx.evaluate(model), decodeTokensPerSecond: decodeTokensPerSecond(model),
+              });
+            });
+          }
+        }
+      });
+    }
     return rows;
   },
 });

@@ -484,7 +484,7 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
     if (plugin.deployables) {
       const dir = join(tmp, 'deployable');
       mkdirSync(dir);
-      record.deployable = plugin.deployables(model, m, { evaluate, dir, metrics: record.metrics });
+      record.deployable = plugin.deployables(model, m, { evaluate, dir, metrics: record.metrics, suiteMethods: suite.methods });
     }
   } catch (e) {
     const err = e as Error & { code?: string; bytes?: number };

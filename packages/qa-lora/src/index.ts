@@ -1,6 +1,6 @@
 export { type QaloraConfig, QALORA_DEFAULTS, qaloraConfig, adapterConfig } from './config.js';
 export {
-  intnLinear, quantizeLinearIntN, rtnFactory, quantizeModelGptq, captureInputs, loadQaloraModel, prepareQalora, quantizedBytes, qaloraOptimizer,
+  intnLinear, quantizeLinearIntN, rtnFactory, withRequantizedIntN, quantizeModelGptq, captureInputs, loadQaloraModel, prepareQalora, quantizedBytes, qaloraOptimizer,
   type CalibrationRows, type QaloraLoadOptions, type QaloraPrepareResult,
 } from './method.js';
 export { mergeQalora, withMergedQalora, cloneIntN, type QaloraMergeResult } from './merge.js';

@@ -264,3 +264,35 @@ export function quantizedBytes(model: LlamaModel): number {
 export function qaloraOptimizer(config: Partial<QaloraConfig> = {}): OptimizerFactory {
   return makeOptimizer(qaloraConfig(config).optimizer);
 }
+
+/**
+ * Runs `fn` with every dense projection of the model replaced by its INT-N
+ * quantization (RTN, or GPTQ on inputs captured from the dense model over
+ * the calibration rows), then puts the dense layers back and frees the
+ * quantized ones. For deployables such as a QLoRA adapter merged to bf16 and
+ * then requantized to INT-N, set beside QA-LoRA's exact INT-N merge.
+ */
+export function withRequantizedIntN<T>(model: LlamaModel, c: Pick<QaloraConfig, 'bits' | 'groupSize' | 'quantizer'> & { damp?: number; calibration?: CalibrationRows },
+                                       fn: (r: { layers: number; bytes: number }) => T): T {
+  const cfg = qaloraConfig({ bits: c.bits, groupSize: c.groupSize, quantizer: c.quantizer, ...(c.damp !== undefined ? { damp: c.damp } : {}) });
+  checkQuantizerInputs(cfg, { calibration: c.calibration });
+  const dense = [...model.linears()].filter(([, l]) => l instanceof DenseLinear) as [string, DenseLinear][];
+  if (dense.length === 0) throw new Error('withRequantizedIntN: the model has no dense projections (merge the adapters to bf16 first)');
+  const inputs = cfg.quantizer === 'gptq' ? captureInputs(model, c.calibration!, dense.map(([n]) => n)).inputs : null;
+  const made: [string, DenseLinear, IntNLinear][] = [];
+  try {
+    for (const [name, l] of dense) made.push([name, l, intnLinear(name, l.weight.value, cfg, inputs?.get(name))]);
+  } catch (e) {
+    for (const [, , q] of made) q.dispose();
+    throw e;
+  } finally {
+    if (inputs) for (const X of inputs.values()) X.dispose();
+  }
+  try {
+    let bytes = 0;
+    for (const [name, , q] of made) { model.replaceLinear(name, q); bytes += q.weightBytes; }
+    return fn({ layers: made.length, bytes });
+  } finally {
+    for (const [name, l, q] of made) { model.replaceLinear(name, l); q.dispose(); }
+  }
+}

@@ -8,7 +8,7 @@ import {
 } from '@tunebench/core';
 import { LoraLinear, loraLayers } from '@tunebench/lora';
 import {
-  captureInputs, groupwiseOf, loadQaloraMerged, loadQaloraModel, mergeQalora, prepareQalora, qaloraConfig, saveQaloraModel, unpackIntNCodes, withMergedQalora,
+  captureInputs, groupwiseOf, withRequantizedIntN, loadQaloraMerged, loadQaloraModel, mergeQalora, prepareQalora, qaloraConfig, saveQaloraModel, unpackIntNCodes, withMergedQalora,
 } from '../src/index.js';
 import { logitsOf, relErr, tempDir, textRows, tinyModel, train } from './helpers.js';
 
@@ -252,5 +252,28 @@ test('bad options are clear errors', () => {
     assert.throws(() => prepareQalora(t2, { quantizer: 'rtn' }), /the base model must be frozen/);
   } finally {
     trainable.dispose(); t2.dispose();
+  }
+});
+
+test('withRequantizedIntN: a dense (e.g. merged bf16) model requantized to INT-N with RTN and GPTQ, then restored', (t) => {
+  const model = tinyModel(13);
+  try {
+    const dense = logitsOf(model);
+    const errs: Record<string, number> = {};
+    for (const quantizer of ['rtn', 'gptq'] as const) {
+      const logits = withRequantizedIntN(model, { bits: 3, groupSize: 32, quantizer, ...(quantizer === 'gptq' ? { calibration } : {}) }, (r) => {
+        assert.equal(r.layers, 14);
+        assert.equal(r.bytes, [...model.linears().values()].reduce((a, l) => a + intnBytes([l.outFeatures, l.inFeatures], 3, 32), 0));
+        assert.ok([...model.linears().values()].every((l) => l instanceof IntNLinear));
+        return logitsOf(model);
+      });
+      errs[quantizer] = relErr(logits, dense);
+    }
+    t.diagnostic(`INT3 g32 requantized logits vs dense: RTN ${errs.rtn.toExponential(2)}, GPTQ ${errs.gptq.toExponential(2)} (max|diff|/max|ref|)`);
+    assert.ok(errs.rtn > 0 && errs.gptq > 0);
+    assert.deepEqual(logitsOf(model), dense, 'the dense layers are back');
+    assert.throws(() => withRequantizedIntN(model, { bits: 4, groupSize: 32, quantizer: 'gptq' }, () => 0), /'gptq' needs calibration token rows/);
+  } finally {
+    model.dispose();
   }
 });
