@@ -81,3 +81,12 @@ test('the QA-LoRA deployable is the merged INT-N model, exact: the same metrics 
     model.dispose();
   }
 });
+
+test('QA-LoRA kernel rows: the INT-N GEMM both ways and the decode kernel at the row\'s width', () => {
+  const [spec] = parseMethods('qalora3');
+  const cases = methodPlugin('qa-lora').kernelCases!(spec, { N: 16, inF: 64, outF: 96, seed: 1 });
+  assert.deepEqual(cases.map((c) => c.name), ['int3 g32 gemm x.W^T 16x96x64', 'int3 g32 gemm dy.W 16x64x96', 'int3 g32 decode x.W^T 1x96x64']);
+  for (const c of cases) { c.run(); assert.ok(c.flop > 0 && c.bytes > 0); }
+  for (const c of cases) c.dispose?.();
+  assert.equal(methodPlugin('qa-lora').peerUnsupported!('pytorch', spec), 'the PyTorch peer has no group-wise INT-N base or pooled (QA-LoRA) adapters');
+});
