@@ -25,7 +25,10 @@ Options:
                            full, full-8bit (8-bit AdamW), lora<r>, qlora<r> (NF4 base,
                            double-quantized, blocks of 64), qlora<r>-loftq (LoftQ init),
                            qlora<r>-8bit (8-bit AdamW); other QLoRA options (format,
-                           blockSize, doubleQuant) in a suite file
+                           blockSize, doubleQuant) in a suite file; qalora<bits>
+                           (QA-LoRA, bits 2|3|4|8: INT-N base in groups of 32, GPTQ,
+                           pooled adapters r 8), qalora<bits>-r<r>, qalora<bits>-rtn
+                           (round-to-nearest base); groupSize in a suite file
                            A row may add @block or @every:<k> (activation checkpointing),
                            e.g. --methods lora8,lora8@block
   --checkpointing MODE     activation checkpointing of every run: off (default), block
@@ -74,7 +77,7 @@ Usage: pnpm bench -- plan --model PRESET_OR_HF_DIR [--method M | --methods LIST]
                           [--checkpointing off|block|every:<k>] [--fit GIB[,GIB...]]
 
   --model          a preset (${Object.keys(PRESETS).join(', ')}) or a Hugging Face LlamaForCausalLM directory
-  --method         full (default), full-8bit, lora<r> or qlora<r>[-8bit], e.g. qlora8 (all-linear targets)
+  --method         full (default), full-8bit, lora<r>, qlora<r>[-8bit] or qalora<bits>[-r<r>], e.g. qlora8 (all-linear targets)
   --methods        several methods side by side, e.g. full,lora16,qlora16
   --batch          rows per micro-batch (default 8)
   --seq            tokens per row (default 256)

@@ -14,6 +14,9 @@ export interface PlanMethod {
   frozenLinearBytes?: (out: number, inF: number) => number;
   /** LoRA rank of the adapters on every projection (none: no adapters) */
   adapterRank?: number;
+  /** QA-LoRA's pooled adapters: A is [r, in / adapterPoolSize], and forward
+   * keeps the pooled input [N, in / adapterPoolSize] for backward */
+  adapterPoolSize?: number;
   /** optimizer state bytes of a trainable tensor of n elements (default fp32 AdamW: 8 n) */
   optimizerBytes?: (n: number) => number;
   /** scratch bytes a projection's GEMM adds beyond the packing buffers (e.g. an expanded double-quantized absmax) */
@@ -35,6 +38,7 @@ export function planMemory(c: LlamaConfig, method: PlanMethod, batch: number, se
   // the projections [out, in] of one block
   const linears: [number, number][] = [[q, C], [kv, C], [kv, C], [C, q], [F, C], [F, C], [C, F]];
   const r = method.adapterRank ?? 0;
+  const pool = method.adapterPoolSize ?? 1;
 
   // weights, gradients, optimizer state
   if (method.trainsBase) {
@@ -49,7 +53,7 @@ export function planMemory(c: LlamaConfig, method: PlanMethod, batch: number, se
     for (const [name, shape] of modelTensorShapes(c)) if (!linearNames.test(name)) other += shape.reduce((a, b) => a * b, 1);
     plan.frozen = other * BF16 + L * linears.reduce((s, [o, i]) => s + frozenLinear(o, i), 0);
     let adapterParams = 0, opt = 0;
-    if (r > 0) for (const [o, i] of linears) { adapterParams += L * r * (i + o); opt += L * (optBytes(r * i) + optBytes(o * r)); }
+    if (r > 0) for (const [o, i] of linears) { adapterParams += L * r * (i / pool + o); opt += L * (optBytes(r * i / pool) + optBytes(o * r)); }
     plan.trainable = adapterParams * F32;
     plan.optimizer = opt;
   }
@@ -58,7 +62,8 @@ export function planMemory(c: LlamaConfig, method: PlanMethod, batch: number, se
   // activations kept by forward, per block: h1, q, k, v, att, x2, h2, g, u, m, out
   // (+ rstd1, rstd2 [N], lse [N * Hq]; + LoRA's u = x A^T [N, r] per adapted projection)
   const perBlock = N * (3 * C + q + 2 * kv + q + C + 3 * F) * F32 + N * (2 + c.numHeads) * F32
-    + 7 * N * r * F32;
+    + 7 * N * r * F32
+    + (r > 0 && method.adapterPoolSize ? N * linears.reduce((a, [, i]) => a + i / pool, 0) * F32 : 0);
   // model level: ids + targets of every micro-batch, positions, embedding output,
   // final norm output and rstd, cross-entropy losses and lse
   const model = gradAccumulation * 2 * N * I32 + N * I32 + N * C * F32 + N * C * F32 + 3 * N * F32;

@@ -15,6 +15,8 @@ export interface DeployableRow {
   bytes: number;
   metrics: Record<string, number>;
   decodeTokensPerSecond?: number;
+  /** an exact deployable (QA-LoRA's merge): the largest |metric - the trained run's metric| */
+  vsTrained?: { maxAbsMetricDiff: number };
 }
 
 export interface RunRecord {

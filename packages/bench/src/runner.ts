@@ -111,7 +111,7 @@ export function provenance(seed: number): RunRecord['provenance'] {
   let commit = 'unknown';
   try { commit = execSync('git rev-parse --short HEAD', { cwd: root, stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim(); } catch { /* not a checkout */ }
   const packages: Record<string, string> = {};
-  for (const p of ['core', 'lora', 'qlora', 'bench']) {
+  for (const p of ['core', 'lora', 'qlora', 'qa-lora', 'bench']) {
     try { packages[`@tunebench/${p}`] = JSON.parse(readFileSync(join(root, 'packages', p, 'package.json'), 'utf8')).version; } catch { /* absent */ }
   }
   return { commit, packages, backend: 'cpu', device: 'cpu', cpu: `${cpus()[0]?.model ?? 'unknown'} x ${cpus().length}`, gemm: gemmKernel(), seed, node: process.version };
@@ -486,7 +486,7 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
     if (plugin.deployables) {
       const dir = join(tmp, 'deployable');
       mkdirSync(dir);
-      record.deployable = plugin.deployables(model, m, { evaluate, dir });
+      record.deployable = plugin.deployables(model, m, { evaluate, dir, metrics: record.metrics, suiteMethods: suite.methods });
     }
   } catch (e) {
     const err = e as Error & { code?: string; bytes?: number };

@@ -69,7 +69,7 @@ test('bad options and suite files are refused before anything runs, saying what 
       [['--suite', 'nope'], /--suite: 'nope' is neither a built-in suite \(ci, cpu, gpu\) nor a file/],
       [['--suite', 'ci', '--checkpointing', 'every:0'], /checkpointing must be 'off', 'block' or 'every:<k>'/],
       [['--suite', 'ci', '--methods', 'lora8@sometimes'], /'lora8@sometimes': checkpointing must be/],
-      [['--suite', 'ci', '--methods', 'full,qlora'], /unknown method 'qlora' \(known: full, full-8bit, lora8, lora64, lora<r>, qlora8, qlora64, qlora<r>, qlora<r>-loftq, qlora<r>-8bit; add @block or @every:<k> for activation checkpointing\)/],
+      [['--suite', 'ci', '--methods', 'full,qlora'], /unknown method 'qlora' \(known: full, full-8bit, lora8, lora64, lora<r>, qlora8, qlora64, qlora<r>, qlora<r>-loftq, qlora<r>-8bit, qalora4, qalora3, qalora2, qalora<bits>\[-r<r>\]\[-rtn\]; add @block or @every:<k> for activation checkpointing\)/],
       [['--suite', 'ci', '--tasks', 'spam,translate'], /--tasks: unknown task 'translate'/],
       [['--suite', 'ci', '--peers', 'jax'], /--peers: unknown peer 'jax' \(known: tfjs, pytorch, or none\)/],
       [['--suite', 'ci', '--device', 'tpu'], /--device must be cpu or cuda/],

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { ArrayDataSource, type CheckpointingMode, LlamaModel, Trainer, makeOptimizer, memory, preset, saveHfModel } from '@tunebench/core';
 import { prepareLora } from '@tunebench/lora';
 import { loadQloraModel } from '@tunebench/qlora';
+import { loadQaloraModel } from '@tunebench/qa-lora';
 import { type MethodSpec, parseMethods, planFor } from '../src/index.js';
 
 // Measure the peak of a few training steps and compare with the plan. A
@@ -15,7 +16,7 @@ function measure(name: string, spec: MethodSpec, B: number, T: number, mode: Che
   const cfg = preset(name);
   const method = spec.name;
   let dir: string | null = null;
-  if (method === 'qlora') {
+  if (method === 'qlora' || method === 'qa-lora') {
     dir = mkdtempSync(join(tmpdir(), 'tb-plan-'));
     const dense = LlamaModel.init(cfg, { seed: 1, dtype: 'bf16', trainable: false });
     saveHfModel(dense, dir);
@@ -25,7 +26,12 @@ function measure(name: string, spec: MethodSpec, B: number, T: number, mode: Che
   const before = memory.snapshot().cpu;
   memory.resetPeak();
   let model: LlamaModel;
-  if (dir) {
+  if (dir && method === 'qa-lora') {
+    // GPTQ's dense projections are workspace temporaries: the frozen peak must still be the INT-N base
+    const gptq = spec.options?.quantizer === 'gptq';
+    const calibration = gptq ? Array.from({ length: 4 }, (_, r) => Int32Array.from({ length: 64 }, (_, t) => (r * 11 + t * 3) % cfg.vocabSize)) : undefined;
+    model = loadQaloraModel(dir, { r: spec.r, alpha: spec.alpha, ...(spec.options as object) }, { calibration }).model;
+  } else if (dir) {
     model = loadQloraModel(dir, { r: spec.r, alpha: spec.alpha, ...(spec.options as object) }).model;
   } else {
     model = LlamaModel.init(cfg, { seed: 1, dtype: method === 'full' ? 'f32' : 'bf16', trainable: method === 'full' });
@@ -47,7 +53,8 @@ function measure(name: string, spec: MethodSpec, B: number, T: number, mode: Che
 }
 
 const CASES = [['tiny', 'full', 4, 64], ['tiny', 'lora8', 4, 64], ['tiny', 'qlora8', 4, 64], ['tiny', 'full-8bit', 4, 64],
-  ['small', 'full', 2, 128], ['small', 'lora8', 2, 128], ['small', 'qlora8', 2, 128], ['small', 'qlora64-8bit', 2, 128]] as const;
+  ['small', 'full', 2, 128], ['small', 'lora8', 2, 128], ['small', 'qlora8', 2, 128], ['small', 'qlora64-8bit', 2, 128],
+  ['tiny', 'qalora4', 4, 64], ['small', 'qalora2-rtn', 2, 128]] as const;
 for (const [name, token, B, T] of CASES) {
   test(`plan predicts the measured peak within 10%: ${name} ${token} batch ${B} x ${T}`, () => {
     const spec = parseMethods(token)[0];

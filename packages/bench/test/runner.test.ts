@@ -119,7 +119,7 @@ test('a method registered from outside plugs into suites, the runner and the rec
   // merging is exact up to bf16 rounding of the merged weights: the same answers on this small test split
   assert.ok(Math.abs(d.metrics.accuracy - r.metrics.accuracy) <= 0.1, `merged ${d.metrics.accuracy} vs adapter ${r.metrics.accuracy}`);
   assert.throws(() => registerMethod({ ...lora }), /registered already/);
-  assert.throws(() => validateSuite({ ...suite, methods: [{ name: 'nope', lr: 1, label: 'x' }] }, 's'), /methods\[0\]\.name must be one of full, lora, qlora, lora-merged/);
+  assert.throws(() => validateSuite({ ...suite, methods: [{ name: 'nope', lr: 1, label: 'x' }] }, 's'), /methods\[0\]\.name must be one of full, lora, qlora, qa-lora, lora-merged/);
   rmSync(out, { recursive: true, force: true });
 });
 
@@ -159,6 +159,41 @@ test('QLoRA through the runner: 4-bit settings recorded, deployable rows in the 
   // a deployable model that got worse is a regression like a trained run's
   const worse = records.map((r) => ({ ...r, deployable: r.deployable!.map((d) => ({ ...d, metrics: { ...d.metrics, accuracy: d.metrics.accuracy - 0.5 } })) }));
   assert.ok(checkAgainst(worse, base).some((p) => /#merged-bf16: accuracy/.test(p)), checkAgainst(worse, base).join('; '));
+  rmSync(out, { recursive: true, force: true });
+});
+
+test('QA-LoRA through the runner: INT-N settings recorded, frozen memory as planned, the merged INT-N deployable equals the trained run', async () => {
+  const out = mkdtempSync(join(tmpdir(), 'tb-qalora-'));
+  const suite: Suite = { ...tinySuite(parseMethods('qalora4,qalora2-rtn')), tasks: ['spam'] };
+  validateSuite(suite, 'qa-lora suite');
+  const records = await runSuite(suite, { outDir: out, log: () => {} });
+  assert.deepEqual(records.map((r) => r.method), ['qalora4-r8', 'qalora2-r8-rtn']);
+  for (const r of records) {
+    assert.equal(r.status, 'ok', r.error);
+    assert.equal(r.settings.groupSize, 32);
+    assert.equal(r.memory.peak.frozen, r.memory.predicted!.frozen, 'frozen memory is the INT-N base, as planned');
+    assert.equal(r.memory.peak.trainable, r.memory.predicted!.trainable, 'pooled adapters: A is r x in/L');
+    assert.equal(r.deployable!.length, 1);
+    const [d] = r.deployable!;
+    assert.equal(d.kind, `QA-LoRA merged INT${r.settings.bits}`);
+    assert.deepEqual(d.metrics, r.metrics, 'the merged model is exact: the same metrics as the trained run');
+    assert.equal(d.vsTrained!.maxAbsMetricDiff, 0);
+    assert.ok(d.decodeTokensPerSecond! > 0);
+  }
+  const [g4, r2] = records;
+  assert.equal(g4.settings.bits, 4);
+  assert.equal(g4.settings.quantizer, 'gptq');
+  assert.match(String(g4.settings.calibration), /^brown:train \d+x128 tokens$/);
+  assert.equal(r2.settings.bits, 2);
+  assert.equal(r2.settings.quantizer, 'rtn');
+  // 4 bits + two f32 per 32 values = 6 bits a weight; 2 bits -> 4
+  assert.ok(Math.abs(g4.deployable![0].bits - 6) < 1e-9, `INT4 g32 bits ${g4.deployable![0].bits}`);
+  assert.ok(Math.abs(r2.deployable![0].bits - 4) < 1e-9, `INT2 g32 bits ${r2.deployable![0].bits}`);
+  assert.ok(r2.deployable![0].bytes < g4.deployable![0].bytes);
+  assert.deepEqual(checkAgainst(records, baselineFrom(records)), []);
+  assert.throws(() => parseMethods('qalora5'), /unknown method 'qalora5'.*qalora<bits>/);
+  assert.throws(() => validateSuite({ ...suite, methods: [{ name: 'qa-lora', r: 8, lr: 1e-3, label: 'q', options: { bits: 5 } }] }, 's'), /methods\[0\]\.QA-LoRA config: bits must be one of 2, 3, 4, 8, got 5/);
+  assert.throws(() => validateSuite({ ...suite, methods: [{ name: 'qa-lora', r: 8, lr: 1e-3, label: 'q', options: { blockSize: 64 } }] }, 's'), /unknown key\(s\) blockSize/);
   rmSync(out, { recursive: true, force: true });
 });
 

@@ -114,6 +114,12 @@ function deployableTable(runs: readonly RunRecord[]): string[] {
       isFiniteNumber(d.decodeTokensPerSecond) ? groupThousands(d.decodeTokensPerSecond) : '-',
     ]));
   }
+  // exact deployables (QA-LoRA's merge into the INT-N offsets) say how close they came to their trained run
+  const exact = rows.filter(({ d }) => d.vsTrained && isFiniteNumber(d.vsTrained.maxAbsMetricDiff));
+  if (exact.length) {
+    lines.push('');
+    for (const { r, d } of exact) lines.push(`${labels.get(r) ?? r.method}, ${d.kind}: largest |metric - the trained run's| = ${d.vsTrained!.maxAbsMetricDiff.toExponential(2)}`);
+  }
   return lines;
 }
 

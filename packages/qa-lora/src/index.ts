@@ -1,0 +1,8 @@
+export { type QaloraConfig, QALORA_DEFAULTS, qaloraConfig, adapterConfig } from './config.js';
+export {
+  intnLinear, quantizeLinearIntN, rtnFactory, withRequantizedIntN, quantizeModelGptq, captureInputs, loadQaloraModel, prepareQalora, quantizedBytes, qaloraOptimizer,
+  type CalibrationRows, type QaloraLoadOptions, type QaloraPrepareResult,
+} from './method.js';
+export { mergeQalora, withMergedQalora, cloneIntN, type QaloraMergeResult } from './merge.js';
+export { saveQaloraModel, loadQaloraMerged, QALORA_QUANT_METHOD, QALORA_CODE_LAYOUT } from './files.js';
+export { groupwiseOf, unpackIntNCodes } from './gguf.js';
