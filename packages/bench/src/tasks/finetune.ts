@@ -38,6 +38,17 @@ export function resolveFinetuneOptions(o: FinetuneOptions): { schedule: Schedule
 }
 
 export function finetune(model: LlamaModel, rows: TokenRows, o: FinetuneOptions): FinetuneResult {
+  const run = finetuneSteps(model, rows, o);
+  for (;;) {
+    const next = run.next();
+    if (next.done) return next.value;
+  }
+}
+
+/** finetune() one optimizer step per next(), for a caller that does
+ * something between steps (the runner lets the event loop turn, so that a
+ * Ctrl-C handler runs). return() ends it early; the trainer is disposed. */
+export function* finetuneSteps(model: LlamaModel, rows: TokenRows, o: FinetuneOptions): Generator<StepStats, FinetuneResult, void> {
   const f = resolveFinetuneOptions(o);
   const data = new TokenDataSource(rows, { batchSize: o.batchSize, seed: f.seed });
   const trainer = new Trainer(model, data, {
@@ -51,6 +62,7 @@ export function finetune(model: LlamaModel, rows: TokenRows, o: FinetuneOptions)
       const s = trainer.trainStep();
       steps.push(s);
       o.onStep?.(s);
+      yield s;
     }
   } finally {
     trainer.dispose();
