@@ -8,7 +8,7 @@ import { CATEGORIES, type CheckpointingMode, type LlamaConfig, PRESETS, configFr
 import { type MethodSpec, methodPlugin, planFor } from './methods.js';
 import { checkAgainst, fastestAttempt, readBaseline, speedOnly, writeBaseline } from './check.js';
 import { BUILTIN_SUITES, PEERS, type PeerName, type Suite, TASKS, type TaskName, loadSuiteFile, parseMethods, validateSuite } from './suite.js';
-import { readKernels, runSuite } from './runner.js';
+import { SuiteInterrupted, readKernels, runSuite } from './runner.js';
 import { writeReports } from './report/index.js';
 
 const HELP = `tunebench — full fine-tuning, LoRA and QLoRA side by side: memory, speed, accuracy.
@@ -63,6 +63,10 @@ Options:
 
 Outputs in DIR: results.jsonl (appended as each run finishes), results.csv,
 summary.md, report.html.
+
+Ctrl-C stops after the current training step: the run it interrupts is not
+recorded, the reports of the finished runs are written, and the command to
+continue (--resume) is printed; exit code 130. A second Ctrl-C quits at once.
 
 Examples:
   pnpm bench                                   the default suite
@@ -234,16 +238,59 @@ if (opt['update-baseline'] && !opt.check) fail('--update-baseline needs --check 
 const here = dirname(fileURLToPath(import.meta.url));
 const outDir = resolve(opt.out ?? join(here, '..', '..', '..', 'reports', suite.name));
 
+/** A word of a shell command, quoted where the shell would split or expand it. */
+function shellWord(w: string): string {
+  return /^[\w@%+=:,./-]+$/.test(w) ? w : `'${w.replace(/'/g, `'\\''`)}'`;
+}
+
+/** This command again with --resume (and --out, so that it finds the same results). */
+function resumeCommand(): string {
+  const rest = args.filter((a) => a !== '--resume');
+  const hasOut = rest.some((a) => a === '--out' || a.startsWith('--out='));
+  return [process.execPath, ...process.execArgv, process.argv[1], ...rest, ...(hasOut ? [] : ['--out', outDir]), '--resume'].map(shellWord).join(' ');
+}
+
+/** After Ctrl-C: the reports of the finished runs, what was kept and dropped, how to go on; exit 130. */
+async function stopInterrupted(e: SuiteInterrupted): Promise<never> {
+  const lines = ['tunebench: interrupted (Ctrl-C).'];
+  if (e.dropped) lines.push(`  ${e.dropped.id}: stopped after ${e.dropped.stepsDone} of ${e.dropped.steps} step(s); not recorded (--resume runs it again)`);
+  lines.push(`  kept: ${e.records.length} finished run(s) in ${e.resultsPath}${e.records.length ? ':' : ''}`);
+  for (const r of e.records) lines.push(`    ${r.id} (${r.status})`);
+  try {
+    const paths = await writeReports(outDir, e.records, { title: `tunebench — suite ${suite.name} (interrupted)`, kernels: readKernels(outDir) });
+    lines.push(`  reports of the finished runs: ${paths.summary}, ${paths.csv}, ${paths.html}`);
+  } catch (err) {
+    lines.push(`  writing the reports failed: ${(err as Error).message}`);
+  }
+  lines.push(`continue with (from ${process.cwd()}):`, `  ${resumeCommand()}`);
+  console.error(lines.join('\n'));
+  process.exit(130);
+}
+
+// Ctrl-C: the training loop yields between steps (runner.ts), so this runs
+// within one step and the runner stops there. The listener goes with its
+// first call, which gives SIGINT back its default action: a second Ctrl-C
+// ends the process at once, even inside a step.
+const interrupt = new AbortController();
+const onSigint = () => {
+  interrupt.abort();
+  console.error('\ntunebench: Ctrl-C: stopping after the current training step; finished runs are kept (Ctrl-C again quits at once)');
+};
+process.once('SIGINT', onSigint);
+
 const t0 = performance.now();
 let records: Awaited<ReturnType<typeof runSuite>>;
 try {
-  records = await runSuite(suite, { outDir, resume: opt.resume });
+  records = await runSuite(suite, { outDir, resume: opt.resume, signal: interrupt.signal });
 } catch (e) {
+  if (e instanceof SuiteInterrupted) await stopInterrupted(e);
   // what stops the whole suite (data that cannot be prepared, a base that cannot be
   // built): one clear line and a non-zero exit, not an unhandled rejection's stack
   console.error(`tunebench: the suite stopped: ${(e as Error).message}`);
   process.exit(1);
 }
+// the suite is complete: from here on Ctrl-C quits at once (results.jsonl has every run)
+process.removeListener('SIGINT', onSigint);
 try {
   const paths = await writeReports(outDir, records, { title: `tunebench — suite ${suite.name}`, kernels: readKernels(outDir) });
   // the summary's tables on stdout (progress went to stderr), then where the rest is

@@ -48,8 +48,17 @@ export interface RunRecord {
     /** highest simultaneous tracked bytes during training */
     peakTotal: number;
     peak: Record<Category, number>;
-    /** the device's own figure: process resident set on the CPU, cudaMemGetInfo on a GPU */
-    deviceBytes: number;
+    /** process resident set (bytes) right after training, model still loaded:
+     * everything the process holds (V8 heap, data, the allocator's cache, malloc's
+     * free pages), not what the run needs; see cachedBytes and peakTotal */
+    rssBytes?: number;
+    /** freed blocks the allocator kept for reuse at that moment (part of
+     * rssBytes, not of the tracked peaks); given back between runs */
+    cachedBytes?: number;
+    /** device memory in use (cudaMemGetInfo), GPU backend only: absent on the
+     * CPU. Records of the CPU backend written before rssBytes existed hold the
+     * process resident set here: read them with rssBytesOf() */
+    deviceBytes?: number;
     /** what peakTotal measures when it is not tunebench's tracked bytes (peers) */
     source?: string;
     /** predicted by `tunebench plan`, when available */
@@ -96,6 +105,14 @@ export interface RunRecord {
   };
   startedAt: string;
   durationMs: number;
+}
+
+/** The process resident set of a run: memory.rssBytes, or, in a CPU-backend
+ * record from before that field existed, memory.deviceBytes (which held it). */
+export function rssBytesOf(r: Pick<RunRecord, 'memory' | 'provenance'>): number | undefined {
+  const m = r.memory;
+  if (m?.rssBytes !== undefined) return m.rssBytes;
+  return r.provenance?.backend === 'cpu' && m?.source === undefined ? m?.deviceBytes : undefined;
 }
 
 /** A peer's record (TensorFlow.js, PyTorch), not one of ours. */

@@ -1,13 +1,16 @@
 // The runner: executes a suite's runs one after another, appending each
 // finished run's record to results.jsonl at once (a crash or Ctrl-C loses no
 // finished run), and going on when a run does not fit, diverges or fails.
+// An aborted signal (the CLI's Ctrl-C) stops the run in progress after its
+// current training step, records nothing of it, and ends the suite with
+// SuiteInterrupted.
 import { execSync } from 'node:child_process';
 import { appendFileSync, closeSync, existsSync, fsyncSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
-  ByteTokenizer, CATEGORIES, type Category, DivergedError, type LlamaModel, Tensor, type TokenRows, epochBatches, evaluateLoss,
+  ByteTokenizer, CATEGORIES, type Category, DivergedError, type LlamaModel, type StepStats, Tensor, type TokenRows, epochBatches, evaluateLoss,
   gemmKernel, matmul, median, memory, writeJsonAtomic, configFromHf, type LlamaConfig, type CheckpointingMode,
   type KernelReport, measureKernels,
 } from '@tunebench/core';
@@ -20,7 +23,7 @@ import { lossAgreement } from './peers/agreement.js';
 import type { RunRecord } from './record.js';
 import type { PeerName, Suite, TaskName } from './suite.js';
 import { adaptData, evaluateAdapt } from './tasks/adapt.js';
-import { type FinetuneOptions, finetune, progressPrinter, resolveFinetuneOptions } from './tasks/finetune.js';
+import { type FinetuneOptions, type FinetuneResult, finetuneSteps, progressPrinter, resolveFinetuneOptions } from './tasks/finetune.js';
 import { evaluateJsonl, jsonlData } from './tasks/jsonl_task.js';
 import { brownData, pretrainBase } from './tasks/pretrain.js';
 import { evaluateSpam, scoreSpam, spamData } from './tasks/spam_task.js';
@@ -39,6 +42,48 @@ export interface RunnerOptions {
   /** learning rates by run id: used as they are, without a search (timing a run again) */
   lrs?: Map<string, number>;
   log?: (line: string) => void;
+  /** aborted: stop after the current training step (see SuiteInterrupted) */
+  signal?: AbortSignal;
+}
+
+/** runSuite stopped by its signal. The finished runs are in results.jsonl;
+ * the run that was in progress, if any, was dropped (--resume does it again). */
+export class SuiteInterrupted extends Error {
+  constructor(
+    readonly resultsPath: string,
+    /** what results.jsonl holds now: every finished run, this session's and earlier ones */
+    readonly records: RunRecord[],
+    /** the run stopped half-way and not recorded, with the steps it had done */
+    readonly dropped: { id: string; stepsDone: number; steps: number } | null,
+  ) {
+    super(`interrupted${dropped ? ` during ${dropped.id}` : ''}`);
+    this.name = 'SuiteInterrupted';
+  }
+}
+
+/** A training run stopped between two steps by an aborted signal. */
+class RunInterrupted extends Error {
+  constructor(readonly stepsDone: number) {
+    super(`interrupted after step ${stepsDone}`);
+  }
+}
+
+/** Drives a training run of `steps` steps one at a time, letting the event
+ * loop turn between steps: the training loop is synchronous, and a signal
+ * handler (the CLI's Ctrl-C) only runs there. An aborted signal ends the run
+ * after the step in progress (RunInterrupted) unless that was its last; the
+ * trainer is disposed either way. */
+async function trainStepByStep(run: Generator<StepStats, FinetuneResult, void>, steps: number, signal: AbortSignal | undefined): Promise<FinetuneResult> {
+  try {
+    for (let done = 0; ; done++) {
+      if (signal?.aborted && done < steps) throw new RunInterrupted(done);
+      const next = run.next();
+      if (next.done) return next.value;
+      if (signal) await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+  } finally {
+    run.return(undefined as never);
+  }
 }
 
 export function runId(task: TaskName, m: MethodSpec, suite: Suite): string {
@@ -154,6 +199,10 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
     log(`base ${suite.base.preset}: ${p.cached ? 'cached' : `pretrained in ${(p.ms / 1000).toFixed(1)} s`}, validation loss ${p.validationLoss.toFixed(4)} (${p.dir})`);
     baseDir = p.dir;
   }
+  const stopIfAborted = (dropped: SuiteInterrupted['dropped'] = null): void => {
+    if (o.signal?.aborted || dropped) throw new SuiteInterrupted(resultsPath, readResults(resultsPath), dropped);
+  };
+  stopIfAborted();
   const prov = provenance(sh.seed);
   const differing = suite.methods.map((m) => `${m.label}: lr ${m.lr}${m.r ? `, r ${m.r}, alpha ${m.alpha}` : ''}`).join('; ');
   log(`suite ${suite.name}: ${suite.tasks.length} task(s) x ${suite.methods.length} method(s); shared: ${sh.steps} steps, batch ${sh.batchSize}, seq ${sh.seqLen}, seed ${sh.seed}, ${sh.schedule} schedule; per method: ${differing}`);
@@ -165,6 +214,7 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
       const peers = o.only ? [] : peersFor(task, m, suite).filter((p) => !done.has(peerRunId(task, m, suite, p.peer, p.steps)));
       if (o.only && !o.only.has(id)) continue;
       if (done.has(id) && peers.length === 0) { log(`${id}: already in ${resultsPath}, skipped (--resume)`); continue; }
+      stopIfAborted();
       const peerSteps = peers.length ? Math.max(...peers.map((p) => p.steps)) : 0;
       let r: RunRecord, peerInput: PeerInput | null;
       if (done.has(id)) {
@@ -177,18 +227,24 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
         let tuning: TuningRecord | undefined;
         let run = m;
         const fixed = o.lrs?.get(id);
-        if (fixed !== undefined && Number.isFinite(fixed)) run = { ...m, lr: fixed };
-        else if (validation) {
-          tuning = tuneLearningRate(task, m, suite, baseDir, validation, id, log);
-          run = { ...m, lr: tuning.chosen };
+        try {
+          if (fixed !== undefined && Number.isFinite(fixed)) run = { ...m, lr: fixed };
+          else if (validation) {
+            tuning = await tuneLearningRate(task, m, suite, baseDir, validation, id, log, o.signal);
+            run = { ...m, lr: tuning.chosen };
+          }
+          ({ record: r, peerInput } = await runOne(task, run, suite, baseDir, data, prov, id, log, o.progress ?? true, peerSteps, o.signal, { tuning, validation }));
+        } catch (e) {
+          if (e instanceof RunInterrupted) stopIfAborted({ id, stepsDone: e.stepsDone, steps: sh.steps });
+          throw e;
         }
-        ({ record: r, peerInput } = runOne(task, run, suite, baseDir, data, prov, id, log, o.progress ?? true, peerSteps, { tuning, validation }));
         appendRecord(resultsPath, r);
         records.push(r);
         log(`${id}: ${r.status}${r.status === 'ok' ? ` ${Object.entries(r.metrics).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(', ')}` : ` (${r.error})`}`);
       }
       if (!peerInput) continue;
       for (const p of peers) {
+        stopIfAborted();
         const pid = peerRunId(task, m, suite, p.peer, p.steps);
         const unsupported = methodPlugin(m.name).peerUnsupported?.(p.peer, m) ?? null;
         if (unsupported) { log(`${pid}: skipped: ${unsupported}`); continue; }
@@ -208,12 +264,16 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
           outcome = e as Error;
         }
         const pr = peerRecord(r, outcome, pid, PEER_IMPL[p.peer], p.steps, input, performance.now() - t0);
+        // a peer that failed while Ctrl-C was pressed was most likely stopped by
+        // it (the terminal signals the PyTorch child too): not a result
+        if (o.signal?.aborted && pr.status === 'error') stopIfAborted({ id: pid, stepsDone: pr.lossCurve.length, steps: p.steps });
         appendRecord(resultsPath, pr);
         records.push(pr);
         log(`${pid}: ${pr.status}${pr.status === 'ok' ? `, ${Math.round(pr.speed.tokensPerSecond)} tokens/s; loss vs ours: max abs diff ${pr.metrics.lossMaxAbsDiff10?.toExponential(1)} over the first 10 steps, within 1e-4 for ${pr.metrics.stepsAgreeing} of ${pr.lossCurve.length} steps` : ` (${pr.error})`}`);
       }
     }
   }
+  stopIfAborted();
   if (suite.kernels !== false && !o.only) {
     const kernelsPath = join(o.outDir, KERNELS_FILE);
     if (o.resume && existsSync(kernelsPath)) log(`kernels: already in ${kernelsPath}, skipped (--resume)`);
@@ -259,7 +319,7 @@ function peerRecord(ours: RunRecord, outcome: PeerOutcome | Error, id: string, i
   const zero = Object.fromEntries(CATEGORIES.map((c) => [c, 0])) as Record<Category, number>;
   const r: RunRecord = {
     ...ours, id, impl, peerOf: ours.id, method: `${ours.method} · ${impl}`, settings: { ...ours.settings, steps },
-    status: 'ok', error: undefined, metrics: {}, memory: { peakTotal: 0, peak: zero, deviceBytes: 0 },
+    status: 'ok', error: undefined, metrics: {}, memory: { peakTotal: 0, peak: zero },
     speed: { tokensPerSecond: 0, msPerStep: { forward: null, backward: null, optimizer: null, total: 0 } },
     fileBytes: 0, lossCurve: [], deployable: undefined, startedAt: new Date(Date.now() - durationMs).toISOString(), durationMs,
   };
@@ -271,7 +331,7 @@ function peerRecord(ours: RunRecord, outcome: PeerOutcome | Error, id: string, i
     ...speedOf(outcome.stepMs, tokensPerStep, outcome.timedFrom),
     msPerStep: { forward: outcome.phases?.forward ?? null, backward: outcome.phases?.backward ?? null, optimizer: outcome.phases?.optimizer ?? null, total: timed.reduce((a, b) => a + b, 0) / Math.max(timed.length, 1) },
   };
-  r.memory = { peakTotal: outcome.peakBytes ?? 0, peak: zero, deviceBytes: outcome.peakBytes ?? 0, source: outcome.memorySource };
+  r.memory = { peakTotal: outcome.peakBytes ?? 0, peak: zero, source: outcome.memorySource };
   r.lossCurve = outcome.losses;
   r.provenance = { ...ours.provenance, gemm: outcome.detail };
   const bad = outcome.losses.findIndex((l) => !Number.isFinite(l));
@@ -360,7 +420,8 @@ function validationFor(task: TaskName, data: TaskData, batchSize: number): Valid
 }
 
 /** Short seeded runs over the method's rate grid, scored on validation data; the best rate (tune.ts). */
-function tuneLearningRate(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, v: Validation, id: string, log: (l: string) => void): TuningRecord {
+async function tuneLearningRate(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, v: Validation, id: string, log: (l: string) => void,
+                                signal?: AbortSignal): Promise<TuningRecord> {
   const spec = suite.tuneLr!;
   const sh = suite.shared;
   const steps = tuneSteps(spec, sh.steps);
@@ -374,14 +435,16 @@ function tuneLearningRate(task: TaskName, m: MethodSpec, suite: Suite, baseDir: 
     try {
       model = prepareModel(m, suite, baseDir);
       model.checkpointing = checkpointingOf(m, suite);
-      const run = finetune(model, v.train, {
+      const run = await trainStepByStep(finetuneSteps(model, v.train, {
         ...finetuneOptionsFor({ ...m, lr }, suite), steps,
         warmupSteps: Math.min(steps, Math.round((sh.warmupSteps * steps) / sh.steps)),
-      });
+      }), steps, signal);
       c.finalLoss = run.finalLoss;
       c.score = v.score(model, sh.batchSize);
       if (!Number.isFinite(c.score)) { c.status = 'diverged'; c.score = null; }
     } catch (e) {
+      // Ctrl-C during the search: the run is not recorded (the caller says so); --resume searches again
+      if (e instanceof RunInterrupted) throw new RunInterrupted(0);
       if (e instanceof DivergedError) { c.status = 'diverged'; c.error = e.message; }
       else { c.status = 'error'; c.error = (e as Error).message; }
     } finally {
@@ -399,9 +462,10 @@ function tuneLearningRate(task: TaskName, m: MethodSpec, suite: Suite, baseDir: 
   return t;
 }
 
-function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, data: TaskData,
-                prov: RunRecord['provenance'], id: string, log: (l: string) => void, progress: boolean,
-                peerSteps: number, extra: { tuning?: TuningRecord; validation?: Validation } = {}): { record: RunRecord; peerInput: PeerInput | null } {
+async function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, data: TaskData,
+                      prov: RunRecord['provenance'], id: string, log: (l: string) => void, progress: boolean,
+                      peerSteps: number, signal?: AbortSignal,
+                      extra: { tuning?: TuningRecord; validation?: Validation } = {}): Promise<{ record: RunRecord; peerInput: PeerInput | null }> {
   const sh = suite.shared;
   let peerInput: PeerInput | null = null;
   const startedAt = new Date().toISOString();
@@ -418,7 +482,7 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
   const zeroPeak = Object.fromEntries(CATEGORIES.map((c) => [c, 0])) as Record<Category, number>;
   const record: RunRecord = {
     id, suite: suite.name, task, method: m.label, settings, status: 'ok', metrics: {},
-    memory: { peakTotal: 0, peak: zeroPeak, deviceBytes: 0 },
+    memory: { peakTotal: 0, peak: zeroPeak },
     speed: { tokensPerSecond: 0, msPerStep: { forward: 0, backward: 0, optimizer: 0, total: 0 } },
     trainableParameters: 0, totalParameters: 0, fileBytes: 0, lossCurve: [], referenceMs: NaN, provenance: prov, startedAt, durationMs: 0,
     ...(extra.tuning ? { tuning: extra.tuning } : {}),
@@ -448,13 +512,16 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
     const heldOut = (step: number) => { if (v && at.has(step)) curve.push({ step, value: v.score(model!, sh.batchSize) }); };
     heldOut(0);
     const printer = progress ? progressPrinter(id, sh.steps, Math.max(1, Math.floor(sh.steps / 5))) : undefined;
-    const run = finetune(model, train, {
+    const run = await trainStepByStep(finetuneSteps(model, train, {
       ...finetuneOptionsFor(m, suite),
-      onStep: printer || v ? (s) => { printer?.(s); heldOut(s.step); } : undefined,
-    });
+      onStep: printer || v ? (st) => { printer?.(st); heldOut(st.step); } : undefined,
+    }), sh.steps, signal);
     if (v && curve.length) record.evalCurve = { metric: v.metric, higherIsBetter: v.higherIsBetter, points: curve };
     const peak = memory.snapshot().cpu;
-    record.memory = { peakTotal: peak.peakTotal - before.liveTotal, peak: Object.fromEntries(CATEGORIES.map((c) => [c, peak.peak[c]])) as Record<Category, number>, deviceBytes: process.memoryUsage().rss, predicted };
+    record.memory = {
+      peakTotal: peak.peakTotal - before.liveTotal, peak: Object.fromEntries(CATEGORIES.map((c) => [c, peak.peak[c]])) as Record<Category, number>,
+      rssBytes: process.memoryUsage().rss, cachedBytes: peak.cachedBytes, predicted,
+    };
     const n = run.steps.length;
     const sum = (f: (s: (typeof run.steps)[number]) => number) => run.steps.reduce((a, s) => a + f(s), 0) / Math.max(n, 1);
     const { medianStepMs, steadyTokensPerSecond } = speedOf(run.steps.map((s) => s.ms.total), sh.batchSize * sh.seqLen, warmupStepsOf(n));
@@ -489,12 +556,16 @@ function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, da
       record.deployable = plugin.deployables(model, m, { evaluate, dir, metrics: record.metrics, suiteMethods: suite.methods });
     }
   } catch (e) {
+    if (e instanceof RunInterrupted) throw e;  // not a result: nothing is recorded
     const err = e as Error & { code?: string; bytes?: number };
     if (err.code === 'TB_OOM') { record.status = 'oom'; record.oomBytes = err.bytes; record.error = `does not fit: ${err.message}`; }
     else if (e instanceof DivergedError) { record.status = 'diverged'; record.divergedAtStep = e.step; record.error = e.message; }
     else { record.status = 'error'; record.error = err.message; log(`${id}: ${err.stack ?? err.message}`); }
   } finally {
     model?.dispose();
+    // the allocator's cached blocks (and malloc's free pages) go back to the
+    // system between runs: the next run, its peers or the kernels start clean
+    memory.emptyCache();
     rmSync(tmp, { recursive: true, force: true });
   }
   record.durationMs = performance.now() - t0;

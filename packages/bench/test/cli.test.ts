@@ -1,11 +1,13 @@
-// The tunebench command: --help, the plan subcommand, and every bad option
-// refused with a clear message (exit 2) before anything runs.
+// The tunebench command: --help, the plan subcommand, every bad option
+// refused with a clear message (exit 2) before anything runs, and Ctrl-C in
+// the middle of a suite.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 
 const pkg = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -99,5 +101,55 @@ test('bad options and suite files are refused before anything runs, saying what 
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('Ctrl-C stops after the current training step: the finished runs kept and reported, exit 130, and --resume completes the suite', { timeout: 600_000 }, async () => {
+  const out = mkdtempSync(join(tmpdir(), 'tb-interrupt-'));
+  try {
+    const args = ['--suite', 'ci', '--tasks', 'spam', '--methods', 'full,lora8', '--peers', 'none', '--out', out];
+    const child = spawn(process.execPath, ['--import', 'tsx', join(pkg, 'src', 'cli.ts'), ...args], { cwd: pkg, stdio: ['ignore', 'pipe', 'pipe'] });
+    let err = '';
+    child.stderr.setEncoding('utf8').on('data', (d: string) => { err += d; });
+    child.stdout.resume();
+    const exited = new Promise<{ code: number | null; signal: string | null }>((res) => child.on('exit', (code, signal) => res({ code, signal })));
+    // the first run's record appears, then Ctrl-C (the second run is under way)
+    const results = join(out, 'results.jsonl');
+    const lines = () => (existsSync(results) ? readFileSync(results, 'utf8').split('\n').filter(Boolean) : []);
+    while (lines().length === 0) {
+      if (child.exitCode !== null) assert.fail(`the suite ended before its first record: ${err}`);
+      await sleep(50);
+    }
+    child.kill('SIGINT');
+    const { code, signal } = await exited;
+    assert.equal(signal, null, err);
+    assert.equal(code, 130, err);
+    assert.match(err, /Ctrl-C: stopping after the current training step/);
+    assert.match(err, /spam\/lora-r8\/steps30-b8-t128-seed0: stopped after \d+ of 30 step\(s\); not recorded/);
+    assert.match(err, /kept: 1 finished run\(s\) in .*results\.jsonl:\n {4}spam\/full\/steps30-b8-t128-seed0 \(ok\)/);
+    const resume = err.match(/continue with \(from (.*)\):\n {2}(.*)\n/);
+    assert.ok(resume, `the command to continue is printed: ${err}`);
+    assert.match(resume[2], /--resume$/);
+    // nothing half-done: only the finished run, with its memory figures named for what they are
+    const kept = lines().map((l) => JSON.parse(l));
+    assert.deepEqual(kept.map((r) => r.id), ['spam/full/steps30-b8-t128-seed0']);
+    assert.ok(kept[0].memory.rssBytes > 0 && kept[0].memory.cachedBytes >= 0 && kept[0].memory.deviceBytes === undefined, JSON.stringify(kept[0].memory));
+    // the reports of the finished run
+    const csv = readFileSync(join(out, 'results.csv'), 'utf8').trim().split('\n');
+    assert.equal(csv.length, 2);
+    assert.match(csv[1], /^spam\/full\//);
+    const summary = readFileSync(join(out, 'summary.md'), 'utf8');
+    assert.match(summary, /^1 run: 1 ok$/m);
+    assert.doesNotMatch(summary, /lora-r8/);
+    assert.match(readFileSync(join(out, 'report.html'), 'utf8'), /\(interrupted\)/);
+
+    // the printed command, as printed, finishes the suite
+    const again = spawnSync('/bin/sh', ['-c', resume[2]], { cwd: resume[1], encoding: 'utf8', timeout: 300_000 });
+    assert.equal(again.status, 0, again.stderr);
+    assert.match(again.stderr, /spam\/full\/steps30-b8-t128-seed0: already in .* skipped \(--resume\)/);
+    assert.deepEqual(lines().map((l) => JSON.parse(l).id), ['spam/full/steps30-b8-t128-seed0', 'spam/lora-r8/steps30-b8-t128-seed0']);
+    assert.match(readFileSync(join(out, 'summary.md'), 'utf8'), /^2 runs: 2 ok$/m);
+  } finally {
+    rmSync(out, { recursive: true, force: true });
   }
 });

@@ -57,7 +57,8 @@ function record(s: Spec): RunRecord {
         grad: s.method === 'full' ? bytes * 0.2 : bytes * 0.02, optimizer: s.method === 'full' ? bytes * 0.4 : bytes * 0.04,
         optimizer_host: 0, activation: bytes * 0.3, workspace: bytes * 0.05,
       },
-      deviceBytes: bytes * 1.3,
+      rssBytes: bytes * 1.3,
+      cachedBytes: bytes * 0.1,
       predicted: mib ? { frozen: 0, trainable: 0, grad: 0, optimizer: 0, optimizer_host: 0, activation: 0, workspace: 0, total: bytes * 1.05 } : undefined,
     },
     speed: { tokensPerSecond: s.tps ?? 0, msPerStep: { forward: 10.5, backward: 21.25, optimizer: 2, total: 33.75 } },
@@ -173,7 +174,7 @@ describe('results.csv', () => {
     assert.deepEqual(metrics, ['metric.accuracy', 'metric.adaptLoss', 'metric.adaptPerplexity', 'metric.baseLoss', 'metric.examples', 'metric.finalLoss',
       'metric.lossMaxAbsDiff', 'metric.lossMaxAbsDiff10', 'metric.macroF1', 'metric.stepsAgreeing']);
     assert.ok(head.indexOf('settings.target') < head.indexOf('metric.accuracy'));
-    for (const col of ['memory.peakTotal', 'memory.peak.frozen', 'memory.peak.workspace', 'memory.deviceBytes', 'memory.predicted.total',
+    for (const col of ['memory.peakTotal', 'memory.peak.frozen', 'memory.peak.workspace', 'memory.rssBytes', 'memory.cachedBytes', 'memory.deviceBytes', 'memory.predicted.total',
       'speed.tokensPerSecond', 'speed.msPerStep.forward', 'speed.msPerStep.backward', 'speed.msPerStep.optimizer', 'speed.msPerStep.total',
       'trainableParameters', 'totalParameters', 'fileBytes', 'referenceMs', 'provenance.commit', 'provenance.cpu', 'provenance.gemm',
       'provenance.node', 'provenance.seed', 'provenance.packages.@tunebench/core', 'startedAt', 'durationMs']) {
@@ -221,6 +222,26 @@ describe('results.csv', () => {
     const err = body.find((row) => row[col('status')] === 'error')!;
     assert.equal(err[col('error')], 'unsupported bits 3 | use 2, 4 or 8 <see docs>\nstack trace line');
     assert.equal(body.find((row) => row[col('status')] === 'diverged')![col('divergedAtStep')], '7');
+  });
+
+  test('memory figures: process RSS and allocator cache apart; a CPU record from before rssBytes shows its deviceBytes as the RSS', async () => {
+    const [now] = fixtures().filter((r) => r.status === 'ok' && !r.impl);
+    const { rssBytes, cachedBytes, ...rest } = now.memory;
+    const old: RunRecord = { ...now, id: `${now.id}-old`, memory: { ...rest, deviceBytes: 7 * MiB } };
+    const cuda: RunRecord = { ...now, id: `${now.id}-cuda`, memory: { ...rest, deviceBytes: 9 * MiB }, provenance: { ...now.provenance, backend: 'cuda' } };
+    const [head, ...body] = parseCsv(resultsCsv([now, old, cuda]));
+    const cell = (row: string[], name: string) => row[head.indexOf(name)];
+    assert.equal(cell(body[0], 'memory.rssBytes'), String(rssBytes));
+    assert.equal(cell(body[0], 'memory.cachedBytes'), String(cachedBytes));
+    assert.equal(cell(body[1], 'memory.rssBytes'), String(7 * MiB), 'the old field read as what it held');
+    assert.equal(cell(body[1], 'memory.deviceBytes'), '', 'not device memory on the CPU');
+    assert.equal(cell(body[1], 'memory.cachedBytes'), '');
+    assert.equal(cell(body[2], 'memory.deviceBytes'), String(9 * MiB), 'device memory of a GPU record');
+    assert.equal(cell(body[2], 'memory.rssBytes'), '');
+    const html = await renderReport([now, old]);
+    assert.match(html, /<th class="num">process RSS MiB<\/th><th class="num">allocator cache MiB<\/th>/);
+    assert.doesNotMatch(html, /device MiB/);
+    assert.match(html, /<td class="num">7\.0<\/td><td class="num">-<\/td>/, 'the old record: its RSS, no cache figure');
   });
 
   test('writeResultsCsv writes the same text, atomically (no temporary file left)', () => {

@@ -5,15 +5,18 @@
 //   deployableOf deployable.{kind,bits,decodeTokensPerSecond}   (deployable rows)
 //   settings.<k>...   (sorted)
 //   metric.<k>...     (sorted)
-//   memory.peakTotal memory.peak.<category>... (core order) memory.deviceBytes memory.predicted.total
+//   memory.peakTotal memory.peak.<category>... (core order) memory.rssBytes memory.cachedBytes
+//   memory.deviceBytes (GPU backend only) memory.source memory.predicted.total
 //   speed.tokensPerSecond speed.msPerStep.{forward,backward,optimizer,total}
 //   trainableParameters totalParameters fileBytes referenceMs
 //   provenance.{commit,backend,device,cpu,gemm,seed,node} provenance.packages.<name>... (sorted)
 //   lossFinal steps startedAt durationMs
-// Memory is in bytes. A value a run does not have is an empty cell.
+// Memory is in bytes. A value a run does not have is an empty cell. Records of
+// the CPU backend written before memory.rssBytes existed held the process's
+// resident set in memory.deviceBytes: it is shown as memory.rssBytes.
 import { stringify } from 'csv-stringify/sync';
 import { writeFileAtomic } from '@tunebench/core';
-import { type RunRecord, withDeployables } from '../record.js';
+import { type RunRecord, rssBytesOf, withDeployables } from '../record.js';
 import { distinct, isFiniteNumber, memoryCategories } from './common.js';
 
 type Cell = string | number | boolean | null | undefined;
@@ -54,7 +57,9 @@ export function csvColumns(records: readonly RunRecord[]): Column[] {
     ...metrics.map((k): Column => ({ name: `metric.${k}`, get: (r) => r.metrics?.[k] })),
     { name: 'memory.peakTotal', get: (r) => r.memory?.peakTotal },
     ...categories.map((c): Column => ({ name: `memory.peak.${c}`, get: (r) => (r.memory?.peak as Record<string, number> | undefined)?.[c] })),
-    { name: 'memory.deviceBytes', get: (r) => r.memory?.deviceBytes },
+    { name: 'memory.rssBytes', get: (r) => rssBytesOf(r) },
+    { name: 'memory.cachedBytes', get: (r) => r.memory?.cachedBytes },
+    { name: 'memory.deviceBytes', get: (r) => (r.provenance?.backend === 'cpu' ? undefined : r.memory?.deviceBytes) },
     { name: 'memory.source', get: (r) => r.memory?.source },
     { name: 'memory.predicted.total', get: (r) => r.memory?.predicted?.total },
     { name: 'speed.tokensPerSecond', get: (r) => r.speed?.tokensPerSecond },

@@ -15,7 +15,7 @@
 //   kernels     kernel GFLOP/s as a fraction of the measured peak (opts.kernels)
 import type { TopLevelSpec } from 'vega-lite';
 import { kernelFraction } from '@tunebench/core';
-import { type RunRecord, isPeer } from '../record.js';
+import { type RunRecord, isPeer, rssBytesOf } from '../record.js';
 import {
   byTask, distinct, peerComparisons, formatBits, formatBytes, formatMetric, formatMiB, formatParams, groupThousands, isFiniteNumber, MIB,
   mainMetrics, memoryCategories, metricDirection, paretoFront, provenanceLine, runLabels, statusText,
@@ -173,7 +173,8 @@ async function memoryChart(gs: TaskGroup[]): Promise<Chart> {
       rows.push([g.task, g.labels.get(r)!, statusText(r),
         ...cats.map((c) => (trained(r) && isFiniteNumber(peak?.[c]) ? formatMiB(peak![c]) : '-')),
         trained(r) && isFiniteNumber(r.memory?.peakTotal) ? formatMiB(r.memory.peakTotal) : '-',
-        trained(r) && isFiniteNumber(r.memory?.deviceBytes) ? formatMiB(r.memory.deviceBytes) : '-',
+        trained(r) && isFiniteNumber(rssBytesOf(r)) ? formatMiB(rssBytesOf(r)!) : '-',
+        trained(r) && isFiniteNumber(r.memory?.cachedBytes) ? formatMiB(r.memory.cachedBytes) : '-',
         isFiniteNumber(r.memory?.predicted?.total) ? formatMiB(r.memory.predicted!.total) : '-']);
     }
     if (runs.length === 0) continue;
@@ -204,8 +205,8 @@ async function memoryChart(gs: TaskGroup[]): Promise<Chart> {
     ];
     panels.push({ title: g.task, width: { step: 44 }, height: PANEL_HEIGHT, layer });
   }
-  const caption = 'Peak memory by category. Bars stack each category\u2019s own peak (they need not coincide, so a stack can exceed the total); the black tick is the peak of the total, the red one the prediction of tunebench plan.';
-  const head = ['task', 'method', 'status', ...cats.map((c) => `${c} MiB`), 'peak total MiB', 'device MiB', 'predicted MiB'];
+  const caption = 'Peak memory by category. Bars stack each category\u2019s own peak (they need not coincide, so a stack can exceed the total); the black tick is the peak of the total, the red one the prediction of tunebench plan. Process RSS is the whole process\u2019s resident memory right after training (V8 heap, task data, the allocator\u2019s cache of freed blocks, shown apart), not what the run needs.';
+  const head = ['task', 'method', 'status', ...cats.map((c) => `${c} MiB`), 'peak total MiB', 'process RSS MiB', 'allocator cache MiB', 'predicted MiB'];
   const tbl = table(head, rows, { numeric: head.map((_, i) => i >= 3) });
   if (panels.length === 0) return { name: 'memory', caption, placeholder: 'no run measured its memory', table: tbl };
   return { name: 'memory', caption, svg: await vegaLiteToSvg(concat(panels, 'shared'), 'memory'), table: tbl };

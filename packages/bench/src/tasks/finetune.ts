@@ -42,6 +42,17 @@ export function resolveFinetuneOptions(o: FinetuneOptions): { schedule: Schedule
 }
 
 export function finetune(model: LlamaModel, rows: TokenRows, o: FinetuneOptions): FinetuneResult {
+  const run = finetuneSteps(model, rows, o);
+  for (;;) {
+    const next = run.next();
+    if (next.done) return next.value;
+  }
+}
+
+/** finetune() one optimizer step per next(), for a caller that does
+ * something between steps (the runner lets the event loop turn, so that a
+ * Ctrl-C handler runs). return() ends it early; the trainer is disposed. */
+export function* finetuneSteps(model: LlamaModel, rows: TokenRows, o: FinetuneOptions): Generator<StepStats, FinetuneResult, void> {
   const f = resolveFinetuneOptions(o);
   const data = new TokenDataSource(rows, { batchSize: o.batchSize, seed: f.seed });
   const trainer = new Trainer(model, data, {
@@ -55,11 +66,12 @@ export function finetune(model: LlamaModel, rows: TokenRows, o: FinetuneOptions)
     for (let i = 0; i < o.steps; i++) {
       const s = trainer.trainStep();
       steps.push(s);
-      if (o.onStep) {
-        const tc = performance.now();
-        o.onStep(s);
-        callbackMs += performance.now() - tc;
-      }
+      // the callback and whatever the consumer does between steps (the
+      // runner's held-out scoring, its turn of the event loop) is not training time
+      const tc = performance.now();
+      o.onStep?.(s);
+      yield s;
+      callbackMs += performance.now() - tc;
     }
   } finally {
     trainer.dispose();

@@ -6,6 +6,9 @@
 #include <string>
 #include <unordered_map>
 #include <vector>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "parallel.h"
 
@@ -67,7 +70,22 @@ static void count(size_t bytes, Category cat, Device dev, int sign) {
 // step. The cache holds at most TUNEBENCH_ALLOC_CACHE_MB (default 4096) MiB;
 // memory_empty_cache() returns it all. Live/peak figures count the bytes
 // asked for; cached bytes are reported apart.
+//
+// glibc: by default malloc raises its mmap threshold to the size of every
+// mmapped block freed (up to 32 MiB); from then on blocks of up to that size
+// come from the brk heap, where small allocations of V8 and the addon sit
+// between them, so freed space is seldom whole again and the heap only
+// grows. Measured: evaluating a LoRA r=64 model of the tiny preset on the
+// Brown validation set (591 batches) took the process from 166 to 3,044 MiB
+// resident with 1 MiB of tensors live. Pinning the threshold at glibc's own
+// default (128 KiB) keeps large blocks in their own mappings, returned to
+// the system when freed (or kept in the cache above); measured on the same
+// evaluation: 175 instead of 241 MiB after 10 batches, 208 MiB well into
+// it (a shared 2-core machine, resident sizes only).
 namespace {
+#if defined(__GLIBC__)
+[[maybe_unused]] const bool g_mmap_threshold_pinned = mallopt(M_MMAP_THRESHOLD, 128 * 1024) == 1;
+#endif
 constexpr size_t kCacheMin = 256 * 1024;  // smaller blocks go straight to malloc
 constexpr size_t kCacheGranule = 64 * 1024;
 std::unordered_map<size_t, std::vector<void*>> g_free_blocks;
@@ -151,6 +169,11 @@ size_t memory_cached_bytes() {
 void memory_empty_cache() {
   std::lock_guard<std::mutex> lock(g_mu);
   release_cache_locked();
+#if defined(__GLIBC__)
+  // free pages inside malloc's heaps go back to the system too (free() only
+  // returns the top of the heap)
+  malloc_trim(0);
+#endif
 }
 
 // Zero a fresh block, threaded when it is large.
