@@ -250,7 +250,7 @@ function parseConfig(json: unknown, where: string): PeftLoraConfig {
     problems.push(`task_type ${show(json.task_type)} is not supported (only "CAUSAL_LM")`);
   }
   if (has(json, 'modules_to_save') && json.modules_to_save !== null && !(Array.isArray(json.modules_to_save) && json.modules_to_save.length === 0)) {
-    problems.push(`modules_to_save ${show(json.modules_to_save)} is not supported (full copies of modules outside the adapter)`);
+    problems.push(`modules_to_save ${show(json.modules_to_save)} is not supported (full copies of modules outside the adapter, e.g. an embedding saved with trainEmbeddings: loading one would overwrite the base model's weights, which no adapter switch could undo)`);
   }
   const init = json.init_lora_weights;
   if (typeof init === 'string' && /^(pissa|olora|corda|loftq)/.test(init)) {
