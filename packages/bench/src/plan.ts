@@ -21,6 +21,8 @@ export interface PlanMethod {
   optimizerBytes?: (n: number) => number;
   /** scratch bytes a projection's GEMM adds beyond the packing buffers (e.g. an expanded double-quantized absmax) */
   linearExtraWorkspace?: (out: number, inF: number) => number;
+  /** the token embedding (and an untied LM head) trains in f32 beside a frozen base (LoRA trainEmbeddings) */
+  trainsEmbeddings?: boolean;
 }
 
 export type Plan = Record<Category, number> & { total: number };
@@ -51,10 +53,19 @@ export function planMemory(c: LlamaConfig, method: PlanMethod, batch: number, se
     const linearNames = /_proj\.weight$/;
     let other = 0;
     for (const [name, shape] of modelTensorShapes(c)) if (!linearNames.test(name)) other += shape.reduce((a, b) => a * b, 1);
-    plan.frozen = other * BF16 + L * linears.reduce((s, [o, i]) => s + frozenLinear(o, i), 0);
-    let adapterParams = 0, opt = 0;
+    let embedParams = 0, opt = 0;
+    if (method.trainsEmbeddings) {
+      for (const [name, shape] of modelTensorShapes(c)) {
+        if (name !== 'model.embed_tokens.weight' && name !== 'lm_head.weight') continue;
+        const k = shape.reduce((a, b) => a * b, 1);
+        embedParams += k;
+        opt += optBytes(k);
+      }
+    }
+    plan.frozen = (other - embedParams) * BF16 + L * linears.reduce((s, [o, i]) => s + frozenLinear(o, i), 0);
+    let adapterParams = 0;
     if (r > 0) for (const [o, i] of linears) { adapterParams += L * r * (i / pool + o); opt += L * (optBytes(r * i / pool) + optBytes(o * r)); }
-    plan.trainable = adapterParams * F32;
+    plan.trainable = (adapterParams + embedParams) * F32;
     plan.optimizer = opt;
   }
   plan.grad = plan.trainable;

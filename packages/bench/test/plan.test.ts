@@ -35,7 +35,10 @@ function measure(name: string, spec: MethodSpec, B: number, T: number, mode: Che
     model = loadQloraModel(dir, { r: spec.r, alpha: spec.alpha, ...(spec.options as object) }).model;
   } else {
     model = LlamaModel.init(cfg, { seed: 1, dtype: method === 'full' ? 'f32' : 'bf16', trainable: method === 'full' });
-    if (method === 'lora') prepareLora(model, { r: 8, alpha: 16 });
+    if (method === 'lora') prepareLora(model, { r: 8, alpha: 16, trainEmbeddings: spec.options?.trainEmbeddings === true });
+    // trainEmbeddings frees the bf16 embedding for an f32 copy: the plan is of
+    // a training step, after that swap, so the peak starts there
+    if (spec.options?.trainEmbeddings) memory.resetPeak();
   }
   const rows = Array.from({ length: B }, (_, r) => ({
     ids: Int32Array.from({ length: T }, (_, t) => (r * 7 + t) % cfg.vocabSize),
@@ -68,6 +71,18 @@ for (const [name, token, B, T] of CASES) {
     assert.ok(tot < 0.1, `total: predicted ${plan.total}, measured ${got.total} (${(tot * 100).toFixed(1)}%)`);
   });
 }
+
+test('plan with LoRA trainEmbeddings: the embedding moves from frozen bf16 to trainable f32 with grad and AdamW state, as measured', () => {
+  const spec: MethodSpec = { name: 'lora', r: 8, alpha: 16, lr: 1e-3, label: 'lora-r8-emb', options: { trainEmbeddings: true } };
+  const plain = planFor(preset('tiny'), { ...spec, options: {} }, 4, 64);
+  const plan = planFor(preset('tiny'), spec, 4, 64);
+  const VC = preset('tiny').vocabSize * preset('tiny').hiddenSize;
+  assert.equal(plain.frozen - plan.frozen, 2 * VC);
+  assert.equal(plan.trainable - plain.trainable, 4 * VC);
+  assert.equal(plan.optimizer - plain.optimizer, 8 * VC);
+  const got = measure('tiny', spec, 4, 64);
+  for (const c of ['frozen', 'trainable', 'grad', 'optimizer'] as const) assert.equal(plan[c], got.peak[c], `${c}: predicted ${plan[c]}, measured ${got.peak[c]}`);
+});
 
 // activation checkpointing: each mode predicted as closely as 'off'
 for (const [name, token, B, T] of [['tiny', 'full', 4, 64], ['small', 'lora8', 2, 128], ['small', 'qlora8', 2, 128], ['small', 'full', 2, 128]] as const) {

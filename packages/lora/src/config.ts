@@ -22,6 +22,10 @@ export interface LoraConfig {
    * L consecutive features, times in/L (PEFT's use_qalora / qalora_group_size);
    * A is [r, in/L]. Omitted or null: plain LoRA. */
   poolSize?: number | null;
+  /** also train the token embedding (and the LM head, tied to it or not) in
+   * f32, as PEFT's modules_to_save ['embed_tokens'] (+ 'lm_head'); saved
+   * whole in the adapter file. Model-wide, not per adapter (default false). */
+  trainEmbeddings?: boolean;
 }
 
 export const LORA_DEFAULTS: Readonly<LoraConfig> = Object.freeze({
@@ -43,6 +47,7 @@ export function loraConfig(opts: Partial<LoraConfig> = {}): LoraConfig {
   if (c.poolSize !== undefined && c.poolSize !== null && !(Number.isInteger(c.poolSize) && c.poolSize >= 1)) {
     problems.push(`poolSize (QA-LoRA group size) must be a positive integer, got ${c.poolSize}`);
   }
+  if (c.trainEmbeddings !== undefined && typeof c.trainEmbeddings !== 'boolean') problems.push(`trainEmbeddings must be a boolean, got ${String(c.trainEmbeddings)}`);
   if (problems.length) throw new Error(`LoRA config: ${problems.join('; ')}`);
   return c;
 }

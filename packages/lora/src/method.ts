@@ -1,5 +1,5 @@
 // The LoRA method: put adapters on a model's targeted Linear layers.
-import { isFrozenBase, LINEAR_NAMES, parameterNumel, type LlamaModel, type Parameter } from '@tunebench/core';
+import { isFrozenBase, LINEAR_NAMES, parameterNumel, Tensor, type LlamaModel, type Parameter } from '@tunebench/core';
 import { type LoraConfig, loraConfig } from './config.js';
 import { LoraLinear, checkPoolSize } from './layer.js';
 
@@ -8,6 +8,18 @@ export interface PrepareResult {
   targets: string[];
   trainableParameters: number;
   totalParameters: number;
+  /** names of the embedding parameters that train (trainEmbeddings), else empty */
+  embeddings?: string[];
+}
+
+/** Models whose embedding (and LM head) prepareLora made trainable. */
+const embeddingModels = new WeakSet<LlamaModel>();
+
+/** The embedding parameters LoRA trains on this model (trainEmbeddings): the
+ * token embedding, plus the LM head when it is not tied; empty otherwise. */
+export function trainedEmbeddings(model: LlamaModel): Parameter[] {
+  if (!embeddingModels.has(model)) return [];
+  return [model.embed, ...(model.lmHead ? [model.lmHead] : [])];
 }
 
 /** Module names selected by `targets` (full names like model.layers.0.self_attn.q_proj). */
@@ -30,7 +42,8 @@ export function resolveTargets(model: LlamaModel, targets: LoraConfig['targets']
  * one adapter named `adapterName`. */
 export function prepareLora(model: LlamaModel, opts: Partial<LoraConfig> = {}, adapterName = 'default'): PrepareResult {
   const config = loraConfig(opts);
-  const adapterParams = new Set(loraLayers(model).flatMap((l) => [...l.adapters.values()].flatMap((a) => [a.A, a.B])));
+  const adapterParams = new Set<Parameter>(loraLayers(model).flatMap((l) => [...l.adapters.values()].flatMap((a) => [a.A, a.B])));
+  for (const p of trainedEmbeddings(model)) adapterParams.add(p);
   const trainableBefore = model.parameters().filter((p) => p.grad !== null && !adapterParams.has(p));
   if (trainableBefore.length > 0) {
     throw new Error(`LoRA: the base model must be frozen (build it with trainable: false); ${trainableBefore.length} parameters are trainable, e.g. ${trainableBefore[0].name}`);
@@ -45,7 +58,27 @@ export function prepareLora(model: LlamaModel, opts: Partial<LoraConfig> = {}, a
     lora.addAdapter(adapterName, config);
     if (lora !== layer) model.replaceLinear(name, lora);
   }
-  return { targets, ...countParameters(model.parameters()) };
+  if (config.trainEmbeddings) trainEmbeddings(model);
+  return { targets, ...countParameters(model.parameters()), embeddings: trainedEmbeddings(model).map((p) => p.name) };
+}
+
+/** Makes the token embedding (and an untied LM head) of a frozen model
+ * trainable: a new f32 copy (category trainable; the base often holds bf16)
+ * with an f32 gradient, which the model's backward fills as in full
+ * fine-tuning. A tied head stays tied: both uses write the one gradient. */
+export function trainEmbeddings(model: LlamaModel): void {
+  const params = [model.embed, ...(model.lmHead ? [model.lmHead] : [])];
+  for (const p of params) {
+    if (p.quantized) throw new Error(`LoRA trainEmbeddings: ${p.name} is quantized; only a dense (f32 or bf16) embedding can train`);
+  }
+  for (const p of params) {
+    if (p.grad) continue;
+    const f32 = Tensor.from(p.value.toFloat32(), p.value.shape, { category: 'trainable' });
+    p.value.dispose();
+    p.value = f32;
+    p.grad = Tensor.zeros(f32.shape, { category: 'grad' });
+  }
+  embeddingModels.add(model);
 }
 
 /** A LoRA layer over a frozen base layer: dense (f32/bf16) or quantized. */

@@ -10,6 +10,10 @@
 //                               <module> = model.layers.{i}.self_attn.q_proj ...; PEFT
 //                               strips the adapter name (".default") from saved keys.
 //                               metadata {"format": "pt"}
+//                               with trainEmbeddings (PEFT's modules_to_save), whole f32 copies:
+//                               base_model.model.model.embed_tokens.weight [V, C]
+//                               base_model.model.lm_head.weight [V, C] (untied head only)
+//                               (PEFT strips "modules_to_save.<adapter>." from saved keys)
 //
 // Loading creates the adapter on exactly the modules that have tensors in the
 // file; the config's target selection (target_modules, exclude_modules,
@@ -23,7 +27,7 @@ import { linearRegExp, parseJson, readTextFile,
   writeJsonAtomic, writeSafetensors,
 } from '@tunebench/core';
 import { LoraLinear } from './layer.js';
-import { loraLayers } from './method.js';
+import { loraLayers, trainedEmbeddings } from './method.js';
 
 export const PEFT_CONFIG_FILE = 'adapter_config.json';
 export const PEFT_WEIGHTS_FILE = 'adapter_model.safetensors';
@@ -95,6 +99,8 @@ export function saveAdapter(model: LlamaModel, dir: string, opts: SaveAdapterOpt
     if (a.alpha !== alpha) alphaPattern[patternKey] = a.alpha;
   }
   const allLayers = layerIndexes.size === model.blocks.length;
+  // a tied head is one tensor here: the file holds it once, as embed_tokens
+  const embeddings = trainedEmbeddings(model);
   const config: Record<string, unknown> = {
     alpha_pattern: alphaPattern,
     base_model_name_or_path: opts.baseModelNameOrPath ?? null,
@@ -106,7 +112,7 @@ export function saveAdapter(model: LlamaModel, dir: string, opts: SaveAdapterOpt
     layers_to_transform: allLayers ? null : [...layerIndexes].sort((a, b) => a - b),
     lora_alpha: alpha,
     lora_dropout: adapters[0].dropout,
-    modules_to_save: null,
+    modules_to_save: embeddings.length ? embeddings.map((p) => (p.name === 'lm_head.weight' ? 'lm_head' : 'embed_tokens')) : null,
     peft_type: 'LORA',
     ...(poolSize !== null ? { qalora_group_size: poolSize } : {}),
     r,
@@ -124,6 +130,7 @@ export function saveAdapter(model: LlamaModel, dir: string, opts: SaveAdapterOpt
     tensors.set(`${KEY_PREFIX}${l.name}.lora_A.weight`, a.A.value);
     tensors.set(`${KEY_PREFIX}${l.name}.lora_B.weight`, a.B.value);
   }
+  for (const p of embeddings) tensors.set(`${KEY_PREFIX}${p.name}`, p.value);
   mkdirSync(root, { recursive: true });
   writeSafetensors(join(root, PEFT_WEIGHTS_FILE), tensors, { metadata: { format: 'pt' }, dtype: 'f32' });
   writeJsonAtomic(join(root, PEFT_CONFIG_FILE), config);
@@ -243,7 +250,7 @@ function parseConfig(json: unknown, where: string): PeftLoraConfig {
     problems.push(`task_type ${show(json.task_type)} is not supported (only "CAUSAL_LM")`);
   }
   if (has(json, 'modules_to_save') && json.modules_to_save !== null && !(Array.isArray(json.modules_to_save) && json.modules_to_save.length === 0)) {
-    problems.push(`modules_to_save ${show(json.modules_to_save)} is not supported (full copies of modules outside the adapter)`);
+    problems.push(`modules_to_save ${show(json.modules_to_save)} is not supported (full copies of modules outside the adapter, e.g. an embedding saved with trainEmbeddings: loading one would overwrite the base model's weights, which no adapter switch could undo)`);
   }
   const init = json.init_lora_weights;
   if (typeof init === 'string' && /^(pissa|olora|corda|loftq)/.test(init)) {
