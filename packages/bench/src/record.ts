@@ -86,6 +86,8 @@ export interface RunRecord {
   fileBytes: number;
   /** training loss per optimizer step */
   lossCurve: number[];
+  /** what the run trained on: optimizer steps, rows drawn (steps x batch), those rows as epochs of the training rows, and real (non-padding) input tokens */
+  budget?: { steps: number; rows: number; epochs: number; realTokens: number };
   /** the learning-rate search that chose settings.lr (suites with tuneLr) */
   tuning?: TuningRecord;
   /** the validation score before training (step 0) and at evenly spaced steps of the run: is the method still improving when the budget ends? */

@@ -531,6 +531,9 @@ async function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: stri
       medianStepMs, steadyTokensPerSecond,
     };
     record.lossCurve = run.steps.map((s) => s.loss);
+    // what the run paid for: rows drawn, as epochs of the training rows, and real (non-padding) tokens
+    const rowsSeen = run.steps.length * sh.batchSize;
+    record.budget = { steps: run.steps.length, rows: rowsSeen, epochs: rowsSeen / train.numRows, realTokens: run.steps.reduce((a, st) => a + st.realTokens, 0) };
     const evaluate = (mod: LlamaModel): Record<string, number> => {
       if (task === 'spam') {
         const e = evaluateSpam(mod, data.spam!, 32);

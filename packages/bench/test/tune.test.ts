@@ -69,6 +69,10 @@ test('--tune-lr in a suite: candidates scored on validation data, the full run a
     const finite = t.candidates.filter((c) => c.score !== null).map((c) => c.score!);
     assert.equal(t.candidates.find((c) => c.lr === t.chosen)!.score, t.higherIsBetter ? Math.max(...finite) : Math.min(...finite));
     assert.deepEqual(r.evalCurve!.points.map((p) => p.step), [0, 3, 6]);
+    assert.equal(r.budget!.steps, 6);
+    assert.equal(r.budget!.rows, 24);
+    assert.ok(r.budget!.epochs > 0 && Math.abs(r.budget!.epochs * (24 / r.budget!.epochs) - 24) < 1e-9);
+    assert.ok(r.budget!.realTokens > 0 && r.budget!.realTokens <= 6 * 4 * 64, `real tokens ${r.budget!.realTokens}`);
     assert.ok(r.evalCurve!.points.every((p) => Number.isFinite(p.value)));
   }
   assert.equal(recs[0].tuning!.metric, 'macroF1');
@@ -79,6 +83,7 @@ test('--tune-lr in a suite: candidates scored on validation data, the full run a
   assert.ok(logs.some((l) => /learning-rate search over 1\.0e-4, 3\.0e-3, 5\.0e\+1/.test(l)));
   const summary = renderSummary(recs);
   assert.match(summary, /learning rates chosen on validation data/);
+  assert.match(summary, /budget of each run: 6 steps = 24 rows drawn = [\d.]+ epochs of the training rows/);
   assert.match(summary, /1\.0e-4: /);
   const html = await renderReport(recs);
   assert.match(html, /data-chart="tuning"/);

@@ -162,6 +162,8 @@ export function renderSummary(records: readonly RunRecord[]): string {
     const ours = runs.filter((r) => !isPeer(r));
     const common = commonSettings(ours);
     if (common.length) lines.push(`settings: ${text(common.map(([k, v]) => `${k}=${v}`).join(' · '))}`, '');
+    const budget = ours.find((r) => r.budget)?.budget;
+    if (budget) lines.push(`budget of each run: ${groupThousands(budget.steps)} steps = ${groupThousands(budget.rows)} rows drawn = ${budget.epochs.toFixed(2)} epochs of the training rows, ${groupThousands(budget.realTokens)} real (non-padding) input tokens.`, '');
     const majority = ours.map((r) => r.metrics?.majorityBaseline).find(isFiniteNumber);
     if (majority !== undefined) lines.push(`always answering the training data's majority label scores accuracy ${formatMetric(majority)} here.`, '');
     if (ours.some((r) => r.settings?.labelScoring === 'sum')) {
