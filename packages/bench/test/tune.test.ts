@@ -71,7 +71,8 @@ test('--tune-lr in a suite: candidates scored on validation data, the full run a
     assert.deepEqual(r.evalCurve!.points.map((p) => p.step), [0, 3, 6]);
     assert.equal(r.budget!.steps, 6);
     assert.equal(r.budget!.rows, 24);
-    assert.ok(r.budget!.epochs > 0 && Math.abs(r.budget!.epochs * (24 / r.budget!.epochs) - 24) < 1e-9);
+    const trainRows = 24 / r.budget!.epochs;  // epochs = rows drawn / training rows
+    assert.ok(trainRows >= 1 && Math.abs(trainRows - Math.round(trainRows)) < 1e-9, `training rows ${trainRows}`);
     assert.ok(r.budget!.realTokens > 0 && r.budget!.realTokens <= 6 * 4 * 64, `real tokens ${r.budget!.realTokens}`);
     assert.ok(r.evalCurve!.points.every((p) => Number.isFinite(p.value)));
   }
