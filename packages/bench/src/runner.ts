@@ -211,8 +211,15 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
   for (const task of suite.tasks) {
     for (const m of suite.methods) {
       const id = runId(task, m, suite);
-      const peers = o.only ? [] : peersFor(task, m, suite).filter((p) => !done.has(peerRunId(task, m, suite, p.peer, p.steps)));
+      // a peer that cannot redo this method is named once and never asked for
+      // (its input would not even be captured: an INT-N base has no dense form for it)
+      const wanted = o.only ? [] : peersFor(task, m, suite).filter((p) => !done.has(peerRunId(task, m, suite, p.peer, p.steps)));
       if (o.only && !o.only.has(id)) continue;
+      const peers = wanted.filter((p) => {
+        const unsupported = methodPlugin(m.name).peerUnsupported?.(p.peer, m) ?? null;
+        if (unsupported) log(`${peerRunId(task, m, suite, p.peer, p.steps)}: skipped: ${unsupported}`);
+        return !unsupported;
+      });
       if (done.has(id) && peers.length === 0) { log(`${id}: already in ${resultsPath}, skipped (--resume)`); continue; }
       stopIfAborted();
       const peerSteps = peers.length ? Math.max(...peers.map((p) => p.steps)) : 0;
@@ -246,8 +253,6 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
       for (const p of peers) {
         stopIfAborted();
         const pid = peerRunId(task, m, suite, p.peer, p.steps);
-        const unsupported = methodPlugin(m.name).peerUnsupported?.(p.peer, m) ?? null;
-        if (unsupported) { log(`${pid}: skipped: ${unsupported}`); continue; }
         if (p.peer === 'pytorch') {
           const why = torchUnavailable();
           if (why) { log(`${pid}: skipped: no PyTorch (${why}); set TUNEBENCH_PYTHON to a python with torch`); continue; }
