@@ -4,7 +4,11 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CATEGORIES, type CheckpointingMode, type LlamaConfig, PRESETS, configFromHf, intOption, native, parseCheckpointing, parseCli, preset } from '@tunebench/core';
+import {
+  ByteTokenizer, CATEGORIES, type CheckpointingMode, type LlamaConfig, type LlamaModel, PRESETS, configFromHf, exportGguf, intOption, loadHfModel, native,
+  parseCheckpointing, parseCli, preset,
+} from '@tunebench/core';
+import { QALORA_QUANT_METHOD, groupwiseOf, loadQaloraMerged } from '@tunebench/qa-lora';
 import { type MethodSpec, methodPlugin, planFor } from './methods.js';
 import { checkAgainst, fastestAttempt, readBaseline, speedOnly, writeBaseline } from './check.js';
 import { BUILTIN_SUITES, PEERS, type PeerName, type Suite, TASKS, type TaskName, loadSuiteFile, parseMethods, validateSuite } from './suite.js';
@@ -15,6 +19,7 @@ const HELP = `tunebench — full fine-tuning, LoRA and QLoRA side by side: memor
 
 Usage: pnpm bench [-- options]        (or: node packages/bench/dist/cli.js [options])
        pnpm bench -- plan --model PRESET_OR_HF_DIR --method M --batch B --seq T   (see plan --help)
+       pnpm bench -- gguf --model DIR --out FILE.gguf [--type f16|q8_0|q4_1]      (see gguf --help)
 
 Options:
   --suite ci|cpu|gpu|FILE  runs to do (default: gpu with a usable CUDA backend, else cpu).
@@ -106,8 +111,56 @@ function largestBatch(config: LlamaConfig, m: MethodSpec, seq: number, accum: nu
   return lo;
 }
 
+const GGUF_HELP = `tunebench gguf — export a model directory to GGUF for llama.cpp.
+
+Usage: pnpm bench -- gguf --model DIR --out FILE.gguf [--type f16|q8_0|q4_1]
+
+  --model   a Hugging Face LlamaForCausalLM directory (full fine-tuning's output, a merged
+            LoRA/QLoRA model) or a merged QA-LoRA INT-N directory (saveQaloraModel)
+  --out     the GGUF file to write
+  --type    weight type of the 2-D tensors: f16 (default for dense models), q8_0, or q4_1
+            (default for a merged QA-LoRA INT4 g32 model, whose groups become Q4_1 blocks
+            exactly, up to fp16 rounding of scale and offset)
+
+The vocabulary is the byte tokenizer's (256 byte tokens and BOS/EOS/PAD).`;
+
+/** \`tunebench gguf\`: a model directory to a GGUF file; exits. */
+function ggufCommand(argv: string[]): never {
+  const p = parseCli({ model: { type: 'string' }, out: { type: 'string' }, type: { type: 'string' }, help: { type: 'boolean', short: 'h', default: false } }, GGUF_HELP, argv);
+  const fail = (msg: string): never => { console.error(`tunebench gguf: ${msg}\nRun with --help for the options.`); process.exit(2); };
+  if (!p.model) fail('--model is required');
+  if (!p.out) fail('--out is required');
+  const configPath = join(p.model!, 'config.json');
+  if (!existsSync(configPath)) fail(`--model: ${p.model} has no config.json`);
+  let quantMethod: unknown;
+  try { quantMethod = (JSON.parse(readFileSync(configPath, 'utf8')) as { quantization_config?: { quant_method?: unknown } }).quantization_config?.quant_method; }
+  catch (e) { fail(`${configPath}: ${(e as Error).message}`); }
+  const intn = quantMethod === QALORA_QUANT_METHOD;
+  const type = (p.type ?? (intn ? 'q4_1' : 'f16')) as 'f16' | 'q8_0' | 'q4_1';
+  if (!['f16', 'q8_0', 'q4_1'].includes(type)) fail(`--type must be f16, q8_0 or q4_1, got '${p.type}'`);
+  let model: LlamaModel | null = null;
+  let code = 0;
+  try {
+    if (quantMethod !== undefined && !intn) throw new Error(`${configPath}: quantization_config.quant_method ${JSON.stringify(quantMethod)} is not one this command reads (a dense model, or '${QALORA_QUANT_METHOD}'); merge it to a dense model first`);
+    model = intn ? loadQaloraMerged(p.model!) : loadHfModel(p.model!, { trainable: false, frozenDtype: 'f32' });
+    const tok = new ByteTokenizer();
+    if (model.config.vocabSize !== tok.vocabSize) throw new Error(`the model's vocabulary has ${model.config.vocabSize} ids; only the byte tokenizer (${tok.vocabSize}) can be exported`);
+    if (intn && type !== 'q4_1') throw new Error('a merged QA-LoRA model is exported as q4_1 (its INT4 g32 groups are Q4_1 blocks); other types would requantize it');
+    const summary = exportGguf(model, resolve(p.out!), { type, tokenizer: tok, ...(intn ? { groupwise: groupwiseOf(model) } : {}) });
+    const exact = summary.tensors.filter((t) => t.groupwise).length;
+    console.log(`${summary.path}: ${summary.tensors.length} tensors, ${summary.bytes} bytes, ${type}${exact ? ` (${exact} projections written exactly from their INT4 groups)` : ''}`);
+  } catch (e) {
+    console.error(`tunebench gguf: ${(e as Error).message}`);
+    code = 1;
+  } finally {
+    model?.dispose();
+  }
+  process.exit(code);
+}
+
 const rawArgs = process.argv.slice(2);
 const args = rawArgs[0] === '--' ? rawArgs.slice(1) : rawArgs;
+if (args[0] === 'gguf') ggufCommand(args.slice(1));
 if (args[0] === 'plan') {
   const p = parseCli({
     model: { type: 'string' }, method: { type: 'string' }, methods: { type: 'string' }, batch: { type: 'string' }, seq: { type: 'string' },

@@ -20,10 +20,31 @@ function cli(...args: string[]): { code: number | null; out: string; err: string
 test('--help explains every option with examples', () => {
   const r = cli('--help');
   assert.equal(r.code, 0, r.err);
-  for (const o of ['--suite', '--methods', '--tasks', '--model', '--dataset', '--peers', '--device', '--out', '--resume', '--check', '--update-baseline', '--packing']) {
+  for (const o of ['--suite', '--methods', '--tasks', '--model', '--dataset', '--peers', '--device', '--out', '--resume', '--check', '--update-baseline', '--packing', '--tune-lr']) {
     assert.match(r.out, new RegExp(`\\n  ${o}\\b`), `--help lists ${o}`);
   }
   assert.match(r.out, /Examples:/);
+});
+
+test('gguf exports a model directory for llama.cpp, and refuses what it cannot write', async () => {
+  const { LlamaModel, preset, readGguf, saveHfModel } = await import('@tunebench/core');
+  const dir = mkdtempSync(join(tmpdir(), 'tb-gguf-cli-'));
+  const model = LlamaModel.init(preset('tiny'), { seed: 3 });
+  try { saveHfModel(model, join(dir, 'model'), { dtype: 'f32' }); } finally { model.dispose(); }
+  const r = cli('gguf', '--model', join(dir, 'model'), '--type', 'q8_0', '--out', join(dir, 'm.gguf'));
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /m\.gguf: \d+ tensors, \d+ bytes, q8_0/);
+  const g = readGguf(join(dir, 'm.gguf'));
+  assert.equal(g.metadata.get('general.architecture')?.value, 'llama');
+  assert.ok(g.tensors.some((t) => t.name === 'blk.0.attn_q.weight'));
+  const bad = cli('gguf', '--model', join(dir, 'model'), '--type', 'q5_0', '--out', join(dir, 'x.gguf'));
+  assert.equal(bad.code, 2);
+  assert.match(bad.err, /--type must be f16, q8_0 or q4_1, got 'q5_0'/);
+  const none = cli('gguf', '--model', join(dir, 'nothing'), '--out', join(dir, 'x.gguf'));
+  assert.equal(none.code, 2);
+  assert.match(none.err, /has no config\.json/);
+  assert.ok(!existsSync(join(dir, 'x.gguf')), 'nothing written on a refused export');
+  rmSync(dir, { recursive: true, force: true });
 });
 
 test('plan predicts memory by category without running', () => {
