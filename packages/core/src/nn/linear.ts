@@ -2,7 +2,7 @@
 // W is f32 when trained (full fine-tuning) or frozen in f32 or bf16.
 import { matmul } from '../ops/gemm.js';
 import { type QuantizedIntN, checkIntN, dequantizeIntN, disposeIntN } from '../quant/intn.js';
-import { type Quantized4bit, checkQuantized, disposeQuantized, dequantize4bit } from '../quant/quant4.js';
+import { type Quantized4bit, type QuantizedWeight, checkQuantized, disposeQuantized, dequantize4bit } from '../quant/quant4.js';
 import { Tensor } from '../tensor.js';
 import type { FrozenBase, LinearLayer, Parameter } from './module.js';
 
@@ -74,97 +74,31 @@ export class DenseLinear implements LinearLayer, FrozenBase {
   }
 }
 
-/** A frozen linear layer over a 4-bit quantized weight (NF4 / FP4, optional
- * double quantization): y = x · deq(W)^T; backward gives dx = dy · deq(W)
- * and nothing for W. The GEMM dequantizes while packing its panels, in both
- * directions, so the dense weight never exists. */
-export class Quant4Linear implements FrozenBase {
+/** What a frozen layer over a quantized weight does, whatever the format:
+ * y = x · deq(W)^T, dx = dy · deq(W), nothing for W; the GEMM dequantizes
+ * while packing (the dense weight never exists). Subclasses check their
+ * format and say how to dequantize and free it. */
+abstract class QuantizedLinear<Q extends QuantizedWeight> implements FrozenBase {
   readonly name: string;
   readonly inFeatures: number;
   readonly outFeatures: number;
   readonly weight: Parameter;
-  readonly quantized: Quantized4bit;
+  readonly quantized: Q;
   private savedInput: Tensor | null = null;
 
-  /** q: the weight [out, in], owned by the layer from now on */
-  constructor(name: string, q: Quantized4bit) {
-    if ((q as { kind?: unknown })?.kind !== 'quant4') throw new TypeError(`${name}: Quant4Linear needs a 4-bit weight (an INT-N weight goes in IntNLinear)`);
-    checkQuantized(name, 'weight', q);
+  /** q: the weight [out, in], owned by the layer from now on (checked by the subclass first) */
+  protected constructor(name: string, q: Q, storage: Tensor) {
     this.name = name;
     this.quantized = q;
     [this.outFeatures, this.inFeatures] = q.shape;
-    this.weight = { name: `${name}.weight`, value: q.packed, grad: null, quantized: q };
+    this.weight = { name: `${name}.weight`, value: storage, grad: null, quantized: q };
   }
 
-  get weightOperand(): Quantized4bit {
+  get weightOperand(): Q {
     return this.quantized;
   }
 
-  get weightBytes(): number {
-    return this.quantized.bytes;
-  }
-
-  // x [N, in] -> y [N, out]
-  forward(x: Tensor): Tensor {
-    if (x.shape.length !== 2 || x.shape[1] !== this.inFeatures) {
-      throw new RangeError(`${this.name}: input must be [N, ${this.inFeatures}], got [${x.shape.join(', ')}]`);
-    }
-    this.savedInput = x;
-    return matmul(x, this.quantized, { transB: true });
-  }
-
-  // dy [N, out] -> dx [N, in] (written, or accumulated into dxInto)
-  backward(dy: Tensor, dxInto?: Tensor): Tensor {
-    if (!this.savedInput) throw new Error(`${this.name}: backward called without a forward`);
-    this.savedInput = null;
-    return dxInto ? matmul(dy, this.quantized, { out: dxInto, beta: 1 }) : matmul(dy, this.quantized);
-  }
-
-  toDense(): Tensor {
-    return dequantize4bit(this.quantized);
-  }
-
-  parameters(): Parameter[] {
-    return [this.weight];
-  }
-
-  clearSaved(): void {
-    this.savedInput = null;
-  }
-
-  dispose(): void {
-    this.savedInput = null;
-    disposeQuantized(this.quantized);
-  }
-}
-
-/** A frozen linear layer over a group-wise INT-N weight (QA-LoRA's base):
- * y = x · deq(W)^T; backward gives dx = dy · deq(W) and nothing for W. The
- * GEMM dequantizes while packing its panels (both directions), and for 1..16
- * rows of x the decode kernel dots one dequantized group at a time: the
- * dense weight never exists. */
-export class IntNLinear implements FrozenBase {
-  readonly name: string;
-  readonly inFeatures: number;
-  readonly outFeatures: number;
-  readonly weight: Parameter;
-  readonly quantized: QuantizedIntN;
-  private savedInput: Tensor | null = null;
-
-  /** q: the weight [out, in], owned by the layer from now on */
-  constructor(name: string, q: QuantizedIntN) {
-    checkIntN(name, 'weight', q);
-    this.name = name;
-    this.quantized = q;
-    [this.outFeatures, this.inFeatures] = q.shape;
-    this.weight = { name: `${name}.weight`, value: q.codes, grad: null, quantized: q };
-  }
-
-  get weightOperand(): QuantizedIntN {
-    return this.quantized;
-  }
-
-  /** codes + scales + offsets, exactly */
+  /** the quantized weight's exact bytes (codes and their constants) */
   get weightBytes(): number {
     return this.quantized.bytes;
   }
@@ -185,9 +119,9 @@ export class IntNLinear implements FrozenBase {
     return dxInto ? matmul(dy, this.quantized, { out: dxInto, beta: 1 }) : matmul(dy, this.quantized);
   }
 
-  toDense(): Tensor {
-    return dequantizeIntN(this.quantized);
-  }
+  abstract toDense(): Tensor;
+
+  protected abstract disposeWeight(): void;
 
   parameters(): Parameter[] {
     return [this.weight];
@@ -199,6 +133,48 @@ export class IntNLinear implements FrozenBase {
 
   dispose(): void {
     this.savedInput = null;
+    this.disposeWeight();
+  }
+}
+
+/** A frozen linear layer over a 4-bit quantized weight (NF4 / FP4, optional
+ * double quantization): y = x · deq(W)^T; backward gives dx = dy · deq(W)
+ * and nothing for W. The GEMM dequantizes while packing its panels, in both
+ * directions, so the dense weight never exists. */
+export class Quant4Linear extends QuantizedLinear<Quantized4bit> {
+  /** q: the weight [out, in], owned by the layer from now on */
+  constructor(name: string, q: Quantized4bit) {
+    if ((q as { kind?: unknown })?.kind !== 'quant4') throw new TypeError(`${name}: Quant4Linear needs a 4-bit weight (an INT-N weight goes in IntNLinear)`);
+    checkQuantized(name, 'weight', q);
+    super(name, q, q.packed);
+  }
+
+  toDense(): Tensor {
+    return dequantize4bit(this.quantized);
+  }
+
+  protected disposeWeight(): void {
+    disposeQuantized(this.quantized);
+  }
+}
+
+/** A frozen linear layer over a group-wise INT-N weight (QA-LoRA's base):
+ * y = x · deq(W)^T; backward gives dx = dy · deq(W) and nothing for W. The
+ * GEMM dequantizes while packing its panels (both directions), and for 1..16
+ * rows of x the decode kernel dots one dequantized group at a time: the
+ * dense weight never exists. */
+export class IntNLinear extends QuantizedLinear<QuantizedIntN> {
+  /** q: the weight [out, in], owned by the layer from now on */
+  constructor(name: string, q: QuantizedIntN) {
+    checkIntN(name, 'weight', q);
+    super(name, q, q.codes);
+  }
+
+  toDense(): Tensor {
+    return dequantizeIntN(this.quantized);
+  }
+
+  protected disposeWeight(): void {
     disposeIntN(this.quantized);
   }
 }
