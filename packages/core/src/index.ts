@@ -2,6 +2,7 @@ export * from './dtype.js';
 export { Tensor, type TensorOptions, shapeNumel } from './tensor.js';
 export { memory, type MemorySnapshot, type DeviceMemorySnapshot } from './memory.js';
 export { native } from './native.js';
+export { cudaInfo, cudaAvailable, resolveDevice, synchronize, deviceName, type DeviceChoice, type CudaInfo } from './device.js';
 export { matmul, gemmKernel, type MatmulOptions } from './ops/gemm.js';
 export * from './ops/optim.js';
 export {

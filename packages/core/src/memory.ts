@@ -12,6 +12,12 @@ export interface DeviceMemorySnapshot {
   allocations: number;
   /** freed blocks the allocator keeps for reuse (CPU): held from the system, not live */
   cachedBytes: number;
+  /** CUDA: bytes the caching pool holds from the driver now / at most since the last resetPeak */
+  reservedBytes?: number;
+  reservedPeakBytes?: number;
+  /** CUDA: the device's free and total bytes (cudaMemGetInfo), to cross-check the pool */
+  deviceFreeBytes?: number;
+  deviceTotalBytes?: number;
 }
 export type MemorySnapshot = Record<Device, DeviceMemorySnapshot>;
 
@@ -21,7 +27,14 @@ export const memory = {
     const conv = (d: (typeof raw)['cpu']): DeviceMemorySnapshot => {
       const live = {} as Record<Category, number>, peak = {} as Record<Category, number>;
       for (const c of CATEGORIES) { live[c] = d.live[c]; peak[c] = d.peak[c]; }
-      return { live, peak, liveTotal: d.liveTotal, peakTotal: d.peakTotal, allocations: d.allocations, cachedBytes: d.cachedBytes };
+      const out: DeviceMemorySnapshot = { live, peak, liveTotal: d.liveTotal, peakTotal: d.peakTotal, allocations: d.allocations, cachedBytes: d.cachedBytes };
+      if (d.reservedBytes !== undefined) {
+        out.reservedBytes = d.reservedBytes;
+        out.reservedPeakBytes = d.reservedPeakBytes;
+        out.deviceFreeBytes = d.deviceFreeBytes;
+        out.deviceTotalBytes = d.deviceTotalBytes;
+      }
+      return out;
     };
     return { cpu: conv(raw.cpu), cuda: conv(raw.cuda) };
   },

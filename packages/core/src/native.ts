@@ -18,6 +18,28 @@ export interface DeviceMemory {
   peakTotal: number;
   allocations: number;
   cachedBytes: number;
+  /** CUDA only: bytes the caching pool holds from the driver, now and at most since the last reset */
+  reservedBytes?: number;
+  reservedPeakBytes?: number;
+  /** CUDA only: cudaMemGetInfo */
+  deviceFreeBytes?: number;
+  deviceTotalBytes?: number;
+}
+
+export interface CudaInfo {
+  /** this build contains the CUDA backend */
+  compiled: boolean;
+  /** a CUDA device is usable now */
+  available: boolean;
+  /** why not, when not available */
+  reason?: string;
+  name?: string;
+  /** compute capability, e.g. "9.0" */
+  capability?: string;
+  sms?: number;
+  totalBytes?: number;
+  driverVersion?: number;
+  runtimeVersion?: number;
 }
 
 /** The binding. Functions take native tensor handles and plain numbers; the
@@ -31,6 +53,13 @@ export interface NativeBinding {
   getThreads(): number;
   setThreads(n: number): void;
   cudaCompiled: boolean;
+  /** usable CUDA devices (0 without a CUDA build, driver or device) */
+  cudaDevices(): number;
+  cudaInfo(): CudaInfo;
+  /** dst = src (same byte count, any devices); returns once the bytes are there */
+  copy_tensor(src: NativeTensorHandle, dst: NativeTensorHandle): void;
+  /** waits for the CUDA stream (no-op on the CPU) */
+  synchronize(): void;
   opFamilies: string[];
   gemmKernel: string;
   gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, alpha: number,

@@ -109,6 +109,20 @@ export class Tensor {
     return out;
   }
 
+  /** A copy of this tensor on `device` (same shape, dtype and category, or
+   * `category` if given). Always a new tensor, also when already there. */
+  to(device: Device, opts: { category?: Category } = {}): Tensor {
+    if (this.handle.disposed) throw new Error('Tensor.to(): tensor was disposed');
+    const t = Tensor.zeros(this.shape, { dtype: this.dtype, category: opts.category ?? this.category, device });
+    try {
+      native.copy_tensor(this.handle, t.handle);
+    } catch (e) {
+      t.dispose();
+      throw e;
+    }
+    return t;
+  }
+
   /** Frees the memory now. Safe to call twice; views become empty. */
   dispose(): void {
     this.cachedView = null;

@@ -3,6 +3,8 @@
 #include <napi.h>
 #include <cstdlib>
 #include <thread>
+#include "args.h"
+#include "device.h"
 #include "parallel.h"
 #include "registry.h"
 #include "tensor.h"
@@ -45,21 +47,89 @@ static Napi::Value MemorySnapshot(const Napi::CallbackInfo& info) {
     dev.Set("liveTotal", Napi::Number::New(env, static_cast<double>(m.live_total[d])));
     dev.Set("peakTotal", Napi::Number::New(env, static_cast<double>(m.peak_total[d])));
     dev.Set("allocations", Napi::Number::New(env, static_cast<double>(m.allocations[d])));
-    if (d == static_cast<int>(Device::CPU)) dev.Set("cachedBytes", Napi::Number::New(env, static_cast<double>(memory_cached_bytes())));
-    else dev.Set("cachedBytes", Napi::Number::New(env, 0));
+    if (d == static_cast<int>(Device::CPU)) {
+      dev.Set("cachedBytes", Napi::Number::New(env, static_cast<double>(memory_cached_bytes())));
+    } else {
+      // the pool's own figures: bytes held from the driver now and at most
+      // since the last reset; cached = held but not handed out
+      device::CudaMemory cm = device::cuda_memory();
+      double live_total = static_cast<double>(m.live_total[d]);
+      double reserved = static_cast<double>(cm.reserved_bytes);
+      dev.Set("cachedBytes", Napi::Number::New(env, reserved > live_total ? reserved - live_total : 0));
+      dev.Set("reservedBytes", Napi::Number::New(env, reserved));
+      dev.Set("reservedPeakBytes", Napi::Number::New(env, static_cast<double>(cm.reserved_peak)));
+      dev.Set("deviceFreeBytes", Napi::Number::New(env, static_cast<double>(cm.free_bytes)));
+      dev.Set("deviceTotalBytes", Napi::Number::New(env, static_cast<double>(cm.total_bytes)));
+    }
     out.Set(device_name(static_cast<Device>(d)), dev);
   }
   return out;
 }
 
 static Napi::Value MemoryResetPeak(const Napi::CallbackInfo& info) {
-  memory_reset_peak();
-  return info.Env().Undefined();
+  return guarded(info, [&]() -> Napi::Value {
+    memory_reset_peak();
+    device::cuda_reset_peak();
+    return info.Env().Undefined();
+  });
 }
 
 static Napi::Value MemoryEmptyCache(const Napi::CallbackInfo& info) {
-  memory_empty_cache();
-  return info.Env().Undefined();
+  return guarded(info, [&]() -> Napi::Value {
+    memory_empty_cache();
+    device::cuda_empty_cache();
+    return info.Env().Undefined();
+  });
+}
+
+// cudaDevices() -> number of usable CUDA devices (0 in a CPU-only build)
+static Napi::Value CudaDevices(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), device::cuda_device_count());
+}
+
+// cudaInfo() -> { available, reason, name, capability, sms, totalBytes, driverVersion, runtimeVersion }
+static Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("compiled", Napi::Boolean::New(env, device::cuda_compiled()));
+  bool ok = device::cuda_device_count() > 0;
+  o.Set("available", Napi::Boolean::New(env, ok));
+  if (!ok) {
+    o.Set("reason", Napi::String::New(env, device::cuda_unavailable_reason()));
+    return o;
+  }
+  return guarded(info, [&]() -> Napi::Value {
+    device::CudaInfo ci = device::cuda_info();
+    o.Set("name", Napi::String::New(env, ci.name));
+    o.Set("capability", Napi::String::New(env, std::to_string(ci.major) + "." + std::to_string(ci.minor)));
+    o.Set("sms", Napi::Number::New(env, ci.sms));
+    o.Set("totalBytes", Napi::Number::New(env, static_cast<double>(ci.total_bytes)));
+    o.Set("driverVersion", Napi::Number::New(env, ci.driver_version));
+    o.Set("runtimeVersion", Napi::Number::New(env, ci.runtime_version));
+    return o;
+  });
+}
+
+// copy_tensor(src, dst): dst (same byte count, any device) = src. Returns
+// once the bytes are in dst.
+static Napi::Value CopyTensor(const Napi::CallbackInfo& info) {
+  const char* fn = "copy_tensor";
+  TensorArg src = tensor_arg_any_device(info, 0, fn, "src", 0, DType::F32, true);
+  TensorArg dst = tensor_arg_any_device(info, 1, fn, "dst", 0, DType::F32, true);
+  size_t sb = src.numel * dtype_size(src.dtype), db = dst.numel * dtype_size(dst.dtype);
+  if (sb != db) throw arg_error(info, fn, "'src' has " + std::to_string(sb) + " bytes, 'dst' " + std::to_string(db));
+  return guarded(info, [&]() -> Napi::Value {
+    device::copy(dst.data, dst.dev, src.data, src.dev, sb);
+    return info.Env().Undefined();
+  });
+}
+
+// synchronize(): waits for every kernel queued on the CUDA stream (no-op on the CPU)
+static Napi::Value Synchronize(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    device::synchronize();
+    return info.Env().Undefined();
+  });
 }
 
 static Napi::Value SetAllocLimit(const Napi::CallbackInfo& info) {
@@ -85,16 +155,36 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setAllocLimit", Napi::Function::New(env, SetAllocLimit));
   exports.Set("memoryEmptyCache", Napi::Function::New(env, MemoryEmptyCache));
   exports.Set("getThreads", Napi::Function::New(env, GetThreads));
+  exports.Set("cudaDevices", Napi::Function::New(env, CudaDevices));
+  exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
+  exports.Set("copy_tensor", Napi::Function::New(env, CopyTensor));
+  exports.Set("synchronize", Napi::Function::New(env, Synchronize));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
 #ifdef TUNEBENCH_CUDA
   exports.Set("cudaCompiled", Napi::Boolean::New(env, true));
 #else
   exports.Set("cudaCompiled", Napi::Boolean::New(env, false));
 #endif
+  // Each family registers into a fresh object; its names are then moved onto
+  // the exports, and a name already there (another family's op, a core
+  // function, or a family registered twice) fails loading the addon.
   Napi::Array families = Napi::Array::New(env);
   uint32_t i = 0;
   for (auto& [name, fn] : op_registry()) {
-    fn(env, exports);
+    for (uint32_t k = 0; k < i; k++) {
+      if (families.Get(k).As<Napi::String>().Utf8Value() == name)
+        throw Napi::Error::New(env, std::string("tunebench addon: op family '") + name + "' is registered twice");
+    }
+    Napi::Object part = Napi::Object::New(env);
+    fn(env, part);
+    Napi::Array keys = part.GetPropertyNames();
+    for (uint32_t k = 0; k < keys.Length(); k++) {
+      Napi::Value key = keys.Get(k);
+      if (exports.HasOwnProperty(key))
+        throw Napi::Error::New(env, std::string("tunebench addon: '") + key.As<Napi::String>().Utf8Value() +
+                               "' of op family '" + name + "' is already registered: one binding per op, dispatching on the device");
+      exports.Set(key, part.Get(key));
+    }
     families.Set(i++, Napi::String::New(env, name));
   }
   exports.Set("opFamilies", families);

@@ -3,7 +3,7 @@
 #include <cstdint>
 #include "intn.h"
 #include "quant4.h"
-#include "tensor.h"
+#include "storage.h"
 
 namespace tb {
 

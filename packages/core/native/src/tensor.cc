@@ -10,6 +10,7 @@
 #include <malloc.h>
 #endif
 
+#include "device.h"
 #include "parallel.h"
 
 namespace tb {
@@ -116,9 +117,20 @@ void release_cache_locked() {
 }  // namespace
 
 void* tracked_alloc(size_t bytes, Category cat, Device dev) {
-  if (dev != Device::CPU) throw OutOfMemory(bytes, cat, dev);  // no CUDA allocator in a CPU build
   if (bytes == 0) return nullptr;
   if (g_alloc_limit && bytes > g_alloc_limit) throw OutOfMemory(bytes, cat, dev);
+  if (dev == Device::CUDA) {
+    // the caching pool lives in cuda/runtime.cu; without a CUDA build or a
+    // device this throws NoBackend, which is not an out-of-memory error
+    void* d = nullptr;
+    try {
+      d = device::cuda_alloc(bytes);
+    } catch (const OutOfMemory&) {
+      throw OutOfMemory(bytes, cat, dev);
+    }
+    count(bytes, cat, dev, +1);
+    return d;
+  }
   const size_t size = block_size(bytes);
   void* p = nullptr;
   {
@@ -147,6 +159,11 @@ void* tracked_alloc(size_t bytes, Category cat, Device dev) {
 
 void tracked_free(void* p, size_t bytes, Category cat, Device dev) {
   if (!p) return;
+  if (dev == Device::CUDA) {
+    device::cuda_free(p, bytes);
+    count(bytes, cat, dev, -1);
+    return;
+  }
   const size_t size = block_size(bytes);
   bool cached = false;
   {
@@ -177,7 +194,8 @@ void memory_empty_cache() {
 }
 
 // Zero a fresh block, threaded when it is large.
-void zero_bytes(void* p, size_t bytes) {
+void zero_bytes(void* p, size_t bytes, Device dev) {
+  if (dev == Device::CUDA) { device::cuda_zero(p, bytes); return; }
   if (bytes < (size_t(4) << 20)) { std::memset(p, 0, bytes); return; }
   char* c = static_cast<char*>(p);
   parallel_chunks(static_cast<int64_t>(bytes), [&](int64_t b, int64_t e) { std::memset(c + b, 0, static_cast<size_t>(e - b)); }, int64_t(1) << 20);
@@ -297,6 +315,17 @@ NativeTensor::NativeTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
   s->bytes = s->numel * dtype_size(s->dtype);
   try {
     s->data = tracked_alloc(s->bytes, s->cat, s->dev);
+  } catch (const NoBackend& e) {
+    delete s;
+    Napi::Error err = Napi::Error::New(env, std::string("no CUDA backend: ") + e.what());
+    err.Set("code", Napi::String::New(env, "TB_NO_CUDA"));
+    err.Set("device", Napi::String::New(env, device_name(static_cast<Device>(dev))));
+    throw err;
+  } catch (const DeviceError& e) {
+    delete s;
+    Napi::Error err = Napi::Error::New(env, e.what());
+    err.Set("code", Napi::String::New(env, "TB_CUDA"));
+    throw err;
   } catch (const OutOfMemory& e) {
     delete s;
     Napi::Error err = Napi::Error::New(env,
@@ -309,7 +338,15 @@ NativeTensor::NativeTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
     throw err;
   }
   // Fresh memory is zeroed: a kernel bug then shows as zeros, not as old data.
-  if (s->bytes && s->dev == Device::CPU) zero_bytes(s->data, s->bytes);
+  try {
+    if (s->bytes) zero_bytes(s->data, s->bytes, s->dev);
+  } catch (const DeviceError& e) {
+    s->free_bytes();
+    delete s;
+    Napi::Error err = Napi::Error::New(env, e.what());
+    err.Set("code", Napi::String::New(env, "TB_CUDA"));
+    throw err;
+  }
   storage_ = s;
 }
 

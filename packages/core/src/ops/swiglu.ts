@@ -7,7 +7,7 @@
 import type { Category } from '../dtype.js';
 import { nativeFn, type NativeTensorHandle } from '../native.js';
 import type { Tensor } from '../tensor.js';
-import { checkShape, checkTensor, outTensor } from './check.js';
+import { checkShape, checkTensorOn, outTensor, sameDevice } from './check.js';
 
 type ForwardFn = (gate: NativeTensorHandle, up: NativeTensorHandle, out: NativeTensorHandle, n: number) => void;
 type BackwardFn = (dout: NativeTensorHandle, gate: NativeTensorHandle, up: NativeTensorHandle,
@@ -25,10 +25,11 @@ export interface SwigluOptions {
 /** gate [N, F] f32, up [N, F] f32 -> silu(gate) * up [N, F] f32 */
 export function swiglu(gate: Tensor, up: Tensor, opts: SwigluOptions = {}): Tensor {
   const op = 'swiglu';
-  checkTensor(op, 'gate', gate, ['f32'], 2);
-  checkTensor(op, 'up', up, ['f32'], 2);
+  checkTensorOn(op, 'gate', gate, ['f32'], 2);
+  checkTensorOn(op, 'up', up, ['f32'], 2);
   checkShape(op, 'up', up, gate.shape);
-  const out = outTensor(op, 'out', opts.out, gate.shape, { category: opts.category });
+  const device = sameDevice(op, { gate, up });
+  const out = outTensor(op, 'out', opts.out, gate.shape, { category: opts.category, device });
   fwd ??= nativeFn<ForwardFn>('swiglu_forward');
   fwd(gate.handle, up.handle, out.handle, gate.numel);
   return out;
@@ -46,14 +47,15 @@ export interface SwigluBackwardOptions {
 export function swigluBackward(dout: Tensor, gate: Tensor, up: Tensor,
                                opts: SwigluBackwardOptions = {}): { dgate: Tensor; dup: Tensor } {
   const op = 'swigluBackward';
-  checkTensor(op, 'gate', gate, ['f32'], 2);
-  checkTensor(op, 'up', up, ['f32'], 2);
-  checkTensor(op, 'dout', dout, ['f32'], 2);
+  checkTensorOn(op, 'gate', gate, ['f32'], 2);
+  checkTensorOn(op, 'up', up, ['f32'], 2);
+  checkTensorOn(op, 'dout', dout, ['f32'], 2);
   checkShape(op, 'up', up, gate.shape);
   checkShape(op, 'dout', dout, gate.shape);
+  const device = sameDevice(op, { gate, up, dout });
   if (opts.dgate !== undefined && opts.dgate === opts.dup) throw new Error(`${op}: 'dgate' and 'dup' must be different tensors`);
-  const dgate = outTensor(op, 'dgate', opts.dgate, gate.shape, { category: opts.category });
-  const dup = outTensor(op, 'dup', opts.dup, gate.shape, { category: opts.category });
+  const dgate = outTensor(op, 'dgate', opts.dgate, gate.shape, { category: opts.category, device });
+  const dup = outTensor(op, 'dup', opts.dup, gate.shape, { category: opts.category, device });
   bwd ??= nativeFn<BackwardFn>('swiglu_backward');
   bwd(dout.handle, gate.handle, up.handle, dgate.handle, dup.handle, gate.numel);
   return { dgate, dup };

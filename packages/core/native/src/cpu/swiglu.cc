@@ -14,7 +14,9 @@
 #include <cstring>
 
 #include "args.h"
+#include "cuda/swiglu.h"
 #include "fast_exp.h"
+#include "kernels/swiglu_math.h"
 #include "parallel.h"
 #include "registry.h"
 
@@ -64,11 +66,13 @@ void swiglu_backward(int64_t n, const float* dout, const float* gate, const floa
 static Napi::Value SwigluForwardBinding(const Napi::CallbackInfo& info) {
   const char* fn = "swiglu_forward";
   const int64_t n = int_arg(info, 3, fn, "n");
-  TensorArg gate = tensor_arg(info, 0, fn, "gate", static_cast<size_t>(n), DType::F32);
-  TensorArg up = tensor_arg(info, 1, fn, "up", static_cast<size_t>(n), DType::F32);
-  TensorArg out = tensor_arg(info, 2, fn, "out", static_cast<size_t>(n), DType::F32);
+  Dispatch d(info, fn);
+  TensorArg gate = d.tensor(0, "gate", static_cast<size_t>(n), DType::F32);
+  TensorArg up = d.tensor(1, "up", static_cast<size_t>(n), DType::F32);
+  TensorArg out = d.tensor(2, "out", static_cast<size_t>(n), DType::F32);
   return guarded(info, [&]() -> Napi::Value {
-    swiglu_forward(n, gate.f32(), up.f32(), out.f32());
+    if (d.cuda()) TB_ON_CUDA(cuda::swiglu_forward(n, gate.f32(), up.f32(), out.f32()));
+    else swiglu_forward(n, gate.f32(), up.f32(), out.f32());
     return info.Env().Undefined();
   });
 }
@@ -78,21 +82,42 @@ static Napi::Value SwigluForwardBinding(const Napi::CallbackInfo& info) {
 static Napi::Value SwigluBackwardBinding(const Napi::CallbackInfo& info) {
   const char* fn = "swiglu_backward";
   const int64_t n = int_arg(info, 5, fn, "n");
-  TensorArg dout = tensor_arg(info, 0, fn, "dout", static_cast<size_t>(n), DType::F32);
-  TensorArg gate = tensor_arg(info, 1, fn, "gate", static_cast<size_t>(n), DType::F32);
-  TensorArg up = tensor_arg(info, 2, fn, "up", static_cast<size_t>(n), DType::F32);
-  TensorArg dgate = tensor_arg(info, 3, fn, "dgate", static_cast<size_t>(n), DType::F32);
-  TensorArg dup = tensor_arg(info, 4, fn, "dup", static_cast<size_t>(n), DType::F32);
+  Dispatch d(info, fn);
+  TensorArg dout = d.tensor(0, "dout", static_cast<size_t>(n), DType::F32);
+  TensorArg gate = d.tensor(1, "gate", static_cast<size_t>(n), DType::F32);
+  TensorArg up = d.tensor(2, "up", static_cast<size_t>(n), DType::F32);
+  TensorArg dgate = d.tensor(3, "dgate", static_cast<size_t>(n), DType::F32);
+  TensorArg dup = d.tensor(4, "dup", static_cast<size_t>(n), DType::F32);
   if (dgate.data == dup.data && n > 0) throw arg_error(info, fn, "'dgate' and 'dup' must be different tensors");
   return guarded(info, [&]() -> Napi::Value {
-    swiglu_backward(n, dout.f32(), gate.f32(), up.f32(), dgate.f32(), dup.f32());
+    if (d.cuda()) TB_ON_CUDA(cuda::swiglu_backward(n, dout.f32(), gate.f32(), up.f32(), dgate.f32(), dup.f32()));
+    else swiglu_backward(n, dout.f32(), gate.f32(), up.f32(), dgate.f32(), dup.f32());
     return info.Env().Undefined();
   });
+}
+
+// hostmath_swiglu(gate, up, dout, out, dgate, dup, n): the CUDA kernel's
+// per-element functions (kernels/swiglu_math.h) run on the CPU, for tests.
+static Napi::Value HostmathSwigluBinding(const Napi::CallbackInfo& info) {
+  const char* fn = "hostmath_swiglu";
+  const int64_t n = int_arg(info, 6, fn, "n");
+  TensorArg gate = tensor_arg(info, 0, fn, "gate", static_cast<size_t>(n), DType::F32);
+  TensorArg up = tensor_arg(info, 1, fn, "up", static_cast<size_t>(n), DType::F32);
+  TensorArg dout = tensor_arg(info, 2, fn, "dout", static_cast<size_t>(n), DType::F32);
+  TensorArg out = tensor_arg(info, 3, fn, "out", static_cast<size_t>(n), DType::F32);
+  TensorArg dgate = tensor_arg(info, 4, fn, "dgate", static_cast<size_t>(n), DType::F32);
+  TensorArg dup = tensor_arg(info, 5, fn, "dup", static_cast<size_t>(n), DType::F32);
+  for (int64_t i = 0; i < n; i++) {
+    out.f32()[i] = math::swiglu_forward(gate.f32()[i], up.f32()[i]);
+    math::swiglu_backward(dout.f32()[i], gate.f32()[i], up.f32()[i], dgate.f32()[i], dup.f32()[i]);
+  }
+  return info.Env().Undefined();
 }
 
 static void register_swiglu(Napi::Env env, Napi::Object exports) {
   exports.Set("swiglu_forward", Napi::Function::New(env, SwigluForwardBinding));
   exports.Set("swiglu_backward", Napi::Function::New(env, SwigluBackwardBinding));
+  exports.Set("hostmath_swiglu", Napi::Function::New(env, HostmathSwigluBinding));
 }
 TB_REGISTER_OPS(swiglu, register_swiglu);
 
