@@ -30,6 +30,8 @@
 //                       keys; dk_j = sum ds_tj q_t, dv_j = sum p_tj dO_t.
 //   decode:     block = (b, h), 4 warps split the cached keys in 32-key
 //               chunks, each an online softmax; the 4 partial states merge.
+// fp32 on the CUDA cores (no tensor cores), written for clarity and
+// correctness first; not tuned or measured yet.
 #include <algorithm>
 #include <string>
 
