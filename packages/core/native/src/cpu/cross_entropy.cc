@@ -20,6 +20,8 @@
 // `scale` is dLoss/dSum (1/count for a mean); the kernel does not normalise.
 // Chunks run one after another and each GEMM threads itself, so dw is never
 // written by two threads at once and no per-thread V x C partial is needed.
+// On CUDA (cuda/cross_entropy.cu) the same chunks and GEMMs run on the GPU;
+// the binding checks the targets and lists the active tokens on the host.
 #include <omp.h>
 
 #include <algorithm>

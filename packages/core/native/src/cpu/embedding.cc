@@ -10,6 +10,9 @@
 // of columns (whole 64-byte lines) of every dweight row and walks the tokens
 // in order, so repeated ids add up without atomics, in a fixed order
 // (deterministic), and whatever the id distribution the work is even.
+// On CUDA (cuda/embedding.cu) the binding checks the ids and groups them by
+// value on the host; each id's rows are then added in token order too, so
+// dweight is the CPU's, again without atomics.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>

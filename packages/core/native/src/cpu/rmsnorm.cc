@@ -11,6 +11,8 @@
 // Rows are split over threads; dw is summed into one C-float partial per row
 // chunk (workspace) and the partials are reduced afterwards, so there is no
 // race, and for a given thread count the result does not depend on scheduling.
+// The CUDA kernels (cuda/rmsnorm.cu) evaluate the same expressions
+// (kernels/rmsnorm_math.h); the binding dispatches on the tensors' device.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
