@@ -151,7 +151,7 @@ function intTensor(shape: readonly number[], device: Device, fill: (v: Int32Arra
   return Tensor.from(v, shape, { dtype: 'i32', category: 'activation', device });
 }
 
-/** A CPU tensor (itself, or a host copy) for checks that read values; `done` frees the copy. */
+/** Runs fn on a CPU tensor: t itself, or a host copy freed afterwards (checks that read values). */
 function onHost<T>(t: Tensor, fn: (h: Tensor) => T): T {
   if (t.device === 'cpu') return fn(t);
   const h = t.to('cpu', { category: 'workspace' });
