@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  ArrayDataSource, type Batch, KVCache, LlamaModel, type Optimizer, Tensor, Trainer, copyRows, evaluateLoss, generate, hostValues,
+  ArrayDataSource, type Batch, IntNLinear, KVCache, LlamaModel, Quant4Linear, quantize4bit, quantizeIntN, type Optimizer, Tensor, Trainer, copyRows, evaluateLoss, generate, hostValues,
   loadCheckpoint, makeOptimizer, memory, preset, readSafetensors, saveCheckpoint,
 } from '../src/index.js';
 import { normalizedError, skipCuda } from './cuda_helpers.js';
@@ -86,6 +86,38 @@ describe('a model on the CPU', () => {
       trainer.dispose(); model.dispose();
     });
   }
+
+  test("the KV-cache append and the last-row read that a device model does with copyRows match the CPU model's loops", () => {
+    // writeCache on a device: B rows of T*H*D elements into [B, Tmax, H, D] at position `at`
+    const [B, T, H, D, Tmax, at] = [3, 2, 2, 4, 7, 4], row = H * D;
+    const xv = Float32Array.from({ length: B * T * row }, (_, i) => i + 1);
+    const x = Tensor.from(xv, [B, T, H, D]), cache = Tensor.zeros([B, Tmax, H, D]);
+    copyRows(x, 0, T * row, cache, at * row, Tmax * row, T * row, B);
+    const want = new Float32Array(B * Tmax * row);
+    for (let b = 0; b < B; b++) want.set(xv.subarray(b * T * row, (b + 1) * T * row), (b * Tmax + at) * row);
+    assert.deepEqual(cache.toFloat32(), want);
+    // generate on a device: the last of T rows of C hidden values
+    const C = 5, h = Tensor.from(Float32Array.from({ length: 4 * C }, (_, i) => i), [4, C]), last = Tensor.zeros([1, C]);
+    copyRows(h, 3 * C, 0, last, 0, 0, C, 1);
+    assert.deepEqual([...last.toFloat32()], [15, 16, 17, 18, 19]);
+    for (const t of [x, cache, h, last]) t.dispose();
+  });
+
+  test("a quantized layer's to('cpu') keeps its codes and constants (the same tensors)", () => {
+    const w = Tensor.from(Float32Array.from({ length: 32 * 64 }, (_, i) => Math.sin(i)), [32, 64]);
+    const layers = [
+      new Quant4Linear('q4', quantize4bit(w, { format: 'nf4', doubleQuant: true })),
+      new IntNLinear('intn', quantizeIntN(w, { bits: 3, groupSize: 32 })),
+    ];
+    for (const l of layers) {
+      const before = Object.values(l.quantized).filter((v) => v instanceof Tensor);
+      l.to('cpu');
+      assert.deepEqual(Object.values(l.quantized).filter((v) => v instanceof Tensor), before);
+      assert.equal(l.weight.value, before[0]);
+      l.dispose();
+    }
+    w.dispose();
+  });
 
   test('copyRows copies strided rows and refuses ranges past either end', () => {
     const src = Tensor.from([1, 2, 3, 4, 5, 6], [6]), dst = Tensor.zeros([8]);
@@ -178,6 +210,24 @@ describe('a model on CUDA against the same model on the CPU', { skip: skipCuda }
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  test('quantized layers move their codes and constants to CUDA and back unchanged', () => {
+    const w = Tensor.from(Float32Array.from({ length: 32 * 64 }, (_, i) => Math.sin(i)), [32, 64]);
+    const layers = [
+      new Quant4Linear('q4', quantize4bit(w, { format: 'nf4', doubleQuant: true })),
+      new IntNLinear('intn', quantizeIntN(w, { bits: 3, groupSize: 32 })),
+    ];
+    for (const l of layers) {
+      const dense = l.toDense().toFloat32();
+      l.to('cuda');
+      for (const t of [l.weight.value, ...Object.values(l.quantized).filter((v): v is Tensor => v instanceof Tensor)]) assert.equal(t.device, 'cuda');
+      if (l instanceof Quant4Linear) for (const t of [l.quantized.dq!.codes, l.quantized.dq!.scales]) assert.equal(t.device, 'cuda');
+      l.to('cpu');
+      assert.deepEqual(l.toDense().toFloat32(), dense);
+      l.dispose();
+    }
+    w.dispose();
   });
 
   test('to(cuda) then to(cpu) gives back the same values', () => {

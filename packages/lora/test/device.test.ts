@@ -8,9 +8,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  ArrayDataSource, LlamaModel, type Tensor, Trainer, cudaInfo, evaluateLoss, memory, preset, readSafetensors,
+  ArrayDataSource, DenseLinear, LlamaModel, Tensor, Trainer, cudaInfo, evaluateLoss, memory, preset, readSafetensors,
 } from '@tunebench/core';
-import { loraLayers, mergeAndUnload, prepareLora, saveAdapter } from '../src/index.js';
+import { LoraLinear, loraLayers, mergeAndUnload, prepareLora, saveAdapter } from '../src/index.js';
 
 const info = cudaInfo();
 const skipCuda: false | string = info.available ? false : `no CUDA device (${info.compiled ? info.reason : 'this build has no CUDA backend'}); run on a GPU machine`;
@@ -49,6 +49,25 @@ describe('LoRA on the CPU', () => {
     for (const t of [...tensorsOf(model), ...trainer.optimizer.stateTensors().values()]) assert.equal(t.device, 'cpu');
     trainer.dispose(); model.dispose();
   });
+});
+
+test("dropout off the CPU draws the CPU path's mask: the host computation gives the same mask and input", () => {
+  const [N, inF, outF, p] = [6, 16, 8, 0.3];
+  const layers = [0, 1].map(() => {
+    const w = Tensor.from(Float32Array.from({ length: outF * inF }, (_, i) => Math.sin(i)), [outF, inF], { category: 'frozen' });
+    const l = new LoraLinear(new DenseLinear('model.layers.0.self_attn.q_proj', w, null), 7);
+    l.addAdapter('default', { r: 2, alpha: 4, rslora: false, dropout: p, init: 'kaiming', seed: 1 });
+    return l;
+  });
+  const x = Tensor.from(Float32Array.from({ length: N * inF }, (_, i) => Math.cos(i)), [N, inF]);
+  layers[0].forward(x).dispose();
+  const saved = (layers[0] as unknown as { saved: { mask: Tensor; xa: Tensor } }).saved;
+  const host = (layers[1] as unknown as { dropoutOnHost(x: Tensor, p: number): { mask: Tensor; xa: Tensor } }).dropoutOnHost(x, p);
+  assert.deepEqual(host.mask.toFloat32(), saved.mask.toFloat32());
+  assert.deepEqual(host.xa.toFloat32(), saved.xa.toFloat32());
+  host.mask.dispose(); host.xa.dispose();
+  for (const l of layers) l.dispose();
+  x.dispose();
 });
 
 describe('LoRA on CUDA against the CPU', { skip: skipCuda }, () => {
