@@ -1,5 +1,5 @@
 export * from './dtype.js';
-export { Tensor, type TensorOptions, shapeNumel } from './tensor.js';
+export { Tensor, type TensorOptions, shapeNumel, hostValues, copyInto, copyRows } from './tensor.js';
 export { memory, type MemorySnapshot, type DeviceMemorySnapshot } from './memory.js';
 export { native } from './native.js';
 export { cudaInfo, cudaAvailable, resolveDevice, synchronize, deviceName, type DeviceChoice, type CudaInfo } from './device.js';

@@ -11,10 +11,10 @@
 //
 // The GEMM (ops/gemm.ts) and the fused LoRA ops take a QuantizedWeight as
 // their weight operand and dequantize while packing: no dense copy is made.
-import type { Category } from '../dtype.js';
+import type { Category, Device } from '../dtype.js';
 import { nativeFn, type NativeTensorHandle } from '../native.js';
-import { Tensor } from '../tensor.js';
-import { type QuantizedIntN, checkIntN, disposeIntN, intnNativeOperand } from './intn.js';
+import { Tensor, hostValues } from '../tensor.js';
+import { type QuantizedIntN, checkIntN, disposeIntN, intnNativeOperand, moveIntN } from './intn.js';
 
 export type Quant4Format = 'nf4' | 'fp4';
 
@@ -110,6 +110,11 @@ export function quantize4bit(w: Tensor, opts: Quantize4bitOptions): Quantized4bi
   const doubleQuant = opts.doubleQuant ?? false;
   if (typeof doubleQuant !== 'boolean') throw new TypeError(`${op}: doubleQuant must be a boolean`);
   const category = opts.category ?? 'frozen';
+  if (w.device !== 'cpu') {
+    // the quantizer runs on the CPU: from a host copy, the result moved back to w's device
+    const hw = w.to('cpu', { category: 'workspace' });
+    try { return moveQuantized(quantize4bit(hw, opts), w.device) as Quantized4bit; } finally { hw.dispose(); }
+  }
   const numel = w.numel, blocks = Math.ceil(numel / blockSize);
   const packed = Tensor.zeros([Math.ceil(numel / 2)], { dtype: 'u8', category });
   const absmax = Tensor.zeros([blocks], { category: doubleQuant ? 'workspace' : category });
@@ -171,23 +176,36 @@ export function checkQuantized(op: string, name: string, w: QuantizedWeight): vo
 export function dequantize4bit(q: Quantized4bit, opts: { category?: Category } = {}): Tensor {
   if ((q as { kind?: unknown })?.kind !== 'quant4') throw new TypeError('dequantize4bit: q is not a 4-bit weight (an INT-N weight dequantizes with dequantizeIntN)');
   checkQuantized('dequantize4bit', 'q', q);
-  const out = Tensor.zeros(q.shape, { category: opts.category ?? 'workspace' });
+  const out = Tensor.zeros(q.shape, { category: opts.category ?? 'workspace', device: q.packed.device });
   nativeFn<(w: object, r: number, c: number, out: NativeTensorHandle) => void>('quant4_dequantize')(nativeOperand(q), q.shape[0], q.shape[1], out.handle);
   return out;
 }
 
 /** The absmax per block as fp32 values (expanding a double quantization). */
 export function quant4Absmax(q: Quantized4bit): Float32Array {
-  if (q.absmax) return Float32Array.from(q.absmax.data() as Float32Array);
+  if (q.absmax) return Float32Array.from(hostValues(q.absmax) as Float32Array);
   const dq = q.dq!;
-  const out = Tensor.zeros([dq.codes.numel], { category: 'workspace' });
+  const out = Tensor.zeros([dq.codes.numel], { category: 'workspace', device: dq.codes.device });
   try {
     nativeFn<(c: NativeTensorHandle, s: NativeTensorHandle, n: number, b: number, signed: boolean, off: number, o: NativeTensorHandle) => void>(
       'blockwise_dequantize8')(dq.codes.handle, dq.scales.handle, dq.codes.numel, dq.blockSize, true, dq.offset, out.handle);
-    return Float32Array.from(out.data() as Float32Array);
+    return Float32Array.from(hostValues(out) as Float32Array);
   } finally {
     out.dispose();
   }
+}
+
+/** Moves a quantized weight's tensors (codes and every constant) to `device`:
+ * copies there, the old tensors disposed; nothing done when already there. Returns q. */
+export function moveQuantized(q: QuantizedWeight, device: Device): QuantizedWeight {
+  if (q.kind === 'intn') return moveIntN(q, device);
+  q.packed = q.packed.moveTo(device);
+  if (q.absmax) q.absmax = q.absmax.moveTo(device);
+  if (q.dq) {
+    q.dq.codes = q.dq.codes.moveTo(device);
+    q.dq.scales = q.dq.scales.moveTo(device);
+  }
+  return q;
 }
 
 export function disposeQuantized(q: QuantizedWeight): void {

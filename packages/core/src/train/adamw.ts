@@ -1,7 +1,7 @@
 // AdamW over a set of parameters: fp32 state (exp_avg, exp_avg_sq) per
 // trainable parameter, counted as `optimizer` memory.
 import { adamwStep } from '../ops/optim.js';
-import { Tensor } from '../tensor.js';
+import { Tensor, copyInto } from '../tensor.js';
 import type { Parameter } from '../nn/module.js';
 import type { Optimizer } from './optimizer.js';
 
@@ -37,8 +37,8 @@ export function copyOptimizerState(own: Map<string, Tensor>, given: Map<string, 
   for (const name of given.keys()) if (!own.has(name)) problems.push(`${name} is not state of this optimizer`);
   if (!Number.isInteger(stepCount) || stepCount < 0) problems.push(`step count ${stepCount} is not an integer >= 0`);
   if (problems.length) throw new Error(`optimizer state: ${problems.join('; ')}`);
-  // same dtype on both sides, so the typed views are of one kind (the cast only quiets tsc)
-  for (const [name, dst] of own) (dst.data() as Uint8Array).set(given.get(name)!.data() as Uint8Array);
+  // same dtype and shape on both sides (checked above); any devices
+  for (const [name, dst] of own) copyInto(dst, given.get(name)!);
 }
 
 export class AdamW implements Optimizer {
@@ -54,8 +54,9 @@ export class AdamW implements Optimizer {
     this.params = params.filter((p) => p.grad !== null);
     if (this.params.length === 0) throw new Error('AdamW: no trainable parameters (every parameter is frozen)');
     this.config = adamwDefaults(config);
-    this.m = this.params.map((p) => Tensor.zeros(p.value.shape, { category: 'optimizer' }));
-    this.v = this.params.map((p) => Tensor.zeros(p.value.shape, { category: 'optimizer' }));
+    // on each parameter's device
+    this.m = this.params.map((p) => Tensor.zeros(p.value.shape, { category: 'optimizer', device: p.value.device }));
+    this.v = this.params.map((p) => Tensor.zeros(p.value.shape, { category: 'optimizer', device: p.value.device }));
   }
 
   /** One update of every trainable parameter with the gradients they hold. */

@@ -7,6 +7,7 @@
 // (about 2 bytes per element instead of 8). Smaller parameters keep the fp32
 // state of AdamW and take its exact step. All state is `optimizer` memory.
 import { adamw8bitBlocks, adamw8bitStep, adamwStep, dynamicMap } from '../ops/optim.js';
+import type { Device } from '../dtype.js';
 import { Tensor } from '../tensor.js';
 import type { Parameter } from '../nn/module.js';
 import { type AdamWConfig, adamwDefaults, copyOptimizerState, weightDecayFor } from './adamw.js';
@@ -40,22 +41,28 @@ export class AdamW8bit implements Optimizer {
     const zeroM = dynamicMap(true).indexOf(0), zeroV = dynamicMap(false).indexOf(0);
     // every allocation is recorded, so a failure part way frees what was made
     const made: Tensor[] = [];
-    const alloc = (shape: readonly number[], dtype: 'f32' | 'u8'): Tensor => {
-      const t = Tensor.zeros(shape, { dtype, category: 'optimizer' });
+    // on each parameter's device; codes filled with the zero code, on the host first elsewhere than the CPU
+    const alloc = (shape: readonly number[], dtype: 'f32' | 'u8', device: Device, zeroCode?: number): Tensor => {
+      let t: Tensor;
+      if (zeroCode !== undefined && device !== 'cpu') {
+        t = Tensor.from(new Uint8Array(shape.reduce((a, b) => a * b, 1)).fill(zeroCode), shape, { dtype, category: 'optimizer', device });
+      } else {
+        t = Tensor.zeros(shape, { dtype, category: 'optimizer', device });
+        if (zeroCode !== undefined) (t.data() as Uint8Array).fill(zeroCode);
+      }
       made.push(t);
       return t;
     };
     try {
       for (const p of this.params) {
-        const shape = p.value.shape;
+        const shape = p.value.shape, device = p.value.device;
         if (p.value.numel < ADAMW8BIT_MIN_SIZE) {
-          this.slots.push({ kind: 'f32', m: alloc(shape, 'f32'), v: alloc(shape, 'f32') });
+          this.slots.push({ kind: 'f32', m: alloc(shape, 'f32', device), v: alloc(shape, 'f32', device) });
           continue;
         }
         const blocks = [adamw8bitBlocks(p.value.numel)];
-        const m = alloc(shape, 'u8'), mAbsmax = alloc(blocks, 'f32'), v = alloc(shape, 'u8'), vAbsmax = alloc(blocks, 'f32');
-        (m.data() as Uint8Array).fill(zeroM);
-        (v.data() as Uint8Array).fill(zeroV);
+        const m = alloc(shape, 'u8', device, zeroM), mAbsmax = alloc(blocks, 'f32', device);
+        const v = alloc(shape, 'u8', device, zeroV), vAbsmax = alloc(blocks, 'f32', device);
         this.slots.push({ kind: 'u8', m, mAbsmax, v, vAbsmax });
       }
     } catch (e) {
