@@ -3,7 +3,7 @@ export { Tensor, type TensorOptions, shapeNumel } from './tensor.js';
 export { memory, type MemorySnapshot, type DeviceMemorySnapshot } from './memory.js';
 export { native } from './native.js';
 export { cudaInfo, cudaAvailable, resolveDevice, synchronize, deviceName, type DeviceChoice, type CudaInfo } from './device.js';
-export { matmul, gemmKernel, type MatmulOptions } from './ops/gemm.js';
+export { matmul, gemmKernel, cublasLtStatus, type MatmulOptions } from './ops/gemm.js';
 export * from './ops/optim.js';
 export {
   crossEntropyForward, crossEntropyBackward, crossEntropyDefaultChunk, type CrossEntropyOptions,

@@ -268,7 +268,7 @@ export function intnDecode(x: Tensor, q: QuantizedIntN, opts: { category?: Categ
   if (x.shape.length !== 2 || x.shape[1] !== inF || x.shape[0] < 1 || x.shape[0] > 16) {
     throw new RangeError(`${op}: x must be [m, ${inF}] with 1 <= m <= 16, got [${x.shape.join(', ')}]`);
   }
-  const y = Tensor.zeros([x.shape[0], out], { category: opts.category ?? 'activation' });
+  const y = Tensor.zeros([x.shape[0], out], { category: opts.category ?? 'activation', device: x.device });
   nativeFn<(x: NativeTensorHandle, w: object, y: NativeTensorHandle, m: number, o: number, i: number) => void>('intn_decode')(
     x.handle, intnNativeOperand(q), y.handle, x.shape[0], out, inF);
   return y;
