@@ -69,5 +69,5 @@ export { linearRegExp } from './util/regex.js';
 export {
   type KernelCase, type KernelRow, type KernelReport, type KernelSection, type KernelBenchOptions, type KernelTiming, type OpenblasInfo, type StepShape,
   type SweepSection, KERNEL_REPORT_FORMAT, NO_OPENBLAS, formatKernelTable, kernelFraction, loadOpenblas, measureKernels, peakCases, runKernelCases,
-  stepKernelCases, sweepKernelCases,
+  stepKernelCases, sweepKernelCases, cudaGemmCases,
 } from './bench/kernels.js';
