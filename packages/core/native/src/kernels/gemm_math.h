@@ -16,10 +16,12 @@
 #include "../hd.h"
 #include "quant_math.h"
 
+#ifndef TB_UNROLL
 #if defined(__CUDACC__)
 #define TB_UNROLL _Pragma("unroll")
 #else
 #define TB_UNROLL
+#endif
 #endif
 
 namespace tb::math {
