@@ -6,7 +6,8 @@
 // mantissa, relative rounding error <= 2^-9) and accumulates bf16 x bf16
 // products, which are exact in fp32, in fp32. So:
 //   - against the CPU matmul of the same operands rounded to bf16 first,
-//     only the summation order differs: normalised error ~1e-6, tested at 1e-4;
+//     only the summation order differs: normalised error ~1e-6, tested at 1e-4
+//     (1e-3 for quantized weights, see quantCase);
 //   - against the CPU matmul of the original f32 operands, each product
 //     carries up to ~2^-8 of relative error with random sign; summed over K
 //     and normalised by the largest |C| that is ~1e-3, tested at 1e-2.
@@ -147,7 +148,10 @@ function quantCase(q: Quant, M: number, N: number, K: number, transB: boolean, b
   } else {
     const ar = Tensor.from(bf16Round(av), [M, K]), wr = Tensor.from(bf16Round(deqOf(qw)), wShape);
     const want = matmul(ar, wr, { transB, beta, out: Tensor.from(cv, [M, N]) });
-    assertConforms(`${what} (bf16-rounded reference)`, gc, want, 1e-4, r.seed);
+    // 1e-3, not 1e-4: the dequantized value (scale * q + offset, an expanded double-quantized
+    // absmax) may differ by an f32 ulp between the CPU and the GPU (FMA contraction), which
+    // rarely flips one weight's bf16 rounding: one product off by 2^-8, ~5e-4 of max |C| at worst
+    assertConforms(`${what} (bf16-rounded reference)`, gc, want, 1e-3, r.seed);
     const want32 = matmul(a, qw, { transB, beta, out: Tensor.from(cv, [M, N]) });
     assertConforms(`${what} (CPU quantized matmul)`, gc, want32, 1e-2, r.seed);
     for (const t of [ar, wr, want, want32]) t.dispose();
