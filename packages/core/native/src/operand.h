@@ -7,12 +7,18 @@
 //     codes: u8 tensor [ceil(rows*cols*bits/8)],
 //     scales: f32 tensor [rows*cols/groupSize], offsets: f32 tensor (same) }
 // A double-quantized absmax is expanded to fp32 into a workspace here, once
-// per call (numel / blockSize floats), as bitsandbytes does before its kernels.
+// per call (numel / blockSize floats), as bitsandbytes does before its kernels
+// (on the GPU by a kernel, cuda::expand_absmax, into device workspace).
+//
+// Devices: without a Dispatch every part must be on the CPU (ops with only a
+// CPU kernel); with one (weight_arg(..., &d)) every part must be on the
+// Dispatch's device, and a weight read first sets it.
 #pragma once
 #include <memory>
 #include <string>
 
 #include "args.h"
+#include "cuda/gemm.h"
 #include "gemm.h"
 #include "intn.h"
 #include "quant4.h"
@@ -46,7 +52,7 @@ inline int block_shift_of(int64_t block) {
 // The weight operand at argument i: W must be [rows, cols] (a dense tensor of
 // at least rows*cols elements, or a quantized weight of exactly that shape).
 inline WeightOperand weight_arg(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name,
-                                int64_t rows, int64_t cols, int64_t dense_min_numel = -1) {
+                                int64_t rows, int64_t cols, int64_t dense_min_numel = -1, Dispatch* d = nullptr) {
   WeightOperand w;
   if (i < info.Length() && info[i].IsObject() && !NativeTensor::IsTensor(info[i])) {
     Napi::Object o = info[i].As<Napi::Object>();
@@ -76,11 +82,19 @@ inline WeightOperand weight_arg(const Napi::CallbackInfo& info, size_t i, const 
       if (!nt) throw arg_error(info, fn, std::string("quantized '") + name + "': field '" + k + "' is not a native tensor");
       Storage* s = nt->storage();
       if (s->freed) throw arg_error(info, fn, std::string("quantized '") + name + "': '" + k + "' was disposed");
-      if (s->dev != Device::CPU) throw arg_error(info, fn, std::string("quantized '") + name + "': '" + k + "' is not on the CPU");
+      if (!d) {
+        if (s->dev != Device::CPU) throw arg_error(info, fn, std::string("quantized '") + name + "': '" + k + "' is not on the CPU");
+      } else if (!d->first) {
+        d->first = name;
+        d->dev = s->dev;
+      } else if (s->dev != d->dev) {
+        throw arg_error(info, fn, std::string("quantized '") + name + "': '" + k + "' is on " + device_name(s->dev) + " but '" +
+                        d->first + "' is on " + device_name(d->dev) + ": all operands of one op must be on one device (Tensor.to)");
+      }
       if (s->dtype != dt) throw arg_error(info, fn, std::string("quantized '") + name + "': '" + k + "' has dtype " + dtype_name(s->dtype) + ", expected " + dtype_name(dt));
       if (s->numel < min_numel)
         throw arg_error(info, fn, std::string("quantized '") + name + "': '" + k + "' has " + std::to_string(s->numel) + " elements, needs " + std::to_string(min_numel));
-      t.data = s->data; t.numel = s->numel; t.dtype = s->dtype; t.cat = s->cat;
+      t.data = s->data; t.numel = s->numel; t.dtype = s->dtype; t.cat = s->cat; t.dev = s->dev;
       return t;
     };
     if (kind_s == "intn") {
@@ -120,8 +134,9 @@ inline WeightOperand weight_arg(const Napi::CallbackInfo& info, size_t i, const 
       TensorArg codes = field_tensor("dqCodes", static_cast<size_t>(nblocks), DType::U8, false);
       TensorArg scales = field_tensor("dqScales", static_cast<size_t>((nblocks + dq_block - 1) / dq_block), DType::F32, false);
       const float offset = static_cast<float>(num("dqOffset"));
+      const Device dev = codes.dev;
       try {
-        w.absmax_ws = std::make_unique<Workspace<float>>(static_cast<size_t>(nblocks));
+        w.absmax_ws = std::make_unique<Workspace<float>>(static_cast<size_t>(nblocks), dev);
       } catch (const OutOfMemory& e) {
         throw oom_error(info, e);
       }
@@ -129,12 +144,27 @@ inline WeightOperand weight_arg(const Napi::CallbackInfo& info, size_t i, const 
       const uint8_t* c = codes.as<uint8_t>();
       const float* sc = scales.f32();
       float* a = w.absmax_ws->data();
-      for (int64_t b = 0; b < nblocks; b++) a[b] = map[c[b]] * sc[b / dq_block] + offset;
+      if (dev == Device::CUDA) {
+        try {
+          TB_ON_CUDA(cuda::expand_absmax(c, sc, nblocks, dq_block, offset, map, a));
+        } catch (const NoBackend& e) {
+          Napi::Error err = Napi::Error::New(info.Env(), std::string("no CUDA backend: ") + e.what());
+          err.Set("code", Napi::String::New(info.Env(), "TB_NO_CUDA"));
+          throw err;
+        } catch (const DeviceError& e) {
+          Napi::Error err = Napi::Error::New(info.Env(), e.what());
+          err.Set("code", Napi::String::New(info.Env(), "TB_CUDA"));
+          throw err;
+        }
+      } else {
+        for (int64_t b = 0; b < nblocks; b++) a[b] = map[c[b]] * sc[b / dq_block] + offset;
+      }
       w.q4.absmax = a;
     }
     return w;
   }
-  TensorArg t = tensor_arg(info, i, fn, name, static_cast<size_t>(dense_min_numel >= 0 ? dense_min_numel : rows * cols), DType::F32, true);
+  const size_t dense_numel = static_cast<size_t>(dense_min_numel >= 0 ? dense_min_numel : rows * cols);
+  TensorArg t = d ? d->tensor(i, name, dense_numel, DType::F32, true) : tensor_arg(info, i, fn, name, dense_numel, DType::F32, true);
   if (t.dtype != DType::F32 && t.dtype != DType::BF16)
     throw arg_error(info, fn, std::string("'") + name + "' must be f32, bf16 or a quantized weight");
   w.dense = t;
@@ -144,7 +174,8 @@ inline WeightOperand weight_arg(const Napi::CallbackInfo& info, size_t i, const 
 // The 13 arguments of a GEMM binding, checked: (transA, transB, M, N, K,
 // alpha, A, lda, B, ldb, beta, C, ldc). A is f32 or, when allow_bf16, bf16;
 // B also, or (allow_quant) a quantized weight; each buffer must hold its
-// strided extent.
+// strided extent. With a Dispatch, A, B (every part) and C must share one
+// device (else all must be on the CPU).
 struct GemmArgs {
   bool ta, tb;
   int64_t M, N, K, lda, ldb, ldc;
@@ -152,6 +183,7 @@ struct GemmArgs {
   TensorArg a, c;
   WeightOperand b;
 };
-GemmArgs gemm_args(const Napi::CallbackInfo& info, const char* fn, bool allow_bf16, bool allow_quant = false);
+GemmArgs gemm_args(const Napi::CallbackInfo& info, const char* fn, bool allow_bf16, bool allow_quant = false,
+                   Dispatch* d = nullptr);
 
 }  // namespace tb

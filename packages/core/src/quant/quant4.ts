@@ -156,6 +156,14 @@ export function nativeOperand(w: WeightOperand): NativeTensorHandle | object {
   };
 }
 
+/** The tensors of a weight operand by name (`name` itself for a dense one,
+ * `name.part` for each part of a quantized one), for sameDevice(). */
+export function weightTensors(name: string, w: WeightOperand): Record<string, Tensor | undefined> {
+  if (w instanceof Tensor) return { [name]: w };
+  if (w.kind === 'intn') return { [`${name}.codes`]: w.codes, [`${name}.scales`]: w.scales, [`${name}.offsets`]: w.offsets };
+  return { [`${name}.packed`]: w.packed, [`${name}.absmax`]: w.absmax, [`${name}.dq.codes`]: w.dq?.codes, [`${name}.dq.scales`]: w.dq?.scales };
+}
+
 /** Throws a clear error when a quantized weight is disposed or inconsistent. */
 export function checkQuantized(op: string, name: string, w: QuantizedWeight): void {
   if (!isQuantized(w)) throw new TypeError(`${op}: '${name}' is not a quantized weight`);
