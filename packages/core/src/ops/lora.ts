@@ -8,7 +8,7 @@
 // On the CPU or CUDA (all tensors on one device); a quantized W is CPU-only for now.
 import type { Category } from '../dtype.js';
 import { nativeFn, type NativeTensorHandle } from '../native.js';
-import { type WeightOperand, checkQuantized, isQuantized, nativeOperand } from '../quant/quant4.js';
+import { type WeightOperand, checkQuantized, isQuantized, nativeOperand, weightTensors } from '../quant/quant4.js';
 import type { Tensor } from '../tensor.js';
 import type { Device } from '../dtype.js';
 import { checkFinite, checkShape, checkTensorOn, outTensor, sameDevice } from './check.js';
@@ -19,13 +19,9 @@ type BackwardFn = (dy: H, xa: H, W: H | object, A: H, B: H, u: H, scale: number,
                    dA: H | null, dB: H | null, dxa: H | null, N: number, inF: number, outF: number, r: number) => void;
 let fwd: ForwardFn | undefined, bwd: BackwardFn | undefined;
 
-// The device of a LoRA call: every tensor's (a quantized W is CPU-only for now).
+// The device of a LoRA call: every tensor's, each part of a quantized W included.
 function loraDevice(op: string, W: WeightOperand, tensors: Record<string, Tensor | undefined>): Device {
-  const device = sameDevice(op, isQuantized(W) ? tensors : { ...tensors, W });
-  if (isQuantized(W) && device !== 'cpu') {
-    throw new Error(`${op}: a quantized 'W' with ${device} tensors is not supported yet; pass a dense f32 or bf16 W on ${device}`);
-  }
-  return device;
+  return sameDevice(op, { ...tensors, ...weightTensors('W', W) });
 }
 
 function checkAdapter(op: string, x: Tensor, W: WeightOperand, A: Tensor, B: Tensor): { N: number; inF: number; outF: number; r: number } {

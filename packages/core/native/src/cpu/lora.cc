@@ -35,9 +35,8 @@ WeightOperand lora_weight(const Napi::CallbackInfo& info, size_t i, const char* 
       throw arg_error(info, fn, "'W' must be f32, bf16 or a quantized weight");
     return w;
   }
-  if (d.cuda())
-    throw arg_error(info, fn, "a quantized 'W' with CUDA activations is not supported yet (pass a dense f32 or bf16 W)");
-  return weight_arg(info, i, fn, "W", rows, cols);
+  // quantized: every part on the activations' device (the CUDA GEMM fuses the dequantization)
+  return weight_arg(info, i, fn, "W", rows, cols, -1, &d);
 }
 
 // The CPU tb::gemm as a callable for kernels/lora_math.h
