@@ -59,3 +59,16 @@ test('CUDA round trip keeps every byte, and operands on two devices are refused'
   assert.ok((m.reservedBytes ?? 0) >= m.liveTotal, 'the pool holds at least the live bytes');
   assert.ok((m.deviceTotalBytes ?? 0) > 0);
 });
+
+test('an op name registered twice fails loading the addon, naming it', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const { fileURLToPath } = await import('node:url');
+  const addon = process.env.TUNEBENCH_ADDON ?? fileURLToPath(new URL('../build/Release/tunebench.node', import.meta.url));
+  const load = (dup: string) => spawnSync(process.execPath, ['-e', `require(${JSON.stringify(addon)})`], {
+    env: { ...process.env, TUNEBENCH_TEST_DUPLICATE_OP: dup }, encoding: 'utf8',
+  });
+  assert.equal(load('0').status, 0, 'the addon loads normally');
+  const r = load('1');
+  assert.notEqual(r.status, 0);
+  assert.match(r.stderr, /'swiglu_forward' of op family 'duplicate_test' is already registered/);
+});

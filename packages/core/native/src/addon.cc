@@ -205,7 +205,16 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   // function, or a family registered twice) fails loading the addon.
   Napi::Array families = Napi::Array::New(env);
   uint32_t i = 0;
-  for (auto& [name, fn] : op_registry()) {
+  // Test hook: TUNEBENCH_TEST_DUPLICATE_OP=1 adds a family that registers an
+  // existing op name again, so a test can see loading fail.
+  std::vector<std::pair<const char*, Registrar>> registry = op_registry();
+  const char* dup = std::getenv("TUNEBENCH_TEST_DUPLICATE_OP");
+  if (dup && dup[0] == '1') {
+    registry.emplace_back("duplicate_test", [](Napi::Env e, Napi::Object x) {
+      x.Set("swiglu_forward", Napi::Function::New(e, [](const Napi::CallbackInfo& info) { return info.Env().Undefined(); }));
+    });
+  }
+  for (auto& [name, fn] : registry) {
     for (uint32_t k = 0; k < i; k++) {
       if (families.Get(k).As<Napi::String>().Utf8Value() == name)
         throw Napi::Error::New(env, std::string("tunebench addon: op family '") + name + "' is registered twice");
