@@ -2,7 +2,7 @@
 // gradient-norm clipping.
 import { nativeFn, type NativeTensorHandle } from '../native.js';
 import type { Tensor } from '../tensor.js';
-import { checkFinite, checkShape, checkTensor } from './check.js';
+import { checkFinite, checkShape, checkTensor, checkTensorOn, sameDevice } from './check.js';
 
 export interface AdamWOptions {
   lr: number;
@@ -32,16 +32,52 @@ function adamHyper(op: string, opts: AdamWOptions): AdamHyper {
 }
 
 /** One AdamW step in place, as torch.optim.AdamW (decoupled weight decay).
- * param, grad, m, v: same shape, f32. Defaults: betas (0.9, 0.999), eps 1e-8, weightDecay 0.01. */
+ * param, grad, m, v: same shape, f32, on one device (CPU or CUDA).
+ * Defaults: betas (0.9, 0.999), eps 1e-8, weightDecay 0.01. */
 export function adamwStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, opts: AdamWOptions): void {
   const op = 'adamwStep';
-  checkTensor(op, 'param', param, ['f32']);
+  checkTensorOn(op, 'param', param, ['f32']);
   for (const [name, t] of [['grad', grad], ['m', m], ['v', v]] as const) {
-    checkTensor(op, name, t, ['f32']);
+    checkTensorOn(op, name, t, ['f32']);
     checkShape(op, name, t, param.shape);
   }
+  sameDevice(op, { param, grad, m, v });
   const h = adamHyper(op, opts);
   nativeFn<AdamwFn>('adamw_step')(param.handle, grad.handle, m.handle, v.handle, h.lr, h.b1, h.b2, h.eps, h.wd, h.step);
+}
+
+/** One tensor of adamwStepMulti: its own weight decay, the other hyperparameters shared. */
+export interface AdamWGroupEntry {
+  param: Tensor;
+  grad: Tensor;
+  m: Tensor;
+  v: Tensor;
+  weightDecay: number;
+}
+
+type AdamwMultiFn = (p: NativeTensorHandle[], g: NativeTensorHandle[], m: NativeTensorHandle[], v: NativeTensorHandle[],
+                     wd: number[], lr: number, b1: number, b2: number, eps: number, step: number) => void;
+
+/** adamwStep over many tensors in one native call (on CUDA one kernel launch
+ * for all of them; on the CPU the same loop as calling adamwStep per tensor).
+ * Every tensor f32, each entry's four of one shape, all on one device.
+ * opts.weightDecay is ignored: each entry carries its own. */
+export function adamwStepMulti(entries: readonly AdamWGroupEntry[], opts: AdamWOptions): void {
+  const op = 'adamwStepMulti';
+  const all: Record<string, Tensor> = {};
+  entries.forEach((e, k) => {
+    checkTensorOn(op, `params[${k}]`, e.param, ['f32']);
+    for (const [name, t] of [['grads', e.grad], ['ms', e.m], ['vs', e.v]] as const) {
+      checkTensorOn(op, `${name}[${k}]`, t, ['f32']);
+      checkShape(op, `${name}[${k}]`, t, e.param.shape);
+    }
+    checkFinite(op, `weightDecays[${k}]`, e.weightDecay);
+    Object.assign(all, { [`params[${k}]`]: e.param, [`grads[${k}]`]: e.grad, [`ms[${k}]`]: e.m, [`vs[${k}]`]: e.v });
+  });
+  sameDevice(op, all);
+  const h = adamHyper(op, { ...opts, weightDecay: 0 });
+  nativeFn<AdamwMultiFn>('adamw_step_multi')(entries.map((e) => e.param.handle), entries.map((e) => e.grad.handle),
+    entries.map((e) => e.m.handle), entries.map((e) => e.v.handle), entries.map((e) => e.weightDecay), h.lr, h.b1, h.b2, h.eps, h.step);
 }
 
 /** Elements per absmax block of the 8-bit optimizer state (bitsandbytes' blockwise optimizers use 256). */

@@ -1,6 +1,9 @@
 // AdamW over a set of parameters: fp32 state (exp_avg, exp_avg_sq) per
-// trainable parameter, counted as `optimizer` memory.
-import { adamwStep } from '../ops/optim.js';
+// trainable parameter, counted as `optimizer` memory, on the parameter's
+// device. On CUDA the whole step is one launch (adamwStepMulti); on the CPU
+// one adamwStep per parameter.
+import { adamwStep, adamwStepMulti } from '../ops/optim.js';
+import { native } from '../native.js';
 import { Tensor } from '../tensor.js';
 import type { Parameter } from '../nn/module.js';
 import type { Optimizer } from './optimizer.js';
@@ -38,7 +41,11 @@ export function copyOptimizerState(own: Map<string, Tensor>, given: Map<string, 
   if (!Number.isInteger(stepCount) || stepCount < 0) problems.push(`step count ${stepCount} is not an integer >= 0`);
   if (problems.length) throw new Error(`optimizer state: ${problems.join('; ')}`);
   // same dtype on both sides, so the typed views are of one kind (the cast only quiets tsc)
-  for (const [name, dst] of own) (dst.data() as Uint8Array).set(given.get(name)!.data() as Uint8Array);
+  for (const [name, dst] of own) {
+    const src = given.get(name)!;
+    if (src.device === 'cpu' && dst.device === 'cpu') (dst.data() as Uint8Array).set(src.data() as Uint8Array);
+    else native.copy_tensor(src.handle, dst.handle);
+  }
 }
 
 export class AdamW implements Optimizer {
@@ -54,14 +61,19 @@ export class AdamW implements Optimizer {
     this.params = params.filter((p) => p.grad !== null);
     if (this.params.length === 0) throw new Error('AdamW: no trainable parameters (every parameter is frozen)');
     this.config = adamwDefaults(config);
-    this.m = this.params.map((p) => Tensor.zeros(p.value.shape, { category: 'optimizer' }));
-    this.v = this.params.map((p) => Tensor.zeros(p.value.shape, { category: 'optimizer' }));
+    this.m = this.params.map((p) => Tensor.zeros(p.value.shape, { category: 'optimizer', device: p.value.device }));
+    this.v = this.params.map((p) => Tensor.zeros(p.value.shape, { category: 'optimizer', device: p.value.device }));
   }
 
   /** One update of every trainable parameter with the gradients they hold. */
   step(lr: number): void {
     this.stepCount++;
     const [beta1, beta2] = this.config.betas;
+    if (this.params.every((p) => p.value.device === 'cuda')) {
+      adamwStepMulti(this.params.map((p, i) => ({ param: p.value, grad: p.grad!, m: this.m[i], v: this.v[i], weightDecay: weightDecayFor(p, this.config) })),
+        { lr, beta1, beta2, eps: this.config.eps, step: this.stepCount });
+      return;
+    }
     this.params.forEach((p, i) => {
       adamwStep(p.value, p.grad!, this.m[i], this.v[i], { lr, beta1, beta2, eps: this.config.eps, weightDecay: weightDecayFor(p, this.config), step: this.stepCount });
     });
