@@ -133,11 +133,12 @@ export interface ClipOptions {
 }
 
 /** Global L2 norm over all grads; if above maxNorm, scale every grad by
- * maxNorm / (norm + 1e-6) (torch.nn.utils.clip_grad_norm_). Returns the norm before clipping. */
+ * maxNorm / (norm + 1e-6) (torch.nn.utils.clip_grad_norm_). Returns the norm before clipping.
+ * Grads f32 on any device (each tensor's sum of squares, in double, comes back to the host). */
 export function clipGradNorm(grads: readonly Tensor[], maxNorm: number, opts: ClipOptions = {}): number {
   const op = 'clipGradNorm';
   if (!(maxNorm > 0)) throw new RangeError(`${op}: maxNorm must be > 0, got ${maxNorm}`);
-  grads.forEach((g, i) => checkTensor(op, `grads[${i}]`, g, ['f32']));
+  grads.forEach((g, i) => checkTensorOn(op, `grads[${i}]`, g, ['f32']));
   const sumsq = nativeFn<(x: NativeTensorHandle) => number>('grad_sumsq');
   const scale = nativeFn<(x: NativeTensorHandle, s: number) => void>('grad_scale');
   let total = 0;
