@@ -20,6 +20,8 @@
 // The GEMM (ops/gemm.ts) and the fused LoRA ops take a QuantizedIntN as their
 // weight operand and dequantize while packing (or, for 1..16 rows of x W^T,
 // group by group in the decode kernel): no dense copy is made.
+// RTN quantization and dequantization run on the weight's device (CPU or
+// CUDA, cuda/intn.cu); GPTQ runs on the CPU only.
 import type { Category } from '../dtype.js';
 import { native, nativeFn, type NativeTensorHandle } from '../native.js';
 import { Tensor } from '../tensor.js';
@@ -151,13 +153,17 @@ export function quantizeIntN(w: Tensor, opts: QuantizeIntNOptions): QuantizedInt
       throw new RangeError(`${op}: calibration must be [n, ${cols}] with n >= 1 (the layer's inputs), got [${X.shape.join(', ')}]`);
     }
   }
+  if (quantizer === 'gptq' && w.device !== 'cpu') {
+    throw new Error(`${op}: GPTQ runs on the CPU only; quantize w.to('cpu') (RTN also runs on ${w.device})`);
+  }
   const damp = opts.damp ?? GPTQ_DEFAULT_DAMP;
   if (typeof damp !== 'number' || !Number.isFinite(damp) || damp < 0) throw new RangeError(`${op}: damp must be a finite number >= 0, got ${damp}`);
   const category = opts.category ?? 'frozen';
   const numel = rows * cols;
-  const codes = Tensor.zeros([Math.ceil((numel * bits) / 8)], { dtype: 'u8', category });
-  const scales = Tensor.zeros([rows, cols / groupSize], { category });
-  const offsets = Tensor.zeros([rows, cols / groupSize], { category });
+  const device = w.device;
+  const codes = Tensor.zeros([Math.ceil((numel * bits) / 8)], { dtype: 'u8', category, device });
+  const scales = Tensor.zeros([rows, cols / groupSize], { category, device });
+  const offsets = Tensor.zeros([rows, cols / groupSize], { category, device });
   const base = { kind: 'intn' as const, bits, groupSize, shape: [rows, cols] as [number, number], numel, codes, scales, offsets, quantizer,
     bytes: intnBytes([rows, cols], bits, groupSize) };
   const refuse = (bad: number) => new RangeError(
@@ -229,7 +235,7 @@ export function intnNativeOperand(q: QuantizedIntN): object {
 /** The weight as a new f32 tensor [out, in] (merging, export, tests; the kernels never need it). */
 export function dequantizeIntN(q: QuantizedIntN, opts: { category?: Category } = {}): Tensor {
   checkIntN('dequantizeIntN', 'q', q);
-  const out = Tensor.zeros(q.shape, { category: opts.category ?? 'workspace' });
+  const out = Tensor.zeros(q.shape, { category: opts.category ?? 'workspace', device: q.codes.device });
   nativeFn<(w: object, r: number, c: number, out: NativeTensorHandle) => void>('intn_dequantize')(intnNativeOperand(q), q.shape[0], q.shape[1], out.handle);
   return out;
 }
@@ -252,8 +258,13 @@ export function addToOffsets(q: QuantizedIntN, delta: Float32Array): void {
   for (let i = 0; i < n; i++) {
     if (!Number.isFinite(delta[i])) throw new RangeError(`${op}: delta[${i}] is ${delta[i]}; refusing a non-finite offset`);
   }
-  const off = q.offsets.data() as Float32Array;
+  const host = q.offsets.device === 'cpu' ? q.offsets : q.offsets.to('cpu');
+  const off = host.data() as Float32Array;
   for (let i = 0; i < n; i++) off[i] += delta[i];  // stored with one f32 rounding
+  if (host !== q.offsets) {
+    native.copy_tensor(host.handle, q.offsets.handle);
+    host.dispose();
+  }
 }
 
 /** y [m, out] = x [m, in] · deq(W)ᵀ through the decode kernel (m <= 16):

@@ -11,8 +11,10 @@
 //
 // The GEMM (ops/gemm.ts) and the fused LoRA ops take a QuantizedWeight as
 // their weight operand and dequantize while packing: no dense copy is made.
+// Quantizing a weight on CUDA gives a quantized weight on CUDA (the kernels of
+// cuda/nf4.cu); dequantizing writes to the weight's device.
 import type { Category } from '../dtype.js';
-import { nativeFn, type NativeTensorHandle } from '../native.js';
+import { native, nativeFn, type NativeTensorHandle } from '../native.js';
 import { Tensor } from '../tensor.js';
 import { type QuantizedIntN, checkIntN, disposeIntN, intnNativeOperand } from './intn.js';
 
@@ -96,7 +98,8 @@ export function quant4Bytes(numel: number, blockSize: number, doubleQuant: boole
 type QuantizeFn = (x: NativeTensorHandle, numel: number, block: number, format: number, packed: NativeTensorHandle, absmax: NativeTensorHandle) => number;
 type Quantize8Fn = (x: NativeTensorHandle, n: number, block: number, signed: boolean, codes: NativeTensorHandle, scales: NativeTensorHandle) => void;
 
-/** Quantizes a 2-D weight (f32 or bf16) to NF4/FP4 in bitsandbytes' layout. */
+/** Quantizes a 2-D weight (f32 or bf16, on the CPU or CUDA) to NF4/FP4 in
+ * bitsandbytes' layout; the result lives on the weight's device. */
 export function quantize4bit(w: Tensor, opts: Quantize4bitOptions): Quantized4bit {
   const op = 'quantize4bit';
   if (!(w instanceof Tensor)) throw new TypeError(`${op}: w must be a Tensor`);
@@ -111,21 +114,28 @@ export function quantize4bit(w: Tensor, opts: Quantize4bitOptions): Quantized4bi
   if (typeof doubleQuant !== 'boolean') throw new TypeError(`${op}: doubleQuant must be a boolean`);
   const category = opts.category ?? 'frozen';
   const numel = w.numel, blocks = Math.ceil(numel / blockSize);
-  const packed = Tensor.zeros([Math.ceil(numel / 2)], { dtype: 'u8', category });
-  const absmax = Tensor.zeros([blocks], { category: doubleQuant ? 'workspace' : category });
+  const device = w.device;
+  const packed = Tensor.zeros([Math.ceil(numel / 2)], { dtype: 'u8', category, device });
+  const absmax = Tensor.zeros([blocks], { category: doubleQuant ? 'workspace' : category, device });
   try {
     const bad = nativeFn<QuantizeFn>('quant4_quantize')(w.handle, numel, blockSize, fmt, packed.handle, absmax.handle);
     if (bad > 0) throw new RangeError(`${op}: the weight holds ${bad} NaN or infinite value(s); refusing to quantize it`);
     const shape: [number, number] = [w.shape[0], w.shape[1]];
     if (!doubleQuant) return { kind: 'quant4', format, shape, numel, blockSize, packed, absmax, bytes: quant4Bytes(numel, blockSize, false) };
     // the codes above used the fp32 absmax; now the absmax itself is stored in 8 bits
-    const av = absmax.data() as Float32Array;
+    // (the mean is taken on the host: a CUDA absmax goes there and back)
+    const host = device === 'cpu' ? absmax : absmax.to('cpu');
+    const av = host.data() as Float32Array;
     let sum = 0;
     for (let i = 0; i < av.length; i++) sum += av[i];
     const offset = Math.fround(sum / av.length);
     for (let i = 0; i < av.length; i++) av[i] = Math.fround(av[i] - offset);
-    const codes = Tensor.zeros([blocks], { dtype: 'u8', category });
-    const scales = Tensor.zeros([Math.ceil(blocks / DQ_BLOCK)], { category });
+    if (host !== absmax) {
+      native.copy_tensor(host.handle, absmax.handle);
+      host.dispose();
+    }
+    const codes = Tensor.zeros([blocks], { dtype: 'u8', category, device });
+    const scales = Tensor.zeros([Math.ceil(blocks / DQ_BLOCK)], { category, device });
     nativeFn<Quantize8Fn>('blockwise_quantize8')(absmax.handle, blocks, DQ_BLOCK, true, codes.handle, scales.handle);
     absmax.dispose();
     return {
@@ -171,23 +181,30 @@ export function checkQuantized(op: string, name: string, w: QuantizedWeight): vo
 export function dequantize4bit(q: Quantized4bit, opts: { category?: Category } = {}): Tensor {
   if ((q as { kind?: unknown })?.kind !== 'quant4') throw new TypeError('dequantize4bit: q is not a 4-bit weight (an INT-N weight dequantizes with dequantizeIntN)');
   checkQuantized('dequantize4bit', 'q', q);
-  const out = Tensor.zeros(q.shape, { category: opts.category ?? 'workspace' });
+  const out = Tensor.zeros(q.shape, { category: opts.category ?? 'workspace', device: q.packed.device });
   nativeFn<(w: object, r: number, c: number, out: NativeTensorHandle) => void>('quant4_dequantize')(nativeOperand(q), q.shape[0], q.shape[1], out.handle);
   return out;
 }
 
 /** The absmax per block as fp32 values (expanding a double quantization). */
 export function quant4Absmax(q: Quantized4bit): Float32Array {
-  if (q.absmax) return Float32Array.from(q.absmax.data() as Float32Array);
+  if (q.absmax) return hostFloats(q.absmax);
   const dq = q.dq!;
-  const out = Tensor.zeros([dq.codes.numel], { category: 'workspace' });
+  const out = Tensor.zeros([dq.codes.numel], { category: 'workspace', device: dq.codes.device });
   try {
     nativeFn<(c: NativeTensorHandle, s: NativeTensorHandle, n: number, b: number, signed: boolean, off: number, o: NativeTensorHandle) => void>(
       'blockwise_dequantize8')(dq.codes.handle, dq.scales.handle, dq.codes.numel, dq.blockSize, true, dq.offset, out.handle);
-    return Float32Array.from(out.data() as Float32Array);
+    return hostFloats(out);
   } finally {
     out.dispose();
   }
+}
+
+/** A host copy of an f32 tensor's values on any device. */
+function hostFloats(t: Tensor): Float32Array {
+  if (t.device === 'cpu') return Float32Array.from(t.data() as Float32Array);
+  const h = t.to('cpu', { category: 'workspace' });
+  try { return Float32Array.from(h.data() as Float32Array); } finally { h.dispose(); }
 }
 
 export function disposeQuantized(q: QuantizedWeight): void {
