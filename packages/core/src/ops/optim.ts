@@ -2,7 +2,7 @@
 // gradient-norm clipping.
 import { nativeFn, type NativeTensorHandle } from '../native.js';
 import type { Tensor } from '../tensor.js';
-import { checkFinite, checkShape, checkTensor, checkTensorOn, sameDevice } from './check.js';
+import { checkFinite, checkShape, checkTensorOn, sameDevice } from './check.js';
 
 export interface AdamWOptions {
   lr: number;
@@ -98,21 +98,22 @@ type Adamw8bitFn = (p: NativeTensorHandle, g: NativeTensorHandle, mCodes: Native
  * the fp32 AdamW update (as adamwStep) runs on those, then m and v are
  * requantized to the nearest code against the block's new max |value|.
  *   param, grad: f32, same shape; mCodes, vCodes: u8, param's shape;
- *   mAbsmax, vAbsmax: f32 [ceil(numel / 256)]. */
+ *   mAbsmax, vAbsmax: f32 [ceil(numel / 256)]. All on one device (CPU or CUDA). */
 export function adamw8bitStep(param: Tensor, grad: Tensor, mCodes: Tensor, mAbsmax: Tensor, vCodes: Tensor, vAbsmax: Tensor,
                               opts: AdamWOptions): void {
   const op = 'adamw8bitStep';
-  checkTensor(op, 'param', param, ['f32']);
-  checkTensor(op, 'grad', grad, ['f32']);
+  checkTensorOn(op, 'param', param, ['f32']);
+  checkTensorOn(op, 'grad', grad, ['f32']);
   checkShape(op, 'grad', grad, param.shape);
   const blocks = [adamw8bitBlocks(param.numel)];
   for (const [name, codes, absmax] of [['mCodes', mCodes, mAbsmax], ['vCodes', vCodes, vAbsmax]] as const) {
-    checkTensor(op, name, codes, ['u8']);
+    checkTensorOn(op, name, codes, ['u8']);
     checkShape(op, name, codes, param.shape);
     const absName = name === 'mCodes' ? 'mAbsmax' : 'vAbsmax';
-    checkTensor(op, absName, absmax, ['f32']);
+    checkTensorOn(op, absName, absmax, ['f32']);
     checkShape(op, absName, absmax, blocks);
   }
+  sameDevice(op, { param, grad, mCodes, mAbsmax, vCodes, vAbsmax });
   const h = adamHyper(op, opts);
   nativeFn<Adamw8bitFn>('adamw8bit_step')(param.handle, grad.handle, mCodes.handle, mAbsmax.handle, vCodes.handle, vAbsmax.handle,
     h.lr, h.b1, h.b2, h.eps, h.wd, h.step, ADAMW8BIT_BLOCK_SIZE);

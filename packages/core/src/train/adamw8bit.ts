@@ -5,8 +5,10 @@
 //   exp_avg_sq      [param shape] u8   codes of the unsigned dynamic map
 //   exp_avg_sq.absmax [ceil(n/256)] f32
 // (about 2 bytes per element instead of 8). Smaller parameters keep the fp32
-// state of AdamW and take its exact step. All state is `optimizer` memory.
+// state of AdamW and take its exact step. All state is `optimizer` memory,
+// on the parameter's device.
 import { adamw8bitBlocks, adamw8bitStep, adamwStep, dynamicMap } from '../ops/optim.js';
+import type { Device } from '../dtype.js';
 import { Tensor } from '../tensor.js';
 import type { Parameter } from '../nn/module.js';
 import { type AdamWConfig, adamwDefaults, copyOptimizerState, weightDecayFor } from './adamw.js';
@@ -40,22 +42,26 @@ export class AdamW8bit implements Optimizer {
     const zeroM = dynamicMap(true).indexOf(0), zeroV = dynamicMap(false).indexOf(0);
     // every allocation is recorded, so a failure part way frees what was made
     const made: Tensor[] = [];
-    const alloc = (shape: readonly number[], dtype: 'f32' | 'u8'): Tensor => {
-      const t = Tensor.zeros(shape, { dtype, category: 'optimizer' });
+    const alloc = (shape: readonly number[], dtype: 'f32' | 'u8', device: Device, fill?: number): Tensor => {
+      let t = Tensor.zeros(shape, { dtype, category: 'optimizer' });
+      if (fill !== undefined) (t.data() as Uint8Array).fill(fill);
+      if (device !== 'cpu') {
+        const host = t;
+        try { t = host.to(device); } finally { host.dispose(); }
+      }
       made.push(t);
       return t;
     };
     try {
       for (const p of this.params) {
-        const shape = p.value.shape;
+        const shape = p.value.shape, dev = p.value.device;
         if (p.value.numel < ADAMW8BIT_MIN_SIZE) {
-          this.slots.push({ kind: 'f32', m: alloc(shape, 'f32'), v: alloc(shape, 'f32') });
+          this.slots.push({ kind: 'f32', m: alloc(shape, 'f32', dev), v: alloc(shape, 'f32', dev) });
           continue;
         }
         const blocks = [adamw8bitBlocks(p.value.numel)];
-        const m = alloc(shape, 'u8'), mAbsmax = alloc(blocks, 'f32'), v = alloc(shape, 'u8'), vAbsmax = alloc(blocks, 'f32');
-        (m.data() as Uint8Array).fill(zeroM);
-        (v.data() as Uint8Array).fill(zeroV);
+        const m = alloc(shape, 'u8', dev, zeroM), mAbsmax = alloc(blocks, 'f32', dev);
+        const v = alloc(shape, 'u8', dev, zeroV), vAbsmax = alloc(blocks, 'f32', dev);
         this.slots.push({ kind: 'u8', m, mAbsmax, v, vAbsmax });
       }
     } catch (e) {
