@@ -1,6 +1,7 @@
 // Optimizer kernels: AdamW (fp32 and blockwise 8-bit state) and global
 // gradient-norm clipping.
 import { nativeFn, type NativeTensorHandle } from '../native.js';
+import type { Device } from '../dtype.js';
 import type { Tensor } from '../tensor.js';
 import { checkFinite, checkShape, checkTensorOn, sameDevice } from './check.js';
 
@@ -152,4 +153,14 @@ export function clipGradNorm(grads: readonly Tensor[], maxNorm: number, opts: Cl
   const coef = maxNorm / (norm + 1e-6);
   if (coef < 1) for (const g of grads) scale(g.handle, coef);
   return norm;
+}
+
+/** Paged optimizer state: migrate a managed tensor (category optimizer_host on
+ * cuda, CUDA managed memory) to `device`, queued on the core's stream; the
+ * optimizer moves its state to 'cuda' before a step and back to 'cpu' after.
+ * Returns false (and does nothing) for tensors that are not managed. */
+export function prefetch(t: Tensor, device: Device): boolean {
+  checkTensorOn('prefetch', 't', t, ['f32', 'u8', 'bf16', 'f16', 'i32', 'i8', 'i64']);
+  if (device !== 'cpu' && device !== 'cuda') throw new TypeError(`prefetch: device must be 'cpu' or 'cuda', got ${JSON.stringify(device)}`);
+  return nativeFn<(t: NativeTensorHandle, d: string) => boolean>('prefetch')(t.handle, device);
 }
