@@ -98,8 +98,9 @@ static Napi::Value Quant4DequantizeBinding(const Napi::CallbackInfo& info) {
       throw arg_error(info, fn, std::string("'out' is on ") + device_name(out.dev) + " but 'W' is on " + device_name(w.dev));
     const Quant4View q = w.q4;
     if (w.dev == Device::CUDA) {
-      const int format = q.table == quant4_table(Quant4Format::NF4) ? 0 : 1;
-      TB_ON_CUDA(cuda::quant4_dequantize(q.packed, q.absmax, format, q.block_shift, rows * cols, out.f32()));
+      // the format from the table the view carries
+      TB_ON_CUDA(cuda::quant4_dequantize(q.packed, q.absmax, q.table == quant4_table(Quant4Format::NF4) ? 0 : 1, q.block_shift,
+                                         rows * cols, out.f32()));
       return info.Env().Undefined();
     }
     parallel_chunks(rows * cols, [&](int64_t b, int64_t e) {
