@@ -7,11 +7,12 @@
 //     codes: u8 tensor [ceil(rows*cols*bits/8)],
 //     scales: f32 tensor [rows*cols/groupSize], offsets: f32 tensor (same) }
 // A double-quantized absmax is expanded to fp32 into a workspace here, once
-// per call (numel / blockSize floats), as bitsandbytes does before its kernels.
-// weight_arg(..., any_device = true) also accepts a weight whose tensors are on
-// CUDA (all of them on one device, read from WeightOperand::dev; a
-// double-quantized absmax is then expanded on the GPU); by default only CPU
-// tensors are accepted.
+// per call (numel / blockSize floats), as bitsandbytes does before its kernels
+// (on the GPU by cuda::blockwise_dequantize8, into device workspace).
+//
+// Devices: without a Dispatch every part must be on the CPU (ops with only a
+// CPU kernel); with one (weight_arg(..., &d)) every part must be on the
+// Dispatch's device, and a weight read first sets it.
 #pragma once
 #include <memory>
 #include <string>
@@ -31,7 +32,6 @@ struct WeightOperand {
   Quant4View q4{};
   IntNView intn{};
   std::unique_ptr<Workspace<float>> absmax_ws;      // expanded double-quantized absmax
-  Device dev = Device::CPU;                         // where its tensors are
   // op(W) as a GEMM operand; `ld` is the stored row length
   MatRef mat(int64_t ld, bool trans) const {
     switch (kind) {
@@ -52,7 +52,7 @@ inline int block_shift_of(int64_t block) {
 // The weight operand at argument i: W must be [rows, cols] (a dense tensor of
 // at least rows*cols elements, or a quantized weight of exactly that shape).
 inline WeightOperand weight_arg(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name,
-                                int64_t rows, int64_t cols, int64_t dense_min_numel = -1, bool any_device = false) {
+                                int64_t rows, int64_t cols, int64_t dense_min_numel = -1, Dispatch* d = nullptr) {
   WeightOperand w;
   if (i < info.Length() && info[i].IsObject() && !NativeTensor::IsTensor(info[i])) {
     Napi::Object o = info[i].As<Napi::Object>();
@@ -71,7 +71,6 @@ inline WeightOperand weight_arg(const Napi::CallbackInfo& info, size_t i, const 
       throw arg_error(info, fn, std::string("quantized '") + name + "' is [" + std::to_string(qr) + ", " + std::to_string(qc) +
                       "], the op needs [" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
     // tensor_arg reads info[j]; wrap the object's fields in a tiny argument list
-    const char* first_field = nullptr;
     auto field_tensor = [&](const char* k, size_t min_numel, DType dt, bool nullable) -> TensorArg {
       Napi::Value v = field(k);
       TensorArg t;
@@ -83,11 +82,15 @@ inline WeightOperand weight_arg(const Napi::CallbackInfo& info, size_t i, const 
       if (!nt) throw arg_error(info, fn, std::string("quantized '") + name + "': field '" + k + "' is not a native tensor");
       Storage* s = nt->storage();
       if (s->freed) throw arg_error(info, fn, std::string("quantized '") + name + "': '" + k + "' was disposed");
-      if (s->dev != Device::CPU && !any_device) throw arg_error(info, fn, std::string("quantized '") + name + "': '" + k + "' is not on the CPU");
-      if (!first_field) { first_field = k; w.dev = s->dev; }
-      else if (s->dev != w.dev)
+      if (!d) {
+        if (s->dev != Device::CPU) throw arg_error(info, fn, std::string("quantized '") + name + "': '" + k + "' is not on the CPU");
+      } else if (!d->first) {
+        d->first = name;
+        d->dev = s->dev;
+      } else if (s->dev != d->dev) {
         throw arg_error(info, fn, std::string("quantized '") + name + "': '" + k + "' is on " + device_name(s->dev) + " but '" +
-                        first_field + "' is on " + device_name(w.dev));
+                        d->first + "' is on " + device_name(d->dev) + ": all operands of one op must be on one device (Tensor.to)");
+      }
       if (s->dtype != dt) throw arg_error(info, fn, std::string("quantized '") + name + "': '" + k + "' has dtype " + dtype_name(s->dtype) + ", expected " + dtype_name(dt));
       if (s->numel < min_numel)
         throw arg_error(info, fn, std::string("quantized '") + name + "': '" + k + "' has " + std::to_string(s->numel) + " elements, needs " + std::to_string(min_numel));
@@ -131,14 +134,25 @@ inline WeightOperand weight_arg(const Napi::CallbackInfo& info, size_t i, const 
       TensorArg codes = field_tensor("dqCodes", static_cast<size_t>(nblocks), DType::U8, false);
       TensorArg scales = field_tensor("dqScales", static_cast<size_t>((nblocks + dq_block - 1) / dq_block), DType::F32, false);
       const float offset = static_cast<float>(num("dqOffset"));
+      const Device dev = codes.dev;
       try {
-        w.absmax_ws = std::make_unique<Workspace<float>>(static_cast<size_t>(nblocks), w.dev);
+        w.absmax_ws = std::make_unique<Workspace<float>>(static_cast<size_t>(nblocks), dev);
       } catch (const OutOfMemory& e) {
         throw oom_error(info, e);
       }
-      if (w.dev == Device::CUDA) {
-        // the same expansion on the GPU (cuda/nf4.cu); a failed launch is reported by the binding's guard
-        TB_ON_CUDA(cuda::blockwise_dequantize8(codes.as<uint8_t>(), scales.f32(), nblocks, dq_block, true, offset, w.absmax_ws->data()));
+      if (dev == Device::CUDA) {
+        // the same expansion on the GPU
+        try {
+          TB_ON_CUDA(cuda::blockwise_dequantize8(codes.as<uint8_t>(), scales.f32(), nblocks, dq_block, true, offset, w.absmax_ws->data()));
+        } catch (const NoBackend& e) {
+          Napi::Error err = Napi::Error::New(info.Env(), std::string("no CUDA backend: ") + e.what());
+          err.Set("code", Napi::String::New(info.Env(), "TB_NO_CUDA"));
+          throw err;
+        } catch (const DeviceError& e) {
+          Napi::Error err = Napi::Error::New(info.Env(), e.what());
+          err.Set("code", Napi::String::New(info.Env(), "TB_CUDA"));
+          throw err;
+        }
         w.q4.absmax = w.absmax_ws->data();
         return w;
       }
@@ -152,9 +166,7 @@ inline WeightOperand weight_arg(const Napi::CallbackInfo& info, size_t i, const 
     return w;
   }
   const size_t dense_numel = static_cast<size_t>(dense_min_numel >= 0 ? dense_min_numel : rows * cols);
-  TensorArg t = any_device ? tensor_arg_any_device(info, i, fn, name, dense_numel, DType::F32, true)
-                           : tensor_arg(info, i, fn, name, dense_numel, DType::F32, true);
-  w.dev = t.dev;
+  TensorArg t = d ? d->tensor(i, name, dense_numel, DType::F32, true) : tensor_arg(info, i, fn, name, dense_numel, DType::F32, true);
   if (t.dtype != DType::F32 && t.dtype != DType::BF16)
     throw arg_error(info, fn, std::string("'") + name + "' must be f32, bf16 or a quantized weight");
   w.dense = t;

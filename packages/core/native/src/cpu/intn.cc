@@ -300,14 +300,13 @@ static Napi::Value IntNGptqBinding(const Napi::CallbackInfo& info) {
 static Napi::Value IntNDequantizeBinding(const Napi::CallbackInfo& info) {
   const char* fn = "intn_dequantize";
   const int64_t rows = int_arg(info, 1, fn, "rows"), cols = int_arg(info, 2, fn, "cols");
+  Dispatch d(info, fn);
   return guarded(info, [&]() -> Napi::Value {
-    WeightOperand w = weight_arg(info, 0, fn, "W", rows, cols, -1, true);
+    WeightOperand w = weight_arg(info, 0, fn, "W", rows, cols, -1, &d);
     if (w.kind != QuantKind::IntN) throw arg_error(info, fn, "W must be an INT-N quantized weight");
-    TensorArg out = tensor_arg_any_device(info, 3, fn, "out", static_cast<size_t>(rows * cols), DType::F32);
-    if (out.dev != w.dev)
-      throw arg_error(info, fn, std::string("'out' is on ") + device_name(out.dev) + " but 'W' is on " + device_name(w.dev));
+    TensorArg out = d.tensor(3, "out", static_cast<size_t>(rows * cols), DType::F32);
     const IntNView q = w.intn;
-    if (w.dev == Device::CUDA) {
+    if (d.cuda()) {
       TB_ON_CUDA(cuda::intn_dequantize(q.codes, q.scales, q.offsets, q.bits, q.group_shift, rows * cols, out.f32()));
       return info.Env().Undefined();
     }

@@ -90,14 +90,13 @@ static Napi::Value Quant4QuantizeBinding(const Napi::CallbackInfo& info) {
 static Napi::Value Quant4DequantizeBinding(const Napi::CallbackInfo& info) {
   const char* fn = "quant4_dequantize";
   const int64_t rows = int_arg(info, 1, fn, "rows"), cols = int_arg(info, 2, fn, "cols");
+  Dispatch d(info, fn);
   return guarded(info, [&]() -> Napi::Value {
-    WeightOperand w = weight_arg(info, 0, fn, "W", rows, cols, -1, true);
+    WeightOperand w = weight_arg(info, 0, fn, "W", rows, cols, -1, &d);
     if (w.kind != QuantKind::Q4) throw arg_error(info, fn, "W must be a 4-bit quantized weight");
-    TensorArg out = tensor_arg_any_device(info, 3, fn, "out", static_cast<size_t>(rows * cols), DType::F32);
-    if (out.dev != w.dev)
-      throw arg_error(info, fn, std::string("'out' is on ") + device_name(out.dev) + " but 'W' is on " + device_name(w.dev));
+    TensorArg out = d.tensor(3, "out", static_cast<size_t>(rows * cols), DType::F32);
     const Quant4View q = w.q4;
-    if (w.dev == Device::CUDA) {
+    if (d.cuda()) {
       // the format from the table the view carries
       TB_ON_CUDA(cuda::quant4_dequantize(q.packed, q.absmax, q.table == quant4_table(Quant4Format::NF4) ? 0 : 1, q.block_shift,
                                          rows * cols, out.f32()));
