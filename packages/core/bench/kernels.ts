@@ -10,10 +10,11 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
-  type KernelCase, type SweepSection, NO_OPENBLAS, formatKernelTable, intOption, loadOpenblas, native, parseCli, peakCases, runKernelCases, sweepKernelCases,
+  type KernelCase, type SweepSection, NO_OPENBLAS, cublasLtStatus, cudaAvailable, cudaGemmCases, deviceName, formatKernelTable, intOption, loadOpenblas,
+  native, parseCli, peakCases, runKernelCases, sweepKernelCases,
 } from '../src/index.js';
 
-const HELP = `Kernel benchmark for the tunebench native core (CPU).
+const HELP = `Kernel benchmark for the tunebench native core (CPU, and CUDA where a GPU is present).
 
 Usage: pnpm bench:kernels [-- options]
 
@@ -27,13 +28,18 @@ Options:
   --no-openblas      skip the OpenBLAS comparison
   --openblas-core C  set OPENBLAS_CORETYPE=C before OpenBLAS loads (e.g. SkylakeX
                      for its AVX-512 kernel; default: the environment's choice)
+  --no-cuda          skip the CUDA GEMM rows (run by default with the gemm section
+                     when this build has CUDA and a device is present)
   --out FILE         JSON results (default reports/kernels/kernels.json)
   -h, --help         this text
 
 Every row is judged against peaks measured in the same run (the best dense
 GEMM, a streaming y += a*x): the same harness and kernels.json format as a
 suite's kernel rows. OpenBLAS is loaded at run time when installed (Debian:
-apt-get install libopenblas-dev).
+apt-get install libopenblas-dev). On a GPU, the CUDA rows put the own bf16
+tensor-core GEMM beside cuBLASLt (loaded at run time when installed) and the
+NF4 / INT-N fused GEMMs beside a dense bf16 weight; they are judged against
+CUDA peaks of the same run (best CUDA GEMM, a device-to-device copy).
 
 Example: pnpm bench:kernels -- --only gemm --time 1000`;
 
@@ -46,6 +52,7 @@ const opt = parseCli({
   threads: { type: 'string' },
   'no-openblas': { type: 'boolean', default: false },
   'openblas-core': { type: 'string' },
+  'no-cuda': { type: 'boolean', default: false },
   out: { type: 'string' },
   help: { type: 'boolean', short: 'h', default: false },
 } as const, HELP);
@@ -63,9 +70,15 @@ const blas = opt['no-openblas'] ? { ...NO_OPENBLAS, error: 'skipped (--no-openbl
 
 console.log(`tunebench kernel benchmark — ${new Date().toISOString()}`);
 console.log(`openblas: ${blas.available ? `${blas.config} (core ${blas.core})` : blas.error}; tinybench: ${timeMs} ms, at least ${iterations} iterations per kernel`);
+const cuda = sections.includes('gemm') && !opt['no-cuda'] && cudaAvailable();
+if (cuda) {
+  const lt = cublasLtStatus();
+  console.log(`cuda: ${deviceName('cuda')}; cuBLASLt: ${lt === '' ? 'loaded' : lt}`);
+}
 function* cases(): Generator<KernelCase> {
   yield* peakCases(blas);
   yield* sweepKernelCases({ sections: sections as SweepSection[], quick: opt.quick, tokens }, blas);
+  if (cuda) yield* cudaGemmCases({ quick: opt.quick, tokens });
 }
 const report = await runKernelCases(cases(), { timeMs, iterations, tokens, openblas: blas, log: (l) => console.log(l) });
 console.log(`\n${report.cpu} x ${report.cores}; kernel threads ${report.settings.threads}; GEMM micro-kernel ${report.settings.gemm}\n`);

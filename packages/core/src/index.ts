@@ -1,9 +1,9 @@
 export * from './dtype.js';
-export { Tensor, type TensorOptions, shapeNumel } from './tensor.js';
+export { Tensor, type TensorOptions, shapeNumel, hostValues, copyInto, copyRows } from './tensor.js';
 export { memory, type MemorySnapshot, type DeviceMemorySnapshot } from './memory.js';
 export { native } from './native.js';
 export { cudaInfo, cudaAvailable, resolveDevice, synchronize, deviceName, type DeviceChoice, type CudaInfo } from './device.js';
-export { matmul, gemmKernel, type MatmulOptions } from './ops/gemm.js';
+export { matmul, gemmKernel, cublasLtStatus, type MatmulOptions } from './ops/gemm.js';
 export * from './ops/optim.js';
 export {
   crossEntropyForward, crossEntropyBackward, crossEntropyDefaultChunk, type CrossEntropyOptions,
@@ -69,5 +69,5 @@ export { linearRegExp } from './util/regex.js';
 export {
   type KernelCase, type KernelRow, type KernelReport, type KernelSection, type KernelBenchOptions, type KernelTiming, type OpenblasInfo, type StepShape,
   type SweepSection, KERNEL_REPORT_FORMAT, NO_OPENBLAS, formatKernelTable, kernelFraction, loadOpenblas, measureKernels, peakCases, runKernelCases,
-  stepKernelCases, sweepKernelCases,
+  stepKernelCases, sweepKernelCases, cudaGemmCases,
 } from './bench/kernels.js';

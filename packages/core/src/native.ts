@@ -58,6 +58,10 @@ export interface NativeBinding {
   cudaInfo(): CudaInfo;
   /** dst = src (same byte count, any devices); returns once the bytes are there */
   copy_tensor(src: NativeTensorHandle, dst: NativeTensorHandle): void;
+  /** rows of rowElems elements, src[srcOffset + r*srcPitch ..] -> dst[dstOffset + r*dstPitch ..]
+   * (elements of the tensors' common size, any devices); returns once the bytes are there */
+  copy_rows(src: NativeTensorHandle, srcOffset: number, srcPitch: number, dst: NativeTensorHandle,
+            dstOffset: number, dstPitch: number, rowElems: number, rows: number): void;
   /** waits for the CUDA stream (no-op on the CPU) */
   synchronize(): void;
   opFamilies: string[];

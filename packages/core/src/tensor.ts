@@ -51,6 +51,16 @@ export class Tensor {
   /** A tensor holding a copy of `values`. For bf16 and f16, pass numbers
    * (converted, round to nearest even) or the raw Uint16Array bits. */
   static from(values: ArrayLike<number> | AnyTypedArray, shape: readonly number[], opts: TensorOptions = {}): Tensor {
+    const device = opts.device ?? 'cpu';
+    if (device !== 'cpu') {
+      // staged through a host tensor (workspace while it lives), then copied over
+      const host = Tensor.from(values, shape, { ...opts, device: 'cpu', category: 'workspace' });
+      try {
+        return host.to(device, { category: opts.category ?? 'activation' });
+      } finally {
+        host.dispose();
+      }
+    }
     const t = Tensor.zeros(shape, opts);
     if (values.length !== t.numel) {
       t.dispose();
@@ -98,8 +108,13 @@ export class Tensor {
     return this.cachedView;
   }
 
-  /** A float32 copy of the values (converting bf16, f16 and integers). */
+  /** A float32 copy of the values (converting bf16, f16 and integers), from
+   * any device (a tensor elsewhere than the CPU is copied over first). */
   toFloat32(): Float32Array {
+    if (this.device !== 'cpu') {
+      const host = this.to('cpu', { category: 'workspace' });
+      try { return host.toFloat32(); } finally { host.dispose(); }
+    }
     const v = this.data();
     const out = new Float32Array(this.numel);
     if (this.dtype === 'bf16') for (let i = 0; i < out.length; i++) out[i] = bf16ToF32(v[i] as number);
@@ -123,6 +138,16 @@ export class Tensor {
     return t;
   }
 
+  /** This tensor if it is on `device` already (nothing copied, the CPU path
+   * unchanged), else a copy there and this one disposed: how a model moves
+   * the tensors it owns. */
+  moveTo(device: Device): Tensor {
+    if (this.device === device) return this;
+    const t = this.to(device);
+    this.dispose();
+    return t;
+  }
+
   /** Frees the memory now. Safe to call twice; views become empty. */
   dispose(): void {
     this.cachedView = null;
@@ -132,4 +157,39 @@ export class Tensor {
   toString(): string {
     return `Tensor(${this.dtype}[${this.shape.join(', ')}], ${this.category}, ${this.device}${this.disposed ? ', disposed' : ''})`;
   }
+}
+
+/** The values of a tensor on any device as a typed array: the zero-copy view
+ * for a CPU tensor (writes reach it), a host copy otherwise (for reading: the
+ * loss, a norm, logits). */
+export function hostValues(t: Tensor): AnyTypedArray {
+  if (t.device === 'cpu') return t.data();
+  const host = t.to('cpu', { category: 'workspace' });
+  try {
+    return host.data().slice();
+  } finally {
+    host.dispose();
+  }
+}
+
+/** dst = src (same dtype and element count) on any devices: the typed-array
+ * copy between two CPU tensors, a native copy otherwise. */
+export function copyInto(dst: Tensor, src: Tensor): void {
+  if (dst.dtype !== src.dtype || dst.numel !== src.numel) {
+    throw new RangeError(`copyInto: ${src.dtype} [${src.shape.join(', ')}] does not fit ${dst.dtype} [${dst.shape.join(', ')}]`);
+  }
+  if (dst.device === 'cpu' && src.device === 'cpu') {
+    (dst.data() as Uint8Array).set(src.data() as Uint8Array);  // same dtype: views of one kind
+    return;
+  }
+  native.copy_tensor(src.handle, dst.handle);
+}
+
+/** Rows of `rowElems` elements between two tensors of one element size on
+ * any devices: dst[dstOffset + r * dstPitch, + rowElems) = src[srcOffset + r * srcPitch, + rowElems)
+ * for r < rows (offsets and pitches in elements). */
+export function copyRows(src: Tensor, srcOffset: number, srcPitch: number, dst: Tensor, dstOffset: number, dstPitch: number,
+                         rowElems: number, rows: number): void {
+  if (src.disposed || dst.disposed) throw new Error('copyRows: a tensor was disposed');
+  native.copy_rows(src.handle, srcOffset, srcPitch, dst.handle, dstOffset, dstPitch, rowElems, rows);
 }

@@ -198,7 +198,7 @@ describe('quantization on CUDA', { skip: skipCuda }, () => {
     }
   }
 
-  test('INT-N on CUDA: bf16 weights, refused weights, GPTQ refused, addToOffsets', () => {
+  test('INT-N on CUDA: bf16 weights, refused weights, GPTQ from a host copy, addToOffsets', () => {
     const r = rng();
     const w = Tensor.from(weights(9 * 64, r), [9, 64], { dtype: 'bf16' }), dw = onCuda(w);
     const q = quantizeIntN(w, { bits: 3, groupSize: 32 }), dq = quantizeIntN(dw, { bits: 3, groupSize: 32 });
@@ -210,8 +210,13 @@ describe('quantization on CUDA', { skip: skipCuda }, () => {
     bad[9] = Infinity;
     const db = onCuda(Tensor.from(bad, [2, 32]));
     assert.throws(() => quantizeIntN(db, { bits: 4, groupSize: 16 }), /holds 1 NaN or infinite/);
+    // GPTQ runs on the CPU from a host copy; the result comes back to the weight's device
     const X = Tensor.from(randn(8 * 64, r), [8, 64]);
-    assert.throws(() => quantizeIntN(dw, { bits: 4, groupSize: 32, quantizer: 'gptq', calibration: X }), /GPTQ runs on the CPU only/);
+    const g = quantizeIntN(w, { bits: 4, groupSize: 32, quantizer: 'gptq', calibration: X });
+    const dg = quantizeIntN(dw, { bits: 4, groupSize: 32, quantizer: 'gptq', calibration: X });
+    assert.equal(dg.codes.device, 'cuda');
+    assert.deepEqual(bytesOf(dg.codes), bytesOf(g.codes), `GPTQ codes (seed ${r.seed})`);
+    disposeIntN(g); disposeIntN(dg);
     for (const t of [w, dw, db, X]) t.dispose();
     disposeIntN(q); disposeIntN(dq);
   });

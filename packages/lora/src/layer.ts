@@ -22,8 +22,8 @@
 // of L input columns, which is what lets it fold into a group-wise quantized
 // base's offsets (pooledDelta).
 import {
-  DenseLinear, type FrozenBase, type LinearLayer, type Parameter, Rng, type RngState, Tensor, addInPlace, bf16ToF32, f32ToBf16,
-  groupPoolBackward, groupPoolForward, loraBackward, loraDeltaRows, loraForward, matmul,
+  DenseLinear, type Device, type FrozenBase, type LinearLayer, type Parameter, Rng, type RngState, Tensor, addInPlace, bf16ToF32, copyInto,
+  f32ToBf16, groupPoolBackward, groupPoolForward, hostValues, loraBackward, loraDeltaRows, loraForward, matmul, moveParameter,
 } from '@tunebench/core';
 import { type LoraConfig, loraScale } from './config.js';
 
@@ -100,10 +100,10 @@ export class LoraLinear implements LinearLayer {
     const av = new Float32Array(o.r * aIn);
     if (o.init === 'gaussian') for (let i = 0; i < av.length; i++) av[i] = rng.normal() / Math.sqrt(o.r);
     else { const bound = 1 / Math.sqrt(aIn); for (let i = 0; i < av.length; i++) av[i] = (2 * rng.next() - 1) * bound; }
-    const category = trainable ? 'trainable' : 'frozen';
-    const A = Tensor.from(av, [o.r, aIn], { category });
-    const B = Tensor.zeros([this.outFeatures, o.r], { category });
-    const grad = (t: Tensor) => (trainable ? Tensor.zeros(t.shape, { category: 'grad' }) : null);
+    const category = trainable ? 'trainable' : 'frozen', device = this.device;
+    const A = Tensor.from(av, [o.r, aIn], { category, device });
+    const B = Tensor.zeros([this.outFeatures, o.r], { category, device });
+    const grad = (t: Tensor) => (trainable ? Tensor.zeros(t.shape, { category: 'grad', device }) : null);
     const adapter: Adapter = {
       name, r: o.r, alpha: o.alpha, rslora: o.rslora, scale: loraScale(o), dropout: o.dropout, poolSize,
       A: { name: `${this.name}.lora_A.${name}.weight`, value: A, grad: grad(A) },
@@ -112,6 +112,18 @@ export class LoraLinear implements LinearLayer {
     this.adapters.set(name, adapter);
     if (this.active === null) this.active = name;
     return adapter;
+  }
+
+  /** where the layer's weights are (the base's device) */
+  get device(): Device {
+    return this.base.weight.value.device;
+  }
+
+  /** Moves the base and every adapter (values and gradients) to `device`. */
+  to(device: Device): void {
+    this.clearSaved();
+    this.base.to(device);
+    for (const a of this.adapters.values()) { moveParameter(a.A, device); moveParameter(a.B, device); }
   }
 
   deleteAdapter(name: string): void {
@@ -156,16 +168,51 @@ export class LoraLinear implements LinearLayer {
     }
     let xa = x, mask: Tensor | null = null;
     if (this.training && a.dropout > 0) {
-      mask = Tensor.zeros(x.shape, { category: 'activation' });
-      xa = Tensor.zeros(x.shape, { category: 'activation' });
-      const mv = mask.data() as Float32Array, xv = x.data() as Float32Array, av = xa.data() as Float32Array;
-      const keep = 1 / (1 - a.dropout);
-      for (let i = 0; i < mv.length; i++) { mv[i] = this.dropoutRng.next() < a.dropout ? 0 : keep; av[i] = xv[i] * mv[i]; }
+      if (x.device === 'cpu') {
+        mask = Tensor.zeros(x.shape, { category: 'activation' });
+        xa = Tensor.zeros(x.shape, { category: 'activation' });
+        const mv = mask.data() as Float32Array, xv = x.data() as Float32Array, av = xa.data() as Float32Array;
+        const keep = 1 / (1 - a.dropout);
+        for (let i = 0; i < mv.length; i++) { mv[i] = this.dropoutRng.next() < a.dropout ? 0 : keep; av[i] = xv[i] * mv[i]; }
+      } else {
+        // the same mask from the same stream, computed on the host and copied over
+        ({ mask, xa } = this.dropoutOnHost(x, a.dropout));
+      }
     }
     if (a.poolSize !== null) return this.forwardPooled(x, xa, mask, a);
     const { y, u } = loraForward(x, xa, this.base.weightOperand, a.A.value, a.B.value, a.scale);
     this.saved = { adapter: a, xa, ownsXa: mask !== null, mask, u };
     return y;
+  }
+
+  // Dropout of an input on another device: the mask and the masked input are
+  // computed on a host copy of x (the CPU path's arithmetic, the same random
+  // draws) and copied to x's device.
+  private dropoutOnHost(x: Tensor, p: number): { mask: Tensor; xa: Tensor } {
+    const xv = hostValues(x) as Float32Array;
+    const mv = new Float32Array(xv.length), av = new Float32Array(xv.length);
+    const keep = 1 / (1 - p);
+    for (let i = 0; i < mv.length; i++) { mv[i] = this.dropoutRng.next() < p ? 0 : keep; av[i] = xv[i] * mv[i]; }
+    const mask = Tensor.from(mv, x.shape, { category: 'activation', device: x.device });
+    try {
+      return { mask, xa: Tensor.from(av, x.shape, { category: 'activation', device: x.device }) };
+    } catch (e) {
+      mask.dispose();
+      throw e;
+    }
+  }
+
+  /** dxa *= mask elementwise, on any device (a host round trip off the CPU). */
+  private applyMask(dxa: Tensor, mask: Tensor): void {
+    if (dxa.device === 'cpu') {
+      const dv = dxa.data() as Float32Array, mv = mask.data() as Float32Array;
+      for (let i = 0; i < dv.length; i++) dv[i] *= mv[i];
+      return;
+    }
+    const dv = hostValues(dxa) as Float32Array, mv = hostValues(mask) as Float32Array;
+    for (let i = 0; i < dv.length; i++) dv[i] *= mv[i];
+    const h = Tensor.from(dv, dxa.shape, { category: 'workspace' });
+    try { copyInto(dxa, h); } finally { h.dispose(); }
   }
 
   // Pooled adapter: the base through its own layer (it keeps x), then
@@ -196,8 +243,7 @@ export class LoraLinear implements LinearLayer {
     const scale = this.inFeatures / L;
     if (s.mask) {
       const dxa = groupPoolBackward(dxp, L, { scale, category: 'workspace' });
-      const dv = dxa.data() as Float32Array, mv = s.mask.data() as Float32Array;
-      for (let i = 0; i < dv.length; i++) dv[i] *= mv[i];
+      this.applyMask(dxa, s.mask);
       addInPlace(dx, dxa);
       dxa.dispose();
     } else {
@@ -220,13 +266,12 @@ export class LoraLinear implements LinearLayer {
       try { return this.backwardPooled(s, dy, dxInto); } finally { this.clearSaved(); }
     }
     let dxa: Tensor | undefined;
-    if (s.mask) dxa = Tensor.zeros(s.xa.shape, { category: 'workspace' });
+    if (s.mask) dxa = Tensor.zeros(s.xa.shape, { category: 'workspace', device: s.xa.device });
     const dx = loraBackward(dy, s.xa, this.base.weightOperand, a.A.value, a.B.value, s.u, a.scale, {
       dxInto, dA: a.A.grad ?? undefined, dB: a.B.grad ?? undefined, dxa,
     });
     if (dxa && s.mask) {
-      const dv = dxa.data() as Float32Array, mv = s.mask.data() as Float32Array;
-      for (let i = 0; i < dv.length; i++) dv[i] *= mv[i];
+      this.applyMask(dxa, s.mask);
       addInPlace(dx, dxa);
       dxa.dispose();
     }
@@ -311,9 +356,15 @@ export class LoraLinear implements LinearLayer {
     const W = this.base.weight.value;
     if (W.dtype === 'f32') {
       addInPlace(W, delta, sign);
-    } else {
+    } else if (W.device === 'cpu') {
       const wv = W.data() as Uint16Array, dv = delta.data() as Float32Array;
       for (let i = 0; i < wv.length; i++) wv[i] = f32ToBf16(bf16ToF32(wv[i]) + sign * dv[i]);
+    } else {
+      // the same bf16 rounding on host copies, written back
+      const wv = hostValues(W) as Uint16Array, dv = hostValues(delta) as Float32Array;
+      for (let i = 0; i < wv.length; i++) wv[i] = f32ToBf16(bf16ToF32(wv[i]) + sign * dv[i]);
+      const h = Tensor.from(wv, W.shape, { dtype: 'bf16', category: 'workspace' });
+      try { copyInto(W, h); } finally { h.dispose(); }
     }
     delta.dispose();
   }
@@ -385,7 +436,7 @@ export function pooledDelta(layer: LoraLinear, adapterName: string): Float32Arra
   if (a.poolSize === null) throw new Error(`${layer.name}: adapter '${adapterName}' is not pooled (no poolSize); its delta is deltaWeight(), [out, in]`);
   const c = a.scale * (layer.inFeatures / a.poolSize) / a.poolSize;
   const t = matmul(a.B.value, a.A.value, { alpha: c, category: 'workspace' });
-  const out = (t.data() as Float32Array).slice();
+  const out = (hostValues(t) as Float32Array).slice();
   t.dispose();
   return out;
 }

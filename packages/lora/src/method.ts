@@ -73,10 +73,10 @@ export function trainEmbeddings(model: LlamaModel): void {
   }
   for (const p of params) {
     if (p.grad) continue;
-    const f32 = Tensor.from(p.value.toFloat32(), p.value.shape, { category: 'trainable' });
+    const f32 = Tensor.from(p.value.toFloat32(), p.value.shape, { category: 'trainable', device: p.value.device });
     p.value.dispose();
     p.value = f32;
-    p.grad = Tensor.zeros(f32.shape, { category: 'grad' });
+    p.grad = Tensor.zeros(f32.shape, { category: 'grad', device: f32.device });
   }
   embeddingModels.add(model);
 }

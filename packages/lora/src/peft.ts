@@ -24,7 +24,7 @@ import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { linearRegExp, parseJson, readTextFile,
   type FrozenBase, isFrozenBase, type LlamaModel, type SafetensorsEntry, type Tensor, readSafetensors, readSafetensorsHeader,
-  writeJsonAtomic, writeSafetensors,
+  copyInto, writeJsonAtomic, writeSafetensors,
 } from '@tunebench/core';
 import { LoraLinear } from './layer.js';
 import { loraLayers, trainedEmbeddings } from './method.js';
@@ -477,7 +477,7 @@ export function loadAdapter(model: LlamaModel, dir: string, opts: LoadAdapterOpt
       for (const [param, entry] of [[a.A, p.A], [a.B, p.B]] as const) {
         const t = tensors.get(entry.name);
         if (!t || t.numel !== param.value.numel) throw new Error(`${weightsPath}: ${entry.name} changed while loading`);
-        (param.value.data() as Float32Array).set(t.data() as Float32Array);
+        copyInto(param.value, t);  // both f32 (converted while reading); any device
       }
       if (wrapped) model.replaceLinear(p.module, lora);
     }

@@ -1,11 +1,11 @@
 // A merged INT4 g32 model to GGUF: each IntNLinear handed to core's
 // exportGguf as group-wise INT4 (groupwise option), written as Q4_1 blocks
 // with the same codes, d = fp16(scale), m = fp16(offset).
-import { IntNLinear, type GroupwiseInt4, type LlamaModel, type QuantizedIntN } from '@tunebench/core';
+import { IntNLinear, type GroupwiseInt4, type LlamaModel, type QuantizedIntN, hostValues } from '@tunebench/core';
 
 /** The codes of an INT-N weight, one per element (u8 [out·in]); the stream is LSB first. */
 export function unpackIntNCodes(q: QuantizedIntN): Uint8Array {
-  const bytes = q.codes.data() as Uint8Array, N = q.bits, mask = (1 << N) - 1;
+  const bytes = hostValues(q.codes) as Uint8Array, N = q.bits, mask = (1 << N) - 1;
   const out = new Uint8Array(q.numel);
   for (let e = 0; e < q.numel; e++) {
     const bit = e * N, b = bit >> 3, s = bit & 7;
@@ -32,6 +32,6 @@ export function groupwiseOf(model: LlamaModel): (hfName: string) => GroupwiseInt
   return (hf) => {
     const q = byName.get(hf);
     if (!q) return undefined;
-    return { bits: 4, groupSize: 32, codes: unpackIntNCodes(q), scales: (q.scales.data() as Float32Array).slice(), offsets: (q.offsets.data() as Float32Array).slice() };
+    return { bits: 4, groupSize: 32, codes: unpackIntNCodes(q), scales: (hostValues(q.scales) as Float32Array).slice(), offsets: (hostValues(q.offsets) as Float32Array).slice() };
   };
 }

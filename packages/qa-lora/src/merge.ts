@@ -57,6 +57,7 @@ export function mergeQalora(model: LlamaModel): QaloraMergeResult {
 }
 
 function cloneTensor(t: Tensor): Tensor {
+  if (t.device !== 'cpu') return t.to(t.device, { category: 'frozen' });
   return Tensor.from((t.data() as Uint8Array | Float32Array).slice(), t.shape, { dtype: t.dtype, category: 'frozen' });
 }
 

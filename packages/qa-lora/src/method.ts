@@ -14,7 +14,7 @@
 // each projection as it is read, never holding the dense base).
 import {
   type IntNQuantizer, IntNLinear, type LinearFactory, type LinearLayer, type LlamaModel, type OptimizerFactory, type Parameter,
-  DenseLinear, Tensor, loadHfModel, makeOptimizer, quantizeIntN,
+  DenseLinear, type Device, Tensor, loadHfModel, makeOptimizer, quantizeIntN,
 } from '@tunebench/core';
 import { LoraLinear, type PrepareResult, countParameters, loraLayers, resolveTargets, wrap } from '@tunebench/lora';
 import { type QaloraConfig, adapterConfig, qaloraConfig } from './config.js';
@@ -89,6 +89,7 @@ class CapturingLinear implements LinearLayer {
   backward(): Tensor { throw new Error(`${this.name}: calibration capture runs inference only`); }
   parameters(): Parameter[] { return this.inner.parameters(); }
   clearSaved(): void { this.inner.clearSaved(); }
+  to(device: Device): void { this.inner.to(device); }
   dispose(): void { this.inner.dispose(); }
   /** X [rows, in] of everything seen */
   take(): Tensor {

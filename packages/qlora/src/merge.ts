@@ -3,7 +3,7 @@
 //   'nf4' (or 'fp4'): W' requantized to 4 bits with the base's settings (lossy:
 //          the adapter's delta is rounded with everything else)
 // Either way the adapter layers are gone afterwards.
-import { DenseLinear, type LlamaModel, Quant4Linear, Tensor, addInPlace, disposeQuantized, quantize4bit } from '@tunebench/core';
+import { DenseLinear, type LlamaModel, Quant4Linear, Tensor, addInPlace, disposeQuantized, hostValues, quantize4bit } from '@tunebench/core';
 import { LoraLinear, loraLayers } from '@tunebench/lora';
 
 export type MergeTarget = 'bf16' | 'requantize';
@@ -36,7 +36,7 @@ function mergeLayer(l: LoraLinear, to: MergeTarget): DenseLinear | Quant4Linear 
     addInPlace(dense, delta);
     delta.dispose();
     if (to === 'bf16') {
-      const w = Tensor.from(dense.data() as Float32Array, dense.shape, { dtype: 'bf16', category: 'frozen' });
+      const w = Tensor.from(hostValues(dense) as Float32Array, dense.shape, { dtype: 'bf16', category: 'frozen', device: dense.device });
       return new DenseLinear(l.name, w, null);
     }
     if (!(l.base instanceof Quant4Linear)) throw new Error(`${l.name}: requantizing needs a quantized base`);

@@ -4,7 +4,7 @@
 // Quant4Linear base: the fused LoRA kernels dequantize the base while packing.
 import {
   type LinearFactory, type LinearLayer, type LlamaModel, type Optimizer, type OptimizerFactory, type Parameter,
-  DenseLinear, Quant4Linear, type Tensor, loadHfModel, makeOptimizer, quantize4bit,
+  DenseLinear, Quant4Linear, Tensor, copyInto, loadHfModel, makeOptimizer, moveQuantized, quantize4bit,
 } from '@tunebench/core';
 import { LoraLinear, type PrepareResult, countParameters, loraLayers, resolveTargets, wrap } from '@tunebench/lora';
 import { type QloraConfig, adapterConfig, qloraConfig } from './config.js';
@@ -31,6 +31,13 @@ function isTarget(name: string, targets: QloraConfig['targets']): boolean {
 
 interface LoftqInit { A: Float32Array; B: Float32Array; errorBefore: number; errorAfter: number }
 
+/** t = values (f32, same count) on t's device. */
+function setValues(t: Tensor, values: Float32Array): void {
+  if (t.device === 'cpu') { (t.data() as Float32Array).set(values); return; }
+  const h = Tensor.from(values, t.shape, { category: 'workspace' });
+  try { copyInto(t, h); } finally { h.dispose(); }
+}
+
 /** A factory for LlamaModel.fromTensors / loadHfModel that quantizes each
  * projection as it is read. With init 'loftq', targeted projections are
  * quantized by LoftQ and their adapter initial values kept in `loftqInit`. */
@@ -40,9 +47,10 @@ export function quantizingFactory(config: Partial<QloraConfig>, loftqInit?: Map<
   return (name, weight) => {
     if (c.init !== 'loftq' || !isTarget(name, c.targets)) return quantizeLinear(name, weight, c);
     try {
+      // LoftQ runs on the CPU (from a host copy of a weight elsewhere); the result goes to the weight's device
       const res = loftq(weight, { format: c.format, blockSize: c.blockSize, doubleQuant: c.doubleQuant, r: c.r, scale, iters: c.loftqIters, seed: c.seed });
       loftqInit?.set(name, { A: res.A, B: res.B, errorBefore: res.errorBefore, errorAfter: res.errorAfter });
-      return new Quant4Linear(name, res.quantized);
+      return new Quant4Linear(name, moveQuantized(res.quantized, weight.device) as typeof res.quantized);
     } finally {
       weight.dispose();
     }
@@ -68,8 +76,8 @@ function applyAdapters(model: LlamaModel, c: QloraConfig, adapterName: string, l
     if (lora !== layer) model.replaceLinear(name, lora);
     const init = loftqInit?.get(name);
     if (init) {
-      (a.A.value.data() as Float32Array).set(init.A);
-      (a.B.value.data() as Float32Array).set(init.B);
+      setValues(a.A.value, init.A);
+      setValues(a.B.value, init.B);
       before += init.errorBefore ** 2;
       after += init.errorAfter ** 2;
     }

@@ -124,6 +124,40 @@ static Napi::Value CopyTensor(const Napi::CallbackInfo& info) {
   });
 }
 
+// copy_rows(src, srcOffset, srcPitch, dst, dstOffset, dstPitch, rowElems, rows):
+// for r < rows, dst[dstOffset + r*dstPitch, + rowElems) = src[srcOffset + r*srcPitch, + rowElems),
+// in elements of the two tensors' common element size, on any devices (a KV
+// cache append, one row of a device tensor). Every range is checked against
+// both tensors first. Returns once the bytes are in dst.
+static Napi::Value CopyRows(const Napi::CallbackInfo& info) {
+  const char* fn = "copy_rows";
+  TensorArg src = tensor_arg_any_device(info, 0, fn, "src", 0, DType::F32, true);
+  TensorArg dst = tensor_arg_any_device(info, 3, fn, "dst", 0, DType::F32, true);
+  const char* names[] = {"srcOffset", "srcPitch", "", "dstOffset", "dstPitch", "rowElems", "rows"};
+  double v[7] = {0, 0, 0, 0, 0, 0, 0};
+  for (size_t k : {1u, 2u, 4u, 5u, 6u, 7u}) {
+    if (k >= info.Length() || !info[k].IsNumber()) throw arg_error(info, fn, std::string("'") + names[k - 1] + "' must be a number");
+    v[k - 1] = info[k].As<Napi::Number>().DoubleValue();
+    if (!(v[k - 1] >= 0 && v[k - 1] <= 1e15) || v[k - 1] != static_cast<double>(static_cast<int64_t>(v[k - 1])))
+      throw arg_error(info, fn, std::string("'") + names[k - 1] + "' must be an integer from 0 to 1e15");
+  }
+  size_t es = dtype_size(src.dtype);
+  if (dtype_size(dst.dtype) != es) throw arg_error(info, fn, "'src' and 'dst' have different element sizes");
+  size_t so = static_cast<size_t>(v[0]), sp = static_cast<size_t>(v[1]), dof = static_cast<size_t>(v[3]),
+         dp = static_cast<size_t>(v[4]), n = static_cast<size_t>(v[5]), rows = static_cast<size_t>(v[6]);
+  if (rows > 0 && n > 0) {
+    if (so + (rows - 1) * sp + n > src.numel) throw arg_error(info, fn, "the rows run past the end of 'src'");
+    if (dof + (rows - 1) * dp + n > dst.numel) throw arg_error(info, fn, "the rows run past the end of 'dst'");
+  }
+  return guarded(info, [&]() -> Napi::Value {
+    const char* s = static_cast<const char*>(src.data);
+    char* d = static_cast<char*>(dst.data);
+    for (size_t r = 0; r < rows && n > 0; r++)
+      device::copy(d + (dof + r * dp) * es, dst.dev, s + (so + r * sp) * es, src.dev, n * es);
+    return info.Env().Undefined();
+  });
+}
+
 // synchronize(): waits for every kernel queued on the CUDA stream (no-op on the CPU)
 static Napi::Value Synchronize(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
@@ -158,6 +192,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaDevices", Napi::Function::New(env, CudaDevices));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   exports.Set("copy_tensor", Napi::Function::New(env, CopyTensor));
+  exports.Set("copy_rows", Napi::Function::New(env, CopyRows));
   exports.Set("synchronize", Napi::Function::New(env, Synchronize));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
 #ifdef TUNEBENCH_CUDA

@@ -8,7 +8,7 @@
 //     scales: f32 tensor [rows*cols/groupSize], offsets: f32 tensor (same) }
 // A double-quantized absmax is expanded to fp32 into a workspace here, once
 // per call (numel / blockSize floats), as bitsandbytes does before its kernels
-// (on the GPU by cuda::blockwise_dequantize8, into device workspace).
+// (on the GPU by a kernel, cuda::expand_absmax, into device workspace).
 //
 // Devices: without a Dispatch every part must be on the CPU (ops with only a
 // CPU kernel); with one (weight_arg(..., &d)) every part must be on the
@@ -18,7 +18,7 @@
 #include <string>
 
 #include "args.h"
-#include "cuda/nf4.h"
+#include "cuda/gemm.h"
 #include "gemm.h"
 #include "intn.h"
 #include "quant4.h"
@@ -140,10 +140,13 @@ inline WeightOperand weight_arg(const Napi::CallbackInfo& info, size_t i, const 
       } catch (const OutOfMemory& e) {
         throw oom_error(info, e);
       }
+      const float* map = dynamic_map(true);
+      const uint8_t* c = codes.as<uint8_t>();
+      const float* sc = scales.f32();
+      float* a = w.absmax_ws->data();
       if (dev == Device::CUDA) {
-        // the same expansion on the GPU
         try {
-          TB_ON_CUDA(cuda::blockwise_dequantize8(codes.as<uint8_t>(), scales.f32(), nblocks, dq_block, true, offset, w.absmax_ws->data()));
+          TB_ON_CUDA(cuda::expand_absmax(c, sc, nblocks, dq_block, offset, map, a));
         } catch (const NoBackend& e) {
           Napi::Error err = Napi::Error::New(info.Env(), std::string("no CUDA backend: ") + e.what());
           err.Set("code", Napi::String::New(info.Env(), "TB_NO_CUDA"));
@@ -153,14 +156,9 @@ inline WeightOperand weight_arg(const Napi::CallbackInfo& info, size_t i, const 
           err.Set("code", Napi::String::New(info.Env(), "TB_CUDA"));
           throw err;
         }
-        w.q4.absmax = w.absmax_ws->data();
-        return w;
+      } else {
+        for (int64_t b = 0; b < nblocks; b++) a[b] = map[c[b]] * sc[b / dq_block] + offset;
       }
-      const float* map = dynamic_map(true);
-      const uint8_t* c = codes.as<uint8_t>();
-      const float* sc = scales.f32();
-      float* a = w.absmax_ws->data();
-      for (int64_t b = 0; b < nblocks; b++) a[b] = map[c[b]] * sc[b / dq_block] + offset;
       w.q4.absmax = a;
     }
     return w;
@@ -176,7 +174,8 @@ inline WeightOperand weight_arg(const Napi::CallbackInfo& info, size_t i, const 
 // The 13 arguments of a GEMM binding, checked: (transA, transB, M, N, K,
 // alpha, A, lda, B, ldb, beta, C, ldc). A is f32 or, when allow_bf16, bf16;
 // B also, or (allow_quant) a quantized weight; each buffer must hold its
-// strided extent.
+// strided extent. With a Dispatch, A, B (every part) and C must share one
+// device (else all must be on the CPU).
 struct GemmArgs {
   bool ta, tb;
   int64_t M, N, K, lda, ldb, ldc;
@@ -184,6 +183,7 @@ struct GemmArgs {
   TensorArg a, c;
   WeightOperand b;
 };
-GemmArgs gemm_args(const Napi::CallbackInfo& info, const char* fn, bool allow_bf16, bool allow_quant = false);
+GemmArgs gemm_args(const Napi::CallbackInfo& info, const char* fn, bool allow_bf16, bool allow_quant = false,
+                   Dispatch* d = nullptr);
 
 }  // namespace tb

@@ -16,15 +16,25 @@
 //
 // Cases come from generators, set up one group at a time and disposed as
 // soon as they are timed, so a sweep over large shapes never holds them all.
+//
+// CUDA rows (device 'cuda', only where a GPU is present: cudaGemmCases) are
+// judged against peaks of their own device: the best CUDA GEMM of the run
+// (cuBLASLt's when it is there) and a device-to-device copy. Each CUDA call
+// ends with synchronize('cuda') inside the timed function; small ones are
+// repeated within it so the launch and synchronisation do not dominate.
 import { cpus } from 'node:os';
 import { Bench } from 'tinybench';
+import { synchronize } from '../device.js';
+import type { Device } from '../dtype.js';
 import { type LlamaConfig, headDim } from '../nn/config.js';
 import { native } from '../native.js';
 import { attentionBackward, attentionForward } from '../ops/attention.js';
 import { crossEntropyBackward, crossEntropyForward } from '../ops/cross_entropy.js';
 import { addInPlace } from '../ops/elementwise.js';
-import { gemmKernel, matmul } from '../ops/gemm.js';
+import { cublasLtStatus, gemmKernel, matmul } from '../ops/gemm.js';
 import { loraBackward, loraForward } from '../ops/lora.js';
+import { type QuantizedWeight, disposeQuantized, quantize4bit } from '../quant/quant4.js';
+import { quantizeIntN } from '../quant/intn.js';
 import { Tensor } from '../tensor.js';
 import { relativeError } from '../util/compare.js';
 import { Rng } from '../util/rng.js';
@@ -50,6 +60,8 @@ export interface KernelCase {
   memoryPeak?: boolean;
   /** this case redoes `of` with another provider; maxRelDiff compares the two results (after timing) */
   compare?: { of: string; maxRelDiff: () => number };
+  /** where it runs; default 'cpu' (peaks are per device) */
+  device?: Device;
 }
 
 export type KernelSection = 'stream' | 'gemm' | 'lora' | 'attention' | 'xent' | 'method';
@@ -71,7 +83,11 @@ export interface KernelRow {
   bound: 'compute' | 'memory';
   /** on our row: OpenBLAS's time over ours (above 1: we are faster); on OpenBLAS's: the largest relative difference of the results */
   vsOpenblas?: number;
+  /** on our CUDA row: cuBLASLt's time over ours */
+  vsCublasLt?: number;
   maxRelDiff?: number;
+  /** 'cuda' on CUDA rows (absent: the CPU) */
+  device?: Device;
 }
 
 export interface OpenblasInfo { available: boolean; path: string; config: string; core: string; error: string }
@@ -257,6 +273,117 @@ export function* sweepKernelCases(o: { sections: readonly SweepSection[]; quick?
   }
 }
 
+// ------------------------------------------------------------------ CUDA GEMM
+/** A CUDA case: `reps` calls then synchronize('cuda') per timed call (flop and bytes scaled). */
+function cudaCase(c: Omit<KernelCase, 'run' | 'device'> & { call: () => void }): KernelCase {
+  const reps = Math.max(1, Math.min(50, Math.ceil(2e9 / Math.max(c.flop, 1))));
+  const { call, ...rest } = c;
+  return {
+    ...rest, device: 'cuda', flop: c.flop * reps, bytes: c.bytes * reps,
+    run: () => { for (let i = 0; i < reps; i++) call(); synchronize('cuda'); },
+  };
+}
+
+function seededOn(shape: number[], seed: number, scale: number, dtype: 'f32' | 'bf16'): Tensor {
+  const h = seeded(Tensor.zeros(shape), seed, scale);
+  try {
+    if (dtype === 'f32') return h.to('cuda');
+    const b = Tensor.from(h.data() as Float32Array, shape, { dtype: 'bf16', category: 'frozen' });
+    try { return b.to('cuda'); } finally { b.dispose(); }
+  } finally { h.dispose(); }
+}
+
+function relDiffOn(a: Tensor, b: Tensor): number {
+  const ha = a.to('cpu'), hb = b.to('cpu');
+  try { return relativeError(ha.data() as Float32Array, hb.data() as Float32Array); } finally { ha.dispose(); hb.dispose(); }
+}
+
+function quantOnCuda(q: QuantizedWeight): QuantizedWeight {
+  const moved: QuantizedWeight = q.kind === 'intn'
+    ? { ...q, codes: q.codes.to('cuda'), scales: q.scales.to('cuda'), offsets: q.offsets.to('cuda') }
+    : { ...q, packed: q.packed.to('cuda'), absmax: q.absmax?.to('cuda'), dq: q.dq && { ...q.dq, codes: q.dq.codes.to('cuda'), scales: q.dq.scales.to('cuda') } };
+  disposeQuantized(q);
+  return moved;
+}
+
+interface CudaGemm { name: string; M: number; N: number; K: number; tA: boolean; tB: boolean; a: 'f32' | 'bf16'; b: 'f32' | 'bf16' }
+
+/** Our bf16 tensor-core GEMM on CUDA tensors, and cuBLASLt (bf16, fp32 accumulation) on the
+ * same operands when it is present. */
+function* cudaDenseCases(g: CudaGemm, seed: number): Generator<KernelCase> {
+  const { M, N, K, tA, tB } = g;
+  const a = seededOn(tA ? [K, M] : [M, K], seed, 1, g.a), b = seededOn(tB ? [N, K] : [K, N], seed + 1, 0.05, g.b);
+  const out = Tensor.zeros([M, N], { device: 'cuda' });
+  const shape = `${M}x${N}x${K}`, flop = 2 * M * N * K;
+  const size = { f32: 4, bf16: 2 };
+  const bytes = size[g.a] * M * K + size[g.b] * K * N + 4 * M * N;
+  try {
+    yield cudaCase({ name: g.name, section: 'gemm', shape, flop, bytes, provider: 'tunebench-cuda', call: () => { matmul(a, b, { transA: tA, transB: tB, out }); }, dispose: noop });
+    if (cublasLtStatus() === '') {
+      const ref = Tensor.zeros([M, N], { device: 'cuda' });
+      yield cudaCase({
+        name: `${g.name} (cuBLASLt)`, section: 'gemm', shape, flop, bytes, provider: 'cublaslt',
+        call: () => { matmul(a, b, { transA: tA, transB: tB, out: ref, reference: true }); }, dispose: () => ref.dispose(),
+        compare: { of: g.name, maxRelDiff: () => relDiffOn(out, ref) },
+      });
+    }
+  } finally { a.dispose(); b.dispose(); out.dispose(); }
+}
+
+/** x.W^T with W [N, K] quantized (fused dequantization; M <= 16 takes the decode kernel)
+ * beside the same product with W dense bf16. */
+function* cudaQuantCases(label: string, M: number, N: number, K: number, quantize: (w: Tensor) => QuantizedWeight, wBytes: number, seed: number): Generator<KernelCase> {
+  const w = seeded(Tensor.zeros([N, K]), seed + 1, 0.05);
+  const q = quantOnCuda(quantize(w));
+  const wb = (() => { const b = Tensor.from(w.data() as Float32Array, [N, K], { dtype: 'bf16', category: 'frozen' }); try { return b.to('cuda'); } finally { b.dispose(); } })();
+  w.dispose();
+  const x = seededOn([M, K], seed, 1, 'f32'), y = Tensor.zeros([M, N], { device: 'cuda' }), yd = Tensor.zeros([M, N], { device: 'cuda' });
+  const shape = `${M}x${N}x${K}`, flop = 2 * M * N * K, io = 4 * (M * K + M * N);
+  const kind = M <= 16 ? 'decode' : 'fused';
+  try {
+    yield cudaCase({ name: `${label} ${kind} x.W^T ${shape}`, section: 'method', shape, flop, bytes: io + wBytes, provider: 'tunebench-cuda', call: () => { matmul(x, q, { transB: true, out: y }); }, dispose: noop });
+    yield cudaCase({ name: `bf16 W x.W^T ${shape} (dense, beside ${label})`, section: 'method', shape, flop, bytes: io + 2 * N * K, provider: 'tunebench-cuda', call: () => { matmul(x, wb, { transB: true, out: yd }); }, dispose: noop });
+  } finally { for (const t of [x, y, yd, wb]) t.dispose(); disposeQuantized(q); }
+}
+
+/** The CUDA GEMM rows (run only where a GPU is present): a device-copy bandwidth peak; our
+ * bf16 tensor-core kernel beside cuBLASLt at a square 4096^3 and at training shapes (SmolLM-135M
+ * H 576 / I 1536, TinyLlama H 2048 / I 5632, `tokens` rows); NF4 and INT-N fused GEMMs beside the
+ * dense bf16 weight at training shapes and at decode (M = 1). */
+export function* cudaGemmCases(o: { quick?: boolean; tokens?: number } = {}): Generator<KernelCase> {
+  const T = o.tokens ?? 4096;
+  {
+    const n = 64 << 20;  // 256 MiB copied device to device: read + write
+    const src = Tensor.zeros([n], { device: 'cuda' }), dst = Tensor.zeros([n], { device: 'cuda' });
+    try {
+      yield cudaCase({ name: `cuda device copy (${(n * 4) >> 20} MiB)`, section: 'stream', flop: 0, bytes: 8 * n, memoryPeak: true, call: () => { native.copy_tensor(src.handle, dst.handle); }, dispose: noop });
+    } finally { src.dispose(); dst.dispose(); }
+  }
+  const S = o.quick ? 1024 : 4096;
+  const shapes: CudaGemm[] = [
+    { name: `cuda gemm ${S}x${S}x${S} bf16`, M: S, N: S, K: S, tA: false, tB: true, a: 'bf16', b: 'bf16' },
+    { name: `cuda gemm ${S}x${S}x${S} f32`, M: S, N: S, K: S, tA: false, tB: false, a: 'f32', b: 'f32' },
+  ];
+  for (const [H, I] of o.quick ? [[576, 1536]] : [[576, 1536], [2048, 5632]]) {
+    shapes.push(
+      { name: `cuda H=${H} mlp up fwd x.W^T (bf16 W)`, M: T, N: I, K: H, tA: false, tB: true, a: 'f32', b: 'bf16' },
+      { name: `cuda H=${H} mlp down fwd h.W^T (bf16 W)`, M: T, N: H, K: I, tA: false, tB: true, a: 'f32', b: 'bf16' },
+      { name: `cuda H=${H} mlp down dX dY.W (bf16 W)`, M: T, N: I, K: H, tA: false, tB: false, a: 'f32', b: 'bf16' },
+      { name: `cuda H=${H} mlp down dW dY^T.h`, M: H, N: I, K: T, tA: true, tB: false, a: 'f32', b: 'f32' },
+    );
+  }
+  for (const g of shapes) yield* cudaDenseCases(g, 21);
+  const [H, I] = o.quick ? [576, 1536] : [2048, 5632];
+  for (const M of [T, 1]) {
+    const nf4Bytes = I * H / 2 + 4 * I * H / 64;
+    yield* cudaQuantCases('nf4', M, I, H, (w) => quantize4bit(w, { format: 'nf4', blockSize: 64 }), nf4Bytes, 31);
+    for (const bits of [4, 3] as const) {
+      const intnBytes = Math.ceil(I * H * bits / 8) + 8 * I * H / 64;
+      yield* cudaQuantCases(`int${bits} g64`, M, I, H, (w) => quantizeIntN(w, { bits, groupSize: 64 }), intnBytes, 41 + bits);
+    }
+  }
+}
+
 // -------------------------------------------------------------------- timing
 export interface KernelTiming {
   /** tinybench time budget per kernel, ms (default 200) */
@@ -285,12 +412,13 @@ export async function runKernelCases(cases: Iterable<KernelCase>, o: KernelTimin
       const row: (typeof measured)[number] = {
         section: c.section ?? 'method', name: c.name, ...(c.shape ? { shape: c.shape } : {}), provider: c.provider ?? 'tunebench', ms,
         gflops: c.flop / ms / 1e6, gbps: c.bytes / ms / 1e6, ...(c.tokens ? { tokensPerS: c.tokens / (ms / 1e3) } : {}),
-        flop: c.flop, bytes: c.bytes, memoryPeak: c.memoryPeak ?? false,
+        flop: c.flop, bytes: c.bytes, memoryPeak: c.memoryPeak ?? false, ...(c.device && c.device !== 'cpu' ? { device: c.device } : {}),
       };
       if (c.compare) {
         const ours = measured.find((m) => m.name === c.compare!.of);
         row.maxRelDiff = c.compare.maxRelDiff();
-        if (ours) ours.vsOpenblas = ms / ours.ms;
+        if (ours && c.provider === 'cublaslt') ours.vsCublasLt = ms / ours.ms;
+        else if (ours) ours.vsOpenblas = ms / ours.ms;
       }
       measured.push(row);
       log(`kernel ${c.name}${c.provider ? ` [${c.provider}]` : ''}: ${ms.toFixed(3)} ms, ${row.gflops.toFixed(1)} GFLOP/s, ${row.gbps.toFixed(1)} GB/s`);
@@ -298,12 +426,19 @@ export async function runKernelCases(cases: Iterable<KernelCase>, o: KernelTimin
       c.dispose();
     }
   }
-  const peakGbps = Math.max(...measured.filter((m) => m.memoryPeak).map((m) => m.gbps));
-  const peakGflops = Math.max(...measured.filter((m) => m.section === 'gemm').map((m) => m.gflops));
-  const balance = peakGflops / peakGbps;  // FLOP per byte where the two roofs meet
-  const rows: KernelRow[] = measured.map(({ flop, bytes, memoryPeak, ...m }) => ({
-    ...m, peakGflops, peakGbps, bound: memoryPeak || flop / bytes < balance ? 'memory' : 'compute',
-  }));
+  // peaks per device (the CPU's when no row names one)
+  const onDev = (m: { device?: Device }, d: Device) => (m.device ?? 'cpu') === d;
+  const peaks = (d: Device) => {
+    const gbps = Math.max(...measured.filter((m) => m.memoryPeak && onDev(m, d)).map((m) => m.gbps));
+    const gflops = Math.max(...measured.filter((m) => m.section === 'gemm' && onDev(m, d)).map((m) => m.gflops));
+    return { gbps, gflops };
+  };
+  const peakOf = { cpu: peaks('cpu'), cuda: peaks('cuda') };
+  const rows: KernelRow[] = measured.map(({ flop, bytes, memoryPeak, ...m }) => {
+    const { gflops: peakGflops, gbps: peakGbps } = peakOf[m.device ?? 'cpu'];
+    const balance = peakGflops / peakGbps;  // FLOP per byte where the two roofs meet
+    return { ...m, peakGflops, peakGbps, bound: memoryPeak || flop / bytes < balance ? 'memory' : 'compute' };
+  });
   return {
     format: KERNEL_REPORT_FORMAT, date: new Date().toISOString(), cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length,
     settings: { timeMs, iterations, threads: native.getThreads(), gemm: gemmKernel(), tokens: o.tokens, streamMiB: (STREAM_ELEMENTS * 4) >> 20 },
@@ -335,17 +470,22 @@ export function formatKernelTable(r: KernelReport): string {
     ['GB/s', (x) => num(x.gbps, 1)], ['tokens/s', (x) => num(x.tokensPerS, 0)], ['bound', (x) => x.bound],
     ['of peak', (x) => { const f = kernelFraction(x); return f === null ? '' : `${(100 * f).toFixed(1)}%`; }],
     ['openblas/ours', (x) => (x.vsOpenblas === undefined ? '' : `${x.vsOpenblas.toFixed(2)}x`)],
+    ...(r.rows.some((x) => x.vsCublasLt !== undefined)
+      ? [['cublasLt/ours', (x: KernelRow) => (x.vsCublasLt === undefined ? '' : `${x.vsCublasLt.toFixed(2)}x`)] as [string, (x: KernelRow) => string]]
+      : []),
     ['max rel diff', (x) => (x.maxRelDiff === undefined ? '' : x.maxRelDiff.toExponential(1))],
   ];
   const cells = r.rows.map((x) => cols.map(([, f]) => f(x)));
   const widths = cols.map(([h], i) => Math.max(h.length, ...cells.map((c) => c[i].length)));
   const line = (c: string[]) => c.map((s, i) => (i === 0 ? s.padEnd(widths[i]) : s.padStart(widths[i]))).join('  ');
-  const peak = r.rows[0];
+  const peak = r.rows.find((x) => x.device === undefined) ?? r.rows[0];
+  const cudaPeak = r.rows.find((x) => x.device === 'cuda');
   const ratios = r.rows.filter((x) => x.vsOpenblas !== undefined).map((x) => x.vsOpenblas!);
   const geo = ratios.length ? Math.exp(ratios.reduce((s, x) => s + Math.log(x), 0) / ratios.length) : undefined;
   return [
     line(cols.map(([h]) => h)), ...cells.map(line),
     peak ? `peaks of this run: ${num(peak.peakGflops, 1)} GFLOP/s (best dense GEMM), ${num(peak.peakGbps, 1)} GB/s (stream)` : 'no rows',
+    ...(cudaPeak ? [`CUDA peaks of this run: ${num(cudaPeak.peakGflops, 1)} GFLOP/s (best CUDA GEMM), ${num(cudaPeak.peakGbps, 1)} GB/s (device copy)`] : []),
     ...(geo === undefined ? [] : [`OpenBLAS time / ours over ${ratios.length} GEMMs: geometric mean ${geo.toFixed(2)}x, min ${Math.min(...ratios).toFixed(2)}x, max ${Math.max(...ratios).toFixed(2)}x`]),
   ].join('\n');
 }

@@ -2,7 +2,7 @@
 // top-k from a seeded random stream.
 import type { LlamaModel } from '../nn/llama.js';
 import { KVCache } from '../nn/llama.js';
-import { Tensor } from '../tensor.js';
+import { Tensor, copyRows, hostValues } from '../tensor.js';
 import { Rng } from '../util/rng.js';
 
 export interface GenerateOptions {
@@ -35,7 +35,7 @@ export function generate(model: LlamaModel, prompt: readonly number[], opts: Gen
   const temperature = opts.temperature ?? 0, topK = opts.topK ?? 0;
   const rng = new Rng(opts.seed ?? 0);
   const out: number[] = [];
-  const cache = opts.noCache ? null : new KVCache(model.config, 1, total);
+  const cache = opts.noCache ? null : new KVCache(model.config, 1, total, model.device);
   try {
     const t0 = performance.now();
     let next = nextToken(model, Int32Array.from(prompt), cache, temperature, topK, rng);
@@ -60,11 +60,17 @@ function nextToken(model: LlamaModel, ids: Int32Array, cache: KVCache | null, te
   const h = model.hidden(idsT, cache ?? undefined);
   idsT.dispose();
   const C = model.config.hiddenSize, T = ids.length;
-  const last = Tensor.from((h.data() as Float32Array).subarray((T - 1) * C, T * C), [1, C], { category: 'activation' });
+  let last: Tensor;
+  if (h.device === 'cpu') {
+    last = Tensor.from((h.data() as Float32Array).subarray((T - 1) * C, T * C), [1, C], { category: 'activation' });
+  } else {
+    last = Tensor.zeros([1, C], { category: 'activation', device: h.device });
+    copyRows(h, (T - 1) * C, 0, last, 0, 0, C, 1);
+  }
   h.dispose();
   const logitsT = model.logits(last);
   last.dispose();
-  const logits = (logitsT.data() as Float32Array).slice();
+  const logits = (hostValues(logitsT) as Float32Array).slice();
   logitsT.dispose();
   return pick(logits, temperature, topK, rng);
 }

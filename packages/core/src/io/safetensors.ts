@@ -355,7 +355,6 @@ export function writeSafetensors(
     if (name === '__metadata__') throw bad(`'__metadata__' cannot be a tensor name`);
     if (!(t instanceof Tensor)) throw bad(`tensor ${q(name)} is not a Tensor`);
     if (t.disposed) throw bad(`tensor ${q(name)} was disposed`);
-    if (t.device !== 'cpu') throw bad(`tensor ${q(name)} is on ${t.device}; copy it to the CPU first`);
     const dst = stored(t);
     const bytes = t.numel * DTYPE_BYTES[dst];
     plan.push({ name, t, dst, begin: offset, end: offset + bytes });
@@ -390,25 +389,31 @@ export function writeSafetensors(
     yield prefix;
     yield header;
     const scratch = new Uint8Array(scratchBytes);
-    for (const { name, t, dst, begin, end } of plan) {
-      if (t.numel === 0) continue;
-      const src = bytesOf(t);
-      if (src.byteLength !== t.numel * DTYPE_BYTES[t.dtype]) throw new Error(`tensor ${q(name)}: view has ${src.byteLength} bytes, expected ${t.numel * DTYPE_BYTES[t.dtype]}`);
-      if (dst === t.dtype) {
-        for (let o = 0; o < src.byteLength; o += chunk) yield src.subarray(o, Math.min(o + chunk, src.byteLength));
-        continue;
+    for (const { name, t: given, dst, begin, end } of plan) {
+      if (given.numel === 0) continue;
+      // a tensor on another device is copied to the host while it is written, one at a time
+      const t = given.device === 'cpu' ? given : given.to('cpu', { category: 'workspace' });
+      try {
+        const src = bytesOf(t);
+        if (src.byteLength !== t.numel * DTYPE_BYTES[t.dtype]) throw new Error(`tensor ${q(name)}: view has ${src.byteLength} bytes, expected ${t.numel * DTYPE_BYTES[t.dtype]}`);
+        if (dst === t.dtype) {
+          for (let o = 0; o < src.byteLength; o += chunk) yield src.subarray(o, Math.min(o + chunk, src.byteLength));
+          continue;
+        }
+        const srcSize = DTYPE_BYTES[t.dtype], dstSize = DTYPE_BYTES[dst];
+        const perChunk = Math.floor(scratch.byteLength / dstSize);
+        let written = 0;
+        for (let i = 0; i < t.numel; i += perChunk) {
+          const k = Math.min(perChunk, t.numel - i);
+          const out = scratch.subarray(0, k * dstSize);
+          convertBits(t.dtype, src.subarray(i * srcSize, (i + k) * srcSize), dst as FloatTarget, out, k);
+          written += out.byteLength;
+          yield out; // written before the generator resumes, so the scratch can be reused
+        }
+        if (written !== end - begin) throw new Error(`tensor ${q(name)}: wrote ${written} bytes, expected ${end - begin}`);
+      } finally {
+        if (t !== given) t.dispose();
       }
-      const srcSize = DTYPE_BYTES[t.dtype], dstSize = DTYPE_BYTES[dst];
-      const perChunk = Math.floor(scratch.byteLength / dstSize);
-      let written = 0;
-      for (let i = 0; i < t.numel; i += perChunk) {
-        const k = Math.min(perChunk, t.numel - i);
-        const out = scratch.subarray(0, k * dstSize);
-        convertBits(t.dtype, src.subarray(i * srcSize, (i + k) * srcSize), dst as FloatTarget, out, k);
-        written += out.byteLength;
-        yield out; // written before the generator resumes, so the scratch can be reused
-      }
-      if (written !== end - begin) throw new Error(`tensor ${q(name)}: wrote ${written} bytes, expected ${end - begin}`);
     }
   }
   writeFileAtomic(file, chunks());

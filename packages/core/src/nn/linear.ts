@@ -1,10 +1,11 @@
 // Dense linear layer: y = x · W^T, W [out, in] (no bias, as in LLaMA).
 // W is f32 when trained (full fine-tuning) or frozen in f32 or bf16.
+import type { Device } from '../dtype.js';
 import { matmul } from '../ops/gemm.js';
 import { type QuantizedIntN, checkIntN, dequantizeIntN, disposeIntN } from '../quant/intn.js';
-import { type Quantized4bit, type QuantizedWeight, checkQuantized, disposeQuantized, dequantize4bit } from '../quant/quant4.js';
+import { type Quantized4bit, type QuantizedWeight, checkQuantized, disposeQuantized, dequantize4bit, moveQuantized } from '../quant/quant4.js';
 import { Tensor } from '../tensor.js';
-import type { FrozenBase, LinearLayer, Parameter } from './module.js';
+import { type FrozenBase, type LinearLayer, type Parameter, moveParameter } from './module.js';
 
 export class DenseLinear implements LinearLayer, FrozenBase {
   readonly name: string;
@@ -60,11 +61,17 @@ export class DenseLinear implements LinearLayer, FrozenBase {
   }
 
   toDense(): Tensor {
-    return Tensor.from(this.weight.value.toFloat32(), this.weight.value.shape, { category: 'workspace' });
+    const w = this.weight.value;
+    return Tensor.from(w.toFloat32(), w.shape, { category: 'workspace', device: w.device });
   }
 
   clearSaved(): void {
     this.savedInput = null;
+  }
+
+  to(device: Device): void {
+    this.savedInput = null;
+    moveParameter(this.weight, device);
   }
 
   dispose(): void {
@@ -131,6 +138,16 @@ abstract class QuantizedLinear<Q extends QuantizedWeight> implements FrozenBase 
     this.savedInput = null;
   }
 
+  /** Moves the codes and constants; the parameter's value follows the storage. */
+  to(device: Device): void {
+    this.savedInput = null;
+    moveQuantized(this.quantized, device);
+    this.weight.value = this.storage();
+  }
+
+  /** the tensor the weight parameter shows as its value (the packed codes) */
+  protected abstract storage(): Tensor;
+
   dispose(): void {
     this.savedInput = null;
     this.disposeWeight();
@@ -153,6 +170,10 @@ export class Quant4Linear extends QuantizedLinear<Quantized4bit> {
     return dequantize4bit(this.quantized);
   }
 
+  protected storage(): Tensor {
+    return this.quantized.packed;
+  }
+
   protected disposeWeight(): void {
     disposeQuantized(this.quantized);
   }
@@ -172,6 +193,10 @@ export class IntNLinear extends QuantizedLinear<QuantizedIntN> {
 
   toDense(): Tensor {
     return dequantizeIntN(this.quantized);
+  }
+
+  protected storage(): Tensor {
+    return this.quantized.codes;
   }
 
   protected disposeWeight(): void {

@@ -20,11 +20,12 @@ import { matmul } from '../ops/gemm.js';
 import { rmsnorm, rmsnormBackward } from '../ops/rmsnorm.js';
 import { rope, ropeBackward } from '../ops/rope.js';
 import { swiglu, swigluBackward } from '../ops/swiglu.js';
-import { Tensor } from '../tensor.js';
+import type { Device } from '../dtype.js';
+import { Tensor, copyRows, hostValues } from '../tensor.js';
 import { Rng } from '../util/rng.js';
 import { type LlamaConfig, headDim, validateConfig } from './config.js';
 import { DenseLinear } from './linear.js';
-import type { LinearLayer, Parameter } from './module.js';
+import { type LinearLayer, type Parameter, moveParameter } from './module.js';
 
 export const LINEAR_NAMES = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const;
 export type LinearName = (typeof LINEAR_NAMES)[number];
@@ -125,7 +126,7 @@ function checkPositions(positions: Tensor, B: number, T: number, maxPositions: n
     const got = positions instanceof Tensor ? `${positions.dtype} [${positions.shape.join(', ')}]` : typeof positions;
     throw new Error(`forward: batch positions must be i32 [${B}, ${T}] like ids, got ${got}`);
   }
-  const v = positions.data() as Int32Array;
+  const v = hostValues(positions) as Int32Array;
   for (let i = 0; i < v.length; i++) {
     if (v[i] < 0 || v[i] >= maxPositions) {
       throw new Error(`forward: batch position ${v[i]} (row ${Math.floor(i / T)}, token ${i % T}) is outside [0, max_position_embeddings = ${maxPositions})`);
@@ -134,7 +135,27 @@ function checkPositions(positions: Tensor, B: number, T: number, maxPositions: n
 }
 
 function param(name: string, value: Tensor, trainable: boolean): Parameter {
-  return { name, value, grad: trainable ? Tensor.zeros(value.shape, { category: 'grad' }) : null };
+  return { name, value, grad: trainable ? Tensor.zeros(value.shape, { category: 'grad', device: value.device }) : null };
+}
+
+/** An i32 activation tensor on `device` filled by `fill`: written in place on
+ * the CPU, built on the host and copied over elsewhere. */
+function intTensor(shape: readonly number[], device: Device, fill: (v: Int32Array) => void): Tensor {
+  if (device === 'cpu') {
+    const t = Tensor.zeros(shape, { dtype: 'i32', category: 'activation' });
+    fill(t.data() as Int32Array);
+    return t;
+  }
+  const v = new Int32Array(shape.reduce((a, b) => a * b, 1));
+  fill(v);
+  return Tensor.from(v, shape, { dtype: 'i32', category: 'activation', device });
+}
+
+/** Runs fn on a CPU tensor: t itself, or a host copy freed afterwards (checks that read values). */
+function onHost<T>(t: Tensor, fn: (h: Tensor) => T): T {
+  if (t.device === 'cpu') return fn(t);
+  const h = t.to('cpu', { category: 'workspace' });
+  try { return fn(h); } finally { h.dispose(); }
 }
 
 class LlamaBlock {
@@ -173,7 +194,7 @@ class LlamaBlock {
       else {
         if (T !== 1) throw new Error('forward with a filled KV cache takes one new token per sequence');
         att = attentionDecode(q4, cache.k, cache.v, cache.length + 1);
-        lse = Tensor.zeros([0]);
+        lse = Tensor.zeros([0], { device: q4.device });
       }
     } else {
       ({ out: att, lse } = attentionForward(q4, k4, v4, { segments }));
@@ -230,6 +251,13 @@ class LlamaBlock {
     this.releaseSaved();
   }
 
+  to(device: Device): void {
+    this.releaseSaved();
+    for (const n of LINEAR_NAMES) this.linears[n].to(device);
+    moveParameter(this.ln1, device);
+    moveParameter(this.ln2, device);
+  }
+
   /** The random states of the block's linears (dropout), in LINEAR_NAMES order. */
   randomStates(): unknown[] {
     return LINEAR_NAMES.map((n) => this.linears[n].randomState?.());
@@ -270,6 +298,8 @@ export class LlamaModel {
   readonly lmHead: Parameter | null;
   private state: {
     ids: Tensor; targets: Tensor; positions: Tensor; segments: Tensor | undefined; residuals: Tensor[];
+    /** the batch's ids and targets copied to the model's device (none on the CPU) */
+    uploaded: Tensor[];
     hf: Tensor; rstdF: Tensor; lse: Tensor; losses: Tensor; B: number; T: number;
     /** per recomputed block: the random states its linears started from */
     replay: Map<number, unknown[]>;
@@ -345,7 +375,7 @@ export class LlamaModel {
           built.push(layer);
           linears[n] = layer;
         } else {
-          linears[n] = new DenseLinear(prefix, w, trainable ? Tensor.zeros(w.shape, { category: 'grad' }) : null);
+          linears[n] = new DenseLinear(prefix, w, trainable ? Tensor.zeros(w.shape, { category: 'grad', device: w.device }) : null);
         }
       }
       blocks.push(new LlamaBlock(i, ln1, ln2, linears));
@@ -371,6 +401,27 @@ export class LlamaModel {
       tensors.set(name, Tensor.from(vals, shape, { dtype, category }));
     }
     return LlamaModel.fromTensors(config, tensors, { trainable });
+  }
+
+  /** The device the model's weights are on (where forward runs). */
+  get device(): Device {
+    return this.embed.value.device;
+  }
+
+  /** Moves every parameter, gradient and frozen weight (quantized ones with
+   * their constants, adapters included) to `device`: each a copy there and
+   * the old tensor disposed. A no-op returning the model when it is there
+   * already. Drops what a training forward kept. Build the optimizer after
+   * moving (its state goes where the parameters are). Batches may stay on
+   * the CPU: forward copies their tensors over. */
+  to(device: Device): this {
+    if (device === this.device && this.parameters().every((p) => p.value.device === device)) return this;
+    this.releaseState();
+    for (const b of this.blocks) b.to(device);
+    moveParameter(this.embed, device);
+    moveParameter(this.norm, device);
+    if (this.lmHead) moveParameter(this.lmHead, device);
+    return this;
   }
 
   /** All parameters, in checkpoint order. */
@@ -417,22 +468,30 @@ export class LlamaModel {
     }
     const [B, T] = ids.shape;
     if (T > cfg.maxPositionEmbeddings) throw new Error(`forward: sequence length ${T} exceeds max_position_embeddings ${cfg.maxPositionEmbeddings}`);
-    if (batch.segments !== undefined) checkSegments('forward', batch.segments, B, T);
+    if (batch.segments !== undefined) onHost(batch.segments, (s) => checkSegments('forward', s, B, T));
     if (batch.positions !== undefined) checkPositions(batch.positions, B, T, cfg.maxPositionEmbeddings);
     if (this.state) this.releaseState();
     for (const b of this.blocks) for (const n of LINEAR_NAMES) if ('training' in b.linears[n]) b.linears[n].training = training;
-    const N = B * T;
-    const positions = Tensor.zeros([N], { dtype: 'i32', category: 'activation' });
-    const pv = positions.data() as Int32Array;
-    if (batch.positions) pv.set(batch.positions.data() as Int32Array);
-    else for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) pv[b * T + t] = t;
+    const N = B * T, device = this.device;
+    const positions = intTensor([N], device, (pv) => {
+      if (batch.positions) pv.set(hostValues(batch.positions) as Int32Array);
+      else for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) pv[b * T + t] = t;
+    });
     // the model's own copy: the batch's tensors may be disposed before backward
     let segments: Tensor | undefined;
     if (batch.segments) {
-      segments = Tensor.zeros([B, T], { dtype: 'i32', category: 'activation' });
-      (segments.data() as Int32Array).set(batch.segments.data() as Int32Array);
+      const src = batch.segments;
+      segments = intTensor([B, T], device, (sv) => sv.set(hostValues(src) as Int32Array));
     }
-    const ids1 = ids.reshape([N]), targets1 = targets.reshape([N]);
+    // ids and targets on the model's device (copies when the batch is elsewhere)
+    const uploaded: Tensor[] = [];
+    const onDevice = (t: Tensor): Tensor => {
+      if (t.device === device) return t;
+      const c = t.to(device);
+      uploaded.push(c);
+      return c;
+    };
+    const ids1 = onDevice(ids).reshape([N]), targets1 = onDevice(targets).reshape([N]);
     let x = embeddingForward(ids1, this.embed.value);
     const residuals: Tensor[] = [x];
     const replay = new Map<number, unknown[]>();
@@ -452,7 +511,7 @@ export class LlamaModel {
     let rows: ForwardResult['rows'];
     if (opts.rowLosses) {
       rows = { lossSum: new Float64Array(B), count: new Int32Array(B) };
-      const lv = ce.losses.data() as Float32Array, tv = targets1.data() as Int32Array;
+      const lv = hostValues(ce.losses) as Float32Array, tv = hostValues(targets) as Int32Array;
       for (let i = 0; i < N; i++) {
         if (tv[i] === -100) continue;
         rows.lossSum[Math.floor(i / T)] += lv[i];
@@ -460,9 +519,9 @@ export class LlamaModel {
       }
     }
     if (training) {
-      this.state = { ids: ids1, targets: targets1, positions, segments, residuals, hf, rstdF, lse: ce.lse, losses: ce.losses, B, T, replay };
+      this.state = { ids: ids1, targets: targets1, positions, segments, residuals, uploaded, hf, rstdF, lse: ce.lse, losses: ce.losses, B, T, replay };
     } else {
-      for (const t of [positions, x, hf, rstdF, ce.lse, ce.losses]) t.dispose();
+      for (const t of [positions, x, hf, rstdF, ce.lse, ce.losses, ...uploaded]) t.dispose();
       segments?.dispose();
     }
     return { lossSum: ce.sum, count: ce.count, rows };
@@ -477,16 +536,24 @@ export class LlamaModel {
     const [B, T] = ids.shape;
     const start = cache ? cache.length : 0;
     if (cache && cache.batch !== B) throw new Error(`hidden: the cache holds ${cache.batch} sequences, ids has ${B}`);
+    const device = this.device;
+    if (cache && cache.device !== device) throw new Error(`hidden: the KV cache is on ${cache.device}, the model on ${device} (new KVCache(config, batch, maxLength, model.device))`);
     if (start + T > (cache ? cache.maxLength : cfg.maxPositionEmbeddings)) {
       throw new Error(`hidden: ${start + T} positions exceed the ${cache ? 'cache length' : 'max_position_embeddings'} ${cache ? cache.maxLength : cfg.maxPositionEmbeddings}`);
     }
     if (this.state) this.releaseState();
     for (const b of this.blocks) for (const n of LINEAR_NAMES) if ('training' in b.linears[n]) b.linears[n].training = false;
     const N = B * T;
-    const positions = Tensor.zeros([N], { dtype: 'i32', category: 'activation' });
-    const pv = positions.data() as Int32Array;
-    for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) pv[b * T + t] = start + t;
-    let x = embeddingForward(ids.reshape([N]), this.embed.value);
+    const positions = intTensor([N], device, (pv) => {
+      for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) pv[b * T + t] = start + t;
+    });
+    const idsD = ids.device === device ? ids : ids.to(device);
+    let x: Tensor;
+    try {
+      x = embeddingForward(idsD.reshape([N]), this.embed.value);
+    } finally {
+      if (idsD !== ids) idsD.dispose();
+    }
     this.blocks.forEach((block, i) => {
       const next = block.forward(x, positions, cfg, B, T, false, cache ? { k: cache.k[i], v: cache.v[i], length: start } : undefined);
       x.dispose();
@@ -547,7 +614,7 @@ export class LlamaModel {
     const s = this.state;
     if (!s) return;
     for (const b of this.blocks) b.releaseSaved();
-    for (const t of [s.positions, ...s.residuals, s.hf, s.rstdF, s.lse, s.losses]) t.dispose();
+    for (const t of [s.positions, ...s.residuals, s.hf, s.rstdF, s.lse, s.losses, ...s.uploaded]) t.dispose();
     s.segments?.dispose();
     this.state = null;
   }
@@ -588,14 +655,15 @@ export class KVCache {
   /** tokens cached per sequence */
   length = 0;
 
-  constructor(config: LlamaConfig, readonly batch: number, readonly maxLength: number) {
+  /** device: where the keys and values live, the model's (default cpu) */
+  constructor(config: LlamaConfig, readonly batch: number, readonly maxLength: number, readonly device: Device = 'cpu') {
     if (!Number.isInteger(batch) || batch < 1) throw new Error(`KVCache: batch must be a positive integer, got ${batch}`);
     if (!Number.isInteger(maxLength) || maxLength < 1 || maxLength > config.maxPositionEmbeddings) {
       throw new Error(`KVCache: maxLength must be in [1, ${config.maxPositionEmbeddings}], got ${maxLength}`);
     }
     const shape = [batch, maxLength, config.numKvHeads, headDim(config)];
-    this.k = Array.from({ length: config.numLayers }, () => Tensor.zeros(shape, { category: 'activation' }));
-    this.v = Array.from({ length: config.numLayers }, () => Tensor.zeros(shape, { category: 'activation' }));
+    this.k = Array.from({ length: config.numLayers }, () => Tensor.zeros(shape, { category: 'activation', device }));
+    this.v = Array.from({ length: config.numLayers }, () => Tensor.zeros(shape, { category: 'activation', device }));
   }
 
   dispose(): void {
@@ -606,7 +674,12 @@ export class KVCache {
 // cache [B, Tmax, H, D] rows [at, at + T) <- x [B, T, H, D]
 function writeCache(cache: Tensor, x: Tensor, at: number): void {
   const [B, T, H, D] = x.shape, Tmax = cache.shape[1];
-  const cv = cache.data() as Float32Array, xv = x.data() as Float32Array;
   const row = H * D;
+  if (cache.device !== 'cpu' || x.device !== 'cpu') {
+    // B rows of T * H * D elements, copied on the device
+    copyRows(x, 0, T * row, cache, at * row, Tmax * row, T * row, B);
+    return;
+  }
+  const cv = cache.data() as Float32Array, xv = x.data() as Float32Array;
   for (let b = 0; b < B; b++) cv.set(xv.subarray(b * T * row, (b + 1) * T * row), (b * Tmax + at) * row);
 }

@@ -1,4 +1,5 @@
 // The pieces every layer shares: named parameters with their gradients.
+import type { Device } from '../dtype.js';
 import type { QuantizedWeight, WeightOperand } from '../quant/quant4.js';
 import type { Tensor } from '../tensor.js';
 
@@ -19,6 +20,15 @@ export function parameterNumel(p: Parameter): number {
   return p.quantized ? p.quantized.numel : p.value.numel;
 }
 
+/** Moves a dense parameter's value and gradient to `device` (each a copy
+ * there, the old tensor disposed; nothing happens to a tensor already there).
+ * A quantized parameter is moved by its layer, which owns the whole weight. */
+export function moveParameter(p: Parameter, device: Device): void {
+  if (p.quantized) throw new Error(`${p.name}: a quantized weight is moved by its layer (to(device)), not as a parameter`);
+  p.value = p.value.moveTo(device);
+  if (p.grad) p.grad = p.grad.moveTo(device);
+}
+
 /** Bytes a parameter's stored value holds (exact for quantized weights). */
 export function parameterBytes(p: Parameter): number {
   return p.quantized ? p.quantized.bytes : p.value.bytes;
@@ -34,6 +44,12 @@ export function parameterBytes(p: Parameter): number {
  *       dx is written into a new tensor, or ACCUMULATED into dxInto when
  *       given (two projections reading the same input add their gradients);
  *       gradients of trained parameters ACCUMULATE.
+ *   to(device)  moves every tensor the layer owns (weights, gradients, a
+ *       quantized weight's codes and constants, adapters) to `device`: each a
+ *       copy there with the old one disposed, nothing done for what is there
+ *       already. Parameter objects stay the same (their value/grad change),
+ *       so an optimizer must be built after the move. Everything forward and
+ *       backward allocate is on the device of their input.
  */
 export interface LinearLayer {
   /** module name without the parameter suffix, e.g. model.layers.0.mlp.up_proj */
@@ -52,6 +68,8 @@ export interface LinearLayer {
    * recomputed forward (activation checkpointing) draws the same numbers */
   randomState?(): unknown;
   setRandomState?(state: unknown): void;
+  /** move what the layer owns to `device` (see above); drops saved state */
+  to(device: Device): void;
   /** free the memory this layer owns */
   dispose(): void;
 }

@@ -1,5 +1,6 @@
-// Causal multi-head attention with grouped-query heads (CPU, FlashAttention-2
-// style tiles: memory linear in T, no T x T buffer).
+// Causal multi-head attention with grouped-query heads (FlashAttention-2 style
+// tiles: memory linear in T, no T x T buffer), on the CPU or CUDA (the
+// tensors' device; the CUDA kernels take head dims up to 256).
 //   q: [B, T, Hq, D], k and v: [B, T, Hkv, D], f32, Hq a multiple of Hkv.
 //   Query head h reads kv head floor(h / (Hq / Hkv)) (HF repeat_kv order);
 //   query t attends keys 0..t; scale defaults to 1/sqrt(D).
@@ -12,7 +13,8 @@
 import type { Category } from '../dtype.js';
 import { nativeFn, type NativeTensorHandle } from '../native.js';
 import { Tensor } from '../tensor.js';
-import { checkFinite, checkShape, checkTensor, fmtShape, outTensor } from './check.js';
+import type { Device } from '../dtype.js';
+import { checkFinite, checkShape, checkTensorOn, fmtShape, outTensor, sameDevice } from './check.js';
 
 type H = NativeTensorHandle;
 type ForwardFn = (q: H, k: H, v: H, out: H, lse: H,
@@ -51,12 +53,13 @@ export interface AttentionBackwardOptions {
   category?: Category;
 }
 
-interface Dims { B: number; T: number; Hq: number; Hkv: number; D: number }
+interface Dims { B: number; T: number; Hq: number; Hkv: number; D: number; device: Device }
 
 function checkQKV(op: string, q: unknown, k: unknown, v: unknown): Dims {
-  const qt = checkTensor(op, 'q', q, ['f32'], 4);
-  const kt = checkTensor(op, 'k', k, ['f32'], 4);
-  const vt = checkTensor(op, 'v', v, ['f32'], 4);
+  const qt = checkTensorOn(op, 'q', q, ['f32'], 4);
+  const kt = checkTensorOn(op, 'k', k, ['f32'], 4);
+  const vt = checkTensorOn(op, 'v', v, ['f32'], 4);
+  const device = sameDevice(op, { q: qt, k: kt, v: vt });
   const [B, T, Hq, D] = qt.shape;
   const Hkv = kt.shape[2];
   if (D === 0) throw new RangeError(`${op}: 'q' has shape ${fmtShape(qt.shape)}: head dim D must be positive`);
@@ -69,19 +72,30 @@ function checkQKV(op: string, q: unknown, k: unknown, v: unknown): Dims {
     throw new RangeError(`${op}: query heads Hq = ${Hq} ('q' ${fmtShape(qt.shape)}) must be a multiple of kv heads Hkv = ${Hkv} ('k' ${fmtShape(kt.shape)})`);
   }
   checkShape(op, 'v', vt, kt.shape);
-  return { B, T, Hq, Hkv, D };
+  return { B, T, Hq, Hkv, D, device };
 }
 
 /** Segment ids must be i32 [B, T], non-decreasing within each row (each
- * segment one contiguous run). Exported for callers that build batches. */
+ * segment one contiguous run). Exported for callers that build batches.
+ * Ids on a GPU are checked on a host copy (B * T ints; the copy waits for
+ * the queued kernels). */
 export function checkSegments(op: string, segments: unknown, B: number, T: number): Tensor {
-  const st = checkTensor(op, 'segments', segments, ['i32'], 2);
+  const st = checkTensorOn(op, 'segments', segments, ['i32'], 2);
   if (st.shape[0] !== B || st.shape[1] !== T) {
     throw new RangeError(`${op}: 'segments' has shape ${fmtShape(st.shape)}, expected [B, T] = [${B}, ${T}] (one segment id per token)`);
   }
   // the forward kernel compares positions as floats: exact below 2^24
   if (T >= 2 ** 24) throw new RangeError(`${op}: segments need T < 2^24, got T = ${T}`);
-  const v = st.data() as Int32Array;
+  const host = st.device === 'cpu' ? st : st.to('cpu');
+  try {
+    checkSortedRows(op, host.data() as Int32Array, B, T);
+  } finally {
+    if (host !== st) host.dispose();
+  }
+  return st;
+}
+
+function checkSortedRows(op: string, v: Int32Array, B: number, T: number): void {
   for (let b = 0; b < B; b++) {
     for (let t = b * T + 1; t < (b + 1) * T; t++) {
       if (v[t] < v[t - 1]) {
@@ -89,7 +103,6 @@ export function checkSegments(op: string, segments: unknown, B: number, T: numbe
       }
     }
   }
-  return st;
 }
 
 function scaleOf(op: string, scale: number | undefined, D: number): number {
@@ -114,14 +127,15 @@ function checkDistinct(op: string, outputs: [string, Tensor][], inputs: [string,
 export function attentionForward(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions = {}): { out: Tensor; lse: Tensor } {
   // q: [B, T, Hq, D]  k, v: [B, T, Hkv, D]  ->  out: [B, T, Hq, D]  lse: [B, Hq, T]
   const op = 'attentionForward';
-  const { B, T, Hq, Hkv, D } = checkQKV(op, q, k, v);
+  const { B, T, Hq, Hkv, D, device } = checkQKV(op, q, k, v);
   const scale = scaleOf(op, opts.scale, D);
   const segments = opts.segments === undefined ? null : checkSegments(op, opts.segments, B, T);
+  if (segments) sameDevice(op, { q, segments });
   const category = opts.category ?? 'activation';
-  const out = outTensor(op, 'out', opts.out, [B, T, Hq, D], { category });
+  const out = outTensor(op, 'out', opts.out, [B, T, Hq, D], { category, device });
   let lse: Tensor;
   try {
-    lse = outTensor(op, 'lse', opts.lse, [B, Hq, T], { category });
+    lse = outTensor(op, 'lse', opts.lse, [B, Hq, T], { category, device });
     checkDistinct(op, [['out', out], ['lse', lse]], [['q', q], ['k', k], ['v', v]]);
   } catch (e) {
     if (opts.out === undefined) out.dispose();
@@ -140,20 +154,22 @@ export function attentionBackward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor,
   // dout, out: [B, T, Hq, D]  q: [B, T, Hq, D]  k, v: [B, T, Hkv, D]  lse: [B, Hq, T]
   //   ->  dq: [B, T, Hq, D]  dk, dv: [B, T, Hkv, D]
   const op = 'attentionBackward';
-  const { B, T, Hq, Hkv, D } = checkQKV(op, q, k, v);
-  checkShape(op, 'dout', checkTensor(op, 'dout', dout, ['f32'], 4), [B, T, Hq, D]);
-  checkShape(op, 'out', checkTensor(op, 'out', out, ['f32'], 4), [B, T, Hq, D]);
-  checkShape(op, 'lse', checkTensor(op, 'lse', lse, ['f32'], 3), [B, Hq, T]);
+  const { B, T, Hq, Hkv, D, device } = checkQKV(op, q, k, v);
+  checkShape(op, 'dout', checkTensorOn(op, 'dout', dout, ['f32'], 4), [B, T, Hq, D]);
+  checkShape(op, 'out', checkTensorOn(op, 'out', out, ['f32'], 4), [B, T, Hq, D]);
+  checkShape(op, 'lse', checkTensorOn(op, 'lse', lse, ['f32'], 3), [B, Hq, T]);
+  sameDevice(op, { q, dout, out, lse });
   const scale = scaleOf(op, opts.scale, D);
   const segments = opts.segments === undefined ? null : checkSegments(op, opts.segments, B, T);
+  if (segments) sameDevice(op, { q, segments });
   const category = opts.category ?? 'activation';
   const made: Tensor[] = [];
   try {
-    const dq = outTensor(op, 'dq', opts.dq, [B, T, Hq, D], { category });
+    const dq = outTensor(op, 'dq', opts.dq, [B, T, Hq, D], { category, device });
     if (opts.dq === undefined) made.push(dq);
-    const dk = outTensor(op, 'dk', opts.dk, [B, T, Hkv, D], { category });
+    const dk = outTensor(op, 'dk', opts.dk, [B, T, Hkv, D], { category, device });
     if (opts.dk === undefined) made.push(dk);
-    const dv = outTensor(op, 'dv', opts.dv, [B, T, Hkv, D], { category });
+    const dv = outTensor(op, 'dv', opts.dv, [B, T, Hkv, D], { category, device });
     if (opts.dv === undefined) made.push(dv);
     checkDistinct(op, [['dq', dq], ['dk', dk], ['dv', dv]],
                   [['dout', dout], ['q', q], ['k', k], ['v', v], ['out', out], ['lse', lse]]);
@@ -172,16 +188,18 @@ type DecodeFn = (q: NativeTensorHandle, kc: NativeTensorHandle, vc: NativeTensor
 let decodeFn: DecodeFn | undefined;
 
 /**
- * One new query per sequence attending over a KV cache (generation).
+ * One new query per sequence attending over a KV cache (generation), on the
+ * tensors' device.
  *   q [B, 1, Hq, D]; kCache, vCache [B, Tmax, Hkv, D] with positions 0..length-1
  *   filled (the new token's own key/value included) -> out [B, 1, Hq, D]
  */
 export function attentionDecode(q: Tensor, kCache: Tensor, vCache: Tensor, length: number,
                                 opts: { scale?: number; out?: Tensor } = {}): Tensor {
   const op = 'attentionDecode';
-  checkTensor(op, 'q', q, ['f32'], 4);
-  checkTensor(op, 'kCache', kCache, ['f32'], 4);
-  checkTensor(op, 'vCache', vCache, ['f32'], 4);
+  checkTensorOn(op, 'q', q, ['f32'], 4);
+  checkTensorOn(op, 'kCache', kCache, ['f32'], 4);
+  checkTensorOn(op, 'vCache', vCache, ['f32'], 4);
+  const device = sameDevice(op, { q, kCache, vCache });
   const [B, one, Hq, D] = q.shape, [Bk, Tmax, Hkv, Dk] = kCache.shape;
   if (one !== 1) throw new RangeError(`${op}: q must hold one position per sequence, got [${q.shape.join(', ')}]`);
   if (Bk !== B || Dk !== D) throw new RangeError(`${op}: kCache [${kCache.shape.join(', ')}] does not fit q [${q.shape.join(', ')}]`);
@@ -189,7 +207,7 @@ export function attentionDecode(q: Tensor, kCache: Tensor, vCache: Tensor, lengt
   if (Hq % Hkv !== 0) throw new RangeError(`${op}: ${Hq} query heads are not a multiple of ${Hkv} kv heads`);
   if (!Number.isInteger(length) || length < 1 || length > Tmax) throw new RangeError(`${op}: length ${length} must be in [1, ${Tmax}]`);
   const scale = opts.scale ?? 1 / Math.sqrt(D);
-  const out = opts.out ?? Tensor.zeros(q.shape, { category: 'activation' });
+  const out = outTensor(op, 'out', opts.out, q.shape, { category: 'activation', device });
   decodeFn ??= nativeFn<DecodeFn>('attention_decode');
   decodeFn(q.handle, kCache.handle, vCache.handle, out.handle, B, Hq, Hkv, D, Tmax, length, scale);
   return out;

@@ -4,10 +4,12 @@
 //   h       [N, C] f32       final hidden states
 //   w       [V, C] f32|bf16  LM head / tied embedding: logits = h · w^T
 //   targets [N]    i32       class per token; ignoreIndex (default -100) -> ignored
-import type { Category } from '../dtype.js';
+// On the CPU or CUDA (all tensors on one device; on CUDA the targets are
+// copied to the host to be checked and to list the non-ignored tokens).
+import type { Category, Device } from '../dtype.js';
 import { nativeFn, type NativeTensorHandle } from '../native.js';
 import type { Tensor } from '../tensor.js';
-import { checkFinite, checkPositiveInt, checkShape, checkTensor, fmtShape, outTensor } from './check.js';
+import { checkFinite, checkPositiveInt, checkShape, checkTensorOn, fmtShape, outTensor, sameDevice } from './check.js';
 
 export interface CrossEntropyOptions {
   /** targets equal to this are ignored (no loss, no gradient); default -100 */
@@ -72,12 +74,12 @@ type BackwardFn = (h: NativeTensorHandle, w: NativeTensorHandle, targets: Native
 let forwardFn: ForwardFn | null = null;
 let backwardFn: BackwardFn | null = null;
 
-interface CeDims { N: number; C: number; V: number; ignoreIndex: number; chunkTokens: number }
+interface CeDims { N: number; C: number; V: number; ignoreIndex: number; chunkTokens: number; device: Device }
 
 function checkInputs(op: string, h: Tensor, w: Tensor, targets: Tensor, opts: CrossEntropyOptions): CeDims {
-  checkTensor(op, 'h', h, ['f32'], 2);
-  checkTensor(op, 'w', w, ['f32', 'bf16'], 2);
-  checkTensor(op, 'targets', targets, ['i32'], 1);
+  checkTensorOn(op, 'h', h, ['f32'], 2);
+  checkTensorOn(op, 'w', w, ['f32', 'bf16'], 2);
+  checkTensorOn(op, 'targets', targets, ['i32'], 1);
   const [N, C] = h.shape, [V, Cw] = w.shape;
   if (Cw !== C) {
     throw new RangeError(`${op}: hidden sizes differ: h is ${fmtShape(h.shape)} (C = ${C}) but w is ${fmtShape(w.shape)} (C = ${Cw}); w must be [V, C]`);
@@ -93,7 +95,8 @@ function checkInputs(op: string, h: Tensor, w: Tensor, targets: Tensor, opts: Cr
   }
   const chunkTokens = opts.chunkTokens ?? crossEntropyDefaultChunk(V);
   checkPositiveInt(op, 'chunkTokens', chunkTokens);
-  return { N, C, V, ignoreIndex, chunkTokens };
+  const device = sameDevice(op, { h, w, targets });
+  return { N, C, V, ignoreIndex, chunkTokens, device };
 }
 
 /** Per-token cross-entropy of softmax(h · w^T) against targets. Targets outside
@@ -103,10 +106,10 @@ export function crossEntropyForward(h: Tensor, w: Tensor, targets: Tensor,
   const op = 'crossEntropyForward';
   const d = checkInputs(op, h, w, targets, opts);
   if (opts.losses !== undefined && opts.losses === opts.lse) throw new Error(`${op}: 'losses' and 'lse' must be different tensors`);
-  const losses = outTensor(op, 'losses', opts.losses, [d.N], { category: opts.category });
+  const losses = outTensor(op, 'losses', opts.losses, [d.N], { category: opts.category, device: d.device });
   let lse: Tensor;
   try {
-    lse = outTensor(op, 'lse', opts.lse, [d.N], { category: opts.category });
+    lse = outTensor(op, 'lse', opts.lse, [d.N], { category: opts.category, device: d.device });
   } catch (e) {
     if (opts.losses === undefined) losses.dispose();
     throw e;
@@ -130,18 +133,19 @@ export function crossEntropyBackward(h: Tensor, w: Tensor, targets: Tensor, lse:
                                      opts: CrossEntropyBackwardOptions = {}): CrossEntropyBackwardResult {
   const op = 'crossEntropyBackward';
   const d = checkInputs(op, h, w, targets, opts);
-  checkTensor(op, 'lse', lse, ['f32'], 1);
+  checkTensorOn(op, 'lse', lse, ['f32'], 1);
   checkShape(op, 'lse', lse, [d.N]);
   checkFinite(op, 'scale', scale);
   if (opts.dw !== undefined) {
-    checkTensor(op, 'dw', opts.dw, ['f32'], 2);
+    checkTensorOn(op, 'dw', opts.dw, ['f32'], 2);
     checkShape(op, 'dw', opts.dw, [d.V, d.C]);
     if (opts.dw === w) throw new Error(`${op}: 'dw' must not be 'w' itself`);
   }
   if (opts.dh !== undefined && (opts.dh === h || opts.dh === opts.dw)) {
     throw new Error(`${op}: 'dh' must be a tensor of its own, not 'h' or 'dw'`);
   }
-  const dh = outTensor(op, 'dh', opts.dh, [d.N, d.C], { category: opts.category });
+  sameDevice(op, { h, lse, dw: opts.dw });
+  const dh = outTensor(op, 'dh', opts.dh, [d.N, d.C], { category: opts.category, device: d.device });
   backwardFn ??= nativeFn<BackwardFn>('cross_entropy_backward');
   try {
     backwardFn(h.handle, w.handle, targets.handle, d.N, d.C, d.V, d.ignoreIndex, d.chunkTokens, lse.handle, scale,

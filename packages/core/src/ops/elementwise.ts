@@ -1,9 +1,10 @@
 // Elementwise helpers: y += alpha * x (same shape, f32), fill, and the group
-// mean pooling of QA-LoRA's adapter input (forward and backward).
+// mean pooling of QA-LoRA's adapter input (forward and backward). On the CPU
+// or CUDA: all tensors of one call on one device.
 import type { Category } from '../dtype.js';
 import { nativeFn, type NativeTensorHandle } from '../native.js';
 import type { Tensor } from '../tensor.js';
-import { checkFinite, checkShape, checkTensor, outTensor } from './check.js';
+import { checkFinite, checkShape, checkTensorOn, outTensor, sameDevice } from './check.js';
 
 type AxpyFn = (y: NativeTensorHandle, x: NativeTensorHandle, alpha: number, n: number) => void;
 type FillFn = (x: NativeTensorHandle, value: number) => void;
@@ -12,10 +13,11 @@ let fillFn: FillFn | undefined;
 
 /** y [..] += alpha * x [..]  (f32, same shape). Returns y. */
 export function addInPlace(y: Tensor, x: Tensor, alpha = 1): Tensor {
-  checkTensor('addInPlace', 'y', y, ['f32']);
-  checkTensor('addInPlace', 'x', x, ['f32']);
+  checkTensorOn('addInPlace', 'y', y, ['f32']);
+  checkTensorOn('addInPlace', 'x', x, ['f32']);
   checkShape('addInPlace', 'x', x, y.shape);
   checkFinite('addInPlace', 'alpha', alpha);
+  sameDevice('addInPlace', { y, x });
   axpyFn ??= nativeFn<AxpyFn>('axpy');
   axpyFn(y.handle, x.handle, alpha, y.numel);
   return y;
@@ -23,7 +25,7 @@ export function addInPlace(y: Tensor, x: Tensor, alpha = 1): Tensor {
 
 /** x = value everywhere (f32). Returns x. */
 export function fill(x: Tensor, value: number): Tensor {
-  checkTensor('fill', 'x', x, ['f32']);
+  checkTensorOn('fill', 'x', x, ['f32']);
   if (typeof value !== 'number') throw new TypeError(`fill: value must be a number, got ${typeof value}`);
   fillFn ??= nativeFn<FillFn>('fill');
   fillFn(x.handle, value);
@@ -44,12 +46,12 @@ function checkGroupSize(op: string, inF: number, groupSize: number): void {
  *  QA-LoRA's adapter input with scale = in/L. Written into `out` when given. */
 export function groupPoolForward(x: Tensor, groupSize: number, opts: { scale?: number; out?: Tensor; category?: Category } = {}): Tensor {
   const op = 'groupPoolForward';
-  checkTensor(op, 'x', x, ['f32'], 2);
+  checkTensorOn(op, 'x', x, ['f32'], 2);
   const [N, inF] = x.shape;
   checkGroupSize(op, inF, groupSize);
   const scale = opts.scale ?? 1;
   checkFinite(op, 'scale', scale);
-  const p = outTensor(op, 'out', opts.out, [N, inF / groupSize], { category: opts.category });
+  const p = outTensor(op, 'out', opts.out, [N, inF / groupSize], { category: opts.category, device: x.device });
   poolFwd ??= nativeFn<GroupPoolForwardFn>('group_pool_forward');
   poolFwd(x.handle, p.handle, N, inF, groupSize, scale);
   return p;
@@ -59,12 +61,12 @@ export function groupPoolForward(x: Tensor, groupSize: number, opts: { scale?: n
  *  groupPoolForward. Written into a new tensor, or accumulated into `dxInto`. */
 export function groupPoolBackward(dp: Tensor, groupSize: number, opts: { scale?: number; dxInto?: Tensor; category?: Category } = {}): Tensor {
   const op = 'groupPoolBackward';
-  checkTensor(op, 'dp', dp, ['f32'], 2);
+  checkTensorOn(op, 'dp', dp, ['f32'], 2);
   if (!Number.isInteger(groupSize) || groupSize < 1) throw new RangeError(`${op}: group size must be a positive integer, got ${groupSize}`);
   const [N, G] = dp.shape, inF = G * groupSize;
   const scale = opts.scale ?? 1;
   checkFinite(op, 'scale', scale);
-  const dx = outTensor(op, 'dxInto', opts.dxInto, [N, inF], { category: opts.category });
+  const dx = outTensor(op, 'dxInto', opts.dxInto, [N, inF], { category: opts.category, device: dp.device });
   poolBwd ??= nativeFn<GroupPoolBackwardFn>('group_pool_backward');
   poolBwd(dp.handle, dx.handle, N, inF, groupSize, scale, opts.dxInto !== undefined);
   return dx;

@@ -4,11 +4,14 @@
 //      frozen bf16 or 4-bit weight is widened or dequantized panel by panel
 //      inside the kernel, never whole)
 //   C: f32. beta = 0 overwrites C; beta = 1 accumulates (gradients).
+// Every operand (each part of a quantized B too) on one device: the CPU
+// kernel, or on CUDA the bf16 tensor-core kernel (operands rounded to bf16,
+// fp32 accumulation; a few rows times a quantized x Wᵀ take the decode kernel).
 import type { Category } from '../dtype.js';
-import { native } from '../native.js';
-import { type WeightOperand, checkQuantized, isQuantized, nativeOperand } from '../quant/quant4.js';
+import { native, nativeFn } from '../native.js';
+import { type WeightOperand, checkQuantized, isQuantized, nativeOperand, weightTensors } from '../quant/quant4.js';
 import type { Tensor } from '../tensor.js';
-import { checkFinite, checkTensor, fmtShape, outTensor } from './check.js';
+import { checkFinite, checkTensorOn, fmtShape, outTensor, sameDevice } from './check.js';
 
 export interface MatmulOptions {
   transA?: boolean;
@@ -17,15 +20,18 @@ export interface MatmulOptions {
   beta?: number;
   out?: Tensor;
   category?: Category;
-  /** run the unblocked reference kernel instead (tests) */
+  /** run the reference instead: the unblocked kernel on the CPU (tests),
+   * cuBLASLt with bf16 operands on CUDA (benchmarks; an error when the
+   * library is not found, see cublasLtStatus) */
   reference?: boolean;
 }
 
 export function matmul(a: Tensor, b: WeightOperand, opts: MatmulOptions = {}): Tensor {
   const op = 'matmul';
-  checkTensor(op, 'a', a, ['f32', 'bf16'], 2);
+  checkTensorOn(op, 'a', a, ['f32', 'bf16'], 2);
   if (isQuantized(b)) checkQuantized(op, 'b', b);
-  else checkTensor(op, 'b', b, ['f32', 'bf16'], 2);
+  else checkTensorOn(op, 'b', b, ['f32', 'bf16'], 2);
+  const device = sameDevice(op, { a, ...weightTensors('b', b) });
   const transA = opts.transA ?? false, transB = opts.transB ?? false;
   const alpha = opts.alpha ?? 1, beta = opts.beta ?? 0;
   checkFinite(op, 'alpha', alpha);
@@ -37,7 +43,7 @@ export function matmul(a: Tensor, b: WeightOperand, opts: MatmulOptions = {}): T
     throw new RangeError(`${op}: inner dimensions differ: op(a) is ${fmtShape([M, K])} (a ${fmtShape(a.shape)}${transA ? ', transposed' : ''}), op(b) is ${fmtShape([Kb, N])} (b ${fmtShape(b.shape)}${transB ? ', transposed' : ''})`);
   }
   if (beta !== 0 && opts.out === undefined) throw new Error(`${op}: beta = ${beta} needs an 'out' tensor to accumulate into`);
-  const c = outTensor(op, 'out', opts.out, [M, N], { category: opts.category });
+  const c = outTensor(op, 'out', opts.out, [M, N], { category: opts.category, device });
   native.gemm(transA, transB, M, N, K, alpha, a.handle, ac, nativeOperand(b) as never, bc, beta, c.handle, N, opts.reference ?? false);
   return c;
 }
@@ -45,4 +51,10 @@ export function matmul(a: Tensor, b: WeightOperand, opts: MatmulOptions = {}): T
 /** Name of the micro-kernel this build uses. */
 export function gemmKernel(): string {
   return native.gemmKernel;
+}
+
+/** "" when cuBLASLt (the CUDA reference GEMM, loaded at run time) is
+ * available, else why not; loads it on first call. */
+export function cublasLtStatus(): string {
+  return nativeFn<() => string>('cublaslt_status')();
 }

@@ -1,4 +1,4 @@
-// rmsnorm (Llama RMSNorm), fp32 compute:
+// rmsnorm (Llama RMSNorm), fp32 compute, on the CPU or CUDA (all tensors on one device):
 //   forward:  x [N, C] f32, weight [C] f32 or bf16 (a frozen bf16 weight is
 //             widened inside the kernel) -> y [N, C] f32, rstd [N] f32
 //             rstd = 1 / sqrt(mean(x^2, last axis) + eps);  y = x * rstd * weight
@@ -8,7 +8,7 @@
 import type { Category } from '../dtype.js';
 import { nativeFn, type NativeTensorHandle } from '../native.js';
 import type { Tensor } from '../tensor.js';
-import { checkShape, checkTensor, outTensor } from './check.js';
+import { checkShape, checkTensorOn, outTensor, sameDevice } from './check.js';
 
 type ForwardFn = (x: NativeTensorHandle, weight: NativeTensorHandle, y: NativeTensorHandle, rstd: NativeTensorHandle,
                   N: number, C: number, eps: number) => void;
@@ -43,15 +43,16 @@ function checkEps(op: string, eps: number): void {
 /** x [N, C] f32, weight [C] f32|bf16 -> { y [N, C] f32, rstd [N] f32 } */
 export function rmsnorm(x: Tensor, weight: Tensor, opts: RmsNormOptions = {}): RmsNormResult {
   const op = 'rmsnorm';
-  checkTensor(op, 'x', x, ['f32'], 2);
-  checkTensor(op, 'weight', weight, ['f32', 'bf16'], 1);
+  checkTensorOn(op, 'x', x, ['f32'], 2);
+  checkTensorOn(op, 'weight', weight, ['f32', 'bf16'], 1);
   const [N, C] = x.shape;
   checkShape(op, 'weight', weight, [C]);
   const eps = opts.eps ?? 1e-6;
   checkEps(op, eps);
   if (C === 0) throw new RangeError(`${op}: 'x' has shape [${N}, 0]; C must be at least 1`);
-  const y = outTensor(op, 'out', opts.out, [N, C], { category: opts.category });
-  const rstd = outTensor(op, 'rstd', opts.rstd, [N], { category: opts.category });
+  const device = sameDevice(op, { x, weight });
+  const y = outTensor(op, 'out', opts.out, [N, C], { category: opts.category, device });
+  const rstd = outTensor(op, 'rstd', opts.rstd, [N], { category: opts.category, device });
   fwd ??= nativeFn<ForwardFn>('rmsnorm_forward');
   fwd(x.handle, weight.handle, y.handle, rstd.handle, N, C, eps);
   return { y, rstd };
@@ -76,20 +77,21 @@ export interface RmsNormBackwardResult {
 export function rmsnormBackward(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor,
                                 opts: RmsNormBackwardOptions = {}): RmsNormBackwardResult {
   const op = 'rmsnormBackward';
-  checkTensor(op, 'x', x, ['f32'], 2);
+  checkTensorOn(op, 'x', x, ['f32'], 2);
   const [N, C] = x.shape;
-  checkTensor(op, 'dy', dy, ['f32'], 2);
+  checkTensorOn(op, 'dy', dy, ['f32'], 2);
   checkShape(op, 'dy', dy, [N, C]);
-  checkTensor(op, 'weight', weight, ['f32', 'bf16'], 1);
+  checkTensorOn(op, 'weight', weight, ['f32', 'bf16'], 1);
   checkShape(op, 'weight', weight, [C]);
-  checkTensor(op, 'rstd', rstd, ['f32'], 1);
+  checkTensorOn(op, 'rstd', rstd, ['f32'], 1);
   checkShape(op, 'rstd', rstd, [N]);
   if (C === 0) throw new RangeError(`${op}: 'x' has shape [${N}, 0]; C must be at least 1`);
   if (opts.dweight !== undefined) {
-    checkTensor(op, 'dweight', opts.dweight, ['f32'], 1);
+    checkTensorOn(op, 'dweight', opts.dweight, ['f32'], 1);
     checkShape(op, 'dweight', opts.dweight, [C]);
   }
-  const dx = outTensor(op, 'dx', opts.dx, [N, C], { category: opts.category });
+  const device = sameDevice(op, { x, dy, weight, rstd, dweight: opts.dweight });
+  const dx = outTensor(op, 'dx', opts.dx, [N, C], { category: opts.category, device });
   bwd ??= nativeFn<BackwardFn>('rmsnorm_backward');
   bwd(dy.handle, x.handle, weight.handle, rstd.handle, dx.handle, opts.dweight?.handle ?? null, N, C);
   return opts.dweight ? { dx, dweight: opts.dweight } : { dx };

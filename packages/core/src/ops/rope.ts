@@ -1,5 +1,6 @@
 // rope: rotary position embedding, Hugging Face rotate-half convention
-// (LlamaRotaryEmbedding + apply_rotary_pos_emb), fp32 compute.
+// (LlamaRotaryEmbedding + apply_rotary_pos_emb), fp32 compute, on the CPU or
+// CUDA (the tensors' device; the CUDA kernel takes head dims up to 1024).
 //   x [B, T, H, D] f32 (D even, h = D/2), positions [B*T] or [B, T] i32 (the
 //   position of each token, so a KV-cache decode can start at an offset)
 //   inv_freq[i] = 1 / theta^(2i/D) (float32, as HF), angle = pos * inv_freq[i]
@@ -10,7 +11,7 @@
 import type { Category } from '../dtype.js';
 import { nativeFn, type NativeTensorHandle } from '../native.js';
 import type { Tensor } from '../tensor.js';
-import { checkShape, checkTensor, fmtShape, outTensor } from './check.js';
+import { checkShape, checkTensorOn, fmtShape, outTensor, sameDevice } from './check.js';
 
 type RopeFn = (x: NativeTensorHandle, positions: NativeTensorHandle, out: NativeTensorHandle,
                B: number, T: number, H: number, D: number, theta: number, mode?: number) => void;
@@ -32,12 +33,13 @@ export interface RopeOptions {
 const MODES = { auto: 0, table: 1, token: 2 } as const;
 
 function prepare(op: string, inName: string, x: Tensor, positions: Tensor, opts: RopeOptions, outName: string) {
-  checkTensor(op, inName, x, ['f32'], 4);
+  checkTensorOn(op, inName, x, ['f32'], 4);
   const [B, T, H, D] = x.shape;
   if (D % 2 !== 0 || D === 0) {
     throw new RangeError(`${op}: head dim D (last axis of '${inName}' ${fmtShape(x.shape)}) must be even and positive, got ${D}`);
   }
-  checkTensor(op, 'positions', positions, ['i32']);
+  checkTensorOn(op, 'positions', positions, ['i32']);
+  const device = sameDevice(op, { [inName]: x, positions });
   if (positions.shape.length === 1) checkShape(op, 'positions', positions, [B * T]);
   else if (positions.shape.length === 2) checkShape(op, 'positions', positions, [B, T]);
   else throw new RangeError(`${op}: 'positions' must have shape [B*T] = [${B * T}] or [B, T] = [${B}, ${T}], got ${fmtShape(positions.shape)}`);
@@ -48,7 +50,7 @@ function prepare(op: string, inName: string, x: Tensor, positions: Tensor, opts:
   const m = opts.mode ?? 'auto';
   const mode = Object.hasOwn(MODES, m) ? MODES[m] : undefined;
   if (mode === undefined) throw new RangeError(`${op}: 'mode' must be auto, table or token, got ${String(opts.mode)}`);
-  const out = outTensor(op, outName, opts.out, [B, T, H, D], { category: opts.category });
+  const out = outTensor(op, outName, opts.out, [B, T, H, D], { category: opts.category, device });
   return { B, T, H, D, theta, mode, out };
 }
 

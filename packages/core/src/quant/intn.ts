@@ -21,10 +21,10 @@
 // weight operand and dequantize while packing (or, for 1..16 rows of x W^T,
 // group by group in the decode kernel): no dense copy is made.
 // RTN quantization and dequantization run on the weight's device (CPU or
-// CUDA, cuda/intn.cu); GPTQ runs on the CPU only.
-import type { Category } from '../dtype.js';
+// CUDA, cuda/intn.cu); GPTQ runs on the CPU (from host copies).
+import type { Category, Device } from '../dtype.js';
 import { native, nativeFn, type NativeTensorHandle } from '../native.js';
-import { Tensor } from '../tensor.js';
+import { Tensor, copyInto } from '../tensor.js';
 
 export type IntNBits = 2 | 3 | 4 | 8;
 export type IntNGroupSize = 16 | 32 | 64 | 128;
@@ -153,12 +153,21 @@ export function quantizeIntN(w: Tensor, opts: QuantizeIntNOptions): QuantizedInt
       throw new RangeError(`${op}: calibration must be [n, ${cols}] with n >= 1 (the layer's inputs), got [${X.shape.join(', ')}]`);
     }
   }
-  if (quantizer === 'gptq' && w.device !== 'cpu') {
-    throw new Error(`${op}: GPTQ runs on the CPU only; quantize w.to('cpu') (RTN also runs on ${w.device})`);
-  }
   const damp = opts.damp ?? GPTQ_DEFAULT_DAMP;
   if (typeof damp !== 'number' || !Number.isFinite(damp) || damp < 0) throw new RangeError(`${op}: damp must be a finite number >= 0, got ${damp}`);
   const category = opts.category ?? 'frozen';
+  if (quantizer === 'gptq' && (w.device !== 'cpu' || (X !== undefined && X.device !== 'cpu'))) {
+    // GPTQ runs on the CPU: a weight elsewhere is quantized from a host copy,
+    // and the result goes back to the weight's device (RTN runs where w is)
+    const hw = w.to('cpu', { category: 'workspace' });
+    const hx = X !== undefined && X.device !== 'cpu' ? X.to('cpu', { category: 'workspace' }) : X;
+    try {
+      return moveIntN(quantizeIntN(hw, { ...opts, calibration: hx }), w.device);
+    } finally {
+      hw.dispose();
+      if (hx !== X) hx?.dispose();
+    }
+  }
   const numel = rows * cols;
   const device = w.device;
   const codes = Tensor.zeros([Math.ceil((numel * bits) / 8)], { dtype: 'u8', category, device });
@@ -258,13 +267,29 @@ export function addToOffsets(q: QuantizedIntN, delta: Float32Array): void {
   for (let i = 0; i < n; i++) {
     if (!Number.isFinite(delta[i])) throw new RangeError(`${op}: delta[${i}] is ${delta[i]}; refusing a non-finite offset`);
   }
-  const host = q.offsets.device === 'cpu' ? q.offsets : q.offsets.to('cpu');
-  const off = host.data() as Float32Array;
-  for (let i = 0; i < n; i++) off[i] += delta[i];  // stored with one f32 rounding
-  if (host !== q.offsets) {
-    native.copy_tensor(host.handle, q.offsets.handle);
-    host.dispose();
+  if (q.offsets.device !== 'cpu') {
+    // the same f32 additions on a host copy, copied back
+    const host = q.offsets.to('cpu', { category: 'workspace' });
+    try {
+      const off = host.data() as Float32Array;
+      for (let i = 0; i < n; i++) off[i] += delta[i];
+      copyInto(q.offsets, host);
+    } finally {
+      host.dispose();
+    }
+    return;
   }
+  const off = q.offsets.data() as Float32Array;
+  for (let i = 0; i < n; i++) off[i] += delta[i];  // stored with one f32 rounding
+}
+
+/** Moves an INT-N weight's codes, scales and offsets to `device` (copies
+ * there, the old tensors disposed; nothing done when already there). Returns q. */
+export function moveIntN(q: QuantizedIntN, device: Device): QuantizedIntN {
+  q.codes = q.codes.moveTo(device);
+  q.scales = q.scales.moveTo(device);
+  q.offsets = q.offsets.moveTo(device);
+  return q;
 }
 
 /** y [m, out] = x [m, in] · deq(W)ᵀ through the decode kernel (m <= 16):
@@ -279,7 +304,7 @@ export function intnDecode(x: Tensor, q: QuantizedIntN, opts: { category?: Categ
   if (x.shape.length !== 2 || x.shape[1] !== inF || x.shape[0] < 1 || x.shape[0] > 16) {
     throw new RangeError(`${op}: x must be [m, ${inF}] with 1 <= m <= 16, got [${x.shape.join(', ')}]`);
   }
-  const y = Tensor.zeros([x.shape[0], out], { category: opts.category ?? 'activation' });
+  const y = Tensor.zeros([x.shape[0], out], { category: opts.category ?? 'activation', device: x.device });
   nativeFn<(x: NativeTensorHandle, w: object, y: NativeTensorHandle, m: number, o: number, i: number) => void>('intn_decode')(
     x.handle, intnNativeOperand(q), y.handle, x.shape[0], out, inF);
   return y;

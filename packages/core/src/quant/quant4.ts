@@ -13,10 +13,10 @@
 // their weight operand and dequantize while packing: no dense copy is made.
 // Quantizing a weight on CUDA gives a quantized weight on CUDA (the kernels of
 // cuda/nf4.cu); dequantizing writes to the weight's device.
-import type { Category } from '../dtype.js';
-import { native, nativeFn, type NativeTensorHandle } from '../native.js';
-import { Tensor } from '../tensor.js';
-import { type QuantizedIntN, checkIntN, disposeIntN, intnNativeOperand } from './intn.js';
+import type { Category, Device } from '../dtype.js';
+import { nativeFn, type NativeTensorHandle } from '../native.js';
+import { Tensor, copyInto, hostValues } from '../tensor.js';
+import { type QuantizedIntN, checkIntN, disposeIntN, intnNativeOperand, moveIntN } from './intn.js';
 
 export type Quant4Format = 'nf4' | 'fp4';
 
@@ -131,7 +131,7 @@ export function quantize4bit(w: Tensor, opts: Quantize4bitOptions): Quantized4bi
     const offset = Math.fround(sum / av.length);
     for (let i = 0; i < av.length; i++) av[i] = Math.fround(av[i] - offset);
     if (host !== absmax) {
-      native.copy_tensor(host.handle, absmax.handle);
+      copyInto(absmax, host);
       host.dispose();
     }
     const codes = Tensor.zeros([blocks], { dtype: 'u8', category, device });
@@ -161,6 +161,14 @@ export function nativeOperand(w: WeightOperand): NativeTensorHandle | object {
   };
 }
 
+/** The tensors of a weight operand by name (`name` itself for a dense one,
+ * `name.part` for each part of a quantized one), for sameDevice(). */
+export function weightTensors(name: string, w: WeightOperand): Record<string, Tensor | undefined> {
+  if (w instanceof Tensor) return { [name]: w };
+  if (w.kind === 'intn') return { [`${name}.codes`]: w.codes, [`${name}.scales`]: w.scales, [`${name}.offsets`]: w.offsets };
+  return { [`${name}.packed`]: w.packed, [`${name}.absmax`]: w.absmax, [`${name}.dq.codes`]: w.dq?.codes, [`${name}.dq.scales`]: w.dq?.scales };
+}
+
 /** Throws a clear error when a quantized weight is disposed or inconsistent. */
 export function checkQuantized(op: string, name: string, w: QuantizedWeight): void {
   if (!isQuantized(w)) throw new TypeError(`${op}: '${name}' is not a quantized weight`);
@@ -188,23 +196,29 @@ export function dequantize4bit(q: Quantized4bit, opts: { category?: Category } =
 
 /** The absmax per block as fp32 values (expanding a double quantization). */
 export function quant4Absmax(q: Quantized4bit): Float32Array {
-  if (q.absmax) return hostFloats(q.absmax);
+  if (q.absmax) return Float32Array.from(hostValues(q.absmax) as Float32Array);
   const dq = q.dq!;
   const out = Tensor.zeros([dq.codes.numel], { category: 'workspace', device: dq.codes.device });
   try {
     nativeFn<(c: NativeTensorHandle, s: NativeTensorHandle, n: number, b: number, signed: boolean, off: number, o: NativeTensorHandle) => void>(
       'blockwise_dequantize8')(dq.codes.handle, dq.scales.handle, dq.codes.numel, dq.blockSize, true, dq.offset, out.handle);
-    return hostFloats(out);
+    return Float32Array.from(hostValues(out) as Float32Array);
   } finally {
     out.dispose();
   }
 }
 
-/** A host copy of an f32 tensor's values on any device. */
-function hostFloats(t: Tensor): Float32Array {
-  if (t.device === 'cpu') return Float32Array.from(t.data() as Float32Array);
-  const h = t.to('cpu', { category: 'workspace' });
-  try { return Float32Array.from(h.data() as Float32Array); } finally { h.dispose(); }
+/** Moves a quantized weight's tensors (codes and every constant) to `device`:
+ * copies there, the old tensors disposed; nothing done when already there. Returns q. */
+export function moveQuantized(q: QuantizedWeight, device: Device): QuantizedWeight {
+  if (q.kind === 'intn') return moveIntN(q, device);
+  q.packed = q.packed.moveTo(device);
+  if (q.absmax) q.absmax = q.absmax.moveTo(device);
+  if (q.dq) {
+    q.dq.codes = q.dq.codes.moveTo(device);
+    q.dq.scales = q.dq.scales.moveTo(device);
+  }
+  return q;
 }
 
 export function disposeQuantized(q: QuantizedWeight): void {

@@ -5,8 +5,7 @@
 // managed memory counted as `optimizer_host`, moved to the GPU for each step
 // and back to the host after it.
 import { adamwStep, adamwStepMulti, prefetch } from '../ops/optim.js';
-import { native } from '../native.js';
-import { Tensor } from '../tensor.js';
+import { Tensor, copyInto } from '../tensor.js';
 import type { Parameter } from '../nn/module.js';
 import type { Optimizer } from './optimizer.js';
 
@@ -64,12 +63,8 @@ export function copyOptimizerState(own: Map<string, Tensor>, given: Map<string, 
   for (const name of given.keys()) if (!own.has(name)) problems.push(`${name} is not state of this optimizer`);
   if (!Number.isInteger(stepCount) || stepCount < 0) problems.push(`step count ${stepCount} is not an integer >= 0`);
   if (problems.length) throw new Error(`optimizer state: ${problems.join('; ')}`);
-  // same dtype on both sides, so the typed views are of one kind (the cast only quiets tsc)
-  for (const [name, dst] of own) {
-    const src = given.get(name)!;
-    if (src.device === 'cpu' && dst.device === 'cpu') (dst.data() as Uint8Array).set(src.data() as Uint8Array);
-    else native.copy_tensor(src.handle, dst.handle);
-  }
+  // same dtype and shape on both sides (checked above); any devices
+  for (const [name, dst] of own) copyInto(dst, given.get(name)!);
 }
 
 export class AdamW implements Optimizer {

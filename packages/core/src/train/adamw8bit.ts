@@ -44,26 +44,28 @@ export class AdamW8bit implements Optimizer {
     const category = stateCategory('AdamW8bit', this.params, this.config);
     // every allocation is recorded, so a failure part way frees what was made
     const made: Tensor[] = [];
-    const alloc = (shape: readonly number[], dtype: 'f32' | 'u8', device: Device, fill?: number): Tensor => {
-      let t = Tensor.zeros(shape, { dtype, category: device === 'cpu' ? category : 'workspace' });
-      if (fill !== undefined) (t.data() as Uint8Array).fill(fill);
-      if (device !== 'cpu') {
-        const host = t;
-        try { t = host.to(device, { category }); } finally { host.dispose(); }
+    // on each parameter's device; codes filled with the zero code, on the host first elsewhere than the CPU
+    const alloc = (shape: readonly number[], dtype: 'f32' | 'u8', device: Device, zeroCode?: number): Tensor => {
+      let t: Tensor;
+      if (zeroCode !== undefined && device !== 'cpu') {
+        t = Tensor.from(new Uint8Array(shape.reduce((a, b) => a * b, 1)).fill(zeroCode), shape, { dtype, category, device });
+      } else {
+        t = Tensor.zeros(shape, { dtype, category, device });
+        if (zeroCode !== undefined) (t.data() as Uint8Array).fill(zeroCode);
       }
       made.push(t);
       return t;
     };
     try {
       for (const p of this.params) {
-        const shape = p.value.shape, dev = p.value.device;
+        const shape = p.value.shape, device = p.value.device;
         if (p.value.numel < ADAMW8BIT_MIN_SIZE) {
-          this.slots.push({ kind: 'f32', m: alloc(shape, 'f32', dev), v: alloc(shape, 'f32', dev) });
+          this.slots.push({ kind: 'f32', m: alloc(shape, 'f32', device), v: alloc(shape, 'f32', device) });
           continue;
         }
         const blocks = [adamw8bitBlocks(p.value.numel)];
-        const m = alloc(shape, 'u8', dev, zeroM), mAbsmax = alloc(blocks, 'f32', dev);
-        const v = alloc(shape, 'u8', dev, zeroV), vAbsmax = alloc(blocks, 'f32', dev);
+        const m = alloc(shape, 'u8', device, zeroM), mAbsmax = alloc(blocks, 'f32', device);
+        const v = alloc(shape, 'u8', device, zeroV), vAbsmax = alloc(blocks, 'f32', device);
         this.slots.push({ kind: 'u8', m, mAbsmax, v, vAbsmax });
       }
     } catch (e) {

@@ -14,7 +14,7 @@
 // recorded have none and are read as 'adamw' (the only optimizer then).
 // Frozen parameters are not saved: they come from the base model.
 import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
-import type { Tensor } from '../tensor.js';
+import { type Tensor, copyInto } from '../tensor.js';
 import { parseJson } from '../util/json.js';
 import type { Trainer } from './trainer.js';
 
@@ -105,7 +105,7 @@ export function loadCheckpoint(trainer: Trainer, path: string): void {
       trainer.data.restore(dataBefore);
       throw new Error(`${path}: ${(e as Error).message}`);
     }
-    for (const p of trainer.optimizer.params) (p.value.data() as Float32Array).set(tensors.get(`model.${p.name}`)!.data() as Float32Array);
+    for (const p of trainer.optimizer.params) copyInto(p.value, tensors.get(`model.${p.name}`)!);
     trainer.restoreProgress(step, rng as [number, number, number, number]);
   } finally {
     for (const t of tensors.values()) t.dispose();

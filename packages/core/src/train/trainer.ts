@@ -5,6 +5,7 @@
 // fine-tuning and the adapter methods use the same loop.
 import { clipGradNorm } from '../ops/optim.js';
 import { type LlamaModel, disposeBatch } from '../nn/llama.js';
+import { hostValues } from '../tensor.js';
 import { Rng, type RngState } from '../util/rng.js';
 import { AdamW, type AdamWConfig } from './adamw.js';
 import type { Optimizer, OptimizerFactory } from './optimizer.js';
@@ -89,7 +90,7 @@ export class Trainer {
     const batches = Array.from({ length: this.config.gradAccumulation }, () => this.data.next());
     let targetTokens = 0, tokens = 0, realTokens = 0;
     for (const b of batches) {
-      const tv = b.targets.data() as Int32Array;
+      const tv = hostValues(b.targets) as Int32Array;
       for (let i = 0; i < tv.length; i++) if (tv[i] !== IGNORE_INDEX) targetTokens++;
       tokens += b.ids.numel;
       realTokens += b.realTokens ?? b.ids.numel;

@@ -19,6 +19,11 @@
 // visited: a packed row costs the sum of its segments' causal costs at tile
 // granularity, not a full causal row. Without seg every row is one segment.
 //
+// CUDA: cuda/attention.cu implements the same ops (same layouts, masks, lse,
+// written outputs; D <= 256), its per-element math in kernels/attention_math.h
+// (tested on the CPU through hostmath_attention). One binding per op
+// dispatches on the tensors' device.
+//
 // Tile matmuls use one register-tiled kernel written with GCC vector
 // extensions (16-float vectors when the compiler targets AVX-512, as
 // -march=native does here; 8-float ones otherwise). Its left operand is read
@@ -33,9 +38,12 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "args.h"
+#include "cuda/attention.h"
 #include "fast_exp.h"
+#include "kernels/attention_math.h"
 #include "parallel.h"
 #include "registry.h"
 
@@ -431,10 +439,10 @@ float scale_arg(const Napi::CallbackInfo& info, size_t i, const char* fn) {
   return static_cast<float>(s);
 }
 
-// Optional segment ids [B, T] i32 at argument `i` (null/undefined: none).
-// Fills bounds with segment starts then ends (2 * B * T) when present.
-bool segments_arg(const Napi::CallbackInfo& info, size_t i, const char* fn, const Dims& d, Workspace<int32_t>& bounds) {
-  TensorArg seg = tensor_arg(info, i, fn, "segments", static_cast<size_t>(d.B * d.T), DType::I32, false, true);
+// Segment bounds on the CPU from the segment ids (seg, [B, T] i32, or absent):
+// fills bounds with starts then ends (2 * B * T); false without segments.
+bool cpu_segment_bounds(const Napi::CallbackInfo& info, const char* fn, const TensorArg& seg, const Dims& d,
+                        Workspace<int32_t>& bounds) {
   if (seg.data == nullptr) return false;
   int32_t* start = bounds.data();
   const int64_t bad = segment_bounds(seg.as<int32_t>(), d.B, d.T, start, start + d.B * d.T);
@@ -444,24 +452,38 @@ bool segments_arg(const Napi::CallbackInfo& info, size_t i, const char* fn, cons
   return true;
 }
 
+void check_cuda_head_dim(const Napi::CallbackInfo& info, const char* fn, const Dispatch& disp, int64_t D) {
+  if (disp.cuda() && D > cuda::kAttentionMaxHeadDim)
+    throw arg_error(info, fn, "head dim D = " + std::to_string(D) + " exceeds " +
+                    std::to_string(cuda::kAttentionMaxHeadDim) + ", the largest the CUDA kernels support");
+}
+
 // attention_forward(q, k, v, out, lse, B, T, Hq, Hkv, D, scale, segments?)
+// On CUDA the segment ids are not validated here (the TS op checks them).
 Napi::Value AttentionForwardBinding(const Napi::CallbackInfo& info) {
   const char* fn = "attention_forward";
   const Dims d = dims_args(info, 5, fn);
   const float scale = scale_arg(info, 10, fn);
   const size_t nq = static_cast<size_t>(d.B * d.T * d.Hq * d.D), nkv = static_cast<size_t>(d.B * d.T * d.Hkv * d.D);
   const size_t nl = static_cast<size_t>(d.B * d.Hq * d.T);
-  TensorArg q = tensor_arg(info, 0, fn, "q", nq, DType::F32);
-  TensorArg k = tensor_arg(info, 1, fn, "k", nkv, DType::F32);
-  TensorArg v = tensor_arg(info, 2, fn, "v", nkv, DType::F32);
-  TensorArg o = tensor_arg(info, 3, fn, "out", nq, DType::F32);
-  TensorArg l = tensor_arg(info, 4, fn, "lse", nl, DType::F32);
+  Dispatch disp(info, fn);
+  TensorArg q = disp.tensor(0, "q", nq, DType::F32);
+  TensorArg k = disp.tensor(1, "k", nkv, DType::F32);
+  TensorArg v = disp.tensor(2, "v", nkv, DType::F32);
+  TensorArg o = disp.tensor(3, "out", nq, DType::F32);
+  TensorArg l = disp.tensor(4, "lse", nl, DType::F32);
+  TensorArg seg = disp.tensor(11, "segments", static_cast<size_t>(d.B * d.T), DType::I32, false, true);
+  check_cuda_head_dim(info, fn, disp, d.D);
   return guarded(info, [&]() -> Napi::Value {
-    const bool has_seg = info.Length() > 11 && !info[11].IsNull() && !info[11].IsUndefined();
-    Workspace<int32_t> bounds(has_seg ? static_cast<size_t>(2 * d.B * d.T) : 0);
-    const bool seg = segments_arg(info, 11, fn, d, bounds);
-    attention_forward(q.f32(), k.f32(), v.f32(), o.f32(), l.f32(), d.B, d.T, d.Hq, d.Hkv, d.D, scale,
-                      seg ? bounds.data() : nullptr);
+    if (disp.cuda()) {
+      TB_ON_CUDA(cuda::attention_forward(q.f32(), k.f32(), v.f32(), o.f32(), l.f32(), d.B, d.T, d.Hq, d.Hkv, d.D,
+                                         scale, seg.as<int32_t>()));
+    } else {
+      Workspace<int32_t> bounds(seg.data ? static_cast<size_t>(2 * d.B * d.T) : 0);
+      const bool has = cpu_segment_bounds(info, fn, seg, d, bounds);
+      attention_forward(q.f32(), k.f32(), v.f32(), o.f32(), l.f32(), d.B, d.T, d.Hq, d.Hkv, d.D, scale,
+                        has ? bounds.data() : nullptr);
+    }
     return info.Env().Undefined();
   });
 }
@@ -474,29 +496,140 @@ Napi::Value AttentionBackwardBinding(const Napi::CallbackInfo& info) {
   const float scale = scale_arg(info, 14, fn);
   const size_t nq = static_cast<size_t>(d.B * d.T * d.Hq * d.D), nkv = static_cast<size_t>(d.B * d.T * d.Hkv * d.D);
   const size_t nl = static_cast<size_t>(d.B * d.Hq * d.T);
-  TensorArg dout = tensor_arg(info, 0, fn, "dout", nq, DType::F32);
-  TensorArg q = tensor_arg(info, 1, fn, "q", nq, DType::F32);
-  TensorArg k = tensor_arg(info, 2, fn, "k", nkv, DType::F32);
-  TensorArg v = tensor_arg(info, 3, fn, "v", nkv, DType::F32);
+  Dispatch disp(info, fn);
+  TensorArg dout = disp.tensor(0, "dout", nq, DType::F32);
+  TensorArg q = disp.tensor(1, "q", nq, DType::F32);
+  TensorArg k = disp.tensor(2, "k", nkv, DType::F32);
+  TensorArg v = disp.tensor(3, "v", nkv, DType::F32);
+  TensorArg o = disp.tensor(4, "out", nq, DType::F32);
+  TensorArg l = disp.tensor(5, "lse", nl, DType::F32);
+  TensorArg dq = disp.tensor(6, "dq", nq, DType::F32);
+  TensorArg dk = disp.tensor(7, "dk", nkv, DType::F32);
+  TensorArg dv = disp.tensor(8, "dv", nkv, DType::F32);
+  TensorArg seg = disp.tensor(15, "segments", static_cast<size_t>(d.B * d.T), DType::I32, false, true);
+  check_cuda_head_dim(info, fn, disp, d.D);
+  return guarded(info, [&]() -> Napi::Value {
+    if (disp.cuda()) {
+      TB_ON_CUDA(cuda::attention_backward(dout.f32(), q.f32(), k.f32(), v.f32(), o.f32(), l.f32(), dq.f32(), dk.f32(),
+                                          dv.f32(), d.B, d.T, d.Hq, d.Hkv, d.D, scale, seg.as<int32_t>()));
+    } else {
+      Workspace<int32_t> bounds(seg.data ? static_cast<size_t>(2 * d.B * d.T) : 0);
+      const bool has = cpu_segment_bounds(info, fn, seg, d, bounds);
+      const int32_t* start = has ? bounds.data() : nullptr;
+      attention_backward(dout.f32(), q.f32(), k.f32(), v.f32(), o.f32(), l.f32(), dq.f32(), dk.f32(), dv.f32(), d.B,
+                         d.T, d.Hq, d.Hkv, d.D, scale, start, has ? start + d.B * d.T : nullptr);
+    }
+    return info.Env().Undefined();
+  });
+}
+
+// hostmath_attention(q, k, v, dout, out, lse, dq, dk, dv, B, T, Hq, Hkv, D, scale, chunk, segments?):
+// the CUDA kernels' per-element math (kernels/attention_math.h) in plain CPU
+// loops, for tests. Forward: per query row, an online softmax over the keys
+// in chunks of `chunk` (segment bounds by the kernels' binary search), into
+// out and lse. Backward from that out and lse: D = rowsum(dout * out),
+// p = attn_prob, ds = attn_dscore, dq/dk/dv written.
+Napi::Value HostmathAttentionBinding(const Napi::CallbackInfo& info) {
+  const char* fn = "hostmath_attention";
+  const Dims d = dims_args(info, 9, fn);
+  const float scale = scale_arg(info, 14, fn);
+  const int64_t chunk = int_arg(info, 15, fn, "chunk", 1);
+  const size_t nq = static_cast<size_t>(d.B * d.T * d.Hq * d.D), nkv = static_cast<size_t>(d.B * d.T * d.Hkv * d.D);
+  const size_t nl = static_cast<size_t>(d.B * d.Hq * d.T);
+  TensorArg q = tensor_arg(info, 0, fn, "q", nq, DType::F32);
+  TensorArg k = tensor_arg(info, 1, fn, "k", nkv, DType::F32);
+  TensorArg v = tensor_arg(info, 2, fn, "v", nkv, DType::F32);
+  TensorArg dout = tensor_arg(info, 3, fn, "dout", nq, DType::F32);
   TensorArg o = tensor_arg(info, 4, fn, "out", nq, DType::F32);
   TensorArg l = tensor_arg(info, 5, fn, "lse", nl, DType::F32);
   TensorArg dq = tensor_arg(info, 6, fn, "dq", nq, DType::F32);
   TensorArg dk = tensor_arg(info, 7, fn, "dk", nkv, DType::F32);
   TensorArg dv = tensor_arg(info, 8, fn, "dv", nkv, DType::F32);
-  return guarded(info, [&]() -> Napi::Value {
-    const bool has_seg = info.Length() > 15 && !info[15].IsNull() && !info[15].IsUndefined();
-    Workspace<int32_t> bounds(has_seg ? static_cast<size_t>(2 * d.B * d.T) : 0);
-    const bool seg = segments_arg(info, 15, fn, d, bounds);
-    const int32_t* start = seg ? bounds.data() : nullptr;
-    attention_backward(dout.f32(), q.f32(), k.f32(), v.f32(), o.f32(), l.f32(), dq.f32(), dk.f32(), dv.f32(), d.B,
-                       d.T, d.Hq, d.Hkv, d.D, scale, start, seg ? start + d.B * d.T : nullptr);
-    return info.Env().Undefined();
-  });
+  TensorArg seg = tensor_arg(info, 16, fn, "segments", static_cast<size_t>(d.B * d.T), DType::I32, false, true);
+  const int64_t B = d.B, T = d.T, Hq = d.Hq, Hkv = d.Hkv, D = d.D, G = Hq / Hkv;
+  const int64_t qs = Hq * D, ks = Hkv * D;
+  auto qp = [&](int64_t b, int64_t t, int64_t h) { return q.f32() + (b * T + t) * qs + h * D; };
+  auto kp = [&](const TensorArg& a, int64_t b, int64_t t, int64_t g) { return a.f32() + (b * T + t) * ks + g * D; };
+  auto dot = [&](const float* a, const float* b) {
+    float s = 0.0f;
+    for (int64_t c = 0; c < D; c++) s += a[c] * b[c];
+    return s;
+  };
+  std::vector<int32_t> start(static_cast<size_t>(B * T), 0);
+  if (seg.data)
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t t = 0; t < T; t++) {
+        int32_t s, e;
+        math::segment_bounds_of(seg.as<int32_t>() + b * T, T, t, s, e);
+        start[b * T + t] = s;
+      }
+  std::vector<float> sc(static_cast<size_t>(chunk)), acc(static_cast<size_t>(D));
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < Hq; h++)
+      for (int64_t t = 0; t < T; t++) {
+        const int64_t g = h / G, st = start[b * T + t];
+        float m = -INFINITY, lsum = 0.0f;
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (int64_t j0 = st / chunk * chunk; j0 <= t; j0 += chunk) {
+          float cmax = -INFINITY;
+          for (int64_t jj = 0; jj < chunk; jj++) {
+            const int64_t j = j0 + jj;
+            sc[jj] = (j < T && math::attn_visible(j, t, st)) ? dot(qp(b, t, h), kp(k, b, j, g)) * scale : -INFINITY;
+            cmax = sc[jj] > cmax ? sc[jj] : cmax;
+          }
+          float mnew;
+          const float ref = math::softmax_new_max(m, cmax, mnew);
+          const float alpha = math::softmax_rescale(m, ref);
+          float csum = 0.0f;
+          for (int64_t c = 0; c < D; c++) acc[c] *= alpha;
+          for (int64_t jj = 0; jj < chunk; jj++) {
+            const float p = math::softmax_prob(sc[jj], ref);
+            csum += p;
+            if (p != 0.0f) {
+              const float* vr = kp(v, b, j0 + jj, g);
+              for (int64_t c = 0; c < D; c++) acc[c] += p * vr[c];
+            }
+          }
+          math::softmax_accumulate(lsum, alpha, csum);
+          m = mnew;
+        }
+        float* orow = o.f32() + (b * T + t) * qs + h * D;
+        for (int64_t c = 0; c < D; c++) orow[c] = acc[c] * (1.0f / lsum);
+        l.f32()[(b * Hq + h) * T + t] = math::softmax_lse(m, lsum);
+      }
+  std::fill(dq.f32(), dq.f32() + nq, 0.0f);
+  std::fill(dk.f32(), dk.f32() + nkv, 0.0f);
+  std::fill(dv.f32(), dv.f32() + nkv, 0.0f);
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < Hq; h++)
+      for (int64_t t = 0; t < T; t++) {
+        const int64_t g = h / G, st = start[b * T + t];
+        const float* qr = qp(b, t, h);
+        const float* dr = dout.f32() + (b * T + t) * qs + h * D;
+        const float delta = dot(dr, o.f32() + (b * T + t) * qs + h * D);
+        const float lse_t = l.f32()[(b * Hq + h) * T + t];
+        float* dqr = dq.f32() + (b * T + t) * qs + h * D;
+        for (int64_t j = st; j <= t; j++) {
+          if (!math::attn_visible(j, t, st)) continue;
+          const float* kr = kp(k, b, j, g);
+          const float p = math::attn_prob(dot(qr, kr), scale, lse_t);
+          const float ds = math::attn_dscore(p, dot(dr, kp(v, b, j, g)), delta, scale);
+          float* dkr = dk.f32() + (b * T + j) * ks + g * D;
+          float* dvr = dv.f32() + (b * T + j) * ks + g * D;
+          for (int64_t c = 0; c < D; c++) {
+            dqr[c] += ds * kr[c];
+            dkr[c] += ds * qr[c];
+            dvr[c] += p * dr[c];
+          }
+        }
+      }
+  return info.Env().Undefined();
 }
 
 void register_attention(Napi::Env env, Napi::Object exports) {
   exports.Set("attention_forward", Napi::Function::New(env, AttentionForwardBinding));
   exports.Set("attention_backward", Napi::Function::New(env, AttentionBackwardBinding));
+  exports.Set("hostmath_attention", Napi::Function::New(env, HostmathAttentionBinding));
 }
 
 }  // namespace

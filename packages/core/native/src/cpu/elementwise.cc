@@ -7,6 +7,8 @@
 //   group_pool_backward: dx [N, in] (+)= c/L * dp [N, in/L] broadcast over its
 //                        group (written, or accumulated when accumulate)
 #include "args.h"
+#include "cuda/elementwise.h"
+#include "kernels/elementwise_math.h"
 #include "parallel.h"
 #include "registry.h"
 
@@ -62,10 +64,14 @@ static Napi::Value GroupPoolForwardBinding(const Napi::CallbackInfo& info) {
   int64_t N = int_arg(info, 2, fn, "N"), in = int_arg(info, 3, fn, "in", 1), L = int_arg(info, 4, fn, "L", 1);
   if (in % L != 0) throw arg_error(info, fn, "'in' must be a multiple of 'L'");
   float scale = static_cast<float>(num_arg(info, 5, fn, "scale"));
-  TensorArg x = tensor_arg(info, 0, fn, "x", static_cast<size_t>(N * in), DType::F32);
-  TensorArg p = tensor_arg(info, 1, fn, "p", static_cast<size_t>(N * (in / L)), DType::F32);
-  group_pool_forward(N, in / L, L, scale, x.f32(), p.f32());
-  return info.Env().Undefined();
+  Dispatch d(info, fn);
+  TensorArg x = d.tensor(0, "x", static_cast<size_t>(N * in), DType::F32);
+  TensorArg p = d.tensor(1, "p", static_cast<size_t>(N * (in / L)), DType::F32);
+  return guarded(info, [&]() -> Napi::Value {
+    if (d.cuda()) TB_ON_CUDA(cuda::group_pool_forward(N, in / L, L, scale, x.f32(), p.f32()));
+    else group_pool_forward(N, in / L, L, scale, x.f32(), p.f32());
+    return info.Env().Undefined();
+  });
 }
 
 // group_pool_backward(dp, dx, N, in, L, scale, accumulate)
@@ -75,27 +81,76 @@ static Napi::Value GroupPoolBackwardBinding(const Napi::CallbackInfo& info) {
   if (in % L != 0) throw arg_error(info, fn, "'in' must be a multiple of 'L'");
   float scale = static_cast<float>(num_arg(info, 5, fn, "scale"));
   bool acc = bool_arg(info, 6, fn, "accumulate");
-  TensorArg dp = tensor_arg(info, 0, fn, "dp", static_cast<size_t>(N * (in / L)), DType::F32);
-  TensorArg dx = tensor_arg(info, 1, fn, "dx", static_cast<size_t>(N * in), DType::F32);
-  group_pool_backward(N, in / L, L, scale, dp.f32(), dx.f32(), acc);
-  return info.Env().Undefined();
+  Dispatch d(info, fn);
+  TensorArg dp = d.tensor(0, "dp", static_cast<size_t>(N * (in / L)), DType::F32);
+  TensorArg dx = d.tensor(1, "dx", static_cast<size_t>(N * in), DType::F32);
+  return guarded(info, [&]() -> Napi::Value {
+    if (d.cuda()) TB_ON_CUDA(cuda::group_pool_backward(N, in / L, L, scale, dp.f32(), dx.f32(), acc));
+    else group_pool_backward(N, in / L, L, scale, dp.f32(), dx.f32(), acc);
+    return info.Env().Undefined();
+  });
 }
 
 // axpy(y, x, alpha, n)
 static Napi::Value AxpyBinding(const Napi::CallbackInfo& info) {
-  int64_t n = int_arg(info, 3, "axpy", "n");
-  TensorArg y = tensor_arg(info, 0, "axpy", "y", static_cast<size_t>(n), DType::F32);
-  TensorArg x = tensor_arg(info, 1, "axpy", "x", static_cast<size_t>(n), DType::F32);
-  float alpha = static_cast<float>(num_arg(info, 2, "axpy", "alpha"));
-  axpy(n, alpha, x.f32(), y.f32());
-  return info.Env().Undefined();
+  const char* fn = "axpy";
+  int64_t n = int_arg(info, 3, fn, "n");
+  Dispatch d(info, fn);
+  TensorArg y = d.tensor(0, "y", static_cast<size_t>(n), DType::F32);
+  TensorArg x = d.tensor(1, "x", static_cast<size_t>(n), DType::F32);
+  float alpha = static_cast<float>(num_arg(info, 2, fn, "alpha"));
+  return guarded(info, [&]() -> Napi::Value {
+    if (d.cuda()) TB_ON_CUDA(cuda::axpy(n, alpha, x.f32(), y.f32()));
+    else axpy(n, alpha, x.f32(), y.f32());
+    return info.Env().Undefined();
+  });
 }
 
 // fill(x, value)
 static Napi::Value FillBinding(const Napi::CallbackInfo& info) {
-  TensorArg x = tensor_arg(info, 0, "fill", "x", 0, DType::F32);
-  float v = static_cast<float>(num_arg(info, 1, "fill", "value"));
-  fill(static_cast<int64_t>(x.numel), v, x.f32());
+  const char* fn = "fill";
+  Dispatch d(info, fn);
+  TensorArg x = d.tensor(0, "x", 0, DType::F32);
+  float v = static_cast<float>(num_arg(info, 1, fn, "value"));
+  return guarded(info, [&]() -> Napi::Value {
+    if (d.cuda()) TB_ON_CUDA(cuda::fill(static_cast<int64_t>(x.numel), v, x.f32()));
+    else fill(static_cast<int64_t>(x.numel), v, x.f32());
+    return info.Env().Undefined();
+  });
+}
+
+// hostmath_elementwise_axpy(y, x, alpha, n): the CUDA kernel's per-element
+// function (kernels/elementwise_math.h) in a plain loop, for tests.
+static Napi::Value HostmathAxpyBinding(const Napi::CallbackInfo& info) {
+  const char* fn = "hostmath_elementwise_axpy";
+  int64_t n = int_arg(info, 3, fn, "n");
+  TensorArg y = tensor_arg(info, 0, fn, "y", static_cast<size_t>(n), DType::F32);
+  TensorArg x = tensor_arg(info, 1, fn, "x", static_cast<size_t>(n), DType::F32);
+  float alpha = static_cast<float>(num_arg(info, 2, fn, "alpha"));
+  for (int64_t i = 0; i < n; i++) y.f32()[i] = math::axpy(y.f32()[i], alpha, x.f32()[i]);
+  return info.Env().Undefined();
+}
+
+// hostmath_elementwise_group_pool(x, p, dp, dx, N, in, L, scale, accumulate):
+// the group pool kernels' per-element functions in plain loops, for tests.
+// p written; dx written or accumulated.
+static Napi::Value HostmathGroupPoolBinding(const Napi::CallbackInfo& info) {
+  const char* fn = "hostmath_elementwise_group_pool";
+  int64_t N = int_arg(info, 4, fn, "N"), in = int_arg(info, 5, fn, "in", 1), L = int_arg(info, 6, fn, "L", 1);
+  if (in % L != 0) throw arg_error(info, fn, "'in' must be a multiple of 'L'");
+  float scale = static_cast<float>(num_arg(info, 7, fn, "scale"));
+  bool acc = bool_arg(info, 8, fn, "accumulate");
+  const int64_t G = in / L;
+  TensorArg x = tensor_arg(info, 0, fn, "x", static_cast<size_t>(N * in), DType::F32);
+  TensorArg p = tensor_arg(info, 1, fn, "p", static_cast<size_t>(N * G), DType::F32);
+  TensorArg dp = tensor_arg(info, 2, fn, "dp", static_cast<size_t>(N * G), DType::F32);
+  TensorArg dx = tensor_arg(info, 3, fn, "dx", static_cast<size_t>(N * in), DType::F32);
+  const float coef = math::group_pool_coef(scale, L);
+  for (int64_t i = 0; i < N * G; i++) p.f32()[i] = math::group_pool_value(x.f32() + i * L, L, coef);
+  for (int64_t i = 0; i < N * in; i++) {
+    const float v = math::group_pool_grad(dp.f32()[i / L], coef);
+    dx.f32()[i] = acc ? dx.f32()[i] + v : v;
+  }
   return info.Env().Undefined();
 }
 
@@ -104,6 +159,8 @@ static void register_elementwise(Napi::Env env, Napi::Object exports) {
   exports.Set("fill", Napi::Function::New(env, FillBinding));
   exports.Set("group_pool_forward", Napi::Function::New(env, GroupPoolForwardBinding));
   exports.Set("group_pool_backward", Napi::Function::New(env, GroupPoolBackwardBinding));
+  exports.Set("hostmath_elementwise_axpy", Napi::Function::New(env, HostmathAxpyBinding));
+  exports.Set("hostmath_elementwise_group_pool", Napi::Function::New(env, HostmathGroupPoolBinding));
 }
 TB_REGISTER_OPS(elementwise, register_elementwise);
 

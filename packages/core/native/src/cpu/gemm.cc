@@ -13,8 +13,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "args.h"
+#include "cuda/gemm.h"
+#include "kernels/gemm_math.h"
 #include "operand.h"
 #include "parallel.h"
 #include "registry.h"
@@ -390,7 +393,7 @@ void gemm_reference(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, MatR
 }
 
 // ---- bindings ----
-GemmArgs gemm_args(const Napi::CallbackInfo& info, const char* fn, bool allow_bf16, bool allow_quant) {
+GemmArgs gemm_args(const Napi::CallbackInfo& info, const char* fn, bool allow_bf16, bool allow_quant, Dispatch* d) {
   GemmArgs g;
   g.ta = bool_arg(info, 0, fn, "transA");
   g.tb = bool_arg(info, 1, fn, "transB");
@@ -409,14 +412,17 @@ GemmArgs gemm_args(const Napi::CallbackInfo& info, const char* fn, bool allow_bf
   auto need = [](int64_t rows, int64_t cols, int64_t ld) -> size_t {
     return rows == 0 || cols == 0 ? 0 : static_cast<size_t>((rows - 1) * ld + cols);
   };
-  g.a = tensor_arg(info, 6, fn, "A", need(a_rows, a_cols, g.lda), DType::F32, allow_bf16);
+  auto tensor = [&](size_t i, const char* name, size_t n, bool any) {
+    return d ? d->tensor(i, name, n, DType::F32, any) : tensor_arg(info, i, fn, name, n, DType::F32, any);
+  };
+  g.a = tensor(6, "A", need(a_rows, a_cols, g.lda), allow_bf16);
   if (allow_quant) {
-    g.b = weight_arg(info, 8, fn, "B", b_rows, b_cols, static_cast<int64_t>(need(b_rows, b_cols, g.ldb)));
+    g.b = weight_arg(info, 8, fn, "B", b_rows, b_cols, static_cast<int64_t>(need(b_rows, b_cols, g.ldb)), d);
     if (g.b.quantized && g.ldb != b_cols) throw arg_error(info, fn, "a quantized B must be unstrided (ldb equal to its columns)");
   } else {
-    g.b.dense = tensor_arg(info, 8, fn, "B", need(b_rows, b_cols, g.ldb), DType::F32, allow_bf16);
+    g.b.dense = tensor(8, "B", need(b_rows, b_cols, g.ldb), allow_bf16);
   }
-  g.c = tensor_arg(info, 11, fn, "C", need(g.M, g.N, g.ldc), DType::F32);
+  g.c = tensor(11, "C", need(g.M, g.N, g.ldc), false);
   switch (g.a.dtype) {
     case DType::F32: break;
     case DType::BF16: if (allow_bf16) break; [[fallthrough]];
@@ -433,21 +439,91 @@ GemmArgs gemm_args(const Napi::CallbackInfo& info, const char* fn, bool allow_bf
 }
 
 // gemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, reference?)
-//   B may be a quantized weight (operand.h), dequantized while packing
+//   B may be a quantized weight (operand.h), dequantized while packing.
+//   All operands (a quantized B's parts too) on one device: the CPU kernel,
+//   or cuda::gemm (bf16 tensor cores). reference: the unblocked CPU kernel on
+//   the CPU, cuBLASLt (bf16, loaded at run time) on CUDA.
 static Napi::Value GemmBinding(const Napi::CallbackInfo& info) {
-  GemmArgs g = gemm_args(info, "gemm", true, true);
+  Dispatch d(info, "gemm");
+  GemmArgs g = gemm_args(info, "gemm", true, true, &d);
   bool reference = info.Length() > 13 && info[13].IsBoolean() && info[13].As<Napi::Boolean>().Value();
   return guarded(info, [&]() -> Napi::Value {
     MatRef A{g.a.data, g.a.dtype, g.lda, g.ta}, B = g.b.mat(g.ldb, g.tb);
-    if (reference) gemm_reference(g.M, g.N, g.K, g.alpha, A, B, g.beta, g.c.f32(), g.ldc);
-    else gemm(g.M, g.N, g.K, g.alpha, A, B, g.beta, g.c.f32(), g.ldc);
+    if (d.cuda()) {
+      if (reference) TB_ON_CUDA(cuda::gemm_cublaslt(g.M, g.N, g.K, g.alpha, A, B, g.beta, g.c.f32(), g.ldc));
+      else TB_ON_CUDA(cuda::gemm(g.M, g.N, g.K, g.alpha, A, B, g.beta, g.c.f32(), g.ldc));
+    } else if (reference) {
+      gemm_reference(g.M, g.N, g.K, g.alpha, A, B, g.beta, g.c.f32(), g.ldc);
+    } else {
+      gemm(g.M, g.N, g.K, g.alpha, A, B, g.beta, g.c.f32(), g.ldc);
+    }
     return info.Env().Undefined();
   });
+}
+
+// cublaslt_status(): "" when cuBLASLt is loaded (the CUDA reference GEMM),
+// else why not. Loads it on first call; a CPU-only build says it has no CUDA.
+static Napi::Value CublasLtStatusBinding(const Napi::CallbackInfo& info) {
+#ifdef TUNEBENCH_CUDA
+  return Napi::String::New(info.Env(), cuda::cublaslt_status());
+#else
+  return Napi::String::New(info.Env(), "this build has no CUDA backend");
+#endif
+}
+
+// hostmath_gemm_dequant(W, rows, cols, run, out): the CUDA loaders' per-run
+// dequantization (kernels/gemm_math.h) on the CPU, for tests: W (a quantized
+// weight on the CPU, [rows, cols]) -> out [rows * cols] f32, run by run as
+// the loaders read it: runs of `run` (16: a GEMM tile thread, 8: a decode
+// lane) along each stored row from its first column (a 4-bit row may start
+// at an odd element), the row's tail element by element.
+static Napi::Value HostmathGemmDequantBinding(const Napi::CallbackInfo& info) {
+  const char* fn = "hostmath_gemm_dequant";
+  const int64_t rows = int_arg(info, 1, fn, "rows"), cols = int_arg(info, 2, fn, "cols");
+  const int64_t run = int_arg(info, 3, fn, "run");
+  if (run != 8 && run != 16) throw arg_error(info, fn, "run must be 8 or 16");
+  WeightOperand w = weight_arg(info, 0, fn, "W", rows, cols);
+  if (!w.quantized) throw arg_error(info, fn, "W must be a quantized weight");
+  TensorArg out = tensor_arg(info, 4, fn, "out", static_cast<size_t>(rows * cols), DType::F32);
+  float* o = out.f32();
+  for (int64_t r = 0; r < rows; r++) {
+    int64_t c = 0;
+    for (; c + run <= cols; c += run) {
+      const int64_t e = r * cols + c;
+      if (w.kind == QuantKind::Q4) {
+        const Quant4View& q = w.q4;
+        if (run == 16) math::quant4_run<16>(q.table, q.packed, q.absmax, q.block_shift, e, o + e);
+        else math::quant4_run<8>(q.table, q.packed, q.absmax, q.block_shift, e, o + e);
+        continue;
+      }
+      const IntNView& q = w.intn;
+      auto go = [&](auto bits) {
+        constexpr int NB = decltype(bits)::value;
+        if (run == 16) math::intn_run<NB, 16>(q.codes, q.scales, q.offsets, q.group_shift, e, o + e);
+        else math::intn_run<NB, 8>(q.codes, q.scales, q.offsets, q.group_shift, e, o + e);
+      };
+      switch (q.bits) {
+        case 2: go(std::integral_constant<int, 2>()); break;
+        case 3: go(std::integral_constant<int, 3>()); break;
+        case 4: go(std::integral_constant<int, 4>()); break;
+        default: go(std::integral_constant<int, 8>()); break;
+      }
+    }
+    for (; c < cols; c++) {  // INT-N rows are whole runs; only 4-bit rows have tails
+      const int64_t e = r * cols + c;
+      o[e] = w.kind == QuantKind::Q4
+                 ? math::quant4_value(w.q4.table, w.q4.packed, w.q4.absmax, w.q4.block_shift, e)
+                 : math::intn_value(w.intn.codes, w.intn.scales, w.intn.offsets, w.intn.bits, w.intn.group_shift, e);
+    }
+  }
+  return info.Env().Undefined();
 }
 
 static void register_gemm(Napi::Env env, Napi::Object exports) {
   exports.Set("gemm", Napi::Function::New(env, GemmBinding));
   exports.Set("gemmKernel", Napi::String::New(env, gemm_kernel_name()));
+  exports.Set("cublaslt_status", Napi::Function::New(env, CublasLtStatusBinding));
+  exports.Set("hostmath_gemm_dequant", Napi::Function::New(env, HostmathGemmDequantBinding));
 }
 TB_REGISTER_OPS(gemm, register_gemm);
 

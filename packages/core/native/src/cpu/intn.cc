@@ -355,16 +355,21 @@ static Napi::Value HostmathIntNBinding(const Napi::CallbackInfo& info) {
 }
 
 // intn_decode(x, W, y, m, out, in): y [m, out] = x [m, in] deq(W)^T, W INT-N [out, in], m <= 16
+//   all on one device: the CPU decode kernel, or cuda::quant_decode
 static Napi::Value IntNDecodeBinding(const Napi::CallbackInfo& info) {
   const char* fn = "intn_decode";
   const int64_t m = int_arg(info, 3, fn, "m"), out = int_arg(info, 4, fn, "out", 1), in = int_arg(info, 5, fn, "in", 1);
   if (m > kIntNDecodeMaxRows) throw arg_error(info, fn, "m must be at most 16");
-  TensorArg x = tensor_arg(info, 0, fn, "x", static_cast<size_t>(m * in), DType::F32);
-  WeightOperand w = weight_arg(info, 1, fn, "W", out, in);
+  Dispatch d(info, fn);
+  TensorArg x = d.tensor(0, "x", static_cast<size_t>(m * in), DType::F32);
+  WeightOperand w = weight_arg(info, 1, fn, "W", out, in, -1, &d);
   if (w.kind != QuantKind::IntN) throw arg_error(info, fn, "W must be an INT-N quantized weight");
-  TensorArg y = tensor_arg(info, 2, fn, "y", static_cast<size_t>(m * out), DType::F32);
-  intn_decode(m, out, in, 1.0f, x.f32(), in, w.intn, 0.0f, y.f32(), out);
-  return info.Env().Undefined();
+  TensorArg y = d.tensor(2, "y", static_cast<size_t>(m * out), DType::F32);
+  return guarded(info, [&]() -> Napi::Value {
+    if (d.cuda()) TB_ON_CUDA(cuda::quant_decode(m, out, in, 1.0f, x.f32(), in, w.mat(in, true), 0.0f, y.f32(), out));
+    else intn_decode(m, out, in, 1.0f, x.f32(), in, w.intn, 0.0f, y.f32(), out);
+    return info.Env().Undefined();
+  });
 }
 
 static void register_intn(Napi::Env env, Napi::Object exports) {

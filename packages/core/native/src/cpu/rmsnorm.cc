@@ -11,12 +11,16 @@
 // Rows are split over threads; dw is summed into one C-float partial per row
 // chunk (workspace) and the partials are reduced afterwards, so there is no
 // race, and for a given thread count the result does not depend on scheduling.
+// The CUDA kernels (cuda/rmsnorm.cu) evaluate the same expressions
+// (kernels/rmsnorm_math.h); the binding dispatches on the tensors' device.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 
 #include "args.h"
+#include "cuda/rmsnorm.h"
+#include "kernels/rmsnorm_math.h"
 #include "parallel.h"
 #include "registry.h"
 
@@ -129,14 +133,20 @@ static Napi::Value RmsNormForwardBinding(const Napi::CallbackInfo& info) {
   int64_t N = int_arg(info, 4, fn, "N"), C = int_arg(info, 5, fn, "C", 1);
   double eps = num_arg(info, 6, fn, "eps");
   if (!(eps > 0.0) || !std::isfinite(eps)) throw arg_error(info, fn, "'eps' must be a positive finite number");
-  TensorArg x = tensor_arg(info, 0, fn, "x", static_cast<size_t>(N * C), DType::F32);
-  TensorArg w = tensor_arg(info, 1, fn, "weight", static_cast<size_t>(C), DType::F32, true);
-  TensorArg y = tensor_arg(info, 2, fn, "y", static_cast<size_t>(N * C), DType::F32);
-  TensorArg rstd = tensor_arg(info, 3, fn, "rstd", static_cast<size_t>(N), DType::F32);
+  Dispatch d(info, fn);
+  TensorArg x = d.tensor(0, "x", static_cast<size_t>(N * C), DType::F32);
+  TensorArg w = d.tensor(1, "weight", static_cast<size_t>(C), DType::F32, true);
+  TensorArg y = d.tensor(2, "y", static_cast<size_t>(N * C), DType::F32);
+  TensorArg rstd = d.tensor(3, "rstd", static_cast<size_t>(N), DType::F32);
   if (w.dtype != DType::F32 && w.dtype != DType::BF16) throw arg_error(info, fn, "weight must be f32 or bf16");
   return guarded(info, [&]() -> Napi::Value {
-    Workspace<float> wtmp(w.dtype == DType::F32 ? 0 : static_cast<size_t>(C));
-    rmsnorm_forward(N, C, x.f32(), weight_f32(w, C, wtmp), static_cast<float>(eps), y.f32(), rstd.f32());
+    if (d.cuda()) {
+      TB_ON_CUDA(cuda::rmsnorm_forward(N, C, x.f32(), w.data, w.dtype == DType::BF16, static_cast<float>(eps), y.f32(),
+                                       rstd.f32()));
+    } else {
+      Workspace<float> wtmp(w.dtype == DType::F32 ? 0 : static_cast<size_t>(C));
+      rmsnorm_forward(N, C, x.f32(), weight_f32(w, C, wtmp), static_cast<float>(eps), y.f32(), rstd.f32());
+    }
     return info.Env().Undefined();
   });
 }
@@ -147,24 +157,72 @@ static Napi::Value RmsNormForwardBinding(const Napi::CallbackInfo& info) {
 static Napi::Value RmsNormBackwardBinding(const Napi::CallbackInfo& info) {
   const char* fn = "rmsnorm_backward";
   int64_t N = int_arg(info, 6, fn, "N"), C = int_arg(info, 7, fn, "C", 1);
-  TensorArg dy = tensor_arg(info, 0, fn, "dy", static_cast<size_t>(N * C), DType::F32);
-  TensorArg x = tensor_arg(info, 1, fn, "x", static_cast<size_t>(N * C), DType::F32);
-  TensorArg w = tensor_arg(info, 2, fn, "weight", static_cast<size_t>(C), DType::F32, true);
-  TensorArg rstd = tensor_arg(info, 3, fn, "rstd", static_cast<size_t>(N), DType::F32);
-  TensorArg dx = tensor_arg(info, 4, fn, "dx", static_cast<size_t>(N * C), DType::F32);
-  TensorArg dw = tensor_arg(info, 5, fn, "dweight", static_cast<size_t>(C), DType::F32, false, true);
+  Dispatch d(info, fn);
+  TensorArg dy = d.tensor(0, "dy", static_cast<size_t>(N * C), DType::F32);
+  TensorArg x = d.tensor(1, "x", static_cast<size_t>(N * C), DType::F32);
+  TensorArg w = d.tensor(2, "weight", static_cast<size_t>(C), DType::F32, true);
+  TensorArg rstd = d.tensor(3, "rstd", static_cast<size_t>(N), DType::F32);
+  TensorArg dx = d.tensor(4, "dx", static_cast<size_t>(N * C), DType::F32);
+  TensorArg dw = d.tensor(5, "dweight", static_cast<size_t>(C), DType::F32, false, true);
   if (w.dtype != DType::F32 && w.dtype != DType::BF16) throw arg_error(info, fn, "weight must be f32 or bf16");
   return guarded(info, [&]() -> Napi::Value {
-    Workspace<float> wtmp(w.dtype == DType::F32 ? 0 : static_cast<size_t>(C));
-    rmsnorm_backward(N, C, dy.f32(), x.f32(), weight_f32(w, C, wtmp), rstd.f32(), dx.f32(),
-                     dw.data ? dw.f32() : nullptr);
+    if (d.cuda()) {
+      TB_ON_CUDA(cuda::rmsnorm_backward(N, C, dy.f32(), x.f32(), w.data, w.dtype == DType::BF16, rstd.f32(), dx.f32(),
+                                        dw.data ? dw.f32() : nullptr));
+    } else {
+      Workspace<float> wtmp(w.dtype == DType::F32 ? 0 : static_cast<size_t>(C));
+      rmsnorm_backward(N, C, dy.f32(), x.f32(), weight_f32(w, C, wtmp), rstd.f32(), dx.f32(),
+                       dw.data ? dw.f32() : nullptr);
+    }
     return info.Env().Undefined();
   });
+}
+
+// hostmath_rmsnorm(x, weight, dy, y, rstd, dx, dweight, N, C, eps): the CUDA
+// kernels' per-element functions (kernels/rmsnorm_math.h) in plain loops on
+// the CPU, for tests. y, rstd, dx written; dweight accumulated.
+static Napi::Value HostmathRmsNormBinding(const Napi::CallbackInfo& info) {
+  const char* fn = "hostmath_rmsnorm";
+  int64_t N = int_arg(info, 7, fn, "N"), C = int_arg(info, 8, fn, "C", 1);
+  const float eps = static_cast<float>(num_arg(info, 9, fn, "eps"));
+  TensorArg x = tensor_arg(info, 0, fn, "x", static_cast<size_t>(N * C), DType::F32);
+  TensorArg w = tensor_arg(info, 1, fn, "weight", static_cast<size_t>(C), DType::F32, true);
+  TensorArg dy = tensor_arg(info, 2, fn, "dy", static_cast<size_t>(N * C), DType::F32);
+  TensorArg y = tensor_arg(info, 3, fn, "y", static_cast<size_t>(N * C), DType::F32);
+  TensorArg rstd = tensor_arg(info, 4, fn, "rstd", static_cast<size_t>(N), DType::F32);
+  TensorArg dx = tensor_arg(info, 5, fn, "dx", static_cast<size_t>(N * C), DType::F32);
+  TensorArg dw = tensor_arg(info, 6, fn, "dweight", static_cast<size_t>(C), DType::F32);
+  if (w.dtype != DType::F32 && w.dtype != DType::BF16) throw arg_error(info, fn, "weight must be f32 or bf16");
+  auto run = [&](auto* wp) {
+    const float* xs = x.f32();
+    const float* g = dy.f32();
+    for (int64_t n = 0; n < N; n++) {
+      float ss = 0.0f, dot = 0.0f;
+      for (int64_t c = 0; c < C; c++) {
+        const float xv = xs[n * C + c];
+        ss += xv * xv;
+        dot += g[n * C + c] * math::weight_at(wp, c) * xv;
+      }
+      const float r = math::rmsnorm_rstd(ss, C, eps);
+      const float k = math::rmsnorm_k(r, dot, C);
+      rstd.f32()[n] = r;
+      for (int64_t c = 0; c < C; c++) {
+        const float xv = xs[n * C + c], wv = math::weight_at(wp, c);
+        y.f32()[n * C + c] = math::rmsnorm_y(xv, r, wv);
+        dx.f32()[n * C + c] = math::rmsnorm_dx(g[n * C + c], xv, wv, r, k);
+        dw.f32()[c] += math::rmsnorm_dw_term(g[n * C + c], xv, r);
+      }
+    }
+  };
+  if (w.dtype == DType::BF16) run(w.as<uint16_t>());
+  else run(w.f32());
+  return info.Env().Undefined();
 }
 
 static void register_rmsnorm(Napi::Env env, Napi::Object exports) {
   exports.Set("rmsnorm_forward", Napi::Function::New(env, RmsNormForwardBinding));
   exports.Set("rmsnorm_backward", Napi::Function::New(env, RmsNormBackwardBinding));
+  exports.Set("hostmath_rmsnorm", Napi::Function::New(env, HostmathRmsNormBinding));
 }
 TB_REGISTER_OPS(rmsnorm, register_rmsnorm);
 

@@ -27,11 +27,17 @@
 // cos and sin are taken in double of the float32 angle and rounded once,
 // i.e. the correctly rounded float32 values (what tfjs's cpu backend gives).
 // positions may be any int32 (negative too).
+// CUDA: cuda/rope.cu, the rotation math in kernels/rope_math.h; one binding
+// per op dispatches on the tensors' device (mode is CPU-only, results agree).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 
+#include <string>
+
 #include "args.h"
+#include "cuda/rope.h"
+#include "kernels/rope_math.h"
 #include "parallel.h"
 #include "registry.h"
 
@@ -144,14 +150,51 @@ Napi::Value rope_binding(const Napi::CallbackInfo& info) {
   if (info.Length() > 8 && !info[8].IsUndefined()) mode = int_arg(info, 8, fn, "mode");
   if (mode > 2) throw arg_error(info, fn, "'mode' must be 0 (auto), 1 (table) or 2 (per token)");
   const int64_t BT = B * T;
-  TensorArg x = tensor_arg(info, 0, fn, kInverse ? "dout" : "x", static_cast<size_t>(BT * H * D), DType::F32);
-  TensorArg pos = tensor_arg(info, 1, fn, "positions", static_cast<size_t>(BT), DType::I32);
-  TensorArg out = tensor_arg(info, 2, fn, kInverse ? "dx" : "out", static_cast<size_t>(BT * H * D), DType::F32);
+  Dispatch d(info, fn);
+  TensorArg x = d.tensor(0, kInverse ? "dout" : "x", static_cast<size_t>(BT * H * D), DType::F32);
+  TensorArg pos = d.tensor(1, "positions", static_cast<size_t>(BT), DType::I32);
+  TensorArg out = d.tensor(2, kInverse ? "dx" : "out", static_cast<size_t>(BT * H * D), DType::F32);
+  if (d.cuda() && D > cuda::kRopeMaxHeadDim)
+    throw arg_error(info, fn, "head dim D = " + std::to_string(D) + " exceeds " + std::to_string(cuda::kRopeMaxHeadDim) +
+                    ", the largest the CUDA kernel supports");
   return guarded(info, [&]() -> Napi::Value {
-    rope_apply<kInverse>(BT, H, D, pos.as<int32_t>(), static_cast<float>(theta), x.f32(), out.f32(),
-                         static_cast<RopeMode>(mode));
+    if (d.cuda()) {  // mode only picks the CPU's cos/sin strategy; the results are the same
+      if (kInverse) TB_ON_CUDA(cuda::rope_backward(BT, H, D, pos.as<int32_t>(), static_cast<float>(theta), x.f32(), out.f32()));
+      else TB_ON_CUDA(cuda::rope_forward(BT, H, D, pos.as<int32_t>(), static_cast<float>(theta), x.f32(), out.f32()));
+    } else {
+      rope_apply<kInverse>(BT, H, D, pos.as<int32_t>(), static_cast<float>(theta), x.f32(), out.f32(),
+                           static_cast<RopeMode>(mode));
+    }
     return info.Env().Undefined();
   });
+}
+
+// hostmath_rope(x, dout, positions, out, dx, BT, H, D, theta): the CUDA
+// kernel's math (kernels/rope_math.h) on the CPU, for tests: out = the
+// forward rotation of x, dx = the backward rotation of dout.
+Napi::Value HostmathRopeBinding(const Napi::CallbackInfo& info) {
+  const char* fn = "hostmath_rope";
+  const int64_t BT = int_arg(info, 5, fn, "BT"), H = int_arg(info, 6, fn, "H"), D = int_arg(info, 7, fn, "D", 2);
+  if (D % 2 != 0) throw arg_error(info, fn, "head dim D must be even, got " + std::to_string(D));
+  const float theta = static_cast<float>(num_arg(info, 8, fn, "theta"));
+  const size_t n = static_cast<size_t>(BT * H * D);
+  TensorArg x = tensor_arg(info, 0, fn, "x", n, DType::F32);
+  TensorArg dout = tensor_arg(info, 1, fn, "dout", n, DType::F32);
+  TensorArg pos = tensor_arg(info, 2, fn, "positions", static_cast<size_t>(BT), DType::I32);
+  TensorArg out = tensor_arg(info, 3, fn, "out", n, DType::F32);
+  TensorArg dx = tensor_arg(info, 4, fn, "dx", n, DType::F32);
+  const int64_t h = D / 2;
+  for (int64_t t = 0; t < BT; t++)
+    for (int64_t i = 0; i < h; i++) {
+      float c, s;
+      math::rope_cos_sin(pos.as<int32_t>()[t], math::rope_inv_freq(i, D, theta), c, s);
+      for (int64_t hd = 0; hd < H; hd++) {
+        const int64_t e = (t * H + hd) * D + i;
+        math::rope_rotate(x.f32()[e], x.f32()[e + h], c, s, out.f32()[e], out.f32()[e + h]);
+        math::rope_rotate_inverse(dout.f32()[e], dout.f32()[e + h], c, s, dx.f32()[e], dx.f32()[e + h]);
+      }
+    }
+  return info.Env().Undefined();
 }
 
 }  // namespace
@@ -165,6 +208,7 @@ Napi::Value rope_binding(const Napi::CallbackInfo& info) {
 static void register_rope(Napi::Env env, Napi::Object exports) {
   exports.Set("rope_forward", Napi::Function::New(env, rope_binding<false>));
   exports.Set("rope_backward", Napi::Function::New(env, rope_binding<true>));
+  exports.Set("hostmath_rope", Napi::Function::New(env, HostmathRopeBinding));
 }
 TB_REGISTER_OPS(rope, register_rope);
 
