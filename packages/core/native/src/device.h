@@ -30,6 +30,16 @@ void* cuda_alloc(size_t bytes);  // throws OutOfMemory (Category::Workspace plac
 void cuda_free(void* p, size_t bytes);
 void cuda_zero(void* p, size_t bytes);
 
+// Managed (unified) memory for paged optimizer state (cuda/managed.cu):
+// tracked_alloc routes Category::OptimizerHost on Device::CUDA here. The
+// allocation is refused with OutOfMemory when it exceeds the device's free
+// memory (cudaMemGetInfo); freeing waits for the core's stream.
+void* cuda_alloc_managed(size_t bytes);
+void cuda_free_managed(void* p);
+// Migrate managed bytes to `to` (Device::CUDA: device 0; Device::CPU: the
+// host), queued on the core's stream.
+void cuda_prefetch(const void* p, size_t bytes, Device to);
+
 struct CudaMemory {
   size_t free_bytes = 0, total_bytes = 0;        // cudaMemGetInfo
   size_t reserved_bytes = 0, reserved_peak = 0;  // held by the pool (and its high-water mark)

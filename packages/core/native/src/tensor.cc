@@ -124,7 +124,8 @@ void* tracked_alloc(size_t bytes, Category cat, Device dev) {
     // device this throws NoBackend, which is not an out-of-memory error
     void* d = nullptr;
     try {
-      d = device::cuda_alloc(bytes);
+      // paged optimizer state lives in managed memory (cuda/managed.cu)
+      d = cat == Category::OptimizerHost ? device::cuda_alloc_managed(bytes) : device::cuda_alloc(bytes);
     } catch (const OutOfMemory&) {
       throw OutOfMemory(bytes, cat, dev);
     }
@@ -160,7 +161,8 @@ void* tracked_alloc(size_t bytes, Category cat, Device dev) {
 void tracked_free(void* p, size_t bytes, Category cat, Device dev) {
   if (!p) return;
   if (dev == Device::CUDA) {
-    device::cuda_free(p, bytes);
+    if (cat == Category::OptimizerHost) device::cuda_free_managed(p);
+    else device::cuda_free(p, bytes);
     count(bytes, cat, dev, -1);
     return;
   }

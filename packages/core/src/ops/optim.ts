@@ -1,8 +1,9 @@
 // Optimizer kernels: AdamW (fp32 and blockwise 8-bit state) and global
 // gradient-norm clipping.
 import { nativeFn, type NativeTensorHandle } from '../native.js';
+import type { Device } from '../dtype.js';
 import type { Tensor } from '../tensor.js';
-import { checkFinite, checkShape, checkTensor } from './check.js';
+import { checkFinite, checkShape, checkTensorOn, sameDevice } from './check.js';
 
 export interface AdamWOptions {
   lr: number;
@@ -32,16 +33,52 @@ function adamHyper(op: string, opts: AdamWOptions): AdamHyper {
 }
 
 /** One AdamW step in place, as torch.optim.AdamW (decoupled weight decay).
- * param, grad, m, v: same shape, f32. Defaults: betas (0.9, 0.999), eps 1e-8, weightDecay 0.01. */
+ * param, grad, m, v: same shape, f32, on one device (CPU or CUDA).
+ * Defaults: betas (0.9, 0.999), eps 1e-8, weightDecay 0.01. */
 export function adamwStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, opts: AdamWOptions): void {
   const op = 'adamwStep';
-  checkTensor(op, 'param', param, ['f32']);
+  checkTensorOn(op, 'param', param, ['f32']);
   for (const [name, t] of [['grad', grad], ['m', m], ['v', v]] as const) {
-    checkTensor(op, name, t, ['f32']);
+    checkTensorOn(op, name, t, ['f32']);
     checkShape(op, name, t, param.shape);
   }
+  sameDevice(op, { param, grad, m, v });
   const h = adamHyper(op, opts);
   nativeFn<AdamwFn>('adamw_step')(param.handle, grad.handle, m.handle, v.handle, h.lr, h.b1, h.b2, h.eps, h.wd, h.step);
+}
+
+/** One tensor of adamwStepMulti: its own weight decay, the other hyperparameters shared. */
+export interface AdamWGroupEntry {
+  param: Tensor;
+  grad: Tensor;
+  m: Tensor;
+  v: Tensor;
+  weightDecay: number;
+}
+
+type AdamwMultiFn = (p: NativeTensorHandle[], g: NativeTensorHandle[], m: NativeTensorHandle[], v: NativeTensorHandle[],
+                     wd: number[], lr: number, b1: number, b2: number, eps: number, step: number) => void;
+
+/** adamwStep over many tensors in one native call (on CUDA one kernel launch
+ * for all of them; on the CPU the same loop as calling adamwStep per tensor).
+ * Every tensor f32, each entry's four of one shape, all on one device.
+ * opts.weightDecay is ignored: each entry carries its own. */
+export function adamwStepMulti(entries: readonly AdamWGroupEntry[], opts: AdamWOptions): void {
+  const op = 'adamwStepMulti';
+  const all: Record<string, Tensor> = {};
+  entries.forEach((e, k) => {
+    checkTensorOn(op, `params[${k}]`, e.param, ['f32']);
+    for (const [name, t] of [['grads', e.grad], ['ms', e.m], ['vs', e.v]] as const) {
+      checkTensorOn(op, `${name}[${k}]`, t, ['f32']);
+      checkShape(op, `${name}[${k}]`, t, e.param.shape);
+    }
+    checkFinite(op, `weightDecays[${k}]`, e.weightDecay);
+    Object.assign(all, { [`params[${k}]`]: e.param, [`grads[${k}]`]: e.grad, [`ms[${k}]`]: e.m, [`vs[${k}]`]: e.v });
+  });
+  sameDevice(op, all);
+  const h = adamHyper(op, { ...opts, weightDecay: 0 });
+  nativeFn<AdamwMultiFn>('adamw_step_multi')(entries.map((e) => e.param.handle), entries.map((e) => e.grad.handle),
+    entries.map((e) => e.m.handle), entries.map((e) => e.v.handle), entries.map((e) => e.weightDecay), h.lr, h.b1, h.b2, h.eps, h.step);
 }
 
 /** Elements per absmax block of the 8-bit optimizer state (bitsandbytes' blockwise optimizers use 256). */
@@ -62,21 +99,22 @@ type Adamw8bitFn = (p: NativeTensorHandle, g: NativeTensorHandle, mCodes: Native
  * the fp32 AdamW update (as adamwStep) runs on those, then m and v are
  * requantized to the nearest code against the block's new max |value|.
  *   param, grad: f32, same shape; mCodes, vCodes: u8, param's shape;
- *   mAbsmax, vAbsmax: f32 [ceil(numel / 256)]. */
+ *   mAbsmax, vAbsmax: f32 [ceil(numel / 256)]. All on one device (CPU or CUDA). */
 export function adamw8bitStep(param: Tensor, grad: Tensor, mCodes: Tensor, mAbsmax: Tensor, vCodes: Tensor, vAbsmax: Tensor,
                               opts: AdamWOptions): void {
   const op = 'adamw8bitStep';
-  checkTensor(op, 'param', param, ['f32']);
-  checkTensor(op, 'grad', grad, ['f32']);
+  checkTensorOn(op, 'param', param, ['f32']);
+  checkTensorOn(op, 'grad', grad, ['f32']);
   checkShape(op, 'grad', grad, param.shape);
   const blocks = [adamw8bitBlocks(param.numel)];
   for (const [name, codes, absmax] of [['mCodes', mCodes, mAbsmax], ['vCodes', vCodes, vAbsmax]] as const) {
-    checkTensor(op, name, codes, ['u8']);
+    checkTensorOn(op, name, codes, ['u8']);
     checkShape(op, name, codes, param.shape);
     const absName = name === 'mCodes' ? 'mAbsmax' : 'vAbsmax';
-    checkTensor(op, absName, absmax, ['f32']);
+    checkTensorOn(op, absName, absmax, ['f32']);
     checkShape(op, absName, absmax, blocks);
   }
+  sameDevice(op, { param, grad, mCodes, mAbsmax, vCodes, vAbsmax });
   const h = adamHyper(op, opts);
   nativeFn<Adamw8bitFn>('adamw8bit_step')(param.handle, grad.handle, mCodes.handle, mAbsmax.handle, vCodes.handle, vAbsmax.handle,
     h.lr, h.b1, h.b2, h.eps, h.wd, h.step, ADAMW8BIT_BLOCK_SIZE);
@@ -97,11 +135,12 @@ export interface ClipOptions {
 }
 
 /** Global L2 norm over all grads; if above maxNorm, scale every grad by
- * maxNorm / (norm + 1e-6) (torch.nn.utils.clip_grad_norm_). Returns the norm before clipping. */
+ * maxNorm / (norm + 1e-6) (torch.nn.utils.clip_grad_norm_). Returns the norm before clipping.
+ * Grads f32 on any device (each tensor's sum of squares, in double, comes back to the host). */
 export function clipGradNorm(grads: readonly Tensor[], maxNorm: number, opts: ClipOptions = {}): number {
   const op = 'clipGradNorm';
   if (!(maxNorm > 0)) throw new RangeError(`${op}: maxNorm must be > 0, got ${maxNorm}`);
-  grads.forEach((g, i) => checkTensor(op, `grads[${i}]`, g, ['f32']));
+  grads.forEach((g, i) => checkTensorOn(op, `grads[${i}]`, g, ['f32']));
   const sumsq = nativeFn<(x: NativeTensorHandle) => number>('grad_sumsq');
   const scale = nativeFn<(x: NativeTensorHandle, s: number) => void>('grad_scale');
   let total = 0;
@@ -114,4 +153,14 @@ export function clipGradNorm(grads: readonly Tensor[], maxNorm: number, opts: Cl
   const coef = maxNorm / (norm + 1e-6);
   if (coef < 1) for (const g of grads) scale(g.handle, coef);
   return norm;
+}
+
+/** Paged optimizer state: migrate a managed tensor (category optimizer_host on
+ * cuda, CUDA managed memory) to `device`, queued on the core's stream; the
+ * optimizer moves its state to 'cuda' before a step and back to 'cpu' after.
+ * Returns false (and does nothing) for tensors that are not managed. */
+export function prefetch(t: Tensor, device: Device): boolean {
+  checkTensorOn('prefetch', 't', t, ['f32', 'u8', 'bf16', 'f16', 'i32', 'i8', 'i64']);
+  if (device !== 'cpu' && device !== 'cuda') throw new TypeError(`prefetch: device must be 'cpu' or 'cuda', got ${JSON.stringify(device)}`);
+  return nativeFn<(t: NativeTensorHandle, d: string) => boolean>('prefetch')(t.handle, device);
 }

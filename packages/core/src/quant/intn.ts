@@ -20,6 +20,8 @@
 // The GEMM (ops/gemm.ts) and the fused LoRA ops take a QuantizedIntN as their
 // weight operand and dequantize while packing (or, for 1..16 rows of x W^T,
 // group by group in the decode kernel): no dense copy is made.
+// RTN quantization and dequantization run on the weight's device (CPU or
+// CUDA, cuda/intn.cu); GPTQ runs on the CPU (from host copies).
 import type { Category, Device } from '../dtype.js';
 import { native, nativeFn, type NativeTensorHandle } from '../native.js';
 import { Tensor, copyInto } from '../tensor.js';
@@ -154,9 +156,9 @@ export function quantizeIntN(w: Tensor, opts: QuantizeIntNOptions): QuantizedInt
   const damp = opts.damp ?? GPTQ_DEFAULT_DAMP;
   if (typeof damp !== 'number' || !Number.isFinite(damp) || damp < 0) throw new RangeError(`${op}: damp must be a finite number >= 0, got ${damp}`);
   const category = opts.category ?? 'frozen';
-  if (w.device !== 'cpu' || (X !== undefined && X.device !== 'cpu')) {
-    // the quantizers run on the CPU: a weight elsewhere is quantized from a
-    // host copy, and the result goes back to the weight's device
+  if (quantizer === 'gptq' && (w.device !== 'cpu' || (X !== undefined && X.device !== 'cpu'))) {
+    // GPTQ runs on the CPU: a weight elsewhere is quantized from a host copy,
+    // and the result goes back to the weight's device (RTN runs where w is)
     const hw = w.to('cpu', { category: 'workspace' });
     const hx = X !== undefined && X.device !== 'cpu' ? X.to('cpu', { category: 'workspace' }) : X;
     try {
@@ -167,9 +169,10 @@ export function quantizeIntN(w: Tensor, opts: QuantizeIntNOptions): QuantizedInt
     }
   }
   const numel = rows * cols;
-  const codes = Tensor.zeros([Math.ceil((numel * bits) / 8)], { dtype: 'u8', category });
-  const scales = Tensor.zeros([rows, cols / groupSize], { category });
-  const offsets = Tensor.zeros([rows, cols / groupSize], { category });
+  const device = w.device;
+  const codes = Tensor.zeros([Math.ceil((numel * bits) / 8)], { dtype: 'u8', category, device });
+  const scales = Tensor.zeros([rows, cols / groupSize], { category, device });
+  const offsets = Tensor.zeros([rows, cols / groupSize], { category, device });
   const base = { kind: 'intn' as const, bits, groupSize, shape: [rows, cols] as [number, number], numel, codes, scales, offsets, quantizer,
     bytes: intnBytes([rows, cols], bits, groupSize) };
   const refuse = (bad: number) => new RangeError(

@@ -11,9 +11,11 @@
 //
 // The GEMM (ops/gemm.ts) and the fused LoRA ops take a QuantizedWeight as
 // their weight operand and dequantize while packing: no dense copy is made.
+// Quantizing a weight on CUDA gives a quantized weight on CUDA (the kernels of
+// cuda/nf4.cu); dequantizing writes to the weight's device.
 import type { Category, Device } from '../dtype.js';
 import { nativeFn, type NativeTensorHandle } from '../native.js';
-import { Tensor, hostValues } from '../tensor.js';
+import { Tensor, copyInto, hostValues } from '../tensor.js';
 import { type QuantizedIntN, checkIntN, disposeIntN, intnNativeOperand, moveIntN } from './intn.js';
 
 export type Quant4Format = 'nf4' | 'fp4';
@@ -96,7 +98,8 @@ export function quant4Bytes(numel: number, blockSize: number, doubleQuant: boole
 type QuantizeFn = (x: NativeTensorHandle, numel: number, block: number, format: number, packed: NativeTensorHandle, absmax: NativeTensorHandle) => number;
 type Quantize8Fn = (x: NativeTensorHandle, n: number, block: number, signed: boolean, codes: NativeTensorHandle, scales: NativeTensorHandle) => void;
 
-/** Quantizes a 2-D weight (f32 or bf16) to NF4/FP4 in bitsandbytes' layout. */
+/** Quantizes a 2-D weight (f32 or bf16, on the CPU or CUDA) to NF4/FP4 in
+ * bitsandbytes' layout; the result lives on the weight's device. */
 export function quantize4bit(w: Tensor, opts: Quantize4bitOptions): Quantized4bit {
   const op = 'quantize4bit';
   if (!(w instanceof Tensor)) throw new TypeError(`${op}: w must be a Tensor`);
@@ -110,27 +113,29 @@ export function quantize4bit(w: Tensor, opts: Quantize4bitOptions): Quantized4bi
   const doubleQuant = opts.doubleQuant ?? false;
   if (typeof doubleQuant !== 'boolean') throw new TypeError(`${op}: doubleQuant must be a boolean`);
   const category = opts.category ?? 'frozen';
-  if (w.device !== 'cpu') {
-    // the quantizer runs on the CPU: from a host copy, the result moved back to w's device
-    const hw = w.to('cpu', { category: 'workspace' });
-    try { return moveQuantized(quantize4bit(hw, opts), w.device) as Quantized4bit; } finally { hw.dispose(); }
-  }
   const numel = w.numel, blocks = Math.ceil(numel / blockSize);
-  const packed = Tensor.zeros([Math.ceil(numel / 2)], { dtype: 'u8', category });
-  const absmax = Tensor.zeros([blocks], { category: doubleQuant ? 'workspace' : category });
+  const device = w.device;
+  const packed = Tensor.zeros([Math.ceil(numel / 2)], { dtype: 'u8', category, device });
+  const absmax = Tensor.zeros([blocks], { category: doubleQuant ? 'workspace' : category, device });
   try {
     const bad = nativeFn<QuantizeFn>('quant4_quantize')(w.handle, numel, blockSize, fmt, packed.handle, absmax.handle);
     if (bad > 0) throw new RangeError(`${op}: the weight holds ${bad} NaN or infinite value(s); refusing to quantize it`);
     const shape: [number, number] = [w.shape[0], w.shape[1]];
     if (!doubleQuant) return { kind: 'quant4', format, shape, numel, blockSize, packed, absmax, bytes: quant4Bytes(numel, blockSize, false) };
     // the codes above used the fp32 absmax; now the absmax itself is stored in 8 bits
-    const av = absmax.data() as Float32Array;
+    // (the mean is taken on the host: a CUDA absmax goes there and back)
+    const host = device === 'cpu' ? absmax : absmax.to('cpu');
+    const av = host.data() as Float32Array;
     let sum = 0;
     for (let i = 0; i < av.length; i++) sum += av[i];
     const offset = Math.fround(sum / av.length);
     for (let i = 0; i < av.length; i++) av[i] = Math.fround(av[i] - offset);
-    const codes = Tensor.zeros([blocks], { dtype: 'u8', category });
-    const scales = Tensor.zeros([Math.ceil(blocks / DQ_BLOCK)], { category });
+    if (host !== absmax) {
+      copyInto(absmax, host);
+      host.dispose();
+    }
+    const codes = Tensor.zeros([blocks], { dtype: 'u8', category, device });
+    const scales = Tensor.zeros([Math.ceil(blocks / DQ_BLOCK)], { category, device });
     nativeFn<Quantize8Fn>('blockwise_quantize8')(absmax.handle, blocks, DQ_BLOCK, true, codes.handle, scales.handle);
     absmax.dispose();
     return {

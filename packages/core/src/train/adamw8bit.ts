@@ -5,12 +5,14 @@
 //   exp_avg_sq      [param shape] u8   codes of the unsigned dynamic map
 //   exp_avg_sq.absmax [ceil(n/256)] f32
 // (about 2 bytes per element instead of 8). Smaller parameters keep the fp32
-// state of AdamW and take its exact step. All state is `optimizer` memory.
+// state of AdamW and take its exact step. All state is `optimizer` memory,
+// on the parameter's device (`optimizer_host` CUDA managed memory when paged,
+// moved to the GPU for each step and back after it).
 import { adamw8bitBlocks, adamw8bitStep, adamwStep, dynamicMap } from '../ops/optim.js';
 import type { Device } from '../dtype.js';
 import { Tensor } from '../tensor.js';
 import type { Parameter } from '../nn/module.js';
-import { type AdamWConfig, adamwDefaults, copyOptimizerState, weightDecayFor } from './adamw.js';
+import { type AdamWConfig, adamwDefaults, copyOptimizerState, pageState, stateCategory, weightDecayFor } from './adamw.js';
 import type { Optimizer } from './optimizer.js';
 
 /** Parameters with fewer elements keep fp32 state (bitsandbytes' min_8bit_size):
@@ -39,15 +41,16 @@ export class AdamW8bit implements Optimizer {
     this.config = adamwDefaults(config);
     // fresh codes must decode to 0 whatever the absmax: the index of 0 in each map
     const zeroM = dynamicMap(true).indexOf(0), zeroV = dynamicMap(false).indexOf(0);
+    const category = stateCategory('AdamW8bit', this.params, this.config);
     // every allocation is recorded, so a failure part way frees what was made
     const made: Tensor[] = [];
     // on each parameter's device; codes filled with the zero code, on the host first elsewhere than the CPU
     const alloc = (shape: readonly number[], dtype: 'f32' | 'u8', device: Device, zeroCode?: number): Tensor => {
       let t: Tensor;
       if (zeroCode !== undefined && device !== 'cpu') {
-        t = Tensor.from(new Uint8Array(shape.reduce((a, b) => a * b, 1)).fill(zeroCode), shape, { dtype, category: 'optimizer', device });
+        t = Tensor.from(new Uint8Array(shape.reduce((a, b) => a * b, 1)).fill(zeroCode), shape, { dtype, category, device });
       } else {
-        t = Tensor.zeros(shape, { dtype, category: 'optimizer', device });
+        t = Tensor.zeros(shape, { dtype, category, device });
         if (zeroCode !== undefined) (t.data() as Uint8Array).fill(zeroCode);
       }
       made.push(t);
@@ -75,12 +78,15 @@ export class AdamW8bit implements Optimizer {
   step(lr: number): void {
     this.stepCount++;
     const [beta1, beta2] = this.config.betas;
+    const paged = this.config.paged;
+    if (paged) pageState(this.slots.flatMap(slotTensors), 'cuda');
     this.params.forEach((p, i) => {
       const s = this.slots[i];
       const opts = { lr, beta1, beta2, eps: this.config.eps, weightDecay: weightDecayFor(p, this.config), step: this.stepCount };
       if (s.kind === 'f32') adamwStep(p.value, p.grad!, s.m, s.v, opts);
       else adamw8bitStep(p.value, p.grad!, s.m, s.mAbsmax, s.v, s.vAbsmax, opts);
     });
+    if (paged) pageState(this.slots.flatMap(slotTensors), 'cpu');
   }
 
   /** State tensors by name, owned by the optimizer: exp_avg.<param> and

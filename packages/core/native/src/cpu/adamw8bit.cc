@@ -7,12 +7,16 @@
 // cpu/adamw.cc with the dequantized values, write the parameter from the
 // unquantized new m and v, then requantize them against the block's new
 // absmax (max |value| in the block).
+// adamw8bit_step dispatches on the tensors' device (cuda/adamw8bit.cu on
+// CUDA, block sizes up to 4096 there).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "args.h"
+#include "cuda/adamw8bit.h"
+#include "kernels/adamw8bit_math.h"
 #include "parallel.h"
 #include "quant_maps.h"
 #include "registry.h"
@@ -71,25 +75,90 @@ static void adamw8bit_step(int64_t n, int64_t bs, float* p, const float* g, uint
 // adamw8bit_step(p, g, m_codes, m_absmax, v_codes, v_absmax, lr, beta1, beta2, eps, weightDecay, step, blockSize)
 static Napi::Value Adamw8bitStepBinding(const Napi::CallbackInfo& info) {
   const char* fn = "adamw8bit_step";
-  TensorArg p = tensor_arg(info, 0, fn, "param", 0, DType::F32);
+  Dispatch d(info, fn);
+  TensorArg p = d.tensor(0, "param", 0, DType::F32);
   int64_t bs = int_arg(info, 12, fn, "blockSize", 1);
   const size_t nb = (p.numel + static_cast<size_t>(bs) - 1) / static_cast<size_t>(bs);
-  TensorArg g = tensor_arg(info, 1, fn, "grad", p.numel, DType::F32);
-  TensorArg mc = tensor_arg(info, 2, fn, "mCodes", p.numel, DType::U8);
-  TensorArg ma = tensor_arg(info, 3, fn, "mAbsmax", nb, DType::F32);
-  TensorArg vc = tensor_arg(info, 4, fn, "vCodes", p.numel, DType::U8);
-  TensorArg va = tensor_arg(info, 5, fn, "vAbsmax", nb, DType::F32);
+  TensorArg g = d.tensor(1, "grad", p.numel, DType::F32);
+  TensorArg mc = d.tensor(2, "mCodes", p.numel, DType::U8);
+  TensorArg ma = d.tensor(3, "mAbsmax", nb, DType::F32);
+  TensorArg vc = d.tensor(4, "vCodes", p.numel, DType::U8);
+  TensorArg va = d.tensor(5, "vAbsmax", nb, DType::F32);
   float lr = static_cast<float>(num_arg(info, 6, fn, "lr"));
   float b1 = static_cast<float>(num_arg(info, 7, fn, "beta1"));
   float b2 = static_cast<float>(num_arg(info, 8, fn, "beta2"));
   float eps = static_cast<float>(num_arg(info, 9, fn, "eps"));
   float wd = static_cast<float>(num_arg(info, 10, fn, "weightDecay"));
   int64_t step = int_arg(info, 11, fn, "step", 1);
+  if (d.cuda() && bs > 4096) throw arg_error(info, fn, "blockSize must be at most 4096 on CUDA");
   return guarded(info, [&]() -> Napi::Value {
-    adamw8bit_step(static_cast<int64_t>(p.numel), bs, p.f32(), g.f32(), mc.as<uint8_t>(), ma.f32(), vc.as<uint8_t>(),
-                   va.f32(), lr, b1, b2, eps, wd, step);
+    if (d.cuda()) {
+      TB_ON_CUDA(cuda::adamw8bit_step(static_cast<int64_t>(p.numel), bs, p.f32(), g.f32(), mc.as<uint8_t>(), ma.f32(),
+                                      vc.as<uint8_t>(), va.f32(), math::adamw_scalars(lr, b1, b2, eps, wd, step)));
+    } else {
+      adamw8bit_step(static_cast<int64_t>(p.numel), bs, p.f32(), g.f32(), mc.as<uint8_t>(), ma.f32(), vc.as<uint8_t>(),
+                     va.f32(), lr, b1, b2, eps, wd, step);
+    }
     return info.Env().Undefined();
   });
+}
+
+// hostmath_adamw8bit(p, g, m_codes, m_absmax, v_codes, v_absmax, lr, beta1,
+// beta2, eps, weightDecay, step, blockSize, threads): the CUDA kernel's math
+// (kernels/adamw8bit_math.h) on the CPU, each block split into `threads`
+// contiguous runs whose absmax folds are combined by the kernel's ordered
+// tree, for tests against adamw8bit_step.
+static Napi::Value HostmathAdamw8bitBinding(const Napi::CallbackInfo& info) {
+  const char* fn = "hostmath_adamw8bit";
+  TensorArg p = tensor_arg(info, 0, fn, "param", 0, DType::F32);
+  const int64_t bs = int_arg(info, 12, fn, "blockSize", 1);
+  const int64_t T = int_arg(info, 13, fn, "threads", 1);
+  if (T & (T - 1)) throw arg_error(info, fn, "threads must be a power of two");
+  const int64_t n = static_cast<int64_t>(p.numel), nb = (n + bs - 1) / bs;
+  TensorArg g = tensor_arg(info, 1, fn, "grad", p.numel, DType::F32);
+  TensorArg mc = tensor_arg(info, 2, fn, "mCodes", p.numel, DType::U8);
+  TensorArg ma = tensor_arg(info, 3, fn, "mAbsmax", static_cast<size_t>(nb), DType::F32);
+  TensorArg vc = tensor_arg(info, 4, fn, "vCodes", p.numel, DType::U8);
+  TensorArg va = tensor_arg(info, 5, fn, "vAbsmax", static_cast<size_t>(nb), DType::F32);
+  const math::AdamwScalars s = math::adamw_scalars(
+      static_cast<float>(num_arg(info, 6, fn, "lr")), static_cast<float>(num_arg(info, 7, fn, "beta1")),
+      static_cast<float>(num_arg(info, 8, fn, "beta2")), static_cast<float>(num_arg(info, 9, fn, "eps")),
+      static_cast<float>(num_arg(info, 10, fn, "weightDecay")), int_arg(info, 11, fn, "step", 1));
+  const float* smap = dynamic_map(true);
+  const float* umap = dynamic_map(false);
+  const uint8_t szero = math::map_zero_code(smap), uzero = math::map_zero_code(umap);
+  std::vector<float> mbuf(static_cast<size_t>(bs)), vbuf(static_cast<size_t>(bs));
+  std::vector<math::AbsmaxFold> fm(static_cast<size_t>(T)), fv(static_cast<size_t>(T));
+  uint8_t* mc_ = mc.as<uint8_t>();
+  uint8_t* vc_ = vc.as<uint8_t>();
+  for (int64_t blk = 0; blk < nb; blk++) {
+    const int64_t i0 = blk * bs, len = std::min(bs, n - i0), chunk = (len + T - 1) / T;
+    for (int64_t t = 0; t < T; t++) {
+      const int64_t a = t * chunk, b = std::min(a + chunk, len);
+      math::AbsmaxFold fmt = math::fold_empty(), fvt = math::fold_empty();
+      for (int64_t i = a; i < b; i++) {
+        const int64_t e = i0 + i;
+        math::adamw8bit_element(s, smap, umap, ma.f32()[blk], va.f32()[blk], g.f32()[e], mc_[e], vc_[e], p.f32()[e], mbuf[i], vbuf[i]);
+        fmt = math::fold_push(fmt, mbuf[i]);
+        fvt = math::fold_push(fvt, vbuf[i]);
+      }
+      fm[t] = fmt;
+      fv[t] = fvt;
+    }
+    for (int64_t w = 1; w < T; w <<= 1)
+      for (int64_t t = 0; t < T; t += 2 * w) {
+        fm[t] = math::fold_combine(fm[t], fm[t + w]);
+        fv[t] = math::fold_combine(fv[t], fv[t + w]);
+      }
+    const float m_max = math::fold_result(fm[0]), v_max = math::fold_result(fv[0]);
+    ma.f32()[blk] = m_max;
+    va.f32()[blk] = v_max;
+    for (int64_t i = 0; i < len; i++) {
+      mc_[i0 + i] = math::adamw8bit_code(smap, mbuf[i], m_max, szero);
+      vc_[i0 + i] = math::adamw8bit_code(umap, vbuf[i], v_max, uzero);
+    }
+  }
+  return info.Env().Undefined();
 }
 
 // dynamic_map(signed) -> Float32Array [256], a copy of the table the kernel uses
@@ -103,6 +172,7 @@ static Napi::Value DynamicMapBinding(const Napi::CallbackInfo& info) {
 static void register_adamw8bit(Napi::Env env, Napi::Object exports) {
   exports.Set("adamw8bit_step", Napi::Function::New(env, Adamw8bitStepBinding));
   exports.Set("dynamic_map", Napi::Function::New(env, DynamicMapBinding));
+  exports.Set("hostmath_adamw8bit", Napi::Function::New(env, HostmathAdamw8bitBinding));
 }
 TB_REGISTER_OPS(adamw8bit, register_adamw8bit);
 

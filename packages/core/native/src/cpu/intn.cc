@@ -1,7 +1,9 @@
 // Group-wise INT-N weights (intn.h): round-to-nearest and GPTQ quantization,
 // dequantization, and the explicit decode binding. The GEMM consumes the
 // result directly (gemm.cc dequantizes while packing, or decodes a few rows
-// group by group); these kernels build it.
+// group by group); these kernels build it. intn_quantize (RTN) and
+// intn_dequantize dispatch on their tensors' device (cuda/intn.cu on CUDA);
+// intn_gptq runs on the CPU only.
 #include <omp.h>
 
 #include <algorithm>
@@ -10,8 +12,11 @@
 #include <vector>
 
 #include "args.h"
+#include "cuda/intn.h"
 #include "gemm.h"
 #include "intn.h"
+#include "kernels/quant_math.h"
+#include "kernels/quantize_math.h"
 #include "operand.h"
 #include "parallel.h"
 #include "registry.h"
@@ -206,18 +211,25 @@ static Napi::Value IntNQuantizeBinding(const Napi::CallbackInfo& info) {
   const int64_t rows = int_arg(info, 1, fn, "rows"), cols = int_arg(info, 2, fn, "cols");
   const int64_t bits = int_arg(info, 3, fn, "bits"), group = int_arg(info, 4, fn, "groupSize", 1);
   intn_shape_args(info, fn, rows, cols, bits, group);
-  TensorArg W = tensor_arg(info, 0, fn, "W", static_cast<size_t>(rows * cols), DType::F32, true);
-  TensorArg codes = tensor_arg(info, 5, fn, "codes", static_cast<size_t>(intn_code_bytes(rows * cols, static_cast<int>(bits))), DType::U8);
-  TensorArg scales = tensor_arg(info, 6, fn, "scales", static_cast<size_t>(rows * cols / group), DType::F32);
-  TensorArg offsets = tensor_arg(info, 7, fn, "offsets", static_cast<size_t>(rows * cols / group), DType::F32);
+  Dispatch d(info, fn);
+  TensorArg W = d.tensor(0, "W", static_cast<size_t>(rows * cols), DType::F32, true);
+  TensorArg codes = d.tensor(5, "codes", static_cast<size_t>(intn_code_bytes(rows * cols, static_cast<int>(bits))), DType::U8);
+  TensorArg scales = d.tensor(6, "scales", static_cast<size_t>(rows * cols / group), DType::F32);
+  TensorArg offsets = d.tensor(7, "offsets", static_cast<size_t>(rows * cols / group), DType::F32);
+  if (W.dtype != DType::F32 && W.dtype != DType::BF16) throw arg_error(info, fn, "W must be f32 or bf16");
   const int b = static_cast<int>(bits);
-  int64_t bad = 0;
-  switch (W.dtype) {
-    case DType::F32: bad = intn_quantize_rtn(W.f32(), rows, cols, b, group, codes.as<uint8_t>(), scales.f32(), offsets.f32()); break;
-    case DType::BF16: bad = intn_quantize_rtn(W.as<uint16_t>(), rows, cols, b, group, codes.as<uint8_t>(), scales.f32(), offsets.f32()); break;
-    default: throw arg_error(info, fn, "W must be f32 or bf16");
-  }
-  return Napi::Number::New(info.Env(), static_cast<double>(bad));
+  return guarded(info, [&]() -> Napi::Value {
+    int64_t bad = 0;
+    if (d.cuda()) {
+      TB_ON_CUDA(bad = cuda::intn_quantize(W.data, W.dtype == DType::BF16, rows, cols, b, group, codes.as<uint8_t>(), scales.f32(),
+                                           offsets.f32()));
+    } else if (W.dtype == DType::F32) {
+      bad = intn_quantize_rtn(W.f32(), rows, cols, b, group, codes.as<uint8_t>(), scales.f32(), offsets.f32());
+    } else {
+      bad = intn_quantize_rtn(W.as<uint16_t>(), rows, cols, b, group, codes.as<uint8_t>(), scales.f32(), offsets.f32());
+    }
+    return Napi::Number::New(info.Env(), static_cast<double>(bad));
+  });
 }
 
 // intn_gptq(W, rows, cols, H, bits, groupSize, damp, codes, scales, offsets)
@@ -284,18 +296,62 @@ static Napi::Value IntNGptqBinding(const Napi::CallbackInfo& info) {
   });
 }
 
-// intn_dequantize(W, rows, cols, out): out [rows*cols] f32 = scale * q + offset
+// intn_dequantize(W, rows, cols, out): out [rows*cols] f32 = scale * q + offset (W's tensors and out on one device)
 static Napi::Value IntNDequantizeBinding(const Napi::CallbackInfo& info) {
   const char* fn = "intn_dequantize";
   const int64_t rows = int_arg(info, 1, fn, "rows"), cols = int_arg(info, 2, fn, "cols");
-  WeightOperand w = weight_arg(info, 0, fn, "W", rows, cols);
-  if (w.kind != QuantKind::IntN) throw arg_error(info, fn, "W must be an INT-N quantized weight");
-  TensorArg out = tensor_arg(info, 3, fn, "out", static_cast<size_t>(rows * cols), DType::F32);
-  const IntNView q = w.intn;
-  parallel_chunks(rows, [&](int64_t r0, int64_t r1) {
-    intn_dequant_segment(q, r0 * cols, (r1 - r0) * cols, out.f32() + r0 * cols);
-  }, 16);
-  return info.Env().Undefined();
+  Dispatch d(info, fn);
+  return guarded(info, [&]() -> Napi::Value {
+    WeightOperand w = weight_arg(info, 0, fn, "W", rows, cols, -1, &d);
+    if (w.kind != QuantKind::IntN) throw arg_error(info, fn, "W must be an INT-N quantized weight");
+    TensorArg out = d.tensor(3, "out", static_cast<size_t>(rows * cols), DType::F32);
+    const IntNView q = w.intn;
+    if (d.cuda()) {
+      TB_ON_CUDA(cuda::intn_dequantize(q.codes, q.scales, q.offsets, q.bits, q.group_shift, rows * cols, out.f32()));
+      return info.Env().Undefined();
+    }
+    parallel_chunks(rows, [&](int64_t r0, int64_t r1) {
+      intn_dequant_segment(q, r0 * cols, (r1 - r0) * cols, out.f32() + r0 * cols);
+    }, 16);
+    return info.Env().Undefined();
+  });
+}
+
+// hostmath_intn(W f32, rows, cols, bits, groupSize, codes, scales, offsets, out) -> bad count:
+// RTN as cuda/intn.cu runs it (one group at a time, its bytes assembled then
+// stored; kernels/quantize_math.h), then out = the dequantized weight
+// (kernels/quant_math.h), for tests against intn_quantize / intn_dequantize.
+static Napi::Value HostmathIntNBinding(const Napi::CallbackInfo& info) {
+  const char* fn = "hostmath_intn";
+  const int64_t rows = int_arg(info, 1, fn, "rows"), cols = int_arg(info, 2, fn, "cols");
+  const int64_t bits = int_arg(info, 3, fn, "bits"), group = int_arg(info, 4, fn, "groupSize", 1);
+  intn_shape_args(info, fn, rows, cols, bits, group);
+  const int b = static_cast<int>(bits);
+  const int64_t numel = rows * cols, ngroups = numel / group;
+  TensorArg W = tensor_arg(info, 0, fn, "W", static_cast<size_t>(numel), DType::F32);
+  TensorArg codes = tensor_arg(info, 5, fn, "codes", static_cast<size_t>(intn_code_bytes(numel, b)), DType::U8);
+  TensorArg scales = tensor_arg(info, 6, fn, "scales", static_cast<size_t>(ngroups), DType::F32);
+  TensorArg offsets = tensor_arg(info, 7, fn, "offsets", static_cast<size_t>(ngroups), DType::F32);
+  TensorArg out = tensor_arg(info, 8, fn, "out", static_cast<size_t>(numel), DType::F32);
+  int64_t bad = 0;
+  const int64_t nbytes = group * b / 8;
+  for (int64_t g = 0; g < ngroups; g++) {
+    const float* w = W.f32() + g * group;
+    bool finite = true;
+    for (int64_t i = 0; i < group; i++) if (!std::isfinite(w[i])) { bad++; finite = false; }
+    float s, o;
+    math::intn_rtn_params(w, group, b, s, o);
+    if (!std::isfinite(s) && finite) bad++;
+    scales.f32()[g] = s;
+    offsets.f32()[g] = o;
+    uint8_t bytes[128] = {};
+    for (int64_t i = 0; i < group; i++) math::intn_put(bytes, b, i, math::intn_rtn_code(w[i], s, o, b));
+    std::memcpy(codes.as<uint8_t>() + g * nbytes, bytes, static_cast<size_t>(nbytes));
+  }
+  const int gshift = static_cast<int>(std::log2(static_cast<double>(group)));
+  for (int64_t e = 0; e < numel; e++)
+    out.f32()[e] = math::intn_value(codes.as<uint8_t>(), scales.f32(), offsets.f32(), b, gshift, e);
+  return Napi::Number::New(info.Env(), static_cast<double>(bad));
 }
 
 // intn_decode(x, W, y, m, out, in): y [m, out] = x [m, in] deq(W)^T, W INT-N [out, in], m <= 16
@@ -320,6 +376,7 @@ static void register_intn(Napi::Env env, Napi::Object exports) {
   exports.Set("intn_quantize", Napi::Function::New(env, IntNQuantizeBinding));
   exports.Set("intn_gptq", Napi::Function::New(env, IntNGptqBinding));
   exports.Set("intn_dequantize", Napi::Function::New(env, IntNDequantizeBinding));
+  exports.Set("hostmath_intn", Napi::Function::New(env, HostmathIntNBinding));
   exports.Set("intn_decode", Napi::Function::New(env, IntNDecodeBinding));
 }
 TB_REGISTER_OPS(intn, register_intn);

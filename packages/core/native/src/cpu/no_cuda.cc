@@ -18,6 +18,9 @@ CudaInfo cuda_info() { throw NoBackend(kWhy); }
 void* cuda_alloc(size_t) { throw NoBackend(kWhy); }
 void cuda_free(void*, size_t) {}
 void cuda_zero(void*, size_t) { throw NoBackend(kWhy); }
+void* cuda_alloc_managed(size_t) { throw NoBackend(kWhy); }
+void cuda_free_managed(void*) {}
+void cuda_prefetch(const void*, size_t, Device) { throw NoBackend(kWhy); }
 CudaMemory cuda_memory() { return {}; }
 void cuda_empty_cache() {}
 void cuda_reset_peak() {}
