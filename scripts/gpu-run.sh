@@ -79,8 +79,9 @@ except Exception as e:
     print('torch.cuda: unavailable', e)
 PY
 }
-stage env 60 env_check
-have_device=$(node -e 'const a = require(process.env.TUNEBENCH_ADDON); process.stdout.write(a.cudaDevices() > 0 ? "yes" : "no: " + (a.cudaInfo().reason || "no CUDA device"))' 2>&1)
+export -f env_check  # timeout runs programs, not functions
+stage env 60 bash -c env_check
+have_device=$(node -e 'const a = require(process.env.TUNEBENCH_ADDON); process.stdout.write(a.cudaDevices() > 0 ? "yes" : (a.cudaInfo().reason || "no CUDA device"))' 2>&1)
 log "CUDA device: $have_device"
 
 # --- tests: they skip with a message where there is no device
@@ -90,7 +91,7 @@ if [[ $have_device != yes ]]; then
   stage suite 60 node .gpu/cli.mjs --suite gpu --out "$OUT/suite-gpu"
   stage matmul 60 "$TUNEBENCH_PYTHON" packages/bench/peers/torch_matmul.py --out "$OUT/matmul.json"
   node .gpu/table.mjs "$OUT" || true
-  echo "run.sh: no usable CUDA device here ($have_device): nothing was measured"
+  echo "run.sh: no usable CUDA device here ($have_device): nothing was measured"  # exit 3: no device
   exit 3
 fi
 

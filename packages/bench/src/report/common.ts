@@ -260,7 +260,9 @@ export function peerComparisons(records: readonly RunRecord[]): PeerComparison[]
     return {
       task: p.task, peer: p, ours, label: ours ? labels.get(ours) ?? ours.method : p.method, impl: p.impl ?? '-',
       steps: p.lossCurve?.length ?? 0, peerTokensPerSecond: pt, oursTokensPerSecond: ot,
-      ratio: isFiniteNumber(pt) && pt > 0 && isFiniteNumber(ot) ? ot / pt : NaN, ...(ours && p.status === 'ok' ? lossAgreement(p.lossCurve ?? [], ours.lossCurve ?? []) : { lossMaxAbsDiff10: NaN, stepsAgreeing: NaN }),
+      ratio: isFiniteNumber(pt) && pt > 0 && isFiniteNumber(ot) ? ot / pt : NaN,
+      // a speed row's peer starts from random weights of its own: its losses are not comparable
+      ...(ours && p.status === 'ok' && p.settings?.weights !== 'random' ? lossAgreement(p.lossCurve ?? [], ours.lossCurve ?? []) : { lossMaxAbsDiff10: NaN, stepsAgreeing: NaN }),
     };
   });
 }

@@ -131,7 +131,10 @@ function deployableTable(runs: readonly RunRecord[]): string[] {
 function peersTable(runs: readonly RunRecord[]): string[] {
   const cs = peerComparisons(runs);
   if (cs.length === 0) return [];
-  const lines = ['', 'peers (the same first steps from the same weights, batches and learning rates):', ''];
+  const random = cs.some((c) => c.peer.settings?.weights === 'random');
+  const lines = ['', random
+    ? 'peers (the same shapes, batch and sequence from random weights of their own: speed and memory only):'
+    : 'peers (the same first steps from the same weights, batches and learning rates):', ''];
   lines.push(row(['method', 'peer', 'status', 'steps', 'peer tokens/s', 'tunebench tokens/s', 'tunebench ÷ peer', 'peer memory MiB', 'loss diff, first 10 steps', 'steps within 1e-4']));
   lines.push(row(['---', '---', '---', '---:', '---:', '---:', '---:', '---:', '---:', '---:']));
   for (const c of cs) {
@@ -146,7 +149,9 @@ function peersTable(runs: readonly RunRecord[]): string[] {
       ok && isFiniteNumber(c.stepsAgreeing) ? `${c.stepsAgreeing} of ${c.steps}` : '-',
     ]));
   }
-  lines.push('', 'tokens/s of the median step; peer memory is the peer\'s own figure (TensorFlow.js: tensor bytes; PyTorch: resident-set growth), not tracked bytes; a jumpy run amplifies rounding differences, so later steps may part.');
+  lines.push('', cs.some((c) => c.peer.memory?.source?.startsWith('torch.cuda'))
+    ? 'tokens/s of the median step; peer memory is the peer\'s own figure (PyTorch on the GPU: torch.cuda.max_memory_allocated), not tracked bytes; a jumpy run amplifies rounding differences, so later steps may part.'
+    : 'tokens/s of the median step; peer memory is the peer\'s own figure (TensorFlow.js: tensor bytes; PyTorch: resident-set growth), not tracked bytes; a jumpy run amplifies rounding differences, so later steps may part.');
   return lines;
 }
 
