@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
-  ByteTokenizer, CATEGORIES, type CheckpointingMode, type LlamaConfig, type LlamaModel, PRESETS, configFromHf, exportGguf, intOption, loadHfModel, native,
+  ByteTokenizer, CATEGORIES, type CheckpointingMode, type Device, deviceName, resolveDevice, type LlamaConfig, type LlamaModel, PRESETS, configFromHf, exportGguf, intOption, loadHfModel, native,
   parseCheckpointing, parseCli, preset,
 } from '@tunebench/core';
 import { QALORA_QUANT_METHOD, groupwiseOf, loadQaloraMerged } from '@tunebench/qa-lora';
@@ -22,8 +22,11 @@ Usage: pnpm bench [-- options]        (or: node packages/bench/dist/cli.js [opti
        pnpm bench -- gguf --model DIR --out FILE.gguf [--type f16|q8_0|q4_1]      (see gguf --help)
 
 Options:
-  --suite ci|cpu|gpu|FILE  runs to do (default: gpu with a usable CUDA backend, else cpu).
+  --suite ci|cpu|gpu|FILE  runs to do (default: cpu; gpu needs the CUDA backend).
                            ci: tiny base, seconds per run; cpu: small base, minutes;
+                           gpu: a ~25M base pretrained on the GPU for accuracy rows,
+                           then speed/memory rows at SmolLM-135M, TinyLlama-1.1B and
+                           Llama-2-7B shapes (random weights) beside PyTorch;
                            FILE: a suite JSON file (format in README.md)
   --methods LIST           the methods to run, e.g. full,lora8,qlora64 (one the suite has
                            keeps its settings; others take their defaults). Tokens:
@@ -59,7 +62,13 @@ Options:
                            tfjs (TensorFlow.js, slow: a few steps), pytorch (needs a
                            python3 with torch; TUNEBENCH_PYTHON picks one). Default:
                            the suite's (ci and cpu: both, on the first task)
-  --device cpu|cuda        backend (default: cuda when built and usable, else cpu)
+  --device auto|cpu|cuda   where runs train (default auto: cuda when this build has the
+                           CUDA backend and a device is present, else cpu). On cuda
+                           each model is prepared on the host and moved; memory is read
+                           on the device (tracked bytes requested, the pool's reserved
+                           bytes, cudaMemGetInfo); a run whose planned peak exceeds the
+                           free device memory is recorded as not fitting, not run; the
+                           PyTorch peer runs on the same device
   --out DIR                where results go (default reports/<suite name>)
   --resume                 keep runs already in DIR/results.jsonl and do the rest
   --check BASELINE         compare with a baseline; exit 1 naming each regression
@@ -218,25 +227,29 @@ const opt = parseCli({
   checkpointing: { type: 'string' }, offload: { type: 'boolean', default: false }, 'tune-lr': { type: 'boolean', default: false }, packing: { type: 'string' },
 }, HELP, args);
 
+function cudaReason(): string {
+  try { return resolveDevice('cuda') && 'usable'; } catch (e) { return (e as Error).message.replace(/^device cuda: /, ''); }
+}
+
 function fail(msg: string): never {
   console.error(`tunebench: ${msg}\nRun with --help for the options.`);
   process.exit(2);
 }
 
 // --- every option is checked before anything runs ---
-const cudaUsable = native.cudaCompiled === true;
-const device = opt.device ?? (cudaUsable ? 'cuda' : 'cpu');
-if (device !== 'cpu' && device !== 'cuda') fail(`--device must be cpu or cuda, got '${device}'`);
-if (device === 'cuda' && !cudaUsable) fail('--device cuda: this build has no CUDA backend (build on a machine with nvcc; the CUDA kernels come in their own issue)');
-if (device === 'cuda') fail('--device cuda: the runner does not drive the CUDA backend yet');
+const deviceChoice = opt.device ?? 'auto';
+if (deviceChoice !== 'auto' && deviceChoice !== 'cpu' && deviceChoice !== 'cuda') fail(`--device must be auto, cpu or cuda, got '${deviceChoice}'`);
+let device!: Device;
+try { device = resolveDevice(deviceChoice); } catch (e) { fail(`--device ${deviceChoice}: ${(e as Error).message.replace(/^device cuda: /, '')}`); }
 let suite: Suite;
-// the default is the gpu suite once the CUDA backend is usable; on the CPU it is cpu
 const suiteName = opt.suite ?? 'cpu';
 try {
   if (BUILTIN_SUITES[suiteName]) suite = structuredClone(BUILTIN_SUITES[suiteName]);
   else if (existsSync(suiteName)) suite = loadSuiteFile(suiteName);
   else fail(`--suite: '${suiteName}' is neither a built-in suite (${Object.keys(BUILTIN_SUITES).join(', ')}) nor a file`);
-  if (suite.name === 'gpu') fail('--suite gpu needs the CUDA backend; use --suite cpu on this machine');
+  if (suite.name === 'gpu' && device !== 'cuda') {
+    fail(`--suite gpu needs the CUDA backend (${deviceChoice === 'cpu' ? '--device cpu was given' : native.cudaCompiled ? cudaReason() : 'this build has no CUDA backend'}); use --suite cpu on this machine`);
+  }
   // a method the suite has keeps the suite's settings (its learning rate); others take their defaults
   if (opt.methods) { const own = suite.methods; suite.methods = parseMethods(opt.methods).map((m) => own.find((o) => o.label === m.label) ?? m); }
   if (opt.checkpointing !== undefined) suite.shared.checkpointing = parseCheckpointing(opt.checkpointing);
@@ -334,7 +347,8 @@ process.once('SIGINT', onSigint);
 const t0 = performance.now();
 let records: Awaited<ReturnType<typeof runSuite>>;
 try {
-  records = await runSuite(suite, { outDir, resume: opt.resume, signal: interrupt.signal });
+  if (device !== 'cpu') console.error(`tunebench: training on ${deviceName(device)}`);
+  records = await runSuite(suite, { outDir, resume: opt.resume, signal: interrupt.signal, device });
 } catch (e) {
   if (e instanceof SuiteInterrupted) await stopInterrupted(e);
   // what stops the whole suite (data that cannot be prepared, a base that cannot be
@@ -366,7 +380,7 @@ async function timeAgain(ids: Set<string>): Promise<typeof records> {
   try {
     // at the rates the runs had (a learning-rate search is not redone)
     const lrs = new Map(records.map((r) => [r.id, Number(r.settings.lr)]));
-    return await runSuite(suite, { outDir: tmp, only: ids, log: () => {}, progress: false, lrs });
+    return await runSuite(suite, { outDir: tmp, only: ids, log: () => {}, progress: false, lrs, device });
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }

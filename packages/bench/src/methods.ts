@@ -8,12 +8,13 @@ import {
   ADAMW8BIT_BLOCK_SIZE, ADAMW8BIT_MIN_SIZE, BYTE_BOS, type CheckpointingMode, parseCheckpointing, type LlamaConfig, type LlamaModel, type OptimizerFactory, type OptimizerName, ByteTokenizer,
   Rng, Tensor, disposeIntN, disposeQuantized, generate, intnBytes, makeOptimizer, matmul, quant4Bytes, quantize4bit, quantizeIntN, saveHfModel,
 } from '@tunebench/core';
-import { type QaloraConfig, loadQaloraModel, qaloraConfig, withMergedQalora, withRequantizedIntN } from '@tunebench/qa-lora';
+import { type QaloraConfig, loadQaloraModel, prepareQalora, qaloraConfig, withMergedQalora, withRequantizedIntN } from '@tunebench/qa-lora';
 import { prepareLora, saveAdapter } from '@tunebench/lora';
-import { type QloraConfig, loadQloraModel, qloraConfig, withMerged } from '@tunebench/qlora';
+import { type QloraConfig, loadQloraModel, prepareQlora, qloraConfig, withMerged } from '@tunebench/qlora';
 import { type Plan, type PlanMethod, planMemory } from './plan.js';
 import type { DeployableRow } from './record.js';
 import { brownData, loadBase } from './tasks/pretrain.js';
+import { randomModel } from './device.js';
 
 /** One method row of a suite: a registered method with its settings. */
 export interface MethodSpec {
@@ -65,6 +66,11 @@ export interface MethodPlugin {
   settings(spec: MethodSpec): Record<string, string | number | boolean>;
   /** the base model from a Hugging Face directory, ready to train with this method */
   prepare(baseDir: string, spec: MethodSpec, seed: number): LlamaModel;
+  /** speed and memory rows: a model with random weights at a config's shapes
+   * (device.ts randomModel), ready to train with this method, on the host */
+  shapeModel?(config: LlamaConfig, spec: MethodSpec, seed: number): LlamaModel;
+  /** settings a speed row records beyond settings() (e.g. a quantizer it replaces) */
+  shapeSettings?(spec: MethodSpec): Record<string, string | number | boolean>;
   /** what the planner needs: frozen bytes per projection, adapter rank, optimizer bytes per tensor */
   planMethod(spec: MethodSpec): PlanMethod;
   /** the optimizer of a run (default: fp32 AdamW) */
@@ -136,6 +142,21 @@ export const DEFAULT_METHODS: MethodSpec[] = [
 export const CI_METHODS: MethodSpec[] = DEFAULT_METHODS.filter((m) => m.label !== 'qlora-r64' && m.label !== 'qalora3-r8' && m.label !== 'qalora2-r8')
   .map((m) => ({ ...m, lr: m.name === 'full' ? 1e-3 : 3e-3 }));
 
+/** The gpu suite's accuracy rows: one rank (16) per adapter method, as the speed rows. */
+export const GPU_METHODS: MethodSpec[] = [
+  { name: 'full', lr: 3e-4, label: 'full' },
+  { name: 'lora', r: 16, alpha: 32, lr: 2e-3, label: 'lora-r16' },
+  { name: 'qlora', r: 16, alpha: 32, lr: 2e-3, label: 'qlora-r16' },
+  { name: 'qa-lora', r: 16, alpha: 32, lr: 2e-3, label: 'qalora4-r16', options: { bits: 4, groupSize: 32, quantizer: 'gptq' } },
+];
+
+/** A model with random weights, frozen, with `apply` run on it (disposed if that throws). */
+function frozenRandom(config: LlamaConfig, seed: number, apply: (m: LlamaModel) => void): LlamaModel {
+  const model = randomModel(config, { trainable: false, seed });
+  try { apply(model); } catch (e) { model.dispose(); throw e; }
+  return model;
+}
+
 /** Predicted peak memory of a training step with method `spec`. */
 export function planFor(cfg: LlamaConfig, spec: MethodSpec, batch: number, seq: number, gradAccumulation = 1,
                         checkpointing: CheckpointingMode = 'off'): Plan {
@@ -183,6 +204,7 @@ registerMethod({
   validate: (s) => validateOptimizer(s),
   settings: (s): Record<string, string> => (optimizerOption(s) === 'adamw' ? {} : { optimizer: optimizerOption(s) }),
   prepare: (dir) => loadBase(dir, { trainable: true }),
+  shapeModel: (cfg, _s, seed) => randomModel(cfg, { trainable: true, seed }),
   planMethod: (s) => ({ trainsBase: true, optimizerBytes: optimizerStateBytes(optimizerOption(s)) }),
   optimizer: (s, weightDecay) => makeOptimizer(optimizerOption(s), { weightDecay }),
   save: (model, _spec, dir) => saveHfModel(model, dir, { dtype: 'bf16' }),
@@ -229,6 +251,7 @@ registerMethod({
     }
     return model;
   },
+  shapeModel: (cfg, s, seed) => frozenRandom(cfg, seed, (m) => { prepareLora(m, { r: s.r, alpha: s.alpha ?? 2 * s.r!, seed, trainEmbeddings: loraTrainsEmbeddings(s) }); }),
   planMethod: (s) => ({ adapterRank: s.r, optimizerBytes: optimizerStateBytes(optimizerOption(s)), trainsEmbeddings: loraTrainsEmbeddings(s) }),
   optimizer: (s, weightDecay) => makeOptimizer(optimizerOption(s), { weightDecay }),
   adapterRank: (s) => s.r,
@@ -276,6 +299,7 @@ registerMethod({
     return { r: c.r, alpha: c.alpha, format: c.format, blockSize: c.blockSize, doubleQuant: c.doubleQuant, init: c.init, optimizer: c.optimizer, pagedOptimizer: 'n/a (cpu)' };
   },
   prepare: (dir, s, seed) => loadQloraModel(dir, qloraSettings(s, seed)).model,
+  shapeModel: (cfg, s, seed) => frozenRandom(cfg, seed, (m) => { prepareQlora(m, qloraSettings(s, seed)); }),
   planMethod: (s) => {
     const c = qloraSettings(s);
     return {
@@ -423,6 +447,9 @@ registerMethod({
     const c = qaloraSettings(s, seed);
     return loadQaloraModel(dir, c, c.quantizer === 'gptq' ? { calibration: calibrationRows() } : {}).model;
   },
+  // random weights: round-to-nearest (GPTQ calibrating a random model would only cost time; the INT-N base is the same size)
+  shapeModel: (cfg, s, seed) => frozenRandom(cfg, seed, (m) => { prepareQalora(m, { ...qaloraSettings(s, seed), quantizer: 'rtn' }); }),
+  shapeSettings: (s): Record<string, string> => (qaloraSettings(s).quantizer === 'rtn' ? {} : { quantizer: 'rtn (random weights: GPTQ left out)' }),
   planMethod: (s) => {
     const c = qaloraSettings(s);
     return {

@@ -40,6 +40,9 @@ export interface RunRecord {
   error?: string;
   /** bytes the failed allocation asked for (status oom) */
   oomBytes?: number;
+  /** status oom without running: the planner's peak (plan.ts) exceeded the
+   * device memory free before the run */
+  fit?: { plannedBytes: number; freeBytes: number; ran: false };
   /** optimizer step at which the loss stopped being finite (status diverged) */
   divergedAtStep?: number;
   /** task metrics: accuracy, macroF1, evalLoss, perplexity, adaptPerplexity, forgetting, ... */
@@ -55,10 +58,19 @@ export interface RunRecord {
     /** freed blocks the allocator kept for reuse at that moment (part of
      * rssBytes, not of the tracked peaks); given back between runs */
     cachedBytes?: number;
-    /** device memory in use (cudaMemGetInfo), GPU backend only: absent on the
-     * CPU. Records of the CPU backend written before rssBytes existed hold the
+    /** device memory in use (cudaMemGetInfo: total - free) right after
+     * training, model still loaded, GPU backend only: absent on the CPU.
+     * Records of the CPU backend written before rssBytes existed hold the
      * process resident set here: read them with rssBytesOf() */
     deviceBytes?: number;
+    /** GPU backend: bytes the caching pool held from the driver right after
+     * training, and at most during the run (the tracked peaks above count
+     * the bytes requested; the pool rounds blocks up and keeps freed ones) */
+    reservedBytes?: number;
+    reservedPeakBytes?: number;
+    /** GPU backend: the device's free and total bytes (cudaMemGetInfo) right after training */
+    deviceFreeBytes?: number;
+    deviceTotalBytes?: number;
     /** what peakTotal measures when it is not tunebench's tracked bytes (peers) */
     source?: string;
     /** predicted by `tunebench plan`, when available */
@@ -93,13 +105,18 @@ export interface RunRecord {
   /** the validation score before training (step 0) and at evenly spaced steps of the run: is the method still improving when the budget ends? */
   evalCurve?: { metric: string; higherIsBetter: boolean; points: { step: number; value: number }[] };
   deployable?: DeployableRow[];
+  /** GPU backend: why the deployable models could not be built (the trained run's result stands) */
+  deployableError?: string;
   /** reference kernel time (ms, median) measured just before this run, to normalise speed across machines */
   referenceMs: number;
   provenance: {
     commit: string;
     packages: Record<string, string>;
     backend: 'cpu' | 'cuda';
+    /** 'cpu', or the GPU's name and compute capability ("NVIDIA H100 80GB HBM3 (sm 9.0)") */
     device: string;
+    /** GPU backend: the driver and runtime versions and the device's memory */
+    cuda?: { name?: string; capability?: string; sms?: number; totalBytes?: number; driverVersion?: number; runtimeVersion?: number };
     cpu: string;
     gemm: string;
     seed: number;

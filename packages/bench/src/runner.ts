@@ -10,18 +10,19 @@ import { cpus, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
-  ByteTokenizer, CATEGORIES, type Category, DivergedError, type LlamaModel, type StepStats, Tensor, type TokenRows, epochBatches, evaluateLoss,
+  ByteTokenizer, CATEGORIES, type Category, type Device, DivergedError, cudaInfo, deviceName, preset, synchronize, type LlamaModel, type StepStats, Tensor, type TokenRows, epochBatches, evaluateLoss,
   gemmKernel, matmul, median, memory, writeJsonAtomic, configFromHf, type LlamaConfig, type CheckpointingMode,
   type KernelReport, measureKernels,
 } from '@tunebench/core';
 import { countParameters } from '@tunebench/lora';
-import { type MethodSpec, methodPlugin, planFor } from './methods.js';
+import { type MethodSpec, methodPlugin, parseMethods, planFor } from './methods.js';
+import { availableBytes, moveModel } from './device.js';
 import { type PeerImpl, type PeerInput, type PeerOutcome, capturePeerInput } from './peers/input.js';
-import { runTorchPeer, torchUnavailable } from './peers/pytorch.js';
+import { runTorchPeer, runTorchShape, torchUnavailable } from './peers/pytorch.js';
 import { runTfjsPeer } from './peers/tfjs.js';
 import { lossAgreement } from './peers/agreement.js';
 import type { RunRecord } from './record.js';
-import type { PeerName, Suite, TaskName } from './suite.js';
+import type { PeerName, ShapeRow, Suite, TaskName } from './suite.js';
 import { adaptData, evaluateAdapt } from './tasks/adapt.js';
 import { type FinetuneOptions, type FinetuneResult, finetuneSteps, progressPrinter, resolveFinetuneOptions } from './tasks/finetune.js';
 import { evaluateJsonl, jsonlData } from './tasks/jsonl_task.js';
@@ -44,6 +45,8 @@ export interface RunnerOptions {
   log?: (line: string) => void;
   /** aborted: stop after the current training step (see SuiteInterrupted) */
   signal?: AbortSignal;
+  /** where the runs train (default cpu); resolve 'auto' first (core's resolveDevice) */
+  device?: Device;
 }
 
 /** runSuite stopped by its signal. The finished runs are in results.jsonl;
@@ -126,17 +129,25 @@ function appendRecord(path: string, r: RunRecord): void {
   try { fsyncSync(fd); } finally { closeSync(fd); }
 }
 
-/** Milliseconds of a fixed 512^3 GEMM (median of 9 after 2 warm-ups),
- * measured just before each run: speed figures are multiplied by it so that
- * a slower or busier machine does not read as a regression. */
-export function referenceKernelMs(): number {
-  const a = Tensor.zeros([512, 512]), b = Tensor.zeros([512, 512]), c = Tensor.zeros([512, 512]);
-  (a.data() as Float32Array).fill(0.5); (b.data() as Float32Array).fill(0.25);
+/** Milliseconds of a fixed GEMM (median of 9 after 2 warm-ups), measured
+ * just before each run: speed figures are multiplied by it so that a slower
+ * or busier machine does not read as a regression. CPU: 512^3 f32; CUDA:
+ * 2048^3 f32 (512^3 is launch-bound there), the device synchronised before
+ * and after each product. */
+export function referenceKernelMs(device: Device = 'cpu'): number {
+  const n = device === 'cpu' ? 512 : 2048;
+  const host = (v: number) => Tensor.from(new Float32Array(n * n).fill(v), [n, n]);
+  const [ha, hb] = [host(0.5), host(0.25)];
+  const a = device === 'cpu' ? ha : ha.to(device), b = device === 'cpu' ? hb : hb.to(device);
+  if (device !== 'cpu') { ha.dispose(); hb.dispose(); }
+  const c = Tensor.zeros([n, n], { device });
   const times: number[] = [];
   try {
     for (let i = 0; i < 11; i++) {
+      synchronize(device);
       const t0 = performance.now();
       matmul(a, b, { out: c });
+      synchronize(device);
       if (i >= 2) times.push(performance.now() - t0);
     }
   } finally {
@@ -150,7 +161,7 @@ export function warmupStepsOf(n: number): number {
   return Math.min(3, Math.floor(n / 4));
 }
 
-export function provenance(seed: number): RunRecord['provenance'] {
+export function provenance(seed: number, device: Device = 'cpu'): RunRecord['provenance'] {
   const here = dirname(fileURLToPath(import.meta.url));
   const root = resolve(here, '..', '..', '..');
   let commit = 'unknown';
@@ -159,7 +170,18 @@ export function provenance(seed: number): RunRecord['provenance'] {
   for (const p of ['core', 'lora', 'qlora', 'qa-lora', 'bench']) {
     try { packages[`@tunebench/${p}`] = JSON.parse(readFileSync(join(root, 'packages', p, 'package.json'), 'utf8')).version; } catch { /* absent */ }
   }
-  return { commit, packages, backend: 'cpu', device: 'cpu', cpu: `${cpus()[0]?.model ?? 'unknown'} x ${cpus().length}`, gemm: gemmKernel(), seed, node: process.version };
+  // a bundled build (the GPU kit) has no checkout: its commit is baked in
+  if (commit === 'unknown' && process.env.TUNEBENCH_COMMIT) commit = process.env.TUNEBENCH_COMMIT;
+  const out: RunRecord['provenance'] = {
+    commit, packages, backend: device, device: deviceName(device), cpu: `${cpus()[0]?.model ?? 'unknown'} x ${cpus().length}`, gemm: gemmKernel(), seed, node: process.version,
+  };
+  if (device === 'cuda') {
+    const i = cudaInfo();
+    out.cuda = { name: i.name, capability: i.capability, sms: i.sms, totalBytes: i.totalBytes, driverVersion: i.driverVersion, runtimeVersion: i.runtimeVersion };
+    // the CPU GEMM kernel does not run the training on this backend
+    out.gemm = `cuda (${gemmKernel()} on the host)`;
+  }
+  return out;
 }
 
 function dirBytes(dir: string): number {
@@ -175,6 +197,7 @@ interface TaskData {
 export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecord[]> {
   const log = o.log ?? ((l: string) => process.stderr.write(`${l}\n`));
   const sh = suite.shared;
+  const device = o.device ?? 'cpu';
   // the task data first: a dataset that cannot be used fails here, before the
   // output directory is created or its results.jsonl removed (and before a
   // base is pretrained)
@@ -195,7 +218,7 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
   let baseDir: string;
   if (suite.base.hfDir) baseDir = suite.base.hfDir;
   else {
-    const p = pretrainBase({ preset: suite.base.preset, steps: suite.base.pretrainSteps, seed: sh.seed });
+    const p = pretrainBase({ preset: suite.base.preset, steps: suite.base.pretrainSteps, seed: sh.seed, device });
     log(`base ${suite.base.preset}: ${p.cached ? 'cached' : `pretrained in ${(p.ms / 1000).toFixed(1)} s`}, validation loss ${p.validationLoss.toFixed(4)} (${p.dir})`);
     baseDir = p.dir;
   }
@@ -203,7 +226,7 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
     if (o.signal?.aborted || dropped) throw new SuiteInterrupted(resultsPath, readResults(resultsPath), dropped);
   };
   stopIfAborted();
-  const prov = provenance(sh.seed);
+  const prov = provenance(sh.seed, device);
   const differing = suite.methods.map((m) => `${m.label}: lr ${m.lr}${m.r ? `, r ${m.r}, alpha ${m.alpha}` : ''}`).join('; ');
   log(`suite ${suite.name}: ${suite.tasks.length} task(s) x ${suite.methods.length} method(s); shared: ${sh.steps} steps, batch ${sh.batchSize}, seq ${sh.seqLen}, seed ${sh.seed}, ${sh.schedule} schedule; per method: ${differing}`);
 
@@ -237,10 +260,10 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
         try {
           if (fixed !== undefined && Number.isFinite(fixed)) run = { ...m, lr: fixed };
           else if (validation) {
-            tuning = await tuneLearningRate(task, m, suite, baseDir, validation, id, log, o.signal);
+            tuning = await tuneLearningRate(task, m, suite, baseDir, validation, id, log, o.signal, device);
             run = { ...m, lr: tuning.chosen };
           }
-          ({ record: r, peerInput } = await runOne(task, run, suite, baseDir, data, prov, id, log, o.progress ?? true, peerSteps, o.signal, { tuning, validation }));
+          ({ record: r, peerInput } = await runOne(task, run, suite, baseDir, data, prov, id, log, o.progress ?? true, peerSteps, o.signal, { tuning, validation, device }));
         } catch (e) {
           if (e instanceof RunInterrupted) stopIfAborted({ id, stepsDone: e.stepsDone, steps: sh.steps });
           throw e;
@@ -264,7 +287,7 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
         try {
           outcome = p.peer === 'tfjs'
             ? await runTfjsPeer(input, { onStep: o.progress ?? true ? (st, loss, ms) => log(`${pid} step ${st}/${p.steps} loss ${loss.toFixed(4)} ${(ms / 1000).toFixed(1)} s`) : undefined })
-            : await runTorchPeer(input, { threads: p.threads });
+            : await runTorchPeer(input, { threads: p.threads, device });
         } catch (e) {
           outcome = e as Error;
         }
@@ -278,10 +301,56 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
       }
     }
   }
+  // speed and memory rows at published shapes, random weights (no task, no accuracy)
+  for (const row of suite.shapes ?? []) {
+    for (const m of parseMethods(row.methods.join(','))) {
+      const id = shapeRunId(row, m);
+      if (o.only && !o.only.has(id)) continue;
+      const peers = o.only || !row.peers?.includes('pytorch') ? [] : ['pytorch' as const];
+      const pid = `${id}@pytorch`;
+      const wantPeer = peers.length > 0 && !done.has(pid);
+      if (done.has(id) && !wantPeer) { log(`${id}: already in ${resultsPath}, skipped (--resume)`); continue; }
+      stopIfAborted();
+      let r: RunRecord;
+      if (done.has(id)) r = done.get(id)!;
+      else {
+        try {
+          r = await runShape(row, m, suite, prov, id, log, o.progress ?? true, o.signal, device);
+        } catch (e) {
+          if (e instanceof RunInterrupted) stopIfAborted({ id, stepsDone: e.stepsDone, steps: row.steps });
+          throw e;
+        }
+        appendRecord(resultsPath, r);
+        records.push(r);
+        log(`${id}: ${r.status}${r.status === 'ok' ? `, ${Math.round(r.speed.steadyTokensPerSecond ?? r.speed.tokensPerSecond)} tokens/s, ${(r.memory.peakTotal / 2 ** 20).toFixed(0)} MiB` : ` (${statusLine(r)})`}`);
+      }
+      if (!wantPeer) continue;
+      const unsupported = methodPlugin(m.name).peerUnsupported?.('pytorch', m) ?? null;
+      if (unsupported) { log(`${pid}: skipped: ${unsupported}`); continue; }
+      if (r.status !== 'ok') { log(`${pid}: skipped: our run did not finish (${r.status})`); continue; }
+      const why = torchUnavailable();
+      if (why) { log(`${pid}: skipped: no PyTorch (${why}); set TUNEBENCH_PYTHON to a python with torch`); continue; }
+      stopIfAborted();
+      log(`${pid}: PyTorch trains the same shapes (its own random weights) on ${device}`);
+      const t0 = performance.now();
+      let outcome: PeerOutcome | Error;
+      try {
+        outcome = await runTorchShape(preset(row.preset), m, row, { device, seed: sh.seed });
+      } catch (e) {
+        outcome = e as Error;
+      }
+      const pr = shapePeerRecord(r, outcome, pid, row, performance.now() - t0);
+      if (o.signal?.aborted && pr.status === 'error') stopIfAborted({ id: pid, stepsDone: 0, steps: row.steps });
+      appendRecord(resultsPath, pr);
+      records.push(pr);
+      log(`${pid}: ${pr.status}${pr.status === 'ok' ? `, ${Math.round(pr.speed.steadyTokensPerSecond ?? pr.speed.tokensPerSecond)} tokens/s, ${(pr.memory.peakTotal / 2 ** 20).toFixed(0)} MiB (${pr.memory.source})` : ` (${pr.error})`}`);
+    }
+  }
   stopIfAborted();
   if (suite.kernels !== false && !o.only) {
     const kernelsPath = join(o.outDir, KERNELS_FILE);
     if (o.resume && existsSync(kernelsPath)) log(`kernels: already in ${kernelsPath}, skipped (--resume)`);
+    else if (device !== 'cpu') log(`kernels: the suite's kernel rows time the CPU kernels; on ${device} they are left out (the kernel benchmark runs on its own)`);
     else {
       const ranks = suite.methods.map((m) => methodPlugin(m.name).adapterRank?.(m)).filter((r): r is number => r !== undefined);
       const cfg = loadBaseConfig(baseDir);
@@ -426,7 +495,7 @@ function validationFor(task: TaskName, data: TaskData, batchSize: number): Valid
 
 /** Short seeded runs over the method's rate grid, scored on validation data; the best rate (tune.ts). */
 async function tuneLearningRate(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, v: Validation, id: string, log: (l: string) => void,
-                                signal?: AbortSignal): Promise<TuningRecord> {
+                                signal?: AbortSignal, device: Device = 'cpu'): Promise<TuningRecord> {
   const spec = suite.tuneLr!;
   const sh = suite.shared;
   const steps = tuneSteps(spec, sh.steps);
@@ -440,8 +509,9 @@ async function tuneLearningRate(task: TaskName, m: MethodSpec, suite: Suite, bas
     try {
       model = prepareModel(m, suite, baseDir);
       model.checkpointing = checkpointingOf(m, suite);
+      moveModel(model, device);
       const run = await trainStepByStep(finetuneSteps(model, v.train, {
-        ...finetuneOptionsFor({ ...m, lr }, suite), steps,
+        ...finetuneOptionsFor({ ...m, lr }, suite), steps, device,
         warmupSteps: Math.min(steps, Math.round((sh.warmupSteps * steps) / sh.steps)),
       }), steps, signal);
       c.finalLoss = run.finalLoss;
@@ -470,8 +540,9 @@ async function tuneLearningRate(task: TaskName, m: MethodSpec, suite: Suite, bas
 async function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, data: TaskData,
                       prov: RunRecord['provenance'], id: string, log: (l: string) => void, progress: boolean,
                       peerSteps: number, signal?: AbortSignal,
-                      extra: { tuning?: TuningRecord; validation?: Validation } = {}): Promise<{ record: RunRecord; peerInput: PeerInput | null }> {
+                      extra: { tuning?: TuningRecord; validation?: Validation; device?: Device } = {}): Promise<{ record: RunRecord; peerInput: PeerInput | null }> {
   const sh = suite.shared;
+  const device = extra.device ?? 'cpu';
   let peerInput: PeerInput | null = null;
   const startedAt = new Date().toISOString();
   const t0 = performance.now();
@@ -479,7 +550,7 @@ async function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: stri
   const checkpointing = checkpointingOf(m, suite);
   const settings: RunRecord['settings'] = {
     steps: sh.steps, batchSize: sh.batchSize, seqLen: sh.seqLen, seed: sh.seed, schedule: sh.schedule, warmupSteps: sh.warmupSteps, lr: m.lr,
-    checkpointing, ...(sh.offload ? { offload: 'identity on the cpu backend (kept block inputs are host memory already)' } : {}), ...plugin.settings(m),
+    checkpointing, ...(sh.offload ? { offload: device === 'cpu' ? 'identity on the cpu backend (kept block inputs are host memory already)' : 'asked for; not implemented on the GPU yet (block inputs stay on the device)' } : {}), ...plugin.settings(m),
     ...packingSetting(trainRows(task, data)),
     // label classification: how labels of different token lengths are compared (tune.ts, spam_task.ts labelScores)
     ...(task === 'spam' || (task === 'jsonl' && data.jsonl!.labels) ? { labelScoring: 'sum' } : {}),
@@ -495,9 +566,11 @@ async function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: stri
   let model: LlamaModel | null = null;
   const tmp = mkdtempSync(join(tmpdir(), 'tunebench-run-'));
   try {
-    record.referenceMs = referenceKernelMs();
+    record.referenceMs = referenceKernelMs(device);
     memory.emptyCache();
-    const before = memory.snapshot().cpu;
+    // the run's memory is read on its device: on cuda the model is prepared
+    // on the host and moved, and only what lives on the GPU counts
+    const before = memory.snapshot()[device];
     memory.resetPeak();
     model = prepareModel(m, suite, baseDir);
     model.checkpointing = checkpointing;
@@ -508,6 +581,15 @@ async function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: stri
     const train = trainRows(task, data);
     // captured before training, so the peers start from the same weights (JS memory, not tracked)
     if (peerSteps > 0) peerInput = peerInputOf(model, train, m, suite, peerSteps);
+    if (device !== 'cpu') {
+      // a run whose planned peak exceeds the free device memory is recorded, not run
+      const free = availableBytes(device);
+      if (predicted.total > free) {
+        notFitting(record, predicted, free);
+        return { record, peerInput: null };
+      }
+      moveModel(model, device);
+    }
     const baseLossBefore = task === 'adapt' ? evaluateLoss(model, epochBatches(data.adapt!.baseValidation, sh.batchSize)).loss : NaN;
     // the held-out curve: the validation score at a few steps of the run
     // (evaluation time is left out of the run's speed figures by finetune)
@@ -518,15 +600,11 @@ async function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: stri
     heldOut(0);
     const printer = progress ? progressPrinter(id, sh.steps, Math.max(1, Math.floor(sh.steps / 5))) : undefined;
     const run = await trainStepByStep(finetuneSteps(model, train, {
-      ...finetuneOptionsFor(m, suite),
+      ...finetuneOptionsFor(m, suite), device,
       onStep: printer || v ? (st) => { printer?.(st); heldOut(st.step); } : undefined,
     }), sh.steps, signal);
     if (v && curve.length) record.evalCurve = { metric: v.metric, higherIsBetter: v.higherIsBetter, points: curve };
-    const peak = memory.snapshot().cpu;
-    record.memory = {
-      peakTotal: peak.peakTotal - before.liveTotal, peak: Object.fromEntries(CATEGORIES.map((c) => [c, peak.peak[c]])) as Record<Category, number>,
-      rssBytes: process.memoryUsage().rss, cachedBytes: peak.cachedBytes, predicted,
-    };
+    record.memory = memoryAfter(device, before.liveTotal, predicted);
     const n = run.steps.length;
     const sum = (f: (s: (typeof run.steps)[number]) => number) => run.steps.reduce((a, s) => a + f(s), 0) / Math.max(n, 1);
     const { medianStepMs, steadyTokensPerSecond } = speedOf(run.steps.map((s) => s.ms.total), sh.batchSize * sh.seqLen, warmupStepsOf(n));
@@ -556,12 +634,22 @@ async function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: stri
     record.metrics = evaluate(model);
     const saved = join(tmp, 'saved');
     mkdirSync(saved);
+    // files are written from host memory
+    moveModel(model, 'cpu');
     plugin.save(model, m, saved);
+    moveModel(model, device);
     record.fileBytes = dirBytes(saved);
     if (plugin.deployables) {
       const dir = join(tmp, 'deployable');
       mkdirSync(dir);
-      record.deployable = plugin.deployables(model, m, { evaluate, dir, metrics: record.metrics, suiteMethods: suite.methods });
+      try {
+        record.deployable = plugin.deployables(model, m, { evaluate, dir, metrics: record.metrics, suiteMethods: suite.methods });
+      } catch (e) {
+        // on the GPU a deployable that fails leaves the trained run's result standing
+        if (device === 'cpu' || (e as { code?: string }).code === 'TB_OOM') throw e;
+        record.deployableError = (e as Error).message;
+        log(`${id}: deployable models failed on ${device}: ${(e as Error).message}`);
+      }
     }
   } catch (e) {
     if (e instanceof RunInterrupted) throw e;  // not a result: nothing is recorded
@@ -578,4 +666,149 @@ async function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: stri
   }
   record.durationMs = performance.now() - t0;
   return { record, peerInput: record.status === 'ok' ? peerInput : null };
+}
+
+/** Marks a run as not fitting its device without running it: the planned
+ * peak (plan.ts) and the bytes that were free. */
+function notFitting(record: RunRecord, predicted: RunRecord['memory']['predicted'] & {}, free: number): void {
+  record.status = 'oom';
+  record.oomBytes = predicted.total;
+  record.fit = { plannedBytes: predicted.total, freeBytes: free, ran: false };
+  record.memory = { ...record.memory, predicted };
+  record.error = `does not fit: the planned peak ${(predicted.total / 2 ** 20).toFixed(0)} MiB exceeds the ${(free / 2 ** 20).toFixed(0)} MiB free on ${record.provenance.device}; not run`;
+}
+
+/** The memory figures of a run just trained, read on its device. CPU: the
+ * tracked peaks, the process resident set and the allocator's cache. CUDA:
+ * the tracked peaks (bytes requested from the pool), the pool's reserved
+ * bytes now and at most, and cudaMemGetInfo's free and total bytes. */
+function memoryAfter(device: Device, liveBefore: number, predicted: RunRecord['memory']['predicted']): RunRecord['memory'] {
+  const s = memory.snapshot()[device];
+  const out: RunRecord['memory'] = {
+    peakTotal: s.peakTotal - liveBefore, peak: Object.fromEntries(CATEGORIES.map((c) => [c, s.peak[c]])) as Record<Category, number>,
+    rssBytes: process.memoryUsage().rss, cachedBytes: s.cachedBytes, predicted,
+  };
+  if (device !== 'cpu') {
+    out.reservedBytes = s.reservedBytes;
+    out.reservedPeakBytes = s.reservedPeakBytes;
+    out.deviceFreeBytes = s.deviceFreeBytes;
+    out.deviceTotalBytes = s.deviceTotalBytes;
+    if (s.deviceTotalBytes !== undefined && s.deviceFreeBytes !== undefined) out.deviceBytes = s.deviceTotalBytes - s.deviceFreeBytes;
+  }
+  return out;
+}
+
+/** The status of a run that did not finish, in a few words (the log line). */
+function statusLine(r: RunRecord): string {
+  return r.error ?? r.status;
+}
+
+/** The id of a speed and memory row: shape/<preset>/<method>/steps..-b..-t.. */
+export function shapeRunId(row: ShapeRow, m: MethodSpec): string {
+  return `shape:${row.preset}/${m.label}/steps${row.steps}-b${row.batchSize}-t${row.seqLen}`;
+}
+
+/** A speed and memory row: the method applied to a model with random weights
+ * at a published shape (device.ts randomModel), trained `row.steps` steps on
+ * Brown text rows (byte tokens, which every vocabulary holds), timed after
+ * the warm-up steps. The planned peak is checked against the free device
+ * memory first: a row that does not fit is recorded as such, not run. No
+ * task metrics: the weights are random. */
+async function runShape(row: ShapeRow, m: MethodSpec, suite: Suite, prov: RunRecord['provenance'], id: string, log: (l: string) => void,
+                        progress: boolean, signal: AbortSignal | undefined, device: Device): Promise<RunRecord> {
+  const cfg = preset(row.preset);
+  const plugin = methodPlugin(m.name);
+  const checkpointing = m.checkpointing ?? row.checkpointing ?? 'off';
+  const zeroPeak = Object.fromEntries(CATEGORIES.map((c) => [c, 0])) as Record<Category, number>;
+  const startedAt = new Date().toISOString();
+  const t0 = performance.now();
+  const record: RunRecord = {
+    id, suite: suite.name, task: `shape:${row.preset}`, method: m.label,
+    settings: {
+      model: row.preset, weights: 'random', steps: row.steps, batchSize: row.batchSize, seqLen: row.seqLen, seed: suite.shared.seed, schedule: 'constant',
+      lr: m.lr, checkpointing, ...plugin.settings(m), ...(plugin.shapeSettings?.(m) ?? {}),
+    },
+    status: 'ok', metrics: {}, memory: { peakTotal: 0, peak: zeroPeak },
+    speed: { tokensPerSecond: 0, msPerStep: { forward: 0, backward: 0, optimizer: 0, total: 0 } },
+    trainableParameters: 0, totalParameters: 0, fileBytes: 0, lossCurve: [], referenceMs: NaN, provenance: prov, startedAt, durationMs: 0,
+  };
+  const predicted = planFor(cfg, m, row.batchSize, row.seqLen, 1, checkpointing);
+  let model: LlamaModel | null = null;
+  try {
+    if (!plugin.shapeModel) throw new Error(`method ${m.name} has no speed rows on random weights`);
+    record.referenceMs = referenceKernelMs(device);
+    memory.emptyCache();
+    const free = availableBytes(device);
+    if (predicted.total > free) {
+      notFitting(record, predicted, free);
+      log(`${id}: ${record.error}`);
+      return record;
+    }
+    const before = memory.snapshot()[device];
+    memory.resetPeak();
+    const p0 = performance.now();
+    model = plugin.shapeModel(cfg, m, suite.shared.seed);
+    model.checkpointing = checkpointing;
+    const counts = countParameters(model.parameters());
+    record.trainableParameters = counts.trainableParameters;
+    record.totalParameters = counts.totalParameters;
+    moveModel(model, device);
+    log(`${id}: model ready on ${device} in ${((performance.now() - p0) / 1000).toFixed(1)} s (${(counts.totalParameters / 1e6).toFixed(0)}M parameters, random weights)`);
+    const rows = brownData(row.seqLen, suite.shared.seed).train;
+    const printer = progress ? progressPrinter(id, row.steps, Math.max(1, Math.floor(row.steps / 4))) : undefined;
+    const run = await trainStepByStep(finetuneSteps(model, rows, {
+      steps: row.steps, batchSize: row.batchSize, lr: m.lr, schedule: 'constant', seed: suite.shared.seed, device,
+      optimizer: plugin.optimizer ? (wd) => plugin.optimizer!(m, wd) : undefined, onStep: printer,
+    }), row.steps, signal);
+    record.memory = memoryAfter(device, before.liveTotal, predicted);
+    const n = run.steps.length;
+    const mean = (f: (s: (typeof run.steps)[number]) => number) => run.steps.slice(warmupStepsOf(n)).reduce((a, s) => a + f(s), 0) / Math.max(n - warmupStepsOf(n), 1);
+    const { medianStepMs, steadyTokensPerSecond, tokensPerSecond } = speedOf(run.steps.map((s) => s.ms.total), row.batchSize * row.seqLen, warmupStepsOf(n));
+    record.speed = {
+      tokensPerSecond, medianStepMs, steadyTokensPerSecond,
+      msPerStep: { forward: mean((s) => s.ms.forward), backward: mean((s) => s.ms.backward), optimizer: mean((s) => s.ms.optimizer), total: mean((s) => s.ms.total) },
+    };
+    record.lossCurve = run.steps.map((s) => s.loss);
+    record.budget = { steps: n, rows: n * row.batchSize, epochs: (n * row.batchSize) / rows.numRows, realTokens: run.steps.reduce((a, st) => a + st.realTokens, 0) };
+  } catch (e) {
+    if (e instanceof RunInterrupted) throw e;
+    const err = e as Error & { code?: string; bytes?: number };
+    if (err.code === 'TB_OOM') { record.status = 'oom'; record.oomBytes = err.bytes; record.error = `OOM during the run: ${err.message}`; record.memory = { ...record.memory, predicted }; }
+    else if (e instanceof DivergedError) { record.status = 'diverged'; record.divergedAtStep = e.step; record.error = e.message; }
+    else { record.status = 'error'; record.error = err.message; log(`${id}: ${err.stack ?? err.message}`); }
+  } finally {
+    model?.dispose();
+    memory.emptyCache();
+  }
+  record.durationMs = performance.now() - t0;
+  return record;
+}
+
+/** The record of PyTorch training the same shapes as a speed row of ours. */
+function shapePeerRecord(ours: RunRecord, outcome: PeerOutcome | Error, id: string, row: ShapeRow, durationMs: number): RunRecord {
+  const zero = Object.fromEntries(CATEGORIES.map((c) => [c, 0])) as Record<Category, number>;
+  const r: RunRecord = {
+    ...ours, id, impl: 'pytorch', peerOf: ours.id, method: `${ours.method} · pytorch`, status: 'ok', error: undefined, metrics: {},
+    memory: { peakTotal: 0, peak: zero }, speed: { tokensPerSecond: 0, msPerStep: { forward: null, backward: null, optimizer: null, total: 0 } },
+    fileBytes: 0, lossCurve: [], startedAt: new Date(Date.now() - durationMs).toISOString(), durationMs,
+  };
+  delete r.oomBytes; delete r.fit;
+  if (outcome instanceof Error) {
+    const oom = /out of memory/i.test(outcome.message);
+    r.status = oom ? 'oom' : 'error';
+    r.error = outcome.message;
+    return r;
+  }
+  const timed = outcome.stepMs.slice(outcome.timedFrom);
+  r.speed = {
+    ...speedOf(outcome.stepMs, row.batchSize * row.seqLen, outcome.timedFrom),
+    msPerStep: { forward: outcome.phases?.forward ?? null, backward: outcome.phases?.backward ?? null, optimizer: outcome.phases?.optimizer ?? null, total: timed.reduce((a, b) => a + b, 0) / Math.max(timed.length, 1) },
+  };
+  r.memory = { peakTotal: outcome.peakBytes ?? 0, peak: zero, source: outcome.memorySource };
+  r.lossCurve = outcome.losses;
+  r.provenance = { ...ours.provenance, gemm: outcome.detail };
+  r.settings = { ...ours.settings, ...(outcome.stack ? { peerStack: outcome.stack } : {}) };
+  const bad = outcome.losses.findIndex((l) => !Number.isFinite(l));
+  if (bad >= 0) { r.status = 'diverged'; r.divergedAtStep = bad + 1; r.error = `pytorch: the loss is ${outcome.losses[bad]} at step ${bad + 1}`; }
+  return r;
 }

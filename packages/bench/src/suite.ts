@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { type CheckpointingMode, PRESETS, checkRegularFile, configFromHf, parseCheckpointing, parseJson, readJsonl, readTextFile } from '@tunebench/core';
 import type { TuneLrSpec } from './tune.js';
-import { CI_METHODS, DEFAULT_METHODS, type MethodSpec, methodNames, methodPlugin, parseMethods } from './methods.js';
+import { CI_METHODS, DEFAULT_METHODS, GPU_METHODS, type MethodSpec, methodNames, methodPlugin, parseMethods } from './methods.js';
 
 export { type MethodSpec, parseMethods, DEFAULT_METHODS, CI_METHODS };
 
@@ -38,6 +38,24 @@ export interface Suite {
   kernels?: boolean;
   /** choose each method's learning rate per task on validation data before its run (tune.ts) */
   tuneLr?: TuneLrSpec;
+  /** speed and memory rows at published model shapes with random weights
+   * (no task, no accuracy): each method trains `steps` steps; a row whose
+   * planned peak exceeds the free memory is recorded as not fitting, not run */
+  shapes?: ShapeRow[];
+}
+
+export interface ShapeRow {
+  /** a model preset (core's PRESETS), e.g. tinyllama-1.1b */
+  preset: string;
+  batchSize: number;
+  seqLen: number;
+  /** optimizer steps; the first min(3, steps/4) are warm-up, left out of the speed */
+  steps: number;
+  /** --methods tokens, e.g. ['full', 'lora16', 'qlora16', 'qalora4-r16'] */
+  methods: string[];
+  checkpointing?: CheckpointingMode;
+  /** peers that train the same shapes (their own random weights): pytorch */
+  peers?: 'pytorch'[];
 }
 
 export interface PeerSelection {
@@ -72,10 +90,23 @@ export const BUILTIN_SUITES: Record<string, Suite> = {
     shared: { steps: 200, batchSize: 8, seqLen: 256, seed: 0, schedule: 'cosine', warmupSteps: 10 },
     peers: { tfjs: { methods: ['full', 'lora-r8'], tasks: ['spam'], steps: 3 }, pytorch: { tasks: ['spam'] } },
   },
-  // GPU: a published model shape; needs the CUDA backend
+  // GPU (needs the CUDA backend): accuracy rows on the 'medium' base (~25M
+  // parameters, byte vocabulary) pretrained on Brown on the GPU, then speed and
+  // memory rows at published shapes with random weights, PyTorch beside them.
+  // Estimated (not measured) at about 6 minutes on one H100: pretraining ~1
+  // min, 8 accuracy runs ~2 min, the shape rows ~2-3 min (host-side model
+  // set-up of the 7B rows is a good part of it).
   gpu: {
-    name: 'gpu', base: { preset: 'smollm-135m' }, tasks: ['spam', 'adapt'], methods: DEFAULT_METHODS,
-    shared: { steps: 300, batchSize: 16, seqLen: 512, seed: 0, schedule: 'cosine', warmupSteps: 20 },
+    name: 'gpu', base: { preset: 'medium' }, tasks: ['spam', 'adapt'], methods: GPU_METHODS,
+    shared: { steps: 150, batchSize: 16, seqLen: 512, seed: 0, schedule: 'cosine', warmupSteps: 10, maxTrain: 2000, maxTest: 400 },
+    peers: { pytorch: { tasks: ['adapt'], steps: 20 } },
+    kernels: false,
+    shapes: [
+      { preset: 'smollm-135m', batchSize: 8, seqLen: 1024, steps: 8, methods: ['full', 'lora16', 'qlora16', 'qalora4-r16'], peers: ['pytorch'] },
+      { preset: 'tinyllama-1.1b', batchSize: 4, seqLen: 1024, steps: 6, methods: ['full', 'lora16', 'qlora16', 'qalora4-r16'], peers: ['pytorch'] },
+      // full fine-tuning of 7B at 8 x 1024 tokens plans far above 141 GB: recorded as not fitting on one H100 or H200
+      { preset: 'llama-2-7b', batchSize: 8, seqLen: 1024, steps: 4, methods: ['full', 'lora16', 'qlora16', 'qalora4-r16'], peers: ['pytorch'] },
+    ],
   },
 };
 
@@ -132,6 +163,13 @@ const SUITE_SCHEMA = z.object({
     maxValidation: int(1, 1e7).optional(),
     evalPoints: int(0, 1000).optional(),
   }).strict().optional(),
+  shapes: z.array(z.object({
+    preset: z.string().refine((v) => PRESETS[v] !== undefined, { message: `must be a preset: ${Object.keys(PRESETS).join(', ')}` }),
+    batchSize: int(1, 65536), seqLen: int(1, 1 << 22), steps: int(1, 1e6),
+    methods: z.array(z.string()).min(1),
+    checkpointing: checkpointingSchema.optional(),
+    peers: z.array(z.enum(['pytorch'])).optional(),
+  }).strict()).optional(),
 }).strict();
 
 /** Edit distance, for "did you mean" on unknown keys. */
@@ -200,6 +238,14 @@ export function validateSuite(raw: unknown, where: string): Suite {
     if (!methodNames().includes(m.name)) p.push(`methods[${i}].name must be one of ${methodNames().join(', ')}`);
     else p.push(...methodPlugin(m.name).validate(m).map((e) => `methods[${i}].${e}`));
     if (s.methods.findIndex((o) => o.label === m.label) !== i) p.push(`methods[${i}].label '${m.label}' is used twice`);
+  });
+  (s.shapes ?? []).forEach((row, i) => {
+    try {
+      const specs = parseMethods(row.methods.join(','));
+      for (const m of specs) if (!methodPlugin(m.name).shapeModel) p.push(`shapes[${i}].methods: ${m.label} has no speed rows on random weights`);
+    } catch (e) { p.push(`shapes[${i}].${(e as Error).message.replace(/^--methods: /, 'methods: ')}`); }
+    const max = PRESETS[row.preset]?.maxPositionEmbeddings;
+    if (max !== undefined && row.seqLen > max) p.push(`shapes[${i}].seqLen ${row.seqLen} exceeds ${row.preset}'s maxPositionEmbeddings ${max}`);
   });
   if (s.shared.warmupSteps > s.shared.steps) p.push(`shared.warmupSteps ${s.shared.warmupSteps} exceeds shared.steps ${s.shared.steps}`);
   if (s.base.hfDir !== undefined) {

@@ -59,6 +59,8 @@ export interface PeerOutcome {
   memorySource: string;
   /** version, backend, threads */
   detail: string;
+  /** what trained on the peer's side, e.g. 'transformers + peft, bf16 autocast' (GPU runs) */
+  stack?: string;
 }
 
 const ADAPTER_NAME = /\.lora_([AB])\.[^.]+\.weight$/;

@@ -14,10 +14,15 @@ import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Device, LlamaConfig } from '@tunebench/core';
 import type { PeerInput, PeerOutcome } from './input.js';
+import type { MethodSpec } from '../methods.js';
 
 /** The script, next to the package's dist/ and src/. */
-export const TORCH_SCRIPT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', 'peers', 'torch_train.py');
+export const TORCH_SCRIPT = process.env.TUNEBENCH_TORCH_SCRIPT
+  ? resolve(process.env.TUNEBENCH_TORCH_SCRIPT)
+  // TUNEBENCH_TORCH_SCRIPT: where a bundled build (the GPU kit) finds it
+  : resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', 'peers', 'torch_train.py');
 
 /** The python to use: TUNEBENCH_PYTHON, else python3 (on the PATH, falling back to /usr/bin/python3 when that one has no torch). */
 export function defaultPython(): string {
@@ -84,6 +89,38 @@ async function writeInput(dir: string, input: PeerInput): Promise<void> {
 interface TorchJson {
   torchVersion: string; threads: number; losses: number[]; allStepMs: number[]; phasesMs: { forward: number; backward: number; optimizer: number };
   peakRssAboveBaseBytes: number | null; blasInfo?: string; openblasCore?: string;
+  /** --device cuda */
+  device?: string; cudaDevice?: string; maxMemoryAllocatedBytes?: number; maxMemoryReservedBytes?: number; stack?: string;
+}
+
+/** Runs torch_train.py with these arguments; its JSON line, or an error with the end of its stderr. */
+async function runScript(python: string, args: string[], env: NodeJS.ProcessEnv): Promise<TorchJson> {
+  const child = spawn(resolved.get(python) ?? python, [TORCH_SCRIPT, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
+  let stdout = '', stderr = '';
+  child.stdout.on('data', (d) => { stdout += d; });
+  child.stderr.on('data', (d) => { stderr += d; });
+  const [code] = await once(child, 'close') as [number | null];
+  const last = stdout.trim().split('\n').pop() ?? '';
+  let r: TorchJson;
+  try { r = JSON.parse(last) as TorchJson; } catch { r = null as unknown as TorchJson; }
+  if (code !== 0 || !r) throw new Error(`PyTorch peer failed (exit ${code}): ${stderr.trim().split('\n').slice(-3).join(' | ')}`);
+  return r;
+}
+
+/** The outcome of a script run, on either device. */
+function outcomeOf(r: TorchJson, warmup: number): PeerOutcome {
+  const cuda = r.device === 'cuda';
+  return {
+    impl: 'pytorch', losses: r.losses, stepMs: r.allStepMs, timedFrom: warmup, phases: r.phasesMs,
+    peakBytes: cuda ? r.maxMemoryAllocatedBytes ?? null : r.peakRssAboveBaseBytes,
+    memorySource: cuda
+      ? 'torch.cuda.max_memory_allocated (bytes the caching allocator handed out at most)'
+      : 'process resident-set high-water mark above its level before the parameters were made',
+    detail: cuda
+      ? `torch ${r.torchVersion}, ${r.cudaDevice ?? 'cuda'}${r.stack ? `, ${r.stack}` : ''}`
+      : `torch ${r.torchVersion}, ${r.threads} thread(s)${r.blasInfo ? `, BLAS ${r.blasInfo}${r.openblasCore ? ` (${r.openblasCore})` : ''}` : ''}`,
+    ...(r.stack ? { stack: r.stack } : {}),
+  };
 }
 
 /** threads: torch.set_num_threads, default 1: Debian's torch runs its GEMMs on
@@ -92,7 +129,11 @@ interface TorchJson {
  * fastest setting on 2 cores). */
 /** env: variables set (a string) or removed (undefined) for the python process, e.g.
  * OPENBLAS_CORETYPE or OMP_WAIT_POLICY (bench/train_step.ts compares them). */
-export async function runTorchPeer(input: PeerInput, o: { python?: string; threads?: number; warmup?: number; env?: Record<string, string | undefined> } = {}): Promise<PeerOutcome> {
+/** device cuda: the script trains on the GPU with bf16 autocast (bf16 matmuls,
+ * fp32 master weights), through transformers + PEFT when importable, else its
+ * own functional model (the stack is recorded); memory is
+ * torch.cuda.max_memory_allocated. */
+export async function runTorchPeer(input: PeerInput, o: { python?: string; threads?: number; warmup?: number; env?: Record<string, string | undefined>; device?: Device } = {}): Promise<PeerOutcome> {
   const python = o.python ?? defaultPython();
   const why = torchUnavailable(python);
   if (why) throw new Error(`PyTorch peer: ${why}`);
@@ -106,24 +147,28 @@ export async function runTorchPeer(input: PeerInput, o: { python?: string; threa
     if (input.maxGradNorm !== null) args.push('--clip', String(input.maxGradNorm));
     if (input.lora) args.push('--lora', `@${join(dir, 'lora.json')}`);
     if (packedInput(input)) args.push('--packed');
+    if (o.device && o.device !== 'cpu') args.push('--device', o.device);
     const env = { ...process.env };
     for (const [k, v] of Object.entries(o.env ?? {})) { if (v === undefined) delete env[k]; else env[k] = v; }
-    const child = spawn(resolved.get(python) ?? python, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
-    let stdout = '', stderr = '';
-    child.stdout.on('data', (d) => { stdout += d; });
-    child.stderr.on('data', (d) => { stderr += d; });
-    const [code] = await once(child, 'close') as [number | null];
-    const last = stdout.trim().split('\n').pop() ?? '';
-    let r: TorchJson;
-    try { r = JSON.parse(last) as TorchJson; } catch { r = null as unknown as TorchJson; }
-    if (code !== 0 || !r) throw new Error(`PyTorch peer failed (exit ${code}): ${stderr.trim().split('\n').slice(-3).join(' | ')}`);
-    return {
-      impl: 'pytorch', losses: r.losses, stepMs: r.allStepMs, timedFrom: warmup, phases: r.phasesMs,
-      peakBytes: r.peakRssAboveBaseBytes,
-      memorySource: 'process resident-set high-water mark above its level before the parameters were made',
-      detail: `torch ${r.torchVersion}, ${r.threads} thread(s)${r.blasInfo ? `, BLAS ${r.blasInfo}${r.openblasCore ? ` (${r.openblasCore})` : ''}` : ''}`,
-    };
+    return outcomeOf(await runScript(python, args.slice(1), env), warmup);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** PyTorch training the shapes of one of our speed rows (random weights of
+ * its own, no files): full fine-tuning, LoRA, or QLoRA (bitsandbytes NF4 when
+ * installed, else NF4 dequantized before each matmul; the script says which).
+ * QA-LoRA has no PyTorch counterpart here. */
+export async function runTorchShape(cfg: LlamaConfig, m: MethodSpec, row: { batchSize: number; seqLen: number; steps: number }, o: { device: Device; seed: number; python?: string }): Promise<PeerOutcome> {
+  const python = o.python ?? defaultPython();
+  const why = torchUnavailable(python);
+  if (why) throw new Error(`PyTorch peer: ${why}`);
+  const warmup = Math.min(3, Math.floor(row.steps / 4));
+  const args = ['--config', JSON.stringify(cfg), '--batch', String(row.batchSize), '--seq', String(row.seqLen),
+    '--warmup', String(warmup), '--steps', String(row.steps - warmup), '--seed', String(o.seed), '--lr', String(m.lr), '--device', o.device];
+  if (m.name === 'lora' || m.name === 'qlora') args.push('--lora-rank', String(m.r ?? 8), '--lora-alpha', String(m.alpha ?? 2 * (m.r ?? 8)));
+  if (m.name === 'qlora') args.push('--quant', 'nf4');
+  if (m.name !== 'full' && m.name !== 'lora' && m.name !== 'qlora') throw new Error(`PyTorch peer: no counterpart for method ${m.name}`);
+  return outcomeOf(await runScript(python, args, { ...process.env }), warmup);
 }

@@ -105,7 +105,12 @@ export function commonSettings(records: readonly RunRecord[]): [string, string |
 export function statusText(r: RunRecord, maxError = 160): string {
   switch (r.status) {
     case 'ok': return 'ok';
-    case 'oom': return isFiniteNumber(r.oomBytes) ? `does not fit (${r.oomBytes} bytes asked)` : 'does not fit';
+    case 'oom':
+      // planned: not run, the planner's peak exceeded the free device memory
+      if (r.fit) return `does not fit (planned ${formatMiB(r.fit.plannedBytes)} MiB, ${formatMiB(r.fit.freeBytes)} MiB free; not run)`;
+      // on the GPU: an allocation failed during the run
+      if (r.provenance?.backend === 'cuda') return isFiniteNumber(r.oomBytes) ? `OOM (${r.oomBytes} bytes asked)` : 'OOM';
+      return isFiniteNumber(r.oomBytes) ? `does not fit (${r.oomBytes} bytes asked)` : 'does not fit';
     case 'diverged': return isFiniteNumber(r.divergedAtStep) ? `diverged at step ${r.divergedAtStep}` : 'diverged';
     default: return `error: ${firstLine(r.error ?? 'unknown', maxError)}`;
   }
@@ -255,7 +260,9 @@ export function peerComparisons(records: readonly RunRecord[]): PeerComparison[]
     return {
       task: p.task, peer: p, ours, label: ours ? labels.get(ours) ?? ours.method : p.method, impl: p.impl ?? '-',
       steps: p.lossCurve?.length ?? 0, peerTokensPerSecond: pt, oursTokensPerSecond: ot,
-      ratio: isFiniteNumber(pt) && pt > 0 && isFiniteNumber(ot) ? ot / pt : NaN, ...(ours && p.status === 'ok' ? lossAgreement(p.lossCurve ?? [], ours.lossCurve ?? []) : { lossMaxAbsDiff10: NaN, stepsAgreeing: NaN }),
+      ratio: isFiniteNumber(pt) && pt > 0 && isFiniteNumber(ot) ? ot / pt : NaN,
+      // a speed row's peer starts from random weights of its own: its losses are not comparable
+      ...(ours && p.status === 'ok' && p.settings?.weights !== 'random' ? lossAgreement(p.lossCurve ?? [], ours.lossCurve ?? []) : { lossMaxAbsDiff10: NaN, stepsAgreeing: NaN }),
     };
   });
 }

@@ -6,7 +6,8 @@
 //   settings.<k>...   (sorted)
 //   metric.<k>...     (sorted)
 //   memory.peakTotal memory.peak.<category>... (core order) memory.rssBytes memory.cachedBytes
-//   memory.deviceBytes (GPU backend only) memory.source memory.predicted.total
+//   memory.deviceBytes memory.reservedPeakBytes memory.deviceTotalBytes fit.plannedBytes
+//   fit.freeBytes (GPU backend only) memory.source memory.predicted.total
 //   speed.tokensPerSecond speed.msPerStep.{forward,backward,optimizer,total}
 //   trainableParameters totalParameters fileBytes referenceMs
 //   provenance.{commit,backend,device,cpu,gemm,seed,node} provenance.packages.<name>... (sorted)
@@ -60,6 +61,10 @@ export function csvColumns(records: readonly RunRecord[]): Column[] {
     { name: 'memory.rssBytes', get: (r) => rssBytesOf(r) },
     { name: 'memory.cachedBytes', get: (r) => r.memory?.cachedBytes },
     { name: 'memory.deviceBytes', get: (r) => (r.provenance?.backend === 'cpu' ? undefined : r.memory?.deviceBytes) },
+    { name: 'memory.reservedPeakBytes', get: (r) => r.memory?.reservedPeakBytes },
+    { name: 'memory.deviceTotalBytes', get: (r) => r.memory?.deviceTotalBytes },
+    { name: 'fit.plannedBytes', get: (r) => r.fit?.plannedBytes },
+    { name: 'fit.freeBytes', get: (r) => r.fit?.freeBytes },
     { name: 'memory.source', get: (r) => r.memory?.source },
     { name: 'memory.predicted.total', get: (r) => r.memory?.predicted?.total },
     { name: 'speed.tokensPerSecond', get: (r) => r.speed?.tokensPerSecond },

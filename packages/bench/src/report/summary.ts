@@ -44,8 +44,12 @@ function taskTable(runs: readonly RunRecord[]): string[] {
   // rows that differ in activation checkpointing say so in a column of their own
   const modes = distinct(runs.map((r) => String(r.settings?.checkpointing ?? 'off')));
   const ck = modes.length > 1;
-  lines.push(row(['method', ...(ck ? ['checkpointing'] : []), 'status', ...metrics.map((m) => `${m} ${arrow(m)}`), 'peak memory MiB', 'tokens/s', 'trainable params', 'file size']));
-  lines.push(row(['---', ...(ck ? ['---'] : []), '---', ...metrics.map(() => '---:'), '---:', '---:', '---:', '---:']));
+  // on the GPU: the tracked peak is the bytes the run requested from the
+  // device; the caching pool's reserved peak (what the driver gave) beside it
+  const gpu = runs.some((r) => r.provenance?.backend === 'cuda');
+  const memHead = gpu ? ['device MiB (requested)', 'reserved MiB'] : ['peak memory MiB'];
+  lines.push(row(['method', ...(ck ? ['checkpointing'] : []), 'status', ...metrics.map((m) => `${m} ${arrow(m)}`), ...memHead, 'tokens/s', 'trainable params', 'file size']));
+  lines.push(row(['---', ...(ck ? ['---'] : []), '---', ...metrics.map(() => '---:'), ...memHead.map(() => '---:'), '---:', '---:', '---:']));
   for (const r of runs) {
     const ok = r.status === 'ok';
     const peak = r.memory?.peakTotal;
@@ -56,6 +60,7 @@ function taskTable(runs: readonly RunRecord[]): string[] {
       cell(statusText(r) + (atMajority(r) ? ' ⚠ majority class' : '')),
       ...metrics.map((m) => (ok ? formatMetric(r.metrics?.[m]) : '-')),
       isFiniteNumber(peak) && peak > 0 ? formatMiB(peak) : '-',
+      ...(gpu ? [isFiniteNumber(r.memory?.reservedPeakBytes) && r.memory.reservedPeakBytes > 0 ? formatMiB(r.memory.reservedPeakBytes) : '-'] : []),
       isFiniteNumber(tps) && tps > 0 ? groupThousands(tps) : '-',
       formatParams(r.trainableParameters, r.totalParameters),
       ok && isFiniteNumber(r.fileBytes) && r.fileBytes > 0 ? formatBytes(r.fileBytes) : '-',
@@ -126,7 +131,10 @@ function deployableTable(runs: readonly RunRecord[]): string[] {
 function peersTable(runs: readonly RunRecord[]): string[] {
   const cs = peerComparisons(runs);
   if (cs.length === 0) return [];
-  const lines = ['', 'peers (the same first steps from the same weights, batches and learning rates):', ''];
+  const random = cs.some((c) => c.peer.settings?.weights === 'random');
+  const lines = ['', random
+    ? 'peers (the same shapes, batch and sequence from random weights of their own: speed and memory only):'
+    : 'peers (the same first steps from the same weights, batches and learning rates):', ''];
   lines.push(row(['method', 'peer', 'status', 'steps', 'peer tokens/s', 'tunebench tokens/s', 'tunebench ÷ peer', 'peer memory MiB', 'loss diff, first 10 steps', 'steps within 1e-4']));
   lines.push(row(['---', '---', '---', '---:', '---:', '---:', '---:', '---:', '---:', '---:']));
   for (const c of cs) {
@@ -141,7 +149,9 @@ function peersTable(runs: readonly RunRecord[]): string[] {
       ok && isFiniteNumber(c.stepsAgreeing) ? `${c.stepsAgreeing} of ${c.steps}` : '-',
     ]));
   }
-  lines.push('', 'tokens/s of the median step; peer memory is the peer\'s own figure (TensorFlow.js: tensor bytes; PyTorch: resident-set growth), not tracked bytes; a jumpy run amplifies rounding differences, so later steps may part.');
+  lines.push('', cs.some((c) => c.peer.memory?.source?.startsWith('torch.cuda'))
+    ? 'tokens/s of the median step; peer memory is the peer\'s own figure (PyTorch on the GPU: torch.cuda.max_memory_allocated), not tracked bytes; a jumpy run amplifies rounding differences, so later steps may part.'
+    : 'tokens/s of the median step; peer memory is the peer\'s own figure (TensorFlow.js: tensor bytes; PyTorch: resident-set growth), not tracked bytes; a jumpy run amplifies rounding differences, so later steps may part.');
   return lines;
 }
 
@@ -176,6 +186,8 @@ export function renderSummary(records: readonly RunRecord[]): string {
     lines.push(...peersTable(runs));
     lines.push('');
   }
-  lines.push('↑ higher is better, ↓ lower is better; memory is the peak of tracked bytes during training.');
+  lines.push(records.some((r) => r.provenance?.backend === 'cuda')
+    ? '↑ higher is better, ↓ lower is better; device MiB (requested) is the peak of tracked bytes on the GPU during training, reserved MiB the caching pool\'s peak held from the driver.'
+    : '↑ higher is better, ↓ lower is better; memory is the peak of tracked bytes during training.');
   return lines.join('\n') + '\n';
 }

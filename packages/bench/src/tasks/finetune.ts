@@ -1,6 +1,6 @@
 // Train a model on prepared token rows with the shared Trainer, and report
 // speed. Used by every task and method so runs differ only where they must.
-import { type LlamaModel, type OptimizerFactory, type ScheduleConfig, type StepStats, type TokenRows, TokenDataSource, Trainer } from '@tunebench/core';
+import { type Device, type LlamaModel, type OptimizerFactory, type ScheduleConfig, type StepStats, type TokenRows, TokenDataSource, Trainer, synchronize } from '@tunebench/core';
 
 export interface FinetuneOptions {
   steps: number;
@@ -16,6 +16,10 @@ export interface FinetuneOptions {
   optimizer?: (weightDecay: number) => OptimizerFactory;
   /** called after every optimizer step (its time is left out of the run's speed) */
   onStep?: (s: StepStats) => void;
+  /** the model's device (default cpu): on cuda the stream is synchronised
+   * before the clock starts and after every step, so that a step's time
+   * includes its queued kernels (the wait is added to its optimizer time) */
+  device?: Device;
 }
 
 export interface FinetuneResult {
@@ -60,11 +64,21 @@ export function* finetuneSteps(model: LlamaModel, rows: TokenRows, o: FinetuneOp
     ...(o.optimizer ? { optimizerFactory: o.optimizer(f.weightDecay) } : { optimizer: { weightDecay: f.weightDecay } }),
   });
   const steps: StepStats[] = [];
+  const device = o.device ?? 'cpu';
+  synchronize(device);
   const t0 = performance.now();
   let callbackMs = 0;  // held-out evaluations and progress lines are not training time
   try {
     for (let i = 0; i < o.steps; i++) {
       const s = trainer.trainStep();
+      if (device !== 'cpu') {
+        // the optimizer's kernels may still be queued when trainStep returns
+        const w0 = performance.now();
+        synchronize(device);
+        const waited = performance.now() - w0;
+        s.ms.optimizer += waited;
+        s.ms.total += waited;
+      }
       steps.push(s);
       // the callback and whatever the consumer does between steps (the
       // runner's held-out scoring, its turn of the event loop) is not training time

@@ -6,11 +6,12 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync 
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
-  ByteTokenizer, LlamaModel, type LlamaConfig, type TokenRows, epochBatches, evaluateLoss, loadHfModel, packTexts, preset,
+  ByteTokenizer, type Device, LlamaModel, type LlamaConfig, type TokenRows, epochBatches, evaluateLoss, loadHfModel, packTexts, preset,
   saveHfModel,
 } from '@tunebench/core';
 import { type BrownSplit, brownSplit, loadBrown } from './brown.js';
 import { finetune, progressPrinter } from './finetune.js';
+import { moveModel } from '../device.js';
 
 export interface PretrainOptions {
   /** model preset (default tiny) */
@@ -24,6 +25,8 @@ export interface PretrainOptions {
   cacheDir?: string;
   /** print progress to stderr (default true) */
   progress?: boolean;
+  /** where to train (default cpu); the base is saved from the CPU either way */
+  device?: Device;
 }
 
 export interface PretrainResult {
@@ -42,6 +45,10 @@ export interface PretrainResult {
 export const PRETRAIN_DEFAULTS: Record<string, Required<Pick<PretrainOptions, 'steps' | 'batchSize' | 'seqLen' | 'lr'>>> = {
   tiny: { steps: 300, batchSize: 8, seqLen: 128, lr: 3e-3 },
   small: { steps: 600, batchSize: 8, seqLen: 256, lr: 1e-3 },
+  // the gpu suite's base: ~25M parameters, 1000 steps of 16 x 512 tokens
+  // (~8M tokens, ~1.2 PFLOP of training: about a minute at a sustained
+  // 20 TFLOP/s; an estimate, not a measurement)
+  medium: { steps: 1000, batchSize: 16, seqLen: 512, lr: 1e-3 },
 };
 
 export function defaultCacheDir(): string {
@@ -74,10 +81,13 @@ export function pretrainBase(o: PretrainOptions = {}): PretrainResult {
   const d = PRETRAIN_DEFAULTS[name] ?? PRETRAIN_DEFAULTS.small;
   const steps = o.steps ?? d.steps, batchSize = o.batchSize ?? d.batchSize, seqLen = o.seqLen ?? d.seqLen, lr = o.lr ?? d.lr;
   const seed = o.seed ?? 0;
+  const device = o.device ?? 'cpu';
   const config = preset(name);
   const data = brownData(seqLen, seed);
   const key = createHash('sha256').update(JSON.stringify({
     v: 1, config, data: [data.train.fingerprint(), data.validation.fingerprint()], seed, steps, batchSize, seqLen, lr,
+    // a base trained on the GPU is a different base (other rounding); CPU keys are as before
+    ...(device === 'cpu' ? {} : { device }),
   })).digest('hex').slice(0, 16);
   const root = o.cacheDir ?? defaultCacheDir();
   const dir = join(root, `${name}-${key}`);
@@ -88,15 +98,17 @@ export function pretrainBase(o: PretrainOptions = {}): PretrainResult {
   }
   const model = LlamaModel.init(config, { seed });
   try {
-    const onStep = o.progress === false ? undefined : progressPrinter(`pretrain ${name}`, steps, 50);
-    const run = finetune(model, data.train, { steps, batchSize, lr, seed, schedule: 'cosine', weightDecay: 0.01, onStep });
+    moveModel(model, device);
+    const onStep = o.progress === false ? undefined : progressPrinter(`pretrain ${name}${device === 'cpu' ? '' : ` on ${device}`}`, steps, 50);
+    const run = finetune(model, data.train, { steps, batchSize, lr, seed, schedule: 'cosine', weightDecay: 0.01, onStep, device });
     const validationLoss = evaluateLoss(model, epochBatches(data.validation, batchSize)).loss;
+    moveModel(model, 'cpu');
     // write into a temporary directory, then rename: a crash never leaves a half-written base
     mkdirSync(root, { recursive: true });
     const tmp = `${dir}.tmp-${process.pid}`;
     rmSync(tmp, { recursive: true, force: true });
     saveHfModel(model, tmp, { dtype: 'f32' });
-    writeFileSync(join(tmp, 'tunebench-pretrain.json'), JSON.stringify({ preset: name, steps, batchSize, seqLen, lr, seed, validationLoss, ms: run.ms, tokensPerSecond: run.tokensPerSecond }, null, 2));
+    writeFileSync(join(tmp, 'tunebench-pretrain.json'), JSON.stringify({ preset: name, steps, batchSize, seqLen, lr, seed, ...(device === 'cpu' ? {} : { device }), validationLoss, ms: run.ms, tokensPerSecond: run.tokensPerSecond }, null, 2));
     rmSync(dir, { recursive: true, force: true });
     renameSync(tmp, dir);
     return { dir, config, key, cached: false, validationLoss, ms: run.ms, tokensPerSecond: run.tokensPerSecond };

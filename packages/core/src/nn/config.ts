@@ -32,6 +32,16 @@ export const PRESETS: Readonly<Record<string, Readonly<LlamaConfig>>> = Object.f
     vocabSize: BYTE_VOCAB_SIZE, hiddenSize: 256, intermediateSize: 704, numLayers: 4, numHeads: 8, numKvHeads: 4,
     rmsNormEps: 1e-5, ropeTheta: 10000, maxPositionEmbeddings: 512, tieWordEmbeddings: true,
   },
+  // the gpu suite's pretrained base (packages/bench): byte vocabulary, ~25M
+  // parameters, pretrained on Brown in minutes on one GPU
+  medium: {
+    vocabSize: BYTE_VOCAB_SIZE, hiddenSize: 512, intermediateSize: 1408, numLayers: 8, numHeads: 8, numKvHeads: 4,
+    rmsNormEps: 1e-5, ropeTheta: 10000, maxPositionEmbeddings: 1024, tieWordEmbeddings: true,
+  },
+  // Published shapes (random weights in the benchmarks), from each model's config.json on the Hugging Face hub:
+  // HuggingFaceTB/SmolLM-135M, TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T (and -Chat-v1.0),
+  // meta-llama/Llama-2-7b-hf: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
+  // num_key_value_heads, vocab_size, rope_theta, rms_norm_eps, max_position_embeddings, tie_word_embeddings
   'smollm-135m': {
     vocabSize: 49152, hiddenSize: 576, intermediateSize: 1536, numLayers: 30, numHeads: 9, numKvHeads: 3,
     rmsNormEps: 1e-5, ropeTheta: 10000, maxPositionEmbeddings: 2048, tieWordEmbeddings: true,
