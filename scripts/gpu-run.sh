@@ -98,7 +98,7 @@ fi
 # --- kernels: only when the benchmark can time the CUDA kernels (--device);
 # its CPU rows are not what this visit is for
 if node .gpu/kernels.mjs --help 2>/dev/null | grep -q -- '--device'; then
-  stage kernels "${TB_LIMIT_KERNELS:-75}" node .gpu/kernels.mjs --quick --device cuda --out "$OUT/kernels.json"
+  stage kernels "${TB_LIMIT_KERNELS:-75}" node .gpu/kernels.mjs --only gemm --no-openblas --device cuda --time 200 --out "$OUT/kernels.json"
 else
   log "stage kernels: skipped (this build's kernel benchmark has no --device option: it times CPU kernels only)"
   printf 'kernels\tskipped (CPU-only benchmark)\t0\n' >> "$OUT/stages.tsv"

@@ -30,6 +30,8 @@ Options:
                      for its AVX-512 kernel; default: the environment's choice)
   --no-cuda          skip the CUDA GEMM rows (run by default with the gemm section
                      when this build has CUDA and a device is present)
+  --device D         all (default), cpu (= --no-cuda) or cuda: only the CUDA rows
+                     (beside the CPU peaks the table is judged against)
   --out FILE         JSON results (default reports/kernels/kernels.json)
   -h, --help         this text
 
@@ -53,6 +55,7 @@ const opt = parseCli({
   'no-openblas': { type: 'boolean', default: false },
   'openblas-core': { type: 'string' },
   'no-cuda': { type: 'boolean', default: false },
+  device: { type: 'string', default: 'all' },
   out: { type: 'string' },
   help: { type: 'boolean', short: 'h', default: false },
 } as const, HELP);
@@ -70,14 +73,19 @@ const blas = opt['no-openblas'] ? { ...NO_OPENBLAS, error: 'skipped (--no-openbl
 
 console.log(`tunebench kernel benchmark — ${new Date().toISOString()}`);
 console.log(`openblas: ${blas.available ? `${blas.config} (core ${blas.core})` : blas.error}; tinybench: ${timeMs} ms, at least ${iterations} iterations per kernel`);
-const cuda = sections.includes('gemm') && !opt['no-cuda'] && cudaAvailable();
+if (!['all', 'cpu', 'cuda'].includes(opt.device)) { console.error(`--device: use all, cpu or cuda, not '${opt.device}'`); process.exit(2); }
+const cuda = sections.includes('gemm') && !opt['no-cuda'] && opt.device !== 'cpu' && cudaAvailable();
+if (opt.device === 'cuda' && !cuda) {
+  console.error(`--device cuda: ${cudaAvailable() ? 'the CUDA rows belong to the gemm section (--only gemm)' : 'no usable CUDA device in this build or machine'}`);
+  process.exit(2);
+}
 if (cuda) {
   const lt = cublasLtStatus();
   console.log(`cuda: ${deviceName('cuda')}; cuBLASLt: ${lt === '' ? 'loaded' : lt}`);
 }
 function* cases(): Generator<KernelCase> {
   yield* peakCases(blas);
-  yield* sweepKernelCases({ sections: sections as SweepSection[], quick: opt.quick, tokens }, blas);
+  if (opt.device !== 'cuda') yield* sweepKernelCases({ sections: sections as SweepSection[], quick: opt.quick, tokens }, blas);
   if (cuda) yield* cudaGemmCases({ quick: opt.quick, tokens });
 }
 const report = await runKernelCases(cases(), { timeMs, iterations, tokens, openblas: blas, log: (l) => console.log(l) });
