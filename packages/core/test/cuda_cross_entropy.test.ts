@@ -41,6 +41,25 @@ describe('cross_entropy host math (kernels/cross_entropy_math.h)', () => {
       }
     });
   }
+  test('a NaN logit gives a NaN lse and loss, as on the CPU (not skipped by the (max, sum) merge)', () => {
+    const r = rng();
+    const [N, C, V] = [6, 8, 70];
+    const wv = randn(V * C, r);
+    wv[37 * C + 2] = NaN;  // logit 37 of every token is NaN
+    const h = Tensor.from(randn(N * C, r), [N, C]), w = Tensor.from(wv, [V, C]);
+    const targets = Tensor.from(targetsOf(r, N, V, 0, -100), [N], { dtype: 'i32' });
+    const loss = Tensor.zeros([N]), lse = Tensor.zeros([N]), dh = Tensor.zeros([N, C]), dw = Tensor.zeros([V, C]);
+    (native.hostmath_cross_entropy as (...a: unknown[]) => void)(h.handle, w.handle, targets.handle, N, C, V, -100, 1,
+      loss.handle, lse.handle, dh.handle, dw.handle);
+    const want = crossEntropyForward(h, w, targets);
+    for (const [name, got, ref] of [['lse', lse, want.lse], ['loss', loss, want.losses]] as const) {
+      const g = got.toFloat32(), w2 = ref.toFloat32();
+      for (let i = 0; i < N; i++) {
+        assert.ok(Number.isNaN(w2[i]), `CPU ${name}[${i}] = ${w2[i]}`);
+        assert.ok(Number.isNaN(g[i]), `host math ${name}[${i}] = ${g[i]}, the CPU gives NaN`);
+      }
+    }
+  });
 });
 
 // tb::cuda::gemm rounds its operands to bf16 (fp32 accumulation). The

@@ -46,6 +46,7 @@ constexpr int kR16BF = 14;       // CUDA_R_16BF
 constexpr int kDescTransA = 3;   // CUBLASLT_MATMUL_DESC_TRANSA
 constexpr int kDescTransB = 4;   // CUBLASLT_MATMUL_DESC_TRANSB
 constexpr int kPrefMaxWorkspace = 1;  // CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES
+constexpr int kPrefMinAlignA = 5;     // CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES (B, C, D: 6, 7, 8)
 constexpr int kOpN = 0, kOpT = 1;
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;
 
@@ -176,6 +177,19 @@ void gemm_cublaslt(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, MatRe
   lt_check(a.pref_create(&s.pref), "cublasLtMatmulPreferenceCreate");
   const uint64_t wsb = kWorkspaceBytes;
   lt_check(a.pref_set(s.pref, kPrefMaxWorkspace, &wsb, sizeof wsb), "cublasLtMatmulPreferenceSetAttribute");
+  // The heuristic assumes 256-byte aligned buffers unless told otherwise; give
+  // it the actual alignment of each pointer (cuBLASLt's A is bp, its B is ap)
+  // so it never picks an algorithm the buffers cannot run.
+  auto align_of = [](const void* p) -> uint32_t {
+    const uintptr_t u = reinterpret_cast<uintptr_t>(p);
+    uint32_t al = 256;
+    while (al > 1 && (u & (al - 1)) != 0) al >>= 1;
+    return al;
+  };
+  const uint32_t aligns[4] = {align_of(bp), align_of(ap), align_of(C), align_of(C)};
+  for (int i = 0; i < 4; i++)
+    lt_check(a.pref_set(s.pref, kPrefMinAlignA + i, &aligns[i], sizeof aligns[i]),
+             "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)");
   LtHeuristic h{};
   int found = 0;
   lt_check(a.heuristic(a.handle, s.desc, s.la, s.lb, s.lc, s.lc, s.pref, 1, &h, &found), "cublasLtMatmulAlgoGetHeuristic");

@@ -13,12 +13,14 @@
 namespace tb::math {
 
 // (m, s) += (m2, s2): both are partial (max, sum of exp(x - max)) pairs; an
-// empty pair is (-inf, 0).
+// empty pair is (-inf, 0). A NaN logit (m2 NaN) makes s NaN, which every
+// later merge keeps, so a NaN row gives a NaN lse as on the CPU (where
+// exp(NaN - max) enters the sum) instead of being skipped.
 TB_HD void lse_merge(float& m, float& s, float m2, float s2) {
   if (m2 > m) {
-    s = s * expf(m - m2) + s2;  // m = -inf gives s * 0 = 0 (s is 0 then)
+    s = s * expf(m - m2) + s2;  // m = -inf gives s * 0 = 0 (s is 0 then, or NaN after a NaN)
     m = m2;
-  } else if (m2 > -INFINITY) {
+  } else if (m2 != -INFINITY) {  // m2 <= m, or m2 NaN
     s += s2 * expf(m2 - m);
   }
 }
