@@ -87,6 +87,28 @@ describe('attention host math (kernels/attention_math.h)', () => {
     }
   }
 
+  // The forward kernel's visiting order: a query tile (16 rows) walks key tiles
+  // (32 keys) from its first row's segment start to its last row, so a row
+  // meets tiles wholly masked for it, before any visible key (running max
+  // -inf: -inf - -inf must not give NaN) and past its own position.
+  for (const [tile, chunk] of [[16, 32], [16, 5], [4, 3]] as const) {
+    test(`online softmax over the key chunks of a ${tile}-row query tile (chunks of ${chunk}, wholly masked ones included), segments`, () => {
+      const r = rng();
+      const d: Dims = { B: 2, T: 70, Hq: 2, Hkv: 1, D: 12 };
+      const { B, T, Hq, Hkv, D } = d;
+      const { q, k, v, dout } = inputs(d, r, 1.5);
+      const segments = Tensor.from(randomSegments(B, T, r, 6), [B, T], { dtype: 'i32' });
+      const out = Tensor.zeros([B, T, Hq, D]), lse = Tensor.zeros([B, Hq, T]);
+      const dq = Tensor.zeros([B, T, Hq, D]), dk = Tensor.zeros([B, T, Hkv, D]), dv = Tensor.zeros([B, T, Hkv, D]);
+      (native.hostmath_attention as (...a: unknown[]) => void)(q.handle, k.handle, v.handle, dout.handle, out.handle,
+        lse.handle, dq.handle, dk.handle, dv.handle, B, T, Hq, Hkv, D, 1 / Math.sqrt(D), chunk, segments.handle, tile);
+      const ref = attentionForward(q, k, v, { segments });
+      conforms('out', out, ref.out, TOL_FWD, r.seed);
+      conforms('lse', lse, ref.lse, TOL_FWD, r.seed);
+      for (const t of [q, k, v, dout, segments, out, lse, dq, dk, dv, ref.out, ref.lse]) t.dispose();
+    });
+  }
+
   for (const [chunk, splits] of [[32, 4], [5, 3], [7, 1]] as const) {
     test(`decode: ${splits} partial online softmaxes in chunks of ${chunk}, merged, match attention_decode`, () => {
       const r = rng();

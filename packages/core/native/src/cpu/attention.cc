@@ -523,11 +523,16 @@ Napi::Value AttentionBackwardBinding(const Napi::CallbackInfo& info) {
   });
 }
 
-// hostmath_attention(q, k, v, dout, out, lse, dq, dk, dv, B, T, Hq, Hkv, D, scale, chunk, segments?):
+// hostmath_attention(q, k, v, dout, out, lse, dq, dk, dv, B, T, Hq, Hkv, D, scale, chunk, segments?, tile?):
 // the CUDA kernels' per-element math (kernels/attention_math.h) in plain CPU
 // loops, for tests. Forward: per query row, an online softmax over the keys
 // in chunks of `chunk` (segment bounds by the kernels' binary search), into
-// out and lse. Backward from that out and lse: D = rowsum(dout * out),
+// out and lse. Without `tile` (or 0) a row's chunks run from the one holding
+// its own segment start to the one holding the row; with `tile`, they run as
+// the forward kernel visits them for the row's query tile [i0, i0 + tile):
+// from the chunk holding start(i0) to the one holding the tile's last query,
+// so a row also meets chunks wholly masked for it (before its segment, with
+// no key seen yet, and past its own position). Backward from that out and lse: D = rowsum(dout * out),
 // p = attn_prob, ds = attn_dscore, dq/dk/dv written.
 Napi::Value HostmathAttentionBinding(const Napi::CallbackInfo& info) {
   const char* fn = "hostmath_attention";
@@ -546,6 +551,7 @@ Napi::Value HostmathAttentionBinding(const Napi::CallbackInfo& info) {
   TensorArg dk = tensor_arg(info, 7, fn, "dk", nkv, DType::F32);
   TensorArg dv = tensor_arg(info, 8, fn, "dv", nkv, DType::F32);
   TensorArg seg = tensor_arg(info, 16, fn, "segments", static_cast<size_t>(d.B * d.T), DType::I32, false, true);
+  const int64_t tile = info.Length() > 17 && !info[17].IsUndefined() ? int_arg(info, 17, fn, "tile") : 0;
   const int64_t B = d.B, T = d.T, Hq = d.Hq, Hkv = d.Hkv, D = d.D, G = Hq / Hkv;
   const int64_t qs = Hq * D, ks = Hkv * D;
   auto qp = [&](int64_t b, int64_t t, int64_t h) { return q.f32() + (b * T + t) * qs + h * D; };
@@ -570,7 +576,10 @@ Napi::Value HostmathAttentionBinding(const Napi::CallbackInfo& info) {
         const int64_t g = h / G, st = start[b * T + t];
         float m = -INFINITY, lsum = 0.0f;
         std::fill(acc.begin(), acc.end(), 0.0f);
-        for (int64_t j0 = st / chunk * chunk; j0 <= t; j0 += chunk) {
+        // keys [kb, ke): the row's own range, or its query tile's (as the kernel)
+        const int64_t i0 = tile > 0 ? t / tile * tile : t;
+        const int64_t kb = tile > 0 ? start[b * T + i0] : st, ke = tile > 0 ? std::min(i0 + tile, T) : t + 1;
+        for (int64_t j0 = kb / chunk * chunk; j0 < ke; j0 += chunk) {
           float cmax = -INFINITY;
           for (int64_t jj = 0; jj < chunk; jj++) {
             const int64_t j = j0 + jj;

@@ -6,15 +6,17 @@
 namespace tb::cuda {
 namespace {
 
-__global__ void swiglu_forward_kernel(int64_t n, const float* __restrict__ gate, const float* __restrict__ up,
-                                      float* __restrict__ out) {
+// No __restrict__: out may be gate or up (the op's in-place form), and the
+// backward's outputs may overwrite its inputs as on the CPU; each element is
+// read before it is written, by the same thread.
+__global__ void swiglu_forward_kernel(int64_t n, const float* gate, const float* up, float* out) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     out[i] = math::swiglu_forward(gate[i], up[i]);
 }
 
-__global__ void swiglu_backward_kernel(int64_t n, const float* __restrict__ dout, const float* __restrict__ gate,
-                                       const float* __restrict__ up, float* __restrict__ dgate, float* __restrict__ dup) {
+__global__ void swiglu_backward_kernel(int64_t n, const float* dout, const float* gate, const float* up, float* dgate,
+                                       float* dup) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     float dg, du;
