@@ -33,6 +33,8 @@ export interface CudaInfo {
   available: boolean;
   /** why not, when not available */
   reason?: string;
+  /** TUNEBENCH_FAKE_CUDA=1: "CUDA" tensors in host memory, CPU kernels (a plumbing test, never a measurement) */
+  fake?: boolean;
   name?: string;
   /** compute capability, e.g. "9.0" */
   capability?: string;

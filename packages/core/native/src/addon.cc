@@ -3,6 +3,8 @@
 #include <napi.h>
 #include <cstdlib>
 #include <thread>
+#include <unistd.h>
+#include <algorithm>
 #include "args.h"
 #include "device.h"
 #include "parallel.h"
@@ -16,6 +18,12 @@ void set_alloc_limit(size_t bytes);
 std::vector<std::pair<const char*, Registrar>>& op_registry() {
   static std::vector<std::pair<const char*, Registrar>> r;
   return r;
+}
+
+// Fake CUDA's "device memory": the machine's physical memory.
+static size_t fake_total_bytes() {
+  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page) : size_t(1) << 34;
 }
 
 static int g_threads = 0;
@@ -53,6 +61,12 @@ static Napi::Value MemorySnapshot(const Napi::CallbackInfo& info) {
       // the pool's own figures: bytes held from the driver now and at most
       // since the last reset; cached = held but not handed out
       device::CudaMemory cm = device::cuda_memory();
+      if (fake_cuda()) {  // host memory: the pool is the live bytes, the "device" the machine's RAM
+        cm.total_bytes = fake_total_bytes();
+        cm.reserved_bytes = static_cast<size_t>(m.live_total[d]);
+        cm.reserved_peak = static_cast<size_t>(m.peak_total[d]);
+        cm.free_bytes = cm.total_bytes - std::min(cm.total_bytes, cm.reserved_bytes);
+      }
       double live_total = static_cast<double>(m.live_total[d]);
       double reserved = static_cast<double>(cm.reserved_bytes);
       dev.Set("cachedBytes", Napi::Number::New(env, reserved > live_total ? reserved - live_total : 0));
@@ -84,6 +98,7 @@ static Napi::Value MemoryEmptyCache(const Napi::CallbackInfo& info) {
 
 // cudaDevices() -> number of usable CUDA devices (0 in a CPU-only build)
 static Napi::Value CudaDevices(const Napi::CallbackInfo& info) {
+  if (fake_cuda()) return Napi::Number::New(info.Env(), 1);
   return Napi::Number::New(info.Env(), device::cuda_device_count());
 }
 
@@ -92,6 +107,15 @@ static Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
   o.Set("compiled", Napi::Boolean::New(env, device::cuda_compiled()));
+  if (fake_cuda()) {
+    o.Set("available", Napi::Boolean::New(env, true));
+    o.Set("fake", Napi::Boolean::New(env, true));
+    o.Set("name", Napi::String::New(env, "fake CUDA (host memory, TUNEBENCH_FAKE_CUDA=1)"));
+    o.Set("capability", Napi::String::New(env, "0.0"));
+    o.Set("sms", Napi::Number::New(env, 0));
+    o.Set("totalBytes", Napi::Number::New(env, static_cast<double>(fake_total_bytes())));
+    return o;
+  }
   bool ok = device::cuda_device_count() > 0;
   o.Set("available", Napi::Boolean::New(env, ok));
   if (!ok) {

@@ -46,7 +46,7 @@ inline TensorArg tensor_arg_any_device(const Napi::CallbackInfo& info, size_t i,
   t.numel = s->numel;
   t.dtype = s->dtype;
   t.cat = s->cat;
-  t.dev = s->dev;
+  t.dev = s->kernel_dev();  // the CPU under fake CUDA (host memory, CPU kernels)
   return t;
 }
 

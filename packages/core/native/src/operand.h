@@ -83,18 +83,18 @@ inline WeightOperand weight_arg(const Napi::CallbackInfo& info, size_t i, const 
       Storage* s = nt->storage();
       if (s->freed) throw arg_error(info, fn, std::string("quantized '") + name + "': '" + k + "' was disposed");
       if (!d) {
-        if (s->dev != Device::CPU) throw arg_error(info, fn, std::string("quantized '") + name + "': '" + k + "' is not on the CPU");
+        if (s->kernel_dev() != Device::CPU) throw arg_error(info, fn, std::string("quantized '") + name + "': '" + k + "' is not on the CPU");
       } else if (!d->first) {
         d->first = name;
-        d->dev = s->dev;
-      } else if (s->dev != d->dev) {
-        throw arg_error(info, fn, std::string("quantized '") + name + "': '" + k + "' is on " + device_name(s->dev) + " but '" +
+        d->dev = s->kernel_dev();
+      } else if (s->kernel_dev() != d->dev) {
+        throw arg_error(info, fn, std::string("quantized '") + name + "': '" + k + "' is on " + device_name(s->kernel_dev()) + " but '" +
                         d->first + "' is on " + device_name(d->dev) + ": all operands of one op must be on one device (Tensor.to)");
       }
       if (s->dtype != dt) throw arg_error(info, fn, std::string("quantized '") + name + "': '" + k + "' has dtype " + dtype_name(s->dtype) + ", expected " + dtype_name(dt));
       if (s->numel < min_numel)
         throw arg_error(info, fn, std::string("quantized '") + name + "': '" + k + "' has " + std::to_string(s->numel) + " elements, needs " + std::to_string(min_numel));
-      t.data = s->data; t.numel = s->numel; t.dtype = s->dtype; t.cat = s->cat; t.dev = s->dev;
+      t.data = s->data; t.numel = s->numel; t.dtype = s->dtype; t.cat = s->cat; t.dev = s->kernel_dev();
       return t;
     };
     if (kind_s == "intn") {

@@ -98,9 +98,20 @@ struct Storage {
   Device dev = Device::CPU;
   int refs = 1;
   bool freed = false;
+  // the device whose kernels run on these bytes (the CPU under fake CUDA)
+  Device kernel_dev() const;
   void free_bytes();
   void release();  // drop one reference
 };
+
+// Test mode (TUNEBENCH_FAKE_CUDA=1, read once): CUDA tensors live in host
+// memory, are counted under device cuda, and every binding runs its CPU
+// kernel on them; cudaInfo() reports one "fake" device. It exercises the
+// TypeScript device plumbing (models, trainers, the bench's cuda path) on a
+// machine without a GPU. It never measures a GPU: records name the device
+// "fake CUDA (host memory)".
+bool fake_cuda();
+inline Device Storage::kernel_dev() const { return fake_cuda() ? Device::CPU : dev; }
 
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);

@@ -49,6 +49,14 @@ size_t g_alloc_limit = 0;
 
 void set_alloc_limit(size_t bytes) { g_alloc_limit = bytes; }
 
+bool fake_cuda() {
+  static const bool on = [] {
+    const char* e = std::getenv("TUNEBENCH_FAKE_CUDA");
+    return e && e[0] == '1';
+  }();
+  return on;
+}
+
 static void count(size_t bytes, Category cat, Device dev, int sign) {
   std::lock_guard<std::mutex> lock(g_mu);
   int d = static_cast<int>(dev), c = static_cast<int>(cat);
@@ -119,7 +127,7 @@ void release_cache_locked() {
 void* tracked_alloc(size_t bytes, Category cat, Device dev) {
   if (bytes == 0) return nullptr;
   if (g_alloc_limit && bytes > g_alloc_limit) throw OutOfMemory(bytes, cat, dev);
-  if (dev == Device::CUDA) {
+  if (dev == Device::CUDA && !fake_cuda()) {
     // the caching pool lives in cuda/runtime.cu; without a CUDA build or a
     // device this throws NoBackend, which is not an out-of-memory error
     void* d = nullptr;
@@ -160,7 +168,7 @@ void* tracked_alloc(size_t bytes, Category cat, Device dev) {
 
 void tracked_free(void* p, size_t bytes, Category cat, Device dev) {
   if (!p) return;
-  if (dev == Device::CUDA) {
+  if (dev == Device::CUDA && !fake_cuda()) {
     if (cat == Category::OptimizerHost) device::cuda_free_managed(p);
     else device::cuda_free(p, bytes);
     count(bytes, cat, dev, -1);
@@ -197,7 +205,7 @@ void memory_empty_cache() {
 
 // Zero a fresh block, threaded when it is large.
 void zero_bytes(void* p, size_t bytes, Device dev) {
-  if (dev == Device::CUDA) { device::cuda_zero(p, bytes); return; }
+  if (dev == Device::CUDA && !fake_cuda()) { device::cuda_zero(p, bytes); return; }
   if (bytes < (size_t(4) << 20)) { std::memset(p, 0, bytes); return; }
   char* c = static_cast<char*>(p);
   parallel_chunks(static_cast<int64_t>(bytes), [&](int64_t b, int64_t e) { std::memset(c + b, 0, static_cast<size_t>(e - b)); }, int64_t(1) << 20);

@@ -75,16 +75,16 @@ static TensorArg array_tensor(const Napi::CallbackInfo& info, const char* fn, si
   if (s->numel < min_numel)
     throw arg_error(info, fn, std::string("tensor '") + what + "' has " + std::to_string(s->numel) + " elements, the op needs at least " +
                     std::to_string(min_numel));
-  if (k == 0 && i == 0) *dev = s->dev;
-  else if (s->dev != *dev)
-    throw arg_error(info, fn, std::string("tensor '") + what + "' is on " + device_name(s->dev) + " but 'params[0]' is on " +
+  if (k == 0 && i == 0) *dev = s->kernel_dev();
+  else if (s->kernel_dev() != *dev)
+    throw arg_error(info, fn, std::string("tensor '") + what + "' is on " + device_name(s->kernel_dev()) + " but 'params[0]' is on " +
                     device_name(*dev) + ": all tensors of one step must be on one device");
   TensorArg t;
   t.data = s->data;
   t.numel = s->numel;
   t.dtype = s->dtype;
   t.cat = s->cat;
-  t.dev = s->dev;
+  t.dev = s->kernel_dev();
   return t;
 }
 
