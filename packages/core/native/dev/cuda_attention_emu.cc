@@ -171,7 +171,11 @@ std::string name_of(const char* op, const Problem& P, const char* sched) {
   return buf;
 }
 
-const char* sched_name(int s) { return s == tbemu::kForward ? "" : s == tbemu::kReverse ? " [reverse schedule]" : " [random schedule]"; }
+const char* sched_name(int s) {
+  static const char* names[] = {"", " [reverse schedule]", " [random schedule]", " [run-ahead schedule]",
+                                " [reverse run-ahead schedule]"};
+  return names[s];
+}
 
 void train_case(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, bool segs, int sched) {
   tbemu::set_schedule(sched, static_cast<unsigned>(T * 131 + D));
@@ -272,7 +276,7 @@ int main(int argc, char** argv) {
   train_case(1, 70, 8, 1, 256, true, tbemu::kForward);
   train_case(1, 50, 4, 2, 200, false, tbemu::kForward);
   // other schedules: a missing barrier or a block depending on another changes the result
-  for (int sched : {tbemu::kReverse, tbemu::kRandom}) {
+  for (int sched : {tbemu::kReverse, tbemu::kRandom, tbemu::kRunAhead, tbemu::kRunAheadReverse}) {
     train_case(2, 33, 4, 2, 40, true, sched);
     train_case(1, 100, 4, 2, 64, true, sched);
     train_case(2, 20, 3, 3, 16, false, sched);
@@ -286,6 +290,8 @@ int main(int argc, char** argv) {
   decode_case(1, 129, 8, 1, 256, tbemu::kForward);
   decode_case(2, 77, 4, 2, 40, tbemu::kReverse);
   decode_case(2, 77, 4, 2, 40, tbemu::kRandom);
+  decode_case(2, 77, 4, 2, 40, tbemu::kRunAhead);
+  decode_case(2, 77, 4, 2, 40, tbemu::kRunAheadReverse);
   head_dim_limit_case();
   std::printf("%d passed, %d failed (%ld kernel launches emulated)\n", passes, fails, tbemu::S.launches);
   return fails != 0;

@@ -23,7 +23,9 @@ if [ "$launches" != "$rewritten" ] || grep -q '>>>(\|extern __shared__' "$inc"; 
   echo "cuda_attention_emu.sh: a launch or extern __shared__ in attention.cu was not rewritten (one line each expected)" >&2
   exit 1
 fi
-g++ -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-    -fsanitize-sections=tbemu_shared -I "$here/cuda_emu" -I "$src/cuda" -I "$src" -I "$out" \
-    "$here/cuda_attention_emu.cc" -o "$out/emu"
+flags="-std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -fsanitize-sections=tbemu_shared"
+# the emulator's own checks first (the mistakes it must report are printed to selftest.log)
+g++ $flags -I "$here/cuda_emu" "$here/cuda_emu/selftest.cc" -o "$out/selftest"
+"$out/selftest" 2> "$out/selftest.log" || { cat "$out/selftest.log" >&2; exit 1; }
+g++ $flags -I "$here/cuda_emu" -I "$src/cuda" -I "$src" -I "$out" "$here/cuda_attention_emu.cc" -o "$out/emu"
 "$out/emu" "$@"

@@ -31,8 +31,9 @@
 //     the launch then fails the way CUDA does (cudaGetLastError);
 //   - deadlock (no fiber can advance) is reported with each waiter's place.
 // The order in which the threads of a block run between two sync points, and
-// the order of the blocks, follow a schedule (forward, reverse, seeded
-// random); running a kernel under several schedules exposes a missing
+// the order of the blocks, follow a schedule (rounds forward, reverse or
+// seeded random, or one warp running ahead of the others as far as the sync
+// points allow); running a kernel under several schedules exposes a missing
 // barrier or an inter-block dependence as a changed result.
 // Not modelled: timing, memory ordering between blocks (blocks run one after
 // another), the precision of the device math functions (host libm is used),
@@ -89,7 +90,11 @@ constexpr size_t kStack = 256 * 1024;           // per CUDA thread (ASan frames 
 constexpr size_t kSharedLimit = 99 * 1024;      // sm_89's opt-in maximum per block
 constexpr size_t kSharedDefault = 48 * 1024;    // without cudaFuncSetAttribute
 
-enum Schedule { kForward = 0, kReverse = 1, kRandom = 2 };
+// kForward, kReverse, kRandom: rounds in which every thread that can advance
+// runs once, in that order; kRunAhead, kRunAheadReverse: always the first
+// (last) thread that can advance, so one warp runs as far as it can before the
+// others start (the harshest test of a missing barrier).
+enum Schedule { kForward = 0, kReverse = 1, kRandom = 2, kRunAhead = 3, kRunAheadReverse = 4 };
 enum WaitKind { kRunning = 0, kBarrier = 1, kWarp = 2 };
 enum Collective { kShfl = 1, kShflXor, kShflUp, kShflDown, kSyncwarp, kBallot, kAny, kAll };
 
@@ -101,6 +106,7 @@ struct Fiber {
   int linear = 0, warp = 0, lane = 0;
   bool done = false;
   int wait = kRunning, wait_line = 0;
+  unsigned wait_gen = 0;  // the barrier's or warp's generation it waits to end
 };
 
 struct Warp {
@@ -123,7 +129,6 @@ struct State {
   void* sched_sp = nullptr;
   const void* sched_bottom = nullptr;
   size_t sched_size = 0;
-  uint64_t events = 0;
   std::function<void()>* body = nullptr;
   dim3 grid, block;
   uint3 block_idx{};
@@ -217,7 +222,6 @@ inline void fiber_main() {
   (*S.body)();
   S.cur->done = true;
   S.bar.exited++;
-  S.events++;
   to_scheduler(true);
   std::abort();  // a finished fiber is never resumed
 }
@@ -285,21 +289,32 @@ inline void run_block(uint3 bidx) {
     S.warps[f.warp].present |= 1u << f.lane;
     init_fiber(f);
   }
+  const bool backwards = S.schedule == kReverse || S.schedule == kRunAheadReverse;
+  const bool ahead = S.schedule == kRunAhead || S.schedule == kRunAheadReverse;
   std::vector<int> order(n);
-  for (int i = 0; i < n; i++) order[i] = S.schedule == kReverse ? n - 1 - i : i;
-  int alive = n;
-  while (alive > 0) {
+  for (int i = 0; i < n; i++) order[i] = backwards ? n - 1 - i : i;
+  auto runnable = [](const Fiber& f) {
+    if (f.done) return false;
+    if (f.wait == kBarrier) return S.bar.gen != f.wait_gen;
+    if (f.wait == kWarp) return S.warps[f.warp].gen != f.wait_gen;
+    return true;
+  };
+  for (;;) {
     if (S.schedule == kRandom) std::shuffle(order.begin(), order.end(), S.rng);
-    const uint64_t before = S.events;
-    for (int i : order)
-      if (!S.fibers[i].done) resume(&S.fibers[i]);
-    alive = 0;
-    for (auto& f : S.fibers) alive += !f.done;
-    if (alive > 0 && S.events == before) {  // nobody arrived anywhere or finished: stuck for good
-      describe_deadlock();
-      S.block_failed = true;
-      return;  // the stuck fibers are abandoned (their stacks are reset on reuse)
+    bool ran = false;
+    for (int i : order) {
+      if (!runnable(S.fibers[i])) continue;
+      resume(&S.fibers[i]);
+      ran = true;
+      if (ahead) break;  // start again from the first
     }
+    if (ran) continue;
+    bool all_done = true;
+    for (auto& f : S.fibers) all_done = all_done && f.done;
+    if (all_done) return;
+    describe_deadlock();  // nobody can advance
+    S.block_failed = true;
+    return;  // the stuck fibers are abandoned (their stacks are reset on reuse)
   }
 }
 
@@ -330,7 +345,7 @@ inline void run_grid(const void* key, dim3 grid, dim3 block, size_t smem, std::f
   for (unsigned z = 0; z < grid.z; z++)
     for (unsigned y = 0; y < grid.y; y++)
       for (unsigned x = 0; x < grid.x; x++) blocks.push_back({x, y, z});
-  if (S.schedule == kReverse) std::reverse(blocks.begin(), blocks.end());
+  if (S.schedule == kReverse || S.schedule == kRunAheadReverse) std::reverse(blocks.begin(), blocks.end());
   if (S.schedule == kRandom) std::shuffle(blocks.begin(), blocks.end(), S.rng);
   S.block_failed = false;
   for (const uint3& b : blocks) {
@@ -373,7 +388,6 @@ inline void syncthreads(int line) {
   if (b.arrived == 0) b.line = line;
   else if (b.line != line) report("__syncthreads at line %d while other threads wait at line %d", line, b.line);
   b.arrived++;
-  S.events++;
   if (b.arrived == b.nthreads) {
     b.arrived = 0;
     b.gen++;
@@ -382,6 +396,7 @@ inline void syncthreads(int line) {
   const unsigned gen = b.gen;
   f->wait = kBarrier;
   f->wait_line = line;
+  f->wait_gen = gen;
   while (b.gen == gen) to_scheduler(false);
   f->wait = kRunning;
 }
@@ -400,7 +415,6 @@ inline const uint64_t* warp_collective(int kind, unsigned mask, uint64_t v) {
   }
   w.slot[f->lane] = v;
   w.arrived++;
-  S.events++;
   if (w.arrived == __builtin_popcount(w.mask & w.present)) {
     std::memcpy(w.snap, w.slot, sizeof w.snap);
     w.arrived = 0;
@@ -409,6 +423,7 @@ inline const uint64_t* warp_collective(int kind, unsigned mask, uint64_t v) {
   }
   const unsigned gen = w.gen;
   f->wait = kWarp;
+  f->wait_gen = gen;
   while (w.gen == gen) to_scheduler(false);
   f->wait = kRunning;
   return w.snap;  // not overwritten before this lane arrives again
