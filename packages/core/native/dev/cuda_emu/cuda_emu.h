@@ -19,7 +19,10 @@
 //   - dynamic shared memory is a buffer of exactly the launch's size, static
 //     __shared__ variables live in their own section; both are filled with
 //     0xFF bytes (float NaN, int -1) before every block, so a read of an
-//     element nobody wrote shows;
+//     element nobody wrote shows. Exception: GCC (12) ignores the section
+//     attribute on a static local of a function template, so a static
+//     __shared__ array in a template kernel is an ordinary static (ASan
+//     redzones, but zero at first and then the previous block's values);
 //   - __syncthreads must be reached by every thread of the block, at the same
 //     call site; a thread that exits while others wait is reported;
 //   - a warp collective must be entered by every lane of its mask with the
