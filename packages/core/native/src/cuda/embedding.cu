@@ -46,9 +46,9 @@ void embedding_forward(const int32_t* ids, const void* weight, bool w_bf16, int6
   unsigned grid = blocks_for(total, kThreads);
   if (grid > 65535u * 8) grid = 65535u * 8;
   if (w_bf16)
-    embedding_forward_kernel<<<grid, kThreads, 0, stream()>>>(ids, static_cast<const uint16_t*>(weight), N, C, out);
+    embedding_forward_kernel<uint16_t><<<grid, kThreads, 0, stream()>>>(ids, static_cast<const uint16_t*>(weight), N, C, out);
   else
-    embedding_forward_kernel<<<grid, kThreads, 0, stream()>>>(ids, static_cast<const float*>(weight), N, C, out);
+    embedding_forward_kernel<float><<<grid, kThreads, 0, stream()>>>(ids, static_cast<const float*>(weight), N, C, out);
   TB_LAUNCH_CHECK();
 }
 
