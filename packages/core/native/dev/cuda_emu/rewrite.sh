@@ -4,7 +4,8 @@
 # `extern __shared__` declarations rewritten for the CUDA emulator (see
 # cuda_emu.h), everything else unchanged, after a `#line` so diagnostics name
 # the real file. Fails if a launch or an extern __shared__ was not rewritten
-# (each must sit on one line).
+# (each must sit on one line). A template kernel must be launched with its
+# template arguments written out: the emulator cannot deduce them.
 set -e
 cu="$1"
 inc="$2"
