@@ -13,17 +13,8 @@ import {
   loadCheckpoint, makeOptimizer, memory, preset, readSafetensors, saveCheckpoint,
 } from '../src/index.js';
 import { normalizedError, skipCuda } from './cuda_helpers.js';
+import { countingRows } from './helpers.js';
 
-function countingRows(n: number, T: number, vocab: number, seed = 1): { ids: Int32Array; targets: Int32Array }[] {
-  const rows = [];
-  for (let r = 0; r < n; r++) {
-    const ids = new Int32Array(T), targets = new Int32Array(T);
-    const start = (r * 37 + seed * 11) % vocab;
-    for (let t = 0; t < T; t++) { ids[t] = (start + t) % vocab; targets[t] = (start + t + 1) % vocab; }
-    rows.push({ ids, targets });
-  }
-  return rows;
-}
 
 /** Every tensor a trained model and its optimizer hold. */
 function modelTensors(model: LlamaModel, optimizer?: Optimizer): Tensor[] {

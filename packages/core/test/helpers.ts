@@ -43,3 +43,16 @@ export function assertClose(name: string, got: ArrayLike<number>, want: ArrayLik
   const e = relErr(got, want);
   assert.ok(e <= tol, `${name}: relative error ${e.toExponential(3)} > ${tol}${seed !== undefined ? ` (seed ${seed})` : ''}`);
 }
+
+/** Rows of a toy language: each row counts up from a start token, so the next
+ * token is predictable and the loss can fall far. */
+export function countingRows(n: number, T: number, vocab: number, seed = 1): { ids: Int32Array; targets: Int32Array }[] {
+  const rows = [];
+  for (let r = 0; r < n; r++) {
+    const ids = new Int32Array(T), targets = new Int32Array(T);
+    const start = (r * 37 + seed * 11) % vocab;
+    for (let t = 0; t < T; t++) { ids[t] = (start + t) % vocab; targets[t] = (start + t + 1) % vocab; }
+    rows.push({ ids, targets });
+  }
+  return rows;
+}

@@ -8,20 +8,10 @@ import {
   dynamicMap, loadCheckpoint, makeOptimizer, memory, preset, readSafetensors, saveCheckpoint, writeSafetensors,
   type Optimizer, type Parameter,
 } from '../src/index.js';
-import { randn, relErr, rng } from './helpers.js';
+import { randn, relErr, rng, countingRows } from './helpers.js';
 
 // Rows of a toy language (as in train.test.ts): each row counts up from a
 // start token, so the loss can fall far.
-function countingRows(n: number, T: number, vocab: number, seed = 1): { ids: Int32Array; targets: Int32Array }[] {
-  const rows = [];
-  for (let r = 0; r < n; r++) {
-    const ids = new Int32Array(T), targets = new Int32Array(T);
-    const start = (r * 37 + seed * 11) % vocab;
-    for (let t = 0; t < T; t++) { ids[t] = (start + t) % vocab; targets[t] = (start + t + 1) % vocab; }
-    rows.push({ ids, targets });
-  }
-  return rows;
-}
 
 function param(name: string, shape: number[], values: Float32Array): Parameter {
   return { name, value: Tensor.from(values, shape, { category: 'trainable' }), grad: Tensor.zeros(shape, { category: 'grad' }) };

@@ -6,20 +6,8 @@ import assert from 'node:assert/strict';
 import {
   ArrayDataSource, DivergedError, LlamaModel, Trainer, learningRate, loadCheckpoint, memory, preset, saveCheckpoint,
 } from '../src/index.js';
-import { relErr } from './helpers.js';
+import { relErr, countingRows } from './helpers.js';
 
-// Rows of a toy language: each row counts up from a start token, so the next
-// token is predictable and the loss can fall far.
-function countingRows(n: number, T: number, vocab: number, seed = 1): { ids: Int32Array; targets: Int32Array }[] {
-  const rows = [];
-  for (let r = 0; r < n; r++) {
-    const ids = new Int32Array(T), targets = new Int32Array(T);
-    const start = (r * 37 + seed * 11) % vocab;
-    for (let t = 0; t < T; t++) { ids[t] = (start + t) % vocab; targets[t] = (start + t + 1) % vocab; }
-    rows.push({ ids, targets });
-  }
-  return rows;
-}
 
 function run(steps: number, opts: { seed?: number; accum?: number; batch?: number; lr?: number } = {}): number[] {
   const model = LlamaModel.init(preset('tiny'), { seed: opts.seed ?? 7 });

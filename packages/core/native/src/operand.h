@@ -135,31 +135,18 @@ inline WeightOperand weight_arg(const Napi::CallbackInfo& info, size_t i, const 
       TensorArg scales = field_tensor("dqScales", static_cast<size_t>((nblocks + dq_block - 1) / dq_block), DType::F32, false);
       const float offset = static_cast<float>(num("dqOffset"));
       const Device dev = codes.dev;
-      try {
+      // expanded here, before the op's own guarded body: map the core's errors the same way
+      guarded(info, [&]() -> Napi::Value {
         w.absmax_ws = std::make_unique<Workspace<float>>(static_cast<size_t>(nblocks), dev);
-      } catch (const OutOfMemory& e) {
-        throw oom_error(info, e);
-      }
-      const float* map = dynamic_map(true);
-      const uint8_t* c = codes.as<uint8_t>();
-      const float* sc = scales.f32();
-      float* a = w.absmax_ws->data();
-      if (dev == Device::CUDA) {
-        try {
-          TB_ON_CUDA(cuda::expand_absmax(c, sc, nblocks, dq_block, offset, map, a));
-        } catch (const NoBackend& e) {
-          Napi::Error err = Napi::Error::New(info.Env(), std::string("no CUDA backend: ") + e.what());
-          err.Set("code", Napi::String::New(info.Env(), "TB_NO_CUDA"));
-          throw err;
-        } catch (const DeviceError& e) {
-          Napi::Error err = Napi::Error::New(info.Env(), e.what());
-          err.Set("code", Napi::String::New(info.Env(), "TB_CUDA"));
-          throw err;
-        }
-      } else {
-        for (int64_t b = 0; b < nblocks; b++) a[b] = map[c[b]] * sc[b / dq_block] + offset;
-      }
-      w.q4.absmax = a;
+        const float* map = dynamic_map(true);
+        const uint8_t* c = codes.as<uint8_t>();
+        const float* sc = scales.f32();
+        float* a = w.absmax_ws->data();
+        if (dev == Device::CUDA) TB_ON_CUDA(cuda::expand_absmax(c, sc, nblocks, dq_block, offset, map, a));
+        else for (int64_t b = 0; b < nblocks; b++) a[b] = map[c[b]] * sc[b / dq_block] + offset;
+        return info.Env().Undefined();
+      });
+      w.q4.absmax = w.absmax_ws->data();
     }
     return w;
   }
