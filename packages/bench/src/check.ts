@@ -1,11 +1,20 @@
-// Regression check against a committed baseline: accuracy-like and loss-like
-// metrics compared absolutely, memory relatively, speed relatively after
-// normalising by the reference kernel timed in the same run (so a slower or
-// busier machine does not read as a regression).
+// Regression check against a committed baseline. Task metrics are judged by
+// intervals: a metric with per-example outcomes on both sides (accuracy,
+// macro F1, loss, perplexity) regresses when the paired bootstrap interval of
+// (now - baseline) on the same test items lies wholly on the worse side of
+// zero; metrics without outcomes fall back to fixed tolerances. Memory is
+// compared relatively; speed relatively after normalising by the reference
+// kernel timed in the same run, and a run measured while the machine was
+// busy (stats/learned.ts busyReason) is reported as not comparable, not as a
+// regression. checkLearned: every trained run must have left its starting
+// point's interval.
 import { mkdirSync, readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { median, writeJsonAtomic } from '@tunebench/core';
 import { type RunRecord, isPeer, withDeployables } from './record.js';
+import type { Outcomes } from './stats/outcomes.js';
+import { hasInterval, pairedDifference, sameItems } from './stats/bootstrap.js';
+import { BUSY_LABEL, busyReason, higherIsBetter, intervalText, learnedVerdict, referenceMedian } from './stats/learned.js';
 
 export interface Tolerances {
   /** absolute, for accuracy / macroF1 (higher is better) */
@@ -38,6 +47,8 @@ export interface BaselineRun {
   peakTotal: number;
   /** tokens/s x reference kernel ms: machine speed cancels */
   normalizedSpeed: number;
+  /** per-example outcomes of the evaluation (the paired comparison's other side) */
+  outcomes?: Outcomes;
 }
 
 export interface Baseline {
@@ -58,11 +69,11 @@ export function baselineFrom(records: RunRecord[], tolerances = DEFAULT_TOLERANC
   // peers are not ours to regress (and PyTorch may be absent on the machine that checks)
   for (const r of withDeployables(records.filter((x) => !isPeer(x)))) {
     if (r.deployableOf) {
-      runs[r.id] = { deployable: true, modelBytes: r.fileBytes, status: r.status, metrics: r.metrics, peakTotal: 0, normalizedSpeed: 0 };
+      runs[r.id] = { deployable: true, modelBytes: r.fileBytes, status: r.status, metrics: r.metrics, peakTotal: 0, normalizedSpeed: 0, ...(r.outcomes ? { outcomes: r.outcomes } : {}) };
       continue;
     }
     const speeds = [r, ...attempts.flat().filter((a) => a.id === r.id && a.status === 'ok')].map(normalizedSpeed);
-    runs[r.id] = { status: r.status, metrics: r.metrics, peakTotal: r.memory.peakTotal, normalizedSpeed: median(speeds) };
+    runs[r.id] = { status: r.status, metrics: r.metrics, peakTotal: r.memory.peakTotal, normalizedSpeed: median(speeds), ...(r.outcomes ? { outcomes: r.outcomes } : {}) };
   }
   return { suite: records[0].suite, createdAt: new Date().toISOString(), commit: records[0].provenance.commit, cpu: records[0].provenance.cpu, tolerances, runs };
 }
@@ -112,30 +123,76 @@ export function fastestAttempt(first: RunRecord[], ...again: RunRecord[][]): Run
 const HIGHER_BETTER = /accuracy|f1/i;
 const PERPLEXITY = /perplexity/i;
 
-/** Every regression beyond tolerance, as readable lines (empty = pass). */
-export function checkAgainst(records: RunRecord[], b: Baseline): string[] {
+/** Metrics that only stand in for the task metric (reported, not checked when the task metric has outcomes). */
+const PROXY = new Set(['accuracyPerToken', 'majorityBaseline']);
+
+export interface CheckResult {
+  /** regressions: the check fails */
+  failures: string[];
+  /** what could not be judged (a speed measured on a busy machine), said but not failing */
+  notes: string[];
+}
+
+/** Every regression against the baseline (failures) and what could not be judged (notes). */
+export function checkReport(records: RunRecord[], b: Baseline): CheckResult {
   const tol = b.tolerances;
   const byId = new Map(withDeployables(records).map((r) => [r.id, r]));
-  const out: string[] = [];
+  const refMedian = referenceMedian(records);
+  const failures: string[] = [], notes: string[] = [];
   for (const [id, base] of Object.entries(b.runs)) {
     const r = byId.get(id);
-    if (!r) { out.push(`${id}: run missing from this report`); continue; }
-    if (base.status === 'ok' && r.status !== 'ok') { out.push(`${id}: status ${r.status} (baseline ok): ${r.error ?? ''}`); continue; }
+    if (!r) { failures.push(`${id}: run missing from this report`); continue; }
+    if (base.status === 'ok' && r.status !== 'ok') { failures.push(`${id}: status ${r.status} (baseline ok): ${r.error ?? ''}`); continue; }
     for (const [k, was] of Object.entries(base.metrics)) {
       const now = r.metrics[k];
       if (k === 'majorityBaseline') continue;
-      if (now === undefined || !Number.isFinite(now)) { out.push(`${id}: metric ${k} missing or not finite`); continue; }
-      if (HIGHER_BETTER.test(k)) { if (now < was - tol.metricAbs) out.push(`${id}: ${k} ${now.toFixed(4)} < baseline ${was.toFixed(4)} - ${tol.metricAbs}`); }
-      else if (PERPLEXITY.test(k)) { if (now > was * (1 + tol.perplexityRel)) out.push(`${id}: ${k} ${now.toFixed(4)} > baseline ${was.toFixed(4)} x (1 + ${tol.perplexityRel})`); }
-      else if (now > was + tol.lossAbs) out.push(`${id}: ${k} ${now.toFixed(4)} > baseline ${was.toFixed(4)} + ${tol.lossAbs}`);
+      if (now === undefined || !Number.isFinite(now)) { failures.push(`${id}: metric ${k} missing or not finite`); continue; }
+      const judged = metricByInterval(id, k, now, was, r.outcomes, base.outcomes);
+      if (judged !== undefined) { if (judged) failures.push(judged); continue; }
+      if (PROXY.has(k) && r.outcomes && base.outcomes) continue;
+      if (HIGHER_BETTER.test(k)) { if (now < was - tol.metricAbs) failures.push(`${id}: ${k} ${now.toFixed(4)} < baseline ${was.toFixed(4)} - ${tol.metricAbs}`); }
+      else if (PERPLEXITY.test(k)) { if (now > was * (1 + tol.perplexityRel)) failures.push(`${id}: ${k} ${now.toFixed(4)} > baseline ${was.toFixed(4)} x (1 + ${tol.perplexityRel})`); }
+      else if (now > was + tol.lossAbs) failures.push(`${id}: ${k} ${now.toFixed(4)} > baseline ${was.toFixed(4)} + ${tol.lossAbs}`);
     }
     if (base.deployable) {
-      if (base.modelBytes !== undefined && r.fileBytes > base.modelBytes * (1 + tol.memoryRel)) out.push(`${id}: model bytes ${r.fileBytes} > baseline ${base.modelBytes} x (1 + ${tol.memoryRel})`);
+      if (base.modelBytes !== undefined && r.fileBytes > base.modelBytes * (1 + tol.memoryRel)) failures.push(`${id}: model bytes ${r.fileBytes} > baseline ${base.modelBytes} x (1 + ${tol.memoryRel})`);
       continue;
     }
-    if (r.memory.peakTotal > base.peakTotal * (1 + tol.memoryRel)) out.push(`${id}: peak memory ${r.memory.peakTotal} B > baseline ${base.peakTotal} B x (1 + ${tol.memoryRel})`);
+    if (r.memory.peakTotal > base.peakTotal * (1 + tol.memoryRel)) failures.push(`${id}: peak memory ${r.memory.peakTotal} B > baseline ${base.peakTotal} B x (1 + ${tol.memoryRel})`);
     const speed = normalizedSpeed(r);
-    if (speed < base.normalizedSpeed * (1 - tol.speedRel)) out.push(`${id}: ${SPEED_PREFIX} ${speed.toFixed(0)} < baseline ${base.normalizedSpeed.toFixed(0)} x (1 - ${tol.speedRel})`);
+    if (speed < base.normalizedSpeed * (1 - tol.speedRel)) {
+      const line = `${id}: ${SPEED_PREFIX} ${speed.toFixed(0)} < baseline ${base.normalizedSpeed.toFixed(0)} x (1 - ${tol.speedRel})`;
+      const busy = busyReason(r, refMedian);
+      if (busy) notes.push(`${line}: not comparable (${BUSY_LABEL}: ${busy})`);
+      else failures.push(line);
+    }
+  }
+  return { failures, notes };
+}
+
+/** A metric judged by the paired interval of (now - baseline): the failure line, '' when it holds, undefined when it has no outcomes on both sides. */
+function metricByInterval(id: string, k: string, now: number, was: number, o: Outcomes | undefined, ob: Outcomes | undefined): string | undefined {
+  if (!o || !ob || !hasInterval(k, o) || !hasInterval(k, ob)) return undefined;
+  if (!sameItems(k, o, ob)) return `${id}: ${k}: the baseline was scored on other test items (the suite's data changed?); write a new baseline with --update-baseline`;
+  const up = higherIsBetter(k);
+  const d = pairedDifference(k, [o], [ob], up);
+  if (!d) return undefined;
+  if (d.verdict !== 'worse') return '';
+  return `${id}: ${k} ${now.toFixed(4)} vs baseline ${was.toFixed(4)}: ${up ? 'lower' : 'higher'} by ${intervalText({ ...d, value: Math.abs(d.value), lo: up ? -d.hi : d.lo, hi: up ? -d.lo : d.hi })} (paired bootstrap, 95%)`;
+}
+
+/** Every trained run whose task metric did not leave its starting point's interval (empty = every run learned). */
+export function checkLearned(records: readonly RunRecord[]): string[] {
+  const out: string[] = [];
+  for (const r of records) {
+    if (isPeer(r) || r.deployableOf || r.status !== 'ok') continue;
+    const v = learnedVerdict(r);
+    if (v && !v.learned) out.push(`${r.id}: ${v.text}`);
   }
   return out;
+}
+
+/** Every regression beyond tolerance, as readable lines (empty = pass). */
+export function checkAgainst(records: RunRecord[], b: Baseline): string[] {
+  return checkReport(records, b).failures;
 }

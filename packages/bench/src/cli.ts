@@ -10,7 +10,7 @@ import {
 } from '@tunebench/core';
 import { QALORA_QUANT_METHOD, groupwiseOf, loadQaloraMerged } from '@tunebench/qa-lora';
 import { type MethodSpec, methodPlugin, planFor } from './methods.js';
-import { checkAgainst, fastestAttempt, readBaseline, speedOnly, writeBaseline } from './check.js';
+import { checkLearned, checkReport, fastestAttempt, readBaseline, speedOnly, writeBaseline } from './check.js';
 import { BUILTIN_SUITES, PEERS, type PeerName, type Suite, TASKS, type TaskName, loadSuiteFile, parseMethods, validateSuite } from './suite.js';
 import { SuiteInterrupted, readKernels, runSuite } from './runner.js';
 import { writeReports } from './report/index.js';
@@ -71,7 +71,16 @@ Options:
                            PyTorch peer runs on the same device
   --out DIR                where results go (default reports/<suite name>)
   --resume                 keep runs already in DIR/results.jsonl and do the rest
-  --check BASELINE         compare with a baseline; exit 1 naming each regression
+  --seeds N                repeat each run with N seeds (the suite's seed, +1, ...): adapter
+                           initialisation and data order change, the data split does not;
+                           tables show the mean, the between-seed spread and the bootstrap
+                           interval (a suite file sets shared.seeds: [0, 1, 2])
+  --check BASELINE         compare with a baseline; exit 1 naming each regression: a run
+                           whose task metric (accuracy, perplexity) did not leave its
+                           untrained interval, a metric worse than the baseline's by the
+                           paired bootstrap interval of the difference, memory beyond 10%,
+                           speed beyond 40% (a run timed while the machine was busy is
+                           reported as not comparable instead)
   --update-baseline        write the baseline given by --check from this run
   -h, --help               this text
 
@@ -223,7 +232,7 @@ if (args[0] === 'plan') {
 const opt = parseCli({
   suite: { type: 'string' }, methods: { type: 'string' }, tasks: { type: 'string' }, model: { type: 'string' },
   dataset: { type: 'string' }, peers: { type: 'string' }, device: { type: 'string' }, out: { type: 'string' }, resume: { type: 'boolean', default: false },
-  check: { type: 'string' }, 'update-baseline': { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false },
+  seeds: { type: 'string' }, check: { type: 'string' }, 'update-baseline': { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false },
   checkpointing: { type: 'string' }, offload: { type: 'boolean', default: false }, 'tune-lr': { type: 'boolean', default: false }, packing: { type: 'string' },
 }, HELP, args);
 
@@ -255,6 +264,11 @@ try {
   if (opt.checkpointing !== undefined) suite.shared.checkpointing = parseCheckpointing(opt.checkpointing);
   if (opt.offload) suite.shared.offload = true;
   if (opt['tune-lr']) suite.tuneLr = suite.tuneLr ?? {};
+  if (opt.seeds !== undefined) {
+    const n = Number(opt.seeds);
+    if (!Number.isInteger(n) || n < 1 || n > 100) fail(`--seeds must be a whole number from 1 to 100, got '${opt.seeds}'`);
+    suite.shared.seeds = Array.from({ length: n }, (_, i) => suite.shared.seed + i);
+  }
   if (opt.packing !== undefined) {
     if (opt.packing !== 'pack' && opt.packing !== 'pad') fail(`--packing must be pack or pad, got '${opt.packing}'`);
     suite.shared.packing = opt.packing;
@@ -399,7 +413,10 @@ if (opt.check) {
     console.error(`baseline written: ${opt.check}`);
   } else {
     const baseline = readBaseline(opt.check);
-    let problems = checkAgainst(records, baseline);
+    // every trained run must have left its starting point's interval, baseline or not
+    const notLearned = checkLearned(records);
+    let report = checkReport(records, baseline);
+    let problems = report.failures;
     // A run that is slower than the baseline and fine otherwise is timed
     // again (twice at most) and its fastest attempt counts: a busy moment of
     // the machine passes, a real slowdown stays.
@@ -409,14 +426,21 @@ if (opt.check) {
       if (again.size === 0) break;
       console.error(`regression check: ${[...again].join(', ')} slower than the baseline; timing ${again.size === 1 ? 'it' : 'them'} again (attempt ${a} of 3)`);
       attempts.push(await timeAgain(again));
-      problems = checkAgainst(fastestAttempt(records, ...attempts), baseline);
+      report = checkReport(fastestAttempt(records, ...attempts), baseline);
+      problems = report.failures;
+    }
+    for (const n of report.notes) console.error(`regression check: ${n}`);
+    if (notLearned.length) {
+      console.error(`regression check: ${notLearned.length} run(s) did not learn their task (the task metric did not leave the untrained model's interval):`);
+      for (const p of notLearned) console.error(`  ${p}`);
+      process.exitCode = 1;
     }
     if (problems.length) {
       console.error(`regression check against ${opt.check}: ${problems.length} regression(s)`);
       for (const p of problems) console.error(`  ${p}`);
       process.exitCode = 1;
     } else {
-      console.error(`regression check against ${opt.check}: no regression`);
+      console.error(`regression check against ${opt.check}: no regression${notLearned.length ? ' against the baseline' : ''}`);
     }
   }
 }

@@ -48,7 +48,10 @@ export { jsonlData, evaluateJsonl, MAX_LABELS, type JsonlData, type JsonlOptions
 export * from './record.js';
 export * from './suite.js';
 export { lossAgreement, LOSS_AGREEMENT } from './peers/agreement.js';
-export { runSuite, SuiteInterrupted, readResults, readKernels, KERNELS_FILE, runId, peerRunId, peersFor, referenceKernelMs, provenance, type RunnerOptions } from './runner.js';
+export { runSuite, SuiteInterrupted, readResults, readKernels, KERNELS_FILE, runId, runSeeds, withRunSeed, peerRunId, peersFor, referenceKernelMs, provenance, type RunnerOptions } from './runner.js';
+export * from './stats/outcomes.js';
+export * from './stats/bootstrap.js';
+export * from './stats/learned.js';
 export { measureKernels, type KernelBenchOptions, type KernelReport, type KernelRow, KERNEL_REPORT_FORMAT } from '@tunebench/core';
 export * from './check.js';
 export * from './report/index.js';

@@ -5,6 +5,7 @@
 // `deployable` rows for the models they produce.
 import type { Category } from '@tunebench/core';
 import type { TuningRecord } from './tune.js';
+import type { Outcomes } from './stats/outcomes.js';
 
 export type RunStatus = 'ok' | 'oom' | 'diverged' | 'error';
 
@@ -17,6 +18,8 @@ export interface DeployableRow {
   decodeTokensPerSecond?: number;
   /** an exact deployable (QA-LoRA's merge): the largest |metric - the trained run's metric| */
   vsTrained?: { maxAbsMetricDiff: number };
+  /** per-example outcomes of its evaluation (the same test items as the trained run) */
+  outcomes?: Outcomes;
 }
 
 export interface RunRecord {
@@ -47,6 +50,13 @@ export interface RunRecord {
   divergedAtStep?: number;
   /** task metrics: accuracy, macroF1, evalLoss, perplexity, adaptPerplexity, forgetting, ... */
   metrics: Record<string, number>;
+  /** per-example outcomes of the evaluation behind `metrics` (labels: truth,
+   * prediction, label log-likelihoods; text: NLL and tokens per sequence):
+   * every interval and paired comparison is computed from these */
+  outcomes?: Outcomes;
+  /** the same evaluation of the run's starting point (the prepared model
+   * before its first step): did the run leave it? (stats/learned.ts) */
+  untrained?: { metrics: Record<string, number>; outcomes: Outcomes };
   memory: {
     /** highest simultaneous tracked bytes during training */
     peakTotal: number;
@@ -91,6 +101,8 @@ export interface RunRecord {
     medianStepMs?: number;
     /** input tokens per step / medianStepMs */
     steadyTokensPerSecond?: number;
+    /** first and third quartiles of the timed steps' milliseconds (how widely they spread) */
+    stepQuartilesMs?: [number, number];
   };
   trainableParameters: number;
   totalParameters: number;
@@ -109,6 +121,8 @@ export interface RunRecord {
   deployableError?: string;
   /** reference kernel time (ms, median) measured just before this run, to normalise speed across machines */
   referenceMs: number;
+  /** the same reference kernel timed right after the run: a load that came or went during it shows here */
+  referenceAfterMs?: number;
   provenance: {
     commit: string;
     packages: Record<string, string>;
@@ -151,6 +165,7 @@ export function deployableRecords(r: RunRecord): RunRecord[] {
     deployableOf: r.id,
     deployable_: { kind: d.kind, bits: d.bits, decodeTokensPerSecond: d.decodeTokensPerSecond },
     metrics: d.metrics,
+    outcomes: d.outcomes,
     fileBytes: d.bytes,
     speed: { tokensPerSecond: 0, msPerStep: { forward: null, backward: null, optimizer: null, total: 0 } },
     lossCurve: [],

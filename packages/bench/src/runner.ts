@@ -22,6 +22,7 @@ import { runTorchPeer, runTorchShape, torchUnavailable } from './peers/pytorch.j
 import { runTfjsPeer } from './peers/tfjs.js';
 import { lossAgreement } from './peers/agreement.js';
 import type { RunRecord } from './record.js';
+import type { Outcomes } from './stats/outcomes.js';
 import type { PeerName, ShapeRow, Suite, TaskName } from './suite.js';
 import { adaptData, evaluateAdapt } from './tasks/adapt.js';
 import { type FinetuneOptions, type FinetuneResult, finetuneSteps, progressPrinter, resolveFinetuneOptions } from './tasks/finetune.js';
@@ -87,6 +88,18 @@ async function trainStepByStep(run: Generator<StepStats, FinetuneResult, void>, 
   } finally {
     run.return(undefined as never);
   }
+}
+
+/** The seeds each run is repeated with: shared.seeds, else the one shared.seed. */
+export function runSeeds(suite: Suite): number[] {
+  return suite.shared.seeds?.length ? suite.shared.seeds : [suite.shared.seed];
+}
+
+/** The suite as one seed of a run sees it: shared.seed is the run's seed (adapter
+ * initialisation, data order); the data split keeps dataSeed (the suite's seed). */
+export function withRunSeed(suite: Suite, seed: number): Suite {
+  if (!suite.shared.seeds?.length) return suite;
+  return { ...suite, shared: { ...suite.shared, seed, dataSeed: suite.shared.dataSeed ?? suite.shared.seed } };
 }
 
 export function runId(task: TaskName, m: MethodSpec, suite: Suite): string {
@@ -231,16 +244,22 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
   log(`suite ${suite.name}: ${suite.tasks.length} task(s) x ${suite.methods.length} method(s); shared: ${sh.steps} steps, batch ${sh.batchSize}, seq ${sh.seqLen}, seed ${sh.seed}, ${sh.schedule} schedule; per method: ${differing}`);
 
   const records: RunRecord[] = [];
+  // learning rates chosen by a search, per task/method label (reused by the other seeds)
+  const searchedLr = new Map<string, number>();
+  for (const r of done.values()) if (r.tuning) searchedLr.set(`${r.task}/${r.method}`, r.tuning.chosen);
   for (const task of suite.tasks) {
-    for (const m of suite.methods) {
-      const id = runId(task, m, suite);
+    for (const m of suite.methods) for (const runSeed of runSeeds(suite)) {
+      // each seed of a run: its own adapter initialisation and data order; the data split stays the suite's
+      const seeded = withRunSeed(suite, runSeed);
+      const id = runId(task, m, seeded);
       // a peer that cannot redo this method is named once and never asked for
       // (its input would not even be captured: an INT-N base has no dense form for it)
-      const wanted = o.only ? [] : peersFor(task, m, suite).filter((p) => !done.has(peerRunId(task, m, suite, p.peer, p.steps)));
+      // peers redo the first seed only
+      const wanted = o.only || runSeed !== runSeeds(suite)[0] ? [] : peersFor(task, m, seeded).filter((p) => !done.has(peerRunId(task, m, seeded, p.peer, p.steps)));
       if (o.only && !o.only.has(id)) continue;
       const peers = wanted.filter((p) => {
         const unsupported = methodPlugin(m.name).peerUnsupported?.(p.peer, m) ?? null;
-        if (unsupported) log(`${peerRunId(task, m, suite, p.peer, p.steps)}: skipped: ${unsupported}`);
+        if (unsupported) log(`${peerRunId(task, m, seeded, p.peer, p.steps)}: skipped: ${unsupported}`);
         return !unsupported;
       });
       if (done.has(id) && peers.length === 0) { log(`${id}: already in ${resultsPath}, skipped (--resume)`); continue; }
@@ -251,19 +270,25 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
         // our run is in the results already; only its peers are missing (at the run's own rate, which a search may have chosen)
         r = done.get(id)!;
         if (r.status !== 'ok') continue;
-        peerInput = peerInputOnly(task, { ...m, lr: Number(r.settings.lr ?? m.lr) }, suite, baseDir, data, peerSteps);
+        peerInput = peerInputOnly(task, { ...m, lr: Number(r.settings.lr ?? m.lr) }, seeded, baseDir, data, peerSteps);
       } else {
-        const validation = suite.tuneLr && !o.lrs ? validationFor(task, data, sh.batchSize) : undefined;
+        const validation = seeded.tuneLr && !o.lrs ? validationFor(task, data, sh.batchSize) : undefined;
         let tuning: TuningRecord | undefined;
         let run = m;
         const fixed = o.lrs?.get(id);
         try {
+          const searched = searchedLr.get(`${task}/${m.label}`);
           if (fixed !== undefined && Number.isFinite(fixed)) run = { ...m, lr: fixed };
-          else if (validation) {
-            tuning = await tuneLearningRate(task, m, suite, baseDir, validation, id, log, o.signal, device);
+          else if (validation && searched !== undefined) {
+            // the other seeds of a run take the rate its first seed's search chose
+            run = { ...m, lr: searched };
+            log(`${id}: lr ${searched} (chosen by the search of the first seed)`);
+          } else if (validation) {
+            tuning = await tuneLearningRate(task, m, seeded, baseDir, validation, id, log, o.signal, device);
             run = { ...m, lr: tuning.chosen };
+            searchedLr.set(`${task}/${m.label}`, tuning.chosen);
           }
-          ({ record: r, peerInput } = await runOne(task, run, suite, baseDir, data, prov, id, log, o.progress ?? true, peerSteps, o.signal, { tuning, validation, device }));
+          ({ record: r, peerInput } = await runOne(task, run, seeded, baseDir, data, prov, id, log, o.progress ?? true, peerSteps, o.signal, { tuning, validation, device }));
         } catch (e) {
           if (e instanceof RunInterrupted) stopIfAborted({ id, stepsDone: e.stepsDone, steps: sh.steps });
           throw e;
@@ -275,7 +300,7 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
       if (!peerInput) continue;
       for (const p of peers) {
         stopIfAborted();
-        const pid = peerRunId(task, m, suite, p.peer, p.steps);
+        const pid = peerRunId(task, m, seeded, p.peer, p.steps);
         if (p.peer === 'pytorch') {
           const why = torchUnavailable();
           if (why) { log(`${pid}: skipped: no PyTorch (${why}); set TUNEBENCH_PYTHON to a python with torch`); continue; }
@@ -381,11 +406,18 @@ export function readKernels(outDir: string): KernelReport | undefined {
 }
 
 /** Speed figures from per-step times: whole-run tokens/s over the timed steps, and the median step. */
-function speedOf(stepMs: number[], tokensPerStep: number, timedFrom: number): Pick<RunRecord['speed'], 'tokensPerSecond' | 'medianStepMs' | 'steadyTokensPerSecond'> {
+function speedOf(stepMs: number[], tokensPerStep: number, timedFrom: number): Pick<RunRecord['speed'], 'tokensPerSecond' | 'medianStepMs' | 'steadyTokensPerSecond' | 'stepQuartilesMs'> {
   const timed = stepMs.slice(timedFrom);
   const total = timed.reduce((a, b) => a + b, 0);
   const med = median(timed);
-  return { tokensPerSecond: (tokensPerStep * timed.length * 1000) / total, medianStepMs: med, steadyTokensPerSecond: (tokensPerStep * 1000) / med };
+  return { tokensPerSecond: (tokensPerStep * timed.length * 1000) / total, medianStepMs: med, steadyTokensPerSecond: (tokensPerStep * 1000) / med, stepQuartilesMs: quartiles(timed) };
+}
+
+/** First and third quartiles (linear interpolation between order statistics). */
+function quartiles(xs: readonly number[]): [number, number] {
+  const s = [...xs].sort((a, b) => a - b);
+  const q = (p: number) => { const x = p * (s.length - 1), i = Math.floor(x), f = x - i; return i + 1 < s.length ? s[i] * (1 - f) + s[i + 1] * f : s[i] ?? NaN; };
+  return [q(0.25), q(0.75)];
 }
 
 /** The record of a peer that redid our run `ours`. */
@@ -397,7 +429,7 @@ function peerRecord(ours: RunRecord, outcome: PeerOutcome | Error, id: string, i
     speed: { tokensPerSecond: 0, msPerStep: { forward: null, backward: null, optimizer: null, total: 0 } },
     fileBytes: 0, lossCurve: [], deployable: undefined, startedAt: new Date(Date.now() - durationMs).toISOString(), durationMs,
   };
-  delete r.oomBytes; delete r.divergedAtStep;
+  delete r.oomBytes; delete r.divergedAtStep; delete r.outcomes; delete r.untrained; delete r.referenceAfterMs;
   if (outcome instanceof Error) { r.status = 'error'; r.error = outcome.message; return r; }
   const tokensPerStep = input.batchSize * input.seqLen;
   const timed = outcome.stepMs.slice(outcome.timedFrom);
@@ -549,7 +581,8 @@ async function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: stri
   const plugin = methodPlugin(m.name);
   const checkpointing = checkpointingOf(m, suite);
   const settings: RunRecord['settings'] = {
-    steps: sh.steps, batchSize: sh.batchSize, seqLen: sh.seqLen, seed: sh.seed, schedule: sh.schedule, warmupSteps: sh.warmupSteps, lr: m.lr,
+    steps: sh.steps, batchSize: sh.batchSize, seqLen: sh.seqLen, seed: sh.seed, ...(sh.dataSeed !== undefined ? { dataSeed: sh.dataSeed } : {}),
+    schedule: sh.schedule, warmupSteps: sh.warmupSteps, lr: m.lr,
     checkpointing, ...(sh.offload ? { offload: device === 'cpu' ? 'identity on the cpu backend (kept block inputs are host memory already)' : 'asked for; not implemented on the GPU yet (block inputs stay on the device)' } : {}), ...plugin.settings(m),
     ...packingSetting(trainRows(task, data)),
     // label classification: how labels of different token lengths are compared (tune.ts, spam_task.ts labelScores)
@@ -590,7 +623,27 @@ async function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: stri
       }
       moveModel(model, device);
     }
-    const baseLossBefore = task === 'adapt' ? evaluateLoss(model, epochBatches(data.adapt!.baseValidation, sh.batchSize)).loss : NaN;
+    // the task evaluation of a model: its metrics and the per-example outcomes behind them
+    const evaluation = (mod: LlamaModel): { metrics: Record<string, number>; outcomes: Outcomes } => {
+      if (task === 'spam') {
+        const e = evaluateSpam(mod, data.spam!, 32);
+        return { metrics: { accuracy: e.accuracy, macroF1: e.macroF1, accuracyPerToken: e.accuracyPerToken, majorityBaseline: data.spam!.majorityBaseline }, outcomes: { labels: e.outcomes } };
+      }
+      if (task === 'adapt') {
+        const e = evaluateAdapt(mod, data.adapt!, sh.batchSize);
+        if (Number.isNaN(baseLossBefore)) baseLossBefore = e.baseLoss;  // the first evaluation is the starting point's
+        return { metrics: { adaptLoss: e.adaptLoss, adaptPerplexity: e.adaptPerplexity, forgetting: e.baseLoss - baseLossBefore }, outcomes: { text: e.outcomes } };
+      }
+      const e = evaluateJsonl(mod, data.jsonl!, sh.batchSize);
+      const out = Object.fromEntries(Object.entries(e).filter(([, x]) => typeof x === 'number')) as Record<string, number>;
+      if (data.jsonl!.majorityBaseline !== undefined && out.accuracy !== undefined) out.majorityBaseline = data.jsonl!.majorityBaseline;
+      return { metrics: out, outcomes: e.outcomes };
+    };
+    // the starting point, evaluated once: the run must leave its interval (stats/learned.ts);
+    // its evaluation's memory is not the training's
+    let baseLossBefore = NaN;
+    record.untrained = evaluation(model);
+    memory.resetPeak();
     // the held-out curve: the validation score at a few steps of the run
     // (evaluation time is left out of the run's speed figures by finetune)
     const v = extra.validation;
@@ -607,31 +660,26 @@ async function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: stri
     record.memory = memoryAfter(device, before.liveTotal, predicted);
     const n = run.steps.length;
     const sum = (f: (s: (typeof run.steps)[number]) => number) => run.steps.reduce((a, s) => a + f(s), 0) / Math.max(n, 1);
-    const { medianStepMs, steadyTokensPerSecond } = speedOf(run.steps.map((s) => s.ms.total), sh.batchSize * sh.seqLen, warmupStepsOf(n));
+    const { medianStepMs, steadyTokensPerSecond, stepQuartilesMs } = speedOf(run.steps.map((s) => s.ms.total), sh.batchSize * sh.seqLen, warmupStepsOf(n));
     record.speed = {
       tokensPerSecond: run.tokensPerSecond, realTokensPerSecond: run.realTokensPerSecond,
       msPerStep: { forward: sum((s) => s.ms.forward), backward: sum((s) => s.ms.backward), optimizer: sum((s) => s.ms.optimizer), total: sum((s) => s.ms.total) },
-      medianStepMs, steadyTokensPerSecond,
+      medianStepMs, steadyTokensPerSecond, stepQuartilesMs,
     };
+    record.referenceAfterMs = referenceKernelMs(device);
     record.lossCurve = run.steps.map((s) => s.loss);
     // what the run paid for: rows drawn, as epochs of the training rows, and real (non-padding) tokens
     const rowsSeen = run.steps.length * sh.batchSize;
     record.budget = { steps: run.steps.length, rows: rowsSeen, epochs: rowsSeen / train.numRows, realTokens: run.steps.reduce((a, st) => a + st.realTokens, 0) };
+    // deployables evaluate through ctx.evaluate (metrics only); their outcomes are found by the metrics object they return
+    const outcomesOf = new WeakMap<Record<string, number>, Outcomes>();
     const evaluate = (mod: LlamaModel): Record<string, number> => {
-      if (task === 'spam') {
-        const e = evaluateSpam(mod, data.spam!, 32);
-        return { accuracy: e.accuracy, macroF1: e.macroF1, accuracyPerToken: e.accuracyPerToken, majorityBaseline: data.spam!.majorityBaseline };
-      }
-      if (task === 'adapt') {
-        const e = evaluateAdapt(mod, data.adapt!, sh.batchSize);
-        return { adaptLoss: e.adaptLoss, adaptPerplexity: e.adaptPerplexity, forgetting: e.baseLoss - baseLossBefore };
-      }
-      const e = evaluateJsonl(mod, data.jsonl!, sh.batchSize);
-      const out = Object.fromEntries(Object.entries(e).filter(([, x]) => typeof x === 'number')) as Record<string, number>;
-      if (data.jsonl!.majorityBaseline !== undefined && out.accuracy !== undefined) out.majorityBaseline = data.jsonl!.majorityBaseline;
-      return out;
+      const e = evaluation(mod);
+      outcomesOf.set(e.metrics, e.outcomes);
+      return e.metrics;
     };
     record.metrics = evaluate(model);
+    record.outcomes = outcomesOf.get(record.metrics);
     const saved = join(tmp, 'saved');
     mkdirSync(saved);
     // files are written from host memory
@@ -643,7 +691,8 @@ async function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: stri
       const dir = join(tmp, 'deployable');
       mkdirSync(dir);
       try {
-        record.deployable = plugin.deployables(model, m, { evaluate, dir, metrics: record.metrics, suiteMethods: suite.methods });
+        record.deployable = plugin.deployables(model, m, { evaluate, dir, metrics: record.metrics, suiteMethods: suite.methods })
+          .map((d) => (outcomesOf.has(d.metrics) ? { ...d, outcomes: outcomesOf.get(d.metrics) } : d));
       } catch (e) {
         // on the GPU a deployable that fails leaves the trained run's result standing
         if (device === 'cpu' || (e as { code?: string }).code === 'TB_OOM') throw e;
@@ -763,9 +812,10 @@ async function runShape(row: ShapeRow, m: MethodSpec, suite: Suite, prov: RunRec
     record.memory = memoryAfter(device, before.liveTotal, predicted);
     const n = run.steps.length;
     const mean = (f: (s: (typeof run.steps)[number]) => number) => run.steps.slice(warmupStepsOf(n)).reduce((a, s) => a + f(s), 0) / Math.max(n - warmupStepsOf(n), 1);
-    const { medianStepMs, steadyTokensPerSecond, tokensPerSecond } = speedOf(run.steps.map((s) => s.ms.total), row.batchSize * row.seqLen, warmupStepsOf(n));
+    const { medianStepMs, steadyTokensPerSecond, tokensPerSecond, stepQuartilesMs } = speedOf(run.steps.map((s) => s.ms.total), row.batchSize * row.seqLen, warmupStepsOf(n));
+    record.referenceAfterMs = referenceKernelMs(device);
     record.speed = {
-      tokensPerSecond, medianStepMs, steadyTokensPerSecond,
+      tokensPerSecond, medianStepMs, steadyTokensPerSecond, stepQuartilesMs,
       msPerStep: { forward: mean((s) => s.ms.forward), backward: mean((s) => s.ms.backward), optimizer: mean((s) => s.ms.optimizer), total: mean((s) => s.ms.total) },
     };
     record.lossCurve = run.steps.map((s) => s.loss);
@@ -792,7 +842,7 @@ function shapePeerRecord(ours: RunRecord, outcome: PeerOutcome | Error, id: stri
     memory: { peakTotal: 0, peak: zero }, speed: { tokensPerSecond: 0, msPerStep: { forward: null, backward: null, optimizer: null, total: 0 } },
     fileBytes: 0, lossCurve: [], startedAt: new Date(Date.now() - durationMs).toISOString(), durationMs,
   };
-  delete r.oomBytes; delete r.fit;
+  delete r.oomBytes; delete r.fit; delete r.referenceAfterMs;
   if (outcome instanceof Error) {
     const oom = /out of memory/i.test(outcome.message);
     r.status = oom ? 'oom' : 'error';

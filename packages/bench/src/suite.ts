@@ -22,6 +22,11 @@ export interface Suite {
   /** identical for every method */
   shared: {
     steps: number; batchSize: number; seqLen: number; seed: number; schedule: 'cosine' | 'constant'; warmupSteps: number; maxTrain?: number; maxTest?: number;
+    /** repeat each run with each of these seeds (adapter initialisation, data order); the
+     * data split and the pretrained base keep `seed`. Default: [seed] */
+    seeds?: number[];
+    /** set by the runner on a seeded copy of the suite: the suite's own seed (the data split's) */
+    dataSeed?: number;
     /** activation checkpointing of every run: 'off' (default), 'block' or 'every:<k>'; a method row may set its own */
     checkpointing?: CheckpointingMode;
     /** move the kept block inputs to host memory (a device notion: on the CPU backend they are host memory already, so it is the identity and recorded as such) */
@@ -138,7 +143,7 @@ const SUITE_SCHEMA = z.object({
   }).strict().refine((b) => (b.preset === undefined) !== (b.hfDir === undefined), 'must give a preset or an hfDir (one of them)'),
   tasks: z.array(z.enum(TASKS)).min(1).refine((t) => new Set(t).size === t.length, 'lists a task twice'),
   methods: z.array(z.object({
-    name: z.string(), lr: z.number().positive().max(10), label: z.string().min(1).max(100),
+    name: z.string(), lr: z.number().min(0).max(10), label: z.string().min(1).max(100),
     r: int(1, 65536).optional(), alpha: z.number().positive().max(1e6).optional(),
     options: z.record(z.string(), z.union([z.string(), z.number(), z.boolean()])).optional(),
     checkpointing: checkpointingSchema.optional(),
@@ -150,6 +155,7 @@ const SUITE_SCHEMA = z.object({
     maxTrain: int(1, 1e9).optional(), maxTest: int(1, 1e9).optional(),
     checkpointing: checkpointingSchema.optional(), offload: z.boolean().optional(),
     packing: z.enum(['pack', 'pad']).optional(),
+    seeds: z.array(z.number().int().min(0).max(2 ** 32 - 1)).min(1).max(100).refine((v) => new Set(v).size === v.length, 'lists a seed twice').optional(),
   }).strict(),
   dataset: z.string().min(1).optional(),
   peers: z.object({

@@ -1,7 +1,8 @@
 // `adapt`: fine-tune the base on Brown genre(s) it never saw. Metrics: loss
 // and perplexity on the held-out genre's test documents, and forgetting: how
 // much the loss on the base genres' validation text rose.
-import { type LlamaModel, TokenRows, epochBatches, evaluateLoss, packTexts } from '@tunebench/core';
+import { type LlamaModel, TokenRows, epochBatches, evaluateLoss, packTexts, rowLogLikelihoods } from '@tunebench/core';
+import { type TextOutcomes, textLoss, textOutcomes } from '../stats/outcomes.js';
 import type { BrownData } from './pretrain.js';
 import { seededOrder } from './split.js';
 
@@ -49,10 +50,21 @@ export interface AdaptMetrics {
   adaptLoss: number;
   adaptPerplexity: number;
   baseLoss: number;
+  /** per held-out test row: summed NLL and target tokens (adaptLoss is their ratio of sums) */
+  outcomes: TextOutcomes;
 }
 
+/** Held-out genre loss and perplexity (from per-row sums, so that the intervals resample exactly what the figure sums), and the base genres' loss. */
 export function evaluateAdapt(model: LlamaModel, data: AdaptData, batchSize: number): AdaptMetrics {
-  const a = evaluateLoss(model, epochBatches(data.test, batchSize));
+  const outcomes = heldOutOutcomes(model, data.test, batchSize);
+  const adaptLoss = textLoss(outcomes);
   const b = evaluateLoss(model, epochBatches(data.baseValidation, batchSize));
-  return { adaptLoss: a.loss, adaptPerplexity: a.perplexity, baseLoss: b.loss };
+  return { adaptLoss, adaptPerplexity: Math.exp(adaptLoss), baseLoss: b.loss, outcomes };
+}
+
+/** Per-row summed NLL and target counts of evaluation rows. */
+export function heldOutOutcomes(model: LlamaModel, rows: TokenRows, batchSize: number): TextOutcomes {
+  const counts: number[] = [];
+  const ll = rowLogLikelihoods(model, epochBatches(rows, batchSize), counts).slice(0, rows.numRows);
+  return textOutcomes(ll, counts.slice(0, rows.numRows));
 }

@@ -3,11 +3,13 @@
 // a held-out part (or a separate eval file), plus label accuracy and macro
 // F1 when the completions come from a small label set.
 import {
-  type Dataset, type LlamaModel, type SftRow, type TokenRows, type Tokenizer, classify, epochBatches, evaluateLoss,
+  type Dataset, type LlamaModel, type SftRow, type TokenRows, type Tokenizer, classify, epochBatches,
   padExamples, prepareDataset, readJsonl, rowLogLikelihoods,
 } from '@tunebench/core';
 import { hash53 } from './split.js';
 import { labelScores } from './spam_task.js';
+import { heldOutOutcomes } from './adapt.js';
+import { type Outcomes, labelOutcomes, textLoss } from '../stats/outcomes.js';
 
 /** Completions count as labels when there are at most this many distinct ones. */
 export const MAX_LABELS = 16;
@@ -120,6 +122,8 @@ export interface JsonlMetrics {
   macroF1?: number;
   /** accuracy when each label is scored by its mean log-likelihood per token instead of the sum */
   accuracyPerToken?: number;
+  /** per-example outcomes (for intervals): text for the loss, labels for accuracy */
+  outcomes: Outcomes;
 }
 
 export function evaluateJsonl(model: LlamaModel, data: JsonlData, batchSize: number): JsonlMetrics {
@@ -128,16 +132,19 @@ export function evaluateJsonl(model: LlamaModel, data: JsonlData, batchSize: num
 
 /** Loss and perplexity of eval rows, plus accuracy and macro F1 of label candidates when there are labels. */
 export function scoreJsonl(model: LlamaModel, d: { eval: TokenRows; candidates: TokenRows | null; truth: number[]; labels: string[] | null }, batchSize: number, o: { lossOnly?: boolean; labelsOnly?: boolean } = {}): JsonlMetrics {
-  const out: JsonlMetrics = { loss: NaN, perplexity: NaN };
+  const out: JsonlMetrics = { loss: NaN, perplexity: NaN, outcomes: {} };
   if (!o.labelsOnly) {
-    const l = evaluateLoss(model, epochBatches(d.eval, batchSize));
-    out.loss = l.loss; out.perplexity = l.perplexity;
+    const text = heldOutOutcomes(model, d.eval, batchSize);
+    out.outcomes.text = text;
+    out.loss = textLoss(text); out.perplexity = Math.exp(out.loss);
   }
   if (d.labels && d.candidates && !o.lossOnly) {
     const L = d.labels.length;
     const counts: number[] = [];
     const ll = rowLogLikelihoods(model, epochBatches(d.candidates, batchSize), counts).slice(0, d.candidates.numRows);
-    const r = classify(labelScores(ll, d.truth.length, L), d.truth, L);
+    const scores = labelScores(ll, d.truth.length, L);
+    const r = classify(scores, d.truth, L);
+    out.outcomes.labels = labelOutcomes(d.truth, r.predictions, L, scores);
     out.accuracy = r.accuracy;
     out.macroF1 = r.macroF1;
     out.accuracyPerToken = classify(labelScores(ll, d.truth.length, L, counts), d.truth, L).accuracy;

@@ -6,6 +6,7 @@ import {
 } from '@tunebench/core';
 import { type SpamExample, dedupeSpam, loadSpam, spamSplit } from './spam.js';
 import { seededOrder } from './split.js';
+import { type LabelOutcomes, labelOutcomes } from '../stats/outcomes.js';
 
 export const SPAM_LABELS = [' ham', ' spam'] as const;
 
@@ -78,6 +79,8 @@ export interface SpamMetrics {
   accuracyPerToken: number;
   confusion: number[][];
   examples: number;
+  /** per test example: truth, prediction and label log-likelihoods (for intervals) */
+  outcomes: LabelOutcomes;
 }
 
 export function evaluateSpam(model: LlamaModel, data: SpamData, batchSize: number): SpamMetrics {
@@ -90,9 +93,13 @@ export function evaluateSpam(model: LlamaModel, data: SpamData, batchSize: numbe
 export function scoreSpam(model: LlamaModel, candidates: TokenRows, labels: number[], batchSize: number): SpamMetrics {
   const counts: number[] = [];
   const ll = rowLogLikelihoods(model, epochBatches(candidates, batchSize), counts).slice(0, candidates.numRows);
-  const r = classify(labelScores(ll, labels.length, SPAM_LABELS.length), labels, SPAM_LABELS.length);
+  const scores = labelScores(ll, labels.length, SPAM_LABELS.length);
+  const r = classify(scores, labels, SPAM_LABELS.length);
   const perToken = classify(labelScores(ll, labels.length, SPAM_LABELS.length, counts), labels, SPAM_LABELS.length);
-  return { accuracy: r.accuracy, macroF1: r.macroF1, accuracyPerToken: perToken.accuracy, confusion: r.confusion, examples: labels.length };
+  return {
+    accuracy: r.accuracy, macroF1: r.macroF1, accuracyPerToken: perToken.accuracy, confusion: r.confusion, examples: labels.length,
+    outcomes: labelOutcomes(labels, r.predictions, SPAM_LABELS.length, scores),
+  };
 }
 
 /** scores[example][label] from one candidate row per label per example:
