@@ -4,11 +4,15 @@
 //   id suite task method impl peerOf status error oomBytes divergedAtStep
 //   deployableOf deployable.{kind,bits,decodeTokensPerSecond}   (deployable rows)
 //   settings.<k>...   (sorted)
-//   metric.<k>...     (sorted)
+//   metric.<k>...     (sorted), then metric.<k>.lo metric.<k>.hi (95% bootstrap
+//   interval, for metrics with per-example outcomes) and untrained.<task metric>,
+//   learned (yes/no: did the task metric leave the untrained model's interval)
 //   memory.peakTotal memory.peak.<category>... (core order) memory.rssBytes memory.cachedBytes
 //   memory.deviceBytes memory.reservedPeakBytes memory.deviceTotalBytes fit.plannedBytes
 //   fit.freeBytes (GPU backend only) memory.source memory.predicted.total
-//   speed.tokensPerSecond speed.msPerStep.{forward,backward,optimizer,total}
+//   speed.tokensPerSecond speed.steadyTokensPerSecond speed.medianStepMs
+//   speed.stepQ1Ms speed.stepQ3Ms speed.msPerStep.{forward,backward,optimizer,total}
+//   speed.busy (why the speed is not comparable: the machine was busy; empty when it is)
 //   trainableParameters totalParameters fileBytes referenceMs
 //   provenance.{commit,backend,device,cpu,gemm,seed,node} provenance.packages.<name>... (sorted)
 //   lossFinal steps startedAt durationMs
@@ -19,6 +23,9 @@ import { stringify } from 'csv-stringify/sync';
 import { writeFileAtomic } from '@tunebench/core';
 import { type RunRecord, rssBytesOf, withDeployables } from '../record.js';
 import { distinct, isFiniteNumber, memoryCategories } from './common.js';
+import { bootstrapInterval } from '../stats/bootstrap.js';
+import { learnedVerdict, taskMetric } from '../stats/learned.js';
+import { INTERVAL_METRICS, busyRuns } from './resolve.js';
 
 type Cell = string | number | boolean | null | undefined;
 
@@ -35,6 +42,20 @@ function lastFinite(xs: readonly (number | null)[] | undefined): number | undefi
 
 /** The CSV columns for these records (the union over them, stable order). */
 export function csvColumns(records: readonly RunRecord[]): Column[] {
+  const busy = busyRuns(records);
+  const intervals = new Map<RunRecord, Record<string, { lo: number; hi: number }>>();
+  for (const r of records) {
+    if (!r.outcomes || r.status !== 'ok') continue;
+    const iv: Record<string, { lo: number; hi: number }> = {};
+    for (const k of INTERVAL_METRICS) {
+      if (!isFiniteNumber(r.metrics?.[k])) continue;
+      const i = bootstrapInterval(k, [r.outcomes]);
+      if (i) iv[k] = i;
+    }
+    intervals.set(r, iv);
+  }
+  const withIv = (INTERVAL_METRICS as readonly string[]).filter((k) => [...intervals.values()].some((iv) => iv[k]));
+  const hasUntrained = records.some((r) => r.untrained);
   const settings = distinct(records.flatMap((r) => Object.keys(r.settings ?? {}))).sort();
   const metrics = distinct(records.flatMap((r) => Object.keys(r.metrics ?? {}))).sort();
   const categories = memoryCategories(records);
@@ -56,6 +77,14 @@ export function csvColumns(records: readonly RunRecord[]): Column[] {
     { name: 'deployable.decodeTokensPerSecond', get: (r) => r.deployable_?.decodeTokensPerSecond },
     ...settings.map((k): Column => ({ name: `settings.${k}`, get: (r) => r.settings?.[k] })),
     ...metrics.map((k): Column => ({ name: `metric.${k}`, get: (r) => r.metrics?.[k] })),
+    ...withIv.flatMap((k): Column[] => [
+      { name: `metric.${k}.lo`, get: (r) => intervals.get(r)?.[k]?.lo },
+      { name: `metric.${k}.hi`, get: (r) => intervals.get(r)?.[k]?.hi },
+    ]),
+    ...(hasUntrained ? [
+      { name: 'untrained.taskMetric', get: (r: RunRecord) => { const m = taskMetric(r.metrics); return m && !r.deployableOf ? r.untrained?.metrics?.[m] : undefined; } },
+      { name: 'learned', get: (r: RunRecord) => { if (r.deployableOf) return undefined; const v = learnedVerdict(r); return v ? (v.learned ? 'yes' : 'no') : undefined; } },
+    ] : []),
     { name: 'memory.peakTotal', get: (r) => r.memory?.peakTotal },
     ...categories.map((c): Column => ({ name: `memory.peak.${c}`, get: (r) => (r.memory?.peak as Record<string, number> | undefined)?.[c] })),
     { name: 'memory.rssBytes', get: (r) => rssBytesOf(r) },
@@ -70,6 +99,9 @@ export function csvColumns(records: readonly RunRecord[]): Column[] {
     { name: 'speed.tokensPerSecond', get: (r) => r.speed?.tokensPerSecond },
     { name: 'speed.steadyTokensPerSecond', get: (r) => r.speed?.steadyTokensPerSecond },
     { name: 'speed.medianStepMs', get: (r) => r.speed?.medianStepMs },
+    { name: 'speed.stepQ1Ms', get: (r) => r.speed?.stepQuartilesMs?.[0] },
+    { name: 'speed.stepQ3Ms', get: (r) => r.speed?.stepQuartilesMs?.[1] },
+    { name: 'speed.busy', get: (r) => busy.get(r) },
     { name: 'speed.msPerStep.forward', get: (r) => r.speed?.msPerStep?.forward },
     { name: 'speed.msPerStep.backward', get: (r) => r.speed?.msPerStep?.backward },
     { name: 'speed.msPerStep.optimizer', get: (r) => r.speed?.msPerStep?.optimizer },
@@ -78,6 +110,7 @@ export function csvColumns(records: readonly RunRecord[]): Column[] {
     { name: 'totalParameters', get: (r) => r.totalParameters },
     { name: 'fileBytes', get: (r) => r.fileBytes },
     { name: 'referenceMs', get: (r) => r.referenceMs },
+    { name: 'referenceAfterMs', get: (r) => r.referenceAfterMs },
     { name: 'provenance.commit', get: (r) => r.provenance?.commit },
     { name: 'provenance.backend', get: (r) => r.provenance?.backend },
     { name: 'provenance.device', get: (r) => r.provenance?.device },

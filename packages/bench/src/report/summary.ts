@@ -9,6 +9,8 @@ import {
   byTask, commonSettings, distinct, formatBits, formatBytes, formatMetric, formatMiB, formatParams, groupThousands, isFiniteNumber,
   mainMetrics, metricDirection, peerComparisons, provenanceLine, runLabels, statusText,
 } from './common.js';
+import { BUSY_LABEL, type SeedGroup, busyRuns, claims, comparisons, metricCell, notLearned, seedGroups } from './resolve.js';
+import { taskMetric } from '../stats/learned.js';
 
 /** Escapes a table cell: pipes, line breaks, and a `<` that would open an HTML tag on GitHub. */
 function cell(s: string): string {
@@ -37,35 +39,83 @@ function countStatuses(records: readonly RunRecord[]): string {
   return `${records.length} run${records.length === 1 ? '' : 's'}: ${parts.join(', ')}`;
 }
 
-function taskTable(runs: readonly RunRecord[]): string[] {
+function taskTable(runs: readonly RunRecord[], groups: readonly SeedGroup[], busy: Map<RunRecord, string>): string[] {
   const metrics = mainMetrics(runs.filter((r) => r.status === 'ok'));
-  const labels = runLabels(runs);
+  const gs = groups.filter((g) => !g.records[0].deployableOf);
+  const labels = runLabels(gs.map((g) => g.records[0]));
   const lines: string[] = [];
   // rows that differ in activation checkpointing say so in a column of their own
   const modes = distinct(runs.map((r) => String(r.settings?.checkpointing ?? 'off')));
   const ck = modes.length > 1;
+  const seeded = gs.some((g) => g.records.length > 1);
   // on the GPU: the tracked peak is the bytes the run requested from the
   // device; the caching pool's reserved peak (what the driver gave) beside it
   const gpu = runs.some((r) => r.provenance?.backend === 'cuda');
   const memHead = gpu ? ['device MiB (requested)', 'reserved MiB'] : ['peak memory MiB'];
-  lines.push(row(['method', ...(ck ? ['checkpointing'] : []), 'status', ...metrics.map((m) => `${m} ${arrow(m)}`), ...memHead, 'tokens/s', 'trainable params', 'file size']));
-  lines.push(row(['---', ...(ck ? ['---'] : []), '---', ...metrics.map(() => '---:'), ...memHead.map(() => '---:'), '---:', '---:', '---:']));
-  for (const r of runs) {
-    const ok = r.status === 'ok';
-    const peak = r.memory?.peakTotal;
-    const tps = r.speed?.tokensPerSecond;
+  lines.push(row(['method', ...(seeded ? ['seeds'] : []), ...(ck ? ['checkpointing'] : []), 'status', ...metrics.map((m) => `${m} ${arrow(m)}`), ...memHead, 'tokens/s', 'median step ms [IQR]', 'trainable params', 'file size']));
+  lines.push(row(['---', ...(seeded ? ['---:'] : []), ...(ck ? ['---'] : []), '---', ...metrics.map(() => '---:'), ...memHead.map(() => '---:'), '---:', '---:', '---:', '---:']));
+  for (const g of gs) {
+    const r = g.ok[0] ?? g.records[0];
+    const ok = g.ok.length > 0;
+    const med = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s.length ? s[Math.floor((s.length - 1) / 2)] : NaN; };
+    const peak = Math.max(...g.ok.map((x) => x.memory?.peakTotal ?? 0), r.memory?.peakTotal ?? 0);
+    const tps = med(g.ok.map((x) => x.speed?.tokensPerSecond).filter(isFiniteNumber));
+    const busyOf = g.ok.filter((x) => busy.has(x));
+    const step = g.ok.length === 1 && isFiniteNumber(r.speed?.medianStepMs)
+      ? `${r.speed.medianStepMs!.toFixed(1)}${r.speed.stepQuartilesMs ? ` [${r.speed.stepQuartilesMs[0].toFixed(1)}, ${r.speed.stepQuartilesMs[1].toFixed(1)}]` : ''}`
+      : g.ok.length > 1 ? med(g.ok.map((x) => x.speed?.medianStepMs).filter(isFiniteNumber)).toFixed(1) : '-';
+    const statuses = distinct(g.records.map((x) => statusText(x)));
+    const flags = [
+      ...(learnedFlag(g) ? ['⚠ did not learn'] : atMajority(r) && !r.untrained ? ['⚠ majority class'] : []),
+      ...(busyOf.length ? [`† ${BUSY_LABEL}`] : []),
+    ];
     lines.push(row([
-      cell(labels.get(r) ?? r.method),
+      cell(labels.get(g.records[0]) ?? g.label),
+      ...(seeded ? [String(g.records.length)] : []),
       ...(ck ? [cell(String(r.settings?.checkpointing ?? 'off'))] : []),
-      cell(statusText(r) + (atMajority(r) ? ' ⚠ majority class' : '')),
-      ...metrics.map((m) => (ok ? formatMetric(r.metrics?.[m]) : '-')),
+      cell([statuses.join('; '), ...flags].join(' ')),
+      ...metrics.map((m) => (ok ? metricCell(g.metrics[m], g.ok.length) : '-')),
       isFiniteNumber(peak) && peak > 0 ? formatMiB(peak) : '-',
       ...(gpu ? [isFiniteNumber(r.memory?.reservedPeakBytes) && r.memory.reservedPeakBytes > 0 ? formatMiB(r.memory.reservedPeakBytes) : '-'] : []),
-      isFiniteNumber(tps) && tps > 0 ? groupThousands(tps) : '-',
+      isFiniteNumber(tps) && tps > 0 ? `${groupThousands(tps)}${busyOf.length ? ' †' : ''}` : '-',
+      step,
       formatParams(r.trainableParameters, r.totalParameters),
       ok && isFiniteNumber(r.fileBytes) && r.fileBytes > 0 ? formatBytes(r.fileBytes) : '-',
     ]));
   }
+  return lines;
+}
+
+/** A group with a run whose task metric did not leave its untrained interval. */
+function learnedFlag(g: SeedGroup): boolean {
+  return notLearned(g.ok).length > 0;
+}
+
+/** Why runs did not learn and which were timed on a busy machine. */
+function evidenceNotes(runs: readonly RunRecord[], busy: Map<RunRecord, string>): string[] {
+  const lines: string[] = [];
+  for (const n of notLearned(runs)) lines.push(`⚠ ${cell(n.record.id)}: ${text(n.text)}.${n.record.tuning ? '' : ' (--tune-lr searches a rate)'}`);
+  for (const r of runs) if (busy.has(r)) lines.push(`† ${cell(r.id)}: ${BUSY_LABEL} (${text(busy.get(r)!)}); its speed and its ratios against peers are not findings.`);
+  return lines.length ? ['', ...lines] : [];
+}
+
+function comparisonBlock(task: string, groups: readonly SeedGroup[]): string[] {
+  const cs = comparisons(groups).filter((c) => c.task === task);
+  if (cs.length === 0) return [];
+  const lines = ['', `comparisons (${cs[0].metric}, paired bootstrap on the same test items, 95%; "not resolved" when the interval of the difference holds zero):`, ''];
+  for (const c of cs) lines.push(`- ${text(c.what)}: ${text(c.text)}`);
+  return lines;
+}
+
+/** The Claims section: each claim of the methods' papers the suite has rows for, with a verdict. */
+export function claimsSection(records: readonly RunRecord[]): string[] {
+  const rows = claims(seedGroups(records));
+  if (rows.length === 0) return [];
+  const lines = ['## Claims', '', 'checked against this suite\'s own rows and intervals (matching: the 95% interval of the difference stays within the margin on the worse side; contradicted: it lies wholly beyond it):', ''];
+  lines.push(row(['claim', 'task', 'verdict', 'evidence']));
+  lines.push(row(['---', '---', '---', '---']));
+  for (const c of rows) lines.push(row([cell(c.claim), cell(c.task ?? '-'), c.verdict, cell(c.evidence)]));
+  lines.push('');
   return lines;
 }
 
@@ -104,18 +154,23 @@ function tuningTable(runs: readonly RunRecord[]): string[] {
   return lines;
 }
 
-function deployableTable(runs: readonly RunRecord[]): string[] {
+function deployableTable(runs: readonly RunRecord[], groups: readonly SeedGroup[] = []): string[] {
   const labels = runLabels(runs);
   const rows = runs.flatMap((r) => (r.deployable ?? []).map((d) => ({ r, d })));
   if (rows.length === 0) return [];
   const cols = mainMetrics(rows.map(({ d }) => d));
+  // one row per deployable of the first seed; the metric cells are the seed group's (mean, interval)
+  const group = (r: RunRecord, kind: string) => groups.find((g) => g.label === `${r.method} → ${kind}`);
+  const firstSeed = new Set(groups.filter((g) => !g.records[0].deployableOf).map((g) => g.records[0].id));
   const lines = ['', 'deployable models:', ''];
   lines.push(row(['method', 'model', 'bits', 'size', ...cols.map((m) => `${m} ${arrow(m)}`), 'decode tokens/s']));
   lines.push(row(['---', '---', '---:', '---:', ...cols.map(() => '---:'), '---:']));
   for (const { r, d } of rows) {
+    if (groups.length && !firstSeed.has(r.id)) continue;
+    const g = group(r, d.kind);
     lines.push(row([
       cell(labels.get(r) ?? r.method), cell(d.kind), formatBits(d.bits), formatBytes(d.bytes),
-      ...cols.map((m) => formatMetric(d.metrics?.[m])),
+      ...cols.map((m) => (g?.metrics[m] ? metricCell(g.metrics[m], g.ok.length) : formatMetric(d.metrics?.[m]))),
       isFiniteNumber(d.decodeTokensPerSecond) ? groupThousands(d.decodeTokensPerSecond) : '-',
     ]));
   }
@@ -128,7 +183,7 @@ function deployableTable(runs: readonly RunRecord[]): string[] {
   return lines;
 }
 
-function peersTable(runs: readonly RunRecord[]): string[] {
+function peersTable(runs: readonly RunRecord[], busy: Map<RunRecord, string> = new Map()): string[] {
   const cs = peerComparisons(runs);
   if (cs.length === 0) return [];
   const random = cs.some((c) => c.peer.settings?.weights === 'random');
@@ -143,7 +198,7 @@ function peersTable(runs: readonly RunRecord[]): string[] {
       cell(c.label), cell(c.impl), cell(statusText(c.peer)), String(c.steps),
       ok && isFiniteNumber(c.peerTokensPerSecond) ? groupThousands(c.peerTokensPerSecond) : '-',
       isFiniteNumber(c.oursTokensPerSecond) ? groupThousands(c.oursTokensPerSecond) : '-',
-      ok && isFiniteNumber(c.ratio) ? `${c.ratio >= 10 ? c.ratio.toFixed(0) : c.ratio.toFixed(2)}x` : '-',
+      c.ours && busy.has(c.ours) ? `not comparable (${BUSY_LABEL.split(':')[0]})` : ok && isFiniteNumber(c.ratio) ? `${c.ratio >= 10 ? c.ratio.toFixed(0) : c.ratio.toFixed(2)}x` : '-',
       ok && isFiniteNumber(c.peer.memory?.peakTotal) && c.peer.memory.peakTotal > 0 ? formatMiB(c.peer.memory.peakTotal) : '-',
       ok && isFiniteNumber(c.lossMaxAbsDiff10) ? c.lossMaxAbsDiff10.toExponential(1) : '-',
       ok && isFiniteNumber(c.stepsAgreeing) ? `${c.stepsAgreeing} of ${c.steps}` : '-',
@@ -167,6 +222,7 @@ export function renderSummary(records: readonly RunRecord[]): string {
   const peers = records.filter(isPeer).length;
   lines.push(`${countStatuses(records.filter((r) => !isPeer(r)))}${peers ? `; ${peers} peer run${peers === 1 ? '' : 's'}` : ''}`, '');
   lines.push(`provenance: ${text(provenanceLine(records.filter((r) => !isPeer(r))))}`, '');
+  const busy = busyRuns(records);
   for (const [task, runs] of byTask(records)) {
     lines.push(`## ${text(task)}`, '');
     const ours = runs.filter((r) => !isPeer(r));
@@ -179,13 +235,21 @@ export function renderSummary(records: readonly RunRecord[]): string {
     if (ours.some((r) => r.settings?.labelScoring === 'sum')) {
       lines.push('labels are scored by the summed log-likelihood of their tokens and the end-of-sequence token, so labels of different lengths compete as whole strings; accuracyPerToken (results.csv) scores by the mean per token instead.', '');
     }
-    lines.push(...taskTable(ours));
-    lines.push(...majorityNotes(ours));
+    const groups = seedGroups(ours);
+    const metric = taskMetric(ours.find((r) => r.status === 'ok')?.metrics);
+    if (groups.some((g) => Object.values(g.metrics).some((m) => m.interval))) {
+      lines.push(`figures: the value [its 95% bootstrap interval over the test items]${groups.some((g) => g.ok.length > 1) ? ', the mean over seeds ± their standard deviation' : ''}; every run was also scored before its first step${metric ? ` (${metric} of the untrained model)` : ''}.`, '');
+    }
+    lines.push(...taskTable(ours, groups, busy));
+    lines.push(...evidenceNotes(ours, busy));
+    lines.push(...majorityNotes(ours.filter((r) => !r.untrained)));
+    lines.push(...comparisonBlock(task, groups));
     lines.push(...tuningTable(ours));
-    lines.push(...deployableTable(ours));
-    lines.push(...peersTable(runs));
+    lines.push(...deployableTable(ours, groups));
+    lines.push(...peersTable(runs, busy));
     lines.push('');
   }
+  lines.push(...claimsSection(records));
   lines.push(records.some((r) => r.provenance?.backend === 'cuda')
     ? '↑ higher is better, ↓ lower is better; device MiB (requested) is the peak of tracked bytes on the GPU during training, reserved MiB the caching pool\'s peak held from the driver.'
     : '↑ higher is better, ↓ lower is better; memory is the peak of tracked bytes during training.');
