@@ -16,6 +16,9 @@
 import type { TopLevelSpec } from 'vega-lite';
 import { kernelFraction } from '@tunebench/core';
 import { type RunRecord, isPeer, rssBytesOf } from '../record.js';
+import { intervalText, learnedVerdict, taskMetric } from '../stats/learned.js';
+import { bootstrapInterval } from '../stats/bootstrap.js';
+import { BUSY_LABEL, busyRuns, claims, comparisons, metricCell, notLearned, seedGroups } from './resolve.js';
 import {
   byTask, distinct, peerComparisons, formatBits, formatBytes, formatMetric, formatMiB, formatParams, groupThousands, isFiniteNumber, MIB,
   mainMetrics, memoryCategories, metricDirection, paretoFront, provenanceLine, runLabels, statusText,
@@ -56,7 +59,7 @@ export interface ReportOptions {
 }
 
 /** The data-chart names, in page order (`kernels` only with opts.kernels). */
-export const REPORT_CHARTS = ['memory', 'throughput', 'peers', 'pareto', 'loss', 'deployable', 'kernels'] as const;
+export const REPORT_CHARTS = ['metrics', 'memory', 'throughput', 'peers', 'pareto', 'loss', 'deployable', 'kernels'] as const;
 /** Charts drawn only when the records hold their data (a learning-rate search). */
 export const OPTIONAL_CHARTS = ['tuning'] as const;
 export type ReportChart = (typeof REPORT_CHARTS)[number] | (typeof OPTIONAL_CHARTS)[number];
@@ -160,6 +163,44 @@ function table(head: string[], rows: (string | number)[][], opts: { numeric?: bo
   return `<table class="data"><thead><tr>${th}</tr></thead><tbody>\n${body}\n</tbody></table>`;
 }
 
+// (0) the task metric with its interval, per method, beside the untrained model's interval and the majority share
+async function metricsChart(records: readonly RunRecord[]): Promise<Chart> {
+  const groups = seedGroups(records).filter((g) => g.ok.length > 0);
+  const methods = distinct(records.map((r) => r.method));
+  const panels: Spec[] = [];
+  const rows: (string | number)[][] = [];
+  for (const task of distinct(groups.map((g) => g.task))) {
+    const gs = groups.filter((g) => g.task === task && !g.ok[0].deployableOf);
+    const metric = taskMetric(gs[0]?.ok[0]?.metrics);
+    if (!metric) continue;
+    const values = gs.filter((g) => g.metrics[metric]).map((g) => {
+      const m = g.metrics[metric], v = learnedVerdict(g.ok[0]);
+      rows.push([task, g.label, metric, g.ok.length, metricCell(m, g.ok.length), v ? intervalText(v.untrained) : '-', v ? (v.learned ? 'yes' : 'no') : '-']);
+      return { run: g.label, method: g.records[0].method, value: m.mean, lo: m.interval?.lo ?? m.mean, hi: m.interval?.hi ?? m.mean };
+    });
+    if (values.length === 0) continue;
+    // the untrained model's interval (the first run's starting point) as a band, the majority share as a line
+    const first = learnedVerdict(gs[0].ok[0]);
+    const majority = gs[0].ok[0].metrics.majorityBaseline;
+    const x = xRun(values.map((v) => v.run));
+    const y = { field: 'value', type: 'quantitative', title: metric, scale: { zero: false, padding: 10 } };
+    const layer: Spec[] = [];
+    if (first) layer.push({ data: { values: [{ lo: first.untrained.lo, hi: first.untrained.hi }] }, mark: { type: 'rect', color: '#ddd', opacity: 0.6 },
+      encoding: { y: { field: 'lo', type: 'quantitative' }, y2: { field: 'hi' } } });
+    if (isFiniteNumber(majority)) layer.push({ data: { values: [{ m: majority }] }, mark: { type: 'rule', color: '#c33', strokeDash: [4, 3] }, encoding: { y: { field: 'm', type: 'quantitative' } } });
+    layer.push(
+      { data: { values }, mark: { type: 'rule', strokeWidth: 1.5 }, encoding: { x, y: { field: 'lo', type: 'quantitative' }, y2: { field: 'hi' }, color: { field: 'method', type: 'nominal', scale: { domain: methods }, title: 'method' } } },
+      { data: { values }, mark: { type: 'point', filled: true, size: 60 }, encoding: { x, y, color: { field: 'method', type: 'nominal', scale: { domain: methods }, title: 'method' } } },
+    );
+    panels.push({ title: { text: task, subtitle: `${metric}: ${metricDirection(metric)} is better; grey band: untrained model${isFiniteNumber(majority) ? '; red line: majority share' : ''}` }, width: { step: 44 }, height: PANEL_HEIGHT, layer });
+  }
+  const caption = 'Each method\'s task metric (the mean over its seeds) with its 95% bootstrap interval over the test items (error bars); the grey band is the untrained starting point\'s interval, which a run must leave to count as having learned.';
+  const head = ['task', 'method', 'metric', 'seeds', 'value [95% interval]', 'untrained [95% interval]', 'learned'];
+  const tbl = table(head, rows, { numeric: [false, false, false, true, true, true, false] });
+  if (panels.length === 0) return { name: 'metrics', caption, placeholder: 'no finished run with a task metric', table: tbl };
+  return { name: 'metrics', caption, svg: await vegaLiteToSvg(concat(panels, 'shared'), 'metrics'), table: tbl };
+}
+
 // (a) memory
 async function memoryChart(gs: TaskGroup[]): Promise<Chart> {
   const all = gs.flatMap((g) => g.runs);
@@ -217,28 +258,30 @@ async function throughputChart(gs: TaskGroup[]): Promise<Chart> {
   const panels: Spec[] = [];
   const rows: (string | number)[][] = [];
   const methods = distinct(gs.flatMap((g) => g.runs.map((r) => r.method)));
+  const busy = busyRuns(gs.flatMap((g) => g.runs));
   for (const g of gs) {
     for (const r of g.runs) {
       const s = r.speed;
       const t = trained(r);
-      rows.push([g.task, g.labels.get(r)!, statusText(r),
+      rows.push([g.task, g.labels.get(r)!, statusText(r) + (busy.has(r) ? ` † ${BUSY_LABEL} (${busy.get(r)})` : ''),
         t && isFiniteNumber(s?.tokensPerSecond) ? groupThousands(s.tokensPerSecond) : '-',
         ...(['forward', 'backward', 'optimizer', 'total'] as const).map((k) => (t && isFiniteNumber(s?.msPerStep?.[k]) ? s.msPerStep[k].toFixed(1) : '-')),
         isFiniteNumber(r.referenceMs) ? r.referenceMs.toFixed(2) : '-']);
     }
     const runs = g.runs.filter((r) => trained(r) && isFiniteNumber(r.speed?.tokensPerSecond) && r.speed.tokensPerSecond > 0);
     if (runs.length === 0) continue;
-    const values = runs.map((r) => ({ run: g.labels.get(r)!, method: r.method, tps: r.speed.tokensPerSecond }));
+    const values = runs.map((r) => ({ run: g.labels.get(r)! + (busy.has(r) ? ' †' : ''), method: r.method, tps: r.speed.tokensPerSecond, comparable: busy.has(r) ? 'no (machine busy)' : 'yes' }));
     panels.push({
       title: g.task, width: { step: 44 }, height: PANEL_HEIGHT, data: { values }, mark: { type: 'bar' },
       encoding: {
         x: xRun(values.map((v) => v.run)),
         y: { field: 'tps', type: 'quantitative', title: 'train tokens/s' },
         color: { field: 'method', type: 'nominal', scale: { domain: methods }, title: 'method' },
+        opacity: { field: 'comparable', type: 'nominal', scale: { domain: ['yes', 'no (machine busy)'], range: [1, 0.35] }, title: 'speed comparable' },
       },
     });
   }
-  const caption = 'Training throughput: input tokens per second over the training steps, with the mean milliseconds per optimizer step and its split.';
+  const caption = `Training throughput: input tokens per second over the training steps, with the mean milliseconds per optimizer step and its split. A pale bar and † mark a run timed while the machine was busy (${BUSY_LABEL}): its reference kernel was far from the suite's median or changed during the run, or its step times spread widely.`;
   const head = ['task', 'method', 'status', 'tokens/s', 'forward ms', 'backward ms', 'optimizer ms', 'step ms', 'reference kernel ms'];
   const tbl = table(head, rows, { numeric: head.map((_, i) => i >= 3) });
   if (panels.length === 0) return { name: 'throughput', caption, placeholder: 'no run measured its speed', table: tbl };
@@ -282,7 +325,10 @@ async function paretoChart(records: readonly RunRecord[]): Promise<Chart> {
   const rows: (string | number)[][] = [];
   const attrs: string[] = [];
   analyses.forEach((a, k) => {
-    const values = a.points.map((p) => ({ run: p.label, method: p.record.method, mib: p.memory / MIB, value: p.metric }));
+    const values = a.points.map((p) => {
+      const iv = p.record.outcomes ? bootstrapInterval(a.metric, [p.record.outcomes]) : null;
+      return { run: p.label, method: p.record.method, mib: p.memory / MIB, value: p.metric, lo: iv?.lo ?? p.metric, hi: iv?.hi ?? p.metric };
+    });
     const line = a.points.filter((p) => p.front).map((p, i) => ({ mib: p.memory / MIB, value: p.metric, i }));
     const x = { field: 'mib', type: 'quantitative', title: 'peak memory MiB', scale: { zero: false, padding: 20 } };
     const y = { field: 'value', type: 'quantitative', title: a.metric, scale: { zero: false, padding: 20 } };
@@ -291,6 +337,8 @@ async function paretoChart(records: readonly RunRecord[]): Promise<Chart> {
       layer: [
         { name: `pareto_front_${k}`, data: { values: line }, mark: { type: 'line', color: '#888', strokeDash: [4, 3] },
           encoding: { x, y, order: { field: 'i', type: 'quantitative' } } },
+        { data: { values }, mark: { type: 'rule', strokeWidth: 1.2 },
+          encoding: { x, y: { field: 'lo', type: 'quantitative' }, y2: { field: 'hi' }, color: { field: 'method', type: 'nominal', scale: { domain: methods }, title: 'method' } } },
         { data: { values }, mark: { type: 'point', filled: true, size: 70 },
           encoding: { x, y, color: { field: 'method', type: 'nominal', scale: { domain: methods }, title: 'method' } } },
         { data: { values }, mark: { type: 'text', align: 'left', dx: 7, dy: -6, fontSize: 10 },
@@ -302,7 +350,7 @@ async function paretoChart(records: readonly RunRecord[]): Promise<Chart> {
       attrs.push(` data-run="${escapeHtml(p.record.id)}" data-pareto="${p.front ? 'yes' : 'no'}"`);
     }
   });
-  const caption = 'Task metric against peak memory. The dashed line joins the Pareto-optimal runs: no other run uses less memory for an equal or better metric (accuracy and F1: higher is better; loss and perplexity: lower).';
+  const caption = 'Task metric against peak memory, with 95% bootstrap intervals as error bars. The dashed line joins the Pareto-optimal runs by their point values: no other run uses less memory for an equal or better metric (accuracy and F1: higher is better; loss and perplexity: lower); where intervals overlap, the order is not resolved.';
   const head = ['task', 'method', 'metric', 'value', 'peak MiB', 'Pareto-optimal'];
   const tbl = table(head, rows, { numeric: [false, false, false, true, true, false], rowAttrs: attrs });
   if (panels.length === 0) return { name: 'pareto', caption, placeholder: 'no finished run with a task metric', table: tbl };
@@ -539,14 +587,22 @@ figcaption{font-weight:600;margin-bottom:.5em}figcaption span{font-weight:400;co
 function runsTable(g: TaskGroup): string {
   const ok = g.runs.filter((r) => r.status === 'ok');
   const metrics = mainMetrics(ok);
+  const sg = seedGroups(g.runs);
+  const cellOf = (r: RunRecord, m: string) => {
+    const grp = sg.find((x) => x.label === r.method);
+    if (!grp?.metrics[m]) return formatMetric(r.metrics?.[m]);
+    // a group of seeds: its figure once, on its first row
+    return grp.records[0] === r ? metricCell(grp.metrics[m], grp.ok.length) : '〃';
+  };
+  const failedToLearn = new Set(notLearned(g.runs).map((n) => n.record));
   const head = ['method', 'status', ...metrics, 'peak memory MiB', 'tokens/s', 'trainable params', 'file size'];
   const body = g.runs.map((r) => {
     const isOk = r.status === 'ok';
     const peak = r.memory?.peakTotal, tps = r.speed?.tokensPerSecond;
     const cells: [string, string][] = [
       [g.labels.get(r)!, ''],
-      [statusText(r, 300), isOk ? '' : 'fail'],
-      ...metrics.map((m): [string, string] => [isOk ? formatMetric(r.metrics?.[m]) : '-', 'num']),
+      [statusText(r, 300) + (failedToLearn.has(r) ? ' ⚠ did not learn' : ''), isOk && !failedToLearn.has(r) ? '' : 'fail'],
+      ...metrics.map((m): [string, string] => [isOk ? cellOf(r, m) : '-', 'num']),
       [isFiniteNumber(peak) && peak > 0 ? formatMiB(peak) : '-', 'num'],
       [isFiniteNumber(tps) && tps > 0 ? groupThousands(tps) : '-', 'num'],
       [formatParams(r.trainableParameters, r.totalParameters), 'num'],
@@ -555,7 +611,22 @@ function runsTable(g: TaskGroup): string {
     return `<tr data-run="${escapeHtml(r.id)}" data-status="${escapeHtml(r.status)}">${cells.map(([t, c]) => `<td${c ? ` class="${c}"` : ''}>${escapeHtml(t)}</td>`).join('')}</tr>`;
   });
   const numeric = new Set(head.map((_, i) => i).filter((i) => i >= 2));
-  return `<h3>${escapeHtml(g.task)}</h3>\n<table class="runs"><thead><tr>${head.map((h, i) => `<th${numeric.has(i) ? ' class="num"' : ''}>${escapeHtml(h)}</th>`).join('')}</tr></thead><tbody>\n${body.join('\n')}\n</tbody></table>`;
+  const cs = comparisons(sg).filter((c) => c.task === g.task);
+  const block = cs.length
+    ? `\n<p class="meta">comparisons (${escapeHtml(cs[0].metric)}, paired bootstrap on the same test items, 95%):</p>\n<ul class="comparisons">${cs.map((c) => `<li data-comparison="${escapeHtml(c.what)}">${escapeHtml(c.what)}: ${escapeHtml(c.text)}</li>`).join('')}</ul>`
+    : '';
+  const notes = [...failedToLearn].map((r) => `<li>${escapeHtml(r.id)}: ${escapeHtml(learnedVerdict(r)!.text)}</li>`).join('');
+  return `<h3>${escapeHtml(g.task)}</h3>\n${notes ? `<ul class="notes">${notes}</ul>\n` : ''}<table class="runs"><thead><tr>${head.map((h, i) => `<th${numeric.has(i) ? ' class="num"' : ''}>${escapeHtml(h)}</th>`).join('')}</tr></thead><tbody>\n${body.join('\n')}\n</tbody></table>${block}`;
+}
+
+/** The Claims section: each claim of the methods' papers with a verdict and its evidence. */
+function claimsHtml(records: readonly RunRecord[]): string {
+  const rows = claims(seedGroups(records));
+  if (rows.length === 0) return '';
+  return ['<h2>Claims</h2>',
+    '<p class="meta">checked against this suite\'s own rows and intervals: reproduced when the 95% interval of the difference stays within the margin on the worse side, contradicted when it lies wholly beyond it, else not resolved; a claim without rows is left out.</p>',
+    `<table class="claims"><thead><tr><th>claim</th><th>task</th><th>verdict</th><th>evidence</th></tr></thead><tbody>\n${rows.map((c) =>
+      `<tr data-verdict="${escapeHtml(c.verdict)}"><td>${escapeHtml(c.claim)}</td><td>${escapeHtml(c.task ?? '-')}</td><td>${escapeHtml(c.verdict)}</td><td>${escapeHtml(c.evidence)}</td></tr>`).join('\n')}\n</tbody></table>`].join('\n');
 }
 
 function figure(c: Chart, title: string): string {
@@ -564,6 +635,7 @@ function figure(c: Chart, title: string): string {
 }
 
 const TITLES: Record<ReportChart, string> = {
+  metrics: 'Task metric with 95% intervals, beside the untrained model',
   memory: 'Peak memory by category',
   throughput: 'Training tokens per second',
   peers: 'tunebench beside TensorFlow.js and PyTorch',
@@ -581,6 +653,7 @@ export async function renderReport(records: readonly RunRecord[], opts: ReportOp
   const ours = records.filter((r) => !isPeer(r));
   const gs = groups(ours);
   const charts: Chart[] = [
+    await metricsChart(ours),
     await memoryChart(gs),
     await throughputChart(gs),
     await peersChart(records),
@@ -611,6 +684,7 @@ export async function renderReport(records: readonly RunRecord[], opts: ReportOp
     ours.length ? `<p class="meta">${escapeHtml(provenanceLine(ours))}</p>` : '',
     '<h2>Runs</h2>',
     gs.length ? gs.map(runsTable).join('\n') : '<p class="placeholder">no runs recorded</p>',
+    claimsHtml(ours),
     '<h2>Charts</h2>',
     ...charts.map((c) => figure(c, TITLES[c.name])),
     '</body>',
