@@ -82,7 +82,7 @@ for (const method of methods) {
     });
     const peak = memory.snapshot().cpu;
     const e0 = performance.now();
-    const metrics: Row = task === 'spam' ? { ...evaluateSpam(m, spam, 32), confusion: '' } : (() => {
+    const metrics: Row = task === 'spam' ? (() => { const e = evaluateSpam(m, spam, 32); return { accuracy: e.accuracy, macroF1: e.macroF1, accuracyPerToken: e.accuracyPerToken, examples: e.examples }; })() : (() => {
       const a = evaluateAdapt(m, adapt, BATCH);
       return { adaptLoss: a.adaptLoss, adaptPerplexity: a.adaptPerplexity, forgetting: a.baseLoss - baseLossBefore };
     })();

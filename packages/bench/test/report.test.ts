@@ -301,12 +301,12 @@ describe('summary.md', () => {
     assert.match(md, /provenance: commit abc1234 · cpu AMD EPYC \\<test> & co · gemm avx512 12x32 · node v20\.20\.2/);
     assert.match(md, /^## spam$/m);
     assert.match(md, /^## adapt \\<humor & r>$/m);
-    assert.match(md, /^\| method \| status \| accuracy ↑ \| macroF1 ↑ \| peak memory MiB \| tokens\/s \| trainable params \| file size \|$/m);
+    assert.match(md, /^\| method \| status \| accuracy ↑ \| macroF1 ↑ \| peak memory MiB \| tokens\/s \| median step ms \[IQR\] \| trainable params \| file size \|$/m);
     assert.match(md, /^\| method \| status \| adaptPerplexity ↓ \| adaptLoss ↓ \| baseLoss ↓ \|/m);
     assert.match(md, /\| full seq=2048 \| does not fit \(123456789 bytes asked\) \| - \| - \| - \| - \|/);
     assert.match(md, /\| lora lr=1 \| diverged at step 7 \| - \| - \| - \| 330\.0 \| 9,000 \|/);
     assert.match(md, /\| error: unsupported bits 3 \\\| use 2, 4 or 8 \\<see docs> \|/, 'first line only, pipes escaped');
-    assert.match(md, /\| lora \| ok \| 0\.9300 \| 0\.9250 \| 300\.0 \| 8,000 \| 10\.0 k \(0\.81%\) \| 39\.1 KiB \|/);
+    assert.match(md, /\| lora \| ok \| 0\.9300 \| 0\.9250 \| 300\.0 \| 8,000 \| - \| 10\.0 k \(0\.81%\) \| 39\.1 KiB \|/);
     assert.match(md, /## spam\n\nsettings: batch=8 · lr=0\.001 · steps=20\n/, 'settings every run of the task shares');
     assert.match(md, /\| full seq=128 \| ok \|/, 'runs of one method are told apart by the settings that differ');
     assert.match(md, /deployable models:/);
@@ -388,7 +388,7 @@ describe('report.html', () => {
     // An empty run list still makes a valid page.
     const empty = await renderReport([]);
     assert.doesNotMatch(empty, /<script/i);
-    assert.equal(figures(empty).size, 6);
+    assert.equal(figures(empty).size, 7);
     assert.ok(figures(empty).get('peers')!.includes(NO_PEERS_TEXT), 'no peers: a placeholder');
   });
 

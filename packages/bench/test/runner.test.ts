@@ -156,8 +156,10 @@ test('QLoRA through the runner: 4-bit settings recorded, deployable rows in the 
   const deployIds = Object.keys(base.runs).filter((id) => base.runs[id].deployable);
   assert.equal(deployIds.length, 4);
   assert.deepEqual(checkAgainst(records, base), []);
-  // a deployable model that got worse is a regression like a trained run's
-  const worse = records.map((r) => ({ ...r, deployable: r.deployable!.map((d) => ({ ...d, metrics: { ...d.metrics, accuracy: d.metrics.accuracy - 0.5 } })) }));
+  // a deployable model that got worse is a regression like a trained run's:
+  // every prediction flipped (outcomes and metrics), judged by the paired interval
+  const flip = (o: NonNullable<RunRecord['outcomes']>) => ({ ...o, labels: { ...o.labels!, pred: o.labels!.pred.map((p, i) => (p === o.labels!.truth[i] ? 1 - p : p)) } });
+  const worse = records.map((r) => ({ ...r, deployable: r.deployable!.map((d) => ({ ...d, outcomes: flip(d.outcomes!), metrics: { ...d.metrics, accuracy: d.metrics.accuracy - 0.5 } })) }));
   assert.ok(checkAgainst(worse, base).some((p) => /#merged-bf16: accuracy/.test(p)), checkAgainst(worse, base).join('; '));
   rmSync(out, { recursive: true, force: true });
 });

@@ -589,7 +589,7 @@ function runsTable(g: TaskGroup): string {
   const metrics = mainMetrics(ok);
   const sg = seedGroups(g.runs);
   const cellOf = (r: RunRecord, m: string) => {
-    const grp = sg.find((x) => x.label === r.method);
+    const grp = sg.find((x) => x.records.includes(r));
     if (!grp?.metrics[m]) return formatMetric(r.metrics?.[m]);
     // a group of seeds: its figure once, on its first row
     return grp.records[0] === r ? metricCell(grp.metrics[m], grp.ok.length) : '〃';

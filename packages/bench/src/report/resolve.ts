@@ -11,6 +11,7 @@
 //     own rows with a verdict and the evidence; a claim with no rows is left out;
 //   - speed: which runs were timed while the machine was busy.
 import { type RunRecord, isPeer, withDeployables } from '../record.js';
+import { runLabels } from './common.js';
 import { type Difference, type Interval, bootstrapInterval, hasInterval, pairedDifference, seedSpread } from '../stats/bootstrap.js';
 import type { Outcomes } from '../stats/outcomes.js';
 import { BUSY_LABEL, busyReason, higherIsBetter, learnedVerdict, referenceMedian, taskMetric } from '../stats/learned.js';
@@ -47,12 +48,20 @@ const fmt = (x: number) => (Math.abs(x) >= 100 ? x.toFixed(1) : Math.abs(x) >= 1
 /** Runs (ours, with deployable rows) grouped by task and method label; the seeds of one method fall in one group. */
 export function seedGroups(records: readonly RunRecord[]): SeedGroup[] {
   const out = new Map<string, SeedGroup>();
+  // one group: same task, method label and settings, the seed aside
+  const settingsKey = (r: RunRecord) => JSON.stringify(Object.entries(r.settings ?? {}).filter(([k]) => k !== 'seed').sort(([a], [b]) => (a < b ? -1 : 1)));
   for (const r of withDeployables(records.filter((x) => !isPeer(x)))) {
-    const key = `${r.task}\u0000${r.method}`;
+    const key = `${r.task}\u0000${r.method}\u0000${settingsKey(r)}`;
     let g = out.get(key);
     if (!g) { g = { task: r.task, label: r.method, records: [], ok: [], seeds: [], metrics: {}, outcomes: null }; out.set(key, g); }
     g.records.push(r);
     if (r.status === 'ok') { g.ok.push(r); g.seeds.push(Number(r.settings?.seed ?? 0)); }
+  }
+  // labels that tell groups of one task apart (the settings that differ, as the tables label runs)
+  for (const task of new Set([...out.values()].map((g) => g.task))) {
+    const gs = [...out.values()].filter((g) => g.task === task);
+    const labels = runLabels(gs.map((g) => g.records[0]));
+    for (const g of gs) g.label = labels.get(g.records[0]) ?? g.label;
   }
   for (const g of out.values()) {
     g.outcomes = g.ok.length && g.ok.every((r) => r.outcomes) ? g.ok.map((r) => r.outcomes!) : null;

@@ -59,7 +59,8 @@ function taskTable(runs: readonly RunRecord[], groups: readonly SeedGroup[], bus
     const ok = g.ok.length > 0;
     const med = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s.length ? s[Math.floor((s.length - 1) / 2)] : NaN; };
     const peak = Math.max(...g.ok.map((x) => x.memory?.peakTotal ?? 0), r.memory?.peakTotal ?? 0);
-    const tps = med(g.ok.map((x) => x.speed?.tokensPerSecond).filter(isFiniteNumber));
+    // speed: the finished seeds' median; a run that diverged was timed too
+    const tps = med((g.ok.length ? g.ok : g.records).map((x) => x.speed?.tokensPerSecond).filter(isFiniteNumber));
     const busyOf = g.ok.filter((x) => busy.has(x));
     const step = g.ok.length === 1 && isFiniteNumber(r.speed?.medianStepMs)
       ? `${r.speed.medianStepMs!.toFixed(1)}${r.speed.stepQuartilesMs ? ` [${r.speed.stepQuartilesMs[0].toFixed(1)}, ${r.speed.stepQuartilesMs[1].toFixed(1)}]` : ''}`
@@ -160,7 +161,7 @@ function deployableTable(runs: readonly RunRecord[], groups: readonly SeedGroup[
   if (rows.length === 0) return [];
   const cols = mainMetrics(rows.map(({ d }) => d));
   // one row per deployable of the first seed; the metric cells are the seed group's (mean, interval)
-  const group = (r: RunRecord, kind: string) => groups.find((g) => g.label === `${r.method} → ${kind}`);
+  const group = (r: RunRecord, kind: string) => groups.find((g) => g.records.some((x) => x.deployableOf === r.id && x.deployable_?.kind === kind));
   const firstSeed = new Set(groups.filter((g) => !g.records[0].deployableOf).map((g) => g.records[0].id));
   const lines = ['', 'deployable models:', ''];
   lines.push(row(['method', 'model', 'bits', 'size', ...cols.map((m) => `${m} ${arrow(m)}`), 'decode tokens/s']));
