@@ -11,3 +11,4 @@ export {
   metricDirection, mainMetrics, paretoFront, runLabels, statusText, provenanceLine, peerComparisons, MAIN_METRIC_ORDER,
   type MetricDirection, type ParetoPoint, type PeerComparison,
 } from './common.js';
+export { seedGroups, comparisons, claims, CLAIMS, metricCell, methodKind, equivalenceMargin, notLearned, busyRuns, INTERVAL_METRICS, type SeedGroup, type MetricSummary, type Comparison, type ClaimRow, type Verdict, type MethodKind } from './resolve.js';
