@@ -95,6 +95,11 @@ test('claims: QLoRA vs LoRA, the NF4 bytes, a small rank; comparisons against fu
   // QLoRA far worse than LoRA: contradicted
   const bad = rec('spam/qlora-r8', 'qlora-r8', { r: 8, format: 'nf4', doubleQuant: true }, labels(400, 200));
   assert.deepEqual(claims(seedGroups([lora, bad])).filter((r) => r.claim === CLAIMS.qloraMatchesLora).map((r) => r.verdict), ['contradicted']);
+  // runs that never left their starting point agree about nothing: not resolved, and said why
+  const idle = (r: RunRecord): RunRecord => ({ ...r, untrained: { metrics: r.metrics, outcomes: r.outcomes! } });
+  const still = claims(seedGroups([idle(lora), idle(qlora)])).filter((r) => r.claim === CLAIMS.qloraMatchesLora);
+  assert.deepEqual(still.map((r) => r.verdict), ['not resolved']);
+  assert.match(still[0].evidence, /^spam\/qlora-r8, spam\/lora-r8 did not learn the task/);
   const cs = comparisons(seedGroups([full, lora, qlora]));
   assert.deepEqual(cs.map((c) => c.what), ['lora-r8 vs full', 'qlora-r8 vs full', 'qlora-r8 vs lora-r8']);
   assert.match(cs[0].text, /^worse by 0\.0250 \[0\.0\d+, 0\.0\d+\]|^not resolved/);

@@ -196,14 +196,26 @@ export const CLAIMS = {
   smallRank: 'a small rank suffices (r 8 vs r 64)',
 } as const;
 
-function nonInferiorRow(claim: string, task: string, metric: string, a: SeedGroup, b: SeedGroup): ClaimRow | null {
+/** The labels of a group's trained runs that did not learn (a deployable group: its trained runs'). */
+function unlearned(g: SeedGroup, all: readonly SeedGroup[]): string[] {
+  const trainedRuns = g.ok[0]?.deployableOf
+    ? g.ok.map((d) => all.flatMap((x) => x.ok).find((x) => x.id === d.deployableOf && !x.deployableOf)).filter((x): x is RunRecord => !!x)
+    : g.ok;
+  return trainedRuns.filter((r) => learnedVerdict(r)?.learned === false).map((r) => r.id);
+}
+
+function nonInferiorRow(claim: string, task: string, metric: string, a: SeedGroup, b: SeedGroup, all: readonly SeedGroup[]): ClaimRow | null {
   const c = compare(task, metric, a, b);
   if (!c) return null;
   const ref = b.metrics[metric]?.mean ?? NaN;
-  const { verdict, margin } = nonInferior(metric, c.difference, ref);
+  const nv = nonInferior(metric, c.difference, ref);
+  // two runs that did not learn agree about nothing: such a comparison is no evidence either way
+  const idle = [...unlearned(a, all), ...unlearned(b, all)];
+  const verdict: Verdict = idle.length ? 'not resolved' : nv.verdict;
   return {
     claim, task, verdict,
-    evidence: `${a.label} ${metricCell(a.metrics[metric], a.seeds.length)} vs ${b.label} ${metricCell(b.metrics[metric], b.seeds.length)}: difference ${fmt(c.difference.value)} [${fmt(c.difference.lo)}, ${fmt(c.difference.hi)}] (paired, 95%); margin ±${fmt(margin)} ${metric}`,
+    evidence: `${idle.length ? `${idle.join(', ')} did not learn the task, so this says nothing about the methods; ` : ''}`
+      + `${a.label} ${metricCell(a.metrics[metric], a.seeds.length)} vs ${b.label} ${metricCell(b.metrics[metric], b.seeds.length)}: difference ${fmt(c.difference.value)} [${fmt(c.difference.lo)}, ${fmt(c.difference.hi)}] (paired, 95%); margin ±${fmt(nv.margin)} ${metric}`,
   };
 }
 
@@ -221,21 +233,25 @@ export function claims(groups: readonly SeedGroup[]): ClaimRow[] {
     // 1. QLoRA (NF4, double quantization) vs LoRA at the same rank
     for (const q of trained.filter((g) => kind(g) === 'qlora' && g.ok[0].settings.format === 'nf4' && g.ok[0].settings.doubleQuant === true)) {
       const l = trained.find((g) => kind(g) === 'lora' && g.ok[0].settings.r === q.ok[0].settings.r);
-      if (l) push(nonInferiorRow(CLAIMS.qloraMatchesLora, task, metric, q, l));
+      if (l) push(nonInferiorRow(CLAIMS.qloraMatchesLora, task, metric, q, l, groups));
     }
     // 3. QA-LoRA merged vs QLoRA merged + requantized with GPTQ at the same width
-    for (const [qa, req, , quantizer] of qaloraPairs(gs)) if (quantizer === 'GPTQ') push(nonInferiorRow(CLAIMS.qaloraBeatsRequantized, task, metric, qa, req));
+    for (const [qa, req, , quantizer] of qaloraPairs(gs)) if (quantizer === 'GPTQ') push(nonInferiorRow(CLAIMS.qaloraBeatsRequantized, task, metric, qa, req, groups));
     // 4. exactness of the merges: the deployable's outcomes against its trained run's
     for (const g of gs.filter((x) => x.ok[0].deployable_?.kind?.startsWith('QA-LoRA merged INT'))) {
-      const diffs = g.ok.map((d) => { const t = trained.flatMap((x) => x.ok).find((x) => x.id === d.deployableOf); return t ? maxMetricDiff(d, t) : NaN; });
+      const runOf = (d: RunRecord) => trained.flatMap((x) => x.ok).find((x) => x.id === d.deployableOf);
+      const diffs = g.ok.map((d) => { const t = runOf(d); return t ? maxMetricDiff(d, t) : NaN; });
+      const exact = g.ok.every((d) => { const t = runOf(d); return !!t && sameEvaluation(d, t); });
       const reqs = gs.filter((x) => x.ok[0].deployable_?.kind?.startsWith('merged + requantized'));
-      const reqDiffs = reqs.map((x) => ({ label: x.label, diff: Math.max(...x.ok.map((d) => { const t = trained.flatMap((y) => y.ok).find((y) => y.id === d.deployableOf); return t ? maxMetricDiff(d, t) : NaN; })) }));
-      const exact = diffs.every((d) => d === 0);
-      const reqChanged = reqDiffs.filter((r) => r.diff > 0);
+      const reqDiffs = reqs.map((x) => ({
+        label: x.label, diff: Math.max(...x.ok.map((d) => { const t = runOf(d); return t ? maxMetricDiff(d, t) : NaN; })),
+        same: x.ok.every((d) => { const t = runOf(d); return !!t && sameEvaluation(d, t); }),
+      }));
+      const reqChanged = reqDiffs.filter((r) => !r.same);
       const verdict: Verdict = !exact ? 'contradicted' : reqDiffs.length === 0 || reqChanged.length === 0 ? 'not resolved' : 'reproduced';
       out.push({
         claim: CLAIMS.mergeExact, task, verdict,
-        evidence: `${g.label}: largest |metric - trained| ${diffs.map((d) => d.toExponential(1)).join(', ')}${exact ? ' (exact, per-example outcomes identical)' : ''}`
+        evidence: `${g.label}: largest |metric - trained| ${diffs.map((d) => d.toExponential(1)).join(', ')}${exact ? ` (the same predictions and per-sequence losses within float rounding, ${EXACT_RELATIVE} relative)` : ''}`
           + (reqDiffs.length ? `; requantized QLoRA rows: ${reqDiffs.map((r) => `${r.label} ${f4(r.diff)}`).join(', ')}` : '; no requantized QLoRA row to set beside it'),
       });
     }
@@ -243,7 +259,7 @@ export function claims(groups: readonly SeedGroup[]): ClaimRow[] {
     for (const k of ['lora', 'qlora'] as const) {
       const small = trained.find((g) => kind(g) === k && g.ok[0].settings.r === 8);
       const big = trained.find((g) => kind(g) === k && g.ok[0].settings.r === 64 && (k === 'lora' || g.ok[0].settings.format === small?.ok[0].settings.format));
-      if (small && big) push(nonInferiorRow(CLAIMS.smallRank, task, metric, small, big));
+      if (small && big) push(nonInferiorRow(CLAIMS.smallRank, task, metric, small, big, groups));
     }
   }
   // 2. NF4 base bytes vs bf16: the QLoRA run's deployables carry both (bytes of the projections)
@@ -262,12 +278,24 @@ export function claims(groups: readonly SeedGroup[]): ClaimRow[] {
   return out;
 }
 
-/** Largest |metric - trained metric| over the metrics both have (0 only when the per-example outcomes are identical too). */
+/** Largest |metric - trained metric| over the metrics both have. */
 function maxMetricDiff(d: RunRecord, t: RunRecord): number {
   let m = 0;
   for (const [k, v] of Object.entries(d.metrics)) if (Number.isFinite(v) && Number.isFinite(t.metrics[k])) m = Math.max(m, Math.abs(v - t.metrics[k]));
-  if (m === 0 && d.outcomes && t.outcomes && JSON.stringify(d.outcomes) !== JSON.stringify(t.outcomes)) return Number.MIN_VALUE;
   return m;
+}
+
+/** Relative difference within which two evaluations of one model count as the same: float32 rounding of a different summation order (a merge folds the adapters into the weights). */
+export const EXACT_RELATIVE = 1e-5;
+
+/** A deployable that evaluates as its trained run: the same prediction on every test example and every metric and per-sequence NLL within float rounding. */
+function sameEvaluation(d: RunRecord, t: RunRecord): boolean {
+  const close = (a: number, b: number) => Math.abs(a - b) <= EXACT_RELATIVE * Math.max(1, Math.abs(a), Math.abs(b));
+  for (const [k, v] of Object.entries(d.metrics)) if (Number.isFinite(v) && Number.isFinite(t.metrics[k]) && !close(v, t.metrics[k])) return false;
+  const a = d.outcomes, b = t.outcomes;
+  if (a?.labels && b?.labels && a.labels.pred.some((p, i) => p !== b.labels!.pred[i])) return false;
+  if (a?.text && b?.text && a.text.nll.some((x, i) => !close(x, b.text!.nll[i]))) return false;
+  return true;
 }
 
 // ---- learned / busy
