@@ -266,7 +266,8 @@ async function throughputChart(gs: TaskGroup[]): Promise<Chart> {
       rows.push([g.task, g.labels.get(r)!, statusText(r) + (busy.has(r) ? ` † ${BUSY_LABEL} (${busy.get(r)})` : ''),
         t && isFiniteNumber(s?.tokensPerSecond) ? groupThousands(s.tokensPerSecond) : '-',
         ...(['forward', 'backward', 'optimizer', 'total'] as const).map((k) => (t && isFiniteNumber(s?.msPerStep?.[k]) ? s.msPerStep[k].toFixed(1) : '-')),
-        isFiniteNumber(r.referenceMs) ? r.referenceMs.toFixed(2) : '-']);
+        t && isFiniteNumber(s?.medianStepMs) ? `${s.medianStepMs!.toFixed(1)}${s.stepQuartilesMs ? ` [${s.stepQuartilesMs[0].toFixed(1)}, ${s.stepQuartilesMs[1].toFixed(1)}]` : ''}` : '-',
+        isFiniteNumber(r.referenceMs) ? `${r.referenceMs.toFixed(2)}${isFiniteNumber(r.referenceAfterMs) ? ` → ${r.referenceAfterMs.toFixed(2)}` : ''}` : '-']);
     }
     const runs = g.runs.filter((r) => trained(r) && isFiniteNumber(r.speed?.tokensPerSecond) && r.speed.tokensPerSecond > 0);
     if (runs.length === 0) continue;
@@ -282,7 +283,7 @@ async function throughputChart(gs: TaskGroup[]): Promise<Chart> {
     });
   }
   const caption = `Training throughput: input tokens per second over the training steps, with the mean milliseconds per optimizer step and its split. A pale bar and † mark a run timed while the machine was busy (${BUSY_LABEL}): its reference kernel was far from the suite's median or changed during the run, or its step times spread widely.`;
-  const head = ['task', 'method', 'status', 'tokens/s', 'forward ms', 'backward ms', 'optimizer ms', 'step ms', 'reference kernel ms'];
+  const head = ['task', 'method', 'status', 'tokens/s', 'forward ms', 'backward ms', 'optimizer ms', 'step ms', 'median step ms [IQR]', 'reference kernel ms (before → after)'];
   const tbl = table(head, rows, { numeric: head.map((_, i) => i >= 3) });
   if (panels.length === 0) return { name: 'throughput', caption, placeholder: 'no run measured its speed', table: tbl };
   return { name: 'throughput', caption, svg: await vegaLiteToSvg(concat(panels, 'shared'), 'throughput'), table: tbl };
