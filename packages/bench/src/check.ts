@@ -27,7 +27,14 @@ export interface Tolerances {
   memoryRel: number;
   /** relative drop of normalised tokens/s */
   speedRel: number;
+  /** metrics judged by the paired interval of (now - baseline): a regression
+   * is a difference worse than this with 95% confidence (the numerics of
+   * another CPU move a trained model a little; that is not a regression).
+   * Absolute for accuracy / F1 and losses, relative for perplexity */
+  interval?: { metricAbs: number; lossAbs: number; perplexityRel: number };
 }
+
+export const DEFAULT_INTERVAL_MARGIN = { metricAbs: 0.01, lossAbs: 0.01, perplexityRel: 0.01 };
 
 /** The speed the check compares: steady tokens/s (median step) when the
  * record has it, else whole-run tokens/s; times the reference kernel ms. */
@@ -35,7 +42,7 @@ export function normalizedSpeed(r: RunRecord): number {
   return (r.speed.steadyTokensPerSecond ?? r.speed.tokensPerSecond) * r.referenceMs;
 }
 
-export const DEFAULT_TOLERANCES: Tolerances = { metricAbs: 0.03, lossAbs: 0.05, perplexityRel: 0.05, memoryRel: 0.10, speedRel: 0.40 };
+export const DEFAULT_TOLERANCES: Tolerances = { metricAbs: 0.03, lossAbs: 0.05, perplexityRel: 0.05, memoryRel: 0.10, speedRel: 0.40, interval: DEFAULT_INTERVAL_MARGIN };
 
 export interface BaselineRun {
   /** a deployable model's row (its metrics and model bytes are checked; decode speed on a CI-sized model is too short to time) */
@@ -147,7 +154,7 @@ export function checkReport(records: RunRecord[], b: Baseline): CheckResult {
       const now = r.metrics[k];
       if (k === 'majorityBaseline') continue;
       if (now === undefined || !Number.isFinite(now)) { failures.push(`${id}: metric ${k} missing or not finite`); continue; }
-      const judged = metricByInterval(id, k, now, was, r.outcomes, base.outcomes);
+      const judged = metricByInterval(id, k, now, was, r.outcomes, base.outcomes, tol.interval ?? DEFAULT_INTERVAL_MARGIN);
       if (judged !== undefined) { if (judged) failures.push(judged); continue; }
       if (PROXY.has(k) && r.outcomes && base.outcomes) continue;
       if (HIGHER_BETTER.test(k)) { if (now < was - tol.metricAbs) failures.push(`${id}: ${k} ${now.toFixed(4)} < baseline ${was.toFixed(4)} - ${tol.metricAbs}`); }
@@ -171,14 +178,18 @@ export function checkReport(records: RunRecord[], b: Baseline): CheckResult {
 }
 
 /** A metric judged by the paired interval of (now - baseline): the failure line, '' when it holds, undefined when it has no outcomes on both sides. */
-function metricByInterval(id: string, k: string, now: number, was: number, o: Outcomes | undefined, ob: Outcomes | undefined): string | undefined {
+function metricByInterval(id: string, k: string, now: number, was: number, o: Outcomes | undefined, ob: Outcomes | undefined,
+                          margins: NonNullable<Tolerances['interval']>): string | undefined {
   if (!o || !ob || !hasInterval(k, o) || !hasInterval(k, ob)) return undefined;
   if (!sameItems(k, o, ob)) return `${id}: ${k}: the baseline was scored on other test items (the suite's data changed?); write a new baseline with --update-baseline`;
   const up = higherIsBetter(k);
   const d = pairedDifference(k, [o], [ob], up);
   if (!d) return undefined;
-  if (d.verdict !== 'worse') return '';
-  return `${id}: ${k} ${now.toFixed(4)} vs baseline ${was.toFixed(4)}: ${up ? 'lower' : 'higher'} by ${intervalText({ ...d, value: Math.abs(d.value), lo: up ? -d.hi : d.lo, hi: up ? -d.lo : d.hi })} (paired bootstrap, 95%)`;
+  const margin = PERPLEXITY.test(k) ? margins.perplexityRel * was : HIGHER_BETTER.test(k) ? margins.metricAbs : margins.lossAbs;
+  // worse by more than the margin, with 95% confidence: the whole interval lies beyond it
+  const worse = up ? d.hi < -margin : d.lo > margin;
+  if (!worse) return '';
+  return `${id}: ${k} ${now.toFixed(4)} vs baseline ${was.toFixed(4)}: ${up ? 'lower' : 'higher'} by ${intervalText({ ...d, value: Math.abs(d.value), lo: up ? -d.hi : d.lo, hi: up ? -d.lo : d.hi })} (paired bootstrap, 95%; beyond the margin ${+margin.toPrecision(3)})`;
 }
 
 /** Every trained run whose task metric did not leave its starting point's interval (empty = every run learned). */

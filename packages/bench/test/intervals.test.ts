@@ -110,6 +110,17 @@ test('claims: QLoRA vs LoRA, the NF4 bytes, a small rank; comparisons against fu
   assert.match(md, /comparisons \(accuracy, paired bootstrap/);
 });
 
+test('against a baseline, a metric regresses when the paired interval lies wholly beyond the margin, not on a few flipped examples', () => {
+  const base = baselineFrom([rec('spam/x', 'x', {}, labels(400, 320))]);
+  assert.deepEqual(checkAgainst([rec('spam/x', 'x', {}, labels(400, 316))], base), [], 'four examples fewer: within the margin');
+  assert.deepEqual(checkAgainst([rec('spam/x', 'x', {}, labels(400, 340))], base), [], 'better is no regression');
+  const p = checkAgainst([rec('spam/x', 'x', {}, labels(400, 280))], base);
+  assert.equal(p.length, 1, p.join('\n'));
+  assert.match(p[0], /^spam\/x: accuracy 0\.7000 vs baseline 0\.8000: lower by 0\.1000 \[0\.0\d+, 0\.1\d+\] \(paired bootstrap, 95%; beyond the margin 0\.01\)$/);
+  const other = checkAgainst([rec('spam/x', 'x', {}, labels(300, 240))], base);
+  assert.match(other.join('\n'), /the baseline was scored on other test items/);
+});
+
 test('a run timed while the machine was busy: its speed regression is a note, not a failure', () => {
   const o = labels(100, 80);
   const runs = ['a', 'b', 'c', 'd'].map((id) => rec(id, id, {}, o));
@@ -165,6 +176,6 @@ test('the check fails a LoRA that cannot learn (learning rate 0) at the ci suite
   const baselinePath = join(root, 'reports', 'baselines', 'ci.json');
   assert.ok(existsSync(baselinePath));
   const problems = checkAgainst(records, readBaseline(baselinePath)).filter((p) => p.startsWith('spam/lora-r8/'));
-  assert.ok(problems.some((p) => /: accuracy [\d.]+ vs baseline [\d.]+: lower by .*\(paired bootstrap, 95%\)$/.test(p)), problems.join('\n'));
+  assert.ok(problems.some((p) => /: accuracy [\d.]+ vs baseline [\d.]+: lower by .*\(paired bootstrap, 95%; beyond the margin [\d.]+\)$/.test(p)), problems.join('\n'));
   rmSync(out, { recursive: true, force: true });
 });
