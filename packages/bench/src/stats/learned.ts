@@ -1,9 +1,10 @@
 // Did a run learn its task? Every run evaluates its starting point once
 // (record.untrained); the trained metric must leave that point's interval:
-//   classification: the accuracy interval lies above the majority share, and
-//                   the paired difference trained - untrained is above zero;
-//   text:           the paired difference of perplexity trained - untrained
-//                   is below zero.
+// its value lies outside the untrained model's 95% interval in the better
+// direction, and the paired difference trained - untrained (same items)
+// excludes zero; for classification the trained accuracy's own interval
+// must also lie above the majority share (learning the label prior is not
+// learning the task).
 // And: is a run's speed comparable, or was the machine busy while it ran?
 import { median } from '@tunebench/core';
 import type { RunRecord } from '../record.js';
@@ -48,9 +49,12 @@ export function learnedVerdict(r: Pick<RunRecord, 'status' | 'metrics' | 'outcom
   if (!trained || !untrained || !difference) return null;
   const majority = metric === 'accuracy' && Number.isFinite(r.metrics.majorityBaseline) ? r.metrics.majorityBaseline : undefined;
   const aboveMajority = majority === undefined || trained.lo > majority;
-  const learned = difference.verdict === 'better' && aboveMajority;
+  // the trained figure lies outside the untrained model's interval, in the better direction
+  const outside = up ? trained.value > untrained.hi : trained.value < untrained.lo;
+  const learned = difference.verdict === 'better' && aboveMajority && outside;
   const why: string[] = [];
   if (difference.verdict !== 'better') why.push(`the difference from the untrained model, ${intervalText(difference)}, ${up ? 'is not above' : 'is not below'} zero`);
+  else if (!outside) why.push(`${f4(trained.value)} is still inside the untrained model's interval`);
   if (!aboveMajority) why.push(`its interval does not clear the majority share ${f4(majority!)}`);
   const text = `${metric} ${intervalText(trained)} vs untrained ${intervalText(untrained)}${majority !== undefined ? `, majority share ${f4(majority)}` : ''}`
     + (learned ? '' : `: did not learn (${why.join('; ')})`);
