@@ -411,10 +411,14 @@ if (opt.check) {
     }
     writeBaseline(opt.check, records, attempts);
     console.error(`baseline written: ${opt.check}`);
+    // the check will let these pass as known limitations: say so now, loudly
+    for (const p of checkLearned(records)) console.error(`baseline: warning: recorded as not learning (later checks will not fail it for that): ${p}`);
   } else {
     const baseline = readBaseline(opt.check);
     // every trained run must have left its starting point's interval, baseline or not
-    const notLearned = checkLearned(records);
+    const learnedNotes: string[] = [];
+    const notLearned = checkLearned(records, baseline, learnedNotes);
+    for (const n of learnedNotes) console.error(`regression check: ${n}`);
     let report = checkReport(records, baseline);
     let problems = report.failures;
     // A run that is slower than the baseline and fine otherwise is timed

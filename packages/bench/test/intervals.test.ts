@@ -121,6 +121,19 @@ test('against a baseline, a metric regresses when the paired interval lies wholl
   assert.match(other.join('\n'), /the baseline was scored on other test items/);
 });
 
+test('a run that did not learn fails the check, unless it did not learn when the baseline was written either (then it is a note)', () => {
+  const still = (r: RunRecord): RunRecord => ({ ...r, untrained: { metrics: r.metrics, outcomes: r.outcomes! } });
+  const learnt = rec('spam/a', 'a', {}, labels(400, 360), { untrained: { metrics: {}, outcomes: labels(400, 200) } });
+  const idle = still(rec('spam/b', 'b', {}, labels(400, 200)));
+  assert.deepEqual(checkLearned([learnt, idle]).map((f) => f.split(':')[0]), ['spam/b']);
+  const notes: string[] = [];
+  assert.deepEqual(checkLearned([learnt, idle], baselineFrom([learnt, idle]), notes), []);
+  assert.match(notes.join('\n'), /^spam\/b: did not learn, as when the baseline was written \(a known limitation\): accuracy /);
+  // a run that learned in the baseline and does not now fails
+  const stalled = still(rec('spam/a', 'a', {}, labels(400, 200)));
+  assert.deepEqual(checkLearned([stalled], baselineFrom([learnt])).map((f) => f.split(':')[0]), ['spam/a']);
+});
+
 test('a run timed while the machine was busy: its speed regression is a note, not a failure', () => {
   const o = labels(100, 80);
   const runs = ['a', 'b', 'c', 'd'].map((id) => rec(id, id, {}, o));
