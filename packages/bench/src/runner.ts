@@ -219,7 +219,7 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
   // validation parts (never the test split) for the learning-rate search and the held-out curves
   const maxValidation = suite.tuneLr ? suite.tuneLr.maxValidation ?? DEFAULT_MAX_VALIDATION : undefined;
   const validationFraction = suite.tuneLr ? 0.1 : undefined;
-  if (suite.tasks.includes('spam')) data.spam = spamData(tok, { seqLen: sh.seqLen, seed: sh.seed, maxTrain: sh.maxTrain, maxTest: sh.maxTest, maxValidation, packing: sh.packing });
+  if (suite.tasks.includes('spam')) data.spam = spamData(tok, { seqLen: sh.seqLen, maxChars: promptCharsOf(suite), seed: sh.seed, maxTrain: sh.maxTrain, maxTest: sh.maxTest, maxValidation, packing: sh.packing });
   if (suite.tasks.includes('adapt')) data.adapt = adaptData(brownData(sh.seqLen, sh.seed), sh.seqLen, { validationFraction, maxValidationRows: maxValidation, seed: sh.seed });
   if (suite.tasks.includes('jsonl')) data.jsonl = jsonlData(suite.dataset!, tok, { seqLen: sh.seqLen, seed: sh.seed, validationFraction, maxValidation, packing: sh.packing });
   const resultsPath = join(o.outDir, 'results.jsonl');
@@ -452,6 +452,11 @@ function loadBaseConfig(baseDir: string): LlamaConfig {
   return configFromHf(JSON.parse(readFileSync(path, 'utf8')), path);
 }
 
+/** The spam prompts' character budget: the suite's, else 2 * seqLen (spamData's default). */
+export function promptCharsOf(suite: Suite): number {
+  return suite.shared.promptChars ?? 2 * suite.shared.seqLen;
+}
+
 /** Activation checkpointing of a run: the method row's, else the suite's, else off. */
 export function checkpointingOf(m: MethodSpec, suite: Suite): CheckpointingMode {
   return m.checkpointing ?? suite.shared.checkpointing ?? 'off';
@@ -585,6 +590,7 @@ async function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: stri
     schedule: sh.schedule, warmupSteps: sh.warmupSteps, lr: m.lr,
     checkpointing, ...(sh.offload ? { offload: device === 'cpu' ? 'identity on the cpu backend (kept block inputs are host memory already)' : 'asked for; not implemented on the GPU yet (block inputs stay on the device)' } : {}), ...plugin.settings(m),
     ...packingSetting(trainRows(task, data)),
+    ...(task === 'spam' ? { promptChars: promptCharsOf(suite) } : {}),
     // label classification: how labels of different token lengths are compared (tune.ts, spam_task.ts labelScores)
     ...(task === 'spam' || (task === 'jsonl' && data.jsonl!.labels) ? { labelScoring: 'sum' } : {}),
   };

@@ -126,10 +126,21 @@ test('bad options and suite files are refused before anything runs, saying what 
   }
 });
 
+/** 30-step runs on the 300-step tiny base: the ci suite's sizes before it was set to make every method learn. */
+const SHORT_SUITE = {
+  name: 'short', base: { preset: 'tiny', pretrainSteps: 300 }, tasks: ['spam'],
+  methods: [{ name: 'full', lr: 1e-3, label: 'full' }, { name: 'lora', r: 8, alpha: 16, lr: 3e-3, label: 'lora-r8' }],
+  shared: { steps: 30, batchSize: 8, seqLen: 128, seed: 0, schedule: 'cosine', warmupSteps: 3, maxTrain: 400, maxTest: 200 },
+  kernels: false,
+};
+
 test('Ctrl-C stops after the current training step: the finished runs kept and reported, exit 130, and --resume completes the suite', { timeout: 600_000 }, async () => {
   const out = mkdtempSync(join(tmpdir(), 'tb-interrupt-'));
   try {
-    const args = ['--suite', 'ci', '--tasks', 'spam', '--methods', 'full,lora8', '--peers', 'none', '--out', out];
+    // a short suite of its own (the ci suite's runs are long enough to learn, not to test Ctrl-C)
+    const suiteFile = join(out, 'short.json');
+    writeFileSync(suiteFile, JSON.stringify(SHORT_SUITE));
+    const args = ['--suite', suiteFile, '--tasks', 'spam', '--peers', 'none', '--out', out];
     const child = spawn(process.execPath, ['--import', 'tsx', join(pkg, 'src', 'cli.ts'), ...args], { cwd: pkg, stdio: ['ignore', 'pipe', 'pipe'] });
     let err = '';
     child.stderr.setEncoding('utf8').on('data', (d: string) => { err += d; });
