@@ -95,10 +95,13 @@ export const BUILTIN_SUITES: Record<string, Suite> = {
     shared: { steps: 600, batchSize: 8, seqLen: 128, seed: 0, schedule: 'cosine', warmupSteps: 20, maxTrain: 2000, maxTest: 400, promptChars: 56 },
     peers: { tfjs: { methods: ['full', 'lora-r8'], tasks: ['spam'], steps: 4 }, pytorch: { tasks: ['spam'] } },
   },
-  // CPU: the small base, minutes per run
+  // CPU: the small base, minutes per run. 120-character spam prompts keep the
+  // subject and put two examples in each packed 256-token row: at the default
+  // 512 (2 x seqLen) only the end of each prompt fitted, one example a row, and
+  // the adapter rows ended at the majority class (docs/benchmarks/2026-12-06-cpu-regime.md)
   cpu: {
     name: 'cpu', base: { preset: 'small' }, tasks: ['spam', 'adapt'], methods: DEFAULT_METHODS,
-    shared: { steps: 200, batchSize: 8, seqLen: 256, seed: 0, schedule: 'cosine', warmupSteps: 10 },
+    shared: { steps: 200, batchSize: 8, seqLen: 256, seed: 0, schedule: 'cosine', warmupSteps: 10, promptChars: 120 },
     peers: { tfjs: { methods: ['full', 'lora-r8'], tasks: ['spam'], steps: 3 }, pytorch: { tasks: ['spam'] } },
   },
   // GPU (needs the CUDA backend): accuracy rows on the 'medium' base (~25M
