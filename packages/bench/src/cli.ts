@@ -4,15 +4,13 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import {
-  ByteTokenizer, CATEGORIES, type CheckpointingMode, type Device, deviceName, resolveDevice, type LlamaConfig, type LlamaModel, PRESETS, configFromHf, exportGguf, intOption, loadHfModel, native,
-  parseCheckpointing, parseCli, preset,
-} from '@tunebench/core';
-import { QALORA_QUANT_METHOD, groupwiseOf, loadQaloraMerged } from '@tunebench/qa-lora';
-import { type MethodSpec, methodPlugin, planFor } from './methods.js';
+import { deviceName, parseCli } from '@tunebench/core';
 import { checkLearned, checkReport, fastestAttempt, readBaseline, speedOnly, writeBaseline } from './check.js';
-import { BUILTIN_SUITES, PEERS, type PeerName, type Suite, TASKS, type TaskName, loadSuiteFile, parseMethods, validateSuite } from './suite.js';
-import { SuiteInterrupted, readKernels, runSuite } from './runner.js';
+import { SuiteInterrupted, parseShard, readKernels, runSuite, shardLabel, type Shard } from './runner.js';
+import { ggufCommand } from './commands/gguf.js';
+import { jobsCommand, mergeCommand } from './commands/jobs.js';
+import { planCommand } from './commands/plan.js';
+import { SUITE_OPTIONS, suiteFromArgs } from './commands/suite_args.js';
 import { writeReports } from './report/index.js';
 
 const HELP = `tunebench — full fine-tuning, LoRA and QLoRA side by side: memory, speed, accuracy.
@@ -20,6 +18,8 @@ const HELP = `tunebench — full fine-tuning, LoRA and QLoRA side by side: memor
 Usage: pnpm bench [-- options]        (or: node packages/bench/dist/cli.js [options])
        pnpm bench -- plan --model PRESET_OR_HF_DIR --method M --batch B --seq T   (see plan --help)
        pnpm bench -- gguf --model DIR --out FILE.gguf [--type f16|q8_0|q4_1]      (see gguf --help)
+       pnpm bench -- jobs [--suite X] [--shards N] [--json]     the suite's plan (see jobs --help)
+       pnpm bench -- merge OUT DIR...                           shards into one report (see merge --help)
 
 Options:
   --suite ci|cpu|gpu|FILE  runs to do (default: cpu; gpu needs the CUDA backend).
@@ -71,6 +71,13 @@ Options:
                            PyTorch peer runs on the same device
   --out DIR                where results go (default reports/<suite name>)
   --resume                 keep runs already in DIR/results.jsonl and do the rest
+  --shard i/n|auto         run shard i of n of the suite's jobs (balanced by estimated cost; a
+                           peer stays with its run); results go to DIR/results.shard-i-of-n.jsonl
+                           and a manifest, merged with 'merge'. auto: from a Slurm job array
+                           (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT) or a Kubernetes Indexed
+                           Job (JOB_COMPLETION_INDEX with TUNEBENCH_SHARDS or JOB_COMPLETIONS)
+  --cache DIR              where pretrained bases are kept (default $TUNEBENCH_CACHE or
+                           .tunebench-cache); shards may share one: the first to finish keeps it
   --seeds N                repeat each run with N seeds (the suite's seed, +1, ...): adapter
                            initialisation and data order change, the data split does not;
                            tables show the mean, the between-seed spread and the bootstrap
@@ -87,9 +94,10 @@ Options:
 Outputs in DIR: results.jsonl (appended as each run finishes), results.csv,
 summary.md, report.html.
 
-Ctrl-C stops after the current training step: the run it interrupts is not
-recorded, the reports of the finished runs are written, and the command to
-continue (--resume) is printed; exit code 130. A second Ctrl-C quits at once.
+Ctrl-C (or SIGTERM, as schedulers send) stops after the current training step:
+the run it interrupts is not recorded, the reports of the finished runs are
+written, and the command to continue (--resume) is printed; exit code 130. A
+second Ctrl-C quits at once.
 
 Examples:
   pnpm bench                                   the default suite
@@ -98,222 +106,33 @@ Examples:
   pnpm bench -- --dataset my.jsonl --tasks jsonl --methods lora8
   pnpm bench -- --suite cpu --peers none       without the TensorFlow.js and PyTorch peers`;
 
-const PLAN_HELP = `tunebench plan — predict peak memory by category for a training step, without running it.
-
-Usage: pnpm bench -- plan --model PRESET_OR_HF_DIR [--method M | --methods LIST] [--batch B] [--seq T] [--accum K]
-                          [--checkpointing off|block|every:<k>] [--fit GIB[,GIB...]]
-
-  --model          a preset (${Object.keys(PRESETS).join(', ')}) or a Hugging Face LlamaForCausalLM directory
-  --method         full (default), full-8bit, lora<r>, qlora<r>[-8bit] or qalora<bits>[-r<r>], e.g. qlora8 (all-linear targets)
-  --methods        several methods side by side, e.g. full,lora16,qlora16
-  --batch          rows per micro-batch (default 8)
-  --seq            tokens per row (default 256)
-  --accum          micro-batches per optimizer step (default 1)
-  --checkpointing  activation checkpointing: off (default), block (every block recomputed in
-                   backward, only its input kept) or every:<k> (blocks 0, k, 2k, ...); 'all'
-                   puts the three modes side by side
-  --fit            instead of one batch: the largest batch of --seq tokens whose step fits in
-                   each of these many GiB, per method and checkpointing mode
-
-Examples:
-  pnpm bench -- plan --model tinyllama-1.1b --method lora16 --batch 4 --seq 1024
-  pnpm bench -- plan --model llama-2-7b --methods full,lora16,qlora16 --seq 2048 --checkpointing all --fit 24,48,80`;
-
-/** The largest batch (rows of seq tokens) whose predicted step total fits in `bytes` (0: not even one row). */
-function largestBatch(config: LlamaConfig, m: MethodSpec, seq: number, accum: number, mode: CheckpointingMode, bytes: number): number {
-  const fits = (b: number) => planFor(config, m, b, seq, accum, mode).total <= bytes;
-  if (!fits(1)) return 0;
-  let lo = 1, hi = 2;
-  while (fits(hi) && hi < 1 << 20) { lo = hi; hi *= 2; }
-  while (hi - lo > 1) { const mid = (lo + hi) >> 1; if (fits(mid)) lo = mid; else hi = mid; }
-  return lo;
-}
-
-const GGUF_HELP = `tunebench gguf — export a model directory to GGUF for llama.cpp.
-
-Usage: pnpm bench -- gguf --model DIR --out FILE.gguf [--type f16|q8_0|q4_1]
-
-  --model   a Hugging Face LlamaForCausalLM directory (full fine-tuning's output, a merged
-            LoRA/QLoRA model) or a merged QA-LoRA INT-N directory (saveQaloraModel)
-  --out     the GGUF file to write
-  --type    weight type of the 2-D tensors: f16 (default for dense models), q8_0, or q4_1
-            (default for a merged QA-LoRA INT4 g32 model, whose groups become Q4_1 blocks
-            exactly, up to fp16 rounding of scale and offset)
-
-The vocabulary is the byte tokenizer's (256 byte tokens and BOS/EOS/PAD).`;
-
-/** \`tunebench gguf\`: a model directory to a GGUF file; exits. */
-function ggufCommand(argv: string[]): never {
-  const p = parseCli({ model: { type: 'string' }, out: { type: 'string' }, type: { type: 'string' }, help: { type: 'boolean', short: 'h', default: false } }, GGUF_HELP, argv);
-  const fail = (msg: string): never => { console.error(`tunebench gguf: ${msg}\nRun with --help for the options.`); process.exit(2); };
-  if (!p.model) fail('--model is required');
-  if (!p.out) fail('--out is required');
-  const configPath = join(p.model!, 'config.json');
-  if (!existsSync(configPath)) fail(`--model: ${p.model} has no config.json`);
-  let quantMethod: unknown;
-  try { quantMethod = (JSON.parse(readFileSync(configPath, 'utf8')) as { quantization_config?: { quant_method?: unknown } }).quantization_config?.quant_method; }
-  catch (e) { fail(`${configPath}: ${(e as Error).message}`); }
-  const intn = quantMethod === QALORA_QUANT_METHOD;
-  const type = (p.type ?? (intn ? 'q4_1' : 'f16')) as 'f16' | 'q8_0' | 'q4_1';
-  if (!['f16', 'q8_0', 'q4_1'].includes(type)) fail(`--type must be f16, q8_0 or q4_1, got '${p.type}'`);
-  let model: LlamaModel | null = null;
-  let code = 0;
-  try {
-    if (quantMethod !== undefined && !intn) throw new Error(`${configPath}: quantization_config.quant_method ${JSON.stringify(quantMethod)} is not one this command reads (a dense model, or '${QALORA_QUANT_METHOD}'); merge it to a dense model first`);
-    model = intn ? loadQaloraMerged(p.model!) : loadHfModel(p.model!, { trainable: false, frozenDtype: 'f32' });
-    const tok = new ByteTokenizer();
-    if (model.config.vocabSize !== tok.vocabSize) throw new Error(`the model's vocabulary has ${model.config.vocabSize} ids; only the byte tokenizer (${tok.vocabSize}) can be exported`);
-    if (intn && type !== 'q4_1') throw new Error('a merged QA-LoRA model is exported as q4_1 (its INT4 g32 groups are Q4_1 blocks); other types would requantize it');
-    const summary = exportGguf(model, resolve(p.out!), { type, tokenizer: tok, ...(intn ? { groupwise: groupwiseOf(model) } : {}) });
-    const exact = summary.tensors.filter((t) => t.groupwise).length;
-    console.log(`${summary.path}: ${summary.tensors.length} tensors, ${summary.bytes} bytes, ${type}${exact ? ` (${exact} projections written exactly from their INT4 groups)` : ''}`);
-  } catch (e) {
-    console.error(`tunebench gguf: ${(e as Error).message}`);
-    code = 1;
-  } finally {
-    model?.dispose();
-  }
-  process.exit(code);
-}
 
 const rawArgs = process.argv.slice(2);
 const args = rawArgs[0] === '--' ? rawArgs.slice(1) : rawArgs;
 if (args[0] === 'gguf') ggufCommand(args.slice(1));
-if (args[0] === 'plan') {
-  const p = parseCli({
-    model: { type: 'string' }, method: { type: 'string' }, methods: { type: 'string' }, batch: { type: 'string' }, seq: { type: 'string' },
-    accum: { type: 'string' }, checkpointing: { type: 'string' }, fit: { type: 'string' }, help: { type: 'boolean', short: 'h', default: false },
-  }, PLAN_HELP, args.slice(1));
-  const planFail = (msg: string): never => { console.error(`tunebench plan: ${msg}\nRun with --help for the options.`); process.exit(2); };
-  if (!p.model) planFail('--model is required');
-  if (p.method && p.methods) planFail('give --method or --methods, not both');
-  let config!: LlamaConfig;
-  try {
-    if (PRESETS[p.model!]) config = preset(p.model!);
-    else if (existsSync(join(p.model!, 'config.json'))) config = configFromHf(JSON.parse(readFileSync(join(p.model!, 'config.json'), 'utf8')), join(p.model!, 'config.json'));
-    else throw new Error(`--model: '${p.model}' is neither a preset (${Object.keys(PRESETS).join(', ')}) nor a directory with config.json`);
-  } catch (e) {
-    planFail((e as Error).message);
-  }
-  let methods!: MethodSpec[];
-  let modes!: CheckpointingMode[];
-  let budgets: number[] = [];
-  try {
-    methods = parseMethods(p.methods ?? p.method ?? 'full');
-    modes = p.checkpointing === 'all' ? ['off', 'block', 'every:2'] : [parseCheckpointing(p.checkpointing ?? 'off')];
-    if (p.fit !== undefined) {
-      budgets = p.fit.split(',').map((x) => Number(x.trim()));
-      if (budgets.length === 0 || budgets.some((g) => !(Number.isFinite(g) && g > 0 && g <= 1e6))) throw new Error(`--fit must list memory sizes in GiB, e.g. 24,48,80; got '${p.fit}'`);
-    }
-  } catch (e) {
-    planFail((e as Error).message);
-  }
-  const B = intOption('batch', p.batch, 8), T = intOption('seq', p.seq, 256), K = intOption('accum', p.accum, 1);
-  const mib = (x: number) => (x / 2 ** 20).toFixed(1);
-  const table = (head: string[], rows: string[][]) => {
-    const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-    for (const r of [head, ...rows]) console.log(r.map((c, i) => (i === 0 ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  '));
-  };
-  const columns = methods.flatMap((m) => modes.map((mode) => ({ m, mode, name: modes.length > 1 ? `${m.label} ${mode}` : m.label })));
-  if (budgets.length) {
-    console.log(`largest batch of ${T} tokens per row whose training step fits (predicted peak), ${p.model}${K > 1 ? `, ${K} micro-batches` : ''}:`);
-    table(['memory', ...columns.map((c) => c.name)], budgets.map((g) => [`${g} GiB`, ...columns.map((c) => {
-      const b = largestBatch(config, c.m, T, K, c.mode, g * 2 ** 30);
-      return b === 0 ? 'does not fit' : `${b} x ${T}`;
-    })]));
-    process.exit(0);
-  }
-  const plans = columns.map((c) => planFor(config, c.m, B, T, K, c.mode));
-  console.log(`predicted peak memory of one training step: ${p.model}, ${p.methods ?? p.method ?? 'full'}, batch ${B} x seq ${T}${K > 1 ? `, ${K} micro-batches` : ''} (MiB)`);
-  table(['category', ...columns.map((c) => c.name)], [...CATEGORIES, 'total' as const].map((k) => [k, ...plans.map((pl) => mib(pl[k]))]));
-  process.exit(0);
-}
+if (args[0] === 'plan') planCommand(args.slice(1));
+if (args[0] === 'jobs') jobsCommand(args.slice(1));
+if (args[0] === 'merge') await mergeCommand(args.slice(1));
 
 const opt = parseCli({
-  suite: { type: 'string' }, methods: { type: 'string' }, tasks: { type: 'string' }, model: { type: 'string' },
-  dataset: { type: 'string' }, peers: { type: 'string' }, device: { type: 'string' }, out: { type: 'string' }, resume: { type: 'boolean', default: false },
-  seeds: { type: 'string' }, check: { type: 'string' }, 'update-baseline': { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false },
-  checkpointing: { type: 'string' }, offload: { type: 'boolean', default: false }, 'tune-lr': { type: 'boolean', default: false }, packing: { type: 'string' },
+  ...SUITE_OPTIONS, out: { type: 'string' }, resume: { type: 'boolean', default: false },
+  check: { type: 'string' }, 'update-baseline': { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false },
+  shard: { type: 'string' }, cache: { type: 'string' },
 }, HELP, args);
-
-function cudaReason(): string {
-  try { return resolveDevice('cuda') && 'usable'; } catch (e) { return (e as Error).message.replace(/^device cuda: /, ''); }
-}
 
 function fail(msg: string): never {
   console.error(`tunebench: ${msg}\nRun with --help for the options.`);
   process.exit(2);
 }
 
-// --- every option is checked before anything runs ---
-const deviceChoice = opt.device ?? 'auto';
-if (deviceChoice !== 'auto' && deviceChoice !== 'cpu' && deviceChoice !== 'cuda') fail(`--device must be auto, cpu or cuda, got '${deviceChoice}'`);
-let device!: Device;
-try { device = resolveDevice(deviceChoice); } catch (e) { fail(`--device ${deviceChoice}: ${(e as Error).message.replace(/^device cuda: /, '')}`); }
-let suite: Suite;
-const suiteName = opt.suite ?? 'cpu';
-try {
-  if (BUILTIN_SUITES[suiteName]) suite = structuredClone(BUILTIN_SUITES[suiteName]);
-  else if (existsSync(suiteName)) suite = loadSuiteFile(suiteName);
-  else fail(`--suite: '${suiteName}' is neither a built-in suite (${Object.keys(BUILTIN_SUITES).join(', ')}) nor a file`);
-  if (suite.name === 'gpu' && device !== 'cuda') {
-    fail(`--suite gpu needs the CUDA backend (${deviceChoice === 'cpu' ? '--device cpu was given' : native.cudaCompiled ? cudaReason() : 'this build has no CUDA backend'}); use --suite cpu on this machine`);
-  }
-  // a method the suite has keeps the suite's settings (its learning rate); others take their defaults
-  if (opt.methods) { const own = suite.methods; suite.methods = parseMethods(opt.methods).map((m) => own.find((o) => o.label === m.label) ?? m); }
-  if (opt.checkpointing !== undefined) suite.shared.checkpointing = parseCheckpointing(opt.checkpointing);
-  if (opt.offload) suite.shared.offload = true;
-  if (opt['tune-lr']) suite.tuneLr = suite.tuneLr ?? {};
-  if (opt.seeds !== undefined) {
-    const n = Number(opt.seeds);
-    if (!Number.isInteger(n) || n < 1 || n > 100) fail(`--seeds must be a whole number from 1 to 100, got '${opt.seeds}'`);
-    suite.shared.seeds = Array.from({ length: n }, (_, i) => suite.shared.seed + i);
-  }
-  if (opt.packing !== undefined) {
-    if (opt.packing !== 'pack' && opt.packing !== 'pad') fail(`--packing must be pack or pad, got '${opt.packing}'`);
-    suite.shared.packing = opt.packing;
-  }
-  if (opt.tasks) {
-    const tasks = opt.tasks.split(',').map((t) => t.trim());
-    for (const t of tasks) if (!TASKS.includes(t as TaskName)) fail(`--tasks: unknown task '${t}' (known: ${TASKS.join(', ')})`);
-    suite.tasks = tasks as TaskName[];
-  }
-  if (opt.dataset) {
-    if (!existsSync(opt.dataset)) fail(`--dataset: ${opt.dataset} does not exist`);
-    suite.dataset = resolve(opt.dataset);
-    if (!opt.tasks) suite.tasks = ['jsonl'];
-  }
-  if (opt.model) {
-    if (!existsSync(join(opt.model, 'config.json'))) fail(`--model: ${opt.model} has no config.json (a Hugging Face LlamaForCausalLM directory is expected)`);
-    suite.base = { hfDir: resolve(opt.model) };
-    // the built-in suites' peers are sized for their small bases; with a real
-    // model TensorFlow.js's pure-JS steps would take hours: ask for them by name
-    if (opt.peers === undefined && BUILTIN_SUITES[suiteName] && suite.peers) {
-      console.error('tunebench: --model: the suite\'s peers are left out (TensorFlow.js would be very slow on a real model); --peers tfjs,pytorch runs them');
-      suite.peers = {};
-    }
-  }
-  if (opt.peers !== undefined) {
-    const names = opt.peers === 'none' ? [] : opt.peers.split(',').map((x) => x.trim()).filter(Boolean);
-    for (const n of names) if (!PEERS.includes(n as PeerName)) fail(`--peers: unknown peer '${n}' (known: ${PEERS.join(', ')}, or none)`);
-    const kept: NonNullable<Suite['peers']> = {};
-    for (const n of names as PeerName[]) kept[n] = suite.peers?.[n] ?? (n === 'tfjs' ? { steps: 3 } : {});
-    suite.peers = kept;
-  }
-  // --methods / --tasks may have removed what a peer was to redo
-  for (const [n, sel] of Object.entries(suite.peers ?? {}) as [PeerName, NonNullable<Suite['peers']>[PeerName]][]) {
-    if (!sel) continue;
-    if (sel.methods) sel.methods = sel.methods.filter((l) => suite.methods.some((m) => m.label === l));
-    if (sel.tasks) sel.tasks = sel.tasks.filter((t) => suite.tasks.includes(t));
-    if (sel.tasks?.length === 0) delete sel.tasks;
-    if (sel.methods?.length === 0) delete suite.peers![n];
-    else if (sel.steps !== undefined) sel.steps = Math.min(sel.steps, suite.shared.steps);
-  }
-  suite = validateSuite(suite, `suite ${suite.name}`);
-} catch (e) {
-  fail((e as Error).message);
-}
+const { suite, device } = suiteFromArgs(opt, fail);
 if (opt['update-baseline'] && !opt.check) fail('--update-baseline needs --check BASELINE (the file to write)');
+let shard: Shard | undefined;
+if (opt.shard !== undefined) {
+  try { shard = parseShard(opt.shard); } catch (e) { fail((e as Error).message); }
+  if (opt.check) fail('--check judges a whole suite: merge the shards first (tunebench merge), then check the merged results');
+}
+const cacheDir = opt.cache !== undefined ? join(resolve(opt.cache), 'base') : undefined;
 
 const here = dirname(fileURLToPath(import.meta.url));
 const outDir = resolve(opt.out ?? join(here, '..', '..', '..', 'reports', suite.name));
@@ -336,11 +155,13 @@ async function stopInterrupted(e: SuiteInterrupted): Promise<never> {
   if (e.dropped) lines.push(`  ${e.dropped.id}: stopped after ${e.dropped.stepsDone} of ${e.dropped.steps} step(s); not recorded (--resume runs it again)`);
   lines.push(`  kept: ${e.records.length} finished run(s) in ${e.resultsPath}${e.records.length ? ':' : ''}`);
   for (const r of e.records) lines.push(`    ${r.id} (${r.status})`);
-  try {
-    const paths = await writeReports(outDir, e.records, { title: `tunebench — suite ${suite.name} (interrupted)`, kernels: readKernels(outDir) });
-    lines.push(`  reports of the finished runs: ${paths.summary}, ${paths.csv}, ${paths.html}`);
-  } catch (err) {
-    lines.push(`  writing the reports failed: ${(err as Error).message}`);
+  if (!shard) {
+    try {
+      const paths = await writeReports(outDir, e.records, { title: `tunebench — suite ${suite.name} (interrupted)`, kernels: readKernels(outDir) });
+      lines.push(`  reports of the finished runs: ${paths.summary}, ${paths.csv}, ${paths.html}`);
+    } catch (err) {
+      lines.push(`  writing the reports failed: ${(err as Error).message}`);
+    }
   }
   lines.push(`continue with (from ${process.cwd()}):`, `  ${resumeCommand()}`);
   console.error(lines.join('\n'));
@@ -357,12 +178,14 @@ const onSigint = () => {
   console.error('\ntunebench: Ctrl-C: stopping after the current training step; finished runs are kept (Ctrl-C again quits at once)');
 };
 process.once('SIGINT', onSigint);
+// schedulers (Slurm at a time limit, Kubernetes on eviction) send SIGTERM: the same orderly stop
+process.once('SIGTERM', onSigint);
 
 const t0 = performance.now();
 let records: Awaited<ReturnType<typeof runSuite>>;
 try {
   if (device !== 'cpu') console.error(`tunebench: training on ${deviceName(device)}`);
-  records = await runSuite(suite, { outDir, resume: opt.resume, signal: interrupt.signal, device });
+  records = await runSuite(suite, { outDir, resume: opt.resume, signal: interrupt.signal, device, ...(shard ? { shard } : {}), ...(cacheDir ? { cacheDir } : {}) });
 } catch (e) {
   if (e instanceof SuiteInterrupted) await stopInterrupted(e);
   // what stops the whole suite (data that cannot be prepared, a base that cannot be
@@ -372,6 +195,11 @@ try {
 }
 // the suite is complete: from here on Ctrl-C quits at once (results.jsonl has every run)
 process.removeListener('SIGINT', onSigint);
+process.removeListener('SIGTERM', onSigint);
+if (shard) {
+  console.error(`shard ${shardLabel(shard)} of suite ${suite.name}: ${records.length} record(s) in ${((performance.now() - t0) / 1000).toFixed(1)} s, in ${outDir}; when every shard is done: pnpm bench -- merge OUT ${outDir} [other shards' folders]`);
+  process.exit(records.some((r) => r.status === 'error') ? 1 : 0);
+}
 try {
   const paths = await writeReports(outDir, records, { title: `tunebench — suite ${suite.name}`, kernels: readKernels(outDir) });
   // the summary's tables on stdout (progress went to stderr), then where the rest is

@@ -48,7 +48,12 @@ export { jsonlData, evaluateJsonl, MAX_LABELS, type JsonlData, type JsonlOptions
 export * from './record.js';
 export * from './suite.js';
 export { lossAgreement, LOSS_AGREEMENT } from './peers/agreement.js';
-export { runSuite, SuiteInterrupted, readResults, readKernels, KERNELS_FILE, runId, runSeeds, withRunSeed, peerRunId, peersFor, referenceKernelMs, provenance, type RunnerOptions } from './runner.js';
+export {
+  runSuite, SuiteInterrupted, readResults, readKernels, KERNELS_FILE, runId, runSeeds, withRunSeed, peerRunId, peersFor, referenceKernelMs, provenance, type RunnerOptions,
+  JOB_KINDS, type Job, type JobKind, type JobPlan, type PlanOptions, planJobs, describePlan, type Shard, parseShard, assignShards, shardJobs, shardUnits, shardLabel,
+  shardSuffix, type ShardManifest, suiteHash, refuseWhatCannotRun,
+} from './runner.js';
+export { mergeShards, type MergeResult } from './jobs/merge.js';
 export * from './stats/outcomes.js';
 export * from './stats/bootstrap.js';
 export * from './stats/learned.js';

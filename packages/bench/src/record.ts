@@ -135,6 +135,12 @@ export interface RunRecord {
     gemm: string;
     seed: number;
     node: string;
+    /** the machine that ran it (os.hostname) */
+    host?: string;
+    /** a sharded suite: this record's shard, "i/n" (1-based) */
+    shard?: string;
+    /** several workers on one machine: which one ran it (0-based), and how many shared the machine */
+    worker?: { index: number; of: number; threads?: number };
   };
   startedAt: string;
   durationMs: number;

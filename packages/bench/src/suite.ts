@@ -4,7 +4,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { type CheckpointingMode, PRESETS, checkRegularFile, configFromHf, parseCheckpointing, parseJson, readJsonl, readTextFile } from '@tunebench/core';
+import { type CheckpointingMode, PRESETS, isPreset, checkRegularFile, configFromHf, parseCheckpointing, parseJson, readJsonl, readTextFile } from '@tunebench/core';
 import type { TuneLrSpec } from './tune.js';
 import { CI_METHODS, DEFAULT_METHODS, GPU_METHODS, type MethodSpec, methodNames, methodPlugin, parseMethods } from './methods.js';
 
@@ -146,7 +146,7 @@ const peerSelection = { methods: z.array(z.string()).optional(), tasks: z.array(
 const SUITE_SCHEMA = z.object({
   name: z.string().regex(/^[\w.-]+$/, 'must be a word (letters, digits, - _ .)').refine((v) => v !== '.' && v !== '..', 'must not be . or .. (the reports go to reports/<name>)'),
   base: z.object({
-    preset: z.string().refine((v) => PRESETS[v] !== undefined, { message: `must be a preset: ${Object.keys(PRESETS).join(', ')}` }).optional(),
+    preset: z.string().refine((v) => isPreset(v), { message: `must be a preset: ${Object.keys(PRESETS).join(', ')}` }).optional(),
     pretrainSteps: int(1, 1e6).optional(),
     hfDir: z.string().min(1).optional(),
   }).strict().refine((b) => (b.preset === undefined) !== (b.hfDir === undefined), 'must give a preset or an hfDir (one of them)'),
@@ -180,7 +180,7 @@ const SUITE_SCHEMA = z.object({
     evalPoints: int(0, 1000).optional(),
   }).strict().optional(),
   shapes: z.array(z.object({
-    preset: z.string().refine((v) => PRESETS[v] !== undefined, { message: `must be a preset: ${Object.keys(PRESETS).join(', ')}` }),
+    preset: z.string().refine((v) => isPreset(v), { message: `must be a preset: ${Object.keys(PRESETS).join(', ')}` }),
     batchSize: int(1, 65536), seqLen: int(1, 1 << 22), steps: int(1, 1e6),
     methods: z.array(z.string()).min(1),
     checkpointing: checkpointingSchema.optional(),
@@ -260,7 +260,7 @@ export function validateSuite(raw: unknown, where: string): Suite {
       const specs = parseMethods(row.methods.join(','));
       for (const m of specs) if (!methodPlugin(m.name).shapeModel) p.push(`shapes[${i}].methods: ${m.label} has no speed rows on random weights`);
     } catch (e) { p.push(`shapes[${i}].${(e as Error).message.replace(/^--methods: /, 'methods: ')}`); }
-    const max = PRESETS[row.preset]?.maxPositionEmbeddings;
+    const max = isPreset(row.preset) ? PRESETS[row.preset].maxPositionEmbeddings : undefined;
     if (max !== undefined && row.seqLen > max) p.push(`shapes[${i}].seqLen ${row.seqLen} exceeds ${row.preset}'s maxPositionEmbeddings ${max}`);
   });
   if (s.shared.warmupSteps > s.shared.steps) p.push(`shared.warmupSteps ${s.shared.warmupSteps} exceeds shared.steps ${s.shared.steps}`);

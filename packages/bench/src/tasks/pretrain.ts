@@ -109,11 +109,32 @@ export function pretrainBase(o: PretrainOptions = {}): PretrainResult {
     rmSync(tmp, { recursive: true, force: true });
     saveHfModel(model, tmp, { dtype: 'f32' });
     writeFileSync(join(tmp, 'tunebench-pretrain.json'), JSON.stringify({ preset: name, steps, batchSize, seqLen, lr, seed, ...(device === 'cpu' ? {} : { device }), validationLoss, ms: run.ms, tokensPerSecond: run.tokensPerSecond }, null, 2));
-    rmSync(dir, { recursive: true, force: true });
-    renameSync(tmp, dir);
+    // several processes (shards sharing a cache) may have pretrained the same base at once:
+    // the first rename wins; the others drop theirs and use it (same key: the same base)
+    if (!publish(tmp, dir, meta)) {
+      rmSync(tmp, { recursive: true, force: true });
+      const m = JSON.parse(readFileSync(meta, 'utf8')) as { validationLoss: number; tokensPerSecond: number };
+      return { dir, config, key, cached: true, validationLoss: m.validationLoss, ms: 0, tokensPerSecond: m.tokensPerSecond };
+    }
     return { dir, config, key, cached: false, validationLoss, ms: run.ms, tokensPerSecond: run.tokensPerSecond };
   } finally {
     model.dispose();
+  }
+}
+
+/** Moves a finished base from `tmp` to `dir`; false when another process got there first (its `meta` exists). */
+function publish(tmp: string, dir: string, meta: string): boolean {
+  if (existsSync(meta)) return false;
+  try {
+    renameSync(tmp, dir);
+    return true;
+  } catch (e) {
+    if (existsSync(meta)) return false;
+    // a folder without its metadata (left by an older version): replace it
+    if ((e as { code?: string }).code !== 'ENOTEMPTY' && (e as { code?: string }).code !== 'EEXIST') throw e;
+    rmSync(dir, { recursive: true, force: true });
+    renameSync(tmp, dir);
+    return true;
   }
 }
 

@@ -56,8 +56,13 @@ export const PRESETS: Readonly<Record<string, Readonly<LlamaConfig>>> = Object.f
   },
 });
 
+/** Whether `name` is one of PRESETS' own keys (not an Object.prototype member such as '__proto__' or 'constructor'). */
+export function isPreset(name: string): boolean {
+  return Object.hasOwn(PRESETS, name);
+}
+
 export function preset(name: string): LlamaConfig {
-  const p = PRESETS[name];
+  const p = isPreset(name) ? PRESETS[name] : undefined;
   if (!p) throw new Error(`unknown model preset '${name}' (known: ${Object.keys(PRESETS).join(', ')})`);
   return { ...p };
 }
