@@ -15,6 +15,7 @@ bool cuda_compiled() { return false; }
 int cuda_device_count() { return 0; }
 std::string cuda_unavailable_reason() { return kWhy; }
 CudaInfo cuda_info() { throw NoBackend(kWhy); }
+AllocatorChoice cuda_allocator() { throw NoBackend(kWhy); }
 void* cuda_alloc(size_t) { throw NoBackend(kWhy); }
 void cuda_free(void*, size_t) {}
 void cuda_zero(void*, size_t) { throw NoBackend(kWhy); }
