@@ -44,6 +44,17 @@ if (existsSync(results)) {
     r.id.replace(/\/steps.*?(@|$)/, '$1'), status(r), metric(r), num(r.speed?.steadyTokensPerSecond ?? r.speed?.tokensPerSecond),
     mib(r.memory?.peakTotal), mib(r.memory?.reservedPeakBytes), mib(r.memory?.predicted?.total ?? r.fit?.plannedBytes),
   ]));
+  // which PyTorch stack each peer ran (transformers + PEFT, or the script's own
+  // model; a QLoRA peer without bitsandbytes says it dequantized before each matmul)
+  const stacks = new Map();
+  for (const r of recs) {
+    const st = r.settings?.peerStack;
+    if (st) stacks.set(st, [...(stacks.get(st) ?? []), r.id.replace(/\/steps.*?(@|$)/, '$1')]);
+  }
+  if (stacks.size) {
+    console.log('\nPyTorch peers:');
+    for (const [st, ids] of stacks) console.log(`  ${st}: ${ids.join(', ')}`);
+  }
 } else {
   console.log('\nthe suite: no results');
 }
