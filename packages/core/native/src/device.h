@@ -58,6 +58,11 @@ void cuda_reset_peak();
 // Copies between any two devices (host memory is ordinary pageable memory).
 // Returns once the bytes are at dst.
 void copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes);
+// Host -> device bytes queued on the core's stream, without waiting for
+// them: cudaMemcpyAsync from pageable host memory copies the source to a
+// staging buffer before it returns, so src may be freed right after, and
+// every kernel queued later sees the bytes.
+void upload(void* dst, const void* src, size_t bytes);
 // Wait for every kernel queued on the core's stream.
 void synchronize();
 

@@ -29,6 +29,7 @@ void copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t byt
   if (dst_dev != Device::CPU || src_dev != Device::CPU) throw NoBackend(kWhy);
   if (bytes) std::memcpy(dst, src, bytes);
 }
+void upload(void*, const void*, size_t) { throw NoBackend(kWhy); }
 void synchronize() {}
 
 }  // namespace tb::device

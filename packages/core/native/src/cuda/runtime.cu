@@ -230,6 +230,12 @@ void copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t byt
   TB_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
+void upload(void* dst, const void* src, size_t bytes) {
+  if (!bytes) return;
+  // pageable source: staged before the call returns (no stream synchronisation)
+  TB_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda::stream()));
+}
+
 void synchronize() {
   if (cuda_device_count() == 0) return;
   TB_CUDA_CHECK(cudaStreamSynchronize(cuda::g_stream));
