@@ -1,5 +1,6 @@
-// .gpu/table.mjs OUT — the short table that ends a GPU visit (scripts/gpu-run.sh):
-// the stages, the cuBLAS reference, and the gpu suite's runs from results.jsonl
+// .gpu/table.mjs DIR — the short table that ends a GPU visit (scripts/gpu-run.sh;
+// DIR is the visit's folder, visit/ in the archive): the stages, the cuBLAS
+// reference, and the visit suite's runs from suite-gpu/results.jsonl
 // (complete or not: a suite stopped by its time limit still has its finished runs).
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -30,7 +31,7 @@ const results = join(out, 'suite-gpu', 'results.jsonl');
 if (existsSync(results)) {
   const recs = readFileSync(results, 'utf8').split('\n').filter((l) => l.trim()).map((l) => { try { return JSON.parse(l); } catch { return null; } }).filter(Boolean);
   const dev = recs.find((r) => r.provenance?.device)?.provenance.device ?? '?';
-  console.log(`\n--suite gpu: ${recs.length} record(s) on ${dev}:`);
+  console.log(`\nthe suite (suite-gpu/results.jsonl): ${recs.length} record(s) on ${dev}:`);
   const metric = (r) => {
     const m = r.metrics ?? {};
     if (m.macroF1 !== undefined) return `F1 ${m.macroF1.toFixed(3)}`;
@@ -43,6 +44,17 @@ if (existsSync(results)) {
     r.id.replace(/\/steps.*?(@|$)/, '$1'), status(r), metric(r), num(r.speed?.steadyTokensPerSecond ?? r.speed?.tokensPerSecond),
     mib(r.memory?.peakTotal), mib(r.memory?.reservedPeakBytes), mib(r.memory?.predicted?.total ?? r.fit?.plannedBytes),
   ]));
+  // which PyTorch stack each peer ran (transformers + PEFT, or the script's own
+  // model; a QLoRA peer without bitsandbytes says it dequantized before each matmul)
+  const stacks = new Map();
+  for (const r of recs) {
+    const st = r.settings?.peerStack;
+    if (st) stacks.set(st, [...(stacks.get(st) ?? []), r.id.replace(/\/steps.*?(@|$)/, '$1')]);
+  }
+  if (stacks.size) {
+    console.log('\nPyTorch peers:');
+    for (const [st, ids] of stacks) console.log(`  ${st}: ${ids.join(', ')}`);
+  }
 } else {
-  console.log('\n--suite gpu: no results');
+  console.log('\nthe suite: no results');
 }

@@ -42,6 +42,12 @@ export interface CudaInfo {
   totalBytes?: number;
   driverVersion?: number;
   runtimeVersion?: number;
+  /** where device memory comes from: true, the stream-ordered memory pool;
+   * false, cudaMalloc behind a block cache (the device has no memory pools,
+   * its pool could not be set up, or TUNEBENCH_CUDA_NO_MEMPOOL=1) */
+  memoryPool?: boolean;
+  /** the allocator in words, and why not the pool when it is not */
+  allocator?: string;
 }
 
 /** The binding. Functions take native tensor handles and plain numbers; the

@@ -9,6 +9,7 @@
 // by cuda_gemm_emu.sh (so it is the kernel's own code); the tiles start as
 // bf16 NaN, so an element a fetch misses shows up as NaN. It checks index
 // arithmetic only: not the barriers, WMMA itself, or anything timing-related.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -23,8 +24,19 @@
 #include "kernels/quant_math.h"
 struct float4 { float x, y, z, w; };
 struct uint4 { uint32_t x, y, z, w; };
+struct uint2 { uint32_t x, y; };
 inline uint4 make_uint4(uint32_t a, uint32_t b, uint32_t c, uint32_t d) { return {a, b, c, d}; }
 template <class T> T __ldg(const T* p) { return *p; }
+// the NF4 tile loader's 64-bit loads: counted (they must be used where the
+// run is aligned) and checked for 8-byte alignment, as the device requires
+long g_ldg64 = 0, g_misaligned = 0;
+inline uint2 __ldg(const uint2* p) {
+  g_ldg64++;
+  if (reinterpret_cast<uintptr_t>(p) & 7) g_misaligned++;
+  uint2 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
 inline float __uint_as_float(uint32_t u) { return tb::bits_to_f32(u); }
 struct __nv_bfloat162 { uint16_t x, y; };
 inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {tb::f32_to_bf16(a), tb::f32_to_bf16(b)}; }
@@ -184,11 +196,13 @@ void dense_case(int64_t M, int64_t N, int64_t K, bool ta, bool tb, int pad, int 
 }
 
 float table[16];
-void q4_case(int64_t M, int64_t N, int64_t K, bool tb, int shift, bool decode) {
+// boff: the packed codes start boff bytes into their buffer (not 8-byte aligned unless boff % 8 == 0)
+void q4_case(int64_t M, int64_t N, int64_t K, bool tb, int shift, bool decode, int boff = 0) {
   // W stored [rows, cols]: x W^T (tb): [N, K]; dy W: [K, N]
   const int64_t rows = tb ? N : K, cols = tb ? K : N, numel = rows * cols;
-  std::vector<uint8_t> packed((numel + 1) / 2);
-  for (auto& p : packed) p = rng() & 255;
+  std::vector<uint8_t> buf((numel + 1) / 2 + boff + 8);
+  for (auto& p : buf) p = rng() & 255;
+  const uint8_t* const pk = reinterpret_cast<const uint8_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 7) & ~uintptr_t(7)) + boff;
   std::vector<float> absmax((numel + (1 << shift) - 1) >> shift);
   for (auto& a : absmax) a = 0.5f + std::fabs(urand());
   std::vector<float> A(M * K), C(M * N, NAN);
@@ -199,21 +213,21 @@ void q4_case(int64_t M, int64_t N, int64_t K, bool tb, int shift, bool decode) {
       double s = 0;
       for (int64_t k = 0; k < K; k++) {
         const int64_t e = tb ? j * K + k : k * N + j;
-        float w = math::quant4_value(table, packed.data(), absmax.data(), shift, e);
+        float w = math::quant4_value(table, pk, absmax.data(), shift, e);
         s += (double)A[i * K + k] * (decode ? w : bfr(w));
       }
       ref[i * N + j] = s;
     }
   Table16 t; for (int i = 0; i < 16; i++) t.v[i] = table[i];
   if (decode) {
-    emu_decode((int)M, N, K, 1.0f, A.data(), K, Quant4Row{packed.data(), absmax.data(), nullptr, K, shift}, t, 0.0f, C.data(), N);
+    emu_decode((int)M, N, K, 1.0f, A.data(), K, Quant4Row{pk, absmax.data(), nullptr, K, shift}, t, 0.0f, C.data(), N);
   } else {
     DenseLoader<float> la{A.data(), K, M, K, true};
-    Quant4Loader lb{packed.data(), absmax.data(), nullptr, cols, N, K, shift, tb};
+    Quant4Loader lb{pk, absmax.data(), nullptr, cols, N, K, shift, tb};
     emu_gemm(M, N, K, 1.0f, 0.0f, la, lb, t, C.data(), N, 65535);
   }
   char what[128];
-  std::snprintf(what, sizeof what, "q4 %s tb=%d K=%lld block=%d", decode ? "decode" : "tiles", tb, (long long)K, 1 << shift);
+  std::snprintf(what, sizeof what, "q4 %s tb=%d K=%lld block=%d boff=%d", decode ? "decode" : "tiles", tb, (long long)K, 1 << shift, boff);
   check(what, ref, C.data(), M, N, N, 1e-5);
 }
 
@@ -250,8 +264,36 @@ void intn_case(int64_t M, int64_t N, int64_t K, bool tb, int gshift, bool decode
   check(what, ref, C.data(), M, N, N, 1e-5);
 }
 
+// Shared-memory bank conflicts of the transposed stash (row-major source):
+// for every warp and each of a thread's 16 single-element stores, the
+// threads' 32-bit words per bank (32 banks of 4 bytes). Threads writing the
+// same word do not conflict. Returns the worst number of distinct words one
+// bank serves at one store (1: conflict-free).
+int stash_t_ways() {
+  int worst = 0;
+  for (int w = 0; w < kThreads / 32; w++)
+    for (int i = 0; i < 16; i++) {
+      std::vector<std::vector<int>> words(32);
+      for (int lane = 0; lane < 32; lane++) {
+        const int tid = w * 32 + lane;
+        int r, k;
+        run_of(false, tid, r, k);
+        const int word = (stash_t_row(tid, r, i) * LDS + k) / 2;
+        auto& b = words[word % 32];
+        if (std::find(b.begin(), b.end(), word) == b.end()) b.push_back(word);
+      }
+      for (auto& b : words) worst = std::max(worst, (int)b.size());
+    }
+  return worst;
+}
+
 int main() {
   for (int i = 0; i < 16; i++) table[i] = urand();
+  {
+    const int ways = stash_t_ways();
+    std::printf("%s transposed stash: at most %d-way shared-memory bank conflict\n", ways == 1 ? "ok  " : "FAIL", ways);
+    if (ways != 1) fails++;
+  }
   for (int ta = 0; ta < 2; ta++)
     for (int tb = 0; tb < 2; tb++) {
       dense_case<float, float>(130, 133, 37, ta, tb, 0, 0, 0.0f);
@@ -266,6 +308,8 @@ int main() {
     q4_case(130, 140, 67, tb, 5, false);
     q4_case(33, 131, 96, tb, 6, false);
     q4_case(20, 29, 75, tb, 5, false);  // a K tail of 11: a run of 16 would read past K
+    q4_case(40, 128, 64, tb, 4, false);  // blocks of 16: each 64-bit run exactly one block
+    q4_case(40, 128, 64, tb, 6, false, 3);  // codes not 8-byte aligned: byte by byte
     intn_case<2>(130, 144, 64, tb, 4, false);
     intn_case<3>(20, 160, 96, tb, 5, false);
     intn_case<4>(131, 128, 128, tb, 6, false);
@@ -278,6 +322,9 @@ int main() {
     intn_case<2>(m, 9, 16, true, 4, true);
     intn_case<8>(m, 9, 128, true, 7, true);
   }
+  // the 64-bit NF4 loads ran (aligned runs exist above), never misaligned
+  std::printf("%s NF4 tile loader: %ld 64-bit loads, %ld misaligned\n", g_ldg64 > 0 && g_misaligned == 0 ? "ok  " : "FAIL", g_ldg64, g_misaligned);
+  if (g_ldg64 == 0 || g_misaligned != 0) fails++;
   std::printf("%d failures\n", fails);
   return fails != 0;
 }

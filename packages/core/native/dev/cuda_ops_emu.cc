@@ -36,6 +36,9 @@ void* tracked_alloc(size_t bytes, Category, Device) {
 void tracked_free(void* p, size_t, Category, Device) { std::free(p); }
 namespace device {
 void copy(void* dst, Device, const void* src, Device, size_t bytes) { std::memcpy(dst, src, bytes); }
+// as cudaMemcpyAsync from pageable memory: the source is read (staged)
+// before it returns, and the kernels queued after it read the copy
+void upload(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
 }  // namespace device
 }  // namespace tb
 namespace tb::cuda {

@@ -20,11 +20,6 @@ std::vector<std::pair<const char*, Registrar>>& op_registry() {
   return r;
 }
 
-// Fake CUDA's "device memory": the machine's physical memory.
-static size_t fake_total_bytes() {
-  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-  return pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page) : size_t(1) << 34;
-}
 
 static int g_threads = 0;
 int num_threads() {
@@ -61,10 +56,15 @@ static Napi::Value MemorySnapshot(const Napi::CallbackInfo& info) {
       // the pool's own figures: bytes held from the driver now and at most
       // since the last reset; cached = held but not handed out
       device::CudaMemory cm = device::cuda_memory();
-      if (fake_cuda()) {  // host memory: the pool is the live bytes, the "device" the machine's RAM
-        cm.total_bytes = fake_total_bytes();
-        cm.reserved_bytes = static_cast<size_t>(m.live_total[d]);
-        cm.reserved_peak = static_cast<size_t>(m.peak_total[d]);
+      if (fake_cuda()) {  // host memory: the pool is the live bytes (or the fallback's cache), the "device" fake_cuda_total_bytes()
+        cm.total_bytes = fake_cuda_total_bytes();
+        if (fake_cuda_allocator().pool) {
+          cm.reserved_bytes = static_cast<size_t>(m.live_total[d]);
+          cm.reserved_peak = static_cast<size_t>(m.peak_total[d]);
+        } else {
+          cm.reserved_bytes = fake_cuda_cache().reserved();
+          cm.reserved_peak = fake_cuda_cache().reserved_peak();
+        }
         cm.free_bytes = cm.total_bytes - std::min(cm.total_bytes, cm.reserved_bytes);
       }
       double live_total = static_cast<double>(m.live_total[d]);
@@ -84,6 +84,7 @@ static Napi::Value MemoryResetPeak(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     memory_reset_peak();
     device::cuda_reset_peak();
+    if (fake_cuda()) fake_cuda_cache().reset_peak();
     return info.Env().Undefined();
   });
 }
@@ -92,6 +93,7 @@ static Napi::Value MemoryEmptyCache(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     memory_empty_cache();
     device::cuda_empty_cache();
+    if (fake_cuda()) fake_cuda_cache().release_cached();
     return info.Env().Undefined();
   });
 }
@@ -113,7 +115,9 @@ static Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
     o.Set("name", Napi::String::New(env, "fake CUDA (host memory, TUNEBENCH_FAKE_CUDA=1)"));
     o.Set("capability", Napi::String::New(env, "0.0"));
     o.Set("sms", Napi::Number::New(env, 0));
-    o.Set("totalBytes", Napi::Number::New(env, static_cast<double>(fake_total_bytes())));
+    o.Set("totalBytes", Napi::Number::New(env, static_cast<double>(fake_cuda_total_bytes())));
+    o.Set("memoryPool", Napi::Boolean::New(env, fake_cuda_allocator().pool));
+    o.Set("allocator", Napi::String::New(env, device::allocator_name(fake_cuda_allocator())));
     return o;
   }
   bool ok = device::cuda_device_count() > 0;
@@ -130,6 +134,9 @@ static Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
     o.Set("totalBytes", Napi::Number::New(env, static_cast<double>(ci.total_bytes)));
     o.Set("driverVersion", Napi::Number::New(env, ci.driver_version));
     o.Set("runtimeVersion", Napi::Number::New(env, ci.runtime_version));
+    device::AllocatorChoice a = device::cuda_allocator();
+    o.Set("memoryPool", Napi::Boolean::New(env, a.pool));
+    o.Set("allocator", Napi::String::New(env, device::allocator_name(a)));
     return o;
   });
 }

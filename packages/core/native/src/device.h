@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 
+#include "block_cache.h"
 #include "storage.h"
 
 namespace tb::device {
@@ -25,7 +26,13 @@ struct CudaInfo {
 };
 CudaInfo cuda_info();  // device 0; throws NoBackend without one
 
-// Raw device memory from the caching pool; bytes are counted by tracked_alloc.
+// Which allocator device memory comes from: the stream-ordered pool, or
+// cudaMalloc behind a BlockCache where the device has no memory pools (and
+// why). Throws NoBackend without a device.
+AllocatorChoice cuda_allocator();
+
+// Raw device memory from the caching pool (or the fallback); bytes are
+// counted by tracked_alloc.
 void* cuda_alloc(size_t bytes);  // throws OutOfMemory (Category::Workspace placeholder; the caller rethrows)
 void cuda_free(void* p, size_t bytes);
 void cuda_zero(void* p, size_t bytes);
@@ -51,6 +58,11 @@ void cuda_reset_peak();
 // Copies between any two devices (host memory is ordinary pageable memory).
 // Returns once the bytes are at dst.
 void copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes);
+// Host -> device bytes queued on the core's stream, without waiting for
+// them: cudaMemcpyAsync from pageable host memory copies the source to a
+// staging buffer before it returns, so src may be freed right after, and
+// every kernel queued later sees the bytes.
+void upload(void* dst, const void* src, size_t bytes);
 // Wait for every kernel queued on the core's stream.
 void synchronize();
 

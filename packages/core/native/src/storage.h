@@ -4,6 +4,7 @@
 // Every byte the core allocates goes through tracked_alloc with a category and
 // a device, so the memory report is read from the allocator, not estimated.
 #pragma once
+#include "block_cache.h"
 #include <cstddef>
 #include <cstdint>
 #include <new>
@@ -112,6 +113,18 @@ struct Storage {
 // "fake CUDA (host memory)".
 bool fake_cuda();
 inline Device Storage::kernel_dev() const { return fake_cuda() ? Device::CPU : dev; }
+// The fake device's memory: TUNEBENCH_FAKE_CUDA_TOTAL_MB, else the machine's
+// physical memory. Allocations beyond it are refused as out of memory.
+size_t fake_cuda_total_bytes();
+// The fake device answers cudaDevAttrMemoryPoolsSupported with
+// TUNEBENCH_FAKE_CUDA_MEMPOOLS (default 1) and honours
+// TUNEBENCH_CUDA_NO_MEMPOOL=1, and its allocator is chosen by the same
+// rule as on a GPU (device::choose_allocator). Without the pool its
+// allocations go through a device::BlockCache over host memory, the code the
+// GPU's cudaMalloc fallback runs (cuda/runtime.cu), and the reserved bytes
+// reported are that cache's.
+const device::AllocatorChoice& fake_cuda_allocator();
+device::BlockCache& fake_cuda_cache();
 
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);

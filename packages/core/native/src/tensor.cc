@@ -6,6 +6,7 @@
 #include <string>
 #include <unordered_map>
 #include <vector>
+#include <unistd.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
@@ -55,6 +56,57 @@ bool fake_cuda() {
     return e && e[0] == '1';
   }();
   return on;
+}
+
+size_t fake_cuda_total_bytes() {
+  static const size_t total = [] {
+    const char* e = std::getenv("TUNEBENCH_FAKE_CUDA_TOTAL_MB");
+    long mb = e ? std::atol(e) : 0;
+    if (mb > 0) return static_cast<size_t>(mb) << 20;
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    return pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page) : size_t(1) << 34;
+  }();
+  return total;
+}
+
+const device::AllocatorChoice& fake_cuda_allocator() {
+  static const device::AllocatorChoice choice = [] {
+    const char* off = std::getenv("TUNEBENCH_CUDA_NO_MEMPOOL");
+    const char* pools = std::getenv("TUNEBENCH_FAKE_CUDA_MEMPOOLS");
+    return device::choose_allocator(off && off[0] == '1', "", pools && pools[0] ? std::atoi(pools) : 1, "");
+  }();
+  return choice;
+}
+
+namespace {
+// The fake device's "cudaMalloc": host memory, refused beyond the fake
+// device's size. Called by the BlockCache under its own lock.
+struct FakeCudaRaw final : device::RawAllocator {
+  size_t held = 0;
+  std::unordered_map<void*, size_t> sizes;
+  void* alloc(size_t bytes) override {
+    if (held + bytes > fake_cuda_total_bytes()) return nullptr;
+    void* p = std::aligned_alloc(64, (bytes + 63) & ~size_t(63));
+    if (!p) return nullptr;
+    held += bytes;
+    sizes[p] = bytes;
+    return p;
+  }
+  void free(void* p) override {
+    auto it = sizes.find(p);
+    if (it == sizes.end()) return;
+    held -= it->second;
+    sizes.erase(it);
+    std::free(p);
+  }
+  void sync() override {}  // the fake device's kernels ran already (CPU kernels, synchronous)
+};
+}  // namespace
+
+device::BlockCache& fake_cuda_cache() {
+  static FakeCudaRaw raw;
+  static device::BlockCache cache(raw);
+  return cache;
 }
 
 static void count(size_t bytes, Category cat, Device dev, int sign) {
@@ -140,6 +192,21 @@ void* tracked_alloc(size_t bytes, Category cat, Device dev) {
     count(bytes, cat, dev, +1);
     return d;
   }
+  if (dev == Device::CUDA) {  // the fake device
+    if (!fake_cuda_allocator().pool) {
+      void* d = fake_cuda_cache().alloc(bytes);
+      if (!d) throw OutOfMemory(bytes, cat, dev);
+      count(bytes, cat, dev, +1);
+      return d;
+    }
+    // with the pool: host blocks from the CPU cache below, up to the fake device's size
+    int64_t live = 0;
+    {
+      std::lock_guard<std::mutex> lock(g_mu);
+      live = g_mem.live_total[static_cast<int>(Device::CUDA)];
+    }
+    if (static_cast<size_t>(live) + bytes > fake_cuda_total_bytes()) throw OutOfMemory(bytes, cat, dev);
+  }
   const size_t size = block_size(bytes);
   void* p = nullptr;
   {
@@ -171,6 +238,11 @@ void tracked_free(void* p, size_t bytes, Category cat, Device dev) {
   if (dev == Device::CUDA && !fake_cuda()) {
     if (cat == Category::OptimizerHost) device::cuda_free_managed(p);
     else device::cuda_free(p, bytes);
+    count(bytes, cat, dev, -1);
+    return;
+  }
+  if (dev == Device::CUDA && !fake_cuda_allocator().pool) {
+    fake_cuda_cache().free(p);
     count(bytes, cat, dev, -1);
     return;
   }

@@ -15,6 +15,7 @@ bool cuda_compiled() { return false; }
 int cuda_device_count() { return 0; }
 std::string cuda_unavailable_reason() { return kWhy; }
 CudaInfo cuda_info() { throw NoBackend(kWhy); }
+AllocatorChoice cuda_allocator() { throw NoBackend(kWhy); }
 void* cuda_alloc(size_t) { throw NoBackend(kWhy); }
 void cuda_free(void*, size_t) {}
 void cuda_zero(void*, size_t) { throw NoBackend(kWhy); }
@@ -28,6 +29,7 @@ void copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t byt
   if (dst_dev != Device::CPU || src_dev != Device::CPU) throw NoBackend(kWhy);
   if (bytes) std::memcpy(dst, src, bytes);
 }
+void upload(void*, const void*, size_t) { throw NoBackend(kWhy); }
 void synchronize() {}
 
 }  // namespace tb::device

@@ -78,8 +78,9 @@ void adamw_step_multi(const AdamwTensor* tensors, int64_t count, const math::Ada
   if (host.empty()) return;
   if (chunks > 0x7fffffff) throw DeviceError("adamw_step_multi: more than 2^31 - 1 chunks of 4096 elements");
   Workspace<Desc> dev(host.size(), Device::CUDA);
-  // a synchronous copy: the host table may go out of scope right after
-  device::copy(dev.data(), Device::CUDA, host.data(), Device::CPU, host.size() * sizeof(Desc));
+  // queued without waiting: the pageable host table is staged before upload
+  // returns, so it may go out of scope right after
+  device::upload(dev.data(), host.data(), host.size() * sizeof(Desc));
   adamw_multi_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, stream()>>>(dev.data(), static_cast<int>(host.size()), s);
   TB_LAUNCH_CHECK();
 }

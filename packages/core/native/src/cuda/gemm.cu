@@ -67,6 +67,15 @@ __device__ __forceinline__ void run_of(bool kmajor, int tid, int& r, int& k) {
   else { k = tid >> 3; r = (tid & 7) * 16; }
 }
 
+// The tile row of the i-th of the 16 single-element stores of a thread whose
+// run (run_of, row-major source) starts at row r: r + (i ^ (tid & 7)). In
+// order (r + i), the 8 threads of a warp with the same k store rows 16 apart
+// at once, and 16 rows of LDS bf16 (80 bytes) are 320 words, 0 mod 32 banks:
+// an 8-way bank conflict at every store. Taken in the order i ^ (tid & 7),
+// their rows at one store differ in the low 3 bits, 20 words apart mod 32
+// each: 8 different banks (the threads with k and k + 1 share a word).
+__device__ __forceinline__ int stash_t_row(int tid, int r, int i) { return r + (i ^ (tid & 7)); }
+
 // Registers -> shared tile [128][LDS] (bf16 pairs, first element low).
 __device__ __forceinline__ void stash(bool kmajor, int tid, const uint32_t* v, uint16_t* tile) {
   int r, k;
@@ -76,11 +85,28 @@ __device__ __forceinline__ void stash(bool kmajor, int tid, const uint32_t* v, u
     d[0] = make_uint4(v[0], v[1], v[2], v[3]);
     d[1] = make_uint4(v[4], v[5], v[6], v[7]);
   } else {
+    uint16_t h[16];
 #pragma unroll
     for (int i = 0; i < 8; i++) {
-      tile[(r + 2 * i) * LDS + k] = static_cast<uint16_t>(v[i] & 0xffffu);
-      tile[(r + 2 * i + 1) * LDS + k] = static_cast<uint16_t>(v[i] >> 16);
+      h[2 * i] = static_cast<uint16_t>(v[i] & 0xffffu);
+      h[2 * i + 1] = static_cast<uint16_t>(v[i] >> 16);
     }
+    // h[i] <- h[i ^ (tid & 7)]: three stages of conditional swaps with
+    // constant register indices (a runtime index would put h in local memory)
+    const int a = tid & 7;
+#pragma unroll
+    for (int b = 1; b < 8; b <<= 1) {
+      const bool swap = (a & b) != 0;
+#pragma unroll
+      for (int i = 0; i < 16; i++) {
+        if (i & b) continue;
+        const uint16_t x = h[i], y = h[i | b];
+        h[i] = swap ? y : x;
+        h[i | b] = swap ? x : y;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 16; i++) tile[stash_t_row(tid, r, i) * LDS + k] = h[i];
   }
 }
 
@@ -176,6 +202,25 @@ struct Quant4Loader {
     return math::quant4_value(table, packed, absmax, block_shift, e);
   }
 
+  // 16 values from element e. When e % 16 == 0, its 8 bytes are 8-byte
+  // aligned and the run is inside one absmax block (blocks of 16 or more):
+  // one 64-bit load and one absmax load instead of 8 byte loads (and 8
+  // absmax loads); otherwise byte by byte.
+  __device__ __forceinline__ void run16(int64_t e, float* f) const {
+    const uint8_t* src = packed + (e >> 1);
+    if ((e & 15) == 0 && block_shift >= 4 && (reinterpret_cast<uintptr_t>(src) & 7) == 0) {
+      const uint2 w = __ldg(reinterpret_cast<const uint2*>(src));
+      const float scale = absmax[e >> block_shift];
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        math::quant4_pair(table, static_cast<uint8_t>(w.x >> (8 * i)), scale, f[2 * i], f[2 * i + 1]);
+        math::quant4_pair(table, static_cast<uint8_t>(w.y >> (8 * i)), scale, f[8 + 2 * i], f[8 + 2 * i + 1]);
+      }
+    } else {
+      math::quant4_run<16>(table, packed, absmax, block_shift, e, f);
+    }
+  }
+
   __device__ __forceinline__ void fetch(int64_t row0, int64_t k0, int tid, uint32_t* v) const {
     int r, k;
     run_of(kmajor, tid, r, k);
@@ -188,7 +233,7 @@ struct Quant4Loader {
         return;
       }
       const int64_t e = gr * ld + gk;
-      if (gk + 16 <= K) math::quant4_run<16>(table, packed, absmax, block_shift, e, f);
+      if (gk + 16 <= K) run16(e, f);
       else
 #pragma unroll
         for (int i = 0; i < 16; i++) f[i] = gk + i < K ? at(e + i) : 0.0f;
@@ -199,7 +244,7 @@ struct Quant4Loader {
         return;
       }
       const int64_t e = gk * ld + gr;
-      if (gr + 16 <= rows) math::quant4_run<16>(table, packed, absmax, block_shift, e, f);
+      if (gr + 16 <= rows) run16(e, f);
       else
 #pragma unroll
         for (int i = 0; i < 16; i++) f[i] = gr + i < rows ? at(e + i) : 0.0f;

@@ -5,12 +5,22 @@
 // pool holds from the driver ("reserved") and its high-water mark come from
 // the pool itself, and cudaMemGetInfo gives the device's own view, so the
 // three can be cross-checked.
+//
+// A device without memory pools (cudaDevAttrMemoryPoolsSupported = 0), or one
+// whose default pool cannot be set up, still works: allocations then go
+// through cudaMalloc/cudaFree behind a BlockCache (block_cache.h), which keeps
+// freed blocks for reuse and reports reserved bytes and their high-water mark
+// the same way. TUNEBENCH_CUDA_NO_MEMPOOL=1 chooses that path on any device.
+// cudaInfo() says which allocator is in use and why. Compiled, not yet run on
+// a GPU.
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 
+#include "../block_cache.h"
 #include "../device.h"
 #include "common.cuh"
 
@@ -21,7 +31,29 @@ std::once_flag g_init_once;
 cudaError_t g_init_error = cudaSuccess;
 int g_count = 0;
 cudaStream_t g_stream = nullptr;
-cudaMemPool_t g_pool = nullptr;
+cudaMemPool_t g_pool = nullptr;  // null when the fallback is in use
+device::AllocatorChoice g_choice;
+
+// The fallback's raw allocator: cudaMalloc / cudaFree on device 0.
+struct CudaMallocRaw final : device::RawAllocator {
+  void* alloc(size_t bytes) override {
+    void* p = nullptr;
+    cudaError_t err = cudaMalloc(&p, bytes);
+    if (err == cudaErrorMemoryAllocation) { cudaGetLastError(); return nullptr; }
+    TB_CUDA_CHECK(err);
+    return p;
+  }
+  void free(void* p) override {
+    if (cudaFree(p) != cudaSuccess) cudaGetLastError();  // called while freeing: never throws
+  }
+  void sync() override {
+    if (cudaStreamSynchronize(g_stream) != cudaSuccess) cudaGetLastError();
+  }
+};
+CudaMallocRaw g_raw;
+device::BlockCache g_cache(g_raw);
+
+std::string error_text(cudaError_t e) { return std::string(cudaGetErrorName(e)) + " (" + cudaGetErrorString(e) + ")"; }
 
 void init() {
   std::call_once(g_init_once, [] {
@@ -29,10 +61,30 @@ void init() {
     if (g_init_error != cudaSuccess || g_count == 0) { g_count = 0; return; }
     if ((g_init_error = cudaSetDevice(0)) != cudaSuccess) { g_count = 0; return; }
     if ((g_init_error = cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking)) != cudaSuccess) { g_count = 0; return; }
-    if ((g_init_error = cudaDeviceGetDefaultMemPool(&g_pool, 0)) != cudaSuccess) { g_count = 0; return; }
-    // keep every freed block in the pool (never trimmed at synchronisation)
-    uint64_t keep = UINT64_MAX;
-    if ((g_init_error = cudaMemPoolSetAttribute(g_pool, cudaMemPoolAttrReleaseThreshold, &keep)) != cudaSuccess) g_count = 0;
+    // the allocator: the stream-ordered pool where the device has one, else
+    // cudaMalloc behind the block cache (never "no usable device")
+    const char* off = std::getenv("TUNEBENCH_CUDA_NO_MEMPOOL");
+    const bool forced_off = off && off[0] == '1';
+    int pools = 0;
+    std::string attr_error, setup_error;
+    if (!forced_off) {
+      cudaError_t e = cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, 0);
+      if (e != cudaSuccess) { cudaGetLastError(); attr_error = error_text(e); }
+    }
+    if (!forced_off && attr_error.empty() && pools != 0) {
+      cudaError_t e = cudaDeviceGetDefaultMemPool(&g_pool, 0);
+      if (e == cudaSuccess) {
+        // keep every freed block in the pool (never trimmed at synchronisation)
+        uint64_t keep = UINT64_MAX;
+        e = cudaMemPoolSetAttribute(g_pool, cudaMemPoolAttrReleaseThreshold, &keep);
+        if (e != cudaSuccess) setup_error = "cudaMemPoolSetAttribute(cudaMemPoolAttrReleaseThreshold): " + error_text(e);
+      } else {
+        setup_error = "cudaDeviceGetDefaultMemPool: " + error_text(e);
+      }
+      if (e != cudaSuccess) cudaGetLastError();
+    }
+    g_choice = device::choose_allocator(forced_off, attr_error, pools, setup_error);
+    if (!g_choice.pool) g_pool = nullptr;
   });
 }
 
@@ -90,9 +142,19 @@ CudaInfo cuda_info() {
   return info;
 }
 
+AllocatorChoice cuda_allocator() {
+  cuda::require_device();
+  return cuda::g_choice;
+}
+
 void* cuda_alloc(size_t bytes) {
   cudaStream_t s = cuda::stream();
   void* p = nullptr;
+  if (!cuda::g_pool) {
+    p = cuda::g_cache.alloc(bytes);  // gives its kept blocks back and retries before refusing
+    if (!p) throw OutOfMemory(bytes, Category::Workspace, Device::CUDA);
+    return p;
+  }
   cudaError_t err = cudaMallocAsync(&p, bytes, s);
   if (err == cudaErrorMemoryAllocation) {
     // give the pool's unused blocks back and try once more
@@ -111,6 +173,10 @@ void* cuda_alloc(size_t bytes) {
 
 void cuda_free(void* p, size_t) {
   if (!p) return;
+  if (!cuda::g_pool) {  // kept for reuse; the next user is queued behind the kernels that use it now
+    cuda::g_cache.free(p);
+    return;
+  }
   // stream-ordered: kernels already queued that use p finish first
   cudaError_t err = cudaFreeAsync(p, cuda::stream());
   if (err != cudaSuccess) cudaGetLastError();  // freeing never throws (called from destructors)
@@ -124,6 +190,11 @@ CudaMemory cuda_memory() {
   CudaMemory m;
   if (cuda_device_count() == 0) return m;
   TB_CUDA_CHECK(cudaMemGetInfo(&m.free_bytes, &m.total_bytes));
+  if (!cuda::g_pool) {
+    m.reserved_bytes = cuda::g_cache.reserved();
+    m.reserved_peak = cuda::g_cache.reserved_peak();
+    return m;
+  }
   uint64_t v = 0;
   TB_CUDA_CHECK(cudaMemPoolGetAttribute(cuda::g_pool, cudaMemPoolAttrReservedMemCurrent, &v));
   m.reserved_bytes = v;
@@ -135,11 +206,13 @@ CudaMemory cuda_memory() {
 void cuda_empty_cache() {
   if (cuda_device_count() == 0) return;
   TB_CUDA_CHECK(cudaStreamSynchronize(cuda::g_stream));
+  if (!cuda::g_pool) { cuda::g_cache.release_cached(); return; }
   TB_CUDA_CHECK(cudaMemPoolTrimTo(cuda::g_pool, 0));
 }
 
 void cuda_reset_peak() {
   if (cuda_device_count() == 0) return;
+  if (!cuda::g_pool) { cuda::g_cache.reset_peak(); return; }
   uint64_t zero = 0;  // the high-water mark restarts from the current reservation
   TB_CUDA_CHECK(cudaMemPoolSetAttribute(cuda::g_pool, cudaMemPoolAttrReservedMemHigh, &zero));
 }
@@ -155,6 +228,12 @@ void copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t byt
   cudaStream_t s = cuda::stream();
   TB_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, s));
   TB_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+void upload(void* dst, const void* src, size_t bytes) {
+  if (!bytes) return;
+  // pageable source: staged before the call returns (no stream synchronisation)
+  TB_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda::stream()));
 }
 
 void synchronize() {
