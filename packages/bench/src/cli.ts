@@ -4,7 +4,10 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { deviceName, parseCli } from '@tunebench/core';
+import { cpus } from 'node:os';
+import { deviceName, native, parseCli } from '@tunebench/core';
+import { type WorkerSpec, cpuWorkers, cudaWorkers, parseDevices, runParallel } from './jobs/workers.js';
+import { runWorker } from './jobs/worker_main.js';
 import { checkLearned, checkReport, fastestAttempt, readBaseline, speedOnly, writeBaseline } from './check.js';
 import { SuiteInterrupted, parseShard, readKernels, runSuite, shardLabel, type Shard } from './runner.js';
 import { ggufCommand } from './commands/gguf.js';
@@ -76,6 +79,12 @@ Options:
                            and a manifest, merged with 'merge'. auto: from a Slurm job array
                            (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT) or a Kubernetes Indexed
                            Job (JOB_COMPLETION_INDEX with TUNEBENCH_SHARDS or JOB_COMPLETIONS)
+  --parallel N             N worker processes share this machine's cores (TUNEBENCH_THREADS each
+                           = cores / N), pulling jobs from one queue; their speed figures are
+                           not comparable (the report marks them). Default: one job at a time
+  --devices LIST|all       one worker per GPU (cuda:0,cuda:1,... or all), each pulling jobs
+                           from one queue; a job goes to a GPU whose free memory holds its
+                           planned peak; one process writes the records
   --cache DIR              where pretrained bases are kept (default $TUNEBENCH_CACHE or
                            .tunebench-cache); shards may share one: the first to finish keeps it
   --seeds N                repeat each run with N seeds (the suite's seed, +1, ...): adapter
@@ -113,11 +122,13 @@ if (args[0] === 'gguf') ggufCommand(args.slice(1));
 if (args[0] === 'plan') planCommand(args.slice(1));
 if (args[0] === 'jobs') jobsCommand(args.slice(1));
 if (args[0] === 'merge') await mergeCommand(args.slice(1));
+// a worker process of --parallel / --devices (started by the coordinator)
+if (args[0] === 'worker') { await runWorker(); process.exit(0); }
 
 const opt = parseCli({
   ...SUITE_OPTIONS, out: { type: 'string' }, resume: { type: 'boolean', default: false },
   check: { type: 'string' }, 'update-baseline': { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false },
-  shard: { type: 'string' }, cache: { type: 'string' },
+  shard: { type: 'string' }, cache: { type: 'string' }, parallel: { type: 'string' }, devices: { type: 'string' },
 }, HELP, args);
 
 function fail(msg: string): never {
@@ -133,6 +144,25 @@ if (opt.shard !== undefined) {
   if (opt.check) fail('--check judges a whole suite: merge the shards first (tunebench merge), then check the merged results');
 }
 const cacheDir = opt.cache !== undefined ? join(resolve(opt.cache), 'base') : undefined;
+// several workers on this machine: one per GPU (--devices), or the cores shared out (--parallel)
+let workers: WorkerSpec[] | undefined;
+if (opt.devices !== undefined || opt.parallel !== undefined) {
+  if (opt.devices !== undefined && opt.parallel !== undefined) fail('give --devices (one worker per GPU) or --parallel (workers sharing the CPU), not both');
+  if (shard) fail('--shard with several workers is not supported: run one process per shard, or drop --shard');
+  if (opt.check) fail('--check times runs: it runs one job at a time; drop --parallel/--devices');
+  const cores = cpus().length;
+  if (opt.devices !== undefined) {
+    if (device !== 'cuda') fail(`--devices needs the CUDA backend (the suite runs on ${device}); on the CPU use --parallel N`);
+    // the fake device (a plumbing test) stands in for TUNEBENCH_FAKE_CUDA_DEVICES GPUs
+    const count = process.env.TUNEBENCH_FAKE_CUDA === '1' ? Number(process.env.TUNEBENCH_FAKE_CUDA_DEVICES ?? 1) : native.cudaDevices();
+    try { workers = cudaWorkers(parseDevices(opt.devices, count), cores); } catch (e) { fail((e as Error).message); }
+  } else {
+    const n = Number(opt.parallel);
+    if (!Number.isInteger(n) || n < 1 || n > Math.max(1, cores)) fail(`--parallel must be a whole number from 1 to ${Math.max(1, cores)} (this machine's cores), got '${opt.parallel}'`);
+    if (device !== 'cpu') fail('--parallel shares the CPU between workers; on GPUs use --devices');
+    if (n > 1) workers = cpuWorkers(n, cores);
+  }
+}
 
 const here = dirname(fileURLToPath(import.meta.url));
 const outDir = resolve(opt.out ?? join(here, '..', '..', '..', 'reports', suite.name));
@@ -185,7 +215,9 @@ const t0 = performance.now();
 let records: Awaited<ReturnType<typeof runSuite>>;
 try {
   if (device !== 'cpu') console.error(`tunebench: training on ${deviceName(device)}`);
-  records = await runSuite(suite, { outDir, resume: opt.resume, signal: interrupt.signal, device, ...(shard ? { shard } : {}), ...(cacheDir ? { cacheDir } : {}) });
+  records = workers
+    ? await runParallel(suite, { outDir, resume: opt.resume, signal: interrupt.signal, workers, ...(cacheDir ? { cacheDir } : {}), entry: { script: process.argv[1], args: ['worker'] } })
+    : await runSuite(suite, { outDir, resume: opt.resume, signal: interrupt.signal, device, ...(shard ? { shard } : {}), ...(cacheDir ? { cacheDir } : {}) });
 } catch (e) {
   if (e instanceof SuiteInterrupted) await stopInterrupted(e);
   // what stops the whole suite (data that cannot be prepared, a base that cannot be

@@ -42,7 +42,7 @@ export { finetune, progressBar, progressPrinter, resolveFinetuneOptions, type Fi
 export {
   pretrainBase, loadBase, brownData, defaultCacheDir, PRETRAIN_DEFAULTS, type PretrainOptions, type PretrainResult, type BrownData,
 } from './tasks/pretrain.js';
-export { adaptData, evaluateAdapt, type AdaptData, type AdaptMetrics } from './tasks/adapt.js';
+export { adaptData, evaluateAdapt, evenRows, FORGETTING_ROWS, type AdaptData, type AdaptMetrics } from './tasks/adapt.js';
 export { spamData, evaluateSpam, SPAM_LABELS, type SpamData, type SpamDataOptions, type SpamMetrics } from './tasks/spam_task.js';
 export { jsonlData, evaluateJsonl, MAX_LABELS, type JsonlData, type JsonlOptions, type JsonlMetrics } from './tasks/jsonl_task.js';
 export * from './record.js';
@@ -54,6 +54,7 @@ export {
   shardSuffix, type ShardManifest, suiteHash, refuseWhatCannotRun,
 } from './runner.js';
 export { mergeShards, type MergeResult } from './jobs/merge.js';
+export { cpuWorkers, cudaWorkers, parseDevices, runParallel, type WorkerSpec, type ParallelOptions } from './jobs/workers.js';
 export * from './stats/outcomes.js';
 export * from './stats/bootstrap.js';
 export * from './stats/learned.js';

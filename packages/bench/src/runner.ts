@@ -89,7 +89,7 @@ export function refuseWhatCannotRun(plan: JobPlan, device: Device, machineBytes 
 }
 
 /** The tasks' data, prepared before anything is written: a dataset that cannot be used fails here. */
-function prepareData(suite: Suite): TaskData {
+export function prepareData(suite: Suite): TaskData {
   const sh = suite.shared;
   const tok = new ByteTokenizer();
   const data: TaskData = {};
@@ -169,7 +169,7 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
   return readResults(resultsPath);
 }
 
-async function execute(job: Job, ctx: JobContext, resume: boolean): Promise<void> {
+export async function execute(job: Job, ctx: JobContext, resume: boolean): Promise<void> {
   switch (job.kind) {
     case 'pretrain': return;  // done before the others (baseJob), once
     case 'run': return runJob(job, ctx);

@@ -4,7 +4,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { type CheckpointingMode, PRESETS, isPreset, checkRegularFile, configFromHf, parseCheckpointing, parseJson, readJsonl, readTextFile } from '@tunebench/core';
+import { ByteTokenizer, type CheckpointingMode, PRESETS, isPreset, checkRegularFile, configFromHf, parseCheckpointing, parseJson, readJsonl, readTextFile } from '@tunebench/core';
 import type { TuneLrSpec } from './tune.js';
 import { CI_METHODS, DEFAULT_METHODS, GPU_METHODS, type MethodSpec, methodNames, methodPlugin, parseMethods } from './methods.js';
 
@@ -271,7 +271,14 @@ export function validateSuite(raw: unknown, where: string): Suite {
     const config = join(s.base.hfDir, 'config.json');
     if (!existsSync(config)) p.push(`base.hfDir ${s.base.hfDir} has no config.json (a Hugging Face LlamaForCausalLM directory is expected)`);
     // the config as the loader reads it: a bad one would fail every run after the reports directory was set up
-    else { try { configFromHf(parseJson(readTextFile(config, 'config.json'), config), config); } catch (e) { p.push(`base.hfDir: ${(e as Error).message}`); } }
+    else {
+      try {
+        const c = configFromHf(parseJson(readTextFile(config, 'config.json'), config), config);
+        // the tasks tokenize with the byte tokenizer: every one of its ids must have an embedding row
+        const ids = new ByteTokenizer().vocabSize;
+        if (c.vocabSize < ids) p.push(`base.hfDir: the model's vocab_size ${c.vocabSize} is smaller than the byte tokenizer's ${ids} ids (256 bytes, BOS, EOS, PAD) that the tasks use: its embedding has no row for ids ${c.vocabSize}..${ids - 1}`);
+      } catch (e) { p.push(`base.hfDir: ${(e as Error).message}`); }
+    }
   }
   if (s.tasks.includes('jsonl') && !s.dataset) p.push("the jsonl task needs 'dataset' (a JSONL file)");
   if (s.dataset !== undefined) {

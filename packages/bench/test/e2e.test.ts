@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ByteTokenizer, memory } from '@tunebench/core';
-import { adaptData, brownData, evaluateAdapt, evaluateSpam, finetune, loadBase, pretrainBase, spamData } from '../src/index.js';
+import { FORGETTING_ROWS, adaptData, brownData, evaluateAdapt, evenRows, evaluateSpam, finetune, loadBase, pretrainBase, spamData } from '../src/index.js';
 
 test('pretrain tiny (cached), fine-tune on spam, accuracy over the whole test split', () => {
   const cacheDir = mkdtempSync(join(tmpdir(), 'tb-base-'));
@@ -43,6 +43,14 @@ test('adapt: the held-out genre never appears in the base data; metrics are fini
   assert.deepEqual(data.genres, ['r']);
   assert.ok(brown.split.train.every((d) => d.genre !== 'r'));
   assert.ok(data.train.numRows > 0 && data.test.numRows > 0);
+  // forgetting is measured on FORGETTING_ROWS rows spread evenly over the base genres' validation text
+  assert.equal(data.baseValidation.numRows, FORGETTING_ROWS);
+  const all = brown.validation;
+  assert.ok(all.numRows > 4 * FORGETTING_ROWS, `${all.numRows} validation rows`);
+  const row = (r: typeof all, i: number) => Array.from(r.ids.subarray(i * 64, (i + 1) * 64));
+  assert.deepEqual(row(data.baseValidation, 0), row(all, 0));
+  assert.deepEqual(row(data.baseValidation, FORGETTING_ROWS - 1), row(all, Math.floor(((FORGETTING_ROWS - 1) * all.numRows) / FORGETTING_ROWS)));
+  assert.equal(evenRows(data.test, data.test.numRows + 1), data.test, 'fewer rows than the cap: all of them');
   const cacheDir = mkdtempSync(join(tmpdir(), 'tb-base-'));
   const base = pretrainBase({ preset: 'tiny', steps: 2, batchSize: 2, seqLen: 64, cacheDir, progress: false });
   const model = loadBase(base.dir, { trainable: false });

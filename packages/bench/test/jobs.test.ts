@@ -4,6 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { LlamaModel, preset, saveHfModel } from '@tunebench/core';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -140,4 +141,24 @@ test('the planner refuses what cannot run before anything is written', async () 
   for (const name of ['__proto__', 'constructor', 'toString']) {
     assert.throws(() => validateSuite({ ...tinySuite(), base: { preset: name } }, 'proto'), /must be a preset/, name);
   }
+});
+
+test('a checkpoint the tasks cannot use is refused by name: too small a vocabulary, values that make the first forward non-finite', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tb-ckpt-'));
+  const model = LlamaModel.init(preset('tiny'), { seed: 3 });
+  try { saveHfModel(model, join(dir, 'model'), { dtype: 'f32' }); } finally { model.dispose(); }
+  const configPath = join(dir, 'model', 'config.json');
+  const config = JSON.parse(readFileSync(configPath, 'utf8'));
+  const { seeds: _, ...shared } = tinySuite().shared;
+  const suite = (hfDir: string) => ({ ...tinySuite(), shared, peers: {}, tasks: ['adapt'], methods: parseMethods('full'), base: { hfDir } });
+  writeFileSync(configPath, JSON.stringify({ ...config, vocab_size: 200 }));
+  assert.throws(() => validateSuite(suite(join(dir, 'model')), 'small vocab'), /vocab_size 200 is smaller than the byte tokenizer's 259 ids/);
+  // rope_theta so small that the rotary frequencies overflow: the first evaluation is NaN, the run says so and does not train
+  writeFileSync(configPath, JSON.stringify({ ...config, rope_theta: 1e-320 }));
+  const out = join(dir, 'out');
+  const [r] = await runSuite(validateSuite(suite(join(dir, 'model')), 'tiny theta'), { outDir: out, log: () => {}, progress: false });
+  assert.equal(r.status, 'error');
+  assert.match(r.error!, /first evaluation is not finite .*rope_theta/);
+  assert.equal(r.lossCurve.length, 0, 'not trained');
+  rmSync(dir, { recursive: true, force: true });
 });

@@ -202,6 +202,9 @@ export async function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDi
     // its evaluation's memory is not the training's
     let baseLossBefore = NaN;
     record.untrained = evaluation(model);
+    // a checkpoint or adapter whose values overflow (rope_theta 1e-320, lora_alpha 1e308) would train on NaN: say so now
+    const bad = nonFiniteStart(record.untrained);
+    if (bad) throw new Error(`the prepared model's first evaluation is not finite (${bad}): check the base's and the adapter's values (rope_theta, weights, lora_alpha); not trained`);
     memory.resetPeak();
     // the held-out curve: the validation score at a few steps of the run
     // (evaluation time is left out of the run's speed figures by finetune)
@@ -276,3 +279,13 @@ export async function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDi
   return { record, peerInput: record.status === 'ok' ? peerInput : null };
 }
 
+
+/** What is non-finite in a starting point's evaluation, or null. */
+export function nonFiniteStart(e: { metrics: Record<string, number>; outcomes: Outcomes }): string | null {
+  for (const [k, v] of Object.entries(e.metrics)) if (k !== 'forgetting' && !Number.isFinite(v)) return `${k} is ${v}`;
+  const ll = e.outcomes.labels?.ll?.flat() ?? [];
+  if (ll.some((x) => !Number.isFinite(x))) return 'a label log-likelihood is not finite';
+  const nll = e.outcomes.text?.nll ?? [];
+  if (nll.some((x) => !Number.isFinite(x))) return 'a sequence loss is not finite';
+  return null;
+}

@@ -74,8 +74,10 @@ export const BUSY_RATIO = 1.5;
 export const BUSY_SPREAD = 0.5;
 
 /** Why a run's speed is not comparable (the machine was busy), or null. */
-export function busyReason(r: Pick<RunRecord, 'referenceMs' | 'referenceAfterMs' | 'speed'>, suiteMedianMs: number): string | null {
+export function busyReason(r: Pick<RunRecord, 'referenceMs' | 'referenceAfterMs' | 'speed'> & { provenance?: Pick<RunRecord['provenance'], 'backend' | 'worker'> }, suiteMedianMs: number): string | null {
   const ratio = (a: number, b: number) => Math.max(a / b, b / a);
+  const w = r.provenance?.worker;
+  if (w && w.of > 1 && r.provenance?.backend === 'cpu') return `ran beside ${w.of - 1} other worker(s) on one CPU (--parallel ${w.of})`;
   const ref = r.referenceMs;
   if (Number.isFinite(ref) && ref > 0 && Number.isFinite(suiteMedianMs) && suiteMedianMs > 0 && ratio(ref, suiteMedianMs) > BUSY_RATIO) {
     return `reference kernel ${ref.toFixed(2)} ms before the run vs the suite's median ${suiteMedianMs.toFixed(2)} ms`;
