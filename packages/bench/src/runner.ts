@@ -129,7 +129,7 @@ export async function runSuite(suite: Suite, o: RunnerOptions): Promise<RunRecor
 
   const ctx: JobContext = {
     suite, device, outDir: o.outDir, resultsPath, kernelsPath, log, progress: o.progress ?? true, signal: o.signal, prov,
-    baseDir: null, ...(o.cacheDir ? { cacheDir: o.cacheDir } : {}), data, done, peerInputs: new Map(), peerSteps: new Map(),
+    baseDir: null, ...(o.cacheDir ? { cacheDir: o.cacheDir } : {}), ...(o.machineBytes ? { machineBytes: o.machineBytes } : {}), data, done, peerInputs: new Map(), peerSteps: new Map(),
     searchedLr: new Map(), ...(o.lrs ? { lrs: o.lrs } : {}), notRun: [],
     record: (r) => { appendRecord(resultsPath, r); done.set(r.id, r); },
     stopIfAborted: (dropped = null) => {

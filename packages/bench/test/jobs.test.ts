@@ -160,5 +160,11 @@ test('a checkpoint the tasks cannot use is refused by name: too small a vocabula
   assert.equal(r.status, 'error');
   assert.match(r.error!, /first evaluation is not finite .*rope_theta/);
   assert.equal(r.lossCurve.length, 0, 'not trained');
+  // a run whose planned peak exceeds the machine's memory is recorded as not fitting, not run
+  writeFileSync(configPath, JSON.stringify(config));
+  const [small] = await runSuite(validateSuite(suite(join(dir, 'model')), 'small machine'), { outDir: join(dir, 'small'), log: () => {}, progress: false, machineBytes: 64 << 10 });
+  assert.equal(small.status, 'oom');
+  assert.equal(small.fit?.ran, false);
+  assert.match(small.error!, /planned peak \d+ MiB exceeds the 0 MiB of this machine's memory; not run/);
   rmSync(dir, { recursive: true, force: true });
 });

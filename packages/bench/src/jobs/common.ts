@@ -200,12 +200,12 @@ export function checkpointingOf(m: MethodSpec, suite: Suite): CheckpointingMode 
 
 /** Marks a run as not fitting its device without running it: the planned
  * peak (plan.ts) and the bytes that were free. */
-export function notFitting(record: RunRecord, predicted: RunRecord['memory']['predicted'] & {}, free: number): void {
+export function notFitting(record: RunRecord, predicted: RunRecord['memory']['predicted'] & {}, free: number, where?: string): void {
   record.status = 'oom';
   record.oomBytes = predicted.total;
   record.fit = { plannedBytes: predicted.total, freeBytes: free, ran: false };
   record.memory = { ...record.memory, predicted };
-  record.error = `does not fit: the planned peak ${(predicted.total / 2 ** 20).toFixed(0)} MiB exceeds the ${(free / 2 ** 20).toFixed(0)} MiB free on ${record.provenance.device}; not run`;
+  record.error = `does not fit: the planned peak ${(predicted.total / 2 ** 20).toFixed(0)} MiB exceeds the ${(free / 2 ** 20).toFixed(0)} MiB ${where ?? `free on ${record.provenance.device}`}; not run`;
 }
 
 /** The memory figures of a run just trained, read on its device. CPU: the
@@ -255,6 +255,8 @@ export interface JobContext {
   baseDir: string | null;
   /** where pretrained bases are cached (default: pretrain.ts defaultCacheDir) */
   cacheDir?: string;
+  /** the machine's memory that a CPU run's planned peak must fit (default os.totalmem) */
+  machineBytes?: number;
   /** the tasks' data, prepared before anything ran */
   data: import('./run.js').TaskData;
   /** records by id: those in the results file at the start (--resume) and those written since */

@@ -3,7 +3,7 @@
 // after, saved, and its deployable models scored; and the 'pretrain' job that
 // gives the runs their base.
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { CATEGORIES, type Category, type Device, DivergedError, type LlamaModel, type TokenRows, memory } from '@tunebench/core';
 import { countParameters } from '@tunebench/lora';
@@ -68,7 +68,7 @@ export async function runJob(job: Job, ctx: JobContext): Promise<void> {
       run = { ...m, lr: tuning.chosen };
       ctx.searchedLr.set(`${task}/${m.label}`, tuning.chosen);
     }
-    ({ record: r, peerInput } = await runOne(task, run, seeded, baseDir, ctx.data, ctx.prov, id, ctx.log, ctx.progress, peerSteps, ctx.signal, { tuning, validation, device: ctx.device }));
+    ({ record: r, peerInput } = await runOne(task, run, seeded, baseDir, ctx.data, ctx.prov, id, ctx.log, ctx.progress, peerSteps, ctx.signal, { tuning, validation, device: ctx.device, ...(ctx.machineBytes ? { machineBytes: ctx.machineBytes } : {}) }));
   } catch (e) {
     if (e instanceof RunInterrupted) ctx.stopIfAborted({ id, stepsDone: e.stepsDone, steps: sh.steps });
     throw e;
@@ -130,7 +130,7 @@ export function peerInputOnly(task: TaskName, m: MethodSpec, suite: Suite, baseD
 export async function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDir: string, data: TaskData,
                       prov: RunRecord['provenance'], id: string, log: (l: string) => void, progress: boolean,
                       peerSteps: number, signal?: AbortSignal,
-                      extra: { tuning?: TuningRecord; validation?: Validation; device?: Device } = {}): Promise<{ record: RunRecord; peerInput: PeerInput | null }> {
+                      extra: { tuning?: TuningRecord; validation?: Validation; device?: Device; machineBytes?: number } = {}): Promise<{ record: RunRecord; peerInput: PeerInput | null }> {
   const sh = suite.shared;
   const device = extra.device ?? 'cpu';
   let peerInput: PeerInput | null = null;
@@ -173,6 +173,14 @@ export async function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDi
     const train = trainRows(task, data);
     // captured before training, so the peers start from the same weights (JS memory, not tracked)
     if (peerSteps > 0) peerInput = peerInputOf(model, train, m, suite, peerSteps);
+    if (device === 'cpu') {
+      // a run whose planned peak exceeds the machine's memory is recorded, not run
+      const machine = extra.machineBytes ?? totalmem();
+      if (predicted.total > machine) {
+        notFitting(record, predicted, machine, 'of this machine\'s memory');
+        return { record, peerInput: null };
+      }
+    }
     if (device !== 'cpu') {
       // a run whose planned peak exceeds the free device memory is recorded, not run
       const free = availableBytes(device);
