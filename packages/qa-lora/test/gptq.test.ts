@@ -284,10 +284,10 @@ function intnOf(model: LlamaModel): Map<string, IntNLinear> {
   return m;
 }
 
-test('QA-LoRA on a GPTQ base: its own codes, training lowers the loss, the merge computes what the trained model did; written back as GPTQ', (t) => {
+for (const sym of [true, false]) test(`QA-LoRA on a GPTQ base (4-bit g32, sym ${sym}): its own codes, training lowers the loss, the merge computes what the trained model did; written back as GPTQ`, (t) => {
   const dir = tempDir(), out = tempDir(), exact = tempDir();
   try {
-    const truth = writeGptq(dir, { bits: 4, groupSize: 32, sym: false, seed: 21, layers: 2, tied: false });
+    const truth = writeGptq(dir, { bits: 4, groupSize: 32, sym, seed: 21, layers: 2, tied: false });
     // bits must match the checkpoint's (a different width would mean requantizing)
     assert.throws(() => loadQaloraModel(dir, { bits: 8 }), /GPTQ checkpoint of 4-bit codes \(quantization_config\.bits 4\); INT8 was asked for.*qalora4/);
     // a different group width asked for: the checkpoint's is used, and said
@@ -304,6 +304,7 @@ test('QA-LoRA on a GPTQ base: its own codes, training lowers the loss, the merge
       assert.equal(result.checkpoint!.kind, 'gptq');
       assert.equal(result.targets.length, 14);
       assert.equal(mismatches(model, truth).bad, 0, 'the base is the checkpoint, exactly');
+      const before = logitsOf(model);
       const losses = train(model, 6, 1e-2);
       t.diagnostic(`losses ${losses.map((l) => l.toFixed(4)).join(', ')}`);
       assert.ok(losses[5] < losses[0] - 1e-3, `the loss decreases: ${losses.join(', ')}`);
@@ -336,13 +337,13 @@ test('QA-LoRA on a GPTQ base: its own codes, training lowers the loss, the merge
           for (const s of scalesBefore.get(n)!) bound = Math.max(bound, s / 2);
           a.dispose(); b.dispose();
         }
-        t.diagnostic(`GPTQ write-back of the merged model: ${rep.roundedGroups} of ${rep.groups} groups rounded (${rep.clampedGroups} clamped), ` +
+        t.diagnostic(`sym ${sym}: GPTQ write-back of the merged model: ${rep.roundedGroups} of ${rep.groups} groups rounded (${rep.clampedGroups} clamped), ` +
           `max |weight error| ${maxErr.toExponential(3)} (reported ${rep.maxAbsWeightError.toExponential(3)}; largest scale/2 ${bound.toExponential(3)})`);
         assert.ok(maxErr > 0, 'rounded zero points move weights');
         assert.ok(Math.abs(maxErr - rep.maxAbsWeightError) <= 1e-7 * Math.max(1, maxErr), `measured ${maxErr} vs reported ${rep.maxAbsWeightError}`);
         if (rep.clampedGroups === 0) assert.ok(maxErr <= bound + 1e-6, `within half a scale: ${maxErr} vs ${bound}`);
-        const drift = relErr(logitsOf(back.model), trained);
-        t.diagnostic(`rounded GPTQ file vs trained model logits: ${drift.toExponential(2)}`);
+        const drift = relErr(logitsOf(back.model), trained), moved = relErr(trained, before);
+        t.diagnostic(`logits, max|diff|/max|ref|: rounded GPTQ file vs trained model ${drift.toExponential(2)}; trained vs the base before training ${moved.toExponential(2)}`);
       } finally {
         back.model.dispose();
       }
