@@ -83,6 +83,8 @@ interface Truth { q: Uint8Array; z: Uint8Array; s: Float64Array; g: Int32Array; 
 interface GptqOpts {
   bits: 2 | 3 | 4 | 8; groupSize: number; sym: boolean; format?: 'gptq' | 'gptq_v2'; descAct?: boolean; permute?: boolean;
   seed?: number; layers?: number; tied?: boolean; noFormatKey?: boolean;
+  /** two shards and an index, the tensors dealt alternately (a projection's parts end up in both) */
+  sharded?: boolean;
   /** change the file after the fact */
   tamper?: (entries: Entry[], config: Record<string, unknown>) => void;
 }
@@ -140,7 +142,17 @@ function writeGptq(dir: string, o: GptqOpts): Map<string, Truth> {
   };
   o.tamper?.(entries, config);
   mkdirSync(dir, { recursive: true });
-  writeSafetensorsFile(join(dir, 'model.safetensors'), entries);
+  if (o.sharded) {
+    const names = ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors'], map: Record<string, string> = {};
+    names.forEach((f, k) => {
+      const mine = entries.filter((_, i) => i % 2 === k);
+      for (const e of mine) map[e.name] = f;
+      writeSafetensorsFile(join(dir, f), mine);
+    });
+    writeFileSync(join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: { total_size: 0 }, weight_map: map }));
+  } else {
+    writeSafetensorsFile(join(dir, 'model.safetensors'), entries);
+  }
   writeFileSync(join(dir, 'config.json'), JSON.stringify(config, null, 2));
   return truth;
 }
@@ -222,6 +234,17 @@ test('AutoGPTQ\'s older layout: quantize_config.json (no checkpoint_format: v1 z
   const g = loadGptqModel(dir);
   try {
     assert.equal(g.spec.format, 'gptq');
+    assert.equal(mismatches(g.model, truth).bad, 0);
+  } finally {
+    g.model.dispose();
+  }
+}));
+
+test('a sharded checkpoint (index.json; the parts of one projection in different shards) loads exactly', () => withDir((dir) => {
+  const truth = writeGptq(dir, { bits: 3, groupSize: 64, sym: false, format: 'gptq_v2', sharded: true, layers: 2, tied: false, seed: 8 });
+  const g = loadGptqModel(dir);
+  try {
+    assert.equal(g.files.length, 2);
     assert.equal(mismatches(g.model, truth).bad, 0);
   } finally {
     g.model.dispose();
