@@ -273,7 +273,9 @@ export function validateSuite(raw: unknown, where: string): Suite {
     // the config as the loader reads it: a bad one would fail every run after the reports directory was set up
     else {
       try {
-        const c = configFromHf(parseJson(readTextFile(config, 'config.json'), config), config);
+        const raw = parseJson(readTextFile(config, 'config.json'), config);
+        p.push(...gptqBaseProblems(raw, s.methods));
+        const c = configFromHf(raw, config);
         // the tasks tokenize with the byte tokenizer: every one of its ids must have an embedding row
         const ids = new ByteTokenizer().vocabSize;
         if (c.vocabSize < ids) p.push(`base.hfDir: the model's vocab_size ${c.vocabSize} is smaller than the byte tokenizer's ${ids} ids (256 bytes, BOS, EOS, PAD) that the tasks use: its embedding has no row for ids ${c.vocabSize}..${ids - 1}`);
@@ -300,4 +302,18 @@ export function validateSuite(raw: unknown, where: string): Suite {
   }
   if (p.length) throw new Error(`${where}: ${p.join('; ')}`);
   return s;
+}
+
+/** A GPTQ checkpoint as base.hfDir: only QA-LoRA trains on its codes, and only at its own bit width. */
+function gptqBaseProblems(raw: unknown, methods: readonly MethodSpec[]): string[] {
+  const qc = (raw as { quantization_config?: { quant_method?: unknown; bits?: unknown } } | null)?.quantization_config;
+  if (!qc || qc.quant_method !== 'gptq') return [];
+  const p: string[] = [];
+  const dense = methods.filter((m) => m.name !== 'qa-lora').map((m) => m.label);
+  if (dense.length) p.push(`base.hfDir is a GPTQ checkpoint (quantization_config.quant_method "gptq"): only QA-LoRA (qalora<bits>) trains on its codes; ${dense.join(', ')} need a dense base`);
+  for (const m of methods) {
+    const bits = m.options?.bits ?? 4;
+    if (m.name === 'qa-lora' && bits !== qc.bits) p.push(`base.hfDir is a GPTQ checkpoint of ${String(qc.bits)}-bit codes; ${m.label} asks for ${bits} bits (use qalora${String(qc.bits)})`);
+  }
+  return p;
 }

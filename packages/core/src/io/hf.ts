@@ -239,7 +239,9 @@ export function loadHfModelDir(dir: string, opts: LoadHfOptions = {}): LoadedHfM
   if (dtype !== 'f32' && dtype !== 'bf16') throw new TypeError(`${root}: dtype must be 'f32' or 'bf16', got ${JSON.stringify(dtype)}`);
   if (!existsSync(root) || !statSync(root).isDirectory()) throw new Error(`${root}: not a directory`);
   const configPath = join(root, HF_CONFIG_FILE);
-  const config = configFromHf(readJson(configPath, HF_CONFIG_FILE), configPath);
+  const configJson = readJson(configPath, HF_CONFIG_FILE);
+  refuseQuantizedCheckpoint(configJson, configPath);
+  const config = configFromHf(configJson, configPath);
   const expected = hfTensorShapes(config);
 
   // name -> shard file (absolute path)
@@ -473,4 +475,22 @@ const LINEAR_WEIGHT = /^(model\.layers\.\d+\.(?:self_attn|mlp)\.(?:q|k|v|o|gate|
 /** Saves a LlamaModel as a LlamaForCausalLM directory (weights bf16 unless asked). */
 export function saveHfModel(model: LlamaModel, dir: string, opts: SaveHfOptions = {}): void {
   saveHfModelDir(dir, model.config, model.namedTensors(), opts);
+}
+
+// ---------------------------------------------------------------------------
+// Quantized checkpoints (GPTQ, the INT-N files of @tunebench/qa-lora): their
+// projections are codes, not dense weights. Named here, so that loading one
+// as a dense model says what it is and what reads it instead of listing
+// every .weight as missing.
+
+function refuseQuantizedCheckpoint(json: unknown, where: string): void {
+  if (!isPlainObject(json) || !isPlainObject(json.quantization_config)) return;
+  const method = json.quantization_config.quant_method;
+  if (method === 'gptq') {
+    throw new Error(`${where}: quantization_config.quant_method "gptq": a GPTQ checkpoint (qweight, qzeros, scales, g_idx) does not load as dense weights; ` +
+      'it loads as a QA-LoRA INT-N base (@tunebench/qa-lora loadQaloraModel or loadGptqModel; in the bench: --methods qalora<bits>)');
+  }
+  if (method === 'tunebench_intn') {
+    throw new Error(`${where}: quantization_config.quant_method "tunebench_intn": a merged QA-LoRA INT-N model; load it with @tunebench/qa-lora loadQaloraMerged`);
+  }
 }
