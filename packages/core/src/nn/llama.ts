@@ -92,7 +92,8 @@ export interface Batch {
    * per row. */
   segments?: Tensor;
   /** [B, T] i32 RoPE position of each token (restarting at 0 at each packed
-   * example), each in [0, max_position_embeddings). Absent: 0..T-1 per row. */
+   * example), each in [0, max_position_embeddings) (further under rope
+   * scaling: ropePositionLimit). Absent: 0..T-1 per row. */
   positions?: Tensor;
   /** non-padding input tokens of the batch (throughput counts these);
    * absent: all B * T */
