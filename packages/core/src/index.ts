@@ -12,11 +12,12 @@ export {
 } from './ops/cross_entropy.js';
 export { embeddingForward, embeddingBackward, type EmbeddingOptions } from './ops/embedding.js';
 export { rmsnorm, rmsnormBackward, type RmsNormOptions, type RmsNormResult, type RmsNormBackwardOptions, type RmsNormBackwardResult } from './ops/rmsnorm.js';
-export { rope, ropeBackward, type RopeOptions } from './ops/rope.js';
+export { rope, ropeBackward, ropeInvFreq, type RopeOptions } from './ops/rope.js';
 export { swiglu, swigluBackward, type SwigluOptions, type SwigluBackwardOptions } from './ops/swiglu.js';
 export * from './ops/attention.js';
 export * from './ops/elementwise.js';
 export * from './nn/config.js';
+export * from './nn/rope_scaling.js';
 export * from './nn/module.js';
 export { DenseLinear, IntNLinear, Quant4Linear } from './nn/linear.js';
 export * from './quant/quant4.js';
