@@ -7,6 +7,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
+import fc from 'fast-check';
 import {
   ByteTokenizer, ChatTemplate, DEFAULT_CHAT_TEMPLATE, HfTokenizer, chatDataset, encodeChat, gpt2ByteToUnicode, packChats, padChats,
   prepareDataset, readJsonl, type ChatMessage, type ChatRow, type Tokenizer, type TokenRows,
@@ -329,4 +330,40 @@ test('a conversation longer than the row loses its start, the last assistant tur
   assert.equal(tight.stats.completionTruncated, 1);
   assert.equal(rowsOf(tight)[0].ids[0], 256);
   assert.deepEqual(rowsOf(tight)[0].targets.filter((x) => x !== I), b('z'.repeat(16)));
+});
+
+test('property: for random conversations the targets are exactly each assistant content and its end-of-turn token', () => {
+  const tok = new ByteTokenizer();
+  const EOS = 257;
+  // contents: any text with something besides whitespace, without the marker texts ('<' starts every one here)
+  const content = fc.string({ unit: 'grapheme', minLength: 1, maxLength: 12 }).filter((s) => s.trim() !== '' && !s.includes('<') && !/[\uE000\uE001]/.test(s));
+  const message = fc.record({ role: fc.constantFrom('system' as const, 'user' as const, 'assistant' as const), content });
+  const convo = fc.tuple(fc.array(message, { maxLength: 6 }), content).map(([ms, last]) => [...ms, { role: 'assistant' as const, content: last }]);
+  const def = ChatTemplate.default(tok);
+  fc.assert(fc.property(convo, (msgs) => {
+    const e = encodeChat(tok, def, msgs, 'p');
+    const want = msgs.filter((m) => m.role === 'assistant').flatMap((m) => [...b(m.content), EOS]);
+    assert.deepEqual(targetIds(e.ids, e.mask), want);
+    // and the whole rendering is the tokens: bytes, with <s>/</s> as BOS/EOS
+    assert.equal(tok.decode(e.ids), e.text.replaceAll('<s>', '').replaceAll('</s>', ''));
+  }), { seed: 7, numRuns: 300 });
+  // the marker fallback (the system text moves to the last user turn): same targets, found by locating each content
+  const MOVING = [
+    "{%- set ns = namespace(last=-1) -%}",
+    "{%- for m in messages -%}{%- if m['role'] == 'user' -%}{%- set ns.last = loop.index0 -%}{%- endif -%}{%- endfor -%}",
+    "{{- bos_token -}}",
+    "{%- for m in messages -%}",
+    "{%- if m['role'] == 'user' -%}",
+    "{%- if loop.index0 == ns.last -%}{{- '[INST] ' + messages[0]['content'] + '\\n\\n' + m['content'] + ' [/INST]' -}}",
+    "{%- else -%}{{- '[INST] ' + m['content'] + ' [/INST]' -}}{%- endif -%}",
+    "{%- elif m['role'] == 'assistant' -%}{{- ' ' + m['content'] + eos_token -}}{%- endif -%}",
+    "{%- endfor -%}",
+  ].join('');
+  const moving = new ChatTemplate(MOVING, { source: 'moving', specials: { bos_token: '<s>', eos_token: '</s>' } });
+  const turns = fc.tuple(content, fc.array(fc.tuple(content, content), { minLength: 2, maxLength: 4 }))
+    .map(([sys, qa]) => [{ role: 'system' as const, content: sys }, ...qa.flatMap(([q, a]) => [{ role: 'user' as const, content: q }, { role: 'assistant' as const, content: a }])]);
+  fc.assert(fc.property(turns, (msgs) => {
+    const e = encodeChat(tok, moving, msgs, 'p');
+    assert.deepEqual(targetIds(e.ids, e.mask), msgs.filter((m) => m.role === 'assistant').flatMap((m) => [...b(m.content), EOS]));
+  }), { seed: 8, numRuns: 200 });
 });
