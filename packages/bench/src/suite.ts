@@ -4,7 +4,10 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { ByteTokenizer, type CheckpointingMode, PRESETS, isPreset, checkRegularFile, configFromHf, parseCheckpointing, parseJson, readJsonl, readTextFile } from '@tunebench/core';
+import {
+  ByteTokenizer, ChatTemplate, type CheckpointingMode, type DatasetKind, PRESETS, isPreset, checkRegularFile, configFromHf, parseCheckpointing, parseJson,
+  readJsonl, readTextFile,
+} from '@tunebench/core';
 import type { TuneLrSpec } from './tune.js';
 import { CI_METHODS, DEFAULT_METHODS, GPU_METHODS, type MethodSpec, methodNames, methodPlugin, parseMethods } from './methods.js';
 
@@ -39,6 +42,9 @@ export interface Suite {
   };
   /** user JSONL file for the jsonl task */
   dataset?: string;
+  /** the dataset's rows: 'auto' (default: the first row decides), 'text', 'sft' (prompt/completion) or 'chat' (messages, rendered with
+   * base.hfDir's chat template, else the built-in default) */
+  datasetFormat?: DatasetKind | 'auto';
   /** peers redoing some of the runs (same weights, batches, learning rates) */
   peers?: PeerSpec;
   /** kernel microbenchmarks at the suite's shapes after the runs (default true) */
@@ -171,6 +177,7 @@ const SUITE_SCHEMA = z.object({
     promptChars: int(1, 1 << 24).optional(),
   }).strict(),
   dataset: z.string().min(1).optional(),
+  datasetFormat: z.enum(['auto', 'text', 'sft', 'chat']).optional(),
   peers: z.object({
     tfjs: z.object(peerSelection).strict().optional(),
     pytorch: z.object({ ...peerSelection, threads: int(1, 1024).optional() }).strict().optional(),
@@ -287,7 +294,11 @@ export function validateSuite(raw: unknown, where: string): Suite {
     try {
       checkRegularFile(s.dataset, 'JSONL dataset');
       // read once here so that a bad row is reported with its line before anything runs
-      if (s.tasks.includes('jsonl')) readJsonl(s.dataset);
+      if (s.tasks.includes('jsonl')) {
+        const ds = readJsonl(s.dataset, { format: s.datasetFormat });
+        // chat rows: the model's template must parse (a row it fails on is named when the data is prepared)
+        if (ds.kind === 'chat') ChatTemplate.forModel(s.base.hfDir, new ByteTokenizer());
+      }
     } catch (e) {
       p.push(`dataset: ${(e as Error).message}`);
     }
