@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BYTE_VOCAB_SIZE, ByteTokenizer, type LlamaConfig, LlamaModel, exportGguf, readGguf, ropeRowPermutation } from '../src/index.js';
+import { BYTE_VOCAB_SIZE, ByteTokenizer, type LlamaConfig, LlamaModel, exportGguf, f16ToF32, f32ToF16, readGguf, ropeRowPermutation } from '../src/index.js';
 import { logProbs } from './gguf_helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tb-gguf-arch-'));
@@ -55,7 +55,7 @@ for (const c of CASES) {
     const model = randomModel(c.cfg);
     try {
       const path = join(dir, `${c.name.replace(/\W+/g, '_')}.gguf`);
-      exportGguf(model, path, { type: 'f32', tokenizer: tok, fullAttention: c.fullAttention });
+      exportGguf(model, path, { type: 'f16', tokenizer: tok, fullAttention: c.fullAttention });
       const f = readGguf(path);
       assert.equal(f.metadata.get('general.architecture')?.value, c.arch);
       assert.equal(f.metadata.get(`${c.arch}.block_count`)?.value, 2);
@@ -66,7 +66,9 @@ for (const c of CASES) {
       const b0 = model.blocks[0];
       // q: rows as they are for the NEOX-RoPE qwen architectures, pair order under llama
       const perm = c.arch === 'llama' ? ropeRowPermutation(c.cfg.numHeads, D) : null;
-      const qw = b0.linears.q_proj.parameters()[0].value.toFloat32(), got = f.read('blk.0.attn_q.weight'), C = c.cfg.hiddenSize;
+      // (F16 weights: compared with our values rounded to f16; biases and norms are F32, exact)
+      const qw = Float32Array.from(b0.linears.q_proj.parameters()[0].value.toFloat32(), (x) => f16ToF32(f32ToF16(x)));
+      const got = f.read('blk.0.attn_q.weight'), C = c.cfg.hiddenSize;
       for (let r = 0; r < c.cfg.numHeads * D; r++) {
         const src = perm ? perm[r] : r;
         assert.deepEqual(got.subarray(r * C, (r + 1) * C), qw.subarray(src * C, (src + 1) * C), `attn_q row ${r}`);
@@ -91,14 +93,14 @@ for (const c of CASES) {
 test('GGUF export refuses what llama.cpp cannot run, by name', () => {
   const mistral = randomModel(CASES[3].cfg);
   try {
-    assert.throws(() => exportGguf(mistral, join(dir, 'x.gguf'), { type: 'f32', tokenizer: tok }),
+    assert.throws(() => exportGguf(mistral, join(dir, 'x.gguf'), { type: 'f16', tokenizer: tok }),
       /sliding window of 48 positions \(mistral sliding_window\).*pass fullAttention: true/);
   } finally {
     mistral.dispose();
   }
   const q3b = randomModel({ ...CASES[1].cfg, qkvBias: true, oBias: true });
   try {
-    assert.throws(() => exportGguf(q3b, join(dir, 'y.gguf'), { type: 'f32', tokenizer: tok }), /llama\.cpp's qwen3 architecture has no projection biases/);
+    assert.throws(() => exportGguf(q3b, join(dir, 'y.gguf'), { type: 'f16', tokenizer: tok }), /llama\.cpp's qwen3 architecture has no projection biases/);
   } finally {
     q3b.dispose();
   }
