@@ -483,3 +483,32 @@ test('presets of the published architectures: parameter counts equal the publish
   assert.deepEqual(modelTensorShapes(preset('qwen2.5-0.5b')).get('model.layers.0.self_attn.k_proj.bias'), [128]);
   assert.equal(configToHf(preset('mistral-7b')).sliding_window, 4096);
 });
+
+test('the published config.json files of Qwen2.5-0.5B, Qwen3-0.6B and Mistral-7B-v0.1 read as the presets', () => {
+  // the keys of each model's config.json on the Hugging Face hub (token ids and dtype included: they must be ignored)
+  const qwen25: Record<string, unknown> = {
+    architectures: ['Qwen2ForCausalLM'], attention_dropout: 0.0, bos_token_id: 151643, eos_token_id: 151643, hidden_act: 'silu',
+    hidden_size: 896, initializer_range: 0.02, intermediate_size: 4864, max_position_embeddings: 32768, max_window_layers: 24,
+    model_type: 'qwen2', num_attention_heads: 14, num_hidden_layers: 24, num_key_value_heads: 2, rms_norm_eps: 1e-6, rope_theta: 1000000.0,
+    sliding_window: 32768, tie_word_embeddings: true, torch_dtype: 'bfloat16', use_cache: true, use_mrope: false, use_sliding_window: false,
+    vocab_size: 151936,
+  };
+  const qwen3: Record<string, unknown> = {
+    architectures: ['Qwen3ForCausalLM'], attention_bias: false, attention_dropout: 0.0, bos_token_id: 151643, eos_token_id: 151645,
+    head_dim: 128, hidden_act: 'silu', hidden_size: 1024, initializer_range: 0.02, intermediate_size: 3072, max_position_embeddings: 40960,
+    max_window_layers: 28, model_type: 'qwen3', num_attention_heads: 16, num_hidden_layers: 28, num_key_value_heads: 8, rms_norm_eps: 1e-6,
+    rope_scaling: null, rope_theta: 1000000, sliding_window: null, tie_word_embeddings: true, torch_dtype: 'bfloat16', use_cache: true,
+    use_sliding_window: false, vocab_size: 151936,
+  };
+  const mistral: Record<string, unknown> = {
+    architectures: ['MistralForCausalLM'], bos_token_id: 1, eos_token_id: 2, hidden_act: 'silu', hidden_size: 4096, initializer_range: 0.02,
+    intermediate_size: 14336, max_position_embeddings: 32768, model_type: 'mistral', num_attention_heads: 32, num_hidden_layers: 32,
+    num_key_value_heads: 8, rms_norm_eps: 1e-5, rope_theta: 10000.0, sliding_window: 4096, tie_word_embeddings: false, torch_dtype: 'bfloat16',
+    use_cache: true, vocab_size: 32000,
+  };
+  assert.deepEqual(configFromHf(qwen25, 'Qwen2.5-0.5B'), preset('qwen2.5-0.5b'));
+  assert.deepEqual(configFromHf(qwen3, 'Qwen3-0.6B'), preset('qwen3-0.6b'));
+  assert.deepEqual(configFromHf(mistral, 'Mistral-7B-v0.1'), preset('mistral-7b'));
+  // the same Qwen2.5 file with its (unused) sliding window switched on for layers 12..23 is refused by name
+  assert.throws(() => configFromHf({ ...qwen25, use_sliding_window: true, max_window_layers: 12 }, 'x'), /use_sliding_window true with max_window_layers 12 < num_hidden_layers 24/);
+});
