@@ -514,6 +514,8 @@ test('the published config.json files of Qwen2.5-0.5B, Qwen3-0.6B and Mistral-7B
   assert.deepEqual(configFromHf(qwen25, 'Qwen2.5-0.5B'), preset('qwen2.5-0.5b'));
   assert.deepEqual(configFromHf(qwen3, 'Qwen3-0.6B'), preset('qwen3-0.6b'));
   assert.deepEqual(configFromHf(mistral, 'Mistral-7B-v0.1'), preset('mistral-7b'));
-  // the same Qwen2.5 file with its (unused) sliding window switched on for layers 12..23 is refused by name
-  assert.throws(() => configFromHf({ ...qwen25, use_sliding_window: true, max_window_layers: 12 }, 'x'), /use_sliding_window true with max_window_layers 12 < num_hidden_layers 24/);
+  // the same Qwen2.5 file with a 4096-token window switched on for layers 12..23 is refused by name;
+  // its own window (32768, the whole context) would change nothing, and is accepted
+  assert.throws(() => configFromHf({ ...qwen25, use_sliding_window: true, max_window_layers: 12, sliding_window: 4096 }, 'x'), /use_sliding_window true with max_window_layers 12 < num_hidden_layers 24/);
+  assert.deepEqual(configFromHf({ ...qwen25, use_sliding_window: true, max_window_layers: 12 }, 'x'), preset('qwen2.5-0.5b'));
 });

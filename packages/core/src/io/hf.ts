@@ -243,8 +243,10 @@ function architectureFromHf(json: Record<string, unknown>, modelType: ModelType,
   }
   if (modelType === 'qwen2' || modelType === 'qwen3') {
     // sliding windows on the layers from max_window_layers on (transformers'
-    // Qwen2/Qwen3 layer_types) are not implemented: refused unless no layer has one
-    if (flag('use_sliding_window')) {
+    // Qwen2/Qwen3 layer_types) are not implemented: refused unless no layer
+    // has one (none from max_window_layers on, or no window shorter than the context)
+    const w = json.sliding_window;
+    if (flag('use_sliding_window') && typeof w === 'number' && w < base.maxPositionEmbeddings) {
       const first = has(json, 'max_window_layers') && typeof json.max_window_layers === 'number' ? json.max_window_layers : 28;
       if (first < base.numLayers) {
         problems.push(`use_sliding_window true with max_window_layers ${first} < num_hidden_layers ${base.numLayers} is not supported (sliding-window attention on some ${modelType} layers only); set use_sliding_window to false, as the published ${modelType} checkpoints have it`);
