@@ -129,6 +129,12 @@ export const BUILTIN_SUITES: Record<string, Suite> = {
       { preset: 'tinyllama-1.1b', batchSize: 4, seqLen: 1024, steps: 6, methods: ['full', 'lora16', 'qlora16', 'qalora4-r16'], peers: ['pytorch'] },
       // full fine-tuning of 7B at 8 x 1024 tokens plans far above 141 GB: recorded as not fitting on one H100 or H200
       { preset: 'llama-2-7b', batchSize: 8, seqLen: 1024, steps: 4, methods: ['full', 'lora16', 'qlora16', 'qalora4-r16'], peers: ['pytorch'] },
+      // the architectures people fine-tune today (core's presets): q/k/v biases (Qwen2.5), q/k norms and
+      // head_dim 128 (Qwen3), a 128k vocabulary (Llama 3.2), a sliding window of 4096 over 8 x 1024 tokens (Mistral)
+      { preset: 'qwen2.5-0.5b', batchSize: 8, seqLen: 1024, steps: 6, methods: ['full', 'lora16', 'qlora16', 'qalora4-r16'], peers: ['pytorch'] },
+      { preset: 'qwen3-0.6b', batchSize: 8, seqLen: 1024, steps: 6, methods: ['full', 'lora16', 'qlora16', 'qalora4-r16'], peers: ['pytorch'] },
+      { preset: 'llama-3.2-1b', batchSize: 4, seqLen: 1024, steps: 6, methods: ['full', 'lora16', 'qlora16', 'qalora4-r16'], peers: ['pytorch'] },
+      { preset: 'mistral-7b', batchSize: 4, seqLen: 1024, steps: 4, methods: ['lora16', 'qlora16'], peers: ['pytorch'] },
     ],
   },
 };

@@ -22,7 +22,7 @@ export * from './nn/module.js';
 export { DenseLinear, IntNLinear, Quant4Linear } from './nn/linear.js';
 export * from './quant/quant4.js';
 export * from './quant/intn.js';
-export { LlamaModel, LINEAR_NAMES, modelTensorShapes, parseCheckpointing, isCheckpointed, type CheckpointingMode, type LinearName, type LinearFactory, type FromTensorsOptions, type Batch, type ForwardResult, type WeightOptions, disposeBatch } from './nn/llama.js';
+export { LlamaModel, LINEAR_NAMES, biasedProjections, type BiasedName, type BlockExtras, modelTensorShapes, parseCheckpointing, isCheckpointed, type CheckpointingMode, type LinearName, type LinearFactory, type FromTensorsOptions, type Batch, type ForwardResult, type WeightOptions, disposeBatch } from './nn/llama.js';
 export { Rng, type RngState } from './util/rng.js';
 export * from './train/schedule.js';
 export { AdamW, type AdamWConfig } from './train/adamw.js';
@@ -42,7 +42,7 @@ export {
   loadHfModel, saveHfModel, type LoadHfModelOptions,
 } from './io/hf.js';
 export {
-  exportGguf, readGguf, ggufScalar, ggufArray, quantizeQ8_0, quantizeQ4_1, dequantizeQ8_0, dequantizeQ4_1, groupwiseToQ4_1,
+  exportGguf, ggufArchitecture, readGguf, ggufScalar, ggufArray, quantizeQ8_0, quantizeQ4_1, dequantizeQ8_0, dequantizeQ4_1, groupwiseToQ4_1,
   ropeRowPermutation, permuteRows, gpt2ByteToUnicode, GGUF_MAGIC, GGUF_VERSION, GGUF_ALIGNMENT, GGML_QK, GGUF_BYTE_SPECIALS,
   type ExportGgufOptions, type GgufExportSummary, type GgufWeightType, type GroupwiseInt4, type GgufFile, type GgufTensorInfo,
   type GgufKv, type GgufValueType, type GgufScalar, type GgufScalarType,

@@ -6,20 +6,25 @@ import { QALORA_QUANT_METHOD, groupwiseOf, loadQaloraMerged } from '@tunebench/q
 
 const GGUF_HELP = `tunebench gguf — export a model directory to GGUF for llama.cpp.
 
-Usage: pnpm bench -- gguf --model DIR --out FILE.gguf [--type f16|q8_0|q4_1]
+Usage: pnpm bench -- gguf --model DIR --out FILE.gguf [--type f16|q8_0|q4_1] [--full-attention]
 
-  --model   a Hugging Face LlamaForCausalLM directory (full fine-tuning's output, a merged
-            LoRA/QLoRA model) or a merged QA-LoRA INT-N directory (saveQaloraModel)
+  --model   a Hugging Face directory of a Llama, Mistral, Qwen2/2.5 or Qwen3 model (full
+            fine-tuning's output, a merged LoRA/QLoRA model) or a merged QA-LoRA INT-N
+            directory (saveQaloraModel); written as llama.cpp's llama (Llama, Mistral),
+            qwen2 or qwen3 architecture
   --out     the GGUF file to write
   --type    weight type of the 2-D tensors: f16 (default for dense models), q8_0, or q4_1
             (default for a merged QA-LoRA INT4 g32 model, whose groups become Q4_1 blocks
             exactly, up to fp16 rounding of scale and offset)
+  --full-attention  export a model with a sliding window (Mistral's sliding_window) although
+            llama.cpp's llama architecture attends to every earlier position (it differs
+            from the model past the window)
 
 The vocabulary is the byte tokenizer's (256 byte tokens and BOS/EOS/PAD).`;
 
 /** \`tunebench gguf\`: a model directory to a GGUF file; exits. */
 export function ggufCommand(argv: string[]): never {
-  const p = parseCli({ model: { type: 'string' }, out: { type: 'string' }, type: { type: 'string' }, help: { type: 'boolean', short: 'h', default: false } }, GGUF_HELP, argv);
+  const p = parseCli({ model: { type: 'string' }, out: { type: 'string' }, type: { type: 'string' }, 'full-attention': { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false } }, GGUF_HELP, argv);
   const fail = (msg: string): never => { console.error(`tunebench gguf: ${msg}\nRun with --help for the options.`); process.exit(2); };
   if (!p.model) fail('--model is required');
   if (!p.out) fail('--out is required');
@@ -39,7 +44,7 @@ export function ggufCommand(argv: string[]): never {
     const tok = new ByteTokenizer();
     if (model.config.vocabSize !== tok.vocabSize) throw new Error(`the model's vocabulary has ${model.config.vocabSize} ids; only the byte tokenizer (${tok.vocabSize}) can be exported`);
     if (intn && type !== 'q4_1') throw new Error('a merged QA-LoRA model is exported as q4_1 (its INT4 g32 groups are Q4_1 blocks); other types would requantize it');
-    const summary = exportGguf(model, resolve(p.out!), { type, tokenizer: tok, ...(intn ? { groupwise: groupwiseOf(model) } : {}) });
+    const summary = exportGguf(model, resolve(p.out!), { type, tokenizer: tok, fullAttention: p['full-attention'] === true, ...(intn ? { groupwise: groupwiseOf(model) } : {}) });
     const exact = summary.tensors.filter((t) => t.groupwise).length;
     console.log(`${summary.path}: ${summary.tensors.length} tensors, ${summary.bytes} bytes, ${type}${exact ? ` (${exact} projections written exactly from their INT4 groups)` : ''}`);
   } catch (e) {

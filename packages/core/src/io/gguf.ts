@@ -1,4 +1,5 @@
-// GGUF export for llama.cpp (`llama` architecture), and a reader.
+// GGUF export for llama.cpp (architectures `llama`, `qwen2`, `qwen3`; see
+// ggufArchitecture), and a reader.
 //
 // File layout (GGUF version 3, ggml-org/ggml docs/gguf.md, "File Structure"):
 //   u32 magic "GGUF" | u32 version | u64 tensor_count | u64 metadata_kv_count
@@ -227,6 +228,33 @@ export interface ExportGgufOptions {
    * name (e.g. model.layers.0.self_attn.q_proj.weight): written as exact Q4_1
    * blocks in place of the model's own weight. Requires type 'q4_1'. */
   groupwise?: (name: string) => GroupwiseInt4 | undefined;
+  /** a model with a sliding window (Mistral) is refused unless this is true:
+   * llama.cpp's `llama` architecture, which Mistral is written as (as
+   * llama.cpp's converter does), attends to every earlier position */
+  fullAttention?: boolean;
+}
+
+/** llama.cpp's architecture for a config, and whether its RoPE rotates
+ * adjacent pairs (LLAMA_ROPE_TYPE_NORM: q/k rows permuted on export) or HF's
+ * halves (NEOX: rows as they are). Throws naming what llama.cpp cannot run. */
+export function ggufArchitecture(cfg: LlamaConfig, opts: { fullAttention?: boolean } = {}): { arch: 'llama' | 'qwen2' | 'qwen3'; permute: boolean } {
+  const type = cfg.modelType ?? 'llama';
+  const window = cfg.slidingWindow ?? null;
+  if (window !== null && window < cfg.maxPositionEmbeddings && !opts.fullAttention) {
+    throw new Error(`exportGguf: the model attends within a sliding window of ${window} positions (${type} sliding_window), and llama.cpp's llama architecture, which ${type} exports as, has none: past ${window} tokens llama.cpp would compute something else; pass fullAttention: true to export it anyway (as llama.cpp's own converter does)`);
+  }
+  switch (type) {
+    case 'llama':
+    case 'mistral':
+      if (cfg.qkvBias !== cfg.oBias) throw new Error(`exportGguf: ${type} with biases on ${cfg.qkvBias ? 'q, k, v but not o' : 'o only'} has no llama.cpp architecture`);
+      return { arch: 'llama', permute: true };
+    case 'qwen2':
+      if (cfg.oBias || !cfg.qkvBias) throw new Error('exportGguf: llama.cpp\'s qwen2 architecture has biases on q, k and v and none on o_proj; this model has others');
+      return { arch: 'qwen2', permute: false };
+    case 'qwen3':
+      if (cfg.qkvBias || cfg.oBias) throw new Error('exportGguf: llama.cpp\'s qwen3 architecture has no projection biases; this qwen3 model has attention_bias true');
+      return { arch: 'qwen3', permute: false };
+  }
 }
 
 export interface GgufExportSummary {
@@ -375,7 +403,7 @@ function linearWeight(layer: LinearLayer): Float32Array {
 //   dynamic (NTK) has no GGUF form in llama.cpp: refused.
 
 /** The GGUF keys and rope_freqs tensor of a config's scaled RoPE; throws naming what llama.cpp cannot express. */
-function ggufRopeScaling(cfg: LlamaConfig): { kvs: [string, WriterKv][]; ropeFreqs?: Float32Array } {
+function ggufRopeScaling(cfg: LlamaConfig, arch: string): { kvs: [string, WriterKv][]; ropeFreqs?: Float32Array } {
   const s = cfg.ropeScaling;
   if (!s) return { kvs: [] };
   const refuse = (why: string): never => {
@@ -383,7 +411,7 @@ function ggufRopeScaling(cfg: LlamaConfig): { kvs: [string, WriterKv][]; ropeFre
   };
   switch (s.type) {
     case 'linear':
-      return { kvs: [['llama.rope.scaling.type', { type: 'string', value: 'linear' }], ['llama.rope.scaling.factor', { type: 'f32', value: s.factor }]] };
+      return { kvs: [[`${arch}.rope.scaling.type`, { type: 'string', value: 'linear' }], [`${arch}.rope.scaling.factor`, { type: 'f32', value: s.factor }]] };
     case 'yarn': {
       if (!(s.factor > 1)) refuse('has a factor <= 1, where llama.cpp\'s YaRN attention factor (0.1 ln(factor) + 1) differs from 1');
       if ((s.betaFast ?? 32) !== 32 || (s.betaSlow ?? 1) !== 1) refuse(`sets beta_fast ${s.betaFast ?? 32} / beta_slow ${s.betaSlow ?? 1}; llama.cpp's GGUF loader uses 32 / 1`);
@@ -392,13 +420,14 @@ function ggufRopeScaling(cfg: LlamaConfig): { kvs: [string, WriterKv][]; ropeFre
       if (Math.abs(m - want) > 1e-6 * want) refuse(`has attention factor ${m} (attention_factor / mscale), llama.cpp applies ${want}`);
       return {
         kvs: [
-          ['llama.rope.scaling.type', { type: 'string', value: 'yarn' }],
-          ['llama.rope.scaling.factor', { type: 'f32', value: s.factor }],
-          ['llama.rope.scaling.original_context_length', { type: 'u32', value: s.originalMaxPositionEmbeddings! }],
+          [`${arch}.rope.scaling.type`, { type: 'string', value: 'yarn' }],
+          [`${arch}.rope.scaling.factor`, { type: 'f32', value: s.factor }],
+          [`${arch}.rope.scaling.original_context_length`, { type: 'u32', value: s.originalMaxPositionEmbeddings! }],
         ],
       };
     }
     case 'llama3': {
+      if (arch !== 'llama') refuse(`is Llama 3's, carried by a rope_freqs tensor that only llama.cpp's llama architecture reads (this model exports as ${arch})`);
       const base = ropeInvFreqBase(cfg), inv = ropeFrequencies(cfg)!.invFreq;
       return { kvs: [], ropeFreqs: Float32Array.from(base, (b, i) => b / inv[i]) };
     }
@@ -408,11 +437,15 @@ function ggufRopeScaling(cfg: LlamaConfig): { kvs: [string, WriterKv][]; ropeFre
 }
 
 /**
- * Writes `model` as a GGUF v3 file llama.cpp loads as architecture `llama`.
+ * Writes `model` as a GGUF v3 file llama.cpp loads as architecture `llama`
+ * (Llama, Mistral), `qwen2` or `qwen3` (ggufArchitecture).
  * Tensors (llama.cpp names): token_embd, blk.N.{attn_norm, attn_q, attn_k,
  * attn_v, attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down}, output_norm and,
  * for an untied head, output. A tied head writes no output.weight: llama.cpp's
- * llama loader then uses token_embd for the head, as the HF converter's output.
+ * loaders then use token_embd for the head, as the HF converter's output.
+ * Biases as blk.N.attn_{q,k,v,output}.bias (F32; q and k permuted like their
+ * rows under `llama`), Qwen3's q/k norms as blk.N.attn_{q,k}_norm.weight, and
+ * for a head_dim other than hidden / heads, <arch>.attention.{key,value}_length.
  * A scaled RoPE adds its keys or rope_freqs (ggufRopeScaling), or is refused.
  * The file is written atomically.
  */
@@ -422,7 +455,8 @@ export function exportGguf(model: LlamaModel, path: string, opts: ExportGgufOpti
   const indivisible = opts.indivisible ?? 'error';
   if (indivisible !== 'error' && indivisible !== 'f16') throw new RangeError(`exportGguf: indivisible must be 'error' or 'f16', got ${JSON.stringify(indivisible)}`);
   const cfg = model.config, D = headDim(cfg);
-  const ropeScaling = ggufRopeScaling(cfg);
+  const { arch, permute } = ggufArchitecture(cfg, { fullAttention: opts.fullAttention });
+  const ropeScaling = ggufRopeScaling(cfg, arch);
   const vocab = byteVocabKvs(opts.tokenizer, cfg);
   const weightType = TYPE_BY_NAME.get(opts.type.toUpperCase())!;
   const f16 = TYPE_BY_NAME.get('F16')!, f32 = TYPE_BY_NAME.get('F32')!;
@@ -465,14 +499,27 @@ export function exportGguf(model: LlamaModel, path: string, opts: ExportGgufOpti
   const ropeFreqs = ropeScaling.ropeFreqs;
   if (ropeFreqs) add1d('rope_freqs.weight', 'rope_scaling (llama3)', () => ropeFreqs, D / 2);
   add2d('token_embd.weight', model.embed.name, cfg.vocabSize, C, () => model.embed.value.toFloat32());
-  const permQ = ropeRowPermutation(cfg.numHeads, D), permK = ropeRowPermutation(cfg.numKvHeads, D);
+  const permQ = permute ? ropeRowPermutation(cfg.numHeads, D) : undefined, permK = permute ? ropeRowPermutation(cfg.numKvHeads, D) : undefined;
   model.blocks.forEach((b, i) => {
-    const L = b.linears, blk = `blk.${i}`;
+    const L = b.linears, blk = `blk.${i}`, E = b.extras;
+    const bias = (n: 'q_proj' | 'k_proj' | 'v_proj' | 'o_proj', to: string, perm?: Int32Array) => {
+      const p = E.bias[n];
+      if (p) add1d(`${blk}.${to}.bias`, p.name, () => (perm ? permuteRows(p.value.toFloat32(), 1, perm) : p.value.toFloat32()), p.value.numel);
+    };
     add1d(`${blk}.attn_norm.weight`, b.ln1.name, () => b.ln1.value.toFloat32(), C);
     add2d(`${blk}.attn_q.weight`, `${L.q_proj.name}.weight`, cfg.numHeads * D, C, () => linearWeight(L.q_proj), permQ);
+    bias('q_proj', 'attn_q', permQ);
     add2d(`${blk}.attn_k.weight`, `${L.k_proj.name}.weight`, cfg.numKvHeads * D, C, () => linearWeight(L.k_proj), permK);
+    bias('k_proj', 'attn_k', permK);
     add2d(`${blk}.attn_v.weight`, `${L.v_proj.name}.weight`, cfg.numKvHeads * D, C, () => linearWeight(L.v_proj));
+    bias('v_proj', 'attn_v');
     add2d(`${blk}.attn_output.weight`, `${L.o_proj.name}.weight`, C, cfg.numHeads * D, () => linearWeight(L.o_proj));
+    bias('o_proj', 'attn_output');
+    if (E.qNorm && E.kNorm) {
+      const qn = E.qNorm, kn = E.kNorm;
+      add1d(`${blk}.attn_q_norm.weight`, qn.name, () => qn.value.toFloat32(), D);
+      add1d(`${blk}.attn_k_norm.weight`, kn.name, () => kn.value.toFloat32(), D);
+    }
     add1d(`${blk}.ffn_norm.weight`, b.ln2.name, () => b.ln2.value.toFloat32(), C);
     add2d(`${blk}.ffn_gate.weight`, `${L.gate_proj.name}.weight`, I, C, () => linearWeight(L.gate_proj));
     add2d(`${blk}.ffn_up.weight`, `${L.up_proj.name}.weight`, I, C, () => linearWeight(L.up_proj));
@@ -485,21 +532,26 @@ export function exportGguf(model: LlamaModel, path: string, opts: ExportGgufOpti
   }
 
   const kvs: [string, WriterKv][] = [
-    ['general.architecture', { type: 'string', value: 'llama' }],
+    ['general.architecture', { type: 'string', value: arch }],
     ['general.name', { type: 'string', value: opts.name ?? 'tunebench' }],
     ['general.alignment', { type: 'u32', value: GGUF_ALIGNMENT }],
     ['general.file_type', { type: 'u32', value: FILE_TYPE[opts.type] }],
-    ['llama.context_length', { type: 'u32', value: cfg.maxPositionEmbeddings }],
-    ['llama.embedding_length', { type: 'u32', value: C }],
-    ['llama.block_count', { type: 'u32', value: cfg.numLayers }],
-    ['llama.feed_forward_length', { type: 'u32', value: I }],
-    ['llama.attention.head_count', { type: 'u32', value: cfg.numHeads }],
-    ['llama.attention.head_count_kv', { type: 'u32', value: cfg.numKvHeads }],
-    ['llama.rope.dimension_count', { type: 'u32', value: D }],
-    ['llama.rope.freq_base', { type: 'f32', value: cfg.ropeTheta }],
+    [`${arch}.context_length`, { type: 'u32', value: cfg.maxPositionEmbeddings }],
+    [`${arch}.embedding_length`, { type: 'u32', value: C }],
+    [`${arch}.block_count`, { type: 'u32', value: cfg.numLayers }],
+    [`${arch}.feed_forward_length`, { type: 'u32', value: I }],
+    [`${arch}.attention.head_count`, { type: 'u32', value: cfg.numHeads }],
+    [`${arch}.attention.head_count_kv`, { type: 'u32', value: cfg.numKvHeads }],
+    // a head_dim of its own (Qwen3): llama.cpp takes it from the key/value lengths
+    ...(D !== C / cfg.numHeads ? [
+      [`${arch}.attention.key_length`, { type: 'u32', value: D }],
+      [`${arch}.attention.value_length`, { type: 'u32', value: D }],
+    ] as [string, WriterKv][] : []),
+    [`${arch}.rope.dimension_count`, { type: 'u32', value: D }],
+    [`${arch}.rope.freq_base`, { type: 'f32', value: cfg.ropeTheta }],
     ...ropeScaling.kvs,
-    ['llama.attention.layer_norm_rms_epsilon', { type: 'f32', value: cfg.rmsNormEps }],
-    ['llama.vocab_size', { type: 'u32', value: cfg.vocabSize }],
+    [`${arch}.attention.layer_norm_rms_epsilon`, { type: 'f32', value: cfg.rmsNormEps }],
+    [`${arch}.vocab_size`, { type: 'u32', value: cfg.vocabSize }],
     ...vocab,
   ];
 
