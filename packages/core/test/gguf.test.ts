@@ -135,8 +135,8 @@ test('header, metadata and tensor infos round trip; tied head writes no output.w
   const f8 = readGguf(pathU);
   for (const name of ['token_embd.weight', 'output.weight']) assert.equal(f8.tensors.find((t) => t.name === name)?.type, 'Q8_0', name);
   assert.equal(f8.tensors.find((t) => t.name === 'blk.0.attn_q.weight')?.type, 'Q4_1');
-  const e8 = s8.tensors.find((t) => t.name === 'output.weight')!.error!, want = tensorError(head, f8.read('output.weight'));
-  assert.deepEqual(e8, want, 'the recorded error is that of the values in the file');
+  const e8 = s8.tensors.find((t) => t.name === 'output.weight')!.error!, e8File = tensorError(head, f8.read('output.weight'));
+  assert.deepEqual(e8, e8File, 'the recorded error is that of the values in the file');
   assert.ok(e8.relRms > 1e-3 && e8.relRms < 1e-2, `Q8_0 relative rms error ${e8.relRms}`);
   assert.throws(() => exportGguf(mU, pathU, { type: 'q4_1', tokenizer: tok, embeddings: 'q4_1' as never }), /embeddings \(the storage of token_embd and output\) must be one of f16, q8_0, got "q4_1"/);
   m.dispose(); mU.dispose();

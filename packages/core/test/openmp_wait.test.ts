@@ -49,8 +49,10 @@ test('the spin count reaches libgomp, and idle kernel threads sleep', (t) => {
   assert.equal(ours.openmpWait.source, 'tunebench');
   assert.equal(ours.spinCount, DEFAULT_GOMP_SPINCOUNT, 'libgomp uses the spin count the loader set');
   assert.equal(ours.threads, 2);
-  // a spinning worker would burn about the whole idle period; a sleeping one, its spin (~0.1 ms) and noise
-  assert.ok(ours.idleCpuMs < 0.25 * ours.wallMs, `idle kernel threads used ${ours.idleCpuMs} ms of CPU in ${ours.wallMs} ms`);
+  // a spinning worker burns the idle period, or its share of a core on a busy machine (68 ms of
+  // 300 with OMP_WAIT_POLICY=ACTIVE while two other processes kept both cores busy); a sleeping
+  // one, its spin (~0.1 ms) and the runtime's noise (0.2 ms measured)
+  assert.ok(ours.idleCpuMs < 20, `idle kernel threads used ${ours.idleCpuMs} ms of CPU in ${ours.wallMs} ms`);
 });
 
 test("a user's OMP_WAIT_POLICY / GOMP_SPINCOUNT is what libgomp uses", (t) => {
