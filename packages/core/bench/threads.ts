@@ -2,7 +2,7 @@
 // and with 2 kernel threads, each while another process keeps one core busy
 // (a child spinning in a loop), under libgomp's default wait (idle threads
 // spin ~3 ms: GOMP_SPINCOUNT=300000) and under the loader's (src/native.ts:
-// spin ~0.1 ms, then sleep), or any spin counts given. A benchmark that
+// spin about a microsecond, then sleep), or any spin counts given. A benchmark that
 // prints; nothing is asserted.
 //
 //   pnpm bench:threads

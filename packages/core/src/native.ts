@@ -91,15 +91,20 @@ function addonPath(): string {
 
 /**
  * How long an idle kernel thread spins before it sleeps. The kernels run on
- * OpenMP (libgomp): between two parallel regions its threads busy-wait for
- * GOMP_SPINCOUNT iterations (libgomp's default 300000, about 3 ms; with
+ * OpenMP (libgomp): a thread waiting for a region or at a barrier busy-waits
+ * for GOMP_SPINCOUNT iterations (libgomp's default 300000, about 3 ms; with
  * OMP_WAIT_POLICY=ACTIVE about 5 minutes) before blocking on a futex. A
  * decode step is many short regions with JavaScript in between, so with the
- * default the workers never sleep: on cores another process also uses, they
- * take the time slices the thread doing the work needs. 10000 iterations
- * (roughly 0.1 ms) still bridges the gap between back-to-back regions.
+ * default the workers hardly ever sleep, and on cores another process also
+ * uses they spin away the time slices the threads doing the work need: 2
+ * threads beside one busy process ran decode and training several times
+ * slower than 1 thread (`pnpm bench:threads`). 100 iterations (about a
+ * microsecond) is what libgomp itself uses when it knows its threads
+ * outnumber the CPUs; it cannot know that other processes share them.
+ * Measured beside a busy process on a loaded 2-core machine, 10000 and 1000
+ * still lost to 100 and 0 (docs/benchmarks/2026-12-06-threads.md).
  */
-export const DEFAULT_GOMP_SPINCOUNT = 10000;
+export const DEFAULT_GOMP_SPINCOUNT = 100;
 
 /** Where the OpenMP wait settings came from (see openmpWait). */
 export interface OpenMpWait {

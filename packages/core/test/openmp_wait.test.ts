@@ -51,7 +51,7 @@ test('the spin count reaches libgomp, and idle kernel threads sleep', (t) => {
   assert.equal(ours.threads, 2);
   // a spinning worker burns the idle period, or its share of a core on a busy machine (68 ms of
   // 300 with OMP_WAIT_POLICY=ACTIVE while two other processes kept both cores busy); a sleeping
-  // one, its spin (~0.1 ms) and the runtime's noise (0.2 ms measured)
+  // one, its spin (about a microsecond) and the runtime's noise (0.2 ms measured)
   assert.ok(ours.idleCpuMs < 20, `idle kernel threads used ${ours.idleCpuMs} ms of CPU in ${ours.wallMs} ms`);
 });
 
