@@ -4,7 +4,10 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { ByteTokenizer, type CheckpointingMode, PRESETS, isPreset, checkRegularFile, configFromHf, parseCheckpointing, parseJson, readJsonl, readTextFile } from '@tunebench/core';
+import {
+  ByteTokenizer, ChatTemplate, type CheckpointingMode, type DatasetKind, PRESETS, isPreset, checkRegularFile, configFromHf, parseCheckpointing, parseJson,
+  readJsonl, readTextFile,
+} from '@tunebench/core';
 import type { TuneLrSpec } from './tune.js';
 import { CI_METHODS, DEFAULT_METHODS, GPU_METHODS, type MethodSpec, methodNames, methodPlugin, parseMethods } from './methods.js';
 
@@ -39,6 +42,9 @@ export interface Suite {
   };
   /** user JSONL file for the jsonl task */
   dataset?: string;
+  /** the dataset's rows: 'auto' (default: the first row decides), 'text', 'sft' (prompt/completion) or 'chat' (messages, rendered with
+   * base.hfDir's chat template, else the built-in default) */
+  datasetFormat?: DatasetKind | 'auto';
   /** peers redoing some of the runs (same weights, batches, learning rates) */
   peers?: PeerSpec;
   /** kernel microbenchmarks at the suite's shapes after the runs (default true) */
@@ -171,6 +177,7 @@ const SUITE_SCHEMA = z.object({
     promptChars: int(1, 1 << 24).optional(),
   }).strict(),
   dataset: z.string().min(1).optional(),
+  datasetFormat: z.enum(['auto', 'text', 'sft', 'chat']).optional(),
   peers: z.object({
     tfjs: z.object(peerSelection).strict().optional(),
     pytorch: z.object({ ...peerSelection, threads: int(1, 1024).optional() }).strict().optional(),
@@ -273,7 +280,9 @@ export function validateSuite(raw: unknown, where: string): Suite {
     // the config as the loader reads it: a bad one would fail every run after the reports directory was set up
     else {
       try {
-        const c = configFromHf(parseJson(readTextFile(config, 'config.json'), config), config);
+        const raw = parseJson(readTextFile(config, 'config.json'), config);
+        p.push(...gptqBaseProblems(raw, s.methods));
+        const c = configFromHf(raw, config);
         // the tasks tokenize with the byte tokenizer: every one of its ids must have an embedding row
         const ids = new ByteTokenizer().vocabSize;
         if (c.vocabSize < ids) p.push(`base.hfDir: the model's vocab_size ${c.vocabSize} is smaller than the byte tokenizer's ${ids} ids (256 bytes, BOS, EOS, PAD) that the tasks use: its embedding has no row for ids ${c.vocabSize}..${ids - 1}`);
@@ -285,7 +294,11 @@ export function validateSuite(raw: unknown, where: string): Suite {
     try {
       checkRegularFile(s.dataset, 'JSONL dataset');
       // read once here so that a bad row is reported with its line before anything runs
-      if (s.tasks.includes('jsonl')) readJsonl(s.dataset);
+      if (s.tasks.includes('jsonl')) {
+        const ds = readJsonl(s.dataset, { format: s.datasetFormat });
+        // chat rows: the model's template must parse (a row it fails on is named when the data is prepared)
+        if (ds.kind === 'chat') ChatTemplate.forModel(s.base.hfDir, new ByteTokenizer());
+      }
     } catch (e) {
       p.push(`dataset: ${(e as Error).message}`);
     }
@@ -300,4 +313,18 @@ export function validateSuite(raw: unknown, where: string): Suite {
   }
   if (p.length) throw new Error(`${where}: ${p.join('; ')}`);
   return s;
+}
+
+/** A GPTQ checkpoint as base.hfDir: only QA-LoRA trains on its codes, and only at its own bit width. */
+function gptqBaseProblems(raw: unknown, methods: readonly MethodSpec[]): string[] {
+  const qc = (raw as { quantization_config?: { quant_method?: unknown; bits?: unknown } } | null)?.quantization_config;
+  if (!qc || qc.quant_method !== 'gptq') return [];
+  const p: string[] = [];
+  const dense = methods.filter((m) => m.name !== 'qa-lora').map((m) => m.label);
+  if (dense.length) p.push(`base.hfDir is a GPTQ checkpoint (quantization_config.quant_method "gptq"): only QA-LoRA (qalora<bits>) trains on its codes; ${dense.join(', ')} need a dense base`);
+  for (const m of methods) {
+    const bits = m.options?.bits ?? 4;
+    if (m.name === 'qa-lora' && bits !== qc.bits) p.push(`base.hfDir is a GPTQ checkpoint of ${String(qc.bits)}-bit codes; ${m.label} asks for ${bits} bits (use qalora${String(qc.bits)})`);
+  }
+  return p;
 }

@@ -12,11 +12,12 @@ export {
 } from './ops/cross_entropy.js';
 export { embeddingForward, embeddingBackward, type EmbeddingOptions } from './ops/embedding.js';
 export { rmsnorm, rmsnormBackward, type RmsNormOptions, type RmsNormResult, type RmsNormBackwardOptions, type RmsNormBackwardResult } from './ops/rmsnorm.js';
-export { rope, ropeBackward, type RopeOptions } from './ops/rope.js';
+export { rope, ropeBackward, ropeInvFreq, type RopeOptions } from './ops/rope.js';
 export { swiglu, swigluBackward, type SwigluOptions, type SwigluBackwardOptions } from './ops/swiglu.js';
 export * from './ops/attention.js';
 export * from './ops/elementwise.js';
 export * from './nn/config.js';
+export * from './nn/rope_scaling.js';
 export * from './nn/module.js';
 export { DenseLinear, IntNLinear, Quant4Linear } from './nn/linear.js';
 export * from './quant/quant4.js';
@@ -52,14 +53,21 @@ export { KVCache } from './nn/llama.js';
 export { generate, pick, type GenerateOptions, type GenerateResult } from './eval/generate.js';
 export { evaluateLoss, rowLogLikelihoods, classify, type LossResult, type ClassificationResult } from './eval/evaluate.js';
 export {
-  ByteTokenizer, HfTokenizer, BYTE_BOS, BYTE_EOS, BYTE_PAD, HF_TOKENIZER_FILE, HF_TOKENIZER_CONFIG_FILE,
+  ByteTokenizer, HfTokenizer, BYTE_BOS, BYTE_EOS, BYTE_PAD, BYTE_BOS_TEXT, BYTE_EOS_TEXT, HF_TOKENIZER_FILE, HF_TOKENIZER_CONFIG_FILE,
   type Tokenizer, type HfTokenizerOptions,
 } from './data/tokenizer.js';
-export { readJsonl, datasetFromRows, textDataset, sftDataset, type Dataset, type DatasetKind, type TextRow, type SftRow } from './data/jsonl.js';
 export {
-  TokenRows, TokenDataSource, packTexts, padExamples, packExamples, prepareDataset, epochBatches, dynamicLength, countTargets, countTokens, padIdOf,
+  readJsonl, datasetFromRows, textDataset, sftDataset, chatDataset, parseDatasetFormat, CHAT_ROLES, DATASET_KINDS,
+  type Dataset, type DatasetKind, type TextRow, type SftRow, type ChatRow, type ChatMessage, type ChatRole, type ReadJsonlOptions,
+} from './data/jsonl.js';
+export {
+  ChatTemplate, DEFAULT_CHAT_TEMPLATE, encodeChat, lastAssistantContent, withLastAssistant,
+  type ChatSpecials, type ChatTemplateOptions, type EncodedChat, type EncodeChatOptions,
+} from './data/chat.js';
+export {
+  TokenRows, TokenDataSource, packTexts, padExamples, packExamples, padChats, packChats, prepareDataset, epochBatches, dynamicLength, countTargets, countTokens, padIdOf,
   type PrepareStats, type PrepareMode, type EvalBatch, type TokenDataSourceOptions, type TokenDataSourceState, type TokenRowsExtras,
-  type PackExamplesOptions, type PrepareDatasetOptions, type EpochBatchesOptions,
+  type PackExamplesOptions, type PrepareDatasetOptions, type EpochBatchesOptions, type ChatPrepareOptions,
 } from './data/batching.js';
 export { parseCli, intOption, type CliValues } from './util/cli.js';
 export { median, relativeError } from './util/compare.js';

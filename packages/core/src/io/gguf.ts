@@ -39,6 +39,7 @@ import type { Tokenizer } from '../data/tokenizer.js';
 import { BYTE_BOS, BYTE_EOS, BYTE_PAD } from '../data/tokenizer.js';
 import { BYTE_VOCAB_SIZE, headDim, type LlamaConfig } from '../nn/config.js';
 import type { LlamaModel } from '../nn/llama.js';
+import { ropeFrequencies, ropeInvFreqBase, yarnAttentionScale } from '../nn/rope_scaling.js';
 import { isFrozenBase, type LinearLayer } from '../nn/module.js';
 import { openRegularFile } from '../util/files.js';
 import { writeFileAtomic } from './atomic.js';
@@ -422,6 +423,52 @@ function linearWeight(layer: LinearLayer): Float32Array {
   try { return t.toFloat32(); } finally { t.dispose(); }
 }
 
+// ---------------------------------------------------------------------------
+// Scaled RoPE (nn/rope_scaling.ts) in llama.cpp's terms, as its HF converter
+// writes them:
+//   linear  llama.rope.scaling.type "linear", llama.rope.scaling.factor
+//   yarn    llama.rope.scaling.type "yarn", .factor, .original_context_length;
+//           llama.cpp applies YaRN's defaults (beta_fast 32, beta_slow 1,
+//           truncated correction range, attention factor 0.1 ln(factor) + 1),
+//           so a config that departs from them is refused
+//   llama3  the tensor rope_freqs.weight [D/2] f32: llama.cpp divides base
+//           frequency i by entry i, so entry i = base[i] / inv[i] (1 for the
+//           high frequencies, factor for the low ones, the blend between)
+//   dynamic (NTK) has no GGUF form in llama.cpp: refused.
+
+/** The GGUF keys and rope_freqs tensor of a config's scaled RoPE; throws naming what llama.cpp cannot express. */
+function ggufRopeScaling(cfg: LlamaConfig): { kvs: [string, WriterKv][]; ropeFreqs?: Float32Array } {
+  const s = cfg.ropeScaling;
+  if (!s) return { kvs: [] };
+  const refuse = (why: string): never => {
+    throw new Error(`exportGguf: rope_scaling ${s.type} (factor ${s.factor}) ${why}; llama.cpp would compute a different model, so no file was written`);
+  };
+  switch (s.type) {
+    case 'linear':
+      return { kvs: [['llama.rope.scaling.type', { type: 'string', value: 'linear' }], ['llama.rope.scaling.factor', { type: 'f32', value: s.factor }]] };
+    case 'yarn': {
+      if (!(s.factor > 1)) refuse('has a factor <= 1, where llama.cpp\'s YaRN attention factor (0.1 ln(factor) + 1) differs from 1');
+      if ((s.betaFast ?? 32) !== 32 || (s.betaSlow ?? 1) !== 1) refuse(`sets beta_fast ${s.betaFast ?? 32} / beta_slow ${s.betaSlow ?? 1}; llama.cpp's GGUF loader uses 32 / 1`);
+      if (s.truncate === false) refuse('sets truncate false; llama.cpp always truncates the correction range');
+      const m = yarnAttentionScale(s), want = 0.1 * Math.log(s.factor) + 1;
+      if (Math.abs(m - want) > 1e-6 * want) refuse(`has attention factor ${m} (attention_factor / mscale), llama.cpp applies ${want}`);
+      return {
+        kvs: [
+          ['llama.rope.scaling.type', { type: 'string', value: 'yarn' }],
+          ['llama.rope.scaling.factor', { type: 'f32', value: s.factor }],
+          ['llama.rope.scaling.original_context_length', { type: 'u32', value: s.originalMaxPositionEmbeddings! }],
+        ],
+      };
+    }
+    case 'llama3': {
+      const base = ropeInvFreqBase(cfg), inv = ropeFrequencies(cfg)!.invFreq;
+      return { kvs: [], ropeFreqs: Float32Array.from(base, (b, i) => b / inv[i]) };
+    }
+    case 'dynamic':
+      return refuse('is dynamic NTK scaling, which GGUF cannot carry (llama.cpp has no dynamic NTK)');
+  }
+}
+
 /**
  * Writes `model` as a GGUF v3 file llama.cpp loads as architecture `llama`.
  * Tensors (llama.cpp names): token_embd, blk.N.{attn_norm, attn_q, attn_k,
@@ -431,6 +478,7 @@ function linearWeight(layer: LinearLayer): Float32Array {
  * Storage: norms F32 (exact); token_embd and output F16 (opts.embeddings,
  * default; or Q8_0, error in the summary), whatever opts.type is; the
  * projections opts.type, except group-wise ones (Q4_1 with the model's codes).
+ * A scaled RoPE adds its keys or rope_freqs (ggufRopeScaling), or is refused.
  * The file is written atomically.
  */
 export function exportGguf(model: LlamaModel, path: string, opts: ExportGgufOptions): GgufExportSummary {
@@ -443,6 +491,7 @@ export function exportGguf(model: LlamaModel, path: string, opts: ExportGgufOpti
     throw new RangeError(`exportGguf: embeddings (the storage of token_embd and output) must be one of ${EMBEDDING_TYPES.join(', ')}, got ${JSON.stringify(opts.embeddings)}`);
   }
   const cfg = model.config, D = headDim(cfg);
+  const ropeScaling = ggufRopeScaling(cfg);
   const vocab = byteVocabKvs(opts.tokenizer, cfg);
   const weightType = TYPE_BY_NAME.get(opts.type.toUpperCase())!;
   const embeddingType = TYPE_BY_NAME.get(embeddings.toUpperCase())!;
@@ -486,6 +535,8 @@ export function exportGguf(model: LlamaModel, path: string, opts: ExportGgufOpti
   };
 
   const C = cfg.hiddenSize, I = cfg.intermediateSize;
+  const ropeFreqs = ropeScaling.ropeFreqs;
+  if (ropeFreqs) add1d('rope_freqs.weight', 'rope_scaling (llama3)', () => ropeFreqs, D / 2);
   add2d('token_embd.weight', model.embed.name, cfg.vocabSize, C, () => model.embed.value.toFloat32(), undefined, true);
   const permQ = ropeRowPermutation(cfg.numHeads, D), permK = ropeRowPermutation(cfg.numKvHeads, D);
   model.blocks.forEach((b, i) => {
@@ -520,6 +571,7 @@ export function exportGguf(model: LlamaModel, path: string, opts: ExportGgufOpti
     ['llama.attention.head_count_kv', { type: 'u32', value: cfg.numKvHeads }],
     ['llama.rope.dimension_count', { type: 'u32', value: D }],
     ['llama.rope.freq_base', { type: 'f32', value: cfg.ropeTheta }],
+    ...ropeScaling.kvs,
     ['llama.attention.layer_norm_rms_epsilon', { type: 'f32', value: cfg.rmsNormEps }],
     ['llama.vocab_size', { type: 'u32', value: cfg.vocabSize }],
     ...vocab,

@@ -28,6 +28,7 @@ import { join, resolve } from 'node:path';
 import { type Category, DTYPE_BYTES } from '../dtype.js';
 import { CONFIG_LIMITS, type LlamaConfig, headDim, validateConfig } from '../nn/config.js';
 import { LlamaModel, type LinearFactory, modelTensorShapes } from '../nn/llama.js';
+import { ropeScalingFromHf, ropeScalingToHf } from '../nn/rope_scaling.js';
 import type { LinearLayer } from '../nn/module.js';
 import { Tensor } from '../tensor.js';
 import { readTextFile } from '../util/files.js';
@@ -92,7 +93,6 @@ export function configFromHf(json: unknown, where: string): LlamaConfig {
     const rp = json.rope_parameters;
     if (!isPlainObject(rp)) problems.push(`rope_parameters must be an object, got ${JSON.stringify(rp)}`);
     else {
-      if (has(rp, 'rope_type') && rp.rope_type !== 'default') problems.push(`rope_parameters.rope_type ${JSON.stringify(rp.rope_type)} is not supported (only "default" RoPE)`);
       if (has(rp, 'rope_theta')) {
         if (typeof rp.rope_theta === 'number') ropeParamsTheta = rp.rope_theta;
         else problems.push(`rope_parameters.rope_theta must be a number, got ${JSON.stringify(rp.rope_theta)}`);
@@ -129,9 +129,9 @@ export function configFromHf(json: unknown, where: string): LlamaConfig {
       problems.push(`head_dim ${JSON.stringify(json.head_dim)} disagrees with hidden_size / num_attention_heads = ${implied} (a separate head_dim is not supported)`);
     }
   }
-  if (has(json, 'rope_scaling') && json.rope_scaling !== null) {
-    problems.push(`rope_scaling ${JSON.stringify(json.rope_scaling)} is not supported (only plain RoPE; rope_scaling must be null)`);
-  }
+  // scaled RoPE (rope_scaling, or rope_parameters' rope_type): nn/rope_scaling.ts
+  const ropeScaling = ropeScalingFromHf(json, config.maxPositionEmbeddings, problems);
+  if (ropeScaling) config.ropeScaling = ropeScaling;
   if (has(json, 'hidden_act') && json.hidden_act !== 'silu') problems.push(`hidden_act ${JSON.stringify(json.hidden_act)} is not supported (only "silu")`);
   for (const k of ['attention_bias', 'mlp_bias']) {
     if (has(json, k) && json[k] !== false && json[k] !== null) problems.push(`${k} ${JSON.stringify(json[k])} is not supported (only false)`);
@@ -179,7 +179,7 @@ export function configToHf(config: LlamaConfig, opts: ConfigToHfOptions = {}): R
     num_key_value_heads: config.numKvHeads,
     pretraining_tp: 1,
     rms_norm_eps: config.rmsNormEps,
-    rope_scaling: null,
+    rope_scaling: ropeScalingToHf(config.ropeScaling),
     rope_theta: config.ropeTheta,
     tie_word_embeddings: config.tieWordEmbeddings,
     torch_dtype: TORCH_DTYPE[opts.dtype ?? 'f32'],
@@ -239,7 +239,9 @@ export function loadHfModelDir(dir: string, opts: LoadHfOptions = {}): LoadedHfM
   if (dtype !== 'f32' && dtype !== 'bf16') throw new TypeError(`${root}: dtype must be 'f32' or 'bf16', got ${JSON.stringify(dtype)}`);
   if (!existsSync(root) || !statSync(root).isDirectory()) throw new Error(`${root}: not a directory`);
   const configPath = join(root, HF_CONFIG_FILE);
-  const config = configFromHf(readJson(configPath, HF_CONFIG_FILE), configPath);
+  const configJson = readJson(configPath, HF_CONFIG_FILE);
+  refuseQuantizedCheckpoint(configJson, configPath);
+  const config = configFromHf(configJson, configPath);
   const expected = hfTensorShapes(config);
 
   // name -> shard file (absolute path)
@@ -473,4 +475,22 @@ const LINEAR_WEIGHT = /^(model\.layers\.\d+\.(?:self_attn|mlp)\.(?:q|k|v|o|gate|
 /** Saves a LlamaModel as a LlamaForCausalLM directory (weights bf16 unless asked). */
 export function saveHfModel(model: LlamaModel, dir: string, opts: SaveHfOptions = {}): void {
   saveHfModelDir(dir, model.config, model.namedTensors(), opts);
+}
+
+// ---------------------------------------------------------------------------
+// Quantized checkpoints (GPTQ, the INT-N files of @tunebench/qa-lora): their
+// projections are codes, not dense weights. Named here, so that loading one
+// as a dense model says what it is and what reads it instead of listing
+// every .weight as missing.
+
+function refuseQuantizedCheckpoint(json: unknown, where: string): void {
+  if (!isPlainObject(json) || !isPlainObject(json.quantization_config)) return;
+  const method = json.quantization_config.quant_method;
+  if (method === 'gptq') {
+    throw new Error(`${where}: quantization_config.quant_method "gptq": a GPTQ checkpoint (qweight, qzeros, scales, g_idx) does not load as dense weights; ` +
+      'it loads as a QA-LoRA INT-N base (@tunebench/qa-lora loadQaloraModel or loadGptqModel; in the bench: --methods qalora<bits>)');
+  }
+  if (method === 'tunebench_intn') {
+    throw new Error(`${where}: quantization_config.quant_method "tunebench_intn": a merged QA-LoRA INT-N model; load it with @tunebench/qa-lora loadQaloraMerged`);
+  }
 }

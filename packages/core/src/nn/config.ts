@@ -1,4 +1,5 @@
 // LLaMA-architecture model configuration and presets.
+import { type RopeScaling, ropeScalingProblems } from './rope_scaling.js';
 
 export interface LlamaConfig {
   vocabSize: number;
@@ -11,6 +12,8 @@ export interface LlamaConfig {
   ropeTheta: number;
   maxPositionEmbeddings: number;
   tieWordEmbeddings: boolean;
+  /** scaled RoPE (llama3, linear, dynamic, yarn: nn/rope_scaling.ts); absent or null: plain RoPE */
+  ropeScaling?: RopeScaling | null;
 }
 
 /** Vocabulary of the built-in byte-level tokenizer: 256 bytes + BOS, EOS, PAD. */
@@ -96,6 +99,7 @@ export function validateConfig(c: LlamaConfig, where = 'model config'): void {
   if (!(typeof c.rmsNormEps === 'number' && c.rmsNormEps > 0 && c.rmsNormEps <= 0.1)) problems.push(`rmsNormEps must be a positive number no larger than 0.1, got ${JSON.stringify(c.rmsNormEps)}`);
   if (!(typeof c.ropeTheta === 'number' && c.ropeTheta > 0 && c.ropeTheta <= 1e12)) problems.push(`ropeTheta must be a positive number no larger than 1e12, got ${JSON.stringify(c.ropeTheta)}`);
   if (typeof c.tieWordEmbeddings !== 'boolean') problems.push(`tieWordEmbeddings must be a boolean, got ${JSON.stringify(c.tieWordEmbeddings)}`);
+  problems.push(...ropeScalingProblems(c.ropeScaling, c.maxPositionEmbeddings));
   if (Number.isInteger(c.hiddenSize) && Number.isInteger(c.numHeads) && c.numHeads > 0) {
     if (c.hiddenSize % c.numHeads !== 0) problems.push(`numHeads (${c.numHeads}) does not divide hiddenSize (${c.hiddenSize})`);
     else if ((c.hiddenSize / c.numHeads) % 2 !== 0) problems.push(`head dimension hiddenSize/numHeads = ${c.hiddenSize / c.numHeads} must be even for RoPE`);

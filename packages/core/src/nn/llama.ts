@@ -24,6 +24,7 @@ import type { Device } from '../dtype.js';
 import { Tensor, copyRows, hostValues } from '../tensor.js';
 import { Rng } from '../util/rng.js';
 import { type LlamaConfig, headDim, validateConfig } from './config.js';
+import { type RopeFrequencies, ropeFrequencies, ropePositionLimit, ropePositionLimitText } from './rope_scaling.js';
 import { DenseLinear } from './linear.js';
 import { type LinearLayer, type Parameter, moveParameter } from './module.js';
 
@@ -91,7 +92,8 @@ export interface Batch {
    * per row. */
   segments?: Tensor;
   /** [B, T] i32 RoPE position of each token (restarting at 0 at each packed
-   * example), each in [0, max_position_embeddings). Absent: 0..T-1 per row. */
+   * example), each in [0, max_position_embeddings) (further under rope
+   * scaling: ropePositionLimit). Absent: 0..T-1 per row. */
   positions?: Tensor;
   /** non-padding input tokens of the batch (throughput counts these);
    * absent: all B * T */
@@ -121,7 +123,7 @@ function linearPrefix(layer: number, n: LinearName): string {
 }
 
 /** Batch positions: i32 [B, T], each in [0, maxPositions). */
-function checkPositions(positions: Tensor, B: number, T: number, maxPositions: number): void {
+function checkPositions(positions: Tensor, B: number, T: number, maxPositions: number, cfg: LlamaConfig): void {
   if (!(positions instanceof Tensor) || positions.dtype !== 'i32' || positions.shape.length !== 2 || positions.shape[0] !== B || positions.shape[1] !== T) {
     const got = positions instanceof Tensor ? `${positions.dtype} [${positions.shape.join(', ')}]` : typeof positions;
     throw new Error(`forward: batch positions must be i32 [${B}, ${T}] like ids, got ${got}`);
@@ -129,9 +131,18 @@ function checkPositions(positions: Tensor, B: number, T: number, maxPositions: n
   const v = hostValues(positions) as Int32Array;
   for (let i = 0; i < v.length; i++) {
     if (v[i] < 0 || v[i] >= maxPositions) {
-      throw new Error(`forward: batch position ${v[i]} (row ${Math.floor(i / T)}, token ${i % T}) is outside [0, max_position_embeddings = ${maxPositions})`);
+      throw new Error(`forward: batch position ${v[i]} (row ${Math.floor(i / T)}, token ${i % T}) is outside [0, ${cfg.ropeScaling ? ropePositionLimitText(cfg) : `max_position_embeddings = ${maxPositions}`})`);
     }
   }
+}
+
+/** The length a batch covers: its largest position + 1 (T without positions). */
+function batchSeqLen(batch: Batch, T: number): number {
+  if (!batch.positions) return T;
+  const v = hostValues(batch.positions) as Int32Array;
+  let m = 0;
+  for (let i = 0; i < v.length; i++) if (v[i] > m) m = v[i];
+  return m + 1;
 }
 
 function param(name: string, value: Tensor, trainable: boolean): Parameter {
@@ -176,16 +187,17 @@ class LlamaBlock {
   // With a KV cache (inference): the new keys/values are appended at
   // cache.length; a first call attends among its own T tokens, later calls
   // (T = 1) attend over the cache.
+  // freqs: the scaled RoPE's table and attention scale (nn/rope_scaling.ts); absent: plain RoPE
   forward(x: Tensor, positions: Tensor, cfg: LlamaConfig, B: number, T: number, training: boolean,
-          cache?: { k: Tensor; v: Tensor; length: number }, segments?: Tensor): Tensor {
+          cache?: { k: Tensor; v: Tensor; length: number }, segments?: Tensor, freqs?: RopeFrequencies): Tensor {
     const D = headDim(cfg), N = B * T;
     const L = this.linears;
     const { y: h1, rstd: rstd1 } = rmsnorm(x, this.ln1.value, { eps: cfg.rmsNormEps });
     const q = L.q_proj.forward(h1), k = L.k_proj.forward(h1), v = L.v_proj.forward(h1);
     const q4 = q.reshape([B, T, cfg.numHeads, D]), k4 = k.reshape([B, T, cfg.numKvHeads, D]);
     const v4 = v.reshape([B, T, cfg.numKvHeads, D]);
-    rope(q4, positions, { theta: cfg.ropeTheta, out: q4 });
-    rope(k4, positions, { theta: cfg.ropeTheta, out: k4 });
+    rope(q4, positions, { theta: cfg.ropeTheta, ...freqs, out: q4 });
+    rope(k4, positions, { theta: cfg.ropeTheta, ...freqs, out: k4 });
     let att: Tensor, lse: Tensor;
     if (cache) {
       writeCache(cache.k, k4, cache.length);
@@ -219,7 +231,7 @@ class LlamaBlock {
 
   // dres [N, C]: gradient of the block output; on return it holds the
   // gradient of the block input (the residual stream accumulates in place).
-  backward(dres: Tensor, positions: Tensor, cfg: LlamaConfig, segments?: Tensor): void {
+  backward(dres: Tensor, positions: Tensor, cfg: LlamaConfig, segments?: Tensor, freqs?: RopeFrequencies): void {
     const s = this.saved;
     if (!s) throw new Error(`model.layers.${this.index}: backward called without a training forward`);
     const L = this.linears;
@@ -239,8 +251,8 @@ class LlamaBlock {
     const datt = datt2.reshape(s.att.shape);
     const { dq, dk, dv } = attentionBackward(datt, s.q4, s.k4, s.v4, s.att, s.lse, { segments });
     datt2.dispose();
-    ropeBackward(dq, positions, { theta: cfg.ropeTheta, out: dq });
-    ropeBackward(dk, positions, { theta: cfg.ropeTheta, out: dk });
+    ropeBackward(dq, positions, { theta: cfg.ropeTheta, ...freqs, out: dq });
+    ropeBackward(dk, positions, { theta: cfg.ropeTheta, ...freqs, out: dk });
     const dh1 = L.q_proj.backward(dq.reshape([N, dq.numel / N]));
     L.k_proj.backward(dk.reshape([N, dk.numel / N]), dh1);
     L.v_proj.backward(dv.reshape([N, dv.numel / N]), dh1);
@@ -298,6 +310,8 @@ export class LlamaModel {
   readonly lmHead: Parameter | null;
   private state: {
     ids: Tensor; targets: Tensor; positions: Tensor; segments: Tensor | undefined; residuals: Tensor[];
+    /** the forward's scaled-RoPE table (undefined: plain RoPE) */
+    freqs: RopeFrequencies | undefined;
     /** the batch's ids and targets copied to the model's device (none on the CPU) */
     uploaded: Tensor[];
     hf: Tensor; rstdF: Tensor; lse: Tensor; losses: Tensor; B: number; T: number;
@@ -467,9 +481,10 @@ export class LlamaModel {
       throw new Error(`forward: targets must be i32 [${ids.shape.join(', ')}] like ids, got ${targets.dtype} [${targets.shape.join(', ')}]`);
     }
     const [B, T] = ids.shape;
-    if (T > cfg.maxPositionEmbeddings) throw new Error(`forward: sequence length ${T} exceeds max_position_embeddings ${cfg.maxPositionEmbeddings}`);
+    const maxPositions = ropePositionLimit(cfg);
+    if (T > maxPositions) throw new Error(`forward: sequence length ${T} exceeds ${ropePositionLimitText(cfg)}`);
     if (batch.segments !== undefined) onHost(batch.segments, (s) => checkSegments('forward', s, B, T));
-    if (batch.positions !== undefined) checkPositions(batch.positions, B, T, cfg.maxPositionEmbeddings);
+    if (batch.positions !== undefined) checkPositions(batch.positions, B, T, maxPositions, cfg);
     if (this.state) this.releaseState();
     for (const b of this.blocks) for (const n of LINEAR_NAMES) if ('training' in b.linears[n]) b.linears[n].training = training;
     const N = B * T, device = this.device;
@@ -492,6 +507,7 @@ export class LlamaModel {
       return c;
     };
     const ids1 = onDevice(ids).reshape([N]), targets1 = onDevice(targets).reshape([N]);
+    const freqs = ropeFrequencies(cfg, cfg.ropeScaling?.type === 'dynamic' ? batchSeqLen(batch, T) : undefined);
     let x = embeddingForward(ids1, this.embed.value);
     const residuals: Tensor[] = [x];
     const replay = new Map<number, unknown[]>();
@@ -500,7 +516,7 @@ export class LlamaModel {
       // input, which is the residual list's) and is recomputed in backward
       const recompute = training && isCheckpointed(this.checkpointMode, i);
       if (recompute) replay.set(i, block.randomStates());
-      const next = block.forward(x, positions, cfg, B, T, training && !recompute, undefined, segments);
+      const next = block.forward(x, positions, cfg, B, T, training && !recompute, undefined, segments, freqs);
       if (training) residuals.push(next);
       else x.dispose();
       x = next;
@@ -519,7 +535,7 @@ export class LlamaModel {
       }
     }
     if (training) {
-      this.state = { ids: ids1, targets: targets1, positions, segments, residuals, uploaded, hf, rstdF, lse: ce.lse, losses: ce.losses, B, T, replay };
+      this.state = { ids: ids1, targets: targets1, positions, segments, residuals, freqs, uploaded, hf, rstdF, lse: ce.lse, losses: ce.losses, B, T, replay };
     } else {
       for (const t of [positions, x, hf, rstdF, ce.lse, ce.losses, ...uploaded]) t.dispose();
       segments?.dispose();
@@ -538,8 +554,8 @@ export class LlamaModel {
     if (cache && cache.batch !== B) throw new Error(`hidden: the cache holds ${cache.batch} sequences, ids has ${B}`);
     const device = this.device;
     if (cache && cache.device !== device) throw new Error(`hidden: the KV cache is on ${cache.device}, the model on ${device} (new KVCache(config, batch, maxLength, model.device))`);
-    if (start + T > (cache ? cache.maxLength : cfg.maxPositionEmbeddings)) {
-      throw new Error(`hidden: ${start + T} positions exceed the ${cache ? 'cache length' : 'max_position_embeddings'} ${cache ? cache.maxLength : cfg.maxPositionEmbeddings}`);
+    if (start + T > (cache ? cache.maxLength : ropePositionLimit(cfg))) {
+      throw new Error(`hidden: ${start + T} positions exceed the ${cache ? `cache length ${cache.maxLength}` : ropePositionLimitText(cfg)}`);
     }
     if (this.state) this.releaseState();
     for (const b of this.blocks) for (const n of LINEAR_NAMES) if ('training' in b.linears[n]) b.linears[n].training = false;
@@ -547,6 +563,8 @@ export class LlamaModel {
     const positions = intTensor([N], device, (pv) => {
       for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) pv[b * T + t] = start + t;
     });
+    // dynamic scaling: the table of this call's length (as a KV-cache decode step sees it)
+    const freqs = ropeFrequencies(cfg, start + T);
     const idsD = ids.device === device ? ids : ids.to(device);
     let x: Tensor;
     try {
@@ -555,7 +573,7 @@ export class LlamaModel {
       if (idsD !== ids) idsD.dispose();
     }
     this.blocks.forEach((block, i) => {
-      const next = block.forward(x, positions, cfg, B, T, false, cache ? { k: cache.k[i], v: cache.v[i], length: start } : undefined);
+      const next = block.forward(x, positions, cfg, B, T, false, cache ? { k: cache.k[i], v: cache.v[i], length: start } : undefined, undefined, freqs);
       x.dispose();
       x = next;
     });
@@ -587,9 +605,9 @@ export class LlamaModel {
       if (states) {
         // recompute the block's forward from its kept input, keeping what backward needs
         this.blocks[i].setRandomStates(states);
-        this.blocks[i].forward(s.residuals[i], s.positions, cfg, s.B, s.T, true, undefined, s.segments).dispose();
+        this.blocks[i].forward(s.residuals[i], s.positions, cfg, s.B, s.T, true, undefined, s.segments, s.freqs).dispose();
       }
-      this.blocks[i].backward(dres, s.positions, cfg, s.segments);
+      this.blocks[i].backward(dres, s.positions, cfg, s.segments, s.freqs);
     }
     if (this.embed.grad) embeddingBackward(dres, s.ids, this.embed.grad);
     dres.dispose();
@@ -658,8 +676,9 @@ export class KVCache {
   /** device: where the keys and values live, the model's (default cpu) */
   constructor(config: LlamaConfig, readonly batch: number, readonly maxLength: number, readonly device: Device = 'cpu') {
     if (!Number.isInteger(batch) || batch < 1) throw new Error(`KVCache: batch must be a positive integer, got ${batch}`);
-    if (!Number.isInteger(maxLength) || maxLength < 1 || maxLength > config.maxPositionEmbeddings) {
-      throw new Error(`KVCache: maxLength must be in [1, ${config.maxPositionEmbeddings}], got ${maxLength}`);
+    const limit = ropePositionLimit(config);
+    if (!Number.isInteger(maxLength) || maxLength < 1 || maxLength > limit) {
+      throw new Error(`KVCache: maxLength must be in [1, ${limit}], got ${maxLength}`);
     }
     const shape = [batch, maxLength, config.numKvHeads, headDim(config)];
     this.k = Array.from({ length: config.numLayers }, () => Tensor.zeros(shape, { category: 'activation', device }));

@@ -27,8 +27,17 @@ export interface TfjsPacking {
   positions?: Int32Array;
 }
 
+/** A scaled RoPE given as its table: inverse frequencies (D/2) in place of
+ * 1/theta^(2i/D), and a factor multiplying cos and sin (default 1). The
+ * caller computes them (the tests, from the published formulas). */
+export interface TfjsRope {
+  invFreq: Float32Array | readonly number[];
+  attentionScale?: number;
+}
+
 export function tfjsLlamaLoss(tf: typeof TF, cfg: LlamaConfig, P: Map<string, TF.Tensor>, ids: Int32Array,
-                       targets: Int32Array, B: number, T: number, lora?: TfjsLora, packing: TfjsPacking = {}): TF.Scalar {
+                       targets: Int32Array, B: number, T: number, lora?: TfjsLora, packing: TfjsPacking = {},
+                       rope?: TfjsRope): TF.Scalar {
   const C = cfg.hiddenSize, D = headDim(cfg), Hq = cfg.numHeads, Hkv = cfg.numKvHeads, N = B * T;
   const p = (n: string) => P.get(n)!;
   const rms = (x: TF.Tensor2D, w: TF.Tensor) => x.mul(tf.rsqrt(x.square().mean(1, true).add(cfg.rmsNormEps))).mul(w) as TF.Tensor2D;
@@ -39,7 +48,9 @@ export function tfjsLlamaLoss(tf: typeof TF, cfg: LlamaConfig, P: Map<string, TF
     return y.add(dense(dense(x, p(`${name}.lora_A.weight`)) as TF.Tensor2D, p(`${name}.lora_B.weight`)).mul(lora.scale)) as TF.Tensor2D;
   };
   // rotary tables, HF LlamaRotaryEmbedding: inv_freq = 1 / theta^(2i/D), emb = cat(freqs, freqs)
-  const inv = tf.div(1, tf.pow(cfg.ropeTheta, tf.range(0, D, 2, 'float32').div(D)));
+  if (rope && rope.invFreq.length !== D / 2) throw new Error(`tfjsLlamaLoss: rope.invFreq has ${rope.invFreq.length} entries, expected D/2 = ${D / 2}`);
+  const inv = rope ? tf.tensor1d(Float32Array.from(rope.invFreq), 'float32') : tf.div(1, tf.pow(cfg.ropeTheta, tf.range(0, D, 2, 'float32').div(D)));
+  const m = rope?.attentionScale ?? 1;
   const { segments, positions } = packing;
   if (segments && segments.length !== N) throw new Error(`tfjsLlamaLoss: segments has ${segments.length} entries, expected B*T = ${N}`);
   if (positions && positions.length !== N) throw new Error(`tfjsLlamaLoss: positions has ${positions.length} entries, expected B*T = ${N}`);
@@ -48,7 +59,7 @@ export function tfjsLlamaLoss(tf: typeof TF, cfg: LlamaConfig, P: Map<string, TF
   const freqs = tf.outerProduct(pos as TF.Tensor1D, inv as TF.Tensor1D);
   const emb = tf.concat([freqs, freqs], 1);              // [T or B*T, D]
   const ropeShape: [number, number, number, number] = positions ? [B, T, 1, D] : [1, T, 1, D];
-  const cos = emb.cos().reshape(ropeShape), sin = emb.sin().reshape(ropeShape);
+  const cos = emb.cos().mul(m).reshape(ropeShape), sin = emb.sin().mul(m).reshape(ropeShape);
   const rotateHalf = (x: TF.Tensor4D) => {
     const [x1, x2] = tf.split(x, 2, 3);
     return tf.concat([x2.neg(), x1], 3);
