@@ -20,7 +20,7 @@ const HELP = `tunebench — full fine-tuning, LoRA and QLoRA side by side: memor
 
 Usage: pnpm bench [-- options]        (or: node packages/bench/dist/cli.js [options])
        pnpm bench -- plan --model PRESET_OR_HF_DIR --method M --batch B --seq T   (see plan --help)
-       pnpm bench -- gguf --model DIR --out FILE.gguf [--type f16|q8_0|q4_1]      (see gguf --help)
+       pnpm bench -- gguf --model DIR --out FILE.gguf [--type f16|q8_0|q4_1] [--embeddings f16|q8_0]   (see gguf --help)
        pnpm bench -- jobs [--suite X] [--shards N] [--json]     the suite's plan (see jobs --help)
        pnpm bench -- merge OUT DIR...                           shards into one report (see merge --help)
 

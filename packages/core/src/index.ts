@@ -1,7 +1,7 @@
 export * from './dtype.js';
 export { Tensor, type TensorOptions, shapeNumel, hostValues, copyInto, copyRows } from './tensor.js';
 export { memory, type MemorySnapshot, type DeviceMemorySnapshot } from './memory.js';
-export { native } from './native.js';
+export { native, openmpWait, configureOpenMpWait, DEFAULT_GOMP_SPINCOUNT, type OpenMpWait } from './native.js';
 export { cudaInfo, cudaAvailable, resolveDevice, synchronize, deviceName, type DeviceChoice, type CudaInfo } from './device.js';
 export { matmul, gemmKernel, cublasLtStatus, type MatmulOptions } from './ops/gemm.js';
 export * from './ops/optim.js';
@@ -45,7 +45,7 @@ export {
   exportGguf, ggufArchitecture, readGguf, ggufScalar, ggufArray, quantizeQ8_0, quantizeQ4_1, dequantizeQ8_0, dequantizeQ4_1, groupwiseToQ4_1,
   ropeRowPermutation, permuteRows, gpt2ByteToUnicode, GGUF_MAGIC, GGUF_VERSION, GGUF_ALIGNMENT, GGML_QK, GGUF_BYTE_SPECIALS,
   type ExportGgufOptions, type GgufExportSummary, type GgufWeightType, type GroupwiseInt4, type GgufFile, type GgufTensorInfo,
-  type GgufKv, type GgufValueType, type GgufScalar, type GgufScalarType,
+  type GgufKv, type GgufValueType, type GgufScalar, type GgufScalarType, type GgufEmbeddingType, type GgufTensorError, tensorError,
 } from './io/gguf.js';
 export { saveCheckpoint, loadCheckpoint } from './train/checkpoint.js';
 export * from './ops/lora.js';

@@ -83,10 +83,11 @@ function maxLogProbDiff(a: Float64Array[], b: Float64Array[]): number {
 // this model with node-llama-cpp 3.21.1 (printed as diagnostics):
 //   f16   vs same weights 6.8e-3, vs f32 original 8.6e-3: llama.cpp's CPU
 //         matmul rounds activations to f16 (relative 2^-11)
-//   q8_0  vs same weights 9.1e-2, vs original 1.3e-1: llama.cpp quantizes
+//   q8_0  vs same weights 1.1e-1, vs original 1.2e-1: llama.cpp quantizes
 //         activations to Q8_0 blocks (relative ~1/254) for the dot products
 //   q4_1  vs same weights 1.3e-1 (the activations go through Q8_1 likewise),
-//         vs original 2.2: the 4-bit weights of a random model, not the export
+//         vs original 1.5: the 4-bit projections of a random model, not the
+//         export (token_embd is F16 in both: 2.2 when it was Q4_1 too)
 // Bounds sit about 3x above. Greedy: every token llama.cpp picks must be our
 // own argmax up to the same-weights tolerance (random-model outputs have
 // near-ties, where an exact token match would test noise).

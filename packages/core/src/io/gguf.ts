@@ -20,6 +20,13 @@
 // Blocks run along ne[0] (a row), so every quantized row length must be a
 // multiple of 32.
 //
+// What is exact: the norms (F32); token_embd and output up to fp16 rounding
+// (F16 in every export unless Q8_0 is asked for: the head decides the top
+// token, and 4-bit round-to-nearest of it changed llama.cpp's predictions);
+// projections given group-wise (a merged QA-LoRA INT4 g32 model) up to the
+// fp16 rounding of each block's d and m; F16 projections up to fp16 rounding.
+// Q8_0 and Q4_1 projections of a dense model are requantized (not exact).
+//
 // RoPE: our model rotates HF-style halves (x[i], x[i+D/2]) (ops/rope.ts);
 // llama.cpp's `llama` architecture uses LLAMA_ROPE_TYPE_NORM, which rotates
 // adjacent pairs (x[2i], x[2i+1]) with the same frequencies. Like llama.cpp's
@@ -232,6 +239,26 @@ export interface ExportGgufOptions {
    * llama.cpp's `llama` architecture, which Mistral is written as (as
    * llama.cpp's converter does), attends to every earlier position */
   fullAttention?: boolean;
+  /** storage of token_embd and output (the head; with tied embeddings
+   * llama.cpp uses token_embd for it) whatever `type` is: 'f16' (default),
+   * the model's values up to fp16 rounding, or 'q8_0' on request (half the
+   * bytes; its error is measured and returned in the summary). They are never
+   * written as Q4_1: 4-bit round-to-nearest of the head changes the model's
+   * predictions. */
+  embeddings?: GgufEmbeddingType;
+}
+
+export type GgufEmbeddingType = 'f16' | 'q8_0';
+const EMBEDDING_TYPES: readonly GgufEmbeddingType[] = ['f16', 'q8_0'];
+
+/** How far a written tensor is from the model's f32 values. */
+export interface GgufTensorError {
+  /** max |written - model| */
+  maxAbs: number;
+  /** root mean square of (written - model) */
+  rms: number;
+  /** rms / root mean square of the model's values */
+  relRms: number;
 }
 
 /** llama.cpp's architecture for a config, and whether its RoPE rotates
@@ -260,7 +287,8 @@ export function ggufArchitecture(cfg: LlamaConfig, opts: { fullAttention?: boole
 export interface GgufExportSummary {
   path: string;
   bytes: number;
-  tensors: { name: string; type: string; ne: number[]; from: string; groupwise: boolean }[];
+  /** `error`: measured for token_embd and output (the tensors the embeddings option stores) */
+  tensors: { name: string; type: string; ne: number[]; from: string; groupwise: boolean; error?: GgufTensorError }[];
 }
 
 interface PlannedTensor {
@@ -271,6 +299,40 @@ interface PlannedTensor {
   groupwise: boolean;
   bytes: number;
   produce: () => Uint8Array;
+  error?: GgufTensorError;
+}
+
+/** f32 values as ggml `type` bytes: F32, F16, Q8_0 or Q4_1 */
+function encodeAs(x: Float32Array, type: GgmlTypeInfo): Uint8Array {
+  if (type.name === 'F32') return new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
+  if (type.name === 'F16') { const h = new Uint16Array(x.length); for (let i = 0; i < x.length; i++) h[i] = f32ToF16(x[i]); return new Uint8Array(h.buffer); }
+  if (type.name === 'Q8_0') return quantizeQ8_0(x);
+  if (type.name === 'Q4_1') return quantizeQ4_1(x);
+  throw new Error(`exportGguf: no encoder for ${type.name}`);
+}
+
+/** ggml `type` bytes back to f32 (F32, F16, Q8_0, Q4_1) */
+function decodeAs(raw: Uint8Array, numel: number, type: GgmlTypeInfo): Float32Array {
+  switch (type.name) {
+    case 'F32': return new Float32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + numel * 4));
+    case 'F16': { const h = new Uint16Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + numel * 2)), out = new Float32Array(numel); for (let i = 0; i < numel; i++) out[i] = f16ToF32(h[i]); return out; }
+    case 'Q8_0': return dequantizeQ8_0(raw, numel);
+    case 'Q4_1': return dequantizeQ4_1(raw, numel);
+    default: throw new Error(`exportGguf: no decoder for ${type.name}`);
+  }
+}
+
+/** The error of storing `x` as `written` (same length). */
+export function tensorError(x: Float32Array, written: Float32Array): GgufTensorError {
+  let maxAbs = 0, se = 0, sx = 0;
+  for (let i = 0; i < x.length; i++) {
+    const d = written[i] - x[i];
+    maxAbs = Math.max(maxAbs, Math.abs(d));
+    se += d * d;
+    sx += x[i] * x[i];
+  }
+  const rms = Math.sqrt(se / Math.max(1, x.length));
+  return { maxAbs, rms, relRms: sx > 0 ? rms / Math.sqrt(sx / x.length) : 0 };
 }
 
 class ByteWriter {
@@ -446,6 +508,9 @@ function ggufRopeScaling(cfg: LlamaConfig, arch: string): { kvs: [string, Writer
  * Biases as blk.N.attn_{q,k,v,output}.bias (F32; q and k permuted like their
  * rows under `llama`), Qwen3's q/k norms as blk.N.attn_{q,k}_norm.weight, and
  * for a head_dim other than hidden / heads, <arch>.attention.{key,value}_length.
+ * Storage: norms F32 (exact); token_embd and output F16 (opts.embeddings,
+ * default; or Q8_0, error in the summary), whatever opts.type is; the
+ * projections opts.type, except group-wise ones (Q4_1 with the model's codes).
  * A scaled RoPE adds its keys or rope_freqs (ggufRopeScaling), or is refused.
  * The file is written atomically.
  */
@@ -454,27 +519,27 @@ export function exportGguf(model: LlamaModel, path: string, opts: ExportGgufOpti
   if (!WEIGHT_TYPES.includes(opts.type)) throw new RangeError(`exportGguf: type must be one of ${WEIGHT_TYPES.join(', ')}, got ${JSON.stringify(opts.type)}`);
   const indivisible = opts.indivisible ?? 'error';
   if (indivisible !== 'error' && indivisible !== 'f16') throw new RangeError(`exportGguf: indivisible must be 'error' or 'f16', got ${JSON.stringify(indivisible)}`);
+  const embeddings = opts.embeddings ?? 'f16';
+  if (!EMBEDDING_TYPES.includes(embeddings)) {
+    throw new RangeError(`exportGguf: embeddings (the storage of token_embd and output) must be one of ${EMBEDDING_TYPES.join(', ')}, got ${JSON.stringify(opts.embeddings)}`);
+  }
   const cfg = model.config, D = headDim(cfg);
   const { arch, permute } = ggufArchitecture(cfg, { fullAttention: opts.fullAttention });
   const ropeScaling = ggufRopeScaling(cfg, arch);
   const vocab = byteVocabKvs(opts.tokenizer, cfg);
   const weightType = TYPE_BY_NAME.get(opts.type.toUpperCase())!;
+  const embeddingType = TYPE_BY_NAME.get(embeddings.toUpperCase())!;
   const f16 = TYPE_BY_NAME.get('F16')!, f32 = TYPE_BY_NAME.get('F32')!;
 
   const planned: PlannedTensor[] = [];
   const indivisibleNames: string[] = [];
-  const encode = (x: Float32Array, type: GgmlTypeInfo): Uint8Array => {
-    if (type.name === 'F32') return new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
-    if (type.name === 'F16') { const h = new Uint16Array(x.length); for (let i = 0; i < x.length; i++) h[i] = f32ToF16(x[i]); return new Uint8Array(h.buffer); }
-    if (type.name === 'Q8_0') return quantizeQ8_0(x);
-    return quantizeQ4_1(x);
-  };
   const add1d = (name: string, from: string, get: () => Float32Array, n: number) => {
-    planned.push({ name, ne: [n], type: f32, from, groupwise: false, bytes: n * 4, produce: () => encode(get(), f32) });
+    planned.push({ name, ne: [n], type: f32, from, groupwise: false, bytes: n * 4, produce: () => encodeAs(get(), f32) });
   };
-  const add2d = (name: string, from: string, out: number, inn: number, get: () => Float32Array, perm?: Int32Array) => {
-    let type = weightType;
-    const gw = opts.groupwise?.(from);
+  // `embedding`: token_embd / output, stored as embeddingType and measured
+  const add2d = (name: string, from: string, out: number, inn: number, get: () => Float32Array, perm?: Int32Array, embedding = false) => {
+    let type = embedding ? embeddingType : weightType;
+    const gw = embedding ? undefined : opts.groupwise?.(from);
     if (gw !== undefined && opts.type !== 'q4_1') {
       throw new Error(`exportGguf: ${from} is given as group-wise INT4, which is written as Q4_1 blocks; export with type 'q4_1' (got '${opts.type}')`);
     }
@@ -491,14 +556,22 @@ export function exportGguf(model: LlamaModel, path: string, opts: ExportGgufOpti
           : gw;
         return groupwiseToQ4_1(g, out * inn, from);
       }
-      : () => { const x = get(); return encode(perm ? permuteRows(x, inn, perm) : x, type); };
-    planned.push({ name, ne: [inn, out], type, from, groupwise: gw !== undefined, bytes, produce });
+      : () => { const x = get(); return encodeAs(perm ? permuteRows(x, inn, perm) : x, type); };
+    const t: PlannedTensor = { name, ne: [inn, out], type, from, groupwise: gw !== undefined, bytes, produce };
+    if (embedding) {
+      t.produce = () => {
+        const x = get(), data = encodeAs(x, type);
+        t.error = tensorError(x, decodeAs(data, x.length, type));
+        return data;
+      };
+    }
+    planned.push(t);
   };
 
   const C = cfg.hiddenSize, I = cfg.intermediateSize;
   const ropeFreqs = ropeScaling.ropeFreqs;
   if (ropeFreqs) add1d('rope_freqs.weight', 'rope_scaling (llama3)', () => ropeFreqs, D / 2);
-  add2d('token_embd.weight', model.embed.name, cfg.vocabSize, C, () => model.embed.value.toFloat32());
+  add2d('token_embd.weight', model.embed.name, cfg.vocabSize, C, () => model.embed.value.toFloat32(), undefined, true);
   const permQ = permute ? ropeRowPermutation(cfg.numHeads, D) : undefined, permK = permute ? ropeRowPermutation(cfg.numKvHeads, D) : undefined;
   model.blocks.forEach((b, i) => {
     const L = b.linears, blk = `blk.${i}`, E = b.extras;
@@ -526,9 +599,10 @@ export function exportGguf(model: LlamaModel, path: string, opts: ExportGgufOpti
     add2d(`${blk}.ffn_down.weight`, `${L.down_proj.name}.weight`, C, I, () => linearWeight(L.down_proj));
   });
   add1d('output_norm.weight', model.norm.name, () => model.norm.value.toFloat32(), C);
-  if (model.lmHead) { const head = model.lmHead; add2d('output.weight', head.name, cfg.vocabSize, C, () => head.value.toFloat32()); }
+  if (model.lmHead) { const head = model.lmHead; add2d('output.weight', head.name, cfg.vocabSize, C, () => head.value.toFloat32(), undefined, true); }
   if (indivisibleNames.length) {
-    throw new Error(`exportGguf: ${weightType.name} blocks hold ${GGML_QK} values of a row, and these weights have rows that ${GGML_QK} does not divide: ${indivisibleNames.join(', ')}; export as 'f16', or pass indivisible: 'f16' to write just those as F16${opts.groupwise ? ' (a group-wise weight cannot fall back)' : ''}`);
+    const types = [...new Set([weightType, ...(embeddings === 'q8_0' ? [embeddingType] : [])].filter((t) => t.block > 1).map((t) => t.name))].join(' and ');
+    throw new Error(`exportGguf: ${types} blocks hold ${GGML_QK} values of a row, and these weights have rows that ${GGML_QK} does not divide: ${indivisibleNames.join(', ')}; export as 'f16' (embeddings 'f16'), or pass indivisible: 'f16' to write just those as F16${opts.groupwise ? ' (a group-wise weight cannot fall back)' : ''}`);
   }
 
   const kvs: [string, WriterKv][] = [
@@ -586,7 +660,7 @@ export function exportGguf(model: LlamaModel, path: string, opts: ExportGgufOpti
   writeFileAtomic(path, chunks());
   return {
     path, bytes: header.length + offset,
-    tensors: planned.map((t) => ({ name: t.name, type: t.type.name, ne: t.ne, from: t.from, groupwise: t.groupwise })),
+    tensors: planned.map((t) => ({ name: t.name, type: t.type.name, ne: t.ne, from: t.from, groupwise: t.groupwise, ...(t.error ? { error: t.error } : {}) })),
   };
 }
 
