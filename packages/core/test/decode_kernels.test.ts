@@ -11,8 +11,8 @@
 import { afterEach, beforeEach, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  IntNLinear, type IntNBits, type IntNGroupSize, KVCache, LlamaModel, Quant4Linear, type Quantized4bit, type QuantizedIntN,
-  Tensor, addToOffsets, disposeQuantized, dynamicMap8, generate, matmul, memory, native, nativeOperand, preset,
+  FusedDecoder, IntNLinear, type IntNBits, type IntNGroupSize, KVCache, LlamaModel, Quant4Linear, type Quantized4bit, type QuantizedIntN,
+  Tensor, addToOffsets, disposeQuantized, dynamicMap8, fusedDecodeUnsupported, generate, matmul, memory, native, nativeOperand, preset,
   quant4Table, quantize4bit, quantizeIntN, type WeightOperand,
 } from '../src/index.js';
 import { type NativeTensorHandle, nativeFn } from '../src/native.js';
@@ -242,8 +242,9 @@ test('decode_gemv rejects bad arguments with a message naming the problem', () =
 
 // ---- the model: cached decode (GEMV, one row) against full recomputation (packed GEMM, >= 17 rows) ----
 
-function quantizedTiny(kind: 'int4' | 'nf4'): LlamaModel {
-  const model = LlamaModel.init(preset('tiny'), { seed: 11, std: 0.15, trainable: false });
+function quantizedTiny(kind: 'int4' | 'nf4' | 'f32' | 'bf16'): LlamaModel {
+  const model = LlamaModel.init(preset('tiny'), { seed: 11, std: 0.15, trainable: false, dtype: kind === 'bf16' ? 'bf16' : 'f32' });
+  if (kind === 'f32' || kind === 'bf16') return model;
   const r = rng(5);
   for (const [name, layer] of model.linears()) {
     const w = (layer as unknown as { weight: { value: Tensor } }).weight?.value;
@@ -301,3 +302,60 @@ for (const kind of ['int4', 'nf4'] as const) {
     }
   });
 }
+
+// ---- the fused decode step (nn/decode_step.ts, native/src/cpu/decode_step.cc) against the op-by-op path ----
+
+for (const kind of ['f32', 'bf16', 'int4', 'nf4'] as const) {
+  test(`${kind} tiny model: the fused decode step equals the op-by-op cached path (logits within 1e-4, tokens, sampling)`, () => {
+    const model = quantizedTiny(kind);
+    try {
+      const prompt = [256, 72, 101, 108, 108, 111];
+      const steps = [44, 32, 119, 111, 114, 108, 100, 33, 10, 65, 66, 67];
+      const ids = (a: number[]) => Tensor.from(Int32Array.from(a), [1, a.length], { dtype: 'i32' });
+      const cacheA = new KVCache(model.config, 1, prompt.length + steps.length);
+      const cacheB = new KVCache(model.config, 1, prompt.length + steps.length);
+      assert.equal(fusedDecodeUnsupported(model, cacheA), null);
+      const fused = FusedDecoder.create(model, cacheA)!;
+      for (const c of [cacheA, cacheB]) { const p = ids(prompt); model.hidden(p, c).dispose(); p.dispose(); }
+      const V = model.config.vocabSize;
+      let worst = 0;
+      for (const tok of steps) {
+        const best = fused.step(tok);
+        const one = ids([tok]);
+        const h = model.hidden(one, cacheB);
+        const l = model.logits(h);
+        const want = floatsOf(l);
+        for (const t of [one, h, l]) t.dispose();
+        let scale = 0, argmax = 0;
+        for (let i = 0; i < V; i++) { scale = Math.max(scale, Math.abs(want[i])); if (want[i] > want[argmax]) argmax = i; }
+        for (let i = 0; i < V; i++) worst = Math.max(worst, Math.abs(fused.logits[i] - want[i]) / Math.max(scale, 1));
+        assert.equal(best, argmax, `${kind}: argmax after token ${tok}`);
+      }
+      assert.equal(cacheA.length, cacheB.length);
+      fused.dispose(); cacheA.dispose(); cacheB.dispose();
+      assert.ok(worst <= 1e-4, `${kind}: fused logits differ from the op-by-op path by ${worst} (relative to max |logit|)`);
+      for (const opts of [{ temperature: 0 }, { temperature: 0.8, topK: 20, seed: 9 }]) {
+        const a = generate(model, prompt, { maxNewTokens: 20, ...opts });
+        const b = generate(model, prompt, { maxNewTokens: 20, ...opts, fusedDecode: false });
+        assert.deepEqual(a.tokens, b.tokens, `${kind} ${JSON.stringify(opts)}`);
+      }
+    } finally {
+      model.dispose();
+    }
+  });
+}
+
+test('the fused decode step declines what it does not cover, saying why', () => {
+  const model = LlamaModel.init(preset('tiny'), { seed: 2, trainable: false });
+  const two = new KVCache(model.config, 2, 8);
+  try {
+    assert.match(fusedDecodeUnsupported(model, two) ?? '', /more than one sequence/);
+    assert.equal(FusedDecoder.create(model, two), null);
+    const variant = Object.create(model, { config: { value: { ...model.config, slidingWindow: 4 } } }) as LlamaModel;
+    const one = new KVCache(model.config, 1, 8);
+    assert.match(fusedDecodeUnsupported(variant, one) ?? '', /not a plain LlamaModel|slidingWindow/);
+    one.dispose();
+  } finally {
+    two.dispose(); model.dispose();
+  }
+});
