@@ -23,6 +23,8 @@ Options:
   --tokens N       generated tokens per run (default 128)
   --runs N         runs, the median reported (default 5)
   --threads N      kernel threads (default 1)
+  --path P         fused (the fused decode step), ops (op by op: generate's
+                   fusedDecode false) or both (default)
   -h, --help       this text`;
 
 const opt = parseCli({
@@ -31,6 +33,7 @@ const opt = parseCli({
   tokens: { type: 'string', default: '128' },
   runs: { type: 'string', default: '5' },
   threads: { type: 'string', default: '1' },
+  path: { type: 'string', default: 'both' },
   help: { type: 'boolean', short: 'h', default: false },
 } as const, HELP);
 
@@ -57,24 +60,32 @@ function build(kind: string): LlamaModel {
 
 console.log(`decode step, preset ${opt.preset}, ${native.getThreads()} thread(s), ${tokens} tokens x ${runs} runs; ${cpus()[0]?.model ?? ''}`);
 console.log(`load average before: ${loadavg().map((v) => v.toFixed(2)).join(' ')}`);
-const header = ['weights', 'wall us/token', 'cpu us/token', 'gemv us/token', 'outside gemv (cpu)'];
+const paths = opt.path === 'both' ? ['fused', 'ops'] : [opt.path];
+if (!paths.every((p) => p === 'fused' || p === 'ops')) throw new Error(`--path must be fused, ops or both, got '${opt.path}'`);
+const header = ['weights', 'path', 'wall us/token', 'cpu us/token', 'gemv us/token', 'outside gemv (cpu)'];
 const rows: string[][] = [];
 for (const kind of opt.weights.split(',').map((s) => s.trim()).filter(Boolean)) {
   const model = build(kind);
   try {
     const prompt = [256, 72, 101, 108, 108, 111];
     generate(model, prompt, { maxNewTokens: 8 });
+    const cpuOf = new Map<string, number>(), wallOf = new Map<string, number>();
+    for (const path of paths) {
+    const fusedDecode = path === 'fused';
     const wall: number[] = [], cpu: number[] = [];
     for (let r = 0; r < runs; r++) {
       // decode phase only: time the prefill separately and subtract it
       const c0 = cpuUs();
-      const res = generate(model, prompt, { maxNewTokens: tokens });
+      const res = generate(model, prompt, { maxNewTokens: tokens, fusedDecode });
       const c1 = cpuUs();
-      const pre = generate(model, prompt, { maxNewTokens: 1 });
+      const pre = generate(model, prompt, { maxNewTokens: 1, fusedDecode });
       const c2 = cpuUs();
       wall.push(1e6 / res.decodeTokensPerSecond);
       cpu.push(((c1 - c0) - (c2 - c1)) / (tokens - 1));
       void pre;
+    }
+    cpuOf.set(path, median(cpu));
+    wallOf.set(path, median(wall));
     }
     // the GEMVs of one token alone: every projection, then the LM head
     const ops: { w: object; out: number; inF: number }[] = [];
@@ -95,9 +106,12 @@ for (const kind of opt.weights.split(',').map((s) => s.trim()).filter(Boolean)) 
       g.push((cpuUs() - c0) / tokens);
     }
     x.dispose(); y.dispose();
-    const c = median(cpu), gm = median(g);
-    rows.push([kind, median(wall).toFixed(1), c.toFixed(1), gm.toFixed(1), (c - gm).toFixed(1)]);
-    console.log(rows[rows.length - 1].join('\t'));
+    const gm = median(g);
+    for (const path of paths) {
+      const c = cpuOf.get(path)!;
+      rows.push([kind, path, wallOf.get(path)!.toFixed(1), c.toFixed(1), gm.toFixed(1), (c - gm).toFixed(1)]);
+      console.log(rows[rows.length - 1].join('\t'));
+    }
   } finally {
     model.dispose();
   }
