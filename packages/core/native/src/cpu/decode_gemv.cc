@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "args.h"
 #include "operand.h"
@@ -225,7 +226,8 @@ struct IntNRow {
 template <class V>
 struct Q4Row {
   const uint8_t* packed;  // the whole weight
-  const float* absmax;
+  const float* absmax;    // absmax[b - b0] is block b's
+  int64_t b0;
   const float* table;
   typename V::Lut lutv;
   int64_t e0;  // flat index of the row's first element
@@ -233,12 +235,12 @@ struct Q4Row {
   int64_t head() const { return (V::W - (e0 % V::W)) % V::W; }
   typename V::F chunk(int64_t k) const {
     const int64_t e = e0 + k;
-    return V::mul(V::lut(V::nib(packed + (e >> 1)), lutv), V::set1(absmax[e >> block_shift]));
+    return V::mul(V::lut(V::nib(packed + (e >> 1)), lutv), V::set1(absmax[(e >> block_shift) - b0]));
   }
   float elem(int64_t k) const {
     const int64_t e = e0 + k;
     const uint8_t b = packed[e >> 1];
-    return table[(e & 1) ? (b & 15) : (b >> 4)] * absmax[e >> block_shift];
+    return table[(e & 1) ? (b & 15) : (b >> 4)] * absmax[(e >> block_shift) - b0];
   }
 };
 
@@ -370,8 +372,23 @@ void run(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t l
         case QuantKind::Q4: {
           const Quant4View& q = *W.q4;
           const typename V::Lut lutv = V::make_lut(q.table);
+          if (q.absmax) {
+            run_rows<V>(m, N, K, alpha, x, ldx, beta, y, ldy, [&](int64_t o) {
+              return Q4Row<V>{q.packed, q.absmax, 0, q.table, lutv, o * K, q.block_shift};
+            });
+            return;
+          }
+          if (!q.dq_codes || !q.dq_scales || !q.dq_map || q.dq_block < 1) bad_weight("a 4-bit weight with neither absmax nor its double quantization");
+          // double-quantized absmax: the blocks of one output row expanded on
+          // the fly into a per-thread buffer (a few floats), as
+          // map[code] * scale[b / dq_block] + offset
           run_rows<V>(m, N, K, alpha, x, ldx, beta, y, ldy, [&](int64_t o) {
-            return Q4Row<V>{q.packed, q.absmax, q.table, lutv, o * K, q.block_shift};
+            thread_local std::vector<float> buf;
+            const int64_t e0 = o * K, b0 = e0 >> q.block_shift, b1 = (e0 + K - 1) >> q.block_shift;
+            buf.resize(static_cast<size_t>(b1 - b0 + 1));
+            for (int64_t b = b0; b <= b1; b++)
+              buf[static_cast<size_t>(b - b0)] = q.dq_map[q.dq_codes[b]] * q.dq_scales[b / q.dq_block] + q.dq_offset;
+            return Q4Row<V>{q.packed, buf.data(), b0, q.table, lutv, e0, q.block_shift};
           });
           return;
         }
@@ -418,7 +435,7 @@ bool decode_gemv_handles(int64_t M, const MatRef& A, const MatRef& B) {
   if (M < 1 || M > kDecodeMaxRows || A.dtype != DType::F32 || A.trans || !B.trans) return false;
   switch (B.dtype) {
     case DType::F32: case DType::BF16: return true;
-    case DType::U8: return (B.quant == QuantKind::IntN && B.intn) || (B.quant == QuantKind::Q4 && B.q4);
+    case DType::U8: return (B.quant == QuantKind::IntN && B.intn) || (B.quant == QuantKind::Q4 && B.q4 && (B.q4->absmax || B.q4->dq_codes));
     default: return false;
   }
 }
@@ -462,7 +479,7 @@ static Napi::Value DecodeGemvBinding(const Napi::CallbackInfo& info) {
   if (m > kDecodeMaxRows) throw arg_error(info, fn, "m must be at most 16 (the decode GEMV's rows)");
   const DecodeIsa isa = isa_arg(info, 6, fn);
   TensorArg x = tensor_arg(info, 0, fn, "x", static_cast<size_t>(m * in), DType::F32);
-  WeightOperand w = weight_arg(info, 1, fn, "W", out, in);
+  WeightOperand w = weight_arg(info, 1, fn, "W", out, in, -1, nullptr, /*keep_double_quant=*/true);
   TensorArg y = tensor_arg(info, 2, fn, "y", static_cast<size_t>(m * out), DType::F32);
   return guarded(info, [&]() -> Napi::Value {
     decode_gemv(m, out, in, 1.0f, x.f32(), in, w.mat(in, true), 0.0f, y.f32(), out, isa);

@@ -134,10 +134,10 @@ static Napi::Value DecodeBlockBinding(const Napi::CallbackInfo& info) {
   const int64_t Q = Hq * D, KV = Hkv * D;
   TensorArg x = tensor_arg(info, 0, fn, "x", static_cast<size_t>(C), DType::F32);
   TensorArg ln1 = norm_weight(info, 1, fn, "ln1", C), ln2 = norm_weight(info, 2, fn, "ln2", C);
-  WeightOperand wq = weight_arg(info, 3, fn, "Wq", Q, C), wk = weight_arg(info, 4, fn, "Wk", KV, C);
-  WeightOperand wv = weight_arg(info, 5, fn, "Wv", KV, C), wo = weight_arg(info, 6, fn, "Wo", C, Q);
-  WeightOperand wg = weight_arg(info, 7, fn, "Wg", I, C), wu = weight_arg(info, 8, fn, "Wu", I, C);
-  WeightOperand wd = weight_arg(info, 9, fn, "Wd", C, I);
+  WeightOperand wq = weight_arg(info, 3, fn, "Wq", Q, C, -1, nullptr, true), wk = weight_arg(info, 4, fn, "Wk", KV, C, -1, nullptr, true);
+  WeightOperand wv = weight_arg(info, 5, fn, "Wv", KV, C, -1, nullptr, true), wo = weight_arg(info, 6, fn, "Wo", C, Q, -1, nullptr, true);
+  WeightOperand wg = weight_arg(info, 7, fn, "Wg", I, C, -1, nullptr, true), wu = weight_arg(info, 8, fn, "Wu", I, C, -1, nullptr, true);
+  WeightOperand wd = weight_arg(info, 9, fn, "Wd", C, I, -1, nullptr, true);
   TensorArg kc = tensor_arg(info, 10, fn, "kc", static_cast<size_t>(Tmax * KV), DType::F32);
   TensorArg vc = tensor_arg(info, 11, fn, "vc", static_cast<size_t>(Tmax * KV), DType::F32);
   const int64_t need = C + 2 * Q + 2 * I + Tmax + D;
@@ -179,7 +179,7 @@ static Napi::Value DecodeHeadBinding(const Napi::CallbackInfo& info) {
   const float eps = static_cast<float>(num_arg(info, 6, fn, "eps"));
   TensorArg x = tensor_arg(info, 0, fn, "x", static_cast<size_t>(2 * C), DType::F32);
   TensorArg norm = norm_weight(info, 1, fn, "norm", C);
-  WeightOperand w = weight_arg(info, 2, fn, "W", V, C);
+  WeightOperand w = weight_arg(info, 2, fn, "W", V, C, -1, nullptr, true);
   TensorArg logits = tensor_arg(info, 3, fn, "logits", static_cast<size_t>(V), DType::F32);
   int64_t best = 0;
   guarded(info, [&]() -> Napi::Value {
