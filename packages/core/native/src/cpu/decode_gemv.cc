@@ -37,6 +37,27 @@
 namespace tb {
 namespace {
 
+// BYTES little-endian bytes at p as an integer, with loads no wider than the
+// bytes (a memcpy of 3 or 6 bytes into a zeroed word goes through the stack on
+// GCC and stalls on store forwarding: 8x slower 3-bit decode).
+template <int BYTES>
+inline uint64_t load_le(const uint8_t* p) {
+  static_assert(BYTES == 1 || BYTES == 2 || BYTES == 3 || BYTES == 4 || BYTES == 6 || BYTES == 8, "byte count");
+  if constexpr (BYTES == 1) {
+    return p[0];
+  } else if constexpr (BYTES == 2) {
+    uint16_t v; std::memcpy(&v, p, 2); return v;
+  } else if constexpr (BYTES == 3) {
+    uint16_t v; std::memcpy(&v, p, 2); return v | (uint64_t(p[2]) << 16);
+  } else if constexpr (BYTES == 4) {
+    uint32_t v; std::memcpy(&v, p, 4); return v;
+  } else if constexpr (BYTES == 6) {
+    uint32_t a; uint16_t b; std::memcpy(&a, p, 4); std::memcpy(&b, p + 4, 2); return a | (uint64_t(b) << 32);
+  } else {
+    uint64_t v; std::memcpy(&v, p, 8); return v;
+  }
+}
+
 // ---- instruction-set policies ----
 // Each gives: W (lanes), F (float vector), I (int vector), zero, load, set1,
 // fma, add, hsum, bf16 (W bf16 values -> F), bits<N>(p) (W codes of an INT-N
@@ -71,17 +92,16 @@ struct Avx512 {
     if constexpr (N == 8) {
       return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     } else {
-      uint32_t lo = 0, hi = 0;
-      std::memcpy(&lo, p, N);
-      std::memcpy(&hi, p + N, N);
+      // 16 codes in 2N bytes: the first 8 in the low 8N bits, the next 8 above
+      const uint64_t w = load_le<2 * N>(p);
+      const uint32_t lo = static_cast<uint32_t>(w & ((uint64_t(1) << (8 * N)) - 1)), hi = static_cast<uint32_t>(w >> (8 * N));
       const I sh = _mm512_setr_epi32(0, N, 2 * N, 3 * N, 4 * N, 5 * N, 6 * N, 7 * N, 0, N, 2 * N, 3 * N, 4 * N, 5 * N, 6 * N, 7 * N);
       return split(lo, hi, sh, _mm512_set1_epi32((1 << N) - 1));
     }
   }
   static I nib(const uint8_t* p) {
-    uint32_t lo, hi;
-    std::memcpy(&lo, p, 4);
-    std::memcpy(&hi, p + 4, 4);
+    const uint64_t w = load_le<8>(p);
+    const uint32_t lo = static_cast<uint32_t>(w), hi = static_cast<uint32_t>(w >> 32);
     const I sh = _mm512_setr_epi32(4, 0, 12, 8, 20, 16, 28, 24, 4, 0, 12, 8, 20, 16, 28, 24);
     return split(lo, hi, sh, _mm512_set1_epi32(15));
   }
@@ -120,8 +140,7 @@ struct Avx2 {
       std::memcpy(&v, p, 8);
       return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v));
     } else {
-      uint32_t w = 0;
-      std::memcpy(&w, p, N);
+      const uint32_t w = static_cast<uint32_t>(load_le<N>(p));
       const I sh = _mm256_setr_epi32(0, N, 2 * N, 3 * N, 4 * N, 5 * N, 6 * N, 7 * N);
       return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(w)), sh), _mm256_set1_epi32((1 << N) - 1));
     }
@@ -163,10 +182,9 @@ struct Portable {
   }
   template <int N>
   static I bits(const uint8_t* p) {
-    uint32_t c[8];
-    intn_unpack8<N>(p, c);
+    const uint64_t w = load_le<N>(p);
     I v;
-    for (int i = 0; i < W; i++) v[i] = static_cast<int32_t>(c[i]);
+    for (int i = 0; i < W; i++) v[i] = static_cast<int32_t>((w >> (N * i)) & ((1u << N) - 1));
     return v;
   }
   static I nib(const uint8_t* p) {
