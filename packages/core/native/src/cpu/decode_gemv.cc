@@ -58,6 +58,18 @@ inline uint64_t load_le(const uint8_t* p) {
   }
 }
 
+#if defined(__AVX2__)
+// The low 8 bytes of b as 16 bytes, one 4-bit code each in element order:
+// the low nibble of each byte first (INT-N's LSB-first stream) or the high
+// nibble first (the 4-bit blockwise layout). Vector-only: no code passes
+// through a general register (broadcasting from one was the INT4 bottleneck).
+inline __m128i nibble_bytes(__m128i b, bool high_first) {
+  const __m128i m = _mm_set1_epi8(15);
+  const __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+  return high_first ? _mm_unpacklo_epi8(hi, lo) : _mm_unpacklo_epi8(lo, hi);
+}
+#endif
+
 // ---- instruction-set policies ----
 // Each gives: W (lanes), F (float vector), I (int vector), zero, load, set1,
 // fma, add, hsum, bf16 (W bf16 values -> F), bits<N>(p) (W codes of an INT-N
@@ -91,6 +103,8 @@ struct Avx512 {
   static I bits(const uint8_t* p) {
     if constexpr (N == 8) {
       return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    } else if constexpr (N == 4) {
+      return _mm512_cvtepu8_epi32(nibble_bytes(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)), false));
     } else {
       // 16 codes in 2N bytes: the first 8 in the low 8N bits, the next 8 above
       const uint64_t w = load_le<2 * N>(p);
@@ -100,10 +114,7 @@ struct Avx512 {
     }
   }
   static I nib(const uint8_t* p) {
-    const uint64_t w = load_le<8>(p);
-    const uint32_t lo = static_cast<uint32_t>(w), hi = static_cast<uint32_t>(w >> 32);
-    const I sh = _mm512_setr_epi32(4, 0, 12, 8, 20, 16, 28, 24, 4, 0, 12, 8, 20, 16, 28, 24);
-    return split(lo, hi, sh, _mm512_set1_epi32(15));
+    return _mm512_cvtepu8_epi32(nibble_bytes(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)), true));
   }
   struct Lut { F t; };
   static Lut make_lut(const float* table) { return Lut{_mm512_loadu_ps(table)}; }
@@ -136,21 +147,16 @@ struct Avx2 {
   template <int N>
   static I bits(const uint8_t* p) {
     if constexpr (N == 8) {
-      long long v;
-      std::memcpy(&v, p, 8);
-      return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v));
+      return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    } else if constexpr (N == 4) {
+      return _mm256_cvtepu8_epi32(nibble_bytes(_mm_loadu_si32(p), false));
     } else {
       const uint32_t w = static_cast<uint32_t>(load_le<N>(p));
       const I sh = _mm256_setr_epi32(0, N, 2 * N, 3 * N, 4 * N, 5 * N, 6 * N, 7 * N);
       return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(w)), sh), _mm256_set1_epi32((1 << N) - 1));
     }
   }
-  static I nib(const uint8_t* p) {
-    uint32_t w;
-    std::memcpy(&w, p, 4);
-    const I sh = _mm256_setr_epi32(4, 0, 12, 8, 20, 16, 28, 24);
-    return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(w)), sh), _mm256_set1_epi32(15));
-  }
+  static I nib(const uint8_t* p) { return _mm256_cvtepu8_epi32(nibble_bytes(_mm_loadu_si32(p), true)); }
   // 16 entries as two 8-lane permutes, bit 3 of the code choosing between them
   struct Lut { F lo, hi; };
   static Lut make_lut(const float* table) { return Lut{_mm256_loadu_ps(table), _mm256_loadu_ps(table + 8)}; }
