@@ -116,6 +116,20 @@ struct Avx512 {
   static I nib(const uint8_t* p) {
     return _mm512_cvtepu8_epi32(nibble_bytes(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)), true));
   }
+  // 2W codes: 4-bit ones from one 16-byte load, others as two bits<N>
+  template <int N>
+  static void bits2(const uint8_t* p, I& a, I& b) {
+    if constexpr (N == 4) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      const __m128i m = _mm_set1_epi8(15);
+      const __m128i lo = _mm_and_si128(v, m), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+      a = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi));
+      b = _mm512_cvtepu8_epi32(_mm_unpackhi_epi8(lo, hi));
+    } else {
+      a = bits<N>(p);
+      b = bits<N>(p + 2 * N);
+    }
+  }
   struct Lut { F t; };
   static Lut make_lut(const float* table) { return Lut{_mm512_loadu_ps(table)}; }
   static F lut(I c, const Lut& t) { return _mm512_permutexvar_ps(c, t.t); }
@@ -157,6 +171,17 @@ struct Avx2 {
     }
   }
   static I nib(const uint8_t* p) { return _mm256_cvtepu8_epi32(nibble_bytes(_mm_loadu_si32(p), true)); }
+  template <int N>
+  static void bits2(const uint8_t* p, I& a, I& b) {
+    if constexpr (N == 4) {
+      const __m128i c = nibble_bytes(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)), false);
+      a = _mm256_cvtepu8_epi32(c);
+      b = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(c, c));
+    } else {
+      a = bits<N>(p);
+      b = bits<N>(p + N);
+    }
+  }
   // 16 entries as two 8-lane permutes, bit 3 of the code choosing between them
   struct Lut { F lo, hi; };
   static Lut make_lut(const float* table) { return Lut{_mm256_loadu_ps(table), _mm256_loadu_ps(table + 8)}; }
@@ -198,6 +223,8 @@ struct Portable {
     for (int i = 0; i < 4; i++) { v[2 * i] = p[i] >> 4; v[2 * i + 1] = p[i] & 15; }
     return v;
   }
+  template <int N>
+  static void bits2(const uint8_t* p, I& a, I& b) { a = bits<N>(p); b = bits<N>(p + N); }
   struct Lut { const float* t; };
   static Lut make_lut(const float* table) { return Lut{table}; }
   static F lut(I c, const Lut& t) {
@@ -214,6 +241,7 @@ struct DenseF32 {
   const float* w;  // the row
   int64_t head() const { return 0; }
   typename V::F chunk(int64_t k) const { return V::load(w + k); }
+  void pair(int64_t k, typename V::F& a, typename V::F& b) const { a = chunk(k); b = chunk(k + V::W); }
   float elem(int64_t k) const { return w[k]; }
 };
 
@@ -222,6 +250,7 @@ struct DenseBf16 {
   const uint16_t* w;
   int64_t head() const { return 0; }
   typename V::F chunk(int64_t k) const { return V::bf16(w + k); }
+  void pair(int64_t k, typename V::F& a, typename V::F& b) const { a = chunk(k); b = chunk(k + V::W); }
   float elem(int64_t k) const { return bf16_to_f32(w[k]); }
 };
 
@@ -237,6 +266,16 @@ struct IntNRow {
   typename V::F chunk(int64_t k) const {
     const int64_t g = k >> group_shift;
     return V::fma(V::cvt(V::template bits<N>(codes + (k * N) / 8)), V::set1(scales[g]), V::set1(offsets[g]));
+  }
+  // chunks k and k + W: their codes unpacked together where the policy can
+  // (bits2), the group's scale and offset broadcast once when they share it
+  void pair(int64_t k, typename V::F& a, typename V::F& b) const {
+    const int64_t g0 = k >> group_shift, g1 = (k + V::W) >> group_shift;
+    typename V::I c0, c1;
+    V::template bits2<N>(codes + (k * N) / 8, c0, c1);
+    const typename V::F s0 = V::set1(scales[g0]), o0 = V::set1(offsets[g0]);
+    a = V::fma(V::cvt(c0), s0, o0);
+    b = g1 == g0 ? V::fma(V::cvt(c1), s0, o0) : V::fma(V::cvt(c1), V::set1(scales[g1]), V::set1(offsets[g1]));
   }
   float elem(int64_t k) const {
     const int64_t g = k >> group_shift;
@@ -261,6 +300,7 @@ struct Q4Row {
     const int64_t e = e0 + k;
     return V::mul(V::lut(V::nib(packed + (e >> 1)), lutv), V::set1(absmax[(e >> block_shift) - b0]));
   }
+  void pair(int64_t k, typename V::F& a, typename V::F& b) const { a = chunk(k); b = chunk(k + V::W); }
   float elem(int64_t k) const {
     const int64_t e = e0 + k;
     const uint8_t b = packed[e >> 1];
@@ -285,7 +325,8 @@ inline void dot_tile(const Src& src, int64_t K, const float* __restrict x, int64
     for (int r = 0; r < MB; r++) tail[r] += w * x[r * ldx + k];
   }
   for (; k + 2 * W <= K; k += 2 * W) {
-    const F w0 = src.chunk(k), w1 = src.chunk(k + W);
+    F w0, w1;
+    src.pair(k, w0, w1);
 #pragma GCC unroll 8
     for (int r = 0; r < MB; r++) {
       a0[r] = V::fma(w0, V::load(x + r * ldx + k), a0[r]);
