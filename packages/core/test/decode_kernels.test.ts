@@ -351,9 +351,20 @@ test('the fused decode step declines what it does not cover, saying why', () => 
   try {
     assert.match(fusedDecodeUnsupported(model, two) ?? '', /more than one sequence/);
     assert.equal(FusedDecoder.create(model, two), null);
-    const variant = Object.create(model, { config: { value: { ...model.config, slidingWindow: 4 } } }) as LlamaModel;
     const one = new KVCache(model.config, 1, 8);
-    assert.match(fusedDecodeUnsupported(variant, one) ?? '', /not a plain LlamaModel|slidingWindow/);
+    assert.equal(fusedDecodeUnsupported(model, one), null);
+    const config = model.config as unknown as Record<string, unknown>;
+    const withField = (k: string, v: unknown, f: () => void) => {
+      const had = k in config, old = config[k];
+      config[k] = v;
+      try { f(); } finally { if (had) config[k] = old; else delete config[k]; }
+    };
+    // architecture switches in their plain-Llama setting are fine; anything else declines
+    withField('slidingWindow', null, () => assert.equal(fusedDecodeUnsupported(model, one), null));
+    withField('modelType', 'llama', () => assert.equal(fusedDecodeUnsupported(model, one), null));
+    withField('slidingWindow', 4, () => assert.match(fusedDecodeUnsupported(model, one) ?? '', /slidingWindow=4/));
+    withField('qkNorm', true, () => assert.match(fusedDecodeUnsupported(model, one) ?? '', /qkNorm=true/));
+    withField('someFutureSwitch', 1, () => assert.match(fusedDecodeUnsupported(model, one) ?? '', /someFutureSwitch=1/));
     one.dispose();
   } finally {
     two.dispose(); model.dispose();

@@ -24,11 +24,22 @@ const decodeBlock = nativeFn<(x: H, ln1: H, ln2: H, wq: object, wk: object, wv: 
   eps: number, theta: number, scale: number) => void>('decode_block');
 const decodeHead = nativeFn<(x: H, norm: H, w: object, logits: H, C: number, V: number, eps: number) => number>('decode_head');
 
-// the configuration fields this path implements; any other field is a variant it does not
-const KNOWN_CONFIG = new Set<string>([
-  'vocabSize', 'hiddenSize', 'intermediateSize', 'numLayers', 'numHeads', 'numKvHeads', 'rmsNormEps', 'ropeTheta',
-  'maxPositionEmbeddings', 'tieWordEmbeddings',
-] satisfies (keyof LlamaConfig)[]);
+// The configuration fields this path implements, each with the values it
+// implements it for (architecture switches only in their plain-Llama
+// setting); a field not listed here, or another value, declines the path.
+const any = (): boolean => true;
+const absentOr = (...ok: unknown[]) => (v: unknown): boolean => v === undefined || ok.includes(v);
+const PLAIN_CONFIG: Readonly<Record<string, (v: unknown, c: LlamaConfig) => boolean>> = {
+  vocabSize: any, hiddenSize: any, intermediateSize: any, numLayers: any, numHeads: any, numKvHeads: any, rmsNormEps: any,
+  ropeTheta: any, maxPositionEmbeddings: any, tieWordEmbeddings: any,
+  ropeScaling: absentOr(null),
+  modelType: absentOr('llama'),
+  headDim: (v, c) => v === undefined || v === c.hiddenSize / c.numHeads,
+  qkvBias: absentOr(false),
+  oBias: absentOr(false),
+  qkNorm: absentOr(false),
+  slidingWindow: absentOr(null),
+};
 
 const PLAIN_LAYERS = new Set<unknown>([DenseLinear.prototype, IntNLinear.prototype, Quant4Linear.prototype]);
 
@@ -37,8 +48,9 @@ export function fusedDecodeUnsupported(model: LlamaModel, cache: KVCache): strin
   if (Object.getPrototypeOf(model) !== LlamaModel.prototype) return 'not a plain LlamaModel';
   if (model.device !== 'cpu' || cache.device !== 'cpu') return 'not on the CPU';
   if (cache.batch !== 1) return 'more than one sequence';
-  const extra = Object.keys(model.config).filter((k) => !KNOWN_CONFIG.has(k));
-  if (extra.length > 0) return `configuration fields it does not implement: ${extra.join(', ')}`;
+  const cfg = model.config as unknown as Record<string, unknown>;
+  const extra = Object.keys(cfg).filter((k) => !PLAIN_CONFIG[k]?.(cfg[k], model.config));
+  if (extra.length > 0) return `configuration fields or values it does not implement: ${extra.map((k) => `${k}=${JSON.stringify(cfg[k])}`).join(', ')}`;
   const dtypeOk = (t: Tensor) => t.dtype === 'f32' || t.dtype === 'bf16';
   if (!dtypeOk(model.embed.value) || !dtypeOk(model.norm.value) || (model.lmHead && !dtypeOk(model.lmHead.value))) return 'embedding, norm or head not f32/bf16';
   for (const b of model.blocks) {
