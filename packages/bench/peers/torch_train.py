@@ -154,6 +154,9 @@ def peft_model(torch, F, cfg, P, lora, dev, frozen_dtype):
     trainable parameters). The loss is computed here from the logits and our
     targets (already shifted), mean over targets != -100, as the plain model."""
     from transformers import LlamaConfig, LlamaForCausalLM
+    extras = [k for k in ('modelType', 'headDim', 'qkvBias', 'oBias', 'qkNorm', 'slidingWindow') if cfg.get(k) not in (None, False, 'llama')]
+    if extras:
+        raise RuntimeError(f'the PEFT stack here builds a plain LlamaForCausalLM; this config sets {extras}')
     V = cfg['vocabSize']
     hf = LlamaConfig(vocab_size=V, hidden_size=cfg['hiddenSize'], intermediate_size=cfg['intermediateSize'],
                      num_hidden_layers=cfg['numLayers'], num_attention_heads=cfg['numHeads'], num_key_value_heads=cfg['numKvHeads'],
@@ -233,7 +236,10 @@ def main():
     V, C, I = cfg['vocabSize'], cfg['hiddenSize'], cfg['intermediateSize']
     L, Hq, Hkv = cfg['numLayers'], cfg['numHeads'], cfg['numKvHeads']
     eps, theta, tied = cfg['rmsNormEps'], cfg['ropeTheta'], cfg['tieWordEmbeddings']
-    D = C // Hq
+    D = cfg.get('headDim') or C // Hq
+    # architecture switches (src/nn/config.ts): projection biases, per-head q/k norms, a sliding window
+    qkv_bias, o_bias, qk_norm = bool(cfg.get('qkvBias')), bool(cfg.get('oBias')), bool(cfg.get('qkNorm'))
+    window = cfg.get('slidingWindow') or 0
     n_rep = Hq // Hkv
     B, T = args.batch, args.seq
     if T > cfg['maxPositionEmbeddings']:
@@ -253,6 +259,10 @@ def main():
             (f'{pre}.self_attn.k_proj.weight', (Hkv * D, C)),
             (f'{pre}.self_attn.v_proj.weight', (Hkv * D, C)),
             (f'{pre}.self_attn.o_proj.weight', (C, Hq * D)),
+            *([(f'{pre}.self_attn.q_proj.bias', (Hq * D,)), (f'{pre}.self_attn.k_proj.bias', (Hkv * D,)),
+               (f'{pre}.self_attn.v_proj.bias', (Hkv * D,))] if qkv_bias else []),
+            *([(f'{pre}.self_attn.o_proj.bias', (C,))] if o_bias else []),
+            *([(f'{pre}.self_attn.q_norm.weight', (D,)), (f'{pre}.self_attn.k_norm.weight', (D,))] if qk_norm else []),
             (f'{pre}.mlp.gate_proj.weight', (I, C)),
             (f'{pre}.mlp.up_proj.weight', (I, C)),
             (f'{pre}.mlp.down_proj.weight', (C, I)),
@@ -366,7 +376,7 @@ def main():
     else:
         frozen = random_lora
         for name, s in list(shapes):
-            w = torch.ones(s, device=dev) if len(s) == 1 else torch.randn(s, device=dev) * 0.02
+            w = (torch.zeros(s, device=dev) if name.endswith('.bias') else torch.ones(s, device=dev)) if len(s) == 1 else torch.randn(s, device=dev) * 0.02
             if args.quant and len(s) == 2 and name[:-len('.weight')] in lora_targets:
                 Q[name] = quantize_nf4(w.to(torch.bfloat16).float(), 64)
                 del w
@@ -403,6 +413,8 @@ def main():
             y = bnb.matmul_4bit(x.to(torch.bfloat16), qw.t(), quant_state=qs)
         else:
             y = F.linear(x, dequant4_(Q[w]) if w in Q else P[w])
+        if f'{name}.bias' in P:
+            y = y + P[f'{name}.bias']
         if name in lora_targets:
             y = y + scale * F.linear(F.linear(x, P[f'{name}.lora_A.weight']), P[f'{name}.lora_B.weight'])
         return y
@@ -431,20 +443,29 @@ def main():
             freqs = positions.to(torch.float32)[..., None] * inv_freq   # [B, T, D/2]
             emb = torch.cat((freqs, freqs), dim=-1)
             cos, sin = emb.cos()[:, None], emb.sin()[:, None]          # [B, 1, T, D]
-        if seg is None:
+        if seg is None and 0 < window < T:  # causal within the last `window` positions
+            idx = torch.arange(T, device=dev)
+            allowed = ((idx[:, None] >= idx[None, :]) & (idx[:, None] - idx[None, :] < window))[None, None]
+            mask = None if sdpa else torch.zeros(allowed.shape, device=dev).masked_fill(~allowed, float('-inf'))
+        elif seg is None:
             allowed = None  # plain causal
             mask = None if sdpa else torch.full((T, T), float('-inf'), device=dev).triu(1)
         else:
             # packed rows: key s is visible to query t iff s <= t and same segment
             causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
+            if 0 < window < T:
+                causal = causal & ~torch.ones(T, T, dtype=torch.bool, device=dev).tril(-window)
             allowed = (seg[:, None, :, None] == seg[:, None, None, :]) & causal   # [B, 1, T, T]
             mask = None if sdpa else torch.zeros(allowed.shape, device=dev).masked_fill(~allowed, float('-inf'))
         x = F.embedding(ids, P['model.embed_tokens.weight'])            # [B, T, C]
         for i in range(L):
             pre = f'model.layers.{i}'
             h = rms(x, P[f'{pre}.input_layernorm.weight'])
-            q = proj(h, f'{pre}.self_attn.q_proj').view(B, T, Hq, D).transpose(1, 2)
-            k = proj(h, f'{pre}.self_attn.k_proj').view(B, T, Hkv, D).transpose(1, 2)
+            q = proj(h, f'{pre}.self_attn.q_proj').view(B, T, Hq, D)
+            k = proj(h, f'{pre}.self_attn.k_proj').view(B, T, Hkv, D)
+            if qk_norm:  # RMSNorm of each head before RoPE
+                q, k = rms(q, P[f'{pre}.self_attn.q_norm.weight']), rms(k, P[f'{pre}.self_attn.k_norm.weight'])
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
             v = proj(h, f'{pre}.self_attn.v_proj').view(B, T, Hkv, D).transpose(1, 2)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin

@@ -20,7 +20,7 @@ const HELP = `tunebench — full fine-tuning, LoRA and QLoRA side by side: memor
 
 Usage: pnpm bench [-- options]        (or: node packages/bench/dist/cli.js [options])
        pnpm bench -- plan --model PRESET_OR_HF_DIR --method M --batch B --seq T   (see plan --help)
-       pnpm bench -- gguf --model DIR --out FILE.gguf [--type f16|q8_0|q4_1]      (see gguf --help)
+       pnpm bench -- gguf --model DIR --out FILE.gguf [--type f16|q8_0|q4_1] [--embeddings f16|q8_0]   (see gguf --help)
        pnpm bench -- jobs [--suite X] [--shards N] [--json]     the suite's plan (see jobs --help)
        pnpm bench -- merge OUT DIR...                           shards into one report (see merge --help)
 
@@ -60,7 +60,11 @@ Options:
   --tasks LIST             override the suite's tasks: spam, adapt, jsonl
   --model HF_DIR           a Hugging Face LlamaForCausalLM directory as the base
                            instead of the built-in pretrained one
-  --dataset FILE.jsonl     your data as the 'jsonl' task ({"text"} or {"prompt","completion"} rows)
+  --dataset FILE.jsonl     your data as the 'jsonl' task: {"text"}, {"prompt","completion"} or
+                           {"messages": [{"role","content"}, ...]} rows (chat: rendered with the
+                           --model's chat_template, else a plain default; loss on assistant turns)
+  --dataset-format F       auto (default: the first row decides), text, sft (prompt/completion)
+                           or chat: every row must be of that kind
   --peers LIST|none        peers that redo some runs from the same weights and batches:
                            tfjs (TensorFlow.js, slow: a few steps), pytorch (needs a
                            python3 with torch; TUNEBENCH_PYTHON picks one). Default:

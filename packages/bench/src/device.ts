@@ -54,7 +54,7 @@ export function randomModel(config: LlamaConfig, o: { trainable: boolean; seed?:
     for (const [name, shape] of modelTensorShapes(config)) {
       const n = shape.reduce((a, b) => a * b, 1);
       const vals = new Float32Array(n);
-      if (shape.length === 1) vals.fill(1);
+      if (shape.length === 1) vals.fill(name.endsWith('.bias') ? 0 : 1);  // norms 1, biases 0
       else {
         for (let at = 0; at < n;) {
           const from = Math.floor(next() * (POOL / 2));

@@ -44,7 +44,7 @@ export {
 } from './tasks/pretrain.js';
 export { adaptData, evaluateAdapt, evenRows, FORGETTING_ROWS, type AdaptData, type AdaptMetrics } from './tasks/adapt.js';
 export { spamData, evaluateSpam, SPAM_LABELS, type SpamData, type SpamDataOptions, type SpamMetrics } from './tasks/spam_task.js';
-export { jsonlData, evaluateJsonl, MAX_LABELS, type JsonlData, type JsonlOptions, type JsonlMetrics } from './tasks/jsonl_task.js';
+export { jsonlData, evaluateJsonl, labelOf, MAX_LABELS, type JsonlData, type JsonlOptions, type JsonlMetrics } from './tasks/jsonl_task.js';
 export * from './record.js';
 export * from './suite.js';
 export { lossAgreement, LOSS_AGREEMENT } from './peers/agreement.js';

@@ -72,7 +72,10 @@ export function planMemory(c: LlamaConfig, method: PlanMethod, batch: number, se
 
   // activations kept by forward, per block: h1, q, k, v, att, x2, h2, g, u, m, out
   // (+ rstd1, rstd2 [N], lse [N * Hq]; + LoRA's u = x A^T [N, r] per adapted projection)
-  const perBlock = N * (3 * C + q + 2 * kv + q + C + 3 * F) * F32 + N * (2 + c.numHeads) * F32
+  // architecture extras: q and k before their per-head norms and the norms' rstd
+  // (qkNorm), the ones column of the bias GEMMs (qkvBias / oBias)
+  const extras = (c.qkNorm ? N * (q + kv) + N * (c.numHeads + c.numKvHeads) : 0) + (c.qkvBias || c.oBias ? N : 0);
+  const perBlock = N * (3 * C + q + 2 * kv + q + C + 3 * F) * F32 + N * (2 + c.numHeads) * F32 + extras * F32
     + 7 * N * r * F32
     + (r > 0 && method.adapterPoolSize ? N * linears.reduce((a, [, i]) => a + i / pool, 0) * F32 : 0);
   // model level: ids + targets of every micro-batch, positions, embedding output,

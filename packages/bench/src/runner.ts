@@ -98,7 +98,7 @@ export function prepareData(suite: Suite): TaskData {
   const validationFraction = suite.tuneLr ? 0.1 : undefined;
   if (suite.tasks.includes('spam')) data.spam = spamData(tok, { seqLen: sh.seqLen, maxChars: promptCharsOf(suite), seed: sh.seed, maxTrain: sh.maxTrain, maxTest: sh.maxTest, maxValidation, packing: sh.packing });
   if (suite.tasks.includes('adapt')) data.adapt = adaptData(brownData(sh.seqLen, sh.seed), sh.seqLen, { validationFraction, maxValidationRows: maxValidation, seed: sh.seed });
-  if (suite.tasks.includes('jsonl')) data.jsonl = jsonlData(suite.dataset!, tok, { seqLen: sh.seqLen, seed: sh.seed, validationFraction, maxValidation, packing: sh.packing });
+  if (suite.tasks.includes('jsonl')) data.jsonl = jsonlData(suite.dataset!, tok, { seqLen: sh.seqLen, seed: sh.seed, validationFraction, maxValidation, packing: sh.packing, format: suite.datasetFormat, modelDir: suite.base.hfDir });
   return data;
 }
 

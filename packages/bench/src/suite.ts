@@ -4,7 +4,10 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { ByteTokenizer, type CheckpointingMode, PRESETS, isPreset, checkRegularFile, configFromHf, parseCheckpointing, parseJson, readJsonl, readTextFile } from '@tunebench/core';
+import {
+  ByteTokenizer, ChatTemplate, type CheckpointingMode, type DatasetKind, PRESETS, isPreset, checkRegularFile, configFromHf, parseCheckpointing, parseJson,
+  readJsonl, readTextFile,
+} from '@tunebench/core';
 import type { TuneLrSpec } from './tune.js';
 import { CI_METHODS, DEFAULT_METHODS, GPU_METHODS, type MethodSpec, methodNames, methodPlugin, parseMethods } from './methods.js';
 
@@ -39,6 +42,9 @@ export interface Suite {
   };
   /** user JSONL file for the jsonl task */
   dataset?: string;
+  /** the dataset's rows: 'auto' (default: the first row decides), 'text', 'sft' (prompt/completion) or 'chat' (messages, rendered with
+   * base.hfDir's chat template, else the built-in default) */
+  datasetFormat?: DatasetKind | 'auto';
   /** peers redoing some of the runs (same weights, batches, learning rates) */
   peers?: PeerSpec;
   /** kernel microbenchmarks at the suite's shapes after the runs (default true) */
@@ -123,6 +129,12 @@ export const BUILTIN_SUITES: Record<string, Suite> = {
       { preset: 'tinyllama-1.1b', batchSize: 4, seqLen: 1024, steps: 6, methods: ['full', 'lora16', 'qlora16', 'qalora4-r16'], peers: ['pytorch'] },
       // full fine-tuning of 7B at 8 x 1024 tokens plans far above 141 GB: recorded as not fitting on one H100 or H200
       { preset: 'llama-2-7b', batchSize: 8, seqLen: 1024, steps: 4, methods: ['full', 'lora16', 'qlora16', 'qalora4-r16'], peers: ['pytorch'] },
+      // the architectures people fine-tune today (core's presets): q/k/v biases (Qwen2.5), q/k norms and
+      // head_dim 128 (Qwen3), a 128k vocabulary (Llama 3.2), a sliding window of 4096 over 8 x 1024 tokens (Mistral)
+      { preset: 'qwen2.5-0.5b', batchSize: 8, seqLen: 1024, steps: 6, methods: ['full', 'lora16', 'qlora16', 'qalora4-r16'], peers: ['pytorch'] },
+      { preset: 'qwen3-0.6b', batchSize: 8, seqLen: 1024, steps: 6, methods: ['full', 'lora16', 'qlora16', 'qalora4-r16'], peers: ['pytorch'] },
+      { preset: 'llama-3.2-1b', batchSize: 4, seqLen: 1024, steps: 6, methods: ['full', 'lora16', 'qlora16', 'qalora4-r16'], peers: ['pytorch'] },
+      { preset: 'mistral-7b', batchSize: 4, seqLen: 1024, steps: 4, methods: ['lora16', 'qlora16'], peers: ['pytorch'] },
     ],
   },
 };
@@ -171,6 +183,7 @@ const SUITE_SCHEMA = z.object({
     promptChars: int(1, 1 << 24).optional(),
   }).strict(),
   dataset: z.string().min(1).optional(),
+  datasetFormat: z.enum(['auto', 'text', 'sft', 'chat']).optional(),
   peers: z.object({
     tfjs: z.object(peerSelection).strict().optional(),
     pytorch: z.object({ ...peerSelection, threads: int(1, 1024).optional() }).strict().optional(),
@@ -273,7 +286,9 @@ export function validateSuite(raw: unknown, where: string): Suite {
     // the config as the loader reads it: a bad one would fail every run after the reports directory was set up
     else {
       try {
-        const c = configFromHf(parseJson(readTextFile(config, 'config.json'), config), config);
+        const raw = parseJson(readTextFile(config, 'config.json'), config);
+        p.push(...gptqBaseProblems(raw, s.methods));
+        const c = configFromHf(raw, config);
         // the tasks tokenize with the byte tokenizer: every one of its ids must have an embedding row
         const ids = new ByteTokenizer().vocabSize;
         if (c.vocabSize < ids) p.push(`base.hfDir: the model's vocab_size ${c.vocabSize} is smaller than the byte tokenizer's ${ids} ids (256 bytes, BOS, EOS, PAD) that the tasks use: its embedding has no row for ids ${c.vocabSize}..${ids - 1}`);
@@ -285,7 +300,11 @@ export function validateSuite(raw: unknown, where: string): Suite {
     try {
       checkRegularFile(s.dataset, 'JSONL dataset');
       // read once here so that a bad row is reported with its line before anything runs
-      if (s.tasks.includes('jsonl')) readJsonl(s.dataset);
+      if (s.tasks.includes('jsonl')) {
+        const ds = readJsonl(s.dataset, { format: s.datasetFormat });
+        // chat rows: the model's template must parse (a row it fails on is named when the data is prepared)
+        if (ds.kind === 'chat') ChatTemplate.forModel(s.base.hfDir, new ByteTokenizer());
+      }
     } catch (e) {
       p.push(`dataset: ${(e as Error).message}`);
     }
@@ -300,4 +319,18 @@ export function validateSuite(raw: unknown, where: string): Suite {
   }
   if (p.length) throw new Error(`${where}: ${p.join('; ')}`);
   return s;
+}
+
+/** A GPTQ checkpoint as base.hfDir: only QA-LoRA trains on its codes, and only at its own bit width. */
+function gptqBaseProblems(raw: unknown, methods: readonly MethodSpec[]): string[] {
+  const qc = (raw as { quantization_config?: { quant_method?: unknown; bits?: unknown } } | null)?.quantization_config;
+  if (!qc || qc.quant_method !== 'gptq') return [];
+  const p: string[] = [];
+  const dense = methods.filter((m) => m.name !== 'qa-lora').map((m) => m.label);
+  if (dense.length) p.push(`base.hfDir is a GPTQ checkpoint (quantization_config.quant_method "gptq"): only QA-LoRA (qalora<bits>) trains on its codes; ${dense.join(', ')} need a dense base`);
+  for (const m of methods) {
+    const bits = m.options?.bits ?? 4;
+    if (m.name === 'qa-lora' && bits !== qc.bits) p.push(`base.hfDir is a GPTQ checkpoint of ${String(qc.bits)}-bit codes; ${m.label} asks for ${bits} bits (use qalora${String(qc.bits)})`);
+  }
+  return p;
 }

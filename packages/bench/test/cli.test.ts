@@ -20,7 +20,7 @@ function cli(...args: string[]): { code: number | null; out: string; err: string
 test('--help explains every option with examples', () => {
   const r = cli('--help');
   assert.equal(r.code, 0, r.err);
-  for (const o of ['--suite', '--methods', '--tasks', '--model', '--dataset', '--peers', '--device', '--out', '--resume', '--check', '--update-baseline', '--packing', '--tune-lr']) {
+  for (const o of ['--suite', '--methods', '--tasks', '--model', '--dataset', '--peers', '--device', '--out', '--resume', '--check', '--update-baseline', '--packing', '--tune-lr', '--dataset-format']) {
     assert.match(r.out, new RegExp(`\\n  ${o}\\b`), `--help lists ${o}`);
   }
   assert.match(r.out, /Examples:/);
@@ -37,6 +37,15 @@ test('gguf exports a model directory for llama.cpp, and refuses what it cannot w
   const g = readGguf(join(dir, 'm.gguf'));
   assert.equal(g.metadata.get('general.architecture')?.value, 'llama');
   assert.ok(g.tensors.some((t) => t.name === 'blk.0.attn_q.weight'));
+  assert.equal(g.tensors.find((t) => t.name === 'token_embd.weight')?.type, 'F16', 'embeddings F16 in a quantized export');
+  assert.match(r.out, /token_embd\.weight: F16, max \|error\| \S+, relative rms error \S+/);
+  const e8 = cli('gguf', '--model', join(dir, 'model'), '--type', 'q8_0', '--embeddings', 'q8_0', '--out', join(dir, 'e8.gguf'));
+  assert.equal(e8.code, 0, e8.err);
+  assert.match(e8.out, /token_embd\.weight: Q8_0, max \|error\| \S+, relative rms error \S+/);
+  assert.equal(readGguf(join(dir, 'e8.gguf')).tensors.find((t) => t.name === 'token_embd.weight')?.type, 'Q8_0');
+  const badE = cli('gguf', '--model', join(dir, 'model'), '--embeddings', 'q4_1', '--out', join(dir, 'x.gguf'));
+  assert.equal(badE.code, 2);
+  assert.match(badE.err, /--embeddings must be f16 or q8_0, got 'q4_1'/);
   const bad = cli('gguf', '--model', join(dir, 'model'), '--type', 'q5_0', '--out', join(dir, 'x.gguf'));
   assert.equal(bad.code, 2);
   assert.match(bad.err, /--type must be f16, q8_0 or q4_1, got 'q5_0'/);

@@ -595,11 +595,20 @@ const LINE_CONSTANTS = [
   '', ' ', '\r', '{"text": "a"}\r', '\uFEFF{"text":"x"}', '{"text": "\\ud800"}', '{"text":1}', '{"prompt":"a"}', '{"completion":"a"}',
   '{"text":"a","prompt":"b"}', '{"__proto__": {"text": "x"}}', '{"text": "a", "text": 5}', deep(65), deep(100_000), '{"text": "a"} x',
   '{"prompt": "p", "completion": "c", "extra": [1, {"a": null}]}', 'null', '[]', '"text"', '{}', '{"constructor": "x"}', '\u2028',
+  // chat rows: the reader checks them, the child also renders them with the default template
+  '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}', '{"messages": "x"}', '{"messages": null}', '{"messages": []}',
+  '{"messages": [{"role": "assistant", "content": "</s><s>"}]}', '{"messages": [{"role": "user", "content": "\\ue000"}, {"role": "assistant", "content": "\\ue0010\\ue001"}]}',
+  '{"messages": [{"role": "assistant", "content": "{{ raise_exception(1) }}"}], "text": "t"}', '{"messages": [{"role": "__proto__", "content": "x"}]}',
 ];
+const messageArb = fc.record({
+  role: fc.oneof({ weight: 4, arbitrary: fc.constantFrom('system', 'user', 'assistant') }, { weight: 1, arbitrary: fc.constantFrom('tool', '', 'Assistant', 'constructor') }),
+  content: fc.oneof({ weight: 4, arbitrary: fc.string({ maxLength: 12 }) }, { weight: 1, arbitrary: fc.constantFrom('', ' ', null, 3, ['a'], '<s>', '</s>', '{% if %}', '\ue000') }),
+}, { requiredKeys: [] });
 const lineArb: fc.Arbitrary<Line> = fc.oneof(
   { weight: 3, arbitrary: fc.record({ text: fc.string({ maxLength: 20 }) }).map((o) => ({ kind: 'json' as const, s: JSON.stringify(o) })) },
   { weight: 3, arbitrary: fc.record({ prompt: fc.string({ maxLength: 10 }), completion: fc.string({ maxLength: 10 }) }).map((o) => ({ kind: 'json' as const, s: JSON.stringify(o) })) },
   { weight: 2, arbitrary: fc.jsonValue({ maxDepth: 3 }).map((v) => ({ kind: 'json' as const, s: JSON.stringify(v) })) },
+  { weight: 3, arbitrary: fc.array(messageArb, { maxLength: 5 }).map((messages) => ({ kind: 'json' as const, s: JSON.stringify({ messages }) })) },
   { weight: 1, arbitrary: fc.string({ unit: 'binary', maxLength: 20 }).map((s) => ({ kind: 'text' as const, s })) },
   { weight: 2, arbitrary: fc.constantFrom(...LINE_CONSTANTS).map((s) => ({ kind: 'text' as const, s })) },
   { weight: 1, arbitrary: fc.uint8Array({ maxLength: 24 }).map((b) => ({ kind: 'bytes' as const, b: [...b] })) },

@@ -10,7 +10,8 @@
 // holds a one-case list (case.json) to replay it with this same command.
 import { readFileSync, writeSync } from 'node:fs';
 import {
-  ArrayDataSource, HfTokenizer, LlamaModel, Trainer, loadCheckpoint, saveCheckpoint, loadHfModel, makeOptimizer, preset, readJsonl, readSafetensors,
+  ArrayDataSource, ByteTokenizer, HfTokenizer, LlamaModel, Trainer, loadCheckpoint, saveCheckpoint, loadHfModel, makeOptimizer, preset, prepareDataset, readJsonl,
+  readSafetensors,
 } from '@tunebench/core';
 import { loadAdapter } from '@tunebench/lora';
 import { loadSuiteFile } from '../dist/index.js';
@@ -83,6 +84,12 @@ function runCase(c) {
     case 'jsonl': {
       const d = readJsonl(c.path);
       if (!d.rows.length) return 'loaded an empty dataset';
+      // chat rows are rendered (the default template, the byte tokenizer): a row the reader took must render,
+      // and give each conversation a target
+      if (d.kind === 'chat') {
+        const rows = prepareDataset(d, new ByteTokenizer(), 512, { packing: 'pad' });
+        if (rows.stats.rowsWithoutTargets) return `a chat dataset loaded, but ${rows.stats.rowsWithoutTargets} conversation(s) have no target`;
+      }
       return null;
     }
     case 'checkpoint': {

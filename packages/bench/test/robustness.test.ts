@@ -135,6 +135,46 @@ test('suite: a dataset whose rows are not valid JSONL is refused before anything
   refusedKeepingResults(edit((s) => { s.tasks = ['jsonl']; s.dataset = bad; }), /dataset: .*bad\.jsonl:2: invalid JSON/);
 });
 
+test('suite: a chat dataset with a bad row, or of another kind than datasetFormat, is refused naming the line', () => {
+  const bad = join(scratch, 'bad-chat.jsonl');
+  const row = (role: string) => JSON.stringify({ messages: [{ role: 'user', content: 'q' }, { role, content: 'a' }] });
+  writeFileSync(bad, `${row('assistant')}\n${row('tool')}\n`);
+  refusedKeepingResults(edit((s) => { s.tasks = ['jsonl']; s.dataset = bad; }), /dataset: .*bad-chat\.jsonl:2: messages\[1\]: unknown role "tool"/);
+  const text = join(scratch, 'text-rows.jsonl');
+  writeFileSync(text, '{"text": "a"}\n');
+  refused(edit((s) => { s.tasks = ['jsonl']; s.dataset = text; s.datasetFormat = 'chat'; }), /dataset: .*text-rows\.jsonl:1: a \{"text"\} row, but the format was set to chat/);
+  refused(edit((s) => { s.tasks = ['jsonl']; s.dataset = text; s.datasetFormat = 'csv'; }), /datasetFormat: /);
+});
+
+test('suite: a chat dataset with a base whose chat template does not parse is refused; one that fails on a row stops the suite naming it', () => {
+  const model = join(scratch, 'template-model');
+  mkdirSync(model);
+  writeFileSync(join(model, 'config.json'), JSON.stringify(configToHf(preset('tiny'))));
+  writeFileSync(join(model, 'tokenizer_config.json'), JSON.stringify({ chat_template: '{% for m in messages %}{{ m.content }' }));
+  const data = join(scratch, 'chat-rows.jsonl');
+  const row = (first: string) => JSON.stringify({ messages: [{ role: first, content: 'q' }, { role: 'assistant', content: 'a' }] });
+  writeFileSync(data, Array.from({ length: 20 }, (_, i) => row(i === 6 ? 'system' : 'user')).join('\n') + '\n');
+  refused(edit((s) => { s.base = { hfDir: model }; s.tasks = ['jsonl']; s.dataset = data; }), /dataset: .*tokenizer_config\.json: the chat template does not parse/);
+  writeFileSync(join(model, 'tokenizer_config.json'), JSON.stringify({
+    chat_template: "{%- if messages[0]['role'] != 'user' -%}{{ raise_exception('the first message must be a user message') }}{%- endif -%}{%- for m in messages -%}{{ m['role'] + ': ' + m['content'] + '\\n' }}{%- endfor -%}",
+  }));
+  const dir = join(scratch, `case-${n++}`);
+  mkdirSync(dir);
+  const file = join(dir, 'suite.json');
+  writeFileSync(file, JSON.stringify(edit((s) => { s.base = { hfDir: model }; s.tasks = ['jsonl']; s.dataset = data; })));
+  const out = join(dir, 'out');
+  const r = cli('--suite', file, '--out', out);
+  assert.equal(r.code, 1, `exit ${r.code}\n${r.err}`);
+  assert.match(r.err, /the suite stopped: .*chat-rows\.jsonl:7: the chat template \(.*template-model\/tokenizer_config\.json\) failed on this row: the first message must be a user message/);
+  assert.equal(existsSync(out), false, '--out was not created');
+});
+
+test('CLI: --dataset-format other than auto, text, sft or chat is refused', () => {
+  const r = cli('--dataset-format', 'csv', '--out', join(scratch, 'never'));
+  assert.equal(r.code, 2, r.err);
+  assert.match(r.err, /--dataset-format must be auto, text, sft or chat, got 'csv'/);
+});
+
 test('suite: methods[0].r 1e9 is refused', () => {
   refused(edit((s) => { s.methods[0].r = 1e9; }), /methods\[0\]\.r: .*(65536|too big)/i);
 });

@@ -1,7 +1,7 @@
 export * from './dtype.js';
 export { Tensor, type TensorOptions, shapeNumel, hostValues, copyInto, copyRows } from './tensor.js';
 export { memory, type MemorySnapshot, type DeviceMemorySnapshot } from './memory.js';
-export { native } from './native.js';
+export { native, openmpWait, configureOpenMpWait, DEFAULT_GOMP_SPINCOUNT, type OpenMpWait } from './native.js';
 export { cudaInfo, cudaAvailable, resolveDevice, synchronize, deviceName, type DeviceChoice, type CudaInfo } from './device.js';
 export { matmul, gemmKernel, cublasLtStatus, type MatmulOptions } from './ops/gemm.js';
 export * from './ops/optim.js';
@@ -12,16 +12,17 @@ export {
 } from './ops/cross_entropy.js';
 export { embeddingForward, embeddingBackward, type EmbeddingOptions } from './ops/embedding.js';
 export { rmsnorm, rmsnormBackward, type RmsNormOptions, type RmsNormResult, type RmsNormBackwardOptions, type RmsNormBackwardResult } from './ops/rmsnorm.js';
-export { rope, ropeBackward, type RopeOptions } from './ops/rope.js';
+export { rope, ropeBackward, ropeInvFreq, type RopeOptions } from './ops/rope.js';
 export { swiglu, swigluBackward, type SwigluOptions, type SwigluBackwardOptions } from './ops/swiglu.js';
 export * from './ops/attention.js';
 export * from './ops/elementwise.js';
 export * from './nn/config.js';
+export * from './nn/rope_scaling.js';
 export * from './nn/module.js';
 export { DenseLinear, IntNLinear, Quant4Linear } from './nn/linear.js';
 export * from './quant/quant4.js';
 export * from './quant/intn.js';
-export { LlamaModel, LINEAR_NAMES, modelTensorShapes, parseCheckpointing, isCheckpointed, type CheckpointingMode, type LinearName, type LinearFactory, type FromTensorsOptions, type Batch, type ForwardResult, type WeightOptions, disposeBatch } from './nn/llama.js';
+export { LlamaModel, LINEAR_NAMES, biasedProjections, type BiasedName, type BlockExtras, modelTensorShapes, parseCheckpointing, isCheckpointed, type CheckpointingMode, type LinearName, type LinearFactory, type FromTensorsOptions, type Batch, type ForwardResult, type WeightOptions, disposeBatch } from './nn/llama.js';
 export { Rng, type RngState } from './util/rng.js';
 export * from './train/schedule.js';
 export { AdamW, type AdamWConfig } from './train/adamw.js';
@@ -41,10 +42,10 @@ export {
   loadHfModel, saveHfModel, type LoadHfModelOptions,
 } from './io/hf.js';
 export {
-  exportGguf, readGguf, ggufScalar, ggufArray, quantizeQ8_0, quantizeQ4_1, dequantizeQ8_0, dequantizeQ4_1, groupwiseToQ4_1,
+  exportGguf, ggufArchitecture, readGguf, ggufScalar, ggufArray, quantizeQ8_0, quantizeQ4_1, dequantizeQ8_0, dequantizeQ4_1, groupwiseToQ4_1,
   ropeRowPermutation, permuteRows, gpt2ByteToUnicode, GGUF_MAGIC, GGUF_VERSION, GGUF_ALIGNMENT, GGML_QK, GGUF_BYTE_SPECIALS,
   type ExportGgufOptions, type GgufExportSummary, type GgufWeightType, type GroupwiseInt4, type GgufFile, type GgufTensorInfo,
-  type GgufKv, type GgufValueType, type GgufScalar, type GgufScalarType,
+  type GgufKv, type GgufValueType, type GgufScalar, type GgufScalarType, type GgufEmbeddingType, type GgufTensorError, tensorError,
 } from './io/gguf.js';
 export { saveCheckpoint, loadCheckpoint } from './train/checkpoint.js';
 export * from './ops/lora.js';
@@ -53,14 +54,21 @@ export { FusedDecoder, fusedDecodeUnsupported } from './nn/decode_step.js';
 export { generate, pick, type GenerateOptions, type GenerateResult } from './eval/generate.js';
 export { evaluateLoss, rowLogLikelihoods, classify, type LossResult, type ClassificationResult } from './eval/evaluate.js';
 export {
-  ByteTokenizer, HfTokenizer, BYTE_BOS, BYTE_EOS, BYTE_PAD, HF_TOKENIZER_FILE, HF_TOKENIZER_CONFIG_FILE,
+  ByteTokenizer, HfTokenizer, BYTE_BOS, BYTE_EOS, BYTE_PAD, BYTE_BOS_TEXT, BYTE_EOS_TEXT, HF_TOKENIZER_FILE, HF_TOKENIZER_CONFIG_FILE,
   type Tokenizer, type HfTokenizerOptions,
 } from './data/tokenizer.js';
-export { readJsonl, datasetFromRows, textDataset, sftDataset, type Dataset, type DatasetKind, type TextRow, type SftRow } from './data/jsonl.js';
 export {
-  TokenRows, TokenDataSource, packTexts, padExamples, packExamples, prepareDataset, epochBatches, dynamicLength, countTargets, countTokens, padIdOf,
+  readJsonl, datasetFromRows, textDataset, sftDataset, chatDataset, parseDatasetFormat, CHAT_ROLES, DATASET_KINDS,
+  type Dataset, type DatasetKind, type TextRow, type SftRow, type ChatRow, type ChatMessage, type ChatRole, type ReadJsonlOptions,
+} from './data/jsonl.js';
+export {
+  ChatTemplate, DEFAULT_CHAT_TEMPLATE, encodeChat, lastAssistantContent, withLastAssistant,
+  type ChatSpecials, type ChatTemplateOptions, type EncodedChat, type EncodeChatOptions,
+} from './data/chat.js';
+export {
+  TokenRows, TokenDataSource, packTexts, padExamples, packExamples, padChats, packChats, prepareDataset, epochBatches, dynamicLength, countTargets, countTokens, padIdOf,
   type PrepareStats, type PrepareMode, type EvalBatch, type TokenDataSourceOptions, type TokenDataSourceState, type TokenRowsExtras,
-  type PackExamplesOptions, type PrepareDatasetOptions, type EpochBatchesOptions,
+  type PackExamplesOptions, type PrepareDatasetOptions, type EpochBatchesOptions, type ChatPrepareOptions,
 } from './data/batching.js';
 export { parseCli, intOption, type CliValues } from './util/cli.js';
 export { median, relativeError } from './util/compare.js';

@@ -3,6 +3,7 @@ import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { isMainThread } from 'node:worker_threads';
 
 export interface NativeTensorHandle {
   readonly disposed: boolean;
@@ -88,11 +89,62 @@ function addonPath(): string {
   return join(here, '..', 'build', 'Release', 'tunebench.node');
 }
 
+/**
+ * How long an idle kernel thread spins before it sleeps. The kernels run on
+ * OpenMP (libgomp): a thread waiting for a region or at a barrier busy-waits
+ * for GOMP_SPINCOUNT iterations (libgomp's default 300000, about 3 ms; with
+ * OMP_WAIT_POLICY=ACTIVE about 5 minutes) before blocking on a futex. A
+ * decode step is many short regions with JavaScript in between, so with the
+ * default the workers hardly ever sleep, and on cores another process also
+ * uses they spin away the time slices the threads doing the work need: 2
+ * threads beside one busy process ran decode and training several times
+ * slower than 1 thread (`pnpm bench:threads`). 100 iterations (about a
+ * microsecond) is what libgomp itself uses when it knows its threads
+ * outnumber the CPUs; it cannot know that other processes share them.
+ * Measured beside a busy process on a loaded 2-core machine, 10000 and 1000
+ * still lost to 100 and 0 (docs/benchmarks/2026-12-06-threads.md).
+ */
+export const DEFAULT_GOMP_SPINCOUNT = 100;
+
+/** Where the OpenMP wait settings came from (see openmpWait). */
+export interface OpenMpWait {
+  /** 'tunebench': the loader set GOMP_SPINCOUNT; 'user': the environment
+   * already had OMP_WAIT_POLICY or GOMP_SPINCOUNT, left as it was;
+   * 'unset': the addon was loaded from a worker thread, whose process.env
+   * is its own copy and cannot reach the runtime (the runtime's default holds) */
+  source: 'tunebench' | 'user' | 'unset';
+  /** the environment's values when the addon was loaded */
+  OMP_WAIT_POLICY?: string;
+  GOMP_SPINCOUNT?: string;
+}
+
+/**
+ * libgomp reads OMP_WAIT_POLICY and GOMP_SPINCOUNT once, in its constructor,
+ * which runs when loading the addon first loads libgomp; so they are set here,
+ * before require(). A user's own setting of either is respected. Setting
+ * process.env on the main thread changes the process environment (setenv);
+ * on a worker thread it changes only that thread's copy, so nothing is set.
+ */
+export function configureOpenMpWait(env: NodeJS.ProcessEnv = process.env, mainThread = isMainThread): OpenMpWait {
+  const policy = env.OMP_WAIT_POLICY, spin = env.GOMP_SPINCOUNT;
+  const given = (v: string | undefined) => v !== undefined && v.trim() !== '';
+  if (given(policy) || given(spin)) {
+    return { source: 'user', ...(given(policy) ? { OMP_WAIT_POLICY: policy } : {}), ...(given(spin) ? { GOMP_SPINCOUNT: spin } : {}) };
+  }
+  if (!mainThread) return { source: 'unset' };
+  env.GOMP_SPINCOUNT = String(DEFAULT_GOMP_SPINCOUNT);
+  return { source: 'tunebench', GOMP_SPINCOUNT: env.GOMP_SPINCOUNT };
+}
+
+/** The OpenMP wait settings the addon was loaded with. */
+export let openmpWait: OpenMpWait = { source: 'unset' };
+
 function load(): NativeBinding {
   const path = addonPath();
   if (!existsSync(path)) {
     throw new Error(`tunebench native addon not found at ${path}. Build it first: pnpm build (needs CMake and a C++ compiler).`);
   }
+  openmpWait = configureOpenMpWait();
   const require = createRequire(import.meta.url);
   return require(path) as NativeBinding;
 }

@@ -127,6 +127,48 @@ describe('attention host math (kernels/attention_math.h)', () => {
     });
   }
 
+  // Sliding windows (Mistral): the kernels' bounds narrowed by math::window_bounds,
+  // with and without segments, in the kernel's own tile order; decode from decode_first_key
+  for (const W of [1, 4, 20, 33]) {
+    test(`sliding window ${W}: online softmax over a query tile's key chunks and the backward math match the CPU ops, with and without segments`, () => {
+      const r = rng();
+      const d: Dims = { B: 2, T: 70, Hq: 4, Hkv: 2, D: 12 };
+      const { B, T, Hq, Hkv, D } = d;
+      for (const withSeg of [false, true]) {
+        const { q, k, v, dout } = inputs(d, r, 1.5);
+        const segments = withSeg ? Tensor.from(randomSegments(B, T, r, 25), [B, T], { dtype: 'i32' }) : undefined;
+        const out = Tensor.zeros([B, T, Hq, D]), lse = Tensor.zeros([B, Hq, T]);
+        const dq = Tensor.zeros([B, T, Hq, D]), dk = Tensor.zeros([B, T, Hkv, D]), dv = Tensor.zeros([B, T, Hkv, D]);
+        (native.hostmath_attention as (...a: unknown[]) => void)(q.handle, k.handle, v.handle, dout.handle, out.handle,
+          lse.handle, dq.handle, dk.handle, dv.handle, B, T, Hq, Hkv, D, 1 / Math.sqrt(D), 5, segments?.handle ?? null, 16, W);
+        const ref = attentionForward(q, k, v, { segments, window: W });
+        const g = attentionBackward(dout, q, k, v, ref.out, ref.lse, { segments, window: W });
+        conforms('out', out, ref.out, TOL_FWD, r.seed);
+        conforms('lse', lse, ref.lse, TOL_FWD, r.seed);
+        conforms('dq', dq, g.dq, TOL_GRAD, r.seed);
+        conforms('dk', dk, g.dk, TOL_GRAD, r.seed);
+        conforms('dv', dv, g.dv, TOL_GRAD, r.seed);
+        for (const t of [q, k, v, dout, segments, out, lse, dq, dk, dv, ref.out, ref.lse, g.dq, g.dk, g.dv]) t?.dispose();
+      }
+    });
+  }
+
+  test('decode with a sliding window: partial online softmaxes from the first key in the window match attention_decode', () => {
+    const r = rng();
+    const B = 2, Hq = 4, Hkv = 2, D = 20, Tmax = 150;
+    for (const [W, L] of [[1, 1], [1, 90], [7, 31], [40, 150], [200, 150]]) {
+      const q = Tensor.from(randn(B * Hq * D, r, 1.5), [B, 1, Hq, D]);
+      const kc = Tensor.from(randn(B * Tmax * Hkv * D, r, 1.5), [B, Tmax, Hkv, D]);
+      const vc = Tensor.from(randn(B * Tmax * Hkv * D, r), [B, Tmax, Hkv, D]);
+      const out = Tensor.zeros([B, 1, Hq, D]);
+      (native.hostmath_attention_decode as (...a: unknown[]) => void)(q.handle, kc.handle, vc.handle, out.handle,
+        B, Hq, Hkv, D, Tmax, L, 1 / Math.sqrt(D), 5, 3, W);
+      const ref = attentionDecode(q, kc, vc, L, { window: W });
+      conforms(`out (W=${W}, L=${L})`, out, ref, TOL_FWD, r.seed);
+      for (const t of [q, kc, vc, out, ref]) t.dispose();
+    }
+  });
+
   test('segment bounds by binary search agree with the CPU scan (one-token and long segments)', () => {
     // the kernels' bounds feed the masks; a mismatch would show as a wrong
     // out where a segment starts: covered above, and here at its extremes
@@ -183,6 +225,39 @@ describe('attention on CUDA', { skip: skipCuda }, () => {
       });
     }
   });
+
+  for (const W of [3, 40, 100]) {
+    test(`sliding window ${W}: forward, backward and decode match the CPU ops (T = 150, with and without segments)`, () => {
+      const r = rng();
+      const d: Dims = { B: 2, T: 150, Hq: 4, Hkv: 2, D: 64 };
+      for (const withSeg of [false, true]) {
+        const { q, k, v, dout } = inputs(d, r, 1.5);
+        const segments = withSeg ? Tensor.from(randomSegments(d.B, d.T, r, 60), [d.B, d.T], { dtype: 'i32' }) : undefined;
+        const want = attentionForward(q, k, v, { segments, window: W });
+        const wantG = attentionBackward(dout, q, k, v, want.out, want.lse, { segments, window: W });
+        const [cq, ck, cv, cd] = [q, k, v, dout].map(onCuda);
+        const cs = segments && onCuda(segments);
+        const got = attentionForward(cq, ck, cv, { segments: cs, window: W });
+        conforms('out', got.out, want.out, TOL_FWD, r.seed);
+        conforms('lse', got.lse, want.lse, TOL_FWD, r.seed);
+        const [co, cl] = [want.out, want.lse].map(onCuda);
+        const g = attentionBackward(cd, cq, ck, cv, co, cl, { segments: cs, window: W });
+        conforms('dq', g.dq, wantG.dq, TOL_GRAD, r.seed);
+        conforms('dk', g.dk, wantG.dk, TOL_GRAD, r.seed);
+        conforms('dv', g.dv, wantG.dv, TOL_GRAD, r.seed);
+        for (const t of [q, k, v, dout, segments, want.out, want.lse, wantG.dq, wantG.dk, wantG.dv, cq, ck, cv, cd, cs,
+          got.out, got.lse, co, cl, g.dq, g.dk, g.dv]) t?.dispose();
+      }
+      const B = 2, Hq = 4, Hkv = 2, D = 64, Tmax = 150, L = 130;
+      const q = Tensor.from(randn(B * Hq * D, r), [B, 1, Hq, D]);
+      const kc = Tensor.from(randn(B * Tmax * Hkv * D, r), [B, Tmax, Hkv, D]), vc = Tensor.from(randn(B * Tmax * Hkv * D, r), [B, Tmax, Hkv, D]);
+      const want = attentionDecode(q, kc, vc, L, { window: W });
+      const [cq, ckc, cvc] = [q, kc, vc].map(onCuda);
+      const got = attentionDecode(cq, ckc, cvc, L, { window: W });
+      conforms('decode out', got, want, TOL_FWD, r.seed);
+      for (const t of [q, kc, vc, want, cq, ckc, cvc, got]) t.dispose();
+    });
+  }
 
   test('a key tile wholly outside every segment of a query tile is never read (NaN there does not leak)', () => {
     const r = rng();

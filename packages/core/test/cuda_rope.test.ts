@@ -43,6 +43,24 @@ describe('rope host math (kernels/rope_math.h)', () => {
   }
 });
 
+describe('rope host math with a frequency table and an attention scale (scaled variants)', () => {
+  test('forward and backward rotations match the CPU op', () => {
+    const r = rng();
+    const B = 2, T = 21, H = 3, D = 16, n = B * T * H * D;
+    const pos = packedPositions(B, T, r, 5000);
+    const invFreq = Float32Array.from({ length: D / 2 }, () => 1e-4 + r.next());
+    const x = Tensor.from(randn(n, r), [B, T, H, D]), dout = Tensor.from(randn(n, r), [B, T, H, D]);
+    const positions = Tensor.from(pos, [B * T], { dtype: 'i32' });
+    const out = Tensor.zeros([B, T, H, D]), dx = Tensor.zeros([B, T, H, D]);
+    (native.hostmath_rope as (...a: unknown[]) => void)(x.handle, dout.handle, positions.handle, out.handle, dx.handle,
+      B * T, H, D, 10000, invFreq, 1.25);
+    const ref = rope(x, positions, { invFreq, attentionScale: 1.25 }), refB = ropeBackward(dout, positions, { invFreq, attentionScale: 1.25 });
+    assertClose('out', out.toFloat32(), ref.toFloat32(), 1e-6, r.seed);
+    assertClose('dx', dx.toFloat32(), refB.toFloat32(), 1e-6, r.seed);
+    for (const t of [x, dout, positions, out, dx, ref, refB]) t.dispose();
+  });
+});
+
 describe('rope on CUDA', { skip: skipCuda }, () => {
   RAGGED.forEach((T, i) => {
     const D = [64, 128, 6, 96, 2][i], B = 2, H = 3;
@@ -63,6 +81,21 @@ describe('rope on CUDA', { skip: skipCuda }, () => {
       }
       for (const t of [x, dout, positions, cx, cd, cp]) t.dispose();
     });
+  });
+
+  test('a frequency table and an attention scale (scaled variants) match the CPU op', () => {
+    const r = rng();
+    const B = 2, T = 37, H = 3, D = 64, n = B * T * H * D;
+    const invFreq = Float32Array.from({ length: D / 2 }, () => 1e-4 + r.next());
+    const x = Tensor.from(randn(n, r), [B, T, H, D]), dout = Tensor.from(randn(n, r), [B, T, H, D]);
+    const positions = Tensor.from(packedPositions(B, T, r, 9000), [B, T], { dtype: 'i32' });
+    const [cx, cd, cp] = [x, dout, positions].map(onCuda);
+    const opts = { invFreq, attentionScale: 1.2079 };
+    const got = rope(cx, cp, opts), gotB = ropeBackward(cd, cp, opts);
+    const want = rope(x, positions, opts), wantB = ropeBackward(dout, positions, opts);
+    assertConforms('out', got, want, 1e-6, r.seed);
+    assertConforms('dx', gotB, wantB, 1e-6, r.seed);
+    for (const t of [x, dout, positions, cx, cd, cp, got, gotB, want, wantB]) t.dispose();
   });
 
   test('in place (out = x) equals out of place', () => {

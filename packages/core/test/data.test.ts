@@ -50,7 +50,7 @@ test('readJsonl: every malformed line is an error naming file:line and the probl
     ['array.jsonl', '{"text": "a"}\n[1, 2]\n', /:2: expected a JSON object, got an array/],
     ['scalar.jsonl', '"just a string"\n', /:1: expected a JSON object, got string/],
     ['null.jsonl', 'null\n', /:1: expected a JSON object, got null/],
-    ['nokeys.jsonl', '{"text": "a"}\n{"body": "b"}\n', /:2: expected \{"text": string\} or \{"prompt": string, "completion": string\}, got keys "body"/],
+    ['nokeys.jsonl', '{"text": "a"}\n{"body": "b"}\n', /:2: expected \{"text": string\}, \{"prompt": string, "completion": string\} or \{"messages": \[\{"role", "content"\}, \.\.\.\]\}, got keys "body"/],
     ['texttype.jsonl', '{"text": 5}\n', /:1: "text" must be a string, got number/],
     ['nocompletion.jsonl', '{"prompt": "p", "completion": "c"}\n{"prompt": "p"}\n', /:2: missing "completion"/],
     ['prompttype.jsonl', '{"prompt": null, "completion": "c"}\n', /:1: "prompt" must be a string, got null/],

@@ -9,7 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   BYTE_VOCAB_SIZE, ByteTokenizer, GGUF_ALIGNMENT, type GroupwiseInt4, type LlamaConfig, LlamaModel, exportGguf,
-  f16ToF32, f32ToF16, ggufArray, ggufScalar, gpt2ByteToUnicode, headDim, modelTensorShapes, preset, readGguf, ropeRowPermutation,
+  f16ToF32, f32ToF16, ggufArray, ggufScalar, gpt2ByteToUnicode, headDim, modelTensorShapes, preset, quantizeQ8_0, readGguf, ropeRowPermutation,
+  tensorError,
 } from '../src/index.js';
 import { ggufNameOf, logProbs, modelFromGguf, unpermuteRows } from './gguf_helpers.js';
 import { rng } from './helpers.js';
@@ -112,12 +113,32 @@ test('header, metadata and tensor infos round trip; tied head writes no output.w
   }
   assert.deepEqual(f.read('blk.0.attn_norm.weight'), params.get('model.layers.0.input_layernorm.weight'));
 
-  // untied: output.weight is written
+  // untied: output.weight is written, F16 like token_embd in a quantized export
   const cfgU = { ...cfg, tieWordEmbeddings: false }, mU = model(cfgU, 2), pathU = join(dir, 'untied.gguf');
-  exportGguf(mU, pathU, { type: 'q8_0', tokenizer: tok });
+  const sU = exportGguf(mU, pathU, { type: 'q8_0', tokenizer: tok });
   const fU = readGguf(pathU);
-  assert.equal(fU.tensors.find((t) => t.name === 'output.weight')?.type, 'Q8_0');
+  assert.equal(fU.tensors.find((t) => t.name === 'output.weight')?.type, 'F16');
+  assert.equal(fU.tensors.find((t) => t.name === 'token_embd.weight')?.type, 'F16');
+  assert.equal(fU.tensors.find((t) => t.name === 'blk.0.attn_q.weight')?.type, 'Q8_0');
   assert.equal(ggufScalar(fU, 'general.file_type'), 7);
+  const head = mU.lmHead!.value.toFloat32(), headFile = fU.read('output.weight');
+  for (let i = 0; i < head.length; i++) assert.equal(headFile[i], fp16Round(head[i]), `output.weight[${i}]`);
+  // the error of the embeddings is measured: fp16 rounding, at most half an fp16 step of the largest value
+  for (const name of ['token_embd.weight', 'output.weight']) {
+    const e = sU.tensors.find((t) => t.name === name)!.error!;
+    assert.ok(e.maxAbs > 0 && e.maxAbs <= 2 ** -11 * 2, `${name} max error ${e.maxAbs}`);
+    assert.ok(e.relRms > 0 && e.relRms < 2 ** -11, `${name} relative rms error ${e.relRms}`);
+  }
+  assert.ok(sU.tensors.filter((t) => t.error).length === 2, 'only the embeddings carry an error record');
+  // Q8_0 embeddings on request
+  const s8 = exportGguf(mU, pathU, { type: 'q4_1', tokenizer: tok, embeddings: 'q8_0' });
+  const f8 = readGguf(pathU);
+  for (const name of ['token_embd.weight', 'output.weight']) assert.equal(f8.tensors.find((t) => t.name === name)?.type, 'Q8_0', name);
+  assert.equal(f8.tensors.find((t) => t.name === 'blk.0.attn_q.weight')?.type, 'Q4_1');
+  const e8 = s8.tensors.find((t) => t.name === 'output.weight')!.error!, e8File = tensorError(head, f8.read('output.weight'));
+  assert.deepEqual(e8, e8File, 'the recorded error is that of the values in the file');
+  assert.ok(e8.relRms > 1e-3 && e8.relRms < 1e-2, `Q8_0 relative rms error ${e8.relRms}`);
+  assert.throws(() => exportGguf(mU, pathU, { type: 'q4_1', tokenizer: tok, embeddings: 'q4_1' as never }), /embeddings \(the storage of token_embd and output\) must be one of f16, q8_0, got "q4_1"/);
   m.dispose(); mU.dispose();
 });
 
@@ -143,14 +164,22 @@ test('RoPE: adjacent-pair rotation of permuted rows gives the same q·k as rotat
   }
 });
 
+/** The f32 values of a model parameter (the tensor's own host memory, writable). */
+function paramValues(m: LlamaModel, name: string): Float32Array {
+  const p = m.parameters().find((x) => x.name === name);
+  if (!p) throw new Error(`no parameter ${name}`);
+  return p.value.data() as Float32Array;
+}
+
 test('Q8_0 and Q4_1 values match a re-computation of the ggml blocks; Q4_1 nibble order', () => {
   const cfg = preset('tiny'), m = model(cfg, 4);
-  const emb = m.embed.value.toFloat32();
+  // v_proj: a projection whose rows keep their order (q and k are permuted for RoPE)
+  const emb = paramValues(m, 'model.layers.0.self_attn.v_proj.weight').slice();
   for (const type of ['q8_0', 'q4_1'] as const) {
     const path = join(dir, `tiny-${type}.gguf`);
     exportGguf(m, path, { type, tokenizer: tok });
-    const f = readGguf(path), got = f.read('token_embd.weight');
-    assert.equal(f.tensors.find((t) => t.name === 'token_embd.weight')!.type, type.toUpperCase());
+    const f = readGguf(path), got = f.read('blk.0.attn_v.weight');
+    assert.equal(f.tensors.find((t) => t.name === 'blk.0.attn_v.weight')!.type, type.toUpperCase());
     let worst = 0;
     for (let b = 0; b < emb.length / 32; b++) {
       const x = emb.subarray(b * 32, b * 32 + 32);
@@ -173,14 +202,18 @@ test('Q8_0 and Q4_1 values match a re-computation of the ggml blocks; Q4_1 nibbl
     // half a step, plus the fp16 rounding of d (relative 2^-11) times |q| <= 127
     if (type === 'q8_0') assert.ok(worst <= 0.5 + 127 * 2 ** -11, `q8_0 error ${worst} steps`);
   }
+  // Q8_0 embeddings (on request) are the same blocks
+  const e8 = join(dir, 'tiny-e8.gguf'), embV = m.embed.value.toFloat32();
+  exportGguf(m, e8, { type: 'q4_1', tokenizer: tok, embeddings: 'q8_0' });
+  assert.deepEqual(readGguf(e8).readRaw('token_embd.weight'), quantizeQ8_0(embV));
   // nibble order, read from the raw bytes of one Q4_1 block: values 0..31 along a row
   const ramp: LlamaConfig = { ...cfg };
   const mr = model(ramp, 5);
-  const ev = mr.embed.value.data() as Float32Array;
+  const ev = paramValues(mr, 'model.layers.0.self_attn.v_proj.weight');
   for (let j = 0; j < 32; j++) ev[j] = j;
   const path = join(dir, 'ramp.gguf');
   exportGguf(mr, path, { type: 'q4_1', tokenizer: tok });
-  const raw = readGguf(path).readRaw('token_embd.weight').subarray(0, 20);
+  const raw = readGguf(path).readRaw('blk.0.attn_v.weight').subarray(0, 20);
   const dv = new DataView(raw.buffer, raw.byteOffset);
   assert.equal(dv.getUint16(0, true), f32ToF16(31 / 15));  // d first
   assert.equal(dv.getUint16(2, true), 0);                  // then m = min = 0
@@ -263,7 +296,8 @@ test('bad input: unsupported type, indivisible rows, group-wise misuse, foreign 
   // hidden 48: rows of 48 cannot be cut into blocks of 32
   const odd: LlamaConfig = { ...cfg, hiddenSize: 48, intermediateSize: 96, numHeads: 4, numKvHeads: 2 };
   const mo = model(odd, 10);
-  assert.throws(() => exportGguf(mo, path, { type: 'q4_1', tokenizer: tok }), /Q4_1 blocks hold 32 values of a row.*model\.embed_tokens\.weight \(row length 48\)/);
+  assert.throws(() => exportGguf(mo, path, { type: 'q4_1', tokenizer: tok }), /Q4_1 blocks hold 32 values of a row.*model\.layers\.0\.self_attn\.q_proj\.weight \(row length 48\)/);
+  assert.throws(() => exportGguf(mo, path, { type: 'f16', tokenizer: tok, embeddings: 'q8_0' }), /Q8_0 blocks hold 32 values of a row.*: model\.embed_tokens\.weight \(row length 48\);/);
   const s = exportGguf(mo, path, { type: 'q8_0', tokenizer: tok, indivisible: 'f16' });
   const types = new Map(s.tensors.map((x) => [x.name, x.type]));
   assert.equal(types.get('blk.0.attn_q.weight'), 'F16');

@@ -83,10 +83,11 @@ function maxLogProbDiff(a: Float64Array[], b: Float64Array[]): number {
 // this model with node-llama-cpp 3.21.1 (printed as diagnostics):
 //   f16   vs same weights 6.8e-3, vs f32 original 8.6e-3: llama.cpp's CPU
 //         matmul rounds activations to f16 (relative 2^-11)
-//   q8_0  vs same weights 9.1e-2, vs original 1.3e-1: llama.cpp quantizes
+//   q8_0  vs same weights 1.1e-1, vs original 1.2e-1: llama.cpp quantizes
 //         activations to Q8_0 blocks (relative ~1/254) for the dot products
 //   q4_1  vs same weights 1.3e-1 (the activations go through Q8_1 likewise),
-//         vs original 2.2: the 4-bit weights of a random model, not the export
+//         vs original 1.5: the 4-bit projections of a random model, not the
+//         export (token_embd is F16 in both: 2.2 when it was Q4_1 too)
 // Bounds sit about 3x above. Greedy: every token llama.cpp picks must be our
 // own argmax up to the same-weights tolerance (random-model outputs have
 // near-ties, where an exact token match would test noise).
@@ -130,6 +131,59 @@ for (const type of ['f16', 'q8_0', 'q4_1'] as const) {
       assert.equal(cpp.greedy[0], gSame[0], 'first greedy token');
     } finally {
       same.dispose();
+    }
+  });
+}
+
+// Scaled RoPE: llama.cpp reads our linear / yarn keys and the llama3
+// rope_freqs tensor as our model computes them, over 100 positions (past the
+// original context of llama3 and yarn); the same weights with plain RoPE
+// would be far off.
+async function llamaCppLogProbs(path: string, ids: number[], V: number): Promise<Float64Array[]> {
+  const model = await lib!.llama.loadModel({ modelPath: path });
+  try {
+    const ctx = await model.createContext({ contextSize: 128, threads: 1, batchSize: 128 });
+    try {
+      const res = await ctx.getSequence().controlledEvaluate(asTokens(ids).map((t) => [t, { generateNext: { probabilities: true } }] as [Token, { generateNext: { probabilities: true } }]));
+      return res.map((r) => {
+        const row = new Float64Array(V).fill(-Infinity);
+        for (const [token, p] of r!.next.probabilities!) row[token as unknown as number] = Math.log(p);
+        return row;
+      });
+    } finally {
+      await ctx.dispose();
+    }
+  } finally {
+    await model.dispose();
+  }
+}
+
+const scaledBase = { ...cfg, hiddenSize: 64, intermediateSize: 128, numHeads: 4, numKvHeads: 2, maxPositionEmbeddings: 128 };
+const SCALED: { name: string; ropeScaling: NonNullable<typeof cfg.ropeScaling> }[] = [
+  { name: 'llama3', ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 32 } },
+  { name: 'linear', ropeScaling: { type: 'linear', factor: 4 } },
+  { name: 'yarn', ropeScaling: { type: 'yarn', factor: 4, originalMaxPositionEmbeddings: 32 } },
+];
+for (const v of SCALED) {
+  test(`llama.cpp runs the ${v.name} rope scaling of an f16 export as our model computes it`, { skip: lib ? false : unavailable }, async (t) => {
+    const path = join(dir, `scaled-${v.name}.gguf`);
+    const scaledCfg = { ...scaledBase, ropeScaling: v.ropeScaling };
+    const m = LlamaModel.init(scaledCfg, { seed: 7, std: 0.15, trainable: false });
+    exportGguf(m, path, { type: 'f16', tokenizer: tok });
+    const ids = [256, ...tok.encode('The quick brown fox jumps over the lazy dog; the lazy dog sleeps on, and the fox runs far away.')].slice(0, 100);
+    const cpp = await llamaCppLogProbs(path, ids, scaledCfg.vocabSize);
+    const same = modelFromGguf(readGguf(path), scaledCfg);
+    const { ropeScaling: _s, ...plainCfg } = scaledCfg;
+    const plain = modelFromGguf(readGguf(path), plainCfg);
+    try {
+      const d = maxLogProbDiff(cpp, logProbs(same, ids)), dPlain = maxLogProbDiff(cpp, logProbs(plain, ids));
+      t.diagnostic(`${v.name}: max |log p llama.cpp - ours| = ${d.toExponential(2)} over ${ids.length} positions; with plain RoPE ${dPlain.toExponential(2)}`);
+      assert.ok(d < TOL.f16.sameWeights, `${v.name}: ${d} vs same weights`);
+      assert.ok(dPlain > 5 * TOL.f16.sameWeights, `${v.name}: plain RoPE is only ${dPlain} away: the test would not see a missing scaling`);
+    } finally {
+      same.dispose();
+      plain.dispose();
+      m.dispose();
     }
   });
 }

@@ -93,11 +93,11 @@ test('configFromHf: missing keys, wrong types and unsupported features are named
   bad({ tie_word_embeddings: 'yes' }, /tie_word_embeddings must be a boolean/);
   bad({ num_attention_heads: 7 }, /numHeads \(7\) does not divide hiddenSize \(576\)/);
   bad({ num_key_value_heads: 4 }, /numKvHeads \(4\) does not divide numHeads \(9\)/);
-  bad({ head_dim: 128 }, /head_dim 128 disagrees with hidden_size \/ num_attention_heads = 64/);
-  bad({ rope_scaling: { rope_type: 'llama3', factor: 8 } }, /rope_scaling .* is not supported/);
-  bad({ model_type: 'mistral' }, /model_type is "mistral", only "llama"/);
+  bad({ head_dim: 7 }, /headDim 7 must be even for RoPE/);
+  bad({ rope_scaling: { rope_type: 'longrope', factor: 8 } }, /rope_scaling\.rope_type "longrope" is not supported \(supported: default, linear, dynamic, llama3, yarn\)/);
+  bad({ model_type: 'gemma' }, /model_type is "gemma", supported: "llama" \(LlamaForCausalLM\), "mistral"/);
   bad({ hidden_act: 'gelu' }, /hidden_act "gelu" is not supported/);
-  bad({ attention_bias: true }, /attention_bias true is not supported/);
+  bad({ mlp_bias: true }, /mlp_bias true is not supported/);
   bad({ rope_theta: 1e4, rope_parameters: { rope_theta: 5e5 } }, /rope_theta 10000 disagrees with rope_parameters.rope_theta 500000/);
   assert.throws(() => configFromHf([1], where), /\/models\/bad\/config\.json: config is not a JSON object/);
 });

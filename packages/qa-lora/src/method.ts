@@ -18,6 +18,7 @@ import {
 } from '@tunebench/core';
 import { LoraLinear, type PrepareResult, countParameters, loraLayers, resolveTargets, wrap } from '@tunebench/lora';
 import { type QaloraConfig, adapterConfig, qaloraConfig } from './config.js';
+import { type GptqSpec, isGptqDir, loadGptqModel } from './gptq.js';
 
 /** Token rows to calibrate GPTQ with: each row is run through the dense base as a batch of one. */
 export type CalibrationRows = readonly (Int32Array | readonly number[])[];
@@ -39,6 +40,13 @@ export interface QaloraPrepareResult extends PrepareResult {
   calibrationTokens?: number;
   /** quantizer notes (extra damping, all-zero inputs), by projection */
   notes?: Record<string, string>;
+  /** set when the base came quantized from a GPTQ checkpoint (its own codes, scales and zero points) */
+  checkpoint?: {
+    kind: 'gptq';
+    spec: GptqSpec;
+    /** where the run departs from what was asked, or from the file as written (say so in the run's log) */
+    notes: string[];
+  };
 }
 
 /** One frozen weight [out, in] (f32 or bf16, left as it is) as an IntNLinear: RTN, or GPTQ with X [n, in]. */
@@ -212,9 +220,12 @@ function checkQuantizerInputs(c: QaloraConfig, opts: QaloraLoadOptions): void {
  * (RTN: quantized as each projection is read; GPTQ: loaded dense, calibrated,
  * then quantized) with pooled adapters on the targets. As for QLoRA, the
  * frozen weights are read as bf16 (loadHfModel's frozen default), so the
- * quantizer sees the bf16 base the LoRA rows train on. */
+ * quantizer sees the bf16 base the LoRA rows train on. A GPTQ checkpoint
+ * (quantization_config.quant_method "gptq") is not quantized again: its own
+ * codes are the base (loadQaloraGptq below; embeddings and norms in f32). */
 export function loadQaloraModel(dir: string, config: Partial<QaloraConfig> = {}, opts: QaloraLoadOptions = {}): { model: LlamaModel; result: QaloraPrepareResult } {
   const c = qaloraConfig(config);
+  if (isGptqDir(dir)) return loadQaloraGptq(dir, c, opts);
   checkQuantizerInputs(c, opts);
   const model = c.quantizer === 'rtn'
     ? loadHfModel(dir, { trainable: false, linear: (name, w) => quantizeLinearIntN(name, w, c) })
@@ -224,6 +235,44 @@ export function loadQaloraModel(dir: string, config: Partial<QaloraConfig> = {},
   try {
     const gptq = c.quantizer === 'gptq' ? quantizeModelGptq(model, c, opts.calibration!) : undefined;
     return { model, result: result(model, c, applyAdapters(model, c, opts.adapterName ?? 'default'), gptq) };
+  } catch (e) {
+    model.dispose();
+    throw e;
+  }
+}
+
+/**
+ * QA-LoRA on a GPTQ checkpoint (gptq.ts): the checkpoint's own codes, scales
+ * and zero points are the INT-N base, nothing is quantized again. Bits must
+ * match what the config asks (a different width would mean requantizing);
+ * the group width is the checkpoint's (the adapters pool over it), and a
+ * different groupSize asked for is noted, as are calibration rows (unused)
+ * and projections the checkpoint left unquantized (RTN at its bits and groups).
+ */
+function loadQaloraGptq(dir: string, c: QaloraConfig, opts: QaloraLoadOptions): { model: LlamaModel; result: QaloraPrepareResult } {
+  const g = loadGptqModel(dir);
+  const { model, spec } = g;
+  try {
+    if (spec.bits !== c.bits) {
+      throw new Error(`QA-LoRA: ${dir} is a GPTQ checkpoint of ${spec.bits}-bit codes (quantization_config.bits ${spec.bits}); INT${c.bits} was asked for. ` +
+        `Train on its own codes with bits ${spec.bits} (--methods qalora${spec.bits}), or start from the unquantized model to quantize it to ${c.bits} bits`);
+    }
+    const notes = [...g.notes];
+    if (g.groupSize !== c.groupSize) {
+      notes.push(`groupSize ${c.groupSize} was asked for; the checkpoint's groups (group_size ${spec.groupSize}) give INT-N groups of ${g.groupSize} columns, so the adapters pool over ${g.groupSize}`);
+    }
+    if (opts.calibration !== undefined) notes.push('calibration rows not used: the codes come from the GPTQ checkpoint');
+    if (c.quantizer === 'rtn') notes.push("quantizer 'rtn' was asked for; the checkpoint's GPTQ codes are used");
+    const cc: QaloraConfig = { ...c, groupSize: g.groupSize, quantizer: 'gptq' };
+    // projections the checkpoint stores dense: RTN to its bits and groups, so every target is INT-N
+    for (const [name, l] of [...model.linears()]) {
+      if (!(l instanceof DenseLinear)) continue;
+      model.replaceLinear(name, intnLinear(name, l.weight.value, { ...cc, quantizer: 'rtn' }));
+      l.dispose();
+      notes.push(`${name}: unquantized in the checkpoint, quantized with RTN to INT${cc.bits} g${cc.groupSize}`);
+    }
+    const prep = applyAdapters(model, cc, opts.adapterName ?? 'default');
+    return { model, result: { ...result(model, cc, prep), checkpoint: { kind: 'gptq', spec, notes } } };
   } catch (e) {
     model.dispose();
     throw e;

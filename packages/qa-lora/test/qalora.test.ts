@@ -199,6 +199,10 @@ test('GGUF Q4_1 export of a merged INT4 g32 model is exact up to the fp16 roundi
     const summary = exportGguf(model, path, { type: 'q4_1', tokenizer: new ByteTokenizer(), groupwise: groupwiseOf(model) });
     assert.equal(summary.tensors.filter((x) => x.groupwise).length, 14);
     const file = readGguf(path), cfg = preset('tiny'), D = headDim(cfg);
+    // the embeddings (also the tied head) are the model's, rounded to fp16: never requantized to 4 bits
+    assert.equal(file.tensors.find((x) => x.name === 'token_embd.weight')?.type, 'F16');
+    const emb = model.embed.value.toFloat32(), embFile = file.read('token_embd.weight');
+    for (let i = 0; i < emb.length; i++) assert.equal(embFile[i], fp16(emb[i]), `token_embd[${i}]`);
     let maxDiff = 0, maxBound = 0;
     for (const [name, l] of model.linears()) {
       const q = (l as IntNLinear).quantized, [out, inn] = q.shape;

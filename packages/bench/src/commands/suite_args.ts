@@ -2,18 +2,18 @@
 // `tunebench jobs`: every one is checked before anything runs.
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { type Device, native, parseCheckpointing, resolveDevice } from '@tunebench/core';
+import { DATASET_KINDS, type DatasetKind, type Device, native, parseCheckpointing, resolveDevice } from '@tunebench/core';
 import { BUILTIN_SUITES, PEERS, type PeerName, type Suite, TASKS, type TaskName, loadSuiteFile, parseMethods, validateSuite } from '../suite.js';
 
 /** parseCli's specification of the suite options. */
 export const SUITE_OPTIONS = {
   suite: { type: 'string' }, methods: { type: 'string' }, tasks: { type: 'string' }, model: { type: 'string' },
-  dataset: { type: 'string' }, peers: { type: 'string' }, device: { type: 'string' }, seeds: { type: 'string' },
+  dataset: { type: 'string' }, 'dataset-format': { type: 'string' }, peers: { type: 'string' }, device: { type: 'string' }, seeds: { type: 'string' },
   checkpointing: { type: 'string' }, offload: { type: 'boolean', default: false }, 'tune-lr': { type: 'boolean', default: false }, packing: { type: 'string' },
 } as const;
 
 export interface SuiteArgs {
-  suite?: string; methods?: string; tasks?: string; model?: string; dataset?: string; peers?: string; device?: string; seeds?: string;
+  suite?: string; methods?: string; tasks?: string; model?: string; dataset?: string; 'dataset-format'?: string; peers?: string; device?: string; seeds?: string;
   checkpointing?: string; offload?: boolean; 'tune-lr'?: boolean; packing?: string;
 }
 
@@ -62,6 +62,11 @@ export function suiteFromArgs(opt: SuiteArgs, fail: (msg: string) => never): { s
       if (!existsSync(opt.dataset)) fail(`--dataset: ${opt.dataset} does not exist`);
       suite.dataset = resolve(opt.dataset);
       if (!opt.tasks) suite.tasks = ['jsonl'];
+    }
+    if (opt['dataset-format'] !== undefined) {
+      const f = opt['dataset-format'];
+      if (f !== 'auto' && !(DATASET_KINDS as readonly string[]).includes(f)) fail(`--dataset-format must be auto, text, sft or chat, got '${f}'`);
+      suite.datasetFormat = f as DatasetKind | 'auto';
     }
     if (opt.model) {
       if (!existsSync(join(opt.model, 'config.json'))) fail(`--model: ${opt.model} has no config.json (a Hugging Face LlamaForCausalLM directory is expected)`);

@@ -4,7 +4,7 @@
 // (registered by methods.ts). qaloraSettings and calibrationRows are shared
 // with the qlora plugin's INT-N requantized rows.
 import { Rng, Tensor, disposeIntN, intnBytes, makeOptimizer, matmul, quantizeIntN } from '@tunebench/core';
-import { type QaloraConfig, loadQaloraModel, prepareQalora, qaloraConfig, withMergedQalora } from '@tunebench/qa-lora';
+import { type QaloraConfig, isGptqDir, loadQaloraModel, prepareQalora, qaloraConfig, withMergedQalora } from '@tunebench/qa-lora';
 import { saveAdapter } from '@tunebench/lora';
 import type { MethodPlugin, MethodSpec } from '../methods.js';
 import { brownData } from '../tasks/pretrain.js';
@@ -72,6 +72,12 @@ export const qaloraMethod: MethodPlugin = {
   },
   prepare: (dir, s, seed) => {
     const c = qaloraSettings(s, seed);
+    if (isGptqDir(dir)) {
+      // a GPTQ base: its own codes, no calibration; where the run departs from the row's settings it says so
+      const { model, result } = loadQaloraModel(dir, c);
+      for (const n of result.checkpoint?.notes ?? []) process.stderr.write(`${s.label}: ${n}\n`);
+      return model;
+    }
     return loadQaloraModel(dir, c, c.quantizer === 'gptq' ? { calibration: calibrationRows() } : {}).model;
   },
   // random weights: round-to-nearest (GPTQ calibrating a random model would only cost time; the INT-N base is the same size)

@@ -1,18 +1,28 @@
 // Any user JSONL file as a task: {"text"} rows are language modelling,
-// {"prompt", "completion"} rows supervised. Metrics: loss and perplexity on
-// a held-out part (or a separate eval file), plus label accuracy and macro
-// F1 when the completions come from a small label set.
+// {"prompt", "completion"} rows supervised, {"messages"} rows chat
+// (rendered with the model's chat template, loss on the assistant turns).
+// Metrics: loss and perplexity on a held-out part (or a separate eval file),
+// on the completions / assistant tokens, plus label accuracy and macro F1
+// when the completions (chat: the last assistant turns) come from a small
+// label set.
 import {
-  type Dataset, type LlamaModel, type SftRow, type TokenRows, type Tokenizer, classify, epochBatches,
-  padExamples, prepareDataset, readJsonl, rowLogLikelihoods,
+  type ChatRow, ChatTemplate, type Dataset, type DatasetKind, type LlamaModel, type SftRow, type TokenRows, type Tokenizer, classify, epochBatches,
+  lastAssistantContent, padChats, padExamples, prepareDataset, readJsonl, rowLogLikelihoods, withLastAssistant,
 } from '@tunebench/core';
 import { hash53 } from './split.js';
 import { labelScores } from './spam_task.js';
 import { heldOutOutcomes } from './adapt.js';
 import { type Outcomes, labelOutcomes, textLoss } from '../stats/outcomes.js';
 
-/** Completions count as labels when there are at most this many distinct ones. */
+/** Completions (chat: last assistant turns) count as labels when there are at most this many distinct ones. */
 export const MAX_LABELS = 16;
+
+/** What label accuracy compares: a prompt/completion row's completion, a chat row's last assistant content. */
+export function labelOf(kind: DatasetKind, row: unknown): string | null {
+  if (kind === 'sft') return (row as SftRow).completion;
+  if (kind === 'chat') return lastAssistantContent((row as ChatRow).messages);
+  return null;
+}
 
 export interface JsonlData {
   kind: Dataset['kind'];
@@ -40,15 +50,24 @@ export interface JsonlOptions {
   /** also split off this share of the training rows (at most maxValidation) for the learning-rate search */
   validationFraction?: number;
   maxValidation?: number;
-  /** prompt/completion training rows: 'pack' (default, padding-free) or 'pad'; evaluation always pads */
+  /** prompt/completion and chat training rows: 'pack' (default, padding-free) or 'pad'; evaluation always pads */
   packing?: 'pack' | 'pad';
+  /** the rows' kind: 'auto' (default: the first row decides) or text, sft, chat (every row must be it) */
+  format?: DatasetKind | 'auto';
+  /** chat rows: the template (default: modelDir's tokenizer_config.json chat_template, else the built-in default) */
+  chatTemplate?: ChatTemplate;
+  /** chat rows: the model directory whose chat template renders them */
+  modelDir?: string;
 }
 
 export function jsonlData(file: string, tok: Tokenizer, o: JsonlOptions): JsonlData {
-  const ds = readJsonl(file);
+  const ds = readJsonl(file, { format: o.format });
+  // read only for chat rows: a text or prompt/completion file does not depend on the model's template
+  const chatTemplate = ds.kind === 'chat' ? o.chatTemplate ?? ChatTemplate.forModel(o.modelDir, tok) : undefined;
+  const prep = (d: Dataset, packing: 'pack' | 'pad') => prepareDataset(d, tok, o.seqLen, { packing, chatTemplate });
   let trainDs: Dataset, evalDs: Dataset;
   if (o.evalFile) {
-    evalDs = readJsonl(o.evalFile);
+    evalDs = readJsonl(o.evalFile, { format: o.format });
     if (evalDs.kind !== ds.kind) throw new Error(`${o.evalFile}: holds ${evalDs.kind} rows but ${file} holds ${ds.kind} rows`);
     trainDs = ds;
   } else {
@@ -62,18 +81,24 @@ export function jsonlData(file: string, tok: Tokenizer, o: JsonlOptions): JsonlD
     evalDs = { ...ds, source: `${ds.source} (held out)`, rows: ev } as Dataset;
   }
   let labels: string[] | null = null;
-  if (ds.kind === 'sft') {
-    const distinct = [...new Set((ds.rows as SftRow[]).map((r) => r.completion))].sort();
+  const supervised = ds.kind === 'sft' || ds.kind === 'chat';
+  if (supervised) {
+    const distinct = [...new Set((ds.rows as readonly unknown[]).map((r) => labelOf(ds.kind, r)!))].sort();
     if (distinct.length >= 2 && distinct.length <= MAX_LABELS) labels = distinct;
   }
-  // one candidate row per label per example, and each example's true label
-  const candidatesOf = (rows: readonly SftRow[], what: string): { candidates: TokenRows; truth: number[] } | null => {
+  // one candidate row per label per example (chat: the conversation with its
+  // last assistant turn set to the label, scored on that turn only), and each example's true label
+  const candidatesOf = (rows: readonly unknown[], what: string): { candidates: TokenRows; truth: number[] } | null => {
     if (!labels) return null;
-    const truth = rows.map((r) => labels!.indexOf(r.completion));
+    const truth = rows.map((r) => labels!.indexOf(labelOf(ds.kind, r)!));
     if (truth.some((t) => t < 0)) return null;
-    return { candidates: padExamples(tok, rows.flatMap((r) => labels!.map((completion) => ({ prompt: r.prompt, completion }))), o.seqLen, `${file}: ${what}`), truth };
+    const candidates = ds.kind === 'chat'
+      ? padChats(tok, (rows as ChatRow[]).flatMap((r) => labels!.map((l) => ({ messages: withLastAssistant(r.messages, l), ...(r.where ? { where: r.where } : {}) }))),
+        o.seqLen, `${file}: ${what}`, { template: chatTemplate, lastAssistantOnly: true })
+      : padExamples(tok, (rows as SftRow[]).flatMap((r) => labels!.map((completion) => ({ prompt: r.prompt, completion }))), o.seqLen, `${file}: ${what}`);
+    return { candidates, truth };
   };
-  const ev = ds.kind === 'sft' ? candidatesOf(evalDs.rows as SftRow[], 'label candidates') : null;
+  const ev = supervised ? candidatesOf(evalDs.rows, 'label candidates') : null;
   if (!ev) labels = null;
   let tune: JsonlData['tune'];
   if (o.validationFraction) {
@@ -90,25 +115,25 @@ export function jsonlData(file: string, tok: Tokenizer, o: JsonlOptions): JsonlD
     const tr = rows.filter((_, i) => !held[i]), va = rows.filter((_, i) => held[i]);
     if (va.length === 0 || tr.length === 0) throw new Error(`${file}: ${rows.length} training rows are too few to split off a validation part for the learning-rate search`);
     const vds = { ...ds, source: `${ds.source} (validation)`, rows: va } as Dataset;
-    const vc = ds.kind === 'sft' && labels ? candidatesOf(va as SftRow[], 'validation label candidates') : null;
+    const vc = supervised && labels ? candidatesOf(va, 'validation label candidates') : null;
     tune = {
-      train: prepareDataset({ ...ds, rows: tr } as Dataset, tok, o.seqLen, { packing: o.packing ?? 'pack' }),
-      eval: prepareDataset(vds, tok, o.seqLen, { packing: 'pad' }),
+      train: prep({ ...ds, rows: tr } as Dataset, o.packing ?? 'pack'),
+      eval: prep(vds, 'pad'),
       candidates: vc?.candidates ?? null, truth: vc?.truth ?? [], examples: va.length,
     };
   }
   let majorityBaseline: number | undefined;
   if (labels && ev) {
-    const counts = labels.map((l) => (trainDs.rows as SftRow[]).filter((r) => r.completion === l).length);
+    const counts = labels.map((l) => (trainDs.rows as readonly unknown[]).filter((r) => labelOf(ds.kind, r) === l).length);
     const majority = counts.indexOf(Math.max(...counts));
     majorityBaseline = ev.truth.filter((t) => t === majority).length / ev.truth.length;
   }
   return {
     kind: ds.kind,
     ...(majorityBaseline !== undefined ? { majorityBaseline } : {}),
-    train: prepareDataset(trainDs, tok, o.seqLen, { packing: o.packing ?? 'pack' }),
+    train: prep(trainDs, o.packing ?? 'pack'),
     // one example per row, so eval batches can be cut to their longest row (dynamic padding)
-    eval: prepareDataset(evalDs, tok, o.seqLen, { packing: 'pad' }),
+    eval: prep(evalDs, 'pad'),
     labels, candidates: ev?.candidates ?? null, truth: ev?.truth ?? [],
     counts: { train: trainDs.rows.length, eval: evalDs.rows.length },
     ...(tune ? { tune } : {}),

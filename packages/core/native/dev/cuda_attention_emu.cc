@@ -6,8 +6,8 @@
 // `extern __shared__` declarations, every CUDA thread a fiber, shared memory
 // NaN-filled, under AddressSanitizer and UBSan. Each result is compared with
 // a float64 evaluation of cpu/attention.cc's and cpu/attention_decode.cc's
-// semantics (causal, grouped-query heads, packed segments, lse, written
-// outputs that start as NaN here). One line per case; exits 1 on a failure.
+// semantics (causal, grouped-query heads, packed segments, sliding windows,
+// lse, written outputs that start as NaN here). One line per case; exits 1 on a failure.
 #include "cuda_emu.h"
 
 #include "attention_cu_host.inc"
@@ -48,9 +48,11 @@ int fails = 0, passes = 0;
 // max |got - ref| / max(max |ref|, 0.01), infinite if got has a NaN or inf.
 // The floor: inputs are O(1), so every output's terms are too, but some
 // outputs are 0 up to rounding (dq and dk with T = 1: p = 1 and dO.v = delta);
-// a wrong index gives errors far above it.
-double rel_err(const std::vector<double>& ref, const float* got, size_t n) {
-  double e = 0, m = 0.01;
+// a wrong index gives errors far above it. With a window of 1 every query
+// sees only itself and dq, dk are 0 up to rounding in every row, whose noise
+// grows with D: those are measured against their natural scale, 1 (floor).
+double rel_err(const std::vector<double>& ref, const float* got, size_t n, double floor = 0.01) {
+  double e = 0, m = floor;
   for (size_t i = 0; i < n; i++) {
     if (!std::isfinite(got[i])) return INFINITY;
     e = std::max(e, std::fabs(got[i] - ref[i]));
@@ -78,11 +80,13 @@ struct Problem {
   std::vector<int32_t> seg;  // [B, T] or empty
   std::vector<float> q, k, v, dout;
   float scale;
+  int64_t W = 0;  // sliding window (0: none): query t sees keys t - W + 1 .. t
   int64_t start(int64_t b, int64_t t) const {
-    if (seg.empty()) return 0;
     int64_t s = t;
-    while (s > 0 && seg[b * T + s - 1] == seg[b * T + t]) s--;
-    return s;
+    if (seg.empty()) s = 0;
+    else
+      while (s > 0 && seg[b * T + s - 1] == seg[b * T + t]) s--;
+    return W > 0 ? std::max(s, t - W + 1) : s;
   }
 };
 
@@ -165,9 +169,10 @@ void ref_backward(const Problem& P, const std::vector<double>& out, const std::v
 std::vector<float> to_f32(const std::vector<double>& x) { return std::vector<float>(x.begin(), x.end()); }
 
 std::string name_of(const char* op, const Problem& P, const char* sched) {
-  char buf[160];
-  std::snprintf(buf, sizeof buf, "%s B=%lld T=%lld Hq=%lld Hkv=%lld D=%lld %s%s", op, (long long)P.B, (long long)P.T,
-                (long long)P.Hq, (long long)P.Hkv, (long long)P.D, P.seg.empty() ? "dense" : "segments", sched);
+  char buf[200], win[32] = "";
+  if (P.W > 0) std::snprintf(win, sizeof win, " window=%lld", (long long)P.W);
+  std::snprintf(buf, sizeof buf, "%s B=%lld T=%lld Hq=%lld Hkv=%lld D=%lld %s%s%s", op, (long long)P.B, (long long)P.T,
+                (long long)P.Hq, (long long)P.Hkv, (long long)P.D, P.seg.empty() ? "dense" : "segments", win, sched);
   return buf;
 }
 
@@ -177,10 +182,10 @@ const char* sched_name(int s) {
   return names[s];
 }
 
-void train_case(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, bool segs, int sched) {
+void train_case(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, bool segs, int sched, int64_t window = 0) {
   tbemu::set_schedule(sched, static_cast<unsigned>(T * 131 + D));
   Problem P{B, T, Hq, Hkv, D, segs ? make_segments(B, T) : std::vector<int32_t>{}, randv(B * T * Hq * D),
-            randv(B * T * Hkv * D), randv(B * T * Hkv * D), randv(B * T * Hq * D), 1.0f / std::sqrt(static_cast<float>(D))};
+            randv(B * T * Hkv * D), randv(B * T * Hkv * D), randv(B * T * Hq * D), 1.0f / std::sqrt(static_cast<float>(D)), window};
   std::vector<double> out, lse, dq, dk, dv;
   ref_forward(P, out, lse);
   ref_backward(P, out, lse, dq, dk, dv);
@@ -191,7 +196,7 @@ void train_case(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, bool s
     const char* thrown = nullptr;
     std::string why;
     try {
-      tb::cuda::attention_forward(P.q.data(), P.k.data(), P.v.data(), o.data(), l.data(), B, T, Hq, Hkv, D, P.scale, seg);
+      tb::cuda::attention_forward(P.q.data(), P.k.data(), P.v.data(), o.data(), l.data(), B, T, Hq, Hkv, D, P.scale, seg, window);
     } catch (const std::exception& e) { why = e.what(); thrown = why.c_str(); }
     verdict(name_of("forward ", P, sched_name(sched)), {{"out", rel_err(out, o.data(), o.size())}, {"lse", rel_err(lse, l.data(), l.size())}},
             tbemu::take_errors(), thrown);
@@ -204,35 +209,37 @@ void train_case(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, bool s
     std::string why;
     try {
       tb::cuda::attention_backward(P.dout.data(), P.q.data(), P.k.data(), P.v.data(), of.data(), lf.data(), gq.data(),
-                                   gk.data(), gv.data(), B, T, Hq, Hkv, D, P.scale, seg);
+                                   gk.data(), gv.data(), B, T, Hq, Hkv, D, P.scale, seg, window);
     } catch (const std::exception& e) { why = e.what(); thrown = why.c_str(); }
     verdict(name_of("backward", P, sched_name(sched)),
-            {{"dq", rel_err(dq, gq.data(), gq.size())}, {"dk", rel_err(dk, gk.data(), gk.size())}, {"dv", rel_err(dv, gv.data(), gv.size())}},
+            {{"dq", rel_err(dq, gq.data(), gq.size(), window == 1 ? 1.0 : 0.01)},
+             {"dk", rel_err(dk, gk.data(), gk.size(), window == 1 ? 1.0 : 0.01)}, {"dv", rel_err(dv, gv.data(), gv.size())}},
             tbemu::take_errors(), thrown);
   }
 }
 
-void decode_case(int64_t B, int64_t L, int64_t Hq, int64_t Hkv, int64_t D, int sched) {
+void decode_case(int64_t B, int64_t L, int64_t Hq, int64_t Hkv, int64_t D, int sched, int64_t window = 0) {
   tbemu::set_schedule(sched, static_cast<unsigned>(L * 7 + D));
-  const int64_t Tmax = L + 5, G = Hq / Hkv;
+  const int64_t Tmax = L + 5, G = Hq / Hkv, first = window > 0 && L > window ? L - window : 0;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   std::vector<float> q = randv(B * Hq * D), kc = randv(B * Tmax * Hkv * D), vc = randv(B * Tmax * Hkv * D);
-  for (int64_t b = 0; b < B; b++)  // cache rows past L must never be read
-    for (int64_t j = L; j < Tmax; j++)
-      for (int64_t x = 0; x < Hkv * D; x++) kc[(b * Tmax + j) * Hkv * D + x] = vc[(b * Tmax + j) * Hkv * D + x] = NAN;
+  for (int64_t b = 0; b < B; b++)  // cache rows past L, and before the window, must never be read
+    for (int64_t j = 0; j < Tmax; j++)
+      if (j >= L || j < first)
+        for (int64_t x = 0; x < Hkv * D; x++) kc[(b * Tmax + j) * Hkv * D + x] = vc[(b * Tmax + j) * Hkv * D + x] = NAN;
   std::vector<double> ref(B * Hq * D, 0.0);
   for (int64_t b = 0; b < B; b++)
     for (int64_t h = 0; h < Hq; h++) {
       std::vector<double> s(L);
       double m = -INFINITY, l = 0;
-      for (int64_t j = 0; j < L; j++) {
+      for (int64_t j = first; j < L; j++) {
         double d = 0;
         for (int64_t c = 0; c < D; c++) d += static_cast<double>(q[(b * Hq + h) * D + c]) * kc[((b * Tmax + j) * Hkv + h / G) * D + c];
         s[j] = d * scale;
         m = std::max(m, s[j]);
       }
-      for (int64_t j = 0; j < L; j++) l += std::exp(s[j] - m);
-      for (int64_t j = 0; j < L; j++)
+      for (int64_t j = first; j < L; j++) l += std::exp(s[j] - m);
+      for (int64_t j = first; j < L; j++)
         for (int64_t c = 0; c < D; c++)
           ref[(b * Hq + h) * D + c] += std::exp(s[j] - m) / l * vc[((b * Tmax + j) * Hkv + h / G) * D + c];
     }
@@ -240,11 +247,11 @@ void decode_case(int64_t B, int64_t L, int64_t Hq, int64_t Hkv, int64_t D, int s
   const char* thrown = nullptr;
   std::string why;
   try {
-    tb::cuda::attention_decode(B, Hq, Hkv, D, Tmax, L, scale, q.data(), kc.data(), vc.data(), out.data());
+    tb::cuda::attention_decode(B, Hq, Hkv, D, Tmax, L, scale, q.data(), kc.data(), vc.data(), out.data(), window);
   } catch (const std::exception& e) { why = e.what(); thrown = why.c_str(); }
   char buf[160];
-  std::snprintf(buf, sizeof buf, "decode   B=%lld L=%lld Tmax=%lld Hq=%lld Hkv=%lld D=%lld%s", (long long)B, (long long)L,
-                (long long)Tmax, (long long)Hq, (long long)Hkv, (long long)D, sched_name(sched));
+  std::snprintf(buf, sizeof buf, "decode   B=%lld L=%lld Tmax=%lld Hq=%lld Hkv=%lld D=%lld window=%lld%s", (long long)B,
+                (long long)L, (long long)Tmax, (long long)Hq, (long long)Hkv, (long long)D, (long long)window, sched_name(sched));
   verdict(buf, {{"out", rel_err(ref, out.data(), out.size())}}, tbemu::take_errors(), thrown);
 }
 
@@ -292,6 +299,17 @@ int main(int argc, char** argv) {
   decode_case(2, 77, 4, 2, 40, tbemu::kRandom);
   decode_case(2, 77, 4, 2, 40, tbemu::kRunAhead);
   decode_case(2, 77, 4, 2, 40, tbemu::kRunAheadReverse);
+  // sliding windows (Mistral): windows shorter and longer than a tile, with and
+  // without segments, under two schedules; decode over the last W cached keys
+  for (int64_t W : {1, 5, 20, 40})
+    for (bool segs : {false, true}) {
+      train_case(2, 77, 4, 2, 40, segs, tbemu::kForward, W);
+      if (!quick) train_case(1, 100, 3, 3, 64, segs, tbemu::kRandom, W);
+    }
+  for (int64_t W : {1, 9, 33, 100}) {
+    decode_case(2, 77, 4, 2, 40, tbemu::kForward, W);
+    decode_case(1, 130, 8, 1, 64, tbemu::kRandom, W);
+  }
   head_dim_limit_case();
   std::printf("%d passed, %d failed (%ld kernel launches emulated)\n", passes, fails, tbemu::S.launches);
   return fails != 0;

@@ -303,6 +303,11 @@ int main() {
       dense_case<float, uint16_t>(300, 20, 33, ta, tb, 8, 0, 0.0f, 1);  // gridDim.y 1: M tiles strided
       dense_case<float, float>(5, 7, 3, ta, tb, 0, 0, 0.0f);
       dense_case<uint16_t, uint16_t>(29, 45, 45, ta, tb, 0, 0, 0.0f);  // tails of 13
+      // the rank-1 GEMMs of projection biases (nn/llama.ts): ones [N, 1] x bias [1, out]
+      // accumulated into y (K = 1), and the bias gradient ones^T [1, N] x dy (M = 1)
+      dense_case<float, float>(130, 133, 1, ta, tb, 0, 0, 1.0f);
+      dense_case<float, uint16_t>(70, 96, 1, ta, tb, 0, 0, 1.0f);
+      dense_case<float, float>(1, 133, 130, ta, tb, 0, 0, 1.0f);
     }
   for (int tb = 0; tb < 2; tb++) {
     q4_case(130, 140, 67, tb, 5, false);

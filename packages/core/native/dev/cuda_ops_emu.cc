@@ -164,38 +164,46 @@ void rmsnorm_cases() {
 }
 
 // ---- rope (cpu/rope.cc: pair (i, i + D/2) of each head rotated by pos * inv_freq[i],
-// inv_freq and the f32 angle as the CPU computes them) ----
+// inv_freq and the f32 angle as the CPU computes them; cos and sin times the
+// attention scale). Plain RoPE: the theta table and scale 1; scaled variants:
+// a caller's table (random inverse frequencies here) and a scale != 1. ----
 void rope_cases() {
   const int64_t shapes[][3] = {{1, 1, 2}, {5, 3, 6}, {7, 2, 130}, {33, 4, 64}, {300, 1, 8}, {3, 5, 1024}};
   for (auto& sh : shapes)
-    for (int inplace : {0, 1}) {
-      const int64_t BT = sh[0], H = sh[1], D = sh[2], h = D / 2;
-      const float theta = 10000.0f;
-      std::vector<int32_t> pos(BT);
-      for (auto& p : pos) p = static_cast<int32_t>(rng() % 4096);
-      const fvec x = randv(BT * H * D);
-      dvec fr(x.size()), br(x.size());
-      for (int64_t t = 0; t < BT; t++)
-        for (int64_t i = 0; i < h; i++) {
-          const double a = static_cast<float>(pos[t]) * tb::math::rope_inv_freq(i, D, theta);
-          const double c = std::cos(a), s = std::sin(a);
-          for (int64_t hd = 0; hd < H; hd++) {
-            const int64_t e = (t * H + hd) * D + i;
-            const double u = x[e], v = x[e + h];
-            fr[e] = u * c - v * s, fr[e + h] = v * c + u * s;
-            br[e] = u * c + v * s, br[e + h] = v * c - u * s;
+    for (int scaled : {0, 1})
+      for (int inplace : {0, 1}) {
+        const int64_t BT = sh[0], H = sh[1], D = sh[2], h = D / 2;
+        const float theta = 10000.0f;
+        fvec inv(h);
+        for (int64_t i = 0; i < h; i++)
+          inv[i] = scaled ? tb::math::rope_inv_freq(i, D, theta) * (0.05f + 0.5f * (urand() + 1.0f))
+                          : tb::math::rope_inv_freq(i, D, theta);
+        const float scale = scaled ? 1.2079442f : 1.0f;
+        std::vector<int32_t> pos(BT);
+        for (auto& p : pos) p = static_cast<int32_t>(rng() % 4096);
+        const fvec x = randv(BT * H * D);
+        dvec fr(x.size()), br(x.size());
+        for (int64_t t = 0; t < BT; t++)
+          for (int64_t i = 0; i < h; i++) {
+            const double a = static_cast<float>(pos[t]) * inv[i];
+            const double c = std::cos(a) * scale, s = std::sin(a) * scale;
+            for (int64_t hd = 0; hd < H; hd++) {
+              const int64_t e = (t * H + hd) * D + i;
+              const double u = x[e], v = x[e + h];
+              fr[e] = u * c - v * s, fr[e + h] = v * c + u * s;
+              br[e] = u * c + v * s, br[e + h] = v * c - u * s;
+            }
           }
-        }
-      char name[128];
-      std::snprintf(name, sizeof name, "rope BT %lld H %lld D %lld%s", (long long)BT, (long long)H, (long long)D,
-                    inplace ? " in place" : "");
-      run_case(name, [&] {
-        fvec f = inplace ? x : nanv(x.size()), b = inplace ? x : nanv(x.size());
-        tb::cuda::rope_forward(BT, H, D, pos.data(), theta, inplace ? f.data() : x.data(), f.data());
-        tb::cuda::rope_backward(BT, H, D, pos.data(), theta, inplace ? b.data() : x.data(), b.data());
-        return Errs{{"fwd", rel_err(fr, f)}, {"bwd", rel_err(br, b)}};
-      });
-    }
+        char name[128];
+        std::snprintf(name, sizeof name, "rope BT %lld H %lld D %lld%s%s", (long long)BT, (long long)H, (long long)D,
+                      scaled ? " scaled table" : "", inplace ? " in place" : "");
+        run_case(name, [&] {
+          fvec f = inplace ? x : nanv(x.size()), b = inplace ? x : nanv(x.size());
+          tb::cuda::rope_forward(BT, H, D, pos.data(), inv.data(), scale, inplace ? f.data() : x.data(), f.data());
+          tb::cuda::rope_backward(BT, H, D, pos.data(), inv.data(), scale, inplace ? b.data() : x.data(), b.data());
+          return Errs{{"fwd", rel_err(fr, f)}, {"bwd", rel_err(br, b)}};
+        });
+      }
 }
 
 // ---- swiglu (out = silu(g) * u; dgate = d*u*s*(1 + g*(1-s)), dup = d*silu(g)) ----

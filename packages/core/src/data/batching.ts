@@ -36,6 +36,16 @@
 // it, else opens a new row; so rows hold examples in placement order and
 // earlier rows fill first. Examples without any target are left out.
 //
+// Chat datasets ({"messages"} rows, chat.ts): each conversation is rendered
+// by the chat template and tokenized, with targets on the assistant turns
+// only (their content and end-of-turn token); BOS/EOS come from the template,
+// not from here. It is then padded or packed exactly as a prompt/completion
+// example, where "prompt" is everything before the last assistant turn and
+// "completion" the rest: a conversation longer than T+1 tokens loses tokens
+// from its left (a leading BOS stays), earlier assistant targets with them,
+// so that the last assistant turn survives; if that turn and what follows do
+// not fit alone, they are cut at the end.
+//
 // Dynamic padding (evaluation): a batch of padded rows can be cut to its
 // longest row's real length rounded up to a multiple of 8 (never above
 // seqLen); the positions cut hold only PAD inputs and -100 targets, so under
@@ -45,8 +55,9 @@ import type { Batch } from '../nn/llama.js';
 import type { DataSource } from '../train/data_source.js';
 import { IGNORE_INDEX } from '../train/trainer.js';
 import { Rng, type RngState } from '../util/rng.js';
-import type { Dataset, SftRow, TextRow } from './jsonl.js';
+import type { ChatRow, Dataset, SftRow, TextRow } from './jsonl.js';
 import type { Tokenizer } from './tokenizer.js';
+import { ChatTemplate, encodeChat } from './chat.js';
 
 export interface PrepareStats {
   /** 'pack' (text stream), 'pad' (one prompt/completion example per row) or
@@ -239,22 +250,85 @@ export function packTexts(tok: Tokenizer, texts: Iterable<string | TextRow>, seq
   return new TokenRows(T, ids, targets, padIdOf(tok), stats);
 }
 
+/** An example as tokens: mask[t] = 1 when seq[t] is a target (predicted
+ * from position t - 1; mask[0] is never used). */
+interface Encoded { seq: number[]; mask: Uint8Array }
+
+/** Cuts seq = lead + prompt + tail (the tail from `tailStart`) to at most T+1
+ * tokens as the top of this file says, counting what goes in stats. */
+function fitExample(seq: number[], mask: Uint8Array, lead: number, tailStart: number, T: number, stats: PrepareStats): Encoded {
+  if (seq.length <= T + 1) return { seq, mask };
+  const room = T + 1 - lead;
+  const promptLen = tailStart - lead;
+  let tailEnd = seq.length;
+  const tailLen = tailEnd - tailStart;
+  const keepPrompt = Math.max(0, Math.min(promptLen, room - tailLen));
+  if (keepPrompt < promptLen) { stats.promptTruncated++; stats.droppedPromptTokens += promptLen - keepPrompt; }
+  if (tailLen > room) { stats.completionTruncated++; stats.droppedCompletionTokens += tailLen - room; tailEnd = tailStart + room; }
+  const keep = (a: number, b: number) => ({ ids: seq.slice(a, b), m: mask.subarray(a, b) });
+  const parts = [keep(0, lead), keep(tailStart - keepPrompt, tailStart), keep(tailStart, tailEnd)];
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.ids.length, 0));
+  let o = 0;
+  for (const p of parts) { out.set(p.m, o); o += p.ids.length; }
+  return { seq: parts.flatMap((p) => p.ids), mask: out };
+}
+
 /** One example as a token sequence of at most T+1 tokens ([BOS] + prompt +
  * completion + [EOS], truncated as the top of this file says; truncation is
- * counted in stats); seq[first ..] are the targets. */
-function encodeExample(tok: Tokenizer, ex: SftRow, T: number, where: string, stats: PrepareStats): { seq: number[]; first: number } {
-  const lead = tok.bos !== null ? 1 : 0, room = T + 1 - lead;
-  let prompt = encodeChecked(tok, ex.prompt, where);
-  let tail = encodeChecked(tok, ex.completion, where);
+ * counted in stats). */
+function encodeExample(tok: Tokenizer, ex: SftRow, T: number, where: string, stats: PrepareStats): Encoded {
+  const lead = tok.bos !== null ? 1 : 0;
+  const prompt = encodeChecked(tok, ex.prompt, where);
+  const tail = encodeChecked(tok, ex.completion, where);
   if (tok.eos !== null) tail.push(tok.eos);
-  if (prompt.length + tail.length > room) {
-    const keepPrompt = Math.max(0, room - tail.length);
-    if (keepPrompt < prompt.length) { stats.promptTruncated++; stats.droppedPromptTokens += prompt.length - keepPrompt; }
-    prompt = prompt.slice(prompt.length - keepPrompt);
-    if (tail.length > room) { stats.completionTruncated++; stats.droppedCompletionTokens += tail.length - room; tail = tail.slice(0, room); }
-  }
   const seq = lead ? [tok.bos!, ...prompt, ...tail] : [...prompt, ...tail];
-  return { seq, first: lead + prompt.length };
+  const first = lead + prompt.length;
+  const mask = new Uint8Array(seq.length).fill(1, first);
+  return fitExample(seq, mask, lead, first, T, stats);
+}
+
+export interface ChatPrepareOptions {
+  /** the chat template (default: ChatTemplate.default(tok), the built-in one) */
+  template?: ChatTemplate;
+  /** targets on each conversation's last assistant turn only (label candidates) */
+  lastAssistantOnly?: boolean;
+}
+
+/** One conversation as a token sequence of at most T+1 tokens (see the top of this file). */
+function encodeChatExample(tok: Tokenizer, row: ChatRow, template: ChatTemplate, T: number, where: string, stats: PrepareStats,
+                           lastOnly: boolean): Encoded {
+  const e = encodeChat(tok, template, row.messages, row.where ?? where, { lastAssistantOnly: lastOnly });
+  const lead = tok.bos !== null && e.ids[0] === tok.bos && e.lastStart > 0 ? 1 : 0;
+  return fitExample(e.ids, e.mask, lead, e.lastStart, T, stats);
+}
+
+/** Positions with a target in an encoded example (mask[0] is never one). */
+function hasTarget(e: Encoded): boolean {
+  for (let t = 1; t < e.seq.length; t++) if (e.mask[t]) return true;
+  return false;
+}
+
+/** One row per example (see the top of this file). */
+function padEncoded(count: number, encodeAt: (i: number, stats: PrepareStats) => Encoded, T: number, pad: number): TokenRows {
+  const stats = emptyStats('pad');
+  const ids = new Int32Array(count * T).fill(pad), targets = new Int32Array(count * T).fill(IGNORE_INDEX);
+  const lengths = new Int32Array(count);
+  for (let r = 0; r < count; r++) {
+    const { seq, mask } = encodeAt(r, stats);
+    const n = seq.length;
+    const o = r * T;
+    const nIn = Math.min(n, T);
+    for (let t = 0; t < nIn; t++) ids[o + t] = seq[t];
+    let c = 0;
+    for (let t = 0; t + 1 < n; t++) if (mask[t + 1]) { targets[o + t] = seq[t + 1]; c++; }
+    lengths[r] = nIn;
+    stats.inputTokens += nIn;
+    stats.targetTokens += c;
+    if (c === 0) stats.rowsWithoutTargets++;
+  }
+  stats.examples = stats.rows = count;
+  stats.paddingTokens = stats.rows * T - stats.inputTokens;
+  return new TokenRows(T, ids, targets, pad, stats, { lengths });
 }
 
 /** Pads prompt/completion examples into rows of seqLen with the prompt
@@ -262,26 +336,16 @@ function encodeExample(tok: Tokenizer, ex: SftRow, T: number, where: string, sta
 export function padExamples(tok: Tokenizer, examples: readonly SftRow[], seqLen: number, source = 'examples'): TokenRows {
   checkSeqLen(seqLen, `padExamples(${source})`);
   if (examples.length === 0) throw new Error(`padExamples(${source}): no examples`);
-  const T = seqLen, pad = padIdOf(tok);
-  const stats = emptyStats('pad');
-  const ids = new Int32Array(examples.length * T).fill(pad), targets = new Int32Array(examples.length * T).fill(IGNORE_INDEX);
-  const lengths = new Int32Array(examples.length);
-  examples.forEach((ex, r) => {
-    const { seq, first } = encodeExample(tok, ex, T, `${source}[${r}]`, stats);
-    const n = seq.length; // seq[first..] are targets
-    const o = r * T;
-    const nIn = Math.min(n, T);
-    for (let t = 0; t < nIn; t++) ids[o + t] = seq[t];
-    let count = 0;
-    for (let t = Math.max(0, first - 1); t + 1 < n; t++) { targets[o + t] = seq[t + 1]; count++; }
-    lengths[r] = nIn;
-    stats.inputTokens += nIn;
-    stats.targetTokens += count;
-    if (count === 0) stats.rowsWithoutTargets++;
-  });
-  stats.examples = stats.rows = examples.length;
-  stats.paddingTokens = stats.rows * T - stats.inputTokens;
-  return new TokenRows(T, ids, targets, pad, stats, { lengths });
+  return padEncoded(examples.length, (r, stats) => encodeExample(tok, examples[r], seqLen, `${source}[${r}]`, stats), seqLen, padIdOf(tok));
+}
+
+/** Pads conversations into rows of seqLen, one per row, with targets on the
+ * assistant turns only (see the top of this file). */
+export function padChats(tok: Tokenizer, rows: readonly ChatRow[], seqLen: number, source = 'chats', opts: ChatPrepareOptions = {}): TokenRows {
+  checkSeqLen(seqLen, `padChats(${source})`);
+  if (rows.length === 0) throw new Error(`padChats(${source}): no conversations`);
+  const template = opts.template ?? ChatTemplate.default(tok);
+  return padEncoded(rows.length, (r, stats) => encodeChatExample(tok, rows[r], template, seqLen, `${source}[${r}]`, stats, opts.lastAssistantOnly ?? false), seqLen, padIdOf(tok));
 }
 
 export interface PackExamplesOptions {
@@ -289,23 +353,18 @@ export interface PackExamplesOptions {
   seed?: number;
 }
 
-/** Packs prompt/completion examples into rows of seqLen, several per row,
- * with per-token segments and positions (see the top of this file for the
- * layout and the first-fit placement policy). */
-export function packExamples(tok: Tokenizer, examples: readonly SftRow[], seqLen: number, source = 'examples',
-                             opts: PackExamplesOptions = {}): TokenRows {
-  checkSeqLen(seqLen, `packExamples(${source})`);
-  if (examples.length === 0) throw new Error(`packExamples(${source}): no examples`);
-  if (opts.seed !== undefined && !Number.isInteger(opts.seed)) throw new Error(`packExamples(${source}): seed must be an integer, got ${opts.seed}`);
-  const T = seqLen, pad = padIdOf(tok);
+/** Several examples per row, first fit (see the top of this file). */
+function packEncoded(count: number, encodeAt: (i: number, stats: PrepareStats) => Encoded, T: number, pad: number, where: string,
+                     opts: PackExamplesOptions): TokenRows {
+  if (opts.seed !== undefined && !Number.isInteger(opts.seed)) throw new Error(`${where}: seed must be an integer, got ${opts.seed}`);
   const stats = emptyStats('pack-examples');
-  const order = Array.from({ length: examples.length }, (_, i) => i);
+  const order = Array.from({ length: count }, (_, i) => i);
   if (opts.seed !== undefined) new Rng(opts.seed).shuffle(order);
   // First fit through a max-tree over the rows' free room (leaf r = room left
   // in row r; rows not opened yet have T): the leftmost leaf with room >= L
   // is the first open row that fits, else the next new row.
   let size = 1;
-  while (size < examples.length) size *= 2;
+  while (size < count) size *= 2;
   const tree = new Int32Array(2 * size).fill(T);
   const firstFit = (L: number): number => {
     let i = 1;
@@ -317,29 +376,29 @@ export function packExamples(tok: Tokenizer, examples: readonly SftRow[], seqLen
     tree[i] -= L;
     for (i >>= 1; i >= 1; i >>= 1) tree[i] = Math.max(tree[2 * i], tree[2 * i + 1]);
   };
-  const placed: { r: number; seq: number[]; first: number }[] = [];
+  const placed: { r: number; e: Encoded }[] = [];
   let numRows = 0;
-  for (const e of order) {
-    const { seq, first } = encodeExample(tok, examples[e], T, `${source}[${e}]`, stats);
-    const L = seq.length - 1;  // inputs seq[0 .. n-2]; the last token is only a target
-    if (L < 1 || first >= seq.length) { stats.rowsWithoutTargets++; continue; }
+  for (const k of order) {
+    const e = encodeAt(k, stats);
+    const L = e.seq.length - 1;  // inputs seq[0 .. n-2]; the last token is only a target
+    if (L < 1 || !hasTarget(e)) { stats.rowsWithoutTargets++; continue; }
     const r = firstFit(L);
     take(r, L);
     numRows = Math.max(numRows, r + 1);
-    placed.push({ r, seq, first });
+    placed.push({ r, e });
   }
-  stats.examples = examples.length;
-  if (numRows === 0) throw new Error(`packExamples(${source}): none of the ${examples.length} example(s) has a target token`);
+  stats.examples = count;
+  if (numRows === 0) throw new Error(`${where}: none of the ${count} example(s) has a target token`);
   const ids = new Int32Array(numRows * T).fill(pad), targets = new Int32Array(numRows * T).fill(IGNORE_INDEX);
   const segments = new Int32Array(numRows * T), positions = new Int32Array(numRows * T);
   const used = new Int32Array(numRows), nextSeg = new Int32Array(numRows);
-  for (const { r, seq, first } of placed) {
+  for (const { r, e: { seq, mask } } of placed) {
     const o = r * T + used[r], L = seq.length - 1, id = nextSeg[r]++;
     for (let t = 0; t < L; t++) {
       ids[o + t] = seq[t];
       segments[o + t] = id;
       positions[o + t] = t;
-      if (t + 1 >= first) { targets[o + t] = seq[t + 1]; stats.targetTokens++; }
+      if (mask[t + 1]) { targets[o + t] = seq[t + 1]; stats.targetTokens++; }
     }
     used[r] += L;
   }
@@ -352,20 +411,48 @@ export function packExamples(tok: Tokenizer, examples: readonly SftRow[], seqLen
   return new TokenRows(T, ids, targets, pad, stats, { segments, positions, lengths: used });
 }
 
+/** Packs prompt/completion examples into rows of seqLen, several per row,
+ * with per-token segments and positions (see the top of this file for the
+ * layout and the first-fit placement policy). */
+export function packExamples(tok: Tokenizer, examples: readonly SftRow[], seqLen: number, source = 'examples',
+                             opts: PackExamplesOptions = {}): TokenRows {
+  checkSeqLen(seqLen, `packExamples(${source})`);
+  if (examples.length === 0) throw new Error(`packExamples(${source}): no examples`);
+  return packEncoded(examples.length, (e, stats) => encodeExample(tok, examples[e], seqLen, `${source}[${e}]`, stats), seqLen, padIdOf(tok),
+    `packExamples(${source})`, opts);
+}
+
+/** Packs conversations into rows of seqLen, several per row, with targets
+ * on the assistant turns only (as packExamples places examples). */
+export function packChats(tok: Tokenizer, rows: readonly ChatRow[], seqLen: number, source = 'chats',
+                          opts: PackExamplesOptions & ChatPrepareOptions = {}): TokenRows {
+  checkSeqLen(seqLen, `packChats(${source})`);
+  if (rows.length === 0) throw new Error(`packChats(${source}): no conversations`);
+  const template = opts.template ?? ChatTemplate.default(tok);
+  return packEncoded(rows.length, (e, stats) => encodeChatExample(tok, rows[e], template, seqLen, `${source}[${e}]`, stats, opts.lastAssistantOnly ?? false),
+    seqLen, padIdOf(tok), `packChats(${source})`, opts);
+}
+
 export interface PrepareDatasetOptions {
-  /** prompt/completion datasets: 'pack' (several examples per row, padding-free;
+  /** prompt/completion and chat datasets: 'pack' (several examples per row, padding-free;
    * the default, for training) or 'pad' (one example per row; evaluation and
    * per-example scoring need this). Text datasets are always a packed stream. */
   packing?: 'pack' | 'pad';
   /** packExamples' placement seed */
   seed?: number;
+  /** chat datasets: the template (default: ChatTemplate.default(tok)) */
+  chatTemplate?: ChatTemplate;
 }
 
-/** Packs a text dataset; packs (default) or pads a prompt/completion one. */
+/** Packs a text dataset; packs (default) or pads a prompt/completion or chat one. */
 export function prepareDataset(ds: Dataset, tok: Tokenizer, seqLen: number, opts: PrepareDatasetOptions = {}): TokenRows {
   const packing = opts.packing ?? 'pack';
   if (packing !== 'pack' && packing !== 'pad') throw new Error(`prepareDataset(${ds.source}): packing must be 'pack' or 'pad', got ${String(packing)}`);
   if (ds.kind === 'text') return packTexts(tok, ds.rows, seqLen, ds.source);
+  if (ds.kind === 'chat') {
+    const o = { template: opts.chatTemplate };
+    return packing === 'pack' ? packChats(tok, ds.rows, seqLen, ds.source, { ...o, seed: opts.seed }) : padChats(tok, ds.rows, seqLen, ds.source, o);
+  }
   return packing === 'pack' ? packExamples(tok, ds.rows, seqLen, ds.source, { seed: opts.seed }) : padExamples(tok, ds.rows, seqLen, ds.source);
 }
 

@@ -2,9 +2,14 @@
 //
 //   {"text": string}                          language modelling
 //   {"prompt": string, "completion": string}  supervised: loss on the completion only
+//   {"messages": [{"role", "content"}, ...]}  chat: rendered with a chat
+//                                             template, loss on the assistant
+//                                             turns only (chat.ts)
 //
-// One file holds one kind. Other keys on a row are ignored (ids, metadata).
-// Blank lines are skipped. Every problem is an Error naming `file:line`.
+// One file holds one kind: the first row decides it, or the caller sets it
+// (ReadJsonlOptions.format). Other keys on a row (and on a message) are
+// ignored (ids, metadata). Blank lines are skipped. Every problem is an Error
+// naming `file:line`.
 import { openRegularFile } from '../util/files.js';
 import { checkJsonDepth } from '../util/json.js';
 import { closeSync, existsSync, readSync } from 'node:fs';
@@ -12,22 +17,64 @@ import { closeSync, existsSync, readSync } from 'node:fs';
 export interface TextRow { text: string }
 export interface SftRow { prompt: string; completion: string }
 
+/** The roles a chat message may have. */
+export const CHAT_ROLES = ['system', 'user', 'assistant'] as const;
+export type ChatRole = (typeof CHAT_ROLES)[number];
+export interface ChatMessage { role: ChatRole; content: string }
+/** A conversation: at least one assistant message; every content a
+ * non-blank string. `where` names the row in later errors (a template that
+ * fails on it): `file:line` for a file, `source[i]` for rows in memory. */
+export interface ChatRow { messages: ChatMessage[]; where?: string }
+
 export type Dataset =
   | { kind: 'text'; source: string; rows: TextRow[] }
-  | { kind: 'sft'; source: string; rows: SftRow[] };
+  | { kind: 'sft'; source: string; rows: SftRow[] }
+  | { kind: 'chat'; source: string; rows: ChatRow[] };
 
 export type DatasetKind = Dataset['kind'];
+export const DATASET_KINDS: readonly DatasetKind[] = ['text', 'sft', 'chat'];
 
-const KIND_WORDS: Record<DatasetKind, string> = { text: 'a {"text"} row', sft: 'a {"prompt", "completion"} row' };
+const KIND_WORDS: Record<DatasetKind, string> = {
+  text: 'a {"text"} row', sft: 'a {"prompt", "completion"} row', chat: 'a {"messages"} (chat) row',
+};
+
+type ParsedRow = { kind: 'text'; row: TextRow } | { kind: 'sft'; row: SftRow } | { kind: 'chat'; row: ChatRow };
+
+/** Checks a chat row's "messages"; `where` names the row. */
+function parseMessages(v: unknown, where: string): ChatMessage[] {
+  if (!Array.isArray(v)) throw new Error(`${where}: "messages" must be an array of {"role", "content"} objects, got ${typeName(v)}`);
+  if (v.length === 0) throw new Error(`${where}: "messages" is empty (a chat row needs at least one assistant message, usually after a user message)`);
+  const out: ChatMessage[] = [];
+  v.forEach((m, k) => {
+    const at = `${where}: messages[${k}]`;
+    if (typeof m !== 'object' || m === null || Array.isArray(m)) throw new Error(`${at} must be an object {"role", "content"}, got ${typeName(m)}`);
+    const o = m as Record<string, unknown>;
+    if (!('role' in o)) throw new Error(`${at} has no "role" (one of ${CHAT_ROLES.join(', ')})`);
+    if (typeof o.role !== 'string') throw new Error(`${at}: "role" must be a string (one of ${CHAT_ROLES.join(', ')}), got ${typeName(o.role)}`);
+    if (!(CHAT_ROLES as readonly string[]).includes(o.role)) {
+      throw new Error(`${at}: unknown role ${JSON.stringify(o.role).slice(0, 60)} (a message's role is one of ${CHAT_ROLES.join(', ')})`);
+    }
+    if (!('content' in o)) throw new Error(`${at} (${o.role}) has no "content" (a string)`);
+    if (typeof o.content !== 'string') throw new Error(`${at} (${o.role}): "content" must be a string, got ${typeName(o.content)}`);
+    if (o.content.trim() === '') throw new Error(`${at} (${o.role}): "content" is empty; give the message its text or leave the message out`);
+    out.push({ role: o.role as ChatRole, content: o.content });
+  });
+  if (!out.some((m) => m.role === 'assistant')) {
+    throw new Error(`${where}: no assistant message (the loss is on the assistant turns, so a chat row needs at least one)`);
+  }
+  return out;
+}
 
 /** Checks one parsed row; `where` names it in errors (file:line or source[i]). */
-function parseRow(v: unknown, where: string): { kind: 'text'; row: TextRow } | { kind: 'sft'; row: SftRow } {
+function parseRow(v: unknown, where: string): ParsedRow {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) {
     throw new Error(`${where}: expected a JSON object, got ${v === null ? 'null' : Array.isArray(v) ? 'an array' : typeof v}`);
   }
   const o = v as Record<string, unknown>;
-  const hasText = 'text' in o, hasSft = 'prompt' in o || 'completion' in o;
+  const hasText = 'text' in o, hasSft = 'prompt' in o || 'completion' in o, hasChat = 'messages' in o;
+  if (hasChat && (hasText || hasSft)) throw new Error(`${where}: a row has either "messages" (chat), "text" or "prompt"/"completion", not several`);
   if (hasText && hasSft) throw new Error(`${where}: a row has either "text" or "prompt"/"completion", not both`);
+  if (hasChat) return { kind: 'chat', row: { messages: parseMessages(o.messages, where), where } };
   if (hasText) {
     if (typeof o.text !== 'string') throw new Error(`${where}: "text" must be a string, got ${typeName(o.text)}`);
     return { kind: 'text', row: { text: o.text } };
@@ -40,33 +87,47 @@ function parseRow(v: unknown, where: string): { kind: 'text'; row: TextRow } | {
     return { kind: 'sft', row: { prompt: o.prompt as string, completion: o.completion as string } };
   }
   const keys = Object.keys(o);
-  throw new Error(`${where}: expected {"text": string} or {"prompt": string, "completion": string}, got ${keys.length ? `keys ${keys.map((k) => JSON.stringify(k)).join(', ')}` : 'an empty object'}`);
+  throw new Error(`${where}: expected {"text": string}, {"prompt": string, "completion": string} or {"messages": [{"role", "content"}, ...]}, got ${keys.length ? `keys ${keys.map((k) => JSON.stringify(k)).join(', ')}` : 'an empty object'}`);
 }
 
 function typeName(v: unknown): string {
   return v === null ? 'null' : Array.isArray(v) ? 'an array' : typeof v;
 }
 
-/** Collects rows of one kind; the first row decides the kind. */
+/** Collects rows of one kind: the first row decides it, unless `format` set it. */
 class RowCollector {
   kind: DatasetKind | null = null;
   firstWhere = '';
   text: TextRow[] = [];
   sft: SftRow[] = [];
+  chat: ChatRow[] = [];
+
+  constructor(private readonly format: DatasetKind | null = null) {}
 
   add(v: unknown, where: string): void {
     const r = parseRow(v, where);
+    if (this.format !== null && r.kind !== this.format) {
+      throw new Error(`${where}: ${KIND_WORDS[r.kind]}, but the format was set to ${this.format} (${KIND_WORDS[this.format]} on every line)`);
+    }
     if (this.kind === null) { this.kind = r.kind; this.firstWhere = where; }
     else if (r.kind !== this.kind) {
       throw new Error(`${where}: ${KIND_WORDS[r.kind]}, but the dataset started with ${KIND_WORDS[this.kind]} (${this.firstWhere}); one dataset holds one kind`);
     }
-    if (r.kind === 'text') this.text.push(r.row); else this.sft.push(r.row);
+    if (r.kind === 'text') this.text.push(r.row); else if (r.kind === 'sft') this.sft.push(r.row); else this.chat.push(r.row);
   }
 
   finish(source: string): Dataset {
     if (this.kind === null) throw new Error(`${source}: the dataset is empty (no rows)`);
-    return this.kind === 'text' ? { kind: 'text', source, rows: this.text } : { kind: 'sft', source, rows: this.sft };
+    return this.kind === 'text' ? { kind: 'text', source, rows: this.text }
+      : this.kind === 'sft' ? { kind: 'sft', source, rows: this.sft } : { kind: 'chat', source, rows: this.chat };
   }
+}
+
+/** A dataset format as a caller names it: a kind, or 'auto' (the first row decides). */
+export function parseDatasetFormat(v: string | undefined, what = 'format'): DatasetKind | null {
+  if (v === undefined || v === 'auto') return null;
+  if ((DATASET_KINDS as readonly string[]).includes(v)) return v as DatasetKind;
+  throw new Error(`${what} must be auto, text, sft (prompt/completion) or chat (messages), got ${JSON.stringify(v)}`);
 }
 
 /** The longest line a JSONL dataset may have. */
@@ -75,6 +136,8 @@ export const JSONL_MAX_LINE_BYTES = 64 << 20;
 export interface ReadJsonlOptions {
   /** the longest line accepted, in bytes (default JSONL_MAX_LINE_BYTES) */
   maxLineBytes?: number;
+  /** the kind every row must be ('auto' or absent: the first row decides) */
+  format?: DatasetKind | 'auto';
 }
 
 /** Reads a JSONL dataset. The file is read in 1 MiB chunks and split on
@@ -85,7 +148,7 @@ export function readJsonl(file: string, opts: ReadJsonlOptions = {}): Dataset {
   const maxLine = opts.maxLineBytes ?? JSONL_MAX_LINE_BYTES;
   if (!Number.isSafeInteger(maxLine) || maxLine < 1) throw new RangeError(`readJsonl: maxLineBytes must be a positive integer, got ${maxLine}`);
   const tooLong = (line: number): Error => new Error(`${file}:${line}: line longer than ${maxLine % (1 << 20) === 0 ? `${maxLine >> 20} MiB` : `${maxLine} bytes`}; refusing it`);
-  const rows = new RowCollector();
+  const rows = new RowCollector(parseDatasetFormat(opts.format));
   const decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
   let lineNo = 0;
   const handleLine = (bytes: Uint8Array): void => {
@@ -158,11 +221,12 @@ export function readJsonl(file: string, opts: ReadJsonlOptions = {}): Dataset {
   return rows.finish(file);
 }
 
-/** A dataset from rows in memory ({text} or {prompt, completion} objects),
- * checked like a file; `source` names it in errors (`source[i]`). */
-export function datasetFromRows(rows: readonly unknown[], source = 'rows'): Dataset {
+/** A dataset from rows in memory ({text}, {prompt, completion} or
+ * {messages} objects), checked like a file; `source` names it in errors
+ * (`source[i]`). */
+export function datasetFromRows(rows: readonly unknown[], source = 'rows', format?: DatasetKind | 'auto'): Dataset {
   if (!Array.isArray(rows)) throw new Error(`${source}: expected an array of rows`);
-  const c = new RowCollector();
+  const c = new RowCollector(parseDatasetFormat(format));
   rows.forEach((r, i) => c.add(r, `${source}[${i}]`));
   return c.finish(source);
 }
@@ -175,4 +239,9 @@ export function textDataset(texts: readonly string[], source = 'texts'): Dataset
 /** A supervised dataset from prompt/completion pairs. */
 export function sftDataset(pairs: readonly SftRow[], source = 'pairs'): Dataset {
   return datasetFromRows(pairs, source);
+}
+
+/** A chat dataset from conversations (each a list of {role, content} messages). */
+export function chatDataset(conversations: readonly (readonly ChatMessage[])[], source = 'chats'): Dataset {
+  return datasetFromRows(conversations.map((messages) => ({ messages })), source, 'chat');
 }

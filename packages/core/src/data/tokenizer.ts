@@ -25,6 +25,9 @@ export interface Tokenizer {
   decode(ids: ArrayLike<number>): string;
   /** for reports: 'byte' or 'hf:<dir>' */
   readonly name: string;
+  /** Token texts that stand for one id each in rendered chat text (chat.ts):
+   * BOS/EOS and, for a tokenizer file, its added tokens. Absent: none. */
+  specialTokens?(): ReadonlyMap<string, number>;
 }
 
 // ---------------------------------------------------------------------------
@@ -33,6 +36,9 @@ export interface Tokenizer {
 export const BYTE_BOS = 256;
 export const BYTE_EOS = 257;
 export const BYTE_PAD = 258;
+/** The texts of the byte tokenizer's BOS and EOS in rendered chat text (chat.ts). */
+export const BYTE_BOS_TEXT = '<s>';
+export const BYTE_EOS_TEXT = '</s>';
 
 /** Ids 0..255 are the UTF-8 bytes of the text; 256 BOS, 257 EOS, 258 PAD.
  * encode: lone surrogates become U+FFFD (TextEncoder's rule).
@@ -59,6 +65,11 @@ export class ByteTokenizer implements Tokenizer {
       if (Number.isInteger(id) && id >= 0 && id < 256) bytes[n++] = id;
     }
     return this.decoder.decode(bytes.subarray(0, n));
+  }
+
+  /** '<s>' is BOS and '</s>' EOS in rendered chat text (plain encode() keeps them as bytes). */
+  specialTokens(): ReadonlyMap<string, number> {
+    return new Map([[BYTE_BOS_TEXT, BYTE_BOS], [BYTE_EOS_TEXT, BYTE_EOS]]);
   }
 }
 
@@ -236,6 +247,23 @@ export class HfTokenizer implements Tokenizer {
   /** The token's id, or undefined. */
   tokenToId(token: string): number | undefined {
     return this.impl.token_to_id(token);
+  }
+
+  /** The token's text, or undefined. */
+  idToToken(id: number): string | undefined {
+    return this.impl.id_to_token(id);
+  }
+
+  /** Every added token (special or not: the tokenizer matches each as one
+   * unit) and BOS/EOS/PAD, by text. */
+  specialTokens(): ReadonlyMap<string, number> {
+    const m = new Map<string, number>();
+    for (const [id, t] of this.impl.get_added_tokens_decoder()) if (t.content !== '') m.set(t.content, id);
+    for (const id of [this.bos, this.eos, this.pad]) {
+      const text = id === null ? undefined : this.impl.id_to_token(id);
+      if (text !== undefined && text !== '' && !m.has(text)) m.set(text, id!);
+    }
+    return m;
   }
 }
 

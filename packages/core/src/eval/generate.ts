@@ -3,6 +3,7 @@
 import type { LlamaModel } from '../nn/llama.js';
 import { FusedDecoder } from '../nn/decode_step.js';
 import { KVCache } from '../nn/llama.js';
+import { ropePositionLimit, ropePositionLimitText } from '../nn/rope_scaling.js';
 import { Tensor, copyRows, hostValues } from '../tensor.js';
 import { Rng } from '../util/rng.js';
 
@@ -36,7 +37,7 @@ export function generate(model: LlamaModel, prompt: readonly number[], opts: Gen
   const V = model.config.vocabSize;
   for (const t of prompt) if (!Number.isInteger(t) || t < 0 || t >= V) throw new Error(`generate: prompt token ${t} is outside [0, ${V})`);
   const total = prompt.length + opts.maxNewTokens;
-  if (total > model.config.maxPositionEmbeddings) throw new Error(`generate: ${total} tokens exceed max_position_embeddings ${model.config.maxPositionEmbeddings}`);
+  if (total > ropePositionLimit(model.config)) throw new Error(`generate: ${total} tokens exceed ${ropePositionLimitText(model.config)}`);
   const temperature = opts.temperature ?? 0, topK = opts.topK ?? 0;
   const rng = new Rng(opts.seed ?? 0);
   const out: number[] = [];

@@ -1,4 +1,5 @@
-// GGUF export for llama.cpp (`llama` architecture), and a reader.
+// GGUF export for llama.cpp (architectures `llama`, `qwen2`, `qwen3`; see
+// ggufArchitecture), and a reader.
 //
 // File layout (GGUF version 3, ggml-org/ggml docs/gguf.md, "File Structure"):
 //   u32 magic "GGUF" | u32 version | u64 tensor_count | u64 metadata_kv_count
@@ -19,6 +20,13 @@
 // Blocks run along ne[0] (a row), so every quantized row length must be a
 // multiple of 32.
 //
+// What is exact: the norms (F32); token_embd and output up to fp16 rounding
+// (F16 in every export unless Q8_0 is asked for: the head decides the top
+// token, and 4-bit round-to-nearest of it changed llama.cpp's predictions);
+// projections given group-wise (a merged QA-LoRA INT4 g32 model) up to the
+// fp16 rounding of each block's d and m; F16 projections up to fp16 rounding.
+// Q8_0 and Q4_1 projections of a dense model are requantized (not exact).
+//
 // RoPE: our model rotates HF-style halves (x[i], x[i+D/2]) (ops/rope.ts);
 // llama.cpp's `llama` architecture uses LLAMA_ROPE_TYPE_NORM, which rotates
 // adjacent pairs (x[2i], x[2i+1]) with the same frequencies. Like llama.cpp's
@@ -32,6 +40,7 @@ import type { Tokenizer } from '../data/tokenizer.js';
 import { BYTE_BOS, BYTE_EOS, BYTE_PAD } from '../data/tokenizer.js';
 import { BYTE_VOCAB_SIZE, headDim, type LlamaConfig } from '../nn/config.js';
 import type { LlamaModel } from '../nn/llama.js';
+import { ropeFrequencies, ropeInvFreqBase, yarnAttentionScale } from '../nn/rope_scaling.js';
 import { isFrozenBase, type LinearLayer } from '../nn/module.js';
 import { openRegularFile } from '../util/files.js';
 import { writeFileAtomic } from './atomic.js';
@@ -226,12 +235,60 @@ export interface ExportGgufOptions {
    * name (e.g. model.layers.0.self_attn.q_proj.weight): written as exact Q4_1
    * blocks in place of the model's own weight. Requires type 'q4_1'. */
   groupwise?: (name: string) => GroupwiseInt4 | undefined;
+  /** a model with a sliding window (Mistral) is refused unless this is true:
+   * llama.cpp's `llama` architecture, which Mistral is written as (as
+   * llama.cpp's converter does), attends to every earlier position */
+  fullAttention?: boolean;
+  /** storage of token_embd and output (the head; with tied embeddings
+   * llama.cpp uses token_embd for it) whatever `type` is: 'f16' (default),
+   * the model's values up to fp16 rounding, or 'q8_0' on request (half the
+   * bytes; its error is measured and returned in the summary). They are never
+   * written as Q4_1: 4-bit round-to-nearest of the head changes the model's
+   * predictions. */
+  embeddings?: GgufEmbeddingType;
+}
+
+export type GgufEmbeddingType = 'f16' | 'q8_0';
+const EMBEDDING_TYPES: readonly GgufEmbeddingType[] = ['f16', 'q8_0'];
+
+/** How far a written tensor is from the model's f32 values. */
+export interface GgufTensorError {
+  /** max |written - model| */
+  maxAbs: number;
+  /** root mean square of (written - model) */
+  rms: number;
+  /** rms / root mean square of the model's values */
+  relRms: number;
+}
+
+/** llama.cpp's architecture for a config, and whether its RoPE rotates
+ * adjacent pairs (LLAMA_ROPE_TYPE_NORM: q/k rows permuted on export) or HF's
+ * halves (NEOX: rows as they are). Throws naming what llama.cpp cannot run. */
+export function ggufArchitecture(cfg: LlamaConfig, opts: { fullAttention?: boolean } = {}): { arch: 'llama' | 'qwen2' | 'qwen3'; permute: boolean } {
+  const type = cfg.modelType ?? 'llama';
+  const window = cfg.slidingWindow ?? null;
+  if (window !== null && window < cfg.maxPositionEmbeddings && !opts.fullAttention) {
+    throw new Error(`exportGguf: the model attends within a sliding window of ${window} positions (${type} sliding_window), and llama.cpp's llama architecture, which ${type} exports as, has none: past ${window} tokens llama.cpp would compute something else; pass fullAttention: true to export it anyway (as llama.cpp's own converter does)`);
+  }
+  switch (type) {
+    case 'llama':
+    case 'mistral':
+      if (cfg.qkvBias !== cfg.oBias) throw new Error(`exportGguf: ${type} with biases on ${cfg.qkvBias ? 'q, k, v but not o' : 'o only'} has no llama.cpp architecture`);
+      return { arch: 'llama', permute: true };
+    case 'qwen2':
+      if (cfg.oBias || !cfg.qkvBias) throw new Error('exportGguf: llama.cpp\'s qwen2 architecture has biases on q, k and v and none on o_proj; this model has others');
+      return { arch: 'qwen2', permute: false };
+    case 'qwen3':
+      if (cfg.qkvBias || cfg.oBias) throw new Error('exportGguf: llama.cpp\'s qwen3 architecture has no projection biases; this qwen3 model has attention_bias true');
+      return { arch: 'qwen3', permute: false };
+  }
 }
 
 export interface GgufExportSummary {
   path: string;
   bytes: number;
-  tensors: { name: string; type: string; ne: number[]; from: string; groupwise: boolean }[];
+  /** `error`: measured for token_embd and output (the tensors the embeddings option stores) */
+  tensors: { name: string; type: string; ne: number[]; from: string; groupwise: boolean; error?: GgufTensorError }[];
 }
 
 interface PlannedTensor {
@@ -242,6 +299,40 @@ interface PlannedTensor {
   groupwise: boolean;
   bytes: number;
   produce: () => Uint8Array;
+  error?: GgufTensorError;
+}
+
+/** f32 values as ggml `type` bytes: F32, F16, Q8_0 or Q4_1 */
+function encodeAs(x: Float32Array, type: GgmlTypeInfo): Uint8Array {
+  if (type.name === 'F32') return new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
+  if (type.name === 'F16') { const h = new Uint16Array(x.length); for (let i = 0; i < x.length; i++) h[i] = f32ToF16(x[i]); return new Uint8Array(h.buffer); }
+  if (type.name === 'Q8_0') return quantizeQ8_0(x);
+  if (type.name === 'Q4_1') return quantizeQ4_1(x);
+  throw new Error(`exportGguf: no encoder for ${type.name}`);
+}
+
+/** ggml `type` bytes back to f32 (F32, F16, Q8_0, Q4_1) */
+function decodeAs(raw: Uint8Array, numel: number, type: GgmlTypeInfo): Float32Array {
+  switch (type.name) {
+    case 'F32': return new Float32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + numel * 4));
+    case 'F16': { const h = new Uint16Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + numel * 2)), out = new Float32Array(numel); for (let i = 0; i < numel; i++) out[i] = f16ToF32(h[i]); return out; }
+    case 'Q8_0': return dequantizeQ8_0(raw, numel);
+    case 'Q4_1': return dequantizeQ4_1(raw, numel);
+    default: throw new Error(`exportGguf: no decoder for ${type.name}`);
+  }
+}
+
+/** The error of storing `x` as `written` (same length). */
+export function tensorError(x: Float32Array, written: Float32Array): GgufTensorError {
+  let maxAbs = 0, se = 0, sx = 0;
+  for (let i = 0; i < x.length; i++) {
+    const d = written[i] - x[i];
+    maxAbs = Math.max(maxAbs, Math.abs(d));
+    se += d * d;
+    sx += x[i] * x[i];
+  }
+  const rms = Math.sqrt(se / Math.max(1, x.length));
+  return { maxAbs, rms, relRms: sx > 0 ? rms / Math.sqrt(sx / x.length) : 0 };
 }
 
 class ByteWriter {
@@ -360,12 +451,67 @@ function linearWeight(layer: LinearLayer): Float32Array {
   try { return t.toFloat32(); } finally { t.dispose(); }
 }
 
+// ---------------------------------------------------------------------------
+// Scaled RoPE (nn/rope_scaling.ts) in llama.cpp's terms, as its HF converter
+// writes them:
+//   linear  llama.rope.scaling.type "linear", llama.rope.scaling.factor
+//   yarn    llama.rope.scaling.type "yarn", .factor, .original_context_length;
+//           llama.cpp applies YaRN's defaults (beta_fast 32, beta_slow 1,
+//           truncated correction range, attention factor 0.1 ln(factor) + 1),
+//           so a config that departs from them is refused
+//   llama3  the tensor rope_freqs.weight [D/2] f32: llama.cpp divides base
+//           frequency i by entry i, so entry i = base[i] / inv[i] (1 for the
+//           high frequencies, factor for the low ones, the blend between)
+//   dynamic (NTK) has no GGUF form in llama.cpp: refused.
+
+/** The GGUF keys and rope_freqs tensor of a config's scaled RoPE; throws naming what llama.cpp cannot express. */
+function ggufRopeScaling(cfg: LlamaConfig, arch: string): { kvs: [string, WriterKv][]; ropeFreqs?: Float32Array } {
+  const s = cfg.ropeScaling;
+  if (!s) return { kvs: [] };
+  const refuse = (why: string): never => {
+    throw new Error(`exportGguf: rope_scaling ${s.type} (factor ${s.factor}) ${why}; llama.cpp would compute a different model, so no file was written`);
+  };
+  switch (s.type) {
+    case 'linear':
+      return { kvs: [[`${arch}.rope.scaling.type`, { type: 'string', value: 'linear' }], [`${arch}.rope.scaling.factor`, { type: 'f32', value: s.factor }]] };
+    case 'yarn': {
+      if (!(s.factor > 1)) refuse('has a factor <= 1, where llama.cpp\'s YaRN attention factor (0.1 ln(factor) + 1) differs from 1');
+      if ((s.betaFast ?? 32) !== 32 || (s.betaSlow ?? 1) !== 1) refuse(`sets beta_fast ${s.betaFast ?? 32} / beta_slow ${s.betaSlow ?? 1}; llama.cpp's GGUF loader uses 32 / 1`);
+      if (s.truncate === false) refuse('sets truncate false; llama.cpp always truncates the correction range');
+      const m = yarnAttentionScale(s), want = 0.1 * Math.log(s.factor) + 1;
+      if (Math.abs(m - want) > 1e-6 * want) refuse(`has attention factor ${m} (attention_factor / mscale), llama.cpp applies ${want}`);
+      return {
+        kvs: [
+          [`${arch}.rope.scaling.type`, { type: 'string', value: 'yarn' }],
+          [`${arch}.rope.scaling.factor`, { type: 'f32', value: s.factor }],
+          [`${arch}.rope.scaling.original_context_length`, { type: 'u32', value: s.originalMaxPositionEmbeddings! }],
+        ],
+      };
+    }
+    case 'llama3': {
+      if (arch !== 'llama') refuse(`is Llama 3's, carried by a rope_freqs tensor that only llama.cpp's llama architecture reads (this model exports as ${arch})`);
+      const base = ropeInvFreqBase(cfg), inv = ropeFrequencies(cfg)!.invFreq;
+      return { kvs: [], ropeFreqs: Float32Array.from(base, (b, i) => b / inv[i]) };
+    }
+    case 'dynamic':
+      return refuse('is dynamic NTK scaling, which GGUF cannot carry (llama.cpp has no dynamic NTK)');
+  }
+}
+
 /**
- * Writes `model` as a GGUF v3 file llama.cpp loads as architecture `llama`.
+ * Writes `model` as a GGUF v3 file llama.cpp loads as architecture `llama`
+ * (Llama, Mistral), `qwen2` or `qwen3` (ggufArchitecture).
  * Tensors (llama.cpp names): token_embd, blk.N.{attn_norm, attn_q, attn_k,
  * attn_v, attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down}, output_norm and,
  * for an untied head, output. A tied head writes no output.weight: llama.cpp's
- * llama loader then uses token_embd for the head, as the HF converter's output.
+ * loaders then use token_embd for the head, as the HF converter's output.
+ * Biases as blk.N.attn_{q,k,v,output}.bias (F32; q and k permuted like their
+ * rows under `llama`), Qwen3's q/k norms as blk.N.attn_{q,k}_norm.weight, and
+ * for a head_dim other than hidden / heads, <arch>.attention.{key,value}_length.
+ * Storage: norms F32 (exact); token_embd and output F16 (opts.embeddings,
+ * default; or Q8_0, error in the summary), whatever opts.type is; the
+ * projections opts.type, except group-wise ones (Q4_1 with the model's codes).
+ * A scaled RoPE adds its keys or rope_freqs (ggufRopeScaling), or is refused.
  * The file is written atomically.
  */
 export function exportGguf(model: LlamaModel, path: string, opts: ExportGgufOptions): GgufExportSummary {
@@ -373,25 +519,27 @@ export function exportGguf(model: LlamaModel, path: string, opts: ExportGgufOpti
   if (!WEIGHT_TYPES.includes(opts.type)) throw new RangeError(`exportGguf: type must be one of ${WEIGHT_TYPES.join(', ')}, got ${JSON.stringify(opts.type)}`);
   const indivisible = opts.indivisible ?? 'error';
   if (indivisible !== 'error' && indivisible !== 'f16') throw new RangeError(`exportGguf: indivisible must be 'error' or 'f16', got ${JSON.stringify(indivisible)}`);
+  const embeddings = opts.embeddings ?? 'f16';
+  if (!EMBEDDING_TYPES.includes(embeddings)) {
+    throw new RangeError(`exportGguf: embeddings (the storage of token_embd and output) must be one of ${EMBEDDING_TYPES.join(', ')}, got ${JSON.stringify(opts.embeddings)}`);
+  }
   const cfg = model.config, D = headDim(cfg);
+  const { arch, permute } = ggufArchitecture(cfg, { fullAttention: opts.fullAttention });
+  const ropeScaling = ggufRopeScaling(cfg, arch);
   const vocab = byteVocabKvs(opts.tokenizer, cfg);
   const weightType = TYPE_BY_NAME.get(opts.type.toUpperCase())!;
+  const embeddingType = TYPE_BY_NAME.get(embeddings.toUpperCase())!;
   const f16 = TYPE_BY_NAME.get('F16')!, f32 = TYPE_BY_NAME.get('F32')!;
 
   const planned: PlannedTensor[] = [];
   const indivisibleNames: string[] = [];
-  const encode = (x: Float32Array, type: GgmlTypeInfo): Uint8Array => {
-    if (type.name === 'F32') return new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
-    if (type.name === 'F16') { const h = new Uint16Array(x.length); for (let i = 0; i < x.length; i++) h[i] = f32ToF16(x[i]); return new Uint8Array(h.buffer); }
-    if (type.name === 'Q8_0') return quantizeQ8_0(x);
-    return quantizeQ4_1(x);
-  };
   const add1d = (name: string, from: string, get: () => Float32Array, n: number) => {
-    planned.push({ name, ne: [n], type: f32, from, groupwise: false, bytes: n * 4, produce: () => encode(get(), f32) });
+    planned.push({ name, ne: [n], type: f32, from, groupwise: false, bytes: n * 4, produce: () => encodeAs(get(), f32) });
   };
-  const add2d = (name: string, from: string, out: number, inn: number, get: () => Float32Array, perm?: Int32Array) => {
-    let type = weightType;
-    const gw = opts.groupwise?.(from);
+  // `embedding`: token_embd / output, stored as embeddingType and measured
+  const add2d = (name: string, from: string, out: number, inn: number, get: () => Float32Array, perm?: Int32Array, embedding = false) => {
+    let type = embedding ? embeddingType : weightType;
+    const gw = embedding ? undefined : opts.groupwise?.(from);
     if (gw !== undefined && opts.type !== 'q4_1') {
       throw new Error(`exportGguf: ${from} is given as group-wise INT4, which is written as Q4_1 blocks; export with type 'q4_1' (got '${opts.type}')`);
     }
@@ -408,46 +556,76 @@ export function exportGguf(model: LlamaModel, path: string, opts: ExportGgufOpti
           : gw;
         return groupwiseToQ4_1(g, out * inn, from);
       }
-      : () => { const x = get(); return encode(perm ? permuteRows(x, inn, perm) : x, type); };
-    planned.push({ name, ne: [inn, out], type, from, groupwise: gw !== undefined, bytes, produce });
+      : () => { const x = get(); return encodeAs(perm ? permuteRows(x, inn, perm) : x, type); };
+    const t: PlannedTensor = { name, ne: [inn, out], type, from, groupwise: gw !== undefined, bytes, produce };
+    if (embedding) {
+      t.produce = () => {
+        const x = get(), data = encodeAs(x, type);
+        t.error = tensorError(x, decodeAs(data, x.length, type));
+        return data;
+      };
+    }
+    planned.push(t);
   };
 
   const C = cfg.hiddenSize, I = cfg.intermediateSize;
-  add2d('token_embd.weight', model.embed.name, cfg.vocabSize, C, () => model.embed.value.toFloat32());
-  const permQ = ropeRowPermutation(cfg.numHeads, D), permK = ropeRowPermutation(cfg.numKvHeads, D);
+  const ropeFreqs = ropeScaling.ropeFreqs;
+  if (ropeFreqs) add1d('rope_freqs.weight', 'rope_scaling (llama3)', () => ropeFreqs, D / 2);
+  add2d('token_embd.weight', model.embed.name, cfg.vocabSize, C, () => model.embed.value.toFloat32(), undefined, true);
+  const permQ = permute ? ropeRowPermutation(cfg.numHeads, D) : undefined, permK = permute ? ropeRowPermutation(cfg.numKvHeads, D) : undefined;
   model.blocks.forEach((b, i) => {
-    const L = b.linears, blk = `blk.${i}`;
+    const L = b.linears, blk = `blk.${i}`, E = b.extras;
+    const bias = (n: 'q_proj' | 'k_proj' | 'v_proj' | 'o_proj', to: string, perm?: Int32Array) => {
+      const p = E.bias[n];
+      if (p) add1d(`${blk}.${to}.bias`, p.name, () => (perm ? permuteRows(p.value.toFloat32(), 1, perm) : p.value.toFloat32()), p.value.numel);
+    };
     add1d(`${blk}.attn_norm.weight`, b.ln1.name, () => b.ln1.value.toFloat32(), C);
     add2d(`${blk}.attn_q.weight`, `${L.q_proj.name}.weight`, cfg.numHeads * D, C, () => linearWeight(L.q_proj), permQ);
+    bias('q_proj', 'attn_q', permQ);
     add2d(`${blk}.attn_k.weight`, `${L.k_proj.name}.weight`, cfg.numKvHeads * D, C, () => linearWeight(L.k_proj), permK);
+    bias('k_proj', 'attn_k', permK);
     add2d(`${blk}.attn_v.weight`, `${L.v_proj.name}.weight`, cfg.numKvHeads * D, C, () => linearWeight(L.v_proj));
+    bias('v_proj', 'attn_v');
     add2d(`${blk}.attn_output.weight`, `${L.o_proj.name}.weight`, C, cfg.numHeads * D, () => linearWeight(L.o_proj));
+    bias('o_proj', 'attn_output');
+    if (E.qNorm && E.kNorm) {
+      const qn = E.qNorm, kn = E.kNorm;
+      add1d(`${blk}.attn_q_norm.weight`, qn.name, () => qn.value.toFloat32(), D);
+      add1d(`${blk}.attn_k_norm.weight`, kn.name, () => kn.value.toFloat32(), D);
+    }
     add1d(`${blk}.ffn_norm.weight`, b.ln2.name, () => b.ln2.value.toFloat32(), C);
     add2d(`${blk}.ffn_gate.weight`, `${L.gate_proj.name}.weight`, I, C, () => linearWeight(L.gate_proj));
     add2d(`${blk}.ffn_up.weight`, `${L.up_proj.name}.weight`, I, C, () => linearWeight(L.up_proj));
     add2d(`${blk}.ffn_down.weight`, `${L.down_proj.name}.weight`, C, I, () => linearWeight(L.down_proj));
   });
   add1d('output_norm.weight', model.norm.name, () => model.norm.value.toFloat32(), C);
-  if (model.lmHead) { const head = model.lmHead; add2d('output.weight', head.name, cfg.vocabSize, C, () => head.value.toFloat32()); }
+  if (model.lmHead) { const head = model.lmHead; add2d('output.weight', head.name, cfg.vocabSize, C, () => head.value.toFloat32(), undefined, true); }
   if (indivisibleNames.length) {
-    throw new Error(`exportGguf: ${weightType.name} blocks hold ${GGML_QK} values of a row, and these weights have rows that ${GGML_QK} does not divide: ${indivisibleNames.join(', ')}; export as 'f16', or pass indivisible: 'f16' to write just those as F16${opts.groupwise ? ' (a group-wise weight cannot fall back)' : ''}`);
+    const types = [...new Set([weightType, ...(embeddings === 'q8_0' ? [embeddingType] : [])].filter((t) => t.block > 1).map((t) => t.name))].join(' and ');
+    throw new Error(`exportGguf: ${types} blocks hold ${GGML_QK} values of a row, and these weights have rows that ${GGML_QK} does not divide: ${indivisibleNames.join(', ')}; export as 'f16' (embeddings 'f16'), or pass indivisible: 'f16' to write just those as F16${opts.groupwise ? ' (a group-wise weight cannot fall back)' : ''}`);
   }
 
   const kvs: [string, WriterKv][] = [
-    ['general.architecture', { type: 'string', value: 'llama' }],
+    ['general.architecture', { type: 'string', value: arch }],
     ['general.name', { type: 'string', value: opts.name ?? 'tunebench' }],
     ['general.alignment', { type: 'u32', value: GGUF_ALIGNMENT }],
     ['general.file_type', { type: 'u32', value: FILE_TYPE[opts.type] }],
-    ['llama.context_length', { type: 'u32', value: cfg.maxPositionEmbeddings }],
-    ['llama.embedding_length', { type: 'u32', value: C }],
-    ['llama.block_count', { type: 'u32', value: cfg.numLayers }],
-    ['llama.feed_forward_length', { type: 'u32', value: I }],
-    ['llama.attention.head_count', { type: 'u32', value: cfg.numHeads }],
-    ['llama.attention.head_count_kv', { type: 'u32', value: cfg.numKvHeads }],
-    ['llama.rope.dimension_count', { type: 'u32', value: D }],
-    ['llama.rope.freq_base', { type: 'f32', value: cfg.ropeTheta }],
-    ['llama.attention.layer_norm_rms_epsilon', { type: 'f32', value: cfg.rmsNormEps }],
-    ['llama.vocab_size', { type: 'u32', value: cfg.vocabSize }],
+    [`${arch}.context_length`, { type: 'u32', value: cfg.maxPositionEmbeddings }],
+    [`${arch}.embedding_length`, { type: 'u32', value: C }],
+    [`${arch}.block_count`, { type: 'u32', value: cfg.numLayers }],
+    [`${arch}.feed_forward_length`, { type: 'u32', value: I }],
+    [`${arch}.attention.head_count`, { type: 'u32', value: cfg.numHeads }],
+    [`${arch}.attention.head_count_kv`, { type: 'u32', value: cfg.numKvHeads }],
+    // a head_dim of its own (Qwen3): llama.cpp takes it from the key/value lengths
+    ...(D !== C / cfg.numHeads ? [
+      [`${arch}.attention.key_length`, { type: 'u32', value: D }],
+      [`${arch}.attention.value_length`, { type: 'u32', value: D }],
+    ] as [string, WriterKv][] : []),
+    [`${arch}.rope.dimension_count`, { type: 'u32', value: D }],
+    [`${arch}.rope.freq_base`, { type: 'f32', value: cfg.ropeTheta }],
+    ...ropeScaling.kvs,
+    [`${arch}.attention.layer_norm_rms_epsilon`, { type: 'f32', value: cfg.rmsNormEps }],
+    [`${arch}.vocab_size`, { type: 'u32', value: cfg.vocabSize }],
     ...vocab,
   ];
 
@@ -482,7 +660,7 @@ export function exportGguf(model: LlamaModel, path: string, opts: ExportGgufOpti
   writeFileAtomic(path, chunks());
   return {
     path, bytes: header.length + offset,
-    tensors: planned.map((t) => ({ name: t.name, type: t.type.name, ne: t.ne, from: t.from, groupwise: t.groupwise })),
+    tensors: planned.map((t) => ({ name: t.name, type: t.type.name, ne: t.ne, from: t.from, groupwise: t.groupwise, ...(t.error ? { error: t.error } : {}) })),
   };
 }
 

@@ -15,6 +15,12 @@
 //   model.norm.weight                               [C]
 //   lm_head.weight                                  [V, C]   only when not tied
 // (in the order of transformers' state_dict, which decides how it shards).
+// Architectures (model_type) and what they add (see architectureFromHf):
+//   mistral  sliding_window (attention to the last W positions), no new tensors
+//   qwen2    model.layers.{i}.self_attn.{q,k,v}_proj.bias     [Hq*D], [Hkv*D], [Hkv*D]
+//   qwen3    model.layers.{i}.self_attn.{q,k}_norm.weight     [D], head_dim from the config
+//            (and with attention_bias, a bias on each of q, k, v, o)
+//   llama    with attention_bias, a bias on each of q, k, v, o
 //
 // A model directory holds config.json and either model.safetensors or
 // model.safetensors.index.json ({"metadata": {"total_size": N}, "weight_map":
@@ -26,8 +32,9 @@
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, unlinkSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { type Category, DTYPE_BYTES } from '../dtype.js';
-import { CONFIG_LIMITS, type LlamaConfig, headDim, validateConfig } from '../nn/config.js';
+import { CONFIG_LIMITS, type LlamaConfig, MODEL_TYPES, type ModelType, headDim, validateConfig } from '../nn/config.js';
 import { LlamaModel, type LinearFactory, modelTensorShapes } from '../nn/llama.js';
+import { ropeScalingFromHf, ropeScalingToHf } from '../nn/rope_scaling.js';
 import type { LinearLayer } from '../nn/module.js';
 import { Tensor } from '../tensor.js';
 import { readTextFile } from '../util/files.js';
@@ -58,9 +65,7 @@ function listProblems(problems: string[], max = 25): string {
 export function configFromHf(json: unknown, where: string): LlamaConfig {
   if (!isPlainObject(json)) throw new Error(`${where}: config is not a JSON object`);
   const problems: string[] = [];
-  if (has(json, 'model_type') && json.model_type !== 'llama') {
-    problems.push(`model_type is ${JSON.stringify(json.model_type)}, only "llama" (LlamaForCausalLM) is supported`);
-  }
+  const modelType = modelTypeFromHf(json, problems);
   const int = (k: string, fallback?: number): number => {
     const v = json[k];
     if (!has(json, k) || v === null) {
@@ -92,7 +97,6 @@ export function configFromHf(json: unknown, where: string): LlamaConfig {
     const rp = json.rope_parameters;
     if (!isPlainObject(rp)) problems.push(`rope_parameters must be an object, got ${JSON.stringify(rp)}`);
     else {
-      if (has(rp, 'rope_type') && rp.rope_type !== 'default') problems.push(`rope_parameters.rope_type ${JSON.stringify(rp.rope_type)} is not supported (only "default" RoPE)`);
       if (has(rp, 'rope_theta')) {
         if (typeof rp.rope_theta === 'number') ropeParamsTheta = rp.rope_theta;
         else problems.push(`rope_parameters.rope_theta must be a number, got ${JSON.stringify(rp.rope_theta)}`);
@@ -122,20 +126,14 @@ export function configFromHf(json: unknown, where: string): LlamaConfig {
     tieWordEmbeddings,
   };
 
+  if (modelType) Object.assign(config, architectureFromHf(json, modelType, config, problems));
+
   // Keys that would change the computation in ways the model does not implement.
-  if (has(json, 'head_dim') && json.head_dim !== null) {
-    const implied = Number.isInteger(hiddenSize) && Number.isInteger(numHeads) && numHeads > 0 ? hiddenSize / numHeads : NaN;
-    if (json.head_dim !== implied) {
-      problems.push(`head_dim ${JSON.stringify(json.head_dim)} disagrees with hidden_size / num_attention_heads = ${implied} (a separate head_dim is not supported)`);
-    }
-  }
-  if (has(json, 'rope_scaling') && json.rope_scaling !== null) {
-    problems.push(`rope_scaling ${JSON.stringify(json.rope_scaling)} is not supported (only plain RoPE; rope_scaling must be null)`);
-  }
+  // scaled RoPE (rope_scaling, or rope_parameters' rope_type): nn/rope_scaling.ts
+  const ropeScaling = ropeScalingFromHf(json, config.maxPositionEmbeddings, problems);
+  if (ropeScaling) config.ropeScaling = ropeScaling;
   if (has(json, 'hidden_act') && json.hidden_act !== 'silu') problems.push(`hidden_act ${JSON.stringify(json.hidden_act)} is not supported (only "silu")`);
-  for (const k of ['attention_bias', 'mlp_bias']) {
-    if (has(json, k) && json[k] !== false && json[k] !== null) problems.push(`${k} ${JSON.stringify(json[k])} is not supported (only false)`);
-  }
+  if (has(json, 'mlp_bias') && json.mlp_bias !== false && json.mlp_bias !== null) problems.push(`mlp_bias ${JSON.stringify(json.mlp_bias)} is not supported (only false)`);
   // absurd sizes named by the file's own keys (validateConfig would name our fields)
   const hfKeys: Record<keyof typeof CONFIG_LIMITS, string> = {
     vocabSize: 'vocab_size', hiddenSize: 'hidden_size', intermediateSize: 'intermediate_size', numLayers: 'num_hidden_layers',
@@ -158,8 +156,9 @@ export interface ConfigToHfOptions {
   eosTokenId?: number;
 }
 
-/** A config.json object that transformers loads as LlamaForCausalLM (keys
- * sorted, as transformers writes them). */
+/** A config.json object that transformers loads as the config's architecture
+ * (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM;
+ * keys sorted, as transformers writes them). */
 export function configToHf(config: LlamaConfig, opts: ConfigToHfOptions = {}): Record<string, unknown> {
   validateConfig(config);
   const out: Record<string, unknown> = {
@@ -179,16 +178,114 @@ export function configToHf(config: LlamaConfig, opts: ConfigToHfOptions = {}): R
     num_key_value_heads: config.numKvHeads,
     pretraining_tp: 1,
     rms_norm_eps: config.rmsNormEps,
-    rope_scaling: null,
+    rope_scaling: ropeScalingToHf(config.ropeScaling),
     rope_theta: config.ropeTheta,
     tie_word_embeddings: config.tieWordEmbeddings,
     torch_dtype: TORCH_DTYPE[opts.dtype ?? 'f32'],
     use_cache: true,
     vocab_size: config.vocabSize,
   };
+  Object.assign(out, architectureToHf(config));
+  for (const [k, v] of Object.entries(out)) if (v === undefined) delete out[k];
   if (opts.bosTokenId !== undefined) out.bos_token_id = opts.bosTokenId;
   if (opts.eosTokenId !== undefined) out.eos_token_id = opts.eosTokenId;
   return Object.fromEntries(Object.entries(out).sort(([a], [b]) => (a < b ? -1 : 1)));
+}
+
+// ---------------------------------------------------------------------------
+// Architectures: model_type <-> the config's switches (qkvBias, oBias,
+// qkNorm, headDim, slidingWindow), as transformers' modeling code reads each
+// config class (defaults included).
+
+const ARCH_CLASS: Record<ModelType, string> = {
+  llama: 'LlamaForCausalLM', mistral: 'MistralForCausalLM', qwen2: 'Qwen2ForCausalLM', qwen3: 'Qwen3ForCausalLM',
+};
+
+function modelTypeFromHf(json: Record<string, unknown>, problems: string[]): ModelType | null {
+  if (!has(json, 'model_type')) return 'llama';
+  const t = json.model_type;
+  if (typeof t === 'string' && (MODEL_TYPES as readonly string[]).includes(t)) return t as ModelType;
+  problems.push(`model_type is ${JSON.stringify(t)}, supported: ${MODEL_TYPES.map((m) => `"${m}" (${ARCH_CLASS[m]})`).join(', ')}`);
+  return null;
+}
+
+/** The switches of one architecture from its config.json keys; problems name
+ * the keys the model cannot honour. */
+function architectureFromHf(json: Record<string, unknown>, modelType: ModelType, base: LlamaConfig, problems: string[]): Partial<LlamaConfig> {
+  const arch: Partial<LlamaConfig> = {};
+  if (modelType !== 'llama') arch.modelType = modelType;
+  const implied = Number.isInteger(base.hiddenSize) && Number.isInteger(base.numHeads) && base.numHeads > 0 ? base.hiddenSize / base.numHeads : NaN;
+  // head_dim: Qwen3Config defaults it to 128; the others to hidden_size / num_attention_heads
+  const given = has(json, 'head_dim') && json.head_dim !== null;
+  const hd: unknown = given ? json.head_dim : modelType === 'qwen3' ? 128 : implied;
+  if (given && (typeof hd !== 'number' || !Number.isInteger(hd) || hd <= 0)) problems.push(`head_dim must be a positive integer, got ${JSON.stringify(hd)}`);
+  else if (hd !== implied && typeof hd === 'number') arch.headDim = hd;  // (a non-integer implied one is validateConfig's to report)
+  const flag = (k: string): boolean => {
+    if (!has(json, k) || json[k] === null) return false;
+    if (typeof json[k] !== 'boolean') { problems.push(`${k} must be a boolean, got ${JSON.stringify(json[k])}`); return false; }
+    return json[k] as boolean;
+  };
+  // attention biases: Llama and Qwen3 put attention_bias on q, k, v and o;
+  // Qwen2 always has q, k, v biases (and none on o); Mistral has none (transformers ignores the key)
+  if (modelType === 'llama' || modelType === 'qwen3') {
+    if (flag('attention_bias')) { arch.qkvBias = true; arch.oBias = true; }
+  } else if (modelType === 'qwen2') {
+    arch.qkvBias = true;
+  }
+  if (modelType === 'qwen3') arch.qkNorm = true;
+  if (modelType === 'mistral') {
+    // MistralConfig's default window is 4096; null means full attention
+    const w = has(json, 'sliding_window') ? json.sliding_window : 4096;
+    if (w !== null) {
+      if (typeof w !== 'number' || !Number.isInteger(w) || w < 1) problems.push(`sliding_window must be a positive integer or null, got ${JSON.stringify(w)}`);
+      else arch.slidingWindow = w;
+    }
+  }
+  if (modelType === 'qwen2' || modelType === 'qwen3') {
+    // sliding windows on the layers from max_window_layers on (transformers'
+    // Qwen2/Qwen3 layer_types) are not implemented: refused unless no layer
+    // has one (none from max_window_layers on, or no window shorter than the context)
+    const w = json.sliding_window;
+    if (flag('use_sliding_window') && typeof w === 'number' && w < base.maxPositionEmbeddings) {
+      const first = has(json, 'max_window_layers') && typeof json.max_window_layers === 'number' ? json.max_window_layers : 28;
+      if (first < base.numLayers) {
+        problems.push(`use_sliding_window true with max_window_layers ${first} < num_hidden_layers ${base.numLayers} is not supported (sliding-window attention on some ${modelType} layers only); set use_sliding_window to false, as the published ${modelType} checkpoints have it`);
+      }
+    }
+    if (Array.isArray(json.layer_types) && json.layer_types.some((t) => t !== 'full_attention')) {
+      problems.push(`layer_types with ${JSON.stringify(json.layer_types.find((t) => t !== 'full_attention'))} layers is not supported (only "full_attention")`);
+    }
+  }
+  return arch;
+}
+
+/** The keys that make transformers build the config's architecture; throws
+ * when the switches are not those of its modelType. */
+function architectureToHf(c: LlamaConfig): Record<string, unknown> {
+  const type = c.modelType ?? 'llama';
+  const q = !!c.qkvBias, o = !!c.oBias, norm = !!c.qkNorm, window = c.slidingWindow ?? null;
+  const refuse = (what: string) => {
+    throw new Error(`configToHf: modelType '${type}' (${ARCH_CLASS[type]}) cannot hold ${what}; change modelType or the switch`);
+  };
+  if (type !== 'mistral' && window !== null) refuse(`slidingWindow ${window} (only mistral has a sliding window)`);
+  if (type !== 'qwen3' && norm) refuse('qkNorm (only qwen3 has q/k norms)');
+  if (type === 'qwen2') {
+    if (!q || o) refuse(`qkvBias ${q} / oBias ${o} (qwen2 has biases on q, k and v, none on o_proj)`);
+  } else if (type === 'mistral') {
+    if (q || o) refuse('projection biases');
+  } else if (q !== o) {
+    refuse(`qkvBias ${q} with oBias ${o} (attention_bias puts a bias on all four projections)`);
+  }
+  if (type === 'qwen3' && !norm) refuse('a model without qkNorm (qwen3 always has q/k norms)');
+  const common = { architectures: [ARCH_CLASS[type]], model_type: type };
+  switch (type) {
+    case 'llama': return { ...common, attention_bias: q };
+    case 'mistral': return { ...common, attention_bias: undefined, mlp_bias: undefined, pretraining_tp: undefined, sliding_window: window };
+    case 'qwen2':
+      return { ...common, attention_bias: undefined, mlp_bias: undefined, pretraining_tp: undefined, use_sliding_window: false, sliding_window: null, max_window_layers: c.numLayers };
+    case 'qwen3':
+      return { ...common, attention_bias: q, mlp_bias: undefined, pretraining_tp: undefined, use_sliding_window: false, sliding_window: null, max_window_layers: c.numLayers };
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -239,7 +336,9 @@ export function loadHfModelDir(dir: string, opts: LoadHfOptions = {}): LoadedHfM
   if (dtype !== 'f32' && dtype !== 'bf16') throw new TypeError(`${root}: dtype must be 'f32' or 'bf16', got ${JSON.stringify(dtype)}`);
   if (!existsSync(root) || !statSync(root).isDirectory()) throw new Error(`${root}: not a directory`);
   const configPath = join(root, HF_CONFIG_FILE);
-  const config = configFromHf(readJson(configPath, HF_CONFIG_FILE), configPath);
+  const configJson = readJson(configPath, HF_CONFIG_FILE);
+  refuseQuantizedCheckpoint(configJson, configPath);
+  const config = configFromHf(configJson, configPath);
   const expected = hfTensorShapes(config);
 
   // name -> shard file (absolute path)
@@ -290,7 +389,7 @@ export function loadHfModelDir(dir: string, opts: LoadHfOptions = {}): LoadedHfM
   }
   if (missing.length) problems.unshift(`missing tensors: ${missing.join(', ')}`);
   const unexpected = [...found.keys()].filter((n) => !expected.has(n) && !HARMLESS_EXTRA.test(n) && !(config.tieWordEmbeddings && n === 'lm_head.weight'));
-  if (unexpected.length) problems.push(`unexpected tensors (not part of LlamaForCausalLM with this config): ${unexpected.join(', ')}`);
+  if (unexpected.length) problems.push(`unexpected tensors (not part of ${ARCH_CLASS[config.modelType ?? 'llama']} with this config): ${unexpected.join(', ')}`);
   if (problems.length) throw new Error(`${root}: ${listProblems(problems)}`);
 
   const loaded = new Map<string, Tensor>();
@@ -473,4 +572,22 @@ const LINEAR_WEIGHT = /^(model\.layers\.\d+\.(?:self_attn|mlp)\.(?:q|k|v|o|gate|
 /** Saves a LlamaModel as a LlamaForCausalLM directory (weights bf16 unless asked). */
 export function saveHfModel(model: LlamaModel, dir: string, opts: SaveHfOptions = {}): void {
   saveHfModelDir(dir, model.config, model.namedTensors(), opts);
+}
+
+// ---------------------------------------------------------------------------
+// Quantized checkpoints (GPTQ, the INT-N files of @tunebench/qa-lora): their
+// projections are codes, not dense weights. Named here, so that loading one
+// as a dense model says what it is and what reads it instead of listing
+// every .weight as missing.
+
+function refuseQuantizedCheckpoint(json: unknown, where: string): void {
+  if (!isPlainObject(json) || !isPlainObject(json.quantization_config)) return;
+  const method = json.quantization_config.quant_method;
+  if (method === 'gptq') {
+    throw new Error(`${where}: quantization_config.quant_method "gptq": a GPTQ checkpoint (qweight, qzeros, scales, g_idx) does not load as dense weights; ` +
+      'it loads as a QA-LoRA INT-N base (@tunebench/qa-lora loadQaloraModel or loadGptqModel; in the bench: --methods qalora<bits>)');
+  }
+  if (method === 'tunebench_intn') {
+    throw new Error(`${where}: quantization_config.quant_method "tunebench_intn": a merged QA-LoRA INT-N model; load it with @tunebench/qa-lora loadQaloraMerged`);
+  }
 }

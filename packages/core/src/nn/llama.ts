@@ -1,9 +1,11 @@
 // LLaMA-architecture decoder, forward and backward written by hand.
 //
 //   ids [B, T] -> x0 = embed(ids)                                   [N, C], N = B*T
-//   per block:  h1 = rms(x) ; q,k,v = Lq,Lk,Lv(h1) ; rope(q), rope(k)
+//   per block:  h1 = rms(x) ; q,k,v = Lq,Lk,Lv(h1) (+ bq, bk, bv with qkvBias)
+//               q,k = rms per head (qkNorm) ; rope(q), rope(k)
 //               a = attention(q, k, v) (causal, GQA; inside its segment when
-//                   the batch is packed) ; x2 = x + Lo(a)
+//                   the batch is packed; the last slidingWindow positions
+//                   only, with a window) ; x2 = x + Lo(a) (+ bo with oBias)
 //   rope positions: the batch's (restarting per packed example), else 0..T-1
 //               h2 = rms(x2) ; m = swiglu(Lgate(h2), Lup(h2)) ; x' = x2 + Ldown(m)
 //   hf = rms(x_L) ; loss = cross_entropy(hf · W_head^T, targets)    (fused, chunked)
@@ -23,12 +25,32 @@ import { swiglu, swigluBackward } from '../ops/swiglu.js';
 import type { Device } from '../dtype.js';
 import { Tensor, copyRows, hostValues } from '../tensor.js';
 import { Rng } from '../util/rng.js';
-import { type LlamaConfig, headDim, validateConfig } from './config.js';
+import { type LlamaConfig, attentionWindow, headDim, validateConfig } from './config.js';
+import { type RopeFrequencies, ropeFrequencies, ropePositionLimit, ropePositionLimitText } from './rope_scaling.js';
 import { DenseLinear } from './linear.js';
 import { type LinearLayer, type Parameter, moveParameter } from './module.js';
 
 export const LINEAR_NAMES = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const;
 export type LinearName = (typeof LINEAR_NAMES)[number];
+/** The projections that carry a bias in some architectures (config qkvBias, oBias). */
+export type BiasedName = 'q_proj' | 'k_proj' | 'v_proj' | 'o_proj';
+
+/** Which attention projections of a config carry a bias. Biases are
+ * parameters of the block, not of the LinearLayer: they train under full
+ * fine-tuning and stay as they are (frozen, never quantized) when a method
+ * replaces the projection. */
+export function biasedProjections(config: LlamaConfig): BiasedName[] {
+  return [...(config.qkvBias ? ['q_proj', 'k_proj', 'v_proj'] as const : []), ...(config.oBias ? ['o_proj'] as const : [])];
+}
+
+/** The per-block parameters of the architecture switches (absent in Llama). */
+export interface BlockExtras {
+  /** projection biases by projection name, [out] each */
+  bias: Partial<Record<BiasedName, Parameter>>;
+  /** per-head RMSNorm weights of q and k, [headDim] (qkNorm) */
+  qNorm: Parameter | null;
+  kNorm: Parameter | null;
+}
 
 export interface WeightOptions {
   /** storage of the weights: f32 (default) or bf16 (frozen only) */
@@ -91,7 +113,8 @@ export interface Batch {
    * per row. */
   segments?: Tensor;
   /** [B, T] i32 RoPE position of each token (restarting at 0 at each packed
-   * example), each in [0, max_position_embeddings). Absent: 0..T-1 per row. */
+   * example), each in [0, max_position_embeddings) (further under rope
+   * scaling: ropePositionLimit). Absent: 0..T-1 per row. */
   positions?: Tensor;
   /** non-padding input tokens of the batch (throughput counts these);
    * absent: all B * T */
@@ -121,7 +144,7 @@ function linearPrefix(layer: number, n: LinearName): string {
 }
 
 /** Batch positions: i32 [B, T], each in [0, maxPositions). */
-function checkPositions(positions: Tensor, B: number, T: number, maxPositions: number): void {
+function checkPositions(positions: Tensor, B: number, T: number, maxPositions: number, cfg: LlamaConfig): void {
   if (!(positions instanceof Tensor) || positions.dtype !== 'i32' || positions.shape.length !== 2 || positions.shape[0] !== B || positions.shape[1] !== T) {
     const got = positions instanceof Tensor ? `${positions.dtype} [${positions.shape.join(', ')}]` : typeof positions;
     throw new Error(`forward: batch positions must be i32 [${B}, ${T}] like ids, got ${got}`);
@@ -129,9 +152,31 @@ function checkPositions(positions: Tensor, B: number, T: number, maxPositions: n
   const v = hostValues(positions) as Int32Array;
   for (let i = 0; i < v.length; i++) {
     if (v[i] < 0 || v[i] >= maxPositions) {
-      throw new Error(`forward: batch position ${v[i]} (row ${Math.floor(i / T)}, token ${i % T}) is outside [0, max_position_embeddings = ${maxPositions})`);
+      throw new Error(`forward: batch position ${v[i]} (row ${Math.floor(i / T)}, token ${i % T}) is outside [0, ${cfg.ropeScaling ? ropePositionLimitText(cfg) : `max_position_embeddings = ${maxPositions}`})`);
     }
   }
+}
+
+/** The length a batch covers: its largest position + 1 (T without positions). */
+function batchSeqLen(batch: Batch, T: number): number {
+  if (!batch.positions) return T;
+  const v = hostValues(batch.positions) as Int32Array;
+  let m = 0;
+  for (let i = 0; i < v.length; i++) if (v[i] > m) m = v[i];
+  return m + 1;
+}
+
+/** y [N, out] += bias [out] on every row, as a rank-1 GEMM ones [N, 1] x bias [1, out]
+ * (exact on the CPU; on CUDA the GEMM reads the bias rounded to bf16, as it
+ * reads every weight). */
+function addBias(y: Tensor, bias: Tensor, ones: Tensor): void {
+  matmul(ones, bias.reshape([1, bias.numel]), { out: y, beta: 1 });
+}
+
+/** dbias [out] += the column sums of dy [N, out] (ones [N, 1]). */
+function biasBackward(dy: Tensor, bias: Parameter, ones: Tensor): void {
+  if (!bias.grad) return;
+  matmul(ones, dy, { transA: true, out: bias.grad.reshape([1, bias.grad.numel]), beta: 1 });
 }
 
 function param(name: string, value: Tensor, trainable: boolean): Parameter {
@@ -163,44 +208,78 @@ class LlamaBlock {
   readonly ln1: Parameter;
   readonly ln2: Parameter;
   readonly linears: Record<LinearName, LinearLayer>;
+  readonly extras: BlockExtras;
   private saved: Record<string, Tensor> | null = null;
 
-  constructor(index: number, ln1: Parameter, ln2: Parameter, linears: Record<LinearName, LinearLayer>) {
+  constructor(index: number, ln1: Parameter, ln2: Parameter, linears: Record<LinearName, LinearLayer>,
+              extras: BlockExtras = { bias: {}, qNorm: null, kNorm: null }) {
     this.index = index;
     this.ln1 = ln1;
     this.ln2 = ln2;
     this.linears = linears;
+    this.extras = extras;
+  }
+
+  /** extras' parameters in state_dict order: each bias after its projection, then q_norm, k_norm */
+  private extraParameters(): Parameter[] {
+    const e = this.extras, p: Parameter[] = [];
+    for (const n of ['q_proj', 'k_proj', 'v_proj', 'o_proj'] as const) if (e.bias[n]) p.push(e.bias[n]!);
+    if (e.qNorm) p.push(e.qNorm);
+    if (e.kNorm) p.push(e.kNorm);
+    return p;
   }
 
   // x [N, C] -> x' [N, C] (new). Keeps what backward needs when training.
   // With a KV cache (inference): the new keys/values are appended at
   // cache.length; a first call attends among its own T tokens, later calls
   // (T = 1) attend over the cache.
+  // freqs: the scaled RoPE's table and attention scale (nn/rope_scaling.ts); absent: plain RoPE
   forward(x: Tensor, positions: Tensor, cfg: LlamaConfig, B: number, T: number, training: boolean,
-          cache?: { k: Tensor; v: Tensor; length: number }, segments?: Tensor): Tensor {
+          cache?: { k: Tensor; v: Tensor; length: number }, segments?: Tensor, freqs?: RopeFrequencies): Tensor {
     const D = headDim(cfg), N = B * T;
-    const L = this.linears;
+    const L = this.linears, E = this.extras;
+    const window = attentionWindow(cfg);
     const { y: h1, rstd: rstd1 } = rmsnorm(x, this.ln1.value, { eps: cfg.rmsNormEps });
     const q = L.q_proj.forward(h1), k = L.k_proj.forward(h1), v = L.v_proj.forward(h1);
-    const q4 = q.reshape([B, T, cfg.numHeads, D]), k4 = k.reshape([B, T, cfg.numKvHeads, D]);
+    // architecture extras: biases (a ones column for the rank-1 GEMMs), per-head q/k norms
+    const extra: Record<string, Tensor> = {};
+    const ones = E.bias.q_proj || E.bias.k_proj || E.bias.v_proj || E.bias.o_proj
+      ? fill(Tensor.zeros([N, 1], { category: 'activation', device: x.device }), 1) : null;
+    if (ones) extra.ones = ones;
+    if (E.bias.q_proj) addBias(q, E.bias.q_proj.value, ones!);
+    if (E.bias.k_proj) addBias(k, E.bias.k_proj.value, ones!);
+    if (E.bias.v_proj) addBias(v, E.bias.v_proj.value, ones!);
+    let q4: Tensor, k4: Tensor;
+    if (E.qNorm && E.kNorm) {
+      // RMSNorm of each head's D values: q [N, Hq*D] seen as [N*Hq, D]; q and k (pre-norm) kept for backward
+      const qn = rmsnorm(q.reshape([N * cfg.numHeads, D]), E.qNorm.value, { eps: cfg.rmsNormEps });
+      const kn = rmsnorm(k.reshape([N * cfg.numKvHeads, D]), E.kNorm.value, { eps: cfg.rmsNormEps });
+      Object.assign(extra, { qPre: q, kPre: k, qRstd: qn.rstd, kRstd: kn.rstd });
+      q4 = qn.y.reshape([B, T, cfg.numHeads, D]);
+      k4 = kn.y.reshape([B, T, cfg.numKvHeads, D]);
+    } else {
+      q4 = q.reshape([B, T, cfg.numHeads, D]);
+      k4 = k.reshape([B, T, cfg.numKvHeads, D]);
+    }
     const v4 = v.reshape([B, T, cfg.numKvHeads, D]);
-    rope(q4, positions, { theta: cfg.ropeTheta, out: q4 });
-    rope(k4, positions, { theta: cfg.ropeTheta, out: k4 });
+    rope(q4, positions, { theta: cfg.ropeTheta, ...freqs, out: q4 });
+    rope(k4, positions, { theta: cfg.ropeTheta, ...freqs, out: k4 });
     let att: Tensor, lse: Tensor;
     if (cache) {
       writeCache(cache.k, k4, cache.length);
       writeCache(cache.v, v4, cache.length);
-      if (cache.length === 0) ({ out: att, lse } = attentionForward(q4, k4, v4));
+      if (cache.length === 0) ({ out: att, lse } = attentionForward(q4, k4, v4, { window }));
       else {
         if (T !== 1) throw new Error('forward with a filled KV cache takes one new token per sequence');
-        att = attentionDecode(q4, cache.k, cache.v, cache.length + 1);
+        att = attentionDecode(q4, cache.k, cache.v, cache.length + 1, { window });
         lse = Tensor.zeros([0], { device: q4.device });
       }
     } else {
-      ({ out: att, lse } = attentionForward(q4, k4, v4, { segments }));
+      ({ out: att, lse } = attentionForward(q4, k4, v4, { segments, window }));
     }
     const att2 = att.reshape([N, cfg.numHeads * D]);
     const o = L.o_proj.forward(att2);
+    if (E.bias.o_proj) addBias(o, E.bias.o_proj.value, ones!);
     const x2 = o;  // x2 = x + o, in o's memory
     addInPlace(x2, x);
     const { y: h2, rstd: rstd2 } = rmsnorm(x2, this.ln2.value, { eps: cfg.rmsNormEps });
@@ -209,9 +288,9 @@ class LlamaBlock {
     const out = L.down_proj.forward(m);
     addInPlace(out, x2);
     if (training) {
-      this.saved = { x, h1, rstd1, q4, k4, v4, att, lse, att2, x2, h2, rstd2, g, u, m };
+      this.saved = { x, h1, rstd1, q4, k4, v4, att, lse, att2, x2, h2, rstd2, g, u, m, ...extra };
     } else {
-      for (const t of [h1, rstd1, q, k, v, att, lse, x2, h2, rstd2, g, u, m]) t.dispose();
+      for (const t of [h1, rstd1, q, k, q4, k4, v, att, lse, x2, h2, rstd2, g, u, m, ...Object.values(extra)]) t.dispose();
       for (const n of LINEAR_NAMES) L[n].clearSaved();
     }
     return out;
@@ -219,11 +298,11 @@ class LlamaBlock {
 
   // dres [N, C]: gradient of the block output; on return it holds the
   // gradient of the block input (the residual stream accumulates in place).
-  backward(dres: Tensor, positions: Tensor, cfg: LlamaConfig, segments?: Tensor): void {
+  backward(dres: Tensor, positions: Tensor, cfg: LlamaConfig, segments?: Tensor, freqs?: RopeFrequencies): void {
     const s = this.saved;
     if (!s) throw new Error(`model.layers.${this.index}: backward called without a training forward`);
-    const L = this.linears;
-    const N = dres.shape[0];
+    const L = this.linears, E = this.extras;
+    const N = dres.shape[0], D = headDim(cfg);
     // MLP branch
     const dm = L.down_proj.backward(dres);
     const { dgate, dup } = swigluBackward(dm, s.g, s.u);
@@ -235,12 +314,22 @@ class LlamaBlock {
     addInPlace(dres, dx2);
     dh2.dispose();
     // attention branch
+    if (E.bias.o_proj) biasBackward(dres, E.bias.o_proj, s.ones);
     const datt2 = L.o_proj.backward(dres);
     const datt = datt2.reshape(s.att.shape);
-    const { dq, dk, dv } = attentionBackward(datt, s.q4, s.k4, s.v4, s.att, s.lse, { segments });
+    const window = attentionWindow(cfg);
+    const { dq, dk, dv } = attentionBackward(datt, s.q4, s.k4, s.v4, s.att, s.lse, { segments, window });
     datt2.dispose();
-    ropeBackward(dq, positions, { theta: cfg.ropeTheta, out: dq });
-    ropeBackward(dk, positions, { theta: cfg.ropeTheta, out: dk });
+    ropeBackward(dq, positions, { theta: cfg.ropeTheta, ...freqs, out: dq });
+    ropeBackward(dk, positions, { theta: cfg.ropeTheta, ...freqs, out: dk });
+    if (E.qNorm && E.kNorm) {  // through the per-head norms, in place
+      const dq2 = dq.reshape([N * cfg.numHeads, D]), dk2 = dk.reshape([N * cfg.numKvHeads, D]);
+      rmsnormBackward(dq2, s.qPre.reshape(dq2.shape), E.qNorm.value, s.qRstd, { dweight: E.qNorm.grad ?? undefined, dx: dq2 });
+      rmsnormBackward(dk2, s.kPre.reshape(dk2.shape), E.kNorm.value, s.kRstd, { dweight: E.kNorm.grad ?? undefined, dx: dk2 });
+    }
+    if (E.bias.q_proj) biasBackward(dq.reshape([N, dq.numel / N]), E.bias.q_proj, s.ones);
+    if (E.bias.k_proj) biasBackward(dk.reshape([N, dk.numel / N]), E.bias.k_proj, s.ones);
+    if (E.bias.v_proj) biasBackward(dv.reshape([N, dv.numel / N]), E.bias.v_proj, s.ones);
     const dh1 = L.q_proj.backward(dq.reshape([N, dq.numel / N]));
     L.k_proj.backward(dk.reshape([N, dk.numel / N]), dh1);
     L.v_proj.backward(dv.reshape([N, dv.numel / N]), dh1);
@@ -256,6 +345,7 @@ class LlamaBlock {
     for (const n of LINEAR_NAMES) this.linears[n].to(device);
     moveParameter(this.ln1, device);
     moveParameter(this.ln2, device);
+    for (const p of this.extraParameters()) moveParameter(p, device);
   }
 
   /** The random states of the block's linears (dropout), in LINEAR_NAMES order. */
@@ -275,9 +365,16 @@ class LlamaBlock {
     for (const n of LINEAR_NAMES) this.linears[n].clearSaved();
   }
 
+  /** In state_dict order: each projection (a bias right after its own), q_norm, k_norm, then the two norms. */
   parameters(): Parameter[] {
     const p: Parameter[] = [];
-    for (const n of LINEAR_NAMES) p.push(...this.linears[n].parameters());
+    const E = this.extras;
+    for (const n of LINEAR_NAMES) {
+      p.push(...this.linears[n].parameters());
+      const b = n === 'q_proj' || n === 'k_proj' || n === 'v_proj' || n === 'o_proj' ? E.bias[n] : undefined;
+      if (b) p.push(b);
+      if (n === 'o_proj') { if (E.qNorm) p.push(E.qNorm); if (E.kNorm) p.push(E.kNorm); }
+    }
     p.push(this.ln1, this.ln2);
     return p;
   }
@@ -285,7 +382,7 @@ class LlamaBlock {
   dispose(): void {
     this.releaseSaved();
     for (const n of LINEAR_NAMES) this.linears[n].dispose();
-    for (const p of [this.ln1, this.ln2]) { p.value.dispose(); p.grad?.dispose(); }
+    for (const p of [this.ln1, this.ln2, ...this.extraParameters()]) { p.value.dispose(); p.grad?.dispose(); }
   }
 }
 
@@ -298,6 +395,8 @@ export class LlamaModel {
   readonly lmHead: Parameter | null;
   private state: {
     ids: Tensor; targets: Tensor; positions: Tensor; segments: Tensor | undefined; residuals: Tensor[];
+    /** the forward's scaled-RoPE table (undefined: plain RoPE) */
+    freqs: RopeFrequencies | undefined;
     /** the batch's ids and targets copied to the model's device (none on the CPU) */
     uploaded: Tensor[];
     hf: Tensor; rstdF: Tensor; lse: Tensor; losses: Tensor; B: number; T: number;
@@ -378,7 +477,15 @@ export class LlamaModel {
           linears[n] = new DenseLinear(prefix, w, trainable ? Tensor.zeros(w.shape, { category: 'grad', device: w.device }) : null);
         }
       }
-      blocks.push(new LlamaBlock(i, ln1, ln2, linears));
+      const extras: BlockExtras = { bias: {}, qNorm: null, kNorm: null };
+      for (const n of biasedProjections(config)) {
+        extras.bias[n] = param(`${linearPrefix(i, n)}.bias`, take(`${linearPrefix(i, n)}.bias`, [shapes[n][0]]), trainable);
+      }
+      if (config.qkNorm) {
+        extras.qNorm = param(`model.layers.${i}.self_attn.q_norm.weight`, take(`model.layers.${i}.self_attn.q_norm.weight`, [D]), trainable);
+        extras.kNorm = param(`model.layers.${i}.self_attn.k_norm.weight`, take(`model.layers.${i}.self_attn.k_norm.weight`, [D]), trainable);
+      }
+      blocks.push(new LlamaBlock(i, ln1, ln2, linears, extras));
     }
     const norm = param('model.norm.weight', take('model.norm.weight', [C]), trainable);
     const lmHead = config.tieWordEmbeddings ? null : param('lm_head.weight', take('lm_head.weight', [config.vocabSize, C]), trainable);
@@ -386,7 +493,7 @@ export class LlamaModel {
   }
 
   /** Random initialisation as transformers does for LLaMA: matrices ~ N(0, std^2)
-   * (std = initializer_range, 0.02), norm weights 1. Deterministic for a seed. */
+   * (std = initializer_range, 0.02), norm weights 1, biases 0. Deterministic for a seed. */
   static init(config: LlamaConfig, opts: WeightOptions & { seed?: number; std?: number } = {}): LlamaModel {
     validateConfig(config);
     const dtype = opts.dtype ?? 'f32', trainable = opts.trainable ?? true;
@@ -396,7 +503,7 @@ export class LlamaModel {
     const tensors = new Map<string, Tensor>();
     for (const [name, shape] of modelTensorShapes(config)) {
       const vals = new Float32Array(shape.reduce((a, b) => a * b, 1));
-      if (shape.length === 1) vals.fill(1);
+      if (shape.length === 1) vals.fill(name.endsWith('.bias') ? 0 : 1);
       else for (let i = 0; i < vals.length; i++) vals[i] = rng.normal() * std;
       tensors.set(name, Tensor.from(vals, shape, { dtype, category }));
     }
@@ -467,9 +574,10 @@ export class LlamaModel {
       throw new Error(`forward: targets must be i32 [${ids.shape.join(', ')}] like ids, got ${targets.dtype} [${targets.shape.join(', ')}]`);
     }
     const [B, T] = ids.shape;
-    if (T > cfg.maxPositionEmbeddings) throw new Error(`forward: sequence length ${T} exceeds max_position_embeddings ${cfg.maxPositionEmbeddings}`);
+    const maxPositions = ropePositionLimit(cfg);
+    if (T > maxPositions) throw new Error(`forward: sequence length ${T} exceeds ${ropePositionLimitText(cfg)}`);
     if (batch.segments !== undefined) onHost(batch.segments, (s) => checkSegments('forward', s, B, T));
-    if (batch.positions !== undefined) checkPositions(batch.positions, B, T, cfg.maxPositionEmbeddings);
+    if (batch.positions !== undefined) checkPositions(batch.positions, B, T, maxPositions, cfg);
     if (this.state) this.releaseState();
     for (const b of this.blocks) for (const n of LINEAR_NAMES) if ('training' in b.linears[n]) b.linears[n].training = training;
     const N = B * T, device = this.device;
@@ -492,6 +600,7 @@ export class LlamaModel {
       return c;
     };
     const ids1 = onDevice(ids).reshape([N]), targets1 = onDevice(targets).reshape([N]);
+    const freqs = ropeFrequencies(cfg, cfg.ropeScaling?.type === 'dynamic' ? batchSeqLen(batch, T) : undefined);
     let x = embeddingForward(ids1, this.embed.value);
     const residuals: Tensor[] = [x];
     const replay = new Map<number, unknown[]>();
@@ -500,7 +609,7 @@ export class LlamaModel {
       // input, which is the residual list's) and is recomputed in backward
       const recompute = training && isCheckpointed(this.checkpointMode, i);
       if (recompute) replay.set(i, block.randomStates());
-      const next = block.forward(x, positions, cfg, B, T, training && !recompute, undefined, segments);
+      const next = block.forward(x, positions, cfg, B, T, training && !recompute, undefined, segments, freqs);
       if (training) residuals.push(next);
       else x.dispose();
       x = next;
@@ -519,7 +628,7 @@ export class LlamaModel {
       }
     }
     if (training) {
-      this.state = { ids: ids1, targets: targets1, positions, segments, residuals, uploaded, hf, rstdF, lse: ce.lse, losses: ce.losses, B, T, replay };
+      this.state = { ids: ids1, targets: targets1, positions, segments, residuals, freqs, uploaded, hf, rstdF, lse: ce.lse, losses: ce.losses, B, T, replay };
     } else {
       for (const t of [positions, x, hf, rstdF, ce.lse, ce.losses, ...uploaded]) t.dispose();
       segments?.dispose();
@@ -538,8 +647,8 @@ export class LlamaModel {
     if (cache && cache.batch !== B) throw new Error(`hidden: the cache holds ${cache.batch} sequences, ids has ${B}`);
     const device = this.device;
     if (cache && cache.device !== device) throw new Error(`hidden: the KV cache is on ${cache.device}, the model on ${device} (new KVCache(config, batch, maxLength, model.device))`);
-    if (start + T > (cache ? cache.maxLength : cfg.maxPositionEmbeddings)) {
-      throw new Error(`hidden: ${start + T} positions exceed the ${cache ? 'cache length' : 'max_position_embeddings'} ${cache ? cache.maxLength : cfg.maxPositionEmbeddings}`);
+    if (start + T > (cache ? cache.maxLength : ropePositionLimit(cfg))) {
+      throw new Error(`hidden: ${start + T} positions exceed the ${cache ? `cache length ${cache.maxLength}` : ropePositionLimitText(cfg)}`);
     }
     if (this.state) this.releaseState();
     for (const b of this.blocks) for (const n of LINEAR_NAMES) if ('training' in b.linears[n]) b.linears[n].training = false;
@@ -547,6 +656,8 @@ export class LlamaModel {
     const positions = intTensor([N], device, (pv) => {
       for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) pv[b * T + t] = start + t;
     });
+    // dynamic scaling: the table of this call's length (as a KV-cache decode step sees it)
+    const freqs = ropeFrequencies(cfg, start + T);
     const idsD = ids.device === device ? ids : ids.to(device);
     let x: Tensor;
     try {
@@ -555,7 +666,7 @@ export class LlamaModel {
       if (idsD !== ids) idsD.dispose();
     }
     this.blocks.forEach((block, i) => {
-      const next = block.forward(x, positions, cfg, B, T, false, cache ? { k: cache.k[i], v: cache.v[i], length: start } : undefined);
+      const next = block.forward(x, positions, cfg, B, T, false, cache ? { k: cache.k[i], v: cache.v[i], length: start } : undefined, undefined, freqs);
       x.dispose();
       x = next;
     });
@@ -587,9 +698,9 @@ export class LlamaModel {
       if (states) {
         // recompute the block's forward from its kept input, keeping what backward needs
         this.blocks[i].setRandomStates(states);
-        this.blocks[i].forward(s.residuals[i], s.positions, cfg, s.B, s.T, true, undefined, s.segments).dispose();
+        this.blocks[i].forward(s.residuals[i], s.positions, cfg, s.B, s.T, true, undefined, s.segments, s.freqs).dispose();
       }
-      this.blocks[i].backward(dres, s.positions, cfg, s.segments);
+      this.blocks[i].backward(dres, s.positions, cfg, s.segments, s.freqs);
     }
     if (this.embed.grad) embeddingBackward(dres, s.ids, this.embed.grad);
     dres.dispose();
@@ -627,16 +738,25 @@ export class LlamaModel {
 }
 
 /** Every parameter's Hugging Face name and shape, in transformers'
- * state_dict order (within a layer: q, k, v, o, gate, up, down, then the two norms). */
+ * state_dict order (within a layer: q, k, v, o, each with its bias when the
+ * config has one, q_norm and k_norm (qkNorm), gate, up, down, then the two norms). */
 export function modelTensorShapes(config: LlamaConfig): Map<string, number[]> {
   const C = config.hiddenSize, D = headDim(config), I = config.intermediateSize;
   const m = new Map<string, number[]>();
+  const biased = new Set(biasedProjections(config));
   m.set('model.embed_tokens.weight', [config.vocabSize, C]);
   for (let i = 0; i < config.numLayers; i++) {
-    m.set(`${linearPrefix(i, 'q_proj')}.weight`, [config.numHeads * D, C]);
-    m.set(`${linearPrefix(i, 'k_proj')}.weight`, [config.numKvHeads * D, C]);
-    m.set(`${linearPrefix(i, 'v_proj')}.weight`, [config.numKvHeads * D, C]);
-    m.set(`${linearPrefix(i, 'o_proj')}.weight`, [C, config.numHeads * D]);
+    const attn: [BiasedName, number, number][] = [
+      ['q_proj', config.numHeads * D, C], ['k_proj', config.numKvHeads * D, C], ['v_proj', config.numKvHeads * D, C], ['o_proj', C, config.numHeads * D],
+    ];
+    for (const [n, out, inn] of attn) {
+      m.set(`${linearPrefix(i, n)}.weight`, [out, inn]);
+      if (biased.has(n)) m.set(`${linearPrefix(i, n)}.bias`, [out]);
+    }
+    if (config.qkNorm) {
+      m.set(`model.layers.${i}.self_attn.q_norm.weight`, [D]);
+      m.set(`model.layers.${i}.self_attn.k_norm.weight`, [D]);
+    }
     m.set(`${linearPrefix(i, 'gate_proj')}.weight`, [I, C]);
     m.set(`${linearPrefix(i, 'up_proj')}.weight`, [I, C]);
     m.set(`${linearPrefix(i, 'down_proj')}.weight`, [C, I]);
@@ -658,8 +778,9 @@ export class KVCache {
   /** device: where the keys and values live, the model's (default cpu) */
   constructor(config: LlamaConfig, readonly batch: number, readonly maxLength: number, readonly device: Device = 'cpu') {
     if (!Number.isInteger(batch) || batch < 1) throw new Error(`KVCache: batch must be a positive integer, got ${batch}`);
-    if (!Number.isInteger(maxLength) || maxLength < 1 || maxLength > config.maxPositionEmbeddings) {
-      throw new Error(`KVCache: maxLength must be in [1, ${config.maxPositionEmbeddings}], got ${maxLength}`);
+    const limit = ropePositionLimit(config);
+    if (!Number.isInteger(maxLength) || maxLength < 1 || maxLength > limit) {
+      throw new Error(`KVCache: maxLength must be in [1, ${limit}], got ${maxLength}`);
     }
     const shape = [batch, maxLength, config.numKvHeads, headDim(config)];
     this.k = Array.from({ length: config.numLayers }, () => Tensor.zeros(shape, { category: 'activation', device }));

@@ -10,6 +10,10 @@
 //   padding carries an id of its own. The kernel skips key tiles outside a
 //   query tile's segments (see native/src/cpu/attention.cc for the convention
 //   a device kernel shares).
+//   window (optional, 0 = none): sliding-window attention (Mistral): query t
+//   also needs t - s < window, i.e. it sees its last `window` positions,
+//   itself included (transformers' sliding-window mask). The kernels fold it
+//   into the segment bounds: start(t) = max(segment start, t - window + 1).
 import type { Category } from '../dtype.js';
 import { nativeFn, type NativeTensorHandle } from '../native.js';
 import { Tensor } from '../tensor.js';
@@ -18,9 +22,9 @@ import { checkFinite, checkShape, checkTensorOn, fmtShape, outTensor, sameDevice
 
 type H = NativeTensorHandle;
 type ForwardFn = (q: H, k: H, v: H, out: H, lse: H,
-                  B: number, T: number, Hq: number, Hkv: number, D: number, scale: number, segments: H | null) => void;
+                  B: number, T: number, Hq: number, Hkv: number, D: number, scale: number, segments: H | null, window: number) => void;
 type BackwardFn = (dout: H, q: H, k: H, v: H, out: H, lse: H, dq: H, dk: H, dv: H,
-                   B: number, T: number, Hq: number, Hkv: number, D: number, scale: number, segments: H | null) => void;
+                   B: number, T: number, Hq: number, Hkv: number, D: number, scale: number, segments: H | null, window: number) => void;
 
 // Looked up on first use, so importing the package works with an addon built
 // without this op family.
@@ -32,6 +36,9 @@ export interface AttentionOptions {
   scale?: number;
   /** [B, T] i32 segment ids (packed rows): attention stays inside a segment */
   segments?: Tensor;
+  /** sliding window: a query sees its last `window` positions (itself
+   * included); 0 or absent: every earlier position */
+  window?: number;
   /** preallocated [B, T, Hq, D] output (overwritten) */
   out?: Tensor;
   /** preallocated [B, Hq, T] log-sum-exp output (overwritten) */
@@ -45,6 +52,8 @@ export interface AttentionBackwardOptions {
   scale?: number;
   /** the segment ids the forward pass used ([B, T] i32), if any */
   segments?: Tensor;
+  /** the sliding window the forward pass used, if any */
+  window?: number;
   /** preallocated gradients (overwritten, not accumulated) */
   dq?: Tensor;
   dk?: Tensor;
@@ -105,6 +114,15 @@ function checkSortedRows(op: string, v: Int32Array, B: number, T: number): void 
   }
 }
 
+/** A sliding window: 0 (none) or a positive integer below 2^30. */
+function windowOf(op: string, window: number | undefined): number {
+  if (window === undefined) return 0;
+  if (typeof window !== 'number' || !Number.isInteger(window) || window < 0 || window >= 2 ** 30) {
+    throw new RangeError(`${op}: window must be 0 (no sliding window) or a positive integer below 2^30, got ${String(window)}`);
+  }
+  return window;
+}
+
 function scaleOf(op: string, scale: number | undefined, D: number): number {
   if (scale === undefined) return 1 / Math.sqrt(D);
   checkFinite(op, 'scale', scale);
@@ -129,6 +147,7 @@ export function attentionForward(q: Tensor, k: Tensor, v: Tensor, opts: Attentio
   const op = 'attentionForward';
   const { B, T, Hq, Hkv, D, device } = checkQKV(op, q, k, v);
   const scale = scaleOf(op, opts.scale, D);
+  const window = windowOf(op, opts.window);
   const segments = opts.segments === undefined ? null : checkSegments(op, opts.segments, B, T);
   if (segments) sameDevice(op, { q, segments });
   const category = opts.category ?? 'activation';
@@ -142,7 +161,7 @@ export function attentionForward(q: Tensor, k: Tensor, v: Tensor, opts: Attentio
     throw e;
   }
   forwardFn ??= nativeFn<ForwardFn>('attention_forward');
-  forwardFn(q.handle, k.handle, v.handle, out.handle, lse.handle, B, T, Hq, Hkv, D, scale, segments?.handle ?? null);
+  forwardFn(q.handle, k.handle, v.handle, out.handle, lse.handle, B, T, Hq, Hkv, D, scale, segments?.handle ?? null, window);
   return { out, lse };
 }
 
@@ -160,6 +179,7 @@ export function attentionBackward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor,
   checkShape(op, 'lse', checkTensorOn(op, 'lse', lse, ['f32'], 3), [B, Hq, T]);
   sameDevice(op, { q, dout, out, lse });
   const scale = scaleOf(op, opts.scale, D);
+  const window = windowOf(op, opts.window);
   const segments = opts.segments === undefined ? null : checkSegments(op, opts.segments, B, T);
   if (segments) sameDevice(op, { q, segments });
   const category = opts.category ?? 'activation';
@@ -175,7 +195,7 @@ export function attentionBackward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor,
                   [['dout', dout], ['q', q], ['k', k], ['v', v], ['out', out], ['lse', lse]]);
     backwardFn ??= nativeFn<BackwardFn>('attention_backward');
     backwardFn(dout.handle, q.handle, k.handle, v.handle, out.handle, lse.handle, dq.handle, dk.handle, dv.handle,
-               B, T, Hq, Hkv, D, scale, segments?.handle ?? null);
+               B, T, Hq, Hkv, D, scale, segments?.handle ?? null, window);
     return { dq, dk, dv };
   } catch (e) {
     for (const t of made) t.dispose();
@@ -184,7 +204,7 @@ export function attentionBackward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor,
 }
 
 type DecodeFn = (q: NativeTensorHandle, kc: NativeTensorHandle, vc: NativeTensorHandle, out: NativeTensorHandle,
-                 B: number, Hq: number, Hkv: number, D: number, Tmax: number, L: number, scale: number) => void;
+                 B: number, Hq: number, Hkv: number, D: number, Tmax: number, L: number, scale: number, window: number) => void;
 let decodeFn: DecodeFn | undefined;
 
 /**
@@ -192,9 +212,11 @@ let decodeFn: DecodeFn | undefined;
  * tensors' device.
  *   q [B, 1, Hq, D]; kCache, vCache [B, Tmax, Hkv, D] with positions 0..length-1
  *   filled (the new token's own key/value included) -> out [B, 1, Hq, D]
+ *   window (0 or absent: none): only the last `window` cached positions
+ *   (length - window .. length - 1) are attended, as attentionForward's window.
  */
 export function attentionDecode(q: Tensor, kCache: Tensor, vCache: Tensor, length: number,
-                                opts: { scale?: number; out?: Tensor } = {}): Tensor {
+                                opts: { scale?: number; out?: Tensor; window?: number } = {}): Tensor {
   const op = 'attentionDecode';
   checkTensorOn(op, 'q', q, ['f32'], 4);
   checkTensorOn(op, 'kCache', kCache, ['f32'], 4);
@@ -207,8 +229,9 @@ export function attentionDecode(q: Tensor, kCache: Tensor, vCache: Tensor, lengt
   if (Hq % Hkv !== 0) throw new RangeError(`${op}: ${Hq} query heads are not a multiple of ${Hkv} kv heads`);
   if (!Number.isInteger(length) || length < 1 || length > Tmax) throw new RangeError(`${op}: length ${length} must be in [1, ${Tmax}]`);
   const scale = opts.scale ?? 1 / Math.sqrt(D);
+  const window = windowOf(op, opts.window);
   const out = outTensor(op, 'out', opts.out, q.shape, { category: 'activation', device });
   decodeFn ??= nativeFn<DecodeFn>('attention_decode');
-  decodeFn(q.handle, kCache.handle, vCache.handle, out.handle, B, Hq, Hkv, D, Tmax, length, scale);
+  decodeFn(q.handle, kCache.handle, vCache.handle, out.handle, B, Hq, Hkv, D, Tmax, length, scale, window);
   return out;
 }

@@ -19,6 +19,12 @@
 // visited: a packed row costs the sum of its segments' causal costs at tile
 // granularity, not a full causal row. Without seg every row is one segment.
 //
+// Sliding window (window > 0, Mistral): query t also needs t - s < window.
+// The bindings fold it into the same bounds (math::window_bounds): start(t)
+// = max(start(t), t - window + 1), end(t) = min(end(t), t + window); both
+// stay non-decreasing, so the kernels below run unchanged and skip the key
+// tiles wholly before a query tile's window as they skip other segments.
+//
 // CUDA: cuda/attention.cu implements the same ops (same layouts, masks, lse,
 // written outputs; D <= 256), its per-element math in kernels/attention_math.h
 // (tested on the CPU through hostmath_attention). One binding per op
@@ -439,17 +445,32 @@ float scale_arg(const Napi::CallbackInfo& info, size_t i, const char* fn) {
   return static_cast<float>(s);
 }
 
-// Segment bounds on the CPU from the segment ids (seg, [B, T] i32, or absent):
-// fills bounds with starts then ends (2 * B * T); false without segments.
+// Segment bounds on the CPU from the segment ids (seg, [B, T] i32, or absent)
+// and the sliding window (0: none): fills bounds with starts then ends
+// (2 * B * T); false when there is neither (every row one causal segment).
 bool cpu_segment_bounds(const Napi::CallbackInfo& info, const char* fn, const TensorArg& seg, const Dims& d,
-                        Workspace<int32_t>& bounds) {
-  if (seg.data == nullptr) return false;
+                        int64_t window, Workspace<int32_t>& bounds) {
+  if (seg.data == nullptr && window <= 0) return false;
   int32_t* start = bounds.data();
-  const int64_t bad = segment_bounds(seg.as<int32_t>(), d.B, d.T, start, start + d.B * d.T);
-  if (bad >= 0)
-    throw arg_error(info, fn, "'segments' must be non-decreasing within each row; row " + std::to_string(bad / d.T) +
-                    " position " + std::to_string(bad % d.T) + " has a smaller id than position " + std::to_string(bad % d.T - 1));
+  int32_t* end = start + d.B * d.T;
+  if (seg.data != nullptr) {
+    const int64_t bad = segment_bounds(seg.as<int32_t>(), d.B, d.T, start, end);
+    if (bad >= 0)
+      throw arg_error(info, fn, "'segments' must be non-decreasing within each row; row " + std::to_string(bad / d.T) +
+                      " position " + std::to_string(bad % d.T) + " has a smaller id than position " + std::to_string(bad % d.T - 1));
+  } else {
+    for (int64_t i = 0; i < d.B * d.T; i++) { start[i] = 0; end[i] = static_cast<int32_t>(d.T); }
+  }
+  for (int64_t i = 0; i < d.B * d.T; i++) math::window_bounds(i % d.T, window, start[i], end[i]);
   return true;
+}
+
+// The optional sliding window argument (absent or undefined: 0, none).
+int64_t window_arg(const Napi::CallbackInfo& info, size_t i, const char* fn) {
+  if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) return 0;
+  const int64_t w = int_arg(info, i, fn, "window");
+  if (w >= (int64_t{1} << 30)) throw arg_error(info, fn, "'window' must be below 2^30");
+  return w;
 }
 
 void check_cuda_head_dim(const Napi::CallbackInfo& info, const char* fn, const Dispatch& disp, int64_t D) {
@@ -458,7 +479,7 @@ void check_cuda_head_dim(const Napi::CallbackInfo& info, const char* fn, const D
                     std::to_string(cuda::kAttentionMaxHeadDim) + ", the largest the CUDA kernels support");
 }
 
-// attention_forward(q, k, v, out, lse, B, T, Hq, Hkv, D, scale, segments?)
+// attention_forward(q, k, v, out, lse, B, T, Hq, Hkv, D, scale, segments?, window?)
 // On CUDA the segment ids are not validated here (the TS op checks them).
 Napi::Value AttentionForwardBinding(const Napi::CallbackInfo& info) {
   const char* fn = "attention_forward";
@@ -473,14 +494,15 @@ Napi::Value AttentionForwardBinding(const Napi::CallbackInfo& info) {
   TensorArg o = disp.tensor(3, "out", nq, DType::F32);
   TensorArg l = disp.tensor(4, "lse", nl, DType::F32);
   TensorArg seg = disp.tensor(11, "segments", static_cast<size_t>(d.B * d.T), DType::I32, false, true);
+  const int64_t window = window_arg(info, 12, fn);
   check_cuda_head_dim(info, fn, disp, d.D);
   return guarded(info, [&]() -> Napi::Value {
     if (disp.cuda()) {
       TB_ON_CUDA(cuda::attention_forward(q.f32(), k.f32(), v.f32(), o.f32(), l.f32(), d.B, d.T, d.Hq, d.Hkv, d.D,
-                                         scale, seg.as<int32_t>()));
+                                         scale, seg.as<int32_t>(), window));
     } else {
-      Workspace<int32_t> bounds(seg.data ? static_cast<size_t>(2 * d.B * d.T) : 0);
-      const bool has = cpu_segment_bounds(info, fn, seg, d, bounds);
+      Workspace<int32_t> bounds(seg.data || window > 0 ? static_cast<size_t>(2 * d.B * d.T) : 0);
+      const bool has = cpu_segment_bounds(info, fn, seg, d, window, bounds);
       attention_forward(q.f32(), k.f32(), v.f32(), o.f32(), l.f32(), d.B, d.T, d.Hq, d.Hkv, d.D, scale,
                         has ? bounds.data() : nullptr);
     }
@@ -488,7 +510,7 @@ Napi::Value AttentionForwardBinding(const Napi::CallbackInfo& info) {
   });
 }
 
-// attention_backward(dout, q, k, v, out, lse, dq, dk, dv, B, T, Hq, Hkv, D, scale, segments?)
+// attention_backward(dout, q, k, v, out, lse, dq, dk, dv, B, T, Hq, Hkv, D, scale, segments?, window?)
 // dq, dk, dv are written (activation gradients), not accumulated.
 Napi::Value AttentionBackwardBinding(const Napi::CallbackInfo& info) {
   const char* fn = "attention_backward";
@@ -507,14 +529,15 @@ Napi::Value AttentionBackwardBinding(const Napi::CallbackInfo& info) {
   TensorArg dk = disp.tensor(7, "dk", nkv, DType::F32);
   TensorArg dv = disp.tensor(8, "dv", nkv, DType::F32);
   TensorArg seg = disp.tensor(15, "segments", static_cast<size_t>(d.B * d.T), DType::I32, false, true);
+  const int64_t window = window_arg(info, 16, fn);
   check_cuda_head_dim(info, fn, disp, d.D);
   return guarded(info, [&]() -> Napi::Value {
     if (disp.cuda()) {
       TB_ON_CUDA(cuda::attention_backward(dout.f32(), q.f32(), k.f32(), v.f32(), o.f32(), l.f32(), dq.f32(), dk.f32(),
-                                          dv.f32(), d.B, d.T, d.Hq, d.Hkv, d.D, scale, seg.as<int32_t>()));
+                                          dv.f32(), d.B, d.T, d.Hq, d.Hkv, d.D, scale, seg.as<int32_t>(), window));
     } else {
-      Workspace<int32_t> bounds(seg.data ? static_cast<size_t>(2 * d.B * d.T) : 0);
-      const bool has = cpu_segment_bounds(info, fn, seg, d, bounds);
+      Workspace<int32_t> bounds(seg.data || window > 0 ? static_cast<size_t>(2 * d.B * d.T) : 0);
+      const bool has = cpu_segment_bounds(info, fn, seg, d, window, bounds);
       const int32_t* start = has ? bounds.data() : nullptr;
       attention_backward(dout.f32(), q.f32(), k.f32(), v.f32(), o.f32(), l.f32(), dq.f32(), dk.f32(), dv.f32(), d.B,
                          d.T, d.Hq, d.Hkv, d.D, scale, start, has ? start + d.B * d.T : nullptr);
@@ -523,7 +546,7 @@ Napi::Value AttentionBackwardBinding(const Napi::CallbackInfo& info) {
   });
 }
 
-// hostmath_attention(q, k, v, dout, out, lse, dq, dk, dv, B, T, Hq, Hkv, D, scale, chunk, segments?, tile?):
+// hostmath_attention(q, k, v, dout, out, lse, dq, dk, dv, B, T, Hq, Hkv, D, scale, chunk, segments?, tile?, window?):
 // the CUDA kernels' per-element math (kernels/attention_math.h) in plain CPU
 // loops, for tests. Forward: per query row, an online softmax over the keys
 // in chunks of `chunk` (segment bounds by the kernels' binary search), into
@@ -532,7 +555,8 @@ Napi::Value AttentionBackwardBinding(const Napi::CallbackInfo& info) {
 // the forward kernel visits them for the row's query tile [i0, i0 + tile):
 // from the chunk holding start(i0) to the one holding the tile's last query,
 // so a row also meets chunks wholly masked for it (before its segment, with
-// no key seen yet, and past its own position). Backward from that out and lse: D = rowsum(dout * out),
+// no key seen yet, and past its own position). A window narrows the bounds
+// (math::window_bounds) as the kernels do. Backward from that out and lse: D = rowsum(dout * out),
 // p = attn_prob, ds = attn_dscore, dq/dk/dv written.
 Napi::Value HostmathAttentionBinding(const Napi::CallbackInfo& info) {
   const char* fn = "hostmath_attention";
@@ -552,6 +576,7 @@ Napi::Value HostmathAttentionBinding(const Napi::CallbackInfo& info) {
   TensorArg dv = tensor_arg(info, 8, fn, "dv", nkv, DType::F32);
   TensorArg seg = tensor_arg(info, 16, fn, "segments", static_cast<size_t>(d.B * d.T), DType::I32, false, true);
   const int64_t tile = info.Length() > 17 && !info[17].IsUndefined() ? int_arg(info, 17, fn, "tile") : 0;
+  const int64_t window = window_arg(info, 18, fn);
   const int64_t B = d.B, T = d.T, Hq = d.Hq, Hkv = d.Hkv, D = d.D, G = Hq / Hkv;
   const int64_t qs = Hq * D, ks = Hkv * D;
   auto qp = [&](int64_t b, int64_t t, int64_t h) { return q.f32() + (b * T + t) * qs + h * D; };
@@ -562,13 +587,13 @@ Napi::Value HostmathAttentionBinding(const Napi::CallbackInfo& info) {
     return s;
   };
   std::vector<int32_t> start(static_cast<size_t>(B * T), 0);
-  if (seg.data)
-    for (int64_t b = 0; b < B; b++)
-      for (int64_t t = 0; t < T; t++) {
-        int32_t s, e;
-        math::segment_bounds_of(seg.as<int32_t>() + b * T, T, t, s, e);
-        start[b * T + t] = s;
-      }
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t t = 0; t < T; t++) {
+      int32_t s = 0, e = static_cast<int32_t>(T);
+      if (seg.data) math::segment_bounds_of(seg.as<int32_t>() + b * T, T, t, s, e);
+      math::window_bounds(t, window, s, e);
+      start[b * T + t] = s;
+    }
   std::vector<float> sc(static_cast<size_t>(chunk)), acc(static_cast<size_t>(D));
   for (int64_t b = 0; b < B; b++)
     for (int64_t h = 0; h < Hq; h++)

@@ -12,7 +12,10 @@
 // (binary search in the row, which is sorted). A query tile visits key tiles
 // from the one holding its first query's start (starts are non-decreasing);
 // a key tile visits query tiles up to its last key's end. Whole tiles outside
-// a segment are skipped, as on the CPU.
+// a segment are skipped, as on the CPU. A sliding window (window > 0) is
+// folded into the same bounds (math::window_bounds), computed by the same
+// kernel with or without segment ids; the attention kernels do not change.
+// Decode starts at key math::decode_first_key(L, window).
 //
 // Kernels (D <= 256; lanes own the head dims c = lane + 32 i, i < DPL):
 //   forward:    block = (b, h, 16 queries), 4 warps x 4 query rows. Per key
@@ -70,13 +73,19 @@ __device__ __forceinline__ void load_tile(float* dst, int ld, const float* __res
   }
 }
 
-__global__ void segment_bounds_kernel(const int32_t* __restrict__ seg, int64_t B, int64_t T, int32_t* __restrict__ start,
-                                      int32_t* __restrict__ end) {
+// start/end per token from the segment ids (seg may be null: one segment per
+// row), narrowed to the sliding window (window <= 0: none).
+__global__ void segment_bounds_kernel(const int32_t* __restrict__ seg, int64_t B, int64_t T, int64_t window,
+                                      int32_t* __restrict__ start, int32_t* __restrict__ end) {
   const int64_t n = B * T;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = i / T, t = i - b * T;
-    math::segment_bounds_of(seg + b * T, T, t, start[i], end[i]);
+    int32_t s = 0, e = static_cast<int32_t>(T);
+    if (seg) math::segment_bounds_of(seg + b * T, T, t, s, e);
+    math::window_bounds(t, window, s, e);
+    start[i] = s;
+    end[i] = e;
   }
 }
 
@@ -381,7 +390,7 @@ __global__ void __launch_bounds__(kBWarps * 32)
 
 template <int DPL>
 __global__ void __launch_bounds__(kDecodeWarps * 32)
-    attention_decode_kernel(int64_t Hq, int64_t Hkv, int D, int64_t Tmax, int64_t L, float scale,
+    attention_decode_kernel(int64_t Hq, int64_t Hkv, int D, int64_t Tmax, int64_t L, int64_t first, float scale,
                             const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc,
                             float* __restrict__ out) {
   __shared__ float ms[kDecodeWarps], ls[kDecodeWarps];
@@ -400,7 +409,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
   const float* kb = kc + (b * Tmax * Hkv + g) * D;  // key j at + j * ks
   const float* vb = vc + (b * Tmax * Hkv + g) * D;
   float m = -INFINITY, l = 0.0f;
-  for (int64_t j0 = warp * 32; j0 < L; j0 += kDecodeWarps * 32) {
+  for (int64_t j0 = first + warp * 32; j0 < L; j0 += kDecodeWarps * 32) {
     const int n = static_cast<int>(min64(32, L - j0));
     float s = -INFINITY;  // lane jj holds key j0 + jj's score
     for (int jj = 0; jj < n; jj++) {
@@ -440,7 +449,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
   }
   __syncthreads();
   for (int c = threadIdx.x; c < D; c += blockDim.x) {
-    float mm = ms[0], ll = ls[0], oo = os[c];  // warp 0 holds key 0 (L >= 1)
+    float mm = ms[0], ll = ls[0], oo = os[c];  // warp 0 holds key `first` (L > first)
     for (int w = 1; w < kDecodeWarps; w++) {
       float mn, a1, a2;
       math::softmax_merge_factors(mm, ms[w], mn, a1, a2);
@@ -476,9 +485,9 @@ unsigned grid_of(int64_t n) {
   return static_cast<unsigned>(n);
 }
 
-// Segment starts then ends ([2, B, T] i32) from the ids, in `bounds`.
-void segment_bounds(const int32_t* seg, int64_t B, int64_t T, int32_t* bounds) {
-  segment_bounds_kernel<<<std::min(blocks_for(B * T, 256), 65535u * 8), 256, 0, stream()>>>(seg, B, T, bounds,
+// Segment starts then ends ([2, B, T] i32) from the ids (or null) and the window, in `bounds`.
+void segment_bounds(const int32_t* seg, int64_t B, int64_t T, int64_t window, int32_t* bounds) {
+  segment_bounds_kernel<<<std::min(blocks_for(B * T, 256), 65535u * 8), 256, 0, stream()>>>(seg, B, T, window, bounds,
                                                                                            bounds + B * T);
   TB_LAUNCH_CHECK();
 }
@@ -509,12 +518,13 @@ void backward_impl(const float* dout, const float* q, const float* k, const floa
 }  // namespace
 
 void attention_forward(const float* q, const float* k, const float* v, float* out, float* lse, int64_t B, int64_t T,
-                       int64_t Hq, int64_t Hkv, int64_t D, float scale, const int32_t* seg) {
+                       int64_t Hq, int64_t Hkv, int64_t D, float scale, const int32_t* seg, int64_t window) {
   if (B == 0 || T == 0) return;
   const int dpl = dpl_for(D);
-  Workspace<int32_t> bounds(seg ? static_cast<size_t>(2 * B * T) : 0, Device::CUDA);
-  if (seg) segment_bounds(seg, B, T, bounds.data());
-  const int32_t* start = seg ? bounds.data() : nullptr;
+  const bool masked = seg != nullptr || (window > 0 && window < T);
+  Workspace<int32_t> bounds(masked ? static_cast<size_t>(2 * B * T) : 0, Device::CUDA);
+  if (masked) segment_bounds(seg, B, T, window, bounds.data());
+  const int32_t* start = masked ? bounds.data() : nullptr;
   const int d = static_cast<int>(D);
   switch (dpl) {
     case 1: forward_impl<1>(q, k, v, out, lse, B, T, Hq, Hkv, d, scale, start); break;
@@ -526,13 +536,14 @@ void attention_forward(const float* q, const float* k, const float* v, float* ou
 
 void attention_backward(const float* dout, const float* q, const float* k, const float* v, const float* out,
                         const float* lse, float* dq, float* dk, float* dv, int64_t B, int64_t T, int64_t Hq,
-                        int64_t Hkv, int64_t D, float scale, const int32_t* seg) {
+                        int64_t Hkv, int64_t D, float scale, const int32_t* seg, int64_t window) {
   if (B == 0 || T == 0) return;
   const int dpl = dpl_for(D);
-  Workspace<int32_t> bounds(seg ? static_cast<size_t>(2 * B * T) : 0, Device::CUDA);
-  if (seg) segment_bounds(seg, B, T, bounds.data());
-  const int32_t* start = seg ? bounds.data() : nullptr;
-  const int32_t* end = seg ? bounds.data() + B * T : nullptr;
+  const bool masked = seg != nullptr || (window > 0 && window < T);
+  Workspace<int32_t> bounds(masked ? static_cast<size_t>(2 * B * T) : 0, Device::CUDA);
+  if (masked) segment_bounds(seg, B, T, window, bounds.data());
+  const int32_t* start = masked ? bounds.data() : nullptr;
+  const int32_t* end = masked ? bounds.data() + B * T : nullptr;
   Workspace<float> delta(static_cast<size_t>(B * Hq * T), Device::CUDA);
   const int d = static_cast<int>(D);
   const int64_t rows = B * T * Hq;
@@ -547,17 +558,18 @@ void attention_backward(const float* dout, const float* q, const float* k, const
 }
 
 void attention_decode(int64_t B, int64_t Hq, int64_t Hkv, int64_t D, int64_t Tmax, int64_t L, float scale,
-                      const float* q, const float* kc, const float* vc, float* out) {
+                      const float* q, const float* kc, const float* vc, float* out, int64_t window) {
   if (B == 0 || L == 0) return;
   const int dpl = dpl_for(D);
+  const int64_t first = math::decode_first_key(L, window);
   const int d = static_cast<int>(D);
   const size_t smem = sizeof(float) * kDecodeWarps * D;
   const unsigned grid = grid_of(B * Hq);
   switch (dpl) {
-    case 1: launch(attention_decode_kernel<1>, grid, kDecodeWarps * 32, smem, Hq, Hkv, d, Tmax, L, scale, q, kc, vc, out); break;
-    case 2: launch(attention_decode_kernel<2>, grid, kDecodeWarps * 32, smem, Hq, Hkv, d, Tmax, L, scale, q, kc, vc, out); break;
-    case 4: launch(attention_decode_kernel<4>, grid, kDecodeWarps * 32, smem, Hq, Hkv, d, Tmax, L, scale, q, kc, vc, out); break;
-    default: launch(attention_decode_kernel<8>, grid, kDecodeWarps * 32, smem, Hq, Hkv, d, Tmax, L, scale, q, kc, vc, out); break;
+    case 1: launch(attention_decode_kernel<1>, grid, kDecodeWarps * 32, smem, Hq, Hkv, d, Tmax, L, first, scale, q, kc, vc, out); break;
+    case 2: launch(attention_decode_kernel<2>, grid, kDecodeWarps * 32, smem, Hq, Hkv, d, Tmax, L, first, scale, q, kc, vc, out); break;
+    case 4: launch(attention_decode_kernel<4>, grid, kDecodeWarps * 32, smem, Hq, Hkv, d, Tmax, L, first, scale, q, kc, vc, out); break;
+    default: launch(attention_decode_kernel<8>, grid, kDecodeWarps * 32, smem, Hq, Hkv, d, Tmax, L, first, scale, q, kc, vc, out); break;
   }
 }
 

@@ -5,8 +5,10 @@
 //
 // One thread per (token, i < h): it takes cos/sin of its angle once and
 // rotates the pair (i, i + h) of every head; consecutive threads take
-// consecutive i, so loads and stores are coalesced. inv_freq is computed on
-// the host with the CPU's powf and passed by value (no copy, no allocation).
+// consecutive i, so loads and stores are coalesced. inv_freq comes from the
+// host (the binding's table: the CPU's powf for plain RoPE, or the scaled
+// variant's table) and is passed by value (no copy, no allocation); scale
+// (the attention factor of YaRN, else 1) multiplies cos and sin.
 #include <string>
 
 #include "../kernels/rope_math.h"
@@ -19,14 +21,14 @@ namespace {
 struct InvFreq { float f[kRopeMaxHeadDim / 2]; };
 
 template <bool kInverse>
-__global__ void rope_kernel(int64_t BT, int64_t H, int64_t h, const int32_t* __restrict__ pos, InvFreq inv,
+__global__ void rope_kernel(int64_t BT, int64_t H, int64_t h, const int32_t* __restrict__ pos, InvFreq inv, float scale,
                             const float* x, float* out) {  // x may be out: no __restrict__
   const int64_t n = BT * h;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t t = idx / h, i = idx - t * h;
     float c, s;
-    math::rope_cos_sin(pos[t], inv.f[i], c, s);
+    math::rope_cos_sin(pos[t], inv.f[i], c, s, scale);
     const int64_t base = t * H * 2 * h + i;
     for (int64_t hd = 0; hd < H; hd++) {
       const int64_t e = base + hd * 2 * h;
@@ -41,29 +43,32 @@ __global__ void rope_kernel(int64_t BT, int64_t H, int64_t h, const int32_t* __r
 }
 
 template <bool kInverse>
-void rope_apply(int64_t BT, int64_t H, int64_t D, const int32_t* pos, float theta, const float* x, float* out) {
+void rope_apply(int64_t BT, int64_t H, int64_t D, const int32_t* pos, const float* inv_freq, float scale, const float* x,
+                float* out) {
   if (BT <= 0 || H <= 0 || D <= 0) return;
   if (D > kRopeMaxHeadDim || D % 2 != 0)
     throw DeviceError("rope on CUDA needs an even head dim up to " + std::to_string(kRopeMaxHeadDim) + ", got D = " +
                       std::to_string(D));
   const int64_t h = D / 2;
   InvFreq inv{};
-  for (int64_t i = 0; i < h; i++) inv.f[i] = math::rope_inv_freq(i, D, theta);
+  for (int64_t i = 0; i < h; i++) inv.f[i] = inv_freq[i];
   constexpr int kThreads = 256;
   unsigned grid = blocks_for(BT * h, kThreads);
   if (grid > 65535u * 8) grid = 65535u * 8;
-  rope_kernel<kInverse><<<grid, kThreads, 0, stream()>>>(BT, H, h, pos, inv, x, out);
+  rope_kernel<kInverse><<<grid, kThreads, 0, stream()>>>(BT, H, h, pos, inv, scale, x, out);
   TB_LAUNCH_CHECK();
 }
 
 }  // namespace
 
-void rope_forward(int64_t BT, int64_t H, int64_t D, const int32_t* pos, float theta, const float* x, float* out) {
-  rope_apply<false>(BT, H, D, pos, theta, x, out);
+void rope_forward(int64_t BT, int64_t H, int64_t D, const int32_t* pos, const float* inv_freq, float scale, const float* x,
+                  float* out) {
+  rope_apply<false>(BT, H, D, pos, inv_freq, scale, x, out);
 }
 
-void rope_backward(int64_t BT, int64_t H, int64_t D, const int32_t* pos, float theta, const float* dout, float* dx) {
-  rope_apply<true>(BT, H, D, pos, theta, dout, dx);
+void rope_backward(int64_t BT, int64_t H, int64_t D, const int32_t* pos, const float* inv_freq, float scale, const float* dout,
+                   float* dx) {
+  rope_apply<true>(BT, H, D, pos, inv_freq, scale, dout, dx);
 }
 
 }  // namespace tb::cuda

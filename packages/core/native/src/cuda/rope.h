@@ -3,6 +3,8 @@
 //   x, out [BT, H, D] f32 (D even, out may be x), positions [BT] i32.
 //   rope_forward rotates, rope_backward applies the transposed rotation;
 //   out is written. D <= kRopeMaxHeadDim.
+//   inv_freq: HOST pointer to D/2 inverse frequencies (copied into the launch
+//   by value); scale multiplies cos and sin (1 for plain RoPE).
 #pragma once
 #include <cstdint>
 
@@ -10,7 +12,9 @@ namespace tb::cuda {
 
 constexpr int64_t kRopeMaxHeadDim = 1024;
 
-void rope_forward(int64_t BT, int64_t H, int64_t D, const int32_t* pos, float theta, const float* x, float* out);
-void rope_backward(int64_t BT, int64_t H, int64_t D, const int32_t* pos, float theta, const float* dout, float* dx);
+void rope_forward(int64_t BT, int64_t H, int64_t D, const int32_t* pos, const float* inv_freq, float scale, const float* x,
+                  float* out);
+void rope_backward(int64_t BT, int64_t H, int64_t D, const int32_t* pos, const float* inv_freq, float scale, const float* dout,
+                   float* dx);
 
 }  // namespace tb::cuda

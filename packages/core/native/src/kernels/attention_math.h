@@ -19,7 +19,10 @@
 //
 // Masks: query t sees key j iff start(t) <= j <= t, start(t) the first
 // position of t's segment (0 without segments); segment bounds come from the
-// sorted (non-decreasing) segment ids of a row by binary search.
+// sorted (non-decreasing) segment ids of a row by binary search. A sliding
+// window W (> 0) narrows the bounds (window_bounds): start(t) >= t - W + 1
+// and end(t) <= t + W (end: one past the last query that sees key t); both
+// stay non-decreasing in t, so every tile skip keyed on them still holds.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -96,5 +99,17 @@ TB_HD void segment_bounds_of(const int32_t* row, int64_t T, int64_t t, int32_t& 
   start = static_cast<int32_t>(s);
   end = static_cast<int32_t>(e);
 }
+
+// Narrows token t's bounds to a sliding window of W positions (W <= 0: none):
+// the earliest key t sees is t - W + 1, the last query that sees key t is t + W - 1.
+TB_HD void window_bounds(int64_t t, int64_t W, int32_t& start, int32_t& end) {
+  if (W <= 0) return;
+  const int64_t s = t - W + 1, e = t + W;
+  if (s > start) start = static_cast<int32_t>(s);
+  if (e < end) end = static_cast<int32_t>(e);
+}
+
+// First key of a decode step over L cached keys with window W (W <= 0: 0).
+TB_HD int64_t decode_first_key(int64_t L, int64_t W) { return W > 0 && L > W ? L - W : 0; }
 
 }  // namespace tb::math
