@@ -130,6 +130,13 @@ struct Avx512 {
       b = bits<N>(p + 2 * N);
     }
   }
+  static void nib2(const uint8_t* p, I& a, I& b) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m128i m = _mm_set1_epi8(15);
+    const __m128i lo = _mm_and_si128(v, m), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+    a = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(hi, lo));
+    b = _mm512_cvtepu8_epi32(_mm_unpackhi_epi8(hi, lo));
+  }
   struct Lut { F t; };
   static Lut make_lut(const float* table) { return Lut{_mm512_loadu_ps(table)}; }
   static F lut(I c, const Lut& t) { return _mm512_permutexvar_ps(c, t.t); }
@@ -182,6 +189,11 @@ struct Avx2 {
       b = bits<N>(p + N);
     }
   }
+  static void nib2(const uint8_t* p, I& a, I& b) {
+    const __m128i c = nibble_bytes(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)), true);
+    a = _mm256_cvtepu8_epi32(c);
+    b = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(c, c));
+  }
   // 16 entries as two 8-lane permutes, bit 3 of the code choosing between them
   struct Lut { F lo, hi; };
   static Lut make_lut(const float* table) { return Lut{_mm256_loadu_ps(table), _mm256_loadu_ps(table + 8)}; }
@@ -225,6 +237,7 @@ struct Portable {
   }
   template <int N>
   static void bits2(const uint8_t* p, I& a, I& b) { a = bits<N>(p); b = bits<N>(p + N); }
+  static void nib2(const uint8_t* p, I& a, I& b) { a = nib(p); b = nib(p + W / 2); }
   struct Lut { const float* t; };
   static Lut make_lut(const float* table) { return Lut{table}; }
   static F lut(I c, const Lut& t) {
@@ -300,7 +313,16 @@ struct Q4Row {
     const int64_t e = e0 + k;
     return V::mul(V::lut(V::nib(packed + (e >> 1)), lutv), V::set1(absmax[(e >> block_shift) - b0]));
   }
-  void pair(int64_t k, typename V::F& a, typename V::F& b) const { a = chunk(k); b = chunk(k + V::W); }
+  // chunks k and k + W: codes from one load where the policy can (nib2), the
+  // absmax broadcast once when both lie in one block
+  void pair(int64_t k, typename V::F& a, typename V::F& b) const {
+    const int64_t e = e0 + k, bl0 = e >> block_shift, bl1 = (e + V::W) >> block_shift;
+    typename V::I c0, c1;
+    V::nib2(packed + (e >> 1), c0, c1);
+    const typename V::F s0 = V::set1(absmax[bl0 - b0]);
+    a = V::mul(V::lut(c0, lutv), s0);
+    b = V::mul(V::lut(c1, lutv), bl1 == bl0 ? s0 : V::set1(absmax[bl1 - b0]));
+  }
   float elem(int64_t k) const {
     const int64_t e = e0 + k;
     const uint8_t b = packed[e >> 1];
