@@ -31,9 +31,9 @@ struct MatRef {
 void gemm(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, MatRef B, float beta, float* C, int64_t ldc);
 
 // y [m, N] = alpha * x [m, K] (row stride ldx) * deq(W)^T + beta * y (row
-// stride ldy), W an INT-N weight [N, K], m <= 16: the decode path. One group
-// of one row of W is dequantized at a time (on the stack) and dotted with the
-// m rows of x; threads split the output rows. No packed copy of W is made.
+// stride ldy), W an INT-N weight [N, K], m <= 16: the decode path, the
+// decode GEMV of decode.h (codes expanded in registers, W streamed once;
+// threads split the output rows). No packed or dequantized copy of W is made.
 void intn_decode(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t ldx, const IntNView& w,
                  float beta, float* y, int64_t ldy);
 constexpr int64_t kIntNDecodeMaxRows = 16;

@@ -51,8 +51,12 @@ inline int block_shift_of(int64_t block) {
 
 // The weight operand at argument i: W must be [rows, cols] (a dense tensor of
 // at least rows*cols elements, or a quantized weight of exactly that shape).
+// keep_double_quant (CPU only): a double-quantized absmax is left as its
+// codes in the view's dq_* fields instead of expanded (for the decode GEMV,
+// which expands it per output row on the fly; no per-call workspace).
 inline WeightOperand weight_arg(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name,
-                                int64_t rows, int64_t cols, int64_t dense_min_numel = -1, Dispatch* d = nullptr) {
+                                int64_t rows, int64_t cols, int64_t dense_min_numel = -1, Dispatch* d = nullptr,
+                                bool keep_double_quant = false) {
   WeightOperand w;
   if (i < info.Length() && info[i].IsObject() && !NativeTensor::IsTensor(info[i])) {
     Napi::Object o = info[i].As<Napi::Object>();
@@ -135,6 +139,15 @@ inline WeightOperand weight_arg(const Napi::CallbackInfo& info, size_t i, const 
       TensorArg scales = field_tensor("dqScales", static_cast<size_t>((nblocks + dq_block - 1) / dq_block), DType::F32, false);
       const float offset = static_cast<float>(num("dqOffset"));
       const Device dev = codes.dev;
+      if (keep_double_quant && dev == Device::CPU) {
+        w.q4.absmax = nullptr;
+        w.q4.dq_codes = codes.as<uint8_t>();
+        w.q4.dq_scales = scales.f32();
+        w.q4.dq_map = dynamic_map(true);
+        w.q4.dq_offset = offset;
+        w.q4.dq_block = dq_block;
+        return w;
+      }
       // expanded here, before the op's own guarded body: map the core's errors the same way
       guarded(info, [&]() -> Napi::Value {
         w.absmax_ws = std::make_unique<Workspace<float>>(static_cast<size_t>(nblocks), dev);

@@ -25,6 +25,15 @@ struct Quant4View {
   const float* table;  // 16 values
   int64_t rows, cols;
   int block_shift;  // block size = 1 << block_shift
+  // Set only by weight_arg(..., keep_double_quant = true) for a
+  // double-quantized absmax, which is then not expanded (absmax is null):
+  //   absmax[b] = dq_map[dq_codes[b]] * dq_scales[b / dq_block] + dq_offset
+  // Only the decode GEMV (decode.h) reads a view in this form.
+  const uint8_t* dq_codes = nullptr;
+  const float* dq_scales = nullptr;
+  const float* dq_map = nullptr;
+  float dq_offset = 0.0f;
+  int64_t dq_block = 0;
 };
 
 // out[0, n) = dequantized values at flat indices [idx, idx + n)

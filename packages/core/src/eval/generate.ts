@@ -1,6 +1,7 @@
 // Text generation with a KV cache: greedy, or sampled with temperature and
 // top-k from a seeded random stream.
 import type { LlamaModel } from '../nn/llama.js';
+import { FusedDecoder } from '../nn/decode_step.js';
 import { KVCache } from '../nn/llama.js';
 import { ropePositionLimit, ropePositionLimitText } from '../nn/rope_scaling.js';
 import { Tensor, copyRows, hostValues } from '../tensor.js';
@@ -17,6 +18,10 @@ export interface GenerateOptions {
   eos?: number | null;
   /** recompute the whole sequence every step instead of using the cache (reference path for tests) */
   noCache?: boolean;
+  /** with the cache, run each generated token through the fused decode step
+   * (nn/decode_step.ts: a few native calls, buffers reused) where it covers the
+   * model; false: the op-by-op path (default true) */
+  fusedDecode?: boolean;
 }
 
 export interface GenerateResult {
@@ -37,7 +42,9 @@ export function generate(model: LlamaModel, prompt: readonly number[], opts: Gen
   const rng = new Rng(opts.seed ?? 0);
   const out: number[] = [];
   const cache = opts.noCache ? null : new KVCache(model.config, 1, total, model.device);
+  let fused: FusedDecoder | null = null;
   try {
+    if (cache && opts.fusedDecode !== false) fused = FusedDecoder.create(model, cache);
     const t0 = performance.now();
     let next = nextToken(model, Int32Array.from(prompt), cache, temperature, topK, rng);
     const t1 = performance.now();
@@ -47,11 +54,17 @@ export function generate(model: LlamaModel, prompt: readonly number[], opts: Gen
       seq.push(next);
       if (opts.eos !== undefined && opts.eos !== null && next === opts.eos) break;
       if (out.length === opts.maxNewTokens) break;
-      next = nextToken(model, cache ? Int32Array.of(next) : Int32Array.from(seq), cache, temperature, topK, rng);
+      if (fused) {
+        const best = fused.step(next);
+        next = temperature <= 0 ? best : pick(fused.logits, temperature, topK, rng);
+      } else {
+        next = nextToken(model, cache ? Int32Array.of(next) : Int32Array.from(seq), cache, temperature, topK, rng);
+      }
     }
     const decodeMs = performance.now() - t1;
     return { tokens: out, decodeTokensPerSecond: out.length > 1 ? ((out.length - 1) * 1000) / decodeMs : 0, prefillMs: t1 - t0 };
   } finally {
+    fused?.dispose();
     cache?.dispose();
   }
 }

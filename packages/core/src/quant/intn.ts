@@ -19,7 +19,7 @@
 //
 // The GEMM (ops/gemm.ts) and the fused LoRA ops take a QuantizedIntN as their
 // weight operand and dequantize while packing (or, for 1..16 rows of x W^T,
-// group by group in the decode kernel): no dense copy is made.
+// in registers in the decode GEMV, native/src/cpu/decode_gemv.cc): no dense copy is made.
 // RTN quantization and dequantization run on the weight's device (CPU or
 // CUDA, cuda/intn.cu); GPTQ runs on the CPU (from host copies).
 import type { Category, Device } from '../dtype.js';
@@ -292,8 +292,8 @@ export function moveIntN(q: QuantizedIntN, device: Device): QuantizedIntN {
   return q;
 }
 
-/** y [m, out] = x [m, in] · deq(W)ᵀ through the decode kernel (m <= 16):
- * one group of one row of W dequantized at a time, threads over output rows.
+/** y [m, out] = x [m, in] · deq(W)ᵀ through the decode GEMV (m <= 16):
+ * codes expanded to floats in registers, threads over output rows.
  * matmul uses the same kernel for x Wᵀ with m <= 16; this entry point is for tests. */
 export function intnDecode(x: Tensor, q: QuantizedIntN, opts: { category?: Category } = {}): Tensor {
   const op = 'intnDecode';

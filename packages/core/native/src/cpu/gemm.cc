@@ -17,6 +17,7 @@
 
 #include "args.h"
 #include "cuda/gemm.h"
+#include "decode.h"
 #include "kernels/gemm_math.h"
 #include "operand.h"
 #include "parallel.h"
@@ -264,43 +265,14 @@ void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
   }
 }
 
-// sum_k a[k] * b[k] over n values in 16 independent lanes (so it vectorises
-// without reassociation flags), lanes summed at the end.
-inline float dot_lanes(const float* __restrict a, const float* __restrict b, int64_t n) {
-  float lane[16] = {};
-  int64_t k = 0;
-  for (; k + 16 <= n; k += 16)
-    for (int l = 0; l < 16; l++) lane[l] += a[k + l] * b[k + l];
-  float s = 0.0f;
-  for (int l = 0; l < 16; l++) s += lane[l];
-  for (; k < n; k++) s += a[k] * b[k];
-  return s;
-}
-
 }  // namespace
 
-// x [m, K], W INT-N [N, K] -> y [m, N]; m <= kIntNDecodeMaxRows (see gemm.h).
+// x [m, K], W INT-N [N, K] -> y [m, N]; m <= kIntNDecodeMaxRows (see gemm.h):
+// the decode GEMV (decode_gemv.cc), codes expanded in registers.
 void intn_decode(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t ldx, const IntNView& w,
                  float beta, float* y, int64_t ldy) {
-  const int64_t L = int64_t(1) << w.group_shift;
-  auto rows = [&](int64_t o0, int64_t o1) {
-    float grp[128];  // one group of one output row (L <= 128)
-    float acc[kIntNDecodeMaxRows];
-    for (int64_t o = o0; o < o1; o++) {
-      for (int64_t r = 0; r < m; r++) acc[r] = 0.0f;
-      for (int64_t k0 = 0; k0 < K; k0 += L) {
-        intn_dequant_segment(w, o * K + k0, L, grp);
-        for (int64_t r = 0; r < m; r++) acc[r] += dot_lanes(x + r * ldx + k0, grp, L);
-      }
-      for (int64_t r = 0; r < m; r++) {
-        float& c = y[r * ldy + o];
-        c = beta == 0.0f ? alpha * acc[r] : alpha * acc[r] + beta * c;
-      }
-    }
-  };
-  // small layers are not worth waking threads for; nested calls run on one thread
-  if (omp_in_parallel() || N * K < 64 * 1024) rows(0, N);
-  else parallel_chunks(N, rows, 16);
+  MatRef W{w.codes, DType::U8, K, true, nullptr, QuantKind::IntN, &w};
+  decode_gemv(m, N, K, alpha, x, ldx, W, beta, y, ldy);
 }
 
 const char* gemm_kernel_name() { return kKernelName; }
@@ -308,11 +280,10 @@ const char* gemm_kernel_name() { return kKernelName; }
 void gemm(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, MatRef B, float beta, float* C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == 0.0f) { scale_c(M, N, beta, C, ldc); return; }
-  // decoding (a few rows times an INT-N weight, x W^T): dot against one
-  // dequantized group at a time instead of packing the whole weight
-  if (B.dtype == DType::U8 && B.quant == QuantKind::IntN && B.trans && A.dtype == DType::F32 && !A.trans &&
-      M <= kIntNDecodeMaxRows) {
-    intn_decode(M, N, K, alpha, static_cast<const float*>(A.p), A.ld, *B.intn, beta, C, ldc);
+  // decoding (a few rows times a weight, x W^T): stream W once, its codes
+  // expanded in registers, instead of packing the whole weight
+  if (decode_gemv_handles(M, A, B)) {
+    decode_gemv(M, N, K, alpha, static_cast<const float*>(A.p), A.ld, B, beta, C, ldc);
     return;
   }
   int nt = omp_in_parallel() ? 1 : num_threads();

@@ -1,0 +1,634 @@
+// Decode GEMV (decode.h): a few rows of activations times a weight streamed
+// once, codes expanded in registers.
+//
+// One template, dot_tile, walks one output row of W for up to 8 rows of x;
+// the weight format is a "source" that yields W's values a vector at a time
+// (chunk) or one at a time (elem, for unaligned heads and tails), and the
+// instruction set is a policy (Avx512, Avx2, Portable) giving the vector type
+// and the code expansion. Rows of x beyond 8 take a second pass over the same
+// row of W, which is then in L1.
+#include "decode.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "args.h"
+#include "operand.h"
+#include "parallel.h"
+#include "registry.h"
+#include "storage.h"
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+// GCC 12's intrinsic headers build some results from _mm*_undefined_*()
+// (the reductions, the widening loads) and then warn that it is uninitialised.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace tb {
+namespace {
+
+// BYTES little-endian bytes at p as an integer, with loads no wider than the
+// bytes (a memcpy of 3 or 6 bytes into a zeroed word goes through the stack on
+// GCC and stalls on store forwarding: 8x slower 3-bit decode).
+template <int BYTES>
+inline uint64_t load_le(const uint8_t* p) {
+  static_assert(BYTES == 1 || BYTES == 2 || BYTES == 3 || BYTES == 4 || BYTES == 6 || BYTES == 8, "byte count");
+  if constexpr (BYTES == 1) {
+    return p[0];
+  } else if constexpr (BYTES == 2) {
+    uint16_t v; std::memcpy(&v, p, 2); return v;
+  } else if constexpr (BYTES == 3) {
+    uint16_t v; std::memcpy(&v, p, 2); return v | (uint64_t(p[2]) << 16);
+  } else if constexpr (BYTES == 4) {
+    uint32_t v; std::memcpy(&v, p, 4); return v;
+  } else if constexpr (BYTES == 6) {
+    uint32_t a; uint16_t b; std::memcpy(&a, p, 4); std::memcpy(&b, p + 4, 2); return a | (uint64_t(b) << 32);
+  } else {
+    uint64_t v; std::memcpy(&v, p, 8); return v;
+  }
+}
+
+#if defined(__AVX2__)
+// The low 8 bytes of b as 16 bytes, one 4-bit code each in element order:
+// the low nibble of each byte first (INT-N's LSB-first stream) or the high
+// nibble first (the 4-bit blockwise layout). Vector-only: no code passes
+// through a general register (broadcasting from one was the INT4 bottleneck).
+inline __m128i nibble_bytes(__m128i b, bool high_first) {
+  const __m128i m = _mm_set1_epi8(15);
+  const __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+  return high_first ? _mm_unpacklo_epi8(hi, lo) : _mm_unpacklo_epi8(lo, hi);
+}
+#endif
+
+// ---- instruction-set policies ----
+// Each gives: W (lanes), F (float vector), I (int vector), zero, load, set1,
+// fma, add, hsum, bf16 (W bf16 values -> F), bits<N>(p) (W codes of an INT-N
+// stream from W*N/8 bytes, LSB first), nib(p) (W 4-bit codes from W/2 bytes,
+// high nibble first), Lut + lut (a 16-entry table lookup).
+
+#if defined(__AVX512F__)
+struct Avx512 {
+  static constexpr int W = 16;
+  using F = __m512;
+  using I = __m512i;
+  static F zero() { return _mm512_setzero_ps(); }
+  static F load(const float* p) { return _mm512_loadu_ps(p); }
+  static F set1(float v) { return _mm512_set1_ps(v); }
+  static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static float hsum(F v) { return _mm512_reduce_add_ps(v); }
+  static F cvt(I c) { return _mm512_cvtepi32_ps(c); }
+  static F bf16(const uint16_t* p) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  // Two 32-bit words, each holding 8 codes of `step` bits, in lanes 0..7 and
+  // 8..15; lane i shifted right by sh[i] and masked.
+  static I split(uint32_t lo, uint32_t hi, I sh, I mask) {
+    const I v = _mm512_mask_set1_epi32(_mm512_set1_epi32(static_cast<int>(lo)), 0xFF00, static_cast<int>(hi));
+    return _mm512_and_si512(_mm512_srlv_epi32(v, sh), mask);
+  }
+  template <int N>
+  static I bits(const uint8_t* p) {
+    if constexpr (N == 8) {
+      return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    } else if constexpr (N == 4) {
+      return _mm512_cvtepu8_epi32(nibble_bytes(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)), false));
+    } else {
+      // 16 codes in 2N bytes: the first 8 in the low 8N bits, the next 8 above
+      const uint64_t w = load_le<2 * N>(p);
+      const uint32_t lo = static_cast<uint32_t>(w & ((uint64_t(1) << (8 * N)) - 1)), hi = static_cast<uint32_t>(w >> (8 * N));
+      const I sh = _mm512_setr_epi32(0, N, 2 * N, 3 * N, 4 * N, 5 * N, 6 * N, 7 * N, 0, N, 2 * N, 3 * N, 4 * N, 5 * N, 6 * N, 7 * N);
+      return split(lo, hi, sh, _mm512_set1_epi32((1 << N) - 1));
+    }
+  }
+  static I nib(const uint8_t* p) {
+    return _mm512_cvtepu8_epi32(nibble_bytes(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)), true));
+  }
+  // 2W codes: 4-bit ones from one 16-byte load, others as two bits<N>
+  template <int N>
+  static void bits2(const uint8_t* p, I& a, I& b) {
+    if constexpr (N == 4) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      const __m128i m = _mm_set1_epi8(15);
+      const __m128i lo = _mm_and_si128(v, m), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+      a = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi));
+      b = _mm512_cvtepu8_epi32(_mm_unpackhi_epi8(lo, hi));
+    } else {
+      a = bits<N>(p);
+      b = bits<N>(p + 2 * N);
+    }
+  }
+  static void nib2(const uint8_t* p, I& a, I& b) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m128i m = _mm_set1_epi8(15);
+    const __m128i lo = _mm_and_si128(v, m), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+    a = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(hi, lo));
+    b = _mm512_cvtepu8_epi32(_mm_unpackhi_epi8(hi, lo));
+  }
+  struct Lut { F t; };
+  static Lut make_lut(const float* table) { return Lut{_mm512_loadu_ps(table)}; }
+  static F lut(I c, const Lut& t) { return _mm512_permutexvar_ps(c, t.t); }
+};
+#endif
+
+#if defined(__AVX2__) && defined(__FMA__)
+struct Avx2 {
+  static constexpr int W = 8;
+  using F = __m256;
+  using I = __m256i;
+  static F zero() { return _mm256_setzero_ps(); }
+  static F load(const float* p) { return _mm256_loadu_ps(p); }
+  static F set1(float v) { return _mm256_set1_ps(v); }
+  static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static float hsum(F v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static F cvt(I c) { return _mm256_cvtepi32_ps(c); }
+  static F bf16(const uint16_t* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  template <int N>
+  static I bits(const uint8_t* p) {
+    if constexpr (N == 8) {
+      return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    } else if constexpr (N == 4) {
+      return _mm256_cvtepu8_epi32(nibble_bytes(_mm_loadu_si32(p), false));
+    } else {
+      const uint32_t w = static_cast<uint32_t>(load_le<N>(p));
+      const I sh = _mm256_setr_epi32(0, N, 2 * N, 3 * N, 4 * N, 5 * N, 6 * N, 7 * N);
+      return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(w)), sh), _mm256_set1_epi32((1 << N) - 1));
+    }
+  }
+  static I nib(const uint8_t* p) { return _mm256_cvtepu8_epi32(nibble_bytes(_mm_loadu_si32(p), true)); }
+  template <int N>
+  static void bits2(const uint8_t* p, I& a, I& b) {
+    if constexpr (N == 4) {
+      const __m128i c = nibble_bytes(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)), false);
+      a = _mm256_cvtepu8_epi32(c);
+      b = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(c, c));
+    } else {
+      a = bits<N>(p);
+      b = bits<N>(p + N);
+    }
+  }
+  static void nib2(const uint8_t* p, I& a, I& b) {
+    const __m128i c = nibble_bytes(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)), true);
+    a = _mm256_cvtepu8_epi32(c);
+    b = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(c, c));
+  }
+  // 16 entries as two 8-lane permutes, bit 3 of the code choosing between them
+  struct Lut { F lo, hi; };
+  static Lut make_lut(const float* table) { return Lut{_mm256_loadu_ps(table), _mm256_loadu_ps(table + 8)}; }
+  static F lut(I c, const Lut& t) {
+    const F a = _mm256_permutevar8x32_ps(t.lo, c), b = _mm256_permutevar8x32_ps(t.hi, c);
+    return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(c, 28)));
+  }
+};
+#endif
+
+// Portable: GCC vector extensions, 8 lanes; codes expanded with the scalar
+// unpacking of intn.h. The compiler maps it to whatever vector unit it targets.
+struct Portable {
+  static constexpr int W = 8;
+  typedef float F __attribute__((vector_size(32)));
+  typedef int32_t I __attribute__((vector_size(32)));
+  static F zero() { return F{}; }
+  static F load(const float* p) { F v; std::memcpy(&v, p, sizeof v); return v; }
+  static F set1(float v) { return F{} + v; }
+  static F fma(F a, F b, F c) { return a * b + c; }
+  static F mul(F a, F b) { return a * b; }
+  static F add(F a, F b) { return a + b; }
+  static float hsum(F v) { float s = 0.0f; for (int i = 0; i < W; i++) s += v[i]; return s; }
+  static F cvt(I c) { return __builtin_convertvector(c, F); }
+  static F bf16(const uint16_t* p) {
+    F v;
+    for (int i = 0; i < W; i++) v[i] = bf16_to_f32(p[i]);
+    return v;
+  }
+  template <int N>
+  static I bits(const uint8_t* p) {
+    const uint64_t w = load_le<N>(p);
+    I v;
+    for (int i = 0; i < W; i++) v[i] = static_cast<int32_t>((w >> (N * i)) & ((1u << N) - 1));
+    return v;
+  }
+  static I nib(const uint8_t* p) {
+    I v;
+    for (int i = 0; i < 4; i++) { v[2 * i] = p[i] >> 4; v[2 * i + 1] = p[i] & 15; }
+    return v;
+  }
+  template <int N>
+  static void bits2(const uint8_t* p, I& a, I& b) { a = bits<N>(p); b = bits<N>(p + N); }
+  static void nib2(const uint8_t* p, I& a, I& b) { a = nib(p); b = nib(p + W / 2); }
+  struct Lut { const float* t; };
+  static Lut make_lut(const float* table) { return Lut{table}; }
+  static F lut(I c, const Lut& t) {
+    F v;
+    for (int i = 0; i < W; i++) v[i] = t.t[c[i]];
+    return v;
+  }
+};
+
+// ---- weight sources: one output row of W ----
+
+template <class V>
+struct DenseF32 {
+  const float* w;  // the row
+  int64_t head() const { return 0; }
+  typename V::F chunk(int64_t k) const { return V::load(w + k); }
+  void pair(int64_t k, typename V::F& a, typename V::F& b) const { a = chunk(k); b = chunk(k + V::W); }
+  float elem(int64_t k) const { return w[k]; }
+};
+
+template <class V>
+struct DenseBf16 {
+  const uint16_t* w;
+  int64_t head() const { return 0; }
+  typename V::F chunk(int64_t k) const { return V::bf16(w + k); }
+  void pair(int64_t k, typename V::F& a, typename V::F& b) const { a = chunk(k); b = chunk(k + V::W); }
+  float elem(int64_t k) const { return bf16_to_f32(w[k]); }
+};
+
+// INT-N row: K % L == 0 and L >= 16, so every chunk of W <= 16 codes starts
+// on a byte and lies in one group; no head or tail.
+template <class V, int N>
+struct IntNRow {
+  const uint8_t* codes;   // the row's first byte
+  const float* scales;    // the row's groups
+  const float* offsets;
+  int group_shift;
+  int64_t head() const { return 0; }
+  typename V::F chunk(int64_t k) const {
+    const int64_t g = k >> group_shift;
+    return V::fma(V::cvt(V::template bits<N>(codes + (k * N) / 8)), V::set1(scales[g]), V::set1(offsets[g]));
+  }
+  // chunks k and k + W: their codes unpacked together where the policy can
+  // (bits2), the group's scale and offset broadcast once when they share it
+  void pair(int64_t k, typename V::F& a, typename V::F& b) const {
+    const int64_t g0 = k >> group_shift, g1 = (k + V::W) >> group_shift;
+    typename V::I c0, c1;
+    V::template bits2<N>(codes + (k * N) / 8, c0, c1);
+    const typename V::F s0 = V::set1(scales[g0]), o0 = V::set1(offsets[g0]);
+    a = V::fma(V::cvt(c0), s0, o0);
+    b = g1 == g0 ? V::fma(V::cvt(c1), s0, o0) : V::fma(V::cvt(c1), V::set1(scales[g1]), V::set1(offsets[g1]));
+  }
+  float elem(int64_t k) const {
+    const int64_t g = k >> group_shift;
+    return scales[g] * static_cast<float>(intn_code_at(codes, N, k)) + offsets[g];
+  }
+};
+
+// 4-bit row: blocks run over the flattened weight, so a row may start in the
+// middle of a block or of a byte; chunks start at flat indices that are
+// multiples of W (within one block, since blocks are >= 32 long).
+template <class V>
+struct Q4Row {
+  const uint8_t* packed;  // the whole weight
+  const float* absmax;    // absmax[b - b0] is block b's
+  int64_t b0;
+  const float* table;
+  typename V::Lut lutv;
+  int64_t e0;  // flat index of the row's first element
+  int block_shift;
+  int64_t head() const { return (V::W - (e0 % V::W)) % V::W; }
+  typename V::F chunk(int64_t k) const {
+    const int64_t e = e0 + k;
+    return V::mul(V::lut(V::nib(packed + (e >> 1)), lutv), V::set1(absmax[(e >> block_shift) - b0]));
+  }
+  // chunks k and k + W: codes from one load where the policy can (nib2), the
+  // absmax broadcast once when both lie in one block
+  void pair(int64_t k, typename V::F& a, typename V::F& b) const {
+    const int64_t e = e0 + k, bl0 = e >> block_shift, bl1 = (e + V::W) >> block_shift;
+    typename V::I c0, c1;
+    V::nib2(packed + (e >> 1), c0, c1);
+    const typename V::F s0 = V::set1(absmax[bl0 - b0]);
+    a = V::mul(V::lut(c0, lutv), s0);
+    b = V::mul(V::lut(c1, lutv), bl1 == bl0 ? s0 : V::set1(absmax[bl1 - b0]));
+  }
+  float elem(int64_t k) const {
+    const int64_t e = e0 + k;
+    const uint8_t b = packed[e >> 1];
+    return table[(e & 1) ? (b & 15) : (b >> 4)] * absmax[(e >> block_shift) - b0];
+  }
+};
+
+// sums[r] = sum_k W[k] * x[r, k] for r < MB, W one row from `src`.
+// Two accumulator sets (even and odd chunks) keep two FMA chains in flight
+// per row; beyond 4 rows (AVX-512: 8) the rows themselves do.
+template <class V, int MB, class Src>
+inline void dot_tile(const Src& src, int64_t K, const float* __restrict x, int64_t ldx, float* sums) {
+  using F = typename V::F;
+  constexpr int W = V::W;
+  F a0[MB], a1[MB];
+  float tail[MB];
+  for (int r = 0; r < MB; r++) { a0[r] = V::zero(); a1[r] = V::zero(); tail[r] = 0.0f; }
+  int64_t k = 0;
+  const int64_t head = std::min<int64_t>(src.head(), K);
+  for (; k < head; k++) {
+    const float w = src.elem(k);
+    for (int r = 0; r < MB; r++) tail[r] += w * x[r * ldx + k];
+  }
+  for (; k + 2 * W <= K; k += 2 * W) {
+    F w0, w1;
+    src.pair(k, w0, w1);
+#pragma GCC unroll 8
+    for (int r = 0; r < MB; r++) {
+      a0[r] = V::fma(w0, V::load(x + r * ldx + k), a0[r]);
+      a1[r] = V::fma(w1, V::load(x + r * ldx + k + W), a1[r]);
+    }
+  }
+  for (; k + W <= K; k += W) {
+    const F w0 = src.chunk(k);
+#pragma GCC unroll 8
+    for (int r = 0; r < MB; r++) a0[r] = V::fma(w0, V::load(x + r * ldx + k), a0[r]);
+  }
+  for (; k < K; k++) {
+    const float w = src.elem(k);
+    for (int r = 0; r < MB; r++) tail[r] += w * x[r * ldx + k];
+  }
+  for (int r = 0; r < MB; r++) sums[r] = V::hsum(V::add(a0[r], a1[r])) + tail[r];
+}
+
+template <class V>
+constexpr int max_tile_rows() { return V::W == 16 ? 8 : 4; }
+
+// All rows of x against one row of W: tiles of up to max_tile_rows rows.
+template <class V, class Src>
+inline void dot_rows(const Src& src, int64_t m, int64_t K, const float* x, int64_t ldx, float* sums) {
+  constexpr int T = max_tile_rows<V>();
+  for (int64_t r0 = 0; r0 < m; r0 += T) {
+    const int64_t mb = std::min<int64_t>(T, m - r0);
+    const float* xr = x + r0 * ldx;
+    float* s = sums + r0;
+    switch (mb) {
+      case 1: dot_tile<V, 1>(src, K, xr, ldx, s); break;
+      case 2: dot_tile<V, 2>(src, K, xr, ldx, s); break;
+      case 3: dot_tile<V, 3>(src, K, xr, ldx, s); break;
+      case 4: dot_tile<V, 4>(src, K, xr, ldx, s); break;
+      default:
+        if constexpr (T == 8) {
+          switch (mb) {
+            case 5: dot_tile<V, 5>(src, K, xr, ldx, s); break;
+            case 6: dot_tile<V, 6>(src, K, xr, ldx, s); break;
+            case 7: dot_tile<V, 7>(src, K, xr, ldx, s); break;
+            default: dot_tile<V, 8>(src, K, xr, ldx, s); break;
+          }
+        }
+        break;
+    }
+  }
+}
+
+[[noreturn]] void bad_weight(const char* what) {
+  std::fprintf(stderr, "tunebench: decode_gemv: %s (a binding let it through)\n", what);
+  std::abort();
+}
+
+template <class V, class Make>
+void run_rows(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t ldx, float beta, float* y, int64_t ldy,
+              Make make) {
+  auto rows = [&](int64_t o0, int64_t o1) {
+    float sums[kDecodeMaxRows];
+    for (int64_t o = o0; o < o1; o++) {
+      const auto src = make(o);
+      dot_rows<V>(src, m, K, x, ldx, sums);
+      for (int64_t r = 0; r < m; r++) {
+        float& c = y[r * ldy + o];
+        c = beta == 0.0f ? alpha * sums[r] : alpha * sums[r] + beta * c;
+      }
+    }
+  };
+  // small weights are not worth waking threads for; nested calls run on one thread
+  if (omp_in_parallel() || N * K < 64 * 1024) rows(0, N);
+  else parallel_chunks(N, rows, 16);
+}
+
+template <class V, int N>
+void run_intn(int64_t m, int64_t Nout, int64_t K, float alpha, const float* x, int64_t ldx, const IntNView& w, float beta,
+              float* y, int64_t ldy) {
+  const int64_t gpr = K >> w.group_shift;  // groups per row
+  run_rows<V>(m, Nout, K, alpha, x, ldx, beta, y, ldy, [&](int64_t o) {
+    return IntNRow<V, N>{w.codes + (o * K * N) / 8, w.scales + o * gpr, w.offsets + o * gpr, w.group_shift};
+  });
+}
+
+template <class V>
+void run(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t ldx, const MatRef& W, float beta, float* y,
+         int64_t ldy) {
+  switch (W.dtype) {
+    case DType::F32: {
+      const float* w = static_cast<const float*>(W.p);
+      run_rows<V>(m, N, K, alpha, x, ldx, beta, y, ldy, [&](int64_t o) { return DenseF32<V>{w + o * W.ld}; });
+      return;
+    }
+    case DType::BF16: {
+      const uint16_t* w = static_cast<const uint16_t*>(W.p);
+      run_rows<V>(m, N, K, alpha, x, ldx, beta, y, ldy, [&](int64_t o) { return DenseBf16<V>{w + o * W.ld}; });
+      return;
+    }
+    case DType::U8:
+      switch (W.quant) {
+        case QuantKind::IntN: {
+          const IntNView& q = *W.intn;
+          switch (q.bits) {
+            case 2: run_intn<V, 2>(m, N, K, alpha, x, ldx, q, beta, y, ldy); return;
+            case 3: run_intn<V, 3>(m, N, K, alpha, x, ldx, q, beta, y, ldy); return;
+            case 4: run_intn<V, 4>(m, N, K, alpha, x, ldx, q, beta, y, ldy); return;
+            case 8: run_intn<V, 8>(m, N, K, alpha, x, ldx, q, beta, y, ldy); return;
+            default: bad_weight("INT-N bits not 2, 3, 4 or 8");
+          }
+        }
+        case QuantKind::Q4: {
+          const Quant4View& q = *W.q4;
+          const typename V::Lut lutv = V::make_lut(q.table);
+          if (q.absmax) {
+            run_rows<V>(m, N, K, alpha, x, ldx, beta, y, ldy, [&](int64_t o) {
+              return Q4Row<V>{q.packed, q.absmax, 0, q.table, lutv, o * K, q.block_shift};
+            });
+            return;
+          }
+          if (!q.dq_codes || !q.dq_scales || !q.dq_map || q.dq_block < 1) bad_weight("a 4-bit weight with neither absmax nor its double quantization");
+          // double-quantized absmax: the blocks of one output row expanded on
+          // the fly into a per-thread buffer (a few floats), as
+          // map[code] * scale[b / dq_block] + offset
+          run_rows<V>(m, N, K, alpha, x, ldx, beta, y, ldy, [&](int64_t o) {
+            thread_local std::vector<float> buf;
+            const int64_t e0 = o * K, b0 = e0 >> q.block_shift, b1 = (e0 + K - 1) >> q.block_shift;
+            buf.resize(static_cast<size_t>(b1 - b0 + 1));
+            for (int64_t b = b0; b <= b1; b++)
+              buf[static_cast<size_t>(b - b0)] = q.dq_map[q.dq_codes[b]] * q.dq_scales[b / q.dq_block] + q.dq_offset;
+            return Q4Row<V>{q.packed, buf.data(), b0, q.table, lutv, e0, q.block_shift};
+          });
+          return;
+        }
+        default: bad_weight("a U8 weight that is not INT-N or 4-bit");
+      }
+    default: bad_weight("weight dtype not f32, bf16 or quantized");
+  }
+}
+
+DecodeIsa best_isa() {
+#if defined(__AVX512F__)
+  return DecodeIsa::Avx512;
+#elif defined(__AVX2__) && defined(__FMA__)
+  return DecodeIsa::Avx2;
+#else
+  return DecodeIsa::Portable;
+#endif
+}
+
+}  // namespace
+
+bool decode_isa_available(DecodeIsa isa) {
+  switch (isa) {
+    case DecodeIsa::Best: case DecodeIsa::Portable: return true;
+#if defined(__AVX512F__)
+    case DecodeIsa::Avx512: return true;
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
+    case DecodeIsa::Avx2: return true;
+#endif
+    default: return false;
+  }
+}
+
+const char* decode_isa_name(DecodeIsa isa) {
+  switch (isa == DecodeIsa::Best ? best_isa() : isa) {
+    case DecodeIsa::Avx512: return "avx512";
+    case DecodeIsa::Avx2: return "avx2";
+    default: return "portable";
+  }
+}
+
+bool decode_gemv_handles(int64_t M, const MatRef& A, const MatRef& B) {
+  if (M < 1 || M > kDecodeMaxRows || A.dtype != DType::F32 || A.trans || !B.trans) return false;
+  switch (B.dtype) {
+    case DType::F32: case DType::BF16: return true;
+    case DType::U8: return (B.quant == QuantKind::IntN && B.intn) || (B.quant == QuantKind::Q4 && B.q4 && (B.q4->absmax || B.q4->dq_codes));
+    default: return false;
+  }
+}
+
+void decode_gemv(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t ldx, const MatRef& W, float beta,
+                 float* y, int64_t ldy, DecodeIsa isa) {
+  if (m <= 0 || N <= 0) return;
+  if (m > kDecodeMaxRows) bad_weight("more than 16 rows");
+  if (isa == DecodeIsa::Best) isa = best_isa();
+  switch (isa) {
+#if defined(__AVX512F__)
+    case DecodeIsa::Avx512: run<Avx512>(m, N, K, alpha, x, ldx, W, beta, y, ldy); return;
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
+    case DecodeIsa::Avx2: run<Avx2>(m, N, K, alpha, x, ldx, W, beta, y, ldy); return;
+#endif
+    default: run<Portable>(m, N, K, alpha, x, ldx, W, beta, y, ldy); return;
+  }
+}
+
+// ---- bindings ----
+
+static DecodeIsa isa_arg(const Napi::CallbackInfo& info, size_t i, const char* fn) {
+  if (i >= info.Length() || info[i].IsUndefined() || info[i].IsNull()) return DecodeIsa::Best;
+  if (!info[i].IsString()) throw arg_error(info, fn, "isa must be a string: 'avx512', 'avx2' or 'portable'");
+  const std::string s = info[i].As<Napi::String>().Utf8Value();
+  DecodeIsa isa;
+  if (s == "avx512") isa = DecodeIsa::Avx512;
+  else if (s == "avx2") isa = DecodeIsa::Avx2;
+  else if (s == "portable") isa = DecodeIsa::Portable;
+  else throw arg_error(info, fn, "unknown isa '" + s + "' (avx512, avx2 or portable)");
+  if (!decode_isa_available(isa)) throw arg_error(info, fn, "this build has no '" + s + "' decode path (decode_isas lists them)");
+  return isa;
+}
+
+// decode_gemv(x, W, y, m, out, in, isa?): y [m, out] = x [m, in] W^T, W a
+// weight [out, in] on the CPU (f32, bf16 or quantized), 1 <= m <= 16.
+static Napi::Value DecodeGemvBinding(const Napi::CallbackInfo& info) {
+  const char* fn = "decode_gemv";
+  const int64_t m = int_arg(info, 3, fn, "m", 1), out = int_arg(info, 4, fn, "out", 1), in = int_arg(info, 5, fn, "in", 1);
+  if (m > kDecodeMaxRows) throw arg_error(info, fn, "m must be at most 16 (the decode GEMV's rows)");
+  const DecodeIsa isa = isa_arg(info, 6, fn);
+  TensorArg x = tensor_arg(info, 0, fn, "x", static_cast<size_t>(m * in), DType::F32);
+  WeightOperand w = weight_arg(info, 1, fn, "W", out, in, -1, nullptr, /*keep_double_quant=*/true);
+  TensorArg y = tensor_arg(info, 2, fn, "y", static_cast<size_t>(m * out), DType::F32);
+  return guarded(info, [&]() -> Napi::Value {
+    decode_gemv(m, out, in, 1.0f, x.f32(), in, w.mat(in, true), 0.0f, y.f32(), out, isa);
+    return info.Env().Undefined();
+  });
+}
+
+static Napi::Value DecodeIsasBinding(const Napi::CallbackInfo& info) {
+  Napi::Array a = Napi::Array::New(info.Env());
+  uint32_t n = 0;
+  for (DecodeIsa isa : {DecodeIsa::Avx512, DecodeIsa::Avx2, DecodeIsa::Portable})
+    if (decode_isa_available(isa)) a.Set(n++, Napi::String::New(info.Env(), decode_isa_name(isa)));
+  return a;
+}
+
+// stream_read(t, passes): reads every byte of f32 tensor t `passes` times on
+// the calling thread with the widest vector loads, returns the sum (so the
+// reads are not optimised away): the streaming-read roof the decode GEMV is
+// judged against, when t is much larger than the caches.
+static Napi::Value StreamReadBinding(const Napi::CallbackInfo& info) {
+  const char* fn = "stream_read";
+  TensorArg t = tensor_arg(info, 0, fn, "t", 0, DType::F32);
+  const int64_t passes = int_arg(info, 1, fn, "passes", 1);
+  const float* p = t.f32();
+  const int64_t n = static_cast<int64_t>(t.numel);
+  double total = 0.0;
+  for (int64_t pass = 0; pass < passes; pass++) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    for (; i + 64 <= n; i += 64) {
+      s0 = _mm512_add_ps(s0, _mm512_loadu_ps(p + i));
+      s1 = _mm512_add_ps(s1, _mm512_loadu_ps(p + i + 16));
+      s2 = _mm512_add_ps(s2, _mm512_loadu_ps(p + i + 32));
+      s3 = _mm512_add_ps(s3, _mm512_loadu_ps(p + i + 48));
+    }
+    total += _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+#elif defined(__AVX2__)
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    for (; i + 32 <= n; i += 32) {
+      s0 = _mm256_add_ps(s0, _mm256_loadu_ps(p + i));
+      s1 = _mm256_add_ps(s1, _mm256_loadu_ps(p + i + 8));
+      s2 = _mm256_add_ps(s2, _mm256_loadu_ps(p + i + 16));
+      s3 = _mm256_add_ps(s3, _mm256_loadu_ps(p + i + 24));
+    }
+    float l[8];
+    _mm256_storeu_ps(l, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (float v : l) total += v;
+#endif
+    float s = 0.0f;
+    for (; i < n; i++) s += p[i];
+    total += s;
+  }
+  return Napi::Number::New(info.Env(), total);
+}
+
+static void register_decode(Napi::Env env, Napi::Object exports) {
+  exports.Set("decode_gemv", Napi::Function::New(env, DecodeGemvBinding));
+  exports.Set("decode_isas", Napi::Function::New(env, DecodeIsasBinding));
+  exports.Set("decodeKernel", Napi::String::New(env, decode_isa_name(DecodeIsa::Best)));
+  exports.Set("stream_read", Napi::Function::New(env, StreamReadBinding));
+}
+TB_REGISTER_OPS(decode, register_decode);
+
+}  // namespace tb

@@ -1,0 +1,202 @@
+// One decode step of a LLaMA block in one native call (batch 1, one token),
+// so a generated token costs a few calls instead of ~25 ops each allocating
+// its output. Every buffer is the caller's: the residual x (updated in place),
+// the KV cache and a scratch tensor kept across tokens.
+//
+//   h   = rmsnorm(x) * ln1
+//   q, k, v = h Wq^T, h Wk^T, h Wv^T             (decode GEMV, decode.h)
+//   rope(q), rope(k) at `pos`; k, v -> cache row pos
+//   a   = softmax(scale * q . K[0..pos]) V[0..pos]  per head (GQA)
+//   x  += a Wo^T
+//   h   = rmsnorm(x) * ln2
+//   x  += (silu(h Wg^T) * (h Wu^T)) Wd^T
+//
+// The formulas are those of the separate ops (rmsnorm.cc, rope.cc with the
+// Hugging Face rotate-half convention, attention_decode.cc, swiglu.cc); sums
+// run in another order, so results agree to float rounding, not bit for bit.
+// decode_head: the final norm and the LM head, logits written.
+#include <cmath>
+#include <string>
+
+#include "args.h"
+#include "decode.h"
+#include "fast_exp.h"
+#include "operand.h"
+#include "registry.h"
+#include "storage.h"
+
+namespace tb {
+namespace {
+
+// y = (x * rstd) * w, w f32 or bf16
+void rmsnorm_row(int64_t C, const float* x, const TensorArg& w, float eps, float* y) {
+  float lane[16] = {};
+  int64_t c = 0;
+  for (; c + 16 <= C; c += 16)
+    for (int l = 0; l < 16; l++) lane[l] += x[c + l] * x[c + l];
+  float ss = 0.0f;
+  for (int l = 0; l < 16; l++) ss += lane[l];
+  for (; c < C; c++) ss += x[c] * x[c];
+  const float r = 1.0f / std::sqrt(ss / static_cast<float>(C) + eps);
+  if (w.dtype == DType::BF16) {
+    const uint16_t* wv = w.as<uint16_t>();
+    for (int64_t i = 0; i < C; i++) y[i] = (x[i] * r) * bf16_to_f32(wv[i]);
+  } else {
+    const float* wv = w.f32();
+    for (int64_t i = 0; i < C; i++) y[i] = (x[i] * r) * wv[i];
+  }
+}
+
+// rotate-half RoPE of H heads of D at one position, in place
+void rope_heads(float* x, int64_t H, int64_t D, int32_t pos, float theta, float* cs) {
+  const int64_t h = D / 2;
+  const float p = static_cast<float>(pos);
+  for (int64_t i = 0; i < h; i++) {
+    const float inv = 1.0f / std::pow(theta, static_cast<float>(2 * i) / static_cast<float>(D));
+    const double a = static_cast<double>(p * inv);
+    cs[i] = static_cast<float>(std::cos(a));
+    cs[h + i] = static_cast<float>(std::sin(a));
+  }
+  for (int64_t hd = 0; hd < H; hd++) {
+    float* r = x + hd * D;
+    for (int64_t i = 0; i < h; i++) {
+      const float a = r[i], b = r[i + h];
+      r[i] = a * cs[i] - b * cs[h + i];
+      r[i + h] = b * cs[i] + a * cs[h + i];
+    }
+  }
+}
+
+// out [Hq, D] = attention of q [Hq, D] over cache rows [0, L) ([Tmax, Hkv, D])
+void attend(int64_t Hq, int64_t Hkv, int64_t D, int64_t L, float scale, const float* q, const float* kc, const float* vc,
+            float* s, float* out) {
+  const int64_t group = Hq / Hkv;
+  for (int64_t h = 0; h < Hq; h++) {
+    const int64_t kvh = h / group;
+    const float* qv = q + h * D;
+    float m = -INFINITY;
+    for (int64_t j = 0; j < L; j++) {
+      const float* k = kc + (j * Hkv + kvh) * D;
+      float dot = 0.0f;
+      for (int64_t d = 0; d < D; d++) dot += qv[d] * k[d];
+      s[j] = dot * scale;
+      m = s[j] > m ? s[j] : m;
+    }
+    double sum = 0.0;
+    for (int64_t j = 0; j < L; j++) { s[j] = std::exp(s[j] - m); sum += s[j]; }
+    float* o = out + h * D;
+    for (int64_t d = 0; d < D; d++) o[d] = 0.0f;
+    for (int64_t j = 0; j < L; j++) {
+      const float pj = static_cast<float>(s[j] / sum);
+      const float* v = vc + (j * Hkv + kvh) * D;
+      for (int64_t d = 0; d < D; d++) o[d] += pj * v[d];
+    }
+  }
+}
+
+// g = silu(g) * u, sigmoid from exp(-|g|) as swiglu.cc
+void swiglu_inplace(int64_t n, float* g, const float* u) {
+  for (int64_t i = 0; i < n; i++) {
+    const float e = fast_expf(-std::fabs(g[i]));
+    const float s = g[i] >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
+    g[i] = g[i] * s * u[i];
+  }
+}
+
+void gemv(const WeightOperand& w, int64_t out, int64_t in, const float* x, float* y, float beta) {
+  decode_gemv(1, out, in, 1.0f, x, in, w.mat(in, true), beta, y, out);
+}
+
+TensorArg norm_weight(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name, int64_t C) {
+  TensorArg t = tensor_arg(info, i, fn, name, static_cast<size_t>(C), DType::F32, true);
+  if (t.dtype != DType::F32 && t.dtype != DType::BF16) throw arg_error(info, fn, std::string("'") + name + "' must be f32 or bf16");
+  return t;
+}
+
+}  // namespace
+
+// decode_block(x, ln1, ln2, Wq, Wk, Wv, Wo, Wg, Wu, Wd, kc, vc, scratch,
+//              C, I, Hq, Hkv, D, Tmax, pos, eps, theta, scale)
+//   x [C] f32 (the residual, updated in place); kc, vc [Tmax, Hkv, D] (one
+//   sequence); the token's k, v are written at row pos and attention runs
+//   over rows 0..pos; scratch f32 of at least decode_block_scratch floats.
+static Napi::Value DecodeBlockBinding(const Napi::CallbackInfo& info) {
+  const char* fn = "decode_block";
+  const int64_t C = int_arg(info, 13, fn, "C", 1), I = int_arg(info, 14, fn, "I", 1);
+  const int64_t Hq = int_arg(info, 15, fn, "Hq", 1), Hkv = int_arg(info, 16, fn, "Hkv", 1), D = int_arg(info, 17, fn, "D", 2);
+  const int64_t Tmax = int_arg(info, 18, fn, "Tmax", 1), pos = int_arg(info, 19, fn, "pos", 0);
+  const float eps = static_cast<float>(num_arg(info, 20, fn, "eps"));
+  const float theta = static_cast<float>(num_arg(info, 21, fn, "theta"));
+  const float scale = static_cast<float>(num_arg(info, 22, fn, "scale"));
+  if (Hq % Hkv != 0) throw arg_error(info, fn, "Hq must be a multiple of Hkv");
+  if (D % 2 != 0) throw arg_error(info, fn, "the head dim D must be even (rotary pairs)");
+  if (pos >= Tmax) throw arg_error(info, fn, "pos " + std::to_string(pos) + " is past the cache length " + std::to_string(Tmax));
+  const int64_t Q = Hq * D, KV = Hkv * D;
+  TensorArg x = tensor_arg(info, 0, fn, "x", static_cast<size_t>(C), DType::F32);
+  TensorArg ln1 = norm_weight(info, 1, fn, "ln1", C), ln2 = norm_weight(info, 2, fn, "ln2", C);
+  WeightOperand wq = weight_arg(info, 3, fn, "Wq", Q, C, -1, nullptr, true), wk = weight_arg(info, 4, fn, "Wk", KV, C, -1, nullptr, true);
+  WeightOperand wv = weight_arg(info, 5, fn, "Wv", KV, C, -1, nullptr, true), wo = weight_arg(info, 6, fn, "Wo", C, Q, -1, nullptr, true);
+  WeightOperand wg = weight_arg(info, 7, fn, "Wg", I, C, -1, nullptr, true), wu = weight_arg(info, 8, fn, "Wu", I, C, -1, nullptr, true);
+  WeightOperand wd = weight_arg(info, 9, fn, "Wd", C, I, -1, nullptr, true);
+  TensorArg kc = tensor_arg(info, 10, fn, "kc", static_cast<size_t>(Tmax * KV), DType::F32);
+  TensorArg vc = tensor_arg(info, 11, fn, "vc", static_cast<size_t>(Tmax * KV), DType::F32);
+  const int64_t need = C + 2 * Q + 2 * I + Tmax + D;
+  TensorArg scratch = tensor_arg(info, 12, fn, "scratch", static_cast<size_t>(need), DType::F32);
+  return guarded(info, [&]() -> Napi::Value {
+    float* xv = x.f32();
+    float* h = scratch.f32();           // [C] normed input (also the MLP's)
+    float* q = h + C;                   // [Q]
+    float* att = q + Q;                 // [Q]
+    float* g = att + Q;                 // [I]
+    float* u = g + I;                   // [I]
+    float* s = u + I;                   // [Tmax] scores
+    float* cs = s + Tmax;               // [D] cos, sin
+    float* krow = kc.f32() + pos * KV;  // the token's cache rows
+    float* vrow = vc.f32() + pos * KV;
+    rmsnorm_row(C, xv, ln1, eps, h);
+    gemv(wq, Q, C, h, q, 0.0f);
+    gemv(wk, KV, C, h, krow, 0.0f);
+    gemv(wv, KV, C, h, vrow, 0.0f);
+    rope_heads(q, Hq, D, static_cast<int32_t>(pos), theta, cs);
+    rope_heads(krow, Hkv, D, static_cast<int32_t>(pos), theta, cs);
+    attend(Hq, Hkv, D, pos + 1, scale, q, kc.f32(), vc.f32(), s, att);
+    gemv(wo, C, Q, att, xv, 1.0f);  // x += a Wo^T
+    rmsnorm_row(C, xv, ln2, eps, h);
+    gemv(wg, I, C, h, g, 0.0f);
+    gemv(wu, I, C, h, u, 0.0f);
+    swiglu_inplace(I, g, u);
+    gemv(wd, C, I, g, xv, 1.0f);  // x += m Wd^T
+    return info.Env().Undefined();
+  });
+}
+
+// decode_head(x, norm, W, logits, C, V, eps): logits [V] = rmsnorm(x) * norm . W^T,
+// W [V, C] (the LM head or the tied embedding); x is left unchanged. Returns
+// the index of the largest logit (the first one on ties; NaN never wins).
+static Napi::Value DecodeHeadBinding(const Napi::CallbackInfo& info) {
+  const char* fn = "decode_head";
+  const int64_t C = int_arg(info, 4, fn, "C", 1), V = int_arg(info, 5, fn, "V", 1);
+  const float eps = static_cast<float>(num_arg(info, 6, fn, "eps"));
+  TensorArg x = tensor_arg(info, 0, fn, "x", static_cast<size_t>(2 * C), DType::F32);
+  TensorArg norm = norm_weight(info, 1, fn, "norm", C);
+  WeightOperand w = weight_arg(info, 2, fn, "W", V, C, -1, nullptr, true);
+  TensorArg logits = tensor_arg(info, 3, fn, "logits", static_cast<size_t>(V), DType::F32);
+  int64_t best = 0;
+  guarded(info, [&]() -> Napi::Value {
+    float* h = x.f32() + C;  // x's second half: the normed row
+    rmsnorm_row(C, x.f32(), norm, eps, h);
+    float* l = logits.f32();
+    gemv(w, V, C, h, l, 0.0f);
+    for (int64_t i = 1; i < V; i++) if (l[i] > l[best]) best = i;
+    return info.Env().Undefined();
+  });
+  return Napi::Number::New(info.Env(), static_cast<double>(best));
+}
+
+static void register_decode_step(Napi::Env env, Napi::Object exports) {
+  exports.Set("decode_block", Napi::Function::New(env, DecodeBlockBinding));
+  exports.Set("decode_head", Napi::Function::New(env, DecodeHeadBinding));
+}
+TB_REGISTER_OPS(decode_step, register_decode_step);
+
+}  // namespace tb

@@ -1,0 +1,40 @@
+// Decode GEMV: y [m, N] = alpha * x [m, K] * W^T + beta * y for a few rows
+// (m <= 16) and a weight W [N, K] stored row-major: f32, bf16, INT-N or
+// 4-bit blockwise (NF4 / FP4). Each output row streams its row of W once,
+// expanding the stored codes to floats in registers (a vector of 16 with
+// AVX-512, 8 with AVX2 or the portable path) and dotting them with the m rows
+// of x: no packed or dequantized copy of W, not even of one group.
+//
+//   INT-N: w = scale_g * q + offset_g, formed per vector with one FMA.
+//   4-bit: w = table[code] * absmax_b, the table a register permute.
+//
+// Values equal the reference dequantization (intn.h / quant4.h) up to the
+// FMA's single rounding; sums run in a different order than gemm_reference.
+#pragma once
+#include <cstdint>
+
+#include "gemm.h"
+
+namespace tb {
+
+// Which instruction set a call uses. Best picks the widest compiled in; the
+// others exist for tests and benchmarks (a build has Avx512 only when
+// compiled for it, Avx2 when compiled for AVX2+FMA, Portable always).
+enum class DecodeIsa : int { Best = 0, Avx512 = 1, Avx2 = 2, Portable = 3 };
+
+constexpr int64_t kDecodeMaxRows = 16;
+
+// Whether decode_gemv computes op(A) * op(B) for these operands: A f32 not
+// transposed, M <= 16, B stored [N, K] (trans) and f32, bf16, INT-N or 4-bit.
+bool decode_gemv_handles(int64_t M, const MatRef& A, const MatRef& B);
+
+// W.trans must be set (W stored [N, K], row stride W.ld; quantized: ld == K).
+// Threads over output rows unless called inside a parallel region.
+void decode_gemv(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t ldx, const MatRef& W, float beta,
+                 float* y, int64_t ldy, DecodeIsa isa = DecodeIsa::Best);
+
+// Whether this build has the path, and its name ("avx512", "avx2", "portable").
+bool decode_isa_available(DecodeIsa isa);
+const char* decode_isa_name(DecodeIsa isa);
+
+}  // namespace tb

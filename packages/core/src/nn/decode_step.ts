@@ -1,0 +1,120 @@
+// A generated token in a few native calls: per block one decode_block (norm,
+// q/k/v, RoPE, KV-cache append, attention over the cache, o, norm, SwiGLU MLP,
+// both residual adds), then decode_head (final norm, LM head, argmax). The
+// residual row, the scratch and the logits are allocated once per generation
+// and reused for every token; the weights' native operands are built once.
+//
+// It covers the plain LLaMA block on the CPU for one sequence, with dense
+// (f32 / bf16), INT-N or 4-bit projections. Anything else (another device, a
+// batch, adapters or other layer types, a configuration field this path does
+// not know) makes FusedDecoder.create return null and the caller keeps the
+// op-by-op path (LlamaModel.hidden + logits), which gives the same values to
+// float rounding (test/decode_kernels.test.ts).
+import { bf16ToF32 } from '../dtype.js';
+import { type NativeTensorHandle, nativeFn } from '../native.js';
+import { nativeOperand } from '../quant/quant4.js';
+import { Tensor } from '../tensor.js';
+import { type LlamaConfig, headDim } from './config.js';
+import { DenseLinear, IntNLinear, Quant4Linear } from './linear.js';
+import { KVCache, LINEAR_NAMES, LlamaModel } from './llama.js';
+
+type H = NativeTensorHandle;
+const decodeBlock = nativeFn<(x: H, ln1: H, ln2: H, wq: object, wk: object, wv: object, wo: object, wg: object, wu: object, wd: object,
+  kc: H, vc: H, scratch: H, C: number, I: number, Hq: number, Hkv: number, D: number, Tmax: number, pos: number,
+  eps: number, theta: number, scale: number) => void>('decode_block');
+const decodeHead = nativeFn<(x: H, norm: H, w: object, logits: H, C: number, V: number, eps: number) => number>('decode_head');
+
+// The configuration fields this path implements, each with the values it
+// implements it for (architecture switches only in their plain-Llama
+// setting); a field not listed here, or another value, declines the path.
+const any = (): boolean => true;
+const absentOr = (...ok: unknown[]) => (v: unknown): boolean => v === undefined || ok.includes(v);
+const PLAIN_CONFIG: Readonly<Record<string, (v: unknown, c: LlamaConfig) => boolean>> = {
+  vocabSize: any, hiddenSize: any, intermediateSize: any, numLayers: any, numHeads: any, numKvHeads: any, rmsNormEps: any,
+  ropeTheta: any, maxPositionEmbeddings: any, tieWordEmbeddings: any,
+  ropeScaling: absentOr(null),
+  modelType: absentOr('llama'),
+  headDim: (v, c) => v === undefined || v === c.hiddenSize / c.numHeads,
+  qkvBias: absentOr(false),
+  oBias: absentOr(false),
+  qkNorm: absentOr(false),
+  slidingWindow: absentOr(null),
+};
+
+const PLAIN_LAYERS = new Set<unknown>([DenseLinear.prototype, IntNLinear.prototype, Quant4Linear.prototype]);
+
+/** Why the fused decode step cannot run this model and cache, or null when it can. */
+export function fusedDecodeUnsupported(model: LlamaModel, cache: KVCache): string | null {
+  if (Object.getPrototypeOf(model) !== LlamaModel.prototype) return 'not a plain LlamaModel';
+  if (model.device !== 'cpu' || cache.device !== 'cpu') return 'not on the CPU';
+  if (cache.batch !== 1) return 'more than one sequence';
+  const cfg = model.config as unknown as Record<string, unknown>;
+  const extra = Object.keys(cfg).filter((k) => !PLAIN_CONFIG[k]?.(cfg[k], model.config));
+  if (extra.length > 0) return `configuration fields or values it does not implement: ${extra.map((k) => `${k}=${JSON.stringify(cfg[k])}`).join(', ')}`;
+  const dtypeOk = (t: Tensor) => t.dtype === 'f32' || t.dtype === 'bf16';
+  if (!dtypeOk(model.embed.value) || !dtypeOk(model.norm.value) || (model.lmHead && !dtypeOk(model.lmHead.value))) return 'embedding, norm or head not f32/bf16';
+  for (const b of model.blocks) {
+    if (!dtypeOk(b.ln1.value) || !dtypeOk(b.ln2.value)) return 'norm weights not f32/bf16';
+    for (const n of LINEAR_NAMES) {
+      const l = b.linears[n];
+      if (!PLAIN_LAYERS.has(Object.getPrototypeOf(l))) return `${l.name} is not a plain dense or quantized linear layer`;
+      if (l instanceof DenseLinear && !dtypeOk(l.weight.value)) return `${l.name} weight not f32/bf16`;
+    }
+  }
+  return null;
+}
+
+export class FusedDecoder {
+  /** logits of the last step (valid until the next step) */
+  readonly logits: Float32Array;
+  private readonly x: Tensor;        // [2C]: the residual row, then the head's normed row
+  private readonly scratch: Tensor;
+  private readonly logitsT: Tensor;
+  private readonly ops: object[][];  // per block: q, k, v, o, gate, up, down operands
+  private readonly headOp: object;
+  private readonly embedValues: Float32Array | Uint16Array;
+
+  private constructor(private readonly model: LlamaModel, private readonly cache: KVCache) {
+    const cfg = model.config, C = cfg.hiddenSize, D = headDim(cfg);
+    this.x = Tensor.zeros([2 * C], { category: 'activation' });
+    this.scratch = Tensor.zeros([C + 2 * cfg.numHeads * D + 2 * cfg.intermediateSize + cache.maxLength + D], { category: 'activation' });
+    this.logitsT = Tensor.zeros([cfg.vocabSize], { category: 'activation' });
+    this.logits = this.logitsT.data() as Float32Array;
+    this.ops = model.blocks.map((b) => LINEAR_NAMES.map((n) => {
+      const l = b.linears[n] as DenseLinear | IntNLinear | Quant4Linear;
+      return nativeOperand(l instanceof DenseLinear ? l.weight.value : l.quantized);
+    }));
+    this.headOp = nativeOperand((model.lmHead ?? model.embed).value);
+    this.embedValues = model.embed.value.data() as Float32Array | Uint16Array;
+  }
+
+  /** A decoder for this model and cache, or null when the fused path does not cover them. */
+  static create(model: LlamaModel, cache: KVCache): FusedDecoder | null {
+    return fusedDecodeUnsupported(model, cache) === null ? new FusedDecoder(model, cache) : null;
+  }
+
+  /** Feeds `token` at position cache.length (appending its keys and values);
+   * returns the argmax of the next-token logits, which are left in `logits`. */
+  step(token: number): number {
+    const { model, cache } = this, cfg = model.config, C = cfg.hiddenSize, D = headDim(cfg);
+    if (!Number.isInteger(token) || token < 0 || token >= cfg.vocabSize) throw new RangeError(`FusedDecoder.step: token ${token} is outside [0, ${cfg.vocabSize})`);
+    const pos = cache.length;
+    if (pos >= cache.maxLength) throw new RangeError(`FusedDecoder.step: the cache is full (${cache.maxLength} positions)`);
+    const xv = this.x.data() as Float32Array, e = this.embedValues, base = token * C;
+    if (e instanceof Float32Array) xv.set(e.subarray(base, base + C));
+    else for (let i = 0; i < C; i++) xv[i] = bf16ToF32(e[base + i]);
+    const scale = 1 / Math.sqrt(D);
+    model.blocks.forEach((b, i) => {
+      const o = this.ops[i];
+      decodeBlock(this.x.handle, b.ln1.value.handle, b.ln2.value.handle, o[0], o[1], o[2], o[3], o[4], o[5], o[6],
+        cache.k[i].handle, cache.v[i].handle, this.scratch.handle, C, cfg.intermediateSize, cfg.numHeads, cfg.numKvHeads, D,
+        cache.maxLength, pos, cfg.rmsNormEps, cfg.ropeTheta, scale);
+    });
+    cache.length = pos + 1;
+    return decodeHead(this.x.handle, model.norm.value.handle, this.headOp, this.logitsT.handle, C, cfg.vocabSize, cfg.rmsNormEps);
+  }
+
+  dispose(): void {
+    for (const t of [this.x, this.scratch, this.logitsT]) t.dispose();
+  }
+}

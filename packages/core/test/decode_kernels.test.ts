@@ -1,0 +1,372 @@
+// The decode GEMV (native/src/cpu/decode_gemv.cc): y = x W^T for 1..16 rows,
+// W streamed once with its codes expanded in registers. Every instruction-set
+// path the build has (avx512, avx2, portable) against a float64 reference
+// computed here from the documented layouts: INT-N codes read from the
+// LSB-first bit stream (intn.h) times scale plus offset; 4-bit codes (high
+// nibble first) through the NF4 table written out below or the FP4 table,
+// times the absmax, a double-quantized absmax expanded here from its 8-bit
+// codes; bf16 widened by hand. Then the model: greedy tokens and logits of a
+// cached decode (the GEMV, m = 1) equal to full recomputation (the packed
+// GEMM) for an INT4 model with merged offsets and an NF4 one.
+import { afterEach, beforeEach, test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  FusedDecoder, IntNLinear, type IntNBits, type IntNGroupSize, KVCache, LlamaModel, Quant4Linear, type Quantized4bit, type QuantizedIntN,
+  Tensor, addToOffsets, disposeQuantized, dynamicMap8, fusedDecodeUnsupported, generate, matmul, memory, native, nativeOperand, preset,
+  quant4Table, quantize4bit, quantizeIntN, type WeightOperand,
+} from '../src/index.js';
+import { type NativeTensorHandle, nativeFn } from '../src/native.js';
+import { randn, rng } from './helpers.js';
+
+const live = (): number => memory.snapshot().cpu.liveTotal;
+let liveBefore = 0;
+beforeEach(() => { liveBefore = live(); });
+afterEach(() => { assert.equal(live(), liveBefore, 'native memory leaked'); });
+
+type DecodeFn = (x: NativeTensorHandle, w: object, y: NativeTensorHandle, m: number, out: number, inF: number, isa?: string) => void;
+const decodeGemv = nativeFn<DecodeFn>('decode_gemv');
+const ISAS = nativeFn<() => string[]>('decode_isas')();
+
+// bitsandbytes' NF4 code book, written out (not read from the native table)
+const NF4 = Float32Array.from([
+  -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635, -0.18477343022823334,
+  -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+  0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+]);
+
+function bytesOf(t: Tensor): Uint8Array { return Uint8Array.from(t.data() as Uint8Array); }
+function floatsOf(t: Tensor): Float32Array { return Float32Array.from(t.data() as Float32Array); }
+
+/** W [out*in] dequantized from an INT-N weight's bytes: scale * q + offset. */
+function refIntN(q: QuantizedIntN): Float32Array {
+  const codes = bytesOf(q.codes), sc = floatsOf(q.scales), of = floatsOf(q.offsets);
+  const w = new Float32Array(q.numel);
+  for (let e = 0; e < q.numel; e++) {
+    let c = 0;
+    for (let b = 0; b < q.bits; b++) {
+      const p = e * q.bits + b;
+      c |= ((codes[p >> 3] >> (p & 7)) & 1) << b;
+    }
+    const g = Math.floor(e / q.groupSize);
+    w[e] = Math.fround(Math.fround(sc[g] * c) + of[g]);
+  }
+  return w;
+}
+
+/** W dequantized from a 4-bit weight's bytes (the even element in the high nibble). */
+function refQ4(q: Quantized4bit): Float32Array {
+  const packed = bytesOf(q.packed), table = q.format === 'nf4' ? NF4 : quant4Table('fp4');
+  const nblocks = Math.ceil(q.numel / q.blockSize);
+  let absmax: Float32Array;
+  if (q.absmax) {
+    absmax = floatsOf(q.absmax);
+  } else {
+    const dq = q.dq!;
+    const codes = bytesOf(dq.codes), scales = floatsOf(dq.scales), map = dynamicMap8(true);
+    absmax = new Float32Array(nblocks);
+    for (let b = 0; b < nblocks; b++) absmax[b] = Math.fround(Math.fround(map[codes[b]] * scales[Math.floor(b / dq.blockSize)]) + dq.offset);
+  }
+  const w = new Float32Array(q.numel);
+  for (let e = 0; e < q.numel; e++) {
+    const byte = packed[e >> 1];
+    w[e] = Math.fround(table[e & 1 ? byte & 15 : byte >> 4] * absmax[Math.floor(e / q.blockSize)]);
+  }
+  return w;
+}
+
+function bf16Bits(v: Float32Array): Uint16Array {
+  const u = new Uint32Array(v.buffer.slice(0)), out = new Uint16Array(v.length);
+  for (let i = 0; i < v.length; i++) out[i] = (u[i] + 0x7fff + ((u[i] >>> 16) & 1)) >>> 16;  // round to nearest even
+  return out;
+}
+function bf16Values(bits: Uint16Array): Float32Array {
+  const u = new Uint32Array(bits.length);
+  for (let i = 0; i < bits.length; i++) u[i] = bits[i] << 16;
+  return new Float32Array(u.buffer);
+}
+
+/** Checks y [m, N] against float64 sums of x [m, K] times w [N, K], each output within
+ * tol times the sum of |x||w| of its dot product (the float rounding scale). */
+function checkAgainst(name: string, y: Float32Array, x: Float32Array, w: Float32Array, m: number, N: number, K: number, tol = 1e-5): void {
+  for (let r = 0; r < m; r++) {
+    for (let o = 0; o < N; o++) {
+      let s = 0, mag = 0;
+      for (let k = 0; k < K; k++) { s += x[r * K + k] * w[o * K + k]; mag += Math.abs(x[r * K + k] * w[o * K + k]); }
+      const got = y[r * N + o];
+      if (!Number.isFinite(s)) {
+        assert.ok(Object.is(got, s) || (Number.isNaN(got) && Number.isNaN(s)), `${name}: y[${r}, ${o}] = ${got}, want ${s}`);
+        continue;
+      }
+      assert.ok(Math.abs(got - s) <= tol * mag + 1e-30, `${name}: y[${r}, ${o}] = ${got}, want ${s} (|diff| ${Math.abs(got - s)}, scale ${mag})`);
+    }
+  }
+}
+
+/** The native GEMV on every path, and matmul (which takes it for m <= 16), checked against w. */
+function checkAllPaths(name: string, W: WeightOperand, wRef: Float32Array, m: number, N: number, K: number, r: ReturnType<typeof rng>): void {
+  const xv = randn(m * K, r);
+  const x = Tensor.from(xv, [m, K]);
+  try {
+    for (const isa of ISAS) {
+      const y = Tensor.zeros([m, N]);
+      decodeGemv(x.handle, nativeOperand(W), y.handle, m, N, K, isa);
+      checkAgainst(`${name} ${isa} m=${m} seed ${r.seed}`, floatsOf(y), xv, wRef, m, N, K);
+      y.dispose();
+    }
+    const y = matmul(x, W, { transB: true });
+    checkAgainst(`${name} matmul m=${m} seed ${r.seed}`, floatsOf(y), xv, wRef, m, N, K);
+    y.dispose();
+  } finally {
+    x.dispose();
+  }
+}
+
+test('the build has the portable decode path and names its best', () => {
+  assert.ok(ISAS.includes('portable'), `decode_isas: ${ISAS.join(', ')}`);
+  assert.equal(typeof (native as unknown as { decodeKernel: string }).decodeKernel, 'string');
+  assert.ok(ISAS.includes((native as unknown as { decodeKernel: string }).decodeKernel));
+});
+
+test('INT-N decode GEMV equals the float reference: bits 2/3/4/8, groups 16..128, m = 1..16', () => {
+  const r = rng();
+  const ms = [1, 2, 3, 4, 5, 8, 9, 16];
+  for (const bits of [2, 3, 4, 8] as IntNBits[]) {
+    for (const groupSize of [16, 32, 64, 128] as IntNGroupSize[]) {
+      // K: an odd number of groups (48 for g16: not a multiple of 32 or 64), and more
+      for (const [N, K] of [[37, 3 * groupSize], [19, 5 * groupSize + (groupSize === 16 ? 0 : groupSize)]]) {
+        const w = Tensor.from(randn(N * K, r, 0.1), [N, K]);
+        const q = quantizeIntN(w, { bits, groupSize });
+        w.dispose();
+        const ref = refIntN(q);
+        for (const m of ms) checkAllPaths(`int${bits} g${groupSize} [${N}, ${K}]`, q, ref, m, N, K, r);
+        disposeQuantized(q);
+      }
+    }
+  }
+});
+
+test('INT-N decode GEMV with merged (non-RTN) offsets, multi-threaded over output rows', () => {
+  const r = rng();
+  const [N, K] = [260, 576];  // N * K above the threading threshold
+  const w = Tensor.from(randn(N * K, r, 0.05), [N, K]);
+  const q = quantizeIntN(w, { bits: 4, groupSize: 32 });
+  w.dispose();
+  addToOffsets(q, randn(N * K / 32, r, 0.01));
+  const ref = refIntN(q);
+  const before = native.getThreads();
+  try {
+    for (const threads of [1, 2]) {
+      native.setThreads(threads);
+      for (const m of [1, 4, 16]) checkAllPaths(`int4 merged threads=${threads}`, q, ref, m, N, K, r);
+    }
+  } finally {
+    native.setThreads(before);
+    disposeQuantized(q);
+  }
+});
+
+test('NF4 / FP4 decode GEMV equals the float reference, with and without double quantization, rows starting mid-byte', () => {
+  const r = rng();
+  assert.deepEqual(Array.from(quant4Table('nf4')), Array.from(NF4), 'the native NF4 table is the code book written here');
+  for (const format of ['nf4', 'fp4'] as const) {
+    for (const doubleQuant of [false, true]) {
+      for (const blockSize of [32, 64, 256]) {
+        // K odd (rows start mid-byte and mid-vector), K not a multiple of 64, the SmolLM width
+        for (const [N, K] of [[23, 75], [17, 100], [9, 576]]) {
+          const w = Tensor.from(randn(N * K, r, 0.1), [N, K]);
+          const q = quantize4bit(w, { format, blockSize, doubleQuant });
+          w.dispose();
+          const ref = refQ4(q);
+          for (const m of [1, 3, 4, 7, 16]) checkAllPaths(`${format}${doubleQuant ? '+dq' : ''} b${blockSize} [${N}, ${K}]`, q, ref, m, N, K, r);
+          disposeQuantized(q);
+        }
+      }
+    }
+  }
+});
+
+test('f32 and bf16 decode GEMV equal the float reference at any K', () => {
+  const r = rng();
+  for (const [N, K] of [[5, 1], [13, 7], [31, 33], [40, 576], [7, 1536]]) {
+    const wv = randn(N * K, r, 0.1);
+    const wf = Tensor.from(wv, [N, K]);
+    const bits = bf16Bits(wv);
+    const wb = Tensor.from(bits, [N, K], { dtype: 'bf16' });
+    for (const m of [1, 2, 6, 11, 16]) {
+      checkAllPaths(`f32 [${N}, ${K}]`, wf, wv, m, N, K, r);
+      checkAllPaths(`bf16 [${N}, ${K}]`, wb, bf16Values(bits), m, N, K, r);
+    }
+    wf.dispose(); wb.dispose();
+  }
+});
+
+test('NaN and infinity in x propagate to their rows only', () => {
+  const r = rng();
+  const [N, K, m] = [21, 96, 3];
+  const wv = randn(N * K, r, 0.1);
+  const wf = Tensor.from(wv, [N, K]);
+  const q = quantizeIntN(wf, { bits: 4, groupSize: 32 });
+  const q4 = quantize4bit(wf, { format: 'nf4', blockSize: 64 });
+  const refs: [WeightOperand, Float32Array][] = [[wf, wv], [q, refIntN(q)], [q4, refQ4(q4)]];
+  for (const [W, ref] of refs) {
+    for (const isa of ISAS) {
+      const xv = randn(m * K, r);
+      xv[0 * K + 5] = NaN;          // row 0: NaN everywhere
+      xv[1 * K + 70] = Infinity;    // row 1: +-inf (NaN where the weight is 0)
+      const x = Tensor.from(xv, [m, K]);
+      const y = Tensor.zeros([m, N]);
+      decodeGemv(x.handle, nativeOperand(W), y.handle, m, N, K, isa);
+      const yv = floatsOf(y);
+      for (let o = 0; o < N; o++) {
+        assert.ok(Number.isNaN(yv[o]), `${isa}: row 0 output ${o} is ${yv[o]}, want NaN`);
+        assert.ok(!Number.isFinite(yv[N + o]), `${isa}: row 1 output ${o} is ${yv[N + o]}, want inf or NaN`);
+        assert.ok(Number.isFinite(yv[2 * N + o]), `${isa}: row 2 output ${o} is ${yv[2 * N + o]}, want finite`);
+      }
+      checkAgainst(`${isa} non-finite x`, yv, xv, ref, m, N, K);
+      x.dispose(); y.dispose();
+    }
+  }
+  wf.dispose(); disposeQuantized(q); disposeQuantized(q4);
+});
+
+test('decode_gemv rejects bad arguments with a message naming the problem', () => {
+  const x = Tensor.zeros([17, 32]), y = Tensor.zeros([17, 8]), w = Tensor.zeros([8, 32]);
+  try {
+    assert.throws(() => decodeGemv(x.handle, w.handle, y.handle, 17, 8, 32), /m must be at most 16/);
+    assert.throws(() => decodeGemv(x.handle, w.handle, y.handle, 1, 8, 32, 'sse9'), /unknown isa 'sse9'/);
+    assert.throws(() => decodeGemv(x.handle, w.handle, y.handle, 1, 9, 32), /W|elements/);
+  } finally {
+    x.dispose(); y.dispose(); w.dispose();
+  }
+});
+
+// ---- the model: cached decode (GEMV, one row) against full recomputation (packed GEMM, >= 17 rows) ----
+
+function quantizedTiny(kind: 'int4' | 'nf4' | 'f32' | 'bf16'): LlamaModel {
+  const model = LlamaModel.init(preset('tiny'), { seed: 11, std: 0.15, trainable: false, dtype: kind === 'bf16' ? 'bf16' : 'f32' });
+  if (kind === 'f32' || kind === 'bf16') return model;
+  const r = rng(5);
+  for (const [name, layer] of model.linears()) {
+    const w = (layer as unknown as { weight: { value: Tensor } }).weight?.value;
+    assert.ok(w instanceof Tensor, `${name} has a dense weight`);
+    let next;
+    if (kind === 'int4') {
+      const q = quantizeIntN(w, { bits: 4, groupSize: 32 });
+      addToOffsets(q, randn(q.offsets.numel, r, 0.01));  // what merging a QA-LoRA adapter does
+      next = new IntNLinear(name, q);
+    } else {
+      next = new Quant4Linear(name, quantize4bit(w, { format: 'nf4', blockSize: 64, doubleQuant: true }));
+    }
+    model.replaceLinear(name, next).dispose();
+  }
+  return model;
+}
+
+for (const kind of ['int4', 'nf4'] as const) {
+  test(`${kind} tiny model: cached greedy decode equals full recomputation (tokens, logits within 1e-4)`, () => {
+    const model = quantizedTiny(kind);
+    try {
+      const prompt = [256, ...Array.from('The quick brown fox', (c) => c.charCodeAt(0))];  // 20 tokens: the full pass packs
+      const cached = generate(model, prompt, { maxNewTokens: 16 });
+      const full = generate(model, prompt, { maxNewTokens: 16, noCache: true });
+      assert.deepEqual(cached.tokens, full.tokens);
+      const seq = [...prompt, ...cached.tokens];
+      const ids = (a: number[]) => Tensor.from(Int32Array.from(a), [1, a.length], { dtype: 'i32' });
+      const V = model.config.vocabSize;
+      // full pass: logits of every position through the packed GEMM (rows > 16)
+      const idsAll = ids(seq);
+      const hAll = model.hidden(idsAll);
+      const lAll = model.logits(hAll);
+      const allV = floatsOf(lAll);
+      for (const t of [idsAll, hAll, lAll]) t.dispose();
+      const cache = new KVCache(model.config, 1, seq.length);
+      const p0 = ids(prompt);
+      model.hidden(p0, cache).dispose();
+      p0.dispose();
+      let worst = 0;
+      for (let t = prompt.length; t < seq.length; t++) {
+        const one = ids([seq[t]]);
+        const h = model.hidden(one, cache);
+        const l = model.logits(h);
+        const lv = floatsOf(l);
+        for (const x of [one, h, l]) x.dispose();
+        const want = allV.subarray(t * V, (t + 1) * V);
+        let scale = 0;
+        for (const v of want) scale = Math.max(scale, Math.abs(v));
+        for (let i = 0; i < V; i++) worst = Math.max(worst, Math.abs(lv[i] - want[i]) / Math.max(scale, 1));
+      }
+      cache.dispose();
+      assert.ok(worst <= 1e-4, `${kind}: cached logits differ from the full pass by ${worst} (relative to max |logit|)`);
+    } finally {
+      model.dispose();
+    }
+  });
+}
+
+// ---- the fused decode step (nn/decode_step.ts, native/src/cpu/decode_step.cc) against the op-by-op path ----
+
+for (const kind of ['f32', 'bf16', 'int4', 'nf4'] as const) {
+  test(`${kind} tiny model: the fused decode step equals the op-by-op cached path (logits within 1e-4, tokens, sampling)`, () => {
+    const model = quantizedTiny(kind);
+    try {
+      const prompt = [256, 72, 101, 108, 108, 111];
+      const steps = [44, 32, 119, 111, 114, 108, 100, 33, 10, 65, 66, 67];
+      const ids = (a: number[]) => Tensor.from(Int32Array.from(a), [1, a.length], { dtype: 'i32' });
+      const cacheA = new KVCache(model.config, 1, prompt.length + steps.length);
+      const cacheB = new KVCache(model.config, 1, prompt.length + steps.length);
+      assert.equal(fusedDecodeUnsupported(model, cacheA), null);
+      const fused = FusedDecoder.create(model, cacheA)!;
+      for (const c of [cacheA, cacheB]) { const p = ids(prompt); model.hidden(p, c).dispose(); p.dispose(); }
+      const V = model.config.vocabSize;
+      let worst = 0;
+      for (const tok of steps) {
+        const best = fused.step(tok);
+        const one = ids([tok]);
+        const h = model.hidden(one, cacheB);
+        const l = model.logits(h);
+        const want = floatsOf(l);
+        for (const t of [one, h, l]) t.dispose();
+        let scale = 0, argmax = 0;
+        for (let i = 0; i < V; i++) { scale = Math.max(scale, Math.abs(want[i])); if (want[i] > want[argmax]) argmax = i; }
+        for (let i = 0; i < V; i++) worst = Math.max(worst, Math.abs(fused.logits[i] - want[i]) / Math.max(scale, 1));
+        assert.equal(best, argmax, `${kind}: argmax after token ${tok}`);
+      }
+      assert.equal(cacheA.length, cacheB.length);
+      fused.dispose(); cacheA.dispose(); cacheB.dispose();
+      assert.ok(worst <= 1e-4, `${kind}: fused logits differ from the op-by-op path by ${worst} (relative to max |logit|)`);
+      for (const opts of [{ temperature: 0 }, { temperature: 0.8, topK: 20, seed: 9 }]) {
+        const a = generate(model, prompt, { maxNewTokens: 20, ...opts });
+        const b = generate(model, prompt, { maxNewTokens: 20, ...opts, fusedDecode: false });
+        assert.deepEqual(a.tokens, b.tokens, `${kind} ${JSON.stringify(opts)}`);
+      }
+    } finally {
+      model.dispose();
+    }
+  });
+}
+
+test('the fused decode step declines what it does not cover, saying why', () => {
+  const model = LlamaModel.init(preset('tiny'), { seed: 2, trainable: false });
+  const two = new KVCache(model.config, 2, 8);
+  try {
+    assert.match(fusedDecodeUnsupported(model, two) ?? '', /more than one sequence/);
+    assert.equal(FusedDecoder.create(model, two), null);
+    const one = new KVCache(model.config, 1, 8);
+    assert.equal(fusedDecodeUnsupported(model, one), null);
+    const config = model.config as unknown as Record<string, unknown>;
+    const withField = (k: string, v: unknown, f: () => void) => {
+      const had = k in config, old = config[k];
+      config[k] = v;
+      try { f(); } finally { if (had) config[k] = old; else delete config[k]; }
+    };
+    // architecture switches in their plain-Llama setting are fine; anything else declines
+    withField('slidingWindow', null, () => assert.equal(fusedDecodeUnsupported(model, one), null));
+    withField('modelType', 'llama', () => assert.equal(fusedDecodeUnsupported(model, one), null));
+    withField('slidingWindow', 4, () => assert.match(fusedDecodeUnsupported(model, one) ?? '', /slidingWindow=4/));
+    withField('qkNorm', true, () => assert.match(fusedDecodeUnsupported(model, one) ?? '', /qkNorm=true/));
+    withField('someFutureSwitch', 1, () => assert.match(fusedDecodeUnsupported(model, one) ?? '', /someFutureSwitch=1/));
+    one.dispose();
+  } finally {
+    two.dispose(); model.dispose();
+  }
+});
