@@ -85,6 +85,8 @@ interface GptqOpts {
   seed?: number; layers?: number; tied?: boolean; noFormatKey?: boolean;
   /** the model's architecture (default llama) */
   arch?: Arch;
+  /** llama/qwen3 attention_bias true: fp16 biases on q, k, v and o_proj */
+  attentionBias?: boolean;
   /** also write the same model, dequantized, as an ordinary checkpoint here */
   denseDir?: string;
   /** two shards and an index, the tensors dealt alternately (a projection's parts end up in both) */
@@ -156,7 +158,7 @@ function writeGptq(dir: string, o: GptqOpts): Map<string, Truth> {
         dense.push({ name: `${name}.weight`, dtype: 'F32', shape: [out, inF], data: new Uint8Array(w.buffer) });
       }
       // Qwen2: real fp16 biases on q, k and v, stored next to the projection's GPTQ parts
-      if (arch === 'qwen2' && /\.(q|k|v)_proj$/.test(mod)) {
+      if ((arch === 'qwen2' && /\.(q|k|v)_proj$/.test(mod)) || (o.attentionBias && /^self_attn\./.test(mod))) {
         entries.push({ name: `${name}.bias`, dtype: 'F16', shape: [out], data: u16(halfs(out, () => Math.round((r() - 0.5) * 1200))) });
       }
     }
@@ -176,6 +178,7 @@ function writeGptq(dir: string, o: GptqOpts): Map<string, Truth> {
     num_attention_heads: HEADS, num_key_value_heads: KV_HEADS, vocab_size: VOCAB, rms_norm_eps: 1e-5, rope_theta: 10000, max_position_embeddings: 256,
     tie_word_embeddings: o.tied ?? true, hidden_act: 'silu', torch_dtype: 'float16', ...ARCH_KEYS[arch], quantization_config: qc,
   };
+  if (o.attentionBias) config.attention_bias = true;
   o.tamper?.(entries, config);
   if (o.denseDir) {
     mkdirSync(o.denseDir, { recursive: true });
@@ -490,34 +493,39 @@ function fileHalfs(dir: string, name: string): Float32Array {
   return Float32Array.from({ length: (b1 - b0) / 2 }, (_, k) => halfValue(st.readUInt16LE(8 + hl + b0 + 2 * k)));
 }
 
-const EXTRAS: Record<Exclude<Arch, 'llama'>, number> = { qwen2: 3, qwen3: 2, mistral: 0 };
+/** the architecture's own tensors per layer */
+const EXTRAS: Record<Arch, number> = { llama: 0, qwen2: 3, qwen3: 2, mistral: 0 };
 
-for (const arch of ['qwen2', 'qwen3', 'mistral'] as const) {
-  test(`a ${arch} GPTQ checkpoint loads exactly (${arch === 'qwen2' ? 'fp16 q/k/v biases' : arch === 'qwen3' ? 'q/k norms, head_dim 32 ≠ hidden/heads' : 'sliding window 8'}); its logits equal the dequantized model's loaded densely; written back unchanged`, (t) => {
+const ARCH_CASES: [Arch, boolean, string][] = [
+  ['qwen2', false, 'fp16 q/k/v biases'], ['qwen3', false, 'q/k norms, head_dim 32 ≠ hidden/heads'], ['mistral', false, 'sliding window 8'],
+  ['qwen3', true, 'attention_bias: q/k/v/o biases beside the q/k norms'], ['llama', true, 'attention_bias: q/k/v/o biases'],
+];
+for (const [arch, attentionBias, what] of ARCH_CASES) {
+  test(`a ${arch} GPTQ checkpoint loads exactly (${what}); its logits equal the dequantized model's loaded densely; written back unchanged`, (t) => {
     const dir = tempDir(), dense = tempDir(), out = tempDir();
     try {
-      const truth = writeGptq(dir, { arch, bits: 4, groupSize: 32, sym: false, seed: 60, layers: 2, tied: arch !== 'qwen3', denseDir: dense });
+      const truth = writeGptq(dir, { arch, attentionBias, bits: 4, groupSize: 32, sym: false, seed: 60, layers: 2, tied: arch !== 'qwen3', denseDir: dense });
       const g = loadGptqModel(dir);
       const ref = loadHfModel(dense, { trainable: false, frozenDtype: 'f32' });
       try {
         assert.deepEqual(g.model.config, ref.config, 'the config is read as the dense loader reads it');
-        assert.equal(g.model.config.modelType, arch);
+        assert.equal(g.model.config.modelType ?? 'llama', arch);
         if (arch === 'qwen3') assert.equal(g.model.config.headDim, 32);
         if (arch === 'mistral') assert.equal(g.model.config.slidingWindow, 8);
         const m = mismatches(g.model, truth);
         assert.equal(m.bad, 0, `${m.bad} of ${m.checked} weights differ from the definition; first ${m.first}`);
         // biases and norms: the file's fp16 values, as the block's frozen parameters
         const extras = extrasOf(g.model);
-        assert.equal(extras.size, 2 * EXTRAS[arch]);
+        assert.equal(extras.size, 2 * (EXTRAS[arch] + (attentionBias ? 4 : 0)));
         for (const [n, v] of extras) assert.deepEqual(v, fileHalfs(dir, n), `${n}: the file's values`);
         const got = logitsOf(g.model), want = logitsOf(ref), d = relErr(got, want);
         t.diagnostic(`${arch}: GPTQ-loaded vs dense-loaded logits, max|diff|/max|ref| = ${d.toExponential(2)}`);
         assert.ok(d < 1e-5, `${arch}: logits ${d}`);
         // the biases and norms matter at this size (a loader that dropped them could not pass the check above)
-        if (arch !== 'mistral') {
+        if (extras.size) {
           const p = g.model.parameters().find((q) => extras.has(q.name))!;
           const v = p.value.data() as Float32Array, saved = Float32Array.from(v);
-          v.fill(arch === 'qwen2' ? 0 : 1);
+          v.fill(p.name.endsWith('.bias') ? 0 : 1);
           const d0 = relErr(logitsOf(g.model), want);
           v.set(saved);
           assert.ok(d0 > 100 * d, `without ${p.name} the logits move (${d0}) far beyond the tolerance`);
@@ -527,6 +535,7 @@ for (const arch of ['qwen2', 'qwen3', 'mistral'] as const) {
         assert.equal(rep.exact, true);
         const cfg = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8'));
         assert.deepEqual([cfg.model_type, cfg.architectures[0]], [arch, (ARCH_KEYS[arch].architectures as string[])[0]]);
+        assert.equal(cfg.attention_bias ?? false, attentionBias, 'attention_bias as read');
         if (arch === 'qwen3') assert.equal(cfg.head_dim, 32);
         if (arch === 'mistral') assert.equal(cfg.sliding_window, 8);
         const a = readSafetensors(join(dir, 'model.safetensors')).tensors, b = readSafetensors(join(out, 'model.safetensors')).tensors;
