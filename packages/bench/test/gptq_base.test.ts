@@ -4,7 +4,7 @@
 // before anything runs.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { IntNLinear, LlamaModel, preset } from '@tunebench/core';
@@ -94,6 +94,15 @@ test('the run record of qalora4 on a GPTQ base says the bits and groups it used:
     assert.equal(r.settings.bits, 4);
     assert.match(String(r.settings.quantization), /from the GPTQ checkpoint's quantization_config/);
     assert.equal(r.settings.calibration, undefined);
+    // a checkpoint whose groups cannot be read: the run is recorded with the loader's error, and the record claims no groups
+    const cfgPath = join(dir, 'config.json'), cfg = JSON.parse(readFileSync(cfgPath, 'utf8'));
+    cfg.quantization_config.group_size = 40;
+    writeFileSync(cfgPath, JSON.stringify(cfg));
+    const [bad] = await runSuite(suite, { outDir: join(out, 'bad'), log: () => {}, progress: false });
+    assert.equal(bad.status, 'error');
+    assert.match(bad.error!, /group_size 40 with 64 input features/);
+    assert.equal(bad.settings.groupSize, undefined);
+    assert.match(String(bad.settings.quantization), /GPTQ checkpoint's bits and groups could not be read/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
     rmSync(out, { recursive: true, force: true });

@@ -4,7 +4,7 @@
 // (registered by methods.ts). qaloraSettings and calibrationRows are shared
 // with the qlora plugin's INT-N requantized rows.
 import { Rng, Tensor, disposeIntN, intnBytes, makeOptimizer, matmul, quantizeIntN } from '@tunebench/core';
-import { type QaloraConfig, inspectGptqModel, isGptqDir, loadQaloraModel, prepareQalora, qaloraConfig, withMergedQalora } from '@tunebench/qa-lora';
+import { type GptqInfo, type QaloraConfig, inspectGptqModel, isGptqDir, loadQaloraModel, prepareQalora, qaloraConfig, withMergedQalora } from '@tunebench/qa-lora';
 import { saveAdapter } from '@tunebench/lora';
 import type { MethodPlugin, MethodSpec } from '../methods.js';
 import { brownData } from '../tasks/pretrain.js';
@@ -67,7 +67,14 @@ export const qaloraMethod: MethodPlugin = {
     const c = qaloraSettings(s);
     if (baseDir !== undefined && isGptqDir(baseDir)) {
       // a GPTQ base: prepare() trains on the checkpoint's own codes, at its bits and groups (what loadQaloraModel holds them as)
-      const g = inspectGptqModel(baseDir), G = g.spec.groupSize;
+      let g: GptqInfo;
+      try {
+        g = inspectGptqModel(baseDir);
+      } catch {
+        // prepare() reads the same files and fails with the same error inside the run, where the record keeps it
+        return { r: c.r, alpha: c.alpha, quantizer: 'gptq', optimizer: c.optimizer, quantization: "the GPTQ checkpoint's bits and groups could not be read (the run's error says why)" };
+      }
+      const G = g.spec.groupSize;
       const from = `bits ${g.spec.bits} and group_size ${G} from the GPTQ checkpoint's quantization_config` +
         (G === g.groupSize ? '' : ` (held as INT-N groups of ${g.groupSize} columns)`);
       const asked = c.groupSize !== g.groupSize || c.quantizer !== 'gptq' ? `; the method row's groupSize ${c.groupSize}${c.quantizer !== 'gptq' ? ` and quantizer ${c.quantizer}` : ''} not used` : '';
