@@ -60,8 +60,10 @@ export interface MethodPlugin {
   parse(token: string): MethodSpec | null;
   /** problems with a spec from a suite file (empty: fine) */
   validate(spec: MethodSpec): string[];
-  /** settings this method adds to a run's record (r, alpha, bits, ...) */
-  settings(spec: MethodSpec): Record<string, string | number | boolean>;
+  /** settings this method adds to a run's record (r, alpha, bits, ...); with the run's
+   * base directory, those it will actually use on that base (e.g. a GPTQ checkpoint's
+   * own bits and groups in place of the row's) */
+  settings(spec: MethodSpec, baseDir?: string): Record<string, string | number | boolean>;
   /** the base model from a Hugging Face directory, ready to train with this method */
   prepare(baseDir: string, spec: MethodSpec, seed: number): LlamaModel;
   /** speed and memory rows: a model with random weights at a config's shapes

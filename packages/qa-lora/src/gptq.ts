@@ -14,6 +14,16 @@
 // cross 32-bit words): the values of one column of qweight (one row of
 // qzeros) form one bit stream, value k at stream bits [k·b, k·b + b), stream
 // bit t being bit (t mod 32) of word floor(t / 32), least significant first.
+// Architectures: config.json is read as the dense loader reads it
+// (configFromHf: model_type llama, mistral, qwen2, qwen3 and their keys;
+// what it refuses, it refuses here by the same key), so the tensors beside
+// the quantized projections are the architecture's own, in its shapes
+// (head_dim included): Qwen2's q/k/v_proj.bias and those of attention_bias
+// load as the block's bias parameters, Qwen3's self_attn.{q,k}_norm.weight as
+// its per-head norms, all frozen and never quantized (as QA-LoRA keeps them on
+// a dense base); Mistral's sliding_window is the config's. A bias the
+// architecture does not have is accepted only all zero (some exporters write
+// one for every projection); a non-zero one is refused, naming the tensor.
 // Zero points: checkpoint_format "gptq" (v1, AutoGPTQ's and the default)
 // stores z − 1 modulo 2^b, read back as (stored + 1) mod 2^b; "gptq_v2"
 // (GPTQModel) stores z as it is. The weight is
@@ -30,10 +40,13 @@
 // consecutive columns. A g_idx that is floor(i / G) loads whatever desc_act
 // says (AutoGPTQ's static_groups).
 //
-// Written back (saveGptqModel): scale must be an fp16 value and offset equal
-// to −scale · z for an integer z in [0, 2^b − 1]. The GPTQ base itself
-// always is; after QA-LoRA's merge (offset + delta, delta real) a group is
-// exact only where delta / scale is an integer. Elsewhere the zero point
+// Written back (saveGptqModel): the config with its model_type and keys
+// (configToHf), the biases and q/k norms under their names next to the
+// projections' qweight, qzeros, scales and g_idx. Each scale must be an fp16
+// value and its offset equal to −scale · z for an integer z in
+// [0, 2^b − 1]. The GPTQ base itself always is; after QA-LoRA's merge
+// (offset + delta, delta real) a group is exact only where delta / scale is
+// an integer. Elsewhere the zero point
 // must be rounded (zeroPoints: 'round'), which moves every weight of the
 // group by scale · (round(z') − z'), at most scale / 2 (more where z' falls
 // outside [0, 2^b − 1] and is clamped); the measured error is returned and
@@ -42,7 +55,7 @@ import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import {
   DenseLinear, HF_CONFIG_FILE, HF_WEIGHTS_FILE, HF_WEIGHTS_INDEX_FILE, INTN_BITS, IntNLinear, type IntNBits, type IntNGroupSize, type LinearLayer,
-  LlamaModel, type QuantizedIntN, Tensor, configFromHf, configToHf, f16ToF32, f32ToF16, hostValues, intnBytes, modelTensorShapes, parseJson,
+  type LlamaConfig, LlamaModel, type QuantizedIntN, Tensor, configFromHf, configToHf, f16ToF32, f32ToF16, hostValues, intnBytes, modelTensorShapes, parseJson,
   readSafetensors, readSafetensorsHeader, readTextFile, writeJsonAtomic, writeSafetensors,
 } from '@tunebench/core';
 
@@ -111,6 +124,20 @@ export function gptqSpecOf(qc: unknown, where: string): GptqSpec {
   }
   if (problems.length) throw new Error(`${where}: quantization_config: ${list(problems)}`);
   return { bits, groupSize: groupSize as number, sym, descAct, format: fmt as GptqFormat };
+}
+
+/** The transformers class a config loads as (LlamaForCausalLM, Qwen2ForCausalLM, ...). */
+function archClass(config: LlamaConfig): string {
+  return (configToHf(config).architectures as string[])[0];
+}
+
+/** Why a projection of this config has no bias, for the error on a non-zero one in the file. */
+function noBias(config: LlamaConfig, tensor: string): string {
+  const type = config.modelType ?? 'llama', cls = archClass(config);
+  if (/\.mlp\./.test(tensor)) return `${cls} has no bias on the MLP projections (mlp_bias is not supported)`;
+  if (type === 'qwen2') return `${cls} has biases on q_proj, k_proj and v_proj only`;
+  if (type === 'mistral') return `${cls} has no projection biases`;
+  return `${cls} with attention_bias false has no projection biases (with attention_bias true it has one on each of q_proj, k_proj, v_proj and o_proj)`;
 }
 
 /** The INT-N group width that holds GPTQ groups of `groupSize` (-1: the row) exactly, or null. */
@@ -293,12 +320,27 @@ export interface LoadedGptq {
   files: string[];
 }
 
-/** Loads a GPTQ checkpoint directory as a frozen model whose projections are INT-N, exactly (see the file comment). */
-export function loadGptqModel(dir: string, opts: LoadGptqOptions = {}): LoadedGptq {
+/** A GPTQ checkpoint as read from its config and file headers (no tensor read yet). */
+interface GptqPlan {
+  root: string;
+  config: LlamaConfig;
+  spec: GptqSpec;
+  files: string[];
+  found: Map<string, { file: string; dtype: string; shape: number[] }>;
+  used: Set<string>;
+  /** quantized projections and their [out, in] */
+  quantized: Map<string, [number, number]>;
+  dense: string[];
+  /** biases the architecture does not have (accepted all zero only) */
+  biases: string[];
+  /** the INT-N group width every projection is held with */
+  L: IntNGroupSize;
+}
+
+/** The config, quantization_config and tensor headers of a GPTQ directory, every problem named before anything is read. */
+function planGptq(dir: string): GptqPlan {
   const root = resolve(dir);
   if (!existsSync(root) || !statSync(root).isDirectory()) throw new Error(`${root}: not a directory`);
-  const dtype = opts.dtype ?? 'f32';
-  if (dtype !== 'f32' && dtype !== 'bf16') throw new TypeError(`${root}: dtype must be 'f32' or 'bf16', got ${JSON.stringify(dtype)}`);
   const { configPath, raw, qc, qcWhere } = readConfigs(root);
   if (!isObject(qc) || qc.quant_method !== GPTQ_QUANT_METHOD) {
     throw new Error(`${configPath}: not a GPTQ checkpoint (quantization_config.quant_method "gptq" is required, got ${isObject(qc) ? JSON.stringify(qc.quant_method) : 'no quantization_config'})`);
@@ -340,7 +382,10 @@ export function loadGptqModel(dir: string, opts: LoadGptqOptions = {}): LoadedGp
         if (!wantDtype) problems.push(`${n} has dtype ${got.dtype}, expected ${p === 'scales' ? 'F16 (or BF16, F32)' : 'I32'}`);
         if (!same(got.shape, exp.shapes[p])) problems.push(`${n} has shape ${shapeStr(got.shape)}; ${spec.bits}-bit ${inF} -> ${out} with group_size ${spec.groupSize} needs ${shapeStr(exp.shapes[p])}`);
       }
-      const bias = found.get(`${module}.bias`);
+      // a bias the architecture has (Qwen2's q/k/v, attention_bias) is one of the
+      // config's tensors, read below as it is (frozen, not quantized); any other
+      // is accepted only all zero (some exporters write one for every projection)
+      const bias = shapes.has(`${module}.bias`) ? undefined : found.get(`${module}.bias`);
       if (bias) {
         used.add(`${module}.bias`);
         if (!FLOAT_DTYPES.has(bias.dtype) || !same(bias.shape, [out])) problems.push(`${module}.bias has dtype ${bias.dtype} and shape ${shapeStr(bias.shape)}, expected a float [${out}]`);
@@ -358,10 +403,35 @@ export function loadGptqModel(dir: string, opts: LoadGptqOptions = {}): LoadedGp
   if (found.has('lm_head.qweight')) problems.push('lm_head.qweight: a quantized lm_head is not supported (only the projections of the blocks)');
   const unexpected = [...found.keys()].filter((n) => !used.has(n) && !HARMLESS_EXTRA.test(n) && n !== 'lm_head.qweight' &&
     !(config.tieWordEmbeddings && n.startsWith('lm_head.')));
-  if (unexpected.length) problems.push(`unexpected tensors (not part of a GPTQ LlamaForCausalLM with this config): ${unexpected.join(', ')}`);
+  if (unexpected.length) problems.push(`unexpected tensors (not part of a GPTQ ${archClass(config)} with this config): ${unexpected.join(', ')}`);
   if (quantized.size === 0) problems.push('no projection is quantized (no <module>.qweight found)');
   if (problems.length) throw new Error(`${root}: ${list(problems)}`);
 
+  return { root, config, spec, files, found, used, quantized, dense, biases, L: L! };
+}
+
+/** What a GPTQ checkpoint loads as, from its config and file headers only (nothing is dequantized). */
+export interface GptqInfo {
+  /** the model's config, as loadGptqModel reads it */
+  config: LlamaConfig;
+  spec: GptqSpec;
+  /** the INT-N group width the projections are held with (LoadedGptq.groupSize) */
+  groupSize: IntNGroupSize;
+  /** projections the checkpoint stores unquantized */
+  dense: string[];
+}
+
+/** What loadGptqModel would make of a directory (bits, groups, config), checked as it checks them, without reading the weights. */
+export function inspectGptqModel(dir: string): GptqInfo {
+  const p = planGptq(dir);
+  return { config: p.config, spec: p.spec, groupSize: p.L, dense: p.dense };
+}
+
+/** Loads a GPTQ checkpoint directory as a frozen model whose projections are INT-N, exactly (see the file comment). */
+export function loadGptqModel(dir: string, opts: LoadGptqOptions = {}): LoadedGptq {
+  const dtype = opts.dtype ?? 'f32';
+  if (dtype !== 'f32' && dtype !== 'bf16') throw new TypeError(`${resolve(dir)}: dtype must be 'f32' or 'bf16', got ${JSON.stringify(dtype)}`);
+  const { root, config, spec, files, found, used, quantized, dense, biases, L } = planGptq(dir);
   const notes: string[] = [];
   const G = spec.groupSize;
   if (G !== L) notes.push(`GPTQ groups of ${G === -1 ? 'a whole row' : `${G} columns`} are held as INT-N groups of ${L} columns (scale and zero point repeated; the weights are the same)`);
@@ -397,7 +467,7 @@ export function loadGptqModel(dir: string, opts: LoadGptqOptions = {}): LoadedGp
         const v = t.toFloat32();
         t.dispose();
         const nz = v.findIndex((x) => x !== 0);
-        if (nz >= 0) throw new Error(`${root}: ${n}[${nz}] is ${v[nz]}: LlamaForCausalLM projections have no bias (only an all-zero one is accepted)`);
+        if (nz >= 0) throw new Error(`${root}: ${n}[${nz}] is ${v[nz]}: ${noBias(config, n)} (only an all-zero one is accepted)`);
       }
       // every projection whose parts are all read (they may span shards)
       for (const [module, p] of pending) {
@@ -407,7 +477,7 @@ export function loadGptqModel(dir: string, opts: LoadGptqOptions = {}): LoadedGp
           const q = gptqToIntN(module, p as GptqParts, spec, quantized.get(module)!);
           if (q.note) notes.push(`${module}: ${q.note}`);
           // every projection with the same INT-N group width (the smallest any row needs)
-          linears.set(module, new IntNLinear(module, q.groupSize === L ? q : regroup(q, L!)));
+          linears.set(module, new IntNLinear(module, q.groupSize === L ? q : regroup(q, L)));
         } finally {
           for (const t of Object.values(p)) t?.dispose();
         }
@@ -421,7 +491,7 @@ export function loadGptqModel(dir: string, opts: LoadGptqOptions = {}): LoadedGp
     }
     if (dense.length) notes.push(`unquantized in the checkpoint (kept dense): ${dense.join(', ')}`);
     const model = LlamaModel.fromTensors(config, tensors, { trainable: false, linears });
-    return { model, spec, groupSize: L!, dense, notes, files };
+    return { model, spec, groupSize: L, dense, notes, files };
   } catch (e) {
     disposeAll();
     throw e;

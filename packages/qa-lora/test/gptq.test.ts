@@ -83,22 +83,45 @@ interface Truth { q: Uint8Array; z: Uint8Array; s: Float64Array; g: Int32Array; 
 interface GptqOpts {
   bits: 2 | 3 | 4 | 8; groupSize: number; sym: boolean; format?: 'gptq' | 'gptq_v2'; descAct?: boolean; permute?: boolean;
   seed?: number; layers?: number; tied?: boolean; noFormatKey?: boolean;
+  /** the model's architecture (default llama) */
+  arch?: Arch;
+  /** llama/qwen3 attention_bias true: fp16 biases on q, k, v and o_proj */
+  attentionBias?: boolean;
+  /** also write the same model, dequantized, as an ordinary checkpoint here */
+  denseDir?: string;
   /** two shards and an index, the tensors dealt alternately (a projection's parts end up in both) */
   sharded?: boolean;
   /** change the file after the fact */
   tamper?: (entries: Entry[], config: Record<string, unknown>) => void;
 }
 
-const HIDDEN = 64, INTER = 192, VOCAB = 259;
-const SHAPES: Record<string, [number, number]> = {
-  'self_attn.q_proj': [64, HIDDEN], 'self_attn.k_proj': [32, HIDDEN], 'self_attn.v_proj': [32, HIDDEN], 'self_attn.o_proj': [HIDDEN, 64],
-  'mlp.gate_proj': [INTER, HIDDEN], 'mlp.up_proj': [INTER, HIDDEN], 'mlp.down_proj': [HIDDEN, INTER],
+const HIDDEN = 64, INTER = 192, VOCAB = 259, HEADS = 4, KV_HEADS = 2;
+/** Architectures as published checkpoints of each family spell them in config.json (tiny sizes):
+ * Qwen2 has biases on q, k and v_proj; Qwen3 per-head q/k RMSNorms and a head_dim of its own
+ * (here 32, not hidden / heads = 16); Mistral a sliding window (here 8 positions). */
+type Arch = 'llama' | 'qwen2' | 'qwen3' | 'mistral';
+const ARCH_KEYS: Record<Arch, Record<string, unknown>> = {
+  llama: { architectures: ['LlamaForCausalLM'], model_type: 'llama' },
+  qwen2: { architectures: ['Qwen2ForCausalLM'], model_type: 'qwen2', use_sliding_window: false, sliding_window: 131072, max_window_layers: 28, rms_norm_eps: 1e-6, rope_theta: 1000000 },
+  qwen3: { architectures: ['Qwen3ForCausalLM'], model_type: 'qwen3', head_dim: 32, attention_bias: false, use_sliding_window: false, sliding_window: null, max_window_layers: 28, rms_norm_eps: 1e-6, rope_theta: 1000000 },
+  mistral: { architectures: ['MistralForCausalLM'], model_type: 'mistral', sliding_window: 8 },
 };
+const headDimOf = (arch: Arch) => (arch === 'qwen3' ? 32 : HIDDEN / HEADS);
+function shapesOf(arch: Arch): Record<string, [number, number]> {
+  const q = HEADS * headDimOf(arch), kv = KV_HEADS * headDimOf(arch);
+  return {
+    'self_attn.q_proj': [q, HIDDEN], 'self_attn.k_proj': [kv, HIDDEN], 'self_attn.v_proj': [kv, HIDDEN], 'self_attn.o_proj': [HIDDEN, q],
+    'mlp.gate_proj': [INTER, HIDDEN], 'mlp.up_proj': [INTER, HIDDEN], 'mlp.down_proj': [HIDDEN, INTER],
+  };
+}
+const GPTQ_PART = /\.(qweight|qzeros|scales|g_idx)$/;
 
-/** A tiny LlamaForCausalLM as a GPTQ checkpoint; returns the values each projection's weight is made of. */
+/** A tiny LlamaForCausalLM (or Qwen2, Qwen3, Mistral: o.arch) as a GPTQ checkpoint; returns the values
+ * each projection's weight is made of. With o.denseDir, the same model is also written there as an
+ * ordinary (unquantized) checkpoint: W = s·(q − z) as F32, every other tensor as in the GPTQ file. */
 function writeGptq(dir: string, o: GptqOpts): Map<string, Truth> {
-  const r = rng(o.seed ?? 1), b = o.bits, maxq = (1 << b) - 1, layers = o.layers ?? 1, format = o.format ?? 'gptq';
-  const entries: Entry[] = [];
+  const r = rng(o.seed ?? 1), b = o.bits, maxq = (1 << b) - 1, layers = o.layers ?? 1, format = o.format ?? 'gptq', arch = o.arch ?? 'llama';
+  const entries: Entry[] = [], dense: Entry[] = [];
   const truth = new Map<string, Truth>();
   const halfs = (n: number, k: () => number) => { const a = new Uint16Array(n); for (let i = 0; i < n; i++) a[i] = half(k()); return a; };
   entries.push({ name: 'model.embed_tokens.weight', dtype: 'F16', shape: [VOCAB, HIDDEN], data: u16(halfs(VOCAB * HIDDEN, () => Math.round((r() - 0.5) * 600))) });
@@ -106,7 +129,7 @@ function writeGptq(dir: string, o: GptqOpts): Map<string, Truth> {
     for (const norm of ['input_layernorm', 'post_attention_layernorm']) {
       entries.push({ name: `model.layers.${l}.${norm}.weight`, dtype: 'F16', shape: [HIDDEN], data: u16(halfs(HIDDEN, () => 1024 + Math.floor(r() * 100))) });
     }
-    for (const [mod, [out, inF]] of Object.entries(SHAPES)) {
+    for (const [mod, [out, inF]] of Object.entries(shapesOf(arch))) {
       const name = `model.layers.${l}.${mod}`, G = o.groupSize === -1 ? inF : o.groupSize, groups = Math.ceil(inF / G);
       const q = new Uint8Array(inF * out), z = new Uint8Array(groups * out), sBits = new Uint16Array(groups * out), s = new Float64Array(groups * out);
       for (let k = 0; k < q.length; k++) q[k] = Math.floor(r() * (maxq + 1));
@@ -129,6 +152,21 @@ function writeGptq(dir: string, o: GptqOpts): Map<string, Truth> {
       entries.push({ name: `${name}.scales`, dtype: 'F16', shape: [groups, out], data: u16(sBits) });
       entries.push({ name: `${name}.g_idx`, dtype: 'I32', shape: [inF], data: i32(g) });
       truth.set(name, { q, z, s, g, out, inF, groups });
+      if (o.denseDir) {
+        const w = new Float32Array(out * inF);
+        for (let oo = 0; oo < out; oo++) for (let i = 0; i < inF; i++) w[oo * inF + i] = s[g[i] * out + oo] * (q[i * out + oo] - z[g[i] * out + oo]);
+        dense.push({ name: `${name}.weight`, dtype: 'F32', shape: [out, inF], data: new Uint8Array(w.buffer) });
+      }
+      // Qwen2: real fp16 biases on q, k and v, stored next to the projection's GPTQ parts
+      if ((arch === 'qwen2' && /\.(q|k|v)_proj$/.test(mod)) || (o.attentionBias && /^self_attn\./.test(mod))) {
+        entries.push({ name: `${name}.bias`, dtype: 'F16', shape: [out], data: u16(halfs(out, () => Math.round((r() - 0.5) * 1200))) });
+      }
+    }
+    // Qwen3: per-head RMSNorm weights of q and k, [head_dim]
+    if (arch === 'qwen3') {
+      for (const n of ['q_norm', 'k_norm']) {
+        entries.push({ name: `model.layers.${l}.self_attn.${n}.weight`, dtype: 'F16', shape: [headDimOf(arch)], data: u16(halfs(headDimOf(arch), () => 700 + Math.floor(r() * 700))) });
+      }
     }
   }
   entries.push({ name: 'model.norm.weight', dtype: 'F16', shape: [HIDDEN], data: u16(halfs(HIDDEN, () => 1024)) });
@@ -137,10 +175,17 @@ function writeGptq(dir: string, o: GptqOpts): Map<string, Truth> {
   if (!o.noFormatKey) qc.checkpoint_format = format;
   const config: Record<string, unknown> = {
     architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: HIDDEN, intermediate_size: INTER, num_hidden_layers: layers,
-    num_attention_heads: 4, num_key_value_heads: 2, vocab_size: VOCAB, rms_norm_eps: 1e-5, rope_theta: 10000, max_position_embeddings: 256,
-    tie_word_embeddings: o.tied ?? true, hidden_act: 'silu', torch_dtype: 'float16', quantization_config: qc,
+    num_attention_heads: HEADS, num_key_value_heads: KV_HEADS, vocab_size: VOCAB, rms_norm_eps: 1e-5, rope_theta: 10000, max_position_embeddings: 256,
+    tie_word_embeddings: o.tied ?? true, hidden_act: 'silu', torch_dtype: 'float16', ...ARCH_KEYS[arch], quantization_config: qc,
   };
+  if (o.attentionBias) config.attention_bias = true;
   o.tamper?.(entries, config);
+  if (o.denseDir) {
+    mkdirSync(o.denseDir, { recursive: true });
+    writeSafetensorsFile(join(o.denseDir, 'model.safetensors'), [...entries.filter((e) => !GPTQ_PART.test(e.name)), ...dense]);
+    const { quantization_config: _q, ...plain } = config;
+    writeFileSync(join(o.denseDir, 'config.json'), JSON.stringify({ ...plain, torch_dtype: 'float32' }, null, 2));
+  }
   mkdirSync(dir, { recursive: true });
   if (o.sharded) {
     const names = ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors'], map: Record<string, string> = {};
@@ -423,4 +468,204 @@ test('a GPTQ base written back without a merge is exact: the same qweight, qzero
     }
   }
   t.diagnostic(`${n} GPTQ tensors written back byte for byte`);
+});
+
+// ---------------------------------------------------------------------------
+// the architectures beyond Llama as GPTQ checkpoints
+
+/** The architecture's own tensors of a model (projection biases, q/k norms), f32 copies by name. */
+function extrasOf(model: LlamaModel): Map<string, Float32Array> {
+  const m = new Map<string, Float32Array>();
+  for (const p of model.parameters()) {
+    if (!/\.(q|k|v|o)_proj\.bias$|\.(q|k)_norm\.weight$/.test(p.name)) continue;
+    assert.ok(!p.quantized && p.grad === null, `${p.name}: frozen, not quantized`);
+    m.set(p.name, p.value.toFloat32());
+  }
+  return m;
+}
+
+/** The fp16 values of a tensor of a single-file checkpoint, decoded here (not by the project's reader). */
+function fileHalfs(dir: string, name: string): Float32Array {
+  const st = readFileSync(join(dir, 'model.safetensors'));
+  const hl = Number(st.readBigUInt64LE(0)), e = JSON.parse(st.subarray(8, 8 + hl).toString('utf8'))[name];
+  assert.ok(e && e.dtype === 'F16', `${name} is an F16 tensor of the file`);
+  const [b0, b1] = e.data_offsets as [number, number];
+  return Float32Array.from({ length: (b1 - b0) / 2 }, (_, k) => halfValue(st.readUInt16LE(8 + hl + b0 + 2 * k)));
+}
+
+/** the architecture's own tensors per layer */
+const EXTRAS: Record<Arch, number> = { llama: 0, qwen2: 3, qwen3: 2, mistral: 0 };
+
+const ARCH_CASES: [Arch, boolean, string][] = [
+  ['qwen2', false, 'fp16 q/k/v biases'], ['qwen3', false, 'q/k norms, head_dim 32 ≠ hidden/heads'], ['mistral', false, 'sliding window 8'],
+  ['qwen3', true, 'attention_bias: q/k/v/o biases beside the q/k norms'], ['llama', true, 'attention_bias: q/k/v/o biases'],
+];
+for (const [arch, attentionBias, what] of ARCH_CASES) {
+  test(`a ${arch} GPTQ checkpoint loads exactly (${what}); its logits equal the dequantized model's loaded densely; written back unchanged`, (t) => {
+    const dir = tempDir(), dense = tempDir(), out = tempDir();
+    try {
+      const truth = writeGptq(dir, { arch, attentionBias, bits: 4, groupSize: 32, sym: false, seed: 60, layers: 2, tied: arch !== 'qwen3', denseDir: dense });
+      const g = loadGptqModel(dir);
+      const ref = loadHfModel(dense, { trainable: false, frozenDtype: 'f32' });
+      try {
+        assert.deepEqual(g.model.config, ref.config, 'the config is read as the dense loader reads it');
+        assert.equal(g.model.config.modelType ?? 'llama', arch);
+        if (arch === 'qwen3') assert.equal(g.model.config.headDim, 32);
+        if (arch === 'mistral') assert.equal(g.model.config.slidingWindow, 8);
+        const m = mismatches(g.model, truth);
+        assert.equal(m.bad, 0, `${m.bad} of ${m.checked} weights differ from the definition; first ${m.first}`);
+        // biases and norms: the file's fp16 values, as the block's frozen parameters
+        const extras = extrasOf(g.model);
+        assert.equal(extras.size, 2 * (EXTRAS[arch] + (attentionBias ? 4 : 0)));
+        for (const [n, v] of extras) assert.deepEqual(v, fileHalfs(dir, n), `${n}: the file's values`);
+        const got = logitsOf(g.model), want = logitsOf(ref), d = relErr(got, want);
+        t.diagnostic(`${arch}: GPTQ-loaded vs dense-loaded logits, max|diff|/max|ref| = ${d.toExponential(2)}`);
+        assert.ok(d < 1e-5, `${arch}: logits ${d}`);
+        // the biases and norms matter at this size (a loader that dropped them could not pass the check above)
+        if (extras.size) {
+          const p = g.model.parameters().find((q) => extras.has(q.name))!;
+          const v = p.value.data() as Float32Array, saved = Float32Array.from(v);
+          v.fill(p.name.endsWith('.bias') ? 0 : 1);
+          const d0 = relErr(logitsOf(g.model), want);
+          v.set(saved);
+          assert.ok(d0 > 100 * d, `without ${p.name} the logits move (${d0}) far beyond the tolerance`);
+        }
+        // written back without a merge: the same GPTQ tensors byte for byte, the biases and norms under their names, the same logits
+        const rep = saveGptqModel(g.model, out, { groupSize: 32 });
+        assert.equal(rep.exact, true);
+        const cfg = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8'));
+        assert.deepEqual([cfg.model_type, cfg.architectures[0]], [arch, (ARCH_KEYS[arch].architectures as string[])[0]]);
+        assert.equal(cfg.attention_bias ?? false, attentionBias, 'attention_bias as read');
+        if (arch === 'qwen3') assert.equal(cfg.head_dim, 32);
+        if (arch === 'mistral') assert.equal(cfg.sliding_window, 8);
+        const a = readSafetensors(join(dir, 'model.safetensors')).tensors, b = readSafetensors(join(out, 'model.safetensors')).tensors;
+        try {
+          for (const [name, ta] of a) {
+            const tb = b.get(name);
+            assert.ok(tb, `${name} written`);
+            assert.deepEqual(tb.shape, ta.shape, `${name} shape`);
+            if (GPTQ_PART.test(name)) assert.deepEqual(bytesOf(tb), bytesOf(ta), `${name} byte for byte`);
+            else assert.deepEqual(tb.toFloat32(), ta.toFloat32(), `${name} values`);
+          }
+          assert.equal(b.size, a.size, 'nothing more written');
+        } finally {
+          for (const x of [...a.values(), ...b.values()]) x.dispose();
+        }
+        const back = loadGptqModel(out);
+        try {
+          assert.deepEqual(back.model.config, g.model.config);
+          assert.deepEqual(logitsOf(back.model), got, 'the written checkpoint computes what the loaded one did');
+        } finally {
+          back.model.dispose();
+        }
+      } finally {
+        g.model.dispose();
+        ref.dispose();
+      }
+    } finally {
+      for (const x of [dir, dense, out]) rmSync(x, { recursive: true, force: true });
+    }
+  });
+}
+
+for (const arch of ['qwen2', 'qwen3'] as const) {
+  test(`QA-LoRA on a ${arch} GPTQ base: trains (the loss decreases), the ${arch === 'qwen2' ? 'biases' : 'q/k norms'} stay as loaded, merges, and is written back as a ${arch} GPTQ checkpoint`, (t) => {
+    const dir = tempDir(), out = tempDir();
+    try {
+      const truth = writeGptq(dir, { arch, bits: 4, groupSize: 32, sym: true, seed: 70, layers: 2, tied: false });
+      const { model, result } = loadQaloraModel(dir, { bits: 4, groupSize: 32, r: 4, alpha: 8 });
+      try {
+        assert.equal(result.checkpoint!.kind, 'gptq');
+        assert.equal(result.targets.length, 14);
+        assert.equal(mismatches(model, truth).bad, 0, 'the base is the checkpoint, exactly');
+        const extras = extrasOf(model);
+        assert.equal(extras.size, 2 * EXTRAS[arch]);
+        for (const [n, v] of extras) assert.deepEqual(v, fileHalfs(dir, n), `${n}: the file's values`);
+        const losses = train(model, 6, 1e-2);
+        t.diagnostic(`${arch} losses ${losses.map((l) => l.toFixed(4)).join(', ')}`);
+        assert.ok(losses[5] < losses[0] - 1e-3, `the loss decreases: ${losses.join(', ')}`);
+        assert.deepEqual(extrasOf(model), extras, 'training leaves the biases and norms as loaded');
+        const trained = logitsOf(model);
+        mergeQalora(model);
+        assert.equal(loraLayers(model).length, 0);
+        const d = relErr(logitsOf(model), trained);
+        assert.ok(d < 1e-4, `merged vs trained ${d}`);
+        assert.deepEqual(extrasOf(model), extras, 'the merge leaves them too');
+        const rep = saveGptqModel(model, out, { zeroPoints: 'round' });
+        const cfg = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8'));
+        assert.equal(cfg.model_type, arch);
+        assert.equal(cfg.quantization_config.quant_method, 'gptq');
+        // the same layout: each bias next to its projection's GPTQ parts, the norms under their names
+        const st = readFileSync(join(out, 'model.safetensors'));
+        const header = JSON.parse(st.subarray(8, 8 + Number(st.readBigUInt64LE(0))).toString('utf8')) as Record<string, { shape: number[] }>;
+        for (const n of extras.keys()) {
+          assert.deepEqual(header[n]?.shape, [extras.get(n)!.length], `${n} written, [${extras.get(n)!.length}]`);
+          if (!n.endsWith('.bias')) continue;
+          for (const p of ['qweight', 'qzeros', 'scales', 'g_idx']) assert.ok(header[n.replace(/bias$/, p)], `${n.replace(/bias$/, p)} beside it`);
+          assert.equal(header[n.replace(/bias$/, 'weight')], undefined, 'the projection itself stays quantized');
+        }
+        const back = loadGptqModel(out);
+        try {
+          assert.deepEqual(back.model.config, model.config);
+          assert.deepEqual(extrasOf(back.model), extras, 'the biases and norms read back as they were');
+          // the weights: rounded zero points move them by what the export reports, no more
+          let maxErr = 0;
+          const mine = intnOf(model);
+          for (const [n, l] of intnOf(back.model)) {
+            const a = dequantizeIntN(l.quantized), b = dequantizeIntN(mine.get(n)!.quantized);
+            const av = a.data() as Float32Array, bv = b.data() as Float32Array;
+            for (let k = 0; k < av.length; k++) maxErr = Math.max(maxErr, Math.abs(av[k] - bv[k]));
+            a.dispose(); b.dispose();
+          }
+          assert.ok(Math.abs(maxErr - rep.maxAbsWeightError) <= 1e-7 * Math.max(1, maxErr), `measured ${maxErr} vs reported ${rep.maxAbsWeightError}`);
+          t.diagnostic(`${arch}: written back with ${rep.roundedGroups} of ${rep.groups} zero points rounded; logits vs the merged model ${relErr(logitsOf(back.model), trained).toExponential(2)}`);
+        } finally {
+          back.model.dispose();
+        }
+      } finally {
+        model.dispose();
+      }
+    } finally {
+      for (const x of [dir, out]) rmSync(x, { recursive: true, force: true });
+    }
+  });
+}
+
+test('architectures as GPTQ: what the model does not have is refused by name', () => {
+  const f16 = (n: number, v: (k: number) => number) => new Uint8Array(Uint16Array.from({ length: n }, (_, k) => half(v(k))).buffer);
+  const drop = (name: string) => (e: Entry[]) => { e.splice(e.findIndex((x) => x.name === name), 1); };
+  const cases: [Arch, string, GptqOpts['tamper'], RegExp][] = [
+    ['qwen2', 'o_proj bias', (e) => { e.push({ name: 'model.layers.0.self_attn.o_proj.bias', dtype: 'F16', shape: [64], data: f16(64, (k) => (k === 2 ? 512 : 0)) }); },
+      /model\.layers\.0\.self_attn\.o_proj\.bias\[2\] is 0\.5: Qwen2ForCausalLM has biases on q_proj, k_proj and v_proj only/],
+    ['qwen2', 'missing bias', drop('model.layers.0.self_attn.k_proj.bias'), /model\.layers\.0\.self_attn\.k_proj\.bias is missing/],
+    ['qwen2', 'bias shape', (e) => { const x = e.find((v) => v.name === 'model.layers.0.self_attn.v_proj.bias')!; x.shape = [16]; x.data = x.data.slice(0, 32); },
+      /model\.layers\.0\.self_attn\.v_proj\.bias has shape \[16\], config implies \[32\]/],
+    ['qwen2', 'windowed layers', (_e, c) => { Object.assign(c, { use_sliding_window: true, sliding_window: 16, max_window_layers: 0 }); },
+      /use_sliding_window true with max_window_layers 0 < num_hidden_layers 1 is not supported/],
+    ['qwen3', 'norm shape', (e) => { const x = e.find((v) => v.name === 'model.layers.0.self_attn.q_norm.weight')!; x.shape = [16]; x.data = x.data.slice(0, 32); },
+      /model\.layers\.0\.self_attn\.q_norm\.weight has shape \[16\], config implies \[32\]/],
+    ['qwen3', 'missing norm', drop('model.layers.0.self_attn.k_norm.weight'), /model\.layers\.0\.self_attn\.k_norm\.weight is missing/],
+    ['mistral', 'bias', (e) => { e.push({ name: 'model.layers.0.self_attn.q_proj.bias', dtype: 'F16', shape: [64], data: f16(64, () => 100) }); },
+      /q_proj\.bias\[0\] is 0\.09765625: MistralForCausalLM has no projection biases/],
+    ['llama', 'attention_bias without its biases', (_e, c) => { c.attention_bias = true; }, /model\.layers\.0\.self_attn\.(q|k|v|o)_proj\.bias is missing/],
+    ['llama', 'mlp bias', (e) => { e.push({ name: 'model.layers.0.mlp.up_proj.bias', dtype: 'F16', shape: [192], data: f16(192, () => 1) }); },
+      /mlp\.up_proj\.bias\[0\] is 0\.0009765625: LlamaForCausalLM has no bias on the MLP projections/],
+    ['llama', 'model_type', (_e, c) => { c.model_type = 'gemma'; }, /model_type is "gemma", supported: "llama"/],
+  ];
+  for (const [arch, what, tamper, re] of cases) {
+    withDir((dir) => {
+      writeGptq(dir, { arch, bits: 4, groupSize: 32, sym: false, seed: 80, tamper });
+      assert.throws(() => loadGptqModel(dir), re, `${arch}: ${what}`);
+    });
+  }
+  // an all-zero bias where the architecture has none is still accepted
+  withDir((dir) => {
+    writeGptq(dir, { arch: 'qwen2', bits: 4, groupSize: 32, sym: false, seed: 81, tamper: (e) => { e.push({ name: 'model.layers.0.self_attn.o_proj.bias', dtype: 'F16', shape: [64], data: new Uint8Array(128) }); } });
+    const g = loadGptqModel(dir);
+    try {
+      assert.equal(extrasOf(g.model).size, 3, 'q, k and v biases; none on o_proj');
+    } finally {
+      g.model.dispose();
+    }
+  });
 });

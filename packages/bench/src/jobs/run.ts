@@ -141,7 +141,7 @@ export async function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDi
   const settings: RunRecord['settings'] = {
     steps: sh.steps, batchSize: sh.batchSize, seqLen: sh.seqLen, seed: sh.seed, ...(sh.dataSeed !== undefined ? { dataSeed: sh.dataSeed } : {}),
     schedule: sh.schedule, warmupSteps: sh.warmupSteps, lr: m.lr,
-    checkpointing, ...(sh.offload ? { offload: device === 'cpu' ? 'identity on the cpu backend (kept block inputs are host memory already)' : 'asked for; not implemented on the GPU yet (block inputs stay on the device)' } : {}), ...plugin.settings(m),
+    checkpointing, ...(sh.offload ? { offload: device === 'cpu' ? 'identity on the cpu backend (kept block inputs are host memory already)' : 'asked for; not implemented on the GPU yet (block inputs stay on the device)' } : {}), ...plugin.settings(m, baseDir),
     ...packingSetting(trainRows(task, data)),
     ...(task === 'spam' ? { promptChars: promptCharsOf(suite) } : {}),
     // label classification: how labels of different token lengths are compared (tune.ts, spam_task.ts labelScores)

@@ -4,7 +4,7 @@
 // (registered by methods.ts). qaloraSettings and calibrationRows are shared
 // with the qlora plugin's INT-N requantized rows.
 import { Rng, Tensor, disposeIntN, intnBytes, makeOptimizer, matmul, quantizeIntN } from '@tunebench/core';
-import { type QaloraConfig, isGptqDir, loadQaloraModel, prepareQalora, qaloraConfig, withMergedQalora } from '@tunebench/qa-lora';
+import { type GptqInfo, type QaloraConfig, inspectGptqModel, isGptqDir, loadQaloraModel, prepareQalora, qaloraConfig, withMergedQalora } from '@tunebench/qa-lora';
 import { saveAdapter } from '@tunebench/lora';
 import type { MethodPlugin, MethodSpec } from '../methods.js';
 import { brownData } from '../tasks/pretrain.js';
@@ -63,8 +63,26 @@ export const qaloraMethod: MethodPlugin = {
     if (!positiveInteger(s.r)) return ['r must be a positive integer'];
     try { qaloraSettings(s); return []; } catch (e) { return [(e as Error).message]; }
   },
-  settings: (s) => {
+  settings: (s, baseDir): Record<string, string | number | boolean> => {
     const c = qaloraSettings(s);
+    if (baseDir !== undefined && isGptqDir(baseDir)) {
+      // a GPTQ base: prepare() trains on the checkpoint's own codes, at its bits and groups (what loadQaloraModel holds them as)
+      let g: GptqInfo;
+      try {
+        g = inspectGptqModel(baseDir);
+      } catch {
+        // prepare() reads the same files and fails with the same error inside the run, where the record keeps it
+        return { r: c.r, alpha: c.alpha, quantizer: 'gptq', optimizer: c.optimizer, quantization: "the GPTQ checkpoint's bits and groups could not be read (the run's error says why)" };
+      }
+      const G = g.spec.groupSize;
+      const from = `bits ${g.spec.bits} and group_size ${G} from the GPTQ checkpoint's quantization_config` +
+        (G === g.groupSize ? '' : ` (held as INT-N groups of ${g.groupSize} columns)`);
+      const asked = c.groupSize !== g.groupSize || c.quantizer !== 'gptq' ? `; the method row's groupSize ${c.groupSize}${c.quantizer !== 'gptq' ? ` and quantizer ${c.quantizer}` : ''} not used` : '';
+      return {
+        r: c.r, alpha: c.alpha, bits: g.spec.bits, groupSize: g.groupSize, quantizer: 'gptq', optimizer: c.optimizer,
+        quantization: `${from}: its own codes, scales and zero points, no calibration${asked}`,
+      };
+    }
     return {
       r: c.r, alpha: c.alpha, bits: c.bits, groupSize: c.groupSize, quantizer: c.quantizer, optimizer: c.optimizer,
       ...(c.quantizer === 'gptq' ? { calibration: `${CALIBRATION.source} ${calibrationRows().length}x${CALIBRATION.seqLen} tokens`, gptqDamp: c.damp } : {}),
