@@ -27,14 +27,14 @@ test('planJobs: the suite as ordered jobs with stable ids, needs, planned memory
   const plan = planJobs(structuredClone(BUILTIN_SUITES.ci));
   const kinds = plan.jobs.map((j) => j.kind);
   assert.equal(kinds[0], 'pretrain');
-  assert.equal(plan.jobs[0].id, 'pretrain:tiny/steps1000');
+  assert.equal(plan.jobs[0].id, 'pretrain:mini/steps400');
   assert.equal(kinds.filter((k) => k === 'run').length, 10, '2 tasks x 5 methods');
   assert.equal(kinds.at(-1), 'kernels');
   // the ids are the records' ids
   assert.ok(plan.jobs.some((j) => j.id === 'spam/lora-r8/steps600-b8-t128-seed0'));
   for (const j of plan.jobs) {
     assert.ok(j.cost > 0, `${j.id} has a cost`);
-    if (j.kind === 'run') { assert.deepEqual(j.needs, ['pretrain:tiny/steps1000']); assert.ok(j.plannedBytes > 0); }
+    if (j.kind === 'run') { assert.deepEqual(j.needs, ['pretrain:mini/steps400']); assert.ok(j.plannedBytes > 0); }
     if (j.kind === 'peer') {
       const run = plan.jobs.findIndex((r) => r.id === j.needs[0]);
       assert.ok(run >= 0 && run < plan.jobs.indexOf(j), `${j.id} comes after the run it redoes`);

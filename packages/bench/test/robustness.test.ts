@@ -77,7 +77,7 @@ test('the control suite validates (each case below differs from it by one edit)'
 });
 
 test('suite: unknown base.preset is refused', () => {
-  refused(edit((s) => { s.base.preset = 'gpt-5'; }), /base\.preset: must be a preset: tiny, small/);
+  refused(edit((s) => { s.base.preset = 'gpt-5'; }), /base\.preset: must be a preset: tiny, mini, small/);
 });
 
 for (const v of [-5, 1.5, '5', 1e12]) {
