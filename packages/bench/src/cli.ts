@@ -26,7 +26,7 @@ Usage: pnpm bench [-- options]        (or: node packages/bench/dist/cli.js [opti
 
 Options:
   --suite ci|cpu|gpu|FILE  runs to do (default: cpu; gpu needs the CUDA backend).
-                           ci: tiny base, about 3 minutes; cpu: small base, minutes;
+                           ci: mini base, about 8 minutes; cpu: small base, about 26;
                            gpu: a ~25M base pretrained on the GPU for accuracy rows,
                            then speed/memory rows at SmolLM-135M, TinyLlama-1.1B and
                            Llama-2-7B shapes (random weights) beside PyTorch;
