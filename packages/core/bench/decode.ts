@@ -25,6 +25,9 @@ Options:
   --layers N       layers of the SmolLM-135M shape (default 30)
   --threads N      kernel threads (default 1)
   --isa NAME       avx512, avx2 or portable (default: the best compiled in)
+  --act LIST       activations of the quantized formats: f32 (x as given),
+                   i16 (x quantized to int16 per block, integer dot products;
+                   AVX-512 with VBMI) or both (default: f32,i16 where built)
   --reps N         timed tokens per row count, the median reported (default 9)
   --roof-mb N      size of the streaming-read buffer in MiB (default 512)
   -h, --help       this text
@@ -42,6 +45,7 @@ const opt = parseCli({
   layers: { type: 'string', default: '30' },
   threads: { type: 'string', default: '1' },
   isa: { type: 'string' },
+  act: { type: 'string' },
   reps: { type: 'string', default: '9' },
   'roof-mb': { type: 'string', default: '512' },
   help: { type: 'boolean', short: 'h', default: false },
@@ -60,7 +64,11 @@ native.setThreads(int('threads', opt.threads));
 const isas = nativeFn<() => string[]>('decode_isas')();
 const isa = opt.isa ?? (native as unknown as { decodeKernel: string }).decodeKernel;
 if (!isas.includes(isa)) throw new Error(`--isa ${isa}: this build has ${isas.join(', ')}`);
-const decodeGemv = nativeFn<(x: NativeTensorHandle, w: object, y: NativeTensorHandle, m: number, o: number, i: number, isa?: string) => void>('decode_gemv');
+const decodeGemv = nativeFn<(x: NativeTensorHandle, w: object, y: NativeTensorHandle, m: number, o: number, i: number, isa?: string, act?: string) => void>('decode_gemv');
+const i16Built = (native as unknown as { decodeI16: boolean }).decodeI16;
+const acts = (opt.act ?? (i16Built ? 'f32,i16' : 'f32')).split(',').map((s) => s.trim()).filter(Boolean);
+for (const a of acts) if (a !== 'f32' && a !== 'i16') throw new Error(`--act: unknown '${a}' (f32 or i16)`);
+if (acts.includes('i16') && (!i16Built || isa !== 'avx512')) throw new Error('--act i16: this build has no i16 decode path (it needs AVX-512 with VBMI, and --isa avx512)');
 const streamRead = nativeFn<(t: NativeTensorHandle, passes: number) => number>('stream_read');
 
 const median = (a: number[]): number => { const s = [...a].sort((x, y) => x - y); return s[Math.floor(s.length / 2)]; };
@@ -125,7 +133,7 @@ let roofGbs = roof();
 console.log(`decode GEMV, SmolLM-135M blocks (${layers} layers x 7 projections), ${native.getThreads()} thread(s), isa ${isa}`);
 console.log(`streaming-read roof: ${roofGbs.toFixed(2)} GB/s (${roofMb} MiB buffer, 1 thread, median of ${Math.max(5, reps)})`);
 console.log('');
-const header = ['format', 'rows', 'MB/token', 'ms/token', 'GB/s', 'of roof', 'tokens/s (x m)'];
+const header = ['format', 'act', 'rows', 'MB/token', 'ms/token', 'GB/s', 'of roof', 'tokens/s (x m)'];
 const table: string[][] = [];
 for (const format of opt.formats.split(',').map((s) => s.trim()).filter(Boolean)) {
   const weights: Weight[] = [];
@@ -133,11 +141,11 @@ for (const format of opt.formats.split(',').map((s) => s.trim()).filter(Boolean)
   try {
     for (let l = 0; l < layers; l++) for (const [o, i] of SHAPES) weights.push(makeWeight(format, o, i));
     const bytes = weights.reduce((s, w) => s + w.bytes, 0);
-    for (const m of rows) {
+    for (const m of rows) for (const act of format === 'f32' || format === 'bf16' ? ['f32'] : acts) {
       const xs = new Map<number, Tensor>(), ys = new Map<number, Tensor>();
       for (const k of [C, I]) xs.set(k, Tensor.from(uniform(m * k, 1), [m, k]));
       for (const o of [C, 192, I]) ys.set(o, Tensor.zeros([m, o]));
-      const token = () => { for (const w of weights) decodeGemv(xs.get(w.inF)!.handle, w.op, ys.get(w.out)!.handle, m, w.out, w.inF, isa); };
+      const token = () => { for (const w of weights) decodeGemv(xs.get(w.inF)!.handle, w.op, ys.get(w.out)!.handle, m, w.out, w.inF, isa, act); };
       token();
       const times: number[] = [];
       for (let r = 0; r < reps; r++) {
@@ -146,7 +154,7 @@ for (const format of opt.formats.split(',').map((s) => s.trim()).filter(Boolean)
         times.push(Number(process.hrtime.bigint() - t0) / 1e9);
       }
       const s = median(times), gbs = bytes / s / 1e9;
-      table.push([format, String(m), (bytes / 1e6).toFixed(1), (s * 1e3).toFixed(2), gbs.toFixed(2), `${((100 * gbs) / roofGbs).toFixed(0)}%`, (m / s).toFixed(1)]);
+      table.push([format, act, String(m), (bytes / 1e6).toFixed(1), (s * 1e3).toFixed(2), gbs.toFixed(2), `${((100 * gbs) / roofGbs).toFixed(0)}%`, (m / s).toFixed(1)]);
       for (const t of [...xs.values(), ...ys.values()]) t.dispose();
       console.log(table[table.length - 1].join('\t'));
     }
@@ -156,7 +164,7 @@ for (const format of opt.formats.split(',').map((s) => s.trim()).filter(Boolean)
 }
 console.log('');
 const widths = header.map((h, c) => Math.max(h.length, ...table.map((r) => r[c].length)));
-const line = (r: string[]) => r.map((v, c) => (c < 1 ? v.padEnd(widths[c]) : v.padStart(widths[c]))).join('  ');
+const line = (r: string[]) => r.map((v, c) => (c < 2 ? v.padEnd(widths[c]) : v.padStart(widths[c]))).join('  ');
 console.log(line(header));
 for (const r of table) console.log(line(r));
 roofBuf.dispose();

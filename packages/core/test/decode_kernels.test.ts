@@ -12,7 +12,7 @@ import { afterEach, beforeEach, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   FusedDecoder, IntNLinear, type IntNBits, type IntNGroupSize, KVCache, LlamaModel, Quant4Linear, type Quantized4bit, type QuantizedIntN,
-  Tensor, addToOffsets, disposeQuantized, dynamicMap8, fusedDecodeUnsupported, generate, matmul, memory, native, nativeOperand, preset,
+  Tensor, addToOffsets, decodeI16Available, disposeQuantized, dynamicMap8, fusedDecodeUnsupported, generate, matmul, memory, native, nativeOperand, preset,
   quant4Table, quantize4bit, quantizeIntN, type WeightOperand,
 } from '../src/index.js';
 import { type NativeTensorHandle, nativeFn } from '../src/native.js';
@@ -23,7 +23,7 @@ let liveBefore = 0;
 beforeEach(() => { liveBefore = live(); });
 afterEach(() => { assert.equal(live(), liveBefore, 'native memory leaked'); });
 
-type DecodeFn = (x: NativeTensorHandle, w: object, y: NativeTensorHandle, m: number, out: number, inF: number, isa?: string) => void;
+type DecodeFn = (x: NativeTensorHandle, w: object, y: NativeTensorHandle, m: number, out: number, inF: number, isa?: string, act?: string) => void;
 const decodeGemv = nativeFn<DecodeFn>('decode_gemv');
 const ISAS = nativeFn<() => string[]>('decode_isas')();
 
@@ -185,6 +185,111 @@ test('NF4 / FP4 decode GEMV equals the float reference, with and without double 
   }
 });
 
+// 'i16' activations: each row of x rounded to int16 per block of the weight
+// (its group, or its 4-bit block), step amax_b / 32767; the 4-bit table to
+// steps of max|table| / 16383. Each output must lie within the error those
+// roundings allow (plus float rounding) of the float64 sum, and the path
+// must actually run (its result differs from the f32 path's) where built.
+function checkI16(name: string, W: WeightOperand, wRef: Float32Array, m: number, N: number, K: number, block: number,
+  tableStep: number, absmax: Float32Array | null, r: ReturnType<typeof rng>): void {
+  const xv = randn(m * K, r);
+  for (let i = 0; i < xv.length; i += 29) xv[i] *= 30;  // outliers: blocks of very different ranges
+  const x = Tensor.from(xv, [m, K]);
+  const yi = Tensor.zeros([m, N]), yf = Tensor.zeros([m, N]);
+  try {
+    decodeGemv(x.handle, nativeOperand(W), yi.handle, m, N, K, undefined, 'i16');
+    decodeGemv(x.handle, nativeOperand(W), yf.handle, m, N, K, undefined, 'f32');
+    const got = floatsOf(yi), f32 = floatsOf(yf);
+    let differs = false;
+    for (let r0 = 0; r0 < m; r0++) {
+      const amax = new Float64Array(K / block);
+      for (let k = 0; k < K; k++) amax[Math.floor(k / block)] = Math.max(amax[Math.floor(k / block)], Math.abs(xv[r0 * K + k]));
+      for (let o = 0; o < N; o++) {
+        let s = 0, mag = 0, bound = 0;
+        for (let k = 0; k < K; k++) {
+          const xk = xv[r0 * K + k], wk = wRef[o * K + k];
+          s += xk * wk;
+          mag += Math.abs(xk * wk);
+          bound += Math.abs(wk) * 0.5 * amax[Math.floor(k / block)] / 32767;
+          if (absmax) bound += Math.abs(xk) * absmax[Math.floor((o * K + k) / block)] * 0.5 * tableStep;
+        }
+        const v = got[r0 * N + o];
+        assert.ok(Math.abs(v - s) <= bound * 1.001 + 2e-5 * mag, `${name} m=${m}: y[${r0}, ${o}] = ${v}, want ${s} (|diff| ${Math.abs(v - s)}, bound ${bound})`);
+        if (v !== f32[r0 * N + o]) differs = true;
+      }
+    }
+    if (decodeI16Available()) assert.ok(differs, `${name} m=${m}: the i16 result equals the f32 one everywhere: the i16 path did not run`);
+  } finally {
+    for (const t of [x, yi, yf]) t.dispose();
+  }
+}
+
+test('i16 activations: INT-N and NF4/FP4 decode GEMV within the rounding bound, m = 1..16, 1 and 2 threads', () => {
+  const r = rng();
+  const before = native.getThreads();
+  try {
+    for (const threads of [1, 2]) {
+      native.setThreads(threads);
+      for (const bits of [2, 3, 4, 8] as IntNBits[]) {
+        for (const groupSize of [16, 32, 64, 128] as IntNGroupSize[]) {
+          const [N, K] = threads === 2 ? [200, 512] : [21, 4 * Math.max(groupSize, 32)];
+          const w = Tensor.from(randn(N * K, r, 0.1), [N, K]);
+          const q = quantizeIntN(w, { bits, groupSize });
+          w.dispose();
+          addToOffsets(q, randn(q.offsets.numel, r, 0.01));
+          const ref = refIntN(q);
+          for (const m of threads === 2 ? [1, 16] : [1, 2, 5, 8, 9, 16]) checkI16(`int${bits} g${groupSize} threads=${threads}`, q, ref, m, N, K, groupSize, 0, null, r);
+          disposeQuantized(q);
+        }
+      }
+      for (const format of ['nf4', 'fp4'] as const) {
+        for (const doubleQuant of [false, true]) {
+          for (const blockSize of [32, 64, 256]) {
+            const [N, K] = threads === 2 ? [150, 512] : [13, 512];
+            const w = Tensor.from(randn(N * K, r, 0.1), [N, K]);
+            const q = quantize4bit(w, { format, blockSize, doubleQuant });
+            w.dispose();
+            const ref = refQ4(q);
+            const table = format === 'nf4' ? NF4 : quant4Table('fp4');
+            const tmax = Math.max(...Array.from(table, Math.abs));
+            // absmax per block: the dequantized weight's largest |w| / max|table| bounds it from below; use the exact one
+            const absmax = new Float32Array(Math.ceil((N * K) / blockSize));
+            for (let e = 0; e < N * K; e++) absmax[Math.floor(e / blockSize)] = Math.max(absmax[Math.floor(e / blockSize)], Math.abs(ref[e]) / tmax);
+            for (const m of threads === 2 ? [1, 16] : [1, 3, 8, 16]) {
+              checkI16(`${format}${doubleQuant ? '+dq' : ''} b${blockSize} threads=${threads}`, q, ref, m, N, K, blockSize, tmax / 16383, absmax, r);
+            }
+            disposeQuantized(q);
+          }
+        }
+      }
+    }
+  } finally {
+    native.setThreads(before);
+  }
+});
+
+test('i16 activations fall back to the f32 path where they do not apply: K not a multiple of 32, 4-bit rows not whole blocks, x not finite', () => {
+  const r = rng();
+  const cases: [string, WeightOperand, number, number][] = [];
+  { const w = Tensor.from(randn(9 * 48, r, 0.1), [9, 48]); cases.push(['int4 g16 K=48', quantizeIntN(w, { bits: 4, groupSize: 16 }), 9, 48]); w.dispose(); }
+  { const w = Tensor.from(randn(7 * 96, r, 0.1), [7, 96]); cases.push(['nf4 b64 K=96', quantize4bit(w, { format: 'nf4', blockSize: 64 }), 7, 96]); w.dispose(); }
+  { const w = Tensor.from(randn(7 * 128, r, 0.1), [7, 128]); cases.push(['int4 g32 x with NaN', quantizeIntN(w, { bits: 4, groupSize: 32 }), 7, 128]); w.dispose(); }
+  for (const [name, q, N, K] of cases) {
+    const xv = randn(2 * K, r);
+    if (name.includes('NaN')) xv[K + 5] = NaN;
+    const x = Tensor.from(xv, [2, K]), yi = Tensor.zeros([2, N]), yf = Tensor.zeros([2, N]);
+    decodeGemv(x.handle, nativeOperand(q), yi.handle, 2, N, K, undefined, 'i16');
+    decodeGemv(x.handle, nativeOperand(q), yf.handle, 2, N, K, undefined, 'f32');
+    const a = floatsOf(yi), b = floatsOf(yf);
+    for (let i = 0; i < a.length; i++) assert.ok(Object.is(a[i], b[i]) || (Number.isNaN(a[i]) && Number.isNaN(b[i])), `${name}: y[${i}] = ${a[i]}, f32 path ${b[i]}`);
+    for (const t of [x, yi, yf]) t.dispose();
+    disposeQuantized(q as Parameters<typeof disposeQuantized>[0]);
+  }
+  const x = Tensor.zeros([1, 32]), y = Tensor.zeros([1, 4]), w = Tensor.zeros([4, 32]);
+  assert.throws(() => decodeGemv(x.handle, w.handle, y.handle, 1, 4, 32, undefined, 'i8'), /unknown activations 'i8'/);
+  for (const t of [x, y, w]) t.dispose();
+});
+
 test('f32 and bf16 decode GEMV equal the float reference at any K', () => {
   const r = rng();
   for (const [N, K] of [[5, 1], [13, 7], [31, 33], [40, 576], [7, 1536]]) {
@@ -305,8 +410,11 @@ for (const kind of ['int4', 'nf4'] as const) {
 
 // ---- the fused decode step (nn/decode_step.ts, native/src/cpu/decode_step.cc) against the op-by-op path ----
 
-for (const kind of ['f32', 'bf16', 'int4', 'nf4'] as const) {
-  test(`${kind} tiny model: the fused decode step equals the op-by-op cached path (logits within 1e-4, tokens, sampling)`, () => {
+// 'i16' (the default) quantizes the activations of the quantized projections
+// to int16 per group: its logits stay within 1e-3 of the f32 path's
+for (const [kind, act, tol] of [['f32', 'f32', 1e-4], ['bf16', 'f32', 1e-4], ['int4', 'f32', 1e-4], ['nf4', 'f32', 1e-4],
+  ['int4', 'i16', 1e-3], ['nf4', 'i16', 1e-3]] as const) {
+  test(`${kind} tiny model, ${act} activations: the fused decode step equals the op-by-op cached path (logits within ${tol}, tokens, sampling)`, () => {
     const model = quantizedTiny(kind);
     try {
       const prompt = [256, 72, 101, 108, 108, 111];
@@ -315,7 +423,8 @@ for (const kind of ['f32', 'bf16', 'int4', 'nf4'] as const) {
       const cacheA = new KVCache(model.config, 1, prompt.length + steps.length);
       const cacheB = new KVCache(model.config, 1, prompt.length + steps.length);
       assert.equal(fusedDecodeUnsupported(model, cacheA), null);
-      const fused = FusedDecoder.create(model, cacheA)!;
+      const fused = FusedDecoder.create(model, cacheA, { activations: act })!;
+      assert.equal(fused.activations, act);
       for (const c of [cacheA, cacheB]) { const p = ids(prompt); model.hidden(p, c).dispose(); p.dispose(); }
       const V = model.config.vocabSize;
       let worst = 0;
@@ -333,9 +442,12 @@ for (const kind of ['f32', 'bf16', 'int4', 'nf4'] as const) {
       }
       assert.equal(cacheA.length, cacheB.length);
       fused.dispose(); cacheA.dispose(); cacheB.dispose();
-      assert.ok(worst <= 1e-4, `${kind}: fused logits differ from the op-by-op path by ${worst} (relative to max |logit|)`);
-      for (const opts of [{ temperature: 0 }, { temperature: 0.8, topK: 20, seed: 9 }]) {
-        const a = generate(model, prompt, { maxNewTokens: 20, ...opts });
+      assert.ok(worst <= tol, `${kind} ${act}: fused logits differ from the op-by-op path by ${worst} (relative to max |logit|)`);
+      if (act === 'i16' && decodeI16Available()) assert.ok(worst > 0, `${kind}: i16 activations change nothing: the path did not run`);
+      // sampled tokens: only the f32 path is the same computation (a sample
+      // near a threshold may go the other way with i16 activations)
+      for (const opts of act === 'f32' ? [{ temperature: 0 }, { temperature: 0.8, topK: 20, seed: 9 }] : [{ temperature: 0 }]) {
+        const a = generate(model, prompt, { maxNewTokens: 20, ...opts, decodeActivations: act });
         const b = generate(model, prompt, { maxNewTokens: 20, ...opts, fusedDecode: false });
         assert.deepEqual(a.tokens, b.tokens, `${kind} ${JSON.stringify(opts)}`);
       }

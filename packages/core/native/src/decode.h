@@ -22,6 +22,16 @@ namespace tb {
 // compiled for it, Avx2 when compiled for AVX2+FMA, Portable always).
 enum class DecodeIsa : int { Best = 0, Avx512 = 1, Avx2 = 2, Portable = 3 };
 
+// What x is multiplied in. F32: x as given (f32 products). I16: each row of
+// x quantized per block of the weight to int16 (x ~ d_b q, |q| <= 32767,
+// round to nearest), integer dot products with the codes; INT-N and 4-bit
+// weights on AVX-512 with VBMI only (decode_i16_available), anything else
+// (dense weights, other paths, x not finite, K not a multiple of 32) takes
+// the F32 path. Relative to F32 the result differs by the rounding of x
+// (half a step of 1/32767 of its block's largest |x|) and, for 4-bit, of the
+// table to 1/16383 of absmax.
+enum class DecodeAct : int { F32 = 0, I16 = 1 };
+
 constexpr int64_t kDecodeMaxRows = 16;
 
 // Whether decode_gemv computes op(A) * op(B) for these operands: A f32 not
@@ -31,7 +41,10 @@ bool decode_gemv_handles(int64_t M, const MatRef& A, const MatRef& B);
 // W.trans must be set (W stored [N, K], row stride W.ld; quantized: ld == K).
 // Threads over output rows unless called inside a parallel region.
 void decode_gemv(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t ldx, const MatRef& W, float beta,
-                 float* y, int64_t ldy, DecodeIsa isa = DecodeIsa::Best);
+                 float* y, int64_t ldy, DecodeIsa isa = DecodeIsa::Best, DecodeAct act = DecodeAct::F32);
+
+// Whether this build has the I16 path.
+bool decode_i16_available();
 
 // Whether this build has the path, and its name ("avx512", "avx2", "portable").
 bool decode_isa_available(DecodeIsa isa);

@@ -1,7 +1,7 @@
 // Text generation with a KV cache: greedy, or sampled with temperature and
 // top-k from a seeded random stream.
 import type { LlamaModel } from '../nn/llama.js';
-import { FusedDecoder } from '../nn/decode_step.js';
+import { type DecodeActivations, FusedDecoder } from '../nn/decode_step.js';
 import { KVCache } from '../nn/llama.js';
 import { ropePositionLimit, ropePositionLimitText } from '../nn/rope_scaling.js';
 import { Tensor, copyRows, hostValues } from '../tensor.js';
@@ -22,6 +22,10 @@ export interface GenerateOptions {
    * (nn/decode_step.ts: a few native calls, buffers reused) where it covers the
    * model; false: the op-by-op path (default true) */
   fusedDecode?: boolean;
+  /** what the fused decode step's quantized projections multiply: 'i16'
+   * (default: activations quantized to int16 per group, integer dot products)
+   * or 'f32' (the activations as they are); see DecodeActivations */
+  decodeActivations?: DecodeActivations;
 }
 
 export interface GenerateResult {
@@ -44,7 +48,7 @@ export function generate(model: LlamaModel, prompt: readonly number[], opts: Gen
   const cache = opts.noCache ? null : new KVCache(model.config, 1, total, model.device);
   let fused: FusedDecoder | null = null;
   try {
-    if (cache && opts.fusedDecode !== false) fused = FusedDecoder.create(model, cache);
+    if (cache && opts.fusedDecode !== false) fused = FusedDecoder.create(model, cache, { activations: opts.decodeActivations });
     const t0 = performance.now();
     let next = nextToken(model, Int32Array.from(prompt), cache, temperature, topK, rng);
     const t1 = performance.now();

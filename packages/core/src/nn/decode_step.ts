@@ -11,7 +11,7 @@
 // op-by-op path (LlamaModel.hidden + logits), which gives the same values to
 // float rounding (test/decode_kernels.test.ts).
 import { bf16ToF32 } from '../dtype.js';
-import { type NativeTensorHandle, nativeFn } from '../native.js';
+import { type NativeTensorHandle, native, nativeFn } from '../native.js';
 import { nativeOperand } from '../quant/quant4.js';
 import { Tensor } from '../tensor.js';
 import { type LlamaConfig, headDim } from './config.js';
@@ -21,8 +21,24 @@ import { KVCache, LINEAR_NAMES, LlamaModel } from './llama.js';
 type H = NativeTensorHandle;
 const decodeBlock = nativeFn<(x: H, ln1: H, ln2: H, wq: object, wk: object, wv: object, wo: object, wg: object, wu: object, wd: object,
   kc: H, vc: H, scratch: H, C: number, I: number, Hq: number, Hkv: number, D: number, Tmax: number, pos: number,
-  eps: number, theta: number, scale: number) => void>('decode_block');
-const decodeHead = nativeFn<(x: H, norm: H, w: object, logits: H, C: number, V: number, eps: number) => number>('decode_head');
+  eps: number, theta: number, scale: number, activations: DecodeActivations) => void>('decode_block');
+const decodeHead = nativeFn<(x: H, norm: H, w: object, logits: H, C: number, V: number, eps: number, activations: DecodeActivations) => number>('decode_head');
+
+/** What the decode GEMVs multiply the quantized (INT-N, NF4/FP4) weights with:
+ * 'f32' the activations as they are; 'i16' each activation row quantized to
+ * int16 per weight group or block (round to nearest, step 1/32767 of the
+ * block's largest |x|; the 4-bit table held to 1/16383) and integer dot
+ * products straight from the packed codes, which is faster where the build
+ * has AVX-512 with VBMI (elsewhere, and for dense weights, 'f32' runs). */
+export type DecodeActivations = 'f32' | 'i16';
+
+/** Whether this build has the 'i16' decode path (AVX-512 with VBMI). */
+export const decodeI16Available = (): boolean => (native as unknown as { decodeI16?: boolean }).decodeI16 === true;
+
+export interface FusedDecoderOptions {
+  /** default 'i16' (see DecodeActivations) */
+  activations?: DecodeActivations;
+}
 
 // The configuration fields this path implements, each with the values it
 // implements it for (architecture switches only in their plain-Llama
@@ -74,7 +90,13 @@ export class FusedDecoder {
   private readonly headOp: object;
   private readonly embedValues: Float32Array | Uint16Array;
 
-  private constructor(private readonly model: LlamaModel, private readonly cache: KVCache) {
+  /** what the quantized projections multiply (see DecodeActivations) */
+  readonly activations: DecodeActivations;
+
+  private constructor(private readonly model: LlamaModel, private readonly cache: KVCache, opts: FusedDecoderOptions) {
+    const act = opts.activations ?? 'i16';
+    if (act !== 'f32' && act !== 'i16') throw new Error(`FusedDecoder: activations must be 'f32' or 'i16', got ${JSON.stringify(act)}`);
+    this.activations = act;
     const cfg = model.config, C = cfg.hiddenSize, D = headDim(cfg);
     this.x = Tensor.zeros([2 * C], { category: 'activation' });
     this.scratch = Tensor.zeros([C + 2 * cfg.numHeads * D + 2 * cfg.intermediateSize + cache.maxLength + D], { category: 'activation' });
@@ -89,8 +111,8 @@ export class FusedDecoder {
   }
 
   /** A decoder for this model and cache, or null when the fused path does not cover them. */
-  static create(model: LlamaModel, cache: KVCache): FusedDecoder | null {
-    return fusedDecodeUnsupported(model, cache) === null ? new FusedDecoder(model, cache) : null;
+  static create(model: LlamaModel, cache: KVCache, opts: FusedDecoderOptions = {}): FusedDecoder | null {
+    return fusedDecodeUnsupported(model, cache) === null ? new FusedDecoder(model, cache, opts) : null;
   }
 
   /** Feeds `token` at position cache.length (appending its keys and values);
@@ -108,10 +130,10 @@ export class FusedDecoder {
       const o = this.ops[i];
       decodeBlock(this.x.handle, b.ln1.value.handle, b.ln2.value.handle, o[0], o[1], o[2], o[3], o[4], o[5], o[6],
         cache.k[i].handle, cache.v[i].handle, this.scratch.handle, C, cfg.intermediateSize, cfg.numHeads, cfg.numKvHeads, D,
-        cache.maxLength, pos, cfg.rmsNormEps, cfg.ropeTheta, scale);
+        cache.maxLength, pos, cfg.rmsNormEps, cfg.ropeTheta, scale, this.activations);
     });
     cache.length = pos + 1;
-    return decodeHead(this.x.handle, model.norm.value.handle, this.headOp, this.logitsT.handle, C, cfg.vocabSize, cfg.rmsNormEps);
+    return decodeHead(this.x.handle, model.norm.value.handle, this.headOp, this.logitsT.handle, C, cfg.vocabSize, cfg.rmsNormEps, this.activations);
   }
 
   dispose(): void {

@@ -12,9 +12,11 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "args.h"
@@ -485,6 +487,363 @@ void run(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t l
   }
 }
 
+// ---- 16-bit integer activations (DecodeAct::I16) ----
+// Each row of x is quantized once per call to int16 per block (the weight's
+// group or 4-bit block): x ~ d_b * q, |q| <= 32767. A unit of 32 weights is
+// expanded from its packed codes straight into 32 int16 lanes (one byte
+// permute, one variable shift, one mask: no float copy of any weight) and
+// multiplied with q by vpdpwssd (or madd + add without VNNI); the int32 sums
+// of at most 64 weights are converted once and scaled by the block's
+// combined scale: INT-N s_g * d_g (the offsets then add o_g * sum_g(x) with
+// the float sums of x), 4-bit absmax_b * d_b / T with the table held as
+// round(T * table), T = 16383. Sums stay inside int32: at most 4 products of
+// |code| <= 255 or |T * table| <= 16383 with |q| <= 32767 per lane.
+// Rounding: x to 1/65534 of its block's largest |x|, the 4-bit table to
+// 1/32766 of absmax; everything after is exact integer or f32 arithmetic.
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI__)
+#define TB_DECODE_I16 1
+
+constexpr float kI16XMax = 32767.0f;
+constexpr float kI16Table = 16383.0f;
+
+// The m rows of x quantized per block of 1 << bshift (>= 16) elements.
+struct QuantX {
+  const int16_t* q;   // [m, K]
+  const float* d;     // [m, K >> bshift]
+  const float* sum;   // [m, K >> bshift] f32 sums of x per block
+  int64_t K, nb;
+};
+
+// false when some x is not finite (the caller then takes the f32 path)
+bool quantize_x(int64_t m, int64_t K, const float* x, int64_t ldx, int bshift, std::vector<int16_t>& qbuf,
+                std::vector<float>& dbuf, std::vector<float>& sbuf, QuantX& out) {
+  const int64_t B = int64_t(1) << bshift, nb = K >> bshift;
+  qbuf.resize(static_cast<size_t>(m * K));
+  dbuf.resize(static_cast<size_t>(m * nb));
+  sbuf.resize(static_cast<size_t>(m * nb));
+  const __m512 sign = _mm512_set1_ps(-0.0f), zero = _mm512_setzero_ps();
+  __m512 bad = zero;  // stays 0 unless some x is inf or NaN (x * 0)
+  for (int64_t r = 0; r < m; r++) {
+    const float* xr = x + r * ldx;
+    int16_t* qr = qbuf.data() + r * K;
+    for (int64_t b = 0; b < nb; b++) {
+      const float* xb = xr + b * B;
+      __m512 mx = zero, sm = zero;
+      for (int64_t k = 0; k < B; k += 16) {
+        const __m512 v = _mm512_loadu_ps(xb + k);
+        mx = _mm512_max_ps(mx, _mm512_andnot_ps(sign, v));
+        sm = _mm512_add_ps(sm, v);
+        bad = _mm512_add_ps(bad, _mm512_mul_ps(v, zero));
+      }
+      const float amax = _mm512_reduce_max_ps(mx);
+      const float d = amax > 0.0f ? amax / kI16XMax : 0.0f;
+      const __m512 inv = _mm512_set1_ps(amax > 0.0f ? kI16XMax / amax : 0.0f);
+      for (int64_t k = 0; k < B; k += 16) {
+        const __m512i qi = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + k), inv));  // to nearest, ties even
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(qr + b * B + k), _mm512_cvtsepi32_epi16(qi));
+      }
+      dbuf[static_cast<size_t>(r * nb + b)] = d;
+      sbuf[static_cast<size_t>(r * nb + b)] = _mm512_reduce_add_ps(sm);
+    }
+  }
+  if (_mm512_reduce_add_ps(bad) != 0.0f || _mm512_cmp_ps_mask(bad, bad, _CMP_UNORD_Q)) return false;
+  out = QuantX{qbuf.data(), dbuf.data(), sbuf.data(), K, nb};
+  return true;
+}
+
+inline __m512i dp16(__m512i acc, __m512i a, __m512i b) {
+#if defined(__AVX512VNNI__)
+  return _mm512_dpwssd_epi32(acc, a, b);
+#else
+  return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
+#endif
+}
+
+// How 32 codes become 32 int16 lanes: lane i takes the bytes idx[2i],
+// idx[2i + 1] of the unit's first 16 bytes, shifts right by sh[i], masks.
+struct Unpack16 {
+  __m512i idx, sh, mask;
+};
+
+// INT-N, LSB first: code i at bit N * i.
+template <int N>
+Unpack16 intn_unpack() {
+  alignas(64) uint8_t idx[64];
+  alignas(64) uint16_t sh[32];
+  for (int i = 0; i < 32; i++) {
+    const int bit = N * i, p = bit / 8;
+    idx[2 * i] = static_cast<uint8_t>(p);
+    idx[2 * i + 1] = static_cast<uint8_t>(std::min(p + 1, 15));
+    sh[i] = static_cast<uint16_t>(bit % 8);
+  }
+  return Unpack16{_mm512_load_si512(idx), _mm512_load_si512(sh), _mm512_set1_epi16(static_cast<int16_t>((1 << N) - 1))};
+}
+
+// 4-bit blockwise, high nibble first: element i in byte i / 2, shifted by 4
+// when i is even. No mask: the table below repeats its 16 entries, so the
+// stray bit 4 of the shifted word does not matter to the 5-bit permute.
+Unpack16 q4_unpack() {
+  alignas(64) uint8_t idx[64];
+  alignas(64) uint16_t sh[32];
+  for (int i = 0; i < 32; i++) {
+    idx[2 * i] = static_cast<uint8_t>(i / 2);
+    idx[2 * i + 1] = 0;
+    sh[i] = (i & 1) ? 0 : 4;
+  }
+  return Unpack16{_mm512_load_si512(idx), _mm512_load_si512(sh), _mm512_setzero_si512()};
+}
+
+template <int N>
+inline __m512i intn_codes32(const uint8_t* p, const Unpack16& u) {
+  if constexpr (N == 8) {
+    return _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  } else {
+    // 4N bytes (8, 12 or 16); the masked load reads none beyond them
+    const __m128i v = _mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << (4 * N)) - 1), p);
+    const __m512i z = _mm512_permutexvar_epi8(u.idx, _mm512_castsi128_si512(v));
+    return _mm512_and_si512(_mm512_srlv_epi16(z, u.sh), u.mask);
+  }
+}
+
+inline __m512i q4_codes32(const uint8_t* p, const Unpack16& u, __m512i table) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m512i z = _mm512_permutexvar_epi8(u.idx, _mm512_castsi128_si512(v));
+  return _mm512_permutexvar_epi16(_mm512_srlv_epi16(z, u.sh), table);
+}
+
+// c[r][g] = scale[g] * d[r][g] for the blocks of one output row: the
+// combined scale each span broadcasts (G <= kI16MaxBlocks).
+constexpr int64_t kI16MaxBlocks = 1024;
+
+template <int MB>
+inline void combined_scales(const float* scales, const float* const* d, int64_t G, float (*c)[kI16MaxBlocks]) {
+  for (int r = 0; r < MB; r++) {
+    int64_t g = 0;
+    for (; g + 16 <= G; g += 16) _mm512_storeu_ps(c[r] + g, _mm512_mul_ps(_mm512_loadu_ps(scales + g), _mm512_loadu_ps(d[r] + g)));
+    for (; g < G; g++) c[r][g] = scales[g] * d[r][g];
+  }
+}
+
+// The int32 dot products of one span of 32 * U weights (one group or block)
+// with MB rows of quantized x, added into acc scaled by c[r] (always inlined,
+// the accumulators passed as array references: kept in registers).
+template <int MB, int U, class Codes>
+__attribute__((always_inline)) inline void i16_span(Codes codes32, int64_t k, const int16_t* const* xq, const float* c,
+                                                    int64_t cs, __m512 (&acc)[MB]) {
+  __m512i I[MB];
+  {
+    const __m512i z = codes32(k);
+#pragma GCC unroll 8
+    for (int r = 0; r < MB; r++) I[r] = dp16(_mm512_setzero_si512(), z, _mm512_loadu_si512(xq[r] + k));
+  }
+  if constexpr (U == 2) {
+    const __m512i z = codes32(k + 32);
+#pragma GCC unroll 8
+    for (int r = 0; r < MB; r++) I[r] = dp16(I[r], z, _mm512_loadu_si512(xq[r] + k + 32));
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MB; r++) acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I[r]), _mm512_set1_ps(c[r * cs]), acc[r]);
+}
+
+// One output row of an INT-N weight against MB rows of quantized x (rows
+// r0.. of qx): sums[r] = sum_k w[k] x[r, k]. Spans of 32 * U weights (U = 2
+// for groups >= 64, else 1) share one group: their int32 sums are converted
+// and scaled once, alternating between two f32 accumulators per row.
+template <int N, int MB, int U>
+void i16_intn_row(const uint8_t* codes, const float* scales, const float* offsets, int64_t K, int gshift, const QuantX& qx,
+                  int64_t r0, const Unpack16& u, float* sums) {
+  const int64_t G = K >> gshift;
+  const int16_t* xq[MB];
+  const float* d[MB];
+  __m512 acc0[MB], acc1[MB];
+  for (int r = 0; r < MB; r++) {
+    xq[r] = qx.q + (r0 + r) * K;
+    d[r] = qx.d + (r0 + r) * G;
+    acc0[r] = acc1[r] = _mm512_setzero_ps();
+  }
+  float c[MB][kI16MaxBlocks];
+  combined_scales<MB>(scales, d, G, c);
+  const auto codes32 = [&](int64_t k) { return intn_codes32<N>(codes + ((k * N) >> 3), u); };
+  if (gshift >= 5) {
+    constexpr int64_t S = 32 * U;
+    int64_t k = 0;
+    for (; k + 2 * S <= K; k += 2 * S) {
+      i16_span<MB, U>(codes32, k, xq, &c[0][k >> gshift], kI16MaxBlocks, acc0);
+      i16_span<MB, U>(codes32, k + S, xq, &c[0][(k + S) >> gshift], kI16MaxBlocks, acc1);
+    }
+    if (k < K) i16_span<MB, U>(codes32, k, xq, &c[0][k >> gshift], kI16MaxBlocks, acc0);
+  } else {  // groups of 16: a unit spans groups g, g + 1 (lanes 0-7, 8-15)
+    for (int64_t k = 0; k < K; k += 32) {
+      const int64_t g = k >> gshift;
+      const __m512i z = codes32(k);
+#pragma GCC unroll 8
+      for (int r = 0; r < MB; r++) {
+        const __m512i I = dp16(_mm512_setzero_si512(), z, _mm512_loadu_si512(xq[r] + k));
+        const __m512 cv = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(c[r][g]), _mm512_set1_ps(c[r][g + 1]));
+        acc0[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), cv, acc0[r]);
+      }
+    }
+  }
+  // the offsets: sum_g o_g * (sum of x over group g), in f32
+  for (int r = 0; r < MB; r++) {
+    const float* xs = qx.sum + (r0 + r) * G;
+    __m512 o = _mm512_add_ps(acc0[r], acc1[r]);
+    int64_t g = 0;
+    for (; g + 16 <= G; g += 16) o = _mm512_fmadd_ps(_mm512_loadu_ps(offsets + g), _mm512_loadu_ps(xs + g), o);
+    if (g < G) {
+      const __mmask16 mk = static_cast<__mmask16>((1u << (G - g)) - 1);
+      o = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, offsets + g), _mm512_maskz_loadu_ps(mk, xs + g), o);
+    }
+    sums[r] = _mm512_reduce_add_ps(o);
+  }
+}
+
+// One output row of a 4-bit weight (whole blocks: the row starts on a block,
+// blocks >= 32): packed at the row's first byte, absmax at its first block.
+// Spans of 64 (32 for blocks of 32) as above.
+template <int MB, int U>
+void i16_q4_row(const uint8_t* packed, const float* absmax, int64_t K, int bshift, const QuantX& qx, int64_t r0,
+                const Unpack16& u, __m512i table, float* sums) {
+  const int64_t nb = K >> bshift;
+  const int16_t* xq[MB];
+  const float* d[MB];
+  __m512 acc0[MB], acc1[MB];
+  for (int r = 0; r < MB; r++) {
+    xq[r] = qx.q + (r0 + r) * K;
+    d[r] = qx.d + (r0 + r) * nb;
+    acc0[r] = acc1[r] = _mm512_setzero_ps();
+  }
+  float c[MB][kI16MaxBlocks];
+  combined_scales<MB>(absmax, d, nb, c);
+  const auto codes32 = [&](int64_t k) { return q4_codes32(packed + (k >> 1), u, table); };
+  constexpr int64_t S = 32 * U;
+  int64_t k = 0;
+  for (; k + 2 * S <= K; k += 2 * S) {
+    i16_span<MB, U>(codes32, k, xq, &c[0][k >> bshift], kI16MaxBlocks, acc0);
+    i16_span<MB, U>(codes32, k + S, xq, &c[0][(k + S) >> bshift], kI16MaxBlocks, acc1);
+  }
+  if (k < K) i16_span<MB, U>(codes32, k, xq, &c[0][k >> bshift], kI16MaxBlocks, acc0);
+  for (int r = 0; r < MB; r++) sums[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r], acc1[r])) / kI16Table;
+}
+
+// rows of x in tiles of up to 8 against one output row
+template <class RowFn>
+inline void i16_tiles(int64_t m, float* sums, RowFn row) {
+  for (int64_t r0 = 0; r0 < m; r0 += 8) {
+    const int64_t mb = std::min<int64_t>(8, m - r0);
+    switch (mb) {
+      case 1: row(std::integral_constant<int, 1>{}, r0, sums + r0); break;
+      case 2: row(std::integral_constant<int, 2>{}, r0, sums + r0); break;
+      case 3: row(std::integral_constant<int, 3>{}, r0, sums + r0); break;
+      case 4: row(std::integral_constant<int, 4>{}, r0, sums + r0); break;
+      case 5: row(std::integral_constant<int, 5>{}, r0, sums + r0); break;
+      case 6: row(std::integral_constant<int, 6>{}, r0, sums + r0); break;
+      case 7: row(std::integral_constant<int, 7>{}, r0, sums + r0); break;
+      default: row(std::integral_constant<int, 8>{}, r0, sums + r0); break;
+    }
+  }
+}
+
+template <class Row>
+void i16_run(int64_t m, int64_t Nout, int64_t K, float alpha, float beta, float* y, int64_t ldy, Row row) {
+  auto rows = [&](int64_t o0, int64_t o1) {
+    float sums[kDecodeMaxRows];
+    for (int64_t o = o0; o < o1; o++) {
+      row(o, sums);
+      for (int64_t r = 0; r < m; r++) {
+        float& c = y[r * ldy + o];
+        c = beta == 0.0f ? alpha * sums[r] : alpha * sums[r] + beta * c;
+      }
+    }
+  };
+  if (omp_in_parallel() || Nout * K < 64 * 1024) rows(0, Nout);
+  else parallel_chunks(Nout, rows, 16);
+}
+
+constexpr int64_t kI16Prefetch = 4;  // rows
+
+template <int N>
+void i16_intn(int64_t m, int64_t Nout, int64_t K, float alpha, const QuantX& qx, const IntNView& w, float beta, float* y,
+              int64_t ldy) {
+  const Unpack16 u = intn_unpack<N>();
+  const int64_t G = K >> w.group_shift;
+  i16_run(m, Nout, K, alpha, beta, y, ldy, [&](int64_t o, float* sums) {
+    const uint8_t* codes = w.codes + ((o * K * N) >> 3);
+    if (o + kI16Prefetch < Nout) {  // a few rows ahead: the codes and the group constants
+      const int64_t rb = (K * N) >> 3;
+      for (int64_t b = 0; b < rb; b += 64) _mm_prefetch(reinterpret_cast<const char*>(codes + kI16Prefetch * rb + b), _MM_HINT_T0);
+      for (int64_t b = 0; b < G; b += 16) {
+        _mm_prefetch(reinterpret_cast<const char*>(w.scales + (o + kI16Prefetch) * G + b), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w.offsets + (o + kI16Prefetch) * G + b), _MM_HINT_T0);
+      }
+    }
+    i16_tiles(m, sums, [&](auto mb, int64_t r0, float* s) {
+      if (w.group_shift >= 6) i16_intn_row<N, decltype(mb)::value, 2>(codes, w.scales + o * G, w.offsets + o * G, K, w.group_shift, qx, r0, u, s);
+      else i16_intn_row<N, decltype(mb)::value, 1>(codes, w.scales + o * G, w.offsets + o * G, K, w.group_shift, qx, r0, u, s);
+    });
+  });
+}
+
+// The f32 path's result is used instead (false) when the weight or x does
+// not fit this path: K not a multiple of 32, 4-bit rows not whole blocks, x
+// not finite.
+bool decode_gemv_i16(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t ldx, const MatRef& W, float beta,
+                     float* y, int64_t ldy) {
+  if (W.dtype != DType::U8 || K % 32 != 0) return false;
+  thread_local std::vector<int16_t> qbuf;
+  thread_local std::vector<float> dbuf, sbuf;
+  QuantX qx{};
+  if (W.quant == QuantKind::IntN && W.intn) {
+    const IntNView& w = *W.intn;
+    if (w.group_shift < 4 || K % (int64_t(1) << w.group_shift) != 0 || (K >> w.group_shift) > kI16MaxBlocks) return false;
+    if (!quantize_x(m, K, x, ldx, w.group_shift, qbuf, dbuf, sbuf, qx)) return false;
+    switch (w.bits) {
+      case 2: i16_intn<2>(m, N, K, alpha, qx, w, beta, y, ldy); return true;
+      case 3: i16_intn<3>(m, N, K, alpha, qx, w, beta, y, ldy); return true;
+      case 4: i16_intn<4>(m, N, K, alpha, qx, w, beta, y, ldy); return true;
+      case 8: i16_intn<8>(m, N, K, alpha, qx, w, beta, y, ldy); return true;
+      default: return false;
+    }
+  }
+  if (W.quant == QuantKind::Q4 && W.q4) {
+    const Quant4View& q = *W.q4;
+    if (q.block_shift < 5 || K % (int64_t(1) << q.block_shift) != 0 || (K >> q.block_shift) > kI16MaxBlocks) return false;
+    if (!q.absmax && (!q.dq_codes || !q.dq_scales || !q.dq_map || q.dq_block < 1)) return false;
+    if (!quantize_x(m, K, x, ldx, q.block_shift, qbuf, dbuf, sbuf, qx)) return false;
+    // the table as int16, repeated to 32 entries (see q4_unpack)
+    alignas(64) int16_t t16[32];
+    float tmax = 0.0f;
+    for (int i = 0; i < 16; i++) tmax = std::max(tmax, std::fabs(q.table[i]));
+    if (!(tmax > 0.0f) || !std::isfinite(tmax)) return false;
+    for (int i = 0; i < 32; i++) t16[i] = static_cast<int16_t>(std::nearbyint(q.table[i & 15] / tmax * kI16Table));
+    const __m512i table = _mm512_load_si512(t16);
+    const Unpack16 u = q4_unpack();
+    const int64_t nb = K >> q.block_shift;
+    const float a_scale = tmax;  // table = t16 * tmax / T
+    i16_run(m, N, K, alpha * a_scale, beta, y, ldy, [&](int64_t o, float* sums) {
+      const int64_t b0 = (o * K) >> q.block_shift;
+      const float* absmax;
+      thread_local std::vector<float> buf;
+      if (q.absmax) {
+        absmax = q.absmax + b0;
+      } else {
+        buf.resize(static_cast<size_t>(nb));
+        for (int64_t b = 0; b < nb; b++)
+          buf[static_cast<size_t>(b)] = q.dq_map[q.dq_codes[b0 + b]] * q.dq_scales[(b0 + b) / q.dq_block] + q.dq_offset;
+        absmax = buf.data();
+      }
+      const uint8_t* packed = q.packed + ((o * K) >> 1);
+      i16_tiles(m, sums, [&](auto mb, int64_t r0, float* s) {
+        if (q.block_shift >= 6) i16_q4_row<decltype(mb)::value, 2>(packed, absmax, K, q.block_shift, qx, r0, u, table, s);
+        else i16_q4_row<decltype(mb)::value, 1>(packed, absmax, K, q.block_shift, qx, r0, u, table, s);
+      });
+    });
+    return true;
+  }
+  return false;
+}
+#endif
+
 DecodeIsa best_isa() {
 #if defined(__AVX512F__)
   return DecodeIsa::Avx512;
@@ -527,11 +886,24 @@ bool decode_gemv_handles(int64_t M, const MatRef& A, const MatRef& B) {
   }
 }
 
+bool decode_i16_available() {
+#if defined(TB_DECODE_I16)
+  return true;
+#else
+  return false;
+#endif
+}
+
 void decode_gemv(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t ldx, const MatRef& W, float beta,
-                 float* y, int64_t ldy, DecodeIsa isa) {
+                 float* y, int64_t ldy, DecodeIsa isa, DecodeAct act) {
   if (m <= 0 || N <= 0) return;
   if (m > kDecodeMaxRows) bad_weight("more than 16 rows");
   if (isa == DecodeIsa::Best) isa = best_isa();
+#if defined(TB_DECODE_I16)
+  if (act == DecodeAct::I16 && isa == DecodeIsa::Avx512 && decode_gemv_i16(m, N, K, alpha, x, ldx, W, beta, y, ldy)) return;
+#else
+  (void)act;
+#endif
   switch (isa) {
 #if defined(__AVX512F__)
     case DecodeIsa::Avx512: run<Avx512>(m, N, K, alpha, x, ldx, W, beta, y, ldy); return;
@@ -558,18 +930,28 @@ static DecodeIsa isa_arg(const Napi::CallbackInfo& info, size_t i, const char* f
   return isa;
 }
 
-// decode_gemv(x, W, y, m, out, in, isa?): y [m, out] = x [m, in] W^T, W a
+DecodeAct decode_act_arg(const Napi::CallbackInfo& info, size_t i, const char* fn) {
+  if (i >= info.Length() || info[i].IsUndefined() || info[i].IsNull()) return DecodeAct::F32;
+  if (!info[i].IsString()) throw arg_error(info, fn, "activations must be a string: 'f32' or 'i16'");
+  const std::string s = info[i].As<Napi::String>().Utf8Value();
+  if (s == "f32") return DecodeAct::F32;
+  if (s == "i16") return DecodeAct::I16;
+  throw arg_error(info, fn, "unknown activations '" + s + "' ('f32' or 'i16')");
+}
+
+// decode_gemv(x, W, y, m, out, in, isa?, activations?): y [m, out] = x [m, in] W^T, W a
 // weight [out, in] on the CPU (f32, bf16 or quantized), 1 <= m <= 16.
 static Napi::Value DecodeGemvBinding(const Napi::CallbackInfo& info) {
   const char* fn = "decode_gemv";
   const int64_t m = int_arg(info, 3, fn, "m", 1), out = int_arg(info, 4, fn, "out", 1), in = int_arg(info, 5, fn, "in", 1);
   if (m > kDecodeMaxRows) throw arg_error(info, fn, "m must be at most 16 (the decode GEMV's rows)");
   const DecodeIsa isa = isa_arg(info, 6, fn);
+  const DecodeAct act = decode_act_arg(info, 7, fn);
   TensorArg x = tensor_arg(info, 0, fn, "x", static_cast<size_t>(m * in), DType::F32);
   WeightOperand w = weight_arg(info, 1, fn, "W", out, in, -1, nullptr, /*keep_double_quant=*/true);
   TensorArg y = tensor_arg(info, 2, fn, "y", static_cast<size_t>(m * out), DType::F32);
   return guarded(info, [&]() -> Napi::Value {
-    decode_gemv(m, out, in, 1.0f, x.f32(), in, w.mat(in, true), 0.0f, y.f32(), out, isa);
+    decode_gemv(m, out, in, 1.0f, x.f32(), in, w.mat(in, true), 0.0f, y.f32(), out, isa, act);
     return info.Env().Undefined();
   });
 }
@@ -627,6 +1009,7 @@ static void register_decode(Napi::Env env, Napi::Object exports) {
   exports.Set("decode_gemv", Napi::Function::New(env, DecodeGemvBinding));
   exports.Set("decode_isas", Napi::Function::New(env, DecodeIsasBinding));
   exports.Set("decodeKernel", Napi::String::New(env, decode_isa_name(DecodeIsa::Best)));
+  exports.Set("decodeI16", Napi::Boolean::New(env, decode_i16_available()));
   exports.Set("stream_read", Napi::Function::New(env, StreamReadBinding));
 }
 TB_REGISTER_OPS(decode, register_decode);

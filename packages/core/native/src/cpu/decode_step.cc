@@ -103,8 +103,8 @@ void swiglu_inplace(int64_t n, float* g, const float* u) {
   }
 }
 
-void gemv(const WeightOperand& w, int64_t out, int64_t in, const float* x, float* y, float beta) {
-  decode_gemv(1, out, in, 1.0f, x, in, w.mat(in, true), beta, y, out);
+void gemv(const WeightOperand& w, int64_t out, int64_t in, const float* x, float* y, float beta, DecodeAct act) {
+  decode_gemv(1, out, in, 1.0f, x, in, w.mat(in, true), beta, y, out, DecodeIsa::Best, act);
 }
 
 TensorArg norm_weight(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name, int64_t C) {
@@ -115,8 +115,10 @@ TensorArg norm_weight(const Napi::CallbackInfo& info, size_t i, const char* fn, 
 
 }  // namespace
 
+DecodeAct decode_act_arg(const Napi::CallbackInfo& info, size_t i, const char* fn);  // decode_gemv.cc
+
 // decode_block(x, ln1, ln2, Wq, Wk, Wv, Wo, Wg, Wu, Wd, kc, vc, scratch,
-//              C, I, Hq, Hkv, D, Tmax, pos, eps, theta, scale)
+//              C, I, Hq, Hkv, D, Tmax, pos, eps, theta, scale, activations?)
 //   x [C] f32 (the residual, updated in place); kc, vc [Tmax, Hkv, D] (one
 //   sequence); the token's k, v are written at row pos and attention runs
 //   over rows 0..pos; scratch f32 of at least decode_block_scratch floats.
@@ -128,6 +130,7 @@ static Napi::Value DecodeBlockBinding(const Napi::CallbackInfo& info) {
   const float eps = static_cast<float>(num_arg(info, 20, fn, "eps"));
   const float theta = static_cast<float>(num_arg(info, 21, fn, "theta"));
   const float scale = static_cast<float>(num_arg(info, 22, fn, "scale"));
+  const DecodeAct act = decode_act_arg(info, 23, fn);  // 'f32' (default) or 'i16': see decode.h
   if (Hq % Hkv != 0) throw arg_error(info, fn, "Hq must be a multiple of Hkv");
   if (D % 2 != 0) throw arg_error(info, fn, "the head dim D must be even (rotary pairs)");
   if (pos >= Tmax) throw arg_error(info, fn, "pos " + std::to_string(pos) + " is past the cache length " + std::to_string(Tmax));
@@ -154,29 +157,30 @@ static Napi::Value DecodeBlockBinding(const Napi::CallbackInfo& info) {
     float* krow = kc.f32() + pos * KV;  // the token's cache rows
     float* vrow = vc.f32() + pos * KV;
     rmsnorm_row(C, xv, ln1, eps, h);
-    gemv(wq, Q, C, h, q, 0.0f);
-    gemv(wk, KV, C, h, krow, 0.0f);
-    gemv(wv, KV, C, h, vrow, 0.0f);
+    gemv(wq, Q, C, h, q, 0.0f, act);
+    gemv(wk, KV, C, h, krow, 0.0f, act);
+    gemv(wv, KV, C, h, vrow, 0.0f, act);
     rope_heads(q, Hq, D, static_cast<int32_t>(pos), theta, cs);
     rope_heads(krow, Hkv, D, static_cast<int32_t>(pos), theta, cs);
     attend(Hq, Hkv, D, pos + 1, scale, q, kc.f32(), vc.f32(), s, att);
-    gemv(wo, C, Q, att, xv, 1.0f);  // x += a Wo^T
+    gemv(wo, C, Q, att, xv, 1.0f, act);  // x += a Wo^T
     rmsnorm_row(C, xv, ln2, eps, h);
-    gemv(wg, I, C, h, g, 0.0f);
-    gemv(wu, I, C, h, u, 0.0f);
+    gemv(wg, I, C, h, g, 0.0f, act);
+    gemv(wu, I, C, h, u, 0.0f, act);
     swiglu_inplace(I, g, u);
-    gemv(wd, C, I, g, xv, 1.0f);  // x += m Wd^T
+    gemv(wd, C, I, g, xv, 1.0f, act);  // x += m Wd^T
     return info.Env().Undefined();
   });
 }
 
-// decode_head(x, norm, W, logits, C, V, eps): logits [V] = rmsnorm(x) * norm . W^T,
+// decode_head(x, norm, W, logits, C, V, eps, activations?): logits [V] = rmsnorm(x) * norm . W^T,
 // W [V, C] (the LM head or the tied embedding); x is left unchanged. Returns
 // the index of the largest logit (the first one on ties; NaN never wins).
 static Napi::Value DecodeHeadBinding(const Napi::CallbackInfo& info) {
   const char* fn = "decode_head";
   const int64_t C = int_arg(info, 4, fn, "C", 1), V = int_arg(info, 5, fn, "V", 1);
   const float eps = static_cast<float>(num_arg(info, 6, fn, "eps"));
+  const DecodeAct act = decode_act_arg(info, 7, fn);
   TensorArg x = tensor_arg(info, 0, fn, "x", static_cast<size_t>(2 * C), DType::F32);
   TensorArg norm = norm_weight(info, 1, fn, "norm", C);
   WeightOperand w = weight_arg(info, 2, fn, "W", V, C, -1, nullptr, true);
@@ -186,7 +190,7 @@ static Napi::Value DecodeHeadBinding(const Napi::CallbackInfo& info) {
     float* h = x.f32() + C;  // x's second half: the normed row
     rmsnorm_row(C, x.f32(), norm, eps, h);
     float* l = logits.f32();
-    gemv(w, V, C, h, l, 0.0f);
+    gemv(w, V, C, h, l, 0.0f, act);
     for (int64_t i = 1; i < V; i++) if (l[i] > l[best]) best = i;
     return info.Env().Undefined();
   });
