@@ -25,6 +25,9 @@ Options:
   --threads N      kernel threads (default 1)
   --path P         fused (the fused decode step), ops (op by op: generate's
                    fusedDecode false) or both (default)
+  --act A          i16 (default) or f32: what the fused step's quantized
+                   projections multiply (generate's decodeActivations); the
+                   GEMV-only timing uses the same
   -h, --help       this text`;
 
 const opt = parseCli({
@@ -34,12 +37,15 @@ const opt = parseCli({
   runs: { type: 'string', default: '5' },
   threads: { type: 'string', default: '1' },
   path: { type: 'string', default: 'both' },
+  act: { type: 'string', default: 'i16' },
   help: { type: 'boolean', short: 'h', default: false },
 } as const, HELP);
 
 const tokens = Number(opt.tokens), runs = Number(opt.runs);
 native.setThreads(Number(opt.threads));
-const decodeGemv = nativeFn<(x: NativeTensorHandle, w: object, y: NativeTensorHandle, m: number, o: number, i: number) => void>('decode_gemv');
+const decodeGemv = nativeFn<(x: NativeTensorHandle, w: object, y: NativeTensorHandle, m: number, o: number, i: number, isa?: string, act?: string) => void>('decode_gemv');
+const act = opt.act;
+if (act !== 'i16' && act !== 'f32') throw new Error(`--act must be i16 or f32, got '${act}'`);
 const median = (a: number[]): number => { const s = [...a].sort((x, y) => x - y); return s[Math.floor(s.length / 2)]; };
 const cpuUs = (): number => { const u = process.cpuUsage(); return u.user + u.system; };
 
@@ -58,7 +64,7 @@ function build(kind: string): LlamaModel {
   return model;
 }
 
-console.log(`decode step, preset ${opt.preset}, ${native.getThreads()} thread(s), ${tokens} tokens x ${runs} runs; ${cpus()[0]?.model ?? ''}`);
+console.log(`decode step, preset ${opt.preset}, ${native.getThreads()} thread(s), ${act} activations, ${tokens} tokens x ${runs} runs; ${cpus()[0]?.model ?? ''}`);
 console.log(`load average before: ${loadavg().map((v) => v.toFixed(2)).join(' ')}`);
 const paths = opt.path === 'both' ? ['fused', 'ops'] : [opt.path];
 if (!paths.every((p) => p === 'fused' || p === 'ops')) throw new Error(`--path must be fused, ops or both, got '${opt.path}'`);
@@ -76,9 +82,9 @@ for (const kind of opt.weights.split(',').map((s) => s.trim()).filter(Boolean)) 
     for (let r = 0; r < runs; r++) {
       // decode phase only: time the prefill separately and subtract it
       const c0 = cpuUs();
-      const res = generate(model, prompt, { maxNewTokens: tokens, fusedDecode });
+      const res = generate(model, prompt, { maxNewTokens: tokens, fusedDecode, decodeActivations: act });
       const c1 = cpuUs();
-      const pre = generate(model, prompt, { maxNewTokens: 1, fusedDecode });
+      const pre = generate(model, prompt, { maxNewTokens: 1, fusedDecode, decodeActivations: act });
       const c2 = cpuUs();
       wall.push(1e6 / res.decodeTokensPerSecond);
       cpu.push(((c1 - c0) - (c2 - c1)) / (tokens - 1));
@@ -97,7 +103,7 @@ for (const kind of opt.weights.split(',').map((s) => s.trim()).filter(Boolean)) 
     ops.push({ w: nativeOperand(head.value), out: model.config.vocabSize, inF: model.config.hiddenSize });
     const width = Math.max(...ops.map((o) => Math.max(o.inF, o.out)));
     const x = Tensor.from(new Float32Array(width).fill(0.5), [1, width]), y = Tensor.zeros([1, width > model.config.vocabSize ? width : model.config.vocabSize]);
-    const step = () => { for (const o of ops) decodeGemv(x.handle, o.w, y.handle, 1, o.out, o.inF); };
+    const step = () => { for (const o of ops) decodeGemv(x.handle, o.w, y.handle, 1, o.out, o.inF, undefined, act); };
     for (let i = 0; i < 50; i++) step();
     const g: number[] = [];
     for (let r = 0; r < runs; r++) {
