@@ -624,164 +624,190 @@ inline void combined_scales(const float* scales, const float* const* d, int64_t 
   }
 }
 
-// The int32 dot products of one span of 32 * U weights (one group or block)
-// with MB rows of quantized x, added into acc scaled by c[r] (always inlined,
-// the accumulators passed as array references: kept in registers).
-template <int MB, int U, class Codes>
-__attribute__((always_inline)) inline void i16_span(Codes codes32, int64_t k, const int16_t* const* xq, const float* c,
-                                                    int64_t cs, __m512 (&acc)[MB]) {
+// Weight sources for the i16 path: one output row's codes as 32 int16 lanes
+// at a time, its per-block scales (and INT-N offsets).
+template <int N>
+struct IntNSrc16 {
+  const uint8_t* codes;  // the row's first byte
+  const Unpack16* u;
+  const float* scales;   // the row's groups
+  const float* offsets;
+  __m512i codes32(int64_t k) const { return intn_codes32<N>(codes + ((k * N) >> 3), *u); }
+};
+
+struct Q4Src16 {
+  const uint8_t* packed;  // the row's first byte
+  const Unpack16* u;
+  const __m512i* table;
+  const float* scales;    // absmax of the row's blocks
+  const float* offsets;   // null
+  __m512i codes32(int64_t k) const { return q4_codes32(packed + (k >> 1), *u, *table); }
+};
+
+// R output rows (sources src[0..R)) against MB rows of quantized x (rows
+// r0.. of qx): sums[o * kDecodeMaxRows + r] = sum_k w_o[k] x[r, k] * post.
+// Spans of 32 * U weights (U = 2 for blocks >= 64, else 1) lie in one block:
+// their int32 sums are converted and scaled once by c = scale * d. One
+// output row alternates between two f32 accumulators per x row; two output
+// rows (R = 2, for m = 1) are the two chains. Blocks of 16 (INT-N groups of
+// 16): each unit spans two, lanes 0-7 and 8-15.
+template <int MB, int U, class Src>
+__attribute__((always_inline)) inline void i16_span(const Src& src, int64_t k, int bshift, const int16_t* const* xq,
+                                                    const float (*c)[kI16MaxBlocks], __m512 (&acc)[MB]) {
+  const int64_t g = k >> bshift;
   __m512i I[MB];
   {
-    const __m512i z = codes32(k);
+    const __m512i z = src.codes32(k);
 #pragma GCC unroll 8
     for (int r = 0; r < MB; r++) I[r] = dp16(_mm512_setzero_si512(), z, _mm512_loadu_si512(xq[r] + k));
   }
   if constexpr (U == 2) {
-    const __m512i z = codes32(k + 32);
+    const __m512i z = src.codes32(k + 32);
 #pragma GCC unroll 8
     for (int r = 0; r < MB; r++) I[r] = dp16(I[r], z, _mm512_loadu_si512(xq[r] + k + 32));
   }
+  if (U == 1 && bshift == 4) {
 #pragma GCC unroll 8
-  for (int r = 0; r < MB; r++) acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I[r]), _mm512_set1_ps(c[r * cs]), acc[r]);
+    for (int r = 0; r < MB; r++) {
+      const __m512 cv = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(c[r][g]), _mm512_set1_ps(c[r][g + 1]));
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I[r]), cv, acc[r]);
+    }
+  } else {
+#pragma GCC unroll 8
+    for (int r = 0; r < MB; r++) acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I[r]), _mm512_set1_ps(c[r][g]), acc[r]);
+  }
 }
 
-// One output row of an INT-N weight against MB rows of quantized x (rows
-// r0.. of qx): sums[r] = sum_k w[k] x[r, k]. Spans of 32 * U weights (U = 2
-// for groups >= 64, else 1) share one group: their int32 sums are converted
-// and scaled once, alternating between two f32 accumulators per row.
-template <int N, int MB, int U>
-void i16_intn_row(const uint8_t* codes, const float* scales, const float* offsets, int64_t K, int gshift, const QuantX& qx,
-                  int64_t r0, const Unpack16& u, float* sums) {
-  const int64_t G = K >> gshift;
+// One output row's sum from its accumulators: INT-N adds its offsets,
+// sum_g o_g * (sum of x over group g), in f32.
+template <class Src>
+inline float i16_finish(const Src& src, __m512 v, const float* xs, int64_t G, float post) {
+  if (src.offsets) {
+    const float* of = src.offsets;
+    int64_t g = 0;
+    for (; g + 16 <= G; g += 16) v = _mm512_fmadd_ps(_mm512_loadu_ps(of + g), _mm512_loadu_ps(xs + g), v);
+    if (g < G) {
+      const __mmask16 mk = static_cast<__mmask16>((1u << (G - g)) - 1);
+      v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, of + g), _mm512_maskz_loadu_ps(mk, xs + g), v);
+    }
+  }
+  return _mm512_reduce_add_ps(v) * post;
+}
+
+template <int MB, int R, int U, class Src>
+void i16_rows(const Src* src, int64_t K, int bshift, const QuantX& qx, int64_t r0, float post, float* sums) {
+  static_assert(R == 1 || (R == 2 && MB == 1), "two output rows only for one row of x");
+  const int64_t G = K >> bshift;
   const int16_t* xq[MB];
   const float* d[MB];
-  __m512 acc0[MB], acc1[MB];
   for (int r = 0; r < MB; r++) {
     xq[r] = qx.q + (r0 + r) * K;
     d[r] = qx.d + (r0 + r) * G;
-    acc0[r] = acc1[r] = _mm512_setzero_ps();
   }
-  float c[MB][kI16MaxBlocks];
-  combined_scales<MB>(scales, d, G, c);
-  const auto codes32 = [&](int64_t k) { return intn_codes32<N>(codes + ((k * N) >> 3), u); };
-  if (gshift >= 5) {
-    constexpr int64_t S = 32 * U;
+  // accumulator sets: R == 1 alternates spans between them, R == 2 has one per output row
+  __m512 acc0[MB], acc1[MB];
+  for (int r = 0; r < MB; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
+  float c[R][MB][kI16MaxBlocks];
+  for (int o = 0; o < R; o++) combined_scales<MB>(src[o].scales, d, G, c[o]);
+  constexpr int64_t S = 32 * U;
+  if constexpr (R == 1) {
     int64_t k = 0;
     for (; k + 2 * S <= K; k += 2 * S) {
-      i16_span<MB, U>(codes32, k, xq, &c[0][k >> gshift], kI16MaxBlocks, acc0);
-      i16_span<MB, U>(codes32, k + S, xq, &c[0][(k + S) >> gshift], kI16MaxBlocks, acc1);
+      i16_span<MB, U>(src[0], k, bshift, xq, c[0], acc0);
+      i16_span<MB, U>(src[0], k + S, bshift, xq, c[0], acc1);
     }
-    if (k < K) i16_span<MB, U>(codes32, k, xq, &c[0][k >> gshift], kI16MaxBlocks, acc0);
-  } else {  // groups of 16: a unit spans groups g, g + 1 (lanes 0-7, 8-15)
-    for (int64_t k = 0; k < K; k += 32) {
-      const int64_t g = k >> gshift;
-      const __m512i z = codes32(k);
-#pragma GCC unroll 8
-      for (int r = 0; r < MB; r++) {
-        const __m512i I = dp16(_mm512_setzero_si512(), z, _mm512_loadu_si512(xq[r] + k));
-        const __m512 cv = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(c[r][g]), _mm512_set1_ps(c[r][g + 1]));
-        acc0[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), cv, acc0[r]);
+    if (k < K) i16_span<MB, U>(src[0], k, bshift, xq, c[0], acc0);
+    for (int r = 0; r < MB; r++) sums[r] = i16_finish(src[0], _mm512_add_ps(acc0[r], acc1[r]), qx.sum + (r0 + r) * G, G, post);
+  } else {
+    for (int64_t k = 0; k < K; k += S) {
+      i16_span<MB, U>(src[0], k, bshift, xq, c[0], acc0);
+      i16_span<MB, U>(src[1], k, bshift, xq, c[1], acc1);
+    }
+    sums[0] = i16_finish(src[0], acc0[0], qx.sum + r0 * G, G, post);
+    sums[kDecodeMaxRows] = i16_finish(src[1], acc1[0], qx.sum + r0 * G, G, post);
+  }
+}
+
+// rows of x in tiles of up to 8 against R output rows
+template <int R, int U, class Src>
+inline void i16_tiles(int64_t m, const Src* src, int64_t K, int bshift, const QuantX& qx, float post, float* sums) {
+  if constexpr (R > 1) {
+    i16_rows<1, R, U>(src, K, bshift, qx, 0, post, sums);
+  } else {
+    for (int64_t r0 = 0; r0 < m; r0 += 8) {
+      const int64_t mb = std::min<int64_t>(8, m - r0);
+      float* s = sums + r0;
+      switch (mb) {
+        case 1: i16_rows<1, 1, U>(src, K, bshift, qx, r0, post, s); break;
+        case 2: i16_rows<2, 1, U>(src, K, bshift, qx, r0, post, s); break;
+        case 3: i16_rows<3, 1, U>(src, K, bshift, qx, r0, post, s); break;
+        case 4: i16_rows<4, 1, U>(src, K, bshift, qx, r0, post, s); break;
+        case 5: i16_rows<5, 1, U>(src, K, bshift, qx, r0, post, s); break;
+        case 6: i16_rows<6, 1, U>(src, K, bshift, qx, r0, post, s); break;
+        case 7: i16_rows<7, 1, U>(src, K, bshift, qx, r0, post, s); break;
+        default: i16_rows<8, 1, U>(src, K, bshift, qx, r0, post, s); break;
       }
     }
   }
-  // the offsets: sum_g o_g * (sum of x over group g), in f32
-  for (int r = 0; r < MB; r++) {
-    const float* xs = qx.sum + (r0 + r) * G;
-    __m512 o = _mm512_add_ps(acc0[r], acc1[r]);
-    int64_t g = 0;
-    for (; g + 16 <= G; g += 16) o = _mm512_fmadd_ps(_mm512_loadu_ps(offsets + g), _mm512_loadu_ps(xs + g), o);
-    if (g < G) {
-      const __mmask16 mk = static_cast<__mmask16>((1u << (G - g)) - 1);
-      o = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, offsets + g), _mm512_maskz_loadu_ps(mk, xs + g), o);
-    }
-    sums[r] = _mm512_reduce_add_ps(o);
-  }
 }
 
-// One output row of a 4-bit weight (whole blocks: the row starts on a block,
-// blocks >= 32): packed at the row's first byte, absmax at its first block.
-// Spans of 64 (32 for blocks of 32) as above.
-template <int MB, int U>
-void i16_q4_row(const uint8_t* packed, const float* absmax, int64_t K, int bshift, const QuantX& qx, int64_t r0,
-                const Unpack16& u, __m512i table, float* sums) {
-  const int64_t nb = K >> bshift;
-  const int16_t* xq[MB];
-  const float* d[MB];
-  __m512 acc0[MB], acc1[MB];
-  for (int r = 0; r < MB; r++) {
-    xq[r] = qx.q + (r0 + r) * K;
-    d[r] = qx.d + (r0 + r) * nb;
-    acc0[r] = acc1[r] = _mm512_setzero_ps();
-  }
-  float c[MB][kI16MaxBlocks];
-  combined_scales<MB>(absmax, d, nb, c);
-  const auto codes32 = [&](int64_t k) { return q4_codes32(packed + (k >> 1), u, table); };
-  constexpr int64_t S = 32 * U;
-  int64_t k = 0;
-  for (; k + 2 * S <= K; k += 2 * S) {
-    i16_span<MB, U>(codes32, k, xq, &c[0][k >> bshift], kI16MaxBlocks, acc0);
-    i16_span<MB, U>(codes32, k + S, xq, &c[0][(k + S) >> bshift], kI16MaxBlocks, acc1);
-  }
-  if (k < K) i16_span<MB, U>(codes32, k, xq, &c[0][k >> bshift], kI16MaxBlocks, acc0);
-  for (int r = 0; r < MB; r++) sums[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r], acc1[r])) / kI16Table;
-}
+constexpr int64_t kI16Prefetch = 4;  // rows ahead
 
-// rows of x in tiles of up to 8 against one output row
-template <class RowFn>
-inline void i16_tiles(int64_t m, float* sums, RowFn row) {
-  for (int64_t r0 = 0; r0 < m; r0 += 8) {
-    const int64_t mb = std::min<int64_t>(8, m - r0);
-    switch (mb) {
-      case 1: row(std::integral_constant<int, 1>{}, r0, sums + r0); break;
-      case 2: row(std::integral_constant<int, 2>{}, r0, sums + r0); break;
-      case 3: row(std::integral_constant<int, 3>{}, r0, sums + r0); break;
-      case 4: row(std::integral_constant<int, 4>{}, r0, sums + r0); break;
-      case 5: row(std::integral_constant<int, 5>{}, r0, sums + r0); break;
-      case 6: row(std::integral_constant<int, 6>{}, r0, sums + r0); break;
-      case 7: row(std::integral_constant<int, 7>{}, r0, sums + r0); break;
-      default: row(std::integral_constant<int, 8>{}, r0, sums + r0); break;
-    }
-  }
-}
-
-template <class Row>
-void i16_run(int64_t m, int64_t Nout, int64_t K, float alpha, float beta, float* y, int64_t ldy, Row row) {
+// y = alpha * x W^T + beta * y over output rows; make(o) gives row o's
+// source, pre(o) prefetches what row o reads. One x row (m = 1): output rows
+// in pairs.
+template <class Make, class Pre>
+void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, float post, float alpha, float beta, float* y,
+             int64_t ldy, Make make, Pre pre) {
   auto rows = [&](int64_t o0, int64_t o1) {
-    float sums[kDecodeMaxRows];
-    for (int64_t o = o0; o < o1; o++) {
-      row(o, sums);
+    float sums[2 * kDecodeMaxRows];
+    auto store = [&](int64_t o, const float* s) {
       for (int64_t r = 0; r < m; r++) {
         float& c = y[r * ldy + o];
-        c = beta == 0.0f ? alpha * sums[r] : alpha * sums[r] + beta * c;
+        c = beta == 0.0f ? alpha * s[r] : alpha * s[r] + beta * c;
       }
+    };
+    int64_t o = o0;
+    if (m == 1) {
+      for (; o + 2 <= o1; o += 2) {
+        if (o + 2 + kI16Prefetch <= Nout) { pre(o + kI16Prefetch); pre(o + 1 + kI16Prefetch); }
+        const auto s0 = make(o, 0), s1 = make(o + 1, 1);
+        const decltype(s0) src[2] = {s0, s1};
+        if (bshift >= 6) i16_tiles<2, 2>(m, src, K, bshift, qx, post, sums);
+        else i16_tiles<2, 1>(m, src, K, bshift, qx, post, sums);
+        store(o, sums);
+        store(o + 1, sums + kDecodeMaxRows);
+      }
+    }
+    for (; o < o1; o++) {
+      if (o + kI16Prefetch < Nout) pre(o + kI16Prefetch);
+      const auto s0 = make(o, 0);
+      if (bshift >= 6) i16_tiles<1, 2>(m, &s0, K, bshift, qx, post, sums);
+      else i16_tiles<1, 1>(m, &s0, K, bshift, qx, post, sums);
+      store(o, sums);
     }
   };
   if (omp_in_parallel() || Nout * K < 64 * 1024) rows(0, Nout);
   else parallel_chunks(Nout, rows, 16);
 }
 
-constexpr int64_t kI16Prefetch = 4;  // rows
+inline void prefetch_bytes(const void* p, int64_t n) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t b = 0; b < n; b += 64) _mm_prefetch(c + b, _MM_HINT_T0);
+}
 
 template <int N>
 void i16_intn(int64_t m, int64_t Nout, int64_t K, float alpha, const QuantX& qx, const IntNView& w, float beta, float* y,
               int64_t ldy) {
   const Unpack16 u = intn_unpack<N>();
-  const int64_t G = K >> w.group_shift;
-  i16_run(m, Nout, K, alpha, beta, y, ldy, [&](int64_t o, float* sums) {
-    const uint8_t* codes = w.codes + ((o * K * N) >> 3);
-    if (o + kI16Prefetch < Nout) {  // a few rows ahead: the codes and the group constants
-      const int64_t rb = (K * N) >> 3;
-      for (int64_t b = 0; b < rb; b += 64) _mm_prefetch(reinterpret_cast<const char*>(codes + kI16Prefetch * rb + b), _MM_HINT_T0);
-      for (int64_t b = 0; b < G; b += 16) {
-        _mm_prefetch(reinterpret_cast<const char*>(w.scales + (o + kI16Prefetch) * G + b), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(w.offsets + (o + kI16Prefetch) * G + b), _MM_HINT_T0);
-      }
-    }
-    i16_tiles(m, sums, [&](auto mb, int64_t r0, float* s) {
-      if (w.group_shift >= 6) i16_intn_row<N, decltype(mb)::value, 2>(codes, w.scales + o * G, w.offsets + o * G, K, w.group_shift, qx, r0, u, s);
-      else i16_intn_row<N, decltype(mb)::value, 1>(codes, w.scales + o * G, w.offsets + o * G, K, w.group_shift, qx, r0, u, s);
-    });
-  });
+  const int64_t G = K >> w.group_shift, rb = (K * N) >> 3;
+  i16_run(m, Nout, K, w.group_shift, qx, 1.0f, alpha, beta, y, ldy,
+          [&](int64_t o, int) { return IntNSrc16<N>{w.codes + o * rb, &u, w.scales + o * G, w.offsets + o * G}; },
+          [&](int64_t o) {
+            prefetch_bytes(w.codes + o * rb, rb);
+            prefetch_bytes(w.scales + o * G, G * 4);
+            prefetch_bytes(w.offsets + o * G, G * 4);
+          });
 }
 
 // The f32 path's result is used instead (false) when the weight or x does
@@ -819,25 +845,25 @@ bool decode_gemv_i16(int64_t m, int64_t N, int64_t K, float alpha, const float* 
     const __m512i table = _mm512_load_si512(t16);
     const Unpack16 u = q4_unpack();
     const int64_t nb = K >> q.block_shift;
-    const float a_scale = tmax;  // table = t16 * tmax / T
-    i16_run(m, N, K, alpha * a_scale, beta, y, ldy, [&](int64_t o, float* sums) {
-      const int64_t b0 = (o * K) >> q.block_shift;
-      const float* absmax;
-      thread_local std::vector<float> buf;
-      if (q.absmax) {
-        absmax = q.absmax + b0;
-      } else {
-        buf.resize(static_cast<size_t>(nb));
-        for (int64_t b = 0; b < nb; b++)
-          buf[static_cast<size_t>(b)] = q.dq_map[q.dq_codes[b0 + b]] * q.dq_scales[(b0 + b) / q.dq_block] + q.dq_offset;
-        absmax = buf.data();
-      }
-      const uint8_t* packed = q.packed + ((o * K) >> 1);
-      i16_tiles(m, sums, [&](auto mb, int64_t r0, float* s) {
-        if (q.block_shift >= 6) i16_q4_row<decltype(mb)::value, 2>(packed, absmax, K, q.block_shift, qx, r0, u, table, s);
-        else i16_q4_row<decltype(mb)::value, 1>(packed, absmax, K, q.block_shift, qx, r0, u, table, s);
-      });
-    });
+    // y = alpha * (tmax / T) * sum over blocks of absmax_b * d_b * (t16 . q)
+    const float post = tmax / kI16Table;
+    const int64_t rb = K >> 1;
+    i16_run(m, N, K, q.block_shift, qx, post, alpha, beta, y, ldy,
+            [&](int64_t o, int slot) {
+              const int64_t b0 = (o * K) >> q.block_shift;
+              if (q.absmax) return Q4Src16{q.packed + o * rb, &u, &table, q.absmax + b0, nullptr};
+              // double-quantized absmax: the row's blocks expanded into a per-thread buffer
+              thread_local std::vector<float> buf[2];
+              std::vector<float>& bb = buf[slot];
+              bb.resize(static_cast<size_t>(nb));
+              for (int64_t b = 0; b < nb; b++)
+                bb[static_cast<size_t>(b)] = q.dq_map[q.dq_codes[b0 + b]] * q.dq_scales[(b0 + b) / q.dq_block] + q.dq_offset;
+              return Q4Src16{q.packed + o * rb, &u, &table, bb.data(), nullptr};
+            },
+            [&](int64_t o) {
+              prefetch_bytes(q.packed + o * rb, rb);
+              if (q.absmax) prefetch_bytes(q.absmax + ((o * K) >> q.block_shift), nb * 4);
+            });
     return true;
   }
   return false;
