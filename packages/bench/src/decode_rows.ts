@@ -26,7 +26,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  BYTE_BOS, ByteTokenizer, DenseLinear, IntNLinear, type GgufWeightType, type LlamaModel, type QuantizedIntN, Tensor, exportGguf, f16ToF32,
+  BYTE_BOS, ByteTokenizer, DenseLinear, IntNLinear, type GgufWeightType, type LlamaConfig, type LlamaModel, type QuantizedIntN, Tensor, exportGguf, f16ToF32,
   generate, intnBytes, isPreset, native, preset, quantizeQ8_0,
 } from '@tunebench/core';
 import { groupwiseOf, intnLinear, qaloraConfig } from '@tunebench/qa-lora';
@@ -96,11 +96,27 @@ export interface DecodeRowOptions {
   seed?: number;
   /** how node-llama-cpp is loaded (tests pass one that fails) */
   loadLlamaCpp?: LlamaCppLoader;
+  /** the model's config in place of the preset's (tests: a small model with a padded vocabulary); `shape` names it */
+  config?: LlamaConfig;
 }
 
-/** The random-weight model of the decode shape holding its projections as `w` (bf16 or INT-N). */
-export function decodeShapeModel(shape: string, w: DeployWeights, seed = 0): LlamaModel {
-  const model = randomModel(preset(shape), { trainable: false, seed });
+/** The std of a projection's random weights: PROJECTION_GAIN / sqrt(its input width). */
+export const PROJECTION_GAIN = 2;
+
+/**
+ * The random-weight model of the decode shape holding its projections as `w`
+ * (bf16 or INT-N). The embedding (the tied head) has std 0.02 (randomModel),
+ * the projections std 2 / sqrt(in): with every weight at 0.02 the blocks
+ * barely move the residual stream, and greedy decoding settles on one token
+ * repeated (SmolLM-135M's shape: 3 distinct tokens in 128), so agreement
+ * would prove little. At this gain each block transforms its input, the
+ * next token depends on the context (SmolLM-135M's shape: 128 distinct
+ * tokens in 128) and a difference of arithmetic can show. Speed does not
+ * depend on the values.
+ */
+export function decodeShapeModel(shape: string | LlamaConfig, w: DeployWeights, seed = 0): LlamaModel {
+  const cfg = typeof shape === 'string' ? preset(shape) : shape;
+  const model = randomModel(cfg, { trainable: false, seed, scale: (name, dims) => (name.endsWith('_proj.weight') ? PROJECTION_GAIN / (0.02 * Math.sqrt(dims[1])) : 1) });
   try {
     if (w.kind === 'intn') {
       for (const [name, l] of [...model.linears()]) {
@@ -172,6 +188,20 @@ async function llamaCppOnce(seq: Sequence, prompt: number[], n: number): Promise
   return { tokens, prefillTokensPerSecond: (prompt.length * 1000) / (t1 - t0), decodeTokensPerSecond: n > 1 ? ((n - 1) * 1000) / (t2 - t1) : 0 };
 }
 
+/** Positions where llama.cpp's greedy next token, given the prompt and our
+ * tokens before it (teacher-forced: a difference does not carry on), is ours. */
+async function teacherForcedAgree(seq: Sequence, prompt: number[], ours: number[]): Promise<number> {
+  await seq.clearHistory();
+  type Token = import('node-llama-cpp').Token;
+  const input = [...prompt, ...ours.slice(0, -1)];
+  const at = prompt.length - 1;
+  const items = input.map((t, i) => (i >= at ? [t as unknown as Token, { generateNext: { token: true, options: { temperature: 0 } } }] as const : t as unknown as Token));
+  const out = await seq.controlledEvaluate(items as Parameters<Sequence['controlledEvaluate']>[0]);
+  let same = 0;
+  for (let i = 0; i < ours.length; i++) if ((out[at + i]?.next.token as unknown as number | undefined) === ours[i]) same++;
+  return same;
+}
+
 function best(runs: Timed[]): { decodeTokensPerSecond: number; prefillTokensPerSecond: number } {
   return { decodeTokensPerSecond: Math.max(...runs.map((r) => r.decodeTokensPerSecond)), prefillTokensPerSecond: Math.max(...runs.map((r) => r.prefillTokensPerSecond)) };
 }
@@ -193,7 +223,7 @@ const rowCache = new Map<string, Promise<DecodeRow[]>>();
  * the row's status. The same weights, shape and settings are measured once
  * per process (every run of a suite shares them). */
 export function decodeRows(w: DeployWeights, opts: DecodeRowOptions): Promise<DecodeRow[]> {
-  const key = JSON.stringify([w, opts.shape, opts.threads ?? native.getThreads(), opts.promptTokens, opts.newTokens, opts.repeats, opts.seed, opts.loadLlamaCpp ? 'custom' : 'default']);
+  const key = JSON.stringify([w, opts.shape, opts.config ?? null, opts.threads ?? native.getThreads(), opts.promptTokens, opts.newTokens, opts.repeats, opts.seed, opts.loadLlamaCpp ? 'custom' : 'default']);
   let p = rowCache.get(key);
   if (!p) {
     p = computeRows(w, opts);
@@ -224,15 +254,15 @@ async function computeRows(w: DeployWeights, opts: DecodeRowOptions): Promise<De
 }
 
 async function compareOne(w: DeployWeights, format: 'F16' | 'Q8_0' | 'Q4_1', o: DecodeRowOptions & { threads: number; promptTokens: number; newTokens: number; repeats: number }): Promise<Partial<DecodeRow>> {
-  if (!isPreset(o.shape)) throw new Error(`decode shape '${o.shape}' is not a model preset`);
-  const cfg = preset(o.shape);
+  if (!o.config && !isPreset(o.shape)) throw new Error(`decode shape '${o.shape}' is not a model preset`);
+  const cfg = o.config ?? preset(o.shape);
   if (cfg.modelType !== undefined && cfg.modelType !== 'llama') throw new Error(`decode shape '${o.shape}' is a ${cfg.modelType} model; the decode rows use plain Llama shapes`);
   if (o.promptTokens < 1 || o.newTokens < 1 || o.repeats < 1) throw new Error('decode rows need promptTokens, newTokens and repeats >= 1');
   if (o.promptTokens + o.newTokens > cfg.maxPositionEmbeddings) throw new Error(`${o.promptTokens} + ${o.newTokens} tokens exceed ${o.shape}'s ${cfg.maxPositionEmbeddings} positions`);
   const prompt = decodePrompt(o.promptTokens);
   let lib: LlamaCppLib | null = null, unavailable = '';
   try { lib = await (o.loadLlamaCpp ?? loadLlamaCpp)(); } catch (e) { unavailable = (e as Error).message; }
-  const model = decodeShapeModel(o.shape, w, o.seed ?? 0);
+  const model = decodeShapeModel(cfg, w, o.seed ?? 0);
   const dir = mkdtempSync(join(tmpdir(), 'tb-decode-rows-'));
   try {
     if (!lib) {
@@ -249,7 +279,7 @@ async function compareOne(w: DeployWeights, format: 'F16' | 'Q8_0' | 'Q4_1', o: 
     const cppModel = await lib.llama.loadModel({ modelPath: path, gpuLayers: 0 });
     try {
       const ctx = await cppModel.createContext({
-        contextSize: Math.max(256, Math.ceil((o.promptTokens + o.newTokens) / 256) * 256), batchSize: Math.max(o.promptTokens, 32),
+        contextSize: Math.max(256, Math.ceil((o.promptTokens + o.newTokens) / 256) * 256), batchSize: o.promptTokens + o.newTokens,
         threads: { ideal: o.threads, min: o.threads }, sequences: 1,
       });
       try {
@@ -260,6 +290,7 @@ async function compareOne(w: DeployWeights, format: 'F16' | 'Q8_0' | 'Q4_1', o: 
           cpp.push(await llamaCppOnce(seq, prompt, o.newTokens));
         }
         const b = best(ours), c = best(cpp);
+        const forced = await teacherForcedAgree(seq, prompt, ours[0].tokens);
         const notes: string[] = [];
         if (ours.some((r) => r.tokens.join() !== ours[0].tokens.join())) notes.push('our greedy tokens differed between repeats');
         if (cpp.some((r) => r.tokens.join() !== cpp[0].tokens.join())) notes.push("llama.cpp's greedy tokens differed between repeats");
@@ -267,7 +298,7 @@ async function compareOne(w: DeployWeights, format: 'F16' | 'Q8_0' | 'Q4_1', o: 
           status: 'ok', ...(notes.length ? { statusText: notes.join('; ') } : {}),
           ours: b, llamaCpp: { ...c, version: lib.version },
           ratioDecode: b.decodeTokensPerSecond / c.decodeTokensPerSecond, ratioPrefill: b.prefillTokensPerSecond / c.prefillTokensPerSecond,
-          ...tokenAgreement(ours[0].tokens, cpp[0].tokens),
+          ...tokenAgreement(ours[0].tokens, cpp[0].tokens), teacherForcedAgree: forced,
         };
       } finally {
         await ctx.dispose();

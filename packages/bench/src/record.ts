@@ -46,8 +46,11 @@ export interface DecodeRow {
   ratioPrefill?: number;
   /** positions of the newTokens greedy tokens where both generated the same token */
   tokensAgree?: number;
-  /** the first position where they differ (newTokens: never) */
+  /** the first position where they differ (newTokens: never); after it the two continue from different text */
   firstDivergence?: number;
+  /** positions where llama.cpp's greedy token, given the prompt and our tokens before it, is ours
+   * (teacher-forced: one difference does not carry on to the next positions) */
+  teacherForcedAgree?: number;
 }
 
 export interface DeployableRow {

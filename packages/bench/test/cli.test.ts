@@ -20,7 +20,7 @@ function cli(...args: string[]): { code: number | null; out: string; err: string
 test('--help explains every option with examples', () => {
   const r = cli('--help');
   assert.equal(r.code, 0, r.err);
-  for (const o of ['--suite', '--methods', '--tasks', '--model', '--dataset', '--peers', '--device', '--out', '--resume', '--check', '--update-baseline', '--packing', '--tune-lr', '--dataset-format']) {
+  for (const o of ['--suite', '--methods', '--tasks', '--model', '--dataset', '--peers', '--device', '--out', '--resume', '--check', '--update-baseline', '--packing', '--tune-lr', '--dataset-format', '--decode-shape']) {
     assert.match(r.out, new RegExp(`\\n  ${o}\\b`), `--help lists ${o}`);
   }
   assert.match(r.out, /Examples:/);

@@ -208,14 +208,15 @@ export async function decodeChart(gs: TaskGroup[]): Promise<Chart | null> {
   const caption = `Tokens per second of our generate() and of llama.cpp (node-llama-cpp's prebuilt CPU build) on the same weights at the decode shape ${shapes}: random weights held as each deployable holds its projections, exported to GGUF; ${first.promptTokens} prompt ids, ${first.newTokens} greedy tokens, the best of ${first.repeats} interleaved runs. Decode: one token at a time after the prompt; prefill: the prompt and the first token.`;
   const pct = (x: number | undefined) => (isFiniteNumber(x) ? `${x >= 10 ? x.toFixed(0) : x.toFixed(2)}x` : '-');
   const num = (x: number | undefined) => (isFiniteNumber(x) ? groupThousands(x) : '-');
-  const head = ['method', 'model', 'ours', 'GGUF', 'ours decode tok/s', 'llama.cpp decode tok/s', 'decode ratio', 'ours prefill tok/s', 'llama.cpp prefill tok/s', 'prefill ratio', 'greedy agree', 'status'];
+  const head = ['method', 'model', 'ours', 'GGUF', 'ours decode tok/s', 'llama.cpp decode tok/s', 'decode ratio', 'ours prefill tok/s', 'llama.cpp prefill tok/s', 'prefill ratio', 'greedy agree', 'teacher-forced agree', 'status'];
   const tbl = table(head, items.map(({ label, kind, x }) => [
     label, kind, x.weights, x.format ? `${x.format} (${x.exact ? 'exact' : 'requantized'})` : 'none',
     num(x.ours?.decodeTokensPerSecond), num(x.llamaCpp?.decodeTokensPerSecond), pct(x.ratioDecode),
     num(x.ours?.prefillTokensPerSecond), num(x.llamaCpp?.prefillTokensPerSecond), pct(x.ratioPrefill),
     isFiniteNumber(x.tokensAgree) ? `${x.tokensAgree}/${x.newTokens}${x.firstDivergence! < x.newTokens ? ` (first at ${x.firstDivergence})` : ''}` : '-',
+    isFiniteNumber(x.teacherForcedAgree) ? `${x.teacherForcedAgree}/${x.newTokens}` : '-',
     x.statusText ? `${x.status}: ${x.statusText}` : x.status,
-  ]), { numeric: head.map((_, i) => i >= 4 && i <= 10) });
+  ]), { numeric: head.map((_, i) => i >= 4 && i <= 11) });
   if (values.length === 0) return { name: 'decode', caption, placeholder: 'no decode row was timed (see the status column)', table: tbl };
   const rowsOrder = distinct(values.map((v) => v.row));
   const panel = (phase: string): Spec => ({

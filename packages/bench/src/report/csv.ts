@@ -7,7 +7,7 @@
 //   (F16, Q8_0, Q4_1; 'none': no GGUF form, status only) llamaCpp.F.{status,
 //   statusText,exact,weights,ours.prefillTokensPerSecond,llamaCpp.prefillTokensPerSecond,
 //   ratioPrefill,ours.decodeTokensPerSecond,llamaCpp.decodeTokensPerSecond,ratioDecode,
-//   tokensAgree,firstDivergence}   (deployable rows with decode rows beside llama.cpp)
+//   tokensAgree,firstDivergence,teacherForcedAgree}   (deployable rows with decode rows beside llama.cpp)
 //   settings.<k>...   (sorted)
 //   metric.<k>...     (sorted), then metric.<k>.lo metric.<k>.hi (95% bootstrap
 //   interval, for metrics with per-example outcomes) and untrained.<task metric>,
@@ -147,6 +147,7 @@ function decodeColumns(records: readonly RunRecord[]): Column[] {
     ['ratioPrefill', (d) => d.ratioPrefill],
     ['ours.decodeTokensPerSecond', (d) => d.ours?.decodeTokensPerSecond], ['llamaCpp.decodeTokensPerSecond', (d) => d.llamaCpp?.decodeTokensPerSecond],
     ['ratioDecode', (d) => d.ratioDecode], ['tokensAgree', (d) => d.tokensAgree], ['firstDivergence', (d) => d.firstDivergence],
+    ['teacherForcedAgree', (d) => d.teacherForcedAgree],
   ];
   return [
     { name: 'llamaCpp.shape', get: (r) => rowsOf(r)[0]?.shape },

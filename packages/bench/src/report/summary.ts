@@ -205,8 +205,8 @@ function decodeTable(runs: readonly RunRecord[], groups: readonly SeedGroup[] = 
   const first = items[0].x;
   const shapes = distinct(items.map(({ x }) => `${x.shape}, ${x.threads} thread${x.threads === 1 ? '' : 's'}`));
   const lines = ['', `decode beside llama.cpp (${text(shapes.join('; '))}; random weights held as each deployable holds its projections; ${first.promptTokens} prompt ids, ${first.newTokens} greedy tokens; best of ${first.repeats} interleaved runs each):`, ''];
-  lines.push(row(['method', 'model', 'ours', 'GGUF', 'ours prefill tok/s', 'llama.cpp prefill tok/s', 'prefill ours ÷ llama.cpp', 'ours decode tok/s', 'llama.cpp decode tok/s', 'decode ours ÷ llama.cpp', 'greedy tokens agree', 'status']));
-  lines.push(row(['---', '---', '---', '---', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---']));
+  lines.push(row(['method', 'model', 'ours', 'GGUF', 'ours prefill tok/s', 'llama.cpp prefill tok/s', 'prefill ours ÷ llama.cpp', 'ours decode tok/s', 'llama.cpp decode tok/s', 'decode ours ÷ llama.cpp', 'greedy tokens agree', 'teacher-forced agree', 'status']));
+  lines.push(row(['---', '---', '---', '---', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---']));
   for (const { r, d, x } of items) {
     const label = labels.get(r) ?? r.method;
     const key = `${label}|${d.kind}|${x.format}`;
@@ -215,15 +215,16 @@ function decodeTable(runs: readonly RunRecord[], groups: readonly SeedGroup[] = 
     const agree = isFiniteNumber(x.tokensAgree)
       ? `${x.tokensAgree} of ${x.newTokens}${x.firstDivergence !== undefined && x.firstDivergence < x.newTokens ? `, first difference at ${x.firstDivergence}` : ''}`
       : '-';
+    const forced = isFiniteNumber(x.teacherForcedAgree) ? `${x.teacherForcedAgree} of ${x.newTokens}` : '-';
     lines.push(row([
       cell(label), cell(d.kind), cell(x.weights), x.format ? `${x.format} (${x.exact ? 'exact' : 'requantized'})` : 'none',
       tps(x.ours?.prefillTokensPerSecond), tps(x.llamaCpp?.prefillTokensPerSecond), ratioText(x.ratioPrefill),
       tps(x.ours?.decodeTokensPerSecond), tps(x.llamaCpp?.decodeTokensPerSecond), ratioText(x.ratioDecode),
-      agree, cell(x.statusText ? `${x.status}: ${x.statusText}` : x.status),
+      agree, forced, cell(x.statusText ? `${x.status}: ${x.statusText}` : x.status),
     ]));
   }
   const version = items.find(({ x }) => x.llamaCpp)?.x.llamaCpp?.version;
-  lines.push('', `exact: the GGUF file holds our weights (up to fp16 rounding of values, or of Q4_1's block scale and offset); requantized: llama.cpp runs Q8_0 blocks of our bf16 weights. llama.cpp${version ? ` (${text(version)})` : ''} runs through node-llama-cpp, its per-token JavaScript included; its F16 and quantized matmuls round the activations, so greedy tokens of random weights may part after a near-tie.`);
+  lines.push('', `exact: the GGUF file holds our weights (up to fp16 rounding of values, or of Q4_1's block scale and offset); requantized: llama.cpp runs Q8_0 blocks of our bf16 weights. llama.cpp${version ? ` (${text(version)})` : ''} runs through node-llama-cpp, its per-token JavaScript included. Greedy tokens agree: positions where both generated the same token, each from its own text so far (after a first difference they continue from different text); teacher-forced: positions where llama.cpp's greedy token after the prompt and our tokens is ours. llama.cpp's F16 and quantized matmuls round the activations (to fp16, or to 8-bit blocks), and random weights have near-ties, so even an exact file does not agree everywhere.`);
   return lines;
 }
 
