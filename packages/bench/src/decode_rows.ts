@@ -5,7 +5,10 @@
 // (node-llama-cpp's prebuilt CPU build, no GPU, never built or downloaded):
 // the same prompt ids, the same threads, greedy, newTokens each. Recorded:
 // prefill and decode tokens/s of both (the best of `repeats` interleaved
-// runs), their ratio (ours / llama.cpp) and how many greedy tokens agree.
+// runs), their ratio (ours / llama.cpp) and how many greedy tokens agree:
+// free-running (each side from its own text: positions alike, first
+// difference) and teacher-forced (llama.cpp's greedy token after the prompt
+// and our tokens, in one controlledEvaluate: a difference does not carry on).
 //
 // Formats (what "exact" means: the file holds our weights):
 //   bf16 projections   -> F16 (exact: bf16 values are fp16 values, but for
@@ -22,6 +25,9 @@
 // and bf16 on our side. llama.cpp's F16 and quantized matmuls round the
 // activations (to fp16, or to 8-bit blocks), so greedy tokens of random
 // weights can part after a near-tie: the agreement is recorded, not assumed.
+// Timing: prefill is the prompt and the first token (as generate()'s
+// prefillMs), decode the newTokens - 1 tokens after it; llama.cpp's include
+// node-llama-cpp's per-token JavaScript (its async generator).
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
