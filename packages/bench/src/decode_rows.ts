@@ -245,30 +245,45 @@ async function computeRows(w: DeployWeights, opts: DecodeRowOptions): Promise<De
   const base = { shape: opts.shape, weights: weightsText(w), threads, promptTokens, newTokens, repeats };
   const forms = ggufForms(w);
   if (typeof forms === 'string') return [{ ...base, format: null, exact: false, status: 'no-gguf', statusText: forms }];
-  const rows: DecodeRow[] = [];
-  for (const f of forms) {
-    const row: DecodeRow = { ...base, format: f.format, exact: f.exact, status: 'ok' };
-    try {
-      Object.assign(row, await compareOne(w, f.format, { ...opts, threads, promptTokens, newTokens, repeats }));
-    } catch (e) {
-      row.status = 'error';
-      row.statusText = (e as Error).message;
+  const o = { ...opts, threads, promptTokens, newTokens, repeats };
+  let model: LlamaModel | null = null;
+  try {
+    // one model for every form of these weights
+    const cfg = decodeConfig(o);
+    model = decodeShapeModel(cfg, w, o.seed ?? 0);
+    const rows: DecodeRow[] = [];
+    for (const f of forms) {
+      const row: DecodeRow = { ...base, format: f.format, exact: f.exact, status: 'ok' };
+      try {
+        Object.assign(row, await compareOne(model, w, f.format, o));
+      } catch (e) {
+        row.status = 'error';
+        row.statusText = (e as Error).message;
+      }
+      rows.push(row);
     }
-    rows.push(row);
+    return rows;
+  } catch (e) {
+    return forms.map((f) => ({ ...base, format: f.format, exact: f.exact, status: 'error' as const, statusText: (e as Error).message }));
+  } finally {
+    model?.dispose();
   }
-  return rows;
 }
 
-async function compareOne(w: DeployWeights, format: 'F16' | 'Q8_0' | 'Q4_1', o: DecodeRowOptions & { threads: number; promptTokens: number; newTokens: number; repeats: number }): Promise<Partial<DecodeRow>> {
+/** The decode shape's config; throws saying why it cannot be used. */
+function decodeConfig(o: DecodeRowOptions & { promptTokens: number; newTokens: number; repeats: number }): LlamaConfig {
   if (!o.config && !isPreset(o.shape)) throw new Error(`decode shape '${o.shape}' is not a model preset`);
   const cfg = o.config ?? preset(o.shape);
   if (cfg.modelType !== undefined && cfg.modelType !== 'llama') throw new Error(`decode shape '${o.shape}' is a ${cfg.modelType} model; the decode rows use plain Llama shapes`);
   if (o.promptTokens < 1 || o.newTokens < 1 || o.repeats < 1) throw new Error('decode rows need promptTokens, newTokens and repeats >= 1');
   if (o.promptTokens + o.newTokens > cfg.maxPositionEmbeddings) throw new Error(`${o.promptTokens} + ${o.newTokens} tokens exceed ${o.shape}'s ${cfg.maxPositionEmbeddings} positions`);
+  return cfg;
+}
+
+async function compareOne(model: LlamaModel, w: DeployWeights, format: 'F16' | 'Q8_0' | 'Q4_1', o: DecodeRowOptions & { threads: number; promptTokens: number; newTokens: number; repeats: number }): Promise<Partial<DecodeRow>> {
   const prompt = decodePrompt(o.promptTokens);
   let lib: LlamaCppLib | null = null, unavailable = '';
   try { lib = await (o.loadLlamaCpp ?? loadLlamaCpp)(); } catch (e) { unavailable = (e as Error).message; }
-  const model = decodeShapeModel(cfg, w, o.seed ?? 0);
   const dir = mkdtempSync(join(tmpdir(), 'tb-decode-rows-'));
   try {
     if (!lib) {
@@ -313,7 +328,6 @@ async function compareOne(w: DeployWeights, format: 'F16' | 'Q8_0' | 'Q4_1', o: 
       await cppModel.dispose();
     }
   } finally {
-    model.dispose();
     rmSync(dir, { recursive: true, force: true });
   }
 }
