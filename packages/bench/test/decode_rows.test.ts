@@ -2,20 +2,20 @@
 // llama.cpp (node-llama-cpp 3.21.1, its prebuilt CPU binary, build 'never')
 // on the same GGUF-exported weights at a decode shape, the same prompt ids,
 // greedy, 128 new tokens, the threads of TUNEBENCH_THREADS. Run on the tiny
-// preset (random weights, projections at gain 2 so that greedy decoding does
-// not settle on one repeated token: asserted) to stay within seconds.
-// Measured at 1 thread (teacher-forced: llama.cpp's greedy token after the
-// prompt and our tokens; free: each side from its own text):
-//   bf16 -> F16            teacher-forced 128/128, free 128/128
-//   INT4 g32 -> Q4_1       teacher-forced 118/128, free parts at 39
-//   INT8 (Q8_0 grid) -> Q8_0  teacher-forced 119/128, free parts at 25
-//   bf16 -> Q8_0 (requantized) teacher-forced 119/128, free parts at 22
-//   padded vocabulary (1024 ids), INT4 g32 -> Q4_1: teacher-forced 118/128
-// (mini: 120-128; small: 106-126, free parting within 10 tokens even for F16:
-// random weights at this gain amplify a near-tie). llama.cpp's Q4_1 and Q8_0
-// matmuls quantize the activations to 8-bit blocks, F16 ones round them to
-// fp16: hence the bounds below, F16 >= 120 teacher-forced and free to position
-// 64, the 8-bit-activation forms >= 100 teacher-forced.
+// preset (random weights, projections at std 1/sqrt(in) so that greedy
+// decoding does not settle on one repeated token: asserted) to stay within
+// seconds. Measured at 1 thread (teacher-forced: llama.cpp's greedy token
+// after the prompt and our tokens; free: each side from its own text):
+//   bf16 -> F16                 teacher-forced 128/128, free 128/128
+//   INT4 g32 -> Q4_1            teacher-forced 128/128, free parts at 35
+//   INT8 (Q8_0 grid) -> Q8_0    teacher-forced 124/128, free parts at 9
+//   bf16 -> Q8_0 (requantized)  teacher-forced 122/128, free parts at 9
+//   padded vocabulary (1024 ids), INT4 g32 -> Q4_1: teacher-forced 124/128
+// (mini, small: 120-128 teacher-forced; F16 free parts at 88 on mini).
+// llama.cpp's Q4_1 and Q8_0 matmuls quantize the activations to 8-bit
+// blocks, F16 ones round them to fp16: hence the bounds below, F16 >= 120
+// teacher-forced and free to position 64, the 8-bit-activation forms >= 110
+// teacher-forced.
 // Also: INT8 on Q8_0's grid is exact (the file's values are our weights); a
 // node-llama-cpp that cannot load gives rows that say why, ours timed alone; a
 // shape that cannot be built, an error row; formats without a GGUF form, a
@@ -36,7 +36,7 @@ import { BUILTIN_SUITES, validateSuite } from '../src/suite.js';
 let unavailable = '';
 try { await loadLlamaCpp(); } catch (e) { unavailable = (e as Error).message; }
 const skip = unavailable ? `node-llama-cpp unavailable: ${unavailable}` : false;
-const F16_FORCED = 120, F16_FIRST = 64, Q8ACT_FORCED = 100;
+const F16_FORCED = 120, F16_FIRST = 64, Q8ACT_FORCED = 110;
 
 function checkOk(row: DecodeRow, t: { diagnostic(s: string): void }): void {
   t.diagnostic(`${row.weights} -> ${row.format}: ours decode ${row.ours?.decodeTokensPerSecond.toFixed(0)} tok/s, llama.cpp ${row.llamaCpp?.decodeTokensPerSecond.toFixed(0)}; prefill ${row.ours?.prefillTokensPerSecond.toFixed(0)} / ${row.llamaCpp?.prefillTokensPerSecond.toFixed(0)}; agree ${row.tokensAgree}/${row.newTokens}, first difference ${row.firstDivergence}, teacher-forced ${row.teacherForcedAgree}/${row.newTokens}${row.statusText ? ` (${row.statusText})` : ''}`);
@@ -102,7 +102,7 @@ test('the decode-shape model does not settle on one repeated token: agreement is
     try {
       const { tokens } = generate(model, decodePrompt(32), { maxNewTokens: 128 });
       const distinct = new Set(tokens).size;
-      assert.ok(distinct >= 30, `${shape}: ${distinct} distinct greedy tokens in 128 (at least 30)`);
+      assert.ok(distinct >= 20, `${shape}: ${distinct} distinct greedy tokens in 128 (at least 20; 1 to 3 with every weight at 0.02)`);
     } finally {
       model.dispose();
     }
