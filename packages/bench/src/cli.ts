@@ -76,6 +76,13 @@ Options:
                            bytes, cudaMemGetInfo); a run whose planned peak exceeds the
                            free device memory is recorded as not fitting, not run; the
                            PyTorch peer runs on the same device
+  --decode-shape NAME|none the decode rows beside llama.cpp: each deployable's format (merged
+                           bf16 -> GGUF F16 and Q8_0, INT4 g32 -> Q4_1, INT8 g32 -> Q8_0) rebuilt
+                           at this preset with random weights; ours and llama.cpp (node-llama-cpp's
+                           prebuilt CPU build) generate 128 greedy tokens from the same 32 prompt
+                           ids with the same threads: prefill and decode tokens/s, their ratio,
+                           greedy agreement. Default: the suite's (cpu: smollm-135m, ci: small,
+                           gpu: none); none: no decode rows
   --out DIR                where results go (default reports/<suite name>)
   --resume                 keep runs already in DIR/results.jsonl and do the rest
   --shard i/n|auto         run shard i of n of the suite's jobs (balanced by estimated cost; a

@@ -37,7 +37,7 @@ export function availableBytes(device: Device): number {
  * finite and of the right size), norm weights 1. Deterministic for a seed.
  * Trainable: f32 weights with gradients (full fine-tuning); else frozen bf16
  * (the adapter methods' base). */
-export function randomModel(config: LlamaConfig, o: { trainable: boolean; seed?: number }): LlamaModel {
+export function randomModel(config: LlamaConfig, o: { trainable: boolean; seed?: number; scale?: (name: string, shape: readonly number[]) => number }): LlamaModel {
   const POOL = 1 << 22;
   let state = (o.seed ?? 0) * 2654435761 + 12345 >>> 0;
   const next = () => { state ^= state << 13; state >>>= 0; state ^= state >>> 17; state ^= state << 5; state >>>= 0; return state / 4294967296; };
@@ -63,6 +63,9 @@ export function randomModel(config: LlamaConfig, o: { trainable: boolean; seed?:
           at += k;
         }
       }
+      // o.scale: a tensor's values times this factor (its std 0.02 x factor)
+      const f = shape.length === 1 ? 1 : o.scale?.(name, shape) ?? 1;
+      if (f !== 1) for (let i = 0; i < n; i++) vals[i] *= f;
       tensors.set(name, Tensor.from(vals, shape, { dtype, category }));
     }
   } catch (e) {

@@ -66,3 +66,7 @@ export { registerMethod, methodPlugin, methodNames, planFor, optimizerStateBytes
 export { capturePeerInput, type PeerInput, type PeerOutcome, type PeerImpl, type PeerWeight } from './peers/input.js';
 export { loadTfjs, runTfjsPeer, type TfjsBackend, type TfjsBackendName } from './peers/tfjs.js';
 export { runTorchPeer, torchUnavailable, TORCH_SCRIPT } from './peers/pytorch.js';
+export {
+  decodeRows, decodeShapeModel, decodePrompt, ggufForms, loadLlamaCpp, tokenAgreement, DEFAULT_DECODE_SHAPE, DECODE_NEW_TOKENS, DECODE_PROMPT_TOKENS, DECODE_REPEATS,
+  type DecodeRowOptions, type LlamaCppLib, type LlamaCppLoader,
+} from './decode_rows.js';

@@ -9,6 +9,50 @@ import type { Outcomes } from './stats/outcomes.js';
 
 export type RunStatus = 'ok' | 'oom' | 'diverged' | 'error';
 
+/** How a deployable model holds its projection weights: what the decode rows
+ * (decode_rows.ts) rebuild at the suite's decode shape, and which GGUF form it has. */
+export type DeployWeights =
+  | { kind: 'bf16' }
+  | { kind: 'intn'; bits: 2 | 3 | 4 | 8; groupSize: 16 | 32 | 64 | 128 }
+  | { kind: '4bit'; format: string; blockSize: number };
+
+/** One decode comparison of a deployable's format: our generate() and
+ * llama.cpp (node-llama-cpp's prebuilt CPU build) on the same weights, the
+ * same prompt ids and threads, greedy, at the suite's decode shape
+ * (decode_rows.ts). Speeds are the best of `repeats` interleaved runs. */
+export interface DecodeRow {
+  /** the GGUF storage llama.cpp ran (the projections; embeddings F16), or null: no GGUF form */
+  format: 'F16' | 'Q8_0' | 'Q4_1' | null;
+  /** the file holds our model's weights (up to fp16 rounding of values, or of block scales and offsets); false: requantized for llama.cpp */
+  exact: boolean;
+  /** the decode shape (a model preset, random weights) */
+  shape: string;
+  /** how our side held the projections, e.g. 'bf16', 'INT4 g32 (RTN)' */
+  weights: string;
+  /** ok: every figure below; unavailable: node-llama-cpp could not load (ours still timed);
+   * no-gguf: this format has no GGUF form (nothing timed); error: statusText says what failed */
+  status: 'ok' | 'unavailable' | 'no-gguf' | 'error';
+  /** why a figure is missing, or what is approximate */
+  statusText?: string;
+  threads: number;
+  promptTokens: number;
+  newTokens: number;
+  /** timed runs per side, interleaved (ours, llama.cpp, ours, ...); the best of each kept */
+  repeats: number;
+  ours?: { decodeTokensPerSecond: number; prefillTokensPerSecond: number };
+  llamaCpp?: { decodeTokensPerSecond: number; prefillTokensPerSecond: number; version: string };
+  /** ours / llama.cpp */
+  ratioDecode?: number;
+  ratioPrefill?: number;
+  /** positions of the newTokens greedy tokens where both generated the same token */
+  tokensAgree?: number;
+  /** the first position where they differ (newTokens: never); after it the two continue from different text */
+  firstDivergence?: number;
+  /** positions where llama.cpp's greedy token, given the prompt and our tokens before it, is ours
+   * (teacher-forced: one difference does not carry on to the next positions) */
+  teacherForcedAgree?: number;
+}
+
 export interface DeployableRow {
   /** e.g. 'merged bf16', 'merged + requantized NF4', 'QA-LoRA merged INT4' */
   kind: string;
@@ -20,6 +64,10 @@ export interface DeployableRow {
   vsTrained?: { maxAbsMetricDiff: number };
   /** per-example outcomes of its evaluation (the same test items as the trained run) */
   outcomes?: Outcomes;
+  /** how it holds its projections (the decode rows rebuild this at the decode shape) */
+  weights?: DeployWeights;
+  /** our decode beside llama.cpp's at the suite's decode shape, one row per GGUF form (decode_rows.ts) */
+  llamaCpp?: DecodeRow[];
 }
 
 export interface RunRecord {
@@ -35,7 +83,7 @@ export interface RunRecord {
   /** a deployable model's row (deployableRecords): the id of the trained run it was built from */
   deployableOf?: string;
   /** a deployable row: its kind ('merged bf16', ...), bits per projection weight, decode speed */
-  deployable_?: { kind: string; bits: number; decodeTokensPerSecond?: number };
+  deployable_?: { kind: string; bits: number; decodeTokensPerSecond?: number; llamaCpp?: DecodeRow[] };
   /** everything that shaped the run (steps, batch, seq, lr, r, alpha, ...) */
   settings: Record<string, string | number | boolean>;
   status: RunStatus;
@@ -169,7 +217,7 @@ export function deployableRecords(r: RunRecord): RunRecord[] {
     id: `${r.id}#${d.kind.replace(/\s+/g, '-')}`,
     method: `${r.method} → ${d.kind}`,
     deployableOf: r.id,
-    deployable_: { kind: d.kind, bits: d.bits, decodeTokensPerSecond: d.decodeTokensPerSecond },
+    deployable_: { kind: d.kind, bits: d.bits, decodeTokensPerSecond: d.decodeTokensPerSecond, ...(d.llamaCpp ? { llamaCpp: d.llamaCpp } : {}) },
     metrics: d.metrics,
     outcomes: d.outcomes,
     fileBytes: d.bytes,

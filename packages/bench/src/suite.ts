@@ -55,6 +55,11 @@ export interface Suite {
    * (no task, no accuracy): each method trains `steps` steps; a row whose
    * planned peak exceeds the free memory is recorded as not fitting, not run */
   shapes?: ShapeRow[];
+  /** the decode rows beside llama.cpp (decode_rows.ts): each deployable's
+   * format rebuilt at this preset with random weights, exported to GGUF and
+   * decoded by ours and llama.cpp (CPU backend only); 'none': no decode rows.
+   * Default: smollm-135m (SmolLM-135M's blocks, where the weights dominate) */
+  decodeShape?: string;
 }
 
 export interface ShapeRow {
@@ -100,6 +105,8 @@ export const BUILTIN_SUITES: Record<string, Suite> = {
     name: 'ci', base: { preset: 'mini', pretrainSteps: 400 }, tasks: ['spam', 'adapt'], methods: CI_METHODS,
     shared: { steps: 600, batchSize: 8, seqLen: 128, seed: 0, schedule: 'cosine', warmupSteps: 20, maxTrain: 2000, maxTest: 400, promptChars: 56 },
     peers: { tfjs: { methods: ['full', 'lora-r8'], tasks: ['spam'], steps: 4 }, pytorch: { tasks: ['spam'] } },
+    // the decode rows at the 'small' preset: CI seconds (SmolLM-135M's would take minutes)
+    decodeShape: 'small',
   },
   // CPU: the small base, minutes per run. 120-character spam prompts keep the
   // subject and put two examples in each packed 256-token row: at the default
@@ -124,6 +131,8 @@ export const BUILTIN_SUITES: Record<string, Suite> = {
     shared: { steps: 150, batchSize: 16, seqLen: 512, seed: 0, schedule: 'cosine', warmupSteps: 10, maxTrain: 2000, maxTest: 400 },
     peers: { pytorch: { tasks: ['adapt'], steps: 20 } },
     kernels: false,
+    // llama.cpp's rows run on the CPU: beside a GPU run they would compare two machines
+    decodeShape: 'none',
     shapes: [
       { preset: 'smollm-135m', batchSize: 8, seqLen: 1024, steps: 8, methods: ['full', 'lora16', 'qlora16', 'qalora4-r16'], peers: ['pytorch'] },
       { preset: 'tinyllama-1.1b', batchSize: 4, seqLen: 1024, steps: 6, methods: ['full', 'lora16', 'qlora16', 'qalora4-r16'], peers: ['pytorch'] },
@@ -202,7 +211,16 @@ const SUITE_SCHEMA = z.object({
     checkpointing: checkpointingSchema.optional(),
     peers: z.array(z.enum(['pytorch'])).optional(),
   }).strict()).optional(),
+  decodeShape: z.string().refine((v) => v === 'none' || isDecodeShape(v), { message: `must be 'none' or a plain Llama preset: ${decodeShapeNames().join(', ')}` }).optional(),
 }).strict();
+
+/** Presets a decode row can be built at: plain Llama (llama.cpp's llama architecture, no biases or q/k norms). */
+export function isDecodeShape(name: string): boolean {
+  return isPreset(name) && (PRESETS[name].modelType ?? 'llama') === 'llama' && !PRESETS[name].ropeScaling;
+}
+export function decodeShapeNames(): string[] {
+  return Object.keys(PRESETS).filter(isDecodeShape);
+}
 
 /** Edit distance, for "did you mean" on unknown keys. */
 function editDistance(a: string, b: string): number {

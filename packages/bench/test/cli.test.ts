@@ -20,7 +20,7 @@ function cli(...args: string[]): { code: number | null; out: string; err: string
 test('--help explains every option with examples', () => {
   const r = cli('--help');
   assert.equal(r.code, 0, r.err);
-  for (const o of ['--suite', '--methods', '--tasks', '--model', '--dataset', '--peers', '--device', '--out', '--resume', '--check', '--update-baseline', '--packing', '--tune-lr', '--dataset-format']) {
+  for (const o of ['--suite', '--methods', '--tasks', '--model', '--dataset', '--peers', '--device', '--out', '--resume', '--check', '--update-baseline', '--packing', '--tune-lr', '--dataset-format', '--decode-shape']) {
     assert.match(r.out, new RegExp(`\\n  ${o}\\b`), `--help lists ${o}`);
   }
   assert.match(r.out, /Examples:/);
@@ -106,6 +106,7 @@ test('bad options and suite files are refused before anything runs, saying what 
       [['--suite', 'ci', '--peers', 'jax'], /--peers: unknown peer 'jax' \(known: tfjs, pytorch, or none\)/],
       [['--suite', 'ci', '--device', 'tpu'], /--device must be auto, cpu or cuda/],
       [['--suite', 'ci', '--packing', 'zip'], /--packing must be pack or pad, got 'zip'/],
+      [['--suite', 'ci', '--decode-shape', 'qwen3-0.6b'], /--decode-shape must be none or a plain Llama preset \(tiny, mini, .*smollm-135m.*\), got 'qwen3-0\.6b'/],
       [['--suite', 'ci', '--device', 'cuda'], /--device cuda: /],
       [['--suite', 'gpu'], /--suite gpu needs the CUDA backend \(/],
       [['--suite', 'ci', '--update-baseline'], /--update-baseline needs --check BASELINE/],

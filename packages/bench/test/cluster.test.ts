@@ -33,7 +33,7 @@ test('the Slurm array and the Kubernetes Indexed Job recipes: 2 shards at once, 
     name: 'cluster', base: { preset: 'tiny', pretrainSteps: 4 }, tasks: ['spam'], methods: [
       { name: 'full', lr: 1e-3, label: 'full' }, { name: 'lora', r: 4, alpha: 8, lr: 3e-3, label: 'lora-r4' }, { name: 'qlora', r: 4, alpha: 8, lr: 3e-3, label: 'qlora-r4' },
     ],
-    shared: { steps: 3, batchSize: 4, seqLen: 64, seed: 0, schedule: 'cosine', warmupSteps: 1, maxTrain: 24, maxTest: 12 }, kernels: false,
+    shared: { steps: 3, batchSize: 4, seqLen: 64, seed: 0, schedule: 'cosine', warmupSteps: 1, maxTrain: 24, maxTest: 12 }, kernels: false, decodeShape: 'none',
   }));
   const cache = join(dir, 'cache');
   const base = { TUNEBENCH_SUITE: suitePath, TUNEBENCH_CACHE_DIR: cache };

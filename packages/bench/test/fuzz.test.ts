@@ -176,7 +176,7 @@ before(() => {
     ],
     shared: { steps: 10, batchSize: 2, seqLen: 32, seed: 0, schedule: 'cosine', warmupSteps: 1, maxTrain: 10, maxTest: 10, checkpointing: 'block' },
     peers: { tfjs: { methods: ['full'], tasks: ['spam'], steps: 3 }, pytorch: { tasks: ['spam'], threads: 1 } },
-    kernels: false,
+    kernels: false, decodeShape: 'none',
   };
 });
 

@@ -19,7 +19,7 @@ function tinySuite(): Suite {
     name: 'shards', base: { preset: 'tiny', pretrainSteps: 4 }, tasks: ['spam', 'adapt'], methods: parseMethods('full,lora4,qlora4'),
     shared: { steps: 3, batchSize: 4, seqLen: 64, seed: 0, schedule: 'cosine', warmupSteps: 1, maxTrain: 24, maxTest: 12, seeds: [0, 1] },
     peers: { tfjs: { methods: ['lora-r4'], tasks: ['spam'], steps: 3 } },
-    kernels: false,
+    kernels: false, decodeShape: 'none',
   }, 'shards test suite');
 }
 

@@ -16,7 +16,8 @@ function tinySuite(methods: Suite['methods']): Suite {
   return {
     name: 'test', base: { preset: 'tiny', pretrainSteps: 4 }, tasks: ['spam', 'adapt'], methods,
     shared: { steps: 3, batchSize: 4, seqLen: 64, seed: 0, schedule: 'cosine', warmupSteps: 1, maxTrain: 24, maxTest: 12 },
-    kernels: false,
+    // the decode rows beside llama.cpp at the tiny preset: seconds (the default, smollm-135m, takes a minute)
+    kernels: false, decodeShape: 'tiny',
   };
 }
 
@@ -144,11 +145,20 @@ test('QLoRA through the runner: 4-bit settings recorded, deployable rows in the 
     for (const d of r.deployable!) {
       assert.ok(Number.isFinite(d.metrics.accuracy) && d.decodeTokensPerSecond! > 0);
     }
+    // decode rows at the suite's decode shape: merged bf16 -> F16 and Q8_0 (or, without node-llama-cpp, ours alone); NF4 has no GGUF form
+    assert.deepEqual(bf16.weights, { kind: 'bf16' });
+    assert.deepEqual(bf16.llamaCpp!.map((x) => [x.format, x.shape]), [['F16', 'tiny'], ['Q8_0', 'tiny']]);
+    for (const x of bf16.llamaCpp!) {
+      assert.ok(x.status === 'ok' || x.status === 'unavailable', `${x.format}: ${x.status} ${x.statusText ?? ''}`);
+      assert.ok(x.ours!.decodeTokensPerSecond > 0);
+    }
+    assert.deepEqual(nf4.llamaCpp!.map((x) => [x.format, x.status]), [[null, 'no-gguf']]);
   }
   assert.equal(records[1].settings.optimizer, 'adamw8bit');
   const csv = resultsCsv(records).trim().split('\n');
   assert.equal(csv.length, 1 + 2 * 3, 'a row per run and per deployable model');
   const header = csv[0].split(',');
+  for (const c of ['llamaCpp.shape', 'llamaCpp.F16.ours.decodeTokensPerSecond', 'llamaCpp.Q8_0.status', 'llamaCpp.none.status']) assert.ok(header.includes(c), `results.csv has ${c}`);
   const ofCol = header.indexOf('deployableOf');
   assert.ok(ofCol >= 0);
   assert.equal(csv.filter((l) => l.split(',')[ofCol] === records[0].id).length, 2);

@@ -3,18 +3,21 @@
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { DATASET_KINDS, type DatasetKind, type Device, native, parseCheckpointing, resolveDevice } from '@tunebench/core';
-import { BUILTIN_SUITES, PEERS, type PeerName, type Suite, TASKS, type TaskName, loadSuiteFile, parseMethods, validateSuite } from '../suite.js';
+import {
+  BUILTIN_SUITES, PEERS, type PeerName, type Suite, TASKS, type TaskName, decodeShapeNames, isDecodeShape, loadSuiteFile, parseMethods, validateSuite,
+} from '../suite.js';
 
 /** parseCli's specification of the suite options. */
 export const SUITE_OPTIONS = {
   suite: { type: 'string' }, methods: { type: 'string' }, tasks: { type: 'string' }, model: { type: 'string' },
   dataset: { type: 'string' }, 'dataset-format': { type: 'string' }, peers: { type: 'string' }, device: { type: 'string' }, seeds: { type: 'string' },
   checkpointing: { type: 'string' }, offload: { type: 'boolean', default: false }, 'tune-lr': { type: 'boolean', default: false }, packing: { type: 'string' },
+  'decode-shape': { type: 'string' },
 } as const;
 
 export interface SuiteArgs {
   suite?: string; methods?: string; tasks?: string; model?: string; dataset?: string; 'dataset-format'?: string; peers?: string; device?: string; seeds?: string;
-  checkpointing?: string; offload?: boolean; 'tune-lr'?: boolean; packing?: string;
+  checkpointing?: string; offload?: boolean; 'tune-lr'?: boolean; packing?: string; 'decode-shape'?: string;
 }
 
 function cudaReason(): string {
@@ -52,6 +55,11 @@ export function suiteFromArgs(opt: SuiteArgs, fail: (msg: string) => never): { s
     if (opt.packing !== undefined) {
       if (opt.packing !== 'pack' && opt.packing !== 'pad') fail(`--packing must be pack or pad, got '${opt.packing}'`);
       suite.shared.packing = opt.packing;
+    }
+    if (opt['decode-shape'] !== undefined) {
+      const d = opt['decode-shape'];
+      if (d !== 'none' && !isDecodeShape(d)) fail(`--decode-shape must be none or a plain Llama preset (${decodeShapeNames().join(', ')}), got '${d}'`);
+      suite.decodeShape = d;
     }
     if (opt.tasks) {
       const tasks = opt.tasks.split(',').map((t) => t.trim());

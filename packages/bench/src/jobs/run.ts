@@ -9,6 +9,7 @@ import { CATEGORIES, type Category, type Device, DivergedError, type LlamaModel,
 import { countParameters } from '@tunebench/lora';
 import { type MethodSpec, methodPlugin, planFor } from '../methods.js';
 import { availableBytes, moveModel } from '../device.js';
+import { DEFAULT_DECODE_SHAPE, decodeRows } from '../decode_rows.js';
 import { type PeerInput, capturePeerInput } from '../peers/input.js';
 import type { RunRecord } from '../record.js';
 import type { Outcomes } from '../stats/outcomes.js';
@@ -284,6 +285,20 @@ export async function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDi
     rmSync(tmp, { recursive: true, force: true });
   }
   record.durationMs = performance.now() - t0;
+  // the decode rows beside llama.cpp (not part of the run's duration): each
+  // deployable's format at the suite's decode shape, measured once per process
+  const shape = suite.decodeShape ?? DEFAULT_DECODE_SHAPE;
+  if (record.status === 'ok' && device === 'cpu' && shape !== 'none') {
+    for (const d of record.deployable ?? []) {
+      if (!d.weights) continue;
+      const d0 = performance.now();
+      d.llamaCpp = await decodeRows(d.weights, { shape });
+      const secs = (performance.now() - d0) / 1000;
+      for (const row of d.llamaCpp) {
+        log(`${id} → ${d.kind}: decode at ${shape}${row.format ? ` vs llama.cpp ${row.format}` : ''}: ${row.status}${row.statusText ? ` (${row.statusText})` : ''}${secs >= 1 ? `, ${secs.toFixed(0)} s` : ''}`);
+      }
+    }
+  }
   return { record, peerInput: record.status === 'ok' ? peerInput : null };
 }
 

@@ -3,7 +3,7 @@
 // the INT-N offsets, its kernel rows and its merged deployable model
 // (registered by methods.ts). qaloraSettings and calibrationRows are shared
 // with the qlora plugin's INT-N requantized rows.
-import { Rng, Tensor, disposeIntN, intnBytes, makeOptimizer, matmul, quantizeIntN } from '@tunebench/core';
+import { IntNLinear, Rng, Tensor, disposeIntN, intnBytes, makeOptimizer, matmul, quantizeIntN } from '@tunebench/core';
 import { type GptqInfo, type QaloraConfig, inspectGptqModel, isGptqDir, loadQaloraModel, prepareQalora, qaloraConfig, withMergedQalora } from '@tunebench/qa-lora';
 import { saveAdapter } from '@tunebench/lora';
 import type { MethodPlugin, MethodSpec } from '../methods.js';
@@ -145,9 +145,12 @@ export const qaloraMethod: MethodPlugin = {
     return withMergedQalora(model, (m) => {
       const numel = [...model.linears().values()].reduce((a, l) => a + l.inFeatures * l.outFeatures, 0);
       const metrics = ctx.evaluate(model);
+      // the INT-N the model holds (a GPTQ base's own bits and groups, else the spec's)
+      const q = [...model.linears().values()].find((l): l is IntNLinear => l instanceof IntNLinear)?.quantized;
       return [{
         kind: `QA-LoRA merged INT${c.bits}`, bits: (8 * m.bytes) / numel, bytes: m.bytes, metrics,
         decodeTokensPerSecond: decodeTokensPerSecond(model), vsTrained: { maxAbsMetricDiff: maxMetricDiff(metrics, trained) },
+        weights: { kind: 'intn', bits: q?.bits ?? c.bits, groupSize: q?.groupSize ?? c.groupSize },
       }];
     });
   },

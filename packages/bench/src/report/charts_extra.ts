@@ -4,6 +4,7 @@
 import { kernelFraction } from '@tunebench/core';
 import { distinct, formatBits, formatBytes, formatMetric, groupThousands, isFiniteNumber, mainMetrics, metricDirection, statusText } from './common.js';
 import type { KernelSpeeds } from './html.js';
+import type { DecodeRow } from '../record.js';
 import { table } from './html_tables.js';
 import type { Chart, TaskGroup } from './charts.js';
 import { type Spec, PANEL_HEIGHT, PANEL_WIDTH, concat, vegaLiteToSvg } from './vega.js';
@@ -175,3 +176,58 @@ export async function tuningChart(gs: TaskGroup[]): Promise<Chart | null> {
   return { name: 'tuning', caption, svg: await vegaLiteToSvg({ ...concat(panels, 'independent') }, 'tuning'), table: tbl };
 }
 
+
+// (h) decode beside llama.cpp (deployable.llamaCpp, decode_rows.ts)
+/** Our decode and prefill tokens/s beside llama.cpp's for each deployable's
+ * GGUF form; null when no run has decode rows. The rows are the same for
+ * every task and seed (one decode shape per suite): each is drawn once. */
+export async function decodeChart(gs: TaskGroup[]): Promise<Chart | null> {
+  const seen = new Set<string>();
+  const items: { label: string; kind: string; x: DecodeRow }[] = [];
+  for (const g of gs) {
+    for (const r of g.runs) {
+      for (const d of r.deployable ?? []) {
+        for (const x of d.llamaCpp ?? []) {
+          const label = r.method;
+          const key = `${label}|${d.kind}|${x.format}`;
+          if (seen.has(key)) continue;
+          seen.add(key);
+          items.push({ label, kind: d.kind, x });
+        }
+      }
+    }
+  }
+  if (items.length === 0) return null;
+  const name = (i: (typeof items)[number]) => `${i.label} → ${i.kind} · ${i.x.format ?? 'no GGUF'}`;
+  const values = items.flatMap((i) => [
+    ...(i.x.ours ? [{ row: name(i), impl: 'tunebench', phase: 'decode', tps: i.x.ours.decodeTokensPerSecond }, { row: name(i), impl: 'tunebench', phase: 'prefill', tps: i.x.ours.prefillTokensPerSecond }] : []),
+    ...(i.x.llamaCpp ? [{ row: name(i), impl: 'llama.cpp', phase: 'decode', tps: i.x.llamaCpp.decodeTokensPerSecond }, { row: name(i), impl: 'llama.cpp', phase: 'prefill', tps: i.x.llamaCpp.prefillTokensPerSecond }] : []),
+  ]).filter((v) => isFiniteNumber(v.tps));
+  const shapes = distinct(items.map((i) => `${i.x.shape} (${i.x.threads} thread${i.x.threads === 1 ? '' : 's'})`)).join(', ');
+  const first = items[0].x;
+  const caption = `Tokens per second of our generate() and of llama.cpp (node-llama-cpp's prebuilt CPU build) on the same weights at the decode shape ${shapes}: random weights held as each deployable holds its projections, exported to GGUF; ${first.promptTokens} prompt ids, ${first.newTokens} greedy tokens, the best of ${first.repeats} interleaved runs. Decode: one token at a time after the prompt; prefill: the prompt and the first token.`;
+  const pct = (x: number | undefined) => (isFiniteNumber(x) ? `${x >= 10 ? x.toFixed(0) : x.toFixed(2)}x` : '-');
+  const num = (x: number | undefined) => (isFiniteNumber(x) ? groupThousands(x) : '-');
+  const head = ['method', 'model', 'ours', 'GGUF', 'ours decode tok/s', 'llama.cpp decode tok/s', 'decode ratio', 'ours prefill tok/s', 'llama.cpp prefill tok/s', 'prefill ratio', 'greedy agree', 'teacher-forced agree', 'status'];
+  const tbl = table(head, items.map(({ label, kind, x }) => [
+    label, kind, x.weights, x.format ? `${x.format} (${x.exact ? 'exact' : 'requantized'})` : 'none',
+    num(x.ours?.decodeTokensPerSecond), num(x.llamaCpp?.decodeTokensPerSecond), pct(x.ratioDecode),
+    num(x.ours?.prefillTokensPerSecond), num(x.llamaCpp?.prefillTokensPerSecond), pct(x.ratioPrefill),
+    isFiniteNumber(x.tokensAgree) ? `${x.tokensAgree}/${x.newTokens}${x.firstDivergence! < x.newTokens ? ` (first at ${x.firstDivergence})` : ''}` : '-',
+    isFiniteNumber(x.teacherForcedAgree) ? `${x.teacherForcedAgree}/${x.newTokens}` : '-',
+    x.statusText ? `${x.status}: ${x.statusText}` : x.status,
+  ]), { numeric: head.map((_, i) => i >= 4 && i <= 11) });
+  if (values.length === 0) return { name: 'decode', caption, placeholder: 'no decode row was timed (see the status column)', table: tbl };
+  const rowsOrder = distinct(values.map((v) => v.row));
+  const panel = (phase: string): Spec => ({
+    title: `${phase} tokens/s`, width: PANEL_WIDTH, height: { step: 14 },
+    data: { values: values.filter((v) => v.phase === phase) }, mark: { type: 'bar' },
+    encoding: {
+      y: { field: 'row', type: 'nominal', sort: rowsOrder, title: null, axis: { labelLimit: 360 } },
+      yOffset: { field: 'impl', type: 'nominal', sort: ['tunebench', 'llama.cpp'] },
+      x: { field: 'tps', type: 'quantitative', title: 'tokens per second' },
+      color: { field: 'impl', type: 'nominal', title: 'implementation', scale: { domain: ['tunebench', 'llama.cpp'] } },
+    },
+  });
+  return { name: 'decode', caption, svg: await vegaLiteToSvg({ vconcat: [panel('decode'), panel('prefill')], resolve: { scale: { color: 'shared' } } }, 'decode'), table: tbl };
+}

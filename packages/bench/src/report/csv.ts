@@ -3,6 +3,11 @@
 // the records, in a stable order:
 //   id suite task method impl peerOf status error oomBytes divergedAtStep
 //   deployableOf deployable.{kind,bits,decodeTokensPerSecond}   (deployable rows)
+//   llamaCpp.{shape,threads,promptTokens,newTokens,version} and per GGUF format F
+//   (F16, Q8_0, Q4_1; 'none': no GGUF form, status only) llamaCpp.F.{status,
+//   statusText,exact,weights,ours.prefillTokensPerSecond,llamaCpp.prefillTokensPerSecond,
+//   ratioPrefill,ours.decodeTokensPerSecond,llamaCpp.decodeTokensPerSecond,ratioDecode,
+//   tokensAgree,firstDivergence,teacherForcedAgree}   (deployable rows with decode rows beside llama.cpp)
 //   settings.<k>...   (sorted)
 //   metric.<k>...     (sorted), then metric.<k>.lo metric.<k>.hi (95% bootstrap
 //   interval, for metrics with per-example outcomes) and untrained.<task metric>,
@@ -21,7 +26,7 @@
 // resident set in memory.deviceBytes: it is shown as memory.rssBytes.
 import { stringify } from 'csv-stringify/sync';
 import { writeFileAtomic } from '@tunebench/core';
-import { type RunRecord, rssBytesOf, withDeployables } from '../record.js';
+import { type DecodeRow, type RunRecord, rssBytesOf, withDeployables } from '../record.js';
 import { distinct, isFiniteNumber, memoryCategories } from './common.js';
 import { bootstrapInterval } from '../stats/bootstrap.js';
 import { learnedVerdict, taskMetric } from '../stats/learned.js';
@@ -75,6 +80,7 @@ export function csvColumns(records: readonly RunRecord[]): Column[] {
     { name: 'deployable.kind', get: (r) => r.deployable_?.kind },
     { name: 'deployable.bits', get: (r) => r.deployable_?.bits },
     { name: 'deployable.decodeTokensPerSecond', get: (r) => r.deployable_?.decodeTokensPerSecond },
+    ...decodeColumns(records),
     ...settings.map((k): Column => ({ name: `settings.${k}`, get: (r) => r.settings?.[k] })),
     ...metrics.map((k): Column => ({ name: `metric.${k}`, get: (r) => r.metrics?.[k] })),
     ...withIv.flatMap((k): Column[] => [
@@ -123,6 +129,34 @@ export function csvColumns(records: readonly RunRecord[]): Column[] {
     { name: 'steps', get: (r) => r.lossCurve?.length },
     { name: 'startedAt', get: (r) => r.startedAt },
     { name: 'durationMs', get: (r) => r.durationMs },
+  ];
+}
+
+/** The decode rows beside llama.cpp of deployable rows: columns llamaCpp.<format>.<field> for each GGUF
+ * format present (F16, Q8_0, Q4_1; 'none' for a format with no GGUF form), the decode shape once. */
+function decodeColumns(records: readonly RunRecord[]): Column[] {
+  const rowsOf = (r: RunRecord) => r.deployable_?.llamaCpp ?? [];
+  const all = records.flatMap(rowsOf);
+  if (all.length === 0) return [];
+  const order = ['F16', 'Q8_0', 'Q4_1', 'none'];
+  const keys = distinct(all.map((d) => d.format ?? 'none')).sort((a, b) => order.indexOf(a) - order.indexOf(b));
+  const at = (r: RunRecord, k: string) => rowsOf(r).find((d) => (d.format ?? 'none') === k);
+  const fields: [string, (d: DecodeRow) => Cell][] = [
+    ['status', (d) => d.status], ['statusText', (d) => d.statusText], ['exact', (d) => (d.format ? d.exact : undefined)], ['weights', (d) => d.weights],
+    ['ours.prefillTokensPerSecond', (d) => d.ours?.prefillTokensPerSecond], ['llamaCpp.prefillTokensPerSecond', (d) => d.llamaCpp?.prefillTokensPerSecond],
+    ['ratioPrefill', (d) => d.ratioPrefill],
+    ['ours.decodeTokensPerSecond', (d) => d.ours?.decodeTokensPerSecond], ['llamaCpp.decodeTokensPerSecond', (d) => d.llamaCpp?.decodeTokensPerSecond],
+    ['ratioDecode', (d) => d.ratioDecode], ['tokensAgree', (d) => d.tokensAgree], ['firstDivergence', (d) => d.firstDivergence],
+    ['teacherForcedAgree', (d) => d.teacherForcedAgree],
+  ];
+  return [
+    { name: 'llamaCpp.shape', get: (r) => rowsOf(r)[0]?.shape },
+    { name: 'llamaCpp.threads', get: (r) => rowsOf(r)[0]?.threads },
+    { name: 'llamaCpp.promptTokens', get: (r) => rowsOf(r)[0]?.promptTokens },
+    { name: 'llamaCpp.newTokens', get: (r) => rowsOf(r)[0]?.newTokens },
+    { name: 'llamaCpp.version', get: (r) => rowsOf(r).find((d) => d.llamaCpp)?.llamaCpp?.version },
+    ...keys.flatMap((k) => fields.filter(([f]) => k !== 'none' || f === 'status' || f === 'statusText')
+      .map(([f, get]): Column => ({ name: `llamaCpp.${k}.${f}`, get: (r) => { const d = at(r, k); return d ? get(d) : undefined; } }))),
   ];
 }
 

@@ -12,6 +12,7 @@
 //   pareto      task metric vs peak memory, with the Pareto front
 //   loss        training loss per step, one line per run
 //   deployable  deployable-model metric vs bits (record.deployable)
+//   decode      our decode/prefill tokens/s beside llama.cpp's per deployable GGUF form (deployable.llamaCpp; only when recorded)
 //   kernels     kernel GFLOP/s as a fraction of the measured peak (opts.kernels)
 //
 // This module holds the page itself (renderReport) and the report's public
@@ -24,7 +25,7 @@ import { distinct, provenanceLine } from './common.js';
 import {
   type Chart, groups, memoryChart, metricsChart, paretoChart, peersChart, throughputChart,
 } from './charts.js';
-import { deployableChart, kernelChart, lossChart, tuningChart } from './charts_extra.js';
+import { decodeChart, deployableChart, kernelChart, lossChart, tuningChart } from './charts_extra.js';
 import { claimsHtml, escapeHtml, runsTable } from './html_tables.js';
 
 /** One kernel's measured speed, for the `kernels` chart. */
@@ -64,7 +65,7 @@ export interface ReportOptions {
 /** The data-chart names, in page order (`kernels` only with opts.kernels). */
 export const REPORT_CHARTS = ['metrics', 'memory', 'throughput', 'peers', 'pareto', 'loss', 'deployable', 'kernels'] as const;
 /** Charts drawn only when the records hold their data (a learning-rate search). */
-export const OPTIONAL_CHARTS = ['tuning'] as const;
+export const OPTIONAL_CHARTS = ['tuning', 'decode'] as const;
 export type ReportChart = (typeof REPORT_CHARTS)[number] | (typeof OPTIONAL_CHARTS)[number];
 
 export { NO_DEPLOYABLE_TEXT } from './charts_extra.js';
@@ -104,6 +105,7 @@ const TITLES: Record<ReportChart, string> = {
   deployable: 'Deployable models: metric vs bits',
   kernels: 'Kernel speed vs measured peak',
   tuning: 'Learning rates chosen on validation data, and held-out curves',
+  decode: 'Decode and prefill beside llama.cpp (same weights, prompt and threads)',
 };
 
 /** The whole report as one HTML document. */
@@ -121,6 +123,8 @@ export async function renderReport(records: readonly RunRecord[], opts: ReportOp
     await lossChart(groups(records)),
     await deployableChart(gs),
   ];
+  const decode = await decodeChart(gs);
+  if (decode) charts.push(decode);
   const tuning = await tuningChart(gs);
   if (tuning) charts.push(tuning);
   if (opts.kernels) charts.push(await kernelChart(opts.kernels));

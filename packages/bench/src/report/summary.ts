@@ -184,6 +184,50 @@ function deployableTable(runs: readonly RunRecord[], groups: readonly SeedGroup[
   return lines;
 }
 
+/** tokens/s, or '-' */
+function tps(x: number | undefined): string {
+  return isFiniteNumber(x) ? groupThousands(x) : '-';
+}
+
+function ratioText(x: number | undefined): string {
+  return isFiniteNumber(x) ? `${x >= 10 ? x.toFixed(0) : x.toFixed(2)}x` : '-';
+}
+
+/** Our decode beside llama.cpp's (deployable.llamaCpp, decode_rows.ts): one row per
+ * (method, deployable, GGUF format) of the first seed; the rows are the same for every seed. */
+function decodeTable(runs: readonly RunRecord[], groups: readonly SeedGroup[] = []): string[] {
+  const labels = runLabels(runs);
+  const firstSeed = new Set(groups.filter((g) => !g.records[0].deployableOf).map((g) => g.records[0].id));
+  const items = runs.filter((r) => !groups.length || firstSeed.has(r.id))
+    .flatMap((r) => (r.deployable ?? []).flatMap((d) => (d.llamaCpp ?? []).map((x) => ({ r, d, x }))));
+  if (items.length === 0) return [];
+  const seen = new Set<string>();
+  const first = items[0].x;
+  const shapes = distinct(items.map(({ x }) => `${x.shape}, ${x.threads} thread${x.threads === 1 ? '' : 's'}`));
+  const lines = ['', `decode beside llama.cpp (${text(shapes.join('; '))}; random weights held as each deployable holds its projections; ${first.promptTokens} prompt ids, ${first.newTokens} greedy tokens; best of ${first.repeats} interleaved runs each):`, ''];
+  lines.push(row(['method', 'model', 'ours', 'GGUF', 'ours prefill tok/s', 'llama.cpp prefill tok/s', 'prefill ours ÷ llama.cpp', 'ours decode tok/s', 'llama.cpp decode tok/s', 'decode ours ÷ llama.cpp', 'greedy tokens agree', 'teacher-forced agree', 'status']));
+  lines.push(row(['---', '---', '---', '---', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---']));
+  for (const { r, d, x } of items) {
+    const label = labels.get(r) ?? r.method;
+    const key = `${label}|${d.kind}|${x.format}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    const agree = isFiniteNumber(x.tokensAgree)
+      ? `${x.tokensAgree} of ${x.newTokens}${x.firstDivergence !== undefined && x.firstDivergence < x.newTokens ? `, first difference at ${x.firstDivergence}` : ''}`
+      : '-';
+    const forced = isFiniteNumber(x.teacherForcedAgree) ? `${x.teacherForcedAgree} of ${x.newTokens}` : '-';
+    lines.push(row([
+      cell(label), cell(d.kind), cell(x.weights), x.format ? `${x.format} (${x.exact ? 'exact' : 'requantized'})` : 'none',
+      tps(x.ours?.prefillTokensPerSecond), tps(x.llamaCpp?.prefillTokensPerSecond), ratioText(x.ratioPrefill),
+      tps(x.ours?.decodeTokensPerSecond), tps(x.llamaCpp?.decodeTokensPerSecond), ratioText(x.ratioDecode),
+      agree, forced, cell(x.statusText ? `${x.status}: ${x.statusText}` : x.status),
+    ]));
+  }
+  const version = items.find(({ x }) => x.llamaCpp)?.x.llamaCpp?.version;
+  lines.push('', `exact: the GGUF file holds our weights (up to fp16 rounding of values, or of Q4_1's block scale and offset); requantized: llama.cpp runs Q8_0 blocks of our bf16 weights. llama.cpp${version ? ` (${text(version)})` : ''} runs through node-llama-cpp, its per-token JavaScript included. Greedy tokens agree: positions where both generated the same token, each from its own text so far (after a first difference they continue from different text); teacher-forced: positions where llama.cpp's greedy token after the prompt and our tokens is ours. llama.cpp's F16 and quantized matmuls round the activations (to fp16, or to 8-bit blocks), and random weights have near-ties, so even an exact file does not agree everywhere.`);
+  return lines;
+}
+
 function peersTable(runs: readonly RunRecord[], busy: Map<RunRecord, string> = new Map()): string[] {
   const cs = peerComparisons(runs);
   if (cs.length === 0) return [];
@@ -247,6 +291,7 @@ export function renderSummary(records: readonly RunRecord[]): string {
     lines.push(...comparisonBlock(task, groups));
     lines.push(...tuningTable(ours));
     lines.push(...deployableTable(ours, groups));
+    lines.push(...decodeTable(ours, groups));
     lines.push(...peersTable(runs, busy));
     lines.push('');
   }

@@ -246,6 +246,13 @@ export interface ExportGgufOptions {
    * written as Q4_1: 4-bit round-to-nearest of the head changes the model's
    * predictions. */
   embeddings?: GgufEmbeddingType;
+  /** a model whose vocab_size exceeds the byte tokenizer's 259 ids (a
+   * published shape with random weights, timed for speed): true writes ids
+   * 259..vocab_size-1 as unused tokens ('<unused259>', ..., token type UNUSED)
+   * so that llama.cpp's vocabulary is as large as the model's embedding and
+   * head. Text still tokenizes to byte tokens only; the extra ids are reached
+   * by token id (or generated). Default false: such a model is refused. */
+  padVocabulary?: boolean;
 }
 
 export type GgufEmbeddingType = 'f16' | 'q8_0';
@@ -415,16 +422,18 @@ export const GGUF_BYTE_SPECIALS = { [BYTE_BOS]: '<s>', [BYTE_EOS]: '</s>', [BYTE
  * byte tokens would not do: llama.cpp's SPM path replaces spaces with U+2581
  * before tokenizing, which would become three byte tokens.)
  */
-function byteVocabKvs(tokenizer: Tokenizer, config: LlamaConfig): [string, WriterKv][] {
+function byteVocabKvs(tokenizer: Tokenizer, config: LlamaConfig, padVocabulary = false): [string, WriterKv][] {
   if (tokenizer.name !== 'byte' || tokenizer.vocabSize !== BYTE_VOCAB_SIZE || tokenizer.bos !== BYTE_BOS || tokenizer.eos !== BYTE_EOS || tokenizer.pad !== BYTE_PAD) {
     throw new Error(`exportGguf: only the byte tokenizer (ByteTokenizer) can be written to GGUF for now, got '${tokenizer.name}' with vocabulary ${tokenizer.vocabSize}; a tokenizer.json needs its own mapping (BPE merges or SentencePiece scores)`);
   }
-  if (config.vocabSize !== BYTE_VOCAB_SIZE) {
-    throw new Error(`exportGguf: the byte tokenizer has ${BYTE_VOCAB_SIZE} tokens but the model's vocab_size is ${config.vocabSize}`);
+  if (config.vocabSize !== BYTE_VOCAB_SIZE && !(padVocabulary && config.vocabSize > BYTE_VOCAB_SIZE)) {
+    throw new Error(`exportGguf: the byte tokenizer has ${BYTE_VOCAB_SIZE} tokens but the model's vocab_size is ${config.vocabSize}${config.vocabSize > BYTE_VOCAB_SIZE ? ' (padVocabulary: true writes the extra ids as unused tokens)' : ''}`);
   }
   const tokens = gpt2ByteToUnicode();
   const types = new Array<number>(256).fill(1);
   for (const id of [BYTE_BOS, BYTE_EOS, BYTE_PAD] as const) { tokens.push(GGUF_BYTE_SPECIALS[id]); types.push(3); }
+  // padding ids: UNUSED (5, llama_token_type), never produced by tokenizing text
+  for (let id = BYTE_VOCAB_SIZE; id < config.vocabSize; id++) { tokens.push(`<unused${id}>`); types.push(5); }
   return [
     ['tokenizer.ggml.model', { type: 'string', value: 'gpt2' }],
     ['tokenizer.ggml.pre', { type: 'string', value: 'default' }],
@@ -526,7 +535,7 @@ export function exportGguf(model: LlamaModel, path: string, opts: ExportGgufOpti
   const cfg = model.config, D = headDim(cfg);
   const { arch, permute } = ggufArchitecture(cfg, { fullAttention: opts.fullAttention });
   const ropeScaling = ggufRopeScaling(cfg, arch);
-  const vocab = byteVocabKvs(opts.tokenizer, cfg);
+  const vocab = byteVocabKvs(opts.tokenizer, cfg, opts.padVocabulary === true);
   const weightType = TYPE_BY_NAME.get(opts.type.toUpperCase())!;
   const embeddingType = TYPE_BY_NAME.get(embeddings.toUpperCase())!;
   const f16 = TYPE_BY_NAME.get('F16')!, f32 = TYPE_BY_NAME.get('F32')!;
