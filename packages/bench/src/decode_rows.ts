@@ -20,7 +20,8 @@
 //                         symmetric grid (codes q + 128, offset -128 d); an
 //                         affine INT8 group has no Q8_0 form, and our kernel's
 //                         speed does not depend on the values
-//   other INT-N widths or groups, NF4/FP4: no GGUF form (status no-gguf)
+//   other INT-N widths or groups, NF4/FP4: no GGUF form (status no-gguf;
+//                         ours timed alone at the decode shape)
 // Embeddings and the tied head are F16 in every file (the exporter's default)
 // and bf16 on our side. llama.cpp's F16 and quantized matmuls round the
 // activations (to fp16, or to 8-bit blocks), so greedy tokens of random
@@ -33,7 +34,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   BYTE_BOS, ByteTokenizer, DenseLinear, IntNLinear, type GgufWeightType, type LlamaConfig, type LlamaModel, type QuantizedIntN, Tensor, exportGguf, f16ToF32,
-  generate, intnBytes, isPreset, native, preset, quantizeQ8_0,
+  Quant4Linear, generate, intnBytes, isPreset, native, preset, quantize4bit, quantizeQ8_0,
 } from '@tunebench/core';
 import { groupwiseOf, intnLinear, qaloraConfig } from '@tunebench/qa-lora';
 import { randomModel } from './device.js';
@@ -44,6 +45,8 @@ export const DEFAULT_DECODE_SHAPE = 'smollm-135m';
 export const DECODE_PROMPT_TOKENS = 32;
 export const DECODE_NEW_TOKENS = 128;
 export const DECODE_REPEATS = 2;
+/** our decode steps' activations for quantized projections (generate's default) */
+export const DECODE_ACTIVATIONS = 'i16' as const;
 
 /** A loaded node-llama-cpp: the module and its Llama (prebuilt CPU build). */
 export interface LlamaCppLib {
@@ -131,8 +134,13 @@ export function decodeShapeModel(shape: string | LlamaConfig, w: DeployWeights, 
         const q = w.bits === 8 ? new IntNLinear(name, q8GridIntN(l.weight.value, w.groupSize)) : intnLinear(name, l.weight.value, qaloraConfig({ bits: w.bits, groupSize: w.groupSize, quantizer: 'rtn' }));
         model.replaceLinear(name, q).dispose();
       }
-    } else if (w.kind !== 'bf16') {
-      throw new Error(`decodeShapeModel: ${weightsText(w)} projections are not built here (no GGUF form)`);
+    } else if (w.kind === '4bit') {
+      // as QLoRA holds its base: double-quantized absmax
+      for (const [name, l] of [...model.linears()]) {
+        if (!(l instanceof DenseLinear)) continue;
+        if (w.format !== 'nf4' && w.format !== 'fp4') throw new Error(`decodeShapeModel: unknown 4-bit format '${w.format}'`);
+        model.replaceLinear(name, new Quant4Linear(name, quantize4bit(l.weight.value, { format: w.format, blockSize: w.blockSize, doubleQuant: true }))).dispose();
+      }
     }
     return model;
   } catch (e) {
@@ -171,7 +179,7 @@ export function decodePrompt(n: number): number[] {
 interface Timed { tokens: number[]; prefillTokensPerSecond: number; decodeTokensPerSecond: number }
 
 function oursOnce(model: LlamaModel, prompt: number[], n: number): Timed {
-  const r = generate(model, prompt, { maxNewTokens: n });
+  const r = generate(model, prompt, { maxNewTokens: n, decodeActivations: DECODE_ACTIVATIONS });
   return { tokens: r.tokens, prefillTokensPerSecond: (prompt.length * 1000) / r.prefillMs, decodeTokensPerSecond: r.decodeTokensPerSecond };
 }
 
@@ -243,10 +251,27 @@ async function computeRows(w: DeployWeights, opts: DecodeRowOptions): Promise<De
   const threads = opts.threads ?? native.getThreads();
   const promptTokens = opts.promptTokens ?? DECODE_PROMPT_TOKENS, newTokens = opts.newTokens ?? DECODE_NEW_TOKENS;
   const repeats = opts.repeats ?? DECODE_REPEATS;
-  const base = { shape: opts.shape, weights: weightsText(w), threads, promptTokens, newTokens, repeats };
+  const base = { shape: opts.shape, weights: weightsText(w), threads, promptTokens, newTokens, repeats, activations: DECODE_ACTIVATIONS };
   const forms = ggufForms(w);
-  if (typeof forms === 'string') return [{ ...base, format: null, exact: false, status: 'no-gguf', statusText: forms }];
   const o = { ...opts, threads, promptTokens, newTokens, repeats };
+  if (typeof forms === 'string') {
+    // no llama.cpp form: ours alone at the decode shape
+    const row: DecodeRow = { ...base, format: null, exact: false, status: 'no-gguf', statusText: forms };
+    let model: LlamaModel | null = null;
+    try {
+      model = decodeShapeModel(decodeConfig(o), w, o.seed ?? 0);
+      const ours: Timed[] = [];
+      for (let i = 0; i < repeats; i++) ours.push(oursOnce(model, decodePrompt(promptTokens), newTokens));
+      row.ours = best(ours);
+      row.statusText = `${forms}; ours timed alone`;
+    } catch (e) {
+      row.status = 'error';
+      row.statusText = `${forms}; ours: ${(e as Error).message}`;
+    } finally {
+      model?.dispose();
+    }
+    return [row];
+  }
   let model: LlamaModel | null = null;
   try {
     // one model for every form of these weights

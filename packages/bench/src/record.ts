@@ -30,7 +30,7 @@ export interface DecodeRow {
   /** how our side held the projections, e.g. 'bf16', 'INT4 g32 (RTN)' */
   weights: string;
   /** ok: every figure below; unavailable: node-llama-cpp could not load (ours still timed);
-   * no-gguf: this format has no GGUF form (nothing timed); error: statusText says what failed */
+   * no-gguf: this format has no GGUF form (ours timed alone); error: statusText says what failed */
   status: 'ok' | 'unavailable' | 'no-gguf' | 'error';
   /** why a figure is missing, or what is approximate */
   statusText?: string;
@@ -39,6 +39,8 @@ export interface DecodeRow {
   newTokens: number;
   /** timed runs per side, interleaved (ours, llama.cpp, ours, ...); the best of each kept */
   repeats: number;
+  /** what our quantized projections multiply in the decode steps (generate's decodeActivations) */
+  activations?: 'i16' | 'f32';
   ours?: { decodeTokensPerSecond: number; prefillTokensPerSecond: number };
   llamaCpp?: { decodeTokensPerSecond: number; prefillTokensPerSecond: number; version: string };
   /** ours / llama.cpp */

@@ -149,10 +149,12 @@ test('when node-llama-cpp cannot load, the rows say why and ours is timed alone;
   assert.match(long.statusText!, /32 \+ 300 tokens exceed tiny's 256 positions/);
   const [g16] = await decodeRows({ kind: 'intn', bits: 4, groupSize: 16 }, { shape: 'tiny', loadLlamaCpp });
   assert.deepEqual([g16.format, g16.status], [null, 'no-gguf']);
-  assert.match(g16.statusText!, /INT4 g16 has no exact GGUF form/);
+  assert.match(g16.statusText!, /INT4 g16 has no exact GGUF form.*ours timed alone/);
+  assert.ok(g16.ours!.decodeTokensPerSecond > 0 && g16.llamaCpp === undefined);
   const [nf4] = await decodeRows({ kind: '4bit', format: 'nf4', blockSize: 64 }, { shape: 'tiny', loadLlamaCpp });
   assert.deepEqual([nf4.format, nf4.status], [null, 'no-gguf']);
-  assert.match(nf4.statusText!, /llama\.cpp has no NF4 blocks/);
+  assert.match(nf4.statusText!, /llama\.cpp has no NF4 blocks.*ours timed alone/);
+  assert.ok(nf4.ours!.decodeTokensPerSecond > 0 && nf4.llamaCpp === undefined);
 });
 
 test('greedy agreement counts identical positions and the first difference', () => {
