@@ -753,12 +753,15 @@ inline void i16_tiles(int64_t m, const Src* src, int64_t K, int bshift, const Qu
 
 constexpr int64_t kI16Prefetch = 4;  // rows ahead
 
-// y = alpha * x W^T + beta * y over output rows; make(o) gives row o's
-// source, pre(o) prefetches what row o reads. One x row (m = 1): output rows
-// in pairs.
+// y = alpha * x W^T + beta * y over output rows; make(o, slot) gives row o's
+// source, pre(o) prefetches what row o reads. With one x row (m = 1) and
+// `pairs`, output rows go in pairs: faster for INT2/3/4 (their span work is
+// short, two rows keep more in flight), slower for INT8 and the 4-bit
+// blockwise formats in bench:decode (46% against 74-79% of the read roof for
+// INT8 on the 2-core EPYC VM), so those take one row at a time.
 template <class Make, class Pre>
 void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, float post, float alpha, float beta, float* y,
-             int64_t ldy, Make make, Pre pre) {
+             int64_t ldy, bool pairs, Make make, Pre pre) {
   auto rows = [&](int64_t o0, int64_t o1) {
     float sums[2 * kDecodeMaxRows];
     auto store = [&](int64_t o, const float* s) {
@@ -768,7 +771,7 @@ void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, f
       }
     };
     int64_t o = o0;
-    if (m == 1) {
+    if (m == 1 && pairs) {
       for (; o + 2 <= o1; o += 2) {
         if (o + 2 + kI16Prefetch <= Nout) { pre(o + kI16Prefetch); pre(o + 1 + kI16Prefetch); }
         const auto s0 = make(o, 0), s1 = make(o + 1, 1);
@@ -801,7 +804,7 @@ void i16_intn(int64_t m, int64_t Nout, int64_t K, float alpha, const QuantX& qx,
               int64_t ldy) {
   const Unpack16 u = intn_unpack<N>();
   const int64_t G = K >> w.group_shift, rb = (K * N) >> 3;
-  i16_run(m, Nout, K, w.group_shift, qx, 1.0f, alpha, beta, y, ldy,
+  i16_run(m, Nout, K, w.group_shift, qx, 1.0f, alpha, beta, y, ldy, N <= 4,
           [&](int64_t o, int) { return IntNSrc16<N>{w.codes + o * rb, &u, w.scales + o * G, w.offsets + o * G}; },
           [&](int64_t o) {
             prefetch_bytes(w.codes + o * rb, rb);
@@ -848,7 +851,7 @@ bool decode_gemv_i16(int64_t m, int64_t N, int64_t K, float alpha, const float* 
     // y = alpha * (tmax / T) * sum over blocks of absmax_b * d_b * (t16 . q)
     const float post = tmax / kI16Table;
     const int64_t rb = K >> 1;
-    i16_run(m, N, K, q.block_shift, qx, post, alpha, beta, y, ldy,
+    i16_run(m, N, K, q.block_shift, qx, post, alpha, beta, y, ldy, false,
             [&](int64_t o, int slot) {
               const int64_t b0 = (o * K) >> q.block_shift;
               if (q.absmax) return Q4Src16{q.packed + o * rb, &u, &table, q.absmax + b0, nullptr};
