@@ -35,7 +35,9 @@ Options:
 Weights are random (uniform, then quantized as the format says). Bytes per
 token count everything a call reads of W: codes, scales and offsets, absmax or
 its double quantization. The roof reads a buffer far larger than the caches
-with vector loads on one thread.`;
+with vector loads on one thread. Buffer and weights are native tensors, so
+both sit in transparent huge pages where the system offers them (see the
+line printed first; TUNEBENCH_HUGE_PAGES=0 puts both in 4 KiB pages).`;
 
 const opt = parseCli({
   formats: { type: 'string', default: 'f32,bf16,int8,int4,int3,int2,nf4,nf4dq,fp4' },
@@ -131,6 +133,13 @@ function makeWeight(format: string, out: number, inF: number): Weight {
 // ---- run ----
 let roofGbs = roof();
 console.log(`decode GEMV, SmolLM-135M blocks (${layers} layers x 7 projections), ${native.getThreads()} thread(s), isa ${isa}`);
+{
+  const { readFileSync } = await import('node:fs');
+  let thp = 'unknown';
+  try { thp = readFileSync('/sys/kernel/mm/transparent_hugepage/enabled', 'utf8').trim(); } catch { /* not Linux */ }
+  const huge = /AnonHugePages:\s+(\d+) kB/.exec((() => { try { return readFileSync('/proc/self/smaps_rollup', 'utf8'); } catch { return ''; } })());
+  console.log(`transparent huge pages: ${thp}; TUNEBENCH_HUGE_PAGES=${process.env.TUNEBENCH_HUGE_PAGES ?? '(unset: on)'}; AnonHugePages now ${huge ? `${Number(huge[1]) >> 10} MiB` : 'unknown'}`);
+}
 console.log(`streaming-read roof: ${roofGbs.toFixed(2)} GB/s (${roofMb} MiB buffer, 1 thread, median of ${Math.max(5, reps)})`);
 console.log('');
 const header = ['format', 'act', 'rows', 'MB/token', 'ms/token', 'GB/s', 'of roof', 'tokens/s (x m)'];

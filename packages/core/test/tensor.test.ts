@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { CATEGORIES, Tensor, bf16ToF32, f32ToBf16, memory, native } from '../src/index.js';
 
 test('allocations are counted exactly per category, live and peak', () => {
@@ -118,3 +119,55 @@ test('large blocks are cached for reuse, handed back zeroed, and released by emp
   memory.emptyCache();
   assert.equal(memory.snapshot().cpu.cachedBytes, 0);
 });
+
+// ---- huge-page blocks (tensor.cc): blocks of 64 KiB and more come from
+// 2 MiB-aligned mappings asked for transparent huge pages ----
+
+test('medium and large CPU blocks never overlap: random sizes, filled, freed in random order', () => {
+  let seed = 7;
+  const rnd = () => { seed = (Math.imul(seed, 1103515245) + 12345) >>> 0; return seed / 2 ** 32; };
+  const live: { t: Tensor; v: number }[] = [];
+  for (let round = 0; round < 200; round++) {
+    if (live.length > 0 && rnd() < 0.45) {
+      const i = Math.floor(rnd() * live.length);
+      const { t, v } = live.splice(i, 1)[0];
+      const d = t.data() as Float32Array;
+      assert.ok(d[0] === v && d[d.length - 1] === v && d[d.length >> 1] === v, `block ${t.numel} floats lost its contents`);
+      t.dispose();
+    } else {
+      // 16 KiB .. 6 MiB: below the slab size, slab blocks, own mappings
+      const n = Math.floor(4096 * Math.pow(400, rnd()));
+      const t = Tensor.zeros([n]);
+      (t.data() as Float32Array).fill(round + 1);
+      live.push({ t, v: round + 1 });
+    }
+  }
+  for (const { t, v } of live) {
+    const d = t.data() as Float32Array;
+    assert.ok(d.every((x) => x === v), `block ${t.numel} floats lost its contents`);
+    t.dispose();
+  }
+});
+
+test('a large CPU tensor is backed by transparent huge pages where the system offers them', { skip: !thpOffered() && 'transparent huge pages are off here' }, () => {
+  const before = anonHugeKb();
+  const t = Tensor.zeros([16 * 1024 * 1024]);  // 64 MiB, touched by zeroing
+  try {
+    const after = anonHugeKb();
+    assert.ok(after - before >= 32 * 1024, `AnonHugePages grew by ${after - before} kB for a 64 MiB tensor`);
+  } finally {
+    t.dispose();
+  }
+});
+
+function thpOffered(): boolean {
+  try {
+    const mode = readFileSync('/sys/kernel/mm/transparent_hugepage/enabled', 'utf8');
+    return /\[(always|madvise)\]/.test(mode) && process.env.TUNEBENCH_HUGE_PAGES !== '0';
+  } catch { return false; }
+}
+
+function anonHugeKb(): number {
+  const m = /AnonHugePages:\s+(\d+) kB/.exec(readFileSync('/proc/self/smaps_rollup', 'utf8'));
+  return m ? Number(m[1]) : 0;
+}

@@ -406,10 +406,15 @@ inline void dot_rows(const Src& src, int64_t m, int64_t K, const float* x, int64
 
 template <class V, class Make>
 void run_rows(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t ldx, float beta, float* y, int64_t ldy,
-              Make make) {
+              Make make, const void* pf_base = nullptr, int64_t pf_row_bytes = 0) {
+  static const int64_t PFD = getenv("TBX_PFD") ? atoi(getenv("TBX_PFD")) : 0;
   auto rows = [&](int64_t o0, int64_t o1) {
     float sums[kDecodeMaxRows];
     for (int64_t o = o0; o < o1; o++) {
+      if (PFD && pf_base && o + PFD < o1) {
+        const char* p = static_cast<const char*>(pf_base) + (o + PFD) * pf_row_bytes;
+        for (int64_t b = 0; b < pf_row_bytes; b += 64) __builtin_prefetch(p + b, 0, 3);
+      }
       const auto src = make(o);
       dot_rows<V>(src, m, K, x, ldx, sums);
       for (int64_t r = 0; r < m; r++) {
@@ -432,18 +437,94 @@ void run_intn(int64_t m, int64_t Nout, int64_t K, float alpha, const float* x, i
   });
 }
 
+#if defined(__AVX512F__)
+// bf16 weights on AVX-512: 32 values per 64-byte load, widened in place (the
+// even elements by a shift, the odd ones by a mask: a bf16 value is the high
+// half of its f32), so x is taken permuted per 32-chunk (its even elements,
+// then its odd ones; built once per call). Sums are f32 as on the other
+// paths, in another order.
+template <int MB>
+void bf16_row_avx512(const uint16_t* w, int64_t K, const float* xp, int64_t K32, const float* x, int64_t ldx, float* sums) {
+  const __m512i hi_mask = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  __m512 ae[MB], ao[MB];
+  for (int r = 0; r < MB; r++) ae[r] = ao[r] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K32; k += 32) {
+    const __m512i v = _mm512_loadu_si512(w + k);
+    const __m512 ev = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), od = _mm512_castsi512_ps(_mm512_and_si512(v, hi_mask));
+#pragma GCC unroll 8
+    for (int r = 0; r < MB; r++) {
+      ae[r] = _mm512_fmadd_ps(ev, _mm512_loadu_ps(xp + r * K32 + k), ae[r]);
+      ao[r] = _mm512_fmadd_ps(od, _mm512_loadu_ps(xp + r * K32 + k + 16), ao[r]);
+    }
+  }
+  for (int r = 0; r < MB; r++) {
+    float t = 0.0f;
+    for (int64_t k = K32; k < K; k++) t += bf16_to_f32(w[k]) * x[r * ldx + k];
+    sums[r] = _mm512_reduce_add_ps(_mm512_add_ps(ae[r], ao[r])) + t;
+  }
+}
+
+void bf16_avx512(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t ldx, const uint16_t* w, int64_t ldw,
+                 float beta, float* y, int64_t ldy) {
+  const int64_t K32 = K & ~int64_t(31);
+  thread_local std::vector<float> xbuf;
+  xbuf.resize(static_cast<size_t>(m * K32));
+  float* xp = xbuf.data();
+  for (int64_t r = 0; r < m; r++)
+    for (int64_t c = 0; c < K32; c += 32)
+      for (int j = 0; j < 16; j++) {
+        xp[r * K32 + c + j] = x[r * ldx + c + 2 * j];
+        xp[r * K32 + c + 16 + j] = x[r * ldx + c + 2 * j + 1];
+      }
+  auto rows = [&](int64_t o0, int64_t o1) {
+    float sums[kDecodeMaxRows];
+    for (int64_t o = o0; o < o1; o++) {
+      const uint16_t* wr = w + o * ldw;
+      for (int64_t r0 = 0; r0 < m; r0 += 8) {
+        const int64_t mb = std::min<int64_t>(8, m - r0);
+        const float* xr = xp + r0 * K32;
+        const float* xo = x + r0 * ldx;
+        float* sr = sums + r0;
+        switch (mb) {
+          case 1: bf16_row_avx512<1>(wr, K, xr, K32, xo, ldx, sr); break;
+          case 2: bf16_row_avx512<2>(wr, K, xr, K32, xo, ldx, sr); break;
+          case 3: bf16_row_avx512<3>(wr, K, xr, K32, xo, ldx, sr); break;
+          case 4: bf16_row_avx512<4>(wr, K, xr, K32, xo, ldx, sr); break;
+          case 5: bf16_row_avx512<5>(wr, K, xr, K32, xo, ldx, sr); break;
+          case 6: bf16_row_avx512<6>(wr, K, xr, K32, xo, ldx, sr); break;
+          case 7: bf16_row_avx512<7>(wr, K, xr, K32, xo, ldx, sr); break;
+          default: bf16_row_avx512<8>(wr, K, xr, K32, xo, ldx, sr); break;
+        }
+      }
+      for (int64_t r = 0; r < m; r++) {
+        float& c = y[r * ldy + o];
+        c = beta == 0.0f ? alpha * sums[r] : alpha * sums[r] + beta * c;
+      }
+    }
+  };
+  if (omp_in_parallel() || N * K < 64 * 1024) rows(0, N);
+  else parallel_chunks(N, rows, 16);
+}
+#endif
+
 template <class V>
 void run(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t ldx, const MatRef& W, float beta, float* y,
          int64_t ldy) {
   switch (W.dtype) {
     case DType::F32: {
       const float* w = static_cast<const float*>(W.p);
-      run_rows<V>(m, N, K, alpha, x, ldx, beta, y, ldy, [&](int64_t o) { return DenseF32<V>{w + o * W.ld}; });
+      run_rows<V>(m, N, K, alpha, x, ldx, beta, y, ldy, [&](int64_t o) { return DenseF32<V>{w + o * W.ld}; }, w, W.ld * 4);
       return;
     }
     case DType::BF16: {
       const uint16_t* w = static_cast<const uint16_t*>(W.p);
-      run_rows<V>(m, N, K, alpha, x, ldx, beta, y, ldy, [&](int64_t o) { return DenseBf16<V>{w + o * W.ld}; });
+#if defined(__AVX512F__)
+      if constexpr (std::is_same_v<V, Avx512>) {
+        bf16_avx512(m, N, K, alpha, x, ldx, w, W.ld, beta, y, ldy);
+        return;
+      }
+#endif
+      run_rows<V>(m, N, K, alpha, x, ldx, beta, y, ldy, [&](int64_t o) { return DenseBf16<V>{w + o * W.ld}; }, w, W.ld * 2);
       return;
     }
     case DType::U8:

@@ -77,8 +77,14 @@ void attend(int64_t Hq, int64_t Hkv, int64_t D, int64_t L, float scale, const fl
     float m = -INFINITY;
     for (int64_t j = 0; j < L; j++) {
       const float* k = kc + (j * Hkv + kvh) * D;
+      // 16 partial sums (a vector's lanes), not one serial chain of D adds
+      float part[16] = {};
+      int64_t d = 0;
+      for (; d + 16 <= D; d += 16)
+        for (int i = 0; i < 16; i++) part[i] += qv[d + i] * k[d + i];
       float dot = 0.0f;
-      for (int64_t d = 0; d < D; d++) dot += qv[d] * k[d];
+      for (; d < D; d++) dot += qv[d] * k[d];
+      for (int i = 0; i < 16; i++) dot += part[i];
       s[j] = dot * scale;
       m = s[j] > m ? s[j] : m;
     }
