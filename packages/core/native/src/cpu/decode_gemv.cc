@@ -406,15 +406,10 @@ inline void dot_rows(const Src& src, int64_t m, int64_t K, const float* x, int64
 
 template <class V, class Make>
 void run_rows(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t ldx, float beta, float* y, int64_t ldy,
-              Make make, const void* pf_base = nullptr, int64_t pf_row_bytes = 0) {
-  static const int64_t PFD = getenv("TBX_PFD") ? atoi(getenv("TBX_PFD")) : 0;
+              Make make) {
   auto rows = [&](int64_t o0, int64_t o1) {
     float sums[kDecodeMaxRows];
     for (int64_t o = o0; o < o1; o++) {
-      if (PFD && pf_base && o + PFD < o1) {
-        const char* p = static_cast<const char*>(pf_base) + (o + PFD) * pf_row_bytes;
-        for (int64_t b = 0; b < pf_row_bytes; b += 64) __builtin_prefetch(p + b, 0, 3);
-      }
       const auto src = make(o);
       dot_rows<V>(src, m, K, x, ldx, sums);
       for (int64_t r = 0; r < m; r++) {
@@ -513,7 +508,7 @@ void run(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t l
   switch (W.dtype) {
     case DType::F32: {
       const float* w = static_cast<const float*>(W.p);
-      run_rows<V>(m, N, K, alpha, x, ldx, beta, y, ldy, [&](int64_t o) { return DenseF32<V>{w + o * W.ld}; }, w, W.ld * 4);
+      run_rows<V>(m, N, K, alpha, x, ldx, beta, y, ldy, [&](int64_t o) { return DenseF32<V>{w + o * W.ld}; });
       return;
     }
     case DType::BF16: {
@@ -524,7 +519,7 @@ void run(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t l
         return;
       }
 #endif
-      run_rows<V>(m, N, K, alpha, x, ldx, beta, y, ldy, [&](int64_t o) { return DenseBf16<V>{w + o * W.ld}; }, w, W.ld * 2);
+      run_rows<V>(m, N, K, alpha, x, ldx, beta, y, ldy, [&](int64_t o) { return DenseBf16<V>{w + o * W.ld}; });
       return;
     }
     case DType::U8:
