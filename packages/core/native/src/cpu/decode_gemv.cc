@@ -588,7 +588,20 @@ struct QuantX {
   const float* d;     // [m, K >> bshift]
   const float* sum;   // [m, K >> bshift] f32 sums of x per block
   int64_t K, nb;
+  const int16_t* q64 = nullptr;  // [m, K] q permuted per 64: even elements, then odd ones (INT4 spans of 64)
 };
+
+// qx.q64 from qx.q (K % 64 == 0)
+void permute_x64(int64_t m, int64_t K, std::vector<int16_t>& buf, QuantX& qx) {
+  buf.resize(static_cast<size_t>(m * K));
+  for (int64_t r = 0; r < m; r++) {
+    const int16_t* a = qx.q + r * K;
+    int16_t* b = buf.data() + r * K;
+    for (int64_t c = 0; c < K; c += 64)
+      for (int j = 0; j < 32; j++) { b[c + j] = a[c + 2 * j]; b[c + 32 + j] = a[c + 2 * j + 1]; }
+  }
+  qx.q64 = buf.data();
+}
 
 // false when some x is not finite (the caller then takes the f32 path)
 bool quantize_x(int64_t m, int64_t K, const float* x, int64_t ldx, int bshift, std::vector<int16_t>& qbuf,
@@ -692,7 +705,7 @@ inline __m512i q4_codes32(const uint8_t* p, const Unpack16& u, __m512i table) {
 constexpr int64_t kI16MaxBlocks = 1024;
 
 template <int MB>
-inline void combined_scales(const float* scales, const float* const* d, int64_t G, float (*c)[kI16MaxBlocks]) {
+inline void combined_scales(const float* scales, const float* const* d, int64_t G, float (*c)[kI16MaxBlocks + 16]) {
   for (int r = 0; r < MB; r++) {
     int64_t g = 0;
     for (; g + 16 <= G; g += 16) _mm512_storeu_ps(c[r] + g, _mm512_mul_ps(_mm512_loadu_ps(scales + g), _mm512_loadu_ps(d[r] + g)));
@@ -729,7 +742,7 @@ struct Q4Src16 {
 // 16): each unit spans two, lanes 0-7 and 8-15.
 template <int MB, int U, class Src>
 __attribute__((always_inline)) inline void i16_span(const Src& src, int64_t k, int bshift, const int16_t* const* xq,
-                                                    const float (*c)[kI16MaxBlocks], __m512 (&acc)[MB]) {
+                                                    const float (*c)[kI16MaxBlocks + 16], __m512 (&acc)[MB]) {
   const int64_t g = k >> bshift;
   __m512i I[MB];
   {
@@ -751,6 +764,27 @@ __attribute__((always_inline)) inline void i16_span(const Src& src, int64_t k, i
   } else {
 #pragma GCC unroll 8
     for (int r = 0; r < MB; r++) acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I[r]), _mm512_set1_ps(c[r][g]), acc[r]);
+  }
+}
+
+// INT4 in spans of 64 (U == 4 below; K % 64 == 0): the span's 32 bytes
+// widened to 32 words, their low nibbles (the even elements) and high
+// nibbles (the odd ones) two vectors of 32 lanes, dotted with x permuted the
+// same way (QuantX::q64): one load, one widening and two bit operations for
+// 64 codes. Lane l holds elements 4l, 4l + 2 (and 4l + 1, 4l + 3) of the
+// span: group (4l) >> gshift of it, so groups of 32 and 16 take a per-lane
+// combined scale (gidx), larger ones a broadcast.
+template <int MB>
+__attribute__((always_inline)) inline void i4_span64(const uint8_t* codes, int64_t k, int gshift, const int16_t* const* xp,
+                                                     const float (*c)[kI16MaxBlocks + 16], __m512i gidx, __m512 (&acc)[MB]) {
+  const __m512i z = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + (k >> 1))));
+  const __m512i lo = _mm512_and_si512(z, _mm512_set1_epi16(15)), hi = _mm512_srli_epi16(z, 4);
+  const int64_t g = k >> gshift;
+#pragma GCC unroll 8
+  for (int r = 0; r < MB; r++) {
+    const __m512i I = dp16(dp16(_mm512_setzero_si512(), lo, _mm512_loadu_si512(xp[r] + k)), hi, _mm512_loadu_si512(xp[r] + k + 32));
+    const __m512 cv = gshift >= 6 ? _mm512_set1_ps(c[r][g]) : _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(&c[r][g]));
+    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), cv, acc[r]);
   }
 }
 
@@ -783,8 +817,32 @@ void i16_rows(const Src* src, int64_t K, int bshift, const QuantX& qx, int64_t r
   // accumulator sets: R == 1 alternates spans between them, R == 2 has one per output row
   __m512 acc0[MB], acc1[MB];
   for (int r = 0; r < MB; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
-  float c[R][MB][kI16MaxBlocks];
+  float c[R][MB][kI16MaxBlocks + 16];
   for (int o = 0; o < R; o++) combined_scales<MB>(src[o].scales, d, G, c[o]);
+  if constexpr (U == 4) {  // INT4 spans of 64 (i4_span64)
+    const int16_t* xp[MB];
+    for (int r = 0; r < MB; r++) xp[r] = qx.q64 + (r0 + r) * K;
+    alignas(64) int32_t gi[16];
+    for (int l = 0; l < 16; l++) gi[l] = bshift >= 6 ? 0 : (4 * l) >> bshift;
+    const __m512i gidx = _mm512_load_si512(gi);
+    if constexpr (R == 1) {
+      int64_t k = 0;
+      for (; k + 128 <= K; k += 128) {
+        i4_span64<MB>(src[0].codes, k, bshift, xp, c[0], gidx, acc0);
+        i4_span64<MB>(src[0].codes, k + 64, bshift, xp, c[0], gidx, acc1);
+      }
+      if (k < K) i4_span64<MB>(src[0].codes, k, bshift, xp, c[0], gidx, acc0);
+      for (int r = 0; r < MB; r++) sums[r] = i16_finish(src[0], _mm512_add_ps(acc0[r], acc1[r]), qx.sum + (r0 + r) * G, G, post);
+    } else {
+      for (int64_t k = 0; k < K; k += 64) {
+        i4_span64<MB>(src[0].codes, k, bshift, xp, c[0], gidx, acc0);
+        i4_span64<MB>(src[1].codes, k, bshift, xp, c[1], gidx, acc1);
+      }
+      sums[0] = i16_finish(src[0], acc0[0], qx.sum + r0 * G, G, post);
+      sums[kDecodeMaxRows] = i16_finish(src[1], acc1[0], qx.sum + r0 * G, G, post);
+    }
+    return;
+  }
   constexpr int64_t S = 32 * U;
   if constexpr (R == 1) {
     int64_t k = 0;
@@ -838,6 +896,9 @@ constexpr int64_t kI16Prefetch = 4;  // rows ahead
 template <class Make, class Pre>
 void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, float post, float alpha, float beta, float* y,
              int64_t ldy, bool pairs, Make make, Pre pre) {
+  using Src = decltype(make(int64_t(0), 0));
+  // INT4 with x permuted for spans of 64 (U = 4), others by their block size
+  const int umode = std::is_same_v<Src, IntNSrc16<4>> && qx.q64 ? 4 : bshift >= 6 ? 2 : 1;
   auto rows = [&](int64_t o0, int64_t o1) {
     float sums[2 * kDecodeMaxRows];
     auto store = [&](int64_t o, const float* s) {
@@ -852,7 +913,10 @@ void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, f
         if (o + 2 + kI16Prefetch <= Nout) { pre(o + kI16Prefetch); pre(o + 1 + kI16Prefetch); }
         const auto s0 = make(o, 0), s1 = make(o + 1, 1);
         const decltype(s0) src[2] = {s0, s1};
-        if (bshift >= 6) i16_tiles<2, 2>(m, src, K, bshift, qx, post, sums);
+        if constexpr (std::is_same_v<Src, IntNSrc16<4>>) {
+          if (umode == 4) { i16_tiles<2, 4>(m, src, K, bshift, qx, post, sums); store(o, sums); store(o + 1, sums + kDecodeMaxRows); continue; }
+        }
+        if (umode == 2) i16_tiles<2, 2>(m, src, K, bshift, qx, post, sums);
         else i16_tiles<2, 1>(m, src, K, bshift, qx, post, sums);
         store(o, sums);
         store(o + 1, sums + kDecodeMaxRows);
@@ -861,7 +925,10 @@ void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, f
     for (; o < o1; o++) {
       if (o + kI16Prefetch < Nout) pre(o + kI16Prefetch);
       const auto s0 = make(o, 0);
-      if (bshift >= 6) i16_tiles<1, 2>(m, &s0, K, bshift, qx, post, sums);
+      if constexpr (std::is_same_v<Src, IntNSrc16<4>>) {
+        if (umode == 4) { i16_tiles<1, 4>(m, &s0, K, bshift, qx, post, sums); store(o, sums); continue; }
+      }
+      if (umode == 2) i16_tiles<1, 2>(m, &s0, K, bshift, qx, post, sums);
       else i16_tiles<1, 1>(m, &s0, K, bshift, qx, post, sums);
       store(o, sums);
     }
@@ -902,6 +969,8 @@ bool decode_gemv_i16(int64_t m, int64_t N, int64_t K, float alpha, const float* 
     const IntNView& w = *W.intn;
     if (w.group_shift < 4 || K % (int64_t(1) << w.group_shift) != 0 || (K >> w.group_shift) > kI16MaxBlocks) return false;
     if (!quantize_x(m, K, x, ldx, w.group_shift, qbuf, dbuf, sbuf, qx)) return false;
+    thread_local std::vector<int16_t> q64buf;
+    if (w.bits == 4 && K % 64 == 0) permute_x64(m, K, q64buf, qx);
     switch (w.bits) {
       case 2: i16_intn<2>(m, N, K, alpha, qx, w, beta, y, ldy); return true;
       case 3: i16_intn<3>(m, N, K, alpha, qx, w, beta, y, ldy); return true;
