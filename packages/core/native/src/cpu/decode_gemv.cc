@@ -717,6 +717,7 @@ inline void combined_scales(const float* scales, const float* const* d, int64_t 
 // at a time, its per-block scales (and INT-N offsets).
 template <int N>
 struct IntNSrc16 {
+  static constexpr int bits = N;
   const uint8_t* codes;  // the row's first byte
   const Unpack16* u;
   const float* scales;   // the row's groups
@@ -774,11 +775,22 @@ __attribute__((always_inline)) inline void i16_span(const Src& src, int64_t k, i
 // 64 codes. Lane l holds elements 4l, 4l + 2 (and 4l + 1, 4l + 3) of the
 // span: group (4l) >> gshift of it, so groups of 32 and 16 take a per-lane
 // combined scale (gidx), larger ones a broadcast.
-template <int MB>
+// INT8 likewise: 64 bytes, the even bytes masked and the odd ones shifted
+// down, in the same lanes.
+template <int N, int MB>
 __attribute__((always_inline)) inline void i4_span64(const uint8_t* codes, int64_t k, int gshift, const int16_t* const* xp,
                                                      const float (*c)[kI16MaxBlocks + 16], __m512i gidx, __m512 (&acc)[MB]) {
-  const __m512i z = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + (k >> 1))));
-  const __m512i lo = _mm512_and_si512(z, _mm512_set1_epi16(15)), hi = _mm512_srli_epi16(z, 4);
+  static_assert(N == 4 || N == 8, "spans of 64: INT4 and INT8");
+  __m512i lo, hi;
+  if constexpr (N == 4) {
+    const __m512i z = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + (k >> 1))));
+    lo = _mm512_and_si512(z, _mm512_set1_epi16(15));
+    hi = _mm512_srli_epi16(z, 4);
+  } else {
+    const __m512i v = _mm512_loadu_si512(codes + k);
+    lo = _mm512_and_si512(v, _mm512_set1_epi16(255));
+    hi = _mm512_srli_epi16(v, 8);
+  }
   const int64_t g = k >> gshift;
 #pragma GCC unroll 8
   for (int r = 0; r < MB; r++) {
@@ -828,15 +840,15 @@ void i16_rows(const Src* src, int64_t K, int bshift, const QuantX& qx, int64_t r
     if constexpr (R == 1) {
       int64_t k = 0;
       for (; k + 128 <= K; k += 128) {
-        i4_span64<MB>(src[0].codes, k, bshift, xp, c[0], gidx, acc0);
-        i4_span64<MB>(src[0].codes, k + 64, bshift, xp, c[0], gidx, acc1);
+        i4_span64<Src::bits, MB>(src[0].codes, k, bshift, xp, c[0], gidx, acc0);
+        i4_span64<Src::bits, MB>(src[0].codes, k + 64, bshift, xp, c[0], gidx, acc1);
       }
-      if (k < K) i4_span64<MB>(src[0].codes, k, bshift, xp, c[0], gidx, acc0);
+      if (k < K) i4_span64<Src::bits, MB>(src[0].codes, k, bshift, xp, c[0], gidx, acc0);
       for (int r = 0; r < MB; r++) sums[r] = i16_finish(src[0], _mm512_add_ps(acc0[r], acc1[r]), qx.sum + (r0 + r) * G, G, post);
     } else {
       for (int64_t k = 0; k < K; k += 64) {
-        i4_span64<MB>(src[0].codes, k, bshift, xp, c[0], gidx, acc0);
-        i4_span64<MB>(src[1].codes, k, bshift, xp, c[1], gidx, acc1);
+        i4_span64<Src::bits, MB>(src[0].codes, k, bshift, xp, c[0], gidx, acc0);
+        i4_span64<Src::bits, MB>(src[1].codes, k, bshift, xp, c[1], gidx, acc1);
       }
       sums[0] = i16_finish(src[0], acc0[0], qx.sum + r0 * G, G, post);
       sums[kDecodeMaxRows] = i16_finish(src[1], acc1[0], qx.sum + r0 * G, G, post);
@@ -897,8 +909,9 @@ template <class Make, class Pre>
 void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, float post, float alpha, float beta, float* y,
              int64_t ldy, bool pairs, Make make, Pre pre) {
   using Src = decltype(make(int64_t(0), 0));
-  // INT4 with x permuted for spans of 64 (U = 4), others by their block size
-  const int umode = std::is_same_v<Src, IntNSrc16<4>> && qx.q64 ? 4 : bshift >= 6 ? 2 : 1;
+  // INT4 and INT8 with x permuted for spans of 64 (U = 4), others by their block size
+  constexpr bool span64 = std::is_same_v<Src, IntNSrc16<4>> || std::is_same_v<Src, IntNSrc16<8>>;
+  const int umode = span64 && qx.q64 ? 4 : bshift >= 6 ? 2 : 1;
   auto rows = [&](int64_t o0, int64_t o1) {
     float sums[2 * kDecodeMaxRows];
     auto store = [&](int64_t o, const float* s) {
@@ -913,7 +926,7 @@ void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, f
         if (o + 2 + kI16Prefetch <= Nout) { pre(o + kI16Prefetch); pre(o + 1 + kI16Prefetch); }
         const auto s0 = make(o, 0), s1 = make(o + 1, 1);
         const decltype(s0) src[2] = {s0, s1};
-        if constexpr (std::is_same_v<Src, IntNSrc16<4>>) {
+        if constexpr (span64) {
           if (umode == 4) { i16_tiles<2, 4>(m, src, K, bshift, qx, post, sums); store(o, sums); store(o + 1, sums + kDecodeMaxRows); continue; }
         }
         if (umode == 2) i16_tiles<2, 2>(m, src, K, bshift, qx, post, sums);
@@ -925,7 +938,7 @@ void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, f
     for (; o < o1; o++) {
       if (o + kI16Prefetch < Nout) pre(o + kI16Prefetch);
       const auto s0 = make(o, 0);
-      if constexpr (std::is_same_v<Src, IntNSrc16<4>>) {
+      if constexpr (span64) {
         if (umode == 4) { i16_tiles<1, 4>(m, &s0, K, bshift, qx, post, sums); store(o, sums); continue; }
       }
       if (umode == 2) i16_tiles<1, 2>(m, &s0, K, bshift, qx, post, sums);
@@ -970,7 +983,7 @@ bool decode_gemv_i16(int64_t m, int64_t N, int64_t K, float alpha, const float* 
     if (w.group_shift < 4 || K % (int64_t(1) << w.group_shift) != 0 || (K >> w.group_shift) > kI16MaxBlocks) return false;
     if (!quantize_x(m, K, x, ldx, w.group_shift, qbuf, dbuf, sbuf, qx)) return false;
     thread_local std::vector<int16_t> q64buf;
-    if (w.bits == 4 && K % 64 == 0) permute_x64(m, K, q64buf, qx);
+    if ((w.bits == 4 || w.bits == 8) && K % 64 == 0) permute_x64(m, K, q64buf, qx);
     switch (w.bits) {
       case 2: i16_intn<2>(m, N, K, alpha, qx, w, beta, y, ldy); return true;
       case 3: i16_intn<3>(m, N, K, alpha, qx, w, beta, y, ldy); return true;
