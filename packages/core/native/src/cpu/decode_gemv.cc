@@ -1008,18 +1008,23 @@ bool decode_gemv_i16(int64_t m, int64_t N, int64_t K, float alpha, const float* 
     const int64_t nb = K >> q.block_shift;
     // y = alpha * (tmax / T) * sum over blocks of absmax_b * d_b * (t16 . q)
     const float post = tmax / kI16Table;
+    int dq_shift = -1;  // log2 of the double quantization's block when a power of two
+    if (!q.absmax && (q.dq_block & (q.dq_block - 1)) == 0) while ((int64_t(1) << (dq_shift + 1)) <= q.dq_block) dq_shift++;
     const int64_t rb = K >> 1;
     i16_run(m, N, K, q.block_shift, qx, post, alpha, beta, y, ldy, false,
             [&](int64_t o, int slot) {
               const int64_t b0 = (o * K) >> q.block_shift;
               if (q.absmax) return Q4Src16{q.packed + o * rb, &u, &table, q.absmax + b0, nullptr};
               // double-quantized absmax: the row's blocks expanded into a per-thread buffer
-              thread_local std::vector<float> buf[2];
-              std::vector<float>& bb = buf[slot];
-              bb.resize(static_cast<size_t>(nb));
-              for (int64_t b = 0; b < nb; b++)
-                bb[static_cast<size_t>(b)] = q.dq_map[q.dq_codes[b0 + b]] * q.dq_scales[(b0 + b) / q.dq_block] + q.dq_offset;
-              return Q4Src16{q.packed + o * rb, &u, &table, bb.data(), nullptr};
+              thread_local float buf[2][kI16MaxBlocks];
+              float* bb = buf[slot];
+              const uint8_t* dc = q.dq_codes + b0;
+              if (dq_shift >= 0) {
+                for (int64_t b = 0; b < nb; b++) bb[b] = q.dq_map[dc[b]] * q.dq_scales[(b0 + b) >> dq_shift] + q.dq_offset;
+              } else {
+                for (int64_t b = 0; b < nb; b++) bb[b] = q.dq_map[dc[b]] * q.dq_scales[(b0 + b) / q.dq_block] + q.dq_offset;
+              }
+              return Q4Src16{q.packed + o * rb, &u, &table, bb, nullptr};
             },
             [&](int64_t o) {
               prefetch_bytes(q.packed + o * rb, rb);
