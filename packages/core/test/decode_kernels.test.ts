@@ -147,7 +147,7 @@ test('INT-N decode GEMV equals the float reference: bits 2/3/4/8, groups 16..128
 
 test('INT-N decode GEMV with merged (non-RTN) offsets, multi-threaded over output rows', () => {
   const r = rng();
-  const [N, K] = [260, 576];  // N * K above the threading threshold
+  const [N, K] = [520, 576];  // N * K above the sharing threshold (256 Ki weights)
   const w = Tensor.from(randn(N * K, r, 0.05), [N, K]);
   const q = quantizeIntN(w, { bits: 4, groupSize: 32 });
   w.dispose();
@@ -232,7 +232,7 @@ test('i16 activations: INT-N and NF4/FP4 decode GEMV within the rounding bound, 
       native.setThreads(threads);
       for (const bits of [2, 3, 4, 8] as IntNBits[]) {
         for (const groupSize of [16, 32, 64, 128] as IntNGroupSize[]) {
-          const [N, K] = threads === 2 ? [200, 512] : [21, 4 * Math.max(groupSize, 32)];
+          const [N, K] = threads === 2 ? [520, 512] : [21, 4 * Math.max(groupSize, 32)];  // 2 threads: above the sharing threshold
           const w = Tensor.from(randn(N * K, r, 0.1), [N, K]);
           const q = quantizeIntN(w, { bits, groupSize });
           w.dispose();
@@ -257,7 +257,7 @@ test('i16 activations: INT-N and NF4/FP4 decode GEMV within the rounding bound, 
       for (const format of ['nf4', 'fp4'] as const) {
         for (const doubleQuant of [false, true]) {
           for (const blockSize of [32, 64, 256]) {
-            const [N, K] = threads === 2 ? [150, 512] : [13, 512];
+            const [N, K] = threads === 2 ? [520, 512] : [13, 512];
             const w = Tensor.from(randn(N * K, r, 0.1), [N, K]);
             const q = quantize4bit(w, { format, blockSize, doubleQuant });
             w.dispose();

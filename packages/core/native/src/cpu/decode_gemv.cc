@@ -23,6 +23,7 @@
 #include "operand.h"
 #include "parallel.h"
 #include "registry.h"
+#include "share.h"
 #include "storage.h"
 
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -399,6 +400,24 @@ inline void dot_rows(const Src& src, int64_t m, int64_t K, const float* x, int64
   }
 }
 
+// Output rows over the kernel threads (share.h: a thread another process
+// keeps waiting never holds the call up): about 4 chunks per thread, at
+// least 16 rows each.
+// Below this many weights a GEMV runs on the calling thread: waking a
+// helper costs microseconds, about what a weight of 256 Ki quantized values
+// takes on one thread; with another process busy on the other core, the
+// small preset (projections of 180 Ki weights) decoded at 0.71x of one
+// thread when they were shared from 64 Ki, 1.10x at this threshold
+// (pnpm bench:threads, 2-core EPYC VM).
+constexpr int64_t kShareMin = 256 * 1024;
+
+template <class Rows>
+void share_rows(int64_t N, Rows& rows) {
+  const int nt = num_threads();
+  const int64_t chunk = std::max<int64_t>(16, (N + 4 * nt - 1) / (4 * nt));
+  share_chunks(N, chunk, nt, rows);
+}
+
 [[noreturn]] void bad_weight(const char* what) {
   std::fprintf(stderr, "tunebench: decode_gemv: %s (a binding let it through)\n", what);
   std::abort();
@@ -419,8 +438,8 @@ void run_rows(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int6
     }
   };
   // small weights are not worth waking threads for; nested calls run on one thread
-  if (omp_in_parallel() || N * K < 64 * 1024) rows(0, N);
-  else parallel_chunks(N, rows, 16);
+  if (omp_in_parallel() || N * K < kShareMin) rows(0, N);
+  else share_rows(N, rows);
 }
 
 template <class V, int N>
@@ -497,8 +516,8 @@ void bf16_avx512(int64_t m, int64_t N, int64_t K, float alpha, const float* x, i
       }
     }
   };
-  if (omp_in_parallel() || N * K < 64 * 1024) rows(0, N);
-  else parallel_chunks(N, rows, 16);
+  if (omp_in_parallel() || N * K < kShareMin) rows(0, N);
+  else share_rows(N, rows);
 }
 #endif
 
@@ -946,8 +965,8 @@ void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, f
       store(o, sums);
     }
   };
-  if (omp_in_parallel() || Nout * K < 64 * 1024) rows(0, Nout);
-  else parallel_chunks(Nout, rows, 16);
+  if (omp_in_parallel() || Nout * K < kShareMin) rows(0, Nout);
+  else share_rows(Nout, rows);
 }
 
 inline void prefetch_bytes(const void* p, int64_t n) {
