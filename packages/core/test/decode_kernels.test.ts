@@ -241,15 +241,17 @@ test('i16 activations: INT-N and NF4/FP4 decode GEMV within the rounding bound, 
           for (const m of threads === 2 ? [1, 16] : [1, 2, 5, 8, 9, 16]) checkI16(`int${bits} g${groupSize} threads=${threads}`, q, ref, m, N, K, groupSize, 0, null, r);
           disposeQuantized(q);
         }
-        // K a multiple of 32 but not of 64: INT4 and INT8 leave their spans of 64 for spans of 32
+        // K a multiple of 32 but not of 64 (INT4 and INT8 leave their spans of 64
+        // for spans of 32), or not of 128 (INT2's spans of 128 end in spans of 32)
         if (threads === 1) {
-          for (const groupSize of [16, 32] as IntNGroupSize[]) {
-            const [N, K] = [9, 96];
+          for (const [groupSize, K] of [[16, 96], [32, 96], [16, 160], [32, 576], [64, 576]] as [IntNGroupSize, number][]) {
+            if (K % groupSize !== 0) continue;
+            const N = 9;
             const w = Tensor.from(randn(N * K, r, 0.1), [N, K]);
             const q = quantizeIntN(w, { bits, groupSize });
             w.dispose();
             const ref = refIntN(q);
-            for (const m of [1, 3]) checkI16(`int${bits} g${groupSize} K=96`, q, ref, m, N, K, groupSize, 0, null, r);
+            for (const m of [1, 3]) checkI16(`int${bits} g${groupSize} K=${K}`, q, ref, m, N, K, groupSize, 0, null, r);
             disposeQuantized(q);
           }
         }

@@ -608,7 +608,22 @@ struct QuantX {
   const float* sum;   // [m, K >> bshift] f32 sums of x per block
   int64_t K, nb;
   const int16_t* q64 = nullptr;  // [m, K] q permuted per 64: even elements, then odd ones (INT4 spans of 64)
+  const int16_t* q128 = nullptr; // [m, K] q permuted per 128 by position mod 4 (INT2 spans of 128; the last K % 128 natural)
 };
+
+// qx.q128 from qx.q: in each whole 128-chunk, elements 4j + s at 32 s + j
+void permute_x128(int64_t m, int64_t K, std::vector<int16_t>& buf, QuantX& qx) {
+  buf.resize(static_cast<size_t>(m * K));
+  const int64_t K128 = K & ~int64_t(127);
+  for (int64_t r = 0; r < m; r++) {
+    const int16_t* a = qx.q + r * K;
+    int16_t* b = buf.data() + r * K;
+    for (int64_t c = 0; c < K128; c += 128)
+      for (int st = 0; st < 4; st++)
+        for (int j = 0; j < 32; j++) b[c + 32 * st + j] = a[c + 4 * j + st];
+  }
+  qx.q128 = buf.data();
+}
 
 // qx.q64 from qx.q (K % 64 == 0)
 void permute_x64(int64_t m, int64_t K, std::vector<int16_t>& buf, QuantX& qx) {
@@ -819,6 +834,31 @@ __attribute__((always_inline)) inline void i4_span64(const uint8_t* codes, int64
   }
 }
 
+// INT2 in spans of 128 (U == 8 below): 32 bytes widened to 32 words, each
+// holding 4 codes; the 4 fields (shift 0, 2, 4, 6) are 4 vectors whose lane
+// l holds elements 8l .. 8l + 7 of the span, all in one group for groups of
+// 16 and more, so the 4 dot products share one int32 sum, one conversion and
+// one scale (per lane: group (8l) >> gshift). x permuted to match (q128).
+template <int MB>
+__attribute__((always_inline)) inline void i2_span128(const uint8_t* codes, int64_t k, int gshift, const int16_t* const* xp,
+                                                      const float (*c)[kI16MaxBlocks + 16], __m512i gidx, __m512 (&acc)[MB]) {
+  const __m512i z = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + (k >> 2))));
+  const __m512i m3 = _mm512_set1_epi16(3);
+  const __m512i f0 = _mm512_and_si512(z, m3), f1 = _mm512_and_si512(_mm512_srli_epi16(z, 2), m3);
+  const __m512i f2 = _mm512_and_si512(_mm512_srli_epi16(z, 4), m3), f3 = _mm512_srli_epi16(z, 6);
+  const int64_t g = k >> gshift;
+#pragma GCC unroll 8
+  for (int r = 0; r < MB; r++) {
+    const int16_t* x = xp[r] + k;
+    __m512i I = dp16(_mm512_setzero_si512(), f0, _mm512_loadu_si512(x));
+    I = dp16(I, f1, _mm512_loadu_si512(x + 32));
+    I = dp16(I, f2, _mm512_loadu_si512(x + 64));
+    I = dp16(I, f3, _mm512_loadu_si512(x + 96));
+    const __m512 cv = gshift >= 7 ? _mm512_set1_ps(c[r][g]) : _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(&c[r][g]));
+    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), cv, acc[r]);
+  }
+}
+
 // One output row's sum from its accumulators: INT-N adds its offsets,
 // sum_g o_g * (sum of x over group g), in f32.
 template <class Src>
@@ -868,6 +908,36 @@ void i16_rows(const Src* src, int64_t K, int bshift, const QuantX& qx, int64_t r
       for (int64_t k = 0; k < K; k += 64) {
         i4_span64<Src::bits, MB>(src[0].codes, k, bshift, xp, c[0], gidx, acc0);
         i4_span64<Src::bits, MB>(src[1].codes, k, bshift, xp, c[1], gidx, acc1);
+      }
+      sums[0] = i16_finish(src[0], acc0[0], qx.sum + r0 * G, G, post);
+      sums[kDecodeMaxRows] = i16_finish(src[1], acc1[0], qx.sum + r0 * G, G, post);
+    }
+    return;
+  }
+  if constexpr (U == 8) {  // INT2 spans of 128 (i2_span128), the rest in spans of 32
+    const int16_t* xp[MB];
+    for (int r = 0; r < MB; r++) xp[r] = qx.q128 + (r0 + r) * K;
+    alignas(64) int32_t gi[16];
+    for (int l = 0; l < 16; l++) gi[l] = bshift >= 7 ? 0 : (8 * l) >> bshift;
+    const __m512i gidx = _mm512_load_si512(gi);
+    const int64_t K128 = K & ~int64_t(127);
+    if constexpr (R == 1) {
+      int64_t k = 0;
+      for (; k + 256 <= K128; k += 256) {
+        i2_span128<MB>(src[0].codes, k, bshift, xp, c[0], gidx, acc0);
+        i2_span128<MB>(src[0].codes, k + 128, bshift, xp, c[0], gidx, acc1);
+      }
+      if (k < K128) i2_span128<MB>(src[0].codes, k, bshift, xp, c[0], gidx, acc0);
+      for (k = K128; k < K; k += 32) i16_span<MB, 1>(src[0], k, bshift, xq, c[0], acc1);
+      for (int r = 0; r < MB; r++) sums[r] = i16_finish(src[0], _mm512_add_ps(acc0[r], acc1[r]), qx.sum + (r0 + r) * G, G, post);
+    } else {
+      for (int64_t k = 0; k < K128; k += 128) {
+        i2_span128<MB>(src[0].codes, k, bshift, xp, c[0], gidx, acc0);
+        i2_span128<MB>(src[1].codes, k, bshift, xp, c[1], gidx, acc1);
+      }
+      for (int64_t k = K128; k < K; k += 32) {
+        i16_span<MB, 1>(src[0], k, bshift, xq, c[0], acc0);
+        i16_span<MB, 1>(src[1], k, bshift, xq, c[1], acc1);
       }
       sums[0] = i16_finish(src[0], acc0[0], qx.sum + r0 * G, G, post);
       sums[kDecodeMaxRows] = i16_finish(src[1], acc1[0], qx.sum + r0 * G, G, post);
@@ -930,7 +1000,8 @@ void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, f
   using Src = decltype(make(int64_t(0), 0));
   // INT4 and INT8 with x permuted for spans of 64 (U = 4), others by their block size
   constexpr bool span64 = std::is_same_v<Src, IntNSrc16<4>> || std::is_same_v<Src, IntNSrc16<8>>;
-  const int umode = span64 && qx.q64 ? 4 : bshift >= 6 ? 2 : 1;
+  constexpr bool span128 = std::is_same_v<Src, IntNSrc16<2>>;
+  const int umode = span64 && qx.q64 ? 4 : span128 && qx.q128 ? 8 : bshift >= 6 ? 2 : 1;
   auto rows = [&](int64_t o0, int64_t o1) {
     float sums[2 * kDecodeMaxRows];
     auto store = [&](int64_t o, const float* s) {
@@ -948,6 +1019,9 @@ void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, f
         if constexpr (span64) {
           if (umode == 4) { i16_tiles<2, 4>(m, src, K, bshift, qx, post, sums); store(o, sums); store(o + 1, sums + kDecodeMaxRows); continue; }
         }
+        if constexpr (span128) {
+          if (umode == 8) { i16_tiles<2, 8>(m, src, K, bshift, qx, post, sums); store(o, sums); store(o + 1, sums + kDecodeMaxRows); continue; }
+        }
         if (umode == 2) i16_tiles<2, 2>(m, src, K, bshift, qx, post, sums);
         else i16_tiles<2, 1>(m, src, K, bshift, qx, post, sums);
         store(o, sums);
@@ -959,6 +1033,9 @@ void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, f
       const auto s0 = make(o, 0);
       if constexpr (span64) {
         if (umode == 4) { i16_tiles<1, 4>(m, &s0, K, bshift, qx, post, sums); store(o, sums); continue; }
+      }
+      if constexpr (span128) {
+        if (umode == 8) { i16_tiles<1, 8>(m, &s0, K, bshift, qx, post, sums); store(o, sums); continue; }
       }
       if (umode == 2) i16_tiles<1, 2>(m, &s0, K, bshift, qx, post, sums);
       else i16_tiles<1, 1>(m, &s0, K, bshift, qx, post, sums);
@@ -1003,6 +1080,7 @@ bool decode_gemv_i16(int64_t m, int64_t N, int64_t K, float alpha, const float* 
     if (!quantize_x(m, K, x, ldx, w.group_shift, qbuf, dbuf, sbuf, qx)) return false;
     thread_local std::vector<int16_t> q64buf;
     if ((w.bits == 4 || w.bits == 8) && K % 64 == 0) permute_x64(m, K, q64buf, qx);
+    if (w.bits == 2 && K >= 128) permute_x128(m, K, q64buf, qx);
     switch (w.bits) {
       case 2: i16_intn<2>(m, N, K, alpha, qx, w, beta, y, ldy); return true;
       case 3: i16_intn<3>(m, N, K, alpha, qx, w, beta, y, ldy); return true;
