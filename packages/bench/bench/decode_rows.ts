@@ -6,7 +6,7 @@
 //   pnpm --filter @tunebench/bench bench:decode-rows
 //   pnpm --filter @tunebench/bench bench:decode-rows -- --shape tiny --weights bf16,int4 --threads 2
 import { loadavg } from 'node:os';
-import { native, parseCli } from '@tunebench/core';
+import { intOption, native, parseCli } from '@tunebench/core';
 import { DECODE_NEW_TOKENS, DECODE_PROMPT_TOKENS, DECODE_REPEATS, DEFAULT_DECODE_SHAPE, decodeRows } from '../src/decode_rows.js';
 import type { DeployWeights } from '../src/record.js';
 
@@ -34,12 +34,8 @@ const opt = parseCli({
   help: { type: 'boolean', short: 'h', default: false },
 } as const, HELP);
 
-const int = (name: string, v: string): number => {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer, got '${v}'`);
-  return n;
-};
-const threads = int('threads', opt.threads), newTokens = int('tokens', opt.tokens), repeats = int('repeats', opt.repeats);
+const threads = intOption('threads', opt.threads, 1), newTokens = intOption('tokens', opt.tokens, DECODE_NEW_TOKENS);
+const repeats = intOption('repeats', opt.repeats, DECODE_REPEATS);
 const FORMS: Record<string, DeployWeights> = {
   bf16: { kind: 'bf16' },
   int4: { kind: 'intn', bits: 4, groupSize: 32 },

@@ -8,7 +8,7 @@
 //   pnpm --filter @tunebench/core bench:decode -- --help
 import {
   type IntNBits, type IntNGroupSize, type QuantizedWeight, Tensor, disposeQuantized, native, nativeOperand, parseCli,
-  quantize4bit, quantizeIntN,
+  intOption, quantize4bit, quantizeIntN,
 } from '../src/index.js';
 import { type NativeTensorHandle, nativeFn } from '../src/native.js';
 
@@ -53,11 +53,7 @@ const opt = parseCli({
   help: { type: 'boolean', short: 'h', default: false },
 } as const, HELP);
 
-const int = (name: string, v: string): number => {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer, got '${v}'`);
-  return n;
-};
+const int = (name: string, v: string): number => intOption(name, v, 1);
 const layers = int('layers', opt.layers), reps = int('reps', opt.reps), roofMb = int('roof-mb', opt['roof-mb']);
 const group = int('group', opt.group) as IntNGroupSize, block = int('block', opt.block);
 const rows = opt.rows.split(',').map((s) => int('rows', s.trim()));
