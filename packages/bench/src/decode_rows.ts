@@ -34,7 +34,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   BYTE_BOS, ByteTokenizer, DenseLinear, IntNLinear, type GgufWeightType, type LlamaConfig, type LlamaModel, type QuantizedIntN, Tensor, exportGguf, f16ToF32,
-  Quant4Linear, generate, intnBytes, isPreset, native, preset, quantize4bit, quantizeQ8_0,
+  type LlamaCppLib, Quant4Linear, generate, intnBytes, isPreset, loadLlamaCpp as loadCoreLlamaCpp, native, preset, quantize4bit, quantizeQ8_0,
 } from '@tunebench/core';
 import { groupwiseOf, intnLinear, qaloraConfig } from '@tunebench/qa-lora';
 import { randomModel } from './device.js';
@@ -48,35 +48,12 @@ export const DECODE_REPEATS = 2;
 /** our decode steps' activations for quantized projections (generate's default) */
 export const DECODE_ACTIVATIONS = 'i16' as const;
 
-/** A loaded node-llama-cpp: the module and its Llama (prebuilt CPU build). */
-export interface LlamaCppLib {
-  mod: typeof import('node-llama-cpp');
-  llama: Awaited<ReturnType<typeof import('node-llama-cpp')['getLlama']>>;
-  version: string;
-}
+export type { LlamaCppLib } from '@tunebench/core';
 export type LlamaCppLoader = () => Promise<LlamaCppLib>;
 
-let defaultLib: Promise<LlamaCppLib> | null = null;
-
-/** node-llama-cpp with its prebuilt CPU binary (no GPU, no build, no download), once per process; rejects saying why. */
-export function loadLlamaCpp(): Promise<LlamaCppLib> {
-  defaultLib ??= (async () => {
-    let mod: typeof import('node-llama-cpp');
-    try {
-      mod = await import('node-llama-cpp');
-    } catch (e) {
-      throw new Error(`node-llama-cpp is not installed (${(e as Error).message.split('\n')[0]}); install the bench's dev dependencies (pnpm install) for the llama.cpp rows`);
-    }
-    try {
-      // maxThreads 0: each context uses exactly the threads it asks for
-      const llama = await mod.getLlama({ gpu: false, build: 'never', usePrebuiltBinaries: true, progressLogs: false, logLevel: mod.LlamaLogLevel.error, maxThreads: 0 });
-      return { mod, llama, version: `llama.cpp ${llama.llamaCppRelease.release} (node-llama-cpp ${llama.buildType})` };
-    } catch (e) {
-      throw new Error(`node-llama-cpp could not load its prebuilt CPU binary for ${process.platform}-${process.arch}: ${(e as Error).message.split('\n')[0]}`);
-    }
-  })();
-  return defaultLib;
-}
+/** node-llama-cpp with its prebuilt CPU binary (core's loadLlamaCpp), maxThreads 0:
+ * each context uses exactly the threads it asks for. */
+export const loadLlamaCpp: LlamaCppLoader = () => loadCoreLlamaCpp({ maxThreads: 0 });
 
 /** The GGUF forms of a deployable's weights: which files llama.cpp runs, or why there is none. */
 export function ggufForms(w: DeployWeights): { format: 'F16' | 'Q8_0' | 'Q4_1'; exact: boolean }[] | string {

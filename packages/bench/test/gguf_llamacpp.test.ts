@@ -27,25 +27,16 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  ArrayDataSource, ByteTokenizer, type GgufFile, IntNLinear, LlamaModel, Tensor, Trainer, f16ToF32, f32ToF16, headDim, modelTensorShapes, preset,
-  readGguf, ropeRowPermutation, saveHfModel,
+  ArrayDataSource, ByteTokenizer, IntNLinear, LlamaModel, Tensor, Trainer, asLlamaTokens, f16ToF32, f32ToF16, modelFromGguf,
+  nextTokenLogProbs as logProbs, preset, readGguf, saveHfModel, tryLoadLlamaCpp,
 } from '@tunebench/core';
 import { loadQaloraMerged, loadQaloraModel, mergeQalora, saveQaloraModel } from '@tunebench/qa-lora';
 import { exportModelDir } from '../src/commands/gguf.js';
 import { loadBrown } from '../src/tasks/brown.js';
 
-type NodeLlamaCpp = typeof import('node-llama-cpp');
 type Token = import('node-llama-cpp').Token;
-const asTokens = (ids: readonly number[]) => ids as unknown as Token[];
-let lib: { mod: NodeLlamaCpp; llama: Awaited<ReturnType<NodeLlamaCpp['getLlama']>> } | null = null;
-let unavailable = '';
-try {
-  const mod = await import('node-llama-cpp');
-  const llama = await mod.getLlama({ gpu: false, build: 'never', usePrebuiltBinaries: true, progressLogs: false, logLevel: mod.LlamaLogLevel.error, maxThreads: 1 });
-  lib = { mod, llama };
-} catch (e) {
-  unavailable = `node-llama-cpp could not load its prebuilt CPU binary: ${(e as Error).message}`;
-}
+const asTokens = asLlamaTokens;
+const { lib, unavailable } = await tryLoadLlamaCpp({ maxThreads: 1 });
 
 const tok = new ByteTokenizer();
 const cfg = preset('tiny');
@@ -68,21 +59,6 @@ function trainSteps(model: LlamaModel, rows: { ids: Int32Array; targets: Int32Ar
   return loss;
 }
 
-/** log-softmax of our logits after every token of `ids` */
-function logProbs(model: LlamaModel, ids: readonly number[]): Float64Array[] {
-  const idsT = Tensor.from(Int32Array.from(ids), [1, ids.length], { dtype: 'i32' });
-  const h = model.hidden(idsT), logits = model.logits(h);
-  const V = cfg.vocabSize, lv = logits.toFloat32(), out: Float64Array[] = [];
-  for (let t = 0; t < ids.length; t++) {
-    const row = lv.subarray(t * V, (t + 1) * V);
-    let m = -Infinity, s = 0;
-    for (const x of row) m = Math.max(m, x);
-    for (const x of row) s += Math.exp(x - m);
-    out.push(Float64Array.from(row, (x) => x - m - Math.log(s)));
-  }
-  for (const t of [idsT, h, logits]) t.dispose();
-  return out;
-}
 
 /** llama.cpp's next-token log-probabilities after every token of `ids` */
 async function llamaCppLogProbs(path: string, ids: readonly number[]): Promise<Float64Array[]> {
@@ -104,34 +80,9 @@ async function llamaCppLogProbs(path: string, ids: readonly number[]): Promise<F
   }
 }
 
-/** Our model with the file's weights (dequantized; q/k rows back in HF order): the export alone. */
-function modelFromFile(file: GgufFile): LlamaModel {
-  const part: Record<string, string> = {
-    input_layernorm: 'attn_norm', post_attention_layernorm: 'ffn_norm', 'self_attn.q_proj': 'attn_q', 'self_attn.k_proj': 'attn_k',
-    'self_attn.v_proj': 'attn_v', 'self_attn.o_proj': 'attn_output', 'mlp.gate_proj': 'ffn_gate', 'mlp.up_proj': 'ffn_up', 'mlp.down_proj': 'ffn_down',
-  };
-  const ggufName = (hf: string) => {
-    if (hf === 'model.embed_tokens.weight') return 'token_embd.weight';
-    if (hf === 'model.norm.weight') return 'output_norm.weight';
-    const m = /^model\.layers\.(\d+)\.(.+)\.weight$/.exec(hf)!;
-    return `blk.${m[1]}.${part[m[2]]}.weight`;
-  };
-  const tensors = new Map<string, Tensor>(), D = headDim(cfg);
-  for (const [hf, shape] of modelTensorShapes(cfg)) {
-    let v = file.read(ggufName(hf));
-    const perm = hf.endsWith('q_proj.weight') ? ropeRowPermutation(cfg.numHeads, D) : hf.endsWith('k_proj.weight') ? ropeRowPermutation(cfg.numKvHeads, D) : null;
-    if (perm) {
-      const u = new Float32Array(v.length), n = shape[1];
-      for (let r = 0; r < perm.length; r++) u.set(v.subarray(r * n, (r + 1) * n), perm[r] * n);
-      v = u;
-    }
-    tensors.set(hf, Tensor.from(v, shape, { category: 'frozen' }));
-  }
-  return LlamaModel.fromTensors(cfg, tensors, { trainable: false });
-}
 
 function fileLogProbs(path: string, ids: readonly number[]): Float64Array[] {
-  const m = modelFromFile(readGguf(path));
+  const m = modelFromGguf(readGguf(path), cfg);
   try { return logProbs(m, ids); } finally { m.dispose(); }
 }
 

@@ -80,3 +80,4 @@ export {
   type SweepSection, KERNEL_REPORT_FORMAT, NO_OPENBLAS, formatKernelTable, kernelFraction, loadOpenblas, measureKernels, peakCases, runKernelCases,
   stepKernelCases, sweepKernelCases, cudaGemmCases,
 } from './bench/kernels.js';
+export { loadLlamaCpp, tryLoadLlamaCpp, asLlamaTokens, nextTokenLogProbs, maxLogProbDiff, ggufNameOf, unpermuteRows, modelFromGguf, type LlamaCppLib, type NodeLlamaCpp } from './interop/llamacpp.js';

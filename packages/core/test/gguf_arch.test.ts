@@ -9,23 +9,18 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BYTE_VOCAB_SIZE, ByteTokenizer, type LlamaConfig, LlamaModel, exportGguf, f16ToF32, f32ToF16, readGguf, ropeRowPermutation } from '../src/index.js';
+import {
+  BYTE_VOCAB_SIZE, ByteTokenizer, type LlamaConfig, LlamaModel, asLlamaTokens, exportGguf, f16ToF32, f32ToF16, maxLogProbDiff, readGguf, ropeRowPermutation,
+  tryLoadLlamaCpp,
+} from '../src/index.js';
 import { logProbs } from './gguf_helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tb-gguf-arch-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 
-type NodeLlamaCpp = typeof import('node-llama-cpp');
 type Token = import('node-llama-cpp').Token;
-let lib: { mod: NodeLlamaCpp; llama: Awaited<ReturnType<NodeLlamaCpp['getLlama']>> } | null = null;
-let unavailable = '';
-try {
-  const mod = await import('node-llama-cpp');
-  const llama = await mod.getLlama({ gpu: false, build: 'never', usePrebuiltBinaries: true, progressLogs: false, logLevel: mod.LlamaLogLevel.error, maxThreads: 1 });
-  lib = { mod, llama };
-} catch (e) {
-  unavailable = `node-llama-cpp could not load its prebuilt CPU binary: ${(e as Error).message}`;
-}
+const asTokens = asLlamaTokens;
+const { lib, unavailable } = await tryLoadLlamaCpp({ maxThreads: 1 });
 
 const base = { vocabSize: BYTE_VOCAB_SIZE, hiddenSize: 64, intermediateSize: 128, numLayers: 2, ropeTheta: 10000, maxPositionEmbeddings: 128 };
 const CASES: { name: string; arch: string; cfg: LlamaConfig; fullAttention?: boolean }[] = [
@@ -106,14 +101,6 @@ test('GGUF export refuses what llama.cpp cannot run, by name', () => {
   }
 });
 
-/** max over positions and tokens with p > 1e-4 of |log p_a - log p_b| */
-function maxLogProbDiff(a: Float64Array[], b: Float64Array[]): number {
-  let worst = 0;
-  for (let t = 0; t < a.length; t++) for (let v = 0; v < a[t].length; v++) {
-    if (Math.max(a[t][v], b[t][v]) > Math.log(1e-4)) worst = Math.max(worst, Math.abs(a[t][v] - b[t][v]));
-  }
-  return worst;
-}
 
 for (const c of CASES) {
   // f16 weights: llama.cpp's CPU matmul rounds activations to f16; the llama

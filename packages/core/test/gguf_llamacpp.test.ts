@@ -17,25 +17,15 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ByteTokenizer, LlamaModel, exportGguf, generate, preset, readGguf } from '../src/index.js';
+import { ByteTokenizer, LlamaModel, asLlamaTokens, exportGguf, generate, maxLogProbDiff, preset, readGguf, tryLoadLlamaCpp } from '../src/index.js';
 import { logProbs, modelFromGguf } from './gguf_helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tb-gguf-llama-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 
-type NodeLlamaCpp = typeof import('node-llama-cpp');
 type Token = import('node-llama-cpp').Token;
-/** node-llama-cpp brands token ids; ours are plain numbers */
-const asTokens = (ids: readonly number[]) => ids as unknown as Token[];
-let lib: { mod: NodeLlamaCpp; llama: Awaited<ReturnType<NodeLlamaCpp['getLlama']>> } | null = null;
-let unavailable = '';
-try {
-  const mod = await import('node-llama-cpp');
-  const llama = await mod.getLlama({ gpu: false, build: 'never', usePrebuiltBinaries: true, progressLogs: false, logLevel: mod.LlamaLogLevel.error, maxThreads: 1 });
-  lib = { mod, llama };
-} catch (e) {
-  unavailable = `node-llama-cpp could not load its prebuilt CPU binary: ${(e as Error).message}`;
-}
+const asTokens = asLlamaTokens;
+const { lib, unavailable } = await tryLoadLlamaCpp({ maxThreads: 1 });
 
 const tok = new ByteTokenizer();
 const cfg = preset('tiny');
@@ -70,14 +60,6 @@ async function llamaCppRun(path: string, continuation: number) {
   }
 }
 
-/** max over positions and tokens with p > 1e-4 of |log p_a - log p_b| */
-function maxLogProbDiff(a: Float64Array[], b: Float64Array[]): number {
-  let worst = 0;
-  for (let t = 0; t < a.length; t++) for (let v = 0; v < a[t].length; v++) {
-    if (Math.max(a[t][v], b[t][v]) > Math.log(1e-4)) worst = Math.max(worst, Math.abs(a[t][v] - b[t][v]));
-  }
-  return worst;
-}
 
 // Tolerances on max |log p| differences (tokens with p > 1e-4), measured on
 // this model with node-llama-cpp 3.21.1 (printed as diagnostics):
