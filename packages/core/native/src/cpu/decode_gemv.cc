@@ -834,6 +834,25 @@ __attribute__((always_inline)) inline void i4_span64(const uint8_t* codes, int64
   }
 }
 
+// 4-bit blockwise (NF4/FP4) in spans of 64 likewise: the high nibble of
+// each byte is the even element, the low one the odd element; both go
+// through the 16-bit code book (q4_unpack's table) before the dot products.
+template <int MB>
+__attribute__((always_inline)) inline void q4_span64(const uint8_t* packed, __m512i table, int64_t k, int bshift,
+                                                     const int16_t* const* xp, const float (*c)[kI16MaxBlocks + 16], __m512i gidx,
+                                                     __m512 (&acc)[MB]) {
+  const __m512i z = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + (k >> 1))));
+  const __m512i ev = _mm512_permutexvar_epi16(_mm512_srli_epi16(z, 4), table);
+  const __m512i od = _mm512_permutexvar_epi16(_mm512_and_si512(z, _mm512_set1_epi16(15)), table);
+  const int64_t b = k >> bshift;
+#pragma GCC unroll 8
+  for (int r = 0; r < MB; r++) {
+    const __m512i I = dp16(dp16(_mm512_setzero_si512(), ev, _mm512_loadu_si512(xp[r] + k)), od, _mm512_loadu_si512(xp[r] + k + 32));
+    const __m512 cv = bshift >= 6 ? _mm512_set1_ps(c[r][b]) : _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(&c[r][b]));
+    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), cv, acc[r]);
+  }
+}
+
 // INT2 in spans of 128 (U == 8 below): 32 bytes widened to 32 words, each
 // holding 4 codes; the 4 fields (shift 0, 2, 4, 6) are 4 vectors whose lane
 // l holds elements 8l .. 8l + 7 of the span, all in one group for groups of
@@ -890,24 +909,28 @@ void i16_rows(const Src* src, int64_t K, int bshift, const QuantX& qx, int64_t r
   for (int r = 0; r < MB; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
   float c[R][MB][kI16MaxBlocks + 16];
   for (int o = 0; o < R; o++) combined_scales<MB>(src[o].scales, d, G, c[o]);
-  if constexpr (U == 4) {  // INT4 spans of 64 (i4_span64)
+  if constexpr (U == 4) {  // INT4, INT8, NF4/FP4 in spans of 64 (i4_span64, q4_span64)
     const int16_t* xp[MB];
     for (int r = 0; r < MB; r++) xp[r] = qx.q64 + (r0 + r) * K;
     alignas(64) int32_t gi[16];
     for (int l = 0; l < 16; l++) gi[l] = bshift >= 6 ? 0 : (4 * l) >> bshift;
     const __m512i gidx = _mm512_load_si512(gi);
+    auto span64 = [&](const Src& sr, int64_t k, const float (*cc)[kI16MaxBlocks + 16], __m512 (&a)[MB]) __attribute__((always_inline)) {
+      if constexpr (std::is_same_v<Src, Q4Src16>) q4_span64<MB>(sr.packed, *sr.table, k, bshift, xp, cc, gidx, a);
+      else i4_span64<Src::bits, MB>(sr.codes, k, bshift, xp, cc, gidx, a);
+    };
     if constexpr (R == 1) {
       int64_t k = 0;
       for (; k + 128 <= K; k += 128) {
-        i4_span64<Src::bits, MB>(src[0].codes, k, bshift, xp, c[0], gidx, acc0);
-        i4_span64<Src::bits, MB>(src[0].codes, k + 64, bshift, xp, c[0], gidx, acc1);
+        span64(src[0], k, c[0], acc0);
+        span64(src[0], k + 64, c[0], acc1);
       }
-      if (k < K) i4_span64<Src::bits, MB>(src[0].codes, k, bshift, xp, c[0], gidx, acc0);
+      if (k < K) span64(src[0], k, c[0], acc0);
       for (int r = 0; r < MB; r++) sums[r] = i16_finish(src[0], _mm512_add_ps(acc0[r], acc1[r]), qx.sum + (r0 + r) * G, G, post);
     } else {
       for (int64_t k = 0; k < K; k += 64) {
-        i4_span64<Src::bits, MB>(src[0].codes, k, bshift, xp, c[0], gidx, acc0);
-        i4_span64<Src::bits, MB>(src[1].codes, k, bshift, xp, c[1], gidx, acc1);
+        span64(src[0], k, c[0], acc0);
+        span64(src[1], k, c[1], acc1);
       }
       sums[0] = i16_finish(src[0], acc0[0], qx.sum + r0 * G, G, post);
       sums[kDecodeMaxRows] = i16_finish(src[1], acc1[0], qx.sum + r0 * G, G, post);
@@ -999,7 +1022,7 @@ void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, f
              int64_t ldy, bool pairs, Make make, Pre pre) {
   using Src = decltype(make(int64_t(0), 0));
   // INT4 and INT8 with x permuted for spans of 64 (U = 4), others by their block size
-  constexpr bool span64 = std::is_same_v<Src, IntNSrc16<4>> || std::is_same_v<Src, IntNSrc16<8>>;
+  constexpr bool span64 = std::is_same_v<Src, IntNSrc16<4>> || std::is_same_v<Src, IntNSrc16<8>> || std::is_same_v<Src, Q4Src16>;
   constexpr bool span128 = std::is_same_v<Src, IntNSrc16<2>>;
   const int umode = span64 && qx.q64 ? 4 : span128 && qx.q128 ? 8 : bshift >= 6 ? 2 : 1;
   auto rows = [&](int64_t o0, int64_t o1) {
@@ -1094,6 +1117,8 @@ bool decode_gemv_i16(int64_t m, int64_t N, int64_t K, float alpha, const float* 
     if (q.block_shift < 5 || K % (int64_t(1) << q.block_shift) != 0 || (K >> q.block_shift) > kI16MaxBlocks) return false;
     if (!q.absmax && (!q.dq_codes || !q.dq_scales || !q.dq_map || q.dq_block < 1)) return false;
     if (!quantize_x(m, K, x, ldx, q.block_shift, qbuf, dbuf, sbuf, qx)) return false;
+    thread_local std::vector<int16_t> q64buf;
+    if (K % 64 == 0) permute_x64(m, K, q64buf, qx);
     // the table as int16, repeated to 32 entries (see q4_unpack)
     alignas(64) int16_t t16[32];
     float tmax = 0.0f;
