@@ -802,6 +802,21 @@ __attribute__((always_inline)) inline void i16_span(const Src& src, int64_t k, i
   }
 }
 
+// The dot products of one span of 64 (its even elements in `ev`, its odd
+// ones in `od`, as 16-bit lanes) with x permuted per 64 (q64), converted and
+// scaled per lane (group or block (4l) >> shift of the span) into acc.
+template <int MB>
+__attribute__((always_inline)) inline void span64_acc(__m512i ev, __m512i od, int64_t k, int shift, const int16_t* const* xp,
+                                                      const float (*c)[kI16MaxBlocks + 16], __m512i gidx, __m512 (&acc)[MB]) {
+  const int64_t g = k >> shift;
+#pragma GCC unroll 8
+  for (int r = 0; r < MB; r++) {
+    const __m512i I = dp16(dp16(_mm512_setzero_si512(), ev, _mm512_loadu_si512(xp[r] + k)), od, _mm512_loadu_si512(xp[r] + k + 32));
+    const __m512 cv = shift >= 6 ? _mm512_set1_ps(c[r][g]) : _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(&c[r][g]));
+    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), cv, acc[r]);
+  }
+}
+
 // INT4 in spans of 64 (U == 4 below; K % 64 == 0): the span's 32 bytes
 // widened to 32 words, their low nibbles (the even elements) and high
 // nibbles (the odd ones) two vectors of 32 lanes, dotted with x permuted the
@@ -825,13 +840,7 @@ __attribute__((always_inline)) inline void i4_span64(const uint8_t* codes, int64
     lo = _mm512_and_si512(v, _mm512_set1_epi16(255));
     hi = _mm512_srli_epi16(v, 8);
   }
-  const int64_t g = k >> gshift;
-#pragma GCC unroll 8
-  for (int r = 0; r < MB; r++) {
-    const __m512i I = dp16(dp16(_mm512_setzero_si512(), lo, _mm512_loadu_si512(xp[r] + k)), hi, _mm512_loadu_si512(xp[r] + k + 32));
-    const __m512 cv = gshift >= 6 ? _mm512_set1_ps(c[r][g]) : _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(&c[r][g]));
-    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), cv, acc[r]);
-  }
+  span64_acc<MB>(lo, hi, k, gshift, xp, c, gidx, acc);
 }
 
 // 4-bit blockwise (NF4/FP4) in spans of 64 likewise: the high nibble of
@@ -844,13 +853,7 @@ __attribute__((always_inline)) inline void q4_span64(const uint8_t* packed, __m5
   const __m512i z = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + (k >> 1))));
   const __m512i ev = _mm512_permutexvar_epi16(_mm512_srli_epi16(z, 4), table);
   const __m512i od = _mm512_permutexvar_epi16(_mm512_and_si512(z, _mm512_set1_epi16(15)), table);
-  const int64_t b = k >> bshift;
-#pragma GCC unroll 8
-  for (int r = 0; r < MB; r++) {
-    const __m512i I = dp16(dp16(_mm512_setzero_si512(), ev, _mm512_loadu_si512(xp[r] + k)), od, _mm512_loadu_si512(xp[r] + k + 32));
-    const __m512 cv = bshift >= 6 ? _mm512_set1_ps(c[r][b]) : _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(&c[r][b]));
-    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), cv, acc[r]);
-  }
+  span64_acc<MB>(ev, od, k, bshift, xp, c, gidx, acc);
 }
 
 // INT2 in spans of 128 (U == 8 below): 32 bytes widened to 32 words, each

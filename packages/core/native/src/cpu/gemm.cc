@@ -281,15 +281,15 @@ void intn_decode(int64_t m, int64_t N, int64_t K, float alpha, const float* x, i
 const char* gemm_kernel_name() { return kKernelName; }
 
 namespace {
-// The blocked GEMM on nt > 1 threads with each parallel step a share_chunks
-// job (share.h) instead of an OpenMP team with barriers: a thread another
+// The blocked GEMM, each parallel step a share_chunks job (share.h; inline
+// on one thread) instead of an OpenMP team with barriers: a thread another
 // process keeps off its core takes no part instead of holding every step up
 // (a training step with 2 threads beside a busy process ran at 0.85-0.96x
 // of one thread on OpenMP teams, 0.93-1.11x this way: pnpm bench:threads,
 // small and SmolLM-135M shapes, 2-core EPYC VM). Same blocking and kernels as the serial
 // path; rows (or, with few rows, column panels) in dynamic chunks; each
 // chunk packs A into a free slot of per-thread buffers.
-void gemm_shared(int64_t M, int64_t N, int64_t K, float alpha, const MatRef& A, const MatRef& B, float beta, float* C,
+void gemm_blocked(int64_t M, int64_t N, int64_t K, float alpha, const MatRef& A, const MatRef& B, float beta, float* C,
                  int64_t ldc, int nt) {
   const int64_t nc_max = std::min(NC, ((N + NR - 1) / NR) * NR);
   const int64_t kc_max = std::min(KC, K);
@@ -364,67 +364,7 @@ void gemm(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, MatRef B, floa
   int nt = omp_in_parallel() ? 1 : num_threads();
   // Small problems are not worth waking threads for.
   if (static_cast<double>(M) * N * K < 64.0 * 64 * 64) nt = 1;
-  if (nt > 1) {
-    gemm_shared(M, N, K, alpha, A, B, beta, C, ldc, nt);
-    return;
-  }
-
-  const int64_t nc_max = std::min(NC, ((N + NR - 1) / NR) * NR);
-  const int64_t kc_max = std::min(KC, K);
-  const int64_t mc_max = std::min(MC, ((M + MR - 1) / MR) * MR);
-  Workspace<float> bbuf(static_cast<size_t>(nc_max * kc_max));
-  Workspace<float> abuf(static_cast<size_t>(mc_max * kc_max * nt));
-
-  // Rows split evenly across threads (MR-aligned), so no thread is left
-  // with an extra partial block while the other idles.
-  const int64_t m_panels_total = (M + MR - 1) / MR;
-  const bool split_rows = m_panels_total >= 4 * nt;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    const int tid = omp_get_thread_num(), T = omp_get_num_threads();
-    float* ap_own = abuf.data() + static_cast<int64_t>(tid) * mc_max * kc_max;
-    const int64_t row_begin = std::min(M, (m_panels_total * tid / T) * MR);
-    const int64_t row_end = std::min(M, (m_panels_total * (tid + 1) / T) * MR);
-    for (int64_t jc = 0; jc < N; jc += NC) {
-      const int64_t nc = std::min(NC, N - jc);
-      const int64_t n_panels = (nc + NR - 1) / NR;
-      for (int64_t pc = 0; pc < K; pc += KC) {
-        const int64_t kc = std::min(KC, K - pc);
-        const float beta_k = pc == 0 ? beta : 1.0f;
-#pragma omp for schedule(static)
-        for (int64_t jr = 0; jr < n_panels; jr++) {
-          int64_t j = jr * NR;
-          pack_b(B, pc, kc, jc + j, std::min<int64_t>(NR, nc - j), bbuf.data() + j * kc);
-        }
-        // implicit barrier: B block packed
-        if (split_rows) {
-          // each thread packs and multiplies its own rows
-          for (int64_t ic = row_begin; ic < row_end; ic += MC) {
-            const int64_t mc = std::min(MC, row_end - ic);
-            for (int64_t i = 0; i < mc; i += MR)
-              pack_a(A, ic + i, std::min<int64_t>(MR, mc - i), pc, kc, ap_own + i * kc);
-            macro_kernel(mc, nc, kc, ap_own, bbuf.data(), C + ic * ldc + jc, ldc, alpha, beta_k, 0, n_panels);
-          }
-        } else {
-          // few rows: share each packed A block, split its column panels
-          float* ap_shared = abuf.data();
-          for (int64_t ic = 0; ic < M; ic += MC) {
-            const int64_t mc = std::min(MC, M - ic);
-            const int64_t m_panels = (mc + MR - 1) / MR;
-#pragma omp for schedule(static)
-            for (int64_t ir = 0; ir < m_panels; ir++) {
-              int64_t i = ir * MR;
-              pack_a(A, ic + i, std::min<int64_t>(MR, mc - i), pc, kc, ap_shared + i * kc);
-            }
-            int64_t jb = n_panels * tid / T, je = n_panels * (tid + 1) / T;
-            macro_kernel(mc, nc, kc, ap_shared, bbuf.data(), C + ic * ldc + jc, ldc, alpha, beta_k, jb, je);
-#pragma omp barrier
-          }
-        }
-#pragma omp barrier
-      }
-    }
-  }
+  gemm_blocked(M, N, K, alpha, A, B, beta, C, ldc, nt);
 }
 
 void gemm_reference(int64_t M, int64_t N, int64_t K, float alpha, MatRef A, MatRef B, float beta, float* C, int64_t ldc) {
