@@ -169,8 +169,9 @@ size_t cache_limit() {
 // back with transparent huge pages (madvise MADV_HUGEPAGE; THP's "madvise"
 // mode, the common default, gives them only to regions that ask). Streaming
 // a weight through 4 KiB pages costs a TLB miss every 4 KiB, dearer still
-// in a virtual machine: one thread's read of a large buffer measured 17.7-18.4
-// GB/s on 4 KiB pages and 27.9-28.3 GB/s on huge pages (the 2-core EPYC VM).
+// in a virtual machine: bench:decode's one-thread streaming read measured
+// 17.9 GB/s on 4 KiB pages and 28.9-31.1 GB/s on huge pages on the 2-core
+// EPYC VM (docs/benchmarks/2026-12-06-decode-roof.md).
 // Blocks of kHugeMin and more get their own 2 MiB-aligned mapping; smaller
 // ones are cut (first fit, freed ranges merged) from 32 MiB slabs, each
 // unmapped when its last block is freed. Where mmap fails, malloc serves.

@@ -1017,9 +1017,10 @@ constexpr int64_t kI16Prefetch = 4;  // rows ahead
 // y = alpha * x W^T + beta * y over output rows; make(o, slot) gives row o's
 // source, pre(o) prefetches what row o reads. With one x row (m = 1) and
 // `pairs`, output rows go in pairs: faster for INT2/3/4 (their span work is
-// short, two rows keep more in flight), slower for INT8 and the 4-bit
-// blockwise formats in bench:decode (46% against 74-79% of the read roof for
-// INT8 on the 2-core EPYC VM), so those take one row at a time.
+// short, two rows keep more in flight); INT8 streamed slower in pairs (14.8
+// against 9.1-9.6 ms per SmolLM-135M token in bench:decode on the 2-core
+// EPYC VM) and NF4/FP4 no faster (5.9-6.9 ms either way), so those take one
+// row at a time.
 template <class Make, class Pre>
 void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, float post, float alpha, float beta, float* y,
              int64_t ldy, bool pairs, Make make, Pre pre) {
