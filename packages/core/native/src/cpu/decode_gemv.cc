@@ -609,7 +609,18 @@ struct QuantX {
   int64_t K, nb;
   const int16_t* q64 = nullptr;  // [m, K] q permuted per 64: even elements, then odd ones (INT4 spans of 64)
   const int16_t* q128 = nullptr; // [m, K] q permuted per 128 by position mod 4 (INT2 spans of 128; the last K % 128 natural)
+  const float* d64 = nullptr;    // [m, K / 64, 16] d per lane of each span of 64 (lane l: block (64 s + 4 l) >> bshift)
 };
+
+// qx.d64 from qx.d (K % 64 == 0)
+void lanes_d64(int64_t m, int64_t K, int bshift, std::vector<float>& buf, QuantX& qx) {
+  const int64_t S = K >> 6, nb = K >> bshift;
+  buf.resize(static_cast<size_t>(m * S * 16));
+  for (int64_t r = 0; r < m; r++)
+    for (int64_t sp = 0; sp < S; sp++)
+      for (int l = 0; l < 16; l++) buf[static_cast<size_t>((r * S + sp) * 16 + l)] = qx.d[r * nb + ((64 * sp + (bshift >= 6 ? 0 : 4 * l)) >> bshift)];
+  qx.d64 = buf.data();
+}
 
 // qx.q128 from qx.q: in each whole 128-chunk, elements 4j + s at 32 s + j
 void permute_x128(int64_t m, int64_t K, std::vector<int16_t>& buf, QuantX& qx) {
@@ -802,18 +813,26 @@ __attribute__((always_inline)) inline void i16_span(const Src& src, int64_t k, i
   }
 }
 
+// The weight's scales per lane of a span of 64 whose first block is g:
+// exact loads of its 1, 2 or 4 blocks (a row's last span reads nothing past
+// its scales), lane l taking block (4l) >> shift of the span (gidx).
+__attribute__((always_inline)) inline __m512 span64_scales(const float* sc, int64_t g, int shift, __m512i gidx) {
+  if (shift >= 6) return _mm512_set1_ps(sc[g]);
+  if (shift == 5) return _mm512_permutexvar_ps(gidx, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(sc + g)))));
+  return _mm512_permutexvar_ps(gidx, _mm512_castps128_ps512(_mm_loadu_ps(sc + g)));
+}
+
 // The dot products of one span of 64 (its even elements in `ev`, its odd
 // ones in `od`, as 16-bit lanes) with x permuted per 64 (q64), converted and
 // scaled per lane (group or block (4l) >> shift of the span) into acc.
 template <int MB>
 __attribute__((always_inline)) inline void span64_acc(__m512i ev, __m512i od, int64_t k, int shift, const int16_t* const* xp,
-                                                      const float (*c)[kI16MaxBlocks + 16], __m512i gidx, __m512 (&acc)[MB]) {
-  const int64_t g = k >> shift;
+                                                      const float* sc, const float* const* dl, __m512i gidx, __m512 (&acc)[MB]) {
+  const __m512 ws = span64_scales(sc, k >> shift, shift, gidx);
 #pragma GCC unroll 8
   for (int r = 0; r < MB; r++) {
     const __m512i I = dp16(dp16(_mm512_setzero_si512(), ev, _mm512_loadu_si512(xp[r] + k)), od, _mm512_loadu_si512(xp[r] + k + 32));
-    const __m512 cv = shift >= 6 ? _mm512_set1_ps(c[r][g]) : _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(&c[r][g]));
-    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), cv, acc[r]);
+    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(ws, _mm512_loadu_ps(dl[r] + (k >> 2))), acc[r]);
   }
 }
 
@@ -826,11 +845,9 @@ __attribute__((always_inline)) inline void span64_acc(__m512i ev, __m512i od, in
 // combined scale (gidx), larger ones a broadcast.
 // INT8 likewise: 64 bytes, the even bytes masked and the odd ones shifted
 // down, in the same lanes.
-template <int N, int MB>
-__attribute__((always_inline)) inline void i4_span64(const uint8_t* codes, int64_t k, int gshift, const int16_t* const* xp,
-                                                     const float (*c)[kI16MaxBlocks + 16], __m512i gidx, __m512 (&acc)[MB]) {
+template <int N>
+__attribute__((always_inline)) inline void i4_codes64(const uint8_t* codes, int64_t k, __m512i& lo, __m512i& hi) {
   static_assert(N == 4 || N == 8, "spans of 64: INT4 and INT8");
-  __m512i lo, hi;
   if constexpr (N == 4) {
     const __m512i z = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + (k >> 1))));
     lo = _mm512_and_si512(z, _mm512_set1_epi16(15));
@@ -840,20 +857,32 @@ __attribute__((always_inline)) inline void i4_span64(const uint8_t* codes, int64
     lo = _mm512_and_si512(v, _mm512_set1_epi16(255));
     hi = _mm512_srli_epi16(v, 8);
   }
-  span64_acc<MB>(lo, hi, k, gshift, xp, c, gidx, acc);
+}
+
+template <int N, int MB>
+__attribute__((always_inline)) inline void i4_span64(const uint8_t* codes, int64_t k, int gshift, const int16_t* const* xp,
+                                                     const float* sc, const float* const* dl, __m512i gidx, __m512 (&acc)[MB]) {
+  __m512i lo, hi;
+  i4_codes64<N>(codes, k, lo, hi);
+  span64_acc<MB>(lo, hi, k, gshift, xp, sc, dl, gidx, acc);
 }
 
 // 4-bit blockwise (NF4/FP4) in spans of 64 likewise: the high nibble of
 // each byte is the even element, the low one the odd element; both go
 // through the 16-bit code book (q4_unpack's table) before the dot products.
+__attribute__((always_inline)) inline void q4_codes64(const uint8_t* packed, __m512i table, int64_t k, __m512i& ev, __m512i& od) {
+  const __m512i z = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + (k >> 1))));
+  ev = _mm512_permutexvar_epi16(_mm512_srli_epi16(z, 4), table);
+  od = _mm512_permutexvar_epi16(_mm512_and_si512(z, _mm512_set1_epi16(15)), table);
+}
+
 template <int MB>
 __attribute__((always_inline)) inline void q4_span64(const uint8_t* packed, __m512i table, int64_t k, int bshift,
-                                                     const int16_t* const* xp, const float (*c)[kI16MaxBlocks + 16], __m512i gidx,
+                                                     const int16_t* const* xp, const float* sc, const float* const* dl, __m512i gidx,
                                                      __m512 (&acc)[MB]) {
-  const __m512i z = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + (k >> 1))));
-  const __m512i ev = _mm512_permutexvar_epi16(_mm512_srli_epi16(z, 4), table);
-  const __m512i od = _mm512_permutexvar_epi16(_mm512_and_si512(z, _mm512_set1_epi16(15)), table);
-  span64_acc<MB>(ev, od, k, bshift, xp, c, gidx, acc);
+  __m512i ev, od;
+  q4_codes64(packed, table, k, ev, od);
+  span64_acc<MB>(ev, od, k, bshift, xp, sc, dl, gidx, acc);
 }
 
 // INT2 in spans of 128 (U == 8 below): 32 bytes widened to 32 words, each
@@ -910,30 +939,32 @@ void i16_rows(const Src* src, int64_t K, int bshift, const QuantX& qx, int64_t r
   // accumulator sets: R == 1 alternates spans between them, R == 2 has one per output row
   __m512 acc0[MB], acc1[MB];
   for (int r = 0; r < MB; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
-  float c[R][MB][kI16MaxBlocks + 16];
-  for (int o = 0; o < R; o++) combined_scales<MB>(src[o].scales, d, G, c[o]);
+  float c[U == 4 ? 1 : R][MB][kI16MaxBlocks + 16];
+  if constexpr (U != 4) for (int o = 0; o < R; o++) combined_scales<MB>(src[o].scales, d, G, c[o]);
   if constexpr (U == 4) {  // INT4, INT8, NF4/FP4 in spans of 64 (i4_span64, q4_span64)
     const int16_t* xp[MB];
     for (int r = 0; r < MB; r++) xp[r] = qx.q64 + (r0 + r) * K;
     alignas(64) int32_t gi[16];
     for (int l = 0; l < 16; l++) gi[l] = bshift >= 6 ? 0 : (4 * l) >> bshift;
     const __m512i gidx = _mm512_load_si512(gi);
-    auto span64 = [&](const Src& sr, int64_t k, const float (*cc)[kI16MaxBlocks + 16], __m512 (&a)[MB]) __attribute__((always_inline)) {
-      if constexpr (std::is_same_v<Src, Q4Src16>) q4_span64<MB>(sr.packed, *sr.table, k, bshift, xp, cc, gidx, a);
-      else i4_span64<Src::bits, MB>(sr.codes, k, bshift, xp, cc, gidx, a);
+    const float* dl[MB];
+    for (int r = 0; r < MB; r++) dl[r] = qx.d64 + (r0 + r) * K / 4;
+    auto span64 = [&](const Src& sr, int64_t k, int, __m512 (&a)[MB]) __attribute__((always_inline)) {
+      if constexpr (std::is_same_v<Src, Q4Src16>) q4_span64<MB>(sr.packed, *sr.table, k, bshift, xp, sr.scales, dl, gidx, a);
+      else i4_span64<Src::bits, MB>(sr.codes, k, bshift, xp, sr.scales, dl, gidx, a);
     };
     if constexpr (R == 1) {
       int64_t k = 0;
       for (; k + 128 <= K; k += 128) {
-        span64(src[0], k, c[0], acc0);
-        span64(src[0], k + 64, c[0], acc1);
+        span64(src[0], k, 0, acc0);
+        span64(src[0], k + 64, 0, acc1);
       }
-      if (k < K) span64(src[0], k, c[0], acc0);
+      if (k < K) span64(src[0], k, 0, acc0);
       for (int r = 0; r < MB; r++) sums[r] = i16_finish(src[0], _mm512_add_ps(acc0[r], acc1[r]), qx.sum + (r0 + r) * G, G, post);
     } else {
       for (int64_t k = 0; k < K; k += 64) {
-        span64(src[0], k, c[0], acc0);
-        span64(src[1], k, c[1], acc1);
+        span64(src[0], k, 0, acc0);
+        span64(src[1], k, 0, acc1);
       }
       sums[0] = i16_finish(src[0], acc0[0], qx.sum + r0 * G, G, post);
       sums[kDecodeMaxRows] = i16_finish(src[1], acc1[0], qx.sum + r0 * G, G, post);
@@ -989,6 +1020,66 @@ void i16_rows(const Src* src, int64_t K, int bshift, const QuantX& qx, int64_t r
   }
 }
 
+// One row of x (m = 1) in spans of 64 against 8 output rows at once: x's
+// span is loaded once for all eight, each row keeps its own accumulator (8
+// independent chains), and the eight sums are reduced together and stored
+// with one vector store. Rows of a few hundred weights (K = 576: 9 spans)
+// otherwise spend as much on their prologue and horizontal sum as on their
+// spans. out[o] = sum_k w_o[k] x[k] * post.
+template <class Src>
+void i16_rows8(const Src* src, int64_t K, int bshift, const QuantX& qx, float post, float* out) {
+  const int64_t G = K >> bshift;
+  const int16_t* xp = qx.q64;
+  const float* dl = qx.d64;
+  alignas(64) int32_t gi[16];
+  for (int l = 0; l < 16; l++) gi[l] = bshift >= 6 ? 0 : (4 * l) >> bshift;
+  const __m512i gidx = _mm512_load_si512(gi);
+  __m512 acc[8];
+  for (int o = 0; o < 8; o++) acc[o] = _mm512_setzero_ps();
+  // one row after the other (rows stream in memory order; eight rows read
+  // side by side streamed slower), two accumulators per row
+#pragma GCC unroll 8
+  for (int o = 0; o < 8; o++) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    auto span = [&](int64_t k, __m512& a) __attribute__((always_inline)) {
+      __m512i ev, od;
+      if constexpr (std::is_same_v<Src, Q4Src16>) q4_codes64(src[o].packed, *src[o].table, k, ev, od);
+      else i4_codes64<Src::bits>(src[o].codes, k, ev, od);
+      const __m512i I = dp16(dp16(_mm512_setzero_si512(), ev, _mm512_loadu_si512(xp + k)), od, _mm512_loadu_si512(xp + k + 32));
+      const __m512 cv = _mm512_mul_ps(span64_scales(src[o].scales, k >> bshift, bshift, gidx), _mm512_loadu_ps(dl + (k >> 2)));
+      a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), cv, a);
+    };
+    int64_t k = 0;
+    for (; k + 128 <= K; k += 128) { span(k, a0); span(k + 64, a1); }
+    if (k < K) span(k, a0);
+    acc[o] = _mm512_add_ps(a0, a1);
+  }
+  if (src[0].offsets) {  // INT-N: sum_g o_g * (sum of x over group g)
+    const float* xs = qx.sum;
+    int64_t g = 0;
+    for (; g + 16 <= G; g += 16) {
+      const __m512 sv = _mm512_loadu_ps(xs + g);
+#pragma GCC unroll 8
+      for (int o = 0; o < 8; o++) acc[o] = _mm512_fmadd_ps(_mm512_loadu_ps(src[o].offsets + g), sv, acc[o]);
+    }
+    if (g < G) {
+      const __mmask16 mk = static_cast<__mmask16>((1u << (G - g)) - 1);
+      const __m512 sv = _mm512_maskz_loadu_ps(mk, xs + g);
+#pragma GCC unroll 8
+      for (int o = 0; o < 8; o++) acc[o] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, src[o].offsets + g), sv, acc[o]);
+    }
+  }
+  // eight horizontal sums at once: halves added, then pairwise hadd
+  __m256 h[8];
+  for (int o = 0; o < 8; o++) h[o] = _mm256_add_ps(_mm512_castps512_ps256(acc[o]), _mm512_extractf32x8_ps(acc[o], 1));
+  const __m256 h01 = _mm256_hadd_ps(h[0], h[1]), h23 = _mm256_hadd_ps(h[2], h[3]);
+  const __m256 h45 = _mm256_hadd_ps(h[4], h[5]), h67 = _mm256_hadd_ps(h[6], h[7]);
+  const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
+  // q0 = [r0 r1 r2 r3 | r0 r1 r2 r3] partial sums of the low and high 128-bit halves, q1 likewise for r4..r7
+  const __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20), _mm256_permute2f128_ps(q0, q1, 0x31));
+  _mm256_storeu_ps(out, _mm256_mul_ps(sum, _mm256_set1_ps(post)));
+}
+
 // rows of x in tiles of up to 8 against R output rows
 template <int R, int U, class Src>
 inline void i16_tiles(int64_t m, const Src* src, int64_t K, int bshift, const QuantX& qx, float post, float* sums) {
@@ -1038,6 +1129,20 @@ void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, f
       }
     };
     int64_t o = o0;
+    if constexpr (span64) {
+      if (m == 1 && umode == 4) {
+        for (; o + 8 <= o1; o += 8) {
+          if (o + 8 + kI16Prefetch <= Nout) for (int j = 0; j < 8; j++) pre(o + kI16Prefetch + j);
+          Src s8[8];
+          for (int j = 0; j < 8; j++) s8[j] = make(o + j, j);
+          i16_rows8(s8, K, bshift, qx, post, sums);
+          for (int j = 0; j < 8; j++) {
+            float& c = y[o + j];
+            c = beta == 0.0f ? alpha * sums[j] : alpha * sums[j] + beta * c;
+          }
+        }
+      }
+    }
     if (m == 1 && pairs) {
       for (; o + 2 <= o1; o += 2) {
         if (o + 2 + kI16Prefetch <= Nout) { pre(o + kI16Prefetch); pre(o + 1 + kI16Prefetch); }
@@ -1106,7 +1211,8 @@ bool decode_gemv_i16(int64_t m, int64_t N, int64_t K, float alpha, const float* 
     if (w.group_shift < 4 || K % (int64_t(1) << w.group_shift) != 0 || (K >> w.group_shift) > kI16MaxBlocks) return false;
     if (!quantize_x(m, K, x, ldx, w.group_shift, qbuf, dbuf, sbuf, qx)) return false;
     thread_local std::vector<int16_t> q64buf;
-    if ((w.bits == 4 || w.bits == 8) && K % 64 == 0) permute_x64(m, K, q64buf, qx);
+    thread_local std::vector<float> d64buf;
+    if ((w.bits == 4 || w.bits == 8) && K % 64 == 0) { permute_x64(m, K, q64buf, qx); lanes_d64(m, K, w.group_shift, d64buf, qx); }
     if (w.bits == 2 && K >= 128) permute_x128(m, K, q64buf, qx);
     switch (w.bits) {
       case 2: i16_intn<2>(m, N, K, alpha, qx, w, beta, y, ldy); return true;
@@ -1122,7 +1228,8 @@ bool decode_gemv_i16(int64_t m, int64_t N, int64_t K, float alpha, const float* 
     if (!q.absmax && (!q.dq_codes || !q.dq_scales || !q.dq_map || q.dq_block < 1)) return false;
     if (!quantize_x(m, K, x, ldx, q.block_shift, qbuf, dbuf, sbuf, qx)) return false;
     thread_local std::vector<int16_t> q64buf;
-    if (K % 64 == 0) permute_x64(m, K, q64buf, qx);
+    thread_local std::vector<float> d64buf;
+    if (K % 64 == 0) { permute_x64(m, K, q64buf, qx); lanes_d64(m, K, q.block_shift, d64buf, qx); }
     // the table as int16, repeated to 32 entries (see q4_unpack)
     alignas(64) int16_t t16[32];
     float tmax = 0.0f;
@@ -1142,7 +1249,7 @@ bool decode_gemv_i16(int64_t m, int64_t N, int64_t K, float alpha, const float* 
               const int64_t b0 = (o * K) >> q.block_shift;
               if (q.absmax) return Q4Src16{q.packed + o * rb, &u, &table, q.absmax + b0, nullptr};
               // double-quantized absmax: the row's blocks expanded into a per-thread buffer
-              thread_local float buf[2][kI16MaxBlocks];
+              thread_local float buf[8][kI16MaxBlocks];
               float* bb = buf[slot];
               const uint8_t* dc = q.dq_codes + b0;
               if (dq_shift >= 0) {
