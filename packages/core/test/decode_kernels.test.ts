@@ -13,7 +13,7 @@ import assert from 'node:assert/strict';
 import {
   FusedDecoder, IntNLinear, type IntNBits, type IntNGroupSize, KVCache, LlamaModel, Quant4Linear, type Quantized4bit, type QuantizedIntN,
   Tensor, addToOffsets, decodeI16Available, disposeQuantized, dynamicMap8, fusedDecodeUnsupported, generate, matmul, memory, native, nativeOperand, preset,
-  quant4Table, quantize4bit, quantizeIntN, type WeightOperand,
+  quant4Table, quantize4bit, quantizeIntN, type WeightOperand, intnConstants16, intnNativeOperand,
 } from '../src/index.js';
 import { type NativeTensorHandle, nativeFn } from '../src/native.js';
 import { randn, rng } from './helpers.js';
@@ -72,6 +72,24 @@ function refQ4(q: Quantized4bit): Float32Array {
     w[e] = Math.fround(table[e & 1 ? byte & 15 : byte >> 4] * absmax[Math.floor(e / q.blockSize)]);
   }
   return w;
+}
+
+/** A value near v that fp16 holds exactly (10 mantissa bits; normal range). */
+function toF16(v: number): number {
+  if (v === 0) return 0;
+  const q = 2 ** (Math.floor(Math.log2(Math.abs(v))) - 10);
+  return Math.round(v / q) * q;
+}
+
+/** INT-N weight whose group constants fp16 holds: symmetric (offset -z * scale, z = 2^(bits-1)) or not. */
+function f16IntN(w: Tensor, bits: IntNBits, groupSize: IntNGroupSize, symmetric: boolean): QuantizedIntN {
+  const q = quantizeIntN(w, { bits, groupSize });
+  const sc = q.scales.data() as Float32Array, of = q.offsets.data() as Float32Array;
+  for (let g = 0; g < sc.length; g++) {
+    sc[g] = toF16(sc[g]);
+    of[g] = symmetric ? -(2 ** (bits - 1)) * sc[g] : toF16(of[g]);
+  }
+  return q;
 }
 
 function bf16Bits(v: Float32Array): Uint16Array {
@@ -362,7 +380,56 @@ test('decode_gemv rejects bad arguments with a message naming the problem', () =
 
 // ---- the model: cached decode (GEMV, one row) against full recomputation (packed GEMM, >= 17 rows) ----
 
-function quantizedTiny(kind: 'int4' | 'nf4' | 'f32' | 'bf16'): LlamaModel {
+// fp16 copies of INT-N group constants (intnConstants16): the decode GEMV that
+// reads them gives the same bits as the one reading the f32 constants
+test('INT-N fp16 group constants: exact weights only, and the decode GEMV gives the same bits with them', () => {
+  const r = rng(31);
+  const [N, K] = [37, 640];  // 4 blocks of 8 output rows and a tail of 5; K a multiple of every group
+  const w = Tensor.from(randn(N * K, r, 0.05), [N, K]);
+  const x = Tensor.from(randn(K, r, 1), [1, K]);
+  try {
+    const rtn = quantizeIntN(w, { bits: 8, groupSize: 32 });
+    assert.equal(intnConstants16(rtn), null, 'f32 scales of RTN are not fp16 values');
+    disposeQuantized(rtn);
+    for (const bits of [4, 8] as IntNBits[]) {
+      for (const groupSize of [16, 32, 64, 128] as IntNGroupSize[]) {
+        for (const symmetric of [true, false]) {
+          const q = f16IntN(w, bits, groupSize, symmetric);
+          const c = intnConstants16(q);
+          assert.ok(c, `int${bits} g${groupSize}: fp16 constants exist`);
+          assert.equal(c.zero, symmetric ? 2 ** (bits - 1) : null);
+          assert.equal(c.tensor.numel, (symmetric ? 2 : 4) * q.scales.numel);
+          for (const act of ['i16', 'f32']) {
+            const y0 = Tensor.zeros([1, N]), y1 = Tensor.zeros([1, N]);
+            decodeGemv(x.handle, intnNativeOperand(q), y0.handle, 1, N, K, undefined, act);
+            decodeGemv(x.handle, intnNativeOperand(q, c), y1.handle, 1, N, K, undefined, act);
+            assert.deepEqual(bytesOf(y1), bytesOf(y0), `int${bits} g${groupSize} ${symmetric ? 'symmetric' : 'affine'} ${act}`);
+            y0.dispose(); y1.dispose();
+          }
+          // a stale copy is read as it is: the GEMV uses it (changing an offset changes its output)
+          if (decodeI16Available() && !symmetric) {
+            const half = c.tensor.data() as Uint8Array;
+            const off0 = 2 * q.scales.numel;  // first offset of row 0 (fp16, little-endian)
+            half[off0 + 1] ^= 0x40;
+            const y0 = Tensor.zeros([1, N]), y1 = Tensor.zeros([1, N]);
+            decodeGemv(x.handle, intnNativeOperand(q), y0.handle, 1, N, K, undefined, 'i16');
+            decodeGemv(x.handle, intnNativeOperand(q, c), y1.handle, 1, N, K, undefined, 'i16');
+            assert.notEqual(floatsOf(y1)[0], floatsOf(y0)[0], 'the fp16 offsets were not read');
+            assert.equal(floatsOf(y1)[N - 1], floatsOf(y0)[N - 1], 'the tail rows read the f32 constants');
+            y0.dispose(); y1.dispose();
+          }
+          c.tensor.dispose();
+          disposeQuantized(q);
+        }
+      }
+    }
+  } finally {
+    w.dispose(); x.dispose();
+  }
+});
+
+
+function quantizedTiny(kind: 'int4' | 'nf4' | 'f32' | 'bf16' | 'int8q8'): LlamaModel {
   const model = LlamaModel.init(preset('tiny'), { seed: 11, std: 0.15, trainable: false, dtype: kind === 'bf16' ? 'bf16' : 'f32' });
   if (kind === 'f32' || kind === 'bf16') return model;
   const r = rng(5);
@@ -370,7 +437,9 @@ function quantizedTiny(kind: 'int4' | 'nf4' | 'f32' | 'bf16'): LlamaModel {
     const w = (layer as unknown as { weight: { value: Tensor } }).weight?.value;
     assert.ok(w instanceof Tensor, `${name} has a dense weight`);
     let next;
-    if (kind === 'int4') {
+    if (kind === 'int8q8') {
+      next = new IntNLinear(name, f16IntN(w, 8, 32, true));  // Q8_0's grid: fp16 scale, offset -128 scale
+    } else if (kind === 'int4') {
       const q = quantizeIntN(w, { bits: 4, groupSize: 32 });
       addToOffsets(q, randn(q.offsets.numel, r, 0.01));  // what merging a QA-LoRA adapter does
       next = new IntNLinear(name, q);
@@ -428,7 +497,7 @@ for (const kind of ['int4', 'nf4'] as const) {
 // 'i16' (the default) quantizes the activations of the quantized projections
 // to int16 per group: its logits stay within 1e-3 of the f32 path's
 for (const [kind, act, tol] of [['f32', 'f32', 1e-4], ['bf16', 'f32', 1e-4], ['int4', 'f32', 1e-4], ['nf4', 'f32', 1e-4],
-  ['int4', 'i16', 1e-3], ['nf4', 'i16', 1e-3]] as const) {
+  ['int4', 'i16', 1e-3], ['nf4', 'i16', 1e-3], ['int8q8', 'i16', 1e-3]] as const) {
   test(`${kind} tiny model, ${act} activations: the fused decode step equals the op-by-op cached path (logits within ${tol}, tokens, sampling)`, () => {
     const model = quantizedTiny(kind);
     try {
@@ -440,6 +509,8 @@ for (const [kind, act, tol] of [['f32', 'f32', 1e-4], ['bf16', 'f32', 1e-4], ['i
       assert.equal(fusedDecodeUnsupported(model, cacheA), null);
       const fused = FusedDecoder.create(model, cacheA, { activations: act })!;
       assert.equal(fused.activations, act);
+      // INT-N projections whose constants fp16 holds read fp16 copies (i16 only)
+      assert.equal(fused.fp16Constants, kind === 'int8q8' ? 7 * model.config.numLayers : 0);
       for (const c of [cacheA, cacheB]) { const p = ids(prompt); model.hidden(p, c).dispose(); p.dispose(); }
       const V = model.config.vocabSize;
       let worst = 0;

@@ -30,6 +30,13 @@ struct IntNView {
   int64_t rows, cols;
   int bits;          // 2, 3, 4 or 8
   int group_shift;   // L = 1 << group_shift
+  // Optional fp16 copies of the group constants, read by the CPU decode
+  // GEMV in place of the f32 ones (same values: set only where every one
+  // converts exactly; see intn_constants16): scales16 [rows * cols / L];
+  // offsets16 the same, or null when every offset is -zero16 * scale.
+  const uint16_t* scales16 = nullptr;
+  const uint16_t* offsets16 = nullptr;
+  float zero16 = 0.0f;
 };
 
 inline bool intn_bits_ok(int64_t bits) { return bits == 2 || bits == 3 || bits == 4 || bits == 8; }

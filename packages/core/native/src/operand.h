@@ -113,6 +113,17 @@ inline WeightOperand weight_arg(const Napi::CallbackInfo& info, size_t i, const 
       w.quantized = true;
       w.kind = QuantKind::IntN;
       w.intn = IntNView{codes.as<uint8_t>(), scales.f32(), offsets.f32(), rows, cols, static_cast<int>(bits), block_shift_of(group)};
+      // optional fp16 constants (CPU decode only): u8 tensor, scales then offsets; zero16 a number when offsets are -zero16 * scale
+      Napi::Value c16 = field("constants16");
+      if (!c16.IsNull() && !c16.IsUndefined()) {
+        Napi::Value zv = field("zero16");
+        const bool sym = zv.IsNumber();
+        TensorArg c = field_tensor("constants16", static_cast<size_t>(ngroups * (sym ? 2 : 4)), DType::U8, false);
+        if (c.dev != Device::CPU) throw arg_error(info, fn, std::string("quantized '") + name + "': 'constants16' is not on the CPU");
+        w.intn.scales16 = c.as<uint16_t>();
+        if (sym) w.intn.zero16 = static_cast<float>(zv.As<Napi::Number>().DoubleValue());
+        else w.intn.offsets16 = c.as<uint16_t>() + ngroups;
+      }
       return w;
     }
     const int64_t block = static_cast<int64_t>(num("blockSize"));

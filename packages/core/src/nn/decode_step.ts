@@ -12,6 +12,7 @@
 // float rounding (test/decode_kernels.test.ts).
 import { bf16ToF32 } from '../dtype.js';
 import { type NativeTensorHandle, native, nativeFn } from '../native.js';
+import { intnConstants16, intnNativeOperand } from '../quant/intn.js';
 import { nativeOperand } from '../quant/quant4.js';
 import { Tensor } from '../tensor.js';
 import { type LlamaConfig, headDim } from './config.js';
@@ -92,6 +93,10 @@ export class FusedDecoder {
 
   /** what the quantized projections multiply (see DecodeActivations) */
   readonly activations: DecodeActivations;
+  /** fp16 group constants of INT-N projections, built for this decoder (intnConstants16) */
+  private readonly constants: Tensor[] = [];
+  /** how many INT-N projections read fp16 copies of their group constants */
+  get fp16Constants(): number { return this.constants.length; }
 
   private constructor(private readonly model: LlamaModel, private readonly cache: KVCache, opts: FusedDecoderOptions) {
     const act = opts.activations ?? 'i16';
@@ -104,6 +109,11 @@ export class FusedDecoder {
     this.logits = this.logitsT.data() as Float32Array;
     this.ops = model.blocks.map((b) => LINEAR_NAMES.map((n) => {
       const l = b.linears[n] as DenseLinear | IntNLinear | Quant4Linear;
+      if (l instanceof IntNLinear && act === 'i16') {
+        // fp16 copies of the group constants where they are exact (the same values, fewer bytes per token)
+        const c = intnConstants16(l.quantized, { category: 'workspace' });
+        if (c) { this.constants.push(c.tensor); return intnNativeOperand(l.quantized, c); }
+      }
       return nativeOperand(l instanceof DenseLinear ? l.weight.value : l.quantized);
     }));
     this.headOp = nativeOperand((model.lmHead ?? model.embed).value);
@@ -137,6 +147,6 @@ export class FusedDecoder {
   }
 
   dispose(): void {
-    for (const t of [this.x, this.scratch, this.logitsT]) t.dispose();
+    for (const t of [this.x, this.scratch, this.logitsT, ...this.constants]) t.dispose();
   }
 }

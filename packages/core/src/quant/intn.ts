@@ -233,12 +233,48 @@ export function checkIntN(op: string, name: string, q: QuantizedIntN): void {
   }
 }
 
-/** The operand object the native bindings take for an INT-N weight (native/src/operand.h). */
-export function intnNativeOperand(q: QuantizedIntN): object {
+/** The operand object the native bindings take for an INT-N weight (native/src/operand.h).
+ * With `constants` (from intnConstants16, built from this weight's current
+ * scales and offsets), the CPU decode GEMV reads those fp16 copies instead. */
+export function intnNativeOperand(q: QuantizedIntN, constants?: IntNConstants16): object {
   return {
     kind: 'intn', rows: q.shape[0], cols: q.shape[1], bits: q.bits, groupSize: q.groupSize,
     codes: q.codes.handle, scales: q.scales.handle, offsets: q.offsets.handle,
+    ...(constants ? { constants16: constants.tensor.handle, zero16: constants.zero ?? undefined } : {}),
   };
+}
+
+/** fp16 copies of an INT-N weight's group constants (see intnConstants16). */
+export interface IntNConstants16 {
+  /** u8: the scales as fp16, then (unless `zero` is set) the offsets as fp16 */
+  tensor: Tensor;
+  /** set when every offset is -zero * scale: no offsets are stored */
+  zero: number | null;
+}
+
+/**
+ * The group constants of `q` in fp16 for the CPU decode GEMV, or null when
+ * some scale (or offset, unless every offset is -z * scale for one z) does
+ * not convert to fp16 exactly. The copies hold the same values, so results
+ * do not change; a decode token reads 2 (or 4) bytes per group instead of 8
+ * (INT8 groups of 32 on Q8_0's grid: 1.06 instead of 1.25 bytes per weight).
+ * They are a snapshot: build them again after the weight's scales or offsets
+ * change (merging an adapter does), and dispose the tensor when done.
+ */
+export function intnConstants16(q: QuantizedIntN, opts: { category?: Category } = {}): IntNConstants16 | null {
+  checkIntN('intnConstants16', 'q', q);
+  if (q.scales.device !== 'cpu') return null;
+  const groups = q.scales.numel;
+  const t = Tensor.zeros([4 * groups], { dtype: 'u8', category: opts.category ?? 'frozen' });
+  const r = nativeFn<(s: NativeTensorHandle, o: NativeTensorHandle, out: NativeTensorHandle) => { exact: boolean; symmetric: boolean; zero: number }>(
+    'intn_constants16')(q.scales.handle, q.offsets.handle, t.handle);
+  if (!r.exact) { t.dispose(); return null; }
+  if (!r.symmetric) return { tensor: t, zero: null };
+  // scales only: keep the first half
+  const half = Tensor.zeros([2 * groups], { dtype: 'u8', category: opts.category ?? 'frozen' });
+  (half.data() as Uint8Array).set((t.data() as Uint8Array).subarray(0, 2 * groups));
+  t.dispose();
+  return { tensor: half, zero: r.zero };
 }
 
 /** The weight as a new f32 tensor [out, in] (merging, export, tests; the kernels never need it). */

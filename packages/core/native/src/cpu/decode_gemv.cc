@@ -767,6 +767,9 @@ struct IntNSrc16 {
   const Unpack16* u;
   const float* scales;   // the row's groups
   const float* offsets;
+  const uint16_t* scales16 = nullptr;   // fp16 copies of the same values (IntNView::scales16), or null
+  const uint16_t* offsets16 = nullptr;  // null with scales16: offsets are -zero16 * scale
+  float zero16 = 0.0f;
   __m512i codes32(int64_t k) const { return intn_codes32<N>(codes + ((k * N) >> 3), *u); }
 };
 
@@ -820,6 +823,15 @@ __attribute__((always_inline)) inline __m512 span64_scales(const float* sc, int6
   if (shift >= 6) return _mm512_set1_ps(sc[g]);
   if (shift == 5) return _mm512_permutexvar_ps(gidx, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(sc + g)))));
   return _mm512_permutexvar_ps(gidx, _mm512_castps128_ps512(_mm_loadu_ps(sc + g)));
+}
+
+// The same from fp16 copies of the scales (exact loads of 2, 4 or 8 bytes).
+__attribute__((always_inline)) inline __m512 span64_scales16(const uint16_t* sc, int64_t g, int shift, __m512i gidx) {
+  if (shift >= 6) return _mm512_set1_ps(_cvtsh_ss(sc[g]));
+  __m128i h;
+  if (shift == 5) { uint32_t v; std::memcpy(&v, sc + g, 4); h = _mm_cvtsi32_si128(static_cast<int>(v)); }
+  else h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc + g));
+  return _mm512_permutexvar_ps(gidx, _mm512_castps128_ps512(_mm_cvtph_ps(h)));
 }
 
 // The dot products of one span of 64 (its even elements in `ev`, its odd
@@ -1026,7 +1038,7 @@ void i16_rows(const Src* src, int64_t K, int bshift, const QuantX& qx, int64_t r
 // with one vector store. Rows of a few hundred weights (K = 576: 9 spans)
 // otherwise spend as much on their prologue and horizontal sum as on their
 // spans. out[o] = sum_k w_o[k] x[k] * post.
-template <class Src>
+template <class Src, bool H>
 void i16_rows8(const Src* src, int64_t K, int bshift, const QuantX& qx, float post, float* out) {
   const int64_t G = K >> bshift;
   const int16_t* xp = qx.q64;
@@ -1048,7 +1060,10 @@ void i16_rows8(const Src* src, int64_t K, int bshift, const QuantX& qx, float po
       if constexpr (std::is_same_v<Src, Q4Src16>) q4_codes64(src[o].packed, *src[o].table, k, ev, od);
       else i4_codes64<Src::bits>(src[o].codes, k, ev, od);
       const __m512i I = dp16(dp16(_mm512_setzero_si512(), ev, _mm512_loadu_si512(xp + k)), od, _mm512_loadu_si512(xp + k + 32));
-      const __m512 cv = _mm512_mul_ps(span64_scales(src[o].scales, k >> bshift, bshift, gidx), _mm512_loadu_ps(dl + (k >> 2)));
+      __m512 ws;
+      if constexpr (H) ws = span64_scales16(src[o].scales16, k >> bshift, bshift, gidx);
+      else ws = span64_scales(src[o].scales, k >> bshift, bshift, gidx);
+      const __m512 cv = _mm512_mul_ps(ws, _mm512_loadu_ps(dl + (k >> 2)));
       a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), cv, a);
     };
     int64_t k = 0;
@@ -1058,17 +1073,20 @@ void i16_rows8(const Src* src, int64_t K, int bshift, const QuantX& qx, float po
   }
   if (src[0].offsets) {  // INT-N: sum_g o_g * (sum of x over group g)
     const float* xs = qx.sum;
-    int64_t g = 0;
-    for (; g + 16 <= G; g += 16) {
-      const __m512 sv = _mm512_loadu_ps(xs + g);
-#pragma GCC unroll 8
-      for (int o = 0; o < 8; o++) acc[o] = _mm512_fmadd_ps(_mm512_loadu_ps(src[o].offsets + g), sv, acc[o]);
-    }
-    if (g < G) {
-      const __mmask16 mk = static_cast<__mmask16>((1u << (G - g)) - 1);
+    // 16 offsets of row o from group g (mk: the valid ones): f32, fp16, or -zero16 * the fp16 scales
+    auto offs = [&](int o, int64_t g, __mmask16 mk) __attribute__((always_inline)) {
+      if constexpr (H) {
+        if (src[o].offsets16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, src[o].offsets16 + g));
+        return _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, src[o].scales16 + g)), _mm512_set1_ps(-src[o].zero16));
+      } else {
+        return _mm512_maskz_loadu_ps(mk, src[o].offsets + g);
+      }
+    };
+    for (int64_t g = 0; g < G; g += 16) {
+      const __mmask16 mk = G - g >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (G - g)) - 1);
       const __m512 sv = _mm512_maskz_loadu_ps(mk, xs + g);
 #pragma GCC unroll 8
-      for (int o = 0; o < 8; o++) acc[o] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, src[o].offsets + g), sv, acc[o]);
+      for (int o = 0; o < 8; o++) acc[o] = _mm512_fmadd_ps(offs(o, g, mk), sv, acc[o]);
     }
   }
   // eight horizontal sums at once: halves added, then pairwise hadd
@@ -1137,7 +1155,9 @@ void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, f
           if (o + 8 + kI16Prefetch <= Nout) for (int j = 0; j < 8; j++) pre(o + kI16Prefetch + j);
           Src s8[8];
           for (int j = 0; j < 8; j++) s8[j] = make(o + j, j);
-          i16_rows8(s8, K, bshift, qx, post, sums);
+          if constexpr (std::is_same_v<Src, Q4Src16>) i16_rows8<Src, false>(s8, K, bshift, qx, post, sums);
+          else if (s8[0].scales16) i16_rows8<Src, true>(s8, K, bshift, qx, post, sums);
+          else i16_rows8<Src, false>(s8, K, bshift, qx, post, sums);
           for (int j = 0; j < 8; j++) {
             float& c = y[o + j];
             c = beta == 0.0f ? alpha * sums[j] : alpha * sums[j] + beta * c;
@@ -1191,11 +1211,19 @@ void i16_intn(int64_t m, int64_t Nout, int64_t K, float alpha, const QuantX& qx,
   const Unpack16 u = intn_unpack<N>();
   const int64_t G = K >> w.group_shift, rb = (K * N) >> 3;
   i16_run(m, Nout, K, w.group_shift, qx, 1.0f, alpha, beta, y, ldy, N <= 4,
-          [&](int64_t o, int) { return IntNSrc16<N>{w.codes + o * rb, &u, w.scales + o * G, w.offsets + o * G}; },
+          [&](int64_t o, int) {
+            return IntNSrc16<N>{w.codes + o * rb, &u, w.scales + o * G, w.offsets + o * G, w.scales16 ? w.scales16 + o * G : nullptr,
+                                w.offsets16 ? w.offsets16 + o * G : nullptr, w.zero16};
+          },
           [&](int64_t o) {
             prefetch_bytes(w.codes + o * rb, rb);
-            prefetch_bytes(w.scales + o * G, G * 4);
-            prefetch_bytes(w.offsets + o * G, G * 4);
+            if (w.scales16) {
+              prefetch_bytes(w.scales16 + o * G, G * 2);
+              if (w.offsets16) prefetch_bytes(w.offsets16 + o * G, G * 2);
+            } else {
+              prefetch_bytes(w.scales + o * G, G * 4);
+              prefetch_bytes(w.offsets + o * G, G * 4);
+            }
           });
 }
 

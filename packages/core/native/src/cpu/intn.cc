@@ -15,6 +15,7 @@
 #include "cuda/intn.h"
 #include "gemm.h"
 #include "intn.h"
+#include "storage.h"
 #include "kernels/quant_math.h"
 #include "kernels/quantize_math.h"
 #include "operand.h"
@@ -204,6 +205,54 @@ static void intn_shape_args(const Napi::CallbackInfo& info, const char* fn, int6
   (void)rows;
 }
 
+// intn_constants16(scales, offsets, out) -> { exact, symmetric, zero }
+//   scales, offsets f32 [n]; out u8 [4 n]. When every scale converts to
+//   fp16 and back unchanged, writes them (fp16) to out's first 2 n bytes;
+//   then, when one z has offset = -z * scale (f32) in every group, reports
+//   symmetric with zero z (the offsets need no copy), else, when every
+//   offset converts exactly, writes them after the scales. exact false:
+//   out is not usable. The values the decode GEMV reads are the same.
+static bool same_bits(float a, float b) { return std::memcmp(&a, &b, 4) == 0; }
+
+static Napi::Value IntNConstants16Binding(const Napi::CallbackInfo& info) {
+  const char* fn = "intn_constants16";
+  TensorArg sc = tensor_arg(info, 0, fn, "scales", 1, DType::F32);
+  const size_t n = sc.numel;
+  TensorArg of = tensor_arg(info, 1, fn, "offsets", n, DType::F32);
+  TensorArg out = tensor_arg(info, 2, fn, "out", 4 * n, DType::U8);
+  if (sc.dev != Device::CPU || of.dev != Device::CPU || out.dev != Device::CPU) throw arg_error(info, fn, "all tensors must be on the CPU");
+  Napi::Object r = Napi::Object::New(info.Env());
+  const float* s = sc.f32();
+  const float* o = of.f32();
+  uint16_t* h = out.as<uint16_t>();
+  bool exact = true;
+  for (size_t g = 0; g < n && exact; g++) {
+    h[g] = f32_to_f16(s[g]);
+    exact = same_bits(f16_to_f32(h[g]), s[g]) && std::isfinite(s[g]);
+  }
+  bool sym = false;
+  float z = 0.0f;
+  if (exact) {
+    size_t g0 = 0;
+    while (g0 < n && s[g0] == 0.0f) g0++;
+    if (g0 < n) {
+      z = -o[g0] / s[g0];
+      sym = std::isfinite(z);
+      for (size_t g = 0; g < n && sym; g++) sym = same_bits(-(z * s[g]), o[g]);
+    }
+    if (!sym) {
+      for (size_t g = 0; g < n && exact; g++) {
+        h[n + g] = f32_to_f16(o[g]);
+        exact = same_bits(f16_to_f32(h[n + g]), o[g]) && std::isfinite(o[g]);
+      }
+    }
+  }
+  r.Set("exact", Napi::Boolean::New(info.Env(), exact));
+  r.Set("symmetric", Napi::Boolean::New(info.Env(), exact && sym));
+  r.Set("zero", Napi::Number::New(info.Env(), exact && sym ? static_cast<double>(z) : 0.0));
+  return r;
+}
+
 // intn_quantize(W, rows, cols, bits, groupSize, codes, scales, offsets) -> bad count (RTN)
 //   W [rows, cols] f32|bf16; codes u8 [rows*cols*bits/8]; scales, offsets f32 [rows, cols/groupSize]
 static Napi::Value IntNQuantizeBinding(const Napi::CallbackInfo& info) {
@@ -374,6 +423,7 @@ static Napi::Value IntNDecodeBinding(const Napi::CallbackInfo& info) {
 
 static void register_intn(Napi::Env env, Napi::Object exports) {
   exports.Set("intn_quantize", Napi::Function::New(env, IntNQuantizeBinding));
+  exports.Set("intn_constants16", Napi::Function::New(env, IntNConstants16Binding));
   exports.Set("intn_gptq", Napi::Function::New(env, IntNGptqBinding));
   exports.Set("intn_dequantize", Napi::Function::New(env, IntNDequantizeBinding));
   exports.Set("hostmath_intn", Napi::Function::New(env, HostmathIntNBinding));
