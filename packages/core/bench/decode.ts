@@ -7,8 +7,8 @@
 //   pnpm --filter @tunebench/core bench:decode -- --formats int4,nf4 --rows 1 --threads 1
 //   pnpm --filter @tunebench/core bench:decode -- --help
 import {
-  type IntNBits, type IntNGroupSize, type QuantizedWeight, Tensor, disposeQuantized, native, nativeOperand, parseCli,
-  intOption, quantize4bit, quantizeIntN,
+  type IntNBits, type IntNGroupSize, type QuantizedIntN, type QuantizedWeight, Tensor, disposeQuantized, f16ToF32, f32ToF16,
+  intnBytes, intnConstants16, intnNativeOperand, native, nativeOperand, parseCli, intOption, quantize4bit, quantizeIntN,
 } from '../src/index.js';
 import { type NativeTensorHandle, nativeFn } from '../src/native.js';
 
@@ -18,8 +18,11 @@ the streaming-read roof of the same run.
 Usage: pnpm --filter @tunebench/core bench:decode [-- options]
 
 Options:
-  --formats LIST   comma-separated: f32, bf16, int8, int4, int3, int2, nf4,
-                   nf4dq, fp4 (default: all)
+  --formats LIST   comma-separated: f32, bf16, int8, int8q8, int4, int3,
+                   int2, nf4, nf4dq, fp4 (default: all). int8q8: INT8 groups
+                   of 32 on Q8_0's symmetric grid (fp16 scale, offset -128
+                   scale), so i16 reads fp16 copies of its scales
+                   (intnConstants16) as the fused decoder does
   --group N        INT-N group size (default 32); --block N: 4-bit block (default 64)
   --rows LIST      rows of x per call (default 1,4,16)
   --layers N       layers of the SmolLM-135M shape (default 30)
@@ -33,14 +36,14 @@ Options:
   -h, --help       this text
 
 Weights are random (uniform, then quantized as the format says). Bytes per
-token count everything a call reads of W: codes, scales and offsets, absmax or
-its double quantization. The roof reads a buffer far larger than the caches
+token count everything a call reads of W: codes, scales and offsets (int8q8
+with i16: its fp16 scales), absmax or its double quantization. The roof reads a buffer far larger than the caches
 with vector loads on one thread. Buffer and weights are native tensors, so
 both sit in transparent huge pages where the system offers them (see the
 line printed first; TUNEBENCH_HUGE_PAGES=0 puts both in 4 KiB pages).`;
 
 const opt = parseCli({
-  formats: { type: 'string', default: 'f32,bf16,int8,int4,int3,int2,nf4,nf4dq,fp4' },
+  formats: { type: 'string', default: 'f32,bf16,int8,int8q8,int4,int3,int2,nf4,nf4dq,fp4' },
   group: { type: 'string', default: '32' },
   block: { type: 'string', default: '64' },
   rows: { type: 'string', default: '1,4,16' },
@@ -108,13 +111,40 @@ function uniform(n: number, scale: number): Float32Array {
   return a;
 }
 
-interface Weight { op: object; out: number; inF: number; bytes: number; dispose(): void }
+interface Weight { op: object; out: number; inF: number; bytes: number; dispose(): void; op16?: object; bytes16?: number }
+
+/** INT8 groups of 32 on Q8_0's symmetric grid: d = fp16(max |w| / 127), code round(w / d) + 128, offset -128 d. */
+function q8Grid(vals: Float32Array, out: number, inF: number): QuantizedIntN {
+  const nb = (out * inF) / 32, codes = new Uint8Array(out * inF), scales = new Float32Array(nb), offsets = new Float32Array(nb);
+  for (let b = 0; b < nb; b++) {
+    let amax = 0;
+    for (let j = 0; j < 32; j++) amax = Math.max(amax, Math.abs(vals[b * 32 + j]));
+    const d = f16ToF32(f32ToF16(amax / 127));
+    scales[b] = d;
+    offsets[b] = -128 * d;
+    for (let j = 0; j < 32; j++) codes[b * 32 + j] = (d > 0 ? Math.max(-127, Math.min(127, Math.round(vals[b * 32 + j] / d))) : 0) + 128;
+  }
+  const opts = { category: 'frozen' as const };
+  return {
+    kind: 'intn', bits: 8, groupSize: 32, shape: [out, inF], numel: out * inF, quantizer: 'rtn', bytes: intnBytes([out, inF], 8, 32),
+    codes: Tensor.from(codes, [out * inF], { ...opts, dtype: 'u8' }), scales: Tensor.from(scales, [out, inF / 32], opts),
+    offsets: Tensor.from(offsets, [out, inF / 32], opts),
+  };
+}
 
 function makeWeight(format: string, out: number, inF: number): Weight {
   const vals = uniform(out * inF, 0.05);
   if (format === 'f32' || format === 'bf16') {
     const t = Tensor.from(vals, [out, inF], { dtype: format, category: 'frozen' });
     return { op: t.handle, out, inF, bytes: out * inF * (format === 'f32' ? 4 : 2), dispose: () => t.dispose() };
+  }
+  if (format === 'int8q8') {
+    const q = q8Grid(vals, out, inF), c = intnConstants16(q);
+    if (!c || c.zero === null) throw new Error('int8q8: fp16 constants expected');
+    return {
+      op: nativeOperand(q), out, inF, bytes: q.bytes, op16: intnNativeOperand(q, c), bytes16: q.codes.numel + c.tensor.numel,
+      dispose: () => { c.tensor.dispose(); disposeQuantized(q); },
+    };
   }
   const w = Tensor.from(vals, [out, inF], { category: 'frozen' });
   let q: QuantizedWeight;
@@ -150,7 +180,9 @@ for (const format of opt.formats.split(',').map((s) => s.trim()).filter(Boolean)
       const xs = new Map<number, Tensor>(), ys = new Map<number, Tensor>();
       for (const k of [C, I]) xs.set(k, Tensor.from(uniform(m * k, 1), [m, k]));
       for (const o of [C, 192, I]) ys.set(o, Tensor.zeros([m, o]));
-      const token = () => { for (const w of weights) decodeGemv(xs.get(w.inF)!.handle, w.op, ys.get(w.out)!.handle, m, w.out, w.inF, isa, act); };
+      // int8q8 with i16 (one row) reads the fp16 copies of its scales, as the fused decoder does
+      const h16 = act === 'i16' && format === 'int8q8';
+      const token = () => { for (const w of weights) decodeGemv(xs.get(w.inF)!.handle, h16 ? w.op16! : w.op, ys.get(w.out)!.handle, m, w.out, w.inF, isa, act); };
       token();
       const times: number[] = [];
       for (let r = 0; r < reps; r++) {
@@ -158,8 +190,10 @@ for (const format of opt.formats.split(',').map((s) => s.trim()).filter(Boolean)
         token();
         times.push(Number(process.hrtime.bigint() - t0) / 1e9);
       }
-      const s = median(times), gbs = bytes / s / 1e9;
-      table.push([format, act, String(m), (bytes / 1e6).toFixed(1), (s * 1e3).toFixed(2), gbs.toFixed(2), `${((100 * gbs) / roofGbs).toFixed(0)}%`, (m / s).toFixed(1)]);
+      // the fp16 constants are read only by one-row calls on the kernels' eight-row path (the f32 ones otherwise)
+      const bytesRead = h16 && m === 1 ? weights.reduce((t, w) => t + w.bytes16!, 0) : bytes;
+      const s = median(times), gbs = bytesRead / s / 1e9;
+      table.push([format, act, String(m), (bytesRead / 1e6).toFixed(1), (s * 1e3).toFixed(2), gbs.toFixed(2), `${((100 * gbs) / roofGbs).toFixed(0)}%`, (m / s).toFixed(1)]);
       for (const t of [...xs.values(), ...ys.values()]) t.dispose();
       console.log(table[table.length - 1].join('\t'));
     }
