@@ -1032,6 +1032,40 @@ void i16_rows(const Src* src, int64_t K, int bshift, const QuantX& qx, int64_t r
   }
 }
 
+// The end of eight output rows (i16_rows8, i16_rows8c): INT-N offsets added
+// (sum_g o_g * the sum of x over group g), the eight horizontal sums done
+// together, out[0..8) = sums * post.
+template <bool H, class Src>
+__attribute__((always_inline)) inline void finish8(const Src* src, __m512 (&acc)[8], const QuantX& qx, int64_t G, float post, float* out) {
+  if (src[0].offsets) {  // INT-N: sum_g o_g * (sum of x over group g)
+    const float* xs = qx.sum;
+    // 16 offsets of row o from group g (mk: the valid ones): f32, fp16, or -zero16 * the fp16 scales
+    auto offs = [&](int o, int64_t g, __mmask16 mk) __attribute__((always_inline)) {
+      if constexpr (H) {
+        if (src[o].offsets16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, src[o].offsets16 + g));
+        return _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, src[o].scales16 + g)), _mm512_set1_ps(-src[o].zero16));
+      } else {
+        return _mm512_maskz_loadu_ps(mk, src[o].offsets + g);
+      }
+    };
+    for (int64_t g = 0; g < G; g += 16) {
+      const __mmask16 mk = G - g >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (G - g)) - 1);
+      const __m512 sv = _mm512_maskz_loadu_ps(mk, xs + g);
+#pragma GCC unroll 8
+      for (int o = 0; o < 8; o++) acc[o] = _mm512_fmadd_ps(offs(o, g, mk), sv, acc[o]);
+    }
+  }
+  // eight horizontal sums at once: halves added, then pairwise hadd
+  __m256 h[8];
+  for (int o = 0; o < 8; o++) h[o] = _mm256_add_ps(_mm512_castps512_ps256(acc[o]), _mm512_extractf32x8_ps(acc[o], 1));
+  const __m256 h01 = _mm256_hadd_ps(h[0], h[1]), h23 = _mm256_hadd_ps(h[2], h[3]);
+  const __m256 h45 = _mm256_hadd_ps(h[4], h[5]), h67 = _mm256_hadd_ps(h[6], h[7]);
+  const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
+  // q0 = [r0 r1 r2 r3 | r0 r1 r2 r3] partial sums of the low and high 128-bit halves, q1 likewise for r4..r7
+  const __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20), _mm256_permute2f128_ps(q0, q1, 0x31));
+  _mm256_storeu_ps(out, _mm256_mul_ps(sum, _mm256_set1_ps(post)));
+}
+
 // One row of x (m = 1) in spans of 64 against 8 output rows at once: x's
 // span is loaded once for all eight, each row keeps its own accumulator (8
 // independent chains), and the eight sums are reduced together and stored
@@ -1071,33 +1105,34 @@ void i16_rows8(const Src* src, int64_t K, int bshift, const QuantX& qx, float po
     if (k < K) span(k, a0);
     acc[o] = _mm512_add_ps(a0, a1);
   }
-  if (src[0].offsets) {  // INT-N: sum_g o_g * (sum of x over group g)
-    const float* xs = qx.sum;
-    // 16 offsets of row o from group g (mk: the valid ones): f32, fp16, or -zero16 * the fp16 scales
-    auto offs = [&](int o, int64_t g, __mmask16 mk) __attribute__((always_inline)) {
-      if constexpr (H) {
-        if (src[o].offsets16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, src[o].offsets16 + g));
-        return _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, src[o].scales16 + g)), _mm512_set1_ps(-src[o].zero16));
-      } else {
-        return _mm512_maskz_loadu_ps(mk, src[o].offsets + g);
+  finish8<H>(src, acc, qx, G, post, out);
+}
+
+// The same eight-row driver for INT-N in spans of 32 or 64 (INT3, and the
+// others when x is not permuted): per row its combined scales, then the
+// row's spans as i16_rows does, and one finish for the eight.
+template <int U, class Src>
+void i16_rows8c(const Src* src, int64_t K, int bshift, const QuantX& qx, float post, float* out) {
+  const int64_t G = K >> bshift;
+  const float* d[1] = {qx.d};
+  const int16_t* xq[1] = {qx.q};
+  __m512 acc[8];
+  float c[1][1][kI16MaxBlocks + 16];
+  for (int o = 0; o < 8; o++) {
+    combined_scales<1>(src[o].scales, d, G, c[0]);
+    __m512 a0[1] = {_mm512_setzero_ps()}, a1[1] = {_mm512_setzero_ps()};
+    {
+      constexpr int64_t S = 32 * U;
+      int64_t k = 0;
+      for (; k + 2 * S <= K; k += 2 * S) {
+        i16_span<1, U>(src[o], k, bshift, xq, c[0], a0);
+        i16_span<1, U>(src[o], k + S, bshift, xq, c[0], a1);
       }
-    };
-    for (int64_t g = 0; g < G; g += 16) {
-      const __mmask16 mk = G - g >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (G - g)) - 1);
-      const __m512 sv = _mm512_maskz_loadu_ps(mk, xs + g);
-#pragma GCC unroll 8
-      for (int o = 0; o < 8; o++) acc[o] = _mm512_fmadd_ps(offs(o, g, mk), sv, acc[o]);
+      if (k < K) i16_span<1, U>(src[o], k, bshift, xq, c[0], a0);
     }
+    acc[o] = _mm512_add_ps(a0[0], a1[0]);
   }
-  // eight horizontal sums at once: halves added, then pairwise hadd
-  __m256 h[8];
-  for (int o = 0; o < 8; o++) h[o] = _mm256_add_ps(_mm512_castps512_ps256(acc[o]), _mm512_extractf32x8_ps(acc[o], 1));
-  const __m256 h01 = _mm256_hadd_ps(h[0], h[1]), h23 = _mm256_hadd_ps(h[2], h[3]);
-  const __m256 h45 = _mm256_hadd_ps(h[4], h[5]), h67 = _mm256_hadd_ps(h[6], h[7]);
-  const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
-  // q0 = [r0 r1 r2 r3 | r0 r1 r2 r3] partial sums of the low and high 128-bit halves, q1 likewise for r4..r7
-  const __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20), _mm256_permute2f128_ps(q0, q1, 0x31));
-  _mm256_storeu_ps(out, _mm256_mul_ps(sum, _mm256_set1_ps(post)));
+  finish8<false>(src, acc, qx, G, post, out);
 }
 
 // rows of x in tiles of up to 8 against R output rows
@@ -1158,6 +1193,26 @@ void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, f
           if constexpr (std::is_same_v<Src, Q4Src16>) i16_rows8<Src, false>(s8, K, bshift, qx, post, sums);
           else if (s8[0].scales16) i16_rows8<Src, true>(s8, K, bshift, qx, post, sums);
           else i16_rows8<Src, false>(s8, K, bshift, qx, post, sums);
+          for (int j = 0; j < 8; j++) {
+            float& c = y[o + j];
+            c = beta == 0.0f ? alpha * sums[j] : alpha * sums[j] + beta * c;
+          }
+        }
+      }
+    }
+    if constexpr (!span64 && !std::is_same_v<Src, Q4Src16>) {
+      // INT3 (and INT2 / INT4 / INT8 in spans of 32 or 64 with x not
+      // permuted): eight rows per call as well. INT2 in spans of 128 keeps
+      // its pairs: eight rows per call made it slower (5.84-6.20 against
+      // 5.41-5.44 ms per SmolLM-135M token in bench:decode; INT3 went from
+      // 8.55-8.91 to 6.45-6.86 ms; the 2-core EPYC VM, alternating builds)
+      if (m == 1 && umode != 8) {
+        for (; o + 8 <= o1; o += 8) {
+          if (o + 8 + kI16Prefetch <= Nout) for (int j = 0; j < 8; j++) pre(o + kI16Prefetch + j);
+          Src s8[8];
+          for (int j = 0; j < 8; j++) s8[j] = make(o + j, j);
+          if (umode == 2) i16_rows8c<2>(s8, K, bshift, qx, post, sums);
+          else i16_rows8c<1>(s8, K, bshift, qx, post, sums);
           for (int j = 0; j < 8; j++) {
             float& c = y[o + j];
             c = beta == 0.0f ? alpha * sums[j] : alpha * sums[j] + beta * c;
