@@ -457,6 +457,17 @@ void run_intn(int64_t m, int64_t Nout, int64_t K, float alpha, const float* x, i
 // half of its f32), so x is taken permuted per 32-chunk (its even elements,
 // then its odd ones; built once per call). Sums are f32 as on the other
 // paths, in another order.
+// Eight horizontal sums at once: halves added, then pairwise hadd.
+__attribute__((always_inline)) inline __m256 hsum8(const __m512 (&acc)[8]) {
+  __m256 h[8];
+  for (int o = 0; o < 8; o++) h[o] = _mm256_add_ps(_mm512_castps512_ps256(acc[o]), _mm512_extractf32x8_ps(acc[o], 1));
+  const __m256 h01 = _mm256_hadd_ps(h[0], h[1]), h23 = _mm256_hadd_ps(h[2], h[3]);
+  const __m256 h45 = _mm256_hadd_ps(h[4], h[5]), h67 = _mm256_hadd_ps(h[6], h[7]);
+  const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
+  // q0 = [r0 r1 r2 r3 | r0 r1 r2 r3] partial sums of the low and high 128-bit halves, q1 likewise for r4..r7
+  return _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20), _mm256_permute2f128_ps(q0, q1, 0x31));
+}
+
 template <int MB>
 void bf16_row_avx512(const uint16_t* w, int64_t K, const float* xp, int64_t K32, const float* x, int64_t ldx, float* sums) {
   const __m512i hi_mask = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
@@ -478,6 +489,39 @@ void bf16_row_avx512(const uint16_t* w, int64_t K, const float* xp, int64_t K32,
   }
 }
 
+// One row of x against eight bf16 rows (read one after the other), two
+// accumulator pairs per row, the eight sums reduced together.
+void bf16_rows8_avx512(const uint16_t* w, int64_t ldw, int64_t K, const float* xp, int64_t K32, const float* x, float* sums) {
+  const __m512i hi_mask = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  __m512 acc[8];
+#pragma GCC unroll 8
+  for (int o = 0; o < 8; o++) {
+    const uint16_t* wr = w + o * ldw;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 64 <= K32; k += 64) {
+      const __m512i v = _mm512_loadu_si512(wr + k), u = _mm512_loadu_si512(wr + k + 32);
+      a0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), _mm512_loadu_ps(xp + k), a0);
+      a1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi_mask)), _mm512_loadu_ps(xp + k + 16), a1);
+      a2 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(u, 16)), _mm512_loadu_ps(xp + k + 32), a2);
+      a3 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(u, hi_mask)), _mm512_loadu_ps(xp + k + 48), a3);
+    }
+    if (k < K32) {
+      const __m512i v = _mm512_loadu_si512(wr + k);
+      a0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), _mm512_loadu_ps(xp + k), a0);
+      a1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi_mask)), _mm512_loadu_ps(xp + k + 16), a1);
+    }
+    acc[o] = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+  }
+  _mm256_storeu_ps(sums, hsum8(acc));
+  if (K32 < K)
+    for (int o = 0; o < 8; o++) {
+      float t = 0.0f;
+      for (int64_t k = K32; k < K; k++) t += bf16_to_f32(w[o * ldw + k]) * x[k];
+      sums[o] += t;
+    }
+}
+
 void bf16_avx512(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t ldx, const uint16_t* w, int64_t ldw,
                  float beta, float* y, int64_t ldy) {
   const int64_t K32 = K & ~int64_t(31);
@@ -492,7 +536,16 @@ void bf16_avx512(int64_t m, int64_t N, int64_t K, float alpha, const float* x, i
       }
   auto rows = [&](int64_t o0, int64_t o1) {
     float sums[kDecodeMaxRows];
-    for (int64_t o = o0; o < o1; o++) {
+    int64_t o = o0;
+    if (m == 1)
+      for (; o + 8 <= o1; o += 8) {
+        bf16_rows8_avx512(w + o * ldw, ldw, K, xp, K32, x, sums);
+        for (int j = 0; j < 8; j++) {
+          float& c = y[o + j];
+          c = beta == 0.0f ? alpha * sums[j] : alpha * sums[j] + beta * c;
+        }
+      }
+    for (; o < o1; o++) {
       const uint16_t* wr = w + o * ldw;
       for (int64_t r0 = 0; r0 < m; r0 += 8) {
         const int64_t mb = std::min<int64_t>(8, m - r0);
@@ -1055,15 +1108,7 @@ __attribute__((always_inline)) inline void finish8(const Src* src, __m512 (&acc)
       for (int o = 0; o < 8; o++) acc[o] = _mm512_fmadd_ps(offs(o, g, mk), sv, acc[o]);
     }
   }
-  // eight horizontal sums at once: halves added, then pairwise hadd
-  __m256 h[8];
-  for (int o = 0; o < 8; o++) h[o] = _mm256_add_ps(_mm512_castps512_ps256(acc[o]), _mm512_extractf32x8_ps(acc[o], 1));
-  const __m256 h01 = _mm256_hadd_ps(h[0], h[1]), h23 = _mm256_hadd_ps(h[2], h[3]);
-  const __m256 h45 = _mm256_hadd_ps(h[4], h[5]), h67 = _mm256_hadd_ps(h[6], h[7]);
-  const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
-  // q0 = [r0 r1 r2 r3 | r0 r1 r2 r3] partial sums of the low and high 128-bit halves, q1 likewise for r4..r7
-  const __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20), _mm256_permute2f128_ps(q0, q1, 0x31));
-  _mm256_storeu_ps(out, _mm256_mul_ps(sum, _mm256_set1_ps(post)));
+  _mm256_storeu_ps(out, _mm256_mul_ps(hsum8(acc), _mm256_set1_ps(post)));
 }
 
 // One row of x (m = 1) in spans of 64 against 8 output rows at once: x's
