@@ -11,7 +11,8 @@ import assert from 'node:assert/strict';
 import {
   INTN_BITS, INTN_GROUP_SIZES, IntNLinear, type IntNBits, type IntNGroupSize, Quant4Linear, type Quantized4bit,
   type QuantizedIntN, Tensor, addToOffsets, dequantizeIntN, disposeQuantized, intnBytes, intnDecode, isFrozenBase,
-  isQuantized, loraBackward, loraForward, matmul, memory, parameterBytes, parameterNumel, quantizeIntN,
+  isQuantized, loraBackward, loraForward, matmul, memory, parameterBytes, parameterNumel, quantizeIntN, intnConstants16,
+  f16ToF32, f32ToF16,
 } from '../src/index.js';
 import { assertClose, randn, rng } from './helpers.js';
 
@@ -132,6 +133,47 @@ test('RTN relative round-trip error on Gaussian weights stays within the measure
     }
   } finally {
     W.dispose();
+  }
+});
+
+test("RTN with constants 'f16': every scale and offset is an fp16 value, the codes are rounded against them", () => {
+  const r = rng(41);
+  const [rows, cols] = [24, 256];
+  const w = Tensor.from(randn(rows * cols, r, 0.05), [rows, cols]);
+  try {
+    for (const bits of INTN_BITS) {
+      for (const groupSize of [16, 64] as IntNGroupSize[]) {
+        const q = quantizeIntN(w, { bits, groupSize, constants: 'f16' });
+        const plain = quantizeIntN(w, { bits, groupSize });
+        const sc = q.scales.data() as Float32Array, of = q.offsets.data() as Float32Array;
+        for (let g = 0; g < sc.length; g++) {
+          assert.equal(f16ToF32(f32ToF16(sc[g])), sc[g], `int${bits} g${groupSize}: scale ${g} is not an fp16 value`);
+          assert.equal(f16ToF32(f32ToF16(of[g])), of[g], `int${bits} g${groupSize}: offset ${g} is not an fp16 value`);
+        }
+        // the f32 RTN constants are not fp16 values (else this test shows nothing)
+        assert.ok(Array.from(plain.scales.data() as Float32Array).some((v) => f16ToF32(f32ToF16(v)) !== v));
+        // codes against the stored constants: each element within half a step of its value (plus the range clip)
+        const deq = dequantizeIntN(q), dv = deq.data() as Float32Array, wv = w.data() as Float32Array;
+        let worst = 0;
+        for (let e = 0; e < dv.length; e++) {
+          const s = sc[Math.floor(e / groupSize)];
+          worst = Math.max(worst, Math.abs(dv[e] - wv[e]) / s);
+        }
+        deq.dispose();
+        // half a step, plus what rounding the offset and scale to fp16 moves the ends of the grid (2^-11 relative)
+        assert.ok(worst <= 0.55, `int${bits} g${groupSize}: worst |error| ${worst} steps`);
+        const c = intnConstants16(q);
+        assert.ok(c, 'fp16 copies exist');
+        c.tensor.dispose();
+        disposeQuantized(q); disposeQuantized(plain);
+      }
+    }
+    const X = Tensor.from(randn(8 * cols, r, 1), [8, cols]);
+    assert.throws(() => quantizeIntN(w, { bits: 4, groupSize: 16, quantizer: 'gptq', calibration: X, constants: 'f16' }), /RTN option/);
+    assert.throws(() => quantizeIntN(w, { bits: 4, groupSize: 16, constants: 'bf16' as never }), /constants must be/);
+    X.dispose();
+  } finally {
+    w.dispose();
   }
 });
 

@@ -80,6 +80,10 @@ export interface QuantizeIntNOptions {
   damp?: number;
   /** memory category of the result (default 'frozen') */
   category?: Category;
+  /** 'f32' (default), or 'f16' (RTN on the CPU only): each group's scale and
+   * offset rounded to an fp16 value before its codes are rounded against them,
+   * so that fp16 storage of the constants (GGUF Q4_1, intnConstants16) is exact */
+  constants?: 'f32' | 'f16';
 }
 
 function checkBits(op: string, bits: unknown): asserts bits is IntNBits {
@@ -113,7 +117,7 @@ export function intnBytes(shape: readonly [number, number] | readonly number[], 
 }
 
 type RtnFn = (w: NativeTensorHandle, rows: number, cols: number, bits: number, group: number,
-  codes: NativeTensorHandle, scales: NativeTensorHandle, offsets: NativeTensorHandle) => number;
+  codes: NativeTensorHandle, scales: NativeTensorHandle, offsets: NativeTensorHandle, f16Constants?: boolean) => number;
 type GptqFn = (w: NativeTensorHandle, rows: number, cols: number, h: NativeTensorHandle, bits: number, group: number, damp: number,
   codes: NativeTensorHandle, scales: NativeTensorHandle, offsets: NativeTensorHandle) =>
   { bad: number; damp?: number; lambda?: number; tries?: number; zeroH?: boolean };
@@ -153,6 +157,10 @@ export function quantizeIntN(w: Tensor, opts: QuantizeIntNOptions): QuantizedInt
       throw new RangeError(`${op}: calibration must be [n, ${cols}] with n >= 1 (the layer's inputs), got [${X.shape.join(', ')}]`);
     }
   }
+  const constants = opts.constants ?? 'f32';
+  if (constants !== 'f32' && constants !== 'f16') throw new RangeError(`${op}: constants must be 'f32' or 'f16', got ${JSON.stringify(constants)}`);
+  if (constants === 'f16' && quantizer !== 'rtn') throw new Error(`${op}: constants 'f16' is an RTN option (got quantizer '${quantizer}')`);
+  if (constants === 'f16' && w.device !== 'cpu') throw new Error(`${op}: constants 'f16' quantizes on the CPU; move the weight there first (Tensor.to('cpu'))`);
   const damp = opts.damp ?? GPTQ_DEFAULT_DAMP;
   if (typeof damp !== 'number' || !Number.isFinite(damp) || damp < 0) throw new RangeError(`${op}: damp must be a finite number >= 0, got ${damp}`);
   const category = opts.category ?? 'frozen';
@@ -179,7 +187,7 @@ export function quantizeIntN(w: Tensor, opts: QuantizeIntNOptions): QuantizedInt
     `${op}: the weight holds ${bad} NaN or infinite value(s), or groups whose range overflows float32; refusing to quantize it`);
   try {
     if (quantizer === 'rtn') {
-      const bad = nativeFn<RtnFn>('intn_quantize')(w.handle, rows, cols, bits, groupSize, codes.handle, scales.handle, offsets.handle);
+      const bad = nativeFn<RtnFn>('intn_quantize')(w.handle, rows, cols, bits, groupSize, codes.handle, scales.handle, offsets.handle, constants === 'f16');
       if (bad > 0) throw refuse(bad);
       return base;
     }

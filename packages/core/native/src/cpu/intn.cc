@@ -34,7 +34,10 @@ inline float to_f32(T v) {
 // or computed here (RTN): writes the row's codes (byte-aligned, zeroed first),
 // scales and offsets. Returns the number of groups of finite values whose
 // range (max - min) overflows f32 (groups holding NaN/inf are counted by the caller).
-int64_t intn_rtn_row(const float* w, int64_t cols, int bits, int64_t L, uint8_t* row_codes, float* scales, float* offsets) {
+// f16: each group's scale and offset rounded to fp16 values first (where
+// fp16 holds them: not to zero, not to infinity), the codes then rounded
+// against those, so that fp16 storage of the constants is exact.
+int64_t intn_rtn_row(const float* w, int64_t cols, int bits, int64_t L, uint8_t* row_codes, float* scales, float* offsets, bool f16 = false) {
   std::memset(row_codes, 0, static_cast<size_t>(cols * bits / 8));
   int64_t bad = 0;
   for (int64_t g = 0; g < cols / L; g++) {
@@ -42,6 +45,11 @@ int64_t intn_rtn_row(const float* w, int64_t cols, int bits, int64_t L, uint8_t*
     float s, o;
     intn_group_params(wg, L, bits, &s, &o);
     if (!std::isfinite(s) && std::all_of(wg, wg + L, [](float v) { return std::isfinite(v); })) bad++;
+    if (f16 && std::isfinite(s) && std::isfinite(o)) {
+      const float hs = f16_to_f32(f32_to_f16(s)), ho = f16_to_f32(f32_to_f16(o));
+      if (std::isfinite(hs) && (hs != 0.0f || s == 0.0f)) s = hs;
+      if (std::isfinite(ho) && (ho != 0.0f || o == 0.0f)) o = ho;
+    }
     scales[g] = s;
     offsets[g] = o;
     for (int64_t i = 0; i < L; i++) intn_put_code(row_codes, bits, g * L + i, intn_code(wg[i], s, o, bits));
@@ -53,7 +61,8 @@ int64_t intn_rtn_row(const float* w, int64_t cols, int bits, int64_t L, uint8_t*
 // independent; rows start on byte boundaries so threads never share a byte).
 // Returns the count of non-finite weights plus groups whose range overflows.
 template <typename T>
-int64_t intn_quantize_rtn(const T* W, int64_t rows, int64_t cols, int bits, int64_t L, uint8_t* codes, float* scales, float* offsets) {
+int64_t intn_quantize_rtn(const T* W, int64_t rows, int64_t cols, int bits, int64_t L, uint8_t* codes, float* scales, float* offsets,
+                          bool f16 = false) {
   std::vector<int64_t> bad(static_cast<size_t>(num_threads()) + 1, 0);
   parallel_chunks(rows, [&](int64_t r0, int64_t r1) {
     std::vector<float> row(static_cast<size_t>(cols));
@@ -63,7 +72,7 @@ int64_t intn_quantize_rtn(const T* W, int64_t rows, int64_t cols, int bits, int6
         row[i] = to_f32(W[r * cols + i]);
         if (!std::isfinite(row[i])) nb++;
       }
-      nb += intn_rtn_row(row.data(), cols, bits, L, codes + r * cols * bits / 8, scales + r * (cols / L), offsets + r * (cols / L));
+      nb += intn_rtn_row(row.data(), cols, bits, L, codes + r * cols * bits / 8, scales + r * (cols / L), offsets + r * (cols / L), f16);
     }
     bad[static_cast<size_t>(omp_get_thread_num())] += nb;
   }, 4);
@@ -253,8 +262,9 @@ static Napi::Value IntNConstants16Binding(const Napi::CallbackInfo& info) {
   return r;
 }
 
-// intn_quantize(W, rows, cols, bits, groupSize, codes, scales, offsets) -> bad count (RTN)
-//   W [rows, cols] f32|bf16; codes u8 [rows*cols*bits/8]; scales, offsets f32 [rows, cols/groupSize]
+// intn_quantize(W, rows, cols, bits, groupSize, codes, scales, offsets, f16Constants?) -> bad count (RTN)
+//   W [rows, cols] f32|bf16; codes u8 [rows*cols*bits/8]; scales, offsets f32 [rows, cols/groupSize];
+//   f16Constants (CPU only): scales and offsets rounded to fp16 values before the codes (intn_rtn_row)
 static Napi::Value IntNQuantizeBinding(const Napi::CallbackInfo& info) {
   const char* fn = "intn_quantize";
   const int64_t rows = int_arg(info, 1, fn, "rows"), cols = int_arg(info, 2, fn, "cols");
@@ -266,6 +276,8 @@ static Napi::Value IntNQuantizeBinding(const Napi::CallbackInfo& info) {
   TensorArg scales = d.tensor(6, "scales", static_cast<size_t>(rows * cols / group), DType::F32);
   TensorArg offsets = d.tensor(7, "offsets", static_cast<size_t>(rows * cols / group), DType::F32);
   if (W.dtype != DType::F32 && W.dtype != DType::BF16) throw arg_error(info, fn, "W must be f32 or bf16");
+  const bool f16 = info.Length() > 8 && info[8].IsBoolean() && info[8].As<Napi::Boolean>().Value();
+  if (f16 && d.cuda()) throw arg_error(info, fn, "fp16 constants are quantized on the CPU only: move the weight to the CPU first");
   const int b = static_cast<int>(bits);
   return guarded(info, [&]() -> Napi::Value {
     int64_t bad = 0;
@@ -273,9 +285,9 @@ static Napi::Value IntNQuantizeBinding(const Napi::CallbackInfo& info) {
       TB_ON_CUDA(bad = cuda::intn_quantize(W.data, W.dtype == DType::BF16, rows, cols, b, group, codes.as<uint8_t>(), scales.f32(),
                                            offsets.f32()));
     } else if (W.dtype == DType::F32) {
-      bad = intn_quantize_rtn(W.f32(), rows, cols, b, group, codes.as<uint8_t>(), scales.f32(), offsets.f32());
+      bad = intn_quantize_rtn(W.f32(), rows, cols, b, group, codes.as<uint8_t>(), scales.f32(), offsets.f32(), f16);
     } else {
-      bad = intn_quantize_rtn(W.as<uint16_t>(), rows, cols, b, group, codes.as<uint8_t>(), scales.f32(), offsets.f32());
+      bad = intn_quantize_rtn(W.as<uint16_t>(), rows, cols, b, group, codes.as<uint8_t>(), scales.f32(), offsets.f32(), f16);
     }
     return Napi::Number::New(info.Env(), static_cast<double>(bad));
   });
