@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import {
   BYTE_VOCAB_SIZE, ByteTokenizer, GGUF_ALIGNMENT, type GroupwiseInt4, type LlamaConfig, LlamaModel, exportGguf,
   f16ToF32, f32ToF16, ggufArray, ggufScalar, gpt2ByteToUnicode, headDim, modelTensorShapes, preset, quantizeQ8_0, readGguf, ropeRowPermutation,
-  tensorError,
+  tensorError, Tensor, quantizeIntN, dequantizeIntN, disposeQuantized, groupwiseToQ4_1, dequantizeQ4_1,
 } from '../src/index.js';
 import { ggufNameOf, logProbs, modelFromGguf, unpermuteRows } from './gguf_helpers.js';
 import { rng } from './helpers.js';
@@ -335,4 +335,29 @@ test('reader: corrupt and truncated files are clear errors', () => {
   check('type', patched(headerEnd - 4, (dv) => dv.setUint32(0, 77, true)), /has ggml type 77 .* which this reader does not know/);
   assert.throws(() => readGguf(dir), /is a directory/);
   assert.throws(() => info.read('nope'), /no tensor 'nope'/);
+});
+
+test("an INT4 g32 weight quantized with constants 'f16' is exactly its Q4_1 blocks; with f32 constants it is not", () => {
+  const r = rng(77);
+  const [rows, cols] = [48, 128];
+  const vals = new Float32Array(rows * cols);
+  for (let i = 0; i < vals.length; i++) vals[i] = (r.next() * 2 - 1) * 0.05;
+  const w = Tensor.from(vals, [rows, cols]);
+  try {
+    for (const constants of ['f16', 'f32'] as const) {
+      const q = quantizeIntN(w, { bits: 4, groupSize: 32, constants });
+      const packed = q.codes.data() as Uint8Array, codes = new Uint8Array(rows * cols);
+      for (let e = 0; e < codes.length; e++) codes[e] = (packed[e >> 1] >> ((e & 1) * 4)) & 15;  // LSB first
+      const g: GroupwiseInt4 = { bits: 4, groupSize: 32, codes, scales: Float32Array.from(q.scales.data() as Float32Array), offsets: Float32Array.from(q.offsets.data() as Float32Array) };
+      const fromFile = dequantizeQ4_1(groupwiseToQ4_1(g, rows * cols), rows * cols);
+      const ours = dequantizeIntN(q), ov = ours.data() as Float32Array;
+      let differ = 0;
+      for (let i = 0; i < ov.length; i++) if (fromFile[i] !== ov[i]) differ++;
+      ours.dispose(); disposeQuantized(q);
+      if (constants === 'f16') assert.equal(differ, 0, 'Q4_1 blocks of fp16 constants decode to our values bit for bit');
+      else assert.ok(differ > 0, 'f32 constants are rounded by Q4_1 (else this test shows nothing)');
+    }
+  } finally {
+    w.dispose();
+  }
 });
