@@ -460,7 +460,7 @@ void run_intn(int64_t m, int64_t Nout, int64_t K, float alpha, const float* x, i
 // Eight horizontal sums at once: halves added, then pairwise hadd.
 __attribute__((always_inline)) inline __m256 hsum8(const __m512 (&acc)[8]) {
   __m256 h[8];
-  for (int o = 0; o < 8; o++) h[o] = _mm256_add_ps(_mm512_castps512_ps256(acc[o]), _mm512_extractf32x8_ps(acc[o], 1));
+  for (int o = 0; o < 8; o++) h[o] = _mm256_add_ps(_mm512_castps512_ps256(acc[o]), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[o]), 1)));  // AVX512F only
   const __m256 h01 = _mm256_hadd_ps(h[0], h[1]), h23 = _mm256_hadd_ps(h[2], h[3]);
   const __m256 h45 = _mm256_hadd_ps(h[4], h[5]), h67 = _mm256_hadd_ps(h[6], h[7]);
   const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
@@ -648,7 +648,7 @@ void run(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t l
 // |code| <= 255 or |T * table| <= 16383 with |q| <= 32767 per lane.
 // Rounding: x to 1/65534 of its block's largest |x|, the 4-bit table to
 // 1/32766 of absmax; everything after is exact integer or f32 arithmetic.
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VBMI__) && defined(__F16C__)
 #define TB_DECODE_I16 1
 
 constexpr float kI16XMax = 32767.0f;
