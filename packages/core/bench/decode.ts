@@ -18,11 +18,12 @@ the streaming-read roof of the same run.
 Usage: pnpm --filter @tunebench/core bench:decode [-- options]
 
 Options:
-  --formats LIST   comma-separated: f32, bf16, int8, int8q8, int4, int3,
-                   int2, nf4, nf4dq, fp4 (default: all). int8q8: INT8 groups
-                   of 32 on Q8_0's symmetric grid (fp16 scale, offset -128
-                   scale), so i16 reads fp16 copies of its scales
-                   (intnConstants16) as the fused decoder does
+  --formats LIST   comma-separated: f32, bf16, int8, int8q8, int4, int4f16,
+                   int3, int2, nf4, nf4dq, fp4 (default: all). int8q8: INT8
+                   groups of 32 on Q8_0's symmetric grid (fp16 scale, offset
+                   -128 scale); int4f16: INT4 quantized with constants 'f16'.
+                   With i16 both read fp16 copies of their group constants
+                   (intnConstants16), as the fused decoder does
   --group N        INT-N group size (default 32); --block N: 4-bit block (default 64)
   --rows LIST      rows of x per call (default 1,4,16)
   --layers N       layers of the SmolLM-135M shape (default 30)
@@ -41,13 +42,13 @@ the fused decode step does not pay call by call.
 
 Weights are random (uniform, then quantized as the format says). Bytes per
 token count everything a call reads of W: codes, scales and offsets (int8q8
-with i16: its fp16 scales), absmax or its double quantization. The roof reads a buffer far larger than the caches
+and int4f16 with i16: their fp16 copies), absmax or its double quantization. The roof reads a buffer far larger than the caches
 with vector loads on one thread. Buffer and weights are native tensors, so
 both sit in transparent huge pages where the system offers them (see the
 line printed first; TUNEBENCH_HUGE_PAGES=0 puts both in 4 KiB pages).`;
 
 const opt = parseCli({
-  formats: { type: 'string', default: 'f32,bf16,int8,int8q8,int4,int3,int2,nf4,nf4dq,fp4' },
+  formats: { type: 'string', default: 'f32,bf16,int8,int8q8,int4,int4f16,int3,int2,nf4,nf4dq,fp4' },
   group: { type: 'string', default: '32' },
   block: { type: 'string', default: '64' },
   rows: { type: 'string', default: '1,4,16' },
@@ -142,9 +143,17 @@ function makeWeight(format: string, out: number, inF: number): Weight {
     const t = Tensor.from(vals, [out, inF], { dtype: format, category: 'frozen' });
     return { op: t.handle, out, inF, bytes: out * inF * (format === 'f32' ? 4 : 2), dispose: () => t.dispose() };
   }
-  if (format === 'int8q8') {
-    const q = q8Grid(vals, out, inF), c = intnConstants16(q);
-    if (!c || c.zero === null) throw new Error('int8q8: fp16 constants expected');
+  if (format === 'int8q8' || format === 'int4f16') {
+    let q: QuantizedIntN;
+    if (format === 'int8q8') {
+      q = q8Grid(vals, out, inF);
+    } else {
+      const w = Tensor.from(vals, [out, inF], { category: 'workspace' });
+      q = quantizeIntN(w, { bits: 4, groupSize: group, constants: 'f16' });
+      w.dispose();
+    }
+    const c = intnConstants16(q);
+    if (!c) throw new Error(`${format}: fp16 constants expected`);
     return {
       op: nativeOperand(q), out, inF, bytes: q.bytes, op16: intnNativeOperand(q, c), bytes16: q.codes.numel + c.tensor.numel,
       dispose: () => { c.tensor.dispose(); disposeQuantized(q); },
@@ -211,7 +220,7 @@ for (const format of opt.formats.split(',').map((s) => s.trim()).filter(Boolean)
       for (const k of [C, I]) xs.set(k, Tensor.from(uniform(m * k, 1), [m, k]));
       for (const o of [C, 192, I]) ys.set(o, Tensor.zeros([m, o]));
       // int8q8 with i16 (one row) reads the fp16 copies of its scales, as the fused decoder does
-      const h16 = act === 'i16' && format === 'int8q8';
+      const h16 = act === 'i16' && (format === 'int8q8' || format === 'int4f16');
       const token = () => { for (const w of weights) decodeGemv(xs.get(w.inF)!.handle, h16 ? w.op16! : w.op, ys.get(w.out)!.handle, m, w.out, w.inF, isa, act); };
       token();
       const times: number[] = [];
