@@ -382,6 +382,28 @@ test('decode_gemv rejects bad arguments with a message naming the problem', () =
 
 // fp16 copies of INT-N group constants (intnConstants16): the decode GEMV that
 // reads them gives the same bits as the one reading the f32 constants
+test('intnConstants16 accepts exactly the fp16 values: signed zero, subnormals and 65504 yes; 65505, NaN and infinity no', () => {
+  const w = Tensor.from(new Float32Array(9 * 64).fill(0.1), [9, 64]);
+  try {
+    // 9 rows x 4 groups of 16 = 36 groups: two vectors of 16, then 4 one by one
+    const special = [-0, 2 ** -24, 3 * 2 ** -20, 65504, -65504, 1 / 1024, 0.5];
+    for (const at of [3, 20, 34]) {  // in either vector, and in the tail
+      for (const [bad, ok] of [[null, true], [65505, false], [NaN, false], [Infinity, false], [0.1, false]] as [number | null, boolean][]) {
+        const q = quantizeIntN(w, { bits: 8, groupSize: 16 });
+        const sc = q.scales.data() as Float32Array, of = q.offsets.data() as Float32Array;
+        for (let g = 0; g < sc.length; g++) { sc[g] = special[g % special.length]; of[g] = toF16(-0.3 + g / 64); }
+        sc[at] = bad ?? special[at % special.length];
+        const c = intnConstants16(q);
+        assert.equal(c !== null, ok, `scale ${String(sc[at])} at ${at}`);
+        c?.tensor.dispose();
+        disposeQuantized(q);
+      }
+    }
+  } finally {
+    w.dispose();
+  }
+});
+
 test('INT-N fp16 group constants: exact weights only, and the decode GEMV gives the same bits with them', () => {
   const r = rng(31);
   const [N, K] = [37, 640];  // 4 blocks of 8 output rows and a tail of 5; K a multiple of every group

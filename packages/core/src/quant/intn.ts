@@ -22,7 +22,7 @@
 // in registers in the decode GEMV, native/src/cpu/decode_gemv.cc): no dense copy is made.
 // RTN quantization and dequantization run on the weight's device (CPU or
 // CUDA, cuda/intn.cu); GPTQ runs on the CPU (from host copies).
-import type { Category, Device } from '../dtype.js';
+import { type Category, type Device, f16ToF32, f32ToF16 } from '../dtype.js';
 import { native, nativeFn, type NativeTensorHandle } from '../native.js';
 import { Tensor, copyInto } from '../tensor.js';
 
@@ -273,6 +273,9 @@ export function intnConstants16(q: QuantizedIntN, opts: { category?: Category } 
   checkIntN('intnConstants16', 'q', q);
   if (q.scales.device !== 'cpu') return null;
   const groups = q.scales.numel;
+  // most weights have f32 scales: look at the first before allocating anything
+  const s0 = (q.scales.data() as Float32Array)[0];
+  if (groups === 0 || f16ToF32(f32ToF16(s0)) !== s0 || !Number.isFinite(s0)) return null;
   const t = Tensor.zeros([4 * groups], { dtype: 'u8', category: opts.category ?? 'frozen' });
   const r = nativeFn<(s: NativeTensorHandle, o: NativeTensorHandle, out: NativeTensorHandle) => { exact: boolean; symmetric: boolean; zero: number }>(
     'intn_constants16')(q.scales.handle, q.offsets.handle, t.handle);
