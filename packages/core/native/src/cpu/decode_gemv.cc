@@ -1014,22 +1014,22 @@ void i16_rows(const Src* src, int64_t K, int bshift, const QuantX& qx, int64_t r
     const __m512i gidx = _mm512_load_si512(gi);
     const float* dl[MB];
     for (int r = 0; r < MB; r++) dl[r] = qx.d64 + (r0 + r) * K / 4;
-    auto span64 = [&](const Src& sr, int64_t k, int, __m512 (&a)[MB]) __attribute__((always_inline)) {
+    auto span64 = [&](const Src& sr, int64_t k, __m512 (&a)[MB]) __attribute__((always_inline)) {
       if constexpr (std::is_same_v<Src, Q4Src16>) q4_span64<MB>(sr.packed, *sr.table, k, bshift, xp, sr.scales, dl, gidx, a);
       else i4_span64<Src::bits, MB>(sr.codes, k, bshift, xp, sr.scales, dl, gidx, a);
     };
     if constexpr (R == 1) {
       int64_t k = 0;
       for (; k + 128 <= K; k += 128) {
-        span64(src[0], k, 0, acc0);
-        span64(src[0], k + 64, 0, acc1);
+        span64(src[0], k, acc0);
+        span64(src[0], k + 64, acc1);
       }
-      if (k < K) span64(src[0], k, 0, acc0);
+      if (k < K) span64(src[0], k, acc0);
       for (int r = 0; r < MB; r++) sums[r] = i16_finish(src[0], _mm512_add_ps(acc0[r], acc1[r]), qx.sum + (r0 + r) * G, G, post);
     } else {
       for (int64_t k = 0; k < K; k += 64) {
-        span64(src[0], k, 0, acc0);
-        span64(src[1], k, 0, acc1);
+        span64(src[0], k, acc0);
+        span64(src[1], k, acc1);
       }
       sums[0] = i16_finish(src[0], acc0[0], qx.sum + r0 * G, G, post);
       sums[kDecodeMaxRows] = i16_finish(src[1], acc1[0], qx.sum + r0 * G, G, post);
@@ -1111,12 +1111,12 @@ __attribute__((always_inline)) inline void finish8(const Src* src, __m512 (&acc)
   _mm256_storeu_ps(out, _mm256_mul_ps(hsum8(acc), _mm256_set1_ps(post)));
 }
 
-// One row of x (m = 1) in spans of 64 against 8 output rows at once: x's
-// span is loaded once for all eight, each row keeps its own accumulator (8
-// independent chains), and the eight sums are reduced together and stored
-// with one vector store. Rows of a few hundred weights (K = 576: 9 spans)
-// otherwise spend as much on their prologue and horizontal sum as on their
-// spans. out[o] = sum_k w_o[k] x[k] * post.
+// One row of x (m = 1) in spans of 64 against 8 output rows per call: each
+// row's sum stays in its own vector, and the eight are reduced together and
+// stored with one vector store. Rows of a few hundred weights (K = 576: 9
+// spans) otherwise spend as much on their prologue and horizontal sum as on
+// their spans. H: the scales (and offsets) come from their fp16 copies.
+// out[o] = sum_k w_o[k] x[k] * post.
 template <class Src, bool H>
 void i16_rows8(const Src* src, int64_t K, int bshift, const QuantX& qx, float post, float* out) {
   const int64_t G = K >> bshift;
@@ -1207,11 +1207,12 @@ constexpr int64_t kI16Prefetch = 4;  // rows ahead
 
 // y = alpha * x W^T + beta * y over output rows; make(o, slot) gives row o's
 // source (slot < 8), pre(o) prefetches what row o reads. With one x row
-// (m = 1), INT4, INT8 and NF4/FP4 go eight output rows per i16_rows8 call
-// (the rest one at a time); INT2/3 with `pairs` go in pairs (two rows keep
-// more in flight when the span work is short). Pairs had made INT8 slower
-// (14.8 against 9.1-9.6 ms per SmolLM-135M token in bench:decode on the
-// 2-core EPYC VM) and NF4/FP4 no faster.
+// (m = 1), INT4, INT8 and NF4/FP4 go eight output rows per i16_rows8 call,
+// INT3 eight per i16_rows8c, INT2 (spans of 128, with `pairs`) two at a
+// time (two rows keep more in flight when the span work is short); the
+// rows left over go as INT2's pairs or one at a time. Pairs had made INT8
+// slower (14.8 against 9.1-9.6 ms per SmolLM-135M token in bench:decode on
+// the 2-core EPYC VM) and NF4/FP4 no faster.
 template <class Make, class Pre>
 void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, float post, float alpha, float beta, float* y,
              int64_t ldy, bool pairs, Make make, Pre pre) {
@@ -1229,40 +1230,35 @@ void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, f
       }
     };
     int64_t o = o0;
+    // one x row: blocks of eight output rows through kern(s8) into sums[0..8)
+    auto eight = [&](auto kern) __attribute__((always_inline)) {
+      for (; o + 8 <= o1; o += 8) {
+        if (o + 8 + kI16Prefetch <= Nout) for (int j = 0; j < 8; j++) pre(o + kI16Prefetch + j);
+        Src s8[8];
+        for (int j = 0; j < 8; j++) s8[j] = make(o + j, j);
+        kern(s8);
+        for (int j = 0; j < 8; j++) store(o + j, sums + j);
+      }
+    };
     if constexpr (span64) {
       if (m == 1 && umode == 4) {
-        for (; o + 8 <= o1; o += 8) {
-          if (o + 8 + kI16Prefetch <= Nout) for (int j = 0; j < 8; j++) pre(o + kI16Prefetch + j);
-          Src s8[8];
-          for (int j = 0; j < 8; j++) s8[j] = make(o + j, j);
+        eight([&](const Src* s8) {
           if constexpr (std::is_same_v<Src, Q4Src16>) i16_rows8<Src, false>(s8, K, bshift, qx, post, sums);
           else if (s8[0].scales16) i16_rows8<Src, true>(s8, K, bshift, qx, post, sums);
           else i16_rows8<Src, false>(s8, K, bshift, qx, post, sums);
-          for (int j = 0; j < 8; j++) {
-            float& c = y[o + j];
-            c = beta == 0.0f ? alpha * sums[j] : alpha * sums[j] + beta * c;
-          }
-        }
+        });
       }
-    }
-    if constexpr (!span64 && !std::is_same_v<Src, Q4Src16>) {
+    } else {
       // INT3 (and INT2 / INT4 / INT8 in spans of 32 or 64 with x not
       // permuted): eight rows per call as well. INT2 in spans of 128 keeps
       // its pairs: eight rows per call made it slower (5.84-6.20 against
       // 5.41-5.44 ms per SmolLM-135M token in bench:decode; INT3 went from
       // 8.55-8.91 to 6.45-6.86 ms; the 2-core EPYC VM, alternating builds)
       if (m == 1 && umode != 8) {
-        for (; o + 8 <= o1; o += 8) {
-          if (o + 8 + kI16Prefetch <= Nout) for (int j = 0; j < 8; j++) pre(o + kI16Prefetch + j);
-          Src s8[8];
-          for (int j = 0; j < 8; j++) s8[j] = make(o + j, j);
+        eight([&](const Src* s8) {
           if (umode == 2) i16_rows8c<2>(s8, K, bshift, qx, post, sums);
           else i16_rows8c<1>(s8, K, bshift, qx, post, sums);
-          for (int j = 0; j < 8; j++) {
-            float& c = y[o + j];
-            c = beta == 0.0f ? alpha * sums[j] : alpha * sums[j] + beta * c;
-          }
-        }
+        });
       }
     }
     if (m == 1 && pairs) {
@@ -1310,6 +1306,8 @@ void i16_intn(int64_t m, int64_t Nout, int64_t K, float alpha, const QuantX& qx,
               int64_t ldy) {
   const Unpack16 u = intn_unpack<N>();
   const int64_t G = K >> w.group_shift, rb = (K * N) >> 3;
+  // the fp16 copies are read only by i16_rows8 (one x row, INT4/INT8 in spans of 64)
+  const bool reads16 = w.scales16 && m == 1 && (N == 4 || N == 8) && qx.q64;
   i16_run(m, Nout, K, w.group_shift, qx, 1.0f, alpha, beta, y, ldy, N <= 4,
           [&](int64_t o, int) {
             return IntNSrc16<N>{w.codes + o * rb, &u, w.scales + o * G, w.offsets + o * G, w.scales16 ? w.scales16 + o * G : nullptr,
@@ -1317,7 +1315,7 @@ void i16_intn(int64_t m, int64_t Nout, int64_t K, float alpha, const QuantX& qx,
           },
           [&](int64_t o) {
             prefetch_bytes(w.codes + o * rb, rb);
-            if (w.scales16) {
+            if (reads16) {
               prefetch_bytes(w.scales16 + o * G, G * 2);
               if (w.offsets16) prefetch_bytes(w.offsets16 + o * G, G * 2);
             } else {
