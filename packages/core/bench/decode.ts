@@ -32,13 +32,18 @@ Options:
   --act LIST       activations of the quantized formats: f32 (x as given),
                    i16 (x quantized to int16 per block, integer dot products;
                    AVX-512 with VBMI) or both (default: f32,i16 where built)
-  --reps N         timed tokens per row count, the median reported (default 9)
+  --reps N         timed tokens per row count (default 15)
   --roof-mb N      size of the streaming-read buffer in MiB (default 512)
   -h, --help       this text
 
-"of roof, less calls" takes off each call's cost in the binding (measured
-first, on a [8, 64] weight, for each kind of activations), which a token of
-the fused decode step does not pay call by call.
+Each token's 210 calls run inside one native call (decode_gemv_timed), so
+"ms/token" is the kernels' own time. Each timed token is preceded by one
+read of the roof buffer, timed alone: "of roof" is the median over tokens of
+(the token's GB/s) / (the read's GB/s just before it), so that the ratio holds
+on a machine whose bandwidth drifts; its quartiles over the tokens follow in
+brackets. "one call each" is the same token with
+one JavaScript call per projection (the binding's argument parsing and x's
+quantization each time), which the fused decode step does not pay.
 
 Weights are random (uniform, then quantized as the format says). Bytes per
 token count everything a call reads of W: codes, scales and offsets (int8q8
@@ -56,7 +61,7 @@ const opt = parseCli({
   threads: { type: 'string', default: '1' },
   isa: { type: 'string' },
   act: { type: 'string' },
-  reps: { type: 'string', default: '9' },
+  reps: { type: 'string', default: '15' },
   'roof-mb': { type: 'string', default: '512' },
   help: { type: 'boolean', short: 'h', default: false },
 } as const, HELP);
@@ -78,11 +83,15 @@ if (acts.includes('i16') && (!i16Built || isa !== 'avx512')) throw new Error('--
 const streamRead = nativeFn<(t: NativeTensorHandle, passes: number) => number>('stream_read');
 
 const median = (a: number[]): number => { const s = [...a].sort((x, y) => x - y); return s[Math.floor(s.length / 2)]; };
+/** The lower and upper quartiles (nearest rank). */
+const quartiles = (a: number[]): [number, number] => {
+  const s = [...a].sort((x, y) => x - y);
+  return [s[Math.floor((s.length - 1) / 4)], s[Math.ceil((3 * (s.length - 1)) / 4)]];
+};
 
 // ---- the roof ----
-// Measured before the first format and again before each next one; the best
-// median stands (on a shared machine a single measurement can land in a busy
-// moment and understate what the kernels can reach).
+// Measured once at the start (printed), and again before every timed token
+// inside decode_gemv_timed (the "of roof" of each row).
 const roofBuf = Tensor.zeros([(roofMb * 1024 * 1024) / 4]);
 {
   const v = roofBuf.data() as Float32Array;
@@ -99,7 +108,7 @@ function roof(): number {
     gbs.push((roofBuf.numel * 4) / s / 1e9);
   }
   roofRuns.push(median(gbs));
-  return Math.max(...roofRuns);
+  return roofRuns[0];
 }
 
 // ---- weights ----
@@ -170,7 +179,7 @@ function makeWeight(format: string, out: number, inF: number): Weight {
 }
 
 // ---- run ----
-let roofGbs = roof();
+const roofGbs = roof();
 console.log(`decode GEMV, SmolLM-135M blocks (${layers} layers x 7 projections), ${native.getThreads()} thread(s), isa ${isa}`);
 {
   const { readFileSync } = await import('node:fs');
@@ -181,37 +190,12 @@ console.log(`decode GEMV, SmolLM-135M blocks (${layers} layers x 7 projections),
 }
 console.log(`streaming-read roof: ${roofGbs.toFixed(2)} GB/s (${roofMb} MiB buffer, 1 thread, median of ${Math.max(5, reps)})`);
 console.log('');
-// ---- the binding's own cost per call ----
-// Each projection here is one call through the N-API binding (argument and
-// operand parsing, x quantized); the fused decode step makes one call per
-// layer instead. Measured on a [8, 64] INT4 weight (next to no kernel work)
-// with the activations of each row, and subtracted for "of roof, less calls".
-function callCostUs(act: string): number {
-  const w = Tensor.from(uniform(8 * 64, 0.05), [8, 64], { category: 'frozen' });
-  const q = quantizeIntN(w, { bits: 4, groupSize: 32 });
-  w.dispose();
-  const op = nativeOperand(q), x = Tensor.from(uniform(64, 1), [1, 64]), y = Tensor.zeros([1, 8]);
-  const per: number[] = [];
-  try {
-    for (let r = 0; r < 7; r++) {
-      const t0 = process.hrtime.bigint();
-      for (let i = 0; i < 2000; i++) decodeGemv(x.handle, op, y.handle, 1, 8, 64, isa, act);
-      per.push(Number(process.hrtime.bigint() - t0) / 1e3 / 2000);
-    }
-  } finally {
-    x.dispose(); y.dispose(); disposeQuantized(q);
-  }
-  return median(per);
-}
-const callUs = new Map<string, number>();
-for (const a of new Set(['f32', ...acts])) callUs.set(a, callCostUs(a));
-console.log(`binding cost per call: ${[...callUs].map(([a, us]) => `${a} ${us.toFixed(2)} µs`).join(', ')} (a [8, 64] INT4 weight; ${7 * layers} calls per token)`);
+const decodeGemvTimed = nativeFn<(calls: unknown[], passes: number, isa?: string, act?: string, roof?: NativeTensorHandle) => { kernelS: number[]; roofS: number[] }>('decode_gemv_timed');
 
-const header = ['format', 'act', 'rows', 'MB/token', 'ms/token', 'GB/s', 'of roof', 'of roof, less calls', 'tokens/s (x m)'];
+const header = ['format', 'act', 'rows', 'MB/token', 'ms/token', 'GB/s', 'roof GB/s', 'of roof', 'ms/token, one call each', 'tokens/s (x m)'];
 const table: string[][] = [];
 for (const format of opt.formats.split(',').map((s) => s.trim()).filter(Boolean)) {
   const weights: Weight[] = [];
-  roofGbs = roof();
   try {
     for (let l = 0; l < layers; l++) for (const [o, i] of SHAPES) weights.push(makeWeight(format, o, i));
     const bytes = weights.reduce((s, w) => s + w.bytes, 0);
@@ -221,20 +205,26 @@ for (const format of opt.formats.split(',').map((s) => s.trim()).filter(Boolean)
       for (const o of [C, 192, I]) ys.set(o, Tensor.zeros([m, o]));
       // int8q8 with i16 (one row) reads the fp16 copies of its scales, as the fused decoder does
       const h16 = act === 'i16' && (format === 'int8q8' || format === 'int4f16');
-      const token = () => { for (const w of weights) decodeGemv(xs.get(w.inF)!.handle, h16 ? w.op16! : w.op, ys.get(w.out)!.handle, m, w.out, w.inF, isa, act); };
-      token();
-      const times: number[] = [];
-      for (let r = 0; r < reps; r++) {
+      const op = (w: Weight) => (h16 ? w.op16! : w.op);
+      const calls = weights.map((w) => [xs.get(w.inF)!.handle, op(w), ys.get(w.out)!.handle, m, w.out, w.inF]);
+      decodeGemvTimed(calls, 1, isa, act);  // warm: pages faulted in, fp16 copies read once
+      const { kernelS, roofS } = decodeGemvTimed(calls, reps, isa, act, roofBuf.handle);
+      const oneEach: number[] = [];
+      for (let r = 0; r < Math.min(reps, 5); r++) {
         const t0 = process.hrtime.bigint();
-        token();
-        times.push(Number(process.hrtime.bigint() - t0) / 1e9);
+        for (const w of weights) decodeGemv(xs.get(w.inF)!.handle, op(w), ys.get(w.out)!.handle, m, w.out, w.inF, isa, act);
+        oneEach.push(Number(process.hrtime.bigint() - t0) / 1e9);
       }
       // the fp16 constants are read only by one-row calls on the kernels' eight-row path (the f32 ones otherwise)
       const bytesRead = h16 && m === 1 ? weights.reduce((t, w) => t + w.bytes16!, 0) : bytes;
-      const s = median(times), gbs = bytesRead / s / 1e9;
-      const kernelS = s - (weights.length * callUs.get(act)!) / 1e6, kernelGbs = bytesRead / kernelS / 1e9;
-      table.push([format, act, String(m), (bytesRead / 1e6).toFixed(1), (s * 1e3).toFixed(2), gbs.toFixed(2), `${((100 * gbs) / roofGbs).toFixed(0)}%`,
-        `${((100 * kernelGbs) / roofGbs).toFixed(0)}%`, (m / s).toFixed(1)]);
+      const roofBytes = roofBuf.numel * 4;
+      const s = median(kernelS), gbs = bytesRead / s / 1e9;
+      const ratios = kernelS.map((k, r) => (bytesRead / k) / (roofBytes / roofS[r]));
+      const ratio = median(ratios), [q1, q3] = quartiles(ratios);
+      const pairedRoof = median(roofS.map((t) => roofBytes / t / 1e9));
+      roofRuns.push(pairedRoof);
+      table.push([format, act, String(m), (bytesRead / 1e6).toFixed(1), (s * 1e3).toFixed(2), gbs.toFixed(2), pairedRoof.toFixed(2),
+        `${(100 * ratio).toFixed(0)}% (${(100 * q1).toFixed(0)}-${(100 * q3).toFixed(0)})`, (median(oneEach) * 1e3).toFixed(2), (m / s).toFixed(1)]);
       for (const t of [...xs.values(), ...ys.values()]) t.dispose();
       console.log(table[table.length - 1].join('\t'));
     }
@@ -248,4 +238,4 @@ const line = (r: string[]) => r.map((v, c) => (c < 2 ? v.padEnd(widths[c]) : v.p
 console.log(line(header));
 for (const r of table) console.log(line(r));
 roofBuf.dispose();
-console.log(`\nroof ${roofGbs.toFixed(2)} GB/s (best of ${roofRuns.length} measurements: ${roofRuns.map((g) => g.toFixed(2)).join(', ')}); "of roof" uses the best at the time of the row; load average ${(await import('node:os')).loadavg().map((v) => v.toFixed(2)).join(' ')}`);
+console.log(`\nroof: ${roofGbs.toFixed(2)} GB/s at the start, ${Math.min(...roofRuns.slice(1)).toFixed(2)}-${Math.max(...roofRuns.slice(1)).toFixed(2)} beside the rows (medians); "of roof" pairs each token with the read just before it; load average ${(await import('node:os')).loadavg().map((v) => v.toFixed(2)).join(' ')}`);

@@ -53,19 +53,20 @@ function refIntN(q: QuantizedIntN): Float32Array {
   return w;
 }
 
+/** A 4-bit weight's absmax per block: stored, or expanded from its double quantization. */
+function refQ4Absmax(q: Quantized4bit): Float32Array {
+  if (q.absmax) return floatsOf(q.absmax);
+  const dq = q.dq!, nblocks = Math.ceil(q.numel / q.blockSize);
+  const codes = bytesOf(dq.codes), scales = floatsOf(dq.scales), map = dynamicMap8(true);
+  const absmax = new Float32Array(nblocks);
+  for (let b = 0; b < nblocks; b++) absmax[b] = Math.fround(Math.fround(map[codes[b]] * scales[Math.floor(b / dq.blockSize)]) + dq.offset);
+  return absmax;
+}
+
 /** W dequantized from a 4-bit weight's bytes (the even element in the high nibble). */
 function refQ4(q: Quantized4bit): Float32Array {
   const packed = bytesOf(q.packed), table = q.format === 'nf4' ? NF4 : quant4Table('fp4');
-  const nblocks = Math.ceil(q.numel / q.blockSize);
-  let absmax: Float32Array;
-  if (q.absmax) {
-    absmax = floatsOf(q.absmax);
-  } else {
-    const dq = q.dq!;
-    const codes = bytesOf(dq.codes), scales = floatsOf(dq.scales), map = dynamicMap8(true);
-    absmax = new Float32Array(nblocks);
-    for (let b = 0; b < nblocks; b++) absmax[b] = Math.fround(Math.fround(map[codes[b]] * scales[Math.floor(b / dq.blockSize)]) + dq.offset);
-  }
+  const absmax = refQ4Absmax(q);
   const w = new Float32Array(q.numel);
   for (let e = 0; e < q.numel; e++) {
     const byte = packed[e >> 1];
@@ -295,6 +296,45 @@ test('i16 activations: INT-N and NF4/FP4 decode GEMV within the rounding bound, 
           }
         }
       }
+    }
+  } finally {
+    native.setThreads(before);
+  }
+});
+
+test('double-quantized NF4 with other double-quantization blocks (4, 8, 12, 16, 48): every decode path reads the same absmax', () => {
+  // the i16 path expands eight rows' absmax at once, the scale's index a
+  // shift (powers of two) or a division (12, 48); K = 576 (9 blocks a row)
+  // puts the eight rows' runs across dq-block edges
+  const r = rng();
+  const blockwise8 = nativeFn<(a: NativeTensorHandle, n: number, block: number, signed: boolean, codes: NativeTensorHandle, scales: NativeTensorHandle) => void>('blockwise_quantize8');
+  const before = native.getThreads();
+  try {
+    for (const threads of [1, 2]) {
+      native.setThreads(threads);
+      const [N, K] = threads === 2 ? [520, 576] : [13, 576];
+      const w = Tensor.from(randn(N * K, r, 0.1), [N, K]);
+      const q0 = quantize4bit(w, { format: 'nf4', blockSize: 64, doubleQuant: true });
+      w.dispose();
+      const blocks = (N * K) / 64;
+      const centred = refQ4Absmax(q0).map((a) => Math.fround(a - q0.dq!.offset));
+      for (const dqBlock of [4, 8, 12, 16, 48]) {
+        const a = Tensor.from(centred, [blocks]);
+        const codes = Tensor.zeros([blocks], { dtype: 'u8' }), scales = Tensor.zeros([Math.ceil(blocks / dqBlock)]);
+        blockwise8(a.handle, blocks, dqBlock, true, codes.handle, scales.handle);
+        a.dispose();
+        const q: Quantized4bit = { ...q0, dq: { codes, scales, offset: q0.dq!.offset, blockSize: dqBlock } };
+        const ref = refQ4(q);
+        const exact = refQ4Absmax(q);
+        assert.notDeepEqual(Array.from(exact), Array.from(refQ4Absmax(q0)), `dq block ${dqBlock}: the absmax should differ from the 256-block one`);
+        const absmax = new Float32Array(blocks);
+        for (let e = 0; e < N * K; e++) absmax[Math.floor(e / 64)] = Math.max(absmax[Math.floor(e / 64)], Math.abs(ref[e]));
+        for (const m of threads === 2 ? [1, 4] : [1, 3, 8]) checkI16(`nf4+dq${dqBlock} threads=${threads}`, q, ref, m, N, K, 64, 1 / 16383, absmax, r);
+        if (threads === 1) checkAllPaths(`nf4+dq${dqBlock}`, q, ref, 1, N, K, r);
+        codes.dispose();
+        scales.dispose();
+      }
+      disposeQuantized(q0);
     }
   } finally {
     native.setThreads(before);

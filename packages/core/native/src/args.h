@@ -26,14 +26,16 @@ inline Napi::Error arg_error(const Napi::CallbackInfo& info, const char* fn, con
 // A tensor argument on any device with at least `min_numel` elements of
 // dtype `want` (pass want_any=true to accept any dtype and check it yourself).
 // Bindings use tensor_arg (CPU only) or a Dispatch (one device for all).
-inline TensorArg tensor_arg_any_device(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name,
-                                       size_t min_numel, DType want, bool want_any = false, bool nullable = false) {
+// The same for a value that is not itself an argument (an element of an array
+// argument); `v` empty, null or undefined counts as missing.
+inline TensorArg tensor_value_any_device(const Napi::CallbackInfo& info, Napi::Value v, const char* fn, const char* name,
+                                         size_t min_numel, DType want, bool want_any = false, bool nullable = false) {
   TensorArg t;
-  if (i >= info.Length() || info[i].IsNull() || info[i].IsUndefined()) {
+  if (v.IsEmpty() || v.IsNull() || v.IsUndefined()) {
     if (nullable) { t.numel = 0; t.data = nullptr; return t; }
     throw arg_error(info, fn, std::string("missing tensor argument '") + name + "'");
   }
-  NativeTensor* nt = NativeTensor::From(info[i]);
+  NativeTensor* nt = NativeTensor::From(v);
   if (!nt) throw arg_error(info, fn, std::string("argument '") + name + "' is not a native tensor");
   Storage* s = nt->storage();
   if (s->freed) throw arg_error(info, fn, std::string("tensor '") + name + "' was disposed");
@@ -48,6 +50,11 @@ inline TensorArg tensor_arg_any_device(const Napi::CallbackInfo& info, size_t i,
   t.cat = s->cat;
   t.dev = s->kernel_dev();  // the CPU under fake CUDA (host memory, CPU kernels)
   return t;
+}
+
+inline TensorArg tensor_arg_any_device(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name,
+                                       size_t min_numel, DType want, bool want_any = false, bool nullable = false) {
+  return tensor_value_any_device(info, i < info.Length() ? info[i] : Napi::Value(), fn, name, min_numel, want, want_any, nullable);
 }
 
 // A CPU tensor argument: for bindings whose op has no CUDA kernel.

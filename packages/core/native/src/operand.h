@@ -54,12 +54,14 @@ inline int block_shift_of(int64_t block) {
 // keep_double_quant (CPU only): a double-quantized absmax is left as its
 // codes in the view's dq_* fields instead of expanded (for the decode GEMV,
 // which expands it per output row on the fly; no per-call workspace).
-inline WeightOperand weight_arg(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name,
-                                int64_t rows, int64_t cols, int64_t dense_min_numel = -1, Dispatch* d = nullptr,
-                                bool keep_double_quant = false) {
+// weight_value parses value `v` (argument i of the call when i < info.Length(),
+// which a Dispatch needs; else an element of an array argument, CPU only).
+inline WeightOperand weight_value(const Napi::CallbackInfo& info, Napi::Value v, size_t i, const char* fn, const char* name,
+                                  int64_t rows, int64_t cols, int64_t dense_min_numel = -1, Dispatch* d = nullptr,
+                                  bool keep_double_quant = false) {
   WeightOperand w;
-  if (i < info.Length() && info[i].IsObject() && !NativeTensor::IsTensor(info[i])) {
-    Napi::Object o = info[i].As<Napi::Object>();
+  if (!v.IsEmpty() && v.IsObject() && !NativeTensor::IsTensor(v)) {
+    Napi::Object o = v.As<Napi::Object>();
     auto field = [&](const char* k) { return o.Get(k); };
     auto num = [&](const char* k) -> double {
       Napi::Value v = field(k);
@@ -175,11 +177,25 @@ inline WeightOperand weight_arg(const Napi::CallbackInfo& info, size_t i, const 
     return w;
   }
   const size_t dense_numel = static_cast<size_t>(dense_min_numel >= 0 ? dense_min_numel : rows * cols);
-  TensorArg t = d ? d->tensor(i, name, dense_numel, DType::F32, true) : tensor_arg(info, i, fn, name, dense_numel, DType::F32, true);
+  TensorArg t;
+  if (d) {
+    t = d->tensor(i, name, dense_numel, DType::F32, true);
+  } else {
+    t = tensor_value_any_device(info, v, fn, name, dense_numel, DType::F32, true);
+    if (t.dev != Device::CPU && t.data)
+      throw arg_error(info, fn, std::string("tensor '") + name + "' is on " + device_name(t.dev) +
+                      "; this op has no " + device_name(t.dev) + " kernel (copy it to the CPU)");
+  }
   if (t.dtype != DType::F32 && t.dtype != DType::BF16)
     throw arg_error(info, fn, std::string("'") + name + "' must be f32, bf16 or a quantized weight");
   w.dense = t;
   return w;
+}
+
+inline WeightOperand weight_arg(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name,
+                                int64_t rows, int64_t cols, int64_t dense_min_numel = -1, Dispatch* d = nullptr,
+                                bool keep_double_quant = false) {
+  return weight_value(info, i < info.Length() ? info[i] : Napi::Value(), i, fn, name, rows, cols, dense_min_numel, d, keep_double_quant);
 }
 
 // The 13 arguments of a GEMM binding, checked: (transA, transB, M, N, K,

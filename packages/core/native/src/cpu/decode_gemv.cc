@@ -12,10 +12,13 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -1205,8 +1208,17 @@ inline void i16_tiles(int64_t m, const Src* src, int64_t K, int bshift, const Qu
 
 constexpr int64_t kI16Prefetch = 4;  // rows ahead
 
-// y = alpha * x W^T + beta * y over output rows; make(o, slot) gives row o's
-// source (slot < 8), pre(o) prefetches what row o reads. With one x row
+// Per-thread room for what eight rows' sources compute (double-quantized
+// absmax), looked up once per share of rows rather than once per row.
+inline float* i16_scratch() {
+  thread_local float buf[8 * kI16MaxBlocks];
+  return buf;
+}
+
+// y = alpha * x W^T + beta * y over output rows; make(o, slot, scratch)
+// gives row o's source (slot < 8; the rows of a block are made in order, o
+// at slot 0, o + j at slot j, so what slot 0 leaves in the thread's scratch,
+// i16_scratch, serves the slots after it), pre(o) prefetches what row o reads. With one x row
 // (m = 1), INT4, INT8 and NF4/FP4 go eight output rows per i16_rows8 call,
 // INT3 eight per i16_rows8c, INT2 (spans of 128, with `pairs`) two at a
 // time (two rows keep more in flight when the span work is short); the
@@ -1216,13 +1228,14 @@ constexpr int64_t kI16Prefetch = 4;  // rows ahead
 template <class Make, class Pre>
 void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, float post, float alpha, float beta, float* y,
              int64_t ldy, bool pairs, Make make, Pre pre) {
-  using Src = decltype(make(int64_t(0), 0));
+  using Src = decltype(make(int64_t(0), 0, static_cast<float*>(nullptr)));
   // INT4 and INT8 with x permuted for spans of 64 (U = 4), others by their block size
   constexpr bool span64 = std::is_same_v<Src, IntNSrc16<4>> || std::is_same_v<Src, IntNSrc16<8>> || std::is_same_v<Src, Q4Src16>;
   constexpr bool span128 = std::is_same_v<Src, IntNSrc16<2>>;
   const int umode = span64 && qx.q64 ? 4 : span128 && qx.q128 ? 8 : bshift >= 6 ? 2 : 1;
   auto rows = [&](int64_t o0, int64_t o1) {
     float sums[2 * kDecodeMaxRows];
+    float* scratch = i16_scratch();
     auto store = [&](int64_t o, const float* s) {
       for (int64_t r = 0; r < m; r++) {
         float& c = y[r * ldy + o];
@@ -1235,7 +1248,7 @@ void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, f
       for (; o + 8 <= o1; o += 8) {
         if (o + 8 + kI16Prefetch <= Nout) for (int j = 0; j < 8; j++) pre(o + kI16Prefetch + j);
         Src s8[8];
-        for (int j = 0; j < 8; j++) s8[j] = make(o + j, j);
+        for (int j = 0; j < 8; j++) s8[j] = make(o + j, j, scratch);
         kern(s8);
         for (int j = 0; j < 8; j++) store(o + j, sums + j);
       }
@@ -1264,7 +1277,7 @@ void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, f
     if (m == 1 && pairs) {
       for (; o + 2 <= o1; o += 2) {
         if (o + 2 + kI16Prefetch <= Nout) { pre(o + kI16Prefetch); pre(o + 1 + kI16Prefetch); }
-        const auto s0 = make(o, 0), s1 = make(o + 1, 1);
+        const auto s0 = make(o, 0, scratch), s1 = make(o + 1, 1, scratch);
         const decltype(s0) src[2] = {s0, s1};
         if constexpr (span64) {
           if (umode == 4) { i16_tiles<2, 4>(m, src, K, bshift, qx, post, sums); store(o, sums); store(o + 1, sums + kDecodeMaxRows); continue; }
@@ -1280,7 +1293,7 @@ void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, f
     }
     for (; o < o1; o++) {
       if (o + kI16Prefetch < Nout) pre(o + kI16Prefetch);
-      const auto s0 = make(o, 0);
+      const auto s0 = make(o, 0, scratch);
       if constexpr (span64) {
         if (umode == 4) { i16_tiles<1, 4>(m, &s0, K, bshift, qx, post, sums); store(o, sums); continue; }
       }
@@ -1309,7 +1322,7 @@ void i16_intn(int64_t m, int64_t Nout, int64_t K, float alpha, const QuantX& qx,
   // the fp16 copies are read only by i16_rows8 (one x row, INT4/INT8 in spans of 64)
   const bool reads16 = w.scales16 && m == 1 && (N == 4 || N == 8) && qx.q64;
   i16_run(m, Nout, K, w.group_shift, qx, 1.0f, alpha, beta, y, ldy, N <= 4,
-          [&](int64_t o, int) {
+          [&](int64_t o, int, float*) {
             return IntNSrc16<N>{w.codes + o * rb, &u, w.scales + o * G, w.offsets + o * G, w.scales16 ? w.scales16 + o * G : nullptr,
                                 w.offsets16 ? w.offsets16 + o * G : nullptr, w.zero16};
           },
@@ -1323,6 +1336,24 @@ void i16_intn(int64_t m, int64_t Nout, int64_t K, float alpha, const QuantX& qx,
               prefetch_bytes(w.offsets + o * G, G * 4);
             }
           });
+}
+
+// absmax of n consecutive double-quantized 4-bit blocks from block b0, as
+// map[code] * scale[b / dq_block] + offset (dq_shift: log2 of dq_block, or
+// -1 when it is not a power of two). One call per eight rows (i16_run's
+// slot 0) rather than per row: 0.89 (0.86-0.92) of the per-row expansion's
+// time per SmolLM-135M NF4+dq token, paired rounds on the 2-core EPYC VM; 16
+// at a time with the map gathered was no faster (0.92).
+inline void expand_dq_absmax(const Quant4View& q, int64_t b0, int64_t n, int dq_shift, float* out) {
+  const uint8_t* dc = q.dq_codes + b0;
+  const float* map = q.dq_map;
+  const float* sc = q.dq_scales;
+  const float off = q.dq_offset;
+  if (dq_shift >= 0) {
+    for (int64_t b = 0; b < n; b++) out[b] = map[dc[b]] * sc[(b0 + b) >> dq_shift] + off;
+  } else {
+    for (int64_t b = 0; b < n; b++) out[b] = map[dc[b]] * sc[(b0 + b) / q.dq_block] + off;
+  }
 }
 
 // The f32 path's result is used instead (false) when the weight or x does
@@ -1373,19 +1404,14 @@ bool decode_gemv_i16(int64_t m, int64_t N, int64_t K, float alpha, const float* 
     if (!q.absmax && (q.dq_block & (q.dq_block - 1)) == 0) while ((int64_t(1) << (dq_shift + 1)) <= q.dq_block) dq_shift++;
     const int64_t rb = K >> 1;
     i16_run(m, N, K, q.block_shift, qx, post, alpha, beta, y, ldy, false,
-            [&](int64_t o, int slot) {
+            [&](int64_t o, int slot, float* scratch) {
               const int64_t b0 = (o * K) >> q.block_shift;
               if (q.absmax) return Q4Src16{q.packed + o * rb, &u, &table, q.absmax + b0, nullptr};
-              // double-quantized absmax: the row's blocks expanded into a per-thread buffer
-              thread_local float buf[8][kI16MaxBlocks];
-              float* bb = buf[slot];
-              const uint8_t* dc = q.dq_codes + b0;
-              if (dq_shift >= 0) {
-                for (int64_t b = 0; b < nb; b++) bb[b] = q.dq_map[dc[b]] * q.dq_scales[(b0 + b) >> dq_shift] + q.dq_offset;
-              } else {
-                for (int64_t b = 0; b < nb; b++) bb[b] = q.dq_map[dc[b]] * q.dq_scales[(b0 + b) / q.dq_block] + q.dq_offset;
-              }
-              return Q4Src16{q.packed + o * rb, &u, &table, bb, nullptr};
+              // double-quantized absmax: slot 0 expands rows o .. o + 7 (those
+              // that exist) into the thread's scratch, slot j reads row o - j's
+              // expansion at j * nb (i16_run makes a block's rows in order)
+              if (slot == 0) expand_dq_absmax(q, b0, std::min<int64_t>(8, N - o) * nb, dq_shift, scratch);
+              return Q4Src16{q.packed + o * rb, &u, &table, scratch + slot * nb, nullptr};
             },
             [&](int64_t o) {
               prefetch_bytes(q.packed + o * rb, rb);
@@ -1517,6 +1543,37 @@ static Napi::Value DecodeIsasBinding(const Napi::CallbackInfo& info) {
   return a;
 }
 
+// Reads every float of p[0, n) once with the widest vector loads on the
+// calling thread and returns their sum (so the reads are not optimised away).
+static double stream_sum(const float* p, int64_t n) {
+  double total = 0.0;
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  for (; i + 64 <= n; i += 64) {
+    s0 = _mm512_add_ps(s0, _mm512_loadu_ps(p + i));
+    s1 = _mm512_add_ps(s1, _mm512_loadu_ps(p + i + 16));
+    s2 = _mm512_add_ps(s2, _mm512_loadu_ps(p + i + 32));
+    s3 = _mm512_add_ps(s3, _mm512_loadu_ps(p + i + 48));
+  }
+  total += _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+#elif defined(__AVX2__)
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  for (; i + 32 <= n; i += 32) {
+    s0 = _mm256_add_ps(s0, _mm256_loadu_ps(p + i));
+    s1 = _mm256_add_ps(s1, _mm256_loadu_ps(p + i + 8));
+    s2 = _mm256_add_ps(s2, _mm256_loadu_ps(p + i + 16));
+    s3 = _mm256_add_ps(s3, _mm256_loadu_ps(p + i + 24));
+  }
+  float l[8];
+  _mm256_storeu_ps(l, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+  for (float v : l) total += v;
+#endif
+  float s = 0.0f;
+  for (; i < n; i++) s += p[i];
+  return total + s;
+}
+
 // stream_read(t, passes): reads every byte of f32 tensor t `passes` times on
 // the calling thread with the widest vector loads, returns the sum (so the
 // reads are not optimised away): the streaming-read roof the decode GEMV is
@@ -1525,37 +1582,77 @@ static Napi::Value StreamReadBinding(const Napi::CallbackInfo& info) {
   const char* fn = "stream_read";
   TensorArg t = tensor_arg(info, 0, fn, "t", 0, DType::F32);
   const int64_t passes = int_arg(info, 1, fn, "passes", 1);
-  const float* p = t.f32();
-  const int64_t n = static_cast<int64_t>(t.numel);
   double total = 0.0;
-  for (int64_t pass = 0; pass < passes; pass++) {
-    int64_t i = 0;
-#if defined(__AVX512F__)
-    __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-    for (; i + 64 <= n; i += 64) {
-      s0 = _mm512_add_ps(s0, _mm512_loadu_ps(p + i));
-      s1 = _mm512_add_ps(s1, _mm512_loadu_ps(p + i + 16));
-      s2 = _mm512_add_ps(s2, _mm512_loadu_ps(p + i + 32));
-      s3 = _mm512_add_ps(s3, _mm512_loadu_ps(p + i + 48));
-    }
-    total += _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
-#elif defined(__AVX2__)
-    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-    for (; i + 32 <= n; i += 32) {
-      s0 = _mm256_add_ps(s0, _mm256_loadu_ps(p + i));
-      s1 = _mm256_add_ps(s1, _mm256_loadu_ps(p + i + 8));
-      s2 = _mm256_add_ps(s2, _mm256_loadu_ps(p + i + 16));
-      s3 = _mm256_add_ps(s3, _mm256_loadu_ps(p + i + 24));
-    }
-    float l[8];
-    _mm256_storeu_ps(l, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
-    for (float v : l) total += v;
-#endif
-    float s = 0.0f;
-    for (; i < n; i++) s += p[i];
-    total += s;
-  }
+  for (int64_t pass = 0; pass < passes; pass++) total += stream_sum(t.f32(), static_cast<int64_t>(t.numel));
   return Napi::Number::New(info.Env(), total);
+}
+
+// decode_gemv_timed(calls, passes, isa?, activations?, roof?): runs the list
+// of decode GEMVs `calls` (each [x, W, y, m, out, in], as decode_gemv takes
+// them) `passes` times, parsed once, with no return to JavaScript between
+// calls, and returns { kernelS, roofS }: the seconds of each pass (steady
+// clock). With `roof` (an f32 tensor) each pass is preceded by one
+// stream_read of it, timed alone (roofS), so that a kernel pass and a roof
+// pass always sit side by side on a machine whose bandwidth drifts.
+static Napi::Value DecodeGemvTimedBinding(const Napi::CallbackInfo& info) {
+  const char* fn = "decode_gemv_timed";
+  if (info.Length() < 1 || !info[0].IsArray()) throw arg_error(info, fn, "calls must be an array of [x, W, y, m, out, in]");
+  const Napi::Array calls = info[0].As<Napi::Array>();
+  const int64_t passes = int_arg(info, 1, fn, "passes", 1);
+  const DecodeIsa isa = isa_arg(info, 2, fn);
+  const DecodeAct act = decode_act_arg(info, 3, fn);
+  TensorArg roof = tensor_arg(info, 4, fn, "roof", 0, DType::F32, false, /*nullable=*/true);
+  struct Call { TensorArg x, y; std::unique_ptr<WeightOperand> w; int64_t m, out, in; };
+  std::vector<Call> list;
+  for (uint32_t c = 0; c < calls.Length(); c++) {
+    const std::string at = "calls[" + std::to_string(c) + "]";
+    const Napi::Value e = calls.Get(c);
+    if (!e.IsArray() || e.As<Napi::Array>().Length() != 6) throw arg_error(info, fn, at + " must be [x, W, y, m, out, in]");
+    const Napi::Array a = e.As<Napi::Array>();
+    int64_t dims[3];
+    for (int k = 0; k < 3; k++) {
+      const Napi::Value v = a.Get(3 + k);
+      const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1.0;
+      if (!(d >= 1.0) || d != static_cast<double>(static_cast<int64_t>(d)) || d > 1e9)
+        throw arg_error(info, fn, at + ": m, out and in must be positive integers");
+      dims[k] = static_cast<int64_t>(d);
+    }
+    Call call;
+    call.m = dims[0], call.out = dims[1], call.in = dims[2];
+    if (call.m > kDecodeMaxRows) throw arg_error(info, fn, at + ": m must be at most 16 (the decode GEMV's rows)");
+    call.x = tensor_value_any_device(info, a.Get(0u), fn, (at + " x").c_str(), static_cast<size_t>(call.m * call.in), DType::F32);
+    call.y = tensor_value_any_device(info, a.Get(2u), fn, (at + " y").c_str(), static_cast<size_t>(call.m * call.out), DType::F32);
+    if (call.x.dev != Device::CPU || call.y.dev != Device::CPU) throw arg_error(info, fn, at + ": x and y must be on the CPU");
+    call.w = std::make_unique<WeightOperand>(weight_value(info, a.Get(1u), SIZE_MAX, fn, (at + " W").c_str(), call.out, call.in, -1, nullptr, true));
+    list.push_back(std::move(call));
+  }
+  std::vector<double> kernel_s(static_cast<size_t>(passes)), roof_s(roof.data ? static_cast<size_t>(passes) : 0);
+  double sink = 0.0;
+  guarded(info, [&]() -> Napi::Value {
+    using clock = std::chrono::steady_clock;
+    for (int64_t p = 0; p < passes; p++) {
+      if (roof.data) {
+        const auto t0 = clock::now();
+        sink += stream_sum(roof.f32(), static_cast<int64_t>(roof.numel));
+        roof_s[p] = std::chrono::duration<double>(clock::now() - t0).count();
+      }
+      const auto t0 = clock::now();
+      for (const Call& c : list) decode_gemv(c.m, c.out, c.in, 1.0f, c.x.f32(), c.in, c.w->mat(c.in, true), 0.0f, c.y.f32(), c.out, isa, act);
+      kernel_s[p] = std::chrono::duration<double>(clock::now() - t0).count();
+    }
+    return info.Env().Undefined();
+  });
+  Napi::Env env = info.Env();
+  auto arr = [&](const std::vector<double>& v) {
+    Napi::Array r = Napi::Array::New(env, v.size());
+    for (uint32_t k = 0; k < v.size(); k++) r.Set(k, Napi::Number::New(env, v[k]));
+    return r;
+  };
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("kernelS", arr(kernel_s));
+  r.Set("roofS", arr(roof_s));
+  r.Set("sink", Napi::Number::New(env, sink));
+  return r;
 }
 
 static void register_decode(Napi::Env env, Napi::Object exports) {
@@ -1564,6 +1661,7 @@ static void register_decode(Napi::Env env, Napi::Object exports) {
   exports.Set("decodeKernel", Napi::String::New(env, decode_isa_name(DecodeIsa::Best)));
   exports.Set("decodeI16", Napi::Boolean::New(env, decode_i16_available()));
   exports.Set("stream_read", Napi::Function::New(env, StreamReadBinding));
+  exports.Set("decode_gemv_timed", Napi::Function::New(env, DecodeGemvTimedBinding));
 }
 TB_REGISTER_OPS(decode, register_decode);
 
