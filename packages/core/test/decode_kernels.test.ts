@@ -630,3 +630,33 @@ test('the fused decode step declines what it does not cover, saying why', () => 
     two.dispose(); model.dispose();
   }
 });
+
+test('decode_gemv_timed: the same outputs as decode_gemv, one time per pass, the roof read beside each, bad lists named', () => {
+  const timed = nativeFn<(calls: unknown[], passes: number, isa?: string, act?: string, roof?: NativeTensorHandle) => { kernelS: number[]; roofS: number[] }>('decode_gemv_timed');
+  const r = rng();
+  const w = Tensor.from(randn(24 * 64, r, 0.1), [24, 64]);
+  const q = quantizeIntN(w, { bits: 4, groupSize: 32 });
+  const x = Tensor.from(randn(2 * 64, r), [2, 64]), y1 = Tensor.zeros([2, 24]), y2 = Tensor.zeros([2, 24]), y3 = Tensor.zeros([1, 24]);
+  const roof = Tensor.zeros([1 << 16]);
+  try {
+    const got = timed([[x.handle, nativeOperand(q), y1.handle, 2, 24, 64], [x.handle, w.handle, y3.handle, 1, 24, 64]], 3, undefined, 'i16', roof.handle);
+    assert.equal(got.kernelS.length, 3);
+    assert.equal(got.roofS.length, 3);
+    for (const t of [...got.kernelS, ...got.roofS]) assert.ok(t > 0 && t < 10, `a time of ${t} s`);
+    decodeGemv(x.handle, nativeOperand(q), y2.handle, 2, 24, 64, undefined, 'i16');
+    assert.deepEqual(Array.from(floatsOf(y1)), Array.from(floatsOf(y2)));
+    const dense = Tensor.zeros([1, 24]);
+    decodeGemv(x.handle, w.handle, dense.handle, 1, 24, 64);
+    assert.deepEqual(Array.from(floatsOf(y3)), Array.from(floatsOf(dense)));
+    dense.dispose();
+    assert.equal(timed([[x.handle, w.handle, y3.handle, 1, 24, 64]], 2).roofS.length, 0);
+    assert.throws(() => timed([[x.handle, nativeOperand(q), y1.handle, 2, 24]], 1), /calls\[0\] must be \[x, W, y, m, out, in\]/);
+    assert.throws(() => timed([[x.handle, w.handle, y3.handle, 1, 24, 64], [x.handle, nativeOperand(q), y1.handle, 2, 24, 32]], 1), /calls\[1\] W.*\[24, 32\]/);
+    assert.throws(() => timed([[x.handle, w.handle, y3.handle, 17, 24, 64]], 1), /calls\[0\]: m must be at most 16/);
+    assert.throws(() => timed([[x.handle, w.handle, y3.handle, 2, 24, 64]], 1), /calls\[0\] y.*elements/);
+    assert.throws(() => timed({} as unknown[], 1), /calls must be an array/);
+  } finally {
+    for (const t of [w, x, y1, y2, y3, roof]) t.dispose();
+    disposeQuantized(q);
+  }
+});
