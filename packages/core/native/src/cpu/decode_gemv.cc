@@ -664,8 +664,9 @@ struct QuantX {
   const float* sum;   // [m, K >> bshift] f32 sums of x per block
   int64_t K, nb;
   const int16_t* q64 = nullptr;  // [m, K] q permuted per 64: even elements, then odd ones (INT4 spans of 64)
-  const int16_t* q128 = nullptr; // [m, K] q permuted per 128 by position mod 4 (INT2 spans of 128; the last K % 128 natural)
+  const int16_t* q128 = nullptr; // [m, K] q permuted per 128 by position mod 4 (INT2 spans of 128, NF4/FP4 one-row spans of 128; the last K % 128 unset)
   const float* d64 = nullptr;    // [m, K / 64, 16] d per lane of each span of 64 (lane l: block (64 s + 4 l) >> bshift)
+  const float* d128 = nullptr;   // [m, K / 128, 16] the same per span of 128 (lane l: block (128 s + 8 l) >> bshift), with q128
 };
 
 // qx.d64 from qx.d (K % 64 == 0)
@@ -676,6 +677,16 @@ void lanes_d64(int64_t m, int64_t K, int bshift, std::vector<float>& buf, QuantX
     for (int64_t sp = 0; sp < S; sp++)
       for (int l = 0; l < 16; l++) buf[static_cast<size_t>((r * S + sp) * 16 + l)] = qx.d[r * nb + ((64 * sp + (bshift >= 6 ? 0 : 4 * l)) >> bshift)];
   qx.d64 = buf.data();
+}
+
+// qx.d128 from qx.d (K >= 128)
+void lanes_d128(int64_t m, int64_t K, int bshift, std::vector<float>& buf, QuantX& qx) {
+  const int64_t S = K >> 7, nb = K >> bshift;
+  buf.resize(static_cast<size_t>(m * S * 16));
+  for (int64_t r = 0; r < m; r++)
+    for (int64_t sp = 0; sp < S; sp++)
+      for (int l = 0; l < 16; l++) buf[static_cast<size_t>((r * S + sp) * 16 + l)] = qx.d[r * nb + ((128 * sp + 8 * l) >> bshift)];
+  qx.d128 = buf.data();
 }
 
 // qx.q128 from qx.q: in each whole 128-chunk, elements 4j + s at 32 s + j
@@ -1114,6 +1125,32 @@ __attribute__((always_inline)) inline void finish8(const Src* src, __m512 (&acc)
   _mm256_storeu_ps(out, _mm256_mul_ps(hsum8(acc), _mm256_set1_ps(post)));
 }
 
+// The scales of a span of 128 per lane (lane l: block (8 l) >> shift of
+// the span, from block g): one broadcast, or 2 or 4 values read with a
+// masked load (nothing past them) and spread by gidx.
+__attribute__((always_inline)) inline __m512 span128_scales(const float* sc, int64_t g, int shift, __m512i gidx) {
+  if (shift >= 7) return _mm512_set1_ps(sc[g]);
+  return _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << (128 >> shift)) - 1), sc + g));
+}
+// NF4/FP4 codes in a span of 128: its 64 bytes read as 32 words, each
+// holding the codes of elements 4j .. 4j + 3 in its 4 nibbles (high nibble
+// = even element), taken out by shifts alone (vpermw reads the low 5 bits
+// of each index, and the table repeats past 16), against x in the q128
+// layout (element 4j + s at 32 s + j). Lane l of the result sums elements
+// 8l .. 8l + 7 of the span, in two int32 sums of four products each (four
+// |table| * |x| <= 16383 * 32767 fit an int32, eight do not). Against two
+// spans of 64: 0.96 (0.95-0.98) of the time per SmolLM-135M NF4 token,
+// paired rounds on the 2-core EPYC VM; the same for INT4 (masks for the
+// table) gained nothing (1.01, 0.98-1.02).
+__attribute__((always_inline)) inline __m512 q4_span128_sums(const Q4Src16& src, int64_t k, const int16_t* x) {
+  const __m512i w = _mm512_loadu_si512(src.packed + (k >> 1)), t = *src.table;
+  const __m512i e1 = _mm512_permutexvar_epi16(w, t), e0 = _mm512_permutexvar_epi16(_mm512_srli_epi16(w, 4), t);
+  const __m512i e3 = _mm512_permutexvar_epi16(_mm512_srli_epi16(w, 8), t), e2 = _mm512_permutexvar_epi16(_mm512_srli_epi16(w, 12), t);
+  const __m512i Ia = dp16(dp16(_mm512_setzero_si512(), e0, _mm512_loadu_si512(x)), e1, _mm512_loadu_si512(x + 32));
+  const __m512i Ib = dp16(dp16(_mm512_setzero_si512(), e2, _mm512_loadu_si512(x + 64)), e3, _mm512_loadu_si512(x + 96));
+  return _mm512_add_ps(_mm512_cvtepi32_ps(Ia), _mm512_cvtepi32_ps(Ib));
+}
+
 // One row of x (m = 1) in spans of 64 against 8 output rows per call: each
 // row's sum stays in its own vector, and the eight are reduced together and
 // stored with one vector store. Rows of a few hundred weights (K = 576: 9
@@ -1128,6 +1165,8 @@ void i16_rows8(const Src* src, int64_t K, int bshift, const QuantX& qx, float po
   alignas(64) int32_t gi[16];
   for (int l = 0; l < 16; l++) gi[l] = bshift >= 6 ? 0 : (4 * l) >> bshift;
   const __m512i gidx = _mm512_load_si512(gi);
+  for (int l = 0; l < 16; l++) gi[l] = bshift >= 7 ? 0 : (8 * l) >> bshift;
+  const __m512i gidx128 = _mm512_load_si512(gi);
   __m512 acc[8];
   for (int o = 0; o < 8; o++) acc[o] = _mm512_setzero_ps();
   // one row after the other, two accumulators per row: rows stream in
@@ -1149,6 +1188,16 @@ void i16_rows8(const Src* src, int64_t K, int bshift, const QuantX& qx, float po
       a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), cv, a);
     };
     int64_t k = 0;
+    if constexpr (std::is_same_v<Src, Q4Src16>) {
+      if (qx.q128) {  // spans of 128, the last 64 (K % 128) as above
+        auto span128 = [&](int64_t k1, __m512& a) __attribute__((always_inline)) {
+          const __m512 cv = _mm512_mul_ps(span128_scales(src[o].scales, k1 >> bshift, bshift, gidx128), _mm512_loadu_ps(qx.d128 + (k1 >> 3)));
+          a = _mm512_fmadd_ps(q4_span128_sums(src[o], k1, qx.q128 + k1), cv, a);
+        };
+        for (; k + 256 <= K; k += 256) { span128(k, a0); span128(k + 128, a1); }
+        if (k + 128 <= K) { span128(k, a0); k += 128; }
+      }
+    }
     for (; k + 128 <= K; k += 128) { span(k, a0); span(k + 64, a1); }
     if (k < K) span(k, a0);
     acc[o] = _mm512_add_ps(a0, a1);
@@ -1389,6 +1438,9 @@ bool decode_gemv_i16(int64_t m, int64_t N, int64_t K, float alpha, const float* 
     thread_local std::vector<int16_t> q64buf;
     thread_local std::vector<float> d64buf;
     if (K % 64 == 0) { permute_x64(m, K, q64buf, qx); lanes_d64(m, K, q.block_shift, d64buf, qx); }
+    thread_local std::vector<int16_t> q128buf;
+    thread_local std::vector<float> d128buf;
+    if (m == 1 && K % 64 == 0 && K >= 128) { permute_x128(m, K, q128buf, qx); lanes_d128(m, K, q.block_shift, d128buf, qx); }
     // the table as int16, repeated to 32 entries (see q4_unpack)
     alignas(64) int16_t t16[32];
     float tmax = 0.0f;
