@@ -22,7 +22,9 @@ Options:
                    (default bf16,int4,int8,nf4)
   --threads N      threads on both sides (default 1)
   --tokens N       greedy tokens (default ${DECODE_NEW_TOKENS}); the prompt is ${DECODE_PROMPT_TOKENS} ids
-  --repeats N      timed runs per side, interleaved, the best kept (default ${DECODE_REPEATS})
+  --repeats N      timed runs per side, interleaved, the best kept (default ${DECODE_REPEATS});
+                   each ratio is best over best, with the lowest and highest
+                   of the rounds' own ratios (run i over run i) in brackets
   -h, --help       this text`;
 
 const opt = parseCli({
@@ -51,6 +53,7 @@ native.setThreads(threads);
 console.log(`decode beside llama.cpp: shape ${opt.shape} (random weights), ${threads} thread(s), ${DECODE_PROMPT_TOKENS}-id prompt, ${newTokens} greedy tokens, best of ${repeats}`);
 console.log(`load average before: ${loadavg().map((v) => v.toFixed(2)).join(' ')}`);
 const f = (v: number | undefined, d = 1): string => (v === undefined || !Number.isFinite(v) ? '-' : v.toFixed(d));
+const ratio = (v: number | undefined, r?: [number, number]): string => (r ? `${f(v, 2)} (${f(r[0], 2)}-${f(r[1], 2)})` : f(v, 2));
 const header = ['weights', 'llama.cpp', 'exact', 'ours prefill', 'cpp prefill', 'ratio', 'ours decode', 'cpp decode', 'ratio', 'agree (free)', 'agree (forced)', 'status'];
 const rows: string[][] = [];
 for (const n of names) {
@@ -58,8 +61,8 @@ for (const n of names) {
   for (const r of await decodeRows(FORMS[n], { shape: opt.shape, threads, newTokens, repeats })) {
     rows.push([
       r.weights, r.format ?? '-', r.format ? String(r.exact) : '-',
-      f(r.ours?.prefillTokensPerSecond), f(r.llamaCpp?.prefillTokensPerSecond), f(r.ratioPrefill, 2),
-      f(r.ours?.decodeTokensPerSecond), f(r.llamaCpp?.decodeTokensPerSecond), f(r.ratioDecode, 2),
+      f(r.ours?.prefillTokensPerSecond), f(r.llamaCpp?.prefillTokensPerSecond), ratio(r.ratioPrefill, r.ratioPrefillRange),
+      f(r.ours?.decodeTokensPerSecond), f(r.llamaCpp?.decodeTokensPerSecond), ratio(r.ratioDecode, r.ratioDecodeRange),
       r.tokensAgree === undefined ? '-' : `${r.tokensAgree}/${r.newTokens} (first diff ${r.firstDivergence})`,
       r.teacherForcedAgree === undefined ? '-' : `${r.teacherForcedAgree}/${r.newTokens}`,
       r.status + (r.statusText ? `: ${r.statusText}` : ''),

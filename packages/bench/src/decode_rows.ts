@@ -153,7 +153,7 @@ export function decodePrompt(n: number): number[] {
   return [BYTE_BOS, ...bytes.slice(0, n - 1)];
 }
 
-interface Timed { tokens: number[]; prefillTokensPerSecond: number; decodeTokensPerSecond: number }
+export interface Timed { tokens: number[]; prefillTokensPerSecond: number; decodeTokensPerSecond: number }
 
 function oursOnce(model: LlamaModel, prompt: number[], n: number): Timed {
   const r = generate(model, prompt, { maxNewTokens: n, decodeActivations: DECODE_ACTIVATIONS });
@@ -192,6 +192,12 @@ async function teacherForcedAgree(seq: Sequence, prompt: number[], ours: number[
   let same = 0;
   for (let i = 0; i < ours.length; i++) if ((out[at + i]?.next.token as unknown as number | undefined) === ours[i]) same++;
   return same;
+}
+
+/** The lowest and highest of ours[i] / cpp[i] over the interleaved rounds. */
+export function roundRange(ours: readonly Timed[], cpp: readonly Timed[], f: (r: Timed) => number): [number, number] {
+  const r = ours.map((o, i) => f(o) / f(cpp[i]));
+  return [Math.min(...r), Math.max(...r)];
 }
 
 function best(runs: Timed[]): { decodeTokensPerSecond: number; prefillTokensPerSecond: number } {
@@ -322,6 +328,7 @@ async function compareOne(model: LlamaModel, w: DeployWeights, format: 'F16' | '
           status: 'ok', ...(notes.length ? { statusText: notes.join('; ') } : {}),
           ours: b, llamaCpp: { ...c, version: lib.version },
           ratioDecode: b.decodeTokensPerSecond / c.decodeTokensPerSecond, ratioPrefill: b.prefillTokensPerSecond / c.prefillTokensPerSecond,
+          ratioDecodeRange: roundRange(ours, cpp, (r) => r.decodeTokensPerSecond), ratioPrefillRange: roundRange(ours, cpp, (r) => r.prefillTokensPerSecond),
           ...tokenAgreement(ours[0].tokens, cpp[0].tokens), teacherForcedAgree: forced,
         };
       } finally {

@@ -43,9 +43,13 @@ export interface DecodeRow {
   activations?: 'i16' | 'f32';
   ours?: { decodeTokensPerSecond: number; prefillTokensPerSecond: number };
   llamaCpp?: { decodeTokensPerSecond: number; prefillTokensPerSecond: number; version: string };
-  /** ours / llama.cpp */
+  /** ours / llama.cpp (the best run of each) */
   ratioDecode?: number;
   ratioPrefill?: number;
+  /** the lowest and highest of the rounds' own ratios (round i: our run i / llama.cpp's run i,
+   * timed one after the other): the spread a difference must clear to be a finding */
+  ratioDecodeRange?: [number, number];
+  ratioPrefillRange?: [number, number];
   /** positions of the newTokens greedy tokens where both generated the same token */
   tokensAgree?: number;
   /** the first position where they differ (newTokens: never); after it the two continue from different text */

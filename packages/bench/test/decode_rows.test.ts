@@ -28,7 +28,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ByteTokenizer, IntNLinear, exportGguf, generate, native, preset, readGguf } from '@tunebench/core';
-import { decodePrompt, decodeRows, decodeShapeModel, loadLlamaCpp, tokenAgreement } from '../src/decode_rows.js';
+import { decodePrompt, decodeRows, decodeShapeModel, loadLlamaCpp, roundRange, tokenAgreement } from '../src/decode_rows.js';
 import { type DecodeRow, type RunRecord, withDeployables } from '../src/record.js';
 import { renderReport, renderSummary, resultsCsv } from '../src/report/index.js';
 import { BUILTIN_SUITES, validateSuite } from '../src/suite.js';
@@ -49,6 +49,7 @@ function checkOk(row: DecodeRow, t: { diagnostic(s: string): void }): void {
   }
   assert.ok(Math.abs(row.ratioDecode! - row.ours!.decodeTokensPerSecond / row.llamaCpp!.decodeTokensPerSecond) < 1e-9);
   assert.ok(Math.abs(row.ratioPrefill! - row.ours!.prefillTokensPerSecond / row.llamaCpp!.prefillTokensPerSecond) < 1e-9);
+  for (const r of [row.ratioDecodeRange!, row.ratioPrefillRange!]) assert.ok(r.length === 2 && r[0] > 0 && r[0] <= r[1] && Number.isFinite(r[1]), `rounds' range ${r}`);
   assert.match(row.llamaCpp!.version, /llama\.cpp/);
 }
 
@@ -157,6 +158,13 @@ test('when node-llama-cpp cannot load, the rows say why and ours is timed alone;
   assert.ok(nf4.ours!.decodeTokensPerSecond > 0 && nf4.llamaCpp === undefined);
 });
 
+test("the rounds' range pairs each of our runs with llama.cpp's run of the same round", () => {
+  const t = (d: number, p: number) => ({ tokens: [], decodeTokensPerSecond: d, prefillTokensPerSecond: p });
+  const ours = [t(100, 10), t(120, 30), t(90, 20)], cpp = [t(100, 20), t(80, 10), t(120, 20)];
+  assert.deepEqual(roundRange(ours, cpp, (r) => r.decodeTokensPerSecond), [0.75, 1.5]);
+  assert.deepEqual(roundRange(ours, cpp, (r) => r.prefillTokensPerSecond), [0.5, 3]);
+});
+
 test('greedy agreement counts identical positions and the first difference', () => {
   assert.deepEqual(tokenAgreement([1, 2, 3, 4], [1, 2, 3, 4]), { tokensAgree: 4, firstDivergence: 4 });
   assert.deepEqual(tokenAgreement([1, 2, 3, 4], [1, 9, 3, 9]), { tokensAgree: 2, firstDivergence: 1 });
@@ -191,7 +199,7 @@ const ROWS: DecodeRow[] = [
   {
     format: 'Q4_1', exact: true, shape: 'smollm-135m', weights: 'INT4 g32 (RTN)', status: 'ok', threads: 1, promptTokens: 32, newTokens: 128, repeats: 2,
     ours: { decodeTokensPerSecond: 58, prefillTokensPerSecond: 111 }, llamaCpp: { decodeTokensPerSecond: 76, prefillTokensPerSecond: 184, version: 'llama.cpp vX (node-llama-cpp prebuilt)' },
-    ratioDecode: 58 / 76, ratioPrefill: 111 / 184, tokensAgree: 120, firstDivergence: 97, teacherForcedAgree: 125,
+    ratioDecode: 58 / 76, ratioPrefill: 111 / 184, ratioDecodeRange: [0.7, 0.8], ratioPrefillRange: [0.55, 0.65], tokensAgree: 120, firstDivergence: 97, teacherForcedAgree: 125,
   },
 ];
 
@@ -209,6 +217,10 @@ test('the record, results.csv, summary.md and report.html carry the decode rows'
   assert.equal(col('llamaCpp.Q4_1.ours.decodeTokensPerSecond'), '58');
   assert.equal(col('llamaCpp.Q4_1.llamaCpp.decodeTokensPerSecond'), '76');
   assert.equal(Number(col('llamaCpp.Q4_1.ratioDecode')), 58 / 76);
+  assert.equal(col('llamaCpp.Q4_1.ratioDecodeLow'), '0.7');
+  assert.equal(col('llamaCpp.Q4_1.ratioDecodeHigh'), '0.8');
+  assert.equal(col('llamaCpp.Q4_1.ratioPrefillLow'), '0.55');
+  assert.equal(col('llamaCpp.Q4_1.ratioPrefillHigh'), '0.65');
   assert.equal(col('llamaCpp.Q4_1.ours.prefillTokensPerSecond'), '111');
   assert.equal(col('llamaCpp.Q4_1.llamaCpp.prefillTokensPerSecond'), '184');
   assert.equal(col('llamaCpp.Q4_1.tokensAgree'), '120');
@@ -218,7 +230,7 @@ test('the record, results.csv, summary.md and report.html carry the decode rows'
 
   const md = renderSummary([r]);
   assert.match(md, /decode beside llama\.cpp \(smollm-135m, 1 thread; .*32 prompt ids, 128 greedy tokens; best of 2 interleaved runs each\)/);
-  assert.match(md, /\| qalora4-r8 \| QA-LoRA merged INT4 \| INT4 g32 \(RTN\) \| Q4_1 \(exact\) \| 111 \| 184 \| 0\.60x \| 58 \| 76 \| 0\.76x \| 120 of 128, first difference at 97 \| 125 of 128 \| ok \|/);
+  assert.match(md, /\| qalora4-r8 \| QA-LoRA merged INT4 \| INT4 g32 \(RTN\) \| Q4_1 \(exact\) \| 111 \| 184 \| 0\.60x \(rounds 0\.55-0\.65\) \| 58 \| 76 \| 0\.76x \(rounds 0\.70-0\.80\) \| 120 of 128, first difference at 97 \| 125 of 128 \| ok \|/);
 
   const html = await renderReport([r]);
   assert.match(html, /data-chart="decode"/);
@@ -226,6 +238,7 @@ test('the record, results.csv, summary.md and report.html carry the decode rows'
   assert.match(fig.slice(0, fig.indexOf('</figure>')), /<svg/);
   assert.match(fig, /120\/128 \(first at 97\)/);
   assert.match(fig, /125\/128/);
+  assert.match(fig, /0\.76x \(rounds 0\.70-0\.80\)/);
 
   // llama.cpp unavailable: the row's status is shown, ours alone
   const off = run([{ ...ROWS[0], status: 'unavailable', statusText: 'node-llama-cpp could not load its prebuilt CPU binary for linux-riscv64: none; ours timed alone', llamaCpp: undefined, ratioDecode: undefined, ratioPrefill: undefined, tokensAgree: undefined, firstDivergence: undefined, teacherForcedAgree: undefined }]);

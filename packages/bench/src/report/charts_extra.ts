@@ -205,14 +205,16 @@ export async function decodeChart(gs: TaskGroup[]): Promise<Chart | null> {
   ]).filter((v) => isFiniteNumber(v.tps));
   const shapes = distinct(items.map((i) => `${i.x.shape} (${i.x.threads} thread${i.x.threads === 1 ? '' : 's'})`)).join(', ');
   const first = items[0].x;
-  const caption = `Tokens per second of our generate() and of llama.cpp (node-llama-cpp's prebuilt CPU build) on the same weights at the decode shape ${shapes}: random weights held as each deployable holds its projections, exported to GGUF; ${first.promptTokens} prompt ids, ${first.newTokens} greedy tokens, the best of ${first.repeats} interleaved runs. Decode: one token at a time after the prompt; prefill: the prompt and the first token.`;
-  const pct = (x: number | undefined) => (isFiniteNumber(x) ? `${x >= 10 ? x.toFixed(0) : x.toFixed(2)}x` : '-');
+  const caption = `Tokens per second of our generate() and of llama.cpp (node-llama-cpp's prebuilt CPU build) on the same weights at the decode shape ${shapes}: random weights held as each deployable holds its projections, exported to GGUF; ${first.promptTokens} prompt ids, ${first.newTokens} greedy tokens, the best of ${first.repeats} interleaved runs (ratio: best over best; in brackets the lowest and highest of the rounds' own ratios). Decode: one token at a time after the prompt; prefill: the prompt and the first token.`;
+  const r2 = (y: number) => (y >= 10 ? y.toFixed(0) : y.toFixed(2));
+  const pct = (x: number | undefined, range?: readonly number[]) => (isFiniteNumber(x)
+    ? `${r2(x)}x${range && range.length === 2 && range.every(isFiniteNumber) ? ` (rounds ${r2(range[0])}-${r2(range[1])})` : ''}` : '-');
   const num = (x: number | undefined) => (isFiniteNumber(x) ? groupThousands(x) : '-');
   const head = ['method', 'model', 'ours', 'GGUF', 'ours decode tok/s', 'llama.cpp decode tok/s', 'decode ratio', 'ours prefill tok/s', 'llama.cpp prefill tok/s', 'prefill ratio', 'greedy agree', 'teacher-forced agree', 'status'];
   const tbl = table(head, items.map(({ label, kind, x }) => [
     label, kind, x.weights, x.format ? `${x.format} (${x.exact ? 'exact' : 'requantized'})` : 'none',
-    num(x.ours?.decodeTokensPerSecond), num(x.llamaCpp?.decodeTokensPerSecond), pct(x.ratioDecode),
-    num(x.ours?.prefillTokensPerSecond), num(x.llamaCpp?.prefillTokensPerSecond), pct(x.ratioPrefill),
+    num(x.ours?.decodeTokensPerSecond), num(x.llamaCpp?.decodeTokensPerSecond), pct(x.ratioDecode, x.ratioDecodeRange),
+    num(x.ours?.prefillTokensPerSecond), num(x.llamaCpp?.prefillTokensPerSecond), pct(x.ratioPrefill, x.ratioPrefillRange),
     isFiniteNumber(x.tokensAgree) ? `${x.tokensAgree}/${x.newTokens}${x.firstDivergence! < x.newTokens ? ` (first at ${x.firstDivergence})` : ''}` : '-',
     isFiniteNumber(x.teacherForcedAgree) ? `${x.teacherForcedAgree}/${x.newTokens}` : '-',
     x.statusText ? `${x.status}: ${x.statusText}` : x.status,

@@ -6,8 +6,9 @@
 //   llamaCpp.{shape,threads,promptTokens,newTokens,version} and per GGUF format F
 //   (F16, Q8_0, Q4_1; 'none': no GGUF form, status only) llamaCpp.F.{status,
 //   statusText,exact,weights,ours.prefillTokensPerSecond,llamaCpp.prefillTokensPerSecond,
-//   ratioPrefill,ours.decodeTokensPerSecond,llamaCpp.decodeTokensPerSecond,ratioDecode,
-//   tokensAgree,firstDivergence,teacherForcedAgree}   (deployable rows with decode rows beside llama.cpp)
+//   ratioPrefill,ratioPrefillLow,ratioPrefillHigh,ours.decodeTokensPerSecond,
+//   llamaCpp.decodeTokensPerSecond,ratioDecode,ratioDecodeLow,ratioDecodeHigh,
+//   tokensAgree,firstDivergence,teacherForcedAgree} (Low/High: the rounds' own ratios)   (deployable rows with decode rows beside llama.cpp)
 //   settings.<k>...   (sorted)
 //   metric.<k>...     (sorted), then metric.<k>.lo metric.<k>.hi (95% bootstrap
 //   interval, for metrics with per-example outcomes) and untrained.<task metric>,
@@ -144,9 +145,10 @@ function decodeColumns(records: readonly RunRecord[]): Column[] {
   const fields: [string, (d: DecodeRow) => Cell][] = [
     ['status', (d) => d.status], ['statusText', (d) => d.statusText], ['exact', (d) => (d.format ? d.exact : undefined)], ['weights', (d) => d.weights],
     ['ours.prefillTokensPerSecond', (d) => d.ours?.prefillTokensPerSecond], ['llamaCpp.prefillTokensPerSecond', (d) => d.llamaCpp?.prefillTokensPerSecond],
-    ['ratioPrefill', (d) => d.ratioPrefill],
+    ['ratioPrefill', (d) => d.ratioPrefill], ['ratioPrefillLow', (d) => d.ratioPrefillRange?.[0]], ['ratioPrefillHigh', (d) => d.ratioPrefillRange?.[1]],
     ['ours.decodeTokensPerSecond', (d) => d.ours?.decodeTokensPerSecond], ['llamaCpp.decodeTokensPerSecond', (d) => d.llamaCpp?.decodeTokensPerSecond],
-    ['ratioDecode', (d) => d.ratioDecode], ['tokensAgree', (d) => d.tokensAgree], ['firstDivergence', (d) => d.firstDivergence],
+    ['ratioDecode', (d) => d.ratioDecode], ['ratioDecodeLow', (d) => d.ratioDecodeRange?.[0]], ['ratioDecodeHigh', (d) => d.ratioDecodeRange?.[1]],
+    ['tokensAgree', (d) => d.tokensAgree], ['firstDivergence', (d) => d.firstDivergence],
     ['teacherForcedAgree', (d) => d.teacherForcedAgree],
   ];
   return [

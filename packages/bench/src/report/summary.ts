@@ -189,8 +189,10 @@ function tps(x: number | undefined): string {
   return isFiniteNumber(x) ? groupThousands(x) : '-';
 }
 
-function ratioText(x: number | undefined): string {
-  return isFiniteNumber(x) ? `${x >= 10 ? x.toFixed(0) : x.toFixed(2)}x` : '-';
+function ratioText(x: number | undefined, range?: readonly number[]): string {
+  if (!isFiniteNumber(x)) return '-';
+  const v = (y: number) => (y >= 10 ? y.toFixed(0) : y.toFixed(2));
+  return `${v(x)}x${range && range.length === 2 && range.every(isFiniteNumber) ? ` (rounds ${v(range[0])}-${v(range[1])})` : ''}`;
 }
 
 /** Our decode beside llama.cpp's (deployable.llamaCpp, decode_rows.ts): one row per
@@ -218,13 +220,13 @@ function decodeTable(runs: readonly RunRecord[], groups: readonly SeedGroup[] = 
     const forced = isFiniteNumber(x.teacherForcedAgree) ? `${x.teacherForcedAgree} of ${x.newTokens}` : '-';
     lines.push(row([
       cell(label), cell(d.kind), cell(x.weights), x.format ? `${x.format} (${x.exact ? 'exact' : 'requantized'})` : 'none',
-      tps(x.ours?.prefillTokensPerSecond), tps(x.llamaCpp?.prefillTokensPerSecond), ratioText(x.ratioPrefill),
-      tps(x.ours?.decodeTokensPerSecond), tps(x.llamaCpp?.decodeTokensPerSecond), ratioText(x.ratioDecode),
+      tps(x.ours?.prefillTokensPerSecond), tps(x.llamaCpp?.prefillTokensPerSecond), ratioText(x.ratioPrefill, x.ratioPrefillRange),
+      tps(x.ours?.decodeTokensPerSecond), tps(x.llamaCpp?.decodeTokensPerSecond), ratioText(x.ratioDecode, x.ratioDecodeRange),
       agree, forced, cell(x.statusText ? `${x.status}: ${x.statusText}` : x.status),
     ]));
   }
   const version = items.find(({ x }) => x.llamaCpp)?.x.llamaCpp?.version;
-  lines.push('', `exact: the GGUF file holds our weights (up to fp16 rounding of values, or of Q4_1's block scale and offset); requantized: llama.cpp runs Q8_0 blocks of our bf16 weights. llama.cpp${version ? ` (${text(version)})` : ''} runs through node-llama-cpp, its per-token JavaScript included. Greedy tokens agree: positions where both generated the same token, each from its own text so far (after a first difference they continue from different text); teacher-forced: positions where llama.cpp's greedy token after the prompt and our tokens is ours. llama.cpp's F16 and quantized matmuls round the activations (to fp16, or to 8-bit blocks), and random weights have near-ties, so even an exact file does not agree everywhere.`);
+  lines.push('', `exact: the GGUF file holds our weights (up to fp16 rounding of values, or of Q4_1's block scale and offset); requantized: llama.cpp runs Q8_0 blocks of our bf16 weights. llama.cpp${version ? ` (${text(version)})` : ''} runs through node-llama-cpp, its per-token JavaScript included. Ratio: the best run of ours over the best of llama.cpp's, and in brackets the lowest and highest of the rounds' own ratios (each of our runs over the llama.cpp run timed next to it): a ratio whose rounds straddle 1 is not a finding. Greedy tokens agree: positions where both generated the same token, each from its own text so far (after a first difference they continue from different text); teacher-forced: positions where llama.cpp's greedy token after the prompt and our tokens is ours. llama.cpp's F16 and quantized matmuls round the activations (to fp16, or to 8-bit blocks), and random weights have near-ties, so even an exact file does not agree everywhere.`);
   return lines;
 }
 
