@@ -660,3 +660,36 @@ test('decode_gemv_timed: the same outputs as decode_gemv, one time per pass, the
     disposeQuantized(q);
   }
 });
+
+test('matmul of 17-32 rows by a quantized weight runs the decode GEMV in blocks of 16 rows, within the reference bound', () => {
+  const r = rng();
+  for (const kind of ['int4', 'int8', 'nf4'] as const) {
+    const N = 40, K = 256;
+    const w = Tensor.from(randn(N * K, r, 0.1), [N, K]);
+    const q = kind === 'nf4' ? quantize4bit(w, { format: 'nf4', blockSize: 64 }) : quantizeIntN(w, { bits: kind === 'int4' ? 4 : 8, groupSize: 32 });
+    w.dispose();
+    const ref = kind === 'nf4' ? refQ4(q as Quantized4bit) : refIntN(q as QuantizedIntN);
+    for (const M of [17, 32, 33]) {
+      const xv = randn(M * K, r);
+      const x = Tensor.from(xv, [M, K]);
+      const y = matmul(x, q, { transB: true });
+      checkAgainst(`${kind} matmul M=${M}`, floatsOf(y), xv, ref, M, N, K);
+      if (M <= 32) {
+        // the same bits as decode_gemv on rows [0, 16) and [16, M)
+        const want = new Float32Array(M * N);
+        for (let r0 = 0; r0 < M; r0 += 16) {
+          const mb = Math.min(16, M - r0);
+          const xs = Tensor.from(xv.subarray(r0 * K, (r0 + mb) * K), [mb, K]), ys = Tensor.zeros([mb, N]);
+          decodeGemv(xs.handle, nativeOperand(q), ys.handle, mb, N, K);
+          want.set(floatsOf(ys), r0 * N);
+          xs.dispose();
+          ys.dispose();
+        }
+        assert.deepEqual(Array.from(floatsOf(y)), Array.from(want), `${kind} M=${M}: not the decode GEMV's result`);
+      }
+      x.dispose();
+      y.dispose();
+    }
+    disposeQuantized(q);
+  }
+});
