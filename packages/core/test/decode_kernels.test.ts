@@ -693,3 +693,38 @@ test('matmul of 17-32 rows by a quantized weight runs the decode GEMV in blocks 
     disposeQuantized(q);
   }
 });
+
+test('the decode plan: step equals one call per block, bit for bit; a tensor disposed under it is named; a disposed decoder refuses to step', () => {
+  for (const kind of ['int4', 'nf4', 'int8q8', 'bf16'] as const) {
+    const model = quantizedTiny(kind);
+    try {
+      const prompt = [256, 72, 101, 108, 108, 111, 44, 32];
+      const cacheA = new KVCache(model.config, 1, prompt.length), cacheB = new KVCache(model.config, 1, prompt.length);
+      const a = FusedDecoder.create(model, cacheA)!, b = FusedDecoder.create(model, cacheB)!;
+      for (const tok of prompt) {
+        const na = a.step(tok), nb = b.stepByBlock(tok);
+        assert.equal(na, nb, `${kind}: argmax after ${tok}`);
+        assert.deepEqual(Array.from(a.logits), Array.from(b.logits), `${kind}: logits after ${tok}`);
+      }
+      assert.equal(cacheA.length, prompt.length);
+      assert.throws(() => a.step(65), /the cache is full/);
+      a.dispose();
+      assert.throws(() => a.step(65), /released/);
+      a.dispose();  // twice: nothing happens
+      b.dispose();
+      cacheA.dispose(); cacheB.dispose();
+      // a weight disposed while a decoder holds it: named, not read
+      const cache = new KVCache(model.config, 1, 4);
+      const d = FusedDecoder.create(model, cache)!;
+      d.step(65);
+      const up = model.blocks[1].linears.up_proj as unknown as { quantized?: { codes?: Tensor; packed?: Tensor }; weight?: { value: Tensor } };
+      const t = up.quantized?.codes ?? up.quantized?.packed ?? up.weight!.value;
+      t.dispose();
+      assert.throws(() => d.step(66), /'blocks\[1\]\.Wu(\.codes|\.packed)?' was disposed after the plan was made/);
+      d.dispose();
+      cache.dispose();
+    } finally {
+      model.dispose();
+    }
+  }
+});

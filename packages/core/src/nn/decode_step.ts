@@ -1,8 +1,10 @@
-// A generated token in a few native calls: per block one decode_block (norm,
-// q/k/v, RoPE, KV-cache append, attention over the cache, o, norm, SwiGLU MLP,
-// both residual adds), then decode_head (final norm, LM head, argmax). The
-// residual row, the scratch and the logits are allocated once per generation
-// and reused for every token; the weights' native operands are built once.
+// A generated token in one native call: decode_plan_step runs, per block, the
+// work of decode_block (norm, q/k/v, RoPE, KV-cache append, attention over the
+// cache, o, norm, SwiGLU MLP, both residual adds), then that of decode_head
+// (final norm, LM head, argmax). The residual row, the scratch and the logits
+// are allocated once per generation and reused for every token; every operand
+// is parsed once, into the plan (decode_plan), which holds its tensors'
+// storage until dispose().
 //
 // It covers the plain LLaMA block on the CPU for one sequence, with dense
 // (f32 / bf16), INT-N or 4-bit projections. Anything else (another device, a
@@ -24,6 +26,11 @@ const decodeBlock = nativeFn<(x: H, ln1: H, ln2: H, wq: object, wk: object, wv: 
   kc: H, vc: H, scratch: H, C: number, I: number, Hq: number, Hkv: number, D: number, Tmax: number, pos: number,
   eps: number, theta: number, scale: number, activations: DecodeActivations) => void>('decode_block');
 const decodeHead = nativeFn<(x: H, norm: H, w: object, logits: H, C: number, V: number, eps: number, activations: DecodeActivations) => number>('decode_head');
+type Plan = object;
+const decodePlan = nativeFn<(blocks: unknown[][], x: H, scratch: H, logits: H, norm: H, head: object, C: number, I: number, Hq: number, Hkv: number,
+  D: number, Tmax: number, V: number, eps: number, theta: number, scale: number, activations: DecodeActivations) => Plan>('decode_plan');
+const decodePlanStep = nativeFn<(plan: Plan, pos: number) => number>('decode_plan_step');
+const decodePlanRelease = nativeFn<(plan: Plan) => void>('decode_plan_release');
 
 /** What the decode GEMVs multiply the quantized (INT-N, NF4/FP4) weights with:
  * 'f32' the activations as they are; 'i16' each activation row quantized to
@@ -90,6 +97,8 @@ export class FusedDecoder {
   private readonly ops: object[][];  // per block: q, k, v, o, gate, up, down operands
   private readonly headOp: object;
   private readonly embedValues: Float32Array | Uint16Array;
+  private readonly plan: Plan;
+  private disposed = false;
 
   /** what the quantized projections multiply (see DecodeActivations) */
   readonly activations: DecodeActivations;
@@ -118,6 +127,10 @@ export class FusedDecoder {
     }));
     this.headOp = nativeOperand((model.lmHead ?? model.embed).value);
     this.embedValues = model.embed.value.data() as Float32Array | Uint16Array;
+    // every operand parsed once: a step is then one native call (decode_plan_step)
+    this.plan = decodePlan(model.blocks.map((b, i) => [b.ln1.value.handle, b.ln2.value.handle, ...this.ops[i], cache.k[i].handle, cache.v[i].handle]),
+      this.x.handle, this.scratch.handle, this.logitsT.handle, model.norm.value.handle, this.headOp, C, cfg.intermediateSize, cfg.numHeads,
+      cfg.numKvHeads, D, cache.maxLength, cfg.vocabSize, cfg.rmsNormEps, cfg.ropeTheta, 1 / Math.sqrt(D), act);
   }
 
   /** A decoder for this model and cache, or null when the fused path does not cover them. */
@@ -128,13 +141,31 @@ export class FusedDecoder {
   /** Feeds `token` at position cache.length (appending its keys and values);
    * returns the argmax of the next-token logits, which are left in `logits`. */
   step(token: number): number {
-    const { model, cache } = this, cfg = model.config, C = cfg.hiddenSize, D = headDim(cfg);
+    const pos = this.embedToken(token);
+    const next = decodePlanStep(this.plan, pos);
+    this.cache.length = pos + 1;
+    return next;
+  }
+
+  /** Checks the token and the cache, writes the token's embedding into x; returns its position. */
+  private embedToken(token: number): number {
+    if (this.disposed) throw new Error('FusedDecoder.step: this decoder was disposed (its plan released); make a new one');
+    const { model, cache } = this, cfg = model.config, C = cfg.hiddenSize;
     if (!Number.isInteger(token) || token < 0 || token >= cfg.vocabSize) throw new RangeError(`FusedDecoder.step: token ${token} is outside [0, ${cfg.vocabSize})`);
     const pos = cache.length;
     if (pos >= cache.maxLength) throw new RangeError(`FusedDecoder.step: the cache is full (${cache.maxLength} positions)`);
     const xv = this.x.data() as Float32Array, e = this.embedValues, base = token * C;
     if (e instanceof Float32Array) xv.set(e.subarray(base, base + C));
     else for (let i = 0; i < C; i++) xv[i] = bf16ToF32(e[base + i]);
+    return pos;
+  }
+
+  /** The same step through one decode_block call per block and decode_head,
+   * each parsing its operands (what step did before the plan; kept for tests
+   * and bench:decode-step). */
+  stepByBlock(token: number): number {
+    const { model, cache } = this, cfg = model.config, C = cfg.hiddenSize, D = headDim(cfg);
+    const pos = this.embedToken(token);
     const scale = 1 / Math.sqrt(D);
     model.blocks.forEach((b, i) => {
       const o = this.ops[i];
@@ -147,6 +178,9 @@ export class FusedDecoder {
   }
 
   dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    decodePlanRelease(this.plan);
     for (const t of [this.x, this.scratch, this.logitsT, ...this.constants]) t.dispose();
   }
 }
