@@ -1,7 +1,8 @@
 // Per-token cost of a whole-model decode step outside the weight reads:
 // generate() with the KV cache on a preset (default tiny), CPU time per token,
 // minus the time of the same token's GEMVs alone (every projection and the LM
-// head through the decode GEMV, back to back).
+// head through the decode GEMV, back to back, in one native call:
+// decode_gemv_timed).
 //
 //   pnpm --filter @tunebench/core bench:decode-step
 //   pnpm --filter @tunebench/core bench:decode-step -- --preset small --weights int4
@@ -43,7 +44,7 @@ const opt = parseCli({
 
 const tokens = Number(opt.tokens), runs = Number(opt.runs);
 native.setThreads(Number(opt.threads));
-const decodeGemv = nativeFn<(x: NativeTensorHandle, w: object, y: NativeTensorHandle, m: number, o: number, i: number, isa?: string, act?: string) => void>('decode_gemv');
+const decodeGemvTimed = nativeFn<(calls: unknown[], passes: number, isa?: string, act?: string) => { kernelS: number[] }>('decode_gemv_timed');
 const act = opt.act;
 if (act !== 'i16' && act !== 'f32') throw new Error(`--act must be i16 or f32, got '${act}'`);
 const median = (a: number[]): number => { const s = [...a].sort((x, y) => x - y); return s[Math.floor(s.length / 2)]; };
@@ -103,12 +104,13 @@ for (const kind of opt.weights.split(',').map((s) => s.trim()).filter(Boolean)) 
     ops.push({ w: nativeOperand(head.value), out: model.config.vocabSize, inF: model.config.hiddenSize });
     const width = Math.max(...ops.map((o) => Math.max(o.inF, o.out)));
     const x = Tensor.from(new Float32Array(width).fill(0.5), [1, width]), y = Tensor.zeros([1, width > model.config.vocabSize ? width : model.config.vocabSize]);
-    const step = () => { for (const o of ops) decodeGemv(x.handle, o.w, y.handle, 1, o.out, o.inF, undefined, act); };
-    for (let i = 0; i < 50; i++) step();
+    // one native call runs all of them `tokens` times (no binding cost per GEMV, as in the fused step)
+    const calls = ops.map((o) => [x.handle, o.w, y.handle, 1, o.out, o.inF]);
+    decodeGemvTimed(calls, 50, undefined, act);
     const g: number[] = [];
     for (let r = 0; r < runs; r++) {
       const c0 = cpuUs();
-      for (let i = 0; i < tokens; i++) step();
+      decodeGemvTimed(calls, tokens, undefined, act);
       g.push((cpuUs() - c0) / tokens);
     }
     x.dispose(); y.dispose();
