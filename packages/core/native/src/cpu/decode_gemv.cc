@@ -1340,9 +1340,11 @@ void i16_run(int64_t m, int64_t Nout, int64_t K, int bshift, const QuantX& qx, f
         store(o + 1, sums + kDecodeMaxRows);
       }
     }
-    for (; o < o1; o++) {
+    // one row at a time (m > 1, and the rows left over): slots cycle 0..7 so
+    // that what slot 0 prepares for eight rows serves the seven after it
+    for (const int64_t first = o; o < o1; o++) {
       if (o + kI16Prefetch < Nout) pre(o + kI16Prefetch);
-      const auto s0 = make(o, 0, scratch);
+      const auto s0 = make(o, static_cast<int>((o - first) & 7), scratch);
       if constexpr (span64) {
         if (umode == 4) { i16_tiles<1, 4>(m, &s0, K, bshift, qx, post, sums); store(o, sums); continue; }
       }
