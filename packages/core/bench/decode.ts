@@ -31,7 +31,9 @@ Options:
   --isa NAME       avx512, avx2 or portable (default: the best compiled in)
   --act LIST       activations of the quantized formats: f32 (x as given),
                    i16 (x quantized to int16 per block, integer dot products;
-                   AVX-512 with VBMI) or both (default: f32,i16 where built)
+                   AVX-512 with VBMI), i8 (x quantized to int8 per group, u8 x
+                   s8 dot products; INT4 rows with one row of x only; AVX-512
+                   with VNNI) (default: those built)
   --reps N         timed tokens per row count (default 15)
   --roof-mb N      size of the streaming-read buffer in MiB (default 512)
   -h, --help       this text
@@ -77,9 +79,14 @@ const isa = opt.isa ?? (native as unknown as { decodeKernel: string }).decodeKer
 if (!isas.includes(isa)) throw new Error(`--isa ${isa}: this build has ${isas.join(', ')}`);
 const decodeGemv = nativeFn<(x: NativeTensorHandle, w: object, y: NativeTensorHandle, m: number, o: number, i: number, isa?: string, act?: string) => void>('decode_gemv');
 const i16Built = (native as unknown as { decodeI16: boolean }).decodeI16;
-const acts = (opt.act ?? (i16Built ? 'f32,i16' : 'f32')).split(',').map((s) => s.trim()).filter(Boolean);
-for (const a of acts) if (a !== 'f32' && a !== 'i16') throw new Error(`--act: unknown '${a}' (f32 or i16)`);
+const i8Built = (native as unknown as { decodeI8?: boolean }).decodeI8 === true;
+const acts = (opt.act ?? (i8Built ? 'f32,i16,i8' : i16Built ? 'f32,i16' : 'f32')).split(',').map((s) => s.trim()).filter(Boolean);
+for (const a of acts) if (a !== 'f32' && a !== 'i16' && a !== 'i8') throw new Error(`--act: unknown '${a}' (f32, i16 or i8)`);
 if (acts.includes('i16') && (!i16Built || isa !== 'avx512')) throw new Error('--act i16: this build has no i16 decode path (it needs AVX-512 with VBMI, and --isa avx512)');
+if (acts.includes('i8') && (!i8Built || isa !== 'avx512')) throw new Error('--act i8: this build has no i8 decode path (it needs AVX-512 with VBMI and VNNI, and --isa avx512)');
+// i8 applies to INT4 with one row of x; any other call takes the i16 path, so those rows are not repeated
+const actsOf = (format: string, m: number): string[] =>
+  format === 'f32' || format === 'bf16' ? ['f32'] : acts.filter((a) => a !== 'i8' || ((format === 'int4' || format === 'int4f16') && m === 1));
 const streamRead = nativeFn<(t: NativeTensorHandle, passes: number) => number>('stream_read');
 
 const median = (a: number[]): number => { const s = [...a].sort((x, y) => x - y); return s[Math.floor(s.length / 2)]; };
@@ -199,7 +206,7 @@ for (const format of opt.formats.split(',').map((s) => s.trim()).filter(Boolean)
   try {
     for (let l = 0; l < layers; l++) for (const [o, i] of SHAPES) weights.push(makeWeight(format, o, i));
     const bytes = weights.reduce((s, w) => s + w.bytes, 0);
-    for (const m of rows) for (const act of format === 'f32' || format === 'bf16' ? ['f32'] : acts) {
+    for (const m of rows) for (const act of actsOf(format, m)) {
       const xs = new Map<number, Tensor>(), ys = new Map<number, Tensor>();
       for (const k of [C, I]) xs.set(k, Tensor.from(uniform(m * k, 1), [m, k]));
       for (const o of [C, 192, I]) ys.set(o, Tensor.zeros([m, o]));

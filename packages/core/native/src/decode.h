@@ -30,7 +30,13 @@ enum class DecodeIsa : int { Best = 0, Avx512 = 1, Avx2 = 2, Portable = 3 };
 // the F32 path. Relative to F32 the result differs by the rounding of x
 // (half a step of 1/32767 of its block's largest |x|) and, for 4-bit, of the
 // table to 1/16383 of absmax.
-enum class DecodeAct : int { F32 = 0, I16 = 1 };
+//
+// I8: for INT4 weights and one row of x (AVX-512 with VNNI), x quantized to
+// int8 per group (x ~ d_g q, |q| <= 127, round to nearest) and u8 x s8 dot
+// products (vpdpbusd), as llama.cpp's Q8 activations; the result differs
+// from F32 by the rounding of x (half a step of 1/127 of its group's
+// largest |x|). Everything else under I8 takes the I16 path.
+enum class DecodeAct : int { F32 = 0, I16 = 1, I8 = 2 };
 
 constexpr int64_t kDecodeMaxRows = 16;
 
@@ -43,8 +49,9 @@ bool decode_gemv_handles(int64_t M, const MatRef& A, const MatRef& B);
 void decode_gemv(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t ldx, const MatRef& W, float beta,
                  float* y, int64_t ldy, DecodeIsa isa = DecodeIsa::Best, DecodeAct act = DecodeAct::F32);
 
-// Whether this build has the I16 path.
+// Whether this build has the I16 path; the I8 path (INT4, one row).
 bool decode_i16_available();
+bool decode_i8_available();
 
 // Whether this build has the path, and its name ("avx512", "avx2", "portable").
 bool decode_isa_available(DecodeIsa isa);

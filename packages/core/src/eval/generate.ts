@@ -23,8 +23,9 @@ export interface GenerateOptions {
    * model; false: the op-by-op path (default true) */
   fusedDecode?: boolean;
   /** what the fused decode step's quantized projections multiply: 'i16'
-   * (default: activations quantized to int16 per group, integer dot products)
-   * or 'f32' (the activations as they are); see DecodeActivations */
+   * (default: activations quantized to int16 per group, integer dot products),
+   * 'f32' (the activations as they are) or 'i8' (INT4 projections with int8
+   * activations, as llama.cpp rounds them; faster, coarser); see DecodeActivations */
   decodeActivations?: DecodeActivations;
 }
 

@@ -37,11 +37,17 @@ const decodePlanRelease = nativeFn<(plan: Plan) => void>('decode_plan_release');
  * int16 per weight group or block (round to nearest, step 1/32767 of the
  * block's largest |x|; the 4-bit table held to 1/16383) and integer dot
  * products straight from the packed codes, which is faster where the build
- * has AVX-512 with VBMI (elsewhere, and for dense weights, 'f32' runs). */
-export type DecodeActivations = 'f32' | 'i16';
+ * has AVX-512 with VBMI (elsewhere, and for dense weights, 'f32' runs);
+ * 'i8' the INT4 projections' activations quantized to int8 per group (step
+ * 1/127 of the group's largest |x|, as llama.cpp's Q8 activations) and u8 x
+ * s8 dot products where the build has AVX-512 with VNNI, a coarser rounding
+ * for speed; every other projection as 'i16'. */
+export type DecodeActivations = 'f32' | 'i16' | 'i8';
 
 /** Whether this build has the 'i16' decode path (AVX-512 with VBMI). */
 export const decodeI16Available = (): boolean => (native as unknown as { decodeI16?: boolean }).decodeI16 === true;
+/** Whether this build has the 'i8' decode path for INT4 (AVX-512 with VBMI and VNNI). */
+export const decodeI8Available = (): boolean => (native as unknown as { decodeI8?: boolean }).decodeI8 === true;
 
 export interface FusedDecoderOptions {
   /** default 'i16' (see DecodeActivations) */
@@ -109,7 +115,7 @@ export class FusedDecoder {
 
   private constructor(private readonly model: LlamaModel, private readonly cache: KVCache, opts: FusedDecoderOptions) {
     const act = opts.activations ?? 'i16';
-    if (act !== 'f32' && act !== 'i16') throw new Error(`FusedDecoder: activations must be 'f32' or 'i16', got ${JSON.stringify(act)}`);
+    if (act !== 'f32' && act !== 'i16' && act !== 'i8') throw new Error(`FusedDecoder: activations must be 'f32', 'i16' or 'i8', got ${JSON.stringify(act)}`);
     this.activations = act;
     const cfg = model.config, C = cfg.hiddenSize, D = headDim(cfg);
     this.x = Tensor.zeros([2 * C], { category: 'activation' });

@@ -1407,6 +1407,142 @@ inline void expand_dq_absmax(const Quant4View& q, int64_t b0, int64_t n, int dq_
   }
 }
 
+#if defined(TB_DECODE_I16) && defined(__AVX512VNNI__)
+#define TB_DECODE_I8 1
+// ---- 8-bit integer activations (DecodeAct::I8): INT4, one row of x ----
+//
+// x is quantized to int8 per group and laid out per span of 128 elements as
+// 64 bytes of its even elements, then 64 of its odd ones: byte 4l + i of
+// each half is element 8l + 2i (+1 for the odd half). A span's 64 code bytes
+// (element 2j in the low nibble of byte j, 2j + 1 in the high one) give two
+// vectors of bytes after one shift and two masks, and two vpdpbusd leave in
+// lane l the dot product of elements 8l .. 8l + 7, whose group scale and x
+// step are applied per lane as in the spans of 128 above (gidx128, d per
+// lane). A last span of 64 (K % 128) fills lanes 0-7 only.
+struct QuantX8 {
+  const int8_t* q;     // [ceil(K / 128) * 128] bytes, the layout above
+  const float* dl;     // [ceil(K / 128) * 16] x's step per lane (0 past K)
+  const float* sum;    // [K >> bshift] f32 sums of x per group
+};
+
+// false when some x is not finite. Within a span of 128 the layout is the
+// even elements at bytes e / 2, the odd ones at 64 + e / 2.
+bool quantize_x8(int64_t K, const float* x, int bshift, std::vector<int8_t>& qbuf, std::vector<float>& dbuf,
+                 std::vector<float>& sbuf, QuantX8& out) {
+  const int64_t B = int64_t(1) << bshift, G = K >> bshift, S = (K + 127) >> 7;
+  thread_local std::vector<float> dg;
+  dg.resize(static_cast<size_t>(G));
+  sbuf.resize(static_cast<size_t>(G));
+  qbuf.assign(static_cast<size_t>(S * 128), 0);
+  dbuf.assign(static_cast<size_t>(S * 16), 0.0f);
+  const __m512 sign = _mm512_set1_ps(-0.0f), zero = _mm512_setzero_ps();
+  // bytes 0, 2, .., 14 then 1, 3, .., 15 of each 16: evens, then odds
+  const __m128i deint = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  __m512 bad = zero;
+  int8_t* q = qbuf.data();
+  for (int64_t g = 0; g < G; g++) {
+    const float* xg = x + g * B;
+    __m512 mx = zero, sm = zero;
+    for (int64_t k = 0; k < B; k += 16) {
+      const __m512 v = _mm512_loadu_ps(xg + k);
+      mx = _mm512_max_ps(mx, _mm512_andnot_ps(sign, v));
+      sm = _mm512_add_ps(sm, v);
+      bad = _mm512_add_ps(bad, _mm512_mul_ps(v, zero));
+    }
+    const float amax = _mm512_reduce_max_ps(mx);
+    dg[static_cast<size_t>(g)] = amax > 0.0f ? amax / 127.0f : 0.0f;
+    sbuf[static_cast<size_t>(g)] = _mm512_reduce_add_ps(sm);
+    const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+    for (int64_t k = 0; k < B; k += 16) {
+      const int64_t e = g * B + k, sp = e >> 7, at = sp * 128 + ((e & 127) >> 1);  // even bytes at `at`, odd ones 64 further
+      const __m128i b = _mm_shuffle_epi8(_mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + k), inv))), deint);
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(q + at), b);
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(q + at + 64), _mm_unpackhi_epi64(b, b));
+    }
+  }
+  if (_mm512_reduce_add_ps(bad) != 0.0f || _mm512_cmp_ps_mask(bad, bad, _CMP_UNORD_Q)) return false;
+  for (int64_t sp = 0; sp < S; sp++)
+    for (int l = 0; l < 16; l++) {
+      const int64_t k = 128 * sp + 8 * l;
+      if (k < K) dbuf[static_cast<size_t>(sp * 16 + l)] = dg[static_cast<size_t>(k >> bshift)];
+    }
+  out = QuantX8{qbuf.data(), dbuf.data(), sbuf.data()};
+  return true;
+}
+
+// eight output rows of INT4 against one row of x in int8 (the layout above);
+// out[0..8) = the rows' sums (scales, x steps and the offsets' term applied)
+void i8_rows8_int4(const IntNSrc16<4>* src, int64_t K, int bshift, const QuantX8& qx, float* out) {
+  const int64_t G = K >> bshift;
+  alignas(64) int32_t gi[16];
+  for (int l = 0; l < 16; l++) gi[l] = bshift >= 7 ? 0 : (8 * l) >> bshift;
+  const __m512i gidx = _mm512_load_si512(gi), m15 = _mm512_set1_epi8(15);
+  const __mmask16 tail_mk = bshift >= 6 ? 0 : static_cast<__mmask16>((1u << (64 >> bshift)) - 1);
+  __m512 acc[8];
+#pragma GCC unroll 8
+  for (int o = 0; o < 8; o++) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    auto span = [&](int64_t k, __m512i w, __m512 ws, __m512& a) __attribute__((always_inline)) {
+      const int8_t* xq = qx.q + k;  // span k / 128 starts at byte k
+      __m512i I = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(w, m15), _mm512_loadu_si512(xq));
+      I = _mm512_dpbusd_epi32(I, _mm512_and_si512(_mm512_srli_epi16(w, 4), m15), _mm512_loadu_si512(xq + 64));
+      a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(ws, _mm512_loadu_ps(qx.dl + (k >> 3))), a);
+    };
+    const uint8_t* c = src[o].codes;
+    const float* sc = src[o].scales;
+    int64_t k = 0;
+    for (; k + 256 <= K; k += 256) {
+      span(k, _mm512_loadu_si512(c + (k >> 1)), span128_scales(sc, k >> bshift, bshift, gidx), a0);
+      span(k + 128, _mm512_loadu_si512(c + ((k + 128) >> 1)), span128_scales(sc, (k + 128) >> bshift, bshift, gidx), a1);
+    }
+    if (k + 128 <= K) { span(k, _mm512_loadu_si512(c + (k >> 1)), span128_scales(sc, k >> bshift, bshift, gidx), a0); k += 128; }
+    if (k < K) {  // the last 64: 32 code bytes, lanes 0-7
+      const __m512i w = _mm512_maskz_loadu_epi8(static_cast<__mmask64>(0xFFFFFFFFull), c + (k >> 1));
+      const __m512 ws = bshift >= 6 ? _mm512_set1_ps(sc[k >> bshift])
+                                    : _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(tail_mk, sc + (k >> bshift)));
+      span(k, w, ws, a1);
+    }
+    acc[o] = _mm512_add_ps(a0, a1);
+  }
+  const QuantX sums{nullptr, nullptr, qx.sum, K, G};
+  finish8<false>(src, acc, sums, G, 1.0f, out);
+}
+
+// y = alpha * x W^T + beta * y for one row of x and an INT4 weight (K a
+// multiple of 64, groups of 16 to 128); false (the caller takes the I16
+// path) for anything else, or x not finite.
+bool decode_gemv_i8(int64_t m, int64_t N, int64_t K, float alpha, const float* x, const MatRef& W, float beta, float* y) {
+  if (m != 1 || W.dtype != DType::U8 || W.quant != QuantKind::IntN || !W.intn) return false;
+  const IntNView& w = *W.intn;
+  if (w.bits != 4 || K % 64 != 0 || w.group_shift < 4 || w.group_shift > 7 || K % (int64_t(1) << w.group_shift) != 0) return false;
+  thread_local std::vector<int8_t> qbuf;
+  thread_local std::vector<float> dbuf, sbuf;
+  QuantX8 qx{};
+  if (!quantize_x8(K, x, w.group_shift, qbuf, dbuf, sbuf, qx)) return false;
+  const int64_t G = K >> w.group_shift, rb = K >> 1;
+  const Unpack16 u = intn_unpack<4>();
+  auto rows = [&](int64_t o0, int64_t o1) {
+    float sums[8];
+    for (int64_t o = o0; o < o1; o += 8) {
+      const int64_t n = std::min<int64_t>(8, o1 - o);
+      IntNSrc16<4> s8[8];
+      for (int64_t j = 0; j < 8; j++) {
+        const int64_t r = o + std::min(j, n - 1);  // past the last row: the last row again, not stored
+        s8[j] = IntNSrc16<4>{w.codes + r * rb, &u, w.scales + r * G, w.offsets + r * G};
+      }
+      i8_rows8_int4(s8, K, w.group_shift, qx, sums);
+      for (int64_t j = 0; j < n; j++) {
+        float& c = y[o + j];
+        c = beta == 0.0f ? alpha * sums[j] : alpha * sums[j] + beta * c;
+      }
+    }
+  };
+  if (omp_in_parallel() || N * K < kShareMin) rows(0, N);
+  else share_rows(N, rows);
+  return true;
+}
+#endif
+
 // The f32 path's result is used instead (false) when the weight or x does
 // not fit this path: K not a multiple of 32, 4-bit rows not whole blocks, x
 // not finite.
@@ -1519,6 +1655,14 @@ bool decode_gemv_handles(int64_t M, const MatRef& A, const MatRef& B) {
   }
 }
 
+bool decode_i8_available() {
+#if defined(TB_DECODE_I8)
+  return true;
+#else
+  return false;
+#endif
+}
+
 bool decode_i16_available() {
 #if defined(TB_DECODE_I16)
   return true;
@@ -1533,7 +1677,10 @@ void decode_gemv(int64_t m, int64_t N, int64_t K, float alpha, const float* x, i
   if (m > kDecodeMaxRows) bad_weight("more than 16 rows");
   if (isa == DecodeIsa::Best) isa = best_isa();
 #if defined(TB_DECODE_I16)
-  if (act == DecodeAct::I16 && isa == DecodeIsa::Avx512 && decode_gemv_i16(m, N, K, alpha, x, ldx, W, beta, y, ldy)) return;
+#if defined(TB_DECODE_I8)
+  if (act == DecodeAct::I8 && isa == DecodeIsa::Avx512 && decode_gemv_i8(m, N, K, alpha, x, W, beta, y)) return;
+#endif
+  if (act != DecodeAct::F32 && isa == DecodeIsa::Avx512 && decode_gemv_i16(m, N, K, alpha, x, ldx, W, beta, y, ldy)) return;
 #else
   (void)act;
 #endif
@@ -1565,11 +1712,12 @@ static DecodeIsa isa_arg(const Napi::CallbackInfo& info, size_t i, const char* f
 
 DecodeAct decode_act_arg(const Napi::CallbackInfo& info, size_t i, const char* fn) {
   if (i >= info.Length() || info[i].IsUndefined() || info[i].IsNull()) return DecodeAct::F32;
-  if (!info[i].IsString()) throw arg_error(info, fn, "activations must be a string: 'f32' or 'i16'");
+  if (!info[i].IsString()) throw arg_error(info, fn, "activations must be a string: 'f32', 'i16' or 'i8'");
   const std::string s = info[i].As<Napi::String>().Utf8Value();
   if (s == "f32") return DecodeAct::F32;
   if (s == "i16") return DecodeAct::I16;
-  throw arg_error(info, fn, "unknown activations '" + s + "' ('f32' or 'i16')");
+  if (s == "i8") return DecodeAct::I8;
+  throw arg_error(info, fn, "unknown activations '" + s + "' ('f32', 'i16' or 'i8')");
 }
 
 // decode_gemv(x, W, y, m, out, in, isa?, activations?): y [m, out] = x [m, in] W^T, W a
@@ -1714,6 +1862,7 @@ static void register_decode(Napi::Env env, Napi::Object exports) {
   exports.Set("decode_isas", Napi::Function::New(env, DecodeIsasBinding));
   exports.Set("decodeKernel", Napi::String::New(env, decode_isa_name(DecodeIsa::Best)));
   exports.Set("decodeI16", Napi::Boolean::New(env, decode_i16_available()));
+  exports.Set("decodeI8", Napi::Boolean::New(env, decode_i8_available()));
   exports.Set("stream_read", Napi::Function::New(env, StreamReadBinding));
   exports.Set("decode_gemv_timed", Napi::Function::New(env, DecodeGemvTimedBinding));
 }
