@@ -209,8 +209,11 @@ test('NF4 / FP4 decode GEMV equals the float reference, with and without double 
 // steps of max|table| / 16383. Each output must lie within the error those
 // roundings allow (plus float rounding) of the float64 sum, and the path
 // must actually run (its result differs from the f32 path's) where built.
+// The bound: x's rounding times |scale * code| (for INT-N, w less its group's
+// offset: the offsets multiply the exact sums of x, not its rounding), plus
+// for 4-bit the table's rounding times |x| * absmax.
 function checkI16(name: string, W: WeightOperand, wRef: Float32Array, m: number, N: number, K: number, block: number,
-  tableStep: number, absmax: Float32Array | null, r: ReturnType<typeof rng>): void {
+  tableStep: number, absmax: Float32Array | null, r: ReturnType<typeof rng>, offsets: Float32Array | null = null): void {
   const xv = randn(m * K, r);
   for (let i = 0; i < xv.length; i += 29) xv[i] *= 30;  // outliers: blocks of very different ranges
   const x = Tensor.from(xv, [m, K]);
@@ -229,11 +232,12 @@ function checkI16(name: string, W: WeightOperand, wRef: Float32Array, m: number,
           const xk = xv[r0 * K + k], wk = wRef[o * K + k];
           s += xk * wk;
           mag += Math.abs(xk * wk);
-          bound += Math.abs(wk) * 0.5 * amax[Math.floor(k / block)] / 32767;
+          const wq = offsets ? wk - offsets[Math.floor((o * K + k) / block)] : wk;
+          bound += Math.abs(wq) * 0.5 * amax[Math.floor(k / block)] / 32767;
           if (absmax) bound += Math.abs(xk) * absmax[Math.floor((o * K + k) / block)] * 0.5 * tableStep;
         }
         const v = got[r0 * N + o];
-        assert.ok(Math.abs(v - s) <= bound * 1.001 + 2e-5 * mag, `${name} m=${m}: y[${r0}, ${o}] = ${v}, want ${s} (|diff| ${Math.abs(v - s)}, bound ${bound})`);
+        assert.ok(Math.abs(v - s) <= bound * 1.001 + 2e-5 * mag, `${name} m=${m} seed ${r.seed}: y[${r0}, ${o}] = ${v}, want ${s} (|diff| ${Math.abs(v - s)}, bound ${bound})`);
         if (v !== f32[r0 * N + o]) differs = true;
       }
     }
@@ -257,7 +261,7 @@ test('i16 activations: INT-N and NF4/FP4 decode GEMV within the rounding bound, 
           w.dispose();
           addToOffsets(q, randn(q.offsets.numel, r, 0.01));
           const ref = refIntN(q);
-          for (const m of threads === 2 ? [1, 16] : [1, 2, 5, 8, 9, 16]) checkI16(`int${bits} g${groupSize} threads=${threads}`, q, ref, m, N, K, groupSize, 0, null, r);
+          for (const m of threads === 2 ? [1, 16] : [1, 2, 5, 8, 9, 16]) checkI16(`int${bits} g${groupSize} threads=${threads}`, q, ref, m, N, K, groupSize, 0, null, r, floatsOf(q.offsets));
           disposeQuantized(q);
         }
         // K a multiple of 32 but not of 64 (INT4 and INT8 leave their spans of 64
@@ -270,7 +274,7 @@ test('i16 activations: INT-N and NF4/FP4 decode GEMV within the rounding bound, 
             const q = quantizeIntN(w, { bits, groupSize });
             w.dispose();
             const ref = refIntN(q);
-            for (const m of [1, 3]) checkI16(`int${bits} g${groupSize} K=${K}`, q, ref, m, N, K, groupSize, 0, null, r);
+            for (const m of [1, 3]) checkI16(`int${bits} g${groupSize} K=${K}`, q, ref, m, N, K, groupSize, 0, null, r, floatsOf(q.offsets));
             disposeQuantized(q);
           }
         }
@@ -752,6 +756,7 @@ test('i8 activations: INT4 one-row GEMV within the bound of rounding x to 1/127 
           decodeGemv(x.handle, nativeOperand(q), y16.handle, 1, N, K, undefined, 'i16');
           const got = floatsOf(y8), i16 = floatsOf(y16);
           let differs = false;
+          const offs = floatsOf(q.offsets);
           for (let o = 0; o < N; o++) {
             let s = 0, mag = 0, bound = 0;
             for (let g = 0; g < K / groupSize; g++) {
@@ -761,10 +766,10 @@ test('i8 activations: INT4 one-row GEMV within the bound of rounding x to 1/127 
                 const wk = ref[o * K + k];
                 s += xv[k] * wk;
                 mag += Math.abs(xv[k] * wk);
-                bound += Math.abs(wk) * 0.5 * amax / 127;
+                bound += Math.abs(wk - offs[o * (K / groupSize) + g]) * 0.5 * amax / 127;  // the offsets multiply x's exact sums
               }
             }
-            assert.ok(Math.abs(got[o] - s) <= bound * 1.001 + 2e-5 * mag, `g${groupSize} K=${K} threads=${threads}: y[${o}] = ${got[o]}, want ${s} (bound ${bound})`);
+            assert.ok(Math.abs(got[o] - s) <= bound * 1.001 + 2e-5 * mag, `g${groupSize} K=${K} threads=${threads} seed ${r.seed}: y[${o}] = ${got[o]}, want ${s} (bound ${bound})`);
             if (got[o] !== i16[o]) differs = true;
           }
           if (decodeI8Available()) assert.ok(differs, `g${groupSize} K=${K}: the i8 result equals the i16 one: the i8 path did not run`);
