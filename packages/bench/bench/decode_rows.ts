@@ -22,6 +22,9 @@ Options:
                    (default bf16,int4,int8,nf4)
   --threads N      threads on both sides (default 1)
   --tokens N       greedy tokens (default ${DECODE_NEW_TOKENS}); the prompt is ${DECODE_PROMPT_TOKENS} ids
+  --act A          what our quantized projections multiply: i16 (default),
+                   f32, or i8 (INT4: x rounded to int8 per group, as
+                   llama.cpp's Q8 activations; others as i16)
   --repeats N      timed runs per side, interleaved, the best kept (default ${DECODE_REPEATS});
                    each ratio is best over best, with the lowest and highest
                    of the rounds' own ratios (run i over run i) in brackets
@@ -33,11 +36,14 @@ const opt = parseCli({
   threads: { type: 'string', default: '1' },
   tokens: { type: 'string', default: String(DECODE_NEW_TOKENS) },
   repeats: { type: 'string', default: String(DECODE_REPEATS) },
+  act: { type: 'string', default: 'i16' },
   help: { type: 'boolean', short: 'h', default: false },
 } as const, HELP);
 
 const threads = intOption('threads', opt.threads, 1), newTokens = intOption('tokens', opt.tokens, DECODE_NEW_TOKENS);
 const repeats = intOption('repeats', opt.repeats, DECODE_REPEATS);
+const act = opt.act;
+if (act !== 'i16' && act !== 'f32' && act !== 'i8') throw new Error(`--act: unknown '${act}' (i16, f32 or i8)`);
 const FORMS: Record<string, DeployWeights> = {
   bf16: { kind: 'bf16' },
   int4: { kind: 'intn', bits: 4, groupSize: 32 },
@@ -58,7 +64,7 @@ const header = ['weights', 'llama.cpp', 'exact', 'ours prefill', 'cpp prefill', 
 const rows: string[][] = [];
 for (const n of names) {
   const t0 = performance.now();
-  for (const r of await decodeRows(FORMS[n], { shape: opt.shape, threads, newTokens, repeats })) {
+  for (const r of await decodeRows(FORMS[n], { shape: opt.shape, threads, newTokens, repeats, activations: act })) {
     rows.push([
       r.weights, r.format ?? '-', r.format ? String(r.exact) : '-',
       f(r.ours?.prefillTokensPerSecond), f(r.llamaCpp?.prefillTokensPerSecond), ratio(r.ratioPrefill, r.ratioPrefillRange),
@@ -75,4 +81,4 @@ const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (i ===
 console.log('');
 console.log(header.map((h, i) => (i < 3 || i === header.length - 1 ? h.padEnd(widths[i]) : h.padStart(widths[i]))).join('  '));
 for (const r of rows) console.log(r.map((v, i) => (i < 3 || i === header.length - 1 ? v.padEnd(widths[i]) : v.padStart(widths[i]))).join('  '));
-console.log(`load average after: ${loadavg().map((v) => v.toFixed(2)).join(' ')}; our quantized projections multiply int16 activations (decodeActivations 'i16')`);
+console.log(`load average after: ${loadavg().map((v) => v.toFixed(2)).join(' ')}; our quantized projections' activations: decodeActivations '${act}'`);

@@ -33,7 +33,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  BYTE_BOS, ByteTokenizer, DenseLinear, IntNLinear, type GgufWeightType, type LlamaConfig, type LlamaModel, type QuantizedIntN, Tensor, exportGguf, f16ToF32,
+  BYTE_BOS, ByteTokenizer, type DecodeActivations, DenseLinear, IntNLinear, type GgufWeightType, type LlamaConfig, type LlamaModel, type QuantizedIntN, Tensor, exportGguf, f16ToF32,
   type LlamaCppLib, Quant4Linear, generate, intnBytes, isPreset, loadLlamaCpp as loadCoreLlamaCpp, native, preset, quantize4bit, quantizeQ8_0,
 } from '@tunebench/core';
 import { groupwiseOf, intnLinear, qaloraConfig } from '@tunebench/qa-lora';
@@ -80,6 +80,8 @@ export interface DecodeRowOptions {
   newTokens?: number;
   repeats?: number;
   seed?: number;
+  /** what our quantized projections multiply in the decode steps (default DECODE_ACTIVATIONS, 'i16') */
+  activations?: DecodeActivations;
   /** how node-llama-cpp is loaded (tests pass one that fails) */
   loadLlamaCpp?: LlamaCppLoader;
   /** the model's config in place of the preset's (tests: a small model with a padded vocabulary); `shape` names it */
@@ -155,8 +157,8 @@ export function decodePrompt(n: number): number[] {
 
 export interface Timed { tokens: number[]; prefillTokensPerSecond: number; decodeTokensPerSecond: number }
 
-function oursOnce(model: LlamaModel, prompt: number[], n: number): Timed {
-  const r = generate(model, prompt, { maxNewTokens: n, decodeActivations: DECODE_ACTIVATIONS });
+function oursOnce(model: LlamaModel, prompt: number[], n: number, act: DecodeActivations): Timed {
+  const r = generate(model, prompt, { maxNewTokens: n, decodeActivations: act });
   return { tokens: r.tokens, prefillTokensPerSecond: (prompt.length * 1000) / r.prefillMs, decodeTokensPerSecond: r.decodeTokensPerSecond };
 }
 
@@ -221,7 +223,7 @@ const rowCache = new Map<string, Promise<DecodeRow[]>>();
  * the row's status. The same weights, shape and settings are measured once
  * per process (every run of a suite shares them). */
 export function decodeRows(w: DeployWeights, opts: DecodeRowOptions): Promise<DecodeRow[]> {
-  const key = JSON.stringify([w, opts.shape, opts.config ?? null, opts.threads ?? native.getThreads(), opts.promptTokens, opts.newTokens, opts.repeats, opts.seed, opts.loadLlamaCpp ? 'custom' : 'default']);
+  const key = JSON.stringify([w, opts.shape, opts.config ?? null, opts.threads ?? native.getThreads(), opts.promptTokens, opts.newTokens, opts.repeats, opts.seed, opts.activations ?? DECODE_ACTIVATIONS, opts.loadLlamaCpp ? 'custom' : 'default']);
   let p = rowCache.get(key);
   if (!p) {
     p = computeRows(w, opts);
@@ -234,7 +236,8 @@ async function computeRows(w: DeployWeights, opts: DecodeRowOptions): Promise<De
   const threads = opts.threads ?? native.getThreads();
   const promptTokens = opts.promptTokens ?? DECODE_PROMPT_TOKENS, newTokens = opts.newTokens ?? DECODE_NEW_TOKENS;
   const repeats = opts.repeats ?? DECODE_REPEATS;
-  const base = { shape: opts.shape, weights: weightsText(w), threads, promptTokens, newTokens, repeats, activations: DECODE_ACTIVATIONS };
+  const activations = opts.activations ?? DECODE_ACTIVATIONS;
+  const base = { shape: opts.shape, weights: weightsText(w), threads, promptTokens, newTokens, repeats, activations };
   const forms = ggufForms(w);
   const o = { ...opts, threads, promptTokens, newTokens, repeats };
   if (typeof forms === 'string') {
@@ -244,7 +247,7 @@ async function computeRows(w: DeployWeights, opts: DecodeRowOptions): Promise<De
     try {
       model = decodeShapeModel(decodeConfig(o), w, o.seed ?? 0);
       const ours: Timed[] = [];
-      for (let i = 0; i < repeats; i++) ours.push(oursOnce(model, decodePrompt(promptTokens), newTokens));
+      for (let i = 0; i < repeats; i++) ours.push(oursOnce(model, decodePrompt(promptTokens), newTokens, activations));
       row.ours = best(ours);
       row.statusText = `${forms}; ours timed alone`;
     } catch (e) {
@@ -297,7 +300,7 @@ async function compareOne(model: LlamaModel, w: DeployWeights, format: 'F16' | '
   try {
     if (!lib) {
       const ours: Timed[] = [];
-      for (let i = 0; i < o.repeats; i++) ours.push(oursOnce(model, prompt, o.newTokens));
+      for (let i = 0; i < o.repeats; i++) ours.push(oursOnce(model, prompt, o.newTokens, o.activations ?? DECODE_ACTIVATIONS));
       return { status: 'unavailable', statusText: `${unavailable}; ours timed alone`, ours: best(ours) };
     }
     const path = join(dir, `${o.shape}-${format}.gguf`);
@@ -316,7 +319,7 @@ async function compareOne(model: LlamaModel, w: DeployWeights, format: 'F16' | '
         const seq = ctx.getSequence();
         const ours: Timed[] = [], cpp: Timed[] = [];
         for (let i = 0; i < o.repeats; i++) {
-          ours.push(oursOnce(model, prompt, o.newTokens));
+          ours.push(oursOnce(model, prompt, o.newTokens, o.activations ?? DECODE_ACTIVATIONS));
           cpp.push(await llamaCppOnce(seq, prompt, o.newTokens));
         }
         const b = best(ours), c = best(cpp);

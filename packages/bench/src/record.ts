@@ -40,7 +40,7 @@ export interface DecodeRow {
   /** timed runs per side, interleaved (ours, llama.cpp, ours, ...); the best of each kept */
   repeats: number;
   /** what our quantized projections multiply in the decode steps (generate's decodeActivations) */
-  activations?: 'i16' | 'f32';
+  activations?: 'i16' | 'f32' | 'i8';
   ours?: { decodeTokensPerSecond: number; prefillTokensPerSecond: number };
   llamaCpp?: { decodeTokensPerSecond: number; prefillTokensPerSecond: number; version: string };
   /** ours / llama.cpp (the best run of each) */
