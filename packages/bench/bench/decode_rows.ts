@@ -23,7 +23,7 @@ Options:
   --threads N      threads on both sides (default 1)
   --tokens N       greedy tokens (default ${DECODE_NEW_TOKENS}); the prompt is ${DECODE_PROMPT_TOKENS} ids
   --act A          what our quantized projections multiply: i16 (default),
-                   f32, or i8 (INT4: x rounded to int8 per group, as
+                   f32, or i8 (INT4, INT8: x rounded to int8 per group, as
                    llama.cpp's Q8 activations; others as i16)
   --repeats N      timed runs per side, interleaved, the best kept (default ${DECODE_REPEATS});
                    each ratio is best over best, with the lowest and highest

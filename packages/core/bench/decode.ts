@@ -22,7 +22,7 @@ Options:
                    int3, int2, nf4, nf4dq, fp4 (default: all). int8q8: INT8
                    groups of 32 on Q8_0's symmetric grid (fp16 scale, offset
                    -128 scale); int4f16: INT4 quantized with constants 'f16'.
-                   With i16 both read fp16 copies of their group constants
+                   With i16 both (with i8 int8q8) read fp16 copies of their group constants
                    (intnConstants16), as the fused decoder does
   --group N        INT-N group size (default 32); --block N: 4-bit block (default 64)
   --rows LIST      rows of x per call (default 1,4,16)
@@ -32,7 +32,7 @@ Options:
   --act LIST       activations of the quantized formats: f32 (x as given),
                    i16 (x quantized to int16 per block, integer dot products;
                    AVX-512 with VBMI), i8 (x quantized to int8 per group, u8 x
-                   s8 dot products; INT4 rows with one row of x only; AVX-512
+                   s8 dot products; INT4 and INT8 with one row of x only; AVX-512
                    with VNNI) (default: those built)
   --reps N         timed tokens per row count (default 15)
   --roof-mb N      size of the streaming-read buffer in MiB (default 512)
@@ -84,9 +84,9 @@ const acts = (opt.act ?? (i8Built ? 'f32,i16,i8' : i16Built ? 'f32,i16' : 'f32')
 for (const a of acts) if (a !== 'f32' && a !== 'i16' && a !== 'i8') throw new Error(`--act: unknown '${a}' (f32, i16 or i8)`);
 if (acts.includes('i16') && (!i16Built || isa !== 'avx512')) throw new Error('--act i16: this build has no i16 decode path (it needs AVX-512 with VBMI, and --isa avx512)');
 if (acts.includes('i8') && (!i8Built || isa !== 'avx512')) throw new Error('--act i8: this build has no i8 decode path (it needs AVX-512 with VBMI and VNNI, and --isa avx512)');
-// i8 applies to INT4 with one row of x; any other call takes the i16 path, so those rows are not repeated
+// i8 applies to INT4 and INT8 with one row of x; any other call takes the i16 path, so those rows are not repeated
 const actsOf = (format: string, m: number): string[] =>
-  format === 'f32' || format === 'bf16' ? ['f32'] : acts.filter((a) => a !== 'i8' || ((format === 'int4' || format === 'int4f16') && m === 1));
+  format === 'f32' || format === 'bf16' ? ['f32'] : acts.filter((a) => a !== 'i8' || (['int4', 'int4f16', 'int8', 'int8q8'].includes(format) && m === 1));
 const streamRead = nativeFn<(t: NativeTensorHandle, passes: number) => number>('stream_read');
 
 const median = (a: number[]): number => { const s = [...a].sort((x, y) => x - y); return s[Math.floor(s.length / 2)]; };
@@ -211,7 +211,8 @@ for (const format of opt.formats.split(',').map((s) => s.trim()).filter(Boolean)
       for (const k of [C, I]) xs.set(k, Tensor.from(uniform(m * k, 1), [m, k]));
       for (const o of [C, 192, I]) ys.set(o, Tensor.zeros([m, o]));
       // int8q8 with i16 (one row) reads the fp16 copies of its scales, as the fused decoder does
-      const h16 = act === 'i16' && (format === 'int8q8' || format === 'int4f16');
+      // (with i8, INT8's kernel reads them too; INT4's reads the f32 constants)
+      const h16 = (act === 'i16' && (format === 'int8q8' || format === 'int4f16')) || (act === 'i8' && format === 'int8q8');
       const op = (w: Weight) => (h16 ? w.op16! : w.op);
       const calls = weights.map((w) => [xs.get(w.inF)!.handle, op(w), ys.get(w.out)!.handle, m, w.out, w.inF]);
       decodeGemvTimed(calls, 1, isa, act);  // warm: pages faulted in, fp16 copies read once

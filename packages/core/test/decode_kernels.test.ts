@@ -465,7 +465,7 @@ test('INT-N fp16 group constants: exact weights only, and the decode GEMV gives 
           assert.ok(c, `int${bits} g${groupSize}: fp16 constants exist`);
           assert.equal(c.zero, symmetric ? 2 ** (bits - 1) : null);
           assert.equal(c.tensor.numel, (symmetric ? 2 : 4) * q.scales.numel);
-          for (const act of ['i16', 'f32']) {
+          for (const act of ['i16', 'f32', 'i8']) {
             const y0 = Tensor.zeros([1, N]), y1 = Tensor.zeros([1, N]);
             decodeGemv(x.handle, intnNativeOperand(q), y0.handle, 1, N, K, undefined, act);
             decodeGemv(x.handle, intnNativeOperand(q, c), y1.handle, 1, N, K, undefined, act);
@@ -483,6 +483,13 @@ test('INT-N fp16 group constants: exact weights only, and the decode GEMV gives 
             assert.notEqual(floatsOf(y1)[0], floatsOf(y0)[0], 'the fp16 offsets were not read');
             assert.equal(floatsOf(y1)[N - 1], floatsOf(y0)[N - 1], 'the tail rows read the f32 constants');
             y0.dispose(); y1.dispose();
+            if (bits === 8 && decodeI8Available()) {  // 'i8' reads INT8's copies too
+              const z0 = Tensor.zeros([1, N]), z1 = Tensor.zeros([1, N]);
+              decodeGemv(x.handle, intnNativeOperand(q), z0.handle, 1, N, K, undefined, 'i8');
+              decodeGemv(x.handle, intnNativeOperand(q, c), z1.handle, 1, N, K, undefined, 'i8');
+              assert.notEqual(floatsOf(z1)[0], floatsOf(z0)[0], 'i8: the fp16 offsets were not read');
+              z0.dispose(); z1.dispose();
+            }
           }
           c.tensor.dispose();
           disposeQuantized(q);
@@ -575,7 +582,7 @@ for (const [kind, act, tol] of [['f32', 'f32', 1e-4], ['bf16', 'f32', 1e-4], ['i
       assert.equal(fusedDecodeUnsupported(model, cacheA), null);
       const fused = FusedDecoder.create(model, cacheA, { activations: act })!;
       assert.equal(fused.activations, act);
-      // INT-N projections whose constants fp16 holds read fp16 copies (i16 only)
+      // INT-N projections whose constants fp16 holds read fp16 copies (not with f32 activations)
       assert.equal(fused.fp16Constants, kind === 'int8q8' ? 7 * model.config.numLayers : 0);
       for (const c of [cacheA, cacheB]) { const p = ids(prompt); model.hidden(p, c).dispose(); p.dispose(); }
       const V = model.config.vocabSize;
@@ -733,19 +740,19 @@ test('the decode plan: step equals one call per block, bit for bit; a tensor dis
   }
 });
 
-test('i8 activations: INT4 one-row GEMV within the bound of rounding x to 1/127 of its group, tails and threads; other weights take the i16 path', () => {
+test('i8 activations: INT4 and INT8 one-row GEMV within the bound of rounding x to 1/127 of its group, tails and threads; other weights take the i16 path', () => {
   const r = rng();
   const before = native.getThreads();
   try {
     for (const threads of [1, 2]) {
       native.setThreads(threads);
-      for (const groupSize of [16, 32, 64, 128] as IntNGroupSize[]) {
+      for (const bits of [4, 8] as const) for (const groupSize of [16, 32, 64, 128] as IntNGroupSize[]) {
         // K: a lone span of 64, whole spans of 128, one more span of 64, and the SmolLM widths
         for (const K of threads === 2 ? [576] : [64, 128, 192, 576, 1536]) {
           if (K % groupSize !== 0) continue;
           const N = threads === 2 ? 520 : 13;  // 2 threads: above the sharing threshold; 13: a block of 8 and 5 left over
           const w = Tensor.from(randn(N * K, r, 0.1), [N, K]);
-          const q = quantizeIntN(w, { bits: 4, groupSize });
+          const q = quantizeIntN(w, { bits, groupSize });
           w.dispose();
           addToOffsets(q, randn(q.offsets.numel, r, 0.01));
           const ref = refIntN(q);
@@ -769,10 +776,10 @@ test('i8 activations: INT4 one-row GEMV within the bound of rounding x to 1/127 
                 bound += Math.abs(wk - offs[o * (K / groupSize) + g]) * 0.5 * amax / 127;  // the offsets multiply x's exact sums
               }
             }
-            assert.ok(Math.abs(got[o] - s) <= bound * 1.001 + 2e-5 * mag, `g${groupSize} K=${K} threads=${threads} seed ${r.seed}: y[${o}] = ${got[o]}, want ${s} (bound ${bound})`);
+            assert.ok(Math.abs(got[o] - s) <= bound * 1.001 + 2e-5 * mag, `int${bits} g${groupSize} K=${K} threads=${threads} seed ${r.seed}: y[${o}] = ${got[o]}, want ${s} (bound ${bound})`);
             if (got[o] !== i16[o]) differs = true;
           }
-          if (decodeI8Available()) assert.ok(differs, `g${groupSize} K=${K}: the i8 result equals the i16 one: the i8 path did not run`);
+          if (decodeI8Available()) assert.ok(differs, `int${bits} g${groupSize} K=${K}: the i8 result equals the i16 one: the i8 path did not run`);
           for (const t of [x, y8, y16]) t.dispose();
           disposeQuantized(q);
         }
@@ -781,9 +788,9 @@ test('i8 activations: INT4 one-row GEMV within the bound of rounding x to 1/127 
   } finally {
     native.setThreads(before);
   }
-  // anything else under 'i8' is the i16 path: INT8, NF4, and INT4 with several rows of x
+  // anything else under 'i8' is the i16 path: INT2, NF4, and INT4 with several rows of x
   for (const [name, make, m] of [
-    ['int8', (w: Tensor) => quantizeIntN(w, { bits: 8, groupSize: 32 }), 1],
+    ['int2', (w: Tensor) => quantizeIntN(w, { bits: 2, groupSize: 32 }), 1],
     ['nf4', (w: Tensor) => quantize4bit(w, { format: 'nf4', blockSize: 64 }), 1],
     ['int4 m=3', (w: Tensor) => quantizeIntN(w, { bits: 4, groupSize: 32 }), 3],
   ] as const) {

@@ -38,15 +38,15 @@ const decodePlanRelease = nativeFn<(plan: Plan) => void>('decode_plan_release');
  * block's largest |x|; the 4-bit table held to 1/16383) and integer dot
  * products straight from the packed codes, which is faster where the build
  * has AVX-512 with VBMI (elsewhere, and for dense weights, 'f32' runs);
- * 'i8' the INT4 projections' activations quantized to int8 per group (step
- * 1/127 of the group's largest |x|, as llama.cpp's Q8 activations) and u8 x
- * s8 dot products where the build has AVX-512 with VNNI, a coarser rounding
- * for speed; every other projection as 'i16'. */
+ * 'i8' the INT4 and INT8 projections' activations quantized to int8 per
+ * group (step 1/127 of the group's largest |x|, as llama.cpp's Q8
+ * activations) and u8 x s8 dot products where the build has AVX-512 with
+ * VNNI, a coarser rounding for speed; every other projection as 'i16'. */
 export type DecodeActivations = 'f32' | 'i16' | 'i8';
 
 /** Whether this build has the 'i16' decode path (AVX-512 with VBMI). */
 export const decodeI16Available = (): boolean => (native as unknown as { decodeI16?: boolean }).decodeI16 === true;
-/** Whether this build has the 'i8' decode path for INT4 (AVX-512 with VBMI and VNNI). */
+/** Whether this build has the 'i8' decode path for INT4 and INT8 (AVX-512 with VBMI and VNNI). */
 export const decodeI8Available = (): boolean => (native as unknown as { decodeI8?: boolean }).decodeI8 === true;
 
 export interface FusedDecoderOptions {
@@ -124,7 +124,7 @@ export class FusedDecoder {
     this.logits = this.logitsT.data() as Float32Array;
     this.ops = model.blocks.map((b) => LINEAR_NAMES.map((n) => {
       const l = b.linears[n] as DenseLinear | IntNLinear | Quant4Linear;
-      if (l instanceof IntNLinear && act === 'i16') {
+      if (l instanceof IntNLinear && act !== 'f32') {
         // fp16 copies of the group constants where they are exact (the same values, fewer bytes per token)
         const c = intnConstants16(l.quantized, { category: 'workspace' });
         if (c) { this.constants.push(c.tensor); return intnNativeOperand(l.quantized, c); }

@@ -1409,7 +1409,7 @@ inline void expand_dq_absmax(const Quant4View& q, int64_t b0, int64_t n, int dq_
 
 #if defined(TB_DECODE_I16) && defined(__AVX512VNNI__)
 #define TB_DECODE_I8 1
-// ---- 8-bit integer activations (DecodeAct::I8): INT4, one row of x ----
+// ---- 8-bit integer activations (DecodeAct::I8): INT4 and INT8, one row of x ----
 //
 // x is quantized to int8 per group and laid out per span of 128 elements as
 // 64 bytes of its even elements, then 64 of its odd ones: byte 4l + i of
@@ -1419,22 +1419,22 @@ inline void expand_dq_absmax(const Quant4View& q, int64_t b0, int64_t n, int dq_
 // lane l the dot product of elements 8l .. 8l + 7, whose group scale and x
 // step are applied per lane as in the spans of 128 above (gidx128, d per
 // lane). A last span of 64 (K % 128) fills lanes 0-7 only.
+// INT8 reads x in natural order instead, in spans of 64 (i8_rows8_int8).
 struct QuantX8 {
-  const int8_t* q;     // [ceil(K / 128) * 128] bytes, the layout above
-  const float* dl;     // [ceil(K / 128) * 16] x's step per lane (0 past K)
+  const int8_t* q;     // [ceil(K / 128) * 128] bytes, the layout above (INT8: natural order)
+  const float* dl;     // x's step per lane, 16 per span of 128 (INT8: of 64); 0 past K
   const float* sum;    // [K >> bshift] f32 sums of x per group
 };
 
 // false when some x is not finite. Within a span of 128 the layout is the
 // even elements at bytes e / 2, the odd ones at 64 + e / 2.
 bool quantize_x8(int64_t K, const float* x, int bshift, std::vector<int8_t>& qbuf, std::vector<float>& dbuf,
-                 std::vector<float>& sbuf, QuantX8& out) {
+                 std::vector<float>& sbuf, QuantX8& out, bool natural = false) {
   const int64_t B = int64_t(1) << bshift, G = K >> bshift, S = (K + 127) >> 7;
   thread_local std::vector<float> dg;
   dg.resize(static_cast<size_t>(G));
   sbuf.resize(static_cast<size_t>(G));
   qbuf.assign(static_cast<size_t>(S * 128), 0);
-  dbuf.assign(static_cast<size_t>(S * 16), 0.0f);
   const __m512 sign = _mm512_set1_ps(-0.0f), zero = _mm512_setzero_ps();
   // bytes 0, 2, .., 14 then 1, 3, .., 15 of each 16: evens, then odds
   const __m128i deint = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
@@ -1455,15 +1455,23 @@ bool quantize_x8(int64_t K, const float* x, int bshift, std::vector<int8_t>& qbu
     const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
     for (int64_t k = 0; k < B; k += 16) {
       const int64_t e = g * B + k, sp = e >> 7, at = sp * 128 + ((e & 127) >> 1);  // even bytes at `at`, odd ones 64 further
-      const __m128i b = _mm_shuffle_epi8(_mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + k), inv))), deint);
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(q + at), b);
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(q + at + 64), _mm_unpackhi_epi64(b, b));
+      const __m128i b = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + k), inv)));
+      if (natural) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + e), b);
+        continue;
+      }
+      const __m128i d = _mm_shuffle_epi8(b, deint);
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(q + at), d);
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(q + at + 64), _mm_unpackhi_epi64(d, d));
     }
   }
   if (_mm512_reduce_add_ps(bad) != 0.0f || _mm512_cmp_ps_mask(bad, bad, _CMP_UNORD_Q)) return false;
-  for (int64_t sp = 0; sp < S; sp++)
+  // x's step per lane: spans of 128, lane l elements 8l..; natural: spans of 64, lane l elements 4l..
+  const int64_t span = natural ? 64 : 128, per = natural ? 4 : 8;
+  dbuf.assign(static_cast<size_t>(((K + span - 1) / span) * 16), 0.0f);
+  for (int64_t sp = 0; sp * span < K; sp++)
     for (int l = 0; l < 16; l++) {
-      const int64_t k = 128 * sp + 8 * l;
+      const int64_t k = span * sp + per * l;
       if (k < K) dbuf[static_cast<size_t>(sp * 16 + l)] = dg[static_cast<size_t>(k >> bshift)];
     }
   out = QuantX8{qbuf.data(), dbuf.data(), sbuf.data()};
@@ -1508,29 +1516,55 @@ void i8_rows8_int4(const IntNSrc16<4>* src, int64_t K, int bshift, const QuantX8
   finish8<false>(src, acc, sums, G, 1.0f, out);
 }
 
-// y = alpha * x W^T + beta * y for one row of x and an INT4 weight (K a
-// multiple of 64, groups of 16 to 128); false (the caller takes the I16
-// path) for anything else, or x not finite.
-bool decode_gemv_i8(int64_t m, int64_t N, int64_t K, float alpha, const float* x, const MatRef& W, float beta, float* y) {
-  if (m != 1 || W.dtype != DType::U8 || W.quant != QuantKind::IntN || !W.intn) return false;
-  const IntNView& w = *W.intn;
-  if (w.bits != 4 || K % 64 != 0 || w.group_shift < 4 || w.group_shift > 7 || K % (int64_t(1) << w.group_shift) != 0) return false;
-  thread_local std::vector<int8_t> qbuf;
-  thread_local std::vector<float> dbuf, sbuf;
-  QuantX8 qx{};
-  if (!quantize_x8(K, x, w.group_shift, qbuf, dbuf, sbuf, qx)) return false;
-  const int64_t G = K >> w.group_shift, rb = K >> 1;
-  const Unpack16 u = intn_unpack<4>();
+// eight output rows of INT8 against one row of x in int8, natural order:
+// each span of 64 code bytes against the same 64 bytes of x, lane l the dot
+// product of elements 4l .. 4l + 3 (the lanes of the i16 spans of 64: gidx,
+// span64_scales); no unpacking at all
+template <bool H>
+void i8_rows8_int8(const IntNSrc16<8>* src, int64_t K, int bshift, const QuantX8& qx, float* out) {
+  const int64_t G = K >> bshift;
+  alignas(64) int32_t gi[16];
+  for (int l = 0; l < 16; l++) gi[l] = bshift >= 6 ? 0 : (4 * l) >> bshift;
+  const __m512i gidx = _mm512_load_si512(gi);
+  __m512 acc[8];
+#pragma GCC unroll 8
+  for (int o = 0; o < 8; o++) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    const uint8_t* c = src[o].codes;
+    auto span = [&](int64_t k, __m512& a) __attribute__((always_inline)) {
+      const __m512i I = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_loadu_si512(c + k), _mm512_loadu_si512(qx.q + k));
+      __m512 ws;
+      if constexpr (H) ws = span64_scales16(src[o].scales16, k >> bshift, bshift, gidx);
+      else ws = span64_scales(src[o].scales, k >> bshift, bshift, gidx);
+      a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(ws, _mm512_loadu_ps(qx.dl + (k >> 2))), a);
+    };
+    int64_t k = 0;
+    for (; k + 128 <= K; k += 128) { span(k, a0); span(k + 64, a1); }
+    if (k < K) span(k, a0);
+    acc[o] = _mm512_add_ps(a0, a1);
+  }
+  const QuantX sums{nullptr, nullptr, qx.sum, K, G};
+  finish8<H>(src, acc, sums, G, 1.0f, out);
+}
+
+template <int Bits>
+void i8_intn(int64_t N, int64_t K, float alpha, const IntNView& w, const QuantX8& qx, float beta, float* y) {
+  const int64_t G = K >> w.group_shift, rb = (K * Bits) >> 3;
+  const Unpack16 u = intn_unpack<Bits>();
   auto rows = [&](int64_t o0, int64_t o1) {
     float sums[8];
     for (int64_t o = o0; o < o1; o += 8) {
       const int64_t n = std::min<int64_t>(8, o1 - o);
-      IntNSrc16<4> s8[8];
+      IntNSrc16<Bits> s8[8];
       for (int64_t j = 0; j < 8; j++) {
         const int64_t r = o + std::min(j, n - 1);  // past the last row: the last row again, not stored
-        s8[j] = IntNSrc16<4>{w.codes + r * rb, &u, w.scales + r * G, w.offsets + r * G};
+        s8[j] = IntNSrc16<Bits>{w.codes + r * rb, &u, w.scales + r * G, w.offsets + r * G, w.scales16 ? w.scales16 + r * G : nullptr,
+                                w.offsets16 ? w.offsets16 + r * G : nullptr, w.zero16};
       }
-      i8_rows8_int4(s8, K, w.group_shift, qx, sums);
+      // INT8 reads the fp16 copies of its constants where the operand has them; INT4 its f32 ones
+      if constexpr (Bits == 4) i8_rows8_int4(s8, K, w.group_shift, qx, sums);
+      else if (w.scales16) i8_rows8_int8<true>(s8, K, w.group_shift, qx, sums);
+      else i8_rows8_int8<false>(s8, K, w.group_shift, qx, sums);
       for (int64_t j = 0; j < n; j++) {
         float& c = y[o + j];
         c = beta == 0.0f ? alpha * sums[j] : alpha * sums[j] + beta * c;
@@ -1539,6 +1573,21 @@ bool decode_gemv_i8(int64_t m, int64_t N, int64_t K, float alpha, const float* x
   };
   if (omp_in_parallel() || N * K < kShareMin) rows(0, N);
   else share_rows(N, rows);
+}
+
+// y = alpha * x W^T + beta * y for one row of x and an INT4 or INT8 weight
+// (K a multiple of 64, groups of 16 to 128); false (the caller takes the
+// I16 path) for anything else, or x not finite.
+bool decode_gemv_i8(int64_t m, int64_t N, int64_t K, float alpha, const float* x, const MatRef& W, float beta, float* y) {
+  if (m != 1 || W.dtype != DType::U8 || W.quant != QuantKind::IntN || !W.intn) return false;
+  const IntNView& w = *W.intn;
+  if ((w.bits != 4 && w.bits != 8) || K % 64 != 0 || w.group_shift < 4 || w.group_shift > 7 || K % (int64_t(1) << w.group_shift) != 0) return false;
+  thread_local std::vector<int8_t> qbuf;
+  thread_local std::vector<float> dbuf, sbuf;
+  QuantX8 qx{};
+  if (!quantize_x8(K, x, w.group_shift, qbuf, dbuf, sbuf, qx, /*natural=*/w.bits == 8)) return false;
+  if (w.bits == 4) i8_intn<4>(N, K, alpha, w, qx, beta, y);
+  else i8_intn<8>(N, K, alpha, w, qx, beta, y);
   return true;
 }
 #endif
