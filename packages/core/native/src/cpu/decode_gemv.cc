@@ -715,6 +715,21 @@ void permute_x64(int64_t m, int64_t K, std::vector<int16_t>& buf, QuantX& qx) {
   qx.q64 = buf.data();
 }
 
+// The largest |x| and the sum of the B floats at xb (B a multiple of 16);
+// bad gains a NaN where some x is infinite or NaN (x * 0).
+inline void block_stats(const float* xb, int64_t B, float& amax, float& sum, __m512& bad) {
+  const __m512 sign = _mm512_set1_ps(-0.0f), zero = _mm512_setzero_ps();
+  __m512 mx = zero, sm = zero;
+  for (int64_t k = 0; k < B; k += 16) {
+    const __m512 v = _mm512_loadu_ps(xb + k);
+    mx = _mm512_max_ps(mx, _mm512_andnot_ps(sign, v));
+    sm = _mm512_add_ps(sm, v);
+    bad = _mm512_add_ps(bad, _mm512_mul_ps(v, zero));
+  }
+  amax = _mm512_reduce_max_ps(mx);
+  sum = _mm512_reduce_add_ps(sm);
+}
+
 // false when some x is not finite (the caller then takes the f32 path)
 bool quantize_x(int64_t m, int64_t K, const float* x, int64_t ldx, int bshift, std::vector<int16_t>& qbuf,
                 std::vector<float>& dbuf, std::vector<float>& sbuf, QuantX& out) {
@@ -722,21 +737,15 @@ bool quantize_x(int64_t m, int64_t K, const float* x, int64_t ldx, int bshift, s
   qbuf.resize(static_cast<size_t>(m * K));
   dbuf.resize(static_cast<size_t>(m * nb));
   sbuf.resize(static_cast<size_t>(m * nb));
-  const __m512 sign = _mm512_set1_ps(-0.0f), zero = _mm512_setzero_ps();
+  const __m512 zero = _mm512_setzero_ps();
   __m512 bad = zero;  // stays 0 unless some x is inf or NaN (x * 0)
   for (int64_t r = 0; r < m; r++) {
     const float* xr = x + r * ldx;
     int16_t* qr = qbuf.data() + r * K;
     for (int64_t b = 0; b < nb; b++) {
       const float* xb = xr + b * B;
-      __m512 mx = zero, sm = zero;
-      for (int64_t k = 0; k < B; k += 16) {
-        const __m512 v = _mm512_loadu_ps(xb + k);
-        mx = _mm512_max_ps(mx, _mm512_andnot_ps(sign, v));
-        sm = _mm512_add_ps(sm, v);
-        bad = _mm512_add_ps(bad, _mm512_mul_ps(v, zero));
-      }
-      const float amax = _mm512_reduce_max_ps(mx);
+      float amax, sum;
+      block_stats(xb, B, amax, sum, bad);
       const float d = amax > 0.0f ? amax / kI16XMax : 0.0f;
       const __m512 inv = _mm512_set1_ps(amax > 0.0f ? kI16XMax / amax : 0.0f);
       for (int64_t k = 0; k < B; k += 16) {
@@ -744,7 +753,7 @@ bool quantize_x(int64_t m, int64_t K, const float* x, int64_t ldx, int bshift, s
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(qr + b * B + k), _mm512_cvtsepi32_epi16(qi));
       }
       dbuf[static_cast<size_t>(r * nb + b)] = d;
-      sbuf[static_cast<size_t>(r * nb + b)] = _mm512_reduce_add_ps(sm);
+      sbuf[static_cast<size_t>(r * nb + b)] = sum;
     }
   }
   if (_mm512_reduce_add_ps(bad) != 0.0f || _mm512_cmp_ps_mask(bad, bad, _CMP_UNORD_Q)) return false;
@@ -1435,23 +1444,17 @@ bool quantize_x8(int64_t K, const float* x, int bshift, std::vector<int8_t>& qbu
   dg.resize(static_cast<size_t>(G));
   sbuf.resize(static_cast<size_t>(G));
   qbuf.assign(static_cast<size_t>(S * 128), 0);
-  const __m512 sign = _mm512_set1_ps(-0.0f), zero = _mm512_setzero_ps();
+  const __m512 zero = _mm512_setzero_ps();
   // bytes 0, 2, .., 14 then 1, 3, .., 15 of each 16: evens, then odds
   const __m128i deint = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
   __m512 bad = zero;
   int8_t* q = qbuf.data();
   for (int64_t g = 0; g < G; g++) {
     const float* xg = x + g * B;
-    __m512 mx = zero, sm = zero;
-    for (int64_t k = 0; k < B; k += 16) {
-      const __m512 v = _mm512_loadu_ps(xg + k);
-      mx = _mm512_max_ps(mx, _mm512_andnot_ps(sign, v));
-      sm = _mm512_add_ps(sm, v);
-      bad = _mm512_add_ps(bad, _mm512_mul_ps(v, zero));
-    }
-    const float amax = _mm512_reduce_max_ps(mx);
+    float amax, sum;
+    block_stats(xg, B, amax, sum, bad);
     dg[static_cast<size_t>(g)] = amax > 0.0f ? amax / 127.0f : 0.0f;
-    sbuf[static_cast<size_t>(g)] = _mm512_reduce_add_ps(sm);
+    sbuf[static_cast<size_t>(g)] = sum;
     const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
     for (int64_t k = 0; k < B; k += 16) {
       const int64_t e = g * B + k, sp = e >> 7, at = sp * 128 + ((e & 127) >> 1);  // even bytes at `at`, odd ones 64 further
