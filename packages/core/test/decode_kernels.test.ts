@@ -740,15 +740,15 @@ test('the decode plan: step equals one call per block, bit for bit; a tensor dis
   }
 });
 
-test('i8 activations: INT4 and INT8 one-row GEMV within the bound of rounding x to 1/127 of its group, tails and threads; other weights take the i16 path', () => {
+test('i8 activations: INT2, INT3, INT4 and INT8 one-row GEMV within the bound of rounding x to 1/127 of its group, tails and threads; other weights take the i16 path', () => {
   const r = rng();
   const before = native.getThreads();
   try {
     for (const threads of [1, 2]) {
       native.setThreads(threads);
-      for (const bits of [4, 8] as const) for (const groupSize of [16, 32, 64, 128] as IntNGroupSize[]) {
-        // K: a lone span of 64, whole spans of 128, one more span of 64, and the SmolLM widths
-        for (const K of threads === 2 ? [576] : [64, 128, 192, 576, 1536]) {
+      for (const bits of [2, 3, 4, 8] as const) for (const groupSize of [16, 32, 64, 128] as IntNGroupSize[]) {
+        // K: a lone span of 64, whole spans of 128 and 256, the shorter last spans (64, 128, 192), and the SmolLM widths
+        for (const K of threads === 2 ? [576] : [64, 128, 192, 320, 448, 576, 1536]) {
           if (K % groupSize !== 0) continue;
           const N = threads === 2 ? 520 : 13;  // 2 threads: above the sharing threshold; 13: a block of 8 and 5 left over
           const w = Tensor.from(randn(N * K, r, 0.1), [N, K]);
@@ -788,9 +788,8 @@ test('i8 activations: INT4 and INT8 one-row GEMV within the bound of rounding x 
   } finally {
     native.setThreads(before);
   }
-  // anything else under 'i8' is the i16 path: INT2, NF4, and INT4 with several rows of x
+  // anything else under 'i8' is the i16 path: NF4, and INT4 with several rows of x
   for (const [name, make, m] of [
-    ['int2', (w: Tensor) => quantizeIntN(w, { bits: 2, groupSize: 32 }), 1],
     ['nf4', (w: Tensor) => quantize4bit(w, { format: 'nf4', blockSize: 64 }), 1],
     ['int4 m=3', (w: Tensor) => quantizeIntN(w, { bits: 4, groupSize: 32 }), 3],
   ] as const) {

@@ -38,7 +38,7 @@ const decodePlanRelease = nativeFn<(plan: Plan) => void>('decode_plan_release');
  * block's largest |x|; the 4-bit table held to 1/16383) and integer dot
  * products straight from the packed codes, which is faster where the build
  * has AVX-512 with VBMI (elsewhere, and for dense weights, 'f32' runs);
- * 'i8' the INT4 and INT8 projections' activations quantized to int8 per
+ * 'i8' the INT-N projections' (2, 3, 4, 8 bits) activations quantized to int8 per
  * group (step 1/127 of the group's largest |x|, as llama.cpp's Q8
  * activations) and u8 x s8 dot products where the build has AVX-512 with
  * VNNI, a coarser rounding for speed; every other projection as 'i16'. */
@@ -46,7 +46,7 @@ export type DecodeActivations = 'f32' | 'i16' | 'i8';
 
 /** Whether this build has the 'i16' decode path (AVX-512 with VBMI). */
 export const decodeI16Available = (): boolean => (native as unknown as { decodeI16?: boolean }).decodeI16 === true;
-/** Whether this build has the 'i8' decode path for INT4 and INT8 (AVX-512 with VBMI and VNNI). */
+/** Whether this build has the 'i8' decode path for INT2, INT3, INT4 and INT8 (AVX-512 with VBMI and VNNI). */
 export const decodeI8Available = (): boolean => (native as unknown as { decodeI8?: boolean }).decodeI8 === true;
 
 export interface FusedDecoderOptions {

@@ -657,6 +657,24 @@ void run(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t l
 constexpr float kI16XMax = 32767.0f;
 constexpr float kI16Table = 16383.0f;
 
+// Lane l's group within a span whose lanes hold 1 << lshift elements each,
+// for blocks of 1 << bshift (bshift >= 4): (l << lshift) >> bshift, as a
+// permute index (0 for every lane where the span lies in one block). A
+// table built once: building it per call of eight rows had cost INT3's 'i8'
+// kernel a fifth of its time in cache.
+inline __m512i lane_groups(int lshift, int bshift) {
+  struct Table {
+    alignas(64) int32_t idx[5][5][16];
+    Table() {
+      for (int ls = 0; ls <= 4; ls++)
+        for (int b = 4; b <= 8; b++)
+          for (int l = 0; l < 16; l++) idx[ls][b - 4][l] = (l << ls) >> b;
+    }
+  };
+  static const Table t;
+  return _mm512_load_si512(t.idx[lshift][std::min(bshift, 8) - 4]);
+}
+
 // The m rows of x quantized per block of 1 << bshift (>= 16) elements.
 struct QuantX {
   const int16_t* q;   // [m, K]
@@ -1032,9 +1050,7 @@ void i16_rows(const Src* src, int64_t K, int bshift, const QuantX& qx, int64_t r
   if constexpr (U == 4) {  // INT4, INT8, NF4/FP4 in spans of 64 (i4_span64, q4_span64)
     const int16_t* xp[MB];
     for (int r = 0; r < MB; r++) xp[r] = qx.q64 + (r0 + r) * K;
-    alignas(64) int32_t gi[16];
-    for (int l = 0; l < 16; l++) gi[l] = bshift >= 6 ? 0 : (4 * l) >> bshift;
-    const __m512i gidx = _mm512_load_si512(gi);
+    const __m512i gidx = lane_groups(2, bshift);
     const float* dl[MB];
     for (int r = 0; r < MB; r++) dl[r] = qx.d64 + (r0 + r) * K / 4;
     auto span64 = [&](const Src& sr, int64_t k, __m512 (&a)[MB]) __attribute__((always_inline)) {
@@ -1062,9 +1078,7 @@ void i16_rows(const Src* src, int64_t K, int bshift, const QuantX& qx, int64_t r
   if constexpr (U == 8) {  // INT2 spans of 128 (i2_span128), the rest in spans of 32
     const int16_t* xp[MB];
     for (int r = 0; r < MB; r++) xp[r] = qx.q128 + (r0 + r) * K;
-    alignas(64) int32_t gi[16];
-    for (int l = 0; l < 16; l++) gi[l] = bshift >= 7 ? 0 : (8 * l) >> bshift;
-    const __m512i gidx = _mm512_load_si512(gi);
+    const __m512i gidx = lane_groups(3, bshift);
     const int64_t K128 = K & ~int64_t(127);
     if constexpr (R == 1) {
       int64_t k = 0;
@@ -1171,11 +1185,7 @@ void i16_rows8(const Src* src, int64_t K, int bshift, const QuantX& qx, float po
   const int64_t G = K >> bshift;
   const int16_t* xp = qx.q64;
   const float* dl = qx.d64;
-  alignas(64) int32_t gi[16];
-  for (int l = 0; l < 16; l++) gi[l] = bshift >= 6 ? 0 : (4 * l) >> bshift;
-  const __m512i gidx = _mm512_load_si512(gi);
-  for (int l = 0; l < 16; l++) gi[l] = bshift >= 7 ? 0 : (8 * l) >> bshift;
-  const __m512i gidx128 = _mm512_load_si512(gi);
+  const __m512i gidx = lane_groups(2, bshift), gidx128 = lane_groups(3, bshift);
   __m512 acc[8];
   for (int o = 0; o < 8; o++) acc[o] = _mm512_setzero_ps();
   // one row after the other, two accumulators per row: rows stream in
@@ -1418,35 +1428,50 @@ inline void expand_dq_absmax(const Quant4View& q, int64_t b0, int64_t n, int dq_
 
 #if defined(TB_DECODE_I16) && defined(__AVX512VNNI__)
 #define TB_DECODE_I8 1
-// ---- 8-bit integer activations (DecodeAct::I8): INT4 and INT8, one row of x ----
+// ---- 8-bit integer activations (DecodeAct::I8): INT-N weights, one row of x ----
 //
-// x is quantized to int8 per group and laid out per span of 128 elements as
-// 64 bytes of its even elements, then 64 of its odd ones: byte 4l + i of
-// each half is element 8l + 2i (+1 for the odd half). A span's 64 code bytes
-// (element 2j in the low nibble of byte j, 2j + 1 in the high one) give two
-// vectors of bytes after one shift and two masks, and two vpdpbusd leave in
-// lane l the dot product of elements 8l .. 8l + 7, whose group scale and x
-// step are applied per lane as in the spans of 128 above (gidx128, d per
-// lane). A last span of 64 (K % 128) fills lanes 0-7 only.
-// INT8 reads x in natural order instead, in spans of 64 (i8_rows8_int8).
+// x is quantized to int8 per group and laid out per span so that one vector
+// of 64 code bytes, taken out of the packed codes by a few shifts and masks,
+// meets 64 bytes of x in the same order; vpdpbusd (u8 codes times s8 x) then
+// leaves in lane l the dot product of E consecutive elements of the span,
+// all in one group, whose scale and x step are applied per lane. The layouts
+// (byte b of the span's x as element e of the span):
+// - Natural64 (INT8): spans of 64, b = e; lane l elements 4l .. 4l + 3.
+// - EvenOdd128 (INT4): spans of 128, the even elements at e / 2, the odd ones
+//   at 64 + e / 2 (the low and high nibbles of the code bytes); lane l
+//   elements 8l .. 8l + 7.
+// - Quad128 (INT3): spans of 128 in fours, the even fours (elements 8l ..
+//   8l + 3) at 4l, the odd fours at 64 + 4l; lane l elements 8l .. 8l + 7.
+// - Field256 (INT2): spans of 256, element 4j + s at 64 s + j (field s of
+//   code byte j); lane l elements 16l .. 16l + 15.
+// A last, shorter span (K % span, a multiple of 64) fills the lanes it has.
+enum class X8Layout { Natural64, EvenOdd128, Quad128, Field256 };
+
+constexpr int x8_span_shift(X8Layout l) {
+  return l == X8Layout::Natural64 ? 6 : l == X8Layout::Field256 ? 8 : 7;
+}
+
 struct QuantX8 {
-  const int8_t* q;     // [ceil(K / 128) * 128] bytes, the layout above (INT8: natural order)
-  const float* dl;     // x's step per lane, 16 per span of 128 (INT8: of 64); 0 past K
+  const int8_t* q;     // [ceil(K / span) * span] bytes in the layout above
+  const float* dl;     // x's step per lane, 16 per span; 0 past K
   const float* sum;    // [K >> bshift] f32 sums of x per group
 };
 
-// false when some x is not finite. Within a span of 128 the layout is the
-// even elements at bytes e / 2, the odd ones at 64 + e / 2.
-bool quantize_x8(int64_t K, const float* x, int bshift, std::vector<int8_t>& qbuf, std::vector<float>& dbuf,
-                 std::vector<float>& sbuf, QuantX8& out, bool natural = false) {
-  const int64_t B = int64_t(1) << bshift, G = K >> bshift, S = (K + 127) >> 7;
+// false when some x is not finite
+bool quantize_x8(int64_t K, const float* x, int bshift, X8Layout layout, std::vector<int8_t>& qbuf, std::vector<float>& dbuf,
+                 std::vector<float>& sbuf, QuantX8& out) {
+  const int sshift = x8_span_shift(layout);
+  const int64_t B = int64_t(1) << bshift, G = K >> bshift, span = int64_t(1) << sshift, S = (K + span - 1) >> sshift;
   thread_local std::vector<float> dg;
   dg.resize(static_cast<size_t>(G));
   sbuf.resize(static_cast<size_t>(G));
-  qbuf.assign(static_cast<size_t>(S * 128), 0);
+  qbuf.assign(static_cast<size_t>(S * span), 0);
   const __m512 zero = _mm512_setzero_ps();
-  // bytes 0, 2, .., 14 then 1, 3, .., 15 of each 16: evens, then odds
+  // per 16 elements: EvenOdd128 bytes 0, 2, .., 14 then 1, 3, .., 15; Quad128
+  // the fours 0, 2 then 1, 3; Field256 the 4 x 4 transpose (field s: bytes s, 4 + s, ..)
   const __m128i deint = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  const __m128i quads = _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15);
+  const __m128i fields = _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   __m512 bad = zero;
   int8_t* q = qbuf.data();
   for (int64_t g = 0; g < G; g++) {
@@ -1457,22 +1482,40 @@ bool quantize_x8(int64_t K, const float* x, int bshift, std::vector<int8_t>& qbu
     sbuf[static_cast<size_t>(g)] = sum;
     const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
     for (int64_t k = 0; k < B; k += 16) {
-      const int64_t e = g * B + k, sp = e >> 7, at = sp * 128 + ((e & 127) >> 1);  // even bytes at `at`, odd ones 64 further
+      const int64_t e = g * B + k;
       const __m128i b = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + k), inv)));
-      if (natural) {
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + e), b);
-        continue;
+      int8_t* at = q + ((e >> sshift) << sshift);  // the span's first byte
+      const int64_t r = e & (span - 1);
+      switch (layout) {
+        case X8Layout::Natural64:
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(q + e), b);
+          break;
+        case X8Layout::EvenOdd128:
+        case X8Layout::Quad128: {
+          const __m128i d = _mm_shuffle_epi8(b, layout == X8Layout::EvenOdd128 ? deint : quads);
+          _mm_storel_epi64(reinterpret_cast<__m128i*>(at + (r >> 1)), d);
+          _mm_storel_epi64(reinterpret_cast<__m128i*>(at + 64 + (r >> 1)), _mm_unpackhi_epi64(d, d));
+          break;
+        }
+        case X8Layout::Field256: {
+          const __m128i d = _mm_shuffle_epi8(b, fields);
+          const int64_t j = r >> 2;
+          const uint32_t f0 = static_cast<uint32_t>(_mm_cvtsi128_si32(d)), f1 = static_cast<uint32_t>(_mm_extract_epi32(d, 1)), f2 = static_cast<uint32_t>(_mm_extract_epi32(d, 2)),
+                         f3 = static_cast<uint32_t>(_mm_extract_epi32(d, 3));
+          std::memcpy(at + j, &f0, 4);
+          std::memcpy(at + 64 + j, &f1, 4);
+          std::memcpy(at + 128 + j, &f2, 4);
+          std::memcpy(at + 192 + j, &f3, 4);
+          break;
+        }
       }
-      const __m128i d = _mm_shuffle_epi8(b, deint);
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(q + at), d);
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(q + at + 64), _mm_unpackhi_epi64(d, d));
     }
   }
   if (_mm512_reduce_add_ps(bad) != 0.0f || _mm512_cmp_ps_mask(bad, bad, _CMP_UNORD_Q)) return false;
-  // x's step per lane: spans of 128, lane l elements 8l..; natural: spans of 64, lane l elements 4l..
-  const int64_t span = natural ? 64 : 128, per = natural ? 4 : 8;
-  dbuf.assign(static_cast<size_t>(((K + span - 1) / span) * 16), 0.0f);
-  for (int64_t sp = 0; sp * span < K; sp++)
+  // x's step per lane: lane l of span sp covers elements span * sp + per * l ..
+  const int64_t per = span >> 4;
+  dbuf.assign(static_cast<size_t>(S * 16), 0.0f);
+  for (int64_t sp = 0; sp < S; sp++)
     for (int l = 0; l < 16; l++) {
       const int64_t k = span * sp + per * l;
       if (k < K) dbuf[static_cast<size_t>(sp * 16 + l)] = dg[static_cast<size_t>(k >> bshift)];
@@ -1485,9 +1528,7 @@ bool quantize_x8(int64_t K, const float* x, int bshift, std::vector<int8_t>& qbu
 // out[0..8) = the rows' sums (scales, x steps and the offsets' term applied)
 void i8_rows8_int4(const IntNSrc16<4>* src, int64_t K, int bshift, const QuantX8& qx, float* out) {
   const int64_t G = K >> bshift;
-  alignas(64) int32_t gi[16];
-  for (int l = 0; l < 16; l++) gi[l] = bshift >= 7 ? 0 : (8 * l) >> bshift;
-  const __m512i gidx = _mm512_load_si512(gi), m15 = _mm512_set1_epi8(15);
+  const __m512i gidx = lane_groups(3, bshift), m15 = _mm512_set1_epi8(15);
   const __mmask16 tail_mk = bshift >= 6 ? 0 : static_cast<__mmask16>((1u << (64 >> bshift)) - 1);
   __m512 acc[8];
 #pragma GCC unroll 8
@@ -1526,9 +1567,7 @@ void i8_rows8_int4(const IntNSrc16<4>* src, int64_t K, int bshift, const QuantX8
 template <bool H>
 void i8_rows8_int8(const IntNSrc16<8>* src, int64_t K, int bshift, const QuantX8& qx, float* out) {
   const int64_t G = K >> bshift;
-  alignas(64) int32_t gi[16];
-  for (int l = 0; l < 16; l++) gi[l] = bshift >= 6 ? 0 : (4 * l) >> bshift;
-  const __m512i gidx = _mm512_load_si512(gi);
+  const __m512i gidx = lane_groups(2, bshift);
   __m512 acc[8];
 #pragma GCC unroll 8
   for (int o = 0; o < 8; o++) {
@@ -1550,6 +1589,102 @@ void i8_rows8_int8(const IntNSrc16<8>* src, int64_t K, int bshift, const QuantX8
   finish8<H>(src, acc, sums, G, 1.0f, out);
 }
 
+// eight output rows of INT3 against one row of x in int8 (Quad128): a span
+// of 128 is 48 code bytes, elements 8l .. 8l + 7 in bytes 3l .. 3l + 2; one
+// vpermb moves those three bytes to dword l, two vpmultishiftqb take out
+// each dword's codes 0-3 (bits 0, 3, 6, 9) and 4-7 (bits 12, 15, 18, 21)
+// as bytes, a mask keeps their 3 bits, and two vpdpbusd leave in lane l the
+// dot product of elements 8l .. 8l + 7. A last span of 64 (24 bytes) fills
+// lanes 0-7. out[0..8) as i8_rows8_int4.
+void i8_rows8_int3(const IntNSrc16<3>* src, int64_t K, int bshift, const QuantX8& qx, float* out) {
+  const int64_t G = K >> bshift;
+  struct Tables {
+    alignas(64) uint8_t perm[64], ctl_a[64], ctl_b[64];
+    Tables() {
+      for (int l = 0; l < 16; l++)
+        for (int i = 0; i < 4; i++) {
+          perm[4 * l + i] = static_cast<uint8_t>(3 * l + std::min(i, 2));
+          const int hi = (l & 1) * 32;  // dword l is the high half of its qword when l is odd
+          ctl_a[4 * l + i] = static_cast<uint8_t>(hi + 3 * i);
+          ctl_b[4 * l + i] = static_cast<uint8_t>(hi + 12 + 3 * i);
+        }
+    }
+  };
+  static const Tables t;
+  const __m512i gidx = lane_groups(3, bshift), perm = _mm512_load_si512(t.perm), ctl_a = _mm512_load_si512(t.ctl_a), ctl_b = _mm512_load_si512(t.ctl_b);
+  const __m512i m7 = _mm512_set1_epi8(7);
+  const __mmask16 tail_mk = bshift >= 6 ? 0 : static_cast<__mmask16>((1u << (64 >> bshift)) - 1);
+  constexpr __mmask64 span_bytes = (__mmask64(1) << 48) - 1, tail_bytes = (__mmask64(1) << 24) - 1;
+  __m512 acc[8];
+#pragma GCC unroll 8
+  for (int o = 0; o < 8; o++) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    const uint8_t* c = src[o].codes;
+    const float* sc = src[o].scales;
+    auto span = [&](int64_t k, __mmask64 mk, __m512 ws, __m512& a) __attribute__((always_inline)) {
+      const __m512i w = _mm512_permutexvar_epi8(perm, _mm512_maskz_loadu_epi8(mk, c + ((3 * k) >> 3)));
+      const int8_t* xq = qx.q + k;
+      __m512i I = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(_mm512_multishift_epi64_epi8(ctl_a, w), m7),
+                                      _mm512_loadu_si512(xq));
+      I = _mm512_dpbusd_epi32(I, _mm512_and_si512(_mm512_multishift_epi64_epi8(ctl_b, w), m7), _mm512_loadu_si512(xq + 64));
+      a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(ws, _mm512_loadu_ps(qx.dl + (k >> 3))), a);
+    };
+    int64_t k = 0;
+    for (; k + 256 <= K; k += 256) {
+      span(k, span_bytes, span128_scales(sc, k >> bshift, bshift, gidx), a0);
+      span(k + 128, span_bytes, span128_scales(sc, (k + 128) >> bshift, bshift, gidx), a1);
+    }
+    if (k + 128 <= K) { span(k, span_bytes, span128_scales(sc, k >> bshift, bshift, gidx), a0); k += 128; }
+    if (k < K) {
+      const __m512 ws = bshift >= 6 ? _mm512_set1_ps(sc[k >> bshift])
+                                    : _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(tail_mk, sc + (k >> bshift)));
+      span(k, tail_bytes, ws, a1);
+    }
+    acc[o] = _mm512_add_ps(a0, a1);
+  }
+  const QuantX sums{nullptr, nullptr, qx.sum, K, G};
+  finish8<false>(src, acc, sums, G, 1.0f, out);
+}
+
+// eight output rows of INT2 against one row of x in int8 (Field256): a span
+// of 256 is 64 code bytes, field s of byte j (bits 2s, 2s + 1) element
+// 4j + s; each field is one shift and one mask away from 64 code bytes, and
+// four vpdpbusd leave in lane l the dot product of elements 16l .. 16l + 15
+// (one group: groups are 16 or more). A last span of 64, 128 or 192 fills
+// the lanes it has. out[0..8) as i8_rows8_int4.
+void i8_rows8_int2(const IntNSrc16<2>* src, int64_t K, int bshift, const QuantX8& qx, float* out) {
+  const int64_t G = K >> bshift, tail = K & 255;
+  const __m512i gidx = lane_groups(4, bshift), m3 = _mm512_set1_epi8(3);
+  const __mmask16 span_mk = static_cast<__mmask16>((1u << (256 >> bshift)) - 1), tail_mk = static_cast<__mmask16>((1u << (tail >> bshift)) - 1);
+  const __mmask64 tail_bytes = (__mmask64(1) << (tail >> 2)) - 1;
+  __m512 acc[8];
+#pragma GCC unroll 8
+  for (int o = 0; o < 8; o++) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    const uint8_t* c = src[o].codes;
+    const float* sc = src[o].scales;
+    auto span = [&](int64_t k, __m512i w, __mmask16 smk, __m512& a) __attribute__((always_inline)) {
+      const int8_t* xq = qx.q + k;
+      __m512i I = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(w, m3), _mm512_loadu_si512(xq));
+      I = _mm512_dpbusd_epi32(I, _mm512_and_si512(_mm512_srli_epi16(w, 2), m3), _mm512_loadu_si512(xq + 64));
+      I = _mm512_dpbusd_epi32(I, _mm512_and_si512(_mm512_srli_epi16(w, 4), m3), _mm512_loadu_si512(xq + 128));
+      I = _mm512_dpbusd_epi32(I, _mm512_and_si512(_mm512_srli_epi16(w, 6), m3), _mm512_loadu_si512(xq + 192));
+      const __m512 ws = _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(smk, sc + (k >> bshift)));
+      a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(ws, _mm512_loadu_ps(qx.dl + (k >> 4))), a);
+    };
+    int64_t k = 0;
+    for (; k + 512 <= K; k += 512) {
+      span(k, _mm512_loadu_si512(c + (k >> 2)), span_mk, a0);
+      span(k + 256, _mm512_loadu_si512(c + ((k + 256) >> 2)), span_mk, a1);
+    }
+    if (k + 256 <= K) { span(k, _mm512_loadu_si512(c + (k >> 2)), span_mk, a0); k += 256; }
+    if (k < K) span(k, _mm512_maskz_loadu_epi8(tail_bytes, c + (k >> 2)), tail_mk, a1);
+    acc[o] = _mm512_add_ps(a0, a1);
+  }
+  const QuantX sums{nullptr, nullptr, qx.sum, K, G};
+  finish8<false>(src, acc, sums, G, 1.0f, out);
+}
+
 template <int Bits>
 void i8_intn(int64_t N, int64_t K, float alpha, const IntNView& w, const QuantX8& qx, float beta, float* y) {
   const int64_t G = K >> w.group_shift, rb = (K * Bits) >> 3;
@@ -1564,8 +1699,10 @@ void i8_intn(int64_t N, int64_t K, float alpha, const IntNView& w, const QuantX8
         s8[j] = IntNSrc16<Bits>{w.codes + r * rb, &u, w.scales + r * G, w.offsets + r * G, w.scales16 ? w.scales16 + r * G : nullptr,
                                 w.offsets16 ? w.offsets16 + r * G : nullptr, w.zero16};
       }
-      // INT8 reads the fp16 copies of its constants where the operand has them; INT4 its f32 ones
-      if constexpr (Bits == 4) i8_rows8_int4(s8, K, w.group_shift, qx, sums);
+      // INT8 reads the fp16 copies of its constants where the operand has them; INT2-4 their f32 ones
+      if constexpr (Bits == 2) i8_rows8_int2(s8, K, w.group_shift, qx, sums);
+      else if constexpr (Bits == 3) i8_rows8_int3(s8, K, w.group_shift, qx, sums);
+      else if constexpr (Bits == 4) i8_rows8_int4(s8, K, w.group_shift, qx, sums);
       else if (w.scales16) i8_rows8_int8<true>(s8, K, w.group_shift, qx, sums);
       else i8_rows8_int8<false>(s8, K, w.group_shift, qx, sums);
       for (int64_t j = 0; j < n; j++) {
@@ -1578,19 +1715,24 @@ void i8_intn(int64_t N, int64_t K, float alpha, const IntNView& w, const QuantX8
   else share_rows(N, rows);
 }
 
-// y = alpha * x W^T + beta * y for one row of x and an INT4 or INT8 weight
+// y = alpha * x W^T + beta * y for one row of x and an INT2, INT3, INT4 or INT8 weight
 // (K a multiple of 64, groups of 16 to 128); false (the caller takes the
 // I16 path) for anything else, or x not finite.
 bool decode_gemv_i8(int64_t m, int64_t N, int64_t K, float alpha, const float* x, const MatRef& W, float beta, float* y) {
   if (m != 1 || W.dtype != DType::U8 || W.quant != QuantKind::IntN || !W.intn) return false;
   const IntNView& w = *W.intn;
-  if ((w.bits != 4 && w.bits != 8) || K % 64 != 0 || w.group_shift < 4 || w.group_shift > 7 || K % (int64_t(1) << w.group_shift) != 0) return false;
+  if ((w.bits != 2 && w.bits != 3 && w.bits != 4 && w.bits != 8) || K % 64 != 0 || w.group_shift < 4 || w.group_shift > 7 || K % (int64_t(1) << w.group_shift) != 0) return false;
   thread_local std::vector<int8_t> qbuf;
   thread_local std::vector<float> dbuf, sbuf;
   QuantX8 qx{};
-  if (!quantize_x8(K, x, w.group_shift, qbuf, dbuf, sbuf, qx, /*natural=*/w.bits == 8)) return false;
-  if (w.bits == 4) i8_intn<4>(N, K, alpha, w, qx, beta, y);
-  else i8_intn<8>(N, K, alpha, w, qx, beta, y);
+  const X8Layout layout = w.bits == 2 ? X8Layout::Field256 : w.bits == 3 ? X8Layout::Quad128 : w.bits == 4 ? X8Layout::EvenOdd128 : X8Layout::Natural64;
+  if (!quantize_x8(K, x, w.group_shift, layout, qbuf, dbuf, sbuf, qx)) return false;
+  switch (w.bits) {
+    case 2: i8_intn<2>(N, K, alpha, w, qx, beta, y); break;
+    case 3: i8_intn<3>(N, K, alpha, w, qx, beta, y); break;
+    case 4: i8_intn<4>(N, K, alpha, w, qx, beta, y); break;
+    default: i8_intn<8>(N, K, alpha, w, qx, beta, y); break;
+  }
   return true;
 }
 #endif
