@@ -32,8 +32,8 @@ Options:
   --act LIST       activations of the quantized formats: f32 (x as given),
                    i16 (x quantized to int16 per block, integer dot products;
                    AVX-512 with VBMI), i8 (x quantized to int8 per group, u8 x
-                   s8 dot products; INT2, INT3, INT4 and INT8 with one row of x
-                   only; AVX-512 with VNNI) (default: those built)
+                   s8 dot products; INT-N, NF4 and FP4 with one row of x only;
+                   AVX-512 with VNNI, and BITALG for NF4/FP4) (default: those built)
   --reps N         timed tokens per row count (default 15)
   --roof-mb N      size of the streaming-read buffer in MiB (default 512)
   -h, --help       this text
@@ -80,13 +80,14 @@ if (!isas.includes(isa)) throw new Error(`--isa ${isa}: this build has ${isas.jo
 const decodeGemv = nativeFn<(x: NativeTensorHandle, w: object, y: NativeTensorHandle, m: number, o: number, i: number, isa?: string, act?: string) => void>('decode_gemv');
 const i16Built = (native as unknown as { decodeI16: boolean }).decodeI16;
 const i8Built = (native as unknown as { decodeI8?: boolean }).decodeI8 === true;
+const i8Q4Built = (native as unknown as { decodeI8Q4?: boolean }).decodeI8Q4 === true;
 const acts = (opt.act ?? (i8Built ? 'f32,i16,i8' : i16Built ? 'f32,i16' : 'f32')).split(',').map((s) => s.trim()).filter(Boolean);
 for (const a of acts) if (a !== 'f32' && a !== 'i16' && a !== 'i8') throw new Error(`--act: unknown '${a}' (f32, i16 or i8)`);
 if (acts.includes('i16') && (!i16Built || isa !== 'avx512')) throw new Error('--act i16: this build has no i16 decode path (it needs AVX-512 with VBMI, and --isa avx512)');
 if (acts.includes('i8') && (!i8Built || isa !== 'avx512')) throw new Error('--act i8: this build has no i8 decode path (it needs AVX-512 with VBMI and VNNI, and --isa avx512)');
-// i8 applies to INT-N (2, 3, 4, 8) with one row of x; any other call takes the i16 path, so those rows are not repeated
+// i8 applies to INT-N and 4-bit blockwise weights with one row of x (4-bit: where the build has it); any other call takes the i16 path, so those rows are not repeated
 const actsOf = (format: string, m: number): string[] =>
-  format === 'f32' || format === 'bf16' ? ['f32'] : acts.filter((a) => a !== 'i8' || (['int2', 'int3', 'int4', 'int4f16', 'int8', 'int8q8'].includes(format) && m === 1));
+  format === 'f32' || format === 'bf16' ? ['f32'] : acts.filter((a) => a !== 'i8' || (m === 1 && (['int2', 'int3', 'int4', 'int4f16', 'int8', 'int8q8'].includes(format) || (i8Q4Built && ['nf4', 'nf4dq', 'fp4'].includes(format)))));
 const streamRead = nativeFn<(t: NativeTensorHandle, passes: number) => number>('stream_read');
 
 const median = (a: number[]): number => { const s = [...a].sort((x, y) => x - y); return s[Math.floor(s.length / 2)]; };

@@ -12,7 +12,7 @@ import { afterEach, beforeEach, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   FusedDecoder, IntNLinear, type IntNBits, type IntNGroupSize, KVCache, LlamaModel, Quant4Linear, type Quantized4bit, type QuantizedIntN,
-  Tensor, addToOffsets, decodeI16Available, decodeI8Available, disposeQuantized, dynamicMap8, fusedDecodeUnsupported, generate, matmul, memory, native, nativeOperand, preset,
+  Tensor, addToOffsets, decodeI16Available, decodeI8Available, decodeI8Q4Available, disposeQuantized, dynamicMap8, fusedDecodeUnsupported, generate, matmul, memory, native, nativeOperand, preset,
   quant4Table, quantize4bit, quantizeIntN, type WeightOperand, intnConstants16, intnNativeOperand,
 } from '../src/index.js';
 import { type NativeTensorHandle, nativeFn } from '../src/native.js';
@@ -788,9 +788,9 @@ test('i8 activations: INT2, INT3, INT4 and INT8 one-row GEMV within the bound of
   } finally {
     native.setThreads(before);
   }
-  // anything else under 'i8' is the i16 path: NF4, and INT4 with several rows of x
+  // anything else under 'i8' is the i16 path: 4-bit blocks of 256, and INT4 with several rows of x
   for (const [name, make, m] of [
-    ['nf4', (w: Tensor) => quantize4bit(w, { format: 'nf4', blockSize: 64 }), 1],
+    ['nf4 b256', (w: Tensor) => quantize4bit(w, { format: 'nf4', blockSize: 256 }), 1],
     ['int4 m=3', (w: Tensor) => quantizeIntN(w, { bits: 4, groupSize: 32 }), 3],
   ] as const) {
     const N = 11, K = 256;
@@ -803,6 +803,57 @@ test('i8 activations: INT2, INT3, INT4 and INT8 one-row GEMV within the bound of
     assert.deepEqual(Array.from(floatsOf(a)), Array.from(floatsOf(b)), `${name}: 'i8' is not the i16 path`);
     for (const t of [x, a, b]) t.dispose();
     disposeQuantized(q);
+  }
+});
+
+test('i8 activations: NF4/FP4 one-row GEMV (with and without double quantization) within the bound of x to 1/127 of its block and the code book to 1/255 of its largest value', () => {
+  const r = rng();
+  const before = native.getThreads();
+  try {
+    for (const threads of [1, 2]) {
+      native.setThreads(threads);
+      for (const format of ['nf4', 'fp4'] as const) for (const doubleQuant of [false, true]) for (const blockSize of [32, 64, 128]) {
+        for (const K of threads === 2 ? [576] : [64, 128, 192, 576, 1536]) {
+          if (K % blockSize !== 0) continue;
+          const N = threads === 2 ? 520 : 13;
+          const w = Tensor.from(randn(N * K, r, 0.1), [N, K]);
+          const q = quantize4bit(w, { format, blockSize, doubleQuant });
+          w.dispose();
+          const ref = refQ4(q), absmax = refQ4Absmax(q);
+          const table = format === 'nf4' ? NF4 : quant4Table('fp4');
+          const tmax = Math.max(...Array.from(table, Math.abs));
+          const xv = randn(K, r);
+          for (let i = 0; i < K; i += 29) xv[i] *= 30;
+          const x = Tensor.from(xv, [1, K]), y8 = Tensor.zeros([1, N]), y16 = Tensor.zeros([1, N]);
+          decodeGemv(x.handle, nativeOperand(q), y8.handle, 1, N, K, undefined, 'i8');
+          decodeGemv(x.handle, nativeOperand(q), y16.handle, 1, N, K, undefined, 'i16');
+          const got = floatsOf(y8), i16 = floatsOf(y16);
+          let differs = false;
+          for (let o = 0; o < N; o++) {
+            let s = 0, mag = 0, bound = 0;
+            for (let b = 0; b < K / blockSize; b++) {
+              let amax = 0;
+              for (let k = b * blockSize; k < (b + 1) * blockSize; k++) amax = Math.max(amax, Math.abs(xv[k]));
+              const am = absmax[(o * K) / blockSize + b], tErr = am * 0.5 * tmax / 255;  // |w~ - w| per element
+              for (let k = b * blockSize; k < (b + 1) * blockSize; k++) {
+                const wk = ref[o * K + k];
+                s += xv[k] * wk;
+                mag += Math.abs(xv[k] * wk);
+                bound += tErr * Math.abs(xv[k]) + (Math.abs(wk) + tErr) * 0.5 * amax / 127;
+              }
+            }
+            const name = `${format}${doubleQuant ? '+dq' : ''} b${blockSize} K=${K} threads=${threads} seed ${r.seed}`;
+            assert.ok(Math.abs(got[o] - s) <= bound * 1.001 + 2e-5 * mag, `${name}: y[${o}] = ${got[o]}, want ${s} (bound ${bound})`);
+            if (got[o] !== i16[o]) differs = true;
+          }
+          if (decodeI8Q4Available()) assert.ok(differs, `${format} b${blockSize} K=${K}: the i8 result equals the i16 one: the i8 path did not run`);
+          for (const t of [x, y8, y16]) t.dispose();
+          disposeQuantized(q);
+        }
+      }
+    }
+  } finally {
+    native.setThreads(before);
   }
 });
 

@@ -31,11 +31,14 @@ enum class DecodeIsa : int { Best = 0, Avx512 = 1, Avx2 = 2, Portable = 3 };
 // (half a step of 1/32767 of its block's largest |x|) and, for 4-bit, of the
 // table to 1/16383 of absmax.
 //
-// I8: for INT-N weights (2, 3, 4 and 8 bits) and one row of x (AVX-512 with VNNI), x quantized to
-// int8 per group (x ~ d_g q, |q| <= 127, round to nearest) and u8 x s8 dot
-// products (vpdpbusd), as llama.cpp's Q8 activations; the result differs
-// from F32 by the rounding of x (half a step of 1/127 of its group's
-// largest |x|). Everything else under I8 takes the I16 path.
+// I8: for INT-N weights (2, 3, 4 and 8 bits, groups of 16 to 128) and, where
+// the build has AVX-512 BITALG, 4-bit blockwise ones (blocks of 32 to 128),
+// with one row of x (AVX-512 with VNNI): x quantized to int8 per group or
+// block (x ~ d_g q, |q| <= 127, round to nearest) and u8 x s8 dot products
+// (vpdpbusd), as llama.cpp's Q8 activations; the result differs from F32 by
+// the rounding of x (half a step of 1/127 of its group's largest |x|) and,
+// for 4-bit, of the table's magnitudes to 1/255 of its largest. Everything
+// else under I8 takes the I16 path.
 enum class DecodeAct : int { F32 = 0, I16 = 1, I8 = 2 };
 
 constexpr int64_t kDecodeMaxRows = 16;
@@ -49,9 +52,11 @@ bool decode_gemv_handles(int64_t M, const MatRef& A, const MatRef& B);
 void decode_gemv(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t ldx, const MatRef& W, float beta,
                  float* y, int64_t ldy, DecodeIsa isa = DecodeIsa::Best, DecodeAct act = DecodeAct::F32);
 
-// Whether this build has the I16 path; the I8 path (INT2, INT3, INT4 and INT8, one row).
+// Whether this build has the I16 path; the I8 path (INT2, INT3, INT4 and INT8, one row);
+// the I8 path for 4-bit blockwise weights (NF4/FP4, one row; also AVX-512 BITALG).
 bool decode_i16_available();
 bool decode_i8_available();
+bool decode_i8_q4_available();
 
 // Whether this build has the path, and its name ("avx512", "avx2", "portable").
 bool decode_isa_available(DecodeIsa isa);

@@ -24,7 +24,7 @@ export interface GenerateOptions {
   fusedDecode?: boolean;
   /** what the fused decode step's quantized projections multiply: 'i16'
    * (default: activations quantized to int16 per group, integer dot products),
-   * 'f32' (the activations as they are) or 'i8' (INT-N projections, 2 to 8 bits,
+   * 'f32' (the activations as they are) or 'i8' (INT-N and NF4/FP4 projections
    * with int8 activations, as llama.cpp rounds them; faster, coarser); see DecodeActivations */
   decodeActivations?: DecodeActivations;
 }

@@ -38,16 +38,20 @@ const decodePlanRelease = nativeFn<(plan: Plan) => void>('decode_plan_release');
  * block's largest |x|; the 4-bit table held to 1/16383) and integer dot
  * products straight from the packed codes, which is faster where the build
  * has AVX-512 with VBMI (elsewhere, and for dense weights, 'f32' runs);
- * 'i8' the INT-N projections' (2, 3, 4, 8 bits) activations quantized to int8 per
- * group (step 1/127 of the group's largest |x|, as llama.cpp's Q8
- * activations) and u8 x s8 dot products where the build has AVX-512 with
- * VNNI, a coarser rounding for speed; every other projection as 'i16'. */
+ * 'i8' the INT-N (2, 3, 4, 8 bits) and NF4/FP4 projections' activations
+ * quantized to int8 per group or block (step 1/127 of its largest |x|, as
+ * llama.cpp's Q8 activations; the 4-bit code book's magnitudes held to 1/255
+ * of the largest) and u8 x s8 dot products where the build has AVX-512 with
+ * VNNI (NF4/FP4: and BITALG), a coarser rounding for speed; every other
+ * projection as 'i16'. */
 export type DecodeActivations = 'f32' | 'i16' | 'i8';
 
 /** Whether this build has the 'i16' decode path (AVX-512 with VBMI). */
 export const decodeI16Available = (): boolean => (native as unknown as { decodeI16?: boolean }).decodeI16 === true;
 /** Whether this build has the 'i8' decode path for INT2, INT3, INT4 and INT8 (AVX-512 with VBMI and VNNI). */
 export const decodeI8Available = (): boolean => (native as unknown as { decodeI8?: boolean }).decodeI8 === true;
+/** Whether this build's 'i8' decode path also covers NF4/FP4 weights (AVX-512 with VBMI, VNNI and BITALG). */
+export const decodeI8Q4Available = (): boolean => (native as unknown as { decodeI8Q4?: boolean }).decodeI8Q4 === true;
 
 export interface FusedDecoderOptions {
   /** default 'i16' (see DecodeActivations) */

@@ -1715,11 +1715,114 @@ void i8_intn(int64_t N, int64_t K, float alpha, const IntNView& w, const QuantX8
   else share_rows(N, rows);
 }
 
+#if defined(__AVX512BITALG__)
+#define TB_DECODE_I8_Q4 1
+// eight output rows of a 4-bit blockwise weight (NF4, FP4, any code book)
+// against one row of x in int8 (EvenOdd128): the code book's magnitudes as
+// u8 (|t| / max|t| * 255, rounded) and its signs as a bit mask `neg`, both
+// repeated every 16 codes. Per span of 128, the 64 code bytes give the even
+// elements' codes (high nibbles, shifted down) and the odd ones' (low
+// nibbles) with two stray bits above each (bits 4-5: vpermb and vpshufbitqmb
+// read 6), which the repeated tables ignore, so no mask is needed; vpermb
+// looks up their magnitudes, vpshufbitqmb their signs (bit `code` of neg), and x's bytes
+// are negated where the weight is negative, so that vpdpbusd (u8 x s8)
+// takes |t| against x * sign(t). out[o] = the row's sum * post, absmax and
+// x's steps applied per lane.
+void i8_rows8_q4(const float* const* scales, const uint8_t* const* packed, int64_t K, int bshift, __m512i mags, __m512i negq,
+                 const QuantX8& qx, float post, float* out) {
+  const __m512i gidx = lane_groups(3, bshift), zero = _mm512_setzero_si512();
+  const __mmask16 tail_mk = bshift >= 6 ? 0 : static_cast<__mmask16>((1u << (64 >> bshift)) - 1);
+  __m512 acc[8];
+#pragma GCC unroll 8
+  for (int o = 0; o < 8; o++) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    const uint8_t* c = packed[o];
+    const float* sc = scales[o];
+    auto span = [&](int64_t k, __m512i w, __m512 ws, __m512& a) __attribute__((always_inline)) {
+      const int8_t* xq = qx.q + k;
+      const __m512i ce = _mm512_srli_epi16(w, 4), co = w;  // bits 4-5 of each byte stray: the tables repeat every 16
+      const __m512i xe = _mm512_loadu_si512(xq), xo = _mm512_loadu_si512(xq + 64);
+      __m512i I = _mm512_dpbusd_epi32(zero, _mm512_permutexvar_epi8(ce, mags),
+                                      _mm512_mask_sub_epi8(xe, _mm512_bitshuffle_epi64_mask(negq, ce), zero, xe));
+      I = _mm512_dpbusd_epi32(I, _mm512_permutexvar_epi8(co, mags), _mm512_mask_sub_epi8(xo, _mm512_bitshuffle_epi64_mask(negq, co), zero, xo));
+      a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(ws, _mm512_loadu_ps(qx.dl + (k >> 3))), a);
+    };
+    int64_t k = 0;
+    for (; k + 256 <= K; k += 256) {
+      span(k, _mm512_loadu_si512(c + (k >> 1)), span128_scales(sc, k >> bshift, bshift, gidx), a0);
+      span(k + 128, _mm512_loadu_si512(c + ((k + 128) >> 1)), span128_scales(sc, (k + 128) >> bshift, bshift, gidx), a1);
+    }
+    if (k + 128 <= K) { span(k, _mm512_loadu_si512(c + (k >> 1)), span128_scales(sc, k >> bshift, bshift, gidx), a0); k += 128; }
+    if (k < K) {  // the last 64: 32 code bytes, lanes 0-7
+      const __m512i w = _mm512_maskz_loadu_epi8(static_cast<__mmask64>(0xFFFFFFFFull), c + (k >> 1));
+      const __m512 ws = bshift >= 6 ? _mm512_set1_ps(sc[k >> bshift])
+                                    : _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(tail_mk, sc + (k >> bshift)));
+      span(k, w, ws, a1);
+    }
+    acc[o] = _mm512_add_ps(a0, a1);
+  }
+  _mm256_storeu_ps(out, _mm256_mul_ps(hsum8(acc), _mm256_set1_ps(post)));
+}
+
+// y = alpha * x W^T + beta * y, one row of x, a 4-bit blockwise weight in
+// whole blocks of 16 to 128 per row (K % 64 == 0); double-quantized absmax
+// expanded per eight rows as the i16 path does
+bool decode_gemv_i8_q4(int64_t N, int64_t K, float alpha, const float* x, const Quant4View& q, float beta, float* y) {
+  if (K % 64 != 0 || q.block_shift < 4 || q.block_shift > 7 || K % (int64_t(1) << q.block_shift) != 0) return false;
+  const int64_t nb = K >> q.block_shift;
+  if (nb > kI16MaxBlocks) return false;
+  if (!q.absmax && (!q.dq_codes || !q.dq_scales || !q.dq_map || q.dq_block < 1)) return false;
+  float tmax = 0.0f;
+  for (int i = 0; i < 16; i++) tmax = std::max(tmax, std::fabs(q.table[i]));
+  if (!(tmax > 0.0f) || !std::isfinite(tmax)) return false;
+  alignas(64) uint8_t mag[64];
+  uint64_t neg = 0;
+  for (int i = 0; i < 64; i++) mag[i] = static_cast<uint8_t>(std::nearbyint(std::fabs(q.table[i & 15]) / tmax * 255.0f));
+  for (int i = 0; i < 64; i++) if (q.table[i & 15] < 0.0f) neg |= uint64_t(1) << i;  // repeated, as mag: codes are read with 2 stray bits
+  thread_local std::vector<int8_t> qbuf;
+  thread_local std::vector<float> dbuf, sbuf;
+  QuantX8 qx{};
+  if (!quantize_x8(K, x, q.block_shift, X8Layout::EvenOdd128, qbuf, dbuf, sbuf, qx)) return false;
+  const __m512i mags = _mm512_load_si512(mag), negq = _mm512_set1_epi64(static_cast<long long>(neg));
+  int dq_shift = -1;  // log2 of the double quantization's block when a power of two
+  if (!q.absmax && (q.dq_block & (q.dq_block - 1)) == 0) while ((int64_t(1) << (dq_shift + 1)) <= q.dq_block) dq_shift++;
+  const int64_t rb = K >> 1;
+  const float post = tmax / 255.0f;
+  auto rows = [&](int64_t o0, int64_t o1) {
+    float sums[8];
+    float* scratch = i16_scratch();
+    for (int64_t o = o0; o < o1; o += 8) {
+      const int64_t n = std::min<int64_t>(8, o1 - o);
+      const float* sc[8];
+      const uint8_t* pk[8];
+      if (!q.absmax) expand_dq_absmax(q, (o * K) >> q.block_shift, n * nb, dq_shift, scratch);
+      for (int64_t j = 0; j < 8; j++) {
+        const int64_t r = std::min(j, n - 1);  // past the last row: the last row again, not stored
+        sc[j] = q.absmax ? q.absmax + (((o + r) * K) >> q.block_shift) : scratch + r * nb;
+        pk[j] = q.packed + (o + r) * rb;
+      }
+      i8_rows8_q4(sc, pk, K, q.block_shift, mags, negq, qx, post, sums);
+      for (int64_t j = 0; j < n; j++) {
+        float& c = y[o + j];
+        c = beta == 0.0f ? alpha * sums[j] : alpha * sums[j] + beta * c;
+      }
+    }
+  };
+  if (omp_in_parallel() || N * K < kShareMin) rows(0, N);
+  else share_rows(N, rows);
+  return true;
+}
+#endif
+
 // y = alpha * x W^T + beta * y for one row of x and an INT2, INT3, INT4 or INT8 weight
 // (K a multiple of 64, groups of 16 to 128); false (the caller takes the
 // I16 path) for anything else, or x not finite.
 bool decode_gemv_i8(int64_t m, int64_t N, int64_t K, float alpha, const float* x, const MatRef& W, float beta, float* y) {
-  if (m != 1 || W.dtype != DType::U8 || W.quant != QuantKind::IntN || !W.intn) return false;
+  if (m != 1 || W.dtype != DType::U8) return false;
+#if defined(TB_DECODE_I8_Q4)
+  if (W.quant == QuantKind::Q4 && W.q4) return decode_gemv_i8_q4(N, K, alpha, x, *W.q4, beta, y);
+#endif
+  if (W.quant != QuantKind::IntN || !W.intn) return false;
   const IntNView& w = *W.intn;
   if ((w.bits != 2 && w.bits != 3 && w.bits != 4 && w.bits != 8) || K % 64 != 0 || w.group_shift < 4 || w.group_shift > 7 || K % (int64_t(1) << w.group_shift) != 0) return false;
   thread_local std::vector<int8_t> qbuf;
@@ -1851,6 +1954,14 @@ bool decode_gemv_handles(int64_t M, const MatRef& A, const MatRef& B) {
 
 bool decode_i8_available() {
 #if defined(TB_DECODE_I8)
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool decode_i8_q4_available() {
+#if defined(TB_DECODE_I8_Q4)
   return true;
 #else
   return false;
@@ -2057,6 +2168,7 @@ static void register_decode(Napi::Env env, Napi::Object exports) {
   exports.Set("decodeKernel", Napi::String::New(env, decode_isa_name(DecodeIsa::Best)));
   exports.Set("decodeI16", Napi::Boolean::New(env, decode_i16_available()));
   exports.Set("decodeI8", Napi::Boolean::New(env, decode_i8_available()));
+  exports.Set("decodeI8Q4", Napi::Boolean::New(env, decode_i8_q4_available()));
   exports.Set("stream_read", Napi::Function::New(env, StreamReadBinding));
   exports.Set("decode_gemv_timed", Napi::Function::New(env, DecodeGemvTimedBinding));
 }
