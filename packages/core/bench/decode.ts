@@ -32,8 +32,8 @@ Options:
   --act LIST       activations of the quantized formats: f32 (x as given),
                    i16 (x quantized to int16 per block, integer dot products;
                    AVX-512 with VBMI), i8 (x quantized to int8 per group, u8 x
-                   s8 dot products; INT-N, NF4 and FP4 with one row of x only;
-                   AVX-512 with VNNI, and BITALG for NF4/FP4) (default: those built)
+                   s8 dot products; INT-N, NF4 and FP4; AVX-512 with VNNI, and
+                   BITALG for NF4/FP4) (default: those built)
   --reps N         timed tokens per row count (default 15)
   --roof-mb N      size of the streaming-read buffer in MiB (default 512)
   -h, --help       this text
@@ -85,9 +85,9 @@ const acts = (opt.act ?? (i8Built ? 'f32,i16,i8' : i16Built ? 'f32,i16' : 'f32')
 for (const a of acts) if (a !== 'f32' && a !== 'i16' && a !== 'i8') throw new Error(`--act: unknown '${a}' (f32, i16 or i8)`);
 if (acts.includes('i16') && (!i16Built || isa !== 'avx512')) throw new Error('--act i16: this build has no i16 decode path (it needs AVX-512 with VBMI, and --isa avx512)');
 if (acts.includes('i8') && (!i8Built || isa !== 'avx512')) throw new Error('--act i8: this build has no i8 decode path (it needs AVX-512 with VBMI and VNNI, and --isa avx512)');
-// i8 applies to INT-N and 4-bit blockwise weights with one row of x (4-bit: where the build has it); any other call takes the i16 path, so those rows are not repeated
+// i8 applies to INT-N and 4-bit blockwise weights (4-bit: where the build has it); any other call takes the i16 path, so those rows are not repeated
 const actsOf = (format: string, m: number): string[] =>
-  format === 'f32' || format === 'bf16' ? ['f32'] : acts.filter((a) => a !== 'i8' || (m === 1 && (['int2', 'int3', 'int4', 'int4f16', 'int8', 'int8q8'].includes(format) || (i8Q4Built && ['nf4', 'nf4dq', 'fp4'].includes(format)))));
+  format === 'f32' || format === 'bf16' ? ['f32'] : acts.filter((a) => a !== 'i8' || (['int2', 'int3', 'int4', 'int4f16', 'int8', 'int8q8'].includes(format) || (i8Q4Built && ['nf4', 'nf4dq', 'fp4'].includes(format))));
 const streamRead = nativeFn<(t: NativeTensorHandle, passes: number) => number>('stream_read');
 
 const median = (a: number[]): number => { const s = [...a].sort((x, y) => x - y); return s[Math.floor(s.length / 2)]; };
@@ -225,7 +225,7 @@ for (const format of opt.formats.split(',').map((s) => s.trim()).filter(Boolean)
         oneEach.push(Number(process.hrtime.bigint() - t0) / 1e9);
       }
       // the fp16 constants are read only by one-row calls on the kernels' eight-row path (the f32 ones otherwise)
-      const bytesRead = h16 && m === 1 ? weights.reduce((t, w) => t + w.bytes16!, 0) : bytes;
+      const bytesRead = h16 && (m === 1 || act === 'i8') ? weights.reduce((t, w) => t + w.bytes16!, 0) : bytes;
       const roofBytes = roofBuf.numel * 4;
       const s = median(kernelS), gbs = bytesRead / s / 1e9;
       const ratios = kernelS.map((k, r) => (bytesRead / k) / (roofBytes / roofS[r]));

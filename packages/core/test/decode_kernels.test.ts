@@ -489,6 +489,11 @@ test('INT-N fp16 group constants: exact weights only, and the decode GEMV gives 
               decodeGemv(x.handle, intnNativeOperand(q, c), z1.handle, 1, N, K, undefined, 'i8');
               assert.notEqual(floatsOf(z1)[0], floatsOf(z0)[0], 'i8: the fp16 offsets were not read');
               z0.dispose(); z1.dispose();
+              const x2 = Tensor.from([...floatsOf(x), ...floatsOf(x)], [2, K]), u0 = Tensor.zeros([2, N]), u1 = Tensor.zeros([2, N]);
+              decodeGemv(x2.handle, intnNativeOperand(q), u0.handle, 2, N, K, undefined, 'i8');
+              decodeGemv(x2.handle, intnNativeOperand(q, c), u1.handle, 2, N, K, undefined, 'i8');
+              assert.notEqual(floatsOf(u1)[N], floatsOf(u0)[N], 'i8, 2 rows: the fp16 offsets were not read');
+              for (const t of [x2, u0, u1]) t.dispose();
             }
           }
           c.tensor.dispose();
@@ -740,7 +745,7 @@ test('the decode plan: step equals one call per block, bit for bit; a tensor dis
   }
 });
 
-test('i8 activations: INT2, INT3, INT4 and INT8 one-row GEMV within the bound of rounding x to 1/127 of its group, tails and threads; other weights take the i16 path', () => {
+test('i8 activations: INT2, INT3, INT4 and INT8 GEMV (1 to 16 rows of x) within the bound of rounding x to 1/127 of its group, tails and threads; other weights take the i16 path', () => {
   const r = rng();
   const before = native.getThreads();
   try {
@@ -756,31 +761,35 @@ test('i8 activations: INT2, INT3, INT4 and INT8 one-row GEMV within the bound of
           w.dispose();
           addToOffsets(q, randn(q.offsets.numel, r, 0.01));
           const ref = refIntN(q);
-          const xv = randn(K, r);
-          for (let i = 0; i < K; i += 29) xv[i] *= 30;  // outliers: groups of very different ranges
-          const x = Tensor.from(xv, [1, K]), y8 = Tensor.zeros([1, N]), y16 = Tensor.zeros([1, N]);
-          decodeGemv(x.handle, nativeOperand(q), y8.handle, 1, N, K, undefined, 'i8');
-          decodeGemv(x.handle, nativeOperand(q), y16.handle, 1, N, K, undefined, 'i16');
-          const got = floatsOf(y8), i16 = floatsOf(y16);
-          let differs = false;
-          const offs = floatsOf(q.offsets);
-          for (let o = 0; o < N; o++) {
-            let s = 0, mag = 0, bound = 0;
-            for (let g = 0; g < K / groupSize; g++) {
-              let amax = 0;
-              for (let k = g * groupSize; k < (g + 1) * groupSize; k++) amax = Math.max(amax, Math.abs(xv[k]));
-              for (let k = g * groupSize; k < (g + 1) * groupSize; k++) {
-                const wk = ref[o * K + k];
-                s += xv[k] * wk;
-                mag += Math.abs(xv[k] * wk);
-                bound += Math.abs(wk - offs[o * (K / groupSize) + g]) * 0.5 * amax / 127;  // the offsets multiply x's exact sums
+          // one row of x (eight output rows per kernel call), and several (one output row against tiles of up to 8)
+          for (const m of threads === 2 ? [1, 16] : K === 192 || K === 576 ? [1, 2, 9, 16] : [1, 3]) {
+            const xv = randn(m * K, r);
+            for (let i = 0; i < m * K; i += 29) xv[i] *= 30;  // outliers: groups of very different ranges
+            const x = Tensor.from(xv, [m, K]), y8 = Tensor.zeros([m, N]), y16 = Tensor.zeros([m, N]);
+            decodeGemv(x.handle, nativeOperand(q), y8.handle, m, N, K, undefined, 'i8');
+            decodeGemv(x.handle, nativeOperand(q), y16.handle, m, N, K, undefined, 'i16');
+            const got = floatsOf(y8), i16 = floatsOf(y16);
+            let differs = false;
+            const offs = floatsOf(q.offsets);
+            for (let i = 0; i < m; i++) for (let o = 0; o < N; o++) {
+              let s = 0, mag = 0, bound = 0;
+              for (let g = 0; g < K / groupSize; g++) {
+                let amax = 0;
+                for (let k = g * groupSize; k < (g + 1) * groupSize; k++) amax = Math.max(amax, Math.abs(xv[i * K + k]));
+                for (let k = g * groupSize; k < (g + 1) * groupSize; k++) {
+                  const wk = ref[o * K + k], xk = xv[i * K + k];
+                  s += xk * wk;
+                  mag += Math.abs(xk * wk);
+                  bound += Math.abs(wk - offs[o * (K / groupSize) + g]) * 0.5 * amax / 127;  // the offsets multiply x's exact sums
+                }
               }
+              const v = got[i * N + o];
+              assert.ok(Math.abs(v - s) <= bound * 1.001 + 2e-5 * mag, `int${bits} g${groupSize} K=${K} m=${m} threads=${threads} seed ${r.seed}: y[${i}, ${o}] = ${v}, want ${s} (bound ${bound})`);
+              if (v !== i16[i * N + o]) differs = true;
             }
-            assert.ok(Math.abs(got[o] - s) <= bound * 1.001 + 2e-5 * mag, `int${bits} g${groupSize} K=${K} threads=${threads} seed ${r.seed}: y[${o}] = ${got[o]}, want ${s} (bound ${bound})`);
-            if (got[o] !== i16[o]) differs = true;
+            if (decodeI8Available()) assert.ok(differs, `int${bits} g${groupSize} K=${K} m=${m}: the i8 result equals the i16 one: the i8 path did not run`);
+            for (const t of [x, y8, y16]) t.dispose();
           }
-          if (decodeI8Available()) assert.ok(differs, `int${bits} g${groupSize} K=${K}: the i8 result equals the i16 one: the i8 path did not run`);
-          for (const t of [x, y8, y16]) t.dispose();
           disposeQuantized(q);
         }
       }
@@ -788,12 +797,12 @@ test('i8 activations: INT2, INT3, INT4 and INT8 one-row GEMV within the bound of
   } finally {
     native.setThreads(before);
   }
-  // anything else under 'i8' is the i16 path: 4-bit blocks of 256, and INT4 with several rows of x
-  for (const [name, make, m] of [
-    ['nf4 b256', (w: Tensor) => quantize4bit(w, { format: 'nf4', blockSize: 256 }), 1],
-    ['int4 m=3', (w: Tensor) => quantizeIntN(w, { bits: 4, groupSize: 32 }), 3],
+  // anything else under 'i8' is the i16 path: 4-bit blocks of 256, K not a multiple of 64
+  for (const [name, make, m, K] of [
+    ['nf4 b256', (w: Tensor) => quantize4bit(w, { format: 'nf4', blockSize: 256 }), 1, 256],
+    ['int4 K=96', (w: Tensor) => quantizeIntN(w, { bits: 4, groupSize: 32 }), 3, 96],
   ] as const) {
-    const N = 11, K = 256;
+    const N = 11;
     const w = Tensor.from(randn(N * K, r, 0.1), [N, K]);
     const q = make(w);
     w.dispose();
@@ -806,7 +815,7 @@ test('i8 activations: INT2, INT3, INT4 and INT8 one-row GEMV within the bound of
   }
 });
 
-test('i8 activations: NF4/FP4 one-row GEMV (with and without double quantization) within the bound of x to 1/127 of its block and the code book to 1/255 of its largest value', () => {
+test('i8 activations: NF4/FP4 GEMV (1 to 16 rows of x; with and without double quantization) within the bound of x to 1/127 of its block and the code book to 1/255 of its largest value', () => {
   const r = rng();
   const before = native.getThreads();
   try {
@@ -822,32 +831,35 @@ test('i8 activations: NF4/FP4 one-row GEMV (with and without double quantization
           const ref = refQ4(q), absmax = refQ4Absmax(q);
           const table = format === 'nf4' ? NF4 : quant4Table('fp4');
           const tmax = Math.max(...Array.from(table, Math.abs));
-          const xv = randn(K, r);
-          for (let i = 0; i < K; i += 29) xv[i] *= 30;
-          const x = Tensor.from(xv, [1, K]), y8 = Tensor.zeros([1, N]), y16 = Tensor.zeros([1, N]);
-          decodeGemv(x.handle, nativeOperand(q), y8.handle, 1, N, K, undefined, 'i8');
-          decodeGemv(x.handle, nativeOperand(q), y16.handle, 1, N, K, undefined, 'i16');
-          const got = floatsOf(y8), i16 = floatsOf(y16);
-          let differs = false;
-          for (let o = 0; o < N; o++) {
-            let s = 0, mag = 0, bound = 0;
-            for (let b = 0; b < K / blockSize; b++) {
-              let amax = 0;
-              for (let k = b * blockSize; k < (b + 1) * blockSize; k++) amax = Math.max(amax, Math.abs(xv[k]));
-              const am = absmax[(o * K) / blockSize + b], tErr = am * 0.5 * tmax / 255;  // |w~ - w| per element
-              for (let k = b * blockSize; k < (b + 1) * blockSize; k++) {
-                const wk = ref[o * K + k];
-                s += xv[k] * wk;
-                mag += Math.abs(xv[k] * wk);
-                bound += tErr * Math.abs(xv[k]) + (Math.abs(wk) + tErr) * 0.5 * amax / 127;
+          for (const m of threads === 2 ? [1, 16] : K === 192 || K === 576 ? [1, 2, 9, 16] : [1, 3]) {
+            const xv = randn(m * K, r);
+            for (let i = 0; i < m * K; i += 29) xv[i] *= 30;
+            const x = Tensor.from(xv, [m, K]), y8 = Tensor.zeros([m, N]), y16 = Tensor.zeros([m, N]);
+            decodeGemv(x.handle, nativeOperand(q), y8.handle, m, N, K, undefined, 'i8');
+            decodeGemv(x.handle, nativeOperand(q), y16.handle, m, N, K, undefined, 'i16');
+            const got = floatsOf(y8), i16 = floatsOf(y16);
+            let differs = false;
+            for (let i = 0; i < m; i++) for (let o = 0; o < N; o++) {
+              let s = 0, mag = 0, bound = 0;
+              for (let b = 0; b < K / blockSize; b++) {
+                let amax = 0;
+                for (let k = b * blockSize; k < (b + 1) * blockSize; k++) amax = Math.max(amax, Math.abs(xv[i * K + k]));
+                const am = absmax[(o * K) / blockSize + b], tErr = am * 0.5 * tmax / 255;  // |w~ - w| per element
+                for (let k = b * blockSize; k < (b + 1) * blockSize; k++) {
+                  const wk = ref[o * K + k], xk = xv[i * K + k];
+                  s += xk * wk;
+                  mag += Math.abs(xk * wk);
+                  bound += tErr * Math.abs(xk) + (Math.abs(wk) + tErr) * 0.5 * amax / 127;
+                }
               }
+              const name = `${format}${doubleQuant ? '+dq' : ''} b${blockSize} K=${K} m=${m} threads=${threads} seed ${r.seed}`;
+              const v = got[i * N + o];
+              assert.ok(Math.abs(v - s) <= bound * 1.001 + 2e-5 * mag, `${name}: y[${i}, ${o}] = ${v}, want ${s} (bound ${bound})`);
+              if (v !== i16[i * N + o]) differs = true;
             }
-            const name = `${format}${doubleQuant ? '+dq' : ''} b${blockSize} K=${K} threads=${threads} seed ${r.seed}`;
-            assert.ok(Math.abs(got[o] - s) <= bound * 1.001 + 2e-5 * mag, `${name}: y[${o}] = ${got[o]}, want ${s} (bound ${bound})`);
-            if (got[o] !== i16[o]) differs = true;
+            if (decodeI8Q4Available()) assert.ok(differs, `${format} b${blockSize} K=${K} m=${m}: the i8 result equals the i16 one: the i8 path did not run`);
+            for (const t of [x, y8, y16]) t.dispose();
           }
-          if (decodeI8Q4Available()) assert.ok(differs, `${format} b${blockSize} K=${K}: the i8 result equals the i16 one: the i8 path did not run`);
-          for (const t of [x, y8, y16]) t.dispose();
           disposeQuantized(q);
         }
       }

@@ -1814,11 +1814,306 @@ bool decode_gemv_i8_q4(int64_t N, int64_t K, float alpha, const float* x, const 
 }
 #endif
 
+// ---- 'i8' with several rows of x (2 to 16) ----
+// One output row at a time against up to 8 rows of x (more: tiles of 8,
+// the row of W then read again from L1): each span's codes are taken out
+// once (a format's `codes`, as the one-row kernels above do) and dotted with
+// every row of x, each row with its own accumulator, x's steps per lane and
+// sums. A format gives NV vectors of 64 code bytes per span of SPAN
+// elements, x in the matching layout (vector j against bytes 64 j of the
+// span), the span's scales per lane, and SIGN: 4-bit code books give their
+// magnitudes, x negated where the weight is negative (masks `neg`).
+struct I8Int4 {
+  static constexpr int NV = 2, SPAN = 128;
+  static constexpr bool SIGN = false;
+  const uint8_t* c;
+  const float* sc;
+  int bshift;
+  __m512i gidx, m15;
+  __mmask16 tail_mk;
+  I8Int4(const uint8_t* c_, const float* sc_, int b) : c(c_), sc(sc_), bshift(b), gidx(lane_groups(3, b)), m15(_mm512_set1_epi8(15)),
+      tail_mk(b >= 6 ? 0 : static_cast<__mmask16>((1u << (64 >> b)) - 1)) {}
+  __attribute__((always_inline)) void codes(int64_t k, int64_t left, __m512i (&v)[NV], __mmask64 (&)[NV]) const {
+    const __m512i w = left >= 128 ? _mm512_loadu_si512(c + (k >> 1)) : _mm512_maskz_loadu_epi8(static_cast<__mmask64>(0xFFFFFFFFull), c + (k >> 1));
+    v[0] = _mm512_and_si512(w, m15);
+    v[1] = _mm512_and_si512(_mm512_srli_epi16(w, 4), m15);
+  }
+  __attribute__((always_inline)) __m512 scales(int64_t k, int64_t left) const {
+    if (left >= 128) return span128_scales(sc, k >> bshift, bshift, gidx);
+    return bshift >= 6 ? _mm512_set1_ps(sc[k >> bshift]) : _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(tail_mk, sc + (k >> bshift)));
+  }
+};
+
+template <bool H>
+struct I8Int8 {
+  static constexpr int NV = 1, SPAN = 64;
+  static constexpr bool SIGN = false;
+  const uint8_t* c;
+  const float* sc;
+  const uint16_t* sc16;
+  int bshift;
+  __m512i gidx;
+  I8Int8(const uint8_t* c_, const float* sc_, const uint16_t* sc16_, int b) : c(c_), sc(sc_), sc16(sc16_), bshift(b), gidx(lane_groups(2, b)) {}
+  __attribute__((always_inline)) void codes(int64_t k, int64_t, __m512i (&v)[NV], __mmask64 (&)[NV]) const { v[0] = _mm512_loadu_si512(c + k); }
+  __attribute__((always_inline)) __m512 scales(int64_t k, int64_t) const {
+    if constexpr (H) return span64_scales16(sc16, k >> bshift, bshift, gidx);
+    else return span64_scales(sc, k >> bshift, bshift, gidx);
+  }
+};
+
+struct I8Int3 {
+  static constexpr int NV = 2, SPAN = 128;
+  static constexpr bool SIGN = false;
+  const uint8_t* c;
+  const float* sc;
+  int bshift;
+  __m512i gidx, perm, ctl_a, ctl_b, m7;
+  __mmask16 tail_mk;
+  I8Int3(const uint8_t* c_, const float* sc_, int b, const uint8_t* perm_, const uint8_t* ca, const uint8_t* cb)
+      : c(c_), sc(sc_), bshift(b), gidx(lane_groups(3, b)), perm(_mm512_load_si512(perm_)), ctl_a(_mm512_load_si512(ca)),
+        ctl_b(_mm512_load_si512(cb)), m7(_mm512_set1_epi8(7)), tail_mk(b >= 6 ? 0 : static_cast<__mmask16>((1u << (64 >> b)) - 1)) {}
+  __attribute__((always_inline)) void codes(int64_t k, int64_t left, __m512i (&v)[NV], __mmask64 (&)[NV]) const {
+    const __mmask64 mk = left >= 128 ? (__mmask64(1) << 48) - 1 : (__mmask64(1) << 24) - 1;
+    const __m512i w = _mm512_permutexvar_epi8(perm, _mm512_maskz_loadu_epi8(mk, c + ((3 * k) >> 3)));
+    v[0] = _mm512_and_si512(_mm512_multishift_epi64_epi8(ctl_a, w), m7);
+    v[1] = _mm512_and_si512(_mm512_multishift_epi64_epi8(ctl_b, w), m7);
+  }
+  __attribute__((always_inline)) __m512 scales(int64_t k, int64_t left) const {
+    if (left >= 128) return span128_scales(sc, k >> bshift, bshift, gidx);
+    return bshift >= 6 ? _mm512_set1_ps(sc[k >> bshift]) : _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(tail_mk, sc + (k >> bshift)));
+  }
+};
+
+struct I8Int2 {
+  static constexpr int NV = 4, SPAN = 256;
+  static constexpr bool SIGN = false;
+  const uint8_t* c;
+  const float* sc;
+  int bshift;
+  __m512i gidx, m3;
+  I8Int2(const uint8_t* c_, const float* sc_, int b) : c(c_), sc(sc_), bshift(b), gidx(lane_groups(4, b)), m3(_mm512_set1_epi8(3)) {}
+  __attribute__((always_inline)) void codes(int64_t k, int64_t left, __m512i (&v)[NV], __mmask64 (&)[NV]) const {
+    const __m512i w = left >= 256 ? _mm512_loadu_si512(c + (k >> 2)) : _mm512_maskz_loadu_epi8((__mmask64(1) << (left >> 2)) - 1, c + (k >> 2));
+    v[0] = _mm512_and_si512(w, m3);
+    v[1] = _mm512_and_si512(_mm512_srli_epi16(w, 2), m3);
+    v[2] = _mm512_and_si512(_mm512_srli_epi16(w, 4), m3);
+    v[3] = _mm512_and_si512(_mm512_srli_epi16(w, 6), m3);
+  }
+  __attribute__((always_inline)) __m512 scales(int64_t k, int64_t left) const {
+    const int64_t n = std::min<int64_t>(left, 256) >> bshift;
+    return _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), sc + (k >> bshift)));
+  }
+};
+
+#if defined(__AVX512BITALG__)
+struct I8Q4 {
+  static constexpr int NV = 2, SPAN = 128;
+  static constexpr bool SIGN = true;
+  const uint8_t* c;
+  const float* sc;
+  int bshift;
+  __m512i gidx, mags, negq;
+  __mmask16 tail_mk;
+  I8Q4(const uint8_t* c_, const float* sc_, int b, __m512i mags_, __m512i negq_)
+      : c(c_), sc(sc_), bshift(b), gidx(lane_groups(3, b)), mags(mags_), negq(negq_), tail_mk(b >= 6 ? 0 : static_cast<__mmask16>((1u << (64 >> b)) - 1)) {}
+  __attribute__((always_inline)) void codes(int64_t k, int64_t left, __m512i (&v)[NV], __mmask64 (&neg)[NV]) const {
+    const __m512i w = left >= 128 ? _mm512_loadu_si512(c + (k >> 1)) : _mm512_maskz_loadu_epi8(static_cast<__mmask64>(0xFFFFFFFFull), c + (k >> 1));
+    const __m512i ce = _mm512_srli_epi16(w, 4);  // stray bits 4-5 as in i8_rows8_q4
+    v[0] = _mm512_permutexvar_epi8(ce, mags);
+    v[1] = _mm512_permutexvar_epi8(w, mags);
+    neg[0] = _mm512_bitshuffle_epi64_mask(negq, ce);
+    neg[1] = _mm512_bitshuffle_epi64_mask(negq, w);
+  }
+  __attribute__((always_inline)) __m512 scales(int64_t k, int64_t left) const {
+    if (left >= 128) return span128_scales(sc, k >> bshift, bshift, gidx);
+    return bshift >= 6 ? _mm512_set1_ps(sc[k >> bshift]) : _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(tail_mk, sc + (k >> bshift)));
+  }
+};
+#endif
+
+// sums[r] = one output row (format f) against rows 0..MB of qx (each x row
+// quantized in f's layout), before any INT-N offsets
+template <int MB, class F>
+void i8_rows_m(const F& f, int64_t K, const QuantX8* qx, float* sums) {
+  __m512 acc[MB];
+#pragma GCC unroll 8
+  for (int r = 0; r < MB; r++) acc[r] = _mm512_setzero_ps();
+  const __m512i zero = _mm512_setzero_si512();
+  for (int64_t k = 0; k < K; k += F::SPAN) {
+    __m512i v[F::NV];
+    __mmask64 neg[F::NV];
+    const int64_t left = K - k;
+    f.codes(k, left, v, neg);
+    const __m512 ws = f.scales(k, left);
+    const int64_t lane0 = (k / F::SPAN) * 16;
+#pragma GCC unroll 8
+    for (int r = 0; r < MB; r++) {
+      const int8_t* xq = qx[r].q + k;
+      __m512i I = zero;
+#pragma GCC unroll 4
+      for (int j = 0; j < F::NV; j++) {
+        __m512i xv = _mm512_loadu_si512(xq + 64 * j);
+        if constexpr (F::SIGN) xv = _mm512_mask_sub_epi8(xv, neg[j], zero, xv);
+        I = _mm512_dpbusd_epi32(I, v[j], xv);
+      }
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(ws, _mm512_loadu_ps(qx[r].dl + lane0)), acc[r]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MB; r++) sums[r] = _mm512_reduce_add_ps(acc[r]);
+}
+
+template <class F>
+void i8_rows_tiles(const F& f, int64_t m, int64_t K, const QuantX8* qx, float* sums) {
+  for (int64_t r0 = 0; r0 < m; r0 += 8) {
+    switch (std::min<int64_t>(8, m - r0)) {
+      case 1: i8_rows_m<1>(f, K, qx + r0, sums + r0); break;
+      case 2: i8_rows_m<2>(f, K, qx + r0, sums + r0); break;
+      case 3: i8_rows_m<3>(f, K, qx + r0, sums + r0); break;
+      case 4: i8_rows_m<4>(f, K, qx + r0, sums + r0); break;
+      case 5: i8_rows_m<5>(f, K, qx + r0, sums + r0); break;
+      case 6: i8_rows_m<6>(f, K, qx + r0, sums + r0); break;
+      case 7: i8_rows_m<7>(f, K, qx + r0, sums + r0); break;
+      default: i8_rows_m<8>(f, K, qx + r0, sums + r0); break;
+    }
+  }
+}
+
+// sum_g offsets[g] * xs[g] of one INT-N output row (f32, fp16, or -zero16 * the fp16 scales)
+inline float i8_offset_dot(const IntNView& w, int64_t o, int64_t G, bool h16, const float* xs) {
+  __m512 a = _mm512_setzero_ps();
+  for (int64_t g = 0; g < G; g += 16) {
+    const __mmask16 mk = G - g >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (G - g)) - 1);
+    __m512 ov;
+    if (h16 && w.offsets16) ov = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, w.offsets16 + o * G + g));
+    else if (h16) ov = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, w.scales16 + o * G + g)), _mm512_set1_ps(-w.zero16));
+    else ov = _mm512_maskz_loadu_ps(mk, w.offsets + o * G + g);
+    a = _mm512_fmadd_ps(ov, _mm512_maskz_loadu_ps(mk, xs + g), a);
+  }
+  return _mm512_reduce_add_ps(a);
+}
+
+// y = alpha * x W^T + beta * y for 2-16 rows of x; make(o) gives output row
+// o's format, offs(o, r) the INT-N offsets' term of row o with x row r (0
+// for 4-bit)
+template <class Make, class Offs>
+void i8_run_m(int64_t m, int64_t N, int64_t K, float alpha, const QuantX8* qx, float beta, float* y, int64_t ldy, Make make, Offs offs) {
+  auto rows = [&](int64_t o0, int64_t o1) {
+    float sums[kDecodeMaxRows];
+    for (int64_t o = o0; o < o1; o++) {
+      i8_rows_tiles(make(o), m, K, qx, sums);
+      for (int64_t r = 0; r < m; r++) {
+        const float v = sums[r] + offs(o, r);
+        float& c = y[r * ldy + o];
+        c = beta == 0.0f ? alpha * v : alpha * v + beta * c;
+      }
+    }
+  };
+  if (omp_in_parallel() || N * K < kShareMin) rows(0, N);
+  else share_rows(N, rows);
+}
+
+// The m rows of x quantized in a layout (false: some x not finite)
+struct QuantX8Rows {
+  QuantX8 qx[kDecodeMaxRows];
+  bool make(int64_t m, int64_t K, const float* x, int64_t ldx, int bshift, X8Layout layout) {
+    thread_local std::vector<int8_t> qb[kDecodeMaxRows];
+    thread_local std::vector<float> db[kDecodeMaxRows], sb[kDecodeMaxRows];
+    for (int64_t r = 0; r < m; r++)
+      if (!quantize_x8(K, x + r * ldx, bshift, layout, qb[r], db[r], sb[r], qx[r])) return false;
+    return true;
+  }
+};
+
+bool decode_gemv_i8_rows(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t ldx, const MatRef& W, float beta, float* y,
+                         int64_t ldy) {
+  if (W.dtype != DType::U8 || K % 64 != 0) return false;
+  QuantX8Rows xr;
+#if defined(TB_DECODE_I8_Q4)
+  if (W.quant == QuantKind::Q4 && W.q4) {
+    const Quant4View& q = *W.q4;
+    if (q.block_shift < 4 || q.block_shift > 7 || K % (int64_t(1) << q.block_shift) != 0) return false;
+    const int64_t nb = K >> q.block_shift;
+    if (nb > kI16MaxBlocks) return false;
+    if (!q.absmax && (!q.dq_codes || !q.dq_scales || !q.dq_map || q.dq_block < 1)) return false;
+    float tmax = 0.0f;
+    for (int i = 0; i < 16; i++) tmax = std::max(tmax, std::fabs(q.table[i]));
+    if (!(tmax > 0.0f) || !std::isfinite(tmax)) return false;
+    alignas(64) uint8_t mag[64];
+    uint64_t neg = 0;
+    for (int i = 0; i < 64; i++) mag[i] = static_cast<uint8_t>(std::nearbyint(std::fabs(q.table[i & 15]) / tmax * 255.0f));
+    for (int i = 0; i < 64; i++) if (q.table[i & 15] < 0.0f) neg |= uint64_t(1) << i;
+    if (!xr.make(m, K, x, ldx, q.block_shift, X8Layout::EvenOdd128)) return false;
+    const __m512i mags = _mm512_load_si512(mag), negq = _mm512_set1_epi64(static_cast<long long>(neg));
+    int dq_shift = -1;
+    if (!q.absmax && (q.dq_block & (q.dq_block - 1)) == 0) while ((int64_t(1) << (dq_shift + 1)) <= q.dq_block) dq_shift++;
+    const int64_t rb = K >> 1;
+    i8_run_m(m, N, K, alpha * (tmax / 255.0f), xr.qx, beta, y, ldy,
+             [&](int64_t o) {
+               const int64_t b0 = (o * K) >> q.block_shift;
+               const float* sc = q.absmax ? q.absmax + b0 : nullptr;
+               if (!sc) {
+                 float* scratch = i16_scratch();
+                 expand_dq_absmax(q, b0, nb, dq_shift, scratch);
+                 sc = scratch;
+               }
+               return I8Q4(q.packed + o * rb, sc, q.block_shift, mags, negq);
+             },
+             [](int64_t, int64_t) { return 0.0f; });
+    return true;
+  }
+#endif
+  if (W.quant != QuantKind::IntN || !W.intn) return false;
+  const IntNView& w = *W.intn;
+  if ((w.bits != 2 && w.bits != 3 && w.bits != 4 && w.bits != 8) || w.group_shift < 4 || w.group_shift > 7 || K % (int64_t(1) << w.group_shift) != 0) return false;
+  const X8Layout layout = w.bits == 2 ? X8Layout::Field256 : w.bits == 3 ? X8Layout::Quad128 : w.bits == 4 ? X8Layout::EvenOdd128 : X8Layout::Natural64;
+  if (!xr.make(m, K, x, ldx, w.group_shift, layout)) return false;
+  const int64_t G = K >> w.group_shift, rb = (K * w.bits) >> 3;
+  const bool h16 = w.bits == 8 && w.scales16;
+  auto offs = [&](int64_t o, int64_t r) { return i8_offset_dot(w, o, G, h16, xr.qx[r].sum); };
+  switch (w.bits) {
+    case 2:
+      i8_run_m(m, N, K, alpha, xr.qx, beta, y, ldy, [&](int64_t o) { return I8Int2(w.codes + o * rb, w.scales + o * G, w.group_shift); }, offs);
+      break;
+    case 3: {
+      struct Tables {
+        alignas(64) uint8_t perm[64], ctl_a[64], ctl_b[64];
+        Tables() {
+          for (int l = 0; l < 16; l++)
+            for (int i = 0; i < 4; i++) {
+              perm[4 * l + i] = static_cast<uint8_t>(3 * l + std::min(i, 2));
+              ctl_a[4 * l + i] = static_cast<uint8_t>((l & 1) * 32 + 3 * i);
+              ctl_b[4 * l + i] = static_cast<uint8_t>((l & 1) * 32 + 12 + 3 * i);
+            }
+        }
+      };
+      static const Tables t;
+      i8_run_m(m, N, K, alpha, xr.qx, beta, y, ldy,
+               [&](int64_t o) { return I8Int3(w.codes + o * rb, w.scales + o * G, w.group_shift, t.perm, t.ctl_a, t.ctl_b); }, offs);
+      break;
+    }
+    case 4:
+      i8_run_m(m, N, K, alpha, xr.qx, beta, y, ldy, [&](int64_t o) { return I8Int4(w.codes + o * rb, w.scales + o * G, w.group_shift); }, offs);
+      break;
+    default:
+      if (h16)
+        i8_run_m(m, N, K, alpha, xr.qx, beta, y, ldy,
+                 [&](int64_t o) { return I8Int8<true>(w.codes + o * rb, nullptr, w.scales16 + o * G, w.group_shift); }, offs);
+      else
+        i8_run_m(m, N, K, alpha, xr.qx, beta, y, ldy,
+                 [&](int64_t o) { return I8Int8<false>(w.codes + o * rb, w.scales + o * G, nullptr, w.group_shift); }, offs);
+      break;
+  }
+  return true;
+}
+
 // y = alpha * x W^T + beta * y for one row of x and an INT2, INT3, INT4 or INT8 weight
 // (K a multiple of 64, groups of 16 to 128); false (the caller takes the
 // I16 path) for anything else, or x not finite.
-bool decode_gemv_i8(int64_t m, int64_t N, int64_t K, float alpha, const float* x, const MatRef& W, float beta, float* y) {
-  if (m != 1 || W.dtype != DType::U8) return false;
+bool decode_gemv_i8(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t ldx, const MatRef& W, float beta, float* y,
+                    int64_t ldy) {
+  if (m > 1) return decode_gemv_i8_rows(m, N, K, alpha, x, ldx, W, beta, y, ldy);
+  if (W.dtype != DType::U8) return false;
 #if defined(TB_DECODE_I8_Q4)
   if (W.quant == QuantKind::Q4 && W.q4) return decode_gemv_i8_q4(N, K, alpha, x, *W.q4, beta, y);
 #endif
@@ -1983,7 +2278,7 @@ void decode_gemv(int64_t m, int64_t N, int64_t K, float alpha, const float* x, i
   if (isa == DecodeIsa::Best) isa = best_isa();
 #if defined(TB_DECODE_I16)
 #if defined(TB_DECODE_I8)
-  if (act == DecodeAct::I8 && isa == DecodeIsa::Avx512 && decode_gemv_i8(m, N, K, alpha, x, W, beta, y)) return;
+  if (act == DecodeAct::I8 && isa == DecodeIsa::Avx512 && decode_gemv_i8(m, N, K, alpha, x, ldx, W, beta, y, ldy)) return;
 #endif
   if (act != DecodeAct::F32 && isa == DecodeIsa::Avx512 && decode_gemv_i16(m, N, K, alpha, x, ldx, W, beta, y, ldy)) return;
 #else
