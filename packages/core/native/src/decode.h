@@ -33,7 +33,7 @@ enum class DecodeIsa : int { Best = 0, Avx512 = 1, Avx2 = 2, Portable = 3 };
 //
 // I8: for INT-N weights (2, 3, 4 and 8 bits, groups of 16 to 128) and, where
 // the build has AVX-512 BITALG, 4-bit blockwise ones (blocks of 32 to 128),
-// with one row of x (AVX-512 with VNNI): x quantized to int8 per group or
+// with 1 to 16 rows of x (AVX-512 with VNNI): x quantized to int8 per group or
 // block (x ~ d_g q, |q| <= 127, round to nearest) and u8 x s8 dot products
 // (vpdpbusd), as llama.cpp's Q8 activations; the result differs from F32 by
 // the rounding of x (half a step of 1/127 of its group's largest |x|) and,
@@ -52,8 +52,8 @@ bool decode_gemv_handles(int64_t M, const MatRef& A, const MatRef& B);
 void decode_gemv(int64_t m, int64_t N, int64_t K, float alpha, const float* x, int64_t ldx, const MatRef& W, float beta,
                  float* y, int64_t ldy, DecodeIsa isa = DecodeIsa::Best, DecodeAct act = DecodeAct::F32);
 
-// Whether this build has the I16 path; the I8 path (INT2, INT3, INT4 and INT8, one row);
-// the I8 path for 4-bit blockwise weights (NF4/FP4, one row; also AVX-512 BITALG).
+// Whether this build has the I16 path; the I8 path (INT2, INT3, INT4 and INT8);
+// the I8 path for 4-bit blockwise weights (NF4/FP4; also AVX-512 BITALG).
 bool decode_i16_available();
 bool decode_i8_available();
 bool decode_i8_q4_available();
