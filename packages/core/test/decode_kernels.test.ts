@@ -869,8 +869,9 @@ test('i8 activations: NF4/FP4 GEMV (1 to 16 rows of x; with and without double q
   }
 });
 
-test('i8 activations through FusedDecoder: an INT4 tiny model decodes within 0.25 of the f32 path, teacher-forced argmax mostly the same', () => {
-  const model = quantizedTiny('int4');
+test('i8 activations through FusedDecoder: INT4 and NF4 tiny models decode within 0.25 of the f32 path, teacher-forced argmax mostly the same', () => {
+  for (const kind of ['int4', 'nf4'] as const) {
+  const model = quantizedTiny(kind);
   try {
     const prompt = [256, 72, 101, 108, 108, 111];
     const f32 = generate(model, prompt, { maxNewTokens: 26, decodeActivations: 'f32' });
@@ -887,17 +888,18 @@ test('i8 activations through FusedDecoder: an INT4 tiny model decodes within 0.2
       for (let i = 0; i < db.logits.length; i++) worst = Math.max(worst, Math.abs(da.logits[i] - db.logits[i]) / Math.max(scale, 1));
     }
     da.dispose(); db.dispose(); cacheA.dispose(); cacheB.dispose();
-    console.log(`# i8 vs f32: worst logit difference ${worst.toFixed(4)} of max |logit|; teacher-forced argmax ${same}/${seq.length} the same`);
+    console.log(`# ${kind} i8 vs f32: worst logit difference ${worst.toFixed(4)} of max |logit|; teacher-forced argmax ${same}/${seq.length} the same`);
     // i16 stays within 1e-3 of f32 on this model (the test above); x's step is
     // 258 times as coarse in int8, and a random network with weights of std
     // 0.15 carries it through every layer: about a tenth of the largest logit
-    assert.ok(worst <= 0.25, `i8 logits differ from f32 by ${worst} (relative to max |logit|)`);
-    if (decodeI8Available()) assert.ok(worst > 1e-4, `i8 changes next to nothing (${worst}): the path did not run`);
-    assert.ok(same >= (3 * seq.length) / 4, `only ${same}/${seq.length} teacher-forced argmax agree`);
+    assert.ok(worst <= 0.25, `${kind}: i8 logits differ from f32 by ${worst} (relative to max |logit|)`);
+    if (kind === 'int4' ? decodeI8Available() : decodeI8Q4Available()) assert.ok(worst > 1e-4, `${kind}: i8 changes next to nothing (${worst}): the path did not run`);
+    assert.ok(same >= (3 * seq.length) / 4, `${kind}: only ${same}/${seq.length} teacher-forced argmax agree`);
     const c = new KVCache(model.config, 1, 4);
     assert.throws(() => FusedDecoder.create(model, c, { activations: 'i4' as 'i8' }), /activations must be 'f32', 'i16' or 'i8'/);
     c.dispose();
   } finally {
     model.dispose();
+  }
   }
 });
