@@ -869,6 +869,94 @@ test('i8 activations: NF4/FP4 GEMV (1 to 16 rows of x; with and without double q
   }
 });
 
+/** x rounded as the 'i8' path rounds it: per block of B, q = round-half-even(fround(x * fround(127 / amax))), step fround(amax / 127). */
+function roundI8(xv: Float32Array, B: number): { q: Int8Array; d: Float32Array } {
+  const q = new Int8Array(xv.length), d = new Float32Array(xv.length / B);
+  for (let b = 0; b < xv.length / B; b++) {
+    let amax = 0;
+    for (let k = b * B; k < (b + 1) * B; k++) amax = Math.max(amax, Math.abs(xv[k]));
+    const inv = amax > 0 ? Math.fround(127 / amax) : 0;
+    d[b] = amax > 0 ? Math.fround(amax / 127) : 0;
+    for (let k = b * B; k < (b + 1) * B; k++) {
+      const v = Math.fround(xv[k] * inv), f = Math.floor(v);
+      q[k] = v - f === 0.5 ? (f % 2 === 0 ? f : f + 1) : Math.round(v);
+    }
+  }
+  return { q, d };
+}
+
+test("i8 activations compute exactly the rounded model: x to int8 per block (round half to even), integer dot products, INT-N offsets on x's exact sums, the 4-bit code book's magnitudes to 1/255", () => {
+  const r = rng();
+  const near = (v: number, want: number, mag: number, what: string) =>
+    assert.ok(Math.abs(v - want) <= 1e-5 * mag + 1e-6, `${what} seed ${r.seed}: ${v}, want ${want} (mag ${mag})`);
+  for (const m of [1, 3]) {
+    for (const bits of [2, 3, 4, 8] as IntNBits[]) for (const groupSize of [16, 32, 128] as IntNGroupSize[]) {
+      const N = 9, K = groupSize === 128 ? 640 : 576;
+      const w = Tensor.from(randn(N * K, r, 0.1), [N, K]);
+      const q = quantizeIntN(w, { bits, groupSize });
+      w.dispose();
+      const xv = randn(m * K, r);
+      const x = Tensor.from(xv, [m, K]), y = Tensor.zeros([m, N]);
+      decodeGemv(x.handle, nativeOperand(q), y.handle, m, N, K, undefined, 'i8');
+      const got = floatsOf(y), sc = floatsOf(q.scales), of = floatsOf(q.offsets), codes = bytesOf(q.codes), G = K / groupSize;
+      const code = (e: number) => { let c = 0; for (let b = 0; b < bits; b++) { const p = e * bits + b; c |= ((codes[p >> 3] >> (p & 7)) & 1) << b; } return c; };
+      for (let i = 0; i < m; i++) {
+        const { q: xq, d } = roundI8(xv.subarray(i * K, (i + 1) * K), groupSize);
+        for (let o = 0; o < N; o++) {
+          let want = 0, mag = 0;
+          for (let g = 0; g < G; g++) {
+            let dot = 0, sum = 0;
+            for (let k = g * groupSize; k < (g + 1) * groupSize; k++) {
+              dot += code(o * K + k) * xq[k];
+              sum += xv[i * K + k];
+              mag += Math.abs(sc[o * G + g] * code(o * K + k) * xv[i * K + k]) + Math.abs(of[o * G + g] * xv[i * K + k]);
+            }
+            want += sc[o * G + g] * d[g] * dot + of[o * G + g] * sum;
+          }
+          if (decodeI8Available()) near(got[i * N + o], want, mag, `int${bits} g${groupSize} m=${m} y[${i}, ${o}]`);
+        }
+      }
+      for (const t of [x, y]) t.dispose();
+      disposeQuantized(q);
+    }
+    for (const format of ['nf4', 'fp4'] as const) for (const doubleQuant of [false, true]) {
+      const N = 9, K = 576, B = 64;
+      const w = Tensor.from(randn(N * K, r, 0.1), [N, K]);
+      const q = quantize4bit(w, { format, blockSize: B, doubleQuant });
+      w.dispose();
+      const xv = randn(m * K, r);
+      const x = Tensor.from(xv, [m, K]), y = Tensor.zeros([m, N]);
+      decodeGemv(x.handle, nativeOperand(q), y.handle, m, N, K, undefined, 'i8');
+      const got = floatsOf(y), packed = bytesOf(q.packed), absmax = refQ4Absmax(q);
+      const table = format === 'nf4' ? NF4 : quant4Table('fp4');
+      const tmax = Math.max(...Array.from(table, Math.abs));
+      // the code book as the path holds it: sign, and |t| / tmax * 255 rounded (float32 steps, half to even)
+      const held = Array.from(table, (t) => {
+        const v = Math.fround(Math.fround(Math.abs(t) / tmax) * 255), f = Math.floor(v);
+        return Math.sign(t) * (v - f === 0.5 ? (f % 2 === 0 ? f : f + 1) : Math.round(v));
+      });
+      for (let i = 0; i < m; i++) {
+        const { q: xq, d } = roundI8(xv.subarray(i * K, (i + 1) * K), B);
+        for (let o = 0; o < N; o++) {
+          let want = 0, mag = 0;
+          for (let b = 0; b < K / B; b++) {
+            let dot = 0;
+            for (let k = b * B; k < (b + 1) * B; k++) {
+              const e = o * K + k, c = e & 1 ? packed[e >> 1] & 15 : packed[e >> 1] >> 4;
+              dot += held[c] * xq[k];
+              mag += Math.abs(table[c] * absmax[e / B | 0] * xv[i * K + k]);
+            }
+            want += absmax[(o * K) / B + b] * d[b] * dot * (tmax / 255);
+          }
+          if (decodeI8Q4Available()) near(got[i * N + o], want, mag, `${format}${doubleQuant ? '+dq' : ''} m=${m} y[${i}, ${o}]`);
+        }
+      }
+      for (const t of [x, y]) t.dispose();
+      disposeQuantized(q);
+    }
+  }
+});
+
 test('i8 activations through FusedDecoder: INT4 and NF4 tiny models decode within 0.25 of the f32 path, teacher-forced argmax mostly the same', () => {
   for (const kind of ['int4', 'nf4'] as const) {
   const model = quantizedTiny(kind);
