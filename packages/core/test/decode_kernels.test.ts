@@ -869,26 +869,29 @@ test('i8 activations: NF4/FP4 GEMV (1 to 16 rows of x; with and without double q
   }
 });
 
-/** x rounded as the 'i8' path rounds it: per block of B, q = round-half-even(fround(x * fround(127 / amax))), step fround(amax / 127). */
-function roundI8(xv: Float32Array, B: number): { q: Int8Array; d: Float32Array } {
-  const q = new Int8Array(xv.length), d = new Float32Array(xv.length / B);
+/** Round half to even (what the kernels' float-to-int conversions do). */
+const roundEven = (v: number): number => { const f = Math.floor(v); return v - f === 0.5 ? (f % 2 === 0 ? f : f + 1) : Math.round(v); };
+
+/** x rounded as the 'i8' ('i16') path rounds it: per block of B, q = round-half-even(fround(x * fround(Q / amax))), step fround(amax / Q), Q = 127 (32767). */
+function roundX(xv: Float32Array, B: number, Q: number): { q: Int32Array; d: Float32Array } {
+  const q = new Int32Array(xv.length), d = new Float32Array(xv.length / B);
   for (let b = 0; b < xv.length / B; b++) {
     let amax = 0;
     for (let k = b * B; k < (b + 1) * B; k++) amax = Math.max(amax, Math.abs(xv[k]));
-    const inv = amax > 0 ? Math.fround(127 / amax) : 0;
-    d[b] = amax > 0 ? Math.fround(amax / 127) : 0;
-    for (let k = b * B; k < (b + 1) * B; k++) {
-      const v = Math.fround(xv[k] * inv), f = Math.floor(v);
-      q[k] = v - f === 0.5 ? (f % 2 === 0 ? f : f + 1) : Math.round(v);
-    }
+    const inv = amax > 0 ? Math.fround(Q / amax) : 0;
+    d[b] = amax > 0 ? Math.fround(amax / Q) : 0;
+    for (let k = b * B; k < (b + 1) * B; k++) q[k] = roundEven(Math.fround(xv[k] * inv));
   }
   return { q, d };
 }
 
-test("i8 activations compute exactly the rounded model: x to int8 per block (round half to even), integer dot products, INT-N offsets on x's exact sums, the 4-bit code book's magnitudes to 1/255", () => {
+test("i8 and i16 activations compute exactly the rounded model: x to int8 / int16 per block (round half to even), integer dot products, INT-N offsets on x's exact sums, the 4-bit code book to 1/255 of its largest magnitude / 1/16383", () => {
   const r = rng();
-  const near = (v: number, want: number, mag: number, what: string) =>
-    assert.ok(Math.abs(v - want) <= 1e-5 * mag + 1e-6, `${what} seed ${r.seed}: ${v}, want ${want} (mag ${mag})`);
+  let worstSeen = 0;
+  for (const act of ['i8', 'i16'] as const) {
+  const Q = act === 'i8' ? 127 : 32767, built = act === 'i8' ? decodeI8Available() : decodeI16Available();
+  const near = (v: number, want: number, mag: number, what: string) => (worstSeen = Math.max(worstSeen, Math.abs(v - want) / mag),
+    assert.ok(Math.abs(v - want) <= 1e-6 * mag + 1e-7, `${what} seed ${r.seed}: ${v}, want ${want} (mag ${mag})`));
   for (const m of [1, 3]) {
     for (const bits of [2, 3, 4, 8] as IntNBits[]) for (const groupSize of [16, 32, 128] as IntNGroupSize[]) {
       const N = 9, K = groupSize === 128 ? 640 : 576;
@@ -897,11 +900,11 @@ test("i8 activations compute exactly the rounded model: x to int8 per block (rou
       w.dispose();
       const xv = randn(m * K, r);
       const x = Tensor.from(xv, [m, K]), y = Tensor.zeros([m, N]);
-      decodeGemv(x.handle, nativeOperand(q), y.handle, m, N, K, undefined, 'i8');
+      decodeGemv(x.handle, nativeOperand(q), y.handle, m, N, K, undefined, act);
       const got = floatsOf(y), sc = floatsOf(q.scales), of = floatsOf(q.offsets), codes = bytesOf(q.codes), G = K / groupSize;
       const code = (e: number) => { let c = 0; for (let b = 0; b < bits; b++) { const p = e * bits + b; c |= ((codes[p >> 3] >> (p & 7)) & 1) << b; } return c; };
       for (let i = 0; i < m; i++) {
-        const { q: xq, d } = roundI8(xv.subarray(i * K, (i + 1) * K), groupSize);
+        const { q: xq, d } = roundX(xv.subarray(i * K, (i + 1) * K), groupSize, Q);
         for (let o = 0; o < N; o++) {
           let want = 0, mag = 0;
           for (let g = 0; g < G; g++) {
@@ -913,7 +916,7 @@ test("i8 activations compute exactly the rounded model: x to int8 per block (rou
             }
             want += sc[o * G + g] * d[g] * dot + of[o * G + g] * sum;
           }
-          if (decodeI8Available()) near(got[i * N + o], want, mag, `int${bits} g${groupSize} m=${m} y[${i}, ${o}]`);
+          if (built) near(got[i * N + o], want, mag, `${act} int${bits} g${groupSize} m=${m} y[${i}, ${o}]`);
         }
       }
       for (const t of [x, y]) t.dispose();
@@ -926,17 +929,15 @@ test("i8 activations compute exactly the rounded model: x to int8 per block (rou
       w.dispose();
       const xv = randn(m * K, r);
       const x = Tensor.from(xv, [m, K]), y = Tensor.zeros([m, N]);
-      decodeGemv(x.handle, nativeOperand(q), y.handle, m, N, K, undefined, 'i8');
+      decodeGemv(x.handle, nativeOperand(q), y.handle, m, N, K, undefined, act);
       const got = floatsOf(y), packed = bytesOf(q.packed), absmax = refQ4Absmax(q);
       const table = format === 'nf4' ? NF4 : quant4Table('fp4');
       const tmax = Math.max(...Array.from(table, Math.abs));
-      // the code book as the path holds it: sign, and |t| / tmax * 255 rounded (float32 steps, half to even)
-      const held = Array.from(table, (t) => {
-        const v = Math.fround(Math.fround(Math.abs(t) / tmax) * 255), f = Math.floor(v);
-        return Math.sign(t) * (v - f === 0.5 ? (f % 2 === 0 ? f : f + 1) : Math.round(v));
-      });
+      // the code book as the path holds it: i8 sign and |t| / tmax * 255 rounded, i16 t / tmax * 16383 rounded (float32 steps, half to even)
+      const T = act === 'i8' ? 255 : 16383;
+      const held = Array.from(table, (t) => (act === 'i8' ? Math.sign(t) * roundEven(Math.fround(Math.fround(Math.abs(t) / tmax) * T)) : roundEven(Math.fround(Math.fround(t / tmax) * T))));
       for (let i = 0; i < m; i++) {
-        const { q: xq, d } = roundI8(xv.subarray(i * K, (i + 1) * K), B);
+        const { q: xq, d } = roundX(xv.subarray(i * K, (i + 1) * K), B, Q);
         for (let o = 0; o < N; o++) {
           let want = 0, mag = 0;
           for (let b = 0; b < K / B; b++) {
@@ -946,15 +947,17 @@ test("i8 activations compute exactly the rounded model: x to int8 per block (rou
               dot += held[c] * xq[k];
               mag += Math.abs(table[c] * absmax[e / B | 0] * xv[i * K + k]);
             }
-            want += absmax[(o * K) / B + b] * d[b] * dot * (tmax / 255);
+            want += absmax[(o * K) / B + b] * d[b] * dot * (tmax / T);
           }
-          if (decodeI8Q4Available()) near(got[i * N + o], want, mag, `${format}${doubleQuant ? '+dq' : ''} m=${m} y[${i}, ${o}]`);
+          if (act === 'i8' ? decodeI8Q4Available() : built) near(got[i * N + o], want, mag, `${act} ${format}${doubleQuant ? '+dq' : ''} m=${m} y[${i}, ${o}]`);
         }
       }
       for (const t of [x, y]) t.dispose();
       disposeQuantized(q);
     }
   }
+  }
+  console.log(`# worst |native - model| / mag: ${worstSeen.toExponential(2)}`);
 });
 
 test('i8 activations through FusedDecoder: INT4 and NF4 tiny models decode within 0.25 of the f32 path, teacher-forced argmax mostly the same', () => {
