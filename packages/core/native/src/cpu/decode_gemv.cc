@@ -1524,172 +1524,222 @@ bool quantize_x8(int64_t K, const float* x, int bshift, X8Layout layout, std::ve
   return true;
 }
 
-// eight output rows of INT4 against one row of x in int8 (the layout above);
-// out[0..8) = the rows' sums (scales, x steps and the offsets' term applied)
-void i8_rows8_int4(const IntNSrc16<4>* src, int64_t K, int bshift, const QuantX8& qx, float* out) {
-  const int64_t G = K >> bshift;
-  const __m512i gidx = lane_groups(3, bshift), m15 = _mm512_set1_epi8(15);
-  const __mmask16 tail_mk = bshift >= 6 ? 0 : static_cast<__mmask16>((1u << (64 >> bshift)) - 1);
-  __m512 acc[8];
-#pragma GCC unroll 8
-  for (int o = 0; o < 8; o++) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    auto span = [&](int64_t k, __m512i w, __m512 ws, __m512& a) __attribute__((always_inline)) {
-      const int8_t* xq = qx.q + k;  // span k / 128 starts at byte k
-      __m512i I = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(w, m15), _mm512_loadu_si512(xq));
-      I = _mm512_dpbusd_epi32(I, _mm512_and_si512(_mm512_srli_epi16(w, 4), m15), _mm512_loadu_si512(xq + 64));
-      a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(ws, _mm512_loadu_ps(qx.dl + (k >> 3))), a);
-    };
-    const uint8_t* c = src[o].codes;
-    const float* sc = src[o].scales;
-    int64_t k = 0;
-    for (; k + 256 <= K; k += 256) {
-      span(k, _mm512_loadu_si512(c + (k >> 1)), span128_scales(sc, k >> bshift, bshift, gidx), a0);
-      span(k + 128, _mm512_loadu_si512(c + ((k + 128) >> 1)), span128_scales(sc, (k + 128) >> bshift, bshift, gidx), a1);
-    }
-    if (k + 128 <= K) { span(k, _mm512_loadu_si512(c + (k >> 1)), span128_scales(sc, k >> bshift, bshift, gidx), a0); k += 128; }
-    if (k < K) {  // the last 64: 32 code bytes, lanes 0-7
-      const __m512i w = _mm512_maskz_loadu_epi8(static_cast<__mmask64>(0xFFFFFFFFull), c + (k >> 1));
-      const __m512 ws = bshift >= 6 ? _mm512_set1_ps(sc[k >> bshift])
-                                    : _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(tail_mk, sc + (k >> bshift)));
-      span(k, w, ws, a1);
-    }
-    acc[o] = _mm512_add_ps(a0, a1);
+// INT3's byte permute and bit offsets (i8 INT3 format below): dword l of a
+// span takes bytes 3l .. 3l + 2, codes 0-3 at bits 0, 3, 6, 9 and 4-7 at
+// bits 12 .. 21 (plus 32 in the odd dwords, the high halves of their qwords).
+struct Int3Tables {
+  alignas(64) uint8_t perm[64], ctl_a[64], ctl_b[64];
+  Int3Tables() {
+    for (int l = 0; l < 16; l++)
+      for (int i = 0; i < 4; i++) {
+        perm[4 * l + i] = static_cast<uint8_t>(3 * l + std::min(i, 2));
+        ctl_a[4 * l + i] = static_cast<uint8_t>((l & 1) * 32 + 3 * i);
+        ctl_b[4 * l + i] = static_cast<uint8_t>((l & 1) * 32 + 12 + 3 * i);
+      }
   }
-  const QuantX sums{nullptr, nullptr, qx.sum, K, G};
-  finish8<false>(src, acc, sums, G, 1.0f, out);
+};
+inline const Int3Tables& int3_tables() {
+  static const Int3Tables t;
+  return t;
 }
 
-// eight output rows of INT8 against one row of x in int8, natural order:
-// each span of 64 code bytes against the same 64 bytes of x, lane l the dot
-// product of elements 4l .. 4l + 3 (the lanes of the i16 spans of 64: gidx,
-// span64_scales); no unpacking at all
+// ---- the formats of the 'i8' path ----
+// A format holds what every row shares (masks, tables, lane indices) and
+// gives, per span of SPAN elements of one output row (its I8Row), NV
+// vectors of 64 code bytes (codes(row, k, left, v, neg): left = K - k, a
+// last, shorter span when below SPAN) to be dotted with x in the matching
+// layout (vector j against bytes 64 j of the span's x), and the span's
+// scales per lane (scales(row, k, left)). SIGN: the code bytes are
+// magnitudes, x is negated where the weight is negative (masks `neg`).
+struct I8Row {
+  const uint8_t* c;      // the row's first code byte
+  const float* sc;       // its scales (4-bit: absmax)
+  const uint16_t* sc16;  // fp16 copies of the scales (INT8 with H), else null
+};
+// INT4 (EvenOdd128): a span's 64 code bytes give the even elements (low
+// nibbles) and the odd ones (high nibbles) after one shift and two masks;
+// lane l holds elements 8l .. 8l + 7. A last span of 64 (32 bytes) fills
+// lanes 0-7.
+struct I8Int4 {
+  static constexpr int NV = 2, SPAN = 128;
+  static constexpr bool SIGN = false;
+  int bshift;
+  __m512i gidx, m15;
+  __mmask16 tail_mk;
+  explicit I8Int4(int b) : bshift(b), gidx(lane_groups(3, b)), m15(_mm512_set1_epi8(15)),
+      tail_mk(b >= 6 ? 0 : static_cast<__mmask16>((1u << (64 >> b)) - 1)) {}
+  __attribute__((always_inline)) void codes(const I8Row& row, int64_t k, int64_t left, __m512i (&v)[NV], __mmask64 (&)[NV]) const {
+    const uint8_t* c = row.c;
+    const __m512i w = left >= 128 ? _mm512_loadu_si512(c + (k >> 1)) : _mm512_maskz_loadu_epi8(static_cast<__mmask64>(0xFFFFFFFFull), c + (k >> 1));
+    v[0] = _mm512_and_si512(w, m15);
+    v[1] = _mm512_and_si512(_mm512_srli_epi16(w, 4), m15);
+  }
+  __attribute__((always_inline)) __m512 scales(const I8Row& row, int64_t k, int64_t left) const {
+    const float* sc = row.sc;
+    if (left >= 128) return span128_scales(sc, k >> bshift, bshift, gidx);
+    return bshift >= 6 ? _mm512_set1_ps(sc[k >> bshift]) : _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(tail_mk, sc + (k >> bshift)));
+  }
+};
+
+// INT8 (Natural64): 64 code bytes against the same 64 bytes of x, no
+// unpacking at all; lane l holds elements 4l .. 4l + 3. H: the scales from
+// their fp16 copies.
 template <bool H>
-void i8_rows8_int8(const IntNSrc16<8>* src, int64_t K, int bshift, const QuantX8& qx, float* out) {
-  const int64_t G = K >> bshift;
-  const __m512i gidx = lane_groups(2, bshift);
-  __m512 acc[8];
+struct I8Int8 {
+  static constexpr int NV = 1, SPAN = 64;
+  static constexpr bool SIGN = false;
+  int bshift;
+  __m512i gidx;
+  explicit I8Int8(int b) : bshift(b), gidx(lane_groups(2, b)) {}
+  __attribute__((always_inline)) void codes(const I8Row& row, int64_t k, int64_t, __m512i (&v)[NV], __mmask64 (&)[NV]) const {
+    v[0] = _mm512_loadu_si512(row.c + k);
+  }
+  __attribute__((always_inline)) __m512 scales(const I8Row& row, int64_t k, int64_t) const {
+    if constexpr (H) return span64_scales16(row.sc16, k >> bshift, bshift, gidx);
+    else return span64_scales(row.sc, k >> bshift, bshift, gidx);
+  }
+};
+
+// INT3 (Quad128): a span of 128 is 48 code bytes, elements 8l .. 8l + 7 in
+// bytes 3l .. 3l + 2; one vpermb moves those three bytes to dword l, two
+// vpmultishiftqb take out each dword's codes 0-3 and 4-7 as bytes, and a
+// mask keeps their 3 bits; lane l holds elements 8l .. 8l + 7. A last span
+// of 64 (24 bytes) fills lanes 0-7.
+struct I8Int3 {
+  static constexpr int NV = 2, SPAN = 128;
+  static constexpr bool SIGN = false;
+  int bshift;
+  __m512i gidx, perm, ctl_a, ctl_b, m7;
+  __mmask16 tail_mk;
+  explicit I8Int3(int b, const Int3Tables& t = int3_tables())
+      : bshift(b), gidx(lane_groups(3, b)), perm(_mm512_load_si512(t.perm)), ctl_a(_mm512_load_si512(t.ctl_a)),
+        ctl_b(_mm512_load_si512(t.ctl_b)), m7(_mm512_set1_epi8(7)), tail_mk(b >= 6 ? 0 : static_cast<__mmask16>((1u << (64 >> b)) - 1)) {}
+  __attribute__((always_inline)) void codes(const I8Row& row, int64_t k, int64_t left, __m512i (&v)[NV], __mmask64 (&)[NV]) const {
+    const uint8_t* c = row.c;
+    const __mmask64 mk = left >= 128 ? (__mmask64(1) << 48) - 1 : (__mmask64(1) << 24) - 1;
+    const __m512i w = _mm512_permutexvar_epi8(perm, _mm512_maskz_loadu_epi8(mk, c + ((3 * k) >> 3)));
+    v[0] = _mm512_and_si512(_mm512_multishift_epi64_epi8(ctl_a, w), m7);
+    v[1] = _mm512_and_si512(_mm512_multishift_epi64_epi8(ctl_b, w), m7);
+  }
+  __attribute__((always_inline)) __m512 scales(const I8Row& row, int64_t k, int64_t left) const {
+    const float* sc = row.sc;
+    if (left >= 128) return span128_scales(sc, k >> bshift, bshift, gidx);
+    return bshift >= 6 ? _mm512_set1_ps(sc[k >> bshift]) : _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(tail_mk, sc + (k >> bshift)));
+  }
+};
+
+// INT2 (Field256): a span of 256 is 64 code bytes, field s of byte j (bits
+// 2s, 2s + 1) element 4j + s; each field is one shift and one mask away from
+// 64 code bytes; lane l holds elements 16l .. 16l + 15 (one group: groups
+// are 16 or more). A last span of 64, 128 or 192 fills the lanes it has.
+struct I8Int2 {
+  static constexpr int NV = 4, SPAN = 256;
+  static constexpr bool SIGN = false;
+  int bshift;
+  __m512i gidx, m3;
+  explicit I8Int2(int b) : bshift(b), gidx(lane_groups(4, b)), m3(_mm512_set1_epi8(3)) {}
+  __attribute__((always_inline)) void codes(const I8Row& row, int64_t k, int64_t left, __m512i (&v)[NV], __mmask64 (&)[NV]) const {
+    const uint8_t* c = row.c;
+    const __m512i w = left >= 256 ? _mm512_loadu_si512(c + (k >> 2)) : _mm512_maskz_loadu_epi8((__mmask64(1) << (left >> 2)) - 1, c + (k >> 2));
+    v[0] = _mm512_and_si512(w, m3);
+    v[1] = _mm512_and_si512(_mm512_srli_epi16(w, 2), m3);
+    v[2] = _mm512_and_si512(_mm512_srli_epi16(w, 4), m3);
+    v[3] = _mm512_and_si512(_mm512_srli_epi16(w, 6), m3);
+  }
+  __attribute__((always_inline)) __m512 scales(const I8Row& row, int64_t k, int64_t left) const {
+    const int64_t n = std::min<int64_t>(left, 256) >> bshift;
+    return _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), row.sc + (k >> bshift)));
+  }
+};
+
+#if defined(__AVX512BITALG__)
+#define TB_DECODE_I8_Q4 1
+// 4-bit blockwise (NF4, FP4, any code book; EvenOdd128 with the high nibble
+// the even element): the code book's magnitudes as u8 (|t| / max|t| * 255,
+// rounded) and its signs as a bit mask `neg`, both repeated every 16 codes.
+// A span's 64 code bytes give the even elements' codes (high nibbles,
+// shifted down) and the odd ones' (low nibbles) with two stray bits above
+// each (bits 4-5: vpermb and vpshufbitqmb read 6), which the repeated
+// tables ignore, so no mask is needed; vpermb looks up their magnitudes,
+// vpshufbitqmb their signs (bit `code` of neg), and x's bytes are negated
+// where the weight is negative, so that vpdpbusd (u8 x s8) takes |t|
+// against x * sign(t).
+struct I8Q4 {
+  static constexpr int NV = 2, SPAN = 128;
+  static constexpr bool SIGN = true;
+  int bshift;
+  __m512i gidx, mags, negq;
+  __mmask16 tail_mk;
+  I8Q4(int b, __m512i mags_, __m512i negq_)
+      : bshift(b), gidx(lane_groups(3, b)), mags(mags_), negq(negq_), tail_mk(b >= 6 ? 0 : static_cast<__mmask16>((1u << (64 >> b)) - 1)) {}
+  __attribute__((always_inline)) void codes(const I8Row& row, int64_t k, int64_t left, __m512i (&v)[NV], __mmask64 (&neg)[NV]) const {
+    const uint8_t* c = row.c;
+    const __m512i w = left >= 128 ? _mm512_loadu_si512(c + (k >> 1)) : _mm512_maskz_loadu_epi8(static_cast<__mmask64>(0xFFFFFFFFull), c + (k >> 1));
+    const __m512i ce = _mm512_srli_epi16(w, 4);
+    v[0] = _mm512_permutexvar_epi8(ce, mags);
+    v[1] = _mm512_permutexvar_epi8(w, mags);
+    neg[0] = _mm512_bitshuffle_epi64_mask(negq, ce);
+    neg[1] = _mm512_bitshuffle_epi64_mask(negq, w);
+  }
+  __attribute__((always_inline)) __m512 scales(const I8Row& row, int64_t k, int64_t left) const {
+    const float* sc = row.sc;
+    if (left >= 128) return span128_scales(sc, k >> bshift, bshift, gidx);
+    return bshift >= 6 ? _mm512_set1_ps(sc[k >> bshift]) : _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(tail_mk, sc + (k >> bshift)));
+  }
+};
+#endif
+
+// Eight output rows (rows[0..8), format f) against one row of x: acc[o] lane l
+// the sum over spans of (lane l's integer dot product) * scale * x's step.
+// Two accumulators per row (even and odd spans); the eight rows' sums are
+// reduced together by the caller.
+template <class F>
+__attribute__((always_inline)) inline void i8_rows8(const F& f, const I8Row* rows, int64_t K, const QuantX8& qx, __m512 (&acc)[8]) {
+  const __m512i zero = _mm512_setzero_si512();
 #pragma GCC unroll 8
   for (int o = 0; o < 8; o++) {
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    const uint8_t* c = src[o].codes;
     auto span = [&](int64_t k, __m512& a) __attribute__((always_inline)) {
-      const __m512i I = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_loadu_si512(c + k), _mm512_loadu_si512(qx.q + k));
-      __m512 ws;
-      if constexpr (H) ws = span64_scales16(src[o].scales16, k >> bshift, bshift, gidx);
-      else ws = span64_scales(src[o].scales, k >> bshift, bshift, gidx);
-      a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(ws, _mm512_loadu_ps(qx.dl + (k >> 2))), a);
+      __m512i v[F::NV];
+      __mmask64 neg[F::NV];
+      const int64_t left = K - k;
+      f.codes(rows[o], k, left, v, neg);
+      const int8_t* xq = qx.q + k;  // span k / SPAN starts at byte k
+      __m512i I = zero;
+#pragma GCC unroll 4
+      for (int j = 0; j < F::NV; j++) {
+        __m512i xv = _mm512_loadu_si512(xq + 64 * j);
+        if constexpr (F::SIGN) xv = _mm512_mask_sub_epi8(xv, neg[j], zero, xv);
+        I = _mm512_dpbusd_epi32(I, v[j], xv);
+      }
+      a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(f.scales(rows[o], k, left), _mm512_loadu_ps(qx.dl + (k / F::SPAN) * 16)), a);
     };
     int64_t k = 0;
-    for (; k + 128 <= K; k += 128) { span(k, a0); span(k + 64, a1); }
+    for (; k + 2 * F::SPAN <= K; k += 2 * F::SPAN) {
+      span(k, a0);
+      span(k + F::SPAN, a1);
+    }
     if (k < K) span(k, a0);
+    if (k + F::SPAN < K) span(k + F::SPAN, a1);
     acc[o] = _mm512_add_ps(a0, a1);
   }
-  const QuantX sums{nullptr, nullptr, qx.sum, K, G};
-  finish8<H>(src, acc, sums, G, 1.0f, out);
 }
 
-// eight output rows of INT3 against one row of x in int8 (Quad128): a span
-// of 128 is 48 code bytes, elements 8l .. 8l + 7 in bytes 3l .. 3l + 2; one
-// vpermb moves those three bytes to dword l, two vpmultishiftqb take out
-// each dword's codes 0-3 (bits 0, 3, 6, 9) and 4-7 (bits 12, 15, 18, 21)
-// as bytes, a mask keeps their 3 bits, and two vpdpbusd leave in lane l the
-// dot product of elements 8l .. 8l + 7. A last span of 64 (24 bytes) fills
-// lanes 0-7. out[0..8) as i8_rows8_int4.
-void i8_rows8_int3(const IntNSrc16<3>* src, int64_t K, int bshift, const QuantX8& qx, float* out) {
-  const int64_t G = K >> bshift;
-  struct Tables {
-    alignas(64) uint8_t perm[64], ctl_a[64], ctl_b[64];
-    Tables() {
-      for (int l = 0; l < 16; l++)
-        for (int i = 0; i < 4; i++) {
-          perm[4 * l + i] = static_cast<uint8_t>(3 * l + std::min(i, 2));
-          const int hi = (l & 1) * 32;  // dword l is the high half of its qword when l is odd
-          ctl_a[4 * l + i] = static_cast<uint8_t>(hi + 3 * i);
-          ctl_b[4 * l + i] = static_cast<uint8_t>(hi + 12 + 3 * i);
-        }
-    }
-  };
-  static const Tables t;
-  const __m512i gidx = lane_groups(3, bshift), perm = _mm512_load_si512(t.perm), ctl_a = _mm512_load_si512(t.ctl_a), ctl_b = _mm512_load_si512(t.ctl_b);
-  const __m512i m7 = _mm512_set1_epi8(7);
-  const __mmask16 tail_mk = bshift >= 6 ? 0 : static_cast<__mmask16>((1u << (64 >> bshift)) - 1);
-  constexpr __mmask64 span_bytes = (__mmask64(1) << 48) - 1, tail_bytes = (__mmask64(1) << 24) - 1;
-  __m512 acc[8];
-#pragma GCC unroll 8
-  for (int o = 0; o < 8; o++) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    const uint8_t* c = src[o].codes;
-    const float* sc = src[o].scales;
-    auto span = [&](int64_t k, __mmask64 mk, __m512 ws, __m512& a) __attribute__((always_inline)) {
-      const __m512i w = _mm512_permutexvar_epi8(perm, _mm512_maskz_loadu_epi8(mk, c + ((3 * k) >> 3)));
-      const int8_t* xq = qx.q + k;
-      __m512i I = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(_mm512_multishift_epi64_epi8(ctl_a, w), m7),
-                                      _mm512_loadu_si512(xq));
-      I = _mm512_dpbusd_epi32(I, _mm512_and_si512(_mm512_multishift_epi64_epi8(ctl_b, w), m7), _mm512_loadu_si512(xq + 64));
-      a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(ws, _mm512_loadu_ps(qx.dl + (k >> 3))), a);
-    };
-    int64_t k = 0;
-    for (; k + 256 <= K; k += 256) {
-      span(k, span_bytes, span128_scales(sc, k >> bshift, bshift, gidx), a0);
-      span(k + 128, span_bytes, span128_scales(sc, (k + 128) >> bshift, bshift, gidx), a1);
-    }
-    if (k + 128 <= K) { span(k, span_bytes, span128_scales(sc, k >> bshift, bshift, gidx), a0); k += 128; }
-    if (k < K) {
-      const __m512 ws = bshift >= 6 ? _mm512_set1_ps(sc[k >> bshift])
-                                    : _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(tail_mk, sc + (k >> bshift)));
-      span(k, tail_bytes, ws, a1);
-    }
-    acc[o] = _mm512_add_ps(a0, a1);
-  }
-  const QuantX sums{nullptr, nullptr, qx.sum, K, G};
-  finish8<false>(src, acc, sums, G, 1.0f, out);
-}
-
-// eight output rows of INT2 against one row of x in int8 (Field256): a span
-// of 256 is 64 code bytes, field s of byte j (bits 2s, 2s + 1) element
-// 4j + s; each field is one shift and one mask away from 64 code bytes, and
-// four vpdpbusd leave in lane l the dot product of elements 16l .. 16l + 15
-// (one group: groups are 16 or more). A last span of 64, 128 or 192 fills
-// the lanes it has. out[0..8) as i8_rows8_int4.
-void i8_rows8_int2(const IntNSrc16<2>* src, int64_t K, int bshift, const QuantX8& qx, float* out) {
-  const int64_t G = K >> bshift, tail = K & 255;
-  const __m512i gidx = lane_groups(4, bshift), m3 = _mm512_set1_epi8(3);
-  const __mmask16 span_mk = static_cast<__mmask16>((1u << (256 >> bshift)) - 1), tail_mk = static_cast<__mmask16>((1u << (tail >> bshift)) - 1);
-  const __mmask64 tail_bytes = (__mmask64(1) << (tail >> 2)) - 1;
-  __m512 acc[8];
-#pragma GCC unroll 8
-  for (int o = 0; o < 8; o++) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    const uint8_t* c = src[o].codes;
-    const float* sc = src[o].scales;
-    auto span = [&](int64_t k, __m512i w, __mmask16 smk, __m512& a) __attribute__((always_inline)) {
-      const int8_t* xq = qx.q + k;
-      __m512i I = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(w, m3), _mm512_loadu_si512(xq));
-      I = _mm512_dpbusd_epi32(I, _mm512_and_si512(_mm512_srli_epi16(w, 2), m3), _mm512_loadu_si512(xq + 64));
-      I = _mm512_dpbusd_epi32(I, _mm512_and_si512(_mm512_srli_epi16(w, 4), m3), _mm512_loadu_si512(xq + 128));
-      I = _mm512_dpbusd_epi32(I, _mm512_and_si512(_mm512_srli_epi16(w, 6), m3), _mm512_loadu_si512(xq + 192));
-      const __m512 ws = _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(smk, sc + (k >> bshift)));
-      a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(ws, _mm512_loadu_ps(qx.dl + (k >> 4))), a);
-    };
-    int64_t k = 0;
-    for (; k + 512 <= K; k += 512) {
-      span(k, _mm512_loadu_si512(c + (k >> 2)), span_mk, a0);
-      span(k + 256, _mm512_loadu_si512(c + ((k + 256) >> 2)), span_mk, a1);
-    }
-    if (k + 256 <= K) { span(k, _mm512_loadu_si512(c + (k >> 2)), span_mk, a0); k += 256; }
-    if (k < K) span(k, _mm512_maskz_loadu_epi8(tail_bytes, c + (k >> 2)), tail_mk, a1);
-    acc[o] = _mm512_add_ps(a0, a1);
-  }
-  const QuantX sums{nullptr, nullptr, qx.sum, K, G};
-  finish8<false>(src, acc, sums, G, 1.0f, out);
-}
-
+// y = alpha * x W^T + beta * y, one row of x, INT-N: eight output rows per
+// i8_rows8, their INT-N offsets added and sums reduced by finish8. INT8
+// reads the fp16 copies of its constants where the operand has them (as the
+// i16 path does); INT2-4 their f32 ones.
 template <int Bits>
 void i8_intn(int64_t N, int64_t K, float alpha, const IntNView& w, const QuantX8& qx, float beta, float* y) {
   const int64_t G = K >> w.group_shift, rb = (K * Bits) >> 3;
+  const int bs = w.group_shift;
   const Unpack16 u = intn_unpack<Bits>();
   auto rows = [&](int64_t o0, int64_t o1) {
+    const I8Int2 f2(bs);
+    const I8Int3 f3(bs);
+    const I8Int4 f4(bs);
+    const I8Int8<true> f8h(bs);
+    const I8Int8<false> f8(bs);
     float sums[8];
     for (int64_t o = o0; o < o1; o += 8) {
       const int64_t n = std::min<int64_t>(8, o1 - o);
@@ -1699,12 +1749,15 @@ void i8_intn(int64_t N, int64_t K, float alpha, const IntNView& w, const QuantX8
         s8[j] = IntNSrc16<Bits>{w.codes + r * rb, &u, w.scales + r * G, w.offsets + r * G, w.scales16 ? w.scales16 + r * G : nullptr,
                                 w.offsets16 ? w.offsets16 + r * G : nullptr, w.zero16};
       }
-      // INT8 reads the fp16 copies of its constants where the operand has them; INT2-4 their f32 ones
-      if constexpr (Bits == 2) i8_rows8_int2(s8, K, w.group_shift, qx, sums);
-      else if constexpr (Bits == 3) i8_rows8_int3(s8, K, w.group_shift, qx, sums);
-      else if constexpr (Bits == 4) i8_rows8_int4(s8, K, w.group_shift, qx, sums);
-      else if (w.scales16) i8_rows8_int8<true>(s8, K, w.group_shift, qx, sums);
-      else i8_rows8_int8<false>(s8, K, w.group_shift, qx, sums);
+      __m512 acc[8];
+      I8Row r8[8];
+      for (int j = 0; j < 8; j++) r8[j] = I8Row{s8[j].codes, s8[j].scales, s8[j].scales16};
+      const QuantX xs{nullptr, nullptr, qx.sum, K, G};
+      if constexpr (Bits == 2) { i8_rows8(f2, r8, K, qx, acc); finish8<false>(s8, acc, xs, G, 1.0f, sums); }
+      else if constexpr (Bits == 3) { i8_rows8(f3, r8, K, qx, acc); finish8<false>(s8, acc, xs, G, 1.0f, sums); }
+      else if constexpr (Bits == 4) { i8_rows8(f4, r8, K, qx, acc); finish8<false>(s8, acc, xs, G, 1.0f, sums); }
+      else if (w.scales16) { i8_rows8(f8h, r8, K, qx, acc); finish8<true>(s8, acc, xs, G, 1.0f, sums); }
+      else { i8_rows8(f8, r8, K, qx, acc); finish8<false>(s8, acc, xs, G, 1.0f, sums); }
       for (int64_t j = 0; j < n; j++) {
         float& c = y[o + j];
         c = beta == 0.0f ? alpha * sums[j] : alpha * sums[j] + beta * c;
@@ -1715,55 +1768,7 @@ void i8_intn(int64_t N, int64_t K, float alpha, const IntNView& w, const QuantX8
   else share_rows(N, rows);
 }
 
-#if defined(__AVX512BITALG__)
-#define TB_DECODE_I8_Q4 1
-// eight output rows of a 4-bit blockwise weight (NF4, FP4, any code book)
-// against one row of x in int8 (EvenOdd128): the code book's magnitudes as
-// u8 (|t| / max|t| * 255, rounded) and its signs as a bit mask `neg`, both
-// repeated every 16 codes. Per span of 128, the 64 code bytes give the even
-// elements' codes (high nibbles, shifted down) and the odd ones' (low
-// nibbles) with two stray bits above each (bits 4-5: vpermb and vpshufbitqmb
-// read 6), which the repeated tables ignore, so no mask is needed; vpermb
-// looks up their magnitudes, vpshufbitqmb their signs (bit `code` of neg), and x's bytes
-// are negated where the weight is negative, so that vpdpbusd (u8 x s8)
-// takes |t| against x * sign(t). out[o] = the row's sum * post, absmax and
-// x's steps applied per lane.
-void i8_rows8_q4(const float* const* scales, const uint8_t* const* packed, int64_t K, int bshift, __m512i mags, __m512i negq,
-                 const QuantX8& qx, float post, float* out) {
-  const __m512i gidx = lane_groups(3, bshift), zero = _mm512_setzero_si512();
-  const __mmask16 tail_mk = bshift >= 6 ? 0 : static_cast<__mmask16>((1u << (64 >> bshift)) - 1);
-  __m512 acc[8];
-#pragma GCC unroll 8
-  for (int o = 0; o < 8; o++) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    const uint8_t* c = packed[o];
-    const float* sc = scales[o];
-    auto span = [&](int64_t k, __m512i w, __m512 ws, __m512& a) __attribute__((always_inline)) {
-      const int8_t* xq = qx.q + k;
-      const __m512i ce = _mm512_srli_epi16(w, 4), co = w;  // bits 4-5 of each byte stray: the tables repeat every 16
-      const __m512i xe = _mm512_loadu_si512(xq), xo = _mm512_loadu_si512(xq + 64);
-      __m512i I = _mm512_dpbusd_epi32(zero, _mm512_permutexvar_epi8(ce, mags),
-                                      _mm512_mask_sub_epi8(xe, _mm512_bitshuffle_epi64_mask(negq, ce), zero, xe));
-      I = _mm512_dpbusd_epi32(I, _mm512_permutexvar_epi8(co, mags), _mm512_mask_sub_epi8(xo, _mm512_bitshuffle_epi64_mask(negq, co), zero, xo));
-      a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(ws, _mm512_loadu_ps(qx.dl + (k >> 3))), a);
-    };
-    int64_t k = 0;
-    for (; k + 256 <= K; k += 256) {
-      span(k, _mm512_loadu_si512(c + (k >> 1)), span128_scales(sc, k >> bshift, bshift, gidx), a0);
-      span(k + 128, _mm512_loadu_si512(c + ((k + 128) >> 1)), span128_scales(sc, (k + 128) >> bshift, bshift, gidx), a1);
-    }
-    if (k + 128 <= K) { span(k, _mm512_loadu_si512(c + (k >> 1)), span128_scales(sc, k >> bshift, bshift, gidx), a0); k += 128; }
-    if (k < K) {  // the last 64: 32 code bytes, lanes 0-7
-      const __m512i w = _mm512_maskz_loadu_epi8(static_cast<__mmask64>(0xFFFFFFFFull), c + (k >> 1));
-      const __m512 ws = bshift >= 6 ? _mm512_set1_ps(sc[k >> bshift])
-                                    : _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(tail_mk, sc + (k >> bshift)));
-      span(k, w, ws, a1);
-    }
-    acc[o] = _mm512_add_ps(a0, a1);
-  }
-  _mm256_storeu_ps(out, _mm256_mul_ps(hsum8(acc), _mm256_set1_ps(post)));
-}
-
+#if defined(TB_DECODE_I8_Q4)
 // y = alpha * x W^T + beta * y, one row of x, a 4-bit blockwise weight in
 // whole blocks of 16 to 128 per row (K % 64 == 0); double-quantized absmax
 // expanded per eight rows as the i16 path does
@@ -1778,7 +1783,7 @@ bool decode_gemv_i8_q4(int64_t N, int64_t K, float alpha, const float* x, const 
   alignas(64) uint8_t mag[64];
   uint64_t neg = 0;
   for (int i = 0; i < 64; i++) mag[i] = static_cast<uint8_t>(std::nearbyint(std::fabs(q.table[i & 15]) / tmax * 255.0f));
-  for (int i = 0; i < 64; i++) if (q.table[i & 15] < 0.0f) neg |= uint64_t(1) << i;  // repeated, as mag: codes are read with 2 stray bits
+  for (int i = 0; i < 64; i++) if (q.table[i & 15] < 0.0f) neg |= uint64_t(1) << i;  // repeated, as mag (I8Q4)
   thread_local std::vector<int8_t> qbuf;
   thread_local std::vector<float> dbuf, sbuf;
   QuantX8 qx{};
@@ -1789,6 +1794,7 @@ bool decode_gemv_i8_q4(int64_t N, int64_t K, float alpha, const float* x, const 
   const int64_t rb = K >> 1;
   const float post = tmax / 255.0f;
   auto rows = [&](int64_t o0, int64_t o1) {
+    const I8Q4 f(q.block_shift, mags, negq);
     float sums[8];
     float* scratch = i16_scratch();
     for (int64_t o = o0; o < o1; o += 8) {
@@ -1801,7 +1807,11 @@ bool decode_gemv_i8_q4(int64_t N, int64_t K, float alpha, const float* x, const 
         sc[j] = q.absmax ? q.absmax + (((o + r) * K) >> q.block_shift) : scratch + r * nb;
         pk[j] = q.packed + (o + r) * rb;
       }
-      i8_rows8_q4(sc, pk, K, q.block_shift, mags, negq, qx, post, sums);
+      I8Row r8[8];
+      for (int j = 0; j < 8; j++) r8[j] = I8Row{pk[j], sc[j], nullptr};
+      __m512 acc[8];
+      i8_rows8(f, r8, K, qx, acc);
+      _mm256_storeu_ps(sums, _mm256_mul_ps(hsum8(acc), _mm256_set1_ps(post)));
       for (int64_t j = 0; j < n; j++) {
         float& c = y[o + j];
         c = beta == 0.0f ? alpha * sums[j] : alpha * sums[j] + beta * c;
@@ -1817,124 +1827,12 @@ bool decode_gemv_i8_q4(int64_t N, int64_t K, float alpha, const float* x, const 
 // ---- 'i8' with several rows of x (2 to 16) ----
 // One output row at a time against up to 8 rows of x (more: tiles of 8,
 // the row of W then read again from L1): each span's codes are taken out
-// once (a format's `codes`, as the one-row kernels above do) and dotted with
-// every row of x, each row with its own accumulator, x's steps per lane and
-// sums. A format gives NV vectors of 64 code bytes per span of SPAN
-// elements, x in the matching layout (vector j against bytes 64 j of the
-// span), the span's scales per lane, and SIGN: 4-bit code books give their
-// magnitudes, x negated where the weight is negative (masks `neg`).
-struct I8Int4 {
-  static constexpr int NV = 2, SPAN = 128;
-  static constexpr bool SIGN = false;
-  const uint8_t* c;
-  const float* sc;
-  int bshift;
-  __m512i gidx, m15;
-  __mmask16 tail_mk;
-  I8Int4(const uint8_t* c_, const float* sc_, int b) : c(c_), sc(sc_), bshift(b), gidx(lane_groups(3, b)), m15(_mm512_set1_epi8(15)),
-      tail_mk(b >= 6 ? 0 : static_cast<__mmask16>((1u << (64 >> b)) - 1)) {}
-  __attribute__((always_inline)) void codes(int64_t k, int64_t left, __m512i (&v)[NV], __mmask64 (&)[NV]) const {
-    const __m512i w = left >= 128 ? _mm512_loadu_si512(c + (k >> 1)) : _mm512_maskz_loadu_epi8(static_cast<__mmask64>(0xFFFFFFFFull), c + (k >> 1));
-    v[0] = _mm512_and_si512(w, m15);
-    v[1] = _mm512_and_si512(_mm512_srli_epi16(w, 4), m15);
-  }
-  __attribute__((always_inline)) __m512 scales(int64_t k, int64_t left) const {
-    if (left >= 128) return span128_scales(sc, k >> bshift, bshift, gidx);
-    return bshift >= 6 ? _mm512_set1_ps(sc[k >> bshift]) : _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(tail_mk, sc + (k >> bshift)));
-  }
-};
-
-template <bool H>
-struct I8Int8 {
-  static constexpr int NV = 1, SPAN = 64;
-  static constexpr bool SIGN = false;
-  const uint8_t* c;
-  const float* sc;
-  const uint16_t* sc16;
-  int bshift;
-  __m512i gidx;
-  I8Int8(const uint8_t* c_, const float* sc_, const uint16_t* sc16_, int b) : c(c_), sc(sc_), sc16(sc16_), bshift(b), gidx(lane_groups(2, b)) {}
-  __attribute__((always_inline)) void codes(int64_t k, int64_t, __m512i (&v)[NV], __mmask64 (&)[NV]) const { v[0] = _mm512_loadu_si512(c + k); }
-  __attribute__((always_inline)) __m512 scales(int64_t k, int64_t) const {
-    if constexpr (H) return span64_scales16(sc16, k >> bshift, bshift, gidx);
-    else return span64_scales(sc, k >> bshift, bshift, gidx);
-  }
-};
-
-struct I8Int3 {
-  static constexpr int NV = 2, SPAN = 128;
-  static constexpr bool SIGN = false;
-  const uint8_t* c;
-  const float* sc;
-  int bshift;
-  __m512i gidx, perm, ctl_a, ctl_b, m7;
-  __mmask16 tail_mk;
-  I8Int3(const uint8_t* c_, const float* sc_, int b, const uint8_t* perm_, const uint8_t* ca, const uint8_t* cb)
-      : c(c_), sc(sc_), bshift(b), gidx(lane_groups(3, b)), perm(_mm512_load_si512(perm_)), ctl_a(_mm512_load_si512(ca)),
-        ctl_b(_mm512_load_si512(cb)), m7(_mm512_set1_epi8(7)), tail_mk(b >= 6 ? 0 : static_cast<__mmask16>((1u << (64 >> b)) - 1)) {}
-  __attribute__((always_inline)) void codes(int64_t k, int64_t left, __m512i (&v)[NV], __mmask64 (&)[NV]) const {
-    const __mmask64 mk = left >= 128 ? (__mmask64(1) << 48) - 1 : (__mmask64(1) << 24) - 1;
-    const __m512i w = _mm512_permutexvar_epi8(perm, _mm512_maskz_loadu_epi8(mk, c + ((3 * k) >> 3)));
-    v[0] = _mm512_and_si512(_mm512_multishift_epi64_epi8(ctl_a, w), m7);
-    v[1] = _mm512_and_si512(_mm512_multishift_epi64_epi8(ctl_b, w), m7);
-  }
-  __attribute__((always_inline)) __m512 scales(int64_t k, int64_t left) const {
-    if (left >= 128) return span128_scales(sc, k >> bshift, bshift, gidx);
-    return bshift >= 6 ? _mm512_set1_ps(sc[k >> bshift]) : _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(tail_mk, sc + (k >> bshift)));
-  }
-};
-
-struct I8Int2 {
-  static constexpr int NV = 4, SPAN = 256;
-  static constexpr bool SIGN = false;
-  const uint8_t* c;
-  const float* sc;
-  int bshift;
-  __m512i gidx, m3;
-  I8Int2(const uint8_t* c_, const float* sc_, int b) : c(c_), sc(sc_), bshift(b), gidx(lane_groups(4, b)), m3(_mm512_set1_epi8(3)) {}
-  __attribute__((always_inline)) void codes(int64_t k, int64_t left, __m512i (&v)[NV], __mmask64 (&)[NV]) const {
-    const __m512i w = left >= 256 ? _mm512_loadu_si512(c + (k >> 2)) : _mm512_maskz_loadu_epi8((__mmask64(1) << (left >> 2)) - 1, c + (k >> 2));
-    v[0] = _mm512_and_si512(w, m3);
-    v[1] = _mm512_and_si512(_mm512_srli_epi16(w, 2), m3);
-    v[2] = _mm512_and_si512(_mm512_srli_epi16(w, 4), m3);
-    v[3] = _mm512_and_si512(_mm512_srli_epi16(w, 6), m3);
-  }
-  __attribute__((always_inline)) __m512 scales(int64_t k, int64_t left) const {
-    const int64_t n = std::min<int64_t>(left, 256) >> bshift;
-    return _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), sc + (k >> bshift)));
-  }
-};
-
-#if defined(__AVX512BITALG__)
-struct I8Q4 {
-  static constexpr int NV = 2, SPAN = 128;
-  static constexpr bool SIGN = true;
-  const uint8_t* c;
-  const float* sc;
-  int bshift;
-  __m512i gidx, mags, negq;
-  __mmask16 tail_mk;
-  I8Q4(const uint8_t* c_, const float* sc_, int b, __m512i mags_, __m512i negq_)
-      : c(c_), sc(sc_), bshift(b), gidx(lane_groups(3, b)), mags(mags_), negq(negq_), tail_mk(b >= 6 ? 0 : static_cast<__mmask16>((1u << (64 >> b)) - 1)) {}
-  __attribute__((always_inline)) void codes(int64_t k, int64_t left, __m512i (&v)[NV], __mmask64 (&neg)[NV]) const {
-    const __m512i w = left >= 128 ? _mm512_loadu_si512(c + (k >> 1)) : _mm512_maskz_loadu_epi8(static_cast<__mmask64>(0xFFFFFFFFull), c + (k >> 1));
-    const __m512i ce = _mm512_srli_epi16(w, 4);  // stray bits 4-5 as in i8_rows8_q4
-    v[0] = _mm512_permutexvar_epi8(ce, mags);
-    v[1] = _mm512_permutexvar_epi8(w, mags);
-    neg[0] = _mm512_bitshuffle_epi64_mask(negq, ce);
-    neg[1] = _mm512_bitshuffle_epi64_mask(negq, w);
-  }
-  __attribute__((always_inline)) __m512 scales(int64_t k, int64_t left) const {
-    if (left >= 128) return span128_scales(sc, k >> bshift, bshift, gidx);
-    return bshift >= 6 ? _mm512_set1_ps(sc[k >> bshift]) : _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(tail_mk, sc + (k >> bshift)));
-  }
-};
-#endif
-
+// once and dotted with every row of x, each row with its own accumulator,
+// x's steps per lane and sums.
 // sums[r] = one output row (format f) against rows 0..MB of qx (each x row
 // quantized in f's layout), before any INT-N offsets
 template <int MB, class F>
-void i8_rows_m(const F& f, int64_t K, const QuantX8* qx, float* sums) {
+void i8_rows_m(const F& f, const I8Row& row, int64_t K, const QuantX8* qx, float* sums) {
   __m512 acc[MB];
 #pragma GCC unroll 8
   for (int r = 0; r < MB; r++) acc[r] = _mm512_setzero_ps();
@@ -1943,8 +1841,8 @@ void i8_rows_m(const F& f, int64_t K, const QuantX8* qx, float* sums) {
     __m512i v[F::NV];
     __mmask64 neg[F::NV];
     const int64_t left = K - k;
-    f.codes(k, left, v, neg);
-    const __m512 ws = f.scales(k, left);
+    f.codes(row, k, left, v, neg);
+    const __m512 ws = f.scales(row, k, left);
     const int64_t lane0 = (k / F::SPAN) * 16;
 #pragma GCC unroll 8
     for (int r = 0; r < MB; r++) {
@@ -1964,17 +1862,17 @@ void i8_rows_m(const F& f, int64_t K, const QuantX8* qx, float* sums) {
 }
 
 template <class F>
-void i8_rows_tiles(const F& f, int64_t m, int64_t K, const QuantX8* qx, float* sums) {
+void i8_rows_tiles(const F& f, const I8Row& row, int64_t m, int64_t K, const QuantX8* qx, float* sums) {
   for (int64_t r0 = 0; r0 < m; r0 += 8) {
     switch (std::min<int64_t>(8, m - r0)) {
-      case 1: i8_rows_m<1>(f, K, qx + r0, sums + r0); break;
-      case 2: i8_rows_m<2>(f, K, qx + r0, sums + r0); break;
-      case 3: i8_rows_m<3>(f, K, qx + r0, sums + r0); break;
-      case 4: i8_rows_m<4>(f, K, qx + r0, sums + r0); break;
-      case 5: i8_rows_m<5>(f, K, qx + r0, sums + r0); break;
-      case 6: i8_rows_m<6>(f, K, qx + r0, sums + r0); break;
-      case 7: i8_rows_m<7>(f, K, qx + r0, sums + r0); break;
-      default: i8_rows_m<8>(f, K, qx + r0, sums + r0); break;
+      case 1: i8_rows_m<1>(f, row, K, qx + r0, sums + r0); break;
+      case 2: i8_rows_m<2>(f, row, K, qx + r0, sums + r0); break;
+      case 3: i8_rows_m<3>(f, row, K, qx + r0, sums + r0); break;
+      case 4: i8_rows_m<4>(f, row, K, qx + r0, sums + r0); break;
+      case 5: i8_rows_m<5>(f, row, K, qx + r0, sums + r0); break;
+      case 6: i8_rows_m<6>(f, row, K, qx + r0, sums + r0); break;
+      case 7: i8_rows_m<7>(f, row, K, qx + r0, sums + r0); break;
+      default: i8_rows_m<8>(f, row, K, qx + r0, sums + r0); break;
     }
   }
 }
@@ -1993,15 +1891,15 @@ inline float i8_offset_dot(const IntNView& w, int64_t o, int64_t G, bool h16, co
   return _mm512_reduce_add_ps(a);
 }
 
-// y = alpha * x W^T + beta * y for 2-16 rows of x; make(o) gives output row
-// o's format, offs(o, r) the INT-N offsets' term of row o with x row r (0
-// for 4-bit)
-template <class Make, class Offs>
-void i8_run_m(int64_t m, int64_t N, int64_t K, float alpha, const QuantX8* qx, float beta, float* y, int64_t ldy, Make make, Offs offs) {
+// y = alpha * x W^T + beta * y for 2-16 rows of x, format f; row(o) gives
+// output row o's I8Row, offs(o, r) the INT-N offsets' term of row o with x
+// row r (0 for 4-bit)
+template <class F, class Row, class Offs>
+void i8_run_m(int64_t m, int64_t N, int64_t K, float alpha, const QuantX8* qx, float beta, float* y, int64_t ldy, const F& f, Row row, Offs offs) {
   auto rows = [&](int64_t o0, int64_t o1) {
     float sums[kDecodeMaxRows];
     for (int64_t o = o0; o < o1; o++) {
-      i8_rows_tiles(make(o), m, K, qx, sums);
+      i8_rows_tiles(f, row(o), m, K, qx, sums);
       for (int64_t r = 0; r < m; r++) {
         const float v = sums[r] + offs(o, r);
         float& c = y[r * ldy + o];
@@ -2048,7 +1946,7 @@ bool decode_gemv_i8_rows(int64_t m, int64_t N, int64_t K, float alpha, const flo
     int dq_shift = -1;
     if (!q.absmax && (q.dq_block & (q.dq_block - 1)) == 0) while ((int64_t(1) << (dq_shift + 1)) <= q.dq_block) dq_shift++;
     const int64_t rb = K >> 1;
-    i8_run_m(m, N, K, alpha * (tmax / 255.0f), xr.qx, beta, y, ldy,
+    i8_run_m(m, N, K, alpha * (tmax / 255.0f), xr.qx, beta, y, ldy, I8Q4(q.block_shift, mags, negq),
              [&](int64_t o) {
                const int64_t b0 = (o * K) >> q.block_shift;
                const float* sc = q.absmax ? q.absmax + b0 : nullptr;
@@ -2057,7 +1955,7 @@ bool decode_gemv_i8_rows(int64_t m, int64_t N, int64_t K, float alpha, const flo
                  expand_dq_absmax(q, b0, nb, dq_shift, scratch);
                  sc = scratch;
                }
-               return I8Q4(q.packed + o * rb, sc, q.block_shift, mags, negq);
+               return I8Row{q.packed + o * rb, sc, nullptr};
              },
              [](int64_t, int64_t) { return 0.0f; });
     return true;
@@ -2071,37 +1969,20 @@ bool decode_gemv_i8_rows(int64_t m, int64_t N, int64_t K, float alpha, const flo
   const int64_t G = K >> w.group_shift, rb = (K * w.bits) >> 3;
   const bool h16 = w.bits == 8 && w.scales16;
   auto offs = [&](int64_t o, int64_t r) { return i8_offset_dot(w, o, G, h16, xr.qx[r].sum); };
+  auto row = [&](int64_t o) { return I8Row{w.codes + o * rb, w.scales + o * G, w.scales16 ? w.scales16 + o * G : nullptr}; };
   switch (w.bits) {
     case 2:
-      i8_run_m(m, N, K, alpha, xr.qx, beta, y, ldy, [&](int64_t o) { return I8Int2(w.codes + o * rb, w.scales + o * G, w.group_shift); }, offs);
+      i8_run_m(m, N, K, alpha, xr.qx, beta, y, ldy, I8Int2(w.group_shift), row, offs);
       break;
-    case 3: {
-      struct Tables {
-        alignas(64) uint8_t perm[64], ctl_a[64], ctl_b[64];
-        Tables() {
-          for (int l = 0; l < 16; l++)
-            for (int i = 0; i < 4; i++) {
-              perm[4 * l + i] = static_cast<uint8_t>(3 * l + std::min(i, 2));
-              ctl_a[4 * l + i] = static_cast<uint8_t>((l & 1) * 32 + 3 * i);
-              ctl_b[4 * l + i] = static_cast<uint8_t>((l & 1) * 32 + 12 + 3 * i);
-            }
-        }
-      };
-      static const Tables t;
-      i8_run_m(m, N, K, alpha, xr.qx, beta, y, ldy,
-               [&](int64_t o) { return I8Int3(w.codes + o * rb, w.scales + o * G, w.group_shift, t.perm, t.ctl_a, t.ctl_b); }, offs);
+    case 3:
+      i8_run_m(m, N, K, alpha, xr.qx, beta, y, ldy, I8Int3(w.group_shift), row, offs);
       break;
-    }
     case 4:
-      i8_run_m(m, N, K, alpha, xr.qx, beta, y, ldy, [&](int64_t o) { return I8Int4(w.codes + o * rb, w.scales + o * G, w.group_shift); }, offs);
+      i8_run_m(m, N, K, alpha, xr.qx, beta, y, ldy, I8Int4(w.group_shift), row, offs);
       break;
     default:
-      if (h16)
-        i8_run_m(m, N, K, alpha, xr.qx, beta, y, ldy,
-                 [&](int64_t o) { return I8Int8<true>(w.codes + o * rb, nullptr, w.scales16 + o * G, w.group_shift); }, offs);
-      else
-        i8_run_m(m, N, K, alpha, xr.qx, beta, y, ldy,
-                 [&](int64_t o) { return I8Int8<false>(w.codes + o * rb, w.scales + o * G, nullptr, w.group_shift); }, offs);
+      if (h16) i8_run_m(m, N, K, alpha, xr.qx, beta, y, ldy, I8Int8<true>(w.group_shift), row, offs);
+      else i8_run_m(m, N, K, alpha, xr.qx, beta, y, ldy, I8Int8<false>(w.group_shift), row, offs);
       break;
   }
   return true;
