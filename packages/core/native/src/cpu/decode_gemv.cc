@@ -1769,13 +1769,15 @@ void i8_intn(int64_t N, int64_t K, float alpha, const IntNView& w, const QuantX8
 }
 
 #if defined(TB_DECODE_I8_Q4)
-// y = alpha * x W^T + beta * y, one row of x, a 4-bit blockwise weight in
-// whole blocks of 16 to 128 per row (K % 64 == 0); double-quantized absmax
-// expanded per eight rows as the i16 path does
-bool decode_gemv_i8_q4(int64_t N, int64_t K, float alpha, const float* x, const Quant4View& q, float beta, float* y) {
+// The 'i8' path's view of a 4-bit weight with rows of K: false where it does
+// not fit (rows not whole blocks of 16 to 128, K % 64, a code book without a
+// finite nonzero value, double quantization incomplete); else I8Q4's tables
+// (the code book's magnitudes and signs), the factor that undoes the magnitudes'
+// scale (max|t| / 255) and the double quantization's block as a shift (-1
+// when not a power of two or not double-quantized).
+bool i8_q4_setup(const Quant4View& q, int64_t K, __m512i& mags, __m512i& negq, float& post, int& dq_shift) {
   if (K % 64 != 0 || q.block_shift < 4 || q.block_shift > 7 || K % (int64_t(1) << q.block_shift) != 0) return false;
-  const int64_t nb = K >> q.block_shift;
-  if (nb > kI16MaxBlocks) return false;
+  if ((K >> q.block_shift) > kI16MaxBlocks) return false;
   if (!q.absmax && (!q.dq_codes || !q.dq_scales || !q.dq_map || q.dq_block < 1)) return false;
   float tmax = 0.0f;
   for (int i = 0; i < 16; i++) tmax = std::max(tmax, std::fabs(q.table[i]));
@@ -1784,31 +1786,40 @@ bool decode_gemv_i8_q4(int64_t N, int64_t K, float alpha, const float* x, const 
   uint64_t neg = 0;
   for (int i = 0; i < 64; i++) mag[i] = static_cast<uint8_t>(std::nearbyint(std::fabs(q.table[i & 15]) / tmax * 255.0f));
   for (int i = 0; i < 64; i++) if (q.table[i & 15] < 0.0f) neg |= uint64_t(1) << i;  // repeated, as mag (I8Q4)
+  mags = _mm512_load_si512(mag);
+  negq = _mm512_set1_epi64(static_cast<long long>(neg));
+  post = tmax / 255.0f;
+  dq_shift = -1;
+  if (!q.absmax && (q.dq_block & (q.dq_block - 1)) == 0) while ((int64_t(1) << (dq_shift + 1)) <= q.dq_block) dq_shift++;
+  return true;
+}
+
+// y = alpha * x W^T + beta * y, one row of x, a 4-bit blockwise weight in
+// whole blocks of 16 to 128 per row (K % 64 == 0); double-quantized absmax
+// expanded per eight rows as the i16 path does
+bool decode_gemv_i8_q4(int64_t N, int64_t K, float alpha, const float* x, const Quant4View& q, float beta, float* y) {
+  __m512i mags, negq;
+  float post;
+  int dq_shift;
+  if (!i8_q4_setup(q, K, mags, negq, post, dq_shift)) return false;
+  const int64_t nb = K >> q.block_shift;
   thread_local std::vector<int8_t> qbuf;
   thread_local std::vector<float> dbuf, sbuf;
   QuantX8 qx{};
   if (!quantize_x8(K, x, q.block_shift, X8Layout::EvenOdd128, qbuf, dbuf, sbuf, qx)) return false;
-  const __m512i mags = _mm512_load_si512(mag), negq = _mm512_set1_epi64(static_cast<long long>(neg));
-  int dq_shift = -1;  // log2 of the double quantization's block when a power of two
-  if (!q.absmax && (q.dq_block & (q.dq_block - 1)) == 0) while ((int64_t(1) << (dq_shift + 1)) <= q.dq_block) dq_shift++;
   const int64_t rb = K >> 1;
-  const float post = tmax / 255.0f;
   auto rows = [&](int64_t o0, int64_t o1) {
     const I8Q4 f(q.block_shift, mags, negq);
     float sums[8];
     float* scratch = i16_scratch();
     for (int64_t o = o0; o < o1; o += 8) {
       const int64_t n = std::min<int64_t>(8, o1 - o);
-      const float* sc[8];
-      const uint8_t* pk[8];
       if (!q.absmax) expand_dq_absmax(q, (o * K) >> q.block_shift, n * nb, dq_shift, scratch);
+      I8Row r8[8];
       for (int64_t j = 0; j < 8; j++) {
         const int64_t r = std::min(j, n - 1);  // past the last row: the last row again, not stored
-        sc[j] = q.absmax ? q.absmax + (((o + r) * K) >> q.block_shift) : scratch + r * nb;
-        pk[j] = q.packed + (o + r) * rb;
+        r8[j] = I8Row{q.packed + (o + r) * rb, q.absmax ? q.absmax + (((o + r) * K) >> q.block_shift) : scratch + r * nb, nullptr};
       }
-      I8Row r8[8];
-      for (int j = 0; j < 8; j++) r8[j] = I8Row{pk[j], sc[j], nullptr};
       __m512 acc[8];
       i8_rows8(f, r8, K, qx, acc);
       _mm256_storeu_ps(sums, _mm256_mul_ps(hsum8(acc), _mm256_set1_ps(post)));
@@ -1897,9 +1908,10 @@ inline float i8_offset_dot(const IntNView& w, int64_t o, int64_t G, bool h16, co
 template <class F, class Row, class Offs>
 void i8_run_m(int64_t m, int64_t N, int64_t K, float alpha, const QuantX8* qx, float beta, float* y, int64_t ldy, const F& f, Row row, Offs offs) {
   auto rows = [&](int64_t o0, int64_t o1) {
+    const F fl = f;  // the thread's own copy: its vectors stay in registers
     float sums[kDecodeMaxRows];
     for (int64_t o = o0; o < o1; o++) {
-      i8_rows_tiles(f, row(o), m, K, qx, sums);
+      i8_rows_tiles(fl, row(o), m, K, qx, sums);
       for (int64_t r = 0; r < m; r++) {
         const float v = sums[r] + offs(o, r);
         float& c = y[r * ldy + o];
@@ -1930,23 +1942,14 @@ bool decode_gemv_i8_rows(int64_t m, int64_t N, int64_t K, float alpha, const flo
 #if defined(TB_DECODE_I8_Q4)
   if (W.quant == QuantKind::Q4 && W.q4) {
     const Quant4View& q = *W.q4;
-    if (q.block_shift < 4 || q.block_shift > 7 || K % (int64_t(1) << q.block_shift) != 0) return false;
+    __m512i mags, negq;
+    float post;
+    int dq_shift;
+    if (!i8_q4_setup(q, K, mags, negq, post, dq_shift)) return false;
     const int64_t nb = K >> q.block_shift;
-    if (nb > kI16MaxBlocks) return false;
-    if (!q.absmax && (!q.dq_codes || !q.dq_scales || !q.dq_map || q.dq_block < 1)) return false;
-    float tmax = 0.0f;
-    for (int i = 0; i < 16; i++) tmax = std::max(tmax, std::fabs(q.table[i]));
-    if (!(tmax > 0.0f) || !std::isfinite(tmax)) return false;
-    alignas(64) uint8_t mag[64];
-    uint64_t neg = 0;
-    for (int i = 0; i < 64; i++) mag[i] = static_cast<uint8_t>(std::nearbyint(std::fabs(q.table[i & 15]) / tmax * 255.0f));
-    for (int i = 0; i < 64; i++) if (q.table[i & 15] < 0.0f) neg |= uint64_t(1) << i;
     if (!xr.make(m, K, x, ldx, q.block_shift, X8Layout::EvenOdd128)) return false;
-    const __m512i mags = _mm512_load_si512(mag), negq = _mm512_set1_epi64(static_cast<long long>(neg));
-    int dq_shift = -1;
-    if (!q.absmax && (q.dq_block & (q.dq_block - 1)) == 0) while ((int64_t(1) << (dq_shift + 1)) <= q.dq_block) dq_shift++;
     const int64_t rb = K >> 1;
-    i8_run_m(m, N, K, alpha * (tmax / 255.0f), xr.qx, beta, y, ldy, I8Q4(q.block_shift, mags, negq),
+    i8_run_m(m, N, K, alpha * post, xr.qx, beta, y, ldy, I8Q4(q.block_shift, mags, negq),
              [&](int64_t o) {
                const int64_t b0 = (o * K) >> q.block_shift;
                const float* sc = q.absmax ? q.absmax + b0 : nullptr;
