@@ -1689,13 +1689,27 @@ struct I8Q4 {
 };
 #endif
 
+// One span's integer dot products: the format's NV code vectors against x's
+// bytes at xq (vector j against xq + 64 j), x negated where `neg` says (SIGN)
+template <class F>
+__attribute__((always_inline)) inline __m512i i8_span_dot(const __m512i (&v)[F::NV], const __mmask64 (&neg)[F::NV], const int8_t* xq) {
+  const __m512i zero = _mm512_setzero_si512();
+  __m512i I = zero;
+#pragma GCC unroll 4
+  for (int j = 0; j < F::NV; j++) {
+    __m512i xv = _mm512_loadu_si512(xq + 64 * j);
+    if constexpr (F::SIGN) xv = _mm512_mask_sub_epi8(xv, neg[j], zero, xv);
+    I = _mm512_dpbusd_epi32(I, v[j], xv);
+  }
+  return I;
+}
+
 // Eight output rows (rows[0..8), format f) against one row of x: acc[o] lane l
 // the sum over spans of (lane l's integer dot product) * scale * x's step.
 // Two accumulators per row (even and odd spans); the eight rows' sums are
 // reduced together by the caller.
 template <class F>
 __attribute__((always_inline)) inline void i8_rows8(const F& f, const I8Row* rows, int64_t K, const QuantX8& qx, __m512 (&acc)[8]) {
-  const __m512i zero = _mm512_setzero_si512();
 #pragma GCC unroll 8
   for (int o = 0; o < 8; o++) {
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
@@ -1704,14 +1718,7 @@ __attribute__((always_inline)) inline void i8_rows8(const F& f, const I8Row* row
       __mmask64 neg[F::NV];
       const int64_t left = K - k;
       f.codes(rows[o], k, left, v, neg);
-      const int8_t* xq = qx.q + k;  // span k / SPAN starts at byte k
-      __m512i I = zero;
-#pragma GCC unroll 4
-      for (int j = 0; j < F::NV; j++) {
-        __m512i xv = _mm512_loadu_si512(xq + 64 * j);
-        if constexpr (F::SIGN) xv = _mm512_mask_sub_epi8(xv, neg[j], zero, xv);
-        I = _mm512_dpbusd_epi32(I, v[j], xv);
-      }
+      const __m512i I = i8_span_dot<F>(v, neg, qx.q + k);  // span k / SPAN starts at byte k
       a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(f.scales(rows[o], k, left), _mm512_loadu_ps(qx.dl + (k / F::SPAN) * 16)), a);
     };
     int64_t k = 0;
@@ -1847,7 +1854,6 @@ void i8_rows_m(const F& f, const I8Row& row, int64_t K, const QuantX8* qx, float
   __m512 acc[MB];
 #pragma GCC unroll 8
   for (int r = 0; r < MB; r++) acc[r] = _mm512_setzero_ps();
-  const __m512i zero = _mm512_setzero_si512();
   for (int64_t k = 0; k < K; k += F::SPAN) {
     __m512i v[F::NV];
     __mmask64 neg[F::NV];
@@ -1857,14 +1863,7 @@ void i8_rows_m(const F& f, const I8Row& row, int64_t K, const QuantX8* qx, float
     const int64_t lane0 = (k / F::SPAN) * 16;
 #pragma GCC unroll 8
     for (int r = 0; r < MB; r++) {
-      const int8_t* xq = qx[r].q + k;
-      __m512i I = zero;
-#pragma GCC unroll 4
-      for (int j = 0; j < F::NV; j++) {
-        __m512i xv = _mm512_loadu_si512(xq + 64 * j);
-        if constexpr (F::SIGN) xv = _mm512_mask_sub_epi8(xv, neg[j], zero, xv);
-        I = _mm512_dpbusd_epi32(I, v[j], xv);
-      }
+      const __m512i I = i8_span_dot<F>(v, neg, qx[r].q + k);
       acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(ws, _mm512_loadu_ps(qx[r].dl + lane0)), acc[r]);
     }
   }
