@@ -345,23 +345,26 @@ test('double-quantized NF4 with other double-quantization blocks (4, 8, 12, 16, 
   }
 });
 
-test('i16 activations fall back to the f32 path where they do not apply: K not a multiple of 32, 4-bit rows not whole blocks, x not finite', () => {
+test('i16 and i8 activations fall back to the f32 path where they do not apply: K not a multiple of 32, 4-bit rows not whole blocks, x not finite', () => {
   const r = rng();
   const cases: [string, WeightOperand, number, number][] = [];
   { const w = Tensor.from(randn(9 * 48, r, 0.1), [9, 48]); cases.push(['int4 g16 K=48', quantizeIntN(w, { bits: 4, groupSize: 16 }), 9, 48]); w.dispose(); }
   { const w = Tensor.from(randn(7 * 96, r, 0.1), [7, 96]); cases.push(['nf4 b64 K=96', quantize4bit(w, { format: 'nf4', blockSize: 64 }), 7, 96]); w.dispose(); }
   { const w = Tensor.from(randn(7 * 128, r, 0.1), [7, 128]); cases.push(['int4 g32 x with NaN', quantizeIntN(w, { bits: 4, groupSize: 32 }), 7, 128]); w.dispose(); }
-  for (const [name, q, N, K] of cases) {
-    const xv = randn(2 * K, r);
-    if (name.includes('NaN')) xv[K + 5] = NaN;
-    const x = Tensor.from(xv, [2, K]), yi = Tensor.zeros([2, N]), yf = Tensor.zeros([2, N]);
-    decodeGemv(x.handle, nativeOperand(q), yi.handle, 2, N, K, undefined, 'i16');
-    decodeGemv(x.handle, nativeOperand(q), yf.handle, 2, N, K, undefined, 'f32');
+  { const w = Tensor.from(randn(7 * 256, r, 0.1), [7, 256]); cases.push(['int2 g32 x with inf', quantizeIntN(w, { bits: 2, groupSize: 32 }), 7, 256]); w.dispose(); }
+  { const w = Tensor.from(randn(7 * 128, r, 0.1), [7, 128]); cases.push(['nf4+dq b64 x with NaN', quantize4bit(w, { format: 'nf4', blockSize: 64, doubleQuant: true }), 7, 128]); w.dispose(); }
+  for (const [name, q, N, K] of cases) for (const m of [1, 2]) for (const act of ['i16', 'i8']) {
+    const xv = randn(m * K, r);
+    if (name.includes('NaN')) xv[(m - 1) * K + 5] = NaN;
+    if (name.includes('inf')) xv[(m - 1) * K + 9] = -Infinity;
+    const x = Tensor.from(xv, [m, K]), yi = Tensor.zeros([m, N]), yf = Tensor.zeros([m, N]);
+    decodeGemv(x.handle, nativeOperand(q), yi.handle, m, N, K, undefined, act);
+    decodeGemv(x.handle, nativeOperand(q), yf.handle, m, N, K, undefined, 'f32');
     const a = floatsOf(yi), b = floatsOf(yf);
-    for (let i = 0; i < a.length; i++) assert.ok(Object.is(a[i], b[i]) || (Number.isNaN(a[i]) && Number.isNaN(b[i])), `${name}: y[${i}] = ${a[i]}, f32 path ${b[i]}`);
+    for (let i = 0; i < a.length; i++) assert.ok(Object.is(a[i], b[i]) || (Number.isNaN(a[i]) && Number.isNaN(b[i])), `${name} m=${m} ${act}: y[${i}] = ${a[i]}, f32 path ${b[i]}`);
     for (const t of [x, yi, yf]) t.dispose();
-    disposeQuantized(q as Parameters<typeof disposeQuantized>[0]);
   }
+  for (const [, q] of cases) disposeQuantized(q as Parameters<typeof disposeQuantized>[0]);
   const x = Tensor.zeros([1, 32]), y = Tensor.zeros([1, 4]), w = Tensor.zeros([4, 32]);
   assert.throws(() => decodeGemv(x.handle, w.handle, y.handle, 1, 4, 32, undefined, 'i4'), /unknown activations 'i4' \('f32', 'i16' or 'i8'\)/);
   for (const t of [x, y, w]) t.dispose();
