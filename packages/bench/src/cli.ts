@@ -83,6 +83,12 @@ Options:
                            ids with the same threads: prefill and decode tokens/s, their ratio,
                            greedy agreement. Default: the suite's (cpu: smollm-135m, ci: small,
                            gpu: none); none: no decode rows
+  --decode-activations i16|f32|i8
+                           what our decode steps' quantized projections multiply, for the
+                           deployables' decode tokens/s and the decode rows: i16 (default:
+                           x rounded to int16 per group), f32 (x as it is) or i8 (x rounded
+                           to int8 per group, as llama.cpp's 8-bit activations; faster on
+                           AVX-512 with VNNI, coarser)
   --out DIR                where results go (default reports/<suite name>)
   --resume                 keep runs already in DIR/results.jsonl and do the rest
   --shard i/n|auto         run shard i of n of the suite's jobs (balanced by estimated cost; a

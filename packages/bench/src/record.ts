@@ -3,7 +3,7 @@
 // summary.md, report.html, the regression check) is computed from these.
 // Methods added later (QLoRA, QA-LoRA) fill the same fields, plus
 // `deployable` rows for the models they produce.
-import type { Category } from '@tunebench/core';
+import type { Category, DecodeActivations } from '@tunebench/core';
 import type { TuningRecord } from './tune.js';
 import type { Outcomes } from './stats/outcomes.js';
 
@@ -40,7 +40,7 @@ export interface DecodeRow {
   /** timed runs per side, interleaved (ours, llama.cpp, ours, ...); the best of each kept */
   repeats: number;
   /** what our quantized projections multiply in the decode steps (generate's decodeActivations) */
-  activations?: 'i16' | 'f32' | 'i8';
+  activations?: DecodeActivations;
   ours?: { decodeTokensPerSecond: number; prefillTokensPerSecond: number };
   llamaCpp?: { decodeTokensPerSecond: number; prefillTokensPerSecond: number; version: string };
   /** ours / llama.cpp (the best run of each) */
@@ -66,6 +66,8 @@ export interface DeployableRow {
   bytes: number;
   metrics: Record<string, number>;
   decodeTokensPerSecond?: number;
+  /** what decodeTokensPerSecond's quantized projections multiplied (generate's decodeActivations; absent: 'i16') */
+  decodeActivations?: DecodeActivations;
   /** an exact deployable (QA-LoRA's merge): the largest |metric - the trained run's metric| */
   vsTrained?: { maxAbsMetricDiff: number };
   /** per-example outcomes of its evaluation (the same test items as the trained run) */

@@ -5,7 +5,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import {
-  ByteTokenizer, ChatTemplate, type CheckpointingMode, type DatasetKind, PRESETS, isPreset, checkRegularFile, configFromHf, parseCheckpointing, parseJson,
+  ByteTokenizer, ChatTemplate, type CheckpointingMode, type DatasetKind, type DecodeActivations, PRESETS, isPreset, checkRegularFile, configFromHf, parseCheckpointing, parseJson,
   readJsonl, readTextFile,
 } from '@tunebench/core';
 import type { TuneLrSpec } from './tune.js';
@@ -60,6 +60,10 @@ export interface Suite {
    * decoded by ours and llama.cpp (CPU backend only); 'none': no decode rows.
    * Default: smollm-135m (SmolLM-135M's blocks, where the weights dominate) */
   decodeShape?: string;
+  /** what our decode steps' quantized projections multiply, for the deployables'
+   * decode tokens/s and the decode rows (generate's decodeActivations): 'i16'
+   * (default), 'f32' or 'i8' */
+  decodeActivations?: DecodeActivations;
 }
 
 export interface ShapeRow {
@@ -164,6 +168,9 @@ export function loadSuiteFile(path: string): Suite {
 // Limits are far above any sensible run; they keep an absurd file (steps
 // 1e12, r 1e9) from starting work it can never finish.
 const int = (lo: number, hi: number) => z.number().int().min(lo).max(hi);
+/** The values of a suite's decodeActivations (and --decode-activations). */
+export const DECODE_ACTIVATION_NAMES = ['i16', 'f32', 'i8'] as const;
+
 const checkpointingSchema = z.string().refine((v) => { try { parseCheckpointing(v); return true; } catch { return false; } },
   { message: "must be 'off', 'block' or 'every:<k>' with k a positive integer" });
 const peerSelection = { methods: z.array(z.string()).optional(), tasks: z.array(z.enum(TASKS)).optional(), steps: int(2, 1e7).optional() };
@@ -212,6 +219,7 @@ const SUITE_SCHEMA = z.object({
     peers: z.array(z.enum(['pytorch'])).optional(),
   }).strict()).optional(),
   decodeShape: z.string().refine((v) => v === 'none' || isDecodeShape(v), { message: `must be 'none' or a plain Llama preset: ${decodeShapeNames().join(', ')}` }).optional(),
+  decodeActivations: z.enum(DECODE_ACTIVATION_NAMES).optional(),
 }).strict();
 
 /** Presets a decode row can be built at: plain Llama (llama.cpp's llama architecture, no biases or q/k norms). */

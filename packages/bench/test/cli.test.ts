@@ -20,7 +20,7 @@ function cli(...args: string[]): { code: number | null; out: string; err: string
 test('--help explains every option with examples', () => {
   const r = cli('--help');
   assert.equal(r.code, 0, r.err);
-  for (const o of ['--suite', '--methods', '--tasks', '--model', '--dataset', '--peers', '--device', '--out', '--resume', '--check', '--update-baseline', '--packing', '--tune-lr', '--dataset-format', '--decode-shape']) {
+  for (const o of ['--suite', '--methods', '--tasks', '--model', '--dataset', '--peers', '--device', '--out', '--resume', '--check', '--update-baseline', '--packing', '--tune-lr', '--dataset-format', '--decode-shape', '--decode-activations']) {
     assert.match(r.out, new RegExp(`\\n  ${o}\\b`), `--help lists ${o}`);
   }
   assert.match(r.out, /Examples:/);
@@ -107,6 +107,7 @@ test('bad options and suite files are refused before anything runs, saying what 
       [['--suite', 'ci', '--device', 'tpu'], /--device must be auto, cpu or cuda/],
       [['--suite', 'ci', '--packing', 'zip'], /--packing must be pack or pad, got 'zip'/],
       [['--suite', 'ci', '--decode-shape', 'qwen3-0.6b'], /--decode-shape must be none or a plain Llama preset \(tiny, mini, .*smollm-135m.*\), got 'qwen3-0\.6b'/],
+      [['--suite', 'ci', '--decode-activations', 'i4'], /--decode-activations must be i16, f32, i8, got 'i4'/],
       [['--suite', 'ci', '--device', 'cuda'], /--device cuda: /],
       [['--suite', 'gpu'], /--suite gpu needs the CUDA backend \(/],
       [['--suite', 'ci', '--update-baseline'], /--update-baseline needs --check BASELINE/],
@@ -120,6 +121,10 @@ test('bad options and suite files are refused before anything runs, saying what 
     writeFileSync(badPacking, JSON.stringify({ name: 'x', base: { preset: 'tiny' }, tasks: ['spam'], methods: [{ name: 'lora', lr: 1, label: 'a' }],
       shared: { steps: 2, batchSize: 2, seqLen: 16, seed: 0, schedule: 'constant', warmupSteps: 0, packing: 'zip' } }));
     cases.push([['--suite', badPacking], /shared\.packing: Invalid option: expected one of "pack"\|"pad"/]);
+    const badActs = join(dir, 'acts.json');
+    writeFileSync(badActs, JSON.stringify({ name: 'x', base: { preset: 'tiny' }, tasks: ['spam'], methods: [{ name: 'lora', lr: 1, label: 'a' }],
+      shared: { steps: 2, batchSize: 2, seqLen: 16, seed: 0, schedule: 'constant', warmupSteps: 0 }, decodeActivations: 'int8' }));
+    cases.push([['--suite', badActs], /decodeActivations: Invalid option: expected one of "i16"\|"f32"\|"i8"/]);
     const notJson = join(dir, 'broken.json');
     writeFileSync(notJson, '{ "name": ');
     cases.push([['--suite', notJson], /broken\.json: not valid JSON/]);

@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { DATASET_KINDS, type DatasetKind, type Device, native, parseCheckpointing, resolveDevice } from '@tunebench/core';
 import {
-  BUILTIN_SUITES, PEERS, type PeerName, type Suite, TASKS, type TaskName, decodeShapeNames, isDecodeShape, loadSuiteFile, parseMethods, validateSuite,
+  BUILTIN_SUITES, DECODE_ACTIVATION_NAMES, PEERS, type PeerName, type Suite, TASKS, type TaskName, decodeShapeNames, isDecodeShape, loadSuiteFile, parseMethods, validateSuite,
 } from '../suite.js';
 
 /** parseCli's specification of the suite options. */
@@ -13,11 +13,12 @@ export const SUITE_OPTIONS = {
   dataset: { type: 'string' }, 'dataset-format': { type: 'string' }, peers: { type: 'string' }, device: { type: 'string' }, seeds: { type: 'string' },
   checkpointing: { type: 'string' }, offload: { type: 'boolean', default: false }, 'tune-lr': { type: 'boolean', default: false }, packing: { type: 'string' },
   'decode-shape': { type: 'string' },
+  'decode-activations': { type: 'string' },
 } as const;
 
 export interface SuiteArgs {
   suite?: string; methods?: string; tasks?: string; model?: string; dataset?: string; 'dataset-format'?: string; peers?: string; device?: string; seeds?: string;
-  checkpointing?: string; offload?: boolean; 'tune-lr'?: boolean; packing?: string; 'decode-shape'?: string;
+  checkpointing?: string; offload?: boolean; 'tune-lr'?: boolean; packing?: string; 'decode-shape'?: string; 'decode-activations'?: string;
 }
 
 function cudaReason(): string {
@@ -60,6 +61,11 @@ export function suiteFromArgs(opt: SuiteArgs, fail: (msg: string) => never): { s
       const d = opt['decode-shape'];
       if (d !== 'none' && !isDecodeShape(d)) fail(`--decode-shape must be none or a plain Llama preset (${decodeShapeNames().join(', ')}), got '${d}'`);
       suite.decodeShape = d;
+    }
+    if (opt['decode-activations'] !== undefined) {
+      const a = opt['decode-activations'];
+      if (!(DECODE_ACTIVATION_NAMES as readonly string[]).includes(a)) fail(`--decode-activations must be ${DECODE_ACTIVATION_NAMES.join(', ')}, got '${a}'`);
+      suite.decodeActivations = a as (typeof DECODE_ACTIVATION_NAMES)[number];
     }
     if (opt.tasks) {
       const tasks = opt.tasks.split(',').map((t) => t.trim());

@@ -262,7 +262,7 @@ export async function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDi
       const dir = join(tmp, 'deployable');
       mkdirSync(dir);
       try {
-        record.deployable = plugin.deployables(model, m, { evaluate, dir, metrics: record.metrics, suiteMethods: suite.methods })
+        record.deployable = plugin.deployables(model, m, { evaluate, dir, metrics: record.metrics, suiteMethods: suite.methods, decodeActivations: suite.decodeActivations })
           .map((d) => (outcomesOf.has(d.metrics) ? { ...d, outcomes: outcomesOf.get(d.metrics) } : d));
       } catch (e) {
         // on the GPU a deployable that fails leaves the trained run's result standing
@@ -292,7 +292,7 @@ export async function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDi
     for (const d of record.deployable ?? []) {
       if (!d.weights) continue;
       const d0 = performance.now();
-      d.llamaCpp = await decodeRows(d.weights, { shape });
+      d.llamaCpp = await decodeRows(d.weights, { shape, activations: suite.decodeActivations });
       const secs = (performance.now() - d0) / 1000;
       for (const row of d.llamaCpp) {
         log(`${id} → ${d.kind}: decode at ${shape}${row.format ? ` vs llama.cpp ${row.format}` : ''}: ${row.status}${row.statusText ? ` (${row.statusText})` : ''}${secs >= 1 ? `, ${secs.toFixed(0)} s` : ''}`);

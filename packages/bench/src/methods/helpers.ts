@@ -4,7 +4,7 @@
 // speed for deployable rows. methods.ts re-exports optimizerStateBytes and
 // decodeTokensPerSecond, as before the plugins moved out of it.
 import {
-  ADAMW8BIT_BLOCK_SIZE, ADAMW8BIT_MIN_SIZE, BYTE_BOS, type LlamaConfig, type LlamaModel, type OptimizerName, ByteTokenizer, generate,
+  ADAMW8BIT_BLOCK_SIZE, ADAMW8BIT_MIN_SIZE, BYTE_BOS, type DecodeActivations, type LlamaConfig, type LlamaModel, type OptimizerName, ByteTokenizer, generate,
 } from '@tunebench/core';
 import type { MethodSpec } from '../methods.js';
 import { randomModel } from '../device.js';
@@ -43,11 +43,11 @@ export function validateOptimizer(spec: MethodSpec): string[] {
 }
 
 /** Decode speed of a model: greedy tokens after a short prompt, one sequence, KV cache (best of 2). */
-export function decodeTokensPerSecond(model: LlamaModel, newTokens = 32): number {
+export function decodeTokensPerSecond(model: LlamaModel, newTokens = 32, activations?: DecodeActivations): number {
   const tok = new ByteTokenizer();
   const prompt = [BYTE_BOS, ...tok.encode('Subject: meeting tomorrow')];
   const n = Math.min(newTokens, model.config.maxPositionEmbeddings - prompt.length);
   let best = 0;
-  for (let i = 0; i < 2; i++) best = Math.max(best, generate(model, prompt, { maxNewTokens: n }).decodeTokensPerSecond);
+  for (let i = 0; i < 2; i++) best = Math.max(best, generate(model, prompt, { maxNewTokens: n, decodeActivations: activations }).decodeTokensPerSecond);
   return best;
 }

@@ -149,7 +149,7 @@ export const qaloraMethod: MethodPlugin = {
       const q = [...model.linears().values()].find((l): l is IntNLinear => l instanceof IntNLinear)?.quantized;
       return [{
         kind: `QA-LoRA merged INT${c.bits}`, bits: (8 * m.bytes) / numel, bytes: m.bytes, metrics,
-        decodeTokensPerSecond: decodeTokensPerSecond(model), vsTrained: { maxAbsMetricDiff: maxMetricDiff(metrics, trained) },
+        decodeTokensPerSecond: decodeTokensPerSecond(model, undefined, ctx.decodeActivations), decodeActivations: ctx.decodeActivations ?? 'i16', vsTrained: { maxAbsMetricDiff: maxMetricDiff(metrics, trained) },
         weights: { kind: 'intn', bits: q?.bits ?? c.bits, groupSize: q?.groupSize ?? c.groupSize },
       }];
     });

@@ -99,13 +99,13 @@ export const qloraMethod: MethodPlugin = {
     const rows: DeployableRow[] = [];
     const base = { format: c.format.toUpperCase() };
     withMerged(model, 'bf16', (m) => {
-      rows.push({ kind: 'merged bf16', bits: 16, bytes: m.bytes, metrics: ctx.evaluate(model), decodeTokensPerSecond: decodeTokensPerSecond(model), weights: { kind: 'bf16' } });
+      rows.push({ kind: 'merged bf16', bits: 16, bytes: m.bytes, metrics: ctx.evaluate(model), decodeTokensPerSecond: decodeTokensPerSecond(model, undefined, ctx.decodeActivations), decodeActivations: ctx.decodeActivations ?? 'i16', weights: { kind: 'bf16' } });
     });
     withMerged(model, 'requantize', (m) => {
       const numel = [...model.linears().values()].reduce((a, l) => a + l.inFeatures * l.outFeatures, 0);
       rows.push({
         kind: `merged + requantized ${base.format}`, bits: (8 * m.bytes) / numel, bytes: m.bytes, metrics: ctx.evaluate(model),
-        decodeTokensPerSecond: decodeTokensPerSecond(model), weights: { kind: '4bit', format: c.format, blockSize: c.blockSize },
+        decodeTokensPerSecond: decodeTokensPerSecond(model, undefined, ctx.decodeActivations), decodeActivations: ctx.decodeActivations ?? 'i16', weights: { kind: '4bit', format: c.format, blockSize: c.blockSize },
       });
     });
     // beside QA-LoRA's exact INT-N merge: the QLoRA model merged to bf16 and
@@ -124,7 +124,7 @@ export const qloraMethod: MethodPlugin = {
             withRequantizedIntN(model, { bits, groupSize, quantizer, ...(quantizer === 'gptq' ? { calibration: calibrationRows() } : {}) }, (m) => {
               rows.push({
                 kind: `merged + requantized INT${bits} g${groupSize} ${quantizer.toUpperCase()}`, bits: (8 * m.bytes) / numel, bytes: m.bytes,
-                metrics: ctx.evaluate(model), decodeTokensPerSecond: decodeTokensPerSecond(model), weights: { kind: 'intn', bits, groupSize },
+                metrics: ctx.evaluate(model), decodeTokensPerSecond: decodeTokensPerSecond(model, undefined, ctx.decodeActivations), decodeActivations: ctx.decodeActivations ?? 'i16', weights: { kind: 'intn', bits, groupSize },
               });
             });
           }

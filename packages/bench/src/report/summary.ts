@@ -166,6 +166,7 @@ function deployableTable(runs: readonly RunRecord[], groups: readonly SeedGroup[
   const lines = ['', 'deployable models:', ''];
   lines.push(row(['method', 'model', 'bits', 'size', ...cols.map((m) => `${m} ${arrow(m)}`), 'decode tokens/s']));
   lines.push(row(['---', '---', '---:', '---:', ...cols.map(() => '---:'), '---:']));
+  const acts = distinct(rows.filter(({ d }) => isFiniteNumber(d.decodeTokensPerSecond)).map(({ d }) => d.decodeActivations ?? 'i16'));
   for (const { r, d } of rows) {
     if (groups.length && !firstSeed.has(r.id)) continue;
     const g = group(r, d.kind);
@@ -175,6 +176,7 @@ function deployableTable(runs: readonly RunRecord[], groups: readonly SeedGroup[
       isFiniteNumber(d.decodeTokensPerSecond) ? groupThousands(d.decodeTokensPerSecond) : '-',
     ]));
   }
+  if (acts.length) lines.push('', `decode tokens/s: our generate(), the quantized projections' activations ${acts.map((a) => `'${a}'`).join(', ')} (--decode-activations)`);
   // exact deployables (QA-LoRA's merge into the INT-N offsets) say how close they came to their trained run
   const exact = rows.filter(({ d }) => d.vsTrained && isFiniteNumber(d.vsTrained.maxAbsMetricDiff));
   if (exact.length) {
@@ -206,7 +208,8 @@ function decodeTable(runs: readonly RunRecord[], groups: readonly SeedGroup[] = 
   const seen = new Set<string>();
   const first = items[0].x;
   const shapes = distinct(items.map(({ x }) => `${x.shape}, ${x.threads} thread${x.threads === 1 ? '' : 's'}`));
-  const lines = ['', `decode beside llama.cpp (${text(shapes.join('; '))}; random weights held as each deployable holds its projections; ${first.promptTokens} prompt ids, ${first.newTokens} greedy tokens; best of ${first.repeats} interleaved runs each):`, ''];
+  const acts = distinct(items.map(({ x }) => x.activations ?? 'i16'));
+  const lines = ['', `decode beside llama.cpp (${text(shapes.join('; '))}; random weights held as each deployable holds its projections; ${first.promptTokens} prompt ids, ${first.newTokens} greedy tokens; best of ${first.repeats} interleaved runs each; our quantized projections' activations ${acts.map((a) => `'${a}'`).join(', ')}):`, ''];
   lines.push(row(['method', 'model', 'ours', 'GGUF', 'ours prefill tok/s', 'llama.cpp prefill tok/s', 'prefill ours ÷ llama.cpp', 'ours decode tok/s', 'llama.cpp decode tok/s', 'decode ours ÷ llama.cpp', 'greedy tokens agree', 'teacher-forced agree', 'status']));
   lines.push(row(['---', '---', '---', '---', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---']));
   for (const { r, d, x } of items) {
