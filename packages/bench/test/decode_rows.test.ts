@@ -229,7 +229,8 @@ test('the record, results.csv, summary.md and report.html carry the decode rows'
   assert.equal(csv[1].split(',')[head.indexOf('llamaCpp.Q4_1.status')], '', 'the trained run has no decode cells');
 
   const md = renderSummary([r]);
-  assert.match(md, /decode beside llama\.cpp \(smollm-135m, 1 thread; .*32 prompt ids, 128 greedy tokens; best of 2 interleaved runs each\)/);
+  assert.match(md, /decode beside llama\.cpp \(smollm-135m, 1 thread; .*32 prompt ids, 128 greedy tokens; best of 2 interleaved runs each; our quantized projections' activations 'i16'\)/);
+  assert.match(md, /decode tokens\/s: our generate\(\), the quantized projections' activations 'i16' \(--decode-activations\)/);
   assert.match(md, /\| qalora4-r8 \| QA-LoRA merged INT4 \| INT4 g32 \(RTN\) \| Q4_1 \(exact\) \| 111 \| 184 \| 0\.60x \(rounds 0\.55-0\.65\) \| 58 \| 76 \| 0\.76x \(rounds 0\.70-0\.80\) \| 120 of 128, first difference at 97 \| 125 of 128 \| ok \|/);
 
   const html = await renderReport([r]);
