@@ -43,7 +43,11 @@ Each token's 210 calls run inside one native call (decode_gemv_timed), so
 read of the roof buffer, timed alone: "of roof" is the median over tokens of
 (the token's GB/s) / (the read's GB/s just before it), so that the ratio holds
 on a machine whose bandwidth drifts; its quartiles over the tokens follow in
-brackets. "one call each" is the same token with
+brackets. "multiply floor" is the time of the token's products alone
+(rows x weights) at the rate of the activations' dot-product instruction,
+measured at the start (i8: vpdpbusd, i16: vpdpwssd, f32: vfmadd231ps, 12
+independent chains on one thread): a row near it is bound by arithmetic,
+not memory. "one call each" is the same token with
 one JavaScript call per projection (the binding's argument parsing and x's
 quantization each time), which the fused decode step does not pay.
 
@@ -197,11 +201,23 @@ console.log(`decode GEMV, SmolLM-135M blocks (${layers} layers x 7 projections),
   console.log(`transparent huge pages: ${thp}; TUNEBENCH_HUGE_PAGES=${process.env.TUNEBENCH_HUGE_PAGES ?? '(unset: on)'}; AnonHugePages now ${huge ? `${Number(huge[1]) >> 10} MiB` : 'unknown'}`);
 }
 console.log(`streaming-read roof: ${roofGbs.toFixed(2)} GB/s (${roofMb} MiB buffer, 1 thread, median of ${Math.max(5, reps)})`);
+// the multiply rate: what several rows of x are bound by (each row multiplies every weight once)
+const dotRate = nativeFn<(kind: string, iters?: number) => number | null>('dot_rate');
+const rates = new Map<string, number | null>();
+for (const k of ['i8', 'i16', 'f32']) rates.set(k, median([dotRate(k), dotRate(k), dotRate(k)].map((v) => v ?? NaN)));
+const rateText = (k: string) => (Number.isFinite(rates.get(k)) ? `${(rates.get(k)! / 1e9).toFixed(1)} G/s` : 'not built');
+console.log(`multiply rate (1 thread, independent instructions): i8 ${rateText('i8')} u8 x s8 products (vpdpbusd), i16 ${rateText('i16')} (vpdpwssd), f32 ${rateText('f32')} FMA (vfmadd231ps)`);
+const weightsPerToken = layers * SHAPES.reduce((t, [o, i]) => t + o * i, 0);
 console.log('');
 const decodeGemvTimed = nativeFn<(calls: unknown[], passes: number, isa?: string, act?: string, roof?: NativeTensorHandle) => { kernelS: number[]; roofS: number[] }>('decode_gemv_timed');
 
-const header = ['format', 'act', 'rows', 'MB/token', 'ms/token', 'GB/s', 'roof GB/s', 'of roof', 'ms/token, one call each', 'tokens/s (x m)'];
+const header = ['format', 'act', 'rows', 'MB/token', 'ms/token', 'GB/s', 'roof GB/s', 'of roof', 'multiply floor ms', 'ms/token, one call each', 'tokens/s (x m)'];
 const table: string[][] = [];
+/** m rows times every weight of a token at the multiply rate of act's dot product ('-' where not measured) */
+const floorMs = (act: string, m: number): string => {
+  const r = rates.get(act);
+  return r !== undefined && Number.isFinite(r) ? ((m * weightsPerToken) / r! * 1e3).toFixed(2) : '-';
+};
 for (const format of opt.formats.split(',').map((s) => s.trim()).filter(Boolean)) {
   const weights: Weight[] = [];
   try {
@@ -233,7 +249,7 @@ for (const format of opt.formats.split(',').map((s) => s.trim()).filter(Boolean)
       const pairedRoof = median(roofS.map((t) => roofBytes / t / 1e9));
       roofRuns.push(pairedRoof);
       table.push([format, act, String(m), (bytesRead / 1e6).toFixed(1), (s * 1e3).toFixed(2), gbs.toFixed(2), pairedRoof.toFixed(2),
-        `${(100 * ratio).toFixed(0)}% (${(100 * q1).toFixed(0)}-${(100 * q3).toFixed(0)})`, (median(oneEach) * 1e3).toFixed(2), (m / s).toFixed(1)]);
+        `${(100 * ratio).toFixed(0)}% (${(100 * q1).toFixed(0)}-${(100 * q3).toFixed(0)})`, floorMs(act, m), (median(oneEach) * 1e3).toFixed(2), (m / s).toFixed(1)]);
       for (const t of [...xs.values(), ...ys.values()]) t.dispose();
       console.log(table[table.length - 1].join('\t'));
     }

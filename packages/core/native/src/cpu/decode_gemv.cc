@@ -2340,6 +2340,59 @@ static Napi::Value DecodeGemvTimedBinding(const Napi::CallbackInfo& info) {
   return r;
 }
 
+// The calling thread's rate of independent dot-product instructions: 12
+// accumulators, each instruction's inputs fixed, so nothing but the
+// instruction's throughput limits it. Products (multiply-adds) per second:
+// 'i8' vpdpbusd zmm (64 u8 x s8 each), 'i16' vpdpwssd zmm (32 s16 x s16),
+// 'f32' vfmadd231ps zmm (16). The multiply rate beside the streaming roof
+// in bench:decode: several rows of x are bound by it.
+#if defined(__AVX512F__)
+template <int KIND>
+double dot_rate(int64_t iters) {
+  __m512i a[12];
+  __m512 f[12];
+  for (int i = 0; i < 12; i++) { a[i] = _mm512_set1_epi32(i); f[i] = _mm512_set1_ps(0.001f * static_cast<float>(i)); }
+  const __m512i p = _mm512_set1_epi8(3), q = _mm512_set1_epi8(5);
+  const __m512 u = _mm512_set1_ps(0.999f), v = _mm512_set1_ps(1e-4f);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t it = 0; it < iters; it++) {
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; i++) {
+      if constexpr (KIND == 0) a[i] = _mm512_dpbusd_epi32(a[i], p, q);
+      else if constexpr (KIND == 1) a[i] = _mm512_dpwssd_epi32(a[i], p, q);
+      else f[i] = _mm512_fmadd_ps(f[i], u, v);
+    }
+    // keep every chain live and in registers
+    __asm__ volatile("" : "+v"(a[0]), "+v"(a[1]), "+v"(a[2]), "+v"(a[3]), "+v"(a[4]), "+v"(a[5]));
+    __asm__ volatile("" : "+v"(a[6]), "+v"(a[7]), "+v"(a[8]), "+v"(a[9]), "+v"(a[10]), "+v"(a[11]));
+    __asm__ volatile("" : "+v"(f[0]), "+v"(f[1]), "+v"(f[2]), "+v"(f[3]), "+v"(f[4]), "+v"(f[5]));
+    __asm__ volatile("" : "+v"(f[6]), "+v"(f[7]), "+v"(f[8]), "+v"(f[9]), "+v"(f[10]), "+v"(f[11]));
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const int per = KIND == 0 ? 64 : KIND == 1 ? 32 : 16;
+  return static_cast<double>(iters) * 12 * per / secs;
+}
+#endif
+
+// dot_rate(kind, iters?): products per second of kind 'i8', 'i16' or 'f32' on
+// the calling thread (see dot_rate), or null where this build has no such
+// instruction (no AVX-512, or no VNNI for 'i8' and 'i16')
+static Napi::Value DotRateBinding(const Napi::CallbackInfo& info) {
+  const char* fn = "dot_rate";
+  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(info.Env(), std::string(fn) + ": kind must be 'i8', 'i16' or 'f32'");
+  const std::string kind = info[0].As<Napi::String>().Utf8Value();
+  if (kind != "i8" && kind != "i16" && kind != "f32") throw Napi::TypeError::New(info.Env(), std::string(fn) + ": unknown kind '" + kind + "' ('i8', 'i16' or 'f32')");
+  const int64_t iters = info.Length() > 1 && !info[1].IsUndefined() ? int_arg(info, 1, fn, "iters", 1) : 20000000;
+#if defined(__AVX512F__)
+  if (kind == "f32") return Napi::Number::New(info.Env(), dot_rate<2>(iters));
+#if defined(__AVX512VNNI__)
+  return Napi::Number::New(info.Env(), kind == "i8" ? dot_rate<0>(iters) : dot_rate<1>(iters));
+#endif
+#endif
+  (void)iters;
+  return info.Env().Null();
+}
+
 static void register_decode(Napi::Env env, Napi::Object exports) {
   exports.Set("decode_gemv", Napi::Function::New(env, DecodeGemvBinding));
   exports.Set("decode_isas", Napi::Function::New(env, DecodeIsasBinding));
@@ -2348,6 +2401,7 @@ static void register_decode(Napi::Env env, Napi::Object exports) {
   exports.Set("decodeI8", Napi::Boolean::New(env, decode_i8_available()));
   exports.Set("decodeI8Q4", Napi::Boolean::New(env, decode_i8_q4_available()));
   exports.Set("stream_read", Napi::Function::New(env, StreamReadBinding));
+  exports.Set("dot_rate", Napi::Function::New(env, DotRateBinding));
   exports.Set("decode_gemv_timed", Napi::Function::New(env, DecodeGemvTimedBinding));
 }
 TB_REGISTER_OPS(decode, register_decode);
