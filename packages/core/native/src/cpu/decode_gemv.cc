@@ -1428,17 +1428,17 @@ inline void expand_dq_absmax(const Quant4View& q, int64_t b0, int64_t n, int dq_
 
 #if defined(TB_DECODE_I16) && defined(__AVX512VNNI__)
 #define TB_DECODE_I8 1
-// ---- 8-bit integer activations (DecodeAct::I8): INT-N weights, one row of x ----
+// ---- 8-bit integer activations (DecodeAct::I8): INT-N and 4-bit weights, 1-16 rows of x ----
 //
-// x is quantized to int8 per group and laid out per span so that one vector
+// x is quantized to int8 per group (4-bit: per block) and laid out per span so that one vector
 // of 64 code bytes, taken out of the packed codes by a few shifts and masks,
 // meets 64 bytes of x in the same order; vpdpbusd (u8 codes times s8 x) then
 // leaves in lane l the dot product of E consecutive elements of the span,
 // all in one group, whose scale and x step are applied per lane. The layouts
 // (byte b of the span's x as element e of the span):
 // - Natural64 (INT8): spans of 64, b = e; lane l elements 4l .. 4l + 3.
-// - EvenOdd128 (INT4): spans of 128, the even elements at e / 2, the odd ones
-//   at 64 + e / 2 (the low and high nibbles of the code bytes); lane l
+// - EvenOdd128 (INT4, NF4/FP4): spans of 128, the even elements at e / 2,
+//   the odd ones at 64 + e / 2 (the two nibbles of the code bytes); lane l
 //   elements 8l .. 8l + 7.
 // - Quad128 (INT3): spans of 128 in fours, the even fours (elements 8l ..
 //   8l + 3) at 4l, the odd fours at 64 + 4l; lane l elements 8l .. 8l + 7.
