@@ -42,6 +42,11 @@ export function validateOptimizer(spec: MethodSpec): string[] {
   return o === undefined || o === 'adamw' || o === 'adamw8bit' ? [] : [`options.optimizer must be 'adamw' or 'adamw8bit', got ${JSON.stringify(o)}`];
 }
 
+/** A deployable row's decode speed under the suite's activations, and which they were. */
+export function decodeSpeed(model: LlamaModel, activations: DecodeActivations | undefined): { decodeTokensPerSecond: number; decodeActivations: DecodeActivations } {
+  return { decodeTokensPerSecond: decodeTokensPerSecond(model, undefined, activations), decodeActivations: activations ?? 'i16' };
+}
+
 /** Decode speed of a model: greedy tokens after a short prompt, one sequence, KV cache (best of 2). */
 export function decodeTokensPerSecond(model: LlamaModel, newTokens = 32, activations?: DecodeActivations): number {
   const tok = new ByteTokenizer();

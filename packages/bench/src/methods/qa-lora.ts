@@ -8,7 +8,7 @@ import { type GptqInfo, type QaloraConfig, inspectGptqModel, isGptqDir, loadQalo
 import { saveAdapter } from '@tunebench/lora';
 import type { MethodPlugin, MethodSpec } from '../methods.js';
 import { brownData } from '../tasks/pretrain.js';
-import { decodeTokensPerSecond, frozenRandom, optimizerStateBytes, positiveInteger } from './helpers.js';
+import { decodeSpeed, frozenRandom, optimizerStateBytes, positiveInteger } from './helpers.js';
 
 /** The QA-LoRA settings of a spec: r/alpha from the spec, the rest from its options over the QA-LoRA defaults. */
 export function qaloraSettings(s: MethodSpec, seed = 0): QaloraConfig {
@@ -149,7 +149,7 @@ export const qaloraMethod: MethodPlugin = {
       const q = [...model.linears().values()].find((l): l is IntNLinear => l instanceof IntNLinear)?.quantized;
       return [{
         kind: `QA-LoRA merged INT${c.bits}`, bits: (8 * m.bytes) / numel, bytes: m.bytes, metrics,
-        decodeTokensPerSecond: decodeTokensPerSecond(model, undefined, ctx.decodeActivations), decodeActivations: ctx.decodeActivations ?? 'i16', vsTrained: { maxAbsMetricDiff: maxMetricDiff(metrics, trained) },
+        ...decodeSpeed(model, ctx.decodeActivations), vsTrained: { maxAbsMetricDiff: maxMetricDiff(metrics, trained) },
         weights: { kind: 'intn', bits: q?.bits ?? c.bits, groupSize: q?.groupSize ?? c.groupSize },
       }];
     });

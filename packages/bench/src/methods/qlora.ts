@@ -8,7 +8,7 @@ import { saveAdapter } from '@tunebench/lora';
 import { type QloraConfig, loadQloraModel, prepareQlora, qloraConfig, withMerged } from '@tunebench/qlora';
 import type { MethodPlugin, MethodSpec } from '../methods.js';
 import type { DeployableRow } from '../record.js';
-import { decodeTokensPerSecond, frozenRandom, optimizerStateBytes, positiveInteger } from './helpers.js';
+import { decodeSpeed, frozenRandom, optimizerStateBytes, positiveInteger } from './helpers.js';
 import { calibrationRows, qaloraSettings } from './qa-lora.js';
 
 /** The QLoRA settings of a spec: r/alpha from the spec, the rest from its options over the QLoRA defaults. */
@@ -99,13 +99,13 @@ export const qloraMethod: MethodPlugin = {
     const rows: DeployableRow[] = [];
     const base = { format: c.format.toUpperCase() };
     withMerged(model, 'bf16', (m) => {
-      rows.push({ kind: 'merged bf16', bits: 16, bytes: m.bytes, metrics: ctx.evaluate(model), decodeTokensPerSecond: decodeTokensPerSecond(model, undefined, ctx.decodeActivations), decodeActivations: ctx.decodeActivations ?? 'i16', weights: { kind: 'bf16' } });
+      rows.push({ kind: 'merged bf16', bits: 16, bytes: m.bytes, metrics: ctx.evaluate(model), ...decodeSpeed(model, ctx.decodeActivations), weights: { kind: 'bf16' } });
     });
     withMerged(model, 'requantize', (m) => {
       const numel = [...model.linears().values()].reduce((a, l) => a + l.inFeatures * l.outFeatures, 0);
       rows.push({
         kind: `merged + requantized ${base.format}`, bits: (8 * m.bytes) / numel, bytes: m.bytes, metrics: ctx.evaluate(model),
-        decodeTokensPerSecond: decodeTokensPerSecond(model, undefined, ctx.decodeActivations), decodeActivations: ctx.decodeActivations ?? 'i16', weights: { kind: '4bit', format: c.format, blockSize: c.blockSize },
+        ...decodeSpeed(model, ctx.decodeActivations), weights: { kind: '4bit', format: c.format, blockSize: c.blockSize },
       });
     });
     // beside QA-LoRA's exact INT-N merge: the QLoRA model merged to bf16 and
@@ -124,7 +124,7 @@ export const qloraMethod: MethodPlugin = {
             withRequantizedIntN(model, { bits, groupSize, quantizer, ...(quantizer === 'gptq' ? { calibration: calibrationRows() } : {}) }, (m) => {
               rows.push({
                 kind: `merged + requantized INT${bits} g${groupSize} ${quantizer.toUpperCase()}`, bits: (8 * m.bytes) / numel, bytes: m.bytes,
-                metrics: ctx.evaluate(model), decodeTokensPerSecond: decodeTokensPerSecond(model, undefined, ctx.decodeActivations), decodeActivations: ctx.decodeActivations ?? 'i16', weights: { kind: 'intn', bits, groupSize },
+                metrics: ctx.evaluate(model), ...decodeSpeed(model, ctx.decodeActivations), weights: { kind: 'intn', bits, groupSize },
               });
             });
           }
