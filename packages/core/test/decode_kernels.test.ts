@@ -13,7 +13,7 @@ import assert from 'node:assert/strict';
 import {
   FusedDecoder, IntNLinear, type IntNBits, type IntNGroupSize, KVCache, LlamaModel, Quant4Linear, type Quantized4bit, type QuantizedIntN,
   Tensor, addToOffsets, decodeI16Available, decodeI8Available, decodeI8Q4Available, disposeQuantized, dynamicMap8, fusedDecodeUnsupported, generate, matmul, memory, native, nativeOperand, preset,
-  quant4Table, quantize4bit, quantizeIntN, type WeightOperand, intnConstants16, intnNativeOperand,
+  quant4Absmax, quant4Table, quantize4bit, quantizeIntN, type WeightOperand, intnConstants16, intnNativeOperand,
 } from '../src/index.js';
 import { type NativeTensorHandle, nativeFn } from '../src/native.js';
 import { randn, rng } from './helpers.js';
@@ -303,6 +303,53 @@ test('i16 activations: INT-N and NF4/FP4 decode GEMV within the rounding bound, 
     }
   } finally {
     native.setThreads(before);
+  }
+});
+
+test('double-quantized absmax expands exactly: every decode path gives the same bits as with the expanded absmax stored', () => {
+  // the stored absmax is the one training dequantizes (quant4Absmax: one
+  // fused multiply-add per block); the decode paths expand it themselves,
+  // vectorized for dq blocks of 16 or more blocks, and any other lane order,
+  // scale or rounding changes some output bit. Rows of 9 and 24 blocks put
+  // eight rows' runs off every 64-block and dq-block edge.
+  const r = rng();
+  const blockwise8 = nativeFn<(a: NativeTensorHandle, n: number, block: number, signed: boolean, codes: NativeTensorHandle, scales: NativeTensorHandle) => void>('blockwise_quantize8');
+  const acts = ['f32', ...(decodeI16Available() ? ['i16'] : []), ...(decodeI8Q4Available() ? ['i8'] : [])];
+  for (const [N, K] of [[40, 576], [23, 1536]]) {
+    const w = Tensor.from(randn(N * K, r, 0.1), [N, K]);
+    const q0 = quantize4bit(w, { format: 'nf4', blockSize: 64, doubleQuant: true });
+    w.dispose();
+    const blocks = (N * K) / 64;
+    const centred = refQ4Absmax(q0).map((a) => Math.fround(a - q0.dq!.offset));
+    for (const dqBlock of [16, 32, 48, 256]) {
+      let q: Quantized4bit = q0, owned: Tensor[] = [];
+      if (dqBlock !== 256) {
+        const a = Tensor.from(centred, [blocks]);
+        const codes = Tensor.zeros([blocks], { dtype: 'u8' }), scales = Tensor.zeros([Math.ceil(blocks / dqBlock)]);
+        blockwise8(a.handle, blocks, dqBlock, true, codes.handle, scales.handle);
+        a.dispose();
+        q = { ...q0, dq: { codes, scales, offset: q0.dq!.offset, blockSize: dqBlock } };
+        owned = [codes, scales];
+      }
+      const absmax = Tensor.from(quant4Absmax(q), [blocks]);
+      const plain: Quantized4bit = { ...q0, dq: undefined, absmax };
+      for (const m of [1, 2, 5]) {
+        const x = Tensor.from(randn(m * K, r), [m, K]);
+        for (const act of acts) {
+          const y1 = Tensor.zeros([m, N]), y2 = Tensor.zeros([m, N]);
+          decodeGemv(x.handle, nativeOperand(q), y1.handle, m, N, K, undefined, act);
+          decodeGemv(x.handle, nativeOperand(plain), y2.handle, m, N, K, undefined, act);
+          const a = floatsOf(y1), b = floatsOf(y2);
+          for (let i = 0; i < a.length; i++) assert.ok(Object.is(a[i], b[i]), `${act} dq block ${dqBlock} [${N}, ${K}] m=${m} y[${i}]: ${a[i]} with the double quantization, ${b[i]} with its expansion stored`);
+          y1.dispose();
+          y2.dispose();
+        }
+        x.dispose();
+      }
+      absmax.dispose();
+      for (const t of owned) t.dispose();
+    }
+    disposeQuantized(q0);
   }
 });
 

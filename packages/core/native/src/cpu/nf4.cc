@@ -158,7 +158,7 @@ static Napi::Value BlockwiseDequantize8Binding(const Napi::CallbackInfo& info) {
       TB_ON_CUDA(cuda::blockwise_dequantize8(codes.as<uint8_t>(), scales.f32(), n, block, is_signed, offset, out.f32()));
     } else {
       const float* map = dynamic_map(is_signed);
-      for (int64_t i = 0; i < n; i++) out.f32()[i] = map[codes.as<uint8_t>()[i]] * scales.f32()[i / block] + offset;
+      for (int64_t i = 0; i < n; i++) out.f32()[i] = math::dq8_value(map[codes.as<uint8_t>()[i]], scales.f32()[i / block], offset);
     }
     return info.Env().Undefined();
   });
@@ -247,7 +247,7 @@ static Napi::Value HostmathBlockwise8Binding(const Napi::CallbackInfo& info) {
     const float inv = math::inv_scale(amax);
     for (int64_t i = s; i < e; i++) codes.as<uint8_t>()[i] = static_cast<uint8_t>(math::nearest_code256(map, x.f32()[i] * inv));
   }
-  for (int64_t i = 0; i < n; i++) out.f32()[i] = map[codes.as<uint8_t>()[i]] * scales.f32()[i / block] + offset;
+  for (int64_t i = 0; i < n; i++) out.f32()[i] = math::dq8_value(map[codes.as<uint8_t>()[i]], scales.f32()[i / block], offset);
   return info.Env().Undefined();
 }
 

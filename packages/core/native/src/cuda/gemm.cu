@@ -533,7 +533,7 @@ __global__ void expand_absmax_kernel(const uint8_t* __restrict__ codes, const fl
                                      float* __restrict__ out) {
   for (int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; b < nblocks;
        b += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    out[b] = map.v[codes[b]] * scales[b / dq_block] + offset;
+    out[b] = math::dq8_value(map.v[codes[b]], scales[b / dq_block], offset);
 }
 
 // ---- stored matrix -> compact bf16 (the cuBLASLt reference's operands) ----

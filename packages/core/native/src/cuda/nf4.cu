@@ -123,7 +123,7 @@ __global__ void blockwise_dequantize8_kernel(const uint8_t* __restrict__ codes, 
   __syncthreads();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    out[i] = map[codes[i]] * scales[i / block] + offset;
+    out[i] = math::dq8_value(map[codes[i]], scales[i / block], offset);
 }
 
 constexpr int kThreads = 256;

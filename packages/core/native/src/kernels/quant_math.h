@@ -8,11 +8,19 @@
 // Tables are passed by pointer (a kernel keeps them in shared or constant
 // memory; the host passes kNf4Table / fp4_table()).
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #include "../hd.h"
 
 namespace tb::math {
+
+// One double-quantized value (the 8-bit absmax of QLoRA's double
+// quantization): map[code] * scale + offset as one fused multiply-add, a
+// single rounding on every device and whatever the compiler's contraction
+// setting, so training's dequantization and every decode path read the same
+// absmax (the AVX-512 expansion in cpu/decode_gemv.cc is _mm512_fmadd_ps).
+TB_HD float dq8_value(float mapped, float scale, float offset) { return fmaf(mapped, scale, offset); }
 
 TB_HD uint32_t quant4_code(const uint8_t* packed, int64_t e) {
   const uint32_t b = packed[e >> 1];
