@@ -767,12 +767,18 @@ bool quantize_x(int64_t m, int64_t K, const float* x, int64_t ldx, int bshift, s
       block_stats(xb, B, amax, sum, bad);
       const float d = amax > 0.0f ? amax / kI16XMax : 0.0f;
       const __m512 inv = _mm512_set1_ps(amax > 0.0f ? kI16XMax / amax : 0.0f);
+      __m512i qsum = _mm512_setzero_si512();
       for (int64_t k = 0; k < B; k += 16) {
         const __m512i qi = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + k), inv));  // to nearest, ties even
+        qsum = _mm512_add_epi32(qsum, qi);
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(qr + b * B + k), _mm512_cvtsepi32_epi16(qi));
       }
+      (void)sum;
       dbuf[static_cast<size_t>(r * nb + b)] = d;
-      sbuf[static_cast<size_t>(r * nb + b)] = sum;
+      // the sum of the rounded x (exact in f32 for blocks up to 512),
+      // for the INT-N offsets, so that the result is exactly w . x^ (see
+      // quantize_x8 below)
+      sbuf[static_cast<size_t>(r * nb + b)] = d * static_cast<float>(_mm512_reduce_add_epi32(qsum));
     }
   }
   if (_mm512_reduce_add_ps(bad) != 0.0f || _mm512_cmp_ps_mask(bad, bad, _CMP_UNORD_Q)) return false;
@@ -1543,12 +1549,16 @@ bool quantize_x8(int64_t K, const float* x, int bshift, X8Layout layout, std::ve
     const float* xg = x + g * B;
     float amax, sum;
     block_stats(xg, B, amax, sum, bad);
-    dg[static_cast<size_t>(g)] = amax > 0.0f ? amax / 127.0f : 0.0f;
-    sbuf[static_cast<size_t>(g)] = sum;
+    (void)sum;
+    const float step = amax > 0.0f ? amax / 127.0f : 0.0f;
+    dg[static_cast<size_t>(g)] = step;
     const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+    __m512i qsum = _mm512_setzero_si512();
     for (int64_t k = 0; k < B; k += 16) {
       const int64_t e = g * B + k;
-      const __m128i b = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + k), inv)));
+      const __m512i qi = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + k), inv));  // within +-127
+      qsum = _mm512_add_epi32(qsum, qi);
+      const __m128i b = _mm512_cvtsepi32_epi8(qi);
       int8_t* at = q + ((e >> sshift) << sshift);  // the span's first byte
       const int64_t r = e & (span - 1);
       switch (layout) {
@@ -1575,6 +1585,13 @@ bool quantize_x8(int64_t K, const float* x, int bshift, X8Layout layout, std::ve
         }
       }
     }
+    // the group's sum of the rounded x (step * the sum of its bytes), for the
+    // INT-N offsets: offset * sum(x^) + scale * sum(code * x^) is then exactly
+    // w . x^, whose error sum(w (x^ - x)) is what 8-bit x costs everywhere;
+    // with sum(x) instead the error is sum((w - offset) (x^ - x)), and
+    // w - offset (0 .. the group's range) is larger than w (about 2.7 times
+    // in RMS on Q8_0's grid, whose offset is -128 scales)
+    sbuf[static_cast<size_t>(g)] = step * static_cast<float>(_mm512_reduce_add_epi32(qsum));
   }
   if (_mm512_reduce_add_ps(bad) != 0.0f || _mm512_cmp_ps_mask(bad, bad, _CMP_UNORD_Q)) return false;
   // x's step per lane: lane l of span sp covers elements span * sp + per * l ..
