@@ -85,10 +85,11 @@ Options:
                            gpu: none); none: no decode rows
   --decode-activations i16|f32|i8
                            what our decode steps' quantized projections multiply, for the
-                           deployables' decode tokens/s and the decode rows: i16 (default:
-                           x rounded to int16 per group), f32 (x as it is) or i8 (x rounded
-                           to int8 per group, as llama.cpp's 8-bit activations; faster on
-                           AVX-512 with VNNI, coarser)
+                           deployables' decode tokens/s and the decode rows: i8 (x rounded
+                           to int8 per group, as llama.cpp's 8-bit activations), i16 (to
+                           int16 per group: finer, slower) or f32 (x as it is). Default:
+                           the fastest this build has (i8 with AVX-512 VNNI, else i16 with
+                           VBMI, else f32); each row records what ran
   --out DIR                where results go (default reports/<suite name>)
   --resume                 keep runs already in DIR/results.jsonl and do the rest
   --shard i/n|auto         run shard i of n of the suite's jobs (balanced by estimated cost; a

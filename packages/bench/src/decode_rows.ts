@@ -33,7 +33,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  BYTE_BOS, ByteTokenizer, type DecodeActivations, DenseLinear, IntNLinear, type GgufWeightType, type LlamaConfig, type LlamaModel, type QuantizedIntN, Tensor, exportGguf, f16ToF32,
+  BYTE_BOS, ByteTokenizer, type DecodeActivations, DenseLinear, decodeActivationsBuilt, fastestDecodeActivations, IntNLinear, type GgufWeightType, type LlamaConfig, type LlamaModel, type QuantizedIntN, Tensor, exportGguf, f16ToF32,
   type LlamaCppLib, Quant4Linear, generate, intnBytes, isPreset, loadLlamaCpp as loadCoreLlamaCpp, native, preset, quantize4bit, quantizeQ8_0,
 } from '@tunebench/core';
 import { groupwiseOf, intnLinear, qaloraConfig } from '@tunebench/qa-lora';
@@ -45,8 +45,15 @@ export const DEFAULT_DECODE_SHAPE = 'smollm-135m';
 export const DECODE_PROMPT_TOKENS = 32;
 export const DECODE_NEW_TOKENS = 128;
 export const DECODE_REPEATS = 2;
-/** our decode steps' activations for quantized projections (generate's default) */
-export const DECODE_ACTIVATIONS = 'i16' as const;
+/** What the bench's decode steps (the deployables' decode tokens/s and the
+ * decode rows) have their quantized projections multiply: `requested` (a
+ * suite's decodeActivations), by default the fastest this build has ('i8'
+ * with AVX-512 VNNI: x rounded to int8 per group, as llama.cpp's Q8
+ * activations), reduced to what the build runs (core's decodeActivationsBuilt),
+ * so that a row records what ran. */
+export function benchDecodeActivations(requested?: DecodeActivations): DecodeActivations {
+  return decodeActivationsBuilt(requested ?? fastestDecodeActivations());
+}
 
 export type { LlamaCppLib } from '@tunebench/core';
 export type LlamaCppLoader = () => Promise<LlamaCppLib>;
@@ -80,7 +87,7 @@ export interface DecodeRowOptions {
   newTokens?: number;
   repeats?: number;
   seed?: number;
-  /** what our quantized projections multiply in the decode steps (default DECODE_ACTIVATIONS, 'i16') */
+  /** what our quantized projections multiply in the decode steps (default: benchDecodeActivations()) */
   activations?: DecodeActivations;
   /** how node-llama-cpp is loaded (tests pass one that fails) */
   loadLlamaCpp?: LlamaCppLoader;
@@ -223,7 +230,7 @@ const rowCache = new Map<string, Promise<DecodeRow[]>>();
  * the row's status. The same weights, shape and settings are measured once
  * per process (every run of a suite shares them). */
 export function decodeRows(w: DeployWeights, opts: DecodeRowOptions): Promise<DecodeRow[]> {
-  const key = JSON.stringify([w, opts.shape, opts.config ?? null, opts.threads ?? native.getThreads(), opts.promptTokens, opts.newTokens, opts.repeats, opts.seed, opts.activations ?? DECODE_ACTIVATIONS, opts.loadLlamaCpp ? 'custom' : 'default']);
+  const key = JSON.stringify([w, opts.shape, opts.config ?? null, opts.threads ?? native.getThreads(), opts.promptTokens, opts.newTokens, opts.repeats, opts.seed, benchDecodeActivations(opts.activations), opts.loadLlamaCpp ? 'custom' : 'default']);
   let p = rowCache.get(key);
   if (!p) {
     p = computeRows(w, opts);
@@ -236,7 +243,7 @@ async function computeRows(w: DeployWeights, opts: DecodeRowOptions): Promise<De
   const threads = opts.threads ?? native.getThreads();
   const promptTokens = opts.promptTokens ?? DECODE_PROMPT_TOKENS, newTokens = opts.newTokens ?? DECODE_NEW_TOKENS;
   const repeats = opts.repeats ?? DECODE_REPEATS;
-  const activations = opts.activations ?? DECODE_ACTIVATIONS;
+  const activations = benchDecodeActivations(opts.activations);
   const base = { shape: opts.shape, weights: weightsText(w), threads, promptTokens, newTokens, repeats, activations };
   const forms = ggufForms(w);
   const o = { ...opts, threads, promptTokens, newTokens, repeats };
@@ -300,7 +307,7 @@ async function compareOne(model: LlamaModel, w: DeployWeights, format: 'F16' | '
   try {
     if (!lib) {
       const ours: Timed[] = [];
-      for (let i = 0; i < o.repeats; i++) ours.push(oursOnce(model, prompt, o.newTokens, o.activations ?? DECODE_ACTIVATIONS));
+      for (let i = 0; i < o.repeats; i++) ours.push(oursOnce(model, prompt, o.newTokens, benchDecodeActivations(o.activations)));
       return { status: 'unavailable', statusText: `${unavailable}; ours timed alone`, ours: best(ours) };
     }
     const path = join(dir, `${o.shape}-${format}.gguf`);
@@ -319,7 +326,7 @@ async function compareOne(model: LlamaModel, w: DeployWeights, format: 'F16' | '
         const seq = ctx.getSequence();
         const ours: Timed[] = [], cpp: Timed[] = [];
         for (let i = 0; i < o.repeats; i++) {
-          ours.push(oursOnce(model, prompt, o.newTokens, o.activations ?? DECODE_ACTIVATIONS));
+          ours.push(oursOnce(model, prompt, o.newTokens, benchDecodeActivations(o.activations)));
           cpp.push(await llamaCppOnce(seq, prompt, o.newTokens));
         }
         const b = best(ours), c = best(cpp);

@@ -48,7 +48,7 @@ export interface DeployContext {
   metrics?: Record<string, number>;
   /** every method row of the suite (e.g. QLoRA requantizes to the QA-LoRA rows' bit widths) */
   suiteMethods?: readonly MethodSpec[];
-  /** what the deployables' decode tokens/s multiplies (generate's decodeActivations; default 'i16') */
+  /** what the deployables' decode tokens/s multiplies (generate's decodeActivations; default: benchDecodeActivations(), the fastest built) */
   decodeActivations?: DecodeActivations;
 }
 

@@ -61,8 +61,9 @@ export interface Suite {
    * Default: smollm-135m (SmolLM-135M's blocks, where the weights dominate) */
   decodeShape?: string;
   /** what our decode steps' quantized projections multiply, for the deployables'
-   * decode tokens/s and the decode rows (generate's decodeActivations): 'i16'
-   * (default), 'f32' or 'i8' */
+   * decode tokens/s and the decode rows (generate's decodeActivations): 'i8',
+   * 'i16' or 'f32'; default: the fastest this build has ('i8' with AVX-512
+   * VNNI; benchDecodeActivations) */
   decodeActivations?: DecodeActivations;
 }
 

@@ -27,8 +27,9 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ByteTokenizer, IntNLinear, exportGguf, generate, native, preset, readGguf } from '@tunebench/core';
-import { decodePrompt, decodeRows, decodeShapeModel, loadLlamaCpp, roundRange, tokenAgreement } from '../src/decode_rows.js';
+import { ByteTokenizer, IntNLinear, decodeI16Available, decodeI8Available, exportGguf, generate, native, preset, readGguf } from '@tunebench/core';
+import { benchDecodeActivations, decodePrompt, decodeRows, decodeShapeModel, loadLlamaCpp, roundRange, tokenAgreement } from '../src/decode_rows.js';
+import { decodeSpeed } from '../src/methods/helpers.js';
 import { type DecodeRow, type RunRecord, withDeployables } from '../src/record.js';
 import { renderReport, renderSummary, resultsCsv } from '../src/report/index.js';
 import { BUILTIN_SUITES, validateSuite } from '../src/suite.js';
@@ -202,6 +203,23 @@ const ROWS: DecodeRow[] = [
     ratioDecode: 58 / 76, ratioPrefill: 111 / 184, ratioDecodeRange: [0.7, 0.8], ratioPrefillRange: [0.55, 0.65], tokensAgree: 120, firstDivergence: 97, teacherForcedAgree: 125,
   },
 ];
+
+test("the bench's decode activations: the fastest built by default, a request kept where built, and a row records what ran", () => {
+  const i8 = decodeI8Available(), i16 = decodeI16Available();
+  assert.equal(benchDecodeActivations(), i8 ? 'i8' : i16 ? 'i16' : 'f32');
+  assert.equal(benchDecodeActivations('f32'), 'f32');
+  assert.equal(benchDecodeActivations('i16'), i16 ? 'i16' : 'f32');
+  assert.equal(benchDecodeActivations('i8'), i8 ? 'i8' : i16 ? 'i16' : 'f32');
+  const model = decodeShapeModel({ ...preset('tiny'), numLayers: 1 }, { kind: 'intn', bits: 4, groupSize: 32 });
+  try {
+    const row = decodeSpeed(model, undefined);
+    assert.equal(row.decodeActivations, benchDecodeActivations());
+    assert.ok(row.decodeTokensPerSecond > 0);
+    assert.equal(decodeSpeed(model, 'f32').decodeActivations, 'f32');
+  } finally {
+    model.dispose();
+  }
+});
 
 test('the record, results.csv, summary.md and report.html carry the decode rows', { timeout: 60_000 }, async () => {
   const r = run(ROWS);

@@ -50,7 +50,10 @@ export {
 export { saveCheckpoint, loadCheckpoint } from './train/checkpoint.js';
 export * from './ops/lora.js';
 export { KVCache } from './nn/llama.js';
-export { FusedDecoder, fusedDecodeUnsupported, decodeI16Available, decodeI8Available, decodeI8Q4Available, type DecodeActivations, type FusedDecoderOptions } from './nn/decode_step.js';
+export {
+  FusedDecoder, fusedDecodeUnsupported, decodeI16Available, decodeI8Available, decodeI8Q4Available, decodeActivationsBuilt, fastestDecodeActivations,
+  type DecodeActivations, type FusedDecoderOptions,
+} from './nn/decode_step.js';
 export { generate, pick, type GenerateOptions, type GenerateResult } from './eval/generate.js';
 export { evaluateLoss, rowLogLikelihoods, classify, type LossResult, type ClassificationResult } from './eval/evaluate.js';
 export {

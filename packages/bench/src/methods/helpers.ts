@@ -8,6 +8,7 @@ import {
 } from '@tunebench/core';
 import type { MethodSpec } from '../methods.js';
 import { randomModel } from '../device.js';
+import { benchDecodeActivations } from '../decode_rows.js';
 
 export function positiveInteger(v: unknown): boolean {
   return Number.isInteger(v) && (v as number) > 0;
@@ -42,9 +43,10 @@ export function validateOptimizer(spec: MethodSpec): string[] {
   return o === undefined || o === 'adamw' || o === 'adamw8bit' ? [] : [`options.optimizer must be 'adamw' or 'adamw8bit', got ${JSON.stringify(o)}`];
 }
 
-/** A deployable row's decode speed under the suite's activations, and which they were. */
-export function decodeSpeed(model: LlamaModel, activations: DecodeActivations | undefined): { decodeTokensPerSecond: number; decodeActivations: DecodeActivations } {
-  return { decodeTokensPerSecond: decodeTokensPerSecond(model, undefined, activations), decodeActivations: activations ?? 'i16' };
+/** A deployable row's decode speed under the suite's activations (benchDecodeActivations: by default the fastest built), and which ran. */
+export function decodeSpeed(model: LlamaModel, requested: DecodeActivations | undefined): { decodeTokensPerSecond: number; decodeActivations: DecodeActivations } {
+  const activations = benchDecodeActivations(requested);
+  return { decodeTokensPerSecond: decodeTokensPerSecond(model, undefined, activations), decodeActivations: activations };
 }
 
 /** Decode speed of a model: greedy tokens after a short prompt, one sequence, KV cache (best of 2). */

@@ -43,7 +43,10 @@ const decodePlanRelease = nativeFn<(plan: Plan) => void>('decode_plan_release');
  * llama.cpp's Q8 activations; the 4-bit code book's magnitudes held to 1/255
  * of the largest) and u8 x s8 dot products where the build has AVX-512 with
  * VNNI (NF4/FP4: and BITALG), a coarser rounding for speed; every other
- * projection as 'i16'. */
+ * projection as 'i16'. Both integer paths compute w . x^ exactly for the
+ * rounded x^ (INT-N offsets multiply x^'s group sums), as llama.cpp's
+ * quantized dot products do. generate() and FusedDecoder default to 'i16';
+ * the bench's decode figures to the fastest built (fastestDecodeActivations). */
 export type DecodeActivations = 'f32' | 'i16' | 'i8';
 
 /** Whether this build has the 'i16' decode path (AVX-512 with VBMI). */
@@ -52,6 +55,20 @@ export const decodeI16Available = (): boolean => (native as unknown as { decodeI
 export const decodeI8Available = (): boolean => (native as unknown as { decodeI8?: boolean }).decodeI8 === true;
 /** Whether this build's 'i8' decode path also covers NF4/FP4 weights (AVX-512 with VBMI, VNNI and BITALG). */
 export const decodeI8Q4Available = (): boolean => (native as unknown as { decodeI8Q4?: boolean }).decodeI8Q4 === true;
+
+/** What the quantized projections multiply in this build when `requested`
+ * is asked for: 'i8' runs as 'i16' where the build lacks it, 'i16' as 'f32'.
+ * (Within a build that has 'i8', NF4/FP4 projections still run it as 'i16'
+ * without decodeI8Q4Available(), and a projection whose shape a path does not
+ * take runs the next one; dense projections always multiply x as it is.) */
+export function decodeActivationsBuilt(requested: DecodeActivations): DecodeActivations {
+  if (requested === 'i8' && !decodeI8Available()) requested = 'i16';
+  if (requested === 'i16' && !decodeI16Available()) requested = 'f32';
+  return requested;
+}
+
+/** The fastest activations this build has: 'i8' (AVX-512 with VBMI and VNNI), else 'i16' (VBMI), else 'f32'. */
+export const fastestDecodeActivations = (): DecodeActivations => decodeActivationsBuilt('i8');
 
 export interface FusedDecoderOptions {
   /** default 'i16' (see DecodeActivations) */
