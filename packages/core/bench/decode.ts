@@ -22,8 +22,9 @@ Options:
                    int3, int2, nf4, nf4dq, fp4 (default: all). int8q8: INT8
                    groups of 32 on Q8_0's symmetric grid (fp16 scale, offset
                    -128 scale); int4f16: INT4 quantized with constants 'f16'.
-                   With i16 both (with i8 int8q8) read fp16 copies of their group constants
-                   (intnConstants16), as the fused decoder does
+                   Both read fp16 copies of their group constants
+                   (intnConstants16), as the fused decoder does, with one row
+                   of x (with several: int8q8 with i8 only)
   --group N        INT-N group size (default 32); --block N: 4-bit block (default 64)
   --rows LIST      rows of x per call (default 1,4,16)
   --layers N       layers of the SmolLM-135M shape (default 30)
@@ -227,9 +228,9 @@ for (const format of opt.formats.split(',').map((s) => s.trim()).filter(Boolean)
       const xs = new Map<number, Tensor>(), ys = new Map<number, Tensor>();
       for (const k of [C, I]) xs.set(k, Tensor.from(uniform(m * k, 1), [m, k]));
       for (const o of [C, 192, I]) ys.set(o, Tensor.zeros([m, o]));
-      // int8q8 with i16 (one row) reads the fp16 copies of its scales, as the fused decoder does
-      // (with i8, INT8's kernel reads them too; INT4's reads the f32 constants)
-      const h16 = (act === 'i16' && (format === 'int8q8' || format === 'int4f16')) || (act === 'i8' && format === 'int8q8');
+      // int8q8 and int4f16 read the fp16 copies of their group constants, as the fused decoder does
+      // (i16: one row of x; i8: one row, and INT8 with several)
+      const h16 = act !== 'f32' && (format === 'int8q8' || format === 'int4f16');
       const op = (w: Weight) => (h16 ? w.op16! : w.op);
       const calls = weights.map((w) => [xs.get(w.inF)!.handle, op(w), ys.get(w.out)!.handle, m, w.out, w.inF]);
       decodeGemvTimed(calls, 1, isa, act);  // warm: pages faulted in, fp16 copies read once
@@ -241,7 +242,7 @@ for (const format of opt.formats.split(',').map((s) => s.trim()).filter(Boolean)
         oneEach.push(Number(process.hrtime.bigint() - t0) / 1e9);
       }
       // the fp16 constants are read only by one-row calls on the kernels' eight-row path (the f32 ones otherwise)
-      const bytesRead = h16 && (m === 1 || act === 'i8') ? weights.reduce((t, w) => t + w.bytes16!, 0) : bytes;
+      const bytesRead = h16 && (m === 1 || (act === 'i8' && format === 'int8q8')) ? weights.reduce((t, w) => t + w.bytes16!, 0) : bytes;
       const roofBytes = roofBuf.numel * 4;
       const s = median(kernelS), gbs = bytesRead / s / 1e9;
       const ratios = kernelS.map((k, r) => (bytesRead / k) / (roofBytes / roofS[r]));

@@ -517,7 +517,7 @@ test('INT-N fp16 group constants: exact weights only, and the decode GEMV gives 
     const rtn = quantizeIntN(w, { bits: 8, groupSize: 32 });
     assert.equal(intnConstants16(rtn), null, 'f32 scales of RTN are not fp16 values');
     disposeQuantized(rtn);
-    for (const bits of [4, 8] as IntNBits[]) {
+    for (const bits of [2, 3, 4, 8] as IntNBits[]) {
       for (const groupSize of [16, 32, 64, 128] as IntNGroupSize[]) {
         for (const symmetric of [true, false]) {
           const q = f16IntN(w, bits, groupSize, symmetric);
@@ -540,19 +540,34 @@ test('INT-N fp16 group constants: exact weights only, and the decode GEMV gives 
             const y0 = Tensor.zeros([1, N]), y1 = Tensor.zeros([1, N]);
             decodeGemv(x.handle, intnNativeOperand(q), y0.handle, 1, N, K, undefined, 'i16');
             decodeGemv(x.handle, intnNativeOperand(q, c), y1.handle, 1, N, K, undefined, 'i16');
-            assert.notEqual(floatsOf(y1)[0], floatsOf(y0)[0], 'the fp16 offsets were not read');
-            assert.equal(floatsOf(y1)[N - 1], floatsOf(y0)[N - 1], 'the tail rows read the f32 constants');
+            if (bits === 4 || bits === 8) {  // 'i16' reads the copies of INT4 and INT8 (one row of x)
+              assert.notEqual(floatsOf(y1)[0], floatsOf(y0)[0], `int${bits} g${groupSize} i16: the fp16 offsets were not read`);
+              assert.equal(floatsOf(y1)[N - 1], floatsOf(y0)[N - 1], 'the tail rows read the f32 constants');
+            }
             y0.dispose(); y1.dispose();
-            if (bits === 8 && decodeI8Available()) {  // 'i8' reads INT8's copies too
+            if (decodeI8Available()) {  // 'i8' reads every width's copies too: offsets, then (below) scales
               const z0 = Tensor.zeros([1, N]), z1 = Tensor.zeros([1, N]);
               decodeGemv(x.handle, intnNativeOperand(q), z0.handle, 1, N, K, undefined, 'i8');
               decodeGemv(x.handle, intnNativeOperand(q, c), z1.handle, 1, N, K, undefined, 'i8');
-              assert.notEqual(floatsOf(z1)[0], floatsOf(z0)[0], 'i8: the fp16 offsets were not read');
+              assert.notEqual(floatsOf(z1)[0], floatsOf(z0)[0], `int${bits} g${groupSize} i8: the fp16 offsets were not read`);
               z0.dispose(); z1.dispose();
               const x2 = Tensor.from([...floatsOf(x), ...floatsOf(x)], [2, K]), u0 = Tensor.zeros([2, N]), u1 = Tensor.zeros([2, N]);
               decodeGemv(x2.handle, intnNativeOperand(q), u0.handle, 2, N, K, undefined, 'i8');
               decodeGemv(x2.handle, intnNativeOperand(q, c), u1.handle, 2, N, K, undefined, 'i8');
-              assert.notEqual(floatsOf(u1)[N], floatsOf(u0)[N], 'i8, 2 rows: the fp16 offsets were not read');
+              // several rows of x: INT8 reads the copies, the narrower widths their f32 constants (bound by arithmetic there)
+              if (bits === 8) assert.notEqual(floatsOf(u1)[N], floatsOf(u0)[N], `int${bits} g${groupSize} i8, 2 rows: the fp16 offsets were not read`);
+              else assert.equal(floatsOf(u1)[N], floatsOf(u0)[N], `int${bits} g${groupSize} i8, 2 rows: the f32 offsets were not read`);
+              half[off0 + 1] ^= 0x40;  // the offset back, row 0's first scale changed
+              half[1] ^= 0x04;
+              for (const [xx, m] of [[x, 1], [x2, 2]] as const) {
+                const v0 = Tensor.zeros([m, N]), v1 = Tensor.zeros([m, N]);
+                decodeGemv(xx.handle, intnNativeOperand(q), v0.handle, m, N, K, undefined, 'i8');
+                decodeGemv(xx.handle, intnNativeOperand(q, c), v1.handle, m, N, K, undefined, 'i8');
+                if (m === 1 || bits === 8) assert.notEqual(floatsOf(v1)[0], floatsOf(v0)[0], `int${bits} g${groupSize} i8, ${m} rows: the fp16 scales were not read`);
+                else assert.equal(floatsOf(v1)[0], floatsOf(v0)[0], `int${bits} g${groupSize} i8, ${m} rows: the f32 scales were not read`);
+                assert.equal(floatsOf(v1)[1], floatsOf(v0)[1], `int${bits} g${groupSize} i8, ${m} rows: row 1 reads its own scales`);
+                v0.dispose(); v1.dispose();
+              }
               for (const t of [x2, u0, u1]) t.dispose();
             }
           }

@@ -1162,6 +1162,13 @@ __attribute__((always_inline)) inline __m512 span128_scales(const float* sc, int
   if (shift >= 7) return _mm512_set1_ps(sc[g]);
   return _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << (128 >> shift)) - 1), sc + g));
 }
+
+// The same from fp16 copies of the scales: n = 1 .. 16 of them from block g
+// (a masked load of exactly n), spread by gidx.
+__attribute__((always_inline)) inline __m512 spread_scales16(const uint16_t* sc, int64_t g, int64_t n, __m512i gidx) {
+  if (n == 1) return _mm512_set1_ps(_cvtsh_ss(sc[g]));
+  return _mm512_permutexvar_ps(gidx, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1), sc + g)));
+}
 // NF4/FP4 codes in a span of 128: its 64 bytes read as 32 words, each
 // holding the codes of elements 4j .. 4j + 3 in its 4 nibbles (high nibble
 // = even element), taken out by shifts alone (vpermw reads the low 5 bits
@@ -1641,7 +1648,9 @@ struct I8Row {
 // INT4 (EvenOdd128): a span's 64 code bytes give the even elements (low
 // nibbles) and the odd ones (high nibbles) after one shift and two masks;
 // lane l holds elements 8l .. 8l + 7. A last span of 64 (32 bytes) fills
-// lanes 0-7.
+// lanes 0-7. H (here and in INT2, INT3, INT8): the scales from their fp16
+// copies.
+template <bool H>
 struct I8Int4 {
   static constexpr int NV = 2, SPAN = 128;
   static constexpr bool SIGN = false;
@@ -1657,6 +1666,7 @@ struct I8Int4 {
     v[1] = _mm512_and_si512(_mm512_srli_epi16(w, 4), m15);
   }
   __attribute__((always_inline)) __m512 scales(const I8Row& row, int64_t k, int64_t left) const {
+    if constexpr (H) return spread_scales16(row.sc16, k >> bshift, std::max<int64_t>(1, std::min<int64_t>(left, 128) >> bshift), gidx);
     const float* sc = row.sc;
     if (left >= 128) return span128_scales(sc, k >> bshift, bshift, gidx);
     return bshift >= 6 ? _mm512_set1_ps(sc[k >> bshift]) : _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(tail_mk, sc + (k >> bshift)));
@@ -1687,6 +1697,7 @@ struct I8Int8 {
 // vpmultishiftqb take out each dword's codes 0-3 and 4-7 as bytes, and a
 // mask keeps their 3 bits; lane l holds elements 8l .. 8l + 7. A last span
 // of 64 (24 bytes) fills lanes 0-7.
+template <bool H>
 struct I8Int3 {
   static constexpr int NV = 2, SPAN = 128;
   static constexpr bool SIGN = false;
@@ -1704,6 +1715,7 @@ struct I8Int3 {
     v[1] = _mm512_and_si512(_mm512_multishift_epi64_epi8(ctl_b, w), m7);
   }
   __attribute__((always_inline)) __m512 scales(const I8Row& row, int64_t k, int64_t left) const {
+    if constexpr (H) return spread_scales16(row.sc16, k >> bshift, std::max<int64_t>(1, std::min<int64_t>(left, 128) >> bshift), gidx);
     const float* sc = row.sc;
     if (left >= 128) return span128_scales(sc, k >> bshift, bshift, gidx);
     return bshift >= 6 ? _mm512_set1_ps(sc[k >> bshift]) : _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(tail_mk, sc + (k >> bshift)));
@@ -1714,6 +1726,7 @@ struct I8Int3 {
 // 2s, 2s + 1) element 4j + s; each field is one shift and one mask away from
 // 64 code bytes; lane l holds elements 16l .. 16l + 15 (one group: groups
 // are 16 or more). A last span of 64, 128 or 192 fills the lanes it has.
+template <bool H>
 struct I8Int2 {
   static constexpr int NV = 4, SPAN = 256;
   static constexpr bool SIGN = false;
@@ -1730,9 +1743,14 @@ struct I8Int2 {
   }
   __attribute__((always_inline)) __m512 scales(const I8Row& row, int64_t k, int64_t left) const {
     const int64_t n = std::min<int64_t>(left, 256) >> bshift;
+    if constexpr (H) return _mm512_permutexvar_ps(gidx, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1), row.sc16 + (k >> bshift))));
     return _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), row.sc + (k >> bshift)));
   }
 };
+
+// The INT-N format of Bits bits (H: fp16 scales)
+template <int Bits, bool H>
+using I8IntN = std::conditional_t<Bits == 2, I8Int2<H>, std::conditional_t<Bits == 3, I8Int3<H>, std::conditional_t<Bits == 4, I8Int4<H>, I8Int8<H>>>>;
 
 #if defined(__AVX512BITALG__)
 #define TB_DECODE_I8_Q4 1
@@ -1815,20 +1833,17 @@ __attribute__((always_inline)) inline void i8_rows8(const F& f, const I8Row* row
 }
 
 // y = alpha * x W^T + beta * y, one row of x, INT-N: eight output rows per
-// i8_rows8, their INT-N offsets added and sums reduced by finish8. INT8
-// reads the fp16 copies of its constants where the operand has them (as the
-// i16 path does); INT2-4 their f32 ones.
+// i8_rows8, their INT-N offsets added and sums reduced by finish8. Every
+// width reads the fp16 copies of its constants where the operand has them
+// (intnConstants16, as the i16 path does): INT4 g32 then reads 2 + 0.5
+// bytes per 4 weights' 2 + 1 (the QA-LoRA deployables' Q4_1 form).
 template <int Bits>
 void i8_intn(int64_t N, int64_t K, float alpha, const IntNView& w, const QuantX8& qx, float beta, float* y) {
   const int64_t G = K >> w.group_shift, rb = (K * Bits) >> 3;
   const int bs = w.group_shift;
   const Unpack16 u = intn_unpack<Bits>();
   auto rows = [&](int64_t o0, int64_t o1) {
-    const I8Int2 f2(bs);
-    const I8Int3 f3(bs);
-    const I8Int4 f4(bs);
-    const I8Int8<true> f8h(bs);
-    const I8Int8<false> f8(bs);
+    const bool h = w.scales16 != nullptr;
     float sums[8];
     for (int64_t o = o0; o < o1; o += 8) {
       const int64_t n = std::min<int64_t>(8, o1 - o);
@@ -1842,11 +1857,8 @@ void i8_intn(int64_t N, int64_t K, float alpha, const IntNView& w, const QuantX8
       I8Row r8[8];
       for (int j = 0; j < 8; j++) r8[j] = I8Row{s8[j].codes, s8[j].scales, s8[j].scales16};
       const QuantX xs{nullptr, nullptr, qx.sum, K, G};
-      if constexpr (Bits == 2) { i8_rows8(f2, r8, K, qx, acc); finish8<false>(s8, acc, xs, G, 1.0f, sums); }
-      else if constexpr (Bits == 3) { i8_rows8(f3, r8, K, qx, acc); finish8<false>(s8, acc, xs, G, 1.0f, sums); }
-      else if constexpr (Bits == 4) { i8_rows8(f4, r8, K, qx, acc); finish8<false>(s8, acc, xs, G, 1.0f, sums); }
-      else if (w.scales16) { i8_rows8(f8h, r8, K, qx, acc); finish8<true>(s8, acc, xs, G, 1.0f, sums); }
-      else { i8_rows8(f8, r8, K, qx, acc); finish8<false>(s8, acc, xs, G, 1.0f, sums); }
+      if (h) { i8_rows8(I8IntN<Bits, true>(bs), r8, K, qx, acc); finish8<true>(s8, acc, xs, G, 1.0f, sums); }
+      else { i8_rows8(I8IntN<Bits, false>(bs), r8, K, qx, acc); finish8<false>(s8, acc, xs, G, 1.0f, sums); }
       for (int64_t j = 0; j < n; j++) {
         float& c = y[o + j];
         c = beta == 0.0f ? alpha * sums[j] : alpha * sums[j] + beta * c;
@@ -2051,23 +2063,23 @@ bool decode_gemv_i8_rows(int64_t m, int64_t N, int64_t K, float alpha, const flo
   const X8Layout layout = w.bits == 2 ? X8Layout::Field256 : w.bits == 3 ? X8Layout::Quad128 : w.bits == 4 ? X8Layout::EvenOdd128 : X8Layout::Natural64;
   if (!xr.make(m, K, x, ldx, w.group_shift, layout)) return false;
   const int64_t G = K >> w.group_shift, rb = (K * w.bits) >> 3;
+  // fp16 constants for INT8 only: with several rows of x the narrower formats
+  // are bound by arithmetic, not reads, and their conversions cost more than
+  // the bytes they save (INT4 g32, 4 rows: 10.7 against 10.0 ms per
+  // SmolLM-135M token, two runs, 2-core EPYC VM)
   const bool h16 = w.bits == 8 && w.scales16;
   auto offs = [&](int64_t o, int64_t r) { return i8_offset_dot(w, o, G, h16, xr.qx[r].sum); };
   auto row = [&](int64_t o) { return I8Row{w.codes + o * rb, w.scales + o * G, w.scales16 ? w.scales16 + o * G : nullptr}; };
+  auto run = [&](auto bits) {
+    constexpr int B = decltype(bits)::value;
+    if (h16) i8_run_m(m, N, K, alpha, xr.qx, beta, y, ldy, I8IntN<B, true>(w.group_shift), row, offs);
+    else i8_run_m(m, N, K, alpha, xr.qx, beta, y, ldy, I8IntN<B, false>(w.group_shift), row, offs);
+  };
   switch (w.bits) {
-    case 2:
-      i8_run_m(m, N, K, alpha, xr.qx, beta, y, ldy, I8Int2(w.group_shift), row, offs);
-      break;
-    case 3:
-      i8_run_m(m, N, K, alpha, xr.qx, beta, y, ldy, I8Int3(w.group_shift), row, offs);
-      break;
-    case 4:
-      i8_run_m(m, N, K, alpha, xr.qx, beta, y, ldy, I8Int4(w.group_shift), row, offs);
-      break;
-    default:
-      if (h16) i8_run_m(m, N, K, alpha, xr.qx, beta, y, ldy, I8Int8<true>(w.group_shift), row, offs);
-      else i8_run_m(m, N, K, alpha, xr.qx, beta, y, ldy, I8Int8<false>(w.group_shift), row, offs);
-      break;
+    case 2: run(std::integral_constant<int, 2>{}); break;
+    case 3: run(std::integral_constant<int, 3>{}); break;
+    case 4: run(std::integral_constant<int, 4>{}); break;
+    default: run(std::integral_constant<int, 8>{}); break;
   }
   return true;
 }
