@@ -1837,13 +1837,13 @@ __attribute__((always_inline)) inline void i8_rows8(const F& f, const I8Row* row
 // width reads the fp16 copies of its constants where the operand has them
 // (intnConstants16, as the i16 path does): INT4 g32 then reads 2 + 0.5
 // bytes per 4 weights' 2 + 1 (the QA-LoRA deployables' Q4_1 form).
-template <int Bits>
+template <int Bits, bool H>
 void i8_intn(int64_t N, int64_t K, float alpha, const IntNView& w, const QuantX8& qx, float beta, float* y) {
   const int64_t G = K >> w.group_shift, rb = (K * Bits) >> 3;
   const int bs = w.group_shift;
   const Unpack16 u = intn_unpack<Bits>();
   auto rows = [&](int64_t o0, int64_t o1) {
-    const bool h = w.scales16 != nullptr;
+    const I8IntN<Bits, H> f(bs);  // built here, once per thread: its vectors stay in registers
     float sums[8];
     for (int64_t o = o0; o < o1; o += 8) {
       const int64_t n = std::min<int64_t>(8, o1 - o);
@@ -1857,8 +1857,8 @@ void i8_intn(int64_t N, int64_t K, float alpha, const IntNView& w, const QuantX8
       I8Row r8[8];
       for (int j = 0; j < 8; j++) r8[j] = I8Row{s8[j].codes, s8[j].scales, s8[j].scales16};
       const QuantX xs{nullptr, nullptr, qx.sum, K, G};
-      if (h) { i8_rows8(I8IntN<Bits, true>(bs), r8, K, qx, acc); finish8<true>(s8, acc, xs, G, 1.0f, sums); }
-      else { i8_rows8(I8IntN<Bits, false>(bs), r8, K, qx, acc); finish8<false>(s8, acc, xs, G, 1.0f, sums); }
+      i8_rows8(f, r8, K, qx, acc);
+      finish8<H>(s8, acc, xs, G, 1.0f, sums);
       for (int64_t j = 0; j < n; j++) {
         float& c = y[o + j];
         c = beta == 0.0f ? alpha * sums[j] : alpha * sums[j] + beta * c;
@@ -2103,10 +2103,10 @@ bool decode_gemv_i8(int64_t m, int64_t N, int64_t K, float alpha, const float* x
   const X8Layout layout = w.bits == 2 ? X8Layout::Field256 : w.bits == 3 ? X8Layout::Quad128 : w.bits == 4 ? X8Layout::EvenOdd128 : X8Layout::Natural64;
   if (!quantize_x8(K, x, w.group_shift, layout, qbuf, dbuf, sbuf, qx)) return false;
   switch (w.bits) {
-    case 2: i8_intn<2>(N, K, alpha, w, qx, beta, y); break;
-    case 3: i8_intn<3>(N, K, alpha, w, qx, beta, y); break;
-    case 4: i8_intn<4>(N, K, alpha, w, qx, beta, y); break;
-    default: i8_intn<8>(N, K, alpha, w, qx, beta, y); break;
+    case 2: (w.scales16 ? i8_intn<2, true> : i8_intn<2, false>)(N, K, alpha, w, qx, beta, y); break;
+    case 3: (w.scales16 ? i8_intn<3, true> : i8_intn<3, false>)(N, K, alpha, w, qx, beta, y); break;
+    case 4: (w.scales16 ? i8_intn<4, true> : i8_intn<4, false>)(N, K, alpha, w, qx, beta, y); break;
+    default: (w.scales16 ? i8_intn<8, true> : i8_intn<8, false>)(N, K, alpha, w, qx, beta, y); break;
   }
   return true;
 }
