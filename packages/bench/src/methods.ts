@@ -6,7 +6,7 @@
 // the built-in ones (full, lora, qlora, qa-lora) are registered here, at the
 // end of this module, in that order. Their plugins live in methods/<name>.ts
 // (shared helpers in methods/helpers.ts) and import only types from here.
-import { type CheckpointingMode, type DecodeActivations, parseCheckpointing, type LlamaConfig, type LlamaModel, type OptimizerFactory } from '@tunebench/core';
+import { type CheckpointingMode, type DecodeActivations, parseCheckpointing, type LlamaConfig, type LlamaModel, type OptimizerFactory, type Tokenizer } from '@tunebench/core';
 import { type Plan, type PlanMethod, planMemory } from './plan.js';
 import type { DeployableRow } from './record.js';
 import { fullMethod } from './methods/full.js';
@@ -50,6 +50,8 @@ export interface DeployContext {
   suiteMethods?: readonly MethodSpec[];
   /** what the deployables' decode tokens/s multiplies (generate's decodeActivations; default: benchDecodeActivations(), the fastest built) */
   decodeActivations?: DecodeActivations;
+  /** the tasks' tokenizer on this base (tokenizer.ts), for calibration text (default: the byte tokenizer) */
+  tokenizer?: Tokenizer;
 }
 
 export interface MethodPlugin {

@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import { join } from 'node:path';
-import { ByteTokenizer, type Device, writeJsonAtomic } from '@tunebench/core';
+import { type Device, writeJsonAtomic } from '@tunebench/core';
 import type { RunRecord } from './record.js';
 import type { Suite } from './suite.js';
 import { adaptData } from './tasks/adapt.js';
@@ -17,6 +17,7 @@ import { jsonlData } from './tasks/jsonl_task.js';
 import { brownData } from './tasks/pretrain.js';
 import { spamData } from './tasks/spam_task.js';
 import { DEFAULT_MAX_VALIDATION } from './tune.js';
+import { taskTokenizer } from './tokenizer.js';
 import { type JobContext, SuiteInterrupted, appendRecord, promptCharsOf, provenance, readResults } from './jobs/common.js';
 import { KERNELS_FILE, kernelsJob } from './jobs/kernels.js';
 import { peerJob } from './jobs/peer.js';
@@ -91,13 +92,13 @@ export function refuseWhatCannotRun(plan: JobPlan, device: Device, machineBytes 
 /** The tasks' data, prepared before anything is written: a dataset that cannot be used fails here. */
 export function prepareData(suite: Suite): TaskData {
   const sh = suite.shared;
-  const tok = new ByteTokenizer();
+  const tok = taskTokenizer(suite.base.hfDir);
   const data: TaskData = {};
   // validation parts (never the test split) for the learning-rate search and the held-out curves
   const maxValidation = suite.tuneLr ? suite.tuneLr.maxValidation ?? DEFAULT_MAX_VALIDATION : undefined;
   const validationFraction = suite.tuneLr ? 0.1 : undefined;
   if (suite.tasks.includes('spam')) data.spam = spamData(tok, { seqLen: sh.seqLen, maxChars: promptCharsOf(suite), seed: sh.seed, maxTrain: sh.maxTrain, maxTest: sh.maxTest, maxValidation, packing: sh.packing });
-  if (suite.tasks.includes('adapt')) data.adapt = adaptData(brownData(sh.seqLen, sh.seed), sh.seqLen, { validationFraction, maxValidationRows: maxValidation, seed: sh.seed });
+  if (suite.tasks.includes('adapt')) data.adapt = adaptData(brownData(sh.seqLen, sh.seed, tok), sh.seqLen, { validationFraction, maxValidationRows: maxValidation, seed: sh.seed });
   if (suite.tasks.includes('jsonl')) data.jsonl = jsonlData(suite.dataset!, tok, { seqLen: sh.seqLen, seed: sh.seed, validationFraction, maxValidation, packing: sh.packing, format: suite.datasetFormat, modelDir: suite.base.hfDir });
   return data;
 }

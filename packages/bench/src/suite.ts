@@ -6,8 +6,9 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import {
   ByteTokenizer, ChatTemplate, type CheckpointingMode, type DatasetKind, type DecodeActivations, PRESETS, isPreset, checkRegularFile, configFromHf, parseCheckpointing, parseJson,
-  readJsonl, readTextFile,
+  readJsonl, readTextFile, HF_TOKENIZER_FILE, type Tokenizer,
 } from '@tunebench/core';
+import { hasOwnTokenizer, maxTokenId, taskTokenizer } from './tokenizer.js';
 import type { TuneLrSpec } from './tune.js';
 import { CI_METHODS, DEFAULT_METHODS, GPU_METHODS, type MethodSpec, methodNames, methodPlugin, parseMethods } from './methods.js';
 
@@ -316,9 +317,17 @@ export function validateSuite(raw: unknown, where: string): Suite {
         const raw = parseJson(readTextFile(config, 'config.json'), config);
         p.push(...gptqBaseProblems(raw, s.methods));
         const c = configFromHf(raw, config);
-        // the tasks tokenize with the byte tokenizer: every one of its ids must have an embedding row
-        const ids = new ByteTokenizer().vocabSize;
-        if (c.vocabSize < ids) p.push(`base.hfDir: the model's vocab_size ${c.vocabSize} is smaller than the byte tokenizer's ${ids} ids (256 bytes, BOS, EOS, PAD) that the tasks use: its embedding has no row for ids ${c.vocabSize}..${ids - 1}`);
+        // the tasks tokenize with the model's tokenizer.json, or without one the
+        // byte tokenizer (tokenizer.ts): every id it gives must have an embedding row
+        if (hasOwnTokenizer(s.base.hfDir)) {
+          let tok: Tokenizer | null = null;
+          try { tok = taskTokenizer(s.base.hfDir); } catch (e) { p.push(`base.hfDir: ${(e as Error).message}`); }
+          const top = tok ? maxTokenId(tok) : -1;
+          if (top >= c.vocabSize) p.push(`base.hfDir: its ${HF_TOKENIZER_FILE} has ids up to ${top}, but the model's vocab_size is ${c.vocabSize}: the embedding has no row for ids ${c.vocabSize}..${top}`);
+        } else {
+          const ids = new ByteTokenizer().vocabSize;
+          if (c.vocabSize < ids) p.push(`base.hfDir: the model's vocab_size ${c.vocabSize} is smaller than the byte tokenizer's ${ids} ids (256 bytes, BOS, EOS, PAD) that the tasks use without a ${HF_TOKENIZER_FILE}: its embedding has no row for ids ${c.vocabSize}..${ids - 1}`);
+        }
       } catch (e) { p.push(`base.hfDir: ${(e as Error).message}`); }
     }
   }
@@ -330,7 +339,7 @@ export function validateSuite(raw: unknown, where: string): Suite {
       if (s.tasks.includes('jsonl')) {
         const ds = readJsonl(s.dataset, { format: s.datasetFormat });
         // chat rows: the model's template must parse (a row it fails on is named when the data is prepared)
-        if (ds.kind === 'chat') ChatTemplate.forModel(s.base.hfDir, new ByteTokenizer());
+        if (ds.kind === 'chat') ChatTemplate.forModel(s.base.hfDir, hasOwnTokenizer(s.base.hfDir) ? taskTokenizer(s.base.hfDir) : new ByteTokenizer());
       }
     } catch (e) {
       p.push(`dataset: ${(e as Error).message}`);

@@ -20,6 +20,7 @@ import { evaluateJsonl, jsonlData } from '../tasks/jsonl_task.js';
 import { pretrainBase } from '../tasks/pretrain.js';
 import { evaluateSpam, spamData } from '../tasks/spam_task.js';
 import { DEFAULT_EVAL_POINTS, type TuningRecord, type Validation, evalSteps } from '../tune.js';
+import { taskTokenizer, tokenizerSetting } from '../tokenizer.js';
 import {
   type JobContext, RunInterrupted, baseDirOf, checkpointingOf, memoryAfter, notFitting, promptCharsOf, speedOf, trainStepByStep, warmupStepsOf,
   referenceKernelMs, withRunSeed,
@@ -145,6 +146,8 @@ export async function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDi
     checkpointing, ...(sh.offload ? { offload: device === 'cpu' ? 'identity on the cpu backend (kept block inputs are host memory already)' : 'asked for; not implemented on the GPU yet (block inputs stay on the device)' } : {}), ...plugin.settings(m, baseDir),
     ...packingSetting(trainRows(task, data)),
     ...(task === 'spam' ? { promptChars: promptCharsOf(suite) } : {}),
+    // the tasks' tokenizer: the base's own tokenizer.json (absent: the byte tokenizer, as before)
+    ...tokenizerSetting(baseDir),
     // label classification: how labels of different token lengths are compared (tune.ts, spam_task.ts labelScores)
     ...(task === 'spam' || (task === 'jsonl' && data.jsonl!.labels) ? { labelScoring: 'sum' } : {}),
   };
@@ -262,7 +265,7 @@ export async function runOne(task: TaskName, m: MethodSpec, suite: Suite, baseDi
       const dir = join(tmp, 'deployable');
       mkdirSync(dir);
       try {
-        record.deployable = plugin.deployables(model, m, { evaluate, dir, metrics: record.metrics, suiteMethods: suite.methods, decodeActivations: suite.decodeActivations })
+        record.deployable = plugin.deployables(model, m, { evaluate, dir, metrics: record.metrics, suiteMethods: suite.methods, decodeActivations: suite.decodeActivations, tokenizer: taskTokenizer(baseDir) })
           .map((d) => (outcomesOf.has(d.metrics) ? { ...d, outcomes: outcomesOf.get(d.metrics) } : d));
       } catch (e) {
         // on the GPU a deployable that fails leaves the trained run's result standing

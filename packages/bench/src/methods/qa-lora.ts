@@ -3,11 +3,12 @@
 // the INT-N offsets, its kernel rows and its merged deployable model
 // (registered by methods.ts). qaloraSettings and calibrationRows are shared
 // with the qlora plugin's INT-N requantized rows.
-import { IntNLinear, Rng, Tensor, disposeIntN, intnBytes, makeOptimizer, matmul, quantizeIntN } from '@tunebench/core';
+import { IntNLinear, Rng, Tensor, type Tokenizer, disposeIntN, intnBytes, makeOptimizer, matmul, quantizeIntN } from '@tunebench/core';
 import { type GptqInfo, type QaloraConfig, inspectGptqModel, isGptqDir, loadQaloraModel, prepareQalora, qaloraConfig, withMergedQalora } from '@tunebench/qa-lora';
 import { saveAdapter } from '@tunebench/lora';
 import type { MethodPlugin, MethodSpec } from '../methods.js';
 import { brownData } from '../tasks/pretrain.js';
+import { taskTokenizer } from '../tokenizer.js';
 import { decodeSpeed, frozenRandom, optimizerStateBytes, positiveInteger } from './helpers.js';
 
 /** The QA-LoRA settings of a spec: r/alpha from the spec, the rest from its options over the QA-LoRA defaults. */
@@ -24,18 +25,21 @@ export function qaloraSettings(s: MethodSpec, seed = 0): QaloraConfig {
 
 const QALORA_OPTIONS = ['bits', 'groupSize', 'quantizer', 'optimizer'];
 
-// GPTQ's calibration in the bench: rows of the base's own pretraining text
-// (Brown corpus, training split), not the task's: prepare() is given the base
-// only, and a generic corpus is what GPTQ is usually calibrated on.
+// GPTQ's calibration in the bench: rows of a generic text (Brown corpus,
+// training split), not the task's: prepare() is given the base only, and a
+// generic corpus is what GPTQ is usually calibrated on. Tokenized as the tasks
+// are on that base (tokenizer.ts: its own tokenizer file, else bytes).
 const CALIBRATION = { rows: 16, seqLen: 128, source: 'brown:train' } as const;
-let calibrationCache: Int32Array[] | null = null;
-export function calibrationRows(): Int32Array[] {
-  if (!calibrationCache) {
-    const train = brownData(CALIBRATION.seqLen).train, T = CALIBRATION.seqLen;
+const calibrationCache = new Map<string, Int32Array[]>();
+export function calibrationRows(tok: Tokenizer = taskTokenizer()): Int32Array[] {
+  let rows = calibrationCache.get(tok.name);
+  if (!rows) {
+    const train = brownData(CALIBRATION.seqLen, 0, tok).train, T = CALIBRATION.seqLen;
     const n = Math.min(CALIBRATION.rows, train.ids.length / T);
-    calibrationCache = Array.from({ length: n }, (_, r) => train.ids.slice(r * T, (r + 1) * T));
+    rows = Array.from({ length: n }, (_, r) => train.ids.slice(r * T, (r + 1) * T));
+    calibrationCache.set(tok.name, rows);
   }
-  return calibrationCache;
+  return rows;
 }
 
 function maxMetricDiff(a: Record<string, number>, b: Record<string, number>): number {
@@ -85,7 +89,7 @@ export const qaloraMethod: MethodPlugin = {
     }
     return {
       r: c.r, alpha: c.alpha, bits: c.bits, groupSize: c.groupSize, quantizer: c.quantizer, optimizer: c.optimizer,
-      ...(c.quantizer === 'gptq' ? { calibration: `${CALIBRATION.source} ${calibrationRows().length}x${CALIBRATION.seqLen} tokens`, gptqDamp: c.damp } : {}),
+      ...(c.quantizer === 'gptq' ? { calibration: `${CALIBRATION.source} ${calibrationRows(taskTokenizer(baseDir)).length}x${CALIBRATION.seqLen} tokens`, gptqDamp: c.damp } : {}),
     };
   },
   prepare: (dir, s, seed) => {
@@ -96,7 +100,7 @@ export const qaloraMethod: MethodPlugin = {
       for (const n of result.checkpoint?.notes ?? []) process.stderr.write(`${s.label}: ${n}\n`);
       return model;
     }
-    return loadQaloraModel(dir, c, c.quantizer === 'gptq' ? { calibration: calibrationRows() } : {}).model;
+    return loadQaloraModel(dir, c, c.quantizer === 'gptq' ? { calibration: calibrationRows(taskTokenizer(dir)) } : {}).model;
   },
   // random weights: round-to-nearest (GPTQ calibrating a random model would only cost time; the INT-N base is the same size)
   shapeModel: (cfg, s, seed) => frozenRandom(cfg, seed, (m) => { prepareQalora(m, { ...qaloraSettings(s, seed), quantizer: 'rtn' }); }),

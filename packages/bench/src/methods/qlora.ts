@@ -121,7 +121,7 @@ export const qloraMethod: MethodPlugin = {
         const numel = [...model.linears().values()].reduce((a, l) => a + l.inFeatures * l.outFeatures, 0);
         for (const { bits, groupSize } of intn.values()) {
           for (const quantizer of ['rtn', 'gptq'] as const) {
-            withRequantizedIntN(model, { bits, groupSize, quantizer, ...(quantizer === 'gptq' ? { calibration: calibrationRows() } : {}) }, (m) => {
+            withRequantizedIntN(model, { bits, groupSize, quantizer, ...(quantizer === 'gptq' ? { calibration: calibrationRows(ctx.tokenizer) } : {}) }, (m) => {
               rows.push({
                 kind: `merged + requantized INT${bits} g${groupSize} ${quantizer.toUpperCase()}`, bits: (8 * m.bytes) / numel, bytes: m.bytes,
                 metrics: ctx.evaluate(model), ...decodeSpeed(model, ctx.decodeActivations), weights: { kind: 'intn', bits, groupSize },

@@ -6,7 +6,7 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync 
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
-  ByteTokenizer, type Device, LlamaModel, type LlamaConfig, type TokenRows, epochBatches, evaluateLoss, loadHfModel, packTexts, preset,
+  ByteTokenizer, type Device, LlamaModel, type LlamaConfig, type TokenRows, type Tokenizer, epochBatches, evaluateLoss, loadHfModel, packTexts, preset,
   saveHfModel,
 } from '@tunebench/core';
 import { type BrownSplit, brownSplit, loadBrown } from './brown.js';
@@ -59,15 +59,14 @@ export function defaultCacheDir(): string {
 
 export interface BrownData {
   split: BrownSplit;
-  tokenizer: ByteTokenizer;
+  tokenizer: Tokenizer;
   train: TokenRows;
   validation: TokenRows;
 }
 
-/** The Brown corpus split and packed for the byte tokenizer. */
-export function brownData(seqLen: number, seed = 0): BrownData {
+/** The Brown corpus split and packed for a tokenizer (default: the byte tokenizer, as the presets are pretrained). */
+export function brownData(seqLen: number, seed = 0, tokenizer: Tokenizer = new ByteTokenizer()): BrownData {
   const split = brownSplit(loadBrown(), { seed });
-  const tokenizer = new ByteTokenizer();
   return {
     split,
     tokenizer,
