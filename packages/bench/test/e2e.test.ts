@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ByteTokenizer, memory } from '@tunebench/core';
+import { ByteTokenizer, memory, native } from '@tunebench/core';
 import { FORGETTING_ROWS, adaptData, brownData, evaluateAdapt, evenRows, evaluateSpam, finetune, loadBase, pretrainBase, spamData } from '../src/index.js';
 
 test('pretrain tiny (cached), fine-tune on spam, accuracy over the whole test split', () => {
@@ -18,6 +18,15 @@ test('pretrain tiny (cached), fine-tune on spam, accuracy over the whole test sp
   assert.equal(again.cached, true, 'the second call reuses the cached base');
   assert.equal(again.dir, first.dir);
   assert.notEqual(pretrainBase({ ...opts, steps: 7 }).key, first.key, 'another step count is another base');
+  // another kernel thread count is another base (some sums split differently)
+  const threads = native.getThreads();
+  try {
+    native.setThreads(threads === 1 ? 2 : 1);
+    assert.notEqual(pretrainBase(opts).key, first.key, 'another thread count is another base');
+  } finally {
+    native.setThreads(threads);
+  }
+  assert.equal(pretrainBase(opts).cached, true, 'the same thread count finds it again');
 
   const before = memory.snapshot().cpu.liveTotal;
   const model = loadBase(first.dir, { trainable: true });
