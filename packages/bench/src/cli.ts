@@ -59,7 +59,8 @@ Options:
                            evalPoints } and per-method lrGrid
   --tasks LIST             override the suite's tasks: spam, adapt, jsonl
   --model HF_DIR           a Hugging Face LlamaForCausalLM directory as the base
-                           instead of the built-in pretrained one
+                           instead of the built-in pretrained one; the tasks use its
+                           tokenizer.json when it has one (else the byte tokenizer)
   --dataset FILE.jsonl     your data as the 'jsonl' task: {"text"}, {"prompt","completion"} or
                            {"messages": [{"role","content"}, ...]} rows (chat: rendered with the
                            --model's chat_template, else a plain default; loss on assistant turns)
