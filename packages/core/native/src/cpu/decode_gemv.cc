@@ -1644,8 +1644,20 @@ inline const Int3Tables& int3_tables() {
 struct I8Row {
   const uint8_t* c;      // the row's first code byte
   const float* sc;       // its scales (4-bit: absmax)
-  const uint16_t* sc16;  // fp16 copies of the scales (INT8 with H), else null
+  const uint16_t* sc16;  // fp16 copies of the scales (the formats' H), else null
 };
+
+// The scales per lane of a span of 128 from k (lane l: block (8 l) >> bshift
+// of the span), for the formats in spans of 128 (INT3, INT4, 4-bit); a last
+// span of 64 (left < 128) reads only its own blocks (tail_mk: their count
+// when bshift < 6). H: from the fp16 copies.
+template <bool H>
+__attribute__((always_inline)) inline __m512 span128_row_scales(const I8Row& row, int64_t k, int64_t left, int bshift, __m512i gidx, __mmask16 tail_mk) {
+  if constexpr (H) return spread_scales16(row.sc16, k >> bshift, std::max<int64_t>(1, std::min<int64_t>(left, 128) >> bshift), gidx);
+  const float* sc = row.sc;
+  if (left >= 128) return span128_scales(sc, k >> bshift, bshift, gidx);
+  return bshift >= 6 ? _mm512_set1_ps(sc[k >> bshift]) : _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(tail_mk, sc + (k >> bshift)));
+}
 // INT4 (EvenOdd128): a span's 64 code bytes give the even elements (low
 // nibbles) and the odd ones (high nibbles) after one shift and two masks;
 // lane l holds elements 8l .. 8l + 7. A last span of 64 (32 bytes) fills
@@ -1667,10 +1679,7 @@ struct I8Int4 {
     v[1] = _mm512_and_si512(_mm512_srli_epi16(w, 4), m15);
   }
   __attribute__((always_inline)) __m512 scales(const I8Row& row, int64_t k, int64_t left) const {
-    if constexpr (H) return spread_scales16(row.sc16, k >> bshift, std::max<int64_t>(1, std::min<int64_t>(left, 128) >> bshift), gidx);
-    const float* sc = row.sc;
-    if (left >= 128) return span128_scales(sc, k >> bshift, bshift, gidx);
-    return bshift >= 6 ? _mm512_set1_ps(sc[k >> bshift]) : _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(tail_mk, sc + (k >> bshift)));
+    return span128_row_scales<H>(row, k, left, bshift, gidx, tail_mk);
   }
 };
 
@@ -1716,10 +1725,7 @@ struct I8Int3 {
     v[1] = _mm512_and_si512(_mm512_multishift_epi64_epi8(ctl_b, w), m7);
   }
   __attribute__((always_inline)) __m512 scales(const I8Row& row, int64_t k, int64_t left) const {
-    if constexpr (H) return spread_scales16(row.sc16, k >> bshift, std::max<int64_t>(1, std::min<int64_t>(left, 128) >> bshift), gidx);
-    const float* sc = row.sc;
-    if (left >= 128) return span128_scales(sc, k >> bshift, bshift, gidx);
-    return bshift >= 6 ? _mm512_set1_ps(sc[k >> bshift]) : _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(tail_mk, sc + (k >> bshift)));
+    return span128_row_scales<H>(row, k, left, bshift, gidx, tail_mk);
   }
 };
 
@@ -1783,9 +1789,7 @@ struct I8Q4 {
     neg[1] = _mm512_bitshuffle_epi64_mask(negq, w);
   }
   __attribute__((always_inline)) __m512 scales(const I8Row& row, int64_t k, int64_t left) const {
-    const float* sc = row.sc;
-    if (left >= 128) return span128_scales(sc, k >> bshift, bshift, gidx);
-    return bshift >= 6 ? _mm512_set1_ps(sc[k >> bshift]) : _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(tail_mk, sc + (k >> bshift)));
+    return span128_row_scales<false>(row, k, left, bshift, gidx, tail_mk);
   }
 };
 #endif
